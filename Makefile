@@ -1,0 +1,42 @@
+# snnconvert: `make demo` and `make test` work on a fresh machine (they create .venv and install everything).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DEMO_ARGS ?= fmnist-vgg --coding rate --timesteps 64 --report reports/demo.json
+PYTEST_ARGS ?=
+
+.PHONY: setup data demo test test-fast lint bench clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install $(TORCH_PINS)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package when the files are missing (nothing is downloaded at run time).
+data: $(STAMP)
+	@if $(PY) -c "from snnconvert.runtime.data import find_fashion_mnist; find_fashion_mnist()" 2>/dev/null; then \
+		echo "fashion-mnist: found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "fashion-mnist missing: run 'sudo apt-get install dataset-fashion-mnist' or set SNNCONVERT_DATA_DIR"; \
+		exit 1; \
+	fi
+
+demo: setup
+	$(VENV)/bin/snnconvert $(DEMO_ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info reports .pytest_cache

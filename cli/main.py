@@ -1,0 +1,223 @@
+"""The ``snnconvert`` command: flags -> ConversionConfig -> library calls -> printed tables and a JSON report.
+
+Exit codes: 0 success, 1 conversion / calibration error, 2 usage error (bad file, name, value or missing data).
+Errors print one line (``error: ...``); ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from snnconvert.convert.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    CalibrationError,
+    ConfigError,
+    DataError,
+    ModelLoadError,
+    OnnxImportError,
+    SnnConvertError,
+    TraceError,
+    UnsupportedOpError,
+)
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+out = Console()
+err = Console(stderr=True)
+
+#: exit codes by error type; anything else is a bug and exits 1 with its message.
+USAGE_ERRORS = (ConfigError, DataError, ModelLoadError, OnnxImportError, ArtifactError, BackendUnavailableError)
+CONVERSION_ERRORS = (UnsupportedOpError, CalibrationError, TraceError)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=True, disable=not err.is_terminal)
+
+
+@contextmanager
+def _atomic_write(path: Path):
+    """Yield a temporary file next to ``path``; rename it over ``path`` only when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _accuracy_table(ann_acc: float | None, snn_acc: list[float], events: list[float]) -> Table:
+    table = Table(title="accuracy vs time step")
+    table.add_column("t", justify="right")
+    table.add_column("SNN acc %", justify="right")
+    table.add_column("gap to ANN (pp)", justify="right")
+    table.add_column("events/img (cum.)", justify="right")
+    T = len(snn_acc)
+    shown = sorted({t for t in range(1, T + 1) if t <= 8 or (t & (t - 1)) == 0 or t == T})
+    cum = 0.0
+    cums = []
+    for e in events:
+        cum += e
+        cums.append(cum)
+    for t in shown:
+        gap = "" if ann_acc is None else f"{100 * (snn_acc[t - 1] - ann_acc):+.2f}"
+        table.add_row(str(t), f"{100 * snn_acc[t - 1]:.2f}", gap, f"{cums[t - 1]:.0f}" if cums else "")
+    return table
+
+
+def _run(
+    model: str, coding: str, timesteps: Optional[int], threshold: Optional[str], granularity: Optional[str],
+    levels: Optional[int], weights: Optional[Path], calib_data: Optional[str], eval_data: Optional[str],
+    calib_images: int, eval_images: Optional[int], data_dir: Optional[Path], normalize: Optional[str],
+    report_path: Optional[Path], output: Optional[Path], batch_size: int, mode: str, backend: str, device: str,
+    allow_ann_op: list[str],
+) -> None:
+    from snnconvert import models_zoo
+    from snnconvert.convert import ConversionConfig, convert
+    from snnconvert.runtime import build_report, compile, evaluate
+    from snnconvert.runtime.data import load_dataset, parse_normalize
+    from snnconvert.runtime.models import resolve_model
+
+    cfg = ConversionConfig.for_coding(coding, timesteps=timesteps, threshold=threshold, granularity=granularity,
+                                      levels=levels, allow_ann_ops=tuple(allow_ann_op) or None)
+    if calib_images <= 0:
+        raise ConfigError(f"--calib-images must be positive, got {calib_images}")
+    if eval_images is not None and eval_images <= 0:
+        raise ConfigError(f"--eval-images must be positive, got {eval_images}")
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    resolved = resolve_model(model, weights=weights, zoo=models_zoo)
+    calib_name = calib_data or resolved.dataset
+    eval_name = eval_data or resolved.dataset
+    if calib_name is None:
+        raise ConfigError(f"{model}: no data set is known for this model; pass --calib-data (e.g. fashion-mnist)")
+    if eval_name is None:
+        raise ConfigError(f"{model}: no data set is known for this model; pass --eval-data (e.g. fashion-mnist)")
+    norm = parse_normalize(normalize) if normalize else None
+    calib_set = load_dataset(calib_name, "train", data_dir).subset(calib_images)
+    eval_set = load_dataset(eval_name, "test", data_dir).subset(eval_images)
+
+    def prep(x: torch.Tensor) -> torch.Tensor:
+        return norm(x) if norm is not None else x
+
+    started = time.perf_counter()
+    with _progress() as bar:
+        calib_task = bar.add_task("calibration", total=None)
+
+        def forward_loop(gm: torch.nn.Module) -> None:
+            bar.reset(calib_task, total=len(calib_set))
+            for x, _ in calib_set.batches(256):
+                gm(prep(x))
+                bar.advance(calib_task, len(x))
+
+        result = convert(resolved.model, forward_loop=forward_loop, config=cfg, source=resolved.source,
+                         example_inputs=prep(calib_set.images[:2]))
+        bar.remove_task(calib_task)
+        snn = compile(result.snn, backend, device=device)
+        ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
+        eval_task = bar.add_task(f"evaluation (T={cfg.timesteps})", total=len(eval_set))
+        batches = ((prep(x), y) for x, y in eval_set.batches(batch_size))
+        evaluation = evaluate(snn, batches, ann=ann, timesteps=cfg.timesteps, mode=mode, device=device,
+                              progress=lambda n: bar.advance(eval_task, n))
+    total = time.perf_counter() - started
+    out.print(_accuracy_table(evaluation.ann_accuracy, evaluation.snn_accuracy, evaluation.events_per_step))
+    out.print(f"model {resolved.label}: {len(result.thresholds)} ReLU site(s) -> {cfg.coding} coding, "
+              f"thresholds {cfg.threshold} per {cfg.granularity}, T={cfg.timesteps}")
+    ann_text = "n/a" if evaluation.ann_accuracy is None else f"{100 * evaluation.ann_accuracy:.2f} %"
+    out.print(f"ANN accuracy {ann_text}; SNN accuracy at T={cfg.timesteps}: "
+              f"{100 * evaluation.snn_accuracy[-1]:.2f} % on {evaluation.images} test images "
+              f"(calibrated on {len(calib_set)} train images) in {total:.1f} s")
+    calib_info = {"dataset": calib_name, "split": "train", "images": len(calib_set)}
+    eval_info = {"dataset": eval_name, "split": "test", "images": len(eval_set)}
+    if report_path is not None:
+        doc = build_report(result, evaluation, model=resolved.label, calib=calib_info, data=eval_info,
+                           timings={"total": total})
+        with _atomic_write(report_path) as f:
+            json.dump(doc, f, indent=2)
+        out.print(f"report written to {report_path}")
+    if output is not None:
+        result.save(output)
+        out.print(f"SNN saved to {output} (reload with snnconvert.runtime.load)")
+
+
+def result_ann(onnx_path: str) -> torch.nn.Module:
+    """The ANN to compare against for an ONNX model: the imported graph itself."""
+    from snnconvert.convert import load_onnx
+
+    return load_onnx(onnx_path)
+
+
+@app.command()
+def main(
+    model: str = typer.Argument(..., help="zoo name (e.g. fmnist-vgg), path/to/file.py:factory or model.onnx"),
+    coding: str = typer.Option("rate", help="rate | differential"),
+    timesteps: Optional[int] = typer.Option(None, "--timesteps", "-T", help="time steps T (default: the preset's)"),
+    threshold: Optional[str] = typer.Option(None, help="max | <p>% (e.g. 99.9%) | iterate | iterate-reference"),
+    granularity: Optional[str] = typer.Option(None, help="layer | channel"),
+    levels: Optional[int] = typer.Option(None, help="thresholds per multi-threshold neuron (n)"),
+    weights: Optional[Path] = typer.Option(None, help="state dict to load into a Python model"),
+    calib_data: Optional[str] = typer.Option(None, help="calibration data set (train split), e.g. fashion-mnist"),
+    eval_data: Optional[str] = typer.Option(None, help="evaluation data set (test split), e.g. fashion-mnist"),
+    calib_images: int = typer.Option(5000, help="calibration images (first N of the train split)"),
+    eval_images: Optional[int] = typer.Option(None, help="evaluation images (default: the whole test split)"),
+    data_dir: Optional[Path] = typer.Option(None, help="folder with the data set files"),
+    normalize: Optional[str] = typer.Option(None, help="MEAN,STD (or one per channel): feed (x - mean) / std"),
+    report: Optional[Path] = typer.Option(None, help="write the JSON report here"),
+    output: Optional[Path] = typer.Option(None, help="save the converted SNN (folder) here"),
+    batch_size: int = typer.Option(128, help="evaluation batch size (the SNN runs T x batch per call)"),
+    mode: str = typer.Option("multi", help="multi (layer by layer over T*B) | single (streaming)"),
+    backend: str = typer.Option("torch", help="runtime backend: torch | triton"),
+    device: str = typer.Option("cpu", help="cpu | cuda[:N]"),
+    allow_ann_op: list[str] = typer.Option([], help="node-name pattern allowed to stay analog (repeatable)"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details"),
+) -> None:
+    """Convert MODEL to a spiking network, calibrate it, and report accuracy at every time step."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _run(model, coding, timesteps, threshold, granularity, levels, weights, calib_data, eval_data, calib_images,
+             eval_images, data_dir, normalize, report, output, batch_size, mode, backend, device, allow_ann_op)
+    except CONVERSION_ERRORS as exc:
+        _fail(exc, debug, code=1)
+    except USAGE_ERRORS as exc:
+        _fail(exc, debug, code=2)
+    except SnnConvertError as exc:
+        _fail(exc, debug, code=1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - unexpected: one line, traceback with --debug
+        _fail(exc, debug, code=1, unexpected=True)
+
+
+def _fail(exc: BaseException, debug: bool, *, code: int, unexpected: bool = False) -> None:
+    if debug:
+        err.print_exception()
+    prefix = f"internal error ({type(exc).__name__})" if unexpected else "error"
+    text = str(exc)
+    if unexpected and not debug:
+        text += " (rerun with --debug for the traceback)"
+    print(f"{prefix}: {text}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,182 @@
+"""snnconvert.convert: turn a trained ANN (``nn.Module`` or ``.onnx`` file) into a spiking network.
+
+The conversion is one fixed template of named stages (architecture.md §4)::
+
+    trace / import -> normalise passes -> support check -> insert observers -> forward_loop -> thresholds
+    -> remove observers -> replace ReLUs by neurons
+
+Variation enters through :class:`ConversionConfig` and the coding strategy, never through branches in the driver.
+Every stage is also public (``trace_module``, ``run_passes``, ``insert_observers``, ``compute_thresholds``,
+``replace_activations``) so research code can stop after calibration and inspect the thresholds.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+
+from snnconvert.convert.artifact import ModelSource, load_artifact, save
+from snnconvert.convert.calibrate import (
+    CalibrationReport,
+    as_forward_loop,
+    compute_thresholds,
+    insert_observers,
+    remove_observers,
+    run_calibration,
+)
+from snnconvert.convert.coding import get_coding
+from snnconvert.convert.config import DIFF_DEFAULT, PRESETS, RATE_DEFAULT, ConversionConfig, ThresholdSpec
+from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.frontend import annotate_shapes, trace_module
+from snnconvert.convert.passes import NORMALIZE_PASSES
+from snnconvert.convert.passes.spikify import replace_activations
+from snnconvert.convert.passes.support import check_supported
+from snnconvert.convert.pipeline import ConversionReport, op_table, run_passes
+from snnconvert.convert.snn import SpikingNetwork
+
+log = logging.getLogger("snnconvert")
+log.addHandler(logging.NullHandler())
+
+__all__ = [
+    "convert", "convert_with_thresholds", "load_onnx", "prepare", "ConversionResult", "ConversionConfig",
+    "ThresholdSpec", "RATE_DEFAULT", "DIFF_DEFAULT", "PRESETS", "SpikingNetwork", "ModelSource", "save",
+    "load_artifact",
+]
+
+
+@dataclass
+class ConversionResult:
+    """What :func:`convert` returns.
+
+    Attributes:
+        snn: the reference spiking network (run it with ``snn(x)`` or ``snnconvert.runtime``).
+        thresholds: ``{ReLU site name: threshold tensor}`` (float32, broadcastable over one sample).
+        config: the configuration used.
+        report: the conversion report (passes, op tables, calibration, timings).
+        calibration: per-site threshold summaries and fit diagnostics.
+        source: how to rebuild the ANN (needed by :func:`save`); None for an in-memory module without one.
+        ann_state: a snapshot of the ANN's weights taken at conversion (saved with the artifact).
+    """
+
+    snn: SpikingNetwork
+    thresholds: dict[str, torch.Tensor]
+    config: ConversionConfig
+    report: ConversionReport
+    calibration: CalibrationReport
+    source: ModelSource | None = None
+    ann_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the artifact (config, thresholds, report, source model) atomically; see :func:`save`."""
+        return save(self, path)
+
+
+def load_onnx(path: str | os.PathLike) -> fx.GraphModule:
+    """Import an ONNX file as an eval-mode float32 ``GraphModule`` (see ``snnconvert.convert.onnx_import``)."""
+    from snnconvert.convert.onnx_import import load_onnx as _load_onnx
+
+    return _load_onnx(path)
+
+
+def _front_end(model: torch.nn.Module | str | os.PathLike) -> fx.GraphModule:
+    if isinstance(model, (str, os.PathLike)):
+        if not str(model).endswith(".onnx"):
+            raise ConfigError(f"{model}: only .onnx files can be converted from a path; pass an nn.Module otherwise")
+        return load_onnx(model)
+    return trace_module(model)
+
+
+def prepare(
+    model: torch.nn.Module | str | os.PathLike,
+    config: ConversionConfig,
+    report: ConversionReport,
+    example_inputs: torch.Tensor | None = None,
+) -> fx.GraphModule:
+    """Stages 1-3: trace or import, run the normalisation passes, check support. Returns the canonical graph."""
+    start = time.perf_counter()
+    gm = _front_end(model)
+    report.timings["trace"] = time.perf_counter() - start
+    report.ops_before = op_table(gm)
+    if example_inputs is not None:
+        annotate_shapes(gm, example_inputs)
+    start = time.perf_counter()
+    gm = run_passes(gm, NORMALIZE_PASSES, config, report)
+    check_supported(gm, config, report)
+    report.timings["passes"] = time.perf_counter() - start
+    return gm
+
+
+def _snapshot(model) -> dict[str, torch.Tensor] | None:
+    if not isinstance(model, torch.nn.Module):
+        return None
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def convert(
+    model: torch.nn.Module | str | os.PathLike,
+    *,
+    forward_loop: Callable[[torch.nn.Module], None] | Iterable,
+    config: ConversionConfig | None = None,
+    example_inputs: torch.Tensor | None = None,
+    source: ModelSource | None = None,
+) -> ConversionResult:
+    """Convert an ANN into a spiking network.
+
+    Args:
+        model: an ``nn.Module`` (traced with torch.fx on a deep copy; the model itself is not modified) or the path
+            of an ``.onnx`` file.
+        forward_loop: ``forward_loop(model)`` that feeds calibration batches (training data), or an iterable of
+            batches. It may be called several times (exact percentiles need three passes) and must feed the same
+            data each time.
+        config: the conversion configuration (default: :data:`RATE_DEFAULT`).
+        example_inputs: optional example batch; records shapes in ``node.meta["tensor_meta"]``.
+        source: how to rebuild the model later (zoo factory, ``file.py:factory`` or ONNX path); needed to save.
+
+    Returns:
+        A :class:`ConversionResult`.
+
+    Raises:
+        TraceError, OnnxImportError, UnsupportedOpError (listing every offending node), CalibrationError,
+        ConfigError.
+    """
+    cfg = config or RATE_DEFAULT
+    coding = get_coding(cfg.coding)
+    report = ConversionReport()
+    start = time.perf_counter()
+    with torch.no_grad():
+        gm = prepare(model, cfg, report, example_inputs)
+        t0 = time.perf_counter()
+        sites = insert_observers(gm, cfg)
+        try:
+            run_calibration(gm, sites, as_forward_loop(forward_loop))
+            thresholds, calibration = compute_thresholds(gm, sites, cfg)
+        finally:
+            remove_observers(gm, sites)
+        report.timings["calibration"] = time.perf_counter() - t0
+        report.calibration = calibration.to_dict()
+        snn = replace_activations(gm, thresholds, coding, cfg, report)
+    report.ops_after = op_table(snn.gm)
+    report.timings["convert"] = time.perf_counter() - start
+    log.info("converted %d ReLU site(s) to %s neurons (%s thresholds, %s) in %.2f s", len(thresholds), cfg.coding,
+             cfg.threshold, cfg.granularity, report.timings["convert"])
+    if source is None and isinstance(model, (str, os.PathLike)):
+        source = ModelSource.onnx(model)
+    return ConversionResult(snn, thresholds, cfg, report, calibration, source, _snapshot(model))
+
+
+def convert_with_thresholds(
+    model: torch.nn.Module | str | os.PathLike, thresholds: dict[str, torch.Tensor], config: ConversionConfig
+) -> tuple[SpikingNetwork, ConversionReport]:
+    """Stages 1-3 and 7 with given thresholds (no calibration): how a saved artifact is rebuilt."""
+    report = ConversionReport()
+    with torch.no_grad():
+        gm = prepare(model, config, report)
+        snn = replace_activations(gm, thresholds, get_coding(config.coding), config, report)
+    report.ops_after = op_table(snn.gm)
+    return snn, report

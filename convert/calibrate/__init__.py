@@ -1,0 +1,198 @@
+"""Calibration: observers inserted as graph nodes, statistics gathered by a caller-supplied ``forward_loop``, and
+thresholds computed in a separate pure step.
+
+Which tensor is observed (method.md §7.1, §11.10): ``max`` and percentiles come from the ReLU *output*; threshold
+iteration uses the mean and variance of the ReLU *input* (after the max-pool reorder).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from snnconvert.convert.calibrate.observers import (
+    ActivationObserver,
+    MaxObserver,
+    MomentObserver,
+    PercentileObserver,
+)
+from snnconvert.convert.config import ConversionConfig
+from snnconvert.convert.errors import CalibrationError
+from snnconvert.convert.passes.normalize import is_canonical_relu
+
+log = logging.getLogger(__name__)
+
+ForwardLoop = Callable[[torch.nn.Module], None]
+
+
+@dataclass
+class Site:
+    """One activation site: a canonical ReLU (``name`` is its module target) and the observer watching it."""
+
+    name: str
+    observer_name: str
+    observes: str  # "input" or "output"
+
+
+@dataclass
+class CalibrationReport:
+    """Per-site threshold summaries and fit diagnostics."""
+
+    method: str
+    granularity: str
+    quantisation_levels: int | None
+    sites: list[dict[str, Any]] = field(default_factory=list)
+    images: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "granularity": self.granularity,
+                "quantisation_levels": self.quantisation_levels, "images": self.images, "sites": self.sites}
+
+
+def relu_sites(gm: fx.GraphModule) -> list[fx.Node]:
+    """The canonical ReLU nodes, in graph order."""
+    return [n for n in gm.graph.nodes if is_canonical_relu(gm, n)]
+
+
+def _make_observer(cfg: ConversionConfig) -> ActivationObserver:
+    spec = cfg.threshold
+    if spec.statistic == "max":
+        return MaxObserver(cfg.granularity)
+    if spec.statistic == "percentile":
+        return PercentileObserver(cfg.granularity, spec.percentile, bins=cfg.percentile_bins)
+    return MomentObserver(cfg.granularity)
+
+
+def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> list[Site]:
+    """Insert one observer per ReLU site, named ``<relu module>_observer``; returns the sites.
+
+    Before: ``y = relu(x)``  After (max / percentile): ``y = relu(x); y_obs = relu_observer(y)`` with users of ``y``
+    reading ``y_obs``; (threshold iteration): ``x_obs = relu_observer(x); y = relu(x_obs)``.
+    """
+    observes = "input" if cfg.threshold.statistic == "moments" else "output"
+    sites = []
+    for relu in relu_sites(gm):
+        name = f"{relu.target.replace('.', '_')}_observer"
+        gm.add_submodule(name, _make_observer(cfg))
+        if observes == "output":
+            with gm.graph.inserting_after(relu):
+                obs = gm.graph.call_module(name, (relu,))
+            relu.replace_all_uses_with(obs, delete_user_cb=lambda user, o=obs: user is not o)
+        else:
+            with gm.graph.inserting_before(relu):
+                obs = gm.graph.call_module(name, (relu.args[0],))
+            relu.update_arg(0, obs)
+        sites.append(Site(relu.target, name, observes))
+    gm.recompile()
+    return sites
+
+
+def remove_observers(gm: fx.GraphModule, sites: list[Site]) -> None:
+    """Take the observer nodes out again; the graph is as before :func:`insert_observers`."""
+    names = {s.observer_name for s in sites}
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target in names:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    for name in names:
+        delattr(gm, name)
+    gm.recompile()
+
+
+def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
+    """Accept a ``forward_loop(model)`` callable or an iterable of batches (tensors or ``(x, y)`` tuples)."""
+    if callable(data) and not isinstance(data, torch.Tensor):
+        return data
+
+    def loop(model: torch.nn.Module) -> None:
+        for batch in data:
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+    return loop
+
+
+def run_calibration(gm: fx.GraphModule, sites: list[Site], forward_loop: ForwardLoop) -> None:
+    """Call ``forward_loop(gm)`` once per pass the observers need (three for percentiles, else one)."""
+    observers = [gm.get_submodule(s.observer_name) for s in sites]
+    passes = max([getattr(o, "passes", 1) for o in observers] + [1])
+    for _ in range(passes):
+        with torch.no_grad():
+            forward_loop(gm)
+        for o in observers:
+            if isinstance(o, PercentileObserver):
+                o.next_phase()
+    for s, o in zip(sites, observers):
+        if o.count == 0:
+            raise CalibrationError(f"no calibration data reached {s.name}; check the forward_loop / calibration data")
+
+
+def _broadcast_shape(values: torch.Tensor, ndim: int, granularity: str) -> torch.Tensor:
+    """Shape a per-group vector so it broadcasts over one sample: ``[C, 1, 1]`` for NCHW, ``[]`` for a layer."""
+    if granularity == "layer":
+        return values.reshape(())
+    return values.reshape([values.shape[0]] + [1] * max(ndim - 2, 0))
+
+
+def _summary(theta: torch.Tensor) -> dict[str, float]:
+    t = theta.double().reshape(-1)
+    return {"min": float(t.min()), "mean": float(t.mean()), "max": float(t.max()), "count": int(t.numel()),
+            "zero": int((t <= 0).sum())}
+
+
+def compute_thresholds(
+    gm: fx.GraphModule, sites: list[Site], cfg: ConversionConfig
+) -> tuple[dict[str, torch.Tensor], CalibrationReport]:
+    """Turn observer statistics into thresholds (pure: reads observers, changes nothing).
+
+    Returns:
+        ``{relu node name: threshold}`` (float32, clamped >= 0, shaped to broadcast over one sample) and the report.
+
+    Raises:
+        CalibrationError: non-finite statistics, or a fit that does not converge.
+    """
+    spec = cfg.threshold
+    levels = cfg.quantisation_levels if spec.statistic == "moments" else None
+    report = CalibrationReport(method=str(spec), granularity=cfg.granularity, quantisation_levels=levels)
+    thresholds: dict[str, torch.Tensor] = {}
+    for site in sites:
+        obs = gm.get_submodule(site.observer_name)
+        info: dict[str, Any] = {"site": site.name, "observes": site.observes, "values": obs.count}
+        if isinstance(obs, MaxObserver):
+            theta = obs.max.double()
+        elif isinstance(obs, PercentileObserver):
+            theta = obs.value
+        else:
+            theta, fit_info = _fit(obs, cfg, site.name)
+            info.update(fit_info)
+        if not bool(torch.isfinite(theta).all()):
+            raise CalibrationError(f"site {site.name}: non-finite threshold from {spec}; check the calibration data")
+        theta = theta.clamp_min(0).float()
+        thresholds[site.name] = _broadcast_shape(theta, obs.ndim, cfg.granularity)
+        info["threshold"] = _summary(theta)
+        report.sites.append(info)
+        if info["threshold"]["zero"]:
+            log.warning("site %s: %d group(s) have threshold 0 and stay silent", site.name, info["threshold"]["zero"])
+    return thresholds, report
+
+
+def _fit(obs: MomentObserver, cfg: ConversionConfig, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    from snnconvert.convert.calibrate.fit import fit_thresholds
+
+    if obs.nonfinite:
+        raise CalibrationError(f"site {name}: {obs.nonfinite} non-finite activation value(s) during calibration")
+    method = "reference" if cfg.threshold.method == "iterate-reference" else "solve"
+    result = fit_thresholds(obs.mean, obs.var, cfg.quantisation_levels, method=method, rtol=cfg.fit_rtol,
+                            max_iter=cfg.fit_max_iter)
+    converged = torch.as_tensor(result.converged)
+    n_iter = torch.as_tensor(result.n_iter)
+    info = {"fit_method": method, "n_iter_max": int(n_iter.max()), "converged": int(converged.sum()),
+            "groups": int(converged.numel()), "n_dead": int(result.n_dead), "n_nonfinite": int(result.n_nonfinite),
+            "residual_max": float(torch.as_tensor(result.residual).max())}
+    if method == "solve" and not bool(converged.all()):
+        raise CalibrationError(f"site {name}: threshold iteration did not converge for "
+                               f"{int((~converged).sum())} group(s) in {cfg.fit_max_iter} iterations; raise fit_max_iter")
+    return result.threshold.double(), info

@@ -1,0 +1,198 @@
+"""Activation observers: graph nodes that record statistics and return their input unchanged.
+
+Statistics are exact over all calibration batches and independent of batch size and order:
+
+- :class:`MaxObserver`: the true maximum per group.
+- :class:`MomentObserver`: mean and population variance per group, pooled exactly in float64.
+- :class:`PercentileObserver`: the exact p-th percentile per group (linear interpolation between order
+  statistics, as ``torch.quantile``), found in three passes over the same data: (1) count, minimum and maximum,
+  (2) a per-group histogram, (3) the values inside the bins that hold the wanted order statistics, sorted.
+  Memory is O(groups x bins) plus the few values of those bins; ``torch.quantile`` is never called on whole
+  activations (it has an input-size limit).
+
+A *group* is the whole tensor (``granularity="layer"``) or one channel, dim 1 (``granularity="channel"``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from snnconvert.convert.errors import CalibrationError
+
+
+def _groups(x: torch.Tensor, granularity: str) -> torch.Tensor:
+    """Reshape ``x`` to ``[groups, values]``: one row per channel (dim 1) or a single row."""
+    x = x.detach()
+    if granularity == "layer" or x.dim() < 2:
+        return x.reshape(1, -1)
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+class ActivationObserver(nn.Module):
+    """Base class: ``forward(x)`` updates statistics and returns ``x`` unchanged."""
+
+    def __init__(self, granularity: str) -> None:
+        super().__init__()
+        self.granularity = granularity
+        self.count = 0
+        self.ndim: int | None = None  # rank of the observed activation (batch dim included)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - observers only observe
+        self.ndim = x.dim()
+        with torch.no_grad():
+            self.observe(_groups(x, self.granularity))
+        return x
+
+    def observe(self, g: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _check_groups(self, g: torch.Tensor, known: torch.Tensor | None) -> None:
+        if known is not None and known.shape[0] != g.shape[0]:
+            raise CalibrationError(
+                f"observer saw {g.shape[0]} channels after {known.shape[0]}; calibration batches must share a shape")
+
+
+class MaxObserver(ActivationObserver):
+    """Maximum over every observed value, per group."""
+
+    def __init__(self, granularity: str) -> None:
+        super().__init__(granularity)
+        self.max: torch.Tensor | None = None
+
+    def observe(self, g: torch.Tensor) -> None:
+        self._check_groups(g, self.max)
+        m = g.float().amax(dim=1)
+        self.max = m if self.max is None else torch.maximum(self.max, m)
+        self.count += g.shape[1]
+
+
+class MomentObserver(ActivationObserver):
+    """Mean and population variance per group, merged exactly across batches in float64."""
+
+    def __init__(self, granularity: str) -> None:
+        super().__init__(granularity)
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None  # sum of squared deviations
+        self.nonfinite = 0
+
+    def observe(self, g: torch.Tensor) -> None:
+        self._check_groups(g, self.mean)
+        g = g.double()
+        finite = torch.isfinite(g)
+        if not bool(finite.all()):
+            self.nonfinite += int((~finite).sum())
+        n_b = g.shape[1]
+        mean_b = g.mean(dim=1)
+        m2_b = ((g - mean_b[:, None]) ** 2).sum(dim=1)
+        if self.mean is None:
+            self.mean, self.m2, self.count = mean_b, m2_b, n_b
+            return
+        n_a = self.count
+        n = n_a + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + delta**2 * (n_a * n_b / n)
+        self.count = n
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Population variance per group."""
+        if self.mean is None:
+            raise CalibrationError("no calibration data reached this observer")
+        return self.m2 / self.count
+
+
+class PercentileObserver(ActivationObserver):
+    """Exact p-th percentile per group over all observed values, in three passes over the same data.
+
+    Call :meth:`next_phase` between passes; the calibration driver does this. Each pass must see the same values
+    (a deterministic ``forward_loop``); a different count is detected and raised as ``CalibrationError``.
+    """
+
+    def __init__(self, granularity: str, percentile: float, bins: int = 4096) -> None:
+        super().__init__(granularity)
+        self.q = percentile / 100.0
+        self.bins = bins
+        self.phase = 0
+        self.lo: torch.Tensor | None = None
+        self.hi: torch.Tensor | None = None
+        self.hist: torch.Tensor | None = None
+        self.seen = 0
+        self.selected: list[list[torch.Tensor]] = []
+        self.result: torch.Tensor | None = None
+        self._ranks: torch.Tensor | None = None
+
+    def _bin(self, g: torch.Tensor) -> torch.Tensor:
+        width = (self.hi - self.lo).clamp_min(torch.finfo(torch.float64).tiny)
+        idx = ((g.double() - self.lo[:, None]) / width[:, None] * self.bins).floor().long()
+        return idx.clamp_(0, self.bins - 1)
+
+    def observe(self, g: torch.Tensor) -> None:
+        if self.phase == 0:
+            self._check_groups(g, self.lo)
+            lo, hi = g.double().amin(dim=1), g.double().amax(dim=1)
+            self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+            self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+            self.count += g.shape[1]
+            return
+        self.seen += g.shape[1]
+        idx = self._bin(g)
+        if self.phase == 1:
+            offsets = torch.arange(g.shape[0]).unsqueeze(1) * self.bins
+            self.hist += torch.bincount((idx + offsets).reshape(-1), minlength=g.shape[0] * self.bins).view(
+                g.shape[0], self.bins)
+        else:
+            lo_bin, hi_bin = self._bin_range
+            for c in range(g.shape[0]):
+                mask = (idx[c] >= lo_bin[c]) & (idx[c] <= hi_bin[c])
+                values = g[c][mask].double()
+                at_min = values == self.lo[c]  # e.g. the zeros of a ReLU output: counted, not stored
+                self.n_at_min[c] += int(at_min.sum())
+                self.selected[c].append(values[~at_min])
+
+    def next_phase(self) -> None:
+        """Advance to the next pass (0 -> 1 -> 2 -> done) and finalise when the last pass ended."""
+        if self.phase == 0:
+            if self.lo is None:
+                raise CalibrationError("no calibration data reached this observer")
+            self.hist = torch.zeros(self.lo.shape[0], self.bins, dtype=torch.long)
+        else:
+            if self.seen != self.count:
+                raise CalibrationError(
+                    f"forward_loop fed {self.seen} values in a later pass but {self.count} in the first; "
+                    "percentile calibration needs the same data in every pass (a deterministic forward_loop)")
+            self.seen = 0
+        if self.phase == 1:
+            n = self.count
+            pos = self.q * (n - 1)
+            low_rank, high_rank = int(pos // 1), min(int(pos // 1) + 1, n - 1)
+            cum = self.hist.cumsum(dim=1)
+            lo_bin = torch.searchsorted(cum, torch.full((cum.shape[0], 1), low_rank + 1), right=False).squeeze(1)
+            hi_bin = torch.searchsorted(cum, torch.full((cum.shape[0], 1), high_rank + 1), right=False).squeeze(1)
+            below = torch.where(lo_bin > 0, cum.gather(1, (lo_bin - 1).clamp_min(0)[:, None]).squeeze(1),
+                                torch.zeros_like(lo_bin))
+            self._bin_range = (lo_bin, hi_bin)
+            self._ranks = (low_rank - below, high_rank - below, pos - low_rank)
+            self.selected = [[] for _ in range(cum.shape[0])]
+            self.n_at_min = [0] * cum.shape[0]
+        if self.phase == 2:
+            low, high, frac = self._ranks
+            out = torch.empty(len(self.selected), dtype=torch.float64)
+            for c, chunks in enumerate(self.selected):
+                values = torch.cat(chunks).sort().values
+                n_min = self.n_at_min[c]
+                a, b = (self.lo[c] if r < n_min else values[r - n_min] for r in (int(low[c]), int(high[c])))
+                out[c] = a + (b - a) * frac
+            self.result = out
+            self.selected = []
+        self.phase += 1
+
+    @property
+    def passes(self) -> int:
+        return 3
+
+    @property
+    def value(self) -> torch.Tensor:
+        if self.result is None:
+            raise CalibrationError("percentile observer has not finished its three passes")
+        return self.result

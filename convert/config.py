@@ -1,0 +1,150 @@
+"""Typed, frozen, validated conversion configuration.
+
+One ``ConversionConfig`` drives the whole conversion. It is validated once, in ``__post_init__``; every error names
+the field and the valid values. Presets: :data:`RATE_DEFAULT` and :data:`DIFF_DEFAULT`. CLI precedence is
+defaults < explicit flags (the CLI builds the config with :func:`ConversionConfig.for_coding`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+
+from snnconvert.convert.errors import ConfigError
+
+CODINGS = ("rate", "differential")
+NEURON_KINDS = ("if", "mt")
+GRANULARITIES = ("layer", "channel")
+_PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    """How thresholds are derived from calibration statistics.
+
+    ``method`` is one of ``"max"``, ``"percentile"``, ``"iterate"`` (threshold iteration solved to convergence) or
+    ``"iterate-reference"`` (the published 100-iteration variant). ``percentile`` is set for ``"percentile"``.
+    """
+
+    method: str
+    percentile: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ThresholdSpec:
+        """Parse ``"max"``, ``"99.9%"``, ``"iterate"`` or ``"iterate-reference"``."""
+        text = str(text).strip()
+        if text in ("max", "iterate", "iterate-reference"):
+            return cls(text)
+        match = _PERCENT_RE.match(text)
+        if match:
+            p = float(match.group(1))
+            if not 0.0 < p <= 100.0:
+                raise ConfigError(f"threshold percentile {p}% is outside (0, 100]; use e.g. '99.9%'")
+            return cls("percentile", p)
+        raise ConfigError(f"threshold {text!r} is not valid; use max, <p>% (e.g. 99.9%), iterate or iterate-reference")
+
+    def __str__(self) -> str:
+        return f"{self.percentile:g}%" if self.method == "percentile" else self.method
+
+    @property
+    def statistic(self) -> str:
+        """Which statistic the method needs: ``"max"``, ``"percentile"`` or ``"moments"``."""
+        return "moments" if self.method.startswith("iterate") else self.method
+
+
+@dataclass(frozen=True)
+class ConversionConfig:
+    """Everything that selects how a model is converted.
+
+    Attributes:
+        coding: ``"rate"`` or ``"differential"``.
+        timesteps: T, the number of simulation steps (>= 1). Threshold iteration fits thresholds for this T.
+        threshold: a :class:`ThresholdSpec` or its text (``"99.9%"``, ``"max"``, ``"iterate"``, ...).
+        granularity: ``"layer"`` (one threshold per ReLU site) or ``"channel"`` (one per channel, dim 1).
+        neuron: ``"if"`` (single threshold, m0 = θ/2) or ``"mt"`` (multi-threshold with ``levels`` levels).
+        levels: n, the number of thresholds of an MT neuron (1 for IF).
+        fit_rtol, fit_max_iter: convergence settings of threshold iteration.
+        allow_ann_ops: node-name glob patterns that may stay analog (explicit opt-in, recorded in the report).
+        percentile_bins: histogram resolution used to locate exact percentiles (two extra calibration passes).
+    """
+
+    coding: str = "rate"
+    timesteps: int = 32
+    threshold: ThresholdSpec | str = "99.9%"
+    granularity: str = "channel"
+    neuron: str = "if"
+    levels: int = 1
+    fit_rtol: float = 1e-6
+    fit_max_iter: int = 200
+    allow_ann_ops: tuple[str, ...] = field(default_factory=tuple)
+    percentile_bins: int = 4096
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.threshold, ThresholdSpec):
+            object.__setattr__(self, "threshold", ThresholdSpec.parse(self.threshold))
+        object.__setattr__(self, "allow_ann_ops", tuple(self.allow_ann_ops))
+        _choice("coding", self.coding, CODINGS)
+        _choice("neuron", self.neuron, NEURON_KINDS)
+        _choice("granularity", self.granularity, GRANULARITIES)
+        if not isinstance(self.timesteps, int) or isinstance(self.timesteps, bool) or self.timesteps < 1:
+            raise ConfigError(f"timesteps must be a positive integer, got {self.timesteps!r}")
+        if not isinstance(self.levels, int) or self.levels < 1 or self.levels > 16:
+            raise ConfigError(f"levels must be an integer in [1, 16], got {self.levels!r}")
+        if self.neuron == "if" and self.levels != 1:
+            raise ConfigError(f"neuron 'if' has a single threshold; got levels={self.levels}: use neuron='mt'")
+        if not (0 < self.fit_rtol < 1) or not math.isfinite(self.fit_rtol):
+            raise ConfigError(f"fit_rtol must be in (0, 1), got {self.fit_rtol!r}")
+        if self.fit_max_iter < 1:
+            raise ConfigError(f"fit_max_iter must be >= 1, got {self.fit_max_iter!r}")
+        if self.percentile_bins < 16:
+            raise ConfigError(f"percentile_bins must be >= 16, got {self.percentile_bins!r}")
+
+    @property
+    def quantisation_levels(self) -> int:
+        """N of threshold iteration: T for IF neurons, T * 2^n for MT neurons (method.md §7.6)."""
+        return self.timesteps if self.neuron == "if" else self.timesteps * 2**self.levels
+
+    def replace(self, **changes) -> ConversionConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (the threshold spec as text)."""
+        d = dataclasses.asdict(self)
+        d["threshold"] = str(self.threshold)
+        d["allow_ann_ops"] = list(self.allow_ann_ops)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ConversionConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def for_coding(cls, coding: str, **overrides) -> ConversionConfig:
+        """The preset of ``coding`` with explicit ``overrides`` (``None`` values are ignored)."""
+        _choice("coding", coding, CODINGS)
+        base = PRESETS[coding]
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "levels" in changes and "neuron" not in changes and changes["levels"] > 1:
+            changes["neuron"] = "mt"
+        return base.replace(**changes)
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{name} {value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+#: Rate coding: IF neurons with soft reset and per-channel 99.9 % thresholds.
+RATE_DEFAULT = ConversionConfig(coding="rate", timesteps=32, threshold="99.9%", granularity="channel", neuron="if")
+#: Differential coding: MT neurons with n = 4 and per-channel threshold iteration (method.md).
+DIFF_DEFAULT = ConversionConfig(
+    coding="differential", timesteps=8, threshold="iterate", granularity="channel", neuron="mt", levels=4
+)
+PRESETS = {"rate": RATE_DEFAULT, "differential": DIFF_DEFAULT}

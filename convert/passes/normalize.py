@@ -1,0 +1,238 @@
+"""Normalisation passes: one canonical graph before calibration and spiking replacement.
+
+Every pass has the signature ``pass_fn(gm, cfg, report) -> PassResult``, records what it changed in the report and
+is idempotent (a second run reports ``modified=False``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
+
+_RELU_FUNCTIONS = {F.relu: "F.relu", torch.relu: "torch.relu", torch.relu_: "torch.relu_", F.relu_: "F.relu_"}
+_RELU_METHODS = {"relu": "Tensor.relu", "relu_": "Tensor.relu_"}
+_INPLACE_SPELLINGS = {"torch.relu_", "F.relu_", "Tensor.relu_", "nn.ReLU(inplace)", "F.relu(inplace)"}
+_CLAMP_FUNCTIONS = {torch.clamp: "torch.clamp", torch.clip: "torch.clip", torch.clamp_min: "torch.clamp_min"}
+_CLAMP_METHODS = {"clamp": "Tensor.clamp", "clip": "Tensor.clip", "clamp_min": "Tensor.clamp_min"}
+_DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+_DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.dropout)
+_MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_MAXPOOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
+
+
+def is_canonical_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """True for a ``call_module`` node whose module is an ``nn.ReLU`` (not in place) used by this node only."""
+    if node.op != "call_module":
+        return False
+    module = gm.get_submodule(node.target)
+    if type(module) is not nn.ReLU or module.inplace:
+        return False
+    return sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target) == 1
+
+
+def _arg(node: fx.Node, index: int, name: str, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _is_zero(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+
+
+def relu_spelling(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """Name of the ReLU spelling ``node`` uses (``"F.relu"``, ``"nn.ReLU(inplace)"``, ...), or None."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if type(module) is nn.ReLU:
+            return "nn.ReLU(inplace)" if module.inplace else "nn.ReLU"
+        return None
+    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
+        name = _RELU_FUNCTIONS[node.target]
+        return "F.relu(inplace)" if name == "F.relu" and _arg(node, 1, "inplace", False) else name
+    if node.op == "call_method" and node.target in _RELU_METHODS:
+        return _RELU_METHODS[node.target]
+    clamp = _CLAMP_FUNCTIONS.get(node.target) if node.op == "call_function" else None
+    clamp = clamp or (_CLAMP_METHODS.get(node.target) if node.op == "call_method" else None)
+    if clamp:
+        low = _arg(node, 1, "min")
+        high = None if clamp.endswith("clamp_min") else _arg(node, 2, "max")
+        if _is_zero(low) and high is None:
+            return f"{clamp}(min=0)"
+    return None
+
+
+def _unique_name(gm: fx.GraphModule, base: str) -> str:
+    name, k = base, 1
+    while hasattr(gm, name):
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
+    """Rewrite every ReLU spelling into one form: a ``call_module`` of its own non-inplace ``nn.ReLU``.
+
+    Spellings: ``nn.ReLU`` (also inplace and shared by several call sites), ``F.relu``, ``F.relu_``,
+    ``torch.relu``, ``torch.relu_``, ``x.relu()``, ``x.relu_()`` and ``clamp(min=0)`` without a max.
+    In-place spellings also redirect later users of the input to the ReLU's output, as the ANN saw them.
+
+    Before: ``y = F.relu(conv1(x)); z = self.act(y)  # self.act = nn.ReLU(inplace=True)``
+    After:  ``y = relu(conv1(x)); z = act(y)``  with ``relu``/``act`` fresh ``nn.ReLU()`` modules.
+    """
+    entry = PassEntry(name="canonicalize_activations", modified=False)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
+        spelling = relu_spelling(gm, node)
+        if spelling is None or is_canonical_relu(gm, node):
+            continue
+        if spelling == "nn.ReLU":
+            spelling = "nn.ReLU(shared)"
+        source = node.args[0] if node.args else node.kwargs.get("input")
+        name = _unique_name(gm, node.name if node.op != "call_module" else node.name + "_act")
+        gm.add_submodule(name, nn.ReLU())
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (source,))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        if spelling in _INPLACE_SPELLINGS and isinstance(source, fx.Node):
+            for user in list(source.users):
+                if user is not new and order.get(user, -1) > order[node]:
+                    user.replace_input_with(source, new)
+        entry.counts[spelling] = entry.counts.get(spelling, 0) + 1
+        entry.nodes.append(new.name)
+        entry.modified = True
+    if entry.modified:
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    report.passes.append(entry)
+    return PassResult(gm, entry.modified)
+
+
+def _single_user_module_node(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target) == 1
+
+
+def set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``target``."""
+    parent_name, _, leaf = target.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    setattr(parent, leaf, module)
+
+
+def fold_bn(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
+    """Fold eval-mode BatchNorm into the preceding Conv/Linear when the conv's only consumer is the BN.
+
+    Before: ``y = bn(conv(x))``  After: ``y = conv(x)`` with ``conv`` = fused copy (weights scaled, bias shifted).
+    A BN whose input is not a single-consumer Conv/Linear (or a conv module called at several sites) stays; the
+    reason is recorded in ``skipped``.
+    """
+    entry = PassEntry(name="fold_bn", modified=False)
+    bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), bn_types):
+            continue
+        bn = gm.get_submodule(node.target)
+        prev = node.args[0]
+        reason = None
+        if not (isinstance(prev, fx.Node) and prev.op == "call_module"):
+            reason = "input is not a Conv/Linear module"
+        else:
+            layer = gm.get_submodule(prev.target)
+            conv_like = isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            if not (conv_like or isinstance(layer, nn.Linear)):
+                reason = f"input is {type(layer).__name__}, not Conv/Linear"
+            elif len(prev.users) != 1:
+                reason = "the conv output has other consumers"
+            elif not _single_user_module_node(gm, prev):
+                reason = "the conv module is called at several sites"
+            elif bn.running_mean is None or bn.running_var is None:
+                reason = "BatchNorm without running statistics"
+        if reason:
+            entry.skipped[node.name] = reason
+            continue
+        fused = fuse_conv_bn_eval(layer, bn) if conv_like else fuse_linear_bn_eval(layer, bn)
+        set_module(gm, prev.target, fused)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        entry.counts[type(bn).__name__] = entry.counts.get(type(bn).__name__, 0) + 1
+        entry.nodes.append(node.name)
+        entry.modified = True
+    if entry.modified:
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    report.passes.append(entry)
+    return PassResult(gm, entry.modified)
+
+
+def drop_dropout_and_identity(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
+    """Remove eval-mode Dropout (modules and functions) and ``nn.Identity``: their output is their input."""
+    entry = PassEntry(name="drop_dropout_and_identity", modified=False)
+    for node in list(gm.graph.nodes):
+        kind = None
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), _DROPOUT_MODULES):
+            kind = type(gm.get_submodule(node.target)).__name__
+        elif node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS:
+            if _arg(node, 2, "training", False) is not True:
+                kind = node.target.__name__
+        if kind is None:
+            continue
+        source = node.args[0] if node.args else node.kwargs.get("input")
+        node.replace_all_uses_with(source)
+        gm.graph.erase_node(node)
+        entry.counts[kind] = entry.counts.get(kind, 0) + 1
+        entry.nodes.append(node.name)
+        entry.modified = True
+    if entry.modified:
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    report.passes.append(entry)
+    return PassResult(gm, entry.modified)
+
+
+def _is_maxpool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return isinstance(module, _MAXPOOL_MODULES) and not module.return_indices
+    if node.op == "call_function" and node.target in _MAXPOOL_FUNCTIONS:
+        return not _arg(node, 6, "return_indices", False)
+    return False
+
+
+def move_maxpool_before_activation(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
+    """Swap ``ReLU -> MaxPool`` into ``MaxPool -> ReLU`` when the max-pool is the ReLU's only consumer.
+
+    Valid because ReLU is monotone: ``max(relu(a), relu(b)) = relu(max(a, b))`` (zero padding of max-pool is -inf,
+    so padding does not matter either). Fewer neurons, and the neuron quantises the pooled value (method.md §5.3).
+
+    Before: ``p = maxpool(relu(x))``  After: ``p = relu(maxpool(x))``. Requires canonical ReLUs.
+    """
+    entry = PassEntry(name="move_maxpool_before_activation", modified=False)
+    for relu in list(gm.graph.nodes):
+        if not is_canonical_relu(gm, relu):
+            continue
+        users = list(relu.users)
+        if len(users) != 1:
+            if any(_is_maxpool(gm, u) for u in users):
+                entry.skipped[relu.name] = "the ReLU output has consumers besides the max-pool"
+            continue
+        pool = users[0]
+        if not _is_maxpool(gm, pool) or pool.args[0] is not relu:
+            continue
+        source = relu.args[0]
+        pool.replace_all_uses_with(relu)
+        pool.update_arg(0, source)
+        relu.update_arg(0, pool)
+        pool.append(relu)
+        entry.counts["swapped"] = entry.counts.get("swapped", 0) + 1
+        entry.nodes.append(f"{relu.name}<->{pool.name}")
+        entry.modified = True
+    if entry.modified:
+        gm.recompile()
+    report.passes.append(entry)
+    return PassResult(gm, entry.modified)
+

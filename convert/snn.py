@@ -1,0 +1,82 @@
+"""The reference SNN: a GraphModule whose ReLUs are spiking neurons, run over time with plain PyTorch.
+
+Execution modes (identical results, tested):
+
+- multi-step (default): the encoded input ``[T, B, ...]`` is folded to ``[T*B, ...]`` and goes layer by layer
+  through the graph; every stateless layer sees one big batch, every neuron unfolds it to ``[T, B, ...]`` and runs
+  its T-step loop;
+- single-step (streaming): one step at a time through the whole graph, neurons keep their state between calls
+  (call :meth:`SpikingNetwork.reset` between samples). Memory is bounded by one step.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from snnconvert.convert.errors import ConfigError
+
+STEP_MODES = ("multi", "single")
+
+
+class SpikingNetwork(nn.Module):
+    """A converted spiking network (reference runtime).
+
+    Args:
+        gm: the graph with spiking neurons in place of ReLUs.
+        coding: the coding strategy object (``encode`` / ``prepare`` / ``decode``).
+        timesteps: default number of steps T.
+        neuron_names: the submodule names of the neurons (ReLU site names).
+
+    Calling ``snn(x)`` with an analog batch ``x [B, ...]`` returns the decoded output after every step,
+    ``[T, B, ...]`` (entry ``t-1`` is the network's answer after ``t`` steps).
+    """
+
+    def __init__(self, gm: fx.GraphModule, coding, timesteps: int, neuron_names: list[str]) -> None:
+        super().__init__()
+        self.gm = gm
+        self.coding = coding
+        self.timesteps = timesteps
+        self.neuron_names = list(neuron_names)
+
+    def neurons(self) -> Iterator[tuple[str, nn.Module]]:
+        """``(site name, neuron)`` pairs in graph order."""
+        for name in self.neuron_names:
+            yield name, self.gm.get_submodule(name)
+
+    def reset(self) -> None:
+        """Clear every neuron's streaming state (call between samples in single-step mode)."""
+        for _, neuron in self.neurons():
+            neuron.reset()
+
+    def _set_mode(self, step_mode: str, timesteps: int | None) -> None:
+        for _, neuron in self.neurons():
+            neuron.step_mode = step_mode
+            neuron.timesteps = timesteps
+
+    def raw(self, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:
+        """Encode ``x``, run T steps and return the RAW per-step outputs ``[T, B, ...]`` (not decoded)."""
+        if mode not in STEP_MODES:
+            raise ConfigError(f"step mode {mode!r} is not valid; choose one of: {', '.join(STEP_MODES)}")
+        T = self.timesteps if timesteps is None else int(timesteps)
+        if T < 1:
+            raise ConfigError(f"timesteps must be a positive integer, got {T}")
+        x = x.float()
+        self.coding.prepare(self, x)
+        seq = self.coding.encode(x, T)
+        if mode == "multi":
+            self._set_mode("m", T)
+            out = self.gm(seq.reshape(T * x.shape[0], *x.shape[1:]))
+            return out.reshape(T, x.shape[0], *out.shape[1:])
+        self._set_mode("s", None)
+        self.reset()
+        try:
+            return torch.stack([self.gm(seq[t]) for t in range(T)])
+        finally:
+            self.reset()
+
+    def forward(self, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:
+        """Decoded output after every step, ``[T, B, ...]``."""
+        return self.coding.decode(self.raw(x, timesteps, mode=mode), self)

@@ -1,0 +1,200 @@
+"""Evaluation: ANN accuracy and SNN accuracy after every step t = 1..T in one pass over a data set, plus event
+counts per ReLU site and per step, and the JSON report (schema in docs/report_schema.md)."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
+
+from snnconvert.convert.snn import SpikingNetwork
+
+log = logging.getLogger(__name__)
+
+REPORT_SCHEMA_VERSION = 1
+
+
+@dataclass
+class EvalReport:
+    """Accuracy vs t and event counts from one evaluation pass.
+
+    Attributes:
+        ann_accuracy: top-1 accuracy of the ANN in [0, 1] (None when no ANN was given).
+        snn_accuracy: entry ``t-1`` is the SNN's top-1 accuracy after ``t`` steps.
+        images: number of evaluated images.
+        events_per_step: total emitted events (non-zero neuron outputs) at each step, summed over sites and images.
+        site_events: per ReLU site: neurons per image, total events, events per neuron per image.
+        seconds: wall time of the ANN and SNN passes.
+    """
+
+    timesteps: int
+    ann_accuracy: float | None
+    snn_accuracy: list[float]
+    images: int
+    events_per_step: list[float] = field(default_factory=list)
+    site_events: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "timesteps": self.timesteps, "ann_accuracy": self.ann_accuracy, "snn_accuracy": self.snn_accuracy,
+            "images": self.images, "events_per_step": self.events_per_step, "site_events": self.site_events,
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+        }
+
+
+class _EventCounter:
+    """Forward hooks on the neurons that count non-zero outputs per step (multi- and single-step modes)."""
+
+    def __init__(self, snn: SpikingNetwork, timesteps: int) -> None:
+        self.T = timesteps
+        self.counts: dict[str, torch.Tensor] = {}
+        self.neurons: dict[str, int] = {}
+        self.step: dict[str, int] = {}
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in snn.neurons()]
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module, args, out):
+            if getattr(module, "capture", False):
+                return
+            counts = self.counts.setdefault(name, torch.zeros(self.T, dtype=torch.float64))
+            if module.step_mode == "m":
+                per_step = out.reshape(self.T, out.shape[0] // self.T, -1)
+                counts += per_step.ne(0).sum(dim=(1, 2)).double()
+                self.neurons[name] = per_step.shape[2]
+            else:
+                t = self.step.get(name, 0)
+                counts[t % self.T] += float(out.ne(0).sum())
+                self.step[name] = t + 1
+                self.neurons[name] = out[0].numel()
+
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def evaluate(
+    snn: SpikingNetwork,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    ann: torch.nn.Module | None = None,
+    timesteps: int | None = None,
+    mode: str = "multi",
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> EvalReport:
+    """Run the ANN and the SNN over ``batches`` once; accuracy after every step, events per site and step.
+
+    Args:
+        snn: the converted network.
+        batches: iterable of ``(images, labels)``.
+        ann: the original ANN (evaluated on the same images; its training flag is restored afterwards).
+        timesteps: T (default ``snn.timesteps``).
+        mode: ``"multi"`` (layer by layer over T·B) or ``"single"`` (streaming, bounded memory).
+        device: where to run.
+        progress: called with the number of images of each finished batch (the CLI drives a progress bar).
+    """
+    T = snn.timesteps if timesteps is None else int(timesteps)
+    snn = snn.to(device)
+    correct_snn = torch.zeros(T, dtype=torch.float64)
+    correct_ann = 0
+    images = 0
+    seconds = {"ann": 0.0, "snn": 0.0}
+    was_training = ann.training if ann is not None else False
+    if ann is not None:
+        ann.to(device).eval()
+    counter = _EventCounter(snn, T)
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                x, y = x.to(device), y.to(device)
+                if ann is not None:
+                    start = time.perf_counter()
+                    correct_ann += int((ann(x).argmax(-1) == y).sum())
+                    seconds["ann"] += time.perf_counter() - start
+                start = time.perf_counter()
+                decoded = snn(x, T, mode=mode)
+                seconds["snn"] += time.perf_counter() - start
+                correct_snn += (decoded.argmax(-1) == y.unsqueeze(0)).sum(dim=1).double().cpu()
+                images += int(y.shape[0])
+                if progress is not None:
+                    progress(int(y.shape[0]))
+    finally:
+        counter.close()
+        if ann is not None:
+            ann.train(was_training)
+    if images == 0:
+        raise ValueError("evaluation got no images")
+    total = torch.zeros(T, dtype=torch.float64)
+    site_events = {}
+    for name, counts in counter.counts.items():
+        total += counts
+        n = counter.neurons[name]
+        site_events[name] = {"neurons_per_image": n, "events": float(counts.sum()),
+                             "events_per_neuron": float(counts.sum()) / (n * images)}
+    report = EvalReport(
+        timesteps=T,
+        ann_accuracy=correct_ann / images if ann is not None else None,
+        snn_accuracy=[float(c) / images for c in correct_snn],
+        images=images,
+        events_per_step=[float(c) / images for c in total],
+        site_events=site_events,
+        seconds=seconds,
+    )
+    log.info("evaluated %d images: ANN %s, SNN %.4f at T=%d", images,
+             "n/a" if report.ann_accuracy is None else f"{report.ann_accuracy:.4f}", report.snn_accuracy[-1], T)
+    return report
+
+
+def package_version() -> str:
+    try:
+        return version("snnconvert")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_report(
+    result,
+    evaluation: EvalReport,
+    *,
+    model: str,
+    calib: dict[str, Any],
+    data: dict[str, Any],
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The JSON report (schema version 1, documented in docs/report_schema.md)."""
+    cfg = result.config
+    sites = []
+    for info in result.calibration.sites:
+        sites.append({**info, **({"events": evaluation.site_events.get(info["site"], {})})})
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "snnconvert_version": package_version(),
+        "model": model,
+        "coding": cfg.coding,
+        "timesteps": evaluation.timesteps,
+        "config": cfg.to_dict(),
+        "ann_accuracy": evaluation.ann_accuracy,
+        "snn_accuracy": evaluation.snn_accuracy,
+        "eval_images": evaluation.images,
+        "calib_images": calib.get("images"),
+        "data": {"calibration": calib, "evaluation": data},
+        "thresholds": {
+            "method": str(cfg.threshold),
+            "granularity": cfg.granularity,
+            "fitted_for": {"timesteps": cfg.timesteps, "levels": cfg.levels,
+                           "quantisation_levels": result.calibration.quantisation_levels},
+            "sites": sites,
+        },
+        "events": {"per_step": evaluation.events_per_step,
+                   "total_per_image": float(sum(evaluation.events_per_step))},
+        "conversion": result.report.to_dict(),
+        "timings": {**{f"eval_{k}": round(v, 4) for k, v in evaluation.seconds.items()},
+                    **{k: round(v, 4) for k, v in (timings or {}).items()}},
+    }

@@ -1,0 +1,45 @@
+"""Shared fixtures: seeding, tolerances, the real Fashion-MNIST data, gpu marker auto-skip."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/nets.py
+
+#: One table of tolerances (architecture.md §6); never loosen one to make a test pass.
+TOLERANCES = {
+    "pass_equivalence": {"rtol": 1e-4, "atol": 1e-5},
+    "onnx_vs_ort": {"rtol": 1e-4, "atol": 1e-5},
+    "single_vs_multi": {"rtol": 1e-6, "atol": 1e-6},
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fmnist_train():
+    from snnconvert.runtime.data import load_fashion_mnist
+
+    return load_fashion_mnist("train")
+
+
+@pytest.fixture(scope="session")
+def fmnist_test():
+    from snnconvert.runtime.data import load_fashion_mnist
+
+    return load_fashion_mnist("test")

@@ -1,0 +1,60 @@
+"""Tiny seeded models for tests: every ReLU spelling, BN, max-pool, residual add, dropout."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SpellingsNet(nn.Module):
+    """Conv-BN blocks using every ReLU spelling, a shared ReLU module, max-pools, dropout and a linear head."""
+
+    def __init__(self, seed: int = 0, channels: int = 6) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        c = channels
+        self.conv1, self.bn1 = nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv3, self.bn3 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv4 = nn.Conv2d(c, c, 3, padding=1)
+        self.act_inplace = nn.ReLU(inplace=True)
+        self.shared = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.drop = nn.Dropout(0.3)
+        self.fc1 = nn.Linear(c * 7 * 7, 16)
+        self.fc2 = nn.Linear(16, 10)
+        for bn in (self.bn1, self.bn2, self.bn3):  # non-trivial running statistics
+            bn.running_mean.uniform_(-0.3, 0.3)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.2, 0.2)
+
+    def forward(self, x):
+        x = self.pool(self.act_inplace(self.bn1(self.conv1(x))))  # nn.ReLU(inplace) -> MaxPool
+        x = F.relu(self.bn2(self.conv2(x)))  # F.relu
+        x = torch.relu(self.bn3(self.conv3(x))) + x  # torch.relu, residual
+        x = self.pool(self.conv4(x).relu())  # Tensor.relu -> max-pool
+        x = self.shared(torch.flatten(x, 1))  # shared nn.ReLU, first use
+        x = self.drop(self.shared(self.fc1(x)))  # shared nn.ReLU, second use
+        return self.fc2(x)
+
+
+class Unsupported(nn.Module):
+    """Three unsupported nodes: a Sigmoid module, a custom leaf module and a product of two activations."""
+
+    class Mystery(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.sig = nn.Sigmoid()
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = self.sig(y) * F.relu(y)
+        y = torch.tanh(y)
+        return self.fc(y.mean(dim=(2, 3)))

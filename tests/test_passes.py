@@ -1,0 +1,237 @@
+"""Graph passes: structure after each pass, numeric equality with the ANN, idempotence, support errors."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import TOLERANCES
+from nets import SpellingsNet, Unsupported
+
+from snnconvert.convert import RATE_DEFAULT, convert
+from snnconvert.convert.errors import TraceError, UnsupportedOpError
+from snnconvert.convert.frontend import trace_module
+from snnconvert.convert.passes import NORMALIZE_PASSES
+from snnconvert.convert.passes.normalize import (
+    canonicalize_activations,
+    drop_dropout_and_identity,
+    fold_bn,
+    is_canonical_relu,
+    move_maxpool_before_activation,
+)
+from snnconvert.convert.passes.support import check_supported
+from snnconvert.convert.pipeline import ConversionReport, op_table, run_passes
+
+TOL = TOLERANCES["pass_equivalence"]
+
+
+def _x(n=4):
+    return torch.rand(n, 1, 28, 28) * 2 - 0.5
+
+
+def _run_all(model):
+    gm = trace_module(model)
+    report = ConversionReport()
+    gm = run_passes(gm, NORMALIZE_PASSES, RATE_DEFAULT, report)
+    return gm, report
+
+
+def _rerun(pass_fn, gm):
+    return pass_fn(gm, RATE_DEFAULT, ConversionReport()).modified
+
+
+def test_canonicalize_finds_every_relu_spelling():
+    model = SpellingsNet()
+    gm = trace_module(model)
+    report = ConversionReport()
+    result = canonicalize_activations(gm, RATE_DEFAULT, report)
+    assert result.modified
+    counts = report.entry("canonicalize_activations").counts
+    assert counts == {"nn.ReLU(inplace)": 1, "F.relu": 1, "torch.relu": 1, "Tensor.relu": 1, "nn.ReLU(shared)": 1}
+    relus = [n for n in gm.graph.nodes if is_canonical_relu(gm, n)]
+    assert len(relus) == 6  # five rewritten + the second call of the shared module, now its only user
+    table = op_table(gm)
+    assert "relu" not in table and ".relu" not in table
+    x = _x()
+    torch.testing.assert_close(gm(x), model.eval()(x), **TOL)
+    assert not _rerun(canonicalize_activations, gm)
+
+
+@pytest.mark.parametrize("spelling", ["clamp", "clamp_min", "relu_", "F.relu_inplace"])
+def test_canonicalize_other_spellings(spelling):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.fc(x)
+            if spelling == "clamp":
+                y = torch.clamp(y, min=0)
+            elif spelling == "clamp_min":
+                y = y.clamp_min(0)
+            elif spelling == "relu_":
+                y = torch.relu_(y)
+            else:
+                y = F.relu(y, inplace=True)
+            return y + 1
+
+    model = Net().eval()
+    gm = trace_module(model)
+    assert canonicalize_activations(gm, RATE_DEFAULT, ConversionReport()).modified
+    assert sum(is_canonical_relu(gm, n) for n in gm.graph.nodes) == 1
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(gm(x), model(x), **TOL)
+
+
+def test_clamp_with_max_is_not_a_relu():
+    class Net(nn.Module):
+        def forward(self, x):
+            return torch.clamp(x, min=0, max=6)
+
+    gm = trace_module(Net())
+    assert not canonicalize_activations(gm, RATE_DEFAULT, ConversionReport()).modified
+    with pytest.raises(UnsupportedOpError, match="clamp"):
+        check_supported(gm, RATE_DEFAULT, ConversionReport())
+
+
+def test_fold_bn_structure_numerics_idempotence():
+    model = SpellingsNet()
+    gm = trace_module(model)
+    canonicalize_activations(gm, RATE_DEFAULT, ConversionReport())
+    report = ConversionReport()
+    assert fold_bn(gm, RATE_DEFAULT, report).modified
+    gm.recompile()
+    assert "BatchNorm2d" not in op_table(gm)
+    assert report.entry("fold_bn").counts == {"BatchNorm2d": 3}
+    x = _x()
+    torch.testing.assert_close(gm(x), model.eval()(x), **TOL)
+    assert not _rerun(fold_bn, gm)
+
+
+def test_fold_bn_skips_shared_conv_output():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    gm = trace_module(Net())
+    report = ConversionReport()
+    assert not fold_bn(gm, RATE_DEFAULT, report).modified
+    assert "other consumers" in report.entry("fold_bn").skipped["bn"]
+
+
+def test_drop_dropout_and_identity():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Identity(), nn.ReLU())
+    gm = trace_module(model)
+    assert drop_dropout_and_identity(gm, RATE_DEFAULT, ConversionReport()).modified
+    gm.recompile()
+    assert set(op_table(gm)) == {"Linear", "ReLU"}
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(gm(x), model.eval()(x), **TOL)
+    assert not _rerun(drop_dropout_and_identity, gm)
+
+
+def test_maxpool_moves_before_relu():
+    model = SpellingsNet()
+    gm = trace_module(model)
+    canonicalize_activations(gm, RATE_DEFAULT, ConversionReport())
+    report = ConversionReport()
+    assert move_maxpool_before_activation(gm, RATE_DEFAULT, report).modified
+    gm.recompile()
+    assert report.entry("move_maxpool_before_activation").counts == {"swapped": 2}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.MaxPool2d):
+            assert not is_canonical_relu(gm, node.args[0]), "a max-pool still reads a ReLU"
+            (user,) = node.users
+            assert is_canonical_relu(gm, user)
+    x = _x()
+    torch.testing.assert_close(gm(x), model.eval()(x), **TOL)
+    assert not _rerun(move_maxpool_before_activation, gm)
+
+
+def test_maxpool_with_second_consumer_stays():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.relu, self.pool = nn.ReLU(), nn.MaxPool2d(2)
+
+        def forward(self, x):
+            y = self.relu(x)
+            return self.pool(y).sum() + y.sum()
+
+    gm = trace_module(Net())
+    report = ConversionReport()
+    assert not move_maxpool_before_activation(gm, RATE_DEFAULT, report).modified
+    assert "besides the max-pool" in report.entry("move_maxpool_before_activation").skipped["relu"]
+
+
+def test_full_pipeline_equal_and_idempotent():
+    model = SpellingsNet()
+    gm, _ = _run_all(model)
+    x = _x(8)
+    torch.testing.assert_close(gm(x), model.eval()(x), **TOL)
+    report = ConversionReport()
+    for pass_fn in NORMALIZE_PASSES:
+        assert not pass_fn(gm, RATE_DEFAULT, report).modified, pass_fn.__name__
+
+
+def test_unsupported_ops_listed_all_at_once():
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(Unsupported(), forward_loop=[torch.rand(2, 1, 8, 8)])
+    names = {n.name for n in info.value.nodes}
+    assert names == {"sig", "mul", "tanh"}
+    text = str(info.value)
+    assert "Sigmoid" in text and "torch.tanh" in text and "nets.py:" in text
+
+
+def test_allow_ann_ops_is_explicit_and_reported():
+    gm = trace_module(Unsupported())
+    run_passes(gm, NORMALIZE_PASSES, RATE_DEFAULT, ConversionReport())
+    cfg = RATE_DEFAULT.replace(allow_ann_ops=("sig", "mul", "tanh"))
+    report = ConversionReport()
+    check_supported(gm, cfg, report)
+    assert report.analog_nodes == ["sig", "mul", "tanh"]
+
+
+def test_user_model_unchanged_by_conversion():
+    model = SpellingsNet()
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    x = _x()
+    convert(model, forward_loop=[x])
+    assert model.training
+    assert all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert isinstance(model.act_inplace, nn.ReLU) and model.act_inplace.inplace
+
+
+def test_untraceable_model_raises_trace_error():
+    class Net(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x
+            return -x
+
+    with pytest.raises(TraceError, match="control flow"):
+        trace_module(Net())
+
+
+def test_failing_pass_is_named():
+    def broken_pass(gm, cfg, report):
+        raise RuntimeError("boom")
+
+    from snnconvert.convert.pipeline import PassError
+
+    gm = trace_module(SpellingsNet())
+    with pytest.raises(PassError, match=r"pass broken_pass failed \(after canonicalize_activations\)"):
+        run_passes(gm, [canonicalize_activations, broken_pass], RATE_DEFAULT, ConversionReport())

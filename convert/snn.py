@@ -29,32 +29,43 @@ class SpikingNetwork(nn.Module):
         coding: the coding strategy object (``encode`` / ``prepare`` / ``decode``).
         timesteps: default number of steps T.
         neuron_names: the submodule names of the neurons (ReLU site names).
+        unit_names: the submodule names of the other stateful units (graded max-pool units).
 
     Calling ``snn(x)`` with an analog batch ``x [B, ...]`` returns the decoded output after every step,
     ``[T, B, ...]`` (entry ``t-1`` is the network's answer after ``t`` steps).
     """
 
-    def __init__(self, gm: fx.GraphModule, coding, timesteps: int, neuron_names: list[str]) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, coding, timesteps: int, neuron_names: list[str], unit_names: list[str] = ()
+    ) -> None:
         super().__init__()
         self.gm = gm
         self.coding = coding
         self.timesteps = timesteps
         self.neuron_names = list(neuron_names)
+        self.unit_names = list(unit_names)
 
     def neurons(self) -> Iterator[tuple[str, nn.Module]]:
         """``(site name, neuron)`` pairs in graph order."""
         for name in self.neuron_names:
             yield name, self.gm.get_submodule(name)
 
-    def reset(self) -> None:
-        """Clear every neuron's streaming state (call between samples in single-step mode)."""
-        for _, neuron in self.neurons():
-            neuron.reset()
+    def stateful(self) -> Iterator[tuple[str, nn.Module]]:
+        """Every stateful module: the neurons, then the graded units."""
+        yield from self.neurons()
+        for name in self.unit_names:
+            yield name, self.gm.get_submodule(name)
 
-    def _set_mode(self, step_mode: str, timesteps: int | None) -> None:
-        for _, neuron in self.neurons():
-            neuron.step_mode = step_mode
-            neuron.timesteps = timesteps
+    def reset(self) -> None:
+        """Clear every neuron's and unit's streaming state (call between samples in single-step mode)."""
+        for _, module in self.stateful():
+            module.reset()
+
+    def set_step_mode(self, step_mode: str, timesteps: int | None = None) -> None:
+        """``"m"`` (inputs ``[T*B, ...]``, needs ``timesteps``) or ``"s"`` (one step per call) for every unit."""
+        for _, module in self.stateful():
+            module.step_mode = step_mode
+            module.timesteps = timesteps
 
     def raw(self, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:
         """Encode ``x``, run T steps and return the RAW per-step outputs ``[T, B, ...]`` (not decoded)."""
@@ -67,10 +78,10 @@ class SpikingNetwork(nn.Module):
         self.coding.prepare(self, x)
         seq = self.coding.encode(x, T)
         if mode == "multi":
-            self._set_mode("m", T)
+            self.set_step_mode("m", T)
             out = self.gm(seq.reshape(T * x.shape[0], *x.shape[1:]))
             return out.reshape(T, x.shape[0], *out.shape[1:])
-        self._set_mode("s", None)
+        self.set_step_mode("s")
         self.reset()
         try:
             return torch.stack([self.gm(seq[t]) for t in range(T)])

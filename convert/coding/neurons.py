@@ -259,14 +259,14 @@ def _prepare(x: Tensor, threshold: Tensor | float) -> tuple[torch.dtype, torch.S
         raise ConfigError("x must have shape [T, *S], got a 0-dim tensor")
     dtype = _state_dtype(x.dtype)
     step_shape = x.shape[1:]
-    th = torch.as_tensor(threshold, device=x.device).to(dtype)
+    th = torch.as_tensor(threshold, dtype=dtype, device=x.device)
     _check_broadcast("threshold", th, step_shape)
     return dtype, step_shape, th
 
 
 def _prepare_bias(x: Tensor, bias: Tensor | float | None, dtype: torch.dtype) -> Tensor:
     """Cast the captured bias (None means 0) to the state dtype and check that it broadcasts to S."""
-    b = torch.as_tensor(0.0 if bias is None else bias, device=x.device).to(dtype)
+    b = torch.as_tensor(0.0 if bias is None else bias, dtype=dtype, device=x.device)
     _check_broadcast("bias", b, x.shape[1:])
     return b
 

@@ -194,7 +194,8 @@ def drop_dropout_and_identity(gm: fx.GraphModule, cfg, report: ConversionReport)
     return PassResult(gm, entry.modified)
 
 
-def _is_maxpool(gm: fx.GraphModule, node: fx.Node) -> bool:
+def is_maxpool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """True for a max-pool node (module or function) that does not return indices."""
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
         return isinstance(module, _MAXPOOL_MODULES) and not module.return_indices
@@ -217,11 +218,11 @@ def move_maxpool_before_activation(gm: fx.GraphModule, cfg, report: ConversionRe
             continue
         users = list(relu.users)
         if len(users) != 1:
-            if any(_is_maxpool(gm, u) for u in users):
+            if any(is_maxpool(gm, u) for u in users):
                 entry.skipped[relu.name] = "the ReLU output has consumers besides the max-pool"
             continue
         pool = users[0]
-        if not _is_maxpool(gm, pool) or pool.args[0] is not relu:
+        if not is_maxpool(gm, pool) or pool.args[0] is not relu:
             continue
         source = relu.args[0]
         pool.replace_all_uses_with(relu)

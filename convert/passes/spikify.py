@@ -1,12 +1,15 @@
 """Replace every canonical ReLU by the coding's spiking neuron and wrap the graph as a :class:`SpikingNetwork`."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.fx as fx
 
 from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import ConfigError
-from snnconvert.convert.passes.normalize import is_canonical_relu, set_module
+from snnconvert.convert.coding.units import GradedUnit
+from snnconvert.convert.passes.normalize import is_canonical_relu, is_maxpool, set_module
 from snnconvert.convert.pipeline import ConversionReport, PassEntry
 from snnconvert.convert.snn import SpikingNetwork
 
@@ -39,6 +42,45 @@ def replace_activations(
         entry.nodes.append(node.target)
         kind = type(neuron).__name__
         entry.counts[kind] = entry.counts.get(kind, 0) + 1
+    units = wrap_maxpools(gm, set(names), cfg, entry)
     gm.recompile()
     report.passes.append(entry)
-    return SpikingNetwork(gm, coding, cfg.timesteps, names)
+    return SpikingNetwork(gm, coding, cfg.timesteps, names, units)
+
+
+def wrap_maxpools(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionConfig, entry: PassEntry) -> list[str]:
+    """Turn every max-pool downstream of a neuron into a :class:`GradedUnit` (exact max-pool of the decoded input).
+
+    A max-pool applied step by step to spike-driven inputs pools the wrong thing (the max of per-step values is not
+    the max of their averages). Pools upstream of every neuron see the analog input layer and stay plain: their
+    per-step inputs are constant (rate) or ``b + Wx, b, b, ...`` (differential), for which the plain pool is exact.
+
+    Before: ``p = pool(conv(s))``  After: ``p = pool_unit(conv(s))`` with ``pool_unit = GradedUnit(pool)``.
+    """
+    spiking: set[fx.Node] = set()
+    names = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in neuron_targets:
+            spiking.add(node)
+            continue
+        if not any(a in spiking for a in node.all_input_nodes):
+            continue
+        spiking.add(node)
+        if not is_maxpool(gm, node):
+            continue
+        if node.op == "call_module":
+            name = f"{node.target.replace('.', '_')}_{node.name}_unit"
+            f = gm.get_submodule(node.target)
+        else:
+            name = f"{node.name}_unit"
+            f = functools.partial(node.target, *node.args[1:], **node.kwargs)
+        gm.add_submodule(name, GradedUnit(f, coding=cfg.coding))
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (node.args[0],))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        spiking.add(new)
+        names.append(name)
+        entry.counts["GradedUnit(max-pool)"] = entry.counts.get("GradedUnit(max-pool)", 0) + 1
+    return names

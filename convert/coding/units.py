@@ -1,0 +1,103 @@
+"""Non-spiking stateful units (method.md §5): a graded unit that makes any function ``f`` exact on averages.
+
+A :class:`GradedUnit` wraps a non-linear ``f`` that cannot be applied step by step to a spike train (max-pool fed
+by spikes, later GELU, LayerNorm, Softmax). Its decoded output after t steps is exactly ``f(decoded input)``:
+
+- rate coding ("expectation compensation"): with ``S_t`` the running input sum, emit
+  ``out_t = t·f(S_t/t) − (t−1)·f(S_{t−1}/(t−1))``, so that ``Σ out = t·f(mean input)``;
+- differential coding (§5.1): ``u = x_t − b``, ``R_in += u/t`` (seeded with the captured b),
+  ``out_t = t·(f(R_in) − F_prev)``, so that ``Σ out_τ/τ = f(R_in,t)``.
+
+The output is a dense float, not a spike; state is kept in fp32. Same step modes as the neurons: ``"m"``
+(``[T*B, ...]`` input, time folded into the batch), ``"s"`` (one step per call, ``reset()`` between samples) and
+capture mode (outputs zeros, stores the input as b).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from snnconvert.convert.errors import ConfigError
+
+
+class GradedUnit(nn.Module):
+    """Exact-on-averages wrapper of a function ``f`` (a module such as ``nn.MaxPool2d``, or a callable).
+
+    Args:
+        f: the function applied to running averages.
+        coding: ``"rate"`` or ``"differential"``.
+    """
+
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], *, coding: str) -> None:
+        super().__init__()
+        if coding not in ("rate", "differential"):
+            raise ConfigError(f"coding must be 'rate' or 'differential', got {coding!r}")
+        self.f = f
+        self.coding = coding
+        self.step_mode = "m"
+        self.timesteps: int | None = None
+        self.capture = False
+        self.bias: torch.Tensor | None = None
+        self._state: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    def extra_repr(self) -> str:
+        return f"coding={self.coding}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.capture:
+            self.bias = x.detach().float().clone()
+            return torch.zeros_like(self.f(x))
+        if self.step_mode == "m":
+            T = self.timesteps
+            if not isinstance(T, int) or T < 1 or x.shape[0] % T:
+                raise ConfigError(f"step_mode 'm' needs timesteps dividing the leading dim, got T={T!r}")
+            y = self.multistep(x.reshape(T, x.shape[0] // T, *x.shape[1:]))
+            return y.reshape(T * y.shape[1], *y.shape[2:])
+        return self.single_step(x)
+
+    def _bias(self, like: torch.Tensor) -> torch.Tensor:
+        if self.coding == "rate":
+            return torch.zeros((), dtype=torch.float32, device=like.device)
+        if self.bias is None:
+            raise ConfigError("differential graded unit has no captured bias; run the capture pass first")
+        return self.bias
+
+    def _step(self, t: int, x_t: torch.Tensor, acc: torch.Tensor, f_prev: torch.Tensor):
+        """One step. ``acc``: running input sum (rate) or running mean R_in (diff); ``f_prev``: (t−1)·f (rate) or
+        F_{t−1} (diff). Returns (out, acc, f_prev)."""
+        if self.coding == "rate":
+            acc = acc + x_t
+            f_scaled = t * self.f(acc / t)
+            return f_scaled - f_prev, acc, f_scaled
+        acc = acc + (x_t - self._bias(x_t)) / t
+        f_now = self.f(acc)
+        return t * (f_now - f_prev), acc, f_now
+
+    def _init(self, x_t: torch.Tensor):
+        if self.coding == "rate":
+            return torch.zeros_like(x_t, dtype=torch.float32), 0.0
+        return self._bias(x_t).expand_as(x_t).float(), 0.0
+
+    def multistep(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """``[T, B, ...] -> [T, B, ...]`` from the initial state."""
+        acc, f_prev = self._init(x_seq[0])
+        outs = []
+        for t in range(1, x_seq.shape[0] + 1):
+            out, acc, f_prev = self._step(t, x_seq[t - 1].float(), acc, f_prev)
+            outs.append(out)
+        return torch.stack(outs).to(x_seq.dtype)
+
+    def single_step(self, x_t: torch.Tensor) -> torch.Tensor:
+        """One step with state kept between calls."""
+        if self._state is None:
+            self._state = (0, *self._init(x_t))
+        t, acc, f_prev = self._state
+        out, acc, f_prev = self._step(t + 1, x_t.float(), acc, f_prev)
+        self._state = (t + 1, acc, f_prev)
+        return out.to(x_t.dtype)
+
+    def reset(self) -> None:
+        """Clear the streaming state (keeps the captured bias)."""
+        self._state = None

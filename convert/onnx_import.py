@@ -1,0 +1,779 @@
+"""ONNX front end: ``load_onnx(path) -> torch.fx.GraphModule``.
+
+Steps (architecture.md §3):
+
+1. **Load and check.** ``onnx.load`` (external data such as the dynamo exporter's ``model.onnx.data`` is read from
+   next to the model), an opset check against ``MIN_OPSET..MAX_OPSET``, ``onnx.checker.check_model`` on the path
+   (so models above 2 GiB work), then ``onnx.shape_inference`` on a weight-free copy of the graph.
+2. **One pass over the nodes in topological order.** Each node is looked up in the registry of
+   :mod:`snnconvert.convert.onnx_ops` by (domain, op_type) and the model's opset; its converter emits fx nodes
+   through an :class:`OpContext`. Nodes whose op has no converter (or whose attributes a converter cannot express)
+   are collected; the outputs of such a node are "poisoned" so the walk goes on, and one ``UnsupportedOpError``
+   lists every offender at the end.
+3. **Build the GraphModule.** Weights live in real modules (``nn.Conv2d``, ``nn.Linear``, ...), other constants in
+   registered buffers read through ``get_attr``. Every fx node carries ``node.meta["onnx"] = {"name", "op_type",
+   "opset"}`` and the module carries ``gm.meta["onnx"]`` with model-level facts.
+
+Postconditions: the result is in eval mode, its parameters are float32, and it has exactly one placeholder (the
+single graph input). A dynamic batch dimension stays dynamic: reshapes use ``-1`` (or ``x.size(0)`` arithmetic when
+several entries are dynamic), so the module accepts any batch size, including a flattened ``[T*B, ...]`` input.
+"""
+from __future__ import annotations
+
+import ast
+import keyword
+import logging
+import operator
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import sympy
+import torch
+from onnx import numpy_helper
+from torch import fx, nn
+
+from snnconvert.convert import onnx_ops
+from snnconvert.convert.errors import OnnxImportError, UnsupportedNode, UnsupportedOpError
+from snnconvert.convert.onnx_ops import Const, SymVec, Tensor, UnsupportedConfigError, Value
+
+__all__ = ["MAX_OPSET", "MIN_OPSET", "OpContext", "load_onnx", "supported_op_types"]
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 13
+MAX_OPSET = 21
+# Initializers up to this many elements stay in the copy used for shape inference (shape constants need their
+# values for data propagation); larger ones are replaced by typed graph inputs so inference never copies weights.
+_INFERENCE_KEEP_NUMEL = 1024
+_PARAM_NAME = re.compile(r"^[A-Za-z_][\w.]*\.(weight|bias)$")
+
+_ONNX_DTYPES: dict[int, torch.dtype] = {
+    onnx.TensorProto.FLOAT: torch.float32,
+    onnx.TensorProto.UINT8: torch.uint8,
+    onnx.TensorProto.INT8: torch.int8,
+    onnx.TensorProto.UINT16: torch.uint16,
+    onnx.TensorProto.INT16: torch.int16,
+    onnx.TensorProto.INT32: torch.int32,
+    onnx.TensorProto.INT64: torch.int64,
+    onnx.TensorProto.BOOL: torch.bool,
+    onnx.TensorProto.FLOAT16: torch.float16,
+    onnx.TensorProto.DOUBLE: torch.float64,
+    onnx.TensorProto.UINT32: torch.uint32,
+    onnx.TensorProto.UINT64: torch.uint64,
+    onnx.TensorProto.BFLOAT16: torch.bfloat16,
+}
+
+_POISONED = object()
+_REQUIRED = object()
+
+
+def supported_op_types() -> list[str]:
+    """Op types of the default ONNX domain that :func:`load_onnx` converts."""
+    return onnx_ops.supported_op_types()
+
+
+def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
+    """Import an ONNX model as a ``torch.fx.GraphModule``.
+
+    Args:
+        path: an ``.onnx`` file (external data files are read from its folder), or an in-memory ``ModelProto``.
+
+    Returns:
+        A GraphModule in eval mode with float32 parameters and one input. ``gm.meta["onnx"]`` holds ``path``,
+        ``opset``, ``producer``, ``input_name``, ``input_shape`` (``None`` for dynamic dimensions), ``input_dtype``
+        and ``metadata_props``; every fx node holds ``node.meta["onnx"] = {"name", "op_type", "opset"}``.
+
+    Raises:
+        OnnxImportError: the file is missing, not ONNX, truncated, fails the checker, has an opset outside
+            ``MIN_OPSET..MAX_OPSET``, has more or fewer than one input, or has a dynamic shape that cannot be
+            resolved.
+        UnsupportedOpError: once, listing every node whose op type (or attribute combination) has no converter.
+    """
+    model, label, check_target = _read_model(path)
+    opset = _default_opset(model, label)
+    _check_model(check_target, label)
+    if isinstance(path, (str, os.PathLike)):
+        _load_external_data(model, Path(path), label)
+    inferred = _infer_shapes(model, label)
+    gm = _Importer(model, opset, inferred, label).run()
+    graph_input = gm.meta["onnx"]
+    gm.meta["onnx"] = {
+        "path": None if isinstance(path, onnx.ModelProto) else str(path),
+        "opset": opset,
+        "producer": " ".join(p for p in (model.producer_name, model.producer_version) if p),
+        "input_name": graph_input["input_name"],
+        "input_shape": graph_input["input_shape"],
+        "input_dtype": graph_input["input_dtype"],
+        "metadata_props": {prop.key: prop.value for prop in model.metadata_props},
+    }
+    n_modules = sum(1 for node in gm.graph.nodes if node.op == "call_module")
+    logger.info("imported %s: opset %d, %d ONNX nodes -> %d fx nodes (%d modules)", label, opset,
+                len(model.graph.node), len(gm.graph.nodes), n_modules)
+    return gm
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading and checking
+# --------------------------------------------------------------------------------------------------------------------
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first if len(first) <= 300 else first[:297] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _read_model(path: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str, Any]:
+    if isinstance(path, onnx.ModelProto):
+        return path, "<ModelProto>", path
+    file = Path(path)
+    if not file.is_file():
+        raise OnnxImportError(f"ONNX file not found: {file}; check the path")
+    try:
+        model = onnx.load(str(file), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        raise OnnxImportError(
+            f"{file} is not a readable ONNX model ({_one_line(exc)}); the file may be truncated or not ONNX, "
+            "re-export it"
+        ) from exc
+    return model, str(file), str(file)
+
+
+def _default_opset(model: onnx.ModelProto, label: str) -> int:
+    versions = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
+    opset = versions.get("ai.onnx")
+    if opset is None:
+        raise OnnxImportError(
+            f"{label} declares no opset for the default ONNX domain; the file is not a valid ONNX model, re-export it"
+        )
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise OnnxImportError(
+            f"{label} uses opset {opset}, outside the supported range {MIN_OPSET}-{MAX_OPSET}; convert it with "
+            f"onnx.version_converter.convert_version(model, {min(max(opset, MIN_OPSET), MAX_OPSET)}) and save it again"
+        )
+    return opset
+
+
+def _check_model(target: Any, label: str) -> None:
+    try:
+        onnx.checker.check_model(target)
+    except Exception as exc:
+        raise OnnxImportError(
+            f"{label} fails the ONNX checker ({_one_line(exc)}); re-export the model or repair it with the onnx tools"
+        ) from exc
+
+
+def _load_external_data(model: onnx.ModelProto, file: Path, label: str) -> None:
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(file.parent))
+    except Exception as exc:
+        raise OnnxImportError(
+            f"cannot read the external data of {label} ({_one_line(exc)}); keep the .data file next to the model"
+        ) from exc
+
+
+def _shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without large initializers (replaced by typed inputs), cheap to run shape inference on."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    declared = {value.name for value in model.graph.input}
+    for init in model.graph.initializer:
+        numel = int(np.prod(init.dims)) if init.dims else 1
+        if numel <= _INFERENCE_KEEP_NUMEL and init.data_location != onnx.TensorProto.EXTERNAL:
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return light
+
+
+def _infer_shapes(model: onnx.ModelProto, label: str) -> dict[str, tuple[int, list[int | str | None]]]:
+    """name -> (elem_type, dims) from declared and inferred value infos (dims: int, dim_param or None)."""
+    light = _shape_only_copy(model)
+    inferred = None
+    errors: list[str] = []
+    for data_prop in (True, False):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, data_prop=data_prop)
+            break
+        except Exception as exc:
+            errors.append(_one_line(exc))
+    if inferred is None:
+        raise OnnxImportError(f"ONNX shape inference fails on {label} ({errors[-1]}); check the model with onnx tools")
+    table: dict[str, tuple[int, list[int | str | None]]] = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        tensor_type = info.type.tensor_type
+        if not info.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
+            if info.type.HasField("tensor_type"):
+                table.setdefault(info.name, (tensor_type.elem_type, None))
+            continue
+        dims: list[int | str | None] = []
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                dims.append(dim.dim_value)
+            elif dim.HasField("dim_param"):
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+        table[info.name] = (tensor_type.elem_type, dims)
+    return table
+
+
+def _sanitize(name: str) -> str:
+    text = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_")
+    text = re.sub(r"_+", "_", text)
+    if not text:
+        return "node"
+    return f"n_{text}" if text[0].isdigit() else text
+
+
+def _parse_dim_param(text: str, symbols: dict[str, sympy.Symbol]) -> sympy.Expr | None:
+    """A dim_param such as ``batch`` or ``197*batch`` over known symbols; never ``eval``s the text."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return None
+
+    def walk(node: ast.AST) -> sympy.Expr:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return sympy.Integer(node.value)
+        if isinstance(node, ast.Name) and node.id in symbols:
+            return symbols[node.id]
+        if isinstance(node, ast.BinOp):
+            ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+            if type(node.op) in ops:
+                return ops[type(node.op)](walk(node.left), walk(node.right))
+            if isinstance(node.op, ast.FloorDiv):
+                return onnx_ops.sym_div(walk(node.left), walk(node.right))
+        raise ValueError(text)
+
+    try:
+        return sympy.expand(walk(tree))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The per-node context handed to converters
+# --------------------------------------------------------------------------------------------------------------------
+class OpContext:
+    """What a converter sees of one ONNX node, and the builder it emits fx nodes through.
+
+    Values passed to the ``call_*`` methods may be :class:`Const`, :class:`SymVec` or :class:`Tensor` (nested in
+    lists, tuples or dicts) or plain Python values. When no argument is a run-time value the call is evaluated at
+    import time and returns a :class:`Const` (constant folding); otherwise it adds an fx node and returns a
+    :class:`Tensor`.
+    """
+
+    def __init__(self, importer: _Importer, node: onnx.NodeProto, index: int) -> None:
+        self._importer = importer
+        self.node = node
+        self.index = index
+        self.op_type = node.op_type
+        self.opset = importer.opset
+        self.name = node.name or f"{node.op_type}_{index}"
+        self.attrs = {attr.name: _attribute_value(attr) for attr in node.attribute}
+
+    # ---- inputs, attributes, errors -----------------------------------------------------------------------------
+    def attr(self, name: str, default: Any = _REQUIRED) -> Any:
+        if name in self.attrs:
+            return self.attrs[name]
+        if default is _REQUIRED:
+            raise self.fail(f"required attribute '{name}' is missing")
+        return default
+
+    def input(self, i: int) -> Value | None:
+        if i >= len(self.node.input) or not self.node.input[i]:
+            return None
+        return self._importer.value(self.node.input[i])
+
+    def inputs(self) -> list[Value | None]:
+        return [self.input(i) for i in range(len(self.node.input))]
+
+    def value_by_name(self, name: str) -> Value | None:
+        values = self._importer.values
+        if name in values:
+            return None if values[name] is _POISONED else values[name]
+        return self._importer.value(name) if name in self._importer.initializers else None
+
+    def const(self, i: int, what: str) -> torch.Tensor:
+        value = self.input(i)
+        if not isinstance(value, Const):
+            raise self.fail(f"{what} (input {i}) must be a constant or initializer")
+        return value.tensor
+
+    def elems(self, i: int) -> list[sympy.Expr]:
+        """Entries of a shape-like input (a static int tensor or a shape value derived from ``Shape``)."""
+        value = self.input(i)
+        items = None if value is None else onnx_ops.to_int_list(value)
+        if items is None:
+            raise self.fail(
+                f"input {i} must be static or computed from tensor shapes; a data-dependent shape cannot be imported"
+            )
+        return list(items[0])
+
+    def unsupported(self, reason: str) -> UnsupportedConfigError:
+        return UnsupportedConfigError(reason)
+
+    def fail(self, message: str) -> OnnxImportError:
+        return OnnxImportError(f"cannot import node '{self.name}' ({self.op_type}, opset {self.opset}): {message}")
+
+    def output_used(self, i: int) -> bool:
+        if i >= len(self.node.output) or not self.node.output[i]:
+            return False
+        name = self.node.output[i]
+        return bool(self._importer.consumers.get(name)) or name in self._importer.graph_outputs
+
+    def consumers(self, i: int) -> list[onnx.NodeProto]:
+        return list(self._importer.consumers.get(self.node.output[i], []))
+
+    def is_graph_output(self, i: int) -> bool:
+        return self.node.output[i] in self._importer.graph_outputs
+
+    def fuse(self, later: onnx.NodeProto, value: Value) -> None:
+        """Let ``later`` (a consumer absorbed by this converter) produce ``value`` without a converter of its own."""
+        self._importer.fused[id(later)] = value
+
+    def tensor_from_proto(self, proto: onnx.TensorProto) -> torch.Tensor:
+        return _tensor_from_proto(proto)
+
+    def onnx_dtype(self, elem_type: int) -> torch.dtype:
+        if elem_type not in _ONNX_DTYPES:
+            raise self.unsupported(f"element type {onnx.TensorProto.DataType.Name(elem_type)}")
+        return _ONNX_DTYPES[elem_type]
+
+    def dtype_of(self, value: Value | None) -> torch.dtype | None:
+        if isinstance(value, Const):
+            return value.tensor.dtype
+        if isinstance(value, SymVec):
+            return torch.int64
+        if isinstance(value, Tensor):
+            return value.dtype
+        return None
+
+    # ---- shapes ---------------------------------------------------------------------------------------------------
+    def shape_or_none(self, value: Value | None) -> tuple | None:
+        if isinstance(value, Const):
+            return tuple(sympy.Integer(d) for d in value.tensor.shape)
+        if isinstance(value, SymVec):
+            return () if value.scalar else (sympy.Integer(len(value.elems)),)
+        if isinstance(value, Tensor):
+            return value.shape
+        return None
+
+    def shape(self, value: Value | None) -> tuple:
+        """The shape of ``value``; unknown entries become symbols read with ``x.size(i)`` at run time."""
+        shape = self.shape_or_none(value)
+        if shape is None:
+            raise self.fail("an input has an unknown rank; run onnx shape inference or export with static shapes")
+        if isinstance(value, Tensor) and any(d is None for d in shape):
+            value.shape = shape = tuple(
+                self.runtime_dim(value, i) if d is None else d for i, d in enumerate(shape)
+            )
+        return shape
+
+    def runtime_dim(self, value: Value, i: int) -> sympy.Symbol:
+        if not isinstance(value, Tensor):
+            raise self.fail("a dimension of a non-tensor value is unknown")
+        return self._importer.runtime_symbol(value.node, i)
+
+    def dim_arg(self, dim: sympy.Expr) -> int | fx.Node:
+        """A dimension as an fx argument: an int, or nodes computing it from ``x.size(i)`` calls."""
+        return self._importer.materialize(dim, self)
+
+    def dims_arg(self, dims: Sequence[sympy.Expr]) -> list[int | fx.Node]:
+        return [self.dim_arg(d) for d in dims]
+
+    # ---- naming ---------------------------------------------------------------------------------------------------
+    def param_name(self, *indices: int) -> str | None:
+        """A module name from the first input named like a torch parameter (``layer1.0.conv1.weight``)."""
+        for i in indices:
+            if i < len(self.node.input) and self.node.input[i]:
+                name = self.param_name_of(self.node.input[i])
+                if name:
+                    return name
+        return None
+
+    def param_name_of(self, tensor_name: str) -> str | None:
+        if _PARAM_NAME.match(tensor_name):
+            return tensor_name.rsplit(".", 1)[0]
+        return None
+
+    # ---- emission -------------------------------------------------------------------------------------------------
+    def call_function(self, fn: Any, *args: Any, scalars: bool = True, **kwargs: Any) -> Any:
+        return self._importer.emit("call_function", fn, args, kwargs, self, scalars=scalars)
+
+    def call_method(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._importer.emit("call_method", method, args, kwargs, self, scalars=True)
+
+    def call_module(self, module: nn.Module, *args: Any, name: str | None = None) -> Any:
+        return self._importer.emit_module(module, args, self, name)
+
+    def getitem(self, value: Any, i: int) -> Any:
+        if isinstance(value, (tuple, list)):
+            return value[i]
+        return self.call_function(operator.getitem, value, i)
+
+
+def _attribute_value(attr: onnx.AttributeProto) -> Any:
+    value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8") for v in value]
+    return value
+
+
+def _tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None = None) -> torch.Tensor:
+    array = numpy_helper.to_array(proto, base_dir or "")
+    if proto.data_type == onnx.TensorProto.BFLOAT16:
+        return torch.from_numpy(np.asarray(array, dtype=np.float32)).to(torch.bfloat16)
+    if array.dtype.kind not in "biuf":
+        raise OnnxImportError(f"tensor '{proto.name}' has unsupported element type {array.dtype}")
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The importer: graph walk and fx construction
+# --------------------------------------------------------------------------------------------------------------------
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, opset: int, inferred: dict, label: str) -> None:
+        self.model = model
+        self.opset = opset
+        self.inferred = inferred
+        self.label = label
+        self.graph = fx.Graph()
+        self.root = nn.Module()
+        self.used_names: set[str] = set()
+        self.values: dict[str, Any] = {}
+        self.initializers = {init.name: init for init in model.graph.initializer}
+        self.graph_outputs = {out.name for out in model.graph.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+        self.fused: dict[int, Value] = {}
+        self.symbols: dict[str, sympy.Symbol] = {}
+        self.symbol_source: dict[sympy.Symbol, tuple[fx.Node, int]] = {}
+        self.size_nodes: dict[sympy.Symbol, fx.Node] = {}
+        self.runtime_symbols: dict[tuple[fx.Node, int], sympy.Symbol] = {}
+        self.lifted: dict[int, tuple[Const, fx.Node]] = {}
+        self.meta: dict[str, Any] = {}
+
+    # ---- values ---------------------------------------------------------------------------------------------------
+    def value(self, name: str) -> Any:
+        if name in self.values:
+            return self.values[name]
+        if name in self.initializers:
+            tensor = _tensor_from_proto(self.initializers[name])
+            self.values[name] = Const(tensor, (name, "Initializer"))
+            return self.values[name]
+        raise OnnxImportError(f"{self.label}: tensor '{name}' is used before it is defined; the graph is malformed")
+
+    def runtime_symbol(self, node: fx.Node, dim: int) -> sympy.Symbol:
+        key = (node, dim)
+        if key not in self.runtime_symbols:
+            symbol = sympy.Symbol(f"_dim{len(self.runtime_symbols)}", integer=True, positive=True)
+            self.runtime_symbols[key] = symbol
+            self.symbol_source[symbol] = key
+        return self.runtime_symbols[key]
+
+    def _declared_dim(self, dim: int | str | None, node: fx.Node, index: int) -> sympy.Expr | None:
+        if isinstance(dim, int):
+            return sympy.Integer(dim)
+        if not dim:
+            return None
+        if dim in self.symbols:
+            return self.symbols[dim]
+        if dim.isidentifier():
+            symbol = sympy.Symbol(dim, integer=True, positive=True)
+            self.symbols[dim] = symbol
+            self.symbol_source[symbol] = (node, index)
+            return symbol
+        return _parse_dim_param(dim, self.symbols)
+
+    def _finish_tensor(self, value: Tensor, name: str) -> Tensor:
+        """Fill in a converter output's unknown shape entries and dtype from the inferred value info."""
+        elem_type, dims = self.inferred.get(name, (0, None))
+        if value.dtype is None and elem_type in _ONNX_DTYPES:
+            value.dtype = _ONNX_DTYPES[elem_type]
+        if dims is None:
+            return value
+        inferred = tuple(self._declared_dim(d, value.node, i) for i, d in enumerate(dims))
+        if value.shape is None:
+            value.shape = inferred
+        elif len(value.shape) == len(inferred):
+            value.shape = tuple(d if d is not None else inf for d, inf in zip(value.shape, inferred))
+        else:
+            logger.debug("shape of %s: converter gives rank %d, inference %d", name, len(value.shape), len(inferred))
+        return value
+
+    # ---- fx emission ----------------------------------------------------------------------------------------------
+    def _create(self, op: str, target: Any, args: tuple, kwargs: dict, meta: dict | None = None) -> fx.Node:
+        node = self.graph.create_node(op, target, args, kwargs)
+        node.meta["onnx"] = dict(meta or self.meta)
+        return node
+
+    def unique_name(self, candidate: str) -> str:
+        base = _sanitize(candidate)
+        name, k = base, 0
+        while name in self.used_names or keyword.iskeyword(name) or hasattr(self.root, name):
+            k += 1
+            name = f"{base}_{k}"
+        self.used_names.add(name)
+        return name
+
+    def lift(self, const: Const) -> fx.Node:
+        """A get_attr node reading ``const`` from a registered buffer (one buffer per constant)."""
+        key = id(const)
+        if key not in self.lifted or self.lifted[key][0] is not const:
+            name = self.unique_name(const.source[0] or "constant")
+            self.root.register_buffer(name, const.tensor.detach().clone().contiguous())
+            meta = {"name": const.source[0], "op_type": const.source[1], "opset": self.opset}
+            self.lifted[key] = (const, self._create("get_attr", name, (), {}, meta))
+        return self.lifted[key][1]
+
+    def materialize(self, expr: Any, ctx: OpContext) -> int | fx.Node:
+        expr = sympy.sympify(expr)
+        if expr.is_Integer:
+            return int(expr)
+        if expr.is_Symbol:
+            if expr not in self.size_nodes:
+                if expr not in self.symbol_source:
+                    raise ctx.fail(f"dimension '{expr}' cannot be computed at run time")
+                node, dim = self.symbol_source[expr]
+                self.size_nodes[expr] = self._create("call_method", "size", (node, dim), {})
+            return self.size_nodes[expr]
+
+        def combine(fn: Any, a: Any, b: Any) -> Any:
+            if isinstance(a, int) and isinstance(b, int):
+                return fn(a, b)
+            return self._create("call_function", fn, (a, b), {})
+
+        if isinstance(expr, sympy.Add):
+            terms = [self.materialize(t, ctx) for t in expr.args]
+            result = terms[0]
+            for term in terms[1:]:
+                result = combine(operator.add, result, term)
+            return result
+        if isinstance(expr, sympy.Mul):
+            coeff, rest = expr.as_coeff_Mul()
+            if coeff.is_Rational and not coeff.is_Integer:
+                return combine(operator.floordiv, self.materialize(coeff.p * rest, ctx), int(coeff.q))
+            factors = [self.materialize(f, ctx) for f in expr.args]
+            result = factors[0]
+            for factor in factors[1:]:
+                result = combine(operator.mul, result, factor)
+            return result
+        if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and int(expr.exp) > 0:
+            base = self.materialize(expr.base, ctx)
+            result = base
+            for _ in range(int(expr.exp) - 1):
+                result = combine(operator.mul, result, base)
+            return result
+        if isinstance(expr, sympy.floor):
+            numer, denom = sympy.fraction(sympy.together(expr.args[0]))
+            return combine(operator.floordiv, self.materialize(numer, ctx), self.materialize(denom, ctx))
+        if isinstance(expr, sympy.Mod):
+            return combine(operator.mod, self.materialize(expr.args[0], ctx), self.materialize(expr.args[1], ctx))
+        if isinstance(expr, (sympy.Max, sympy.Min)):
+            fn = max if isinstance(expr, sympy.Max) else min
+            items = [self.materialize(a, ctx) for a in expr.args]
+            result = items[0]
+            for item in items[1:]:
+                result = combine(fn, result, item)
+            return result
+        raise ctx.fail(f"cannot compute the dynamic dimension {expr} at run time")
+
+    def _runtime_arg(self, value: Any, ctx: OpContext, scalars: bool) -> Any:
+        if isinstance(value, Tensor):
+            return value.node
+        if isinstance(value, Const):
+            if scalars and value.tensor.ndim == 0:
+                return value.tensor.item()
+            return self.lift(value)
+        if isinstance(value, SymVec):
+            items = [self.materialize(e, ctx) for e in value.elems]
+            return self._create("call_function", torch.tensor, (items[0] if value.scalar else items,),
+                                {"dtype": torch.int64})
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._runtime_arg(v, ctx, scalars) for v in value)
+        if isinstance(value, dict):
+            return {k: self._runtime_arg(v, ctx, scalars) for k, v in value.items()}
+        return value
+
+    @staticmethod
+    def _has_runtime(value: Any) -> bool:
+        if isinstance(value, (Tensor, SymVec, fx.Node)):
+            return True
+        if isinstance(value, (list, tuple)):
+            return any(_Importer._has_runtime(v) for v in value)
+        if isinstance(value, dict):
+            return any(_Importer._has_runtime(v) for v in value.values())
+        return False
+
+    @staticmethod
+    def _static_arg(value: Any) -> Any:
+        if isinstance(value, Const):
+            return value.tensor
+        if isinstance(value, (list, tuple)):
+            return type(value)(_Importer._static_arg(v) for v in value)
+        if isinstance(value, dict):
+            return {k: _Importer._static_arg(v) for k, v in value.items()}
+        return value
+
+    def _wrap_static(self, result: Any, ctx: OpContext) -> Any:
+        if isinstance(result, torch.Tensor):
+            return Const(result, (ctx.name, ctx.op_type))
+        if isinstance(result, (tuple, list)):
+            return tuple(self._wrap_static(r, ctx) for r in result)
+        return Const(torch.tensor(result), (ctx.name, ctx.op_type))
+
+    def emit(self, op: str, target: Any, args: tuple, kwargs: dict, ctx: OpContext, *, scalars: bool) -> Any:
+        if not self._has_runtime(args) and not self._has_runtime(kwargs):
+            static_args, static_kwargs = self._static_arg(args), self._static_arg(kwargs)
+            with torch.no_grad():
+                if op == "call_method":
+                    result = getattr(static_args[0], target)(*static_args[1:], **static_kwargs)
+                else:
+                    result = target(*static_args, **static_kwargs)
+            return self._wrap_static(result, ctx)
+        fx_args = self._runtime_arg(args, ctx, scalars)
+        fx_kwargs = self._runtime_arg(kwargs, ctx, scalars)
+        return Tensor(self._create(op, target, fx_args, fx_kwargs))
+
+    def emit_module(self, module: nn.Module, args: tuple, ctx: OpContext, name: str | None) -> Any:
+        module.eval()
+        if not self._has_runtime(args):
+            with torch.no_grad():
+                return self._wrap_static(module(*self._static_arg(args)), ctx)
+        target = self.unique_name(name or ctx.name)
+        self.root.add_module(target, module)
+        return Tensor(self._create("call_module", target, self._runtime_arg(args, ctx, scalars=False), {}))
+
+    # ---- the walk -------------------------------------------------------------------------------------------------
+    def _placeholder(self) -> dict[str, Any]:
+        graph = self.model.graph
+        inputs = [value for value in graph.input if value.name not in self.initializers]
+        if len(inputs) != 1:
+            names = ", ".join(repr(v.name) for v in inputs) or "none"
+            raise OnnxImportError(
+                f"{self.label} has {len(inputs)} graph inputs ({names}); exactly one input is supported, "
+                "re-export the model with a single input tensor"
+            )
+        graph_input = inputs[0]
+        self.meta = {"name": graph_input.name, "op_type": "Input", "opset": self.opset}
+        node = self.graph.placeholder(_sanitize(graph_input.name))
+        node.meta["onnx"] = dict(self.meta)
+        elem_type, dims = self.inferred.get(graph_input.name, (graph_input.type.tensor_type.elem_type, None))
+        shape = None
+        if dims is not None:
+            shape = tuple(
+                self._declared_dim(d, node, i) if d is not None else self.runtime_symbol(node, i)
+                for i, d in enumerate(dims)
+            )
+        dtype = _ONNX_DTYPES.get(elem_type)
+        self.values[graph_input.name] = Tensor(node, shape, dtype)
+        return {
+            "input_name": graph_input.name,
+            "input_shape": None if dims is None else [d if isinstance(d, int) else None for d in dims],
+            "input_dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+        }
+
+    def run(self) -> fx.GraphModule:
+        input_meta = self._placeholder()
+        unsupported: list[UnsupportedNode] = []
+        reasons: list[str] = []
+        for index, node in enumerate(self.model.graph.node):
+            ctx = OpContext(self, node, index)
+            self.meta = {"name": ctx.name, "op_type": node.op_type, "opset": self.opset}
+            if id(node) in self.fused:
+                self._store(node, [self.fused[id(node)]], ctx)
+                continue
+            domain = node.domain or "ai.onnx"
+            version = self.opset if domain == "ai.onnx" else self._domain_opset(node.domain)
+            converter = onnx_ops.lookup(node.domain, node.op_type, version)
+            offender = UnsupportedNode(name=ctx.name, op=node.op_type, target=f"{domain}::{node.op_type} (opset {version})")
+            if converter is None:
+                unsupported.append(offender)
+                self._poison(node)
+                continue
+            if any(name and self.values.get(name) is _POISONED for name in node.input):
+                self._poison(node)
+                continue
+            try:
+                result = converter(ctx)
+            except UnsupportedConfigError as exc:
+                unsupported.append(offender)
+                reasons.append(f"{ctx.name} ({node.op_type}): {exc}")
+                self._poison(node)
+                continue
+            except OnnxImportError:
+                raise
+            except Exception as exc:
+                raise OnnxImportError(
+                    f"cannot import node '{ctx.name}' ({node.op_type}, opset {self.opset}): {_one_line(exc)}"
+                ) from exc
+            self._store(node, result if isinstance(result, (list, tuple)) else [result], ctx)
+        if unsupported:
+            raise UnsupportedOpError(unsupported, hint=self._hint(reasons))
+        self._output()
+        self._eliminate_dead_code()
+        gm = fx.GraphModule(self.root, self.graph, class_name="OnnxGraphModule")
+        gm.graph.lint()
+        gm.eval()
+        gm.meta["onnx"] = input_meta
+        return gm
+
+    def _domain_opset(self, domain: str) -> int:
+        return next((imp.version for imp in self.model.opset_import if imp.domain == domain), 1)
+
+    def _hint(self, reasons: list[str]) -> str:
+        lines = [f"Supported op types (ai.onnx, opset {MIN_OPSET}-{MAX_OPSET}): {', '.join(supported_op_types())}."]
+        if reasons:
+            lines.append("Unsupported attributes: " + "; ".join(reasons) + ".")
+        lines.append("Replace or remove these ops before export, or export the PyTorch model with torch.fx instead.")
+        return "\n".join(lines)
+
+    def _poison(self, node: onnx.NodeProto) -> None:
+        for name in node.output:
+            if name:
+                self.values[name] = _POISONED
+
+    def _store(self, node: onnx.NodeProto, results: Sequence[Any], ctx: OpContext) -> None:
+        for i, name in enumerate(node.output):
+            if not name:
+                continue
+            value = results[i] if i < len(results) else None
+            if value is None:
+                if ctx.output_used(i):
+                    raise ctx.fail(f"output {i} is used but the converter does not produce it")
+                continue
+            if isinstance(value, Tensor):
+                value = self._finish_tensor(Tensor(value.node, value.shape, value.dtype), name)
+            self.values[name] = value
+
+    def _output(self) -> None:
+        self.meta = {"name": "output", "op_type": "Output", "opset": self.opset}
+        ctx = OpContext(self, onnx.helper.make_node("Identity", [], [], name="output"), -1)
+        outputs = [self._runtime_arg(self.value(out.name), ctx, scalars=False) for out in self.model.graph.output]
+        node = self.graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
+        node.meta["onnx"] = dict(self.meta)
+
+    def _eliminate_dead_code(self) -> None:
+        for node in reversed(list(self.graph.nodes)):
+            if node.op not in ("placeholder", "output") and not node.users:
+                self.graph.erase_node(node)

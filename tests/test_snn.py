@@ -1,0 +1,119 @@
+"""Reference SNN (rate coding): step modes agree, error shrinks with T, artifacts reload identically."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TOLERANCES
+from nets import SpellingsNet
+
+from snnconvert.convert import ConversionConfig, ModelSource, convert
+from snnconvert.convert.errors import ArtifactError, BackendUnavailableError, ConfigError
+from snnconvert.runtime import compile, evaluate, load
+
+NETS = str(Path(__file__).parent / "nets.py")
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.manual_seed(3)
+    return torch.rand(48, 1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def converted(data):
+    model = SpellingsNet()
+    res = convert(model, forward_loop=[data[:24], data[24:]], config=ConversionConfig(timesteps=32),
+                  source=ModelSource.python(f"{NETS}:SpellingsNet"))
+    return model.eval(), res
+
+
+def test_single_step_equals_multi_step(converted, data):
+    _, res = converted
+    with torch.no_grad():
+        multi = res.snn(data[:8], 16, mode="multi")
+        single = res.snn(data[:8], 16, mode="single")
+    torch.testing.assert_close(single, multi, **TOLERANCES["single_vs_multi"])
+
+
+def test_streaming_api_matches(converted, data):
+    _, res = converted
+    snn, x, T = res.snn, data[:4], 8
+    with torch.no_grad():
+        expected = snn.raw(x, T)
+        snn.set_step_mode("s")
+        snn.reset()
+        steps = torch.stack([snn.gm(x_t) for x_t in snn.coding.encode(x, T)])
+    torch.testing.assert_close(steps, expected, **TOLERANCES["single_vs_multi"])
+
+
+def test_error_shrinks_as_T_doubles(data):
+    # max thresholds: no clipping error, so the error of soft-reset IF neurons must keep shrinking with T
+    model = SpellingsNet().eval()
+    res = convert(model, forward_loop=[data], config=ConversionConfig(threshold="max"))
+    with torch.no_grad():
+        ann = model(data)
+        errors = [float((res.snn(data, T)[-1] - ann).abs().mean()) for T in (8, 16, 32, 64, 128)]
+    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    # soft-reset IF error ~ 1/T: doubling T twice must cut it at least by 2
+    assert errors[-1] < errors[-3] / 2, errors
+
+
+def test_decoded_output_is_running_mean_of_raw(converted, data):
+    _, res = converted
+    with torch.no_grad():
+        raw = res.snn.raw(data[:4], 6)
+        decoded = res.snn(data[:4], 6)
+    for t in range(6):
+        torch.testing.assert_close(decoded[t], raw[: t + 1].mean(0), rtol=1e-6, atol=1e-6)
+
+
+def test_save_and_load_give_identical_outputs(converted, data, tmp_path):
+    _, res = converted
+    path = res.save(tmp_path / "snn")
+    assert sorted(p.name for p in path.iterdir()) == [
+        "ann_state.pt", "config.json", "report.json", "source.json", "thresholds.pt"]
+    again = load(path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(data[:8]), res.snn(data[:8]), rtol=0, atol=0)
+    res.save(path)  # overwriting an artifact is atomic and allowed
+    assert not list(tmp_path.glob(".snn*")), "temporary folders left behind"
+
+
+def test_save_refuses_non_artifact_target_and_sourceless_result(converted, data, tmp_path):
+    _, res = converted
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match="not an snnconvert artifact"):
+        res.save(tmp_path / "busy")
+    sourceless = convert(SpellingsNet(), forward_loop=[data])
+    with pytest.raises(ArtifactError, match="no model source"):
+        sourceless.save(tmp_path / "x")
+    with pytest.raises(ArtifactError, match="missing"):
+        load(tmp_path / "busy")
+
+
+def test_evaluate_reports_accuracy_at_every_step_and_events(converted, data):
+    model, res = converted
+    labels = model(data).argmax(-1)
+    batches = [(data[:20], labels[:20]), (data[20:], labels[20:])]
+    report = evaluate(res.snn, batches, ann=model, timesteps=16)
+    assert report.ann_accuracy == 1.0 and report.images == 48
+    assert len(report.snn_accuracy) == 16 and all(0 <= a <= 1 for a in report.snn_accuracy)
+    # events: each IF neuron emits at most one event per step
+    per_image_neurons = sum(s["neurons_per_image"] for s in report.site_events.values())
+    assert len(report.events_per_step) == 16
+    assert all(0 < e <= per_image_neurons for e in report.events_per_step)
+    single = evaluate(res.snn, batches, ann=model, timesteps=16, mode="single")
+    assert single.snn_accuracy == report.snn_accuracy
+    assert single.events_per_step == pytest.approx(report.events_per_step)
+
+
+def test_backends_are_explicit(converted):
+    _, res = converted
+    assert compile(res.snn, "torch") is res.snn
+    with pytest.raises(BackendUnavailableError, match="triton"):
+        compile(res.snn, "triton")
+    with pytest.raises(ConfigError, match="backend 'cupy'"):
+        compile(res.snn, "cupy")

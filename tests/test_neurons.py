@@ -243,38 +243,55 @@ def _error_tolerance(printed: str) -> float:
     return max(0.10 * value, 0.5 * 10.0**-decimals)
 
 
-def _table_inputs() -> torch.Tensor:
-    g = torch.Generator().manual_seed(2025)
-    return (torch.randn(N_SAMPLES, generator=g) * 0.3 + 0.3).abs().clamp(0.0, 1.0)
+def _table_inputs(seed: int) -> torch.Tensor:
+    """N_SAMPLES draws of x = clip(|N(0.3, 0.3²)|, 0, 1), stratified (one uniform per 1/N_SAMPLES stratum).
+
+    Stratification keeps the sampling noise of the means far below the tolerance at this sample size; the noise is
+    measured by drawing two independent stratified samples (seeds) and comparing their estimates.
+    """
+    g = torch.Generator().manual_seed(seed)
+    u = (torch.arange(N_SAMPLES, dtype=torch.float64) + torch.rand(N_SAMPLES, generator=g, dtype=torch.float64))
+    z = math.sqrt(2.0) * torch.erfinv(2.0 * u / N_SAMPLES - 1.0)
+    return (0.3 + 0.3 * z).abs().clamp(0.0, 1.0).float()
 
 
-def _check_cell(name: str, err: torch.Tensor, events: torch.Tensor, printed_err: str, printed_events: float) -> None:
-    mean_err = err.mean().item()
-    stderr = err.std().item() / math.sqrt(err.numel())
+def _check_cell(name: str, cells: list[tuple[float, float]], printed_err: str, printed_events: float) -> None:
+    """cells: (mean error, mean events) from two independent samples."""
+    (err_a, ev_a), (err_b, ev_b) = cells
     tol = _error_tolerance(printed_err)
-    assert 3 * stderr <= 0.5 * tol, f"{name}: sampling noise {stderr:.2g} too large for tolerance {tol:.2g}"
-    assert abs(mean_err - float(printed_err)) <= tol, f"{name}: error {mean_err:.5f} vs {printed_err}"
-    ev = events.mean().item()
-    assert 3 * events.std().item() / math.sqrt(events.numel()) <= 0.1, f"{name}: event sampling noise"
-    assert abs(ev - printed_events) <= 0.2, f"{name}: events {ev:.2f} vs {printed_events}"
+    assert abs(err_a - err_b) <= 0.25 * tol, f"{name}: sampling noise {abs(err_a - err_b):.2g} vs tolerance {tol:.2g}"
+    assert abs(ev_a - ev_b) <= 0.05, f"{name}: event sampling noise {abs(ev_a - ev_b):.3f}"
+    assert abs(err_a - float(printed_err)) <= tol, f"{name}: error {err_a:.5f} vs {printed_err} (tol {tol:.2g})"
+    assert abs(ev_a - printed_events) <= 0.2, f"{name}: events {ev_a:.2f} vs {printed_events}"
+
+
+def _rate_cell(s: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
+    return (s.double().mean(0) - x).abs().mean().item(), (s != 0).sum(0).double().mean().item()
+
+
+def _diff_cell(d: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
+    return (_decode_diff(d)[-1] - x).abs().mean().item(), (d != 0).sum(0).double().mean().item()
 
 
 def test_table_10_multi_threshold() -> None:
-    x = _table_inputs()
+    samples = [_table_inputs(seed) for seed in (2025, 2026)]
     for (n, T), (rate_err, rate_ev, diff_err, diff_ev) in TABLE_MT.items():
-        s = mt_rate_multistep_ref(x.expand(T, -1).contiguous(), 1.0, n_levels=n, signed=True)
-        _check_cell(f"rate n={n} T={T}", (s.double().mean(0) - x).abs(), (s != 0).sum(0).double(), rate_err, rate_ev)
-        d = mt_diff_multistep_ref(_diff_static_input(x, T), 1.0, None, n_levels=n)
-        _check_cell(f"diff n={n} T={T}", (_decode_diff(d)[-1] - x).abs(), (d != 0).sum(0).double(), diff_err, diff_ev)
+        rate = [
+            _rate_cell(mt_rate_multistep_ref(x.expand(T, -1).contiguous(), 1.0, n_levels=n, signed=True), x)
+            for x in samples
+        ]
+        _check_cell(f"rate n={n} T={T}", rate, rate_err, rate_ev)
+        diff = [_diff_cell(mt_diff_multistep_ref(_diff_static_input(x, T), 1.0, None, n_levels=n), x) for x in samples]
+        _check_cell(f"diff n={n} T={T}", diff, diff_err, diff_ev)
 
 
 def test_table_10_single_threshold_if() -> None:
-    x = _table_inputs()
+    samples = [_table_inputs(seed) for seed in (2025, 2026)]
     for T, (rate_err, rate_ev, diff_err, diff_ev) in TABLE_IF.items():
-        s = if_rate_multistep_ref(x.expand(T, -1).contiguous(), 1.0)
-        _check_cell(f"IF rate T={T}", (s.double().mean(0) - x).abs(), (s != 0).sum(0).double(), rate_err, rate_ev)
-        d = if_diff_multistep_ref(_diff_static_input(x, T), 1.0, None)
-        _check_cell(f"IF-diff T={T}", (_decode_diff(d)[-1] - x).abs(), (d != 0).sum(0).double(), diff_err, diff_ev)
+        rate = [_rate_cell(if_rate_multistep_ref(x.expand(T, -1).contiguous(), 1.0), x) for x in samples]
+        _check_cell(f"IF rate T={T}", rate, rate_err, rate_ev)
+        diff = [_diff_cell(if_diff_multistep_ref(_diff_static_input(x, T), 1.0, None), x) for x in samples]
+        _check_cell(f"IF-diff T={T}", diff, diff_err, diff_ev)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

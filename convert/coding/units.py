@@ -22,6 +22,11 @@ import torch.nn as nn
 from snnconvert.convert.errors import ConfigError
 
 
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 state for fp32 and lower precisions; fp64 inputs keep fp64 (used by exactness tests)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class GradedUnit(nn.Module):
     """Exact-on-averages wrapper of a function ``f`` (a module such as ``nn.MaxPool2d``, or a callable).
 
@@ -76,16 +81,17 @@ class GradedUnit(nn.Module):
         return t * (f_now - f_prev), acc, f_now
 
     def _init(self, x_t: torch.Tensor):
+        dtype = _state_dtype(x_t.dtype)
         if self.coding == "rate":
-            return torch.zeros_like(x_t, dtype=torch.float32), 0.0
-        return self._bias(x_t).expand_as(x_t).float(), 0.0
+            return torch.zeros_like(x_t, dtype=dtype), 0.0
+        return self._bias(x_t).expand_as(x_t).to(dtype), 0.0
 
     def multistep(self, x_seq: torch.Tensor) -> torch.Tensor:
         """``[T, B, ...] -> [T, B, ...]`` from the initial state."""
         acc, f_prev = self._init(x_seq[0])
         outs = []
         for t in range(1, x_seq.shape[0] + 1):
-            out, acc, f_prev = self._step(t, x_seq[t - 1].float(), acc, f_prev)
+            out, acc, f_prev = self._step(t, x_seq[t - 1].to(acc.dtype), acc, f_prev)
             outs.append(out)
         return torch.stack(outs).to(x_seq.dtype)
 
@@ -94,7 +100,7 @@ class GradedUnit(nn.Module):
         if self._state is None:
             self._state = (0, *self._init(x_t))
         t, acc, f_prev = self._state
-        out, acc, f_prev = self._step(t + 1, x_t.float(), acc, f_prev)
+        out, acc, f_prev = self._step(t + 1, x_t.to(acc.dtype), acc, f_prev)
         self._state = (t + 1, acc, f_prev)
         return out.to(x_t.dtype)
 

@@ -1,0 +1,134 @@
+"""Full-model check of the ONNX importer against onnxruntime on torchvision models.
+
+Each model (random weights, ``weights=None``; batch-norm statistics and zero / constant initialised parameters are
+randomised so that every layer matters) is exported with the TorchScript exporter (``dynamo=False``) at opsets 13
+and 17 and with the default dynamo exporter, all with a dynamic batch axis. The file is imported with
+``snnconvert.convert.onnx_import.load_onnx`` and run at a batch size different from the export's; the result is
+compared with onnxruntime's. Pass: ``|ours - ort| <= atol + rtol * |ort|`` element-wise with ``rtol=1e-4`` and
+``atol=1e-5 * max|ort|`` (architecture.md §6).
+
+Usage::
+
+    python bench/check_onnx_torchvision.py                      # all models x all exporters
+    python bench/check_onnx_torchvision.py --models resnet18 --exporters ts13,dynamo
+
+The dynamo exporter needs the ``onnxscript`` package; without it those rows are reported as skipped.
+Heavy: exports VGG-11 (0.5 GB) and ViT-B/16; expect several minutes on two cores.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torchvision
+
+from snnconvert.convert.errors import OnnxImportError, UnsupportedOpError
+from snnconvert.convert.onnx_import import load_onnx
+
+MODELS = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "squeezenet1_1", "densenet121", "vit_b_16"]
+EXPORTERS = ["ts13", "ts17", "dynamo"]
+# VGG's classifier expects 7x7 features after five poolings and ViT a 224x224 image; the others adapt.
+INPUT_SIZE = {"vgg11_bn": 224, "vit_b_16": 224}
+RTOL, ATOL_SCALE = 1e-4, 1e-5
+
+
+def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give batch-norm statistics and constant-initialised parameters random values (deterministic)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+        for param in model.parameters():
+            if param.numel() > 0 and bool((param == param.reshape(-1)[0]).all()):
+                param.add_(0.02 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+def export(model: torch.nn.Module, x: torch.Tensor, path: Path, exporter: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        else:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=int(exporter[2:]),
+                              input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+
+
+def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batch: int) -> dict:
+    row = {"model": name, "exporter": exporter, "opset": "-", "err": float("nan"), "status": "", "seconds": 0.0}
+    start = time.perf_counter()
+    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+        row["status"] = "skipped (onnxscript not installed)"
+        return row
+    torch.manual_seed(0)
+    model = randomize(getattr(torchvision.models, name)(weights=None), seed=1)
+    size = INPUT_SIZE.get(name, 64)
+    path = workdir / f"{name}.{exporter}.onnx"
+    try:
+        export(model, torch.randn(export_batch, 3, size, size), path, exporter)
+    except Exception as exc:  # the exporter itself refuses (e.g. ViT at opset 13)
+        row["status"] = f"export failed: {type(exc).__name__}"
+        return row
+    try:
+        gm = load_onnx(path)
+    except (OnnxImportError, UnsupportedOpError) as exc:
+        row["status"] = "FAIL import: " + str(exc).splitlines()[0]
+        return row
+    row["opset"] = gm.meta["onnx"]["opset"]
+    x = np.random.default_rng(2).standard_normal((check_batch, 3, size, size), dtype=np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    reference = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        ours = gm(torch.from_numpy(x)).numpy()
+    scale = float(np.abs(reference).max())
+    row["err"] = float(np.abs(ours - reference).max() / max(scale, 1e-30))
+    ok = ours.shape == reference.shape and np.allclose(ours, reference, rtol=RTOL, atol=ATOL_SCALE * scale)
+    row["status"] = "pass" if ok and scale > 0 else ("FAIL (zero output)" if ok else "FAIL")
+    row["seconds"] = time.perf_counter() - start
+    for suffix in ("", ".data"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--exporters", default=",".join(EXPORTERS))
+    parser.add_argument("--export-batch", type=int, default=2)
+    parser.add_argument("--check-batch", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    header = f"{'model':<14} {'exporter':<8} {'opset':>5} {'max rel err':>12} {'time s':>7}  result"
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory(prefix="onnx_check_") as tmp:
+        for name in args.models.split(","):
+            for exporter in args.exporters.split(","):
+                row = check(name, exporter, Path(tmp), args.export_batch, args.check_batch)
+                rows.append(row)
+                print(f"{row['model']:<14} {row['exporter']:<8} {row['opset']!s:>5} {row['err']:>12.2e} "
+                      f"{row['seconds']:>7.1f}  {row['status']}", flush=True)
+    failed = [r for r in rows if r["status"].startswith("FAIL")]
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} rows without failure (export batch {args.export_batch}, "
+          f"check batch {args.check_batch}, rtol={RTOL}, atol={ATOL_SCALE}*max|ort|)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,9 @@ Heavy: exports VGG-11 (0.5 GB) and ViT-B/16; expect several minutes on two cores
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import sys
 import tempfile
 import time
@@ -56,7 +58,7 @@ def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def export(model: torch.nn.Module, x: torch.Tensor, path: Path, exporter: str) -> None:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"],

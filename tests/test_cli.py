@@ -1,0 +1,116 @@
+"""CLI: bad input gives one clear line and a non-zero exit, no traceback unless --debug; the happy path writes a
+report with the documented schema and an artifact that reloads."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from snnconvert.cli.main import app
+
+NETS = str(Path(__file__).parent / "nets.py")
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _one_line_error(result, code=2):
+    assert result.exit_code == code, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_missing_file():
+    line = _one_line_error(_run("does/not/exist.py:factory"))
+    assert "does/not/exist.py does not exist" in line
+
+
+def test_missing_onnx_file():
+    assert "does not exist" in _one_line_error(_run("nope.onnx"))
+
+
+def test_unknown_zoo_name_lists_valid_names():
+    line = _one_line_error(_run("fmnist-nope"))
+    assert "unknown zoo model 'fmnist-nope'" in line and "fmnist-vgg" in line
+
+
+@pytest.mark.parametrize("T", [0, -3])
+def test_non_positive_timesteps(T):
+    assert "timesteps must be a positive integer" in _one_line_error(_run(f"{NETS}:SpellingsNet", "-T", T))
+
+
+def test_unknown_coding():
+    line = _one_line_error(_run(f"{NETS}:SpellingsNet", "--coding", "temporal"))
+    assert "coding 'temporal' is not valid" in line and "differential" in line
+
+
+def test_missing_data_set(tmp_path):
+    line = _one_line_error(_run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data",
+                                "fashion-mnist", "--data-dir", tmp_path))
+    assert "Fashion-MNIST not found" in line and "apt-get install dataset-fashion-mnist" in line
+
+
+def test_unknown_data_set_and_missing_data_flag():
+    line = _one_line_error(_run(f"{NETS}:SpellingsNet", "--calib-data", "cifar-11", "--eval-data", "cifar-11"))
+    assert "unknown data set 'cifar-11'" in line
+    assert "--calib-data" in _one_line_error(_run(f"{NETS}:SpellingsNet"))
+
+
+def test_bad_factory_and_bad_weights(tmp_path):
+    assert "no callable 'Nope'" in _one_line_error(_run(f"{NETS}:Nope"))
+    bad = tmp_path / "w.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, bad)
+    line = _one_line_error(_run(f"{NETS}:SpellingsNet", "--weights", bad))
+    assert "do not fit the model" in line
+
+
+def test_unsupported_model_exits_1_listing_all_nodes():
+    result = _run(f"{NETS}:Unsupported", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+                  "--calib-images", 8, "--eval-images", 8)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "3 unsupported node(s)" in result.output and "tanh" in result.output and "Sigmoid" in result.output
+
+
+def test_debug_shows_traceback():
+    result = _run("fmnist-nope", "--debug")
+    assert result.exit_code == 2
+    assert "Traceback" in result.output
+
+
+def test_happy_path_report_and_artifact(tmp_path):
+    report = tmp_path / "out" / "report.json"
+    output = tmp_path / "snn"
+    result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+                  "--calib-images", 64, "--eval-images", 32, "-T", 4, "--report", report, "--output", output)
+    assert result.exit_code == 0, result.output
+    assert "accuracy vs time step" in result.output and "ANN accuracy" in result.output
+    doc = json.loads(report.read_text())
+    for key in ("coding", "timesteps", "ann_accuracy", "snn_accuracy", "eval_images", "calib_images", "thresholds",
+                "conversion", "timings", "events", "schema_version", "data"):
+        assert key in doc, key
+    assert doc["coding"] == "rate" and doc["timesteps"] == 4
+    assert doc["eval_images"] == 32 and doc["calib_images"] == 64
+    assert 0.0 <= doc["ann_accuracy"] <= 1.0 and len(doc["snn_accuracy"]) == 4
+    assert doc["data"]["calibration"]["split"] == "train" and doc["data"]["evaluation"]["split"] == "test"
+    sites = doc["thresholds"]["sites"]
+    assert len(sites) == 6 and {"site", "threshold"} <= set(sites[0])
+    assert doc["thresholds"]["method"] == "99.9%" and doc["thresholds"]["granularity"] == "channel"
+    assert (output / "thresholds.pt").is_file()
+    assert not [p for p in tmp_path.rglob(".*") if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_failed_run_leaves_no_report(tmp_path):
+    report = tmp_path / "report.json"
+    result = _run(f"{NETS}:Unsupported", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+                  "--calib-images", 8, "--eval-images", 8, "--report", report)
+    assert result.exit_code == 1
+    assert not report.exists() and not list(tmp_path.iterdir())

@@ -44,6 +44,8 @@ class SpikingNetwork(nn.Module):
         self.timesteps = timesteps
         self.neuron_names = list(neuron_names)
         self.unit_names = list(unit_names)
+        self.capture_cache_key: tuple | None = None
+        self.output_offset: torch.Tensor | None = None
 
     def neurons(self) -> Iterator[tuple[str, nn.Module]]:
         """``(site name, neuron)`` pairs in graph order."""
@@ -66,6 +68,28 @@ class SpikingNetwork(nn.Module):
         for _, module in self.stateful():
             module.step_mode = step_mode
             module.timesteps = timesteps
+
+    def capture_offsets(self, zeros: torch.Tensor) -> torch.Tensor:
+        """Run the zero-input capture pass: every stateful unit stores its input as its bias b and outputs 0.
+
+        Returns (and stores as ``output_offset``) the network output y0 of that pass. Used by differential coding;
+        the result depends only on the weights, thresholds and the per-sample shape of ``zeros``.
+        """
+        modules = [m for _, m in self.stateful()]
+        for m in modules:
+            m.capture = True
+        try:
+            with torch.no_grad():
+                self.output_offset = self.gm(zeros)
+        finally:
+            for m in modules:
+                m.capture = False
+        return self.output_offset
+
+    def invalidate(self) -> None:
+        """Forget cached offsets (call after changing weights or thresholds)."""
+        self.capture_cache_key = None
+        self.output_offset = None
 
     def raw(self, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:
         """Encode ``x``, run T steps and return the RAW per-step outputs ``[T, B, ...]`` (not decoded)."""

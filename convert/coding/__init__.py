@@ -1,10 +1,11 @@
 """Coding strategies: how inputs are encoded over time, which neuron replaces a ReLU, how outputs are decoded."""
 from __future__ import annotations
 
+from snnconvert.convert.coding.diff import DiffCoding
 from snnconvert.convert.coding.rate import RateCoding
 from snnconvert.convert.errors import ConfigError
 
-CODINGS = {"rate": RateCoding}
+CODINGS = {"rate": RateCoding, "differential": DiffCoding}
 
 
 def get_coding(name: str):

@@ -1,0 +1,49 @@
+"""Differential coding (method.md §2-§3): send the input once, emit changes of running averages.
+
+- ``encode``: ``[x, 0, 0, ...]``, so the decoded input is exactly ``x`` at every step.
+- Biases: every stateful unit subtracts its captured step-0 input b and seeds its running input with b, so each
+  affine offset enters each running average exactly once. b is input-independent (weights and per-sample shape
+  only): it is precomputed once per (per-sample shape, dtype, device) with a batch of one zeros while every
+  stateful unit outputs zeros (capture mode), never from the ANN. The output offset y0 is captured the same way.
+- ``decode``: ``r_t = r_{t-1} + (y_t - y0)/t`` with ``r_0 = y0``.
+"""
+from __future__ import annotations
+
+import torch
+
+from snnconvert.convert.coding.neurons import make_neuron
+from snnconvert.convert.config import ConversionConfig
+
+
+class DiffCoding:
+    """Differential coding with multi-threshold (or IF) differential neurons, ReLU-constrained."""
+
+    name = "differential"
+
+    def encode(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+        """``[B, ...] -> [T, B, ...]``: ``x`` at step 1, zeros afterwards."""
+        seq = x.new_zeros((timesteps, *x.shape))
+        seq[0] = x
+        return seq
+
+    def make_neuron(self, threshold: torch.Tensor, cfg: ConversionConfig) -> torch.nn.Module:
+        """The differential neuron of a ReLU site: MT-diff (ReLU) with ``cfg.levels`` levels, or IF-diff."""
+        return make_neuron(threshold, coding="differential", kind=cfg.neuron, n_levels=cfg.levels)
+
+    @staticmethod
+    def capture_key(x: torch.Tensor) -> tuple:
+        return (tuple(x.shape[1:]), x.dtype, x.device)
+
+    def prepare(self, snn, x: torch.Tensor) -> None:
+        """Capture every unit's bias b and the output offset y0 for ``x``'s per-sample shape (cached)."""
+        key = self.capture_key(x)
+        if snn.capture_cache_key == key:
+            return
+        snn.capture_offsets(torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device))
+        snn.capture_cache_key = key
+
+    def decode(self, y_seq: torch.Tensor, snn) -> torch.Tensor:
+        """Raw outputs ``[T, B, ...]`` -> decoded ``r_t`` after every step (method.md §2.6)."""
+        steps = torch.arange(1, y_seq.shape[0] + 1, dtype=y_seq.dtype, device=y_seq.device)
+        y0 = snn.output_offset.to(y_seq.dtype)
+        return y0 + ((y_seq - y0) / steps.view(-1, *([1] * (y_seq.dim() - 1)))).cumsum(0)

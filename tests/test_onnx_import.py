@@ -1,0 +1,463 @@
+"""ONNX front end (snnconvert.convert.onnx_import) against onnxruntime.
+
+Per-op models are written in ONNX's textual syntax (random initializers are attached by name), imported, and compared
+with onnxruntime at ``rtol=1e-4, atol=1e-5`` (architecture.md §6). Whole models (resnet18, mobilenet_v2 at 32x32) are
+exported with both torch exporters and checked at a batch size different from the export's. The full torchvision
+list runs in ``bench/check_onnx_torchvision.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import operator
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+from onnx import numpy_helper
+from torch import nn
+
+from snnconvert.convert.errors import OnnxImportError, UnsupportedOpError
+from snnconvert.convert.onnx_import import MAX_OPSET, MIN_OPSET, load_onnx, supported_op_types
+
+RTOL, ATOL = 1e-4, 1e-5  # architecture.md §6: "ONNX importer vs onnxruntime"
+HAS_ONNXSCRIPT = importlib.util.find_spec("onnxscript") is not None
+
+
+def textual(graph: str, opset: int = 17, **initializers: np.ndarray) -> onnx.ModelProto:
+    """A model from ONNX text; ``initializers`` are attached by name, declared output shapes are dropped."""
+    ir_version = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
+    model = onnx.parser.parse_model(f'<ir_version: {ir_version}, opset_import: ["" : {opset}]>\n{graph}')
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    for name, array in initializers.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+    return model
+
+
+def rand(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def run_ort(model: onnx.ModelProto | str, x: np.ndarray) -> list[np.ndarray]:
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})
+
+
+def run_gm(gm: torch.fx.GraphModule, x: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = gm(torch.from_numpy(x))
+    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def assert_matches_ort(model: onnx.ModelProto, *inputs: np.ndarray) -> torch.fx.GraphModule:
+    gm = load_onnx(model)
+    for x in inputs:
+        for ours, ref in zip(run_gm(gm, x), run_ort(model, x), strict=True):
+            assert ours.shape == ref.shape
+            np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL)
+    return gm
+
+
+def module_types(gm: torch.fx.GraphModule) -> list[type]:
+    return [type(gm.get_submodule(n.target)) for n in gm.graph.nodes if n.op == "call_module"]
+
+
+def function_targets(gm: torch.fx.GraphModule) -> list:
+    return [n.target for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Per-op converters against onnxruntime
+# --------------------------------------------------------------------------------------------------------------------
+X4 = rand(2, 4, 9, 9)
+OP_CASES = {
+    "conv_asymmetric_pads": (
+        "g (float[N,4,9,9] x) => (float y) { y = Conv <pads=[0,1,2,1], strides=[1,2]> (x, w, b) }",
+        {"w": rand(5, 4, 3, 3), "b": rand(5)}, X4, 17, nn.Conv2d),
+    "conv_groups_dilation": (
+        "g (float[N,4,9,9] x) => (float y) { y = Conv <group=2, dilations=[2,2], pads=[2,2,2,2]> (x, w) }",
+        {"w": rand(6, 2, 3, 3)}, X4, 13, nn.Conv2d),
+    "conv_same_upper_stride2": (
+        'g (float[N,4,9,9] x) => (float y) { y = Conv <auto_pad="SAME_UPPER", strides=[2,2]> (x, w, b) }',
+        {"w": rand(3, 4, 4, 4), "b": rand(3)}, X4, 17, nn.Conv2d),
+    "conv1d_valid": (
+        'g (float[N,4,11] x) => (float y) { y = Conv <auto_pad="VALID"> (x, w, b) }',
+        {"w": rand(5, 4, 3), "b": rand(5)}, rand(2, 4, 11), 17, nn.Conv1d),
+    "conv_transpose": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " y = ConvTranspose <strides=[2,2], pads=[1,1,1,1], output_padding=[1,1]> (x, w, b) }",
+        {"w": rand(4, 3, 3, 3), "b": rand(3)}, X4, 17, nn.ConvTranspose2d),
+    "conv_transpose_asymmetric_group": (
+        "g (float[N,4,9,9] x) => (float y) { y = ConvTranspose <strides=[2,2], pads=[0,1,1,0], group=2> (x, w) }",
+        {"w": rand(4, 2, 3, 3)}, X4, 13, nn.ConvTranspose2d),
+    "gemm_transb_alpha_beta": (
+        "g (float[N,5] x) => (float y) { y = Gemm <transB=1, alpha=0.5, beta=2.0> (x, w, c) }",
+        {"w": rand(4, 5), "c": rand(4)}, rand(3, 5), 13, nn.Linear),
+    "gemm_transa_full_c": (
+        "g (float[5,3] x) => (float y) { y = Gemm <transA=1> (x, w, c) }",
+        {"w": rand(5, 4), "c": rand(3, 4)}, rand(5, 3), 17, nn.Linear),
+    "matmul_add_is_linear": (
+        "g (float[N,7,5] x) => (float y) { t = MatMul(x, w) y = Add(b, t) }",
+        {"w": rand(5, 6), "b": rand(6)}, rand(2, 7, 5), 17, nn.Linear),
+    "matmul_two_dynamic": (
+        "g (float[N,7,5] x) => (float y) { t = Transpose <perm=[0,2,1]> (x) y = MatMul(x, t) }",
+        {}, rand(2, 7, 5), 17, None),
+    "batchnorm_2d": (
+        "g (float[N,4,9,9] x) => (float y) { y = BatchNormalization <epsilon=1e-3> (x, s, b, m, v) }",
+        {"s": rand(4), "b": rand(4), "m": rand(4), "v": np.abs(rand(4)) + 0.5}, X4, 15, nn.BatchNorm2d),
+    "batchnorm_1d": (
+        "g (float[N,6] x) => (float y) { y = BatchNormalization (x, s, b, m, v) }",
+        {"s": rand(6), "b": rand(6), "m": rand(6), "v": np.abs(rand(6)) + 0.5}, rand(3, 6), 13, nn.BatchNorm1d),
+    "maxpool_ceil": (
+        "g (float[N,4,9,9] x) => (float y) { y = MaxPool <kernel_shape=[3,3], strides=[2,2], ceil_mode=1> (x) }",
+        {}, rand(2, 4, 10, 10), 13, nn.MaxPool2d),
+    "maxpool_asymmetric_pads": (
+        "g (float[N,4,9,9] x) => (float y) { y = MaxPool <kernel_shape=[3,3], strides=[2,2], pads=[0,1,1,0]> (x) }",
+        {}, X4, 17, nn.MaxPool2d),
+    "maxpool_dilation_pads": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " y = MaxPool <kernel_shape=[2,2], dilations=[2,2], pads=[1,1,1,1]> (x) }",
+        {}, X4, 17, nn.MaxPool2d),
+    "avgpool_count_include_pad": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " y = AveragePool <kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1], count_include_pad=1> (x) }",
+        {}, X4, 17, nn.AvgPool2d),
+    "avgpool_exclude_pad": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " y = AveragePool <kernel_shape=[3,3], strides=[1,1], pads=[1,1,1,1]> (x) }",
+        {}, X4, 13, nn.AvgPool2d),
+    "avgpool_asymmetric_include_pad": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " y = AveragePool <kernel_shape=[2,2], strides=[2,2], pads=[0,0,1,1], count_include_pad=1> (x) }",
+        {}, X4, 19, nn.AvgPool2d),
+    "global_average_pool": (
+        "g (float[N,4,9,9] x) => (float y) { y = GlobalAveragePool(x) }", {}, X4, 13, nn.AdaptiveAvgPool2d),
+    "clip_relu6": (
+        "g (float[N,4,9,9] x) => (float y) { y = Clip(x, lo, hi) }",
+        {"lo": np.float32(0), "hi": np.float32(6)}, 4 * X4, 13, nn.ReLU6),
+    "clip_relu": (
+        'g (float[N,4,9,9] x) => (float y) { y = Clip(x, lo, "") }', {"lo": np.float32(0)}, X4, 17, nn.ReLU),
+    "clip_clamp": (
+        "g (float[N,4,9,9] x) => (float y) { y = Clip(x, lo, hi) }",
+        {"lo": np.float32(-0.5), "hi": np.float32(0.7)}, X4, 17, None),
+    "leaky_relu": ("g (float[N,4,9,9] x) => (float y) { y = LeakyRelu <alpha=0.1> (x) }", {}, X4, 17, nn.LeakyReLU),
+    "sigmoid_tanh": ("g (float[N,4,9,9] x) => (float y) { s = Sigmoid(x) y = Tanh(s) }", {}, X4, 13, nn.Sigmoid),
+    "softmax_axis1": ("g (float[N,4,9,9] x) => (float y) { y = Softmax <axis=1> (x) }", {}, X4, 13, nn.Softmax),
+    "gelu_opset20": ("g (float[N,4,9,9] x) => (float y) { y = Gelu(x) }", {}, X4, 20, nn.GELU),
+    "gelu_tanh_opset20": ('g (float[N,4,9,9] x) => (float y) { y = Gelu <approximate="tanh"> (x) }', {}, X4, 20, nn.GELU),
+    "layer_norm": (
+        "g (float[N,7,6] x) => (float y) { y = LayerNormalization <epsilon=1e-6> (x, s, b) }",
+        {"s": rand(6), "b": rand(6)}, rand(2, 7, 6), 17, nn.LayerNorm),
+    "layer_norm_two_axes": (
+        "g (float[N,7,6] x) => (float y) { y = LayerNormalization <axis=-2> (x, s) }",
+        {"s": rand(7, 6)}, rand(2, 7, 6), 17, nn.LayerNorm),
+    "gelu_erf_decomposition": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " d = Div(x, r2) e = Erf(d) a = Add(e, one) m = Mul(x, a) y = Mul(m, half) }",
+        {"r2": np.float32(1.4142135), "one": np.float32(1), "half": np.float32(0.5)}, X4, 13, None),
+    "sub_pow_sqrt_where": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " p = Pow(x, two) q = Sqrt(p) c = Greater(x, zero) s = Sub(one, q) y = Where(c, q, s) }",
+        {"two": np.float32(2), "zero": np.float32(0), "one": np.float32(1)}, X4, 17, None),
+    "flatten_axis2": ("g (float[N,4,9,9] x) => (float y) { y = Flatten <axis=2> (x) }", {}, X4, 13, None),
+    "reshape_zero_and_minus_one": (
+        "g (float[N,4,9,9] x) => (float y) { y = Reshape(x, shape) }",
+        {"shape": np.array([0, -1, 9], dtype=np.int64)}, X4, 17, None),
+    "transpose_concat": (
+        "g (float[N,4,9,9] x) => (float y) { t = Transpose <perm=[0,1,3,2]> (x) y = Concat <axis=1> (x, t, c) }",
+        {"c": rand(1, 2, 9, 9)}, rand(1, 4, 9, 9), 13, None),
+    "split_sizes_opset13": (
+        "g (float[N,4,9,9] x) => (float a, float b) { a, b = Split <axis=1> (x, sizes) }",
+        {"sizes": np.array([1, 3], dtype=np.int64)}, X4, 13, None),
+    "split_num_outputs_opset18": (
+        "g (float[N,4,9,9] x) => (float a, float b) { a, b = Split <axis=2, num_outputs=2> (x) }", {}, X4, 18, None),
+    "slice_steps_and_negative_step": (
+        "g (float[N,4,9,9] x) => (float y) { a = Slice(x, st, en, ax, sp) y = Slice(a, st2, en2, ax2, sp2) }",
+        {"st": np.array([1, 0], dtype=np.int64), "en": np.array([8, 9223372036854775807], dtype=np.int64),
+         "ax": np.array([2, -1], dtype=np.int64), "sp": np.array([2, 3], dtype=np.int64),
+         "st2": np.array([-1], dtype=np.int64), "en2": np.array([-9223372036854775807], dtype=np.int64),
+         "ax2": np.array([1], dtype=np.int64), "sp2": np.array([-1], dtype=np.int64)}, X4, 13, None),
+    "squeeze_unsqueeze": (
+        "g (float[N,4,9,9] x) => (float y) { u = Unsqueeze(x, axes) y = Squeeze(u, axes2) }",
+        {"axes": np.array([1, -1], dtype=np.int64), "axes2": np.array([1], dtype=np.int64)}, X4, 13, None),
+    "pad_constant_reflect_edge": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        ' a = Pad(x, p1, v) b = Pad <mode="reflect"> (a, p2) y = Pad <mode="edge"> (b, p3) }',
+        {"p1": np.array([0, 0, 1, 2, 0, 0, 2, 1], dtype=np.int64), "v": np.float32(0.5),
+         "p2": np.array([0, 0, 2, 1, 0, 0, 1, 2], dtype=np.int64),
+         "p3": np.array([0, 0, 0, 3, 0, 0, 1, 0], dtype=np.int64)}, X4, 13, None),
+    "reduce_mean_attr_axes_opset13": (
+        "g (float[N,4,9,9] x) => (float y) { y = ReduceMean <axes=[1,3], keepdims=0> (x) }", {}, X4, 13, None),
+    "reduce_mean_input_axes_opset18": (
+        "g (float[N,4,9,9] x) => (float y) { y = ReduceMean <keepdims=1> (x, axes) }",
+        {"axes": np.array([-1, -2], dtype=np.int64)}, X4, 18, nn.AdaptiveAvgPool2d),
+    "reduce_sum_max": (
+        "g (float[N,4,9,9] x) => (float y) { s = ReduceSum <keepdims=0> (x, axes) y = ReduceMax <axes=[1]> (s) }",
+        {"axes": np.array([3], dtype=np.int64)}, X4, 13, None),
+    "cast_roundtrip": (
+        "g (float[N,4,9,9] x) => (float y) { c = Cast <to=6> (x) d = Cast <to=1> (c) y = Add(x, d) }",
+        {}, 3 * X4, 13, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OP_CASES))
+def test_op_matches_onnxruntime(case: str) -> None:
+    text, inits, x, opset, expected_module = OP_CASES[case]
+    gm = assert_matches_ort(textual(text, opset, **inits), x)
+    if expected_module is not None:
+        assert expected_module in module_types(gm)
+
+
+def test_matmul_add_fuses_into_linear_with_bias() -> None:
+    text, inits, x, opset, _ = OP_CASES["matmul_add_is_linear"]
+    gm = load_onnx(textual(text, opset, **inits))
+    (linear,) = [gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"]
+    assert isinstance(linear, nn.Linear) and linear.bias is not None
+    assert operator.add not in function_targets(gm)
+
+
+def test_clip_relu_and_relu6_become_modules_not_clamp() -> None:
+    for case in ("clip_relu6", "clip_relu"):
+        text, inits, _, opset, _ = OP_CASES[case]
+        assert torch.clamp not in function_targets(load_onnx(textual(text, opset, **inits)))
+
+
+def test_conv_bn_relu_maxpool_structure() -> None:
+    text = """g (float[N,3,16,16] x) => (float y) {
+        c = Conv <pads=[1,1,1,1], kernel_shape=[3,3]> (x, w, b)
+        n = BatchNormalization (c, s, bb, m, v)
+        r = Relu(n)
+        y = MaxPool <kernel_shape=[2,2], strides=[2,2]> (r)
+    }"""
+    inits = {"w": rand(8, 3, 3, 3), "b": rand(8), "s": rand(8), "bb": rand(8), "m": rand(8), "v": np.abs(rand(8)) + 1}
+    gm = assert_matches_ort(textual(text, 13, **inits), rand(2, 3, 16, 16))
+    assert module_types(gm) == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    assert not gm.training and all(p.dtype == torch.float32 for p in gm.parameters())
+
+
+def test_node_and_module_metadata() -> None:
+    text = 'g (float[batch,3,16,16] x) => (float y) { c = Conv <pads=[1,1,1,1]> (x, w) y = Relu(c) }'
+    model = textual(text, 17, w=rand(4, 3, 3, 3))
+    model.graph.node[0].name = "/features/0/Conv"
+    onnx.helper.set_model_props(model, {"author": "test"})
+    gm = load_onnx(model)
+    for node in gm.graph.nodes:
+        assert set(node.meta["onnx"]) == {"name", "op_type", "opset"}
+    conv = next(n for n in gm.graph.nodes if n.op == "call_module" and "Conv" in n.meta["onnx"]["op_type"])
+    assert conv.target == "features_0_Conv" and conv.meta["onnx"] == {"name": "/features/0/Conv", "op_type": "Conv",
+                                                                      "opset": 17}
+    meta = gm.meta["onnx"]
+    assert meta["input_name"] == "x" and meta["input_shape"] == [None, 3, 16, 16] and meta["input_dtype"] == "float32"
+    assert meta["opset"] == 17 and meta["metadata_props"] == {"author": "test"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shape sub-graphs and dynamic batch
+# --------------------------------------------------------------------------------------------------------------------
+def test_shape_chain_reshape_keeps_dynamic_batch() -> None:
+    text = """g (float[batch,4,9,9] x) => (float y) {
+        s = Shape(x)
+        b = Gather <axis=0> (s, zero)
+        bu = Unsqueeze(b, ax0)
+        h = Gather <axis=0> (s, one)
+        w = Gather <axis=0> (s, two)
+        hw = Mul(h, w)
+        hwu = Unsqueeze(hw, ax0)
+        shape = Concat <axis=0> (bu, hwu, minus1)
+        y = Reshape(x, shape)
+    }"""
+    inits = {"zero": np.int64(0), "one": np.int64(1), "two": np.int64(2),
+             "ax0": np.array([0], dtype=np.int64), "minus1": np.array([-1], dtype=np.int64)}
+    gm = assert_matches_ort(textual(text, 13, **inits), rand(1, 4, 9, 9), rand(5, 4, 9, 9))
+    reshape = next(n for n in gm.graph.nodes if n.target is torch.reshape)
+    assert reshape.args[1] == (-1, 36, 9)  # folded statically; batch stays dynamic
+    assert "size" not in function_targets(gm)
+
+
+def test_expand_with_shape_from_batch_and_where_pattern() -> None:
+    # The TorchScript exporter's spelling of class_token.expand(n, -1, -1) (torchvision ViT).
+    text = """g (float[batch,5,8] x) => (float y) {
+        s = Shape(x)
+        b = Gather <axis=0> (s, zero)
+        bu = Unsqueeze(b, ax0)
+        shape = Concat <axis=0> (bu, minus1, minus1)
+        ones = ConstantOfShape <value=int64[1] {1}> (three)
+        neg = Mul(ones, mone)
+        eq = Equal(shape, neg)
+        target = Where(eq, ones, shape)
+        e = Expand(tok, target)
+        y = Concat <axis=1> (e, x)
+    }"""
+    inits = {"zero": np.int64(0), "ax0": np.array([0], dtype=np.int64), "minus1": np.array([-1], dtype=np.int64),
+             "three": np.array([3], dtype=np.int64), "mone": np.int64(-1), "tok": rand(1, 1, 8)}
+    gm = assert_matches_ort(textual(text, 17, **inits), rand(2, 5, 8), rand(4, 5, 8))
+    assert "expand" in function_targets(gm)
+
+
+def test_symbolic_reshape_with_two_dynamic_entries_reads_size() -> None:
+    # Two dynamic entries: the importer must read x.size(0) at run time instead of guessing.
+    text = """g (float[batch,6,4] x) => (float y) {
+        s = Shape(x)
+        b = Gather <axis=0> (s, zero)
+        b2 = Mul(b, two)
+        bu = Unsqueeze(b, ax0)
+        b2u = Unsqueeze(b2, ax0)
+        shape = Concat <axis=0> (bu, b2u, minus1)
+        t = Concat <axis=0> (x, x)
+        f = Reshape(t, flat)
+        y = Reshape(f, shape)
+    }"""
+    inits = {"zero": np.int64(0), "two": np.int64(2), "ax0": np.array([0], dtype=np.int64),
+             "minus1": np.array([-1], dtype=np.int64), "flat": np.array([-1], dtype=np.int64)}
+    gm = assert_matches_ort(textual(text, 13, **inits), rand(1, 6, 4), rand(3, 6, 4))
+    assert "size" in function_targets(gm)
+
+
+def test_identity_and_dropout_are_pass_through() -> None:
+    text = "g (float[N,4] x) => (float y) { a = Identity(x) b = Dropout(a) y = Relu(b) }"
+    gm = assert_matches_ort(textual(text, 13), rand(3, 4))
+    assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "output"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------------------------
+def test_unsupported_ops_are_all_listed_once() -> None:
+    text = """g (float[N,4,9,9] x) => (float y) {
+        a = Hardmax <axis=1> (x)
+        b = Relu(a)
+        c = LpNormalization <axis=1> (b)
+        d = Relu(c)
+        y = Hardmax <axis=2> (d)
+    }"""
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(textual(text, 17))
+    nodes = info.value.nodes
+    assert [n.op for n in nodes] == ["Hardmax", "LpNormalization", "Hardmax"]
+    assert nodes[0].target == "ai.onnx::Hardmax (opset 17)" and nodes[1].name == "LpNormalization_2"
+    assert "Conv" in str(info.value) and "Relu" in supported_op_types()
+
+
+def test_unsupported_attribute_is_collected_with_unknown_ops() -> None:
+    text = """g (float[N,4,9,9] x) => (float y) {
+        a = AveragePool <kernel_shape=[2,2], dilations=[2,2]> (x)
+        y = Hardmax(a)
+    }"""
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(textual(text, 19))
+    assert [n.op for n in info.value.nodes] == ["AveragePool", "Hardmax"]
+    assert "dilations" in str(info.value)
+
+
+def _assert_one_line(exc: pytest.ExceptionInfo) -> None:
+    message = str(exc.value)
+    assert message and "\n" not in message
+
+
+def test_random_bytes_file(tmp_path) -> None:
+    path = tmp_path / "noise.onnx"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(OnnxImportError) as info:
+        load_onnx(path)
+    _assert_one_line(info)
+
+
+def test_truncated_file(tmp_path) -> None:
+    model = textual("g (float[N,4,9,9] x) => (float y) { y = Conv(x, w) }", 17, w=rand(8, 4, 3, 3))
+    data = model.SerializeToString()
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OnnxImportError) as info:
+        load_onnx(path)
+    _assert_one_line(info)
+    assert info.value.__cause__ is not None
+
+
+def test_model_failing_the_checker(tmp_path) -> None:
+    model = textual("g (float[N,4] x) => (float y) { y = Add(x, missing) }", 17)
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, path)
+    with pytest.raises(OnnxImportError, match="checker") as info:
+        load_onnx(path)
+    _assert_one_line(info)
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(OnnxImportError, match="not found"):
+        load_onnx(tmp_path / "absent.onnx")
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET - 1, MAX_OPSET + 1])
+def test_opset_out_of_range(opset: int) -> None:
+    model = textual("g (float[N,4] x) => (float y) { y = Relu(x) }", opset)
+    with pytest.raises(OnnxImportError, match="version_converter") as info:
+        load_onnx(model)
+    _assert_one_line(info)
+    assert f"{MIN_OPSET}-{MAX_OPSET}" in str(info.value)
+
+
+def test_two_graph_inputs_are_named() -> None:
+    model = textual("g (float[N,4] x, float[N,4] z) => (float y) { y = Add(x, z) }", 17)
+    with pytest.raises(OnnxImportError, match="'z'") as info:
+        load_onnx(model)
+    _assert_one_line(info)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Whole torchvision models, both exporters
+# --------------------------------------------------------------------------------------------------------------------
+def _random_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=10)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+    return model.eval()
+
+
+def _export(model: nn.Module, path, exporter: str) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            torch.onnx.export(model, (x,), str(path), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},))
+        else:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=int(exporter[2:]),
+                              input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+
+
+MODEL_CASES = [
+    pytest.param(name, exporter, marks=[pytest.mark.slow] if exporter == "dynamo" else [], id=f"{name}-{exporter}")
+    for name in ("resnet18", "mobilenet_v2")
+    for exporter in ("ts13", "ts17", "dynamo")
+]
+
+
+@pytest.mark.parametrize(("name", "exporter"), MODEL_CASES)
+def test_torchvision_model_matches_onnxruntime(tmp_path, name: str, exporter: str) -> None:
+    if exporter == "dynamo" and not HAS_ONNXSCRIPT:
+        pytest.skip("torch's dynamo ONNX exporter needs the onnxscript package")
+    path = tmp_path / f"{name}.onnx"
+    _export(_random_model(name), path, exporter)
+    gm = load_onnx(path)
+    assert gm.meta["onnx"]["input_shape"] == [None, 3, 32, 32]
+    # Batch 3 differs from the export's 2; batch 6 stands for a flattened [T*B, ...] input.
+    for batch in (3, 6):
+        x = rand(batch, 3, 32, 32, seed=batch)
+        (ours,), (ref,) = run_gm(gm, x), run_ort(str(path), x)
+        scale = float(np.abs(ref).max())
+        np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL * scale)
+    assert nn.Conv2d in module_types(gm) and nn.Linear in module_types(gm)

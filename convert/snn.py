@@ -44,6 +44,8 @@ class SpikingNetwork(nn.Module):
         self.timesteps = timesteps
         self.neuron_names = list(neuron_names)
         self.unit_names = list(unit_names)
+        self.step_mode = "m"
+        self.capturing = False  # True during the zero-input capture pass (counters skip it)
         self.capture_cache_key: tuple | None = None
         self.output_offset: torch.Tensor | None = None
 
@@ -65,6 +67,7 @@ class SpikingNetwork(nn.Module):
 
     def set_step_mode(self, step_mode: str, timesteps: int | None = None) -> None:
         """``"m"`` (inputs ``[T*B, ...]``, needs ``timesteps``) or ``"s"`` (one step per call) for every unit."""
+        self.step_mode = step_mode
         for _, module in self.stateful():
             module.step_mode = step_mode
             module.timesteps = timesteps
@@ -78,10 +81,12 @@ class SpikingNetwork(nn.Module):
         modules = [m for _, m in self.stateful()]
         for m in modules:
             m.capture = True
+        self.capturing = True
         try:
             with torch.no_grad():
                 self.output_offset = self.gm(zeros)
         finally:
+            self.capturing = False
             for m in modules:
                 m.capture = False
         return self.output_offset

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from snnconvert.convert.snn import SpikingNetwork
+from snnconvert.runtime.energy import SynapticOpCounter
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,13 @@ class EvalReport:
     events_per_step: list[float] = field(default_factory=list)
     site_events: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    ops: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "timesteps": self.timesteps, "ann_accuracy": self.ann_accuracy, "snn_accuracy": self.snn_accuracy,
             "images": self.images, "events_per_step": self.events_per_step, "site_events": self.site_events,
-            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "ops": self.ops,
         }
 
 
@@ -88,6 +90,7 @@ def evaluate(
     mode: str = "multi",
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
+    count_ops: bool = True,
 ) -> EvalReport:
     """Run the ANN and the SNN over ``batches`` once; accuracy after every step, events per site and step.
 
@@ -99,6 +102,7 @@ def evaluate(
         mode: ``"multi"`` (layer by layer over T·B) or ``"single"`` (streaming, bounded memory).
         device: where to run.
         progress: called with the number of images of each finished batch (the CLI drives a progress bar).
+        count_ops: count synaptic operations per layer and step and the energy ratio (method.md §8).
     """
     T = snn.timesteps if timesteps is None else int(timesteps)
     snn = snn.to(device)
@@ -110,6 +114,7 @@ def evaluate(
     if ann is not None:
         ann.to(device).eval()
     counter = _EventCounter(snn, T)
+    ops = SynapticOpCounter(snn, T) if count_ops else None
     try:
         with torch.no_grad():
             for x, y in batches:
@@ -127,6 +132,8 @@ def evaluate(
                     progress(int(y.shape[0]))
     finally:
         counter.close()
+        if ops is not None:
+            ops.close()
         if ann is not None:
             ann.train(was_training)
     if images == 0:
@@ -147,6 +154,9 @@ def evaluate(
         site_events=site_events,
         seconds=seconds,
     )
+    if ops is not None:
+        ops.counts.images = images
+        report.ops = ops.counts.to_dict()
     log.info("evaluated %d images: ANN %s, SNN %.4f at T=%d", images,
              "n/a" if report.ann_accuracy is None else f"{report.ann_accuracy:.4f}", report.snn_accuracy[-1], T)
     return report
@@ -194,6 +204,7 @@ def build_report(
         },
         "events": {"per_step": evaluation.events_per_step,
                    "total_per_image": float(sum(evaluation.events_per_step))},
+        "synaptic_ops": evaluation.ops,
         "conversion": result.report.to_dict(),
         "timings": {**{f"eval_{k}": round(v, 4) for k, v in evaluation.seconds.items()},
                     **{k: round(v, 4) for k, v in (timings or {}).items()}},

@@ -30,14 +30,15 @@ HAS_ONNXSCRIPT = importlib.util.find_spec("onnxscript") is not None
 
 
 def textual(graph: str, opset: int = 17, **initializers: np.ndarray) -> onnx.ModelProto:
-    """A model from ONNX text; ``initializers`` are attached by name, declared output shapes are dropped."""
+    """A model from ONNX text; ``initializers`` are attached by name, output shapes come from shape inference."""
     ir_version = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
     model = onnx.parser.parse_model(f'<ir_version: {ir_version}, opset_import: ["" : {opset}]>\n{graph}')
     for output in model.graph.output:
-        output.type.tensor_type.ClearField("shape")
+        if not output.type.tensor_type.shape.dim:  # written as "float y": let shape inference fill it in
+            output.type.tensor_type.ClearField("shape")
     for name, array in initializers.items():
         model.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
-    return model
+    return onnx.shape_inference.infer_shapes(model)
 
 
 def rand(*shape: int, seed: int = 0) -> np.ndarray:
@@ -118,7 +119,7 @@ OP_CASES = {
         "g (float[N,6] x) => (float y) { y = BatchNormalization (x, s, b, m, v) }",
         {"s": rand(6), "b": rand(6), "m": rand(6), "v": np.abs(rand(6)) + 0.5}, rand(3, 6), 13, nn.BatchNorm1d),
     "maxpool_ceil": (
-        "g (float[N,4,9,9] x) => (float y) { y = MaxPool <kernel_shape=[3,3], strides=[2,2], ceil_mode=1> (x) }",
+        "g (float[N,4,10,10] x) => (float y) { y = MaxPool <kernel_shape=[3,3], strides=[2,2], ceil_mode=1> (x) }",
         {}, rand(2, 4, 10, 10), 13, nn.MaxPool2d),
     "maxpool_asymmetric_pads": (
         "g (float[N,4,9,9] x) => (float y) { y = MaxPool <kernel_shape=[3,3], strides=[2,2], pads=[0,1,1,0]> (x) }",
@@ -264,7 +265,7 @@ def test_node_and_module_metadata() -> None:
 # Shape sub-graphs and dynamic batch
 # --------------------------------------------------------------------------------------------------------------------
 def test_shape_chain_reshape_keeps_dynamic_batch() -> None:
-    text = """g (float[batch,4,9,9] x) => (float y) {
+    text = """g (float[batch,4,9,9] x) => (float[batch,36,9] y) {
         s = Shape(x)
         b = Gather <axis=0> (s, zero)
         bu = Unsqueeze(b, ax0)
@@ -305,7 +306,7 @@ def test_expand_with_shape_from_batch_and_where_pattern() -> None:
 
 def test_symbolic_reshape_with_two_dynamic_entries_reads_size() -> None:
     # Two dynamic entries: the importer must read x.size(0) at run time instead of guessing.
-    text = """g (float[batch,6,4] x) => (float y) {
+    text = """g (float[batch,6,4] x) => (float[batch,b2,c] y) {
         s = Shape(x)
         b = Gather <axis=0> (s, zero)
         b2 = Mul(b, two)

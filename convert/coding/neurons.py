@@ -241,7 +241,7 @@ def _diff_step(
     u = x_t - bias
     r_in_new = r_in + u / t
     m = t * (r_in_new - r_out)
-    c = (t - 1) * r_out if relu_constrained else None
+    c = t * r_out if relu_constrained else None
     if kind == "if":
         m = m + threshold * 0.5
         d = if_fire(m, c, threshold, True, relu_constrained)

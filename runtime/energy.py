@@ -1,0 +1,137 @@
+"""Synaptic operations (SOP) and the energy metric (method.md §8).
+
+Per real step t and Conv/Linear layer l: ``SOP_l,t`` = Σ over the non-zero input entries of their fan-out, computed
+by running the layer's geometry with all-ones weights on the binary map ``[input != 0]`` (padding and stride shape
+the fan-out at borders). ``TOT_l`` is the dense MAC count of the layer for one image (the same with an all-ones
+input). The zero-input capture pass of differential coding is excluded.
+
+Two energy figures are reported, with the constants printed next to them:
+
+- ``reference``: every SNN operation is an AC (the paper's metric): ``E_AC·ΣSOP / (E_MAC·ΣTOT)``;
+- ``extended``: layers whose input is analog (the first layer, or a layer fed by a dense graded unit) are counted
+  as MACs; spike-fed layers as ACs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from snnconvert.convert.coding.units import GradedUnit
+from snnconvert.convert.snn import SpikingNetwork
+
+#: pJ per operation, Horowitz (ISSCC 2014), 45 nm, fp32.
+E_AC_PJ = 0.9
+E_MAC_PJ = 4.6
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def input_kinds(snn: SpikingNetwork) -> dict[str, str]:
+    """For each Conv/Linear node target: ``"spike"`` when its input derives only from neurons through linear ops,
+    ``"analog"`` when an analog path (network input or a dense graded unit) reaches it."""
+    neurons = set(snn.neuron_names)
+    kind: dict[fx.Node, str] = {}
+    result = {}
+    for node in snn.gm.graph.nodes:
+        if node.op == "placeholder":
+            kind[node] = "analog"
+        elif node.op == "get_attr":
+            kind[node] = "const"
+        elif node.op == "call_module" and node.target in neurons:
+            kind[node] = "spike"
+        elif node.op == "call_module" and isinstance(snn.gm.get_submodule(node.target), GradedUnit):
+            kind[node] = "analog"
+        else:
+            kinds = {kind.get(a, "const") for a in node.all_input_nodes}
+            kind[node] = "analog" if "analog" in kinds else ("spike" if "spike" in kinds else "const")
+        if node.op == "call_module" and isinstance(snn.gm.get_submodule(node.target), _LAYERS):
+            result[node.target] = kind[node.args[0]]
+    return result
+
+
+def _fanout_count(layer: nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    """Σ over the non-zero entries of ``mask`` (per sample) of their fan-out through ``layer``: ``[N]``."""
+    if isinstance(layer, nn.Linear):
+        return mask.flatten(1).sum(1) * layer.out_features
+    groups = layer.groups
+    ones = torch.ones(groups, layer.in_channels // groups, *layer.kernel_size, dtype=mask.dtype, device=mask.device)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[mask.dim() - 2]
+    # zero-padding geometry (for reflect/replicate padding the border fan-out is approximated the same way)
+    out = conv(mask, ones, None, layer.stride, layer.padding, layer.dilation, groups)
+    return out.flatten(1).sum(1) * (layer.out_channels // groups)
+
+
+@dataclass
+class OpCounts:
+    """Per-layer SOPs per step (summed over images), dense MACs per image, and the input kind of each layer."""
+
+    timesteps: int
+    images: int = 0
+    sop: dict[str, torch.Tensor] = field(default_factory=dict)
+    tot: dict[str, float] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Per-image figures: SOP per layer and step, TOT, rates, and the energy ratio after every step."""
+        n = max(self.images, 1)
+        tot = sum(self.tot.values())
+        layers = {}
+        for name, sop in self.sop.items():
+            per_step = (sop / n).tolist()
+            layers[name] = {"input": self.kinds.get(name, "spike"), "tot_macs": self.tot[name],
+                            "sop_per_step": per_step, "sop_rate": sum(per_step) / (self.timesteps * self.tot[name])}
+        ac = torch.zeros(self.timesteps, dtype=torch.float64)
+        mac = torch.zeros(self.timesteps, dtype=torch.float64)
+        for name, sop in self.sop.items():
+            (mac if self.kinds.get(name) == "analog" else ac).add_(sop / n)
+        cum_ac, cum_mac = ac.cumsum(0), mac.cumsum(0)
+        return {
+            "constants_pj": {"E_AC": E_AC_PJ, "E_MAC": E_MAC_PJ, "source": "Horowitz ISSCC 2014, 45 nm, fp32"},
+            "ann_macs_per_image": tot,
+            "sop_per_step": (ac + mac).tolist(),
+            "energy_ratio_reference": (E_AC_PJ * (cum_ac + cum_mac) / (E_MAC_PJ * tot)).tolist() if tot else [],
+            "energy_ratio_extended": ((E_AC_PJ * cum_ac + E_MAC_PJ * cum_mac) / (E_MAC_PJ * tot)).tolist()
+            if tot else [],
+            "layers": layers,
+        }
+
+
+class SynapticOpCounter:
+    """Forward hooks on every Conv/Linear of an SNN; counts SOPs per step in both step modes."""
+
+    def __init__(self, snn: SpikingNetwork, timesteps: int) -> None:
+        self.snn = snn
+        self.counts = OpCounts(timesteps=timesteps, kinds=input_kinds(snn))
+        self._step: dict[str, int] = {}
+        self.handles = []
+        for name, module in snn.gm.named_modules():
+            if isinstance(module, _LAYERS) and name in self.counts.kinds:
+                self.handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        T = self.counts.timesteps
+
+        def hook(module, args, out):
+            if self.snn.capturing:
+                return
+            x = args[0]
+            mask = (x != 0).to(torch.float32)
+            sop = self.counts.sop.setdefault(name, torch.zeros(T, dtype=torch.float64))
+            if name not in self.counts.tot:
+                self.counts.tot[name] = float(_fanout_count(module, torch.ones_like(mask[:1]))[0])
+            per_sample = _fanout_count(module, mask).double()
+            if self.snn.step_mode == "m":
+                sop += per_sample.view(T, -1).sum(1).cpu()
+            else:
+                t = self._step.get(name, 0)
+                sop[t % T] += float(per_sample.sum())
+                self._step[name] = t + 1
+
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()

@@ -1,0 +1,161 @@
+"""Differential coding at network level (method.md §12.1-4, §12.12, §12.19-20)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import TOLERANCES
+from nets import SpellingsNet
+
+from snnconvert.convert import ConversionConfig, convert
+from snnconvert.convert.coding.diff import DiffCoding
+from snnconvert.runtime import evaluate
+from snnconvert.runtime.energy import E_AC_PJ, E_MAC_PJ, SynapticOpCounter
+
+
+def _diff(**kw):
+    return ConversionConfig.for_coding("differential", **kw)
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.manual_seed(5)
+    return torch.rand(32, 1, 28, 28)
+
+
+def test_encode_decode_round_trip():
+    coding = DiffCoding()
+    x = torch.randn(3, 4)
+    seq = coding.encode(x, 7)
+    assert torch.equal(seq[0], x) and not seq[1:].any()
+
+    class Offset:
+        output_offset = torch.zeros(1, 4)
+
+    decoded = coding.decode(seq, Offset())
+    for t in range(7):
+        assert torch.equal(decoded[t], x)
+
+
+class LinearOnly(nn.Module):
+    """conv, BN, avg-pool, residual add, concat, linear: no ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv1, self.bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(8 * 14 * 14, 10)
+        self.bn.running_mean.uniform_(-1, 1)
+
+    def forward(self, x):
+        a = self.bn(self.conv1(x))
+        b = self.conv2(a) + a
+        return self.fc(torch.flatten(torch.cat([self.pool(a), self.pool(b)], 1), 1))
+
+
+def test_network_without_relu_reproduces_ann_at_every_step(data):
+    model = LinearOnly().eval()
+    res = convert(model, forward_loop=[data], config=_diff(timesteps=5))
+    with torch.no_grad():
+        out, ann = res.snn(data), model(data)
+    for t in range(5):
+        torch.testing.assert_close(out[t], ann, rtol=1e-5, atol=1e-5)
+
+
+def test_precomputed_offsets_equal_step0_capture(data):
+    res = convert(SpellingsNet(), forward_loop=[data], config=_diff(timesteps=4))
+    snn = res.snn
+    snn(data[:2])  # precomputes with a batch of one
+    pre = {name: m.bias.clone() for name, m in snn.stateful()}
+    # reference scheme: a step-0 pass with a zero network input of the full batch, every unit silent
+    y0 = snn.capture_offsets(torch.zeros(6, 1, 28, 28))
+    for name, m in snn.stateful():
+        assert m.bias.shape[0] == 6
+        for row in m.bias:
+            torch.testing.assert_close(row, pre[name][0], rtol=0, atol=1e-6)
+    assert torch.allclose(y0, y0[:1].expand_as(y0))
+    snn.invalidate()
+
+
+def test_bias_constant_changes_only_offsets(data):
+    model = SpellingsNet().eval()
+    cfg = _diff(timesteps=6, threshold="max")
+    res = convert(model, forward_loop=[data], config=cfg)
+    snn = res.snn
+    with torch.no_grad():
+        before = snn(data[:4])
+        biases = {n: m.bias.clone() for n, m in snn.stateful()}
+        snn.gm.fc2.bias += 0.5  # output layer: only y0 and the decoded output shift
+        snn.invalidate()
+        after = snn(data[:4])
+    torch.testing.assert_close(after, before + 0.5, rtol=1e-5, atol=1e-5)
+    for n, m in snn.stateful():
+        assert torch.equal(m.bias, biases[n])
+    with torch.no_grad():
+        snn.gm.conv3.bias += 0.25  # hidden conv: downstream units' captured b shift, upstream ones do not
+        snn.invalidate()
+        snn(data[:1])
+    changed = {n for n, m in snn.stateful() if not torch.equal(m.bias, biases[n])}
+    assert changed and "relu" not in changed and "act_inplace_act" not in changed
+
+
+def test_decoded_relu_outputs_never_negative(data):
+    res = convert(SpellingsNet(), forward_loop=[data], config=_diff(timesteps=12))
+    decoded = {}
+
+    def hook(name):
+        def fn(module, args, out):
+            if module.capture:
+                return
+            d = out.reshape(12, -1)
+            t = torch.arange(1, 13, dtype=d.dtype).view(-1, 1)
+            decoded[name] = (d / t).cumsum(0)
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in res.snn.neurons()]
+    with torch.no_grad():
+        res.snn(torch.randn(16, 1, 28, 28) * 3)  # far outside the calibration range
+    for h in handles:
+        h.remove()
+    for name, r in decoded.items():
+        assert r.min() >= -1e-6, name
+
+
+def test_single_step_equals_multi_step(data):
+    res = convert(SpellingsNet(), forward_loop=[data], config=_diff(timesteps=8))
+    with torch.no_grad():
+        torch.testing.assert_close(res.snn(data[:6], mode="single"), res.snn(data[:6]),
+                                   **TOLERANCES["single_vs_multi"])
+
+
+def test_fewer_events_than_rate_at_equal_T(data):
+    model = SpellingsNet().eval()
+    labels = model(data).argmax(-1)
+    events = {}
+    for coding in ("rate", "differential"):
+        cfg = ConversionConfig.for_coding(coding, timesteps=8, neuron="mt", levels=4, threshold="99.9%")
+        res = convert(model, forward_loop=[data], config=cfg)
+        events[coding] = sum(evaluate(res.snn, [(data, labels)], ann=model).events_per_step)
+    assert events["differential"] < events["rate"], events
+
+
+def test_sop_counter_on_hand_built_conv():
+    conv = nn.Conv2d(1, 3, 3, padding=1, bias=False)
+    net = nn.Sequential(nn.ReLU(), conv)
+    res = convert(net, forward_loop=[torch.ones(1, 1, 4, 4)],
+                  config=ConversionConfig.for_coding("rate", timesteps=1, threshold="max"))
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 0, 0] = 5.0  # corner: fan-out 4 positions x 3 channels
+    x[0, 0, 1, 1] = 5.0  # interior: fan-out 9 positions x 3 channels
+    counter = SynapticOpCounter(res.snn, 1)
+    with torch.no_grad():
+        res.snn(x)
+    counter.close()
+    counter.counts.images = 1
+    ops = counter.counts.to_dict()
+    assert ops["layers"]["1"]["sop_per_step"] == [3 * (4 + 9)]
+    assert ops["ann_macs_per_image"] == 3 * (4 * 4 + 8 * 6 + 4 * 9)  # Σ over outputs of in-bounds taps
+    ratio = E_AC_PJ * 39 / (E_MAC_PJ * ops["ann_macs_per_image"])
+    assert ops["energy_ratio_reference"] == pytest.approx([ratio])

@@ -64,7 +64,7 @@ class FitResult:
 
 def _as_f64(name: str, value) -> Tensor:
     try:
-        return torch.as_tensor(value).to(torch.float64)
+        return torch.as_tensor(value, dtype=torch.float64)  # Python floats go straight to float64
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"{name} must be a tensor or number, got {type(value).__name__}") from exc
 

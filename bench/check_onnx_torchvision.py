@@ -58,14 +58,19 @@ def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def export(model: torch.nn.Module, x: torch.Tensor, path: Path, exporter: str) -> None:
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    quiet = contextlib.ExitStack()  # the exporters print progress and, on failure, the whole TorchScript graph
+    quiet.enter_context(warnings.catch_warnings())
+    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    with quiet:
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"],
                               dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
         else:
             torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=int(exporter[2:]),
-                              input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+                              input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
 
 
 def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batch: int) -> dict:
@@ -82,6 +87,7 @@ def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batc
         export(model, torch.randn(export_batch, 3, size, size), path, exporter)
     except Exception as exc:  # the exporter itself refuses (e.g. ViT at opset 13)
         row["status"] = f"export failed: {type(exc).__name__}"
+        row["seconds"] = time.perf_counter() - start
         return row
     try:
         gm = load_onnx(path)

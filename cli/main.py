@@ -191,7 +191,8 @@ def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details"),
 ) -> None:
     """Convert MODEL to a spiking network, calibrate it, and report accuracy at every time step."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         _run(model, coding, timesteps, threshold, granularity, levels, weights, calib_data, eval_data, calib_images,
              eval_images, data_dir, normalize, report, output, batch_size, mode, backend, device, allow_ann_op)

@@ -75,7 +75,8 @@ def resolve_factory(ref: str):
     """
     module_part, sep, attr = ref.rpartition(":")
     if not sep or not module_part or not attr:
-        raise ModelLoadError(f"model reference {ref!r} must look like path/to/file.py:factory or package.module:factory")
+        raise ModelLoadError(
+            f"model reference {ref!r} must look like path/to/file.py:factory or package.module:factory")
     if module_part.endswith(".py"):
         path = Path(module_part)
         if not path.is_file():

@@ -17,6 +17,19 @@ Steps (architecture.md §3):
 Postconditions: the result is in eval mode, its parameters are float32, and it has exactly one placeholder (the
 single graph input). A dynamic batch dimension stays dynamic: reshapes use ``-1`` (or ``x.size(0)`` arithmetic when
 several entries are dynamic), so the module accepts any batch size, including a flattened ``[T*B, ...]`` input.
+
+Dynamic shapes. The input's dim_params (``batch``) become sympy symbols; every run-time tensor carries a symbolic
+shape, taken from the converters where they know it (reshape, transpose, convolution arithmetic, ...) and from ONNX
+shape inference otherwise. ``Shape`` therefore yields a symbolic vector such as ``(batch, 768, 196)`` and the
+exporters' ``Shape -> Gather -> Unsqueeze -> Concat -> Reshape`` chains fold while importing. A dimension nobody
+knows becomes a symbol bound to ``x.size(i)`` of the tensor it belongs to, computed at run time only if a reshape
+needs it. A model exported with a static batch keeps that batch (a warning is logged).
+
+Example::
+
+    gm = load_onnx("resnet18.onnx")        # -> fx.GraphModule with nn.Conv2d / nn.ReLU / ... modules
+    y = gm(torch.randn(8, 3, 224, 224))    # any batch size when the export had a dynamic batch axis
+    gm.meta["onnx"]["input_shape"]         # [None, 3, 224, 224]
 """
 from __future__ import annotations
 
@@ -121,6 +134,7 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
 # Loading and checking
 # --------------------------------------------------------------------------------------------------------------------
 def _one_line(exc: BaseException) -> str:
+    """An exception as one short line, for error messages."""
     text = str(exc).strip()
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first = first if len(first) <= 300 else first[:297] + "..."
@@ -128,6 +142,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _read_model(path: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str, Any]:
+    """Load the protobuf without external data: (model, label for messages, what the checker gets)."""
     if isinstance(path, onnx.ModelProto):
         return path, "<ModelProto>", path
     file = Path(path)
@@ -144,6 +159,7 @@ def _read_model(path: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.Mo
 
 
 def _default_opset(model: onnx.ModelProto, label: str) -> int:
+    """The default-domain opset; an OnnxImportError outside ``MIN_OPSET..MAX_OPSET``."""
     versions = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
     opset = versions.get("ai.onnx")
     if opset is None:
@@ -159,6 +175,7 @@ def _default_opset(model: onnx.ModelProto, label: str) -> int:
 
 
 def _check_model(target: Any, label: str) -> None:
+    """Run ``onnx.checker`` (on the path when there is one, so large models work)."""
     try:
         onnx.checker.check_model(target)
     except Exception as exc:
@@ -168,6 +185,7 @@ def _check_model(target: Any, label: str) -> None:
 
 
 def _load_external_data(model: onnx.ModelProto, file: Path, label: str) -> None:
+    """Read external tensors (``model.onnx.data``) from the model's folder."""
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(file.parent))
     except Exception as exc:
@@ -230,6 +248,7 @@ def _infer_shapes(model: onnx.ModelProto, label: str) -> dict[str, tuple[int, li
 
 
 def _sanitize(name: str) -> str:
+    """An identifier from an ONNX name: ``/layer1/layer1.0/conv1/Conv`` -> ``layer1_layer1_0_conv1_Conv``."""
     text = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_")
     text = re.sub(r"_+", "_", text)
     if not text:
@@ -239,6 +258,8 @@ def _sanitize(name: str) -> str:
 
 def _parse_dim_param(text: str, symbols: dict[str, sympy.Symbol]) -> sympy.Expr | None:
     """A dim_param such as ``batch`` or ``197*batch`` over known symbols; never ``eval``s the text."""
+    if len(text) > 200:
+        return None
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
@@ -288,6 +309,7 @@ class OpContext:
 
     # ---- inputs, attributes, errors -----------------------------------------------------------------------------
     def attr(self, name: str, default: Any = _REQUIRED) -> Any:
+        """Attribute ``name``; without a default a missing attribute is an OnnxImportError."""
         if name in self.attrs:
             return self.attrs[name]
         if default is _REQUIRED:
@@ -295,20 +317,24 @@ class OpContext:
         return default
 
     def input(self, i: int) -> Value | None:
+        """The value of input ``i``, ``None`` for an absent optional input."""
         if i >= len(self.node.input) or not self.node.input[i]:
             return None
         return self._importer.value(self.node.input[i])
 
     def inputs(self) -> list[Value | None]:
+        """The values of all inputs (``None`` for absent optional ones)."""
         return [self.input(i) for i in range(len(self.node.input))]
 
     def value_by_name(self, name: str) -> Value | None:
+        """The value of a tensor by name if it is already known (for look-ahead fusions), else ``None``."""
         values = self._importer.values
         if name in values:
             return None if values[name] is _POISONED else values[name]
         return self._importer.value(name) if name in self._importer.initializers else None
 
     def const(self, i: int, what: str) -> torch.Tensor:
+        """Input ``i`` as a tensor; an OnnxImportError naming ``what`` when it is not known at import time."""
         value = self.input(i)
         if not isinstance(value, Const):
             raise self.fail(f"{what} (input {i}) must be a constant or initializer")
@@ -325,21 +351,26 @@ class OpContext:
         return list(items[0])
 
     def unsupported(self, reason: str) -> UnsupportedConfigError:
+        """An exception to raise for attributes the converter cannot express (collected, reported once)."""
         return UnsupportedConfigError(reason)
 
     def fail(self, message: str) -> OnnxImportError:
+        """An OnnxImportError naming this node, for malformed models and unresolvable shapes."""
         return OnnxImportError(f"cannot import node '{self.name}' ({self.op_type}, opset {self.opset}): {message}")
 
     def output_used(self, i: int) -> bool:
+        """Whether output ``i`` is read by another node or is a graph output."""
         if i >= len(self.node.output) or not self.node.output[i]:
             return False
         name = self.node.output[i]
         return bool(self._importer.consumers.get(name)) or name in self._importer.graph_outputs
 
     def consumers(self, i: int) -> list[onnx.NodeProto]:
+        """The nodes that read output ``i``."""
         return list(self._importer.consumers.get(self.node.output[i], []))
 
     def is_graph_output(self, i: int) -> bool:
+        """Whether output ``i`` is a graph output."""
         return self.node.output[i] in self._importer.graph_outputs
 
     def fuse(self, later: onnx.NodeProto, value: Value) -> None:
@@ -347,14 +378,17 @@ class OpContext:
         self._importer.fused[id(later)] = value
 
     def tensor_from_proto(self, proto: onnx.TensorProto) -> torch.Tensor:
+        """A TensorProto (for example a Constant's ``value``) as a torch tensor."""
         return _tensor_from_proto(proto)
 
     def onnx_dtype(self, elem_type: int) -> torch.dtype:
+        """The torch dtype of an ONNX element type."""
         if elem_type not in _ONNX_DTYPES:
             raise self.unsupported(f"element type {onnx.TensorProto.DataType.Name(elem_type)}")
         return _ONNX_DTYPES[elem_type]
 
     def dtype_of(self, value: Value | None) -> torch.dtype | None:
+        """The dtype of a value where known."""
         if isinstance(value, Const):
             return value.tensor.dtype
         if isinstance(value, SymVec):
@@ -365,6 +399,7 @@ class OpContext:
 
     # ---- shapes ---------------------------------------------------------------------------------------------------
     def shape_or_none(self, value: Value | None) -> tuple | None:
+        """The shape of a value as sympy expressions (entries or the whole shape may be ``None``)."""
         if isinstance(value, Const):
             return tuple(sympy.Integer(d) for d in value.tensor.shape)
         if isinstance(value, SymVec):
@@ -385,6 +420,7 @@ class OpContext:
         return shape
 
     def runtime_dim(self, value: Value, i: int) -> sympy.Symbol:
+        """A symbol for dimension ``i`` of a run-time tensor, read with ``x.size(i)`` when needed."""
         if not isinstance(value, Tensor):
             raise self.fail("a dimension of a non-tensor value is unknown")
         return self._importer.runtime_symbol(value.node, i)
@@ -394,6 +430,7 @@ class OpContext:
         return self._importer.materialize(dim, self)
 
     def dims_arg(self, dims: Sequence[sympy.Expr]) -> list[int | fx.Node]:
+        """Several dimensions as fx arguments (see :meth:`dim_arg`)."""
         return [self.dim_arg(d) for d in dims]
 
     # ---- naming ---------------------------------------------------------------------------------------------------
@@ -407,27 +444,33 @@ class OpContext:
         return None
 
     def param_name_of(self, tensor_name: str) -> str | None:
+        """``layer1.0.conv1`` for a tensor named ``layer1.0.conv1.weight``, else ``None``."""
         if _PARAM_NAME.match(tensor_name):
             return tensor_name.rsplit(".", 1)[0]
         return None
 
     # ---- emission -------------------------------------------------------------------------------------------------
     def call_function(self, fn: Any, *args: Any, scalars: bool = True, **kwargs: Any) -> Any:
+        """Emit (or fold) ``fn(*args, **kwargs)``; ``scalars`` turns 0-d constants into Python numbers."""
         return self._importer.emit("call_function", fn, args, kwargs, self, scalars=scalars)
 
     def call_method(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Emit (or fold) ``args[0].method(*args[1:], **kwargs)``."""
         return self._importer.emit("call_method", method, args, kwargs, self, scalars=True)
 
     def call_module(self, module: nn.Module, *args: Any, name: str | None = None) -> Any:
+        """Register ``module`` (named ``name`` or after the node) and emit a call to it, or fold it."""
         return self._importer.emit_module(module, args, self, name)
 
     def getitem(self, value: Any, i: int) -> Any:
+        """Item ``i`` of a multi-output result."""
         if isinstance(value, (tuple, list)):
             return value[i]
         return self.call_function(operator.getitem, value, i)
 
 
 def _attribute_value(attr: onnx.AttributeProto) -> Any:
+    """An attribute's Python value, with strings decoded."""
     value = onnx.helper.get_attribute_value(attr)
     if isinstance(value, bytes):
         return value.decode("utf-8")
@@ -437,6 +480,7 @@ def _attribute_value(attr: onnx.AttributeProto) -> Any:
 
 
 def _tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None = None) -> torch.Tensor:
+    """A TensorProto as a torch tensor (a copy; bfloat16 via float32)."""
     array = numpy_helper.to_array(proto, base_dir or "")
     if proto.data_type == onnx.TensorProto.BFLOAT16:
         return torch.from_numpy(np.asarray(array, dtype=np.float32)).to(torch.bfloat16)
@@ -449,6 +493,12 @@ def _tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None = None) -> 
 # The importer: graph walk and fx construction
 # --------------------------------------------------------------------------------------------------------------------
 class _Importer:
+    """One import: the fx graph under construction, the value of every ONNX tensor name, and the symbol tables.
+
+    ``values`` maps ONNX names to Const / SymVec / Tensor (or the poison marker); ``symbol_source`` says which fx
+    node and dimension a symbol can be read from at run time, ``size_nodes`` caches those ``x.size(i)`` nodes.
+    """
+
     def __init__(self, model: onnx.ModelProto, opset: int, inferred: dict, label: str) -> None:
         self.model = model
         self.opset = opset
@@ -475,6 +525,7 @@ class _Importer:
 
     # ---- values ---------------------------------------------------------------------------------------------------
     def value(self, name: str) -> Any:
+        """The value of tensor ``name``; initializers are converted on first use."""
         if name in self.values:
             return self.values[name]
         if name in self.initializers:
@@ -484,6 +535,7 @@ class _Importer:
         raise OnnxImportError(f"{self.label}: tensor '{name}' is used before it is defined; the graph is malformed")
 
     def runtime_symbol(self, node: fx.Node, dim: int) -> sympy.Symbol:
+        """The symbol of dimension ``dim`` of fx ``node`` (one per node and dimension)."""
         key = (node, dim)
         if key not in self.runtime_symbols:
             symbol = sympy.Symbol(f"_dim{len(self.runtime_symbols)}", integer=True, positive=True)
@@ -492,6 +544,7 @@ class _Importer:
         return self.runtime_symbols[key]
 
     def _declared_dim(self, dim: int | str | None, node: fx.Node, index: int) -> sympy.Expr | None:
+        """A declared / inferred dimension as a sympy expression (dim_params become shared symbols)."""
         if isinstance(dim, int):
             return sympy.Integer(dim)
         if not dim:
@@ -523,14 +576,16 @@ class _Importer:
 
     # ---- fx emission ----------------------------------------------------------------------------------------------
     def _create(self, op: str, target: Any, args: tuple, kwargs: dict, meta: dict | None = None) -> fx.Node:
+        """Create an fx node carrying ``meta['onnx']`` of the ONNX node being converted."""
         node = self.graph.create_node(op, target, args, kwargs)
         node.meta["onnx"] = dict(meta or self.meta)
         return node
 
     def unique_name(self, candidate: str) -> str:
+        """A sanitised attribute name not used yet (nor by ``fx.GraphModule`` itself)."""
         base = _sanitize(candidate)
         name, k = base, 0
-        while name in self.used_names or keyword.iskeyword(name) or hasattr(self.root, name):
+        while name in self.used_names or keyword.iskeyword(name) or hasattr(fx.GraphModule, name):
             k += 1
             name = f"{base}_{k}"
         self.used_names.add(name)
@@ -547,6 +602,7 @@ class _Importer:
         return self.lifted[key][1]
 
     def materialize(self, expr: Any, ctx: OpContext) -> int | fx.Node:
+        """An fx argument for a dimension expression: an int, or nodes computing it from ``x.size(i)``."""
         expr = sympy.sympify(expr)
         if expr.is_Integer:
             return int(expr)
@@ -599,6 +655,7 @@ class _Importer:
         raise ctx.fail(f"cannot compute the dynamic dimension {expr} at run time")
 
     def _runtime_arg(self, value: Any, ctx: OpContext, scalars: bool) -> Any:
+        """Replace values by fx arguments: nodes, lifted buffers, scalars or materialized shape tensors."""
         if isinstance(value, Tensor):
             return value.node
         if isinstance(value, Const):
@@ -617,6 +674,7 @@ class _Importer:
 
     @staticmethod
     def _has_runtime(value: Any) -> bool:
+        """Whether an argument structure contains a run-time value."""
         if isinstance(value, (Tensor, SymVec, fx.Node)):
             return True
         if isinstance(value, (list, tuple)):
@@ -627,6 +685,7 @@ class _Importer:
 
     @staticmethod
     def _static_arg(value: Any) -> Any:
+        """Replace constants by their tensors, for folding."""
         if isinstance(value, Const):
             return value.tensor
         if isinstance(value, (list, tuple)):
@@ -636,6 +695,7 @@ class _Importer:
         return value
 
     def _wrap_static(self, result: Any, ctx: OpContext) -> Any:
+        """Wrap a folded result as constants."""
         if isinstance(result, torch.Tensor):
             return Const(result, (ctx.name, ctx.op_type))
         if isinstance(result, (tuple, list)):
@@ -643,6 +703,7 @@ class _Importer:
         return Const(torch.tensor(result), (ctx.name, ctx.op_type))
 
     def emit(self, op: str, target: Any, args: tuple, kwargs: dict, ctx: OpContext, *, scalars: bool) -> Any:
+        """Fold the call when every argument is known, else add a ``call_function`` / ``call_method`` node."""
         if not self._has_runtime(args) and not self._has_runtime(kwargs):
             static_args, static_kwargs = self._static_arg(args), self._static_arg(kwargs)
             with torch.no_grad():
@@ -656,6 +717,7 @@ class _Importer:
         return Tensor(self._create(op, target, fx_args, fx_kwargs))
 
     def emit_module(self, module: nn.Module, args: tuple, ctx: OpContext, name: str | None) -> Any:
+        """Fold a module call on constants, else register the module and add a ``call_module`` node."""
         module.eval()
         if not self._has_runtime(args):
             with torch.no_grad():
@@ -666,6 +728,7 @@ class _Importer:
 
     # ---- the walk -------------------------------------------------------------------------------------------------
     def _placeholder(self) -> dict[str, Any]:
+        """Create the single placeholder; returns the input's metadata for ``gm.meta['onnx']``."""
         graph = self.model.graph
         inputs = [value for value in graph.input if value.name not in self.initializers]
         if len(inputs) != 1:
@@ -687,6 +750,10 @@ class _Importer:
             )
         dtype = _ONNX_DTYPES.get(elem_type)
         self.values[graph_input.name] = Tensor(node, shape, dtype)
+        if dims and isinstance(dims[0], int):
+            logger.warning(
+                "%s: input '%s' has a static batch size %d; the imported module accepts only that batch size "
+                "(export with a dynamic batch axis to avoid this)", self.label, graph_input.name, dims[0])
         return {
             "input_name": graph_input.name,
             "input_shape": None if dims is None else [d if isinstance(d, int) else None for d in dims],
@@ -694,6 +761,7 @@ class _Importer:
         }
 
     def run(self) -> fx.GraphModule:
+        """Convert every node, raise the collected unsupported nodes once, and build the GraphModule."""
         input_meta = self._placeholder()
         unsupported: list[UnsupportedNode] = []
         reasons: list[str] = []
@@ -706,7 +774,8 @@ class _Importer:
             domain = node.domain or "ai.onnx"
             version = self.opset if domain == "ai.onnx" else self._domain_opset(node.domain)
             converter = onnx_ops.lookup(node.domain, node.op_type, version)
-            offender = UnsupportedNode(name=ctx.name, op=node.op_type, target=f"{domain}::{node.op_type} (opset {version})")
+            target = f"{domain}::{node.op_type} (opset {version})"
+            offender = UnsupportedNode(name=ctx.name, op=node.op_type, target=target)
             if converter is None:
                 unsupported.append(offender)
                 self._poison(node)
@@ -739,9 +808,11 @@ class _Importer:
         return gm
 
     def _domain_opset(self, domain: str) -> int:
+        """The opset version imported for a non-default domain."""
         return next((imp.version for imp in self.model.opset_import if imp.domain == domain), 1)
 
     def _hint(self, reasons: list[str]) -> str:
+        """The hint of the UnsupportedOpError: supported op types and the reasons for rejected attributes."""
         lines = [f"Supported op types (ai.onnx, opset {MIN_OPSET}-{MAX_OPSET}): {', '.join(supported_op_types())}."]
         if reasons:
             lines.append("Unsupported attributes: " + "; ".join(reasons) + ".")
@@ -749,11 +820,13 @@ class _Importer:
         return "\n".join(lines)
 
     def _poison(self, node: onnx.NodeProto) -> None:
+        """Mark the outputs of a node that could not be converted, so that consumers are skipped."""
         for name in node.output:
             if name:
                 self.values[name] = _POISONED
 
     def _store(self, node: onnx.NodeProto, results: Sequence[Any], ctx: OpContext) -> None:
+        """Record a converter's results for the node's outputs (shapes completed from inference)."""
         for i, name in enumerate(node.output):
             if not name:
                 continue
@@ -767,6 +840,7 @@ class _Importer:
             self.values[name] = value
 
     def _output(self) -> None:
+        """Emit the graph output (a tuple for several outputs)."""
         self.meta = {"name": "output", "op_type": "Output", "opset": self.opset}
         ctx = OpContext(self, onnx.helper.make_node("Identity", [], [], name="output"), -1)
         outputs = [self._runtime_arg(self.value(out.name), ctx, scalars=False) for out in self.model.graph.output]
@@ -774,6 +848,7 @@ class _Importer:
         node.meta["onnx"] = dict(self.meta)
 
     def _eliminate_dead_code(self) -> None:
+        """Drop nodes without users (folded shape chains leave none; fused or unused ones may)."""
         for node in reversed(list(self.graph.nodes)):
             if node.op not in ("placeholder", "output") and not node.users:
                 self.graph.erase_node(node)

@@ -20,6 +20,29 @@ see the same graph as from ``torch.fx`` tracing; element-wise ops become ``call_
 Converters raise ``ctx.unsupported(reason)`` for an attribute combination they cannot express (collected with the
 unknown ops into one ``UnsupportedOpError``) and ``ctx.fail(message)`` (``OnnxImportError``) for a malformed model or
 a dynamic shape that cannot be resolved.
+
+What each op becomes (default domain, opsets 13-21):
+
+=====================================================  ==============================================================
+ONNX                                                   fx
+=====================================================  ==============================================================
+Conv / ConvTranspose (1-3 d)                           ``nn.ConvNd`` / ``nn.ConvTransposeNd`` (+ ``F.pad`` or a crop
+                                                       for asymmetric pads)
+Gemm, MatMul with a constant 2-d weight                ``nn.Linear`` (a following ``Add`` of a constant bias is
+                                                       absorbed); otherwise ``torch.matmul``
+BatchNormalization, LayerNormalization                 ``nn.BatchNormNd`` (eval), ``nn.LayerNorm``
+MaxPool, AveragePool, GlobalAveragePool/MaxPool        ``nn.MaxPoolNd``, ``nn.AvgPoolNd``,
+                                                       ``nn.AdaptiveAvgPoolNd(1)`` / ``nn.AdaptiveMaxPoolNd(1)``
+ReduceMean over all spatial axes                       ``nn.AdaptiveAvgPoolNd(1)``
+Relu, Clip [0, 6] / [0, inf), LeakyRelu, Sigmoid,      ``nn.ReLU``, ``nn.ReLU6`` / ``nn.ReLU``, ``nn.LeakyReLU``,
+Tanh, Gelu, Softmax, LogSoftmax, HardSwish, Elu, ...   ``nn.Sigmoid``, ``nn.Tanh``, ``nn.GELU``, ``nn.Softmax``, ...
+Add, Sub, Mul, Div, Pow, comparisons                   ``operator.add`` & co. (constants: scalars or buffers)
+Sqrt, Erf, Exp, Where, Max, Min, Mod, Cast, ...        ``torch.sqrt`` & co., ``x.to(dtype)``
+Reshape, Flatten, Transpose, Concat, Split, Slice,     ``torch.reshape`` (``-1`` for the dynamic entry),
+Squeeze, Unsqueeze, Pad, Expand, Tile, Gather          ``torch.flatten``, ``torch.permute``, ``torch.cat``, slicing, ...
+Shape, Size, ConstantOfShape, Range, Constant          evaluated while importing (no fx node)
+Identity, Dropout (inference)                          nothing: the input is passed through
+=====================================================  ==============================================================
 """
 from __future__ import annotations
 
@@ -112,6 +135,7 @@ def supported_op_types(domain: str = DEFAULT_DOMAIN) -> list[str]:
 
 
 def _norm_domain(domain: str) -> str:
+    """The registry's spelling of the default domain (``''``)."""
     return "" if domain in ("", "ai.onnx") else domain
 
 
@@ -130,10 +154,12 @@ def static(dim: Any) -> int | None:
 
 
 def all_static(dims: Sequence[Any] | None) -> bool:
+    """Whether every entry of ``dims`` is a known integer."""
     return dims is not None and all(static(d) is not None for d in dims)
 
 
 def sym_prod(dims: Sequence[Any]) -> sympy.Expr:
+    """The expanded product of dimension expressions."""
     return sympy.expand(sympy.Mul(*[sympy.Integer(1), *dims]))
 
 
@@ -149,6 +175,7 @@ def sym_div(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
 
 
 def _integer_polynomial(expr: sympy.Expr) -> bool:
+    """Whether ``expr`` is a polynomial with integer coefficients."""
     if expr.is_Integer:
         return True
     symbols = sorted(expr.free_symbols, key=str)
@@ -189,6 +216,7 @@ def make_vec(elems: Sequence[Any], scalar: bool = False, source: tuple[str, str]
 
 
 def _broadcast_lists(a: list, b: list, ctx: OpContext) -> tuple[list, list]:
+    """Broadcast two 1-d shape value entry lists (length 1 against length n)."""
     if len(a) == len(b):
         return a, b
     if len(a) == 1:
@@ -219,6 +247,7 @@ def broadcast_shapes(shapes: Sequence[Sequence[Any] | None]) -> tuple | None:
 # Small shared helpers
 # --------------------------------------------------------------------------------------------------------------------
 def _norm_axis(axis: int, rank: int, ctx: OpContext) -> int:
+    """``axis`` in ``[0, rank)``; an OnnxImportError when out of range."""
     if not -rank <= axis < rank:
         raise ctx.fail(f"axis {axis} is out of range for rank {rank}")
     return axis % rank
@@ -235,10 +264,12 @@ def _torch_pads(begin: Sequence[int], end: Sequence[int]) -> list[int]:
 
 
 def _float(tensor: torch.Tensor) -> torch.Tensor:
+    """A float32 copy for module parameters."""
     return tensor.detach().to(torch.float32).clone()
 
 
 def _same_shape(ctx: OpContext, value: Value, like: Value) -> Value:
+    """Give ``value`` the shape of ``like`` (element-wise ops and activations)."""
     if isinstance(value, Tensor) and isinstance(like, Tensor):
         value.shape = like.shape
     return value
@@ -257,11 +288,13 @@ def _scalarize(value: Value, other_rank: int | None) -> Any:
 # --------------------------------------------------------------------------------------------------------------------
 @register("Identity", since=1)
 def convert_identity(ctx: OpContext) -> Value:
+    """Identity: pass-through, no fx node."""
     return ctx.input(0)
 
 
 @register("Dropout", since=12)
 def convert_dropout(ctx: OpContext) -> list[Value | None]:
+    """Dropout (inference): pass-through; a used mask output or ``training_mode=1`` is unsupported."""
     training = ctx.input(2)
     if training is not None:
         if not isinstance(training, Const):
@@ -275,6 +308,7 @@ def convert_dropout(ctx: OpContext) -> list[Value | None]:
 
 @register("Constant", since=13)
 def convert_constant(ctx: OpContext) -> Value:
+    """Constant: a :class:`Const` (lifted into a buffer only if a run-time op reads it)."""
     attrs = ctx.attrs
     if "value" in attrs:
         tensor = ctx.tensor_from_proto(attrs["value"])
@@ -293,6 +327,7 @@ def convert_constant(ctx: OpContext) -> Value:
 
 @register("Shape", since=13)
 def convert_shape(ctx: OpContext) -> Value:
+    """Shape (``start``/``end`` since opset 15): the input's dimensions as a shape value."""
     dims = ctx.shape(ctx.input(0))
     start = ctx.attr("start", 0)
     end = ctx.attr("end", None)
@@ -304,11 +339,13 @@ def convert_shape(ctx: OpContext) -> Value:
 
 @register("Size", since=13)
 def convert_size(ctx: OpContext) -> Value:
+    """Size: the product of the input's dimensions, as a 0-d shape value."""
     return make_vec([sym_prod(ctx.shape(ctx.input(0)))], scalar=True, source=(ctx.name, "Size"))
 
 
 @register("ConstantOfShape", since=9)
 def convert_constant_of_shape(ctx: OpContext) -> Value:
+    """ConstantOfShape: a Const for a static shape, ``torch.full`` for a dynamic one."""
     fill = ctx.attr("value", None)
     fill_tensor = ctx.tensor_from_proto(fill) if fill is not None else torch.zeros(1, dtype=torch.float32)
     dims = ctx.elems(0)
@@ -322,6 +359,7 @@ def convert_constant_of_shape(ctx: OpContext) -> Value:
 
 @register("Range", since=11)
 def convert_range(ctx: OpContext) -> Value:
+    """Range: folded to ``torch.arange``; the bounds must be constants."""
     start, limit, delta = (ctx.const(i, "Range bounds") for i in range(3))
     return Const(torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype), (ctx.name, "Range"))
 
@@ -329,7 +367,9 @@ def convert_range(ctx: OpContext) -> Value:
 # --------------------------------------------------------------------------------------------------------------------
 # Layers with weights
 # --------------------------------------------------------------------------------------------------------------------
-def _window_out(size: Any, kernel: int, stride: int, dilation: int, pad_total: int, ceil_mode: bool, pad_begin: int) -> Any:
+def _window_out(
+    size: Any, kernel: int, stride: int, dilation: int, pad_total: int, ceil_mode: bool, pad_begin: int
+) -> Any:
     """Output length of a convolution / pooling window along one dimension (torch's rule for ceil mode)."""
     n = static(size)
     eff = (kernel - 1) * dilation + 1
@@ -348,7 +388,7 @@ def _window_out(size: Any, kernel: int, stride: int, dilation: int, pad_total: i
 def _resolve_pads(
     ctx: OpContext, spatial: Sequence[Any], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]
 ) -> tuple[list[int], list[int]]:
-    """(begin, end) pads from ``pads`` / ``auto_pad``."""
+    """(begin, end) pads from ``pads`` or ``auto_pad`` (SAME_UPPER puts the odd pad at the end)."""
     nd = len(kernel)
     auto_pad = ctx.attr("auto_pad", "NOTSET")
     if auto_pad in ("NOTSET", ""):
@@ -376,6 +416,7 @@ def _resolve_pads(
 
 
 def _spatial(ctx: OpContext, x: Value, nd: int) -> tuple | None:
+    """The spatial dimensions of an N-d feature map, or ``None``."""
     shape = ctx.shape_or_none(x)
     return None if shape is None or len(shape) != nd + 2 else tuple(shape[2:])
 
@@ -387,6 +428,11 @@ _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 @register("Conv", since=11)
 def convert_conv(ctx: OpContext) -> Value:
+    """Conv -> ``nn.Conv1d/2d/3d`` (weights constant) or ``F.conv*`` (weights computed at run time).
+
+    Asymmetric pads (and ``auto_pad=SAME_*`` with an odd total) become an explicit ``F.pad`` node before a
+    convolution with ``padding=0``.
+    """
     x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
     w_shape = ctx.shape(w)
     nd = len(w_shape) - 2
@@ -418,9 +464,9 @@ def convert_conv(ctx: OpContext) -> Value:
             groups=group,
             bias=b is not None,
         )
-        module.weight = nn.Parameter(_float(weight), requires_grad=False)
+        module.weight = nn.Parameter(_float(weight))
         if b is not None:
-            module.bias = nn.Parameter(_float(b.tensor), requires_grad=False)
+            module.bias = nn.Parameter(_float(b.tensor))
         out = ctx.call_module(module, x, name=ctx.param_name(1, 2))
     if isinstance(out, Tensor):
         batch = ctx.shape_or_none(ctx.input(0))
@@ -432,6 +478,11 @@ def convert_conv(ctx: OpContext) -> Value:
 
 @register("ConvTranspose", since=11)
 def convert_conv_transpose(ctx: OpContext) -> Value:
+    """ConvTranspose -> ``nn.ConvTranspose1d/2d/3d``.
+
+    ``output_shape`` / ``auto_pad`` are turned into pads (static spatial sizes needed); asymmetric pads use the common
+    part as ``padding`` and crop the rest with a slice after the module.
+    """
     x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
     weight = ctx.const(1, "ConvTranspose weight")
     bias = ctx.const(2, "ConvTranspose bias") if b is not None else None
@@ -449,10 +500,14 @@ def convert_conv_transpose(ctx: OpContext) -> Value:
         spatial = _spatial(ctx, x, nd)
         if spatial is None or not all_static(spatial):
             raise ctx.fail("ConvTranspose with output_shape or auto_pad SAME needs static spatial input sizes")
-        target = list(output_shape)[-nd:] if output_shape is not None else [static(s) * st for s, st in zip(spatial, strides)]
+        if output_shape is not None:
+            target = list(output_shape)[-nd:]
+        else:
+            target = [static(s) * st for s, st in zip(spatial, strides)]
         begin, end = [], []
         for i in range(nd):
-            total = strides[i] * (static(spatial[i]) - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1 - target[i]
+            full = strides[i] * (static(spatial[i]) - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1
+            total = full - target[i]
             if total < 0:
                 output_padding[i] -= total
                 total = 0
@@ -479,9 +534,9 @@ def convert_conv_transpose(ctx: OpContext) -> Value:
         bias=bias is not None,
         dilation=tuple(dilations),
     )
-    module.weight = nn.Parameter(_float(weight), requires_grad=False)
+    module.weight = nn.Parameter(_float(weight))
     if bias is not None:
-        module.bias = nn.Parameter(_float(bias), requires_grad=False)
+        module.bias = nn.Parameter(_float(bias))
     out = ctx.call_module(module, x, name=ctx.param_name(1, 2))
     if begin != common or end != common:
         index: list[Any] = [slice(None), slice(None)]
@@ -494,6 +549,9 @@ def convert_conv_transpose(ctx: OpContext) -> Value:
 
 @register("Gemm", since=13)
 def convert_gemm(ctx: OpContext) -> Value:
+    """Gemm -> ``nn.Linear`` when B is constant (``alpha`` folded into the weight, ``beta*C`` into the bias; a
+    C of shape [M, N] stays an add). Otherwise ``torch.matmul`` with explicit transposes and scales.
+    """
     a, b, c = ctx.input(0), ctx.input(1), ctx.input(2)
     alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
     trans_a, trans_b = ctx.attr("transA", 0), ctx.attr("transB", 0)
@@ -510,9 +568,9 @@ def convert_gemm(ctx: OpContext) -> Value:
         if trans_a:
             a = ctx.call_function(torch.t, a)
         module = nn.Linear(weight.shape[1], n_out, bias=bias is not None)
-        module.weight = nn.Parameter(_float(weight), requires_grad=False)
+        module.weight = nn.Parameter(_float(weight))
         if bias is not None:
-            module.bias = nn.Parameter(_float(bias), requires_grad=False)
+            module.bias = nn.Parameter(_float(bias))
         out = ctx.call_module(module, a, name=ctx.param_name(1, 2))
         if c is not None and bias is None:
             out = ctx.call_function(operator.add, out, Const(c.tensor * beta, c.source))
@@ -551,17 +609,20 @@ def _fusable_bias(ctx: OpContext, n_out: int, rank: int | None) -> tuple[Const |
 
 @register("MatMul", since=13)
 def convert_matmul(ctx: OpContext) -> Value:
+    """MatMul -> ``nn.Linear`` when the right operand is a constant 2-d weight; an ``Add`` of a constant [N] bias
+    that is the MatMul's only consumer is absorbed as the Linear's bias. Otherwise ``torch.matmul``.
+    """
     a, b = ctx.input(0), ctx.input(1)
     if isinstance(b, Const) and b.tensor.ndim == 2 and isinstance(a, Tensor) and b.tensor.dtype.is_floating_point:
         k, n = b.tensor.shape
         a_shape = ctx.shape_or_none(a)
         bias, add = _fusable_bias(ctx, n, len(a_shape) if a_shape is not None else None)
         module = nn.Linear(k, n, bias=bias is not None)
-        module.weight = nn.Parameter(_float(b.tensor.t()), requires_grad=False)
+        module.weight = nn.Parameter(_float(b.tensor.t()))
         name = ctx.param_name(1)
         if bias is not None:
-            module.bias = nn.Parameter(_float(bias.tensor.reshape(-1)), requires_grad=False)
-            name = name or ctx.param_name_of(bias.source[0])
+            module.bias = nn.Parameter(_float(bias.tensor.reshape(-1)))
+            name = name or next(filter(None, map(ctx.param_name_of, [*add.input, bias.source[0]])), None)
         out = ctx.call_module(module, a, name=name)
         if isinstance(out, Tensor) and a_shape is not None:
             out.shape = (*a_shape[:-1], sympy.Integer(n))
@@ -576,6 +637,11 @@ _BATCH_NORM = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.Ba
 
 @register("BatchNormalization", since=9)
 def convert_batch_norm(ctx: OpContext) -> Value:
+    """BatchNormalization (inference) -> ``nn.BatchNorm1d/2d/3d`` in eval mode with the running statistics.
+
+    ``training_mode=1`` or used statistics outputs are unsupported; non-constant parameters fall back to
+    ``F.batch_norm``.
+    """
     if ctx.attr("training_mode", 0):
         raise ctx.unsupported("training_mode=1")
     if any(ctx.output_used(i) for i in (1, 2)):
@@ -589,8 +655,8 @@ def convert_batch_norm(ctx: OpContext) -> Value:
         return _same_shape(ctx, ctx.call_function(F.batch_norm, x, mean, var, scale, bias, False, 0.0, eps), x)
     scale, bias, mean, var = (p.tensor for p in params)
     module = _BATCH_NORM[rank](scale.numel(), eps=eps, momentum=1.0 - ctx.attr("momentum", 0.9))
-    module.weight = nn.Parameter(_float(scale), requires_grad=False)
-    module.bias = nn.Parameter(_float(bias), requires_grad=False)
+    module.weight = nn.Parameter(_float(scale))
+    module.bias = nn.Parameter(_float(bias))
     module.running_mean.copy_(mean.float())
     module.running_var.copy_(var.float())
     module.eval()
@@ -599,6 +665,9 @@ def convert_batch_norm(ctx: OpContext) -> Value:
 
 @register("LayerNormalization", since=17)
 def convert_layer_norm(ctx: OpContext) -> Value:
+    """LayerNormalization -> ``nn.LayerNorm`` over the static trailing dimensions from ``axis`` on (scale and
+    bias constant), else ``F.layer_norm``.
+    """
     if any(ctx.output_used(i) for i in (1, 2)):
         raise ctx.unsupported("Mean / InvStdDev outputs are used")
     x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
@@ -611,9 +680,9 @@ def convert_layer_norm(ctx: OpContext) -> Value:
     normalized = [static(d) for d in normalized]
     if isinstance(scale, Const) and (bias is None or isinstance(bias, Const)):
         module = nn.LayerNorm(normalized, eps=eps, elementwise_affine=True, bias=bias is not None)
-        module.weight = nn.Parameter(_float(scale.tensor.expand(normalized)), requires_grad=False)
+        module.weight = nn.Parameter(_float(scale.tensor.expand(normalized)))
         if bias is not None:
-            module.bias = nn.Parameter(_float(bias.tensor.expand(normalized)), requires_grad=False)
+            module.bias = nn.Parameter(_float(bias.tensor.expand(normalized)))
         out = ctx.call_module(module, x, name=ctx.param_name(1, 2))
     else:
         out = ctx.call_function(F.layer_norm, x, normalized, scale, bias, eps)
@@ -630,6 +699,7 @@ _ADAPTIVE_MAX = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.Adaptiv
 
 
 def _pool_out_shape(ctx, x, out, kernel, strides, dilations, begin, end, ceil_mode) -> Value:
+    """Set the symbolic output shape of a pooling module."""
     shape = ctx.shape_or_none(x)
     if isinstance(out, Tensor) and shape is not None:
         nd = len(kernel)
@@ -643,6 +713,11 @@ def _pool_out_shape(ctx, x, out, kernel, strides, dilations, begin, end, ceil_mo
 
 @register("MaxPool", since=12)
 def convert_max_pool(ctx: OpContext) -> Value:
+    """MaxPool -> ``nn.MaxPool1d/2d/3d`` (kernel, stride, dilation, ceil mode).
+
+    Asymmetric pads, or pads wider than torch allows, become an explicit ``F.pad`` with ``-inf``. A used Indices
+    output is unsupported.
+    """
     if ctx.output_used(1):
         raise ctx.unsupported("the Indices output is used")
     if ctx.attr("storage_order", 0):
@@ -670,6 +745,10 @@ def convert_max_pool(ctx: OpContext) -> Value:
 
 @register("AveragePool", since=11)
 def convert_average_pool(ctx: OpContext) -> Value:
+    """AveragePool -> ``nn.AvgPool1d/2d/3d`` with ``count_include_pad`` and ``ceil_mode``.
+
+    Asymmetric pads need ``count_include_pad=1`` (explicit zero padding); dilations are unsupported.
+    """
     x = ctx.input(0)
     kernel = list(ctx.attr("kernel_shape"))
     nd = len(kernel)
@@ -696,6 +775,7 @@ def convert_average_pool(ctx: OpContext) -> Value:
 
 
 def _global_pool(ctx: OpContext, table: dict) -> Value:
+    """A global pooling as an adaptive pooling module with output size 1."""
     x = ctx.input(0)
     shape = ctx.shape(x)
     nd = len(shape) - 2
@@ -709,11 +789,13 @@ def _global_pool(ctx: OpContext, table: dict) -> Value:
 
 @register("GlobalAveragePool", since=1)
 def convert_global_average_pool(ctx: OpContext) -> Value:
+    """GlobalAveragePool -> ``nn.AdaptiveAvgPool1d/2d/3d(1)``."""
     return _global_pool(ctx, _ADAPTIVE_AVG)
 
 
 @register("GlobalMaxPool", since=1)
 def convert_global_max_pool(ctx: OpContext) -> Value:
+    """GlobalMaxPool -> ``nn.AdaptiveMaxPool1d/2d/3d(1)``."""
     return _global_pool(ctx, _ADAPTIVE_MAX)
 
 
@@ -721,32 +803,38 @@ def convert_global_max_pool(ctx: OpContext) -> Value:
 # Activations (modules, as torch.fx tracing of a torchvision model would show them)
 # --------------------------------------------------------------------------------------------------------------------
 def _activation(ctx: OpContext, module: nn.Module) -> Value:
+    """An activation module applied to input 0; the output keeps the input's shape."""
     x = ctx.input(0)
     return _same_shape(ctx, ctx.call_module(module, x), x)
 
 
 @register("Relu", since=6)
 def convert_relu(ctx: OpContext) -> Value:
+    """Relu -> ``nn.ReLU`` (the form ``canonicalize_activations`` expects)."""
     return _activation(ctx, nn.ReLU())
 
 
 @register("LeakyRelu", since=6)
 def convert_leaky_relu(ctx: OpContext) -> Value:
+    """LeakyRelu -> ``nn.LeakyReLU`` (importable; the conversion's allow-list rejects it later)."""
     return _activation(ctx, nn.LeakyReLU(ctx.attr("alpha", 0.01)))
 
 
 @register("Sigmoid", since=13)
 def convert_sigmoid(ctx: OpContext) -> Value:
+    """Sigmoid -> ``nn.Sigmoid``."""
     return _activation(ctx, nn.Sigmoid())
 
 
 @register("Tanh", since=13)
 def convert_tanh(ctx: OpContext) -> Value:
+    """Tanh -> ``nn.Tanh``."""
     return _activation(ctx, nn.Tanh())
 
 
 @register("Gelu", since=20)
 def convert_gelu(ctx: OpContext) -> Value:
+    """Gelu (opset 20) -> ``nn.GELU`` with the same ``approximate``."""
     approximate = ctx.attr("approximate", "none")
     if approximate not in ("none", "tanh"):
         raise ctx.unsupported(f"approximate={approximate}")
@@ -755,11 +843,13 @@ def convert_gelu(ctx: OpContext) -> Value:
 
 @register("HardSwish", since=14)
 def convert_hard_swish(ctx: OpContext) -> Value:
+    """HardSwish -> ``nn.Hardswish``."""
     return _activation(ctx, nn.Hardswish())
 
 
 @register("HardSigmoid", since=6)
 def convert_hard_sigmoid(ctx: OpContext) -> Value:
+    """HardSigmoid -> ``nn.Hardsigmoid`` for torch's alpha=1/6, beta=0.5, else ``clamp(alpha*x+beta, 0, 1)``."""
     alpha, beta = ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5)
     if math.isclose(alpha, 1 / 6, rel_tol=1e-6) and beta == 0.5:
         return _activation(ctx, nn.Hardsigmoid())
@@ -769,26 +859,33 @@ def convert_hard_sigmoid(ctx: OpContext) -> Value:
 
 @register("Elu", since=6)
 def convert_elu(ctx: OpContext) -> Value:
+    """Elu -> ``nn.ELU``."""
     return _activation(ctx, nn.ELU(ctx.attr("alpha", 1.0)))
 
 
 @register("Softplus", since=1)
 def convert_softplus(ctx: OpContext) -> Value:
+    """Softplus -> ``nn.Softplus``."""
     return _activation(ctx, nn.Softplus())
 
 
 @register("Softmax", since=13)
 def convert_softmax(ctx: OpContext) -> Value:
+    """Softmax (opset 13 semantics: along ``axis``) -> ``nn.Softmax``."""
     return _activation(ctx, nn.Softmax(dim=ctx.attr("axis", -1)))
 
 
 @register("LogSoftmax", since=13)
 def convert_log_softmax(ctx: OpContext) -> Value:
+    """LogSoftmax -> ``nn.LogSoftmax``."""
     return _activation(ctx, nn.LogSoftmax(dim=ctx.attr("axis", -1)))
 
 
 @register("Clip", since=13)
 def convert_clip(ctx: OpContext) -> Value:
+    """Clip (min/max as inputs since opset 11): [0, 6] -> ``nn.ReLU6``, [0, inf) -> ``nn.ReLU``, no bounds ->
+    pass-through, other constant bounds -> ``torch.clamp``.
+    """
     x, low, high = ctx.input(0), ctx.input(1), ctx.input(2)
     if (low is not None and not isinstance(low, Const)) or (high is not None and not isinstance(high, Const)):
         return _same_shape(ctx, ctx.call_function(torch.clamp, x, low, high, scalars=False), x)
@@ -807,10 +904,12 @@ def convert_clip(ctx: OpContext) -> Value:
 # Element-wise ops
 # --------------------------------------------------------------------------------------------------------------------
 def _sym_mod(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
+    """ONNX Mod (fmod=0) of dimension expressions."""
     return sympy.Mod(a, b)
 
 
 def _sym_div_trunc(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
+    """ONNX integer Div (truncation) of dimension expressions."""
     if static(a) is not None and static(b) is not None:
         return sympy.Integer(int(static(a) / static(b)))
     return sym_div(a, b)
@@ -865,6 +964,7 @@ def _symbolic_binary(ctx: OpContext, op_type: str, a: Value, b: Value) -> Value 
 
 
 def _binary(ctx: OpContext, op_type: str, a: Value, b: Value) -> Value:
+    """One broadcasting binary op: symbolic for shape values, else an ``operator`` / ``torch`` call."""
     symbolic = _symbolic_binary(ctx, op_type, a, b)
     if symbolic is not None:
         return symbolic
@@ -884,6 +984,7 @@ def _binary(ctx: OpContext, op_type: str, a: Value, b: Value) -> Value:
 
 
 def _is_integer(ctx: OpContext, value: Value) -> bool:
+    """Whether ``value`` has an integer (non-bool) dtype."""
     dtype = ctx.dtype_of(value)
     return dtype is not None and not dtype.is_floating_point and dtype != torch.bool
 
@@ -891,11 +992,17 @@ def _is_integer(ctx: OpContext, value: Value) -> bool:
 @register("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or",
           "Xor", "BitwiseAnd", "BitwiseOr", since=7)
 def convert_binary(ctx: OpContext) -> Value:
+    """Add, Sub, Mul, Div, Pow, comparisons and logical ops -> ``operator.add`` & co. (the targets tracing gives).
+
+    One-element constants become Python scalars when that cannot change the result's rank; integer Div truncates
+    like ONNX. On shape values (``Shape`` -> ``Gather`` -> ``Mul`` ...) the op is evaluated symbolically.
+    """
     return _binary(ctx, ctx.op_type, ctx.input(0), ctx.input(1))
 
 
 @register("Mod", since=13)
 def convert_mod(ctx: OpContext) -> Value:
+    """Mod -> ``torch.remainder`` (``fmod=0``, sign of the divisor) or ``torch.fmod``; symbolic on shape values."""
     a, b = ctx.input(0), ctx.input(1)
     fmod = ctx.attr("fmod", 0)
     if not fmod:
@@ -907,6 +1014,7 @@ def convert_mod(ctx: OpContext) -> Value:
 
 @register("Max", "Min", "Sum", "Mean", since=13)
 def convert_variadic(ctx: OpContext) -> Value:
+    """Max / Min / Sum / Mean over any number of inputs, as chains of binary ops."""
     values = [v for v in ctx.inputs() if v is not None]
     result = values[0]
     for value in values[1:]:
@@ -943,6 +1051,7 @@ _UNARY: dict[str, Callable] = {
 
 @register(*_UNARY, since=13)
 def convert_unary(ctx: OpContext) -> Value:
+    """Element-wise unary ops (Sqrt, Erf, Exp, Log, Neg, Abs, ...) -> the matching torch function."""
     x = ctx.input(0)
     if isinstance(x, SymVec) and ctx.op_type in ("Neg", "Abs"):
         fn = operator.neg if ctx.op_type == "Neg" else sympy.Abs
@@ -952,6 +1061,7 @@ def convert_unary(ctx: OpContext) -> Value:
 
 @register("Where", since=9)
 def convert_where(ctx: OpContext) -> Value:
+    """Where -> ``torch.where``; evaluated at import time when it selects between shape values."""
     cond, a, b = ctx.input(0), ctx.input(1), ctx.input(2)
     if isinstance(cond, Const) and (isinstance(a, SymVec) or isinstance(b, SymVec)):
         la, lb = to_int_list(a), to_int_list(b)
@@ -972,11 +1082,13 @@ def convert_where(ctx: OpContext) -> Value:
 # --------------------------------------------------------------------------------------------------------------------
 @register("Cast", since=13)
 def convert_cast(ctx: OpContext) -> Value:
+    """Cast -> ``x.to(dtype)``; a no-op on shape values cast to another integer type."""
     return _cast(ctx, ctx.input(0), ctx.onnx_dtype(ctx.attr("to")))
 
 
 @register("CastLike", since=15)
 def convert_cast_like(ctx: OpContext) -> Value:
+    """CastLike -> ``x.to(dtype of the second input)``."""
     dtype = ctx.dtype_of(ctx.input(1))
     if dtype is None:
         raise ctx.fail("CastLike target has an unknown dtype")
@@ -984,6 +1096,7 @@ def convert_cast_like(ctx: OpContext) -> Value:
 
 
 def _cast(ctx: OpContext, x: Value, dtype: torch.dtype) -> Value:
+    """``x.to(dtype)`` unless ``x`` already has that dtype (or is an integer shape value)."""
     if isinstance(x, SymVec) and not dtype.is_floating_point and dtype != torch.bool:
         return x
     if isinstance(x, Tensor) and x.dtype == dtype:
@@ -998,7 +1111,11 @@ def _cast(ctx: OpContext, x: Value, dtype: torch.dtype) -> Value:
 # Shape manipulation
 # --------------------------------------------------------------------------------------------------------------------
 def _reshape_to(ctx: OpContext, x: Value, target: list[Any]) -> Value:
-    """Reshape ``x`` to fully resolved ``target`` entries (sympy; ``None`` = inferred, becomes -1)."""
+    """Reshape ``x`` to resolved ``target`` entries (sympy; ``None`` where unknown).
+
+    At most one non-static entry is written as ``-1``; with several, all but one are computed from ``x.size(i)``
+    at run time, so the module keeps working for any batch size.
+    """
     dynamic = [i for i, d in enumerate(target) if static(d) is None]
     args: list[Any]
     if len(dynamic) <= 1:
@@ -1016,6 +1133,7 @@ def _reshape_to(ctx: OpContext, x: Value, target: list[Any]) -> Value:
 
 
 def _resolve_minus_one(in_shape: Sequence[Any] | None, target: list[Any]) -> list[Any]:
+    """Replace a ``-1`` entry by its symbolic value when the input shape allows."""
     if -1 not in [static(d) for d in target]:
         return target
     index = [static(d) for d in target].index(-1)
@@ -1030,6 +1148,7 @@ def _resolve_minus_one(in_shape: Sequence[Any] | None, target: list[Any]) -> lis
 
 @register("Reshape", since=13)
 def convert_reshape(ctx: OpContext) -> Value:
+    """Reshape (``allowzero`` since opset 14) with a static or shape-derived target; see :func:`_reshape_to`."""
     x = ctx.input(0)
     target = ctx.elems(1)
     if isinstance(x, SymVec):
@@ -1051,6 +1170,7 @@ def convert_reshape(ctx: OpContext) -> Value:
 
 @register("Flatten", since=13)
 def convert_flatten(ctx: OpContext) -> Value:
+    """Flatten -> ``torch.flatten(x, 1)`` for ``axis=1``, else a reshape to two dimensions."""
     x = ctx.input(0)
     shape = ctx.shape(x)
     rank = len(shape)
@@ -1067,6 +1187,7 @@ def convert_flatten(ctx: OpContext) -> Value:
 
 @register("Transpose", since=13)
 def convert_transpose(ctx: OpContext) -> Value:
+    """Transpose -> ``torch.permute`` (default: reverse the dimensions)."""
     x = ctx.input(0)
     shape = ctx.shape(x)
     perm = list(ctx.attr("perm", list(reversed(range(len(shape))))))
@@ -1078,6 +1199,7 @@ def convert_transpose(ctx: OpContext) -> Value:
 
 @register("Concat", since=13)
 def convert_concat(ctx: OpContext) -> Value:
+    """Concat -> ``torch.cat``; concatenation of shape values is done symbolically."""
     values = [v for v in ctx.inputs() if v is not None]
     axis = ctx.attr("axis")
     lists = [to_int_list(v) for v in values]
@@ -1097,6 +1219,7 @@ def convert_concat(ctx: OpContext) -> Value:
 
 @register("Split", since=13)
 def convert_split(ctx: OpContext) -> list[Value]:
+    """Split (sizes as input since 13, ``num_outputs`` since 18) -> ``torch.split`` and getitems."""
     x = ctx.input(0)
     shape = ctx.shape(x)
     axis = _norm_axis(ctx.attr("axis", 0), len(shape), ctx)
@@ -1124,6 +1247,7 @@ def convert_split(ctx: OpContext) -> list[Value]:
 
 
 def _slice_bound(value: int, default_none: bool) -> int | None:
+    """A slice bound for Python slicing: ``None`` for open ends and ONNX's INT32/INT64 sentinels."""
     if default_none or value >= 2**31 - 1 or value <= -(2**31):
         return None
     return value
@@ -1131,6 +1255,10 @@ def _slice_bound(value: int, default_none: bool) -> int | None:
 
 @register("Slice", since=13)
 def convert_slice(ctx: OpContext) -> Value:
+    """Slice -> Python slicing (``operator.getitem``) for positive steps, ``index_select`` for negative ones.
+
+    Bounds may be constants or shape values; huge ONNX sentinels (INT64_MAX/MIN) become open ends.
+    """
     x = ctx.input(0)
     starts, ends = ctx.elems(1), ctx.elems(2)
     axes = [static(a) for a in ctx.elems(3)] if ctx.input(3) is not None else list(range(len(starts)))
@@ -1180,6 +1308,7 @@ def convert_slice(ctx: OpContext) -> Value:
 
 @register("Squeeze", since=13)
 def convert_squeeze(ctx: OpContext) -> Value:
+    """Squeeze (axes as input since 13) -> ``torch.squeeze``."""
     x = ctx.input(0)
     shape = ctx.shape(x)
     if ctx.input(1) is not None:
@@ -1200,6 +1329,7 @@ def convert_squeeze(ctx: OpContext) -> Value:
 
 @register("Unsqueeze", since=13)
 def convert_unsqueeze(ctx: OpContext) -> Value:
+    """Unsqueeze (axes as input since 13) -> ``torch.unsqueeze``, once per axis."""
     x = ctx.input(0)
     shape = ctx.shape(x)
     raw_axes = [static(a) for a in ctx.elems(1)]
@@ -1225,6 +1355,7 @@ _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate",
 
 @register("Pad", since=13)
 def convert_pad(ctx: OpContext) -> Value:
+    """Pad (pads as input, ``axes`` since 18) -> ``F.pad`` with mode constant / reflect / replicate / circular."""
     x = ctx.input(0)
     rank = len(ctx.shape(x))
     pads = [static(p) for p in ctx.elems(1)]
@@ -1249,6 +1380,7 @@ def convert_pad(ctx: OpContext) -> Value:
 
 @register("Expand", since=13)
 def convert_expand(ctx: OpContext) -> Value:
+    """Expand (numpy broadcasting to a static or shape-derived shape) -> ``x.expand(...)``."""
     x = ctx.input(0)
     target = ctx.elems(1)
     x_shape = ctx.shape(x)
@@ -1276,6 +1408,7 @@ def convert_expand(ctx: OpContext) -> Value:
 
 @register("Tile", since=13)
 def convert_tile(ctx: OpContext) -> Value:
+    """Tile -> ``x.repeat(...)`` with static repeats."""
     repeats = [static(r) for r in ctx.elems(1)]
     if any(r is None for r in repeats):
         raise ctx.fail("Tile repeats must be static")
@@ -1284,6 +1417,9 @@ def convert_tile(ctx: OpContext) -> Value:
 
 @register("Gather", since=13)
 def convert_gather(ctx: OpContext) -> Value:
+    """Gather: picks entries of shape values at import time; on tensors a scalar constant index ->
+    ``torch.select``, a 1-d one -> ``torch.index_select`` (an N-d one adds a reshape).
+    """
     data, indices = ctx.input(0), ctx.input(1)
     axis = ctx.attr("axis", 0)
     if isinstance(data, SymVec) and isinstance(indices, Const):
@@ -1325,6 +1461,10 @@ _REDUCE = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.
 
 
 def _reduce(ctx: OpContext, axes_from_input: bool) -> Value:
+    """ReduceMean/Sum/Max/Min/Prod. A ReduceMean over all spatial axes of an N-d feature map ->
+    ``nn.AdaptiveAvgPoolNd(1)`` (plus ``flatten`` when ``keepdims=0``), the form global average pooling has in a
+    traced model.
+    """
     x = ctx.input(0)
     keepdims = bool(ctx.attr("keepdims", 1))
     if axes_from_input:
@@ -1361,10 +1501,12 @@ def _reduce(ctx: OpContext, axes_from_input: bool) -> Value:
 
 @register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", since=13)
 def convert_reduce_attr_axes(ctx: OpContext) -> Value:
+    """Reductions with ``axes`` as attribute (ReduceMean/Max/Min/Prod before opset 18)."""
     return _reduce(ctx, axes_from_input=False)
 
 
 @register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", since=18)
 @register("ReduceSum", since=13)
 def convert_reduce_input_axes(ctx: OpContext) -> Value:
+    """Reductions with ``axes`` as input (ReduceSum since 13, the others since 18)."""
     return _reduce(ctx, axes_from_input=True)

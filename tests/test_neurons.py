@@ -438,17 +438,21 @@ def _functional(neuron: SpikingNeuron, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind,coding,n,signed,constrained", COMBOS)
+@pytest.mark.parametrize("layout", ["conv", "tokens"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_single_step_loop_equals_multistep(kind, coding, n, signed, constrained, dtype) -> None:
+def test_single_step_loop_equals_multistep(kind, coding, n, signed, constrained, layout, dtype) -> None:
     g = torch.Generator().manual_seed(5)
-    T, B, C, H, W = 7, 2, 3, 4, 5
-    threshold = torch.tensor([0.9, 0.0, 0.35]).reshape(C, 1, 1)  # channel 1 is silent
+    T, B, C = 7, 2, 3
+    if layout == "conv":  # [T, B, C, H, W] with a [C, 1, 1] threshold
+        per_sample, channel_dim, threshold = (C, 4, 5), 2, torch.tensor([0.9, 0.0, 0.35]).reshape(C, 1, 1)
+    else:  # token tensors [T, B, L, C] with a [C] threshold on the last dim
+        per_sample, channel_dim, threshold = (6, C), 3, torch.tensor([0.9, 0.0, 0.35])
     neuron = make_neuron(
         threshold, coding=coding, kind=kind, n_levels=n, signed=signed, relu_constrained=constrained
     )
-    x = (torch.randn(T, B, C, H, W, generator=g) * 0.8 + 0.2).to(dtype)
+    x = (torch.randn(T, B, *per_sample, generator=g) * 0.8 + 0.2).to(dtype)
     if coding == "differential":
-        neuron.bias = torch.randn(1, C, H, W, generator=g) * 0.3
+        neuron.bias = torch.randn(1, *per_sample, generator=g) * 0.3
         x = x + neuron.bias.to(dtype)
     y_multi = neuron.multistep(x)
     assert y_multi.dtype == dtype and y_multi.shape == x.shape
@@ -464,9 +468,9 @@ def test_single_step_loop_equals_multistep(kind, coding, n, signed, constrained,
 
     neuron.step_mode = "m"
     neuron.timesteps = T
-    y_folded = neuron(x.reshape(T * B, C, H, W))
-    assert torch.equal(y_folded, y_multi.reshape(T * B, C, H, W))
-    assert torch.all(y_multi[:, :, 1] == 0)
+    y_folded = neuron(x.reshape(T * B, *per_sample))
+    assert torch.equal(y_folded, y_multi.reshape(T * B, *per_sample))
+    assert torch.all(y_multi.select(channel_dim, 1) == 0)
 
 
 @pytest.mark.parametrize("kind,coding,n,signed,constrained", COMBOS)

@@ -8,6 +8,7 @@ list runs in ``bench/check_onnx_torchvision.py``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import io
 import operator
@@ -154,7 +155,8 @@ OP_CASES = {
     "sigmoid_tanh": ("g (float[N,4,9,9] x) => (float y) { s = Sigmoid(x) y = Tanh(s) }", {}, X4, 13, nn.Sigmoid),
     "softmax_axis1": ("g (float[N,4,9,9] x) => (float y) { y = Softmax <axis=1> (x) }", {}, X4, 13, nn.Softmax),
     "gelu_opset20": ("g (float[N,4,9,9] x) => (float y) { y = Gelu(x) }", {}, X4, 20, nn.GELU),
-    "gelu_tanh_opset20": ('g (float[N,4,9,9] x) => (float y) { y = Gelu <approximate="tanh"> (x) }', {}, X4, 20, nn.GELU),
+    "gelu_tanh_opset20": (
+        'g (float[N,4,9,9] x) => (float y) { y = Gelu <approximate="tanh"> (x) }', {}, X4, 20, nn.GELU),
     "layer_norm": (
         "g (float[N,7,6] x) => (float y) { y = LayerNormalization <epsilon=1e-6> (x, s, b) }",
         {"s": rand(6), "b": rand(6)}, rand(2, 7, 6), 17, nn.LayerNorm),
@@ -204,6 +206,61 @@ OP_CASES = {
     "reduce_sum_max": (
         "g (float[N,4,9,9] x) => (float y) { s = ReduceSum <keepdims=0> (x, axes) y = ReduceMax <axes=[1]> (s) }",
         {"axes": np.array([3], dtype=np.int64)}, X4, 13, None),
+    "avgpool_ceil_include_pad": (
+        "g (float[N,4,10,10] x) => (float y) { y = AveragePool"
+        " <kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1], ceil_mode=1, count_include_pad=1> (x) }",
+        {}, rand(2, 4, 10, 10), 19, nn.AvgPool2d),
+    "maxpool_ceil_pads": (
+        "g (float[N,4,10,10] x) => (float y) {"
+        " y = MaxPool <kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1], ceil_mode=1> (x) }",
+        {}, rand(2, 4, 10, 10), 13, nn.MaxPool2d),
+    "maxpool_same_lower": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        ' y = MaxPool <kernel_shape=[3,3], strides=[2,2], auto_pad="SAME_LOWER"> (x) }',
+        {}, X4, 13, nn.MaxPool2d),
+    "global_max_pool": ("g (float[N,4,9,9] x) => (float y) { y = GlobalMaxPool(x) }", {}, X4, 13, nn.AdaptiveMaxPool2d),
+    "conv3d_asymmetric_pads": (
+        "g (float[N,4,5,5,5] x) => (float y) { y = Conv <pads=[1,0,1,1,0,1]> (x, w) }",
+        {"w": rand(2, 4, 3, 3, 3)}, rand(2, 4, 5, 5, 5), 13, nn.Conv3d),
+    "conv_transpose_output_shape": (
+        "g (float[N,4,9,9] x) => (float y) { y = ConvTranspose <strides=[2,2], output_shape=[20,20]> (x, w) }",
+        {"w": rand(4, 3, 3, 3)}, X4, 13, nn.ConvTranspose2d),
+    "matmul_constant_left": (
+        "g (float[N,4,9,9] x) => (float y) { y = MatMul(m, x) }", {"m": rand(9, 9)}, X4, 13, None),
+    "gather_scalar_and_2d_indices": (
+        "g (float[N,4,9,9] x) => (float y) { a = Gather <axis=1> (x, i) y = Gather <axis=-1> (a, j) }",
+        {"i": np.array([3, 1, 1], dtype=np.int64), "j": np.array([[0, -1], [2, 3]], dtype=np.int64)}, X4, 13, None),
+    "constant_node_tile": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " k = Constant <value=float[1,4,1,1] {1,2,3,4}> () m = Mul(x, k) y = Tile(m, reps) }",
+        {"reps": np.array([1, 2, 1, 2], dtype=np.int64)}, X4, 13, None),
+    "variadic_max_min_mean_sum": (
+        "g (float[N,4,9,9] x) => (float y) { a = Max(x, c) b = Min(a, d) e = Mean(x, b, c) y = Sum(e, x) }",
+        {"c": rand(1, 4, 1, 1), "d": np.float32(0.3)}, X4, 13, None),
+    "mod_fmod_hardsigmoid_hardswish": (
+        "g (float[N,4,9,9] x) => (float y) { a = Mod <fmod=1> (x, c) b = HardSigmoid(a) y = HardSwish(b) }",
+        {"c": rand(1, 4, 1, 1) + 3}, 5 * X4, 14, nn.Hardswish),
+    "elu_softplus_logsoftmax": (
+        "g (float[N,4,9,9] x) => (float y) { a = Elu(x) b = Softplus(a) y = LogSoftmax <axis=1> (b) }",
+        {}, X4, 13, nn.LogSoftmax),
+    "clip_max_only": (
+        'g (float[N,4,9,9] x) => (float y) { y = Clip(x, "", hi) }', {"hi": np.float32(0.2)}, X4, 13, None),
+    "flatten_axis0_reduce_prod": (
+        "g (float[N,4,9,9] x) => (float y) { p = ReduceProd <axes=[2]> (x) y = Flatten <axis=0> (p) }",
+        {}, X4, 13, None),
+    "slice_end_from_shape": (
+        "g (float[N,4,9,9] x) => (float y) { s = Shape(x) e = Slice(s, i2, i3) y = Slice(x, i0, e, i2) }",
+        {"i0": np.array([0], dtype=np.int64), "i2": np.array([2], dtype=np.int64),
+         "i3": np.array([3], dtype=np.int64)}, X4, 13, None),
+    "pad_axes_opset18": (
+        'g (float[N,4,9,9] x) => (float y) { y = Pad(x, p, "", ax) }',
+        {"p": np.array([1, 2, 3, 4], dtype=np.int64), "ax": np.array([1, 3], dtype=np.int64)}, X4, 18, None),
+    "split_three_sizes_opset18": (
+        "g (float[N,4,9,9] x) => (float a, float b, float e) { a, b, e = Split <axis=3> (x, sz) }",
+        {"sz": np.array([2, 3, 4], dtype=np.int64)}, X4, 18, None),
+    "integer_div_cast": (
+        "g (float[N,4,9,9] x) => (float y) { q = Cast <to=7> (x) r = Div(q, three) y = Cast <to=1> (r) }",
+        {"three": np.int64(3)}, 10 * X4, 13, None),
     "cast_roundtrip": (
         "g (float[N,4,9,9] x) => (float y) { c = Cast <to=6> (x) d = Cast <to=1> (c) y = Add(x, d) }",
         {}, 3 * X4, 13, None),
@@ -224,6 +281,13 @@ def test_matmul_add_fuses_into_linear_with_bias() -> None:
     (linear,) = [gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"]
     assert isinstance(linear, nn.Linear) and linear.bias is not None
     assert operator.add not in function_targets(gm)
+
+
+def test_asymmetric_conv_pads_become_explicit_pad() -> None:
+    text, inits, _, opset, _ = OP_CASES["conv_asymmetric_pads"]
+    gm = load_onnx(textual(text, opset, **inits))
+    targets = [n.target for n in gm.graph.nodes if n.op != "placeholder"]
+    assert targets[0] is torch.nn.functional.pad and gm.get_submodule(targets[1]).padding == (0, 0)
 
 
 def test_clip_relu_and_relu6_become_modules_not_clamp() -> None:
@@ -329,22 +393,47 @@ def test_identity_and_dropout_are_pass_through() -> None:
     assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "output"]
 
 
+def test_external_data_next_to_the_model(tmp_path) -> None:
+    model = textual("g (float[N,4,9,9] x) => (float y) { y = Conv(x, w, b) }", 17, w=rand(8, 4, 3, 3), b=rand(8))
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data",
+              size_threshold=0)
+    assert (tmp_path / "model.onnx.data").exists()
+    gm = load_onnx(path)
+    np.testing.assert_allclose(run_gm(gm, X4)[0], run_ort(str(path), X4)[0], rtol=RTOL, atol=ATOL)
+    assert gm.meta["onnx"]["path"] == str(path)
+    (tmp_path / "model.onnx.data").unlink()
+    with pytest.raises(OnnxImportError) as info:
+        load_onnx(path)
+    _assert_one_line(info)
+
+
+def test_result_survives_deepcopy_and_retrace() -> None:
+    text, inits, x, opset, _ = OP_CASES["conv_same_upper_stride2"]
+    gm = copy.deepcopy(load_onnx(textual(text, opset, **inits)))
+    retraced = torch.fx.symbolic_trace(gm)
+    np.testing.assert_allclose(run_gm(retraced, x)[0], run_ort(textual(text, opset, **inits), x)[0], rtol=RTOL,
+                               atol=ATOL)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------------------------
 def test_unsupported_ops_are_all_listed_once() -> None:
-    text = """g (float[N,4,9,9] x) => (float y) {
+    text = """g (float[N,4,9,9] x) => (float[N,4,9,9] y) {
         a = Hardmax <axis=1> (x)
         b = Relu(a)
         c = LpNormalization <axis=1> (b)
-        d = Relu(c)
+        d = com.example.Frobnicate(c)
         y = Hardmax <axis=2> (d)
     }"""
+    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17, "com.example" : 3]>\n{text}')
     with pytest.raises(UnsupportedOpError) as info:
-        load_onnx(textual(text, 17))
+        load_onnx(model)
     nodes = info.value.nodes
-    assert [n.op for n in nodes] == ["Hardmax", "LpNormalization", "Hardmax"]
+    assert [n.op for n in nodes] == ["Hardmax", "LpNormalization", "Frobnicate", "Hardmax"]
     assert nodes[0].target == "ai.onnx::Hardmax (opset 17)" and nodes[1].name == "LpNormalization_2"
+    assert nodes[2].target == "com.example::Frobnicate (opset 3)"
     assert "Conv" in str(info.value) and "Relu" in supported_op_types()
 
 
@@ -384,12 +473,13 @@ def test_truncated_file(tmp_path) -> None:
 
 
 def test_model_failing_the_checker(tmp_path) -> None:
-    model = textual("g (float[N,4] x) => (float y) { y = Add(x, missing) }", 17)
+    model = textual("g (float[N,4] x) => (float[N,4] y) { y = Add(x, missing) }", 17)
     path = tmp_path / "bad.onnx"
     onnx.save(model, path)
-    with pytest.raises(OnnxImportError, match="checker") as info:
+    with pytest.raises(OnnxImportError, match="checker.*missing") as info:
         load_onnx(path)
     _assert_one_line(info)
+    assert isinstance(info.value.__cause__, onnx.checker.ValidationError)
 
 
 def test_missing_file(tmp_path) -> None:

@@ -193,6 +193,7 @@ def _fit(obs: MomentObserver, cfg: ConversionConfig, name: str) -> tuple[torch.T
             "groups": int(converged.numel()), "n_dead": int(result.n_dead), "n_nonfinite": int(result.n_nonfinite),
             "residual_max": float(torch.as_tensor(result.residual).max())}
     if method == "solve" and not bool(converged.all()):
-        raise CalibrationError(f"site {name}: threshold iteration did not converge for "
-                               f"{int((~converged).sum())} group(s) in {cfg.fit_max_iter} iterations; raise fit_max_iter")
+        raise CalibrationError(
+            f"site {name}: threshold iteration did not converge for {int((~converged).sum())} group(s) in "
+            f"{cfg.fit_max_iter} iterations; raise fit_max_iter")
     return result.threshold.double(), info

@@ -35,8 +35,8 @@ REFERENCE_ITERATIONS = 100
 _SQRT2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _CHUNK_ELEMENTS = 1 << 19  # groups × N-terms per chunk: 512K float64 = 4 MiB per temporary (fastest on CPU)
-_MAX_BRACKET_STEPS = 128
-_ERFC_SCALE_LIMIT = 20.0  # below it erfc(z)·exp(zs²) is computed directly (exp(400) ≈ 5e173 is finite)  # ×2 / ×½ steps from the start value: 2^128 covers any sane scale
+_MAX_BRACKET_STEPS = 128  # ×2 / ×½ steps from the start value: 2^128 covers any sane scale
+_ERFC_SCALE_LIMIT = 20.0  # below it erfc(z)·exp(zs²) is computed directly (exp(400) ≈ 5e173 is finite)
 
 
 @dataclass(frozen=True)
@@ -92,15 +92,15 @@ def k_ratio(theta, mu, sigma, N: int, *, chunk_size: int | None = None) -> Tenso
         A = (1/N)·Σ erf(z_i),  B = (1/N²)·Σ (2i − 1)·erf(z_i),  C = (1/N)·Σ exp(−z_i²).
 
     It is evaluated in the algebraically identical complementary form (1 − A = (1/N)·Σ erfc(z_i),
-    1 − B = (1/N²)·Σ (2i − 1)·erfc(z_i)) with every term scaled by exp(max(z_1, 0)²) through ``erfcx``, so that
-    far tails (θ ≫ root, or μ ≪ −σ) neither cancel nor underflow.
+    1 − B = (1/N²)·Σ (2i − 1)·erfc(z_i)) with every term scaled by exp(max(z_1, 0)²) (through ``erfcx`` where that
+    factor would overflow), so that far tails (θ ≫ root, or μ ≪ −σ) neither cancel in 1 − erf nor underflow.
 
     Args:
         theta: θ > 0, broadcastable with ``mu`` and ``sigma``.
         mu: group means.
-        sigma: group standard deviations, > 0.
+        sigma: group standard deviations, > 0 (σ = 0 gives NaN; :func:`fit_thresholds` handles it separately).
         N: number of quantiser levels.
-        chunk_size: number of i-terms per chunk (default: sized to about 2M elements per temporary).
+        chunk_size: number of i-terms per chunk (default: about 512K group × term elements per temporary).
 
     Returns:
         k(θ) with the broadcast shape of the inputs (float64).
@@ -304,7 +304,8 @@ def fit_thresholds(
         nonfinite: ``"raise"`` or ``"ignore"``.
 
     Returns:
-        A :class:`FitResult` whose tensors have the shape of ``mean``.
+        A :class:`FitResult` whose tensors have the shape of ``mean``, on the device of ``mean`` (the fit itself runs
+        in float64 on the CPU).
 
     Raises:
         ConfigError: an invalid argument.

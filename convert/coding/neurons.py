@@ -25,8 +25,9 @@ import logging
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from snnconvert.convert.coding.stepping import STEP_MODES, StepModule
 from snnconvert.convert.errors import CalibrationError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ __all__ = [
 
 KINDS = ("if", "mt")
 CODINGS = ("rate", "differential")
-STEP_MODES = ("m", "s")
 
 Kind = Literal["if", "mt"]
 Coding = Literal["rate", "differential"]
@@ -77,7 +77,7 @@ def mt_fire(
         m: membrane potential at the firing test.
         C: cumulative rate-equivalent output (t·R_out of the previous step); needed only when ``signed`` and
             ``relu_constrained``, otherwise ignored (may be None).
-        threshold: θ ≥ 0, broadcastable to ``m``.
+        threshold: θ ≥ 0, broadcastable to ``m`` (cast to the dtype of ``m``).
         n_levels: number of levels n ≥ 1.
         signed: allow negative events.
         relu_constrained: negative level λ_i needs C ≥ λ_i.
@@ -90,6 +90,7 @@ def mt_fire(
     need_c = signed and relu_constrained
     if need_c and C is None:
         raise ConfigError("mt_fire: C is required when signed=True and relu_constrained=True")
+    threshold = torch.as_tensor(threshold, dtype=m.dtype, device=m.device)
     active = threshold > 0
     out = torch.zeros_like(m)
     pos_open = torch.broadcast_to(active, m.shape)
@@ -134,6 +135,7 @@ def if_fire(
     need_c = signed and relu_constrained
     if need_c and C is None:
         raise ConfigError("if_fire: C is required when signed=True and relu_constrained=True")
+    threshold = torch.as_tensor(threshold, dtype=m.dtype, device=m.device)
     active = threshold > 0
     zero = torch.zeros_like(m)
     out = torch.where(active & (m >= threshold), threshold + zero, zero)
@@ -416,7 +418,7 @@ def if_diff_multistep_ref(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class SpikingNeuron(nn.Module):
+class SpikingNeuron(StepModule):
     """A reference spiking neuron of the composed family (method.md §4.9).
 
     Step modes:
@@ -470,9 +472,6 @@ class SpikingNeuron(nn.Module):
         self.relu_constrained = bool(relu_constrained)
         self.register_buffer("threshold", th.clamp(min=0.0).clone())
         self.register_buffer("bias", None)
-        self.step_mode: str = "m"
-        self.timesteps: int | None = None
-        self.capture: bool = False
         self._t = 0
         self.register_buffer("_m", None, persistent=False)
         self.register_buffer("_c", None, persistent=False)
@@ -481,26 +480,12 @@ class SpikingNeuron(nn.Module):
 
     # -- public API ------------------------------------------------------------------------------------------------
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Run the neuron in the current mode (capture, ``"m"`` or ``"s"``); see the class docstring."""
-        if self.capture:
-            if self.coding == "differential":
-                self.bias = x.detach().to(torch.float32).clone()
-                logger.debug("captured bias of shape %s", tuple(self.bias.shape))
-            return torch.zeros_like(x)
-        if self.step_mode == "m":
-            T = self.timesteps
-            if T is None or not isinstance(T, int) or T < 1:
-                raise ConfigError(f"timesteps must be a positive int in step_mode 'm', got {T!r}; set it first")
-            if x.shape[0] % T != 0:
-                raise ConfigError(
-                    f"step_mode 'm' expects [T*B, ...] input with T={T}, got leading dim {x.shape[0]}"
-                )
-            y = self.multistep(x.reshape(T, x.shape[0] // T, *x.shape[1:]))
-            return y.reshape(x.shape)
-        if self.step_mode == "s":
-            return self.single_step(x)
-        raise ConfigError(f"step_mode must be one of {STEP_MODES}, got {self.step_mode!r}")
+    def capture_input(self, x: Tensor) -> Tensor:
+        """Capture mode: a differential neuron stores its input as the bias b; every neuron outputs zeros."""
+        if self.coding == "differential":
+            self.bias = x.detach().to(torch.float32).clone()
+            logger.debug("captured bias of shape %s", tuple(self.bias.shape))
+        return torch.zeros_like(x)
 
     def multistep(self, x_seq: Tensor) -> Tensor:
         """Run T steps on a time-major input [T, B, *S] from the initial state; returns the emitted [T, B, *S].
@@ -526,7 +511,7 @@ class SpikingNeuron(nn.Module):
         )
 
     def single_step(self, x_t: Tensor) -> Tensor:
-        """Run one step on [B, *S]; state is created on the first call after :meth:`reset`. Returns the emitted value."""
+        """Run one step on [B, *S] and return the emitted value; state is created on the first call after reset()."""
         dtype = _state_dtype(x_t.dtype)
         th = self.threshold.to(dtype)
         if self._t == 0:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn as nn
 
+from snnconvert.convert.coding.stepping import StepModule
 from snnconvert.convert.errors import ConfigError
 
 
@@ -27,7 +27,7 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-class GradedUnit(nn.Module):
+class GradedUnit(StepModule):
     """Exact-on-averages wrapper of a function ``f`` (a module such as ``nn.MaxPool2d``, or a callable).
 
     Args:
@@ -41,26 +41,16 @@ class GradedUnit(nn.Module):
             raise ConfigError(f"coding must be 'rate' or 'differential', got {coding!r}")
         self.f = f
         self.coding = coding
-        self.step_mode = "m"
-        self.timesteps: int | None = None
-        self.capture = False
         self.bias: torch.Tensor | None = None
         self._state: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return f"coding={self.coding}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.capture:
-            self.bias = x.detach().float().clone()
-            return torch.zeros_like(self.f(x))
-        if self.step_mode == "m":
-            T = self.timesteps
-            if not isinstance(T, int) or T < 1 or x.shape[0] % T:
-                raise ConfigError(f"step_mode 'm' needs timesteps dividing the leading dim, got T={T!r}")
-            y = self.multistep(x.reshape(T, x.shape[0] // T, *x.shape[1:]))
-            return y.reshape(T * y.shape[1], *y.shape[2:])
-        return self.single_step(x)
+    def capture_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Capture mode: store the input as the bias b and output zeros."""
+        self.bias = x.detach().float().clone()
+        return torch.zeros_like(self.f(x))
 
     def _bias(self, like: torch.Tensor) -> torch.Tensor:
         if self.coding == "rate":

@@ -6,9 +6,9 @@ import functools
 import torch
 import torch.fx as fx
 
+from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import ConfigError
-from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.passes.normalize import is_canonical_relu, is_maxpool, set_module
 from snnconvert.convert.pipeline import ConversionReport, PassEntry
 from snnconvert.convert.snn import SpikingNetwork

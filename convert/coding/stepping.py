@@ -1,0 +1,56 @@
+"""Shared time-stepping contract of every stateful unit (spiking neurons and graded units).
+
+A :class:`StepModule` runs in one of three ways, chosen by its attributes (set by ``SpikingNetwork``):
+
+- capture (``capture = True``): the zero-input bias pass of differential coding; the unit stores its input as the
+  bias b and outputs zeros;
+- ``step_mode = "m"``: the input is ``[T*B, ...]`` (time folded into the batch, time-major) and ``timesteps`` is T;
+  the unit runs its T-step loop from the initial state (:meth:`multistep` on ``[T, B, ...]``);
+- ``step_mode = "s"``: one step ``[B, ...]`` per call with state kept until :meth:`reset`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from snnconvert.convert.errors import ConfigError
+
+STEP_MODES = ("m", "s")
+
+
+class StepModule(nn.Module):
+    """Base class: the step-mode dispatch; subclasses implement ``capture_input``, ``multistep``, ``single_step``
+    and ``reset``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step_mode: str = "m"
+        self.timesteps: int | None = None
+        self.capture: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.capture:
+            return self.capture_input(x)
+        if self.step_mode == "m":
+            T = self.timesteps
+            if not isinstance(T, int) or T < 1:
+                raise ConfigError(f"timesteps must be a positive int in step_mode 'm', got {T!r}; set it first")
+            if x.shape[0] % T:
+                raise ConfigError(f"step_mode 'm' expects [T*B, ...] input with T={T}, got leading dim {x.shape[0]}")
+            y = self.multistep(x.reshape(T, x.shape[0] // T, *x.shape[1:]))
+            return y.reshape(T * y.shape[1], *y.shape[2:])
+        if self.step_mode == "s":
+            return self.single_step(x)
+        raise ConfigError(f"step_mode must be one of {STEP_MODES}, got {self.step_mode!r}")
+
+    def capture_input(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def multistep(self, x_seq: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def single_step(self, x_t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError

@@ -21,10 +21,12 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import os
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ from snnconvert.convert.onnx_import import load_onnx
 
 MODELS = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "squeezenet1_1", "densenet121", "vit_b_16"]
 EXPORTERS = ["ts13", "ts17", "dynamo"]
-# VGG's classifier expects 7x7 features after five poolings and ViT a 224x224 image; the others adapt.
+# VGG's AdaptiveAvgPool2d(7) exports only for feature maps that are multiples of 7, ViT needs 224x224.
 INPUT_SIZE = {"vgg11_bn": 224, "vit_b_16": 224}
 RTOL, ATOL_SCALE = 1e-4, 1e-5
 
@@ -57,13 +59,29 @@ def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def export(model: torch.nn.Module, x: torch.Tensor, path: Path, exporter: str) -> None:
-    quiet = contextlib.ExitStack()  # the exporters print progress and, on failure, the whole TorchScript graph
-    quiet.enter_context(warnings.catch_warnings())
-    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    with quiet:
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporters: progress lines, warnings and, on failure, the TorchScript graph dumped from C++."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as devnull, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def export(model: torch.nn.Module, x: torch.Tensor, path: Path, exporter: str) -> None:
+    """Export with a dynamic batch axis: ``ts13`` / ``ts17`` (TorchScript exporter) or ``dynamo``."""
+    with quiet():
         if exporter == "dynamo":
             torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"],
                               dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)

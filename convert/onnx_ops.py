@@ -483,7 +483,7 @@ def convert_conv_transpose(ctx: OpContext) -> Value:
     ``output_shape`` / ``auto_pad`` are turned into pads (static spatial sizes needed); asymmetric pads use the common
     part as ``padding`` and crop the rest with a slice after the module.
     """
-    x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
+    x, b = ctx.input(0), ctx.input(2)
     weight = ctx.const(1, "ConvTranspose weight")
     bias = ctx.const(2, "ConvTranspose bias") if b is not None else None
     nd = weight.ndim - 2

@@ -28,7 +28,8 @@ class EvalReport:
         snn_accuracy: entry ``t-1`` is the SNN's top-1 accuracy after ``t`` steps.
         images: number of evaluated images.
         events_per_step: total emitted events (non-zero neuron outputs) at each step, summed over sites and images.
-        site_events: per ReLU site: neurons per image, total events, events per neuron per image.
+        site_events: per ReLU site: neurons per image, total events, events per neuron per image, and events per
+            image at each step.
         seconds: wall time of the ANN and SNN passes.
     """
 
@@ -144,7 +145,8 @@ def evaluate(
         total += counts
         n = counter.neurons[name]
         site_events[name] = {"neurons_per_image": n, "events": float(counts.sum()),
-                             "events_per_neuron": float(counts.sum()) / (n * images)}
+                             "events_per_neuron": float(counts.sum()) / (n * images),
+                             "events_per_step": (counts / images).tolist()}
     report = EvalReport(
         timesteps=T,
         ann_accuracy=correct_ann / images if ann is not None else None,

@@ -20,13 +20,14 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
+from conftest import TOLERANCES
 from onnx import numpy_helper
 from torch import nn
 
 from snnconvert.convert.errors import OnnxImportError, UnsupportedOpError
 from snnconvert.convert.onnx_import import MAX_OPSET, MIN_OPSET, load_onnx, supported_op_types
 
-RTOL, ATOL = 1e-4, 1e-5  # architecture.md §6: "ONNX importer vs onnxruntime"
+RTOL, ATOL = TOLERANCES["onnx_vs_ort"]["rtol"], TOLERANCES["onnx_vs_ort"]["atol"]
 HAS_ONNXSCRIPT = importlib.util.find_spec("onnxscript") is not None
 
 
@@ -261,6 +262,23 @@ OP_CASES = {
     "integer_div_cast": (
         "g (float[N,4,9,9] x) => (float y) { q = Cast <to=7> (x) r = Div(q, three) y = Cast <to=1> (r) }",
         {"three": np.int64(3)}, 10 * X4, 13, None),
+    "unary_ops": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " a = Abs(x) b = Add(a, one) c = Log(b) d = Exp(c) e = Neg(d) f = Reciprocal(e) g = Sin(f) h = Cos(g)"
+        " i = Floor(x) j = Ceil(x) k = Round(x) l = Sign(x) m = Softsign(x) n = IsNaN(x) o = Where(n, one, m)"
+        " y = Sum(h, i, j, k, l, o) }",
+        {"one": np.float32(1)}, 3 * X4, 13, None),
+    "logical_and_bitwise_ops": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " l1 = Less(x, zero) l2 = GreaterOrEqual(x, half) l3 = LessOrEqual(x, one) o = Or(l1, l2) a = And(o, l3)"
+        " xr = Xor(a, l1) n = Not(xr) c = CastLike(n, x) q = Cast <to=7> (x) b1 = BitwiseAnd(q, three)"
+        " b2 = BitwiseOr(b1, one_i) bf = Cast <to=1> (b2) m = Mul(c, x) y = Add(m, bf) }",
+        {"zero": np.float32(0), "half": np.float32(0.5), "one": np.float32(1), "three": np.int64(3),
+         "one_i": np.int64(1)}, 4 * X4, 18, None),
+    "size_range": (
+        "g (float[N,4,9,9] x) => (float y) {"
+        " s = Size(x) f = Cast <to=1> (s) d = Div(x, f) r = Range(start, limit, delta) y = Add(d, r) }",
+        {"start": np.float32(0), "limit": np.float32(4.5), "delta": np.float32(0.5)}, X4, 13, None),
     "cast_roundtrip": (
         "g (float[N,4,9,9] x) => (float y) { c = Cast <to=6> (x) d = Cast <to=1> (c) y = Add(x, d) }",
         {}, 3 * X4, 13, None),

@@ -91,7 +91,7 @@ def _run(
     from snnconvert import models_zoo
     from snnconvert.convert import ConversionConfig, convert
     from snnconvert.runtime import build_report, compile, evaluate
-    from snnconvert.runtime.data import load_dataset, parse_normalize
+    from snnconvert.runtime.data import Normalize, load_dataset, parse_normalize
     from snnconvert.runtime.models import resolve_model
 
     cfg = ConversionConfig.for_coding(coding, timesteps=timesteps, threshold=threshold, granularity=granularity,
@@ -111,7 +111,13 @@ def _run(
         raise ConfigError(f"{model}: no data set is known for this model; pass --calib-data (e.g. fashion-mnist)")
     if eval_name is None:
         raise ConfigError(f"{model}: no data set is known for this model; pass --eval-data (e.g. fashion-mnist)")
-    norm = parse_normalize(normalize) if normalize else None
+    if normalize:
+        norm = parse_normalize(normalize)
+    elif resolved.preprocessing and not isinstance(resolved.model, torch.nn.Module):
+        # an ONNX file from the zoo records its preprocessing; Python zoo models apply theirs themselves
+        norm = Normalize(resolved.preprocessing["mean"], resolved.preprocessing["std"])
+    else:
+        norm = None
     calib_set = load_dataset(calib_name, "train", data_dir).subset(calib_images)
     eval_set = load_dataset(eval_name, "test", data_dir).subset(eval_images)
 

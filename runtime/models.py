@@ -4,6 +4,7 @@ The zoo is passed in by the caller (the CLI), so the runtime never imports ``snn
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,10 @@ def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=No
             raise ModelLoadError("--weights applies to Python models only; an .onnx file carries its weights")
         if not Path(spec).is_file():
             raise ModelLoadError(f"ONNX file {spec} does not exist")
-        return ResolvedModel(spec, ModelSource.onnx(spec), label=spec)
+        props = onnx_metadata(spec)
+        dataset = props.get("snnconvert.dataset")
+        preprocessing = _parse_preprocessing(props.get("snnconvert.preprocessing"))
+        return ResolvedModel(spec, ModelSource.onnx(spec), label=spec, dataset=dataset, preprocessing=preprocessing)
     if ":" in spec:
         source = ModelSource.python(spec)
         model = source.build()
@@ -69,6 +73,30 @@ def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=No
         _load_weights(model, weights)
     model.eval()
     return ResolvedModel(model, source, label, dataset, preprocessing)
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (read without external data; empty when unreadable: the importer
+    reports unreadable files with its own clear message)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the importer raises the real error later
+        return {}
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _parse_preprocessing(text: str | None) -> dict[str, Any] | None:
+    """``"none"`` / absent -> None; JSON ``{"mean": [...], "std": [...]}`` -> that dict."""
+    if not text or text.strip().lower() == "none":
+        return None
+    try:
+        doc = json.loads(text)
+        return {k: [float(v) for v in doc[k]] for k in ("mean", "std")}
+    except (KeyError, TypeError, ValueError):
+        raise ModelLoadError(f"unreadable snnconvert.preprocessing metadata {text!r}; expected JSON with "
+                             "'mean' and 'std' lists") from None
 
 
 def _load_weights(model: torch.nn.Module, weights: str | os.PathLike) -> None:

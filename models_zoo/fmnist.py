@@ -279,12 +279,12 @@ def _build_cnn(cls) -> nn.Module:
 
 
 def fmnist_vgg(seed: int = 0) -> FmnistVGG:
-    """VGG-style CNN with 32-64-128 channels (about 0.58 M parameters)."""
+    """VGG-style CNN with 32-64-128 channels (0.44 M parameters, 22 M MACs per image)."""
     return _seeded(lambda: _build_cnn(FmnistVGG), seed)
 
 
 def fmnist_resnet(seed: int = 0) -> FmnistResNet:
-    """ResNet with one BasicBlock per stage at 32-64-128 channels (about 0.48 M parameters)."""
+    """ResNet with one BasicBlock per stage at 32-64-128 channels (0.31 M parameters, 10 M MACs per image)."""
     return _seeded(lambda: _build_cnn(FmnistResNet), seed)
 
 

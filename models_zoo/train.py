@@ -68,7 +68,7 @@ class TrainRecipe:
 
 RECIPES: dict[str, TrainRecipe] = {
     "fmnist-vgg": TrainRecipe(epochs=15, optimizer="sgd", lr=0.1, weight_decay=5e-4),
-    "fmnist-resnet": TrainRecipe(epochs=15, optimizer="sgd", lr=0.1, weight_decay=5e-4),
+    "fmnist-resnet": TrainRecipe(epochs=20, optimizer="sgd", lr=0.1, weight_decay=5e-4),
     "fmnist-mobilenet": TrainRecipe(epochs=15, optimizer="sgd", lr=0.1, weight_decay=4e-5),
     "fmnist-vit": TrainRecipe(
         epochs=25, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=2.0, label_smoothing=0.1,

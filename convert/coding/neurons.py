@@ -91,22 +91,19 @@ def mt_fire(
     if need_c and C is None:
         raise ConfigError("mt_fire: C is required when signed=True and relu_constrained=True")
     threshold = torch.as_tensor(threshold, dtype=m.dtype, device=m.device)
-    active = threshold > 0
+    # Walk the levels from the smallest to the largest and overwrite: the last write is the smallest i whose test
+    # holds, i.e. the largest level (two ops per level instead of a first-true mask). Positive and negative tests
+    # exclude each other for θ > 0; for θ = 0 every level is 0, so the unit stays silent.
     out = torch.zeros_like(m)
-    pos_open = torch.broadcast_to(active, m.shape)
-    neg_open = pos_open
-    for i in range(n_levels):
+    for i in reversed(range(n_levels)):
         level = threshold * (2.0**-i)  # exact power-of-two scaling
         cut = level * 0.75
-        pos = pos_open & (m >= cut)
-        out = torch.where(pos, level, out)
-        pos_open = pos_open & ~pos
+        out = torch.where(m >= cut, level, out)
         if signed:
-            neg = neg_open & (m <= -cut)
+            neg = m <= -cut
             if need_c:
                 neg = neg & (C >= level)
             out = torch.where(neg, -level, out)
-            neg_open = neg_open & ~neg
     return out
 
 
@@ -136,14 +133,13 @@ def if_fire(
     if need_c and C is None:
         raise ConfigError("if_fire: C is required when signed=True and relu_constrained=True")
     threshold = torch.as_tensor(threshold, dtype=m.dtype, device=m.device)
-    active = threshold > 0
-    zero = torch.zeros_like(m)
-    out = torch.where(active & (m >= threshold), threshold + zero, zero)
+    # θ = 0 gives the value 0 (silent) on either branch
+    out = torch.where(m >= threshold, threshold, 0.0).to(m.dtype)
     if signed:
-        neg = active & (m <= 0)
+        neg = m <= 0
         if need_c:
             neg = neg & (C >= threshold)
-        out = torch.where(neg, -threshold + zero, out)
+        out = torch.where(neg, -threshold, out)
     return out
 
 

@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEMO_ARGS ?= fmnist-vgg --coding rate --timesteps 64 --report reports/demo.json
+DEMO_ARGS ?= fmnist-vgg --coding differential --timesteps 8 --eval-images 2000 --report reports/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: setup data demo test test-fast lint bench clean
+.PHONY: setup data demo test test-fast test-full clean
 
 setup: $(STAMP) data
 
@@ -36,7 +36,10 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not full" $(PYTEST_ARGS)
+
+test-full: setup
+	$(PY) -m pytest -m full $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info reports .pytest_cache

@@ -104,12 +104,31 @@ def prepare(
     report.timings["trace"] = time.perf_counter() - start
     report.ops_before = op_table(gm)
     if example_inputs is not None:
-        annotate_shapes(gm, example_inputs)
+        _check_input_shape(gm, example_inputs)
+        try:
+            annotate_shapes(gm, example_inputs)
+        except Exception as exc:  # noqa: BLE001 - the model cannot run on this input at all
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"the model fails on an input of shape {list(example_inputs.shape)} ({first}); "
+                              "check the data set and --normalize for this model") from exc
     start = time.perf_counter()
     gm = run_passes(gm, NORMALIZE_PASSES, config, report)
     check_supported(gm, config, report)
     report.timings["passes"] = time.perf_counter() - start
     return gm
+
+
+def _check_input_shape(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
+    """An imported ONNX graph states its input shape: reject data of another shape with one clear message."""
+    expected = (getattr(gm, "meta", {}).get("onnx") or {}).get("input_shape")
+    if not expected:
+        return
+    got = list(example_inputs.shape)
+    if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected[1:], got[1:])):
+        shown = ["N" if e is None else e for e in expected]
+        data = ", ".join(map(str, got[1:]))
+        raise ConfigError(f"the ONNX model expects input {shown} but the data have shape [N, {data}]; "
+                          "use a data set that matches the model")
 
 
 def _snapshot(model) -> dict[str, torch.Tensor] | None:

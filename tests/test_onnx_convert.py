@@ -77,3 +77,30 @@ def test_cli_corrupt_onnx_is_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+
+
+def test_zoo_onnx_needs_no_data_flag(tmp_path):
+    from snnconvert import models_zoo
+
+    path = models_zoo.get_entry("fmnist-vgg").onnx_path
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(app, [str(path), "--coding", "differential", "-T", "2", "--calib-images", "64",
+                                      "--eval-images", "32", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    doc = json.loads(report.read_text())
+    assert doc["data"]["evaluation"]["dataset"] == "fashion-mnist" and doc["eval_images"] == 32
+
+
+def test_onnx_input_shape_mismatch_is_one_line(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.rand(1, 3, 32, 32))
+    path = tmp_path / "rgb.onnx"
+    torch.onnx.export(model.eval(), (torch.rand(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    result = CliRunner().invoke(app, [str(path), "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+                                      "--calib-images", "8", "--eval-images", "8"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "expects input ['N', 3, 32, 32]" in lines[0]

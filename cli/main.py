@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -81,45 +82,67 @@ def _accuracy_table(ann_acc: float | None, snn_acc: list[float], events: list[fl
     return table
 
 
-def _run(
-    model: str, coding: str, timesteps: Optional[int], threshold: Optional[str], granularity: Optional[str],
-    levels: Optional[int], weights: Optional[Path], calib_data: Optional[str], eval_data: Optional[str],
-    calib_images: int, eval_images: Optional[int], data_dir: Optional[Path], normalize: Optional[str],
-    report_path: Optional[Path], output: Optional[Path], batch_size: int, mode: str, backend: str, device: str,
-    allow_ann_op: list[str],
-) -> None:
+@dataclass(frozen=True)
+class RunOptions:
+    """The command's options, passed as one object (validated by the library config and here)."""
+
+    model: str
+    coding: str
+    timesteps: Optional[int]
+    threshold: Optional[str]
+    granularity: Optional[str]
+    levels: Optional[int]
+    neuron: Optional[str]
+    weights: Optional[Path]
+    calib_data: Optional[str]
+    eval_data: Optional[str]
+    calib_images: int
+    eval_images: Optional[int]
+    data_dir: Optional[Path]
+    normalize: Optional[str]
+    report: Optional[Path]
+    output: Optional[Path]
+    batch_size: int
+    mode: str
+    backend: str
+    device: str
+    allow_ann_op: tuple[str, ...]
+
+
+def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
     from snnconvert.convert import ConversionConfig, convert
     from snnconvert.runtime import build_report, compile, evaluate
     from snnconvert.runtime.data import Normalize, load_dataset, parse_normalize
     from snnconvert.runtime.models import resolve_model
 
-    cfg = ConversionConfig.for_coding(coding, timesteps=timesteps, threshold=threshold, granularity=granularity,
-                                      levels=levels, allow_ann_ops=tuple(allow_ann_op) or None)
-    if calib_images <= 0:
-        raise ConfigError(f"--calib-images must be positive, got {calib_images}")
-    if eval_images is not None and eval_images <= 0:
-        raise ConfigError(f"--eval-images must be positive, got {eval_images}")
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device is available here; use --device cpu")
-    resolved = resolve_model(model, weights=weights, zoo=models_zoo)
-    calib_name = calib_data or resolved.dataset
-    eval_name = eval_data or resolved.dataset
+    cfg = ConversionConfig.for_coding(o.coding, timesteps=o.timesteps, threshold=o.threshold,
+                                      granularity=o.granularity, levels=o.levels, neuron=o.neuron,
+                                      allow_ann_ops=o.allow_ann_op or None)
+    if o.calib_images <= 0:
+        raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
+    if o.eval_images is not None and o.eval_images <= 0:
+        raise ConfigError(f"--eval-images must be positive, got {o.eval_images}")
+    if o.batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {o.batch_size}")
+    if o.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {o.device}: no CUDA device is available here; use --device cpu")
+    resolved = resolve_model(o.model, weights=o.weights, zoo=models_zoo)
+    calib_name = o.calib_data or resolved.dataset
+    eval_name = o.eval_data or resolved.dataset
     if calib_name is None:
-        raise ConfigError(f"{model}: no data set is known for this model; pass --calib-data (e.g. fashion-mnist)")
+        raise ConfigError(f"{o.model}: no data set is known for this model; pass --calib-data (e.g. fashion-mnist)")
     if eval_name is None:
-        raise ConfigError(f"{model}: no data set is known for this model; pass --eval-data (e.g. fashion-mnist)")
-    if normalize:
-        norm = parse_normalize(normalize)
+        raise ConfigError(f"{o.model}: no data set is known for this model; pass --eval-data (e.g. fashion-mnist)")
+    if o.normalize:
+        norm = parse_normalize(o.normalize)
     elif resolved.preprocessing and not isinstance(resolved.model, torch.nn.Module):
         # an ONNX file from the zoo records its preprocessing; Python zoo models apply theirs themselves
         norm = Normalize(resolved.preprocessing["mean"], resolved.preprocessing["std"])
     else:
         norm = None
-    calib_set = load_dataset(calib_name, "train", data_dir).subset(calib_images)
-    eval_set = load_dataset(eval_name, "test", data_dir).subset(eval_images)
+    calib_set = load_dataset(calib_name, "train", o.data_dir).subset(o.calib_images)
+    eval_set = load_dataset(eval_name, "test", o.data_dir).subset(o.eval_images)
 
     def prep(x: torch.Tensor) -> torch.Tensor:
         return norm(x) if norm is not None else x
@@ -137,11 +160,11 @@ def _run(
         result = convert(resolved.model, forward_loop=forward_loop, config=cfg, source=resolved.source,
                          example_inputs=prep(calib_set.images[:2]))
         bar.remove_task(calib_task)
-        snn = compile(result.snn, backend, device=device)
+        snn = compile(result.snn, o.backend, device=o.device)
         ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
         eval_task = bar.add_task(f"evaluation (T={cfg.timesteps})", total=len(eval_set))
-        batches = ((prep(x), y) for x, y in eval_set.batches(batch_size))
-        evaluation = evaluate(snn, batches, ann=ann, timesteps=cfg.timesteps, mode=mode, device=device,
+        batches = ((prep(x), y) for x, y in eval_set.batches(o.batch_size))
+        evaluation = evaluate(snn, batches, ann=ann, timesteps=cfg.timesteps, mode=o.mode, device=o.device,
                               progress=lambda n: bar.advance(eval_task, n))
     total = time.perf_counter() - started
     out.print(_accuracy_table(evaluation.ann_accuracy, evaluation.snn_accuracy, evaluation.events_per_step))
@@ -153,15 +176,15 @@ def _run(
               f"(calibrated on {len(calib_set)} train images) in {total:.1f} s")
     calib_info = {"dataset": calib_name, "split": "train", "images": len(calib_set)}
     eval_info = {"dataset": eval_name, "split": "test", "images": len(eval_set)}
-    if report_path is not None:
+    if o.report is not None:
         doc = build_report(result, evaluation, model=resolved.label, calib=calib_info, data=eval_info,
                            timings={"total": total})
-        with _atomic_write(report_path) as f:
+        with _atomic_write(o.report) as f:
             json.dump(doc, f, indent=2)
-        out.print(f"report written to {report_path}")
-    if output is not None:
-        result.save(output)
-        out.print(f"SNN saved to {output} (reload with snnconvert.runtime.load)")
+        out.print(f"report written to {o.report}")
+    if o.output is not None:
+        result.save(o.output)
+        out.print(f"SNN saved to {o.output} (reload with snnconvert.runtime.load)")
 
 
 def result_ann(onnx_path: str) -> torch.nn.Module:
@@ -179,6 +202,7 @@ def main(
     threshold: Optional[str] = typer.Option(None, help="max | <p>% (e.g. 99.9%) | iterate | iterate-reference"),
     granularity: Optional[str] = typer.Option(None, help="layer | channel"),
     levels: Optional[int] = typer.Option(None, help="thresholds per multi-threshold neuron (n)"),
+    neuron: Optional[str] = typer.Option(None, help="if (single threshold) | mt (multi-threshold)"),
     weights: Optional[Path] = typer.Option(None, help="state dict to load into a Python model"),
     calib_data: Optional[str] = typer.Option(None, help="calibration data set (train split), e.g. fashion-mnist"),
     eval_data: Optional[str] = typer.Option(None, help="evaluation data set (test split), e.g. fashion-mnist"),
@@ -200,8 +224,12 @@ def main(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        _run(model, coding, timesteps, threshold, granularity, levels, weights, calib_data, eval_data, calib_images,
-             eval_images, data_dir, normalize, report, output, batch_size, mode, backend, device, allow_ann_op)
+        _run(RunOptions(
+            model=model, coding=coding, timesteps=timesteps, threshold=threshold, granularity=granularity,
+            levels=levels, neuron=neuron, weights=weights, calib_data=calib_data, eval_data=eval_data,
+            calib_images=calib_images, eval_images=eval_images, data_dir=data_dir, normalize=normalize,
+            report=report, output=output, batch_size=batch_size, mode=mode, backend=backend, device=device,
+            allow_ann_op=tuple(allow_ann_op)))
     except CONVERSION_ERRORS as exc:
         _fail(exc, debug, code=1)
     except USAGE_ERRORS as exc:

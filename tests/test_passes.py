@@ -235,3 +235,22 @@ def test_failing_pass_is_named():
     gm = trace_module(SpellingsNet())
     with pytest.raises(PassError, match=r"pass broken_pass failed \(after canonicalize_activations\)"):
         run_passes(gm, [canonicalize_activations, broken_pass], RATE_DEFAULT, ConversionReport())
+
+
+def test_inplace_relu_result_reaches_later_users():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.fc(x)
+            z = y * 2  # before the in-place op: sees the pre-activation
+            y.relu_()
+            return y + z + F.relu(y - 1)  # after: sees the activation
+
+    model = Net().eval()
+    gm = trace_module(model)
+    assert canonicalize_activations(gm, RATE_DEFAULT, ConversionReport()).modified
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(gm(x), model(x), **TOL)

@@ -84,7 +84,6 @@ def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
     After:  ``y = relu(conv1(x)); z = act(y)``  with ``relu``/``act`` fresh ``nn.ReLU()`` modules.
     """
     entry = PassEntry(name="canonicalize_activations", modified=False)
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for node in list(gm.graph.nodes):
         spelling = relu_spelling(gm, node)
         if spelling is None or is_canonical_relu(gm, node):
@@ -92,6 +91,10 @@ def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
         if spelling == "nn.ReLU":
             spelling = "nn.ReLU(shared)"
         source = node.args[0] if node.args else node.kwargs.get("input")
+        later_users = []
+        if spelling in _INPLACE_SPELLINGS and isinstance(source, fx.Node):
+            order = {n: i for i, n in enumerate(gm.graph.nodes)}  # users placed after the in-place op saw its result
+            later_users = [u for u in source.users if u is not node and order[u] > order[node]]
         name = _unique_name(gm, node.name if node.op != "call_module" else node.name + "_act")
         gm.add_submodule(name, nn.ReLU())
         with gm.graph.inserting_after(node):
@@ -99,10 +102,8 @@ def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
-        if spelling in _INPLACE_SPELLINGS and isinstance(source, fx.Node):
-            for user in list(source.users):
-                if user is not new and order.get(user, -1) > order[node]:
-                    user.replace_input_with(source, new)
+        for user in later_users:
+            user.replace_input_with(source, new)
         entry.counts[spelling] = entry.counts.get(spelling, 0) + 1
         entry.nodes.append(new.name)
         entry.modified = True

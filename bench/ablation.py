@@ -60,26 +60,26 @@ def main() -> None:
     rows, runs = [], []
     levels = [int(n) for n in args.levels.split(",")]
     grid = itertools.product(args.codings.split(","), args.thresholds.split(","), levels)
-    for coding, threshold, levels in grid:
+    for coding, threshold, n in grid:
         fits = Ts if threshold.startswith("iterate") else [max(Ts)]
         accs, events, energy = {}, {}, {}
         for T in fits:
-            r = run_config(model, calib, test, coding, threshold, levels, T, args.batch)
+            r = run_config(model, calib, test, coding, threshold, n, T, args.batch)
             runs.append(r)
             for t in (Ts if len(fits) == 1 else [T]):
                 accs[t] = r["snn_accuracy"][t - 1]
                 events[t], energy[t] = r["events_cum"][t - 1], r["energy_ext"][t - 1]
         ann = runs[-1]["ann_accuracy"]
-        rows.append((coding, threshold, levels, ann, accs, events, energy))
-        print(f"done {coding} {threshold} n={levels} ({sum(r['seconds'] for r in runs):.0f} s total)", flush=True)
+        rows.append((coding, threshold, n, ann, accs, events, energy))
+        print(f"done {coding} {threshold} n={n} ({sum(r['seconds'] for r in runs):.0f} s total)", flush=True)
 
     header = "| coding | threshold | n | " + " | ".join(f"T={t}" for t in Ts) + " |"
     lines = [f"ANN accuracy {100 * rows[0][3]:.2f} % ({args.model}, {args.eval_images} test images, "
              f"{args.calib_images} calibration images); cells: SNN accuracy % / events per image / energy ratio "
              "(extended)", "", header, "|" + "---|" * (3 + len(Ts))]
-    for coding, threshold, levels, _, accs, events, energy in rows:
+    for coding, threshold, n, _, accs, events, energy in rows:
         cells = [f"{100 * accs[t]:.2f} / {events[t]:.0f} / {energy[t]:.2f}" for t in Ts]
-        lines.append(f"| {coding} | {threshold} | {levels} | " + " | ".join(cells) + " |")
+        lines.append(f"| {coding} | {threshold} | {n} | " + " | ".join(cells) + " |")
 
     # equal accuracy: events of differential (iterate, max n) at --equal-T vs the best rate setting reaching it;
     # rate settings run once to --rate-T with percentile thresholds (iteration thresholds would be fitted per T)

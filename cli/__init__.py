@@ -1,0 +1,1 @@
+"""The `snnconvert` command-line interface (`snnconvert.cli.main:app`)."""

@@ -11,8 +11,8 @@ from snnconvert.models_zoo import REGISTRY, WEIGHTS_DIR, get_entry, get_model, l
 
 NAMES = ["fmnist-vgg", "fmnist-resnet", "fmnist-mobilenet", "fmnist-vit"]
 #: Registered models whose trained files are not shipped yet (issue 5). Strict: once the files land, the tests
-#: XPASS and fail until the model is removed from this set.
-NOT_SHIPPED = {"fmnist-vit"}
+#: XPASS and fail until the model is removed from this set. Every model is shipped now.
+NOT_SHIPPED: set[str] = set()
 SHIPPED_CHECKS = [
     pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=f"{n}: weights not trained/shipped yet"))
     if n in NOT_SHIPPED else n

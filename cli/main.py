@@ -100,6 +100,8 @@ class RunOptions:
     eval_images: Optional[int]
     data_dir: Optional[Path]
     normalize: Optional[str]
+    resize: Optional[int]
+    crop: Optional[int]
     report: Optional[Path]
     output: Optional[Path]
     batch_size: int
@@ -113,7 +115,8 @@ def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
     from snnconvert.convert import ConversionConfig, convert
     from snnconvert.runtime import build_report, compile, evaluate
-    from snnconvert.runtime.data import Normalize, load_dataset, parse_normalize
+    from snnconvert.runtime.data import Normalize, load_calib_eval, parse_normalize
+    from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
 
     cfg = ConversionConfig.for_coding(o.coding, timesteps=o.timesteps, threshold=o.threshold,
@@ -134,15 +137,19 @@ def _run(o: RunOptions) -> None:
         raise ConfigError(f"{o.model}: no data set is known for this model; pass --calib-data (e.g. fashion-mnist)")
     if eval_name is None:
         raise ConfigError(f"{o.model}: no data set is known for this model; pass --eval-data (e.g. fashion-mnist)")
+    card = resolved.preprocessing or {}
     if o.normalize:
         norm = parse_normalize(o.normalize)
-    elif resolved.preprocessing and not isinstance(resolved.model, torch.nn.Module):
-        # an ONNX file from the zoo records its preprocessing; Python zoo models apply theirs themselves
-        norm = Normalize(resolved.preprocessing["mean"], resolved.preprocessing["std"])
+    elif "mean" in card:
+        norm = Normalize(card["mean"], card["std"])
     else:
         norm = None
-    calib_set = load_dataset(calib_name, "train", o.data_dir).subset(o.calib_images)
-    eval_set = load_dataset(eval_name, "test", o.data_dir).subset(o.eval_images)
+    channels = resolved.input_shape[0] if resolved.input_shape and resolved.input_shape[0] in (1, 3) else 3
+    files = Preprocess(channels=channels, resize=o.resize if o.resize is not None else card.get("resize"),
+                       crop=o.crop if o.crop is not None else card.get("crop"))
+    calib_set, eval_set, calib_info, eval_info = load_calib_eval(
+        calib_name, eval_name, calib_images=o.calib_images, eval_images=o.eval_images, data_dir=o.data_dir,
+        preprocess=files)
 
     def prep(x: torch.Tensor) -> torch.Tensor:
         return norm(x) if norm is not None else x
@@ -158,10 +165,11 @@ def _run(o: RunOptions) -> None:
                 bar.advance(calib_task, len(x))
 
         result = convert(resolved.model, forward_loop=forward_loop, config=cfg, source=resolved.source,
-                         example_inputs=prep(calib_set.images[:2]))
+                         example_inputs=prep(calib_set.example(2)))
         bar.remove_task(calib_task)
         snn = compile(result.snn, o.backend, device=o.device)
         ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
+        _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name)
         eval_task = bar.add_task(f"evaluation (T={cfg.timesteps})", total=len(eval_set))
         batches = ((prep(x), y) for x, y in eval_set.batches(o.batch_size))
         evaluation = evaluate(snn, batches, ann=ann, timesteps=cfg.timesteps, mode=o.mode, device=o.device,
@@ -172,10 +180,9 @@ def _run(o: RunOptions) -> None:
               f"thresholds {cfg.threshold} per {cfg.granularity}, T={cfg.timesteps}")
     ann_text = "n/a" if evaluation.ann_accuracy is None else f"{100 * evaluation.ann_accuracy:.2f} %"
     out.print(f"ANN accuracy {ann_text}; SNN accuracy at T={cfg.timesteps}: "
-              f"{100 * evaluation.snn_accuracy[-1]:.2f} % on {evaluation.images} test images "
-              f"(calibrated on {len(calib_set)} train images) in {total:.1f} s")
-    calib_info = {"dataset": calib_name, "split": "train", "images": len(calib_set)}
-    eval_info = {"dataset": eval_name, "split": "test", "images": len(eval_set)}
+              f"{100 * evaluation.snn_accuracy[-1]:.2f} % on {evaluation.images} images of {eval_name} "
+              f"({eval_info['split']}; calibrated on {len(calib_set)} images, {calib_info['split']}) "
+              f"in {total:.1f} s")
     if o.report is not None:
         doc = build_report(result, evaluation, model=resolved.label, calib=calib_info, data=eval_info,
                            timings={"total": total})
@@ -185,6 +192,16 @@ def _run(o: RunOptions) -> None:
     if o.output is not None:
         result.save(o.output)
         out.print(f"SNN saved to {o.output} (reload with snnconvert.runtime.load)")
+
+
+def _check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str) -> None:
+    """Evaluation labels must index the model's outputs (e.g. an ImageFolder with more classes than logits)."""
+    with torch.no_grad():
+        outputs = ann(example).shape[-1]
+    top = int(data.labels.max()) if len(data) else -1
+    if top >= outputs:
+        raise DataError(f"{name}: labels go up to {top} but the model has {outputs} outputs; check that the data "
+                        "set matches the model (ImageFolder labels are the sorted class folders)")
 
 
 def result_ann(onnx_path: str) -> torch.nn.Module:
@@ -204,12 +221,16 @@ def main(
     levels: Optional[int] = typer.Option(None, help="thresholds per multi-threshold neuron (n)"),
     neuron: Optional[str] = typer.Option(None, help="if (single threshold) | mt (multi-threshold)"),
     weights: Optional[Path] = typer.Option(None, help="state dict to load into a Python model"),
-    calib_data: Optional[str] = typer.Option(None, help="calibration data set (train split), e.g. fashion-mnist"),
-    eval_data: Optional[str] = typer.Option(None, help="evaluation data set (test split), e.g. fashion-mnist"),
+    calib_data: Optional[str] = typer.Option(
+        None, help="calibration data (train split): fashion-mnist | imagefolder:PATH | npz:PATH"),
+    eval_data: Optional[str] = typer.Option(
+        None, help="evaluation data (test split): fashion-mnist | imagefolder:PATH | npz:PATH"),
     calib_images: int = typer.Option(5000, help="calibration images (first N of the train split)"),
     eval_images: Optional[int] = typer.Option(None, help="evaluation images (default: the whole test split)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with the data set files"),
     normalize: Optional[str] = typer.Option(None, help="MEAN,STD (or one per channel): feed (x - mean) / std"),
+    resize: Optional[int] = typer.Option(None, help="image folders: resize the shorter side to N pixels"),
+    crop: Optional[int] = typer.Option(None, help="image folders: centre crop N x N pixels"),
     report: Optional[Path] = typer.Option(None, help="write the JSON report here"),
     output: Optional[Path] = typer.Option(None, help="save the converted SNN (folder) here"),
     batch_size: int = typer.Option(128, help="evaluation batch size (the SNN runs T x batch per call)"),
@@ -228,6 +249,7 @@ def main(
             model=model, coding=coding, timesteps=timesteps, threshold=threshold, granularity=granularity,
             levels=levels, neuron=neuron, weights=weights, calib_data=calib_data, eval_data=eval_data,
             calib_images=calib_images, eval_images=eval_images, data_dir=data_dir, normalize=normalize,
+            resize=resize, crop=crop,
             report=report, output=output, batch_size=batch_size, mode=mode, backend=backend, device=device,
             allow_ann_op=tuple(allow_ann_op)))
     except CONVERSION_ERRORS as exc:

@@ -1,7 +1,20 @@
-"""Data sets read from local disk: Fashion-MNIST IDX files (and later ImageFolder / npz).
+"""Data sets read from local disk; nothing is ever downloaded.
 
-Nothing is ever downloaded. Images come out as float32 in [0, 1], shape ``[N, 1, 28, 28]``; labels as int64.
-Optional normalisation ``(x - mean) / std`` is applied by :class:`Normalize` on the fly.
+Specs accepted by :func:`load_calib_eval` (the CLI's ``--calib-data`` / ``--eval-data``):
+
+- ``fashion-mnist``: the IDX files (Debian's ``dataset-fashion-mnist``, ``--data-dir`` or ``$SNNCONVERT_DATA_DIR``);
+  calibration reads the TRAIN split, evaluation the TEST split;
+- ``imagefolder:PATH``: an ImageNet-style folder ``PATH/<class>/<image>`` (classes sorted by name, as torchvision's
+  ``ImageFolder``), decoded with the model's preprocessing (resize, centre crop; :mod:`snnconvert.runtime.imagefiles`);
+- ``npz:PATH`` (or any ``PATH.npz``): numpy arrays ``x_train``/``y_train``/``x_test``/``y_test`` (two splits) or
+  ``x``/``y`` or ``images``/``labels`` (one split).
+
+Images come out as float32 ``[N, C, H, W]`` (uint8 files scaled to [0, 1]); labels as int64. Normalisation
+``(x - mean) / std`` is applied on the fly by :class:`Normalize`.
+
+Calibration and evaluation never overlap: two-split sources use their train/test splits; when both flags name the
+same one-split source (the same folder or file), a seeded permutation holds the calibration images out and the
+evaluation uses only the rest; two different folders are checked for shared files.
 """
 from __future__ import annotations
 
@@ -12,6 +25,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -107,6 +121,14 @@ class TensorDataset:
             raise DataError(f"asked for {n} images from {self.name}/{self.split}; give a positive count")
         return TensorDataset(self.name, self.split, self.images[:n], self.labels[:n])
 
+    def select(self, indices: torch.Tensor) -> TensorDataset:
+        """The samples at ``indices`` (in that order)."""
+        return TensorDataset(self.name, self.split, self.images[indices], self.labels[indices])
+
+    def example(self, n: int) -> torch.Tensor:
+        """The first ``n`` images (for tracing and shape checks)."""
+        return self.images[:n]
+
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, labels)`` in order, ``batch_size`` at a time."""
         for start in range(0, len(self), batch_size):
@@ -149,19 +171,162 @@ class Normalize(torch.nn.Module):
         return (x - self.mean) / self.std
 
 
-#: Data set names the CLI accepts for --calib-data / --eval-data.
-DATASETS = ("fashion-mnist",)
+class ImageDataset(Protocol):
+    """What calibration and evaluation need from a data set (in memory or read from files on the fly)."""
+
+    name: str
+    split: str
+
+    def __len__(self) -> int: ...
+    def subset(self, n: int | None) -> ImageDataset: ...
+    def select(self, indices: torch.Tensor) -> ImageDataset: ...
+    def example(self, n: int) -> torch.Tensor: ...
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
-def load_dataset(spec: str, split: str, data_dir: str | os.PathLike | None = None) -> TensorDataset:
-    """Load split ``split`` of the data set named ``spec``.
+#: Data set names and prefixes the CLI accepts for --calib-data / --eval-data.
+DATASETS = ("fashion-mnist", "imagefolder:PATH", "npz:PATH")
+#: Seed of the permutation that selects images from folders and one-split sources.
+SELECTION_SEED = 0
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A parsed data spec: ``kind`` is ``"fashion-mnist"``, ``"imagefolder"`` or ``"npz"``; ``path`` the resolved
+    folder or file (None for Fashion-MNIST)."""
+
+    spec: str
+    kind: str
+    path: Path | None = None
+
+    @property
+    def two_splits(self) -> bool:
+        """Whether the source has its own train and test splits (else it is one pool of images)."""
+        if self.kind == "fashion-mnist":
+            return True
+        if self.kind == "npz":
+            from snnconvert.runtime.imagefiles import npz_has_splits
+
+            return npz_has_splits(self.path)
+        return False
+
+
+def parse_data_spec(spec: str) -> DataSource:
+    """``fashion-mnist`` | ``imagefolder:PATH`` | ``npz:PATH`` | ``PATH.npz`` -> :class:`DataSource`.
 
     Raises:
-        DataError: unknown name (the message lists the valid ones) or missing files (with how to get them).
+        DataError: unknown spec (the message lists the valid forms) or a missing folder/file.
     """
     if spec == "fashion-mnist":
-        return load_fashion_mnist(split, data_dir)
+        return DataSource(spec, "fashion-mnist")
+    kind, sep, rest = spec.partition(":")
+    if spec.endswith(".npz") and kind != "npz":
+        kind, rest, sep = "npz", spec, ":"
+    if sep and kind in ("imagefolder", "npz") and rest:
+        path = Path(rest).expanduser()
+        if kind == "imagefolder" and not path.is_dir():
+            raise DataError(f"{spec}: folder {path} does not exist; give an ImageNet-style folder PATH/<class>/<image>")
+        if kind == "npz" and not path.is_file():
+            raise DataError(f"{spec}: file {path} does not exist")
+        return DataSource(spec, kind, path.resolve())
     raise DataError(f"unknown data set {spec!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def load_dataset(
+    spec: str | DataSource,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    preprocess=None,
+) -> ImageDataset:
+    """Load split ``split`` (``"train"``, ``"test"``; one-split sources ignore it) of the data set ``spec``.
+
+    Args:
+        spec: a data spec (see the module docstring) or a parsed :class:`DataSource`.
+        split: ``"train"`` or ``"test"``.
+        data_dir: Fashion-MNIST folder override.
+        preprocess: :class:`snnconvert.runtime.imagefiles.Preprocess` for image folders (resize, crop, channels).
+
+    Raises:
+        DataError: unknown name (the message lists the valid ones), missing or unreadable files.
+    """
+    source = spec if isinstance(spec, DataSource) else parse_data_spec(spec)
+    if source.kind == "fashion-mnist":
+        return load_fashion_mnist(split, data_dir)
+    from snnconvert.runtime import imagefiles
+
+    if source.kind == "npz":
+        return imagefiles.load_npz(source.path, split, name=source.spec)
+    return imagefiles.FolderDataset.scan(source.path, name=source.spec, preprocess=preprocess)
+
+
+def _take(ds: ImageDataset, n: int | None, *, shuffle: bool) -> tuple[ImageDataset, str]:
+    """The first ``n`` images, or ``n`` images of a seeded permutation (folders are sorted by class)."""
+    if n is None or n >= len(ds):
+        return ds, "all"
+    if n <= 0:
+        raise DataError(f"asked for {n} images from {ds.name}; give a positive count")
+    if not shuffle:
+        return ds.subset(n), f"first {n}"
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(SELECTION_SEED))
+    return ds.select(perm[:n]), f"{n} of a seeded permutation (seed {SELECTION_SEED})"
+
+
+def load_calib_eval(
+    calib_spec: str,
+    eval_spec: str,
+    *,
+    calib_images: int,
+    eval_images: int | None,
+    data_dir: str | os.PathLike | None = None,
+    preprocess=None,
+) -> tuple[ImageDataset, ImageDataset, dict, dict]:
+    """Load the calibration and evaluation sets so that they never share an image.
+
+    Returns:
+        ``(calib, eval, calib_info, eval_info)``; the infos (for the report) hold ``dataset``, ``split``,
+        ``selection`` and ``images``.
+
+    Raises:
+        DataError: bad specs, missing files, too few images, or two folders that share files.
+    """
+    if calib_images <= 0:
+        raise DataError(f"calibration needs a positive number of images, got {calib_images}")
+    cs, es = parse_data_spec(calib_spec), parse_data_spec(eval_spec)
+    shuffle = {"imagefolder": True}  # folders list their files by class: take a seeded sample, not the first N
+    if cs.kind == es.kind and cs.path == es.path and not cs.two_splits:
+        pool = load_dataset(cs, "all", data_dir, preprocess)
+        if calib_images >= len(pool):
+            raise DataError(f"{cs.spec} holds {len(pool)} images: too few to hold out {calib_images} for calibration "
+                            "and keep some for evaluation; lower --calib-images or give a separate --eval-data")
+        perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(SELECTION_SEED))
+        calib, rest = pool.select(perm[:calib_images]), pool.select(perm[calib_images:])
+        evald, sel = _take(rest, eval_images, shuffle=False)
+        how = f"seeded permutation (seed {SELECTION_SEED}) of one pool"
+        calib_info = {"split": "held out for calibration", "selection": f"first {calib_images} of a {how}"}
+        eval_info = {"split": "rest after the calibration hold-out",
+                     "selection": f"{'all' if sel == 'all' else sel} of the remaining {len(rest)}"}
+    else:
+        calib_all, eval_all = load_dataset(cs, "train", data_dir, preprocess), load_dataset(es, "test", data_dir,
+                                                                                            preprocess)
+        if cs.kind == es.kind == "imagefolder":
+            _check_disjoint(calib_all, eval_all)
+        calib, calib_sel = _take(calib_all, calib_images, shuffle=shuffle.get(cs.kind, False))
+        evald, eval_sel = _take(eval_all, eval_images, shuffle=shuffle.get(es.kind, False))
+        calib_info = {"split": calib.split, "selection": calib_sel}
+        eval_info = {"split": evald.split, "selection": eval_sel}
+    calib_info.update(dataset=cs.spec, images=len(calib))
+    eval_info.update(dataset=es.spec, images=len(evald))
+    if len(evald) == 0:
+        raise DataError(f"{es.spec}: no images left for evaluation")
+    return calib, evald, calib_info, eval_info
+
+
+def _check_disjoint(a, b) -> None:
+    shared = set(a.real_files()) & set(b.real_files())
+    if shared:
+        example = sorted(shared)[0]
+        raise DataError(f"the calibration and evaluation folders share {len(shared)} image file(s) (e.g. {example}); "
+                        "use disjoint folders, or give the same folder to both flags to split it without overlap")
 
 
 def parse_normalize(text: str) -> Normalize:

@@ -1,4 +1,10 @@
-"""Resolve the MODEL argument of the CLI: a zoo name, ``path/to/file.py:factory`` or an ``.onnx`` file.
+"""Resolve the MODEL argument of the CLI: a zoo name, ``torchvision:NAME``, ``path/to/file.py:factory`` or an
+``.onnx`` file.
+
+``torchvision:NAME`` builds a torchvision classification architecture with ``weights=None`` and loads a local
+state dict (``--weights``, required: nothing is downloaded); the number of classes is read from the state dict and
+the preprocessing (resize, crop, mean, std) from the metadata of torchvision's default weights for that
+architecture.
 
 The zoo is passed in by the caller (the CLI), so the runtime never imports ``snnconvert.models_zoo`` itself.
 """
@@ -24,14 +30,18 @@ class ResolvedModel:
     source: ModelSource
     label: str
     dataset: str | None = None
+    #: what the caller must apply to [0, 1] images: ``mean``/``std`` (normalisation), ``resize``/``crop`` (files)
     preprocessing: dict[str, Any] | None = None
+    #: one image ``(C, H, W)`` when known (zoo card, ONNX input, torchvision crop)
+    input_shape: tuple[int, ...] | None = None
 
 
 def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=None) -> ResolvedModel:
     """Turn the MODEL argument into a model.
 
     Args:
-        spec: a zoo name, ``file.py:factory``, ``package.module:factory`` or a path to an ``.onnx`` file.
+        spec: a zoo name, ``torchvision:NAME``, ``file.py:factory``, ``package.module:factory`` or a path to an
+            ``.onnx`` file.
         weights: optional state-dict file loaded into a Python model.
         zoo: the zoo module (``snnconvert.models_zoo``) providing ``get_entry`` / ``list_models``.
 
@@ -43,15 +53,18 @@ def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=No
             raise ModelLoadError("--weights applies to Python models only; an .onnx file carries its weights")
         if not Path(spec).is_file():
             raise ModelLoadError(f"ONNX file {spec} does not exist")
-        props = onnx_metadata(spec)
+        props, shape = onnx_metadata(spec), onnx_input_shape(spec)
         dataset = props.get("snnconvert.dataset")
         preprocessing = _parse_preprocessing(props.get("snnconvert.preprocessing"))
-        return ResolvedModel(spec, ModelSource.onnx(spec), label=spec, dataset=dataset, preprocessing=preprocessing)
+        return ResolvedModel(spec, ModelSource.onnx(spec), label=spec, dataset=dataset, preprocessing=preprocessing,
+                             input_shape=shape)
+    if spec.startswith("torchvision:"):
+        return _torchvision_model(spec, weights)
     if ":" in spec:
         source = ModelSource.python(spec)
         model = source.build()
         label = spec
-        dataset = preprocessing = None
+        dataset = preprocessing = input_shape = None
     else:
         if zoo is None:
             raise ModelLoadError(f"{spec!r} is not a file.py:factory reference or an .onnx file")
@@ -68,11 +81,68 @@ def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=No
                 raise ModelLoadError(str(exc)) from None
         else:
             model = source.build()
-        label, dataset, preprocessing = spec, entry.dataset, entry.preprocessing
+        label, dataset, input_shape = spec, entry.dataset, tuple(entry.input_shape)
+        # what the card says the caller must apply to [0, 1] images (the Fashion-MNIST models: nothing)
+        preprocessing = dict(entry.preprocessing) if entry.preprocessing else None
     if weights is not None:
         _load_weights(model, weights)
     model.eval()
-    return ResolvedModel(model, source, label, dataset, preprocessing)
+    return ResolvedModel(model, source, label, dataset, preprocessing, input_shape)
+
+
+def _torchvision_model(spec: str, weights: str | os.PathLike | None) -> ResolvedModel:
+    """``torchvision:NAME`` + a local state dict -> the model, its preprocessing and input shape."""
+    import torchvision
+
+    name = spec.partition(":")[2]
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ModelLoadError(f"unknown torchvision classification model {name!r}; choose one of "
+                             f"torchvision.models.list_models(torchvision.models), e.g. resnet18, vgg16_bn, "
+                             "mobilenet_v2")
+    if weights is None:
+        raise ModelLoadError(f"{spec} needs --weights FILE (a state dict for it); nothing is downloaded")
+    state = _read_state(Path(weights))
+    builder = torchvision.models.get_model_builder(name)
+    model = builder(weights=None)
+    num_classes = _classes_in_state(model, state)
+    kwargs: dict[str, Any] = {"weights": None}
+    if num_classes is not None and num_classes != _classes_in_state(model, model.state_dict()):
+        kwargs["num_classes"] = num_classes
+        model = builder(**kwargs)
+    _fit_state(model, state, Path(weights))
+    model.eval()
+    transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    crop = int(transforms.crop_size[0])
+    preprocessing = {"mean": [float(v) for v in transforms.mean], "std": [float(v) for v in transforms.std],
+                     "resize": int(transforms.resize_size[0]), "crop": crop}
+    source = ModelSource("python", f"torchvision.models:{name}", kwargs, {"torchvision": name})
+    return ResolvedModel(model, source, spec, None, preprocessing, (3, crop, crop))
+
+
+def _classes_in_state(model: torch.nn.Module, state: dict) -> int | None:
+    """Outputs of the model's last Linear/Conv2d layer as stored in ``state`` (its classifier), if found."""
+    last = None
+    for mod_name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            last = mod_name
+    tensor = state.get(f"{last}.weight") if last is not None else None
+    return int(tensor.shape[0]) if isinstance(tensor, torch.Tensor) else None
+
+
+def onnx_input_shape(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """One sample's shape (without the batch dim) of the first graph input, when every dim is a number."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        inits = {i.name for i in model.graph.initializer}
+        first = next(i for i in model.graph.input if i.name not in inits)
+        dims = first.type.tensor_type.shape.dim[1:]
+    except Exception:  # noqa: BLE001 - the importer reports unreadable files
+        return None
+    values = tuple(d.dim_value for d in dims)
+    return values if values and all(v > 0 for v in values) else None
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -88,19 +158,22 @@ def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _parse_preprocessing(text: str | None) -> dict[str, Any] | None:
-    """``"none"`` / absent -> None; JSON ``{"mean": [...], "std": [...]}`` -> that dict."""
+    """``"none"`` / absent -> None; JSON ``{"mean": [...], "std": [...], "resize": N, "crop": N}`` -> that dict
+    (``resize`` and ``crop`` optional)."""
     if not text or text.strip().lower() == "none":
         return None
     try:
         doc = json.loads(text)
-        return {k: [float(v) for v in doc[k]] for k in ("mean", "std")}
+        out: dict[str, Any] = {k: [float(v) for v in doc[k]] for k in ("mean", "std")}
+        out.update({k: int(doc[k]) for k in ("resize", "crop") if doc.get(k) is not None})
+        return out
     except (KeyError, TypeError, ValueError):
         raise ModelLoadError(f"unreadable snnconvert.preprocessing metadata {text!r}; expected JSON with "
-                             "'mean' and 'std' lists") from None
+                             "'mean' and 'std' lists (and optional 'resize', 'crop')") from None
 
 
-def _load_weights(model: torch.nn.Module, weights: str | os.PathLike) -> None:
-    path = Path(weights)
+def _read_state(path: Path) -> dict:
+    """A state dict from ``path`` (plain, or under a ``"state_dict"`` key as training checkpoints store it)."""
     if not path.is_file():
         raise ModelLoadError(f"weights file {path} does not exist")
     try:
@@ -109,6 +182,17 @@ def _load_weights(model: torch.nn.Module, weights: str | os.PathLike) -> None:
         raise ModelLoadError(f"cannot read weights {path}: {type(exc).__name__}: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"weights {path} hold a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _load_weights(model: torch.nn.Module, weights: str | os.PathLike) -> None:
+    path = Path(weights)
+    _fit_state(model, _read_state(path), path)
+
+
+def _fit_state(model: torch.nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:

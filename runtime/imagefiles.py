@@ -1,0 +1,211 @@
+"""Image data from files: ImageNet-style folders (decoded lazily, batch by batch) and numpy ``.npz`` arrays.
+
+Folders follow torchvision's ``ImageFolder`` convention: ``ROOT/<class>/<...>/<image>``, classes sorted by folder
+name give labels 0, 1, ...; files are listed in sorted order. Each image is decoded with PIL, converted to RGB (or
+greyscale for one-channel models), resized (shorter side to ``resize``, bilinear with antialiasing, as torchvision's
+``Resize``), centre-cropped to ``crop`` and scaled to [0, 1]. Normalisation is applied by the caller
+(:class:`snnconvert.runtime.data.Normalize`), so the same images serve ANN and SNN.
+
+Only the images of the current batch are in memory, so an ImageNet validation folder (50 000 images) works.
+"""
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from snnconvert.convert.errors import DataError
+from snnconvert.runtime.data import TensorDataset
+
+log = logging.getLogger(__name__)
+
+#: File suffixes read from image folders (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+#: Accepted ``.npz`` layouts: (images key, labels key) per split.
+NPZ_SPLIT_KEYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
+NPZ_POOL_KEYS = (("x", "y"), ("images", "labels"))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image file becomes a tensor.
+
+    Attributes:
+        channels: 3 (RGB) or 1 (greyscale).
+        resize: shorter side after resizing (None: keep the size).
+        crop: side of the centre crop (None: no crop; then every image must have the same size).
+    """
+
+    channels: int = 3
+    resize: int | None = None
+    crop: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise DataError(f"images must be read with 1 or 3 channels, got {self.channels}")
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise DataError(f"--{name} must be a positive number of pixels, got {value!r}")
+
+    def load(self, path: Path) -> torch.Tensor:
+        """Decode one file to float32 ``[C, H, W]`` in [0, 1].
+
+        Raises:
+            DataError: the file cannot be decoded.
+        """
+        from PIL import Image, UnidentifiedImageError
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB" if self.channels == 3 else "L")
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from exc
+        if self.resize is not None:
+            im = TF.resize(im, self.resize, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        if self.crop is not None:
+            im = TF.center_crop(im, self.crop)
+        return TF.pil_to_tensor(im).float().div_(255.0)
+
+
+@dataclass(frozen=True)
+class FolderDataset:
+    """Images in an ImageNet-style folder, decoded batch by batch (same interface as ``TensorDataset``)."""
+
+    name: str
+    split: str
+    files: tuple[Path, ...]
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    preprocess: Preprocess
+
+    @classmethod
+    def scan(cls, root: Path, *, name: str, preprocess: Preprocess | None = None) -> FolderDataset:
+        """List ``root/<class>/**/<image>``.
+
+        Raises:
+            DataError: no class folders or no images.
+        """
+        root = Path(root)
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise DataError(f"{name}: {root} has no class sub-folders; expected {root}/<class>/<image>")
+        files, labels = [], []
+        for label, cls_name in enumerate(classes):
+            found = sorted(p for p in (root / cls_name).rglob("*")
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += found
+            labels += [label] * len(found)
+        if not files:
+            raise DataError(f"{name}: no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}/<class>/")
+        log.debug("%s: %d images in %d classes", name, len(files), len(classes))
+        return cls(name, "folder", tuple(files), torch.tensor(labels, dtype=torch.int64), tuple(classes),
+                   preprocess or Preprocess())
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, n: int | None) -> FolderDataset:
+        """The first ``n`` files (in class order; prefer :meth:`select` with a permutation)."""
+        if n is None or n >= len(self):
+            return self
+        if n <= 0:
+            raise DataError(f"asked for {n} images from {self.name}; give a positive count")
+        return self.select(torch.arange(n))
+
+    def select(self, indices: torch.Tensor) -> FolderDataset:
+        """The files at ``indices`` (in that order)."""
+        idx = [int(i) for i in indices]
+        return FolderDataset(self.name, self.split, tuple(self.files[i] for i in idx), self.labels[idx],
+                             self.classes, self.preprocess)
+
+    def real_files(self) -> list[str]:
+        """Resolved paths (symlinks followed), to detect files shared by two folders."""
+        return [str(p.resolve()) for p in self.files]
+
+    def _stack(self, paths: tuple[Path, ...]) -> torch.Tensor:
+        images = [self.preprocess.load(p) for p in paths]
+        shapes = {tuple(x.shape) for x in images}
+        if len(shapes) > 1:
+            a, b = sorted(shapes)[:2]
+            raise DataError(f"{self.name}: images have different sizes ({a} vs {b}); pass --resize N and --crop N "
+                            "(or use a model whose card gives them)")
+        return torch.stack(images)
+
+    def example(self, n: int) -> torch.Tensor:
+        """The first ``n`` images, decoded."""
+        return self._stack(self.files[:n])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield decoded ``(images, labels)`` batches in order."""
+        for start in range(0, len(self), batch_size):
+            yield self._stack(self.files[start : start + batch_size]), self.labels[start : start + batch_size]
+
+
+def _open_npz(path: Path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"cannot read {path} as a numpy .npz file: {exc}") from exc
+
+
+def npz_has_splits(path: Path) -> bool:
+    """Whether ``path`` holds the two-split layout (``x_train``, ``y_train``, ``x_test``, ``y_test``)."""
+    with _open_npz(path) as f:
+        return all(k in f.files for keys in NPZ_SPLIT_KEYS.values() for k in keys)
+
+
+def _images_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
+    """uint8 or float arrays ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` -> float32 ``[N, C, H, W]``."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = np.moveaxis(x, -1, 1)  # channels last -> first
+    elif x.ndim != 4:
+        raise DataError(f"{where}: images must be [N, H, W], [N, H, W, C] or [N, C, H, W], got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+    if np.issubdtype(x.dtype, np.floating):
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if not torch.isfinite(t).all():
+            raise DataError(f"{where}: images contain NaN or infinite values")
+        return t
+    raise DataError(f"{where}: images must be uint8 (0-255) or float, got {x.dtype}")
+
+
+def load_npz(path: Path, split: str, *, name: str) -> TensorDataset:
+    """Load split ``split`` of a two-split ``.npz`` file, or the whole pool of a one-split file.
+
+    Raises:
+        DataError: unreadable file, unknown layout, bad shapes or label values.
+    """
+    with _open_npz(path) as f:
+        keys = set(f.files)
+        if all(k in keys for ks in NPZ_SPLIT_KEYS.values() for k in ks):
+            if split not in NPZ_SPLIT_KEYS:
+                raise DataError(f"{name}: unknown split {split!r}; use train or test")
+            xk, yk = NPZ_SPLIT_KEYS[split]
+            split_name = split
+        else:
+            pair = next(((xk, yk) for xk, yk in NPZ_POOL_KEYS if xk in keys and yk in keys), None)
+            if pair is None:
+                layouts = ["x_train/y_train/x_test/y_test"] + [f"{a}/{b}" for a, b in NPZ_POOL_KEYS]
+                raise DataError(f"{name}: arrays {sorted(keys)} found; expected one of the layouts "
+                                f"{', '.join(layouts)}")
+            xk, yk = pair
+            split_name = "all"
+        x, y = f[xk], f[yk]
+    images = _images_to_tensor(x, f"{name}[{xk}]")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(images):
+        raise DataError(f"{name}[{yk}]: labels must be a 1-D integer array with one label per image "
+                        f"(got shape {y.shape}, dtype {y.dtype}, {len(images)} images)")
+    if len(y) and y.min() < 0:
+        raise DataError(f"{name}[{yk}]: labels must be >= 0")
+    return TensorDataset(name, split_name, images, torch.from_numpy(y.astype(np.int64)))

@@ -1,0 +1,200 @@
+"""Data layer: image folders, .npz arrays, torchvision architectures with local weights, and the rule that
+calibration and evaluation images never overlap. Everything is generated in tmp_path (nothing downloaded)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from typer.testing import CliRunner
+
+from snnconvert.cli.main import app
+from snnconvert.convert.errors import DataError, ModelLoadError
+from snnconvert.runtime import load
+from snnconvert.runtime.data import load_calib_eval, load_dataset, parse_data_spec
+from snnconvert.runtime.imagefiles import FolderDataset, Preprocess
+from snnconvert.runtime.models import resolve_model
+
+CLASSES = ("ant", "bee", "cat")
+
+
+def _folder(root, per_class=5, sizes=((40, 52), (48, 36)), mode="RGB", seed=0):
+    """root/<class>/<i>.png with alternating image sizes; returns root."""
+    rng = np.random.default_rng(seed)
+    for c in CLASSES:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = sizes[i % len(sizes)]
+            shape = (h, w, 3) if mode == "RGB" else (h, w)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(root / c / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return _folder(tmp_path / "imgs")
+
+
+def test_folder_scan_labels_and_preprocessing(folder):
+    ds = FolderDataset.scan(folder, name="f", preprocess=Preprocess(channels=3, resize=36, crop=32))
+    assert ds.classes == CLASSES and len(ds) == 15
+    assert ds.labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    x, y = next(ds.batches(4))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    # the same decoding torchvision's reference transforms give
+    from torchvision.transforms import functional as TF
+
+    with Image.open(ds.files[0]) as im:
+        ref = TF.center_crop(TF.resize(im.convert("RGB"), 36, antialias=True), 32)
+    assert torch.equal(x[0], TF.pil_to_tensor(ref).float() / 255)
+    grey = FolderDataset.scan(folder, name="f", preprocess=Preprocess(channels=1, crop=30)).example(2)
+    assert grey.shape == (2, 1, 30, 30)
+
+
+def test_folder_bad_input(tmp_path, folder):
+    ds = FolderDataset.scan(folder, name="f")
+    with pytest.raises(DataError, match="different sizes.*--resize N and --crop N"):
+        ds.example(2)
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="no image files"):
+        FolderDataset.scan(tmp_path / "empty", name="e")
+    with pytest.raises(DataError, match="no class sub-folders"):
+        FolderDataset.scan(tmp_path / "empty" / "a", name="e")
+    bad = _folder(tmp_path / "bad", per_class=1, sizes=((8, 8),))
+    (bad / "ant" / "00.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read image .*00.png"):
+        next(FolderDataset.scan(bad, name="b").batches(8))
+    with pytest.raises(DataError, match="does not exist"):
+        parse_data_spec(f"imagefolder:{tmp_path / 'nope'}")
+    with pytest.raises(DataError, match="unknown data set 'cifar'.*imagefolder:PATH"):
+        parse_data_spec("cifar")
+    with pytest.raises(DataError, match="positive number of pixels"):
+        Preprocess(crop=0)
+
+
+def test_same_folder_is_split_without_overlap(folder):
+    pre = Preprocess(crop=32)
+    spec = f"imagefolder:{folder}"
+    calib, evald, ci, ei = load_calib_eval(spec, spec, calib_images=6, eval_images=None, preprocess=pre)
+    assert len(calib) == 6 and len(evald) == 9 and ci["images"] == 6 and ei["images"] == 9
+    assert not set(calib.files) & set(evald.files)
+    assert set(calib.files) | set(evald.files) == set(FolderDataset.scan(folder, name="f").files)
+    again = load_calib_eval(spec, spec, calib_images=6, eval_images=4, preprocess=pre)
+    assert again[0].files == calib.files and again[1].files == evald.files[:4]  # deterministic
+    assert "calibration" in ci["split"] and "rest" in ei["split"]
+    with pytest.raises(DataError, match="too few to hold out 15"):
+        load_calib_eval(spec, spec, calib_images=15, eval_images=None, preprocess=pre)
+
+
+def test_folder_subset_is_a_seeded_sample_not_the_first_class(tmp_path):
+    a, b = _folder(tmp_path / "a"), _folder(tmp_path / "b", seed=1)
+    calib, _, ci, _ = load_calib_eval(f"imagefolder:{a}", f"imagefolder:{b}", calib_images=6, eval_images=None)
+    assert len(set(calib.labels.tolist())) > 1 and "seeded permutation" in ci["selection"]
+
+
+def test_two_folders_sharing_files_are_refused(tmp_path, folder):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "ant").symlink_to(folder / "ant")
+    with pytest.raises(DataError, match="share 5 image file"):
+        load_calib_eval(f"imagefolder:{folder}", f"imagefolder:{other}", calib_images=4, eval_images=None)
+
+
+def test_npz_layouts(tmp_path):
+    rng = np.random.default_rng(0)
+    two = tmp_path / "two.npz"
+    np.savez(two, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 3,
+             x_test=rng.integers(0, 256, (7, 8, 8), dtype=np.uint8), y_test=np.arange(7) % 3)
+    calib, evald, ci, ei = load_calib_eval(str(two), f"npz:{two}", calib_images=5, eval_images=None)
+    assert calib.images.shape == (5, 1, 8, 8) and evald.images.shape == (7, 1, 8, 8)
+    assert ci["split"] == "train" and ei["split"] == "test"
+    assert torch.equal(calib.images[0], torch.from_numpy(np.load(two)["x_train"][0]).float().unsqueeze(0) / 255)
+    one = tmp_path / "one.npz"
+    nhwc = rng.random((12, 6, 6, 3)).astype(np.float32)
+    np.savez(one, images=nhwc, labels=np.arange(12) % 2)
+    calib, evald, _, _ = load_calib_eval(f"npz:{one}", f"npz:{one}", calib_images=4, eval_images=None)
+    assert calib.images.shape == (4, 3, 6, 6) and len(evald) == 8
+    pooled = load_dataset(f"npz:{one}", "test")
+    rows = {tuple(r.flatten().tolist()) for r in torch.cat([calib.images, evald.images])}
+    assert len(rows) == 12 and rows == {tuple(r.flatten().tolist()) for r in pooled.images}
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, pixels=np.zeros((2, 4, 4)))
+    with pytest.raises(DataError, match="expected one of the layouts"):
+        load_dataset(f"npz:{bad}", "train")
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, x=np.full((2, 4, 4), np.nan, dtype=np.float32), y=np.zeros(2, dtype=np.int64))
+    with pytest.raises(DataError, match="NaN"):
+        load_dataset(f"npz:{nan}", "train")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(DataError, match="cannot read"):
+        load_dataset(f"npz:{tmp_path / 'junk.npz'}", "train")
+
+
+@pytest.fixture
+def r18_weights(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
+    return path
+
+
+def test_torchvision_model_from_local_weights(r18_weights):
+    resolved = resolve_model("torchvision:resnet18", weights=r18_weights)
+    assert resolved.model.fc.out_features == 3 and resolved.input_shape == (3, 224, 224)
+    assert resolved.preprocessing["crop"] == 224 and resolved.preprocessing["resize"] == 256
+    assert resolved.preprocessing["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    ref = torch.load(r18_weights)
+    assert torch.equal(resolved.model.state_dict()["layer1.0.conv1.weight"], ref["layer1.0.conv1.weight"])
+    with pytest.raises(ModelLoadError, match="needs --weights FILE"):
+        resolve_model("torchvision:resnet18")
+    with pytest.raises(ModelLoadError, match="unknown torchvision classification model 'resnet19'"):
+        resolve_model("torchvision:resnet19", weights=r18_weights)
+    with pytest.raises(ModelLoadError, match="do not fit the model"):
+        resolve_model("torchvision:vgg11", weights=r18_weights)
+
+
+runner = CliRunner()
+
+
+def test_cli_torchvision_on_image_folder(tmp_path, folder, r18_weights):
+    report, output = tmp_path / "report.json", tmp_path / "snn"
+    spec = f"imagefolder:{folder}"
+    result = runner.invoke(app, ["torchvision:resnet18", "--weights", str(r18_weights), "--calib-data", spec,
+                                 "--eval-data", spec, "--resize", "36", "--crop", "32", "--calib-images", "6",
+                                 "-T", "2", "--report", str(report), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    cal, ev = doc["data"]["calibration"], doc["data"]["evaluation"]
+    assert cal["images"] == 6 and ev["images"] == 9 and cal["dataset"] == ev["dataset"] == spec
+    assert doc["calib_images"] == 6 and doc["eval_images"] == 9
+    # the saved artifact rebuilds the torchvision model (weights=None, 3 classes) with identical outputs
+    snn = load(output)
+    x = FolderDataset.scan(folder, name="f", preprocess=Preprocess(resize=36, crop=32)).example(2)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1)
+    assert snn(x, 2).shape == (2, 2, 3)
+    assert torch.equal(snn.gm.get_submodule("fc").weight, torch.load(r18_weights)["fc.weight"])
+
+
+def test_cli_data_errors_are_one_line(tmp_path, folder, r18_weights):
+    def one_line(*args):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2, result.output
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+        return lines[0]
+
+    spec = f"imagefolder:{folder}"
+    assert "--resize must be a positive number" in one_line(
+        "torchvision:resnet18", "--weights", r18_weights, "--calib-data", spec, "--eval-data", spec, "--resize", "0")
+    assert "needs --weights" in one_line("torchvision:resnet18", "--calib-data", spec, "--eval-data", spec)
+    two = _folder(tmp_path / "two_classes", per_class=2, sizes=((32, 32),))
+    for extra in ("dog", "emu"):
+        (two / extra).mkdir()
+        Image.new("RGB", (32, 32)).save(two / extra / "0.png")
+    line = one_line("torchvision:resnet18", "--weights", r18_weights, "--calib-data", spec, "--eval-data",
+                    f"imagefolder:{two}", "--crop", "32", "--calib-images", "3", "-T", "1")
+    assert "labels go up to 4 but the model has 3 outputs" in line

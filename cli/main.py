@@ -108,6 +108,7 @@ class RunOptions:
     mode: str
     backend: str
     device: str
+    dtype: str
     allow_ann_op: tuple[str, ...]
 
 
@@ -122,6 +123,7 @@ def _run(o: RunOptions) -> None:
     cfg = ConversionConfig.for_coding(o.coding, timesteps=o.timesteps, threshold=o.threshold,
                                       granularity=o.granularity, levels=o.levels, neuron=o.neuron,
                                       allow_ann_ops=o.allow_ann_op or None)
+    dtype = _dtype(o.dtype)
     if o.calib_images <= 0:
         raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
     if o.eval_images is not None and o.eval_images <= 0:
@@ -167,7 +169,7 @@ def _run(o: RunOptions) -> None:
         result = convert(resolved.model, forward_loop=forward_loop, config=cfg, source=resolved.source,
                          example_inputs=prep(calib_set.example(2)))
         bar.remove_task(calib_task)
-        snn = compile(result.snn, o.backend, device=o.device)
+        snn = compile(result.snn, o.backend, device=o.device, dtype=dtype)
         ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
         _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name)
         eval_task = bar.add_task(f"evaluation (T={cfg.timesteps})", total=len(eval_set))
@@ -185,13 +187,23 @@ def _run(o: RunOptions) -> None:
               f"in {total:.1f} s")
     if o.report is not None:
         doc = build_report(result, evaluation, model=resolved.label, calib=calib_info, data=eval_info,
-                           timings={"total": total})
+                           timings={"total": total},
+                           runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode})
         with _atomic_write(o.report) as f:
             json.dump(doc, f, indent=2)
         out.print(f"report written to {o.report}")
     if o.output is not None:
         result.save(o.output)
         out.print(f"SNN saved to {o.output} (reload with snnconvert.runtime.load)")
+
+
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPE_NAMES:
+        raise ConfigError(f"--dtype {name!r} is not valid; choose one of: {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[name]
 
 
 def _check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str) -> None:
@@ -237,6 +249,8 @@ def main(
     mode: str = typer.Option("multi", help="multi (layer by layer over T*B) | single (streaming)"),
     backend: str = typer.Option("torch", help="runtime backend: torch | triton"),
     device: str = typer.Option("cpu", help="cpu | cuda[:N]"),
+    dtype: str = typer.Option("float32", help="compute precision of the layers: float32 | bfloat16 | float16 "
+                              "(neuron state stays fp32)"),
     allow_ann_op: list[str] = typer.Option([], help="node-name pattern allowed to stay analog (repeatable)"),
     debug: bool = typer.Option(False, help="show tracebacks"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details"),
@@ -251,6 +265,7 @@ def main(
             calib_images=calib_images, eval_images=eval_images, data_dir=data_dir, normalize=normalize,
             resize=resize, crop=crop,
             report=report, output=output, batch_size=batch_size, mode=mode, backend=backend, device=device,
+            dtype=dtype,
             allow_ann_op=tuple(allow_ann_op)))
     except CONVERSION_ERRORS as exc:
         _fail(exc, debug, code=1)

@@ -1,10 +1,13 @@
 """snnconvert.runtime: compile, run, evaluate and load converted spiking networks.
 
-Backends are an explicit choice: ``"torch"`` runs the reference SNN (plain PyTorch). An unavailable backend raises
-``BackendUnavailableError``; it is never replaced silently by another one.
+Backends are an explicit choice: ``"torch"`` runs the reference SNN (plain PyTorch); ``"triton"`` runs every spiking
+neuron in a fused Triton kernel (``runtime/lower.py``, ``runtime/kernels/``) on a CUDA device, or on CPU under the
+Triton interpreter (``TRITON_INTERPRET=1``, for tests). An unavailable backend raises ``BackendUnavailableError``
+saying what is missing; it is never replaced silently by another one.
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -12,26 +15,57 @@ import torch
 from snnconvert.convert import SpikingNetwork, convert_with_thresholds, load_artifact
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError
 from snnconvert.runtime.evaluate import EvalReport, build_report, evaluate
+from snnconvert.runtime.kernels import triton_status
+from snnconvert.runtime.lower import DTYPES, lower_to_triton, set_precision
 
 BACKENDS = ("torch", "triton")
 
-__all__ = ["compile", "run", "evaluate", "load", "EvalReport", "build_report", "BACKENDS"]
+__all__ = ["compile", "run", "evaluate", "load", "EvalReport", "build_report", "BACKENDS", "DTYPES", "triton_status"]
 
 
-def compile(snn: SpikingNetwork, backend: str = "torch", *, device: str | torch.device = "cpu") -> SpikingNetwork:  # noqa: A001
-    """Lower the reference SNN to ``backend`` on ``device``.
+def compile(  # noqa: A001
+    snn: SpikingNetwork,
+    backend: str = "torch",
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> SpikingNetwork:
+    """Lower the reference SNN to ``backend`` on ``device``, computing in ``dtype``; ``snn`` itself is not changed.
+
+    Args:
+        snn: the reference network (from ``snnconvert.convert.convert``).
+        backend: ``"torch"`` (reference neurons) or ``"triton"`` (fused neuron kernels).
+        device: where the compiled network runs.
+        dtype: ``torch.float32``, ``torch.float16`` or ``torch.bfloat16``. For fp16/bf16 the thresholds are rounded
+            to the dtype (so every emitted value is exact in it) and the stateless layers run in it; neuron state
+            stays fp32 and the outputs are returned in fp32 (``runtime/lower.py``). Same rule on both backends.
+
+    Returns:
+        A new :class:`SpikingNetwork` (a deep copy of ``snn``) on ``device``.
 
     Raises:
-        ConfigError: unknown backend name.
-        BackendUnavailableError: the backend cannot run here (never a silent fallback).
+        ConfigError: unknown backend name or unsupported dtype.
+        BackendUnavailableError: the backend cannot run on ``device`` here, with what to do (never a silent
+            fallback).
+        UnsupportedOpError: the network holds stateful modules the backend cannot lower (all listed).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r} is not valid; choose one of: {', '.join(BACKENDS)}")
+    if dtype not in DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in DTYPES)
+        raise ConfigError(f"dtype {dtype} is not supported; choose one of: {names}")
+    device = torch.device(device)
     if backend == "triton":
-        raise BackendUnavailableError(
-            "the triton backend is not available in this version (fused neuron kernels are not built yet); "
-            "use backend='torch'")
-    return snn.to(device)
+        ok, reason = triton_status(device)
+        if not ok:
+            raise BackendUnavailableError(reason)
+    program = copy.deepcopy(snn)
+    program.reset()
+    if backend == "triton":
+        lower_to_triton(program, dtype)
+    else:
+        set_precision(program, dtype)
+    return program.to(device)
 
 
 def run(snn: SpikingNetwork, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:

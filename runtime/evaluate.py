@@ -179,8 +179,10 @@ def build_report(
     calib: dict[str, Any],
     data: dict[str, Any],
     timings: dict[str, float] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON report (schema version 1, documented in docs/report_schema.md)."""
+    """The JSON report (schema version 1, documented in docs/report_schema.md); ``runtime`` records how the SNN
+    was run (backend, device, dtype, step mode)."""
     cfg = result.config
     sites = []
     for info in result.calibration.sites:
@@ -207,6 +209,7 @@ def build_report(
         "events": {"per_step": evaluation.events_per_step,
                    "total_per_image": float(sum(evaluation.events_per_step))},
         "synaptic_ops": evaluation.ops,
+        "runtime": dict(runtime or {}),
         "conversion": result.report.to_dict(),
         "timings": {**{f"eval_{k}": round(v, 4) for k, v in evaluation.seconds.items()},
                     **{k: round(v, 4) for k, v in (timings or {}).items()}},

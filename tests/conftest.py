@@ -1,11 +1,18 @@
-"""Shared fixtures: seeding, tolerances, the real Fashion-MNIST data, gpu marker auto-skip."""
+"""Shared fixtures: seeding, tolerances, the real Fashion-MNIST data, gpu marker auto-skip, Triton interpreter."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without CUDA the triton kernels run on CPU tensors through the Triton interpreter. @triton.jit reads
+# TRITON_INTERPRET when it decorates a kernel (older triton: at import), so it is set here, before any test module
+# imports triton or snnconvert's kernels. An explicit TRITON_INTERPRET in the environment wins.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/nets.py
 
@@ -14,6 +21,11 @@ TOLERANCES = {
     "pass_equivalence": {"rtol": 1e-4, "atol": 1e-5},
     "onnx_vs_ort": {"rtol": 1e-4, "atol": 1e-5},
     "single_vs_multi": {"rtol": 1e-6, "atol": 1e-6},
+    # triton kernel vs its *_ref twin (architecture.md §6): fp32 membrane / running means; fp16/bf16 outputs
+    "kernel_vs_ref_fp32": {"rtol": 1e-6, "atol": 1e-6},
+    "kernel_vs_ref_lowp": {"rtol": 1e-2, "atol": 1e-2},
+    # whole network, backend="triton" vs backend="torch" (same layers, neurons with identical arithmetic)
+    "triton_vs_torch_network": {"rtol": 1e-6, "atol": 1e-6},
 }
 
 

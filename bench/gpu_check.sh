@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# GPU check of the Triton runtime, for a CUDA machine without a package registry (torch and triton preinstalled;
+# written for Python 3.12, torch 2.11, triton 3.6).
+#
+#   bench/gpu_check.sh OUTDIR
+#
+# Steps, each with its own timeout, none aborting the others (the exit status of each is recorded):
+#   env      versions, nvidia-smi
+#   install  make `snnconvert` importable: nothing if it already is; else `pip install --no-deps
+#            --no-build-isolation -e .`; if that fails too, a PYTHONPATH folder of symlinks
+#            (snnconvert/convert -> convert/, ...), which is what the package-dir mapping does
+#   tests    pytest tests/test_kernels.py tests/test_neurons.py on CUDA (one kernel config, no autotuning, so that
+#            each specialisation compiles once; the CPU/interpreter cases skip)
+#   bench    bench/bench_kernels.py (autotuned) -> OUTDIR/bench/
+#   e2e      bench/bench_e2e.py --device cuda --out OUTDIR/e2e, if that script exists
+# Logs go to OUTDIR/<step>.log and a table to OUTDIR/summary.md. Worst case (every step hitting its timeout) is
+# about 7 minutes with the default limits; override them with GPU_CHECK_<STEP>_TIMEOUT (seconds).
+# Exit status: 0 if every step that ran returned 0, else 1.
+set -u
+
+OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
+cd "$(dirname "$0")/.." || exit 2
+REPO=$(pwd)
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python3}
+ROWS=()
+FAILED=0
+
+run_step() {  # run_step NAME TIMEOUT_S COMMAND...: log to $OUT/NAME.log, record rc and wall time
+  local name=$1 limit=$2 start end rc
+  shift 2
+  start=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  rc=$?
+  end=$(date +%s)
+  [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && echo "TIMEOUT after ${limit}s" >>"$OUT/$name.log"
+  [ "$rc" -ne 0 ] && FAILED=1
+  ROWS+=("| $name | $rc | $((end - start)) s (limit ${limit} s) | $name.log |")
+  echo "gpu_check: $name rc=$rc ($((end - start)) s)"
+}
+
+skip_step() {  # skip_step NAME REASON
+  ROWS+=("| $1 | skipped | — | $2 |")
+  echo "gpu_check: $1 skipped ($2)"
+}
+
+env_info() {
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "python: $(command -v "$PY")"
+  "$PY" - <<'EOF'
+import platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "cuda available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(), "capability", torch.cuda.get_device_capability())
+try:
+    import triton
+    print("triton", triton.__version__)
+except Exception as exc:
+    print("triton import failed:", exc)
+EOF
+  nvidia-smi || true
+}
+
+make_importable() {
+  if "$PY" -c "import snnconvert.runtime" 2>/dev/null; then
+    echo "snnconvert already importable"; return 0
+  fi
+  "$PY" -m pip install --no-deps --no-build-isolation -e "$REPO" && "$PY" -c "import snnconvert.runtime" && return 0
+  echo "pip install failed; falling back to a PYTHONPATH of symlinks"
+  local root="$OUT/.pkgroot/snnconvert"
+  mkdir -p "$root"
+  for sub in convert runtime cli models_zoo; do ln -sfn "$REPO/$sub" "$root/$sub"; done
+  PYTHONPATH="$OUT/.pkgroot" "$PY" -c "import snnconvert.runtime"
+}
+
+export PY OUT REPO
+export -f env_info make_importable
+run_step env "${GPU_CHECK_ENV_TIMEOUT:-20}" bash -c env_info
+run_step install "${GPU_CHECK_INSTALL_TIMEOUT:-60}" bash -c make_importable
+if ! "$PY" -c "import snnconvert.runtime" 2>/dev/null && [ -d "$OUT/.pkgroot" ]; then
+  export PYTHONPATH="$OUT/.pkgroot${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+run_step tests "${GPU_CHECK_TESTS_TIMEOUT:-170}" env SNNCONVERT_TRITON_AUTOTUNE=0 "$PY" -m pytest \
+  tests/test_kernels.py tests/test_neurons.py -q -p no:cacheprovider --durations=15 --junitxml="$OUT/tests.xml"
+
+run_step bench "${GPU_CHECK_BENCH_TIMEOUT:-100}" "$PY" bench/bench_kernels.py --out "$OUT/bench"
+
+if [ -f bench/bench_e2e.py ]; then
+  run_step e2e "${GPU_CHECK_E2E_TIMEOUT:-80}" "$PY" bench/bench_e2e.py --device cuda --out "$OUT/e2e"
+else
+  skip_step e2e "bench/bench_e2e.py not present"
+fi
+
+{
+  echo "# GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  grep -E "^(python|device|triton) " "$OUT/env.log" 2>/dev/null | sed 's/^/    /'
+  echo
+  echo "| step | rc | wall time | log |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "Tests: $(grep -E '(passed|failed|error)' "$OUT/tests.log" 2>/dev/null | tail -1)"
+  echo
+  if [ -f "$OUT/bench/bench_kernels.md" ]; then
+    cat "$OUT/bench/bench_kernels.md"
+  fi
+} >"$OUT/summary.md"
+echo "gpu_check: summary in $OUT/summary.md"
+exit "$FAILED"

@@ -15,7 +15,9 @@ from snnconvert.convert.errors import TraceError, UnsupportedOpError
 from snnconvert.convert.frontend import trace_module
 from snnconvert.convert.passes import NORMALIZE_PASSES
 from snnconvert.convert.passes.normalize import (
+    UPPER_CLIP_ATTR,
     canonicalize_activations,
+    decompose_bounded_relu,
     drop_dropout_and_identity,
     fold_bn,
     is_canonical_relu,
@@ -95,6 +97,79 @@ def test_clamp_with_max_is_not_a_relu():
     assert not canonicalize_activations(gm, RATE_DEFAULT, ConversionReport()).modified
     with pytest.raises(UnsupportedOpError, match="clamp"):
         check_supported(gm, RATE_DEFAULT, ConversionReport())
+
+
+class BoundedNet(nn.Module):
+    """Every bounded-ReLU spelling once, plus an in-place ReLU6 whose input is reused afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.r6 = nn.ReLU6()
+        self.r6_inplace = nn.ReLU6(inplace=True)
+        self.ht = nn.Hardtanh(0.0, 2.5)
+
+    def forward(self, x):
+        y = self.conv(x) * 4
+        a = self.r6(y) + F.relu6(y) + self.ht(y) + F.hardtanh(y, 0.0, 3.0)
+        b = torch.clamp(y, 0, 1.5) + y.clamp(min=0, max=2.0) + torch.clip(y, 0.0, 0.5)
+        z = y + 0.0
+        c = self.r6_inplace(z)
+        return a + b + c + z  # z is the in-place ReLU6's result for the ANN
+
+
+def test_decompose_bounded_relu_every_spelling():
+    model = BoundedNet().eval()
+    gm = trace_module(model)
+    report = ConversionReport()
+    assert decompose_bounded_relu(gm, RATE_DEFAULT, report).modified
+    counts = report.entry("decompose_bounded_relu").counts
+    assert counts == {"nn.ReLU6": 2, "F.relu6": 1, "nn.Hardtanh(0, a)": 1, "F.hardtanh(0, a)": 1,
+                      "torch.clamp(0, a)": 1, "Tensor.clamp(0, a)": 1, "torch.clip(0, a)": 1}
+    table = op_table(gm)
+    assert table["ReLU"] == 16 and "ReLU6" not in table and "Hardtanh" not in table and "clamp" not in table
+    relus = [n for n in gm.graph.nodes if is_canonical_relu(gm, n)]
+    assert len(relus) == 16 and sum(getattr(gm.get_submodule(n.target), UPPER_CLIP_ATTR, False) for n in relus) == 8
+    x = _x() * 3
+    torch.testing.assert_close(gm(x), model(x), **TOL)
+    assert not _rerun(decompose_bounded_relu, gm)
+    check_supported(gm, RATE_DEFAULT, ConversionReport())
+
+
+def test_bounded_relu_with_other_bounds_stays_unsupported():
+    class Net(nn.Module):
+        def forward(self, x):
+            return torch.clamp(x, min=-1, max=6) + F.hardtanh(x)
+
+    gm, _ = _run_all(Net())
+    with pytest.raises(UnsupportedOpError, match="clamp.*\n?.*hardtanh|hardtanh.*clamp|2 unsupported"):
+        check_supported(gm, RATE_DEFAULT, ConversionReport())
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_relu6_network_converts_and_clips(coding):
+    """A ReLU6 net converts; the decoded SNN output follows relu6 (including the clip at 6) as T grows."""
+    from snnconvert.convert import ConversionConfig
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(1, 64)
+            with torch.no_grad():
+                self.fc.weight.copy_(torch.linspace(-2.0, 12.0, 64).view(64, 1))
+                self.fc.bias.zero_()
+
+        def forward(self, x):
+            return F.relu6(self.fc(x))
+
+    model = Net().eval()
+    x = torch.ones(1, 1)
+    cfg = ConversionConfig.for_coding(coding, timesteps=64, threshold="max", granularity="layer")
+    res = convert(model, forward_loop=lambda m: m(torch.rand(256, 1)), config=cfg)
+    with torch.no_grad():
+        out, ref = res.snn(x)[-1], model(x)
+    assert float(ref.max()) == 6.0
+    assert (out - ref).abs().max() < 0.25, (out - ref).abs().max()
 
 
 def test_fold_bn_structure_numerics_idempotence():

@@ -22,7 +22,7 @@ from snnconvert.convert.calibrate.observers import (
 )
 from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import CalibrationError
-from snnconvert.convert.passes.normalize import is_canonical_relu
+from snnconvert.convert.passes.normalize import UPPER_CLIP_ATTR, is_canonical_relu
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,11 @@ def compute_thresholds(
         info["threshold"] = _summary(theta)
         report.sites.append(info)
         if info["threshold"]["zero"]:
-            log.warning("site %s: %d group(s) have threshold 0 and stay silent", site.name, info["threshold"]["zero"])
+            # the upper ReLU of a decomposed ReLU6/clamp is silent wherever the input never reached the ceiling
+            expected = getattr(gm.get_submodule(site.name), UPPER_CLIP_ATTR, False)
+            log.log(logging.INFO if expected else logging.WARNING, "site %s: %d group(s) have threshold 0 and stay "
+                    "silent%s", site.name, info["threshold"]["zero"], " (upper clip of a bounded ReLU)" if expected
+                    else "")
     return thresholds, report
 
 

@@ -1,11 +1,15 @@
 """Graph passes. ``NORMALIZE_PASSES`` is the ordered pipeline every model goes through before calibration."""
 from snnconvert.convert.passes.normalize import (
     canonicalize_activations,
+    decompose_bounded_relu,
     drop_dropout_and_identity,
     fold_bn,
     move_maxpool_before_activation,
 )
 
-NORMALIZE_PASSES = (canonicalize_activations, drop_dropout_and_identity, fold_bn, move_maxpool_before_activation)
+NORMALIZE_PASSES = (
+    decompose_bounded_relu, canonicalize_activations, drop_dropout_and_identity, fold_bn,
+    move_maxpool_before_activation,
+)
 
 __all__ = ["NORMALIZE_PASSES"]

@@ -5,6 +5,8 @@ is idempotent (a second run reports ``modified=False``).
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -64,6 +66,91 @@ def relu_spelling(gm: fx.GraphModule, node: fx.Node) -> str | None:
         if _is_zero(low) and high is None:
             return f"{clamp}(min=0)"
     return None
+
+
+#: attribute set on the second ReLU of a decomposed bounded ReLU (its calibration sees mostly zeros by design)
+UPPER_CLIP_ATTR = "snnconvert_upper_clip"
+
+
+def bounded_relu_ceiling(gm: fx.GraphModule, node: fx.Node) -> tuple[str, float] | None:
+    """``(spelling, a)`` when ``node`` computes ``min(max(x, 0), a)`` with a constant a > 0: ``nn.ReLU6``,
+    ``nn.Hardtanh(0, a)``, ``F.relu6``, ``F.hardtanh(x, 0, a)``, ``clamp(x, 0, a)`` / ``clip`` (function or method)."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if type(module) is nn.ReLU6:
+            return "nn.ReLU6", 6.0
+        if type(module) is nn.Hardtanh and module.min_val == 0 and module.max_val > 0:
+            return "nn.Hardtanh(0, a)", float(module.max_val)
+        return None
+    if node.op == "call_function" and node.target is F.relu6:
+        return "F.relu6", 6.0
+    if node.op == "call_function" and node.target is F.hardtanh:
+        low, high = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
+        ok = _is_zero(low) and isinstance(high, (int, float)) and high > 0
+        return ("F.hardtanh(0, a)", float(high)) if ok else None
+    clamp = _CLAMP_FUNCTIONS.get(node.target) if node.op == "call_function" else None
+    clamp = clamp or (_CLAMP_METHODS.get(node.target) if node.op == "call_method" else None)
+    if clamp and not clamp.endswith("clamp_min"):
+        low, high = _arg(node, 1, "min"), _arg(node, 2, "max")
+        if _is_zero(low) and isinstance(high, (int, float)) and not isinstance(high, bool) and high > 0:
+            return f"{clamp}(0, a)", float(high)
+    return None
+
+
+def decompose_bounded_relu(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
+    """Rewrite every bounded ReLU ``min(max(x, 0), a)`` (ReLU6, Hardtanh(0, a), clamp(0, a)) as
+    ``relu(x) − relu(x − a)``: two canonical ReLU sites joined by affine ops, exact for every x.
+
+    Each ReLU becomes its own spiking neuron with its own threshold; the second one fires only where x exceeds a,
+    so it is mostly silent (its module carries ``snnconvert_upper_clip = True`` so calibration does not warn about
+    its silent channels). In-place variants (``nn.ReLU6(inplace=True)``) are handled like in-place ReLUs.
+
+    Before: ``y = relu6(conv(x))``
+    After:  ``y = relu6_lo(conv(x)) - relu6_hi(conv(x) - 6.0)``
+    """
+    entry = PassEntry(name="decompose_bounded_relu", modified=False)
+    for node in list(gm.graph.nodes):
+        found = bounded_relu_ceiling(gm, node)
+        if found is None:
+            continue
+        spelling, ceiling = found
+        source = node.args[0] if node.args else node.kwargs.get("input")
+        inplace = node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False)
+        inplace = inplace or (node.op == "call_function" and bool(_arg(node, 3 if node.target is F.hardtanh else 1,
+                                                                         "inplace", False)))
+        later_users = []
+        if inplace and isinstance(source, fx.Node):
+            order = {n: i for i, n in enumerate(gm.graph.nodes)}
+            later_users = [u for u in source.users if u is not node and order[u] > order[node]]
+        base = node.name if node.op != "call_module" else node.name + "_act"
+        low_name, high_name = _unique_name(gm, base + "_lo"), None
+        gm.add_submodule(low_name, nn.ReLU())
+        high_name = _unique_name(gm, base + "_hi")
+        upper = nn.ReLU()
+        setattr(upper, UPPER_CLIP_ATTR, True)
+        gm.add_submodule(high_name, upper)
+        with gm.graph.inserting_after(node):
+            low = gm.graph.call_module(low_name, (source,))
+        with gm.graph.inserting_after(low):
+            shifted = gm.graph.call_function(operator.sub, (source, ceiling))
+        with gm.graph.inserting_after(shifted):
+            high = gm.graph.call_module(high_name, (shifted,))
+        with gm.graph.inserting_after(high):
+            out = gm.graph.call_function(operator.sub, (low, high))
+        for new in (low, shifted, high, out):
+            new.meta = dict(node.meta)
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
+        for user in later_users:
+            user.replace_input_with(source, out)
+        entry.counts[spelling] = entry.counts.get(spelling, 0) + 1
+        entry.nodes.append(out.name)
+        entry.modified = True
+    if entry.modified:
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    report.passes.append(entry)
+    return PassResult(gm, entry.modified)
 
 
 def _unique_name(gm: fx.GraphModule, base: str) -> str:

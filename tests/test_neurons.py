@@ -542,3 +542,147 @@ def test_configuration_errors_and_repr() -> None:
     text = repr(neuron)
     for part in ("kind=mt", "coding=differential", "n_levels=4", "signed=True", "relu_constrained=True", "(4, 1, 1)"):
         assert part in text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The module's fast path (vectorised, in place, chunked) == the readable functional twins, bit for bit
+# ---------------------------------------------------------------------------------------------------------------------
+
+FAST_COMBOS = COMBOS + [
+    ("mt", "rate", 4, False, True),
+    ("mt", "rate", 4, True, True),
+    ("mt", "rate", 4, True, False),
+    ("mt", "differential", 4, True, True),
+    ("mt", "differential", 4, True, False),
+    ("mt", "differential", 8, True, True),
+]
+_INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+             torch.float64: torch.int64}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bit patterns (so that −0.0 ≠ +0.0 and NaN payloads count)."""
+    return t.contiguous().view(_INT_VIEW[t.dtype])
+
+
+def _fast_case(inputs: str, layout: str, T: int, g: torch.Generator):
+    """(threshold, per-sample shape, raw input [T, 6, *S] in fp32, bias [1, *S])."""
+    B = 6
+    dyadic = inputs == "dyadic"
+    # a zero (silent) channel; dyadic thresholds put the cut-offs 0.75·θ·2^-i on the 1/64 grid of the inputs
+    theta = torch.tensor([1.0, 0.0, 0.5, 2.0, 0.75] if dyadic else [0.9, 0.0, 0.35, 1.7, 0.123456789])
+    if layout == "conv-channel":
+        per_sample, threshold = (5, 3, 4), theta.reshape(5, 1, 1)
+    elif layout == "conv-neuron":
+        per_sample = (5, 3, 4)
+        threshold = theta.reshape(5, 1, 1) * torch.tensor([1.0, 0.5, 0.25, 2.0]).reshape(1, 1, 4)
+        threshold = threshold.expand(5, 3, 4).clone()
+    else:  # tokens [B, L, C], threshold [C]
+        per_sample, threshold = (4, 5), theta
+    if dyadic:
+        x = torch.randint(-160, 161, (T, B, *per_sample), generator=g) / 64.0
+        bias = torch.randint(-32, 33, (1, *per_sample), generator=g) / 32.0
+    else:
+        x = torch.randn(T, B, *per_sample, generator=g) * 1.5 + 0.1
+        bias = torch.randn(1, *per_sample, generator=g) * 0.5
+        flat = x.view(-1)
+        flat[::13], flat[5::17] = 0.0, -0.0
+        if inputs == "special":
+            flat[3::19], flat[7::23], flat[11::29] = math.inf, -math.inf, math.nan
+    return threshold, per_sample, x, bias
+
+
+def _check_fast_path(kind, coding, n, signed, constrained, inputs, layout, dtype, device, monkeypatch) -> None:
+    from snnconvert.convert.coding import fastpath as fastpath_module
+
+    g = torch.Generator().manual_seed(17)
+    for T in (1, 3, 8):
+        threshold, per_sample, x, bias = _fast_case(inputs, layout, T, g)
+        neuron = make_neuron(
+            threshold, coding=coding, kind=kind, n_levels=n, signed=signed, relu_constrained=constrained
+        ).to(device)
+        if coding == "differential":
+            neuron.bias = bias.to(device)
+            x = x + bias
+        x = x.to(device=device, dtype=dtype)
+        expected = _functional(neuron, x)
+        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        assert neuron._fast_plan(neuron.threshold.to(state_dtype), x) is not None  # the fast path does run
+        # one chunk, chunks of one sample and uneven chunks (the state of each chunk runs all T steps on its own)
+        for chunk in (1 << 17, 1, 2 * x[0, 0].numel()):
+            monkeypatch.setattr(fastpath_module, "FAST_CHUNK_ELEMENTS", chunk)
+            y = neuron.multistep(x)
+            assert y.dtype == dtype and y.shape == x.shape
+            assert torch.equal(_bits(y), _bits(expected)), f"chunk={chunk}, T={T}"
+        neuron.step_mode = "s"
+        neuron.reset()
+        y_single = torch.stack([neuron(x[t]) for t in range(T)])
+        neuron.reset()
+        assert torch.equal(_bits(y_single), _bits(expected)), f"single-step, T={T}"
+        neuron.fast_path = False  # the module's reference path is the twin too
+        assert torch.equal(_bits(neuron.multistep(x)), _bits(expected))
+
+
+@pytest.mark.parametrize("kind,coding,n,signed,constrained", FAST_COMBOS)
+@pytest.mark.parametrize("inputs", ["random", "dyadic", "special"])
+@pytest.mark.parametrize("layout", ["conv-channel", "conv-neuron", "tokens"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_fast_path_is_bit_identical_to_functional_twin(kind, coding, n, signed, constrained, inputs, layout, dtype,
+                                                       monkeypatch) -> None:
+    _check_fast_path(kind, coding, n, signed, constrained, inputs, layout, dtype, "cpu", monkeypatch)
+
+
+@pytest.mark.gpu
+def test_fast_path_is_bit_identical_to_functional_twin_on_cuda(monkeypatch) -> None:
+    for combo in FAST_COMBOS:
+        for inputs in ("random", "dyadic", "special"):
+            for layout in ("conv-channel", "tokens"):
+                for dtype in (torch.float32, torch.float64, torch.bfloat16):
+                    _check_fast_path(*combo, inputs, layout, dtype, "cuda", monkeypatch)
+
+
+def test_fast_path_falls_back_where_its_preconditions_fail() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 2, 3, generator=g) * 1e-44
+    cases = [
+        (torch.tensor([1e-44, 1.0, 0.5]), "mt", 4),  # subnormal θ: the levels do not halve exactly
+        (torch.tensor([-0.0, 1.0, 0.5]), "mt", 4),  # −0.0 survives clamp(min=0): sign bit set
+        (torch.tensor([-0.0, 1.0, 0.5]), "if", 1),
+    ]
+    for threshold, kind, n in cases:
+        neuron = make_neuron(threshold, coding="rate", kind=kind, n_levels=n, signed=True)
+        assert neuron._fast_plan(neuron.threshold, x) is None
+        expected = _functional(neuron, x)
+        assert torch.equal(_bits(neuron.multistep(x)), _bits(expected))
+    neuron = make_neuron(torch.ones(3), coding="rate", kind="mt", n_levels=4)
+    assert neuron._fast_plan(neuron.threshold, x.requires_grad_()) is None  # autograd records: reference path
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_graded_unit_fast_loop_is_bit_identical_to_reference(coding, dtype) -> None:
+    """The in-place loop (max-pools run on channels-last copies on the CPU) == the reference loop, bit for bit."""
+    import torch.nn as nn
+
+    from snnconvert.convert.coding.units import GradedUnit
+
+    g = torch.Generator().manual_seed(23)
+    functions = [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1), nn.MaxPool2d(2, ceil_mode=True),
+                 nn.MaxPool2d(3, stride=1, padding=1, dilation=2), nn.Identity(), nn.Flatten(), nn.GELU()]
+    C = 35  # two 16-lane vectors and a tail in the channels-last max-pool kernel
+    for f in functions:
+        for T in (1, 3, 8):
+            unit = GradedUnit(f, coding=coding)
+            unit.bias = torch.randint(-4, 5, (1, C, 7, 7), generator=g) / 4.0
+            x = torch.randint(-8, 9, (T, 2, C, 7, 7), generator=g) / 4.0  # ties inside the pooling windows
+            x = x + torch.randn(x.shape, generator=g) * (torch.rand(x.shape, generator=g) < 0.5)
+            flat = x.view(-1)
+            flat[::7], flat[1::11] = 0.0, -0.0
+            flat[2::97], flat[3::101], flat[4::103] = math.inf, -math.inf, math.nan
+            x = x.to(dtype)
+            with torch.no_grad():
+                fast = unit.multistep(x)
+                unit.fast_path = False
+                reference = unit.multistep(x)
+            assert fast.dtype == reference.dtype and fast.shape == reference.shape
+            assert torch.equal(_bits(fast), _bits(reference)), f"{f}, T={T}"

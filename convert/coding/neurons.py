@@ -15,9 +15,11 @@ The nine reference classes of §4.9 are all points of this parameter space; ther
 Every emitted value is in activation units (±θ·2^-i or 0), never a 0/1 spike. State is kept in at least fp32
 (fp16/bf16 inputs run in fp32, fp64 inputs in fp64) and the output is cast back to the input dtype.
 
-The functional ``*_multistep_ref`` twins take a time-major input [T, *S] and are the references the Triton kernels
-(``runtime/kernels/neurons.py``) are tested against. They and the :class:`SpikingNeuron` module share the same
-per-step helpers, so a single-step loop gives bit-identical results to a multi-step call.
+The functional ``*_multistep_ref`` twins take a time-major input [T, *S] and are the readable references the Triton
+kernels (``runtime/kernels/neurons.py``) are tested against. The :class:`SpikingNeuron` module runs a fast path
+(:class:`FastPlan`, ``_fast_*``) that computes the same values with the same arithmetic per element but without
+``torch.where`` chains and per-step temporaries; it is bit-identical to the twins (tests/test_neurons.py), in
+multi-step and single-step mode, and falls back to the references where its preconditions do not hold.
 """
 from __future__ import annotations
 
@@ -27,6 +29,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from snnconvert.convert.coding.fastpath import (
+    FastBuffers,
+    FastPlan,
+    fast_diff_multistep,
+    fast_diff_step,
+    fast_rate_multistep,
+    fast_rate_step,
+)
 from snnconvert.convert.coding.stepping import STEP_MODES, StepModule
 from snnconvert.convert.errors import CalibrationError, ConfigError
 
@@ -441,6 +451,9 @@ class SpikingNeuron(StepModule):
         ConfigError: an invalid field (kind, coding, n_levels, threshold).
     """
 
+    #: Run the fast path (bit-identical to the ``*_multistep_ref`` twins); False runs the readable reference code.
+    fast_path: bool = True
+
     def __init__(
         self,
         threshold: Tensor | float,
@@ -473,6 +486,8 @@ class SpikingNeuron(StepModule):
         self.register_buffer("_c", None, persistent=False)
         self.register_buffer("_r_in", None, persistent=False)
         self.register_buffer("_r_out", None, persistent=False)
+        self._step_plan: FastPlan | None = None
+        self._step_buffers: FastBuffers | None = None
 
     # -- public API ------------------------------------------------------------------------------------------------
 
@@ -486,9 +501,14 @@ class SpikingNeuron(StepModule):
     def multistep(self, x_seq: Tensor) -> Tensor:
         """Run T steps on a time-major input [T, B, *S] from the initial state; returns the emitted [T, B, *S].
 
-        The module's single-step state is neither used nor changed.
+        The module's single-step state is neither used nor changed. Runs the fast path (bit-identical to the
+        ``*_multistep_ref`` twins) unless ``fast_path`` is False or its preconditions fail.
         """
         if self.coding == "rate":
+            dtype, _, th = _prepare(x_seq, self.threshold)
+            plan = self._fast_plan(th, x_seq)
+            if plan is not None:
+                return fast_rate_multistep(x_seq, th, plan, kind=self.kind, dtype=dtype, init=_rate_init)
             return _rate_multistep(
                 x_seq,
                 self.threshold,
@@ -497,10 +517,16 @@ class SpikingNeuron(StepModule):
                 signed=self.signed,
                 relu_constrained=self.relu_constrained,
             )
+        bias = self._require_bias()
+        dtype, _, th = _prepare(x_seq, self.threshold)
+        plan = self._fast_plan(th, x_seq)
+        if plan is not None:
+            return fast_diff_multistep(x_seq, th, _prepare_bias(x_seq, bias, dtype), plan, dtype=dtype,
+                                       init=_diff_init)
         return _diff_multistep(
             x_seq,
             self.threshold,
-            self._require_bias(),
+            bias,
             kind=self.kind,
             n_levels=self.n_levels,
             relu_constrained=self.relu_constrained,
@@ -520,7 +546,11 @@ class SpikingNeuron(StepModule):
                 b = self._require_bias().to(dtype)
                 _check_broadcast("bias", b, x_t.shape)
                 self._r_in, self._r_out = _diff_init(x_t.shape, b)
+            self._step_plan = self._fast_plan(th, x_t)
+            self._step_buffers = None
         self._t += 1
+        if self._step_plan is not None and not (torch.is_grad_enabled() and x_t.requires_grad):
+            return self._fast_single_step(x_t, th)
         if self.coding == "rate":
             s, self._m, self._c = _rate_step(
                 x_t.to(dtype),
@@ -553,6 +583,8 @@ class SpikingNeuron(StepModule):
         self._c = None
         self._r_in = None
         self._r_out = None
+        self._step_plan = None
+        self._step_buffers = None
 
     def extra_repr(self) -> str:
         return (
@@ -561,6 +593,32 @@ class SpikingNeuron(StepModule):
         )
 
     # -- helpers ---------------------------------------------------------------------------------------------------
+
+    def _fast_plan(self, th: Tensor, x: Tensor) -> FastPlan | None:
+        """The fast path's constants for θ (already in the state dtype), or None to run the reference: when
+        ``fast_path`` is off, a precondition fails, or autograd records the call (the in-place updates would break
+        it)."""
+        if not self.fast_path or (torch.is_grad_enabled() and x.requires_grad):
+            return None
+        plan = FastPlan(
+            th, kind=self.kind, n_levels=self.n_levels, signed=self.signed, relu_constrained=self.relu_constrained
+        )
+        return plan if plan.exact else None
+
+    def _fast_single_step(self, x_t: Tensor, th: Tensor) -> Tensor:
+        """One fast step on the module's state (same state tensors as the reference step, updated in place)."""
+        dtype = th.dtype
+        buf = self._step_buffers
+        if buf is None or buf.m.shape != x_t.shape or buf.m.dtype != dtype or buf.m.device != x_t.device:
+            self._step_buffers = FastBuffers(x_t.shape, dtype, x_t.device, self._step_plan)
+        xs = x_t.to(dtype)
+        out = torch.empty(x_t.shape, dtype=dtype, device=x_t.device)
+        if self.coding == "rate":
+            fast_rate_step(xs, self._m, self._c, self._step_plan, out, self._step_buffers)
+        else:
+            b = self._require_bias().to(dtype)
+            fast_diff_step(xs, self._t, self._r_in, self._r_out, b, self._step_plan, out, self._step_buffers)
+        return out.to(x_t.dtype)
 
     def _require_bias(self) -> Tensor:
         if self.bias is None:

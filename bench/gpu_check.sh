@@ -12,9 +12,10 @@
 #   tests    pytest tests/test_kernels.py tests/test_neurons.py on CUDA (one kernel config, no autotuning, so that
 #            each specialisation compiles once; the CPU/interpreter cases skip)
 #   bench    bench/bench_kernels.py (autotuned) -> OUTDIR/bench/
-#   e2e      bench/bench_e2e.py --device cuda --out OUTDIR/e2e, if that script exists
+#   e2e_tv   bench/bench_e2e.py: torchvision resnet18/34 at 224x224, torch vs triton, B = 32, T = 8
+#   e2e_zoo, acc_float32, acc_bfloat16   zoo models and the bf16 accuracy check, when Fashion-MNIST is found
 # Logs go to OUTDIR/<step>.log and a table to OUTDIR/summary.md. Worst case (every step hitting its timeout) is
-# about 7 minutes with the default limits; override them with GPU_CHECK_<STEP>_TIMEOUT (seconds).
+# about 9.5 minutes with the default limits (typical runs: 3-5); override them with GPU_CHECK_<STEP>_TIMEOUT (seconds).
 # Exit status: 0 if every step that ran returned 0, else 1.
 set -u
 
@@ -83,15 +84,27 @@ if ! "$PY" -c "import snnconvert.runtime" 2>/dev/null && [ -d "$OUT/.pkgroot" ];
   export PYTHONPATH="$OUT/.pkgroot${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-run_step tests "${GPU_CHECK_TESTS_TIMEOUT:-170}" env SNNCONVERT_TRITON_AUTOTUNE=0 "$PY" -m pytest \
+run_step tests "${GPU_CHECK_TESTS_TIMEOUT:-140}" env SNNCONVERT_TRITON_AUTOTUNE=0 "$PY" -m pytest \
   tests/test_kernels.py tests/test_neurons.py -q -p no:cacheprovider --durations=15 --junitxml="$OUT/tests.xml"
 
-run_step bench "${GPU_CHECK_BENCH_TIMEOUT:-100}" "$PY" bench/bench_kernels.py --out "$OUT/bench"
+run_step bench "${GPU_CHECK_BENCH_TIMEOUT:-80}" "$PY" bench/bench_kernels.py --out "$OUT/bench"
 
-if [ -f bench/bench_e2e.py ]; then
-  run_step e2e "${GPU_CHECK_E2E_TIMEOUT:-80}" "$PY" bench/bench_e2e.py --device cuda --out "$OUT/e2e"
+# (b)+(c): SNN vs ANN(T·B) for torchvision resnet18/34 at 224x224 (random weights and calibration images: no data
+# set needed), torch vs triton backend, fp32 and bf16, batch 32, T = 8
+run_step e2e_tv "${GPU_CHECK_E2E_TIMEOUT:-100}" "$PY" bench/bench_e2e.py --device cuda --out "$OUT/e2e" \
+  --name e2e_cuda_torchvision --models torchvision:resnet18,torchvision:resnet34 --backends torch,triton \
+  --batch 32 --timesteps 8 --reps 5 --no-breakdown
+
+# zoo models and the bf16-vs-fp32 accuracy check need Fashion-MNIST (SNNCONVERT_DATA_DIR or the Debian path)
+if "$PY" -c "from snnconvert.runtime.data import find_fashion_mnist; find_fashion_mnist()" 2>/dev/null; then
+  run_step e2e_zoo "${GPU_CHECK_E2E_TIMEOUT:-70}" "$PY" bench/bench_e2e.py --device cuda --out "$OUT/e2e" \
+    --name e2e_cuda_zoo --backends torch,triton --batch 32,128 --timesteps 8 --no-breakdown
+  for dt in float32 bfloat16; do
+    run_step "acc_$dt" "${GPU_CHECK_ACC_TIMEOUT:-60}" "$PY" -m snnconvert.cli.main fmnist-vgg --coding differential -T 8 \
+      --backend triton --device cuda --dtype "$dt" --batch-size 512 --report "$OUT/acc_vgg_diff_T8_$dt.json"
+  done
 else
-  skip_step e2e "bench/bench_e2e.py not present"
+  skip_step e2e_zoo "Fashion-MNIST not found (set SNNCONVERT_DATA_DIR)"
 fi
 
 {
@@ -108,6 +121,11 @@ fi
   if [ -f "$OUT/bench/bench_kernels.md" ]; then
     cat "$OUT/bench/bench_kernels.md"
   fi
+  for f in "$OUT"/e2e/*.md; do [ -f "$f" ] && { echo; cat "$f"; }; done
+  for dt in float32 bfloat16; do
+    f="$OUT/acc_vgg_diff_T8_$dt.json"
+    [ -f "$f" ] && "$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); print(f'fmnist-vgg diff T=8 $dt: ANN {100*d[\"ann_accuracy\"]:.2f} %, SNN {100*d[\"snn_accuracy\"][-1]:.2f} %')" "$f"
+  done
 } >"$OUT/summary.md"
 echo "gpu_check: summary in $OUT/summary.md"
 exit "$FAILED"

@@ -90,7 +90,7 @@ def test_mt_fire_table_at_every_cutoff(theta: float, n: int) -> None:
     for signed, constrained in [(False, True), (True, True), (True, False)]:
         out = mt_fire(m_t, c_t, th, n, signed, constrained)
         assert out.dtype == torch.float32 and out.shape == m_t.shape
-        expected = np.vectorize(lambda m, c: _expected_mt(m, c, levels, cuts, signed, constrained))(mm, cc)
+        expected = np.vectorize(lambda m, c, s=signed, k=constrained: _expected_mt(m, c, levels, cuts, s, k))(mm, cc)
         np.testing.assert_array_equal(out.numpy(), expected.astype(np.float32))
         assert set(np.unique(out.numpy()).tolist()) <= allowed  # one event of one level per element
     # spot checks written from §4.4 itself

@@ -53,15 +53,22 @@ def input_kinds(snn: SpikingNetwork) -> dict[str, str]:
 
 
 def _fanout_count(layer: nn.Module, mask: torch.Tensor) -> torch.Tensor:
-    """Σ over the non-zero entries of ``mask`` (per sample) of their fan-out through ``layer``: ``[N]``."""
+    """Σ over the non-zero entries of ``mask`` (per sample) of their fan-out through ``layer``: ``[N]`` float64.
+
+    For a convolution, the fan-out of an input entry does not depend on its channel within a group, so the mask is
+    summed over the channels of each group first and convolved with a one-channel all-ones kernel (the same integer
+    counts as the full all-ones convolution, several times cheaper). Per-position counts stay far below 2^24, so
+    they are exact in fp32; the per-sample total is summed in fp64.
+    """
     if isinstance(layer, nn.Linear):
-        return mask.flatten(1).sum(1) * layer.out_features
+        return mask.flatten(1).sum(1, dtype=torch.float64) * layer.out_features
     groups = layer.groups
-    ones = torch.ones(groups, layer.in_channels // groups, *layer.kernel_size, dtype=mask.dtype, device=mask.device)
+    per_group = mask.unflatten(1, (groups, mask.shape[1] // groups)).sum(2)  # [N, groups, *spatial]
+    ones = torch.ones(groups, 1, *layer.kernel_size, dtype=mask.dtype, device=mask.device)
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[mask.dim() - 2]
     # zero-padding geometry (for reflect/replicate padding the border fan-out is approximated the same way)
-    out = conv(mask, ones, None, layer.stride, layer.padding, layer.dilation, groups)
-    return out.flatten(1).sum(1) * (layer.out_channels // groups)
+    out = conv(per_group, ones, None, layer.stride, layer.padding, layer.dilation, groups)
+    return out.flatten(1).sum(1, dtype=torch.float64) * (layer.out_channels // groups)
 
 
 @dataclass
@@ -122,7 +129,7 @@ class SynapticOpCounter:
             sop = self.counts.sop.setdefault(name, torch.zeros(T, dtype=torch.float64))
             if name not in self.counts.tot:
                 self.counts.tot[name] = float(_fanout_count(module, torch.ones_like(mask[:1]))[0])
-            per_sample = _fanout_count(module, mask).double()
+            per_sample = _fanout_count(module, mask)
             if self.snn.step_mode == "m":
                 sop += per_sample.view(T, -1).sum(1).cpu()
             else:

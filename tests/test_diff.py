@@ -159,3 +159,20 @@ def test_sop_counter_on_hand_built_conv():
     assert ops["ann_macs_per_image"] == 3 * (4 * 4 + 8 * 6 + 4 * 9)  # Σ over outputs of in-bounds taps
     ratio = E_AC_PJ * 39 / (E_MAC_PJ * ops["ann_macs_per_image"])
     assert ops["energy_ratio_reference"] == pytest.approx([ratio])
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+def test_fanout_count_equals_all_ones_convolution(groups):
+    """SOP counting: the channel-summed count equals the direct all-ones convolution of the 0/1 mask."""
+    import torch.nn.functional as F
+
+    from snnconvert.runtime.energy import _fanout_count
+
+    layer = nn.Conv2d(6, 12, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=groups)
+    mask = (torch.rand(5, 6, 11, 9) < 0.3).float()
+    ones = torch.ones(12, 6 // groups, 3, 2)
+    direct = F.conv2d(mask, ones, None, (2, 1), (1, 0), (1, 2), groups).flatten(1).sum(1).double()
+    assert torch.equal(_fanout_count(layer, mask), direct)
+    linear = nn.Linear(30, 7)
+    m2 = (torch.rand(4, 30) < 0.5).float()
+    assert torch.equal(_fanout_count(linear, m2), m2.sum(1).double() * 7)

@@ -61,6 +61,7 @@ def compile(  # noqa: A001
             raise BackendUnavailableError(reason)
     program = copy.deepcopy(snn)
     program.reset()
+    program.invalidate()  # captured offsets are recomputed with the compiled layers (dtype, device, kernels)
     if backend == "triton":
         lower_to_triton(program, dtype)
     else:

@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?= fmnist-vgg --coding differential --timesteps 8 --eval-images 2000 --report reports/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: setup data demo test test-fast test-full clean
+.PHONY: setup data demo test test-fast test-full gpu-data clean
 
 setup: $(STAMP) data
 
@@ -40,6 +40,13 @@ test-fast: setup
 
 test-full: setup
 	$(PY) -m pytest -m full $(PYTEST_ARGS)
+
+# Stage Fashion-MNIST (30 MB of .gz IDX files) in data/fashion-mnist (git-ignored), so that it can travel to a GPU
+# machine without the Debian package; bench/gpu_check.sh uses it when present.
+gpu-data: setup
+	mkdir -p data/fashion-mnist
+	$(PY) -c "from snnconvert.runtime.data import find_fashion_mnist; print(find_fashion_mnist())" \
+		| xargs -I{} sh -c 'cp {}/*-ubyte* data/fashion-mnist/'
 
 clean:
 	rm -rf $(VENV) build *.egg-info reports .pytest_cache

@@ -95,7 +95,11 @@ run_step e2e_tv "${GPU_CHECK_E2E_TIMEOUT:-100}" "$PY" bench/bench_e2e.py --devic
   --name e2e_cuda_torchvision --models torchvision:resnet18,torchvision:resnet34 --backends torch,triton \
   --batch 32 --timesteps 8 --reps 5 --no-breakdown
 
-# zoo models and the bf16-vs-fp32 accuracy check need Fashion-MNIST (SNNCONVERT_DATA_DIR or the Debian path)
+# zoo models and the bf16-vs-fp32 accuracy check need Fashion-MNIST (SNNCONVERT_DATA_DIR, the Debian path, or
+# data/fashion-mnist staged by `make gpu-data` and carried to the machine)
+if [ -z "${SNNCONVERT_DATA_DIR:-}" ] && [ -d "$REPO/data/fashion-mnist" ]; then
+  export SNNCONVERT_DATA_DIR="$REPO/data/fashion-mnist"
+fi
 if "$PY" -c "from snnconvert.runtime.data import find_fashion_mnist; find_fashion_mnist()" 2>/dev/null; then
   run_step e2e_zoo "${GPU_CHECK_E2E_TIMEOUT:-70}" "$PY" bench/bench_e2e.py --device cuda --out "$OUT/e2e" \
     --name e2e_cuda_zoo --backends torch,triton --batch 32,128 --timesteps 8 --no-breakdown

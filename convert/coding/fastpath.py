@@ -102,6 +102,18 @@ class FastBuffers:
         self.lim = new(plan.need_c and plan.half is None)
 
 
+def _level_chain(value: Tensor, plan: FastPlan, which: int, ind: Tensor, out: Tensor) -> Tensor:
+    """``out`` ← Σ_i δ_i·[value ≥ cut_i], smallest level first; ``which`` picks the cut in each term (1: κ_i,
+    3: λ_i). Each partial sum is exactly 0 or a level (module comment)."""
+    for j, term in enumerate(plan.terms):
+        torch.ge(value, term[which], out=ind)
+        if j == 0:
+            torch.mul(ind, term[0], out=out)
+        else:
+            out.addcmul_(ind, term[0])
+    return out
+
+
 def fast_fire(m: Tensor, c: Tensor | None, plan: FastPlan, out: Tensor, buf: FastBuffers) -> Tensor:
     """``out`` ← fire(m, C): bit-identical to :func:`mt_fire` / :func:`if_fire` when ``plan.exact``.
 
@@ -119,34 +131,15 @@ def fast_fire(m: Tensor, c: Tensor | None, plan: FastPlan, out: Tensor, buf: Fas
                 ind.mul_(buf.ind2)
             out.addcmul_(ind, theta, value=-1)  # one of the two terms is 0 (θ > 0) or both are (θ = 0)
     elif not plan.signed:  # MT, positive events only: Σ δ_i·[m ≥ κ_i]
-        for j, (delta, pos_cut, _, _) in enumerate(plan.terms):
-            torch.ge(m, pos_cut, out=ind)
-            if j == 0:
-                torch.mul(ind, delta, out=out)
-            else:
-                out.addcmul_(ind, delta)
-        return out
+        return _level_chain(m, plan, 1, ind, out)
     else:
         # MT, signed: one chain on |m| gives λ_p for m > 0 and, for m < 0, the level of the smallest i with
         # m ≤ −κ_i (|m| ≥ κ_i ⟺ m ≤ −κ_i there); the constraint C ≥ λ_i caps it: the smallest i passing both tests
         # is the larger index, i.e. the smaller level, min(mag, lim).
-        mag, a = buf.mag, buf.u
-        torch.abs(m, out=a)
-        for j, (delta, pos_cut, _, _) in enumerate(plan.terms):
-            torch.ge(a, pos_cut, out=ind)
-            if j == 0:
-                torch.mul(ind, delta, out=mag)
-            else:
-                mag.addcmul_(ind, delta)
+        mag = _level_chain(torch.abs(m, out=buf.u), plan, 1, ind, buf.mag)
         neg_level = mag
         if plan.need_c:
-            lim = buf.lim
-            for j, (delta, _, _, c_cut) in enumerate(plan.terms):
-                torch.ge(c, c_cut, out=ind)
-                if j == 0:
-                    torch.mul(ind, delta, out=lim)
-                else:
-                    lim.addcmul_(ind, delta)
+            lim = _level_chain(c, plan, 3, ind, buf.lim)
             neg_level = torch.minimum(mag, lim, out=lim)
         torch.gt(m, 0.0, out=ind)
         torch.mul(ind, mag, out=out)  # positive events (+0 elsewhere)

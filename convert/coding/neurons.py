@@ -48,6 +48,7 @@ __all__ = [
     "STEP_MODES",
     "mt_fire",
     "if_fire",
+    "check_levels",
     "if_rate_multistep_ref",
     "mt_rate_multistep_ref",
     "mt_diff_multistep_ref",
@@ -177,7 +178,8 @@ def _check_broadcast(name: str, t: Tensor, shape: torch.Size) -> None:
         )
 
 
-def _check_levels(kind: str, n_levels: int) -> None:
+def check_levels(kind: str, n_levels: int) -> None:
+    """``n_levels`` must be an int >= 1, and 1 for IF neurons (ConfigError otherwise)."""
     if not isinstance(n_levels, int) or isinstance(n_levels, bool) or n_levels < 1:
         raise ConfigError(f"n_levels must be an integer >= 1, got {n_levels!r}")
     if kind == "if" and n_levels != 1:
@@ -356,7 +358,7 @@ def mt_rate_multistep_ref(
     Raises:
         ConfigError: bad shapes, ``n_levels`` < 1 or a non-floating input.
     """
-    _check_levels("mt", n_levels)
+    check_levels("mt", n_levels)
     return _rate_multistep(
         x, threshold, kind="mt", n_levels=n_levels, signed=signed, relu_constrained=relu_constrained
     )
@@ -388,7 +390,7 @@ def mt_diff_multistep_ref(
     Raises:
         ConfigError: bad shapes, ``n_levels`` < 1 or a non-floating input.
     """
-    _check_levels("mt", n_levels)
+    check_levels("mt", n_levels)
     return _diff_multistep(x, threshold, bias, kind="mt", n_levels=n_levels, relu_constrained=relu_constrained)
 
 
@@ -469,7 +471,7 @@ class SpikingNeuron(StepModule):
             raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
         if coding not in CODINGS:
             raise ConfigError(f"coding must be one of {CODINGS}, got {coding!r}")
-        _check_levels(kind, n_levels)
+        check_levels(kind, n_levels)
         th = torch.as_tensor(threshold).detach().to(torch.float32)
         n_bad = int((~torch.isfinite(th)).sum())
         if n_bad:

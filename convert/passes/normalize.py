@@ -118,12 +118,9 @@ def decompose_bounded_relu(gm: fx.GraphModule, cfg, report: ConversionReport) ->
         inplace = node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False)
         inplace = inplace or (node.op == "call_function" and bool(_arg(node, 3 if node.target is F.hardtanh else 1,
                                                                          "inplace", False)))
-        later_users = []
-        if inplace and isinstance(source, fx.Node):
-            order = {n: i for i, n in enumerate(gm.graph.nodes)}
-            later_users = [u for u in source.users if u is not node and order[u] > order[node]]
+        later_users = _later_users(gm, node, source) if inplace else []
         base = node.name if node.op != "call_module" else node.name + "_act"
-        low_name, high_name = _unique_name(gm, base + "_lo"), None
+        low_name = _unique_name(gm, base + "_lo")
         gm.add_submodule(low_name, nn.ReLU())
         high_name = _unique_name(gm, base + "_hi")
         upper = nn.ReLU()
@@ -137,15 +134,34 @@ def decompose_bounded_relu(gm: fx.GraphModule, cfg, report: ConversionReport) ->
             high = gm.graph.call_module(high_name, (shifted,))
         with gm.graph.inserting_after(high):
             out = gm.graph.call_function(operator.sub, (low, high))
-        for new in (low, shifted, high, out):
+        for new in (low, shifted, high):
             new.meta = dict(node.meta)
-        node.replace_all_uses_with(out)
-        gm.graph.erase_node(node)
-        for user in later_users:
-            user.replace_input_with(source, out)
-        entry.counts[spelling] = entry.counts.get(spelling, 0) + 1
-        entry.nodes.append(out.name)
-        entry.modified = True
+        _replace_activation(gm, node, source, out, later_users, entry, spelling)
+    return _finish(gm, entry, report)
+
+
+def _later_users(gm: fx.GraphModule, node: fx.Node, source) -> list[fx.Node]:
+    """Users of ``source`` placed after the in-place op ``node``: they saw its result, not its input."""
+    if not isinstance(source, fx.Node):
+        return []
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    return [u for u in source.users if u is not node and order[u] > order[node]]
+
+
+def _replace_activation(gm: fx.GraphModule, node: fx.Node, source, new: fx.Node, later_users: list[fx.Node],
+                        entry: PassEntry, spelling: str) -> None:
+    """Route every use of ``node`` (and of an in-place op's input after it) to ``new``, drop ``node``, record it."""
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    for user in later_users:
+        user.replace_input_with(source, new)
+    entry.counts[spelling] = entry.counts.get(spelling, 0) + 1
+    entry.nodes.append(new.name)
+    entry.modified = True
+
+
+def _finish(gm: fx.GraphModule, entry: PassEntry, report: ConversionReport) -> PassResult:
     if entry.modified:
         gm.delete_all_unused_submodules()
         gm.recompile()
@@ -178,27 +194,13 @@ def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
         if spelling == "nn.ReLU":
             spelling = "nn.ReLU(shared)"
         source = node.args[0] if node.args else node.kwargs.get("input")
-        later_users = []
-        if spelling in _INPLACE_SPELLINGS and isinstance(source, fx.Node):
-            order = {n: i for i, n in enumerate(gm.graph.nodes)}  # users placed after the in-place op saw its result
-            later_users = [u for u in source.users if u is not node and order[u] > order[node]]
+        later_users = _later_users(gm, node, source) if spelling in _INPLACE_SPELLINGS else []
         name = _unique_name(gm, node.name if node.op != "call_module" else node.name + "_act")
         gm.add_submodule(name, nn.ReLU())
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(name, (source,))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        for user in later_users:
-            user.replace_input_with(source, new)
-        entry.counts[spelling] = entry.counts.get(spelling, 0) + 1
-        entry.nodes.append(new.name)
-        entry.modified = True
-    if entry.modified:
-        gm.delete_all_unused_submodules()
-        gm.recompile()
-    report.passes.append(entry)
-    return PassResult(gm, entry.modified)
+        _replace_activation(gm, node, source, new, later_users, entry, spelling)
+    return _finish(gm, entry, report)
 
 
 def _single_user_module_node(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -250,11 +252,7 @@ def fold_bn(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
         entry.counts[type(bn).__name__] = entry.counts.get(type(bn).__name__, 0) + 1
         entry.nodes.append(node.name)
         entry.modified = True
-    if entry.modified:
-        gm.delete_all_unused_submodules()
-        gm.recompile()
-    report.passes.append(entry)
-    return PassResult(gm, entry.modified)
+    return _finish(gm, entry, report)
 
 
 def drop_dropout_and_identity(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
@@ -275,11 +273,7 @@ def drop_dropout_and_identity(gm: fx.GraphModule, cfg, report: ConversionReport)
         entry.counts[kind] = entry.counts.get(kind, 0) + 1
         entry.nodes.append(node.name)
         entry.modified = True
-    if entry.modified:
-        gm.delete_all_unused_submodules()
-        gm.recompile()
-    report.passes.append(entry)
-    return PassResult(gm, entry.modified)
+    return _finish(gm, entry, report)
 
 
 def is_maxpool(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -47,6 +47,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.testing import do_bench
 
+from snnconvert.convert.coding.neurons import check_levels
 from snnconvert.convert.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -360,9 +361,15 @@ def _check_input(x: Tensor) -> None:
                           "use the torch reference (backend='torch') for other dtypes")
 
 
-def _check_levels(n_levels: int) -> None:
-    if not isinstance(n_levels, int) or isinstance(n_levels, bool) or n_levels < 1:
-        raise ConfigError(f"n_levels must be an integer >= 1, got {n_levels!r}")
+def _prepare_run(x: Tensor, threshold, kind: str, n_levels: int):
+    """Checks shared by both launchers; returns ``(x contiguous, T, S, N, (θ table, INNER, K))``."""
+    _check_input(x)
+    if kind not in ("if", "mt"):
+        raise ConfigError(f"kind must be 'if' or 'mt', got {kind!r}")
+    check_levels(kind, n_levels)  # the reference neurons' rule and message
+    x = x.contiguous()
+    step_shape = x.shape[1:]
+    return x, x.shape[0], step_shape, step_shape.numel(), _table("threshold", threshold, step_shape, x.device)
 
 
 def _table(name: str, value, step_shape: torch.Size, device: torch.device) -> tuple[Tensor, int, int]:
@@ -433,16 +440,7 @@ def rate_neuron_run(
     Raises:
         ConfigError: a bad kind, dtype, shape, ``n_levels`` or state.
     """
-    _check_input(x)
-    if kind not in ("if", "mt"):
-        raise ConfigError(f"kind must be 'if' or 'mt', got {kind!r}")
-    _check_levels(n_levels)
-    if kind == "if" and n_levels != 1:
-        raise ConfigError(f"n_levels must be 1 for kind='if', got {n_levels}; use kind='mt' for several levels")
-    x = x.contiguous()
-    T, step_shape = x.shape[0], x.shape[1:]
-    n = step_shape.numel()
-    th, th_inner, th_k = _table("threshold", threshold, step_shape, x.device)
+    x, T, step_shape, n, (th, th_inner, th_k) = _prepare_run(x, threshold, kind, n_levels)
     need_c = bool(signed and relu_constrained)
     out = torch.empty_like(x)
     if T == 0 or n == 0:  # nothing to launch; the state passes through unchanged
@@ -497,16 +495,7 @@ def diff_neuron_run(
     Raises:
         ConfigError: a bad kind, dtype, shape, ``n_levels`` or state.
     """
-    _check_input(x)
-    if kind not in ("if", "mt"):
-        raise ConfigError(f"kind must be 'if' or 'mt', got {kind!r}")
-    _check_levels(n_levels)
-    if kind == "if" and n_levels != 1:
-        raise ConfigError(f"n_levels must be 1 for kind='if', got {n_levels}; use kind='mt' for several levels")
-    x = x.contiguous()
-    T, step_shape = x.shape[0], x.shape[1:]
-    n = step_shape.numel()
-    th, th_inner, th_k = _table("threshold", threshold, step_shape, x.device)
+    x, T, step_shape, n, (th, th_inner, th_k) = _prepare_run(x, threshold, kind, n_levels)
     b, b_inner, b_k = _table("bias", 0.0 if bias is None else bias, step_shape, x.device)
     t0 = 0 if state is None else int(state.t)
     out = torch.empty_like(x)

@@ -565,12 +565,15 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(_INT_VIEW[t.dtype])
 
 
-def _fast_case(inputs: str, layout: str, T: int, g: torch.Generator):
+def _fast_case(inputs: str, layout: str, T: int, g: torch.Generator, silent: bool):
     """(threshold, per-sample shape, raw input [T, 6, *S] in fp32, bias [1, *S])."""
     B = 6
     dyadic = inputs == "dyadic"
-    # a zero (silent) channel; dyadic thresholds put the cut-offs 0.75·θ·2^-i on the 1/64 grid of the inputs
+    # ``silent``: a zero (silent) channel, which takes other code paths; dyadic thresholds put the cut-offs
+    # 0.75·θ·2^-i on the 1/64 grid of the inputs
     theta = torch.tensor([1.0, 0.0, 0.5, 2.0, 0.75] if dyadic else [0.9, 0.0, 0.35, 1.7, 0.123456789])
+    if not silent:
+        theta[1] = 0.25
     if layout == "conv-channel":
         per_sample, threshold = (5, 3, 4), theta.reshape(5, 1, 1)
     elif layout == "conv-neuron":
@@ -596,8 +599,8 @@ def _check_fast_path(kind, coding, n, signed, constrained, inputs, layout, dtype
     from snnconvert.convert.coding import fastpath as fastpath_module
 
     g = torch.Generator().manual_seed(17)
-    for T in (1, 3, 8):
-        threshold, per_sample, x, bias = _fast_case(inputs, layout, T, g)
+    for T, silent in ((1, True), (3, False), (8, True), (8, False)):
+        threshold, per_sample, x, bias = _fast_case(inputs, layout, T, g, silent)
         neuron = make_neuron(
             threshold, coding=coding, kind=kind, n_levels=n, signed=signed, relu_constrained=constrained
         ).to(device)

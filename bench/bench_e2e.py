@@ -220,7 +220,7 @@ def macs(module: nn.Module, out: torch.Tensor) -> int:
     return 0
 
 
-def breakdown(root: nn.Module, call: Callable[[], object], timer: Timer, images: int, reps: int) -> dict:
+def breakdown(root: nn.Module, call: Callable[[], object], timer: Timer, reps: int) -> dict:
     """Per-module time of ``call()`` (hooks on the leaf modules) in the run of median total time, grouped by
     category, plus the rest (time outside every hooked module)."""
     per_module: dict[str, list[float]] = defaultdict(list)
@@ -241,8 +241,9 @@ def breakdown(root: nn.Module, call: Callable[[], object], timer: Timer, images:
             per_module[name].append(elapsed)
             if name not in info and isinstance(out, torch.Tensor):
                 x = args[0] if args and isinstance(args[0], torch.Tensor) else out
+                # per sample (one image at one step): the SNN's static-prefix layers see B rows, the rest T·B
                 info[name] = {"category": category(module), "type": type(module).__name__,
-                              "elements_per_image": x.numel() // images, "macs_per_image": macs(module, out) // images}
+                              "elements_per_image": x[0].numel(), "macs_per_image": macs(module, out) // out.shape[0]}
         return hook
 
     for name, module in leaf_modules(root):
@@ -368,8 +369,8 @@ def measure(row, model, fused, snn, pool, T, B, device, dtype, timer, args) -> d
         with torch.no_grad():
             row["ref_bit_identical"] = bool(torch.equal(snn(x_snn, T), snn_ref(x_snn, T)))
     if args.breakdown:
-        row["breakdown_snn"] = breakdown(snn, fns["snn"], timer, T * B, args.breakdown_reps)
-        row["breakdown_ann"] = breakdown(ann, fns["ann"], timer, T * B, args.breakdown_reps)
+        row["breakdown_snn"] = breakdown(snn, fns["snn"], timer, args.breakdown_reps)
+        row["breakdown_ann"] = breakdown(ann, fns["ann"], timer, args.breakdown_reps)
     print("  " + summary_line(row), flush=True)
     return row
 

@@ -4,7 +4,8 @@ Execution modes (identical results, tested):
 
 - multi-step (default): the encoded input ``[T, B, ...]`` is folded to ``[T*B, ...]`` and goes layer by layer
   through the graph; every stateless layer sees one big batch, every neuron unfolds it to ``[T, B, ...]`` and runs
-  its T-step loop;
+  its T-step loop. The stateless layers in front of the first stateful unit see a static input pattern and run on
+  ``[B, ...]`` only (``static_prefix.py``; ``elide_static_prefix = False`` turns this off);
 - single-step (streaming): one step at a time through the whole graph, neurons keep their state between calls
   (call :meth:`SpikingNetwork.reset` between samples). Memory is bounded by one step.
 """
@@ -17,6 +18,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.static_prefix import INPUT_PATTERNS, PrefixPhase, StaticPrefix, build_static_prefix
 
 STEP_MODES = ("multi", "single")
 
@@ -48,6 +50,9 @@ class SpikingNetwork(nn.Module):
         self.capturing = False  # True during the zero-input capture pass (counters skip it)
         self.capture_cache_key: tuple | None = None
         self.output_offset: torch.Tensor | None = None
+        self.elide_static_prefix = True
+        self.prefix_phase: PrefixPhase | None = None  # set while a static-prefix layer runs (for the counters)
+        self._prefix_cache: tuple[tuple, StaticPrefix | None] | None = None
 
     def neurons(self) -> Iterator[tuple[str, nn.Module]]:
         """``(site name, neuron)`` pairs in graph order."""
@@ -95,6 +100,16 @@ class SpikingNetwork(nn.Module):
         """Forget cached offsets (call after changing weights or thresholds)."""
         self.capture_cache_key = None
         self.output_offset = None
+        self._prefix_cache = None
+
+    def static_prefix(self) -> StaticPrefix | None:
+        """The graph's static input prefix and the rest of the graph (cached; rebuilt when the graph or a module
+        changes), or None when no layer precedes the first stateful unit."""
+        key = (self.gm.code, tuple((id(m), m.training) for m in self.gm.modules()))
+        if self._prefix_cache is None or self._prefix_cache[0] != key:
+            stateful = {name for name, _ in self.stateful()}
+            self._prefix_cache = (key, build_static_prefix(self.gm, stateful))
+        return self._prefix_cache[1]
 
     def raw(self, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:
         """Encode ``x``, run T steps and return the RAW per-step outputs ``[T, B, ...]`` (not decoded)."""
@@ -105,11 +120,16 @@ class SpikingNetwork(nn.Module):
             raise ConfigError(f"timesteps must be a positive integer, got {T}")
         x = x.float()
         self.coding.prepare(self, x)
-        seq = self.coding.encode(x, T)
         if mode == "multi":
             self.set_step_mode("m", T)
-            out = self.gm(seq.reshape(T * x.shape[0], *x.shape[1:]))
+            pattern = getattr(self.coding, "input_pattern", None)
+            prefix = self.static_prefix() if self.elide_static_prefix and T > 1 and pattern in INPUT_PATTERNS else None
+            if prefix is not None:
+                out = prefix(self, x, T, pattern)
+            else:
+                out = self.gm(self.coding.encode(x, T).reshape(T * x.shape[0], *x.shape[1:]))
             return out.reshape(T, x.shape[0], *out.shape[1:])
+        seq = self.coding.encode(x, T)
         self.set_step_mode("s")
         self.reset()
         try:

@@ -130,7 +130,15 @@ class SynapticOpCounter:
             if name not in self.counts.tot:
                 self.counts.tot[name] = float(_fanout_count(module, torch.ones_like(mask[:1]))[0])
             per_sample = _fanout_count(module, mask)
-            if self.snn.step_mode == "m":
+            prefix = self.snn.prefix_phase
+            if prefix is not None:  # a static-prefix layer (convert/static_prefix.py) in multi-step mode
+                if prefix.phase == "rest":  # the one-sample input of steps 2..T, for each of the B images
+                    sop[1:] += float(per_sample.sum()) * prefix.batch
+                elif prefix.pattern == "once":  # the B images' step 1
+                    sop[0] += float(per_sample.sum())
+                else:  # the same input at every step
+                    sop += float(per_sample.sum())
+            elif self.snn.step_mode == "m":
                 sop += per_sample.view(T, -1).sum(1).cpu()
             else:
                 t = self._step.get(name, 0)

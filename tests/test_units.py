@@ -54,3 +54,36 @@ def test_only_spike_fed_maxpools_become_units():
     assert len(units) == 1 and len(plain) == 1
     assert plain[0].args[0].target == "conv1"  # the first pool reads the analog input layer
     assert res.snn.unit_names == sorted(units)
+
+
+class _FunctionalPools(nn.Module):
+    """Functional max-pools behind neurons, with positional and keyword pool arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        y = torch.relu(nn.functional.max_pool2d(self.conv2(y), 2))  # kernel size positional
+        return nn.functional.max_pool2d(y, kernel_size=3, stride=2, padding=1).flatten(1)
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_functional_maxpool_units_bind_their_arguments(coding):
+    from snnconvert.convert import ConversionConfig
+
+    torch.manual_seed(1)
+    model = _FunctionalPools().eval()
+    x = torch.rand(6, 1, 12, 12)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, threshold="max"))
+    units = [m for _, m in res.snn.stateful() if isinstance(m, GradedUnit)]
+    assert len(units) == 2
+    probe = torch.randn(2, 4, 12, 12)
+    assert torch.equal(units[0].f(probe), nn.functional.max_pool2d(probe, 2))
+    assert torch.equal(units[1].f(probe), nn.functional.max_pool2d(probe, 3, 2, 1))
+    with torch.no_grad():
+        out = res.snn(x, 16)
+    assert out.shape == (16, 6, 4 * 3 * 3)
+    torch.testing.assert_close(out[-1], model(x), rtol=0.1, atol=0.1)

@@ -19,6 +19,7 @@ class DiffCoding:
     """Differential coding with multi-threshold (or IF) differential neurons, ReLU-constrained."""
 
     name = "differential"
+    input_pattern = "once"  # how encode() looks over time (static_prefix.py)
 
     def encode(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
         """``[B, ...] -> [T, B, ...]``: ``x`` at step 1, zeros afterwards."""

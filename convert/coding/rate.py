@@ -11,6 +11,7 @@ class RateCoding:
     """Direct (analog) input at every step, IF or MT neurons with soft reset, mean decoding (method.md §2.1, §4)."""
 
     name = "rate"
+    input_pattern = "repeat"  # how encode() looks over time (static_prefix.py)
 
     def encode(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
         """``[B, ...] -> [T, B, ...]``: the same analog input at every step."""

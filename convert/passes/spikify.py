@@ -1,8 +1,6 @@
 """Replace every canonical ReLU by the coding's spiking neuron and wrap the graph as a :class:`SpikingNetwork`."""
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.fx as fx
 
@@ -48,6 +46,20 @@ def replace_activations(
     return SpikingNetwork(gm, coding, cfg.timesteps, names, units)
 
 
+
+class _BoundPool:
+    """A functional max-pool with its non-input arguments bound: ``f(x) = target(x, *args, **kwargs)``
+    (``functools.partial`` would put the bound positional arguments before ``x``)."""
+
+    def __init__(self, target, args: tuple, kwargs: dict) -> None:
+        self.target, self.args, self.kwargs = target, tuple(args), dict(kwargs)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.target(x, *self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"{getattr(self.target, '__name__', self.target)}(x, *{self.args}, **{self.kwargs})"
+
 def wrap_maxpools(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionConfig, entry: PassEntry) -> list[str]:
     """Turn every max-pool downstream of a neuron into a :class:`GradedUnit` (exact max-pool of the decoded input).
 
@@ -73,7 +85,7 @@ def wrap_maxpools(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionC
             f = gm.get_submodule(node.target)
         else:
             name = f"{node.name}_unit"
-            f = functools.partial(node.target, *node.args[1:], **node.kwargs)
+            f = _BoundPool(node.target, node.args[1:], node.kwargs)
         gm.add_submodule(name, GradedUnit(f, coding=cfg.coding))
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(name, (node.args[0],))

@@ -60,7 +60,7 @@ from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.errors import BackendUnavailableError
 
-DEFAULT_MODELS = "fmnist-vgg,fmnist-resnet"
+DEFAULT_MODELS = "fmnist-vgg,fmnist-resnet,fmnist-mobilenet"
 TORCHVISION_PREFIX = "torchvision:"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

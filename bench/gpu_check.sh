@@ -102,7 +102,8 @@ if [ -z "${SNNCONVERT_DATA_DIR:-}" ] && [ -d "$REPO/data/fashion-mnist" ]; then
 fi
 if "$PY" -c "from snnconvert.runtime.data import find_fashion_mnist; find_fashion_mnist()" 2>/dev/null; then
   run_step e2e_zoo "${GPU_CHECK_E2E_TIMEOUT:-70}" "$PY" bench/bench_e2e.py --device cuda --out "$OUT/e2e" \
-    --name e2e_cuda_zoo --backends torch,triton --batch 32,128 --timesteps 8 --no-breakdown
+    --name e2e_cuda_zoo --models fmnist-vgg,fmnist-resnet --backends torch,triton --batch 32,128 --timesteps 8 \
+    --no-breakdown
   for dt in float32 bfloat16; do
     run_step "acc_$dt" "${GPU_CHECK_ACC_TIMEOUT:-60}" "$PY" -m snnconvert.cli.main fmnist-vgg --coding differential -T 8 \
       --backend triton --device cuda --dtype "$dt" --batch-size 512 --report "$OUT/acc_vgg_diff_T8_$dt.json"

@@ -74,6 +74,15 @@ def test_percentile_needs_the_same_data_each_pass():
         obs.next_phase()
 
 
+def test_percentile_detects_other_data_with_the_same_count():
+    obs = PercentileObserver("layer", 99.0, bins=16)
+    x = torch.rand(40, 3)
+    _feed(obs, [x], passes=2)
+    obs(torch.zeros(40, 3))  # same count, other values (e.g. a random augmentation in forward_loop)
+    with pytest.raises(CalibrationError, match="different values.*same data in every pass"):
+        obs.next_phase()
+
+
 def test_moments_pooled_exactly_any_batching():
     data = torch.cat(_relu_data(6, 10)) - 1.0
     ref = _per_channel([data])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import operator
 
 import pytest
 import torch
@@ -130,6 +131,10 @@ def test_decompose_bounded_relu_every_spelling():
     assert table["ReLU"] == 16 and "ReLU6" not in table and "Hardtanh" not in table and "clamp" not in table
     relus = [n for n in gm.graph.nodes if is_canonical_relu(gm, n)]
     assert len(relus) == 16 and sum(getattr(gm.get_submodule(n.target), UPPER_CLIP_ATTR, False) for n in relus) == 8
+    for high in (n for n in relus if getattr(gm.get_submodule(n.target), UPPER_CLIP_ATTR, False)):
+        shifted = high.args[0]  # relu_hi(relu_lo(x) - a): the upper site reads the lower site's output
+        assert shifted.target is operator.sub and is_canonical_relu(gm, shifted.args[0])
+        assert not getattr(gm.get_submodule(shifted.args[0].target), UPPER_CLIP_ATTR, False)
     x = _x() * 3
     torch.testing.assert_close(gm(x), model(x), **TOL)
     assert not _rerun(decompose_bounded_relu, gm)
@@ -170,6 +175,41 @@ def test_relu6_network_converts_and_clips(coding):
         out, ref = res.snn(x)[-1], model(x)
     assert float(ref.max()) == 6.0
     assert (out - ref).abs().max() < 0.25, (out - ref).abs().max()
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_relu6_with_threshold_below_the_ceiling_clips_once(coding):
+    """Rate coding with θ_lo = 3 < 6, θ_hi = 2: the lower neuron saturates at 3 and the output is min(x, 3), never
+    less: the upper neuron reads the lower neuron's output, so it stays silent (relu(x) − relu(x − 6) would give
+    3 − 2 = 1 for x = 12). Differential coding (no saturation at θ): min(x, 6) with θ_lo = 8, θ_hi = 4."""
+    from snnconvert.convert import ConversionConfig, convert_with_thresholds
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(1, 8)
+            with torch.no_grad():
+                self.fc.weight.copy_(torch.tensor([-1.0, 0.5, 1.0, 2.0, 5.0, 7.0, 9.0, 12.0]).view(8, 1))
+                self.fc.bias.zero_()
+
+        def forward(self, x):
+            return F.relu6(self.fc(x))
+
+    model = Net().eval()
+    T = 32
+    cfg = ConversionConfig.for_coding(coding, timesteps=T, granularity="layer")
+    low, high = (3.0, 2.0) if coding == "rate" else (8.0, 4.0)
+    thresholds = {"relu6_lo": torch.tensor(low), "relu6_hi": torch.tensor(high)}
+    snn, _ = convert_with_thresholds(model, thresholds, cfg)
+    assert {name for name, _ in snn.neurons()} == set(thresholds)
+    pre = model.fc(torch.ones(1, 1)).detach()
+    with torch.no_grad():
+        out = snn(torch.ones(1, 1), T)
+    assert float(out.min()) >= 0
+    if coding == "rate":  # saturates at θ_lo = 3; below it, the rate bound θ/(2T)
+        torch.testing.assert_close(out[-1], pre.clamp(0, 3.0), rtol=0, atol=3.0 / (2 * T) + 1e-6)
+    else:  # the upper neuron follows a time-varying input here, so a looser bound than the static one
+        torch.testing.assert_close(out[-1], pre.clamp(0, 6.0), rtol=0, atol=0.05)
 
 
 def test_fold_bn_structure_numerics_idempotence():

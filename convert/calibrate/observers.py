@@ -178,9 +178,15 @@ class PercentileObserver(ActivationObserver):
         if self.phase == 2:
             low, high, frac = self._ranks
             out = torch.empty(len(self.selected), dtype=torch.float64)
+            lo_bin, hi_bin = self._bin_range
             for c, chunks in enumerate(self.selected):
                 values = torch.cat(chunks).sort().values
                 n_min = self.n_at_min[c]
+                if values.numel() + n_min != int(self.hist[c, int(lo_bin[c]):int(hi_bin[c]) + 1].sum()):
+                    raise CalibrationError(
+                        "forward_loop fed different values in the percentile passes (same count, other data: "
+                        "random augmentation or sampling?); percentile calibration needs the same data in every "
+                        "pass (a deterministic forward_loop)")
                 a, b = (self.lo[c] if r < n_min else values[r - n_min] for r in (int(low[c]), int(high[c])))
                 out[c] = a + (b - a) * frac
             self.result = out

@@ -99,14 +99,18 @@ def bounded_relu_ceiling(gm: fx.GraphModule, node: fx.Node) -> tuple[str, float]
 
 def decompose_bounded_relu(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
     """Rewrite every bounded ReLU ``min(max(x, 0), a)`` (ReLU6, Hardtanh(0, a), clamp(0, a)) as
-    ``relu(x) − relu(x − a)``: two canonical ReLU sites joined by affine ops, exact for every x.
+    ``r − relu(r − a)`` with ``r = relu(x)``: two canonical ReLU sites joined by affine ops, exact for every x.
 
-    Each ReLU becomes its own spiking neuron with its own threshold; the second one fires only where x exceeds a,
+    Each ReLU becomes its own spiking neuron with its own threshold; the second one fires only where r exceeds a,
     so it is mostly silent (its module carries ``snnconvert_upper_clip = True`` so calibration does not warn about
-    its silent channels). In-place variants (``nn.ReLU6(inplace=True)``) are handled like in-place ReLUs.
+    its silent channels). The upper neuron reads the lower neuron's output, not x: in the SNN the lower neuron
+    saturates (at θ in rate coding, near θ·H_t in differential coding), and ``relu(x) − relu(x − a)`` would then
+    subtract the excess over a a second time (for x > a > θ it gives θ − (x − a) instead of min(θ, a)), while
+    ``r − relu(r − a)`` is min(r, a) for whatever r the lower neuron delivers. In-place variants
+    (``nn.ReLU6(inplace=True)``) are handled like in-place ReLUs.
 
     Before: ``y = relu6(conv(x))``
-    After:  ``y = relu6_lo(conv(x)) - relu6_hi(conv(x) - 6.0)``
+    After:  ``r = relu6_lo(conv(x)); y = r - relu6_hi(r - 6.0)``
     """
     entry = PassEntry(name="decompose_bounded_relu", modified=False)
     for node in list(gm.graph.nodes):
@@ -129,7 +133,7 @@ def decompose_bounded_relu(gm: fx.GraphModule, cfg, report: ConversionReport) ->
         with gm.graph.inserting_after(node):
             low = gm.graph.call_module(low_name, (source,))
         with gm.graph.inserting_after(low):
-            shifted = gm.graph.call_function(operator.sub, (source, ceiling))
+            shifted = gm.graph.call_function(operator.sub, (low, ceiling))
         with gm.graph.inserting_after(shifted):
             high = gm.graph.call_module(high_name, (shifted,))
         with gm.graph.inserting_after(high):

@@ -46,7 +46,6 @@ def replace_activations(
     return SpikingNetwork(gm, coding, cfg.timesteps, names, units)
 
 
-
 class _BoundPool:
     """A functional max-pool with its non-input arguments bound: ``f(x) = target(x, *args, **kwargs)``
     (``functools.partial`` would put the bound positional arguments before ``x``)."""
@@ -59,6 +58,7 @@ class _BoundPool:
 
     def __repr__(self) -> str:
         return f"{getattr(self.target, '__name__', self.target)}(x, *{self.args}, **{self.kwargs})"
+
 
 def wrap_maxpools(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionConfig, entry: PassEntry) -> list[str]:
     """Turn every max-pool downstream of a neuron into a :class:`GradedUnit` (exact max-pool of the decoded input).

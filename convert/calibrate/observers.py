@@ -11,6 +11,8 @@ Statistics are exact over all calibration batches and independent of batch size 
   activations (it has an input-size limit).
 
 A *group* is the whole tensor (``granularity="layer"``) or one channel, dim 1 (``granularity="channel"``).
+Activations are reduced where they are (CPU or GPU); the per-batch results (a few numbers per group, and the few
+values kept by the percentile's last pass) are accumulated on the CPU, so thresholds are fitted there.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ class MaxObserver(ActivationObserver):
 
     def observe(self, g: torch.Tensor) -> None:
         self._check_groups(g, self.max)
-        m = g.float().amax(dim=1)
+        m = g.float().amax(dim=1).cpu()
         self.max = m if self.max is None else torch.maximum(self.max, m)
         self.count += g.shape[1]
 
@@ -83,7 +85,8 @@ class MomentObserver(ActivationObserver):
             self.nonfinite += int((~finite).sum())
         n_b = g.shape[1]
         mean_b = g.mean(dim=1)
-        m2_b = ((g - mean_b[:, None]) ** 2).sum(dim=1)
+        m2_b = ((g - mean_b[:, None]) ** 2).sum(dim=1).cpu()
+        mean_b = mean_b.cpu()
         if self.mean is None:
             self.mean, self.m2, self.count = mean_b, m2_b, n_b
             return
@@ -123,14 +126,15 @@ class PercentileObserver(ActivationObserver):
         self._ranks: torch.Tensor | None = None
 
     def _bin(self, g: torch.Tensor) -> torch.Tensor:
-        width = (self.hi - self.lo).clamp_min(torch.finfo(torch.float64).tiny)
-        idx = ((g.double() - self.lo[:, None]) / width[:, None] * self.bins).floor().long()
+        lo, hi = self.lo.to(g.device), self.hi.to(g.device)
+        width = (hi - lo).clamp_min(torch.finfo(torch.float64).tiny)
+        idx = ((g.double() - lo[:, None]) / width[:, None] * self.bins).floor().long()
         return idx.clamp_(0, self.bins - 1)
 
     def observe(self, g: torch.Tensor) -> None:
         if self.phase == 0:
             self._check_groups(g, self.lo)
-            lo, hi = g.double().amin(dim=1), g.double().amax(dim=1)
+            lo, hi = g.double().amin(dim=1).cpu(), g.double().amax(dim=1).cpu()
             self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
             self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
             self.count += g.shape[1]
@@ -138,14 +142,14 @@ class PercentileObserver(ActivationObserver):
         self.seen += g.shape[1]
         idx = self._bin(g)
         if self.phase == 1:
-            offsets = torch.arange(g.shape[0]).unsqueeze(1) * self.bins
+            offsets = torch.arange(g.shape[0], device=g.device).unsqueeze(1) * self.bins
             self.hist += torch.bincount((idx + offsets).reshape(-1), minlength=g.shape[0] * self.bins).view(
-                g.shape[0], self.bins)
+                g.shape[0], self.bins).cpu()
         else:
             lo_bin, hi_bin = self._bin_range
             for c in range(g.shape[0]):
-                mask = (idx[c] >= lo_bin[c]) & (idx[c] <= hi_bin[c])
-                values = g[c][mask].double()
+                mask = (idx[c] >= int(lo_bin[c])) & (idx[c] <= int(hi_bin[c]))
+                values = g[c][mask].double().cpu()
                 at_min = values == self.lo[c]  # e.g. the zeros of a ReLU output: counted, not stored
                 self.n_at_min[c] += int(at_min.sum())
                 self.selected[c].append(values[~at_min])

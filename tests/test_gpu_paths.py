@@ -1,0 +1,68 @@
+"""Library paths on a CUDA device (skipped without one; bench/gpu_check.sh runs them): calibration observers on
+device tensors, evaluation counters, the static prefix. Each is compared with the same run on the CPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from snnconvert.convert import ConversionConfig, convert
+from snnconvert.runtime import evaluate
+
+pytestmark = pytest.mark.gpu
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 7 * 7, 5)
+
+    def forward(self, x):
+        y = F.relu(F.max_pool2d(self.stem(x), 2))
+        y = F.relu(F.max_pool2d(self.conv(y), 2))
+        return self.fc(y.flatten(1))
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(24, 1, 28, 28, generator=g), torch.randint(0, 5, (24,), generator=g)
+
+
+@pytest.mark.parametrize("threshold", ["max", "99.9%", "iterate"])
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_calibration_and_evaluation_on_cuda_match_cpu(threshold, coding):
+    torch.manual_seed(0)
+    model = _Net().eval()
+    x, y = _data()
+    cfg = ConversionConfig.for_coding(coding, timesteps=4, threshold=threshold)
+    results = {}
+    for device in ("cpu", "cuda"):
+        m = model.to(device)
+        res = convert(m, forward_loop=[x.to(device)], config=cfg)
+        thresholds = {name: n.threshold.detach().cpu() for name, n in res.snn.neurons()}
+        report = evaluate(res.snn, [(x, y)], ann=m, device=device)
+        results[device] = (thresholds, report)
+    for name, theta in results["cpu"][0].items():
+        torch.testing.assert_close(results["cuda"][0][name], theta, rtol=1e-4, atol=1e-6)
+    cpu, gpu = results["cpu"][1], results["cuda"][1]
+    assert gpu.images == cpu.images == 24
+    assert len(gpu.events_per_step) == 4 and all(e >= 0 for e in gpu.events_per_step)
+    assert gpu.ops["energy_ratio_reference"] and len(gpu.ops["sop_per_step"]) == 4
+    assert abs(sum(gpu.events_per_step) - sum(cpu.events_per_step)) <= 0.02 * sum(cpu.events_per_step) + 1
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_static_prefix_on_cuda_is_bit_identical(coding):
+    torch.manual_seed(1)
+    model = _Net().eval().cuda()
+    x, _ = _data()
+    res = convert(model, forward_loop=[x.cuda()], config=ConversionConfig.for_coding(coding, timesteps=5))
+    assert res.snn.static_prefix() is not None
+    with torch.no_grad():
+        elided = res.snn(x.cuda(), 5)
+        res.snn.elide_static_prefix = False
+        full = res.snn(x.cuda(), 5)
+    assert torch.equal(elided, full)

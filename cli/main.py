@@ -166,11 +166,13 @@ def _run(o: RunOptions) -> None:
                 gm(prep(x))
                 bar.advance(calib_task, len(x))
 
-        result = convert(resolved.model, forward_loop=forward_loop, config=cfg, source=resolved.source,
+        # an ONNX file is imported once: the imported graph is the ANN to compare against and what convert()
+        # traces (a deep copy; node names, hence threshold keys, are the importer's either way)
+        ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
+        result = convert(ann, forward_loop=forward_loop, config=cfg, source=resolved.source,
                          example_inputs=prep(calib_set.example(2)))
         bar.remove_task(calib_task)
         snn = compile(result.snn, o.backend, device=o.device, dtype=dtype)
-        ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
         _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name)
         eval_task = bar.add_task(f"evaluation (T={cfg.timesteps})", total=len(eval_set))
         batches = ((prep(x), y) for x, y in eval_set.batches(o.batch_size))

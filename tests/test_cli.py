@@ -114,3 +114,22 @@ def test_failed_run_leaves_no_report(tmp_path):
                   "--calib-images", 8, "--eval-images", 8, "--report", report)
     assert result.exit_code == 1
     assert not report.exists() and not list(tmp_path.iterdir())
+
+
+def test_onnx_model_converts_saves_and_reloads(tmp_path):
+    """An .onnx file (imported once by the CLI, also the ANN it compares against) converts, and the saved artifact
+    rebuilds from its ONNX copy with the same thresholds (threshold keys are the importer's node names)."""
+    from snnconvert.runtime import load
+
+    onnx_path = Path(__file__).resolve().parents[1] / "models_zoo" / "weights" / "fmnist-resnet.onnx"
+    report, output = tmp_path / "report.json", tmp_path / "snn"
+    result = _run(str(onnx_path), "--coding", "differential", "--calib-images", 64, "--eval-images", 32, "-T", 2,
+                  "--report", report, "--output", output)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert doc["ann_accuracy"] > 0.5 and len(doc["snn_accuracy"]) == 2
+    snn = load(output)
+    saved = torch.load(output / "thresholds.pt")
+    assert {name for name, _ in snn.neurons()} == set(saved)
+    for name, neuron in snn.neurons():
+        torch.testing.assert_close(neuron.threshold, saved[name], rtol=0, atol=0)

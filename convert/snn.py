@@ -7,7 +7,8 @@ Execution modes (identical results, tested):
   its T-step loop. The stateless layers in front of the first stateful unit see a static input pattern and run on
   ``[B, ...]`` only (``static_prefix.py``; ``elide_static_prefix = False`` turns this off);
 - single-step (streaming): one step at a time through the whole graph, neurons keep their state between calls
-  (call :meth:`SpikingNetwork.reset` between samples). Memory is bounded by one step.
+  (call :meth:`SpikingNetwork.reset` between samples). Memory is bounded by one step. The static prefix runs
+  once (plus once on the zero sample in differential coding), not at every step.
 """
 from __future__ import annotations
 
@@ -120,19 +121,21 @@ class SpikingNetwork(nn.Module):
             raise ConfigError(f"timesteps must be a positive integer, got {T}")
         x = x.float()
         self.coding.prepare(self, x)
+        pattern = getattr(self.coding, "input_pattern", None)
+        prefix = self.static_prefix() if self.elide_static_prefix and T > 1 and pattern in INPUT_PATTERNS else None
         if mode == "multi":
             self.set_step_mode("m", T)
-            pattern = getattr(self.coding, "input_pattern", None)
-            prefix = self.static_prefix() if self.elide_static_prefix and T > 1 and pattern in INPUT_PATTERNS else None
             if prefix is not None:
                 out = prefix(self, x, T, pattern)
             else:
                 out = self.gm(self.coding.encode(x, T).reshape(T * x.shape[0], *x.shape[1:]))
             return out.reshape(T, x.shape[0], *out.shape[1:])
-        seq = self.coding.encode(x, T)
         self.set_step_mode("s")
         self.reset()
         try:
+            if prefix is not None:
+                return torch.stack(prefix.stream(self, x, T, pattern))
+            seq = self.coding.encode(x, T)
             return torch.stack([self.gm(seq[t]) for t in range(T)])
         finally:
             self.reset()

@@ -6,8 +6,9 @@ afterwards. Every layer that depends only on the network input through per-sampl
 convolution, a max-pool moved in front of the first neuron, input normalisation, precision casts) therefore sees
 at most two distinct per-sample inputs. :class:`StaticPrefix` runs those layers on ``x`` (``[B, ...]``) and, for
 differential coding, on one all-zero sample, and expands the results to ``[T*B, ...]`` where the rest of the graph
-takes them over. The values are the ones the full run computes (the zero sample's layers see exactly zeros, so
-their outputs are bias maps, exact at any batch size); only the repeated work goes.
+takes them over (:meth:`StaticPrefix.stream` does the same step by step in single-step mode). The values are the
+ones the full run computes (the zero sample's layers see exactly zeros, so their outputs are bias maps, exact at
+any batch size); only the repeated work goes.
 
 Synaptic-operation counters see each prefix layer call with ``snn.prefix_phase`` set to a :class:`PrefixPhase`:
 ``"first"`` for the ``[B, ...]`` call (step 1 in differential coding, every step in rate coding) and ``"rest"`` for
@@ -120,6 +121,22 @@ class StaticPrefix:
         else:
             inputs = [f.unsqueeze(0).expand(T, *f.shape).reshape(T * B, *f.shape[1:]) for f in first]
         return self.main(*inputs)
+
+
+    def stream(self, snn, x: torch.Tensor, timesteps: int, pattern: str) -> list[torch.Tensor]:
+        """Single-step mode: the graph's raw output at each of the T steps (the stateful units must be in step
+        mode "s" and reset); the prefix runs once on ``x`` and, for ``"once"``, once on the zero sample."""
+        B = x.shape[0]
+        first = self._run(snn, x, PrefixPhase("first", pattern, B))
+        outs = [self.main(*first)]
+        if timesteps > 1:
+            if pattern == "once":
+                rest = self._run(snn, x.new_zeros((1, *x.shape[1:])), PrefixPhase("rest", pattern, B))
+                later = [r.expand(B, *r.shape[1:]).contiguous() for r in rest]
+            else:
+                later = first
+            outs += [self.main(*later) for _ in range(timesteps - 1)]
+        return outs
 
 
 def _fetch(gm: fx.GraphModule, node: fx.Node):

@@ -122,7 +122,6 @@ class StaticPrefix:
             inputs = [f.unsqueeze(0).expand(T, *f.shape).reshape(T * B, *f.shape[1:]) for f in first]
         return self.main(*inputs)
 
-
     def stream(self, snn, x: torch.Tensor, timesteps: int, pattern: str) -> list[torch.Tensor]:
         """Single-step mode: the graph's raw output at each of the T steps (the stateful units must be in step
         mode "s" and reset); the prefix runs once on ``x`` and, for ``"once"``, once on the zero sample."""

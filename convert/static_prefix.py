@@ -92,14 +92,15 @@ class StaticPrefix:
 
     def _run(self, snn, x: torch.Tensor, phase: PrefixPhase) -> list[torch.Tensor]:
         gm = snn.gm
-        env: dict[fx.Node, object] = {}
-        placeholder = self.nodes[0]
-        env[placeholder] = x
+        env: dict[fx.Node, object] = {self.nodes[0]: x}
+
+        def value(n: fx.Node):  # a prefix node's value or a constant (get_attr)
+            return env[n] if n in env else operator.attrgetter(n.target)(gm)
+
         snn.prefix_phase = phase
         try:
             for node in self.nodes[1:]:
-                args = fx.node.map_arg(node.args, lambda n: env[n] if n in env else _fetch(gm, n))
-                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n] if n in env else _fetch(gm, n))
+                args, kwargs = fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value)
                 if node.op == "call_module":
                     env[node] = gm.get_submodule(node.target)(*args, **kwargs)
                 elif node.op == "call_function":
@@ -136,15 +137,6 @@ class StaticPrefix:
                 later = first
             outs += [self.main(*later) for _ in range(timesteps - 1)]
         return outs
-
-
-def _fetch(gm: fx.GraphModule, node: fx.Node):
-    if node.op != "get_attr":  # pragma: no cover - prefix inputs are prefix nodes or constants by construction
-        raise RuntimeError(f"static prefix: unexpected input node {node.name}")
-    value = gm
-    for part in node.target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def build_static_prefix(gm: fx.GraphModule, stateful: set[str]) -> StaticPrefix | None:

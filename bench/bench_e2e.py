@@ -8,6 +8,8 @@ then times, interleaved and after warm-ups, under ``torch.no_grad``:
   stricter baseline (the SNN's convolutions are folded too);
 - ``snn``: ``snn(x, T)`` on a batch of B images (encode, T steps layer by layer over ``[T·B]`` batches, decode);
 - ``snn_single`` (``--single``): the same in single-step (streaming) mode;
+- ``snn_torch`` (kernel backends only): the torch-backend SNN in the same interleave, for the speed-up of the
+  kernel backend over the torch reference runtime, plus a check that both give bit-identical outputs;
 - ``snn_ref`` (``--reference``): the same SNN with the readable reference loops of the neurons and graded units
   (``fast_path = False``: the code before the fast paths), plus a check that both give bit-identical outputs.
 
@@ -316,8 +318,11 @@ def run(args) -> dict:
                 snn, cfg, conv_s = convert_model(model, calib, coding, T, args)
                 print(f"[{spec} {coding} T={T}] converted in {conv_s:.1f} s ({cfg.neuron}, {cfg.threshold})",
                       flush=True)
+                torch_snn = None  # the torch backend, timed next to every kernel backend (same interleave)
                 for backend in args.backends:
                     compiled, note = compile_snn(snn, backend, device, dtype)
+                    if backend != "torch" and compiled is not None and torch_snn is None:
+                        torch_snn = compile_snn(snn, "torch", device, dtype)[0]
                     for B in args.batch:
                         row = {"model": spec, "coding": coding, "neuron": cfg.neuron, "levels": cfg.levels,
                                "threshold": str(cfg.threshold), "T": T, "B": B, "backend": backend,
@@ -328,7 +333,8 @@ def run(args) -> dict:
                             print(f"  {backend} B={B}: {note}", flush=True)
                             rows.append(row)
                             continue
-                        rows.append(measure(row, model, fused, compiled, pool, T, B, device, dtype, timer, args))
+                        rows.append(measure(row, model, fused, compiled, pool, T, B, device, dtype, timer, args,
+                                            torch_snn=torch_snn if backend != "torch" else None))
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     return {"meta": meta(args), "results": rows}
@@ -344,7 +350,7 @@ def reference_copy(snn):
     return ref
 
 
-def measure(row, model, fused, snn, pool, T, B, device, dtype, timer, args) -> dict:
+def measure(row, model, fused, snn, pool, T, B, device, dtype, timer, args, torch_snn=None) -> dict:
     ann = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     ann_f = copy.deepcopy(fused).to(device=device, dtype=dtype).eval() if fused is not model else None
     x_ann = ann_batch(pool, T * B).to(device=device, dtype=dtype)
@@ -357,6 +363,8 @@ def measure(row, model, fused, snn, pool, T, B, device, dtype, timer, args) -> d
     if args.reference:
         snn_ref = reference_copy(snn)
         fns["snn_ref"] = lambda: snn_ref(x_snn, T)
+    if torch_snn is not None:
+        fns["snn_torch"] = lambda: torch_snn(x_snn, T)
     times = time_interleaved(fns, timer, args.reps, args.warmup)
     med = {k: statistics.median(v) for k, v in times.items()}
     row.update({"status": "ok", "seconds": med, "seconds_all": times,
@@ -364,6 +372,10 @@ def measure(row, model, fused, snn, pool, T, B, device, dtype, timer, args) -> d
                 "ratio_fused": med["snn"] / med["ann_fused"] if "ann_fused" in med else None})
     if args.single:
         row["ratio_single"] = med["snn_single"] / med["ann"]
+    if torch_snn is not None:
+        row["speedup_vs_torch"] = med["snn_torch"] / med["snn"]
+        with torch.no_grad():
+            row["equal_to_torch"] = bool(torch.equal(snn(x_snn, T), torch_snn(x_snn, T)))
     if args.reference:
         row["ratio_ref"] = med["snn_ref"] / med["ann"]
         with torch.no_grad():
@@ -383,6 +395,9 @@ def summary_line(row: dict) -> str:
             + (f" (vs fused {row['ratio_fused']:.2f})" if row.get("ratio_fused") else ""))
     if "snn_single" in s:
         text += f"; single-step {s['snn_single'] * 1e3:.1f} ms (ratio {row['ratio_single']:.2f})"
+    if "snn_torch" in s:
+        text += (f"; torch backend {s['snn_torch'] * 1e3:.1f} ms (x{row['speedup_vs_torch']:.2f}, outputs "
+                 f"{'bit-identical' if row['equal_to_torch'] else 'DIFFERENT'})")
     if "snn_ref" in s:
         text += (f"; reference loops {s['snn_ref'] * 1e3:.1f} ms (ratio {row['ratio_ref']:.2f}, outputs "
                  f"{'bit-identical' if row['ref_bit_identical'] else 'DIFFERENT'})")
@@ -420,12 +435,12 @@ def markdown(doc: dict) -> str:
              "Timings on a shared machine are noisy: compare ratios within one run.", "",
              "ratio = SNN (T steps, multi-step, B images) / ANN on T·B images; `fused` = ANN with BN folded.", "",
              "| model | coding | T | B | backend | dtype | ANN ms | ANN fused ms | SNN ms | ratio | ratio vs fused"
-             " | single-step ratio | reference-loop ratio | SNN time: where it goes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             " | single-step ratio | reference-loop ratio | speed-up vs torch backend | SNN time: where it goes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
         head = f"| {r['model']} | {r['coding']} | {r['T']} | {r['B']} | {r['backend']} | {r['dtype']} |"
         if r["status"] != "ok":
-            lines.append(head + f" | | | | | | | {r['status'][:120]} |")
+            lines.append(head + f" | | | | | | | | {r['status'][:120]} |")
             continue
         s = r["seconds"]
         fused = f"{s['ann_fused'] * 1e3:.1f}" if "ann_fused" in s else "-"
@@ -433,8 +448,11 @@ def markdown(doc: dict) -> str:
         single = f"{r['ratio_single']:.2f}" if "ratio_single" in r else "-"
         ref = f"{r['ratio_ref']:.2f}" if "ratio_ref" in r else "-"
         where = pct_line(r["breakdown_snn"]) if "breakdown_snn" in r else ""
+        vs_torch = "-"
+        if "speedup_vs_torch" in r:
+            vs_torch = f"{r['speedup_vs_torch']:.2f}" + ("" if r["equal_to_torch"] else " (outputs DIFFER)")
         lines.append(head + f" {s['ann'] * 1e3:.1f} | {fused} | {s['snn'] * 1e3:.1f} | **{r['ratio']:.2f}** | {rf}"
-                     f" | {single} | {ref} | {where} |")
+                     f" | {single} | {ref} | {vs_torch} | {where} |")
     lines += ["", "Per image: neuron elements (inputs to spiking neurons), graded-unit elements, conv/linear MACs:", ""]
     seen = set()
     for r in doc["results"]:
@@ -452,7 +470,7 @@ def parse_args(argv=None):
     ap.add_argument("--codings", default="rate,differential")
     ap.add_argument("--timesteps", default="8", help="comma list of T")
     ap.add_argument("--batch", default=None, help="comma list of B (default 32)")
-    ap.add_argument("--backends", default="torch", help="comma list: torch, triton")
+    ap.add_argument("--backends", default="torch", help="comma list: torch, triton, native")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--threshold", default=None, help="override the coding's default threshold method")

@@ -13,11 +13,15 @@ For every kernel (rate IF, rate MT n=4, differential MT n=4, differential IF), T
 - SpikingJelly's Triton IF neuron (``IFNode(step_mode="m", backend="triton", v_reset=None)``) at the same shape,
   when ``import spikingjelly`` works; skipped with the reason otherwise.
 
-Writes ``bench_kernels.json`` and ``bench_kernels.md`` to --out. CUDA only; ``--interpret-smoke`` runs a tiny size
-on CPU under the Triton interpreter to check that the script works (timings meaningless).
+Writes ``bench_kernels.json`` and ``bench_kernels.md`` to --out. Triton kernels: CUDA only; ``--interpret-smoke``
+runs a tiny size on CPU under the Triton interpreter to check that the script works (timings meaningless).
+``--native`` measures the native C kernels on the CPU instead (``torch.get_num_threads()`` threads, or
+``--threads``), with the torch backend's neuron (``SpikingNeuron`` in multi-step mode, its fast path) as the twin
+column: the speed-up is native vs the torch backend, and the outputs must be identical.
 
     python bench/bench_kernels.py --out bench/results/kernels
     python bench/bench_kernels.py --interpret-smoke --out /tmp/kernels_smoke
+    python bench/bench_kernels.py --native --shape 32,64,14,14 --timesteps 8 --dtypes fp32 --out bench/results/native
 """
 from __future__ import annotations
 
@@ -43,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-reference", action="store_true", help="skip the torch twins (faster)")
     ap.add_argument("--interpret-smoke", action="store_true",
                     help="tiny run on CPU under TRITON_INTERPRET=1 (checks the script, not the speed)")
+    ap.add_argument("--native", action="store_true", help="the native C kernels on the CPU instead of Triton")
+    ap.add_argument("--threads", type=int, default=None, help="--native: torch.set_num_threads")
     return ap.parse_args()
 
 
@@ -84,6 +90,17 @@ def make_calls(name, x, th, b, kernels, ref):
     raise SystemExit(f"unknown kernel {name!r}; choose from {', '.join(KERNELS)}")
 
 
+def torch_backend_call(name, x, th, b):
+    """The torch backend's neuron module (multi-step, fast path) for one kernel name: the twin of --native."""
+    from snnconvert.convert.coding.neurons import SpikingNeuron
+
+    kind, coding = ("if" if name.startswith("if") else "mt"), ("differential" if "diff" in name else "rate")
+    neuron = SpikingNeuron(th, kind=kind, coding=coding, n_levels=4 if kind == "mt" else 1)
+    if coding == "differential":
+        neuron.bias = b
+    return lambda: neuron.multistep(x)
+
+
 def spikingjelly_row(x, measure) -> dict:
     """SpikingJelly's Triton IF neuron on the same input, or the reason it could not run."""
     try:
@@ -113,6 +130,8 @@ def main() -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernels are imported
     import torch
 
+    if args.native:
+        return run_native(args)
     if not args.interpret_smoke and not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA device (torch sees none); use --interpret-smoke to check the script on CPU",
               file=sys.stderr)
@@ -173,12 +192,68 @@ def main() -> int:
     return 0
 
 
+def run_native(args) -> int:
+    """--native: the C kernels on the CPU against the torch backend's neurons and the CPU copy bandwidth."""
+    import torch
+
+    from snnconvert.runtime.kernels import native
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ok, reason = native.native_status("cpu")
+    if not ok:
+        print(f"bench_kernels: {reason}", file=sys.stderr)
+        return 2
+    shape = tuple(int(v) for v in args.shape.split(","))
+    B, C, H, W = shape
+    measure = timer("cpu")
+    torch.manual_seed(0)
+    th = torch.rand(C, 1, 1) + 0.5
+    b = 0.3 * torch.randn(1, C, H, W)
+    info = {"device": f"{native._cpu_model()}, {torch.get_num_threads()} thread(s)", "torch": torch.__version__,
+            "triton": "native C", "python": platform.python_version(), "shape": list(shape), "N": B * C * H * W,
+            "interpreter": False, "twin": "torch backend (SpikingNeuron fast path)"}
+    rows, copies = [], {}
+    for dtype_name in args.dtypes.split(","):
+        dtype = getattr(torch, DTYPES[dtype_name])
+        th_d, b_d = th.to(dtype).float(), b.to(dtype).float()
+        for T in [int(v) for v in args.timesteps.split(",")]:
+            x = (0.7 * torch.randn(T, *shape)).to(dtype)
+            copy_ms = measure(lambda x=x: x.clone())
+            copy_gbps = 2 * x.numel() * x.element_size() / copy_ms / 1e6
+            copies[f"{dtype_name}/T{T}"] = {"ms": copy_ms, "gbps": copy_gbps}
+            for name in args.kernels.split(","):
+                call = make_calls(name, x, th_d, b_d, native.KERNELS, None)[0]
+                twin = torch_backend_call(name, x, th_d, b_d)
+                out = call()
+                kernel_ms = measure(call)
+                moved = 2 * x.numel() * x.element_size() + 4 * C + (4 * C * H * W if "diff" in name else 0)
+                row = {"kernel": name, "dtype": dtype_name, "T": T, "kernel_ms": kernel_ms,
+                       "gbps": moved / kernel_ms / 1e6, "copy_gbps": copy_gbps,
+                       "pct_of_copy": 100.0 * (moved / kernel_ms / 1e6) / copy_gbps,
+                       "ref_ms": measure(twin)}
+                row["speedup"] = row["ref_ms"] / kernel_ms
+                row["mismatches"] = int((out != twin()).sum())
+                rows.append(row)
+                print(f"{name:11s} {dtype_name} T={T:3d}: {kernel_ms:8.3f} ms {row['gbps']:6.1f} GB/s "
+                      f"({row['pct_of_copy']:5.1f} % of copy), torch backend {row['ref_ms']:.3f} ms "
+                      f"(x{row['speedup']:.2f}), mismatches {row['mismatches']}", flush=True)
+    result = {"info": info, "copy": copies, "rows": rows,
+              "spikingjelly_if": {"skipped": "not compared on the CPU (its kernels are Triton/CuPy, GPU only)"}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_kernels.json").write_text(json.dumps(result, indent=2))
+    (args.out / "bench_kernels.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    return 0
+
+
 def to_markdown(result: dict) -> str:
     info = result["info"]
+    twin = info.get("twin", "torch twin")
     lines = [f"Neuron kernels on {info['device']} (torch {info['torch']}, triton {info['triton']}"
              f"{', interpreter' if info['interpreter'] else ''}), per-step shape {info['shape']} (N = {info['N']})",
              "",
-             "| kernel | dtype | T | kernel ms | GB/s | % of copy | torch twin ms | speed-up | mismatches |",
+             f"| kernel | dtype | T | kernel ms | GB/s | % of copy | {twin} ms | speed-up | mismatches |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         ref_ms = f"{r['ref_ms']:.3f}" if "ref_ms" in r else "—"

@@ -115,7 +115,7 @@ class RunOptions:
 def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
     from snnconvert.convert import ConversionConfig, convert
-    from snnconvert.runtime import build_report, compile, evaluate
+    from snnconvert.runtime import backend_status, build_report, compile, evaluate
     from snnconvert.runtime.data import Normalize, load_calib_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
@@ -132,6 +132,9 @@ def _run(o: RunOptions) -> None:
         raise ConfigError(f"--batch-size must be positive, got {o.batch_size}")
     if o.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {o.device}: no CUDA device is available here; use --device cpu")
+    ok, reason = backend_status(o.backend, o.device)  # before calibration: fail in seconds, not minutes
+    if not ok:
+        raise BackendUnavailableError(f"--backend {o.backend}: {reason}")
     resolved = resolve_model(o.model, weights=o.weights, zoo=models_zoo)
     calib_name = o.calib_data or resolved.dataset
     eval_name = o.eval_data or resolved.dataset
@@ -249,7 +252,8 @@ def main(
     output: Optional[Path] = typer.Option(None, help="save the converted SNN (folder) here"),
     batch_size: int = typer.Option(128, help="evaluation batch size (the SNN runs T x batch per call)"),
     mode: str = typer.Option("multi", help="multi (layer by layer over T*B) | single (streaming)"),
-    backend: str = typer.Option("torch", help="runtime backend: torch | triton"),
+    backend: str = typer.Option(
+        "torch", help="runtime backend: torch (reference) | triton (GPU kernels) | native (C kernels, CPU)"),
     device: str = typer.Option("cpu", help="cpu | cuda[:N]"),
     dtype: str = typer.Option("float32", help="compute precision of the layers: float32 | bfloat16 | float16 "
                               "(neuron state stays fp32)"),

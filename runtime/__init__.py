@@ -2,8 +2,10 @@
 
 Backends are an explicit choice: ``"torch"`` runs the reference SNN (plain PyTorch); ``"triton"`` runs every spiking
 neuron in a fused Triton kernel (``runtime/lower.py``, ``runtime/kernels/``) on a CUDA device, or on CPU under the
-Triton interpreter (``TRITON_INTERPRET=1``, for tests). An unavailable backend raises ``BackendUnavailableError``
-saying what is missing; it is never replaced silently by another one.
+Triton interpreter (``TRITON_INTERPRET=1``, for tests); ``"native"`` runs every spiking neuron in a fused C kernel
+with OpenMP on the CPU (built with the system C compiler on first use, ``runtime/kernels/native.py``). An
+unavailable backend raises ``BackendUnavailableError`` saying what is missing; it is never replaced silently by
+another one.
 """
 from __future__ import annotations
 
@@ -16,11 +18,25 @@ from snnconvert.convert import SpikingNetwork, convert_with_thresholds, load_art
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError
 from snnconvert.runtime.evaluate import EvalReport, build_report, evaluate
 from snnconvert.runtime.kernels import triton_status
-from snnconvert.runtime.lower import DTYPES, lower_to_triton, set_precision
+from snnconvert.runtime.kernels.native import native_status
+from snnconvert.runtime.lower import DTYPES, lower_neurons, set_precision
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "native")
 
-__all__ = ["compile", "run", "evaluate", "load", "EvalReport", "build_report", "BACKENDS", "DTYPES", "triton_status"]
+__all__ = ["compile", "run", "evaluate", "load", "EvalReport", "build_report", "BACKENDS", "DTYPES", "triton_status",
+           "native_status", "backend_status"]
+
+
+def backend_status(backend: str, device: str | torch.device) -> tuple[bool, str]:
+    """Can ``backend`` run on ``device`` here? ``(ok, reason)``: when not, ``reason`` is one line saying what is
+    missing and what to do (the native backend builds its kernels to find out)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is not valid; choose one of: {', '.join(BACKENDS)}")
+    if backend == "triton":
+        return triton_status(device)
+    if backend == "native":
+        return native_status(device)
+    return True, "torch reference neurons"
 
 
 def compile(  # noqa: A001
@@ -34,11 +50,12 @@ def compile(  # noqa: A001
 
     Args:
         snn: the reference network (from ``snnconvert.convert.convert``).
-        backend: ``"torch"`` (reference neurons) or ``"triton"`` (fused neuron kernels).
+        backend: ``"torch"`` (reference neurons), ``"triton"`` (fused Triton neuron kernels; CUDA) or ``"native"``
+            (fused C neuron kernels; CPU).
         device: where the compiled network runs.
         dtype: ``torch.float32``, ``torch.float16`` or ``torch.bfloat16``. For fp16/bf16 the thresholds are rounded
             to the dtype (so every emitted value is exact in it) and the stateless layers run in it; neuron state
-            stays fp32 and the outputs are returned in fp32 (``runtime/lower.py``). Same rule on both backends.
+            stays fp32 and the outputs are returned in fp32 (``runtime/lower.py``). Same rule on every backend.
 
     Returns:
         A new :class:`SpikingNetwork` (a deep copy of ``snn``) on ``device``.
@@ -55,15 +72,14 @@ def compile(  # noqa: A001
         names = ", ".join(str(d).replace("torch.", "") for d in DTYPES)
         raise ConfigError(f"dtype {dtype} is not supported; choose one of: {names}")
     device = torch.device(device)
-    if backend == "triton":
-        ok, reason = triton_status(device)
-        if not ok:
-            raise BackendUnavailableError(reason)
+    ok, reason = backend_status(backend, device)
+    if not ok:
+        raise BackendUnavailableError(reason)
     program = copy.deepcopy(snn)
     program.reset()
     program.invalidate()  # captured offsets are recomputed with the compiled layers (dtype, device, kernels)
-    if backend == "triton":
-        lower_to_triton(program, dtype)
+    if backend != "torch":
+        lower_neurons(program, backend, dtype)
     else:
         set_precision(program, dtype)
     return program.to(device)

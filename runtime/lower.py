@@ -1,16 +1,18 @@
 """Lowering of a reference SNN to a backend: kernel-backed neurons and the network's compute precision.
 
-:func:`lower_to_triton` swaps every :class:`SpikingNeuron` of ``snn.gm`` for a :class:`TritonNeuron`, a subclass
-with the same interface (``threshold`` and ``bias`` buffers, capture mode, step modes ``"m"`` and ``"s"``,
-``reset()``) whose time loop runs in one fused Triton kernel per call (``runtime/kernels/neurons.py``). So
-``SpikingNetwork.raw`` / ``forward`` / ``evaluate`` work unchanged in multi- and single-step mode.
+:func:`lower_neurons` swaps every :class:`SpikingNeuron` of ``snn.gm`` for a :class:`KernelNeuron` of the chosen
+backend, a subclass with the same interface (``threshold`` and ``bias`` buffers, capture mode, step modes ``"m"``
+and ``"s"``, ``reset()``) whose time loop runs in one fused kernel per call: :class:`TritonNeuron`
+(``runtime/kernels/neurons.py``; CUDA, or CPU under the Triton interpreter) or :class:`NativeNeuron`
+(``runtime/kernels/native.py``; C with OpenMP, CPU tensors). So ``SpikingNetwork.raw`` / ``forward`` / ``evaluate``
+work unchanged in multi- and single-step mode.
 
 Not lowered, on purpose: the stateless layers (convolutions, linear layers, adds) stay torch modules, and the graded
 units (:class:`GradedUnit`, e.g. the exact max-pool of spike-driven inputs, method.md §5) stay torch: they apply an
 arbitrary ``f`` to running averages and are a small share of the work. Any other stateful module cannot be lowered
 and raises :class:`UnsupportedOpError` listing every such node; nothing is left silently on the reference path.
 
-Precision (:func:`set_precision`, both backends). For fp16/bf16 every threshold is rounded once to the dtype,
+Precision (:func:`set_precision`, every backend). For fp16/bf16 every threshold is rounded once to the dtype,
 θ' = θ.to(dtype).float(), and the neuron uses θ' for firing and for the reset. Every emitted value ±θ'·2^-i is
 then exactly representable in the dtype (a power-of-two scaling of a representable number, as long as it stays
 above the dtype's smallest normal number: checked, with a warning), so the cast of the fp32 neuron output to the
@@ -33,11 +35,13 @@ from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError, UnsupportedNode, UnsupportedOpError
 from snnconvert.convert.passes.normalize import set_module
 from snnconvert.convert.snn import SpikingNetwork
-from snnconvert.runtime.kernels import load_kernels, triton_status
+from snnconvert.runtime.kernels import load_kernels, native, triton_status
+from snnconvert.runtime.kernels.common import NeuronKernels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DTYPES", "TritonNeuron", "lower_to_triton", "set_precision"]
+__all__ = ["DTYPES", "KERNEL_NEURONS", "KernelNeuron", "TritonNeuron", "NativeNeuron", "lower_neurons",
+           "set_precision"]
 
 _CAST_META = "snnconvert_precision_cast"  # node.meta key marking the casts inserted by set_precision
 
@@ -45,29 +49,27 @@ _CAST_META = "snnconvert_precision_cast"  # node.meta key marking the casts inse
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _kernels_for(x: Tensor):
-    """The kernel module, if it can run on ``x``'s device (a network compiled for CUDA and later moved to the CPU
-    cannot, without the interpreter)."""
-    kernels = load_kernels()
-    if x.device.type != "cuda" and not kernels.INTERPRETED:
-        raise BackendUnavailableError(triton_status(x.device)[1])
-    return kernels
-
-
-class TritonNeuron(SpikingNeuron):
-    """A :class:`SpikingNeuron` whose multi-step loop and single steps run in the fused Triton kernels.
+class KernelNeuron(SpikingNeuron):
+    """A :class:`SpikingNeuron` whose multi-step loop and single steps run in fused kernels (one call per layer).
 
     Same constructor, buffers and step-mode contract as the reference; the arithmetic is the reference's, so the
     outputs are identical (tests/test_kernels.py). In step mode ``"s"`` the kernel is called with T = 1 and the
     state is carried between calls in fp32 buffers (a :class:`RateState` or :class:`DiffState`) until :meth:`reset`.
+    Subclasses name their backend and return the kernel wrappers (``runtime/kernels/common.py``) for an input.
     """
+
+    backend: str = ""
 
     def __init__(self, threshold: Tensor | float, **kwargs) -> None:
         super().__init__(threshold, **kwargs)
         self._state = None
 
+    def kernels(self, x: Tensor) -> NeuronKernels:
+        """The kernel wrappers that run on ``x``'s device (BackendUnavailableError if none can)."""
+        raise NotImplementedError
+
     @classmethod
-    def from_reference(cls, neuron: SpikingNeuron) -> TritonNeuron:
+    def from_reference(cls, neuron: SpikingNeuron) -> KernelNeuron:
         """A kernel-backed copy of ``neuron``: threshold, captured bias, parameters and step-mode attributes."""
         new = cls(neuron.threshold, kind=neuron.kind, coding=neuron.coding, n_levels=neuron.n_levels,
                   signed=neuron.signed, relu_constrained=neuron.relu_constrained)
@@ -77,30 +79,22 @@ class TritonNeuron(SpikingNeuron):
         new.train(neuron.training)
         return new
 
-    def multistep(self, x_seq: Tensor) -> Tensor:
-        """Run T steps on a time-major input [T, B, *S] from the initial state (one kernel launch)."""
-        kernels = _kernels_for(x_seq)
+    def _call(self, x_seq: Tensor, state, store: bool):
+        kernels = self.kernels(x_seq)
+        # the carried state is this module's own: kernels that can update it in place do (no allocation per step)
+        common = dict(kind=self.kind, n_levels=self.n_levels, relu_constrained=self.relu_constrained, state=state,
+                      store_state=store, in_place=kernels.in_place_state)
         if self.coding == "rate":
-            out, _ = kernels.rate_neuron_run(
-                x_seq, self.threshold, kind=self.kind, n_levels=self.n_levels, signed=self.signed,
-                relu_constrained=self.relu_constrained)
-        else:
-            out, _ = kernels.diff_neuron_run(
-                x_seq, self.threshold, self._require_bias(), kind=self.kind, n_levels=self.n_levels,
-                relu_constrained=self.relu_constrained)
-        return out
+            return kernels.rate_neuron_run(x_seq, self.threshold, signed=self.signed, **common)
+        return kernels.diff_neuron_run(x_seq, self.threshold, self._require_bias(), **common)
+
+    def multistep(self, x_seq: Tensor) -> Tensor:
+        """Run T steps on a time-major input [T, B, *S] from the initial state (one kernel call)."""
+        return self._call(x_seq, None, False)[0]
 
     def single_step(self, x_t: Tensor) -> Tensor:
-        """Run one step on [B, *S] (a T = 1 launch that reads and writes the carried state)."""
-        kernels = _kernels_for(x_t)
-        if self.coding == "rate":
-            out, self._state = kernels.rate_neuron_run(
-                x_t.unsqueeze(0), self.threshold, kind=self.kind, n_levels=self.n_levels, signed=self.signed,
-                relu_constrained=self.relu_constrained, state=self._state, store_state=True)
-        else:
-            out, self._state = kernels.diff_neuron_run(
-                x_t.unsqueeze(0), self.threshold, self._require_bias(), kind=self.kind, n_levels=self.n_levels,
-                relu_constrained=self.relu_constrained, state=self._state, store_state=True)
+        """Run one step on [B, *S] (a T = 1 call that reads and writes the carried state)."""
+        out, self._state = self._call(x_t.unsqueeze(0), self._state, True)
         return out[0]
 
     def reset(self) -> None:
@@ -109,7 +103,33 @@ class TritonNeuron(SpikingNeuron):
         self._state = None
 
 
-def _unsupported(snn: SpikingNetwork, targets: list[str]) -> UnsupportedOpError:
+class TritonNeuron(KernelNeuron):
+    """Neurons in the Triton kernels (``runtime/kernels/neurons.py``): CUDA, or CPU under the interpreter."""
+
+    backend = "triton"
+
+    def kernels(self, x: Tensor) -> NeuronKernels:
+        # a network compiled for CUDA and later moved to the CPU cannot run there without the interpreter
+        kernels = load_kernels()
+        if x.device.type != "cuda" and not kernels.INTERPRETED:
+            raise BackendUnavailableError(triton_status(x.device)[1])
+        return kernels.KERNELS
+
+
+class NativeNeuron(KernelNeuron):
+    """Neurons in the native C kernels (``runtime/kernels/native.py``): CPU tensors."""
+
+    backend = "native"
+
+    def kernels(self, x: Tensor) -> NeuronKernels:
+        return native.KERNELS  # the wrappers reject non-CPU tensors with BackendUnavailableError
+
+
+#: Neuron class of each kernel backend.
+KERNEL_NEURONS: dict[str, type[KernelNeuron]] = {"triton": TritonNeuron, "native": NativeNeuron}
+
+
+def _unsupported(snn: SpikingNetwork, targets: list[str], backend: str) -> UnsupportedOpError:
     nodes = []
     for target in targets:
         module_type = type(snn.gm.get_submodule(target)).__name__
@@ -118,15 +138,17 @@ def _unsupported(snn: SpikingNetwork, targets: list[str]) -> UnsupportedOpError:
         nodes += [UnsupportedNode(name=name, op="call_module", target=target, module_type=module_type)
                   for name in names]
     return UnsupportedOpError(nodes, hint=(
-        "the triton backend lowers SpikingNeuron modules (and keeps GradedUnit on torch); "
+        f"the {backend} backend lowers SpikingNeuron modules (and keeps GradedUnit on torch); "
         "run this network with backend='torch'"))
 
 
-def lower_to_triton(snn: SpikingNetwork, dtype: torch.dtype = torch.float32) -> SpikingNetwork:
-    """Swap every spiking neuron of ``snn.gm`` for a :class:`TritonNeuron` and set the compute precision, in place.
+def lower_neurons(snn: SpikingNetwork, backend: str, dtype: torch.dtype = torch.float32) -> SpikingNetwork:
+    """Swap every spiking neuron of ``snn.gm`` for the ``backend``'s :class:`KernelNeuron` and set the compute
+    precision, in place.
 
     Args:
         snn: the network to lower (the caller passes a copy; see ``snnconvert.runtime.compile``).
+        backend: ``"triton"`` or ``"native"`` (:data:`KERNEL_NEURONS`).
         dtype: compute dtype, one of :data:`DTYPES` (see :func:`set_precision`).
 
     Returns:
@@ -135,9 +157,11 @@ def lower_to_triton(snn: SpikingNetwork, dtype: torch.dtype = torch.float32) -> 
     Raises:
         UnsupportedOpError: a stateful module is neither a :class:`SpikingNeuron` nor a :class:`GradedUnit` (every
             such node is listed).
-        BackendUnavailableError: the triton kernels cannot be imported.
-        ConfigError: an unsupported dtype, or a threshold that overflows it.
+        BackendUnavailableError: the backend's kernels cannot be loaded.
+        ConfigError: an unknown backend, an unsupported dtype, or a threshold that overflows it.
     """
+    if backend not in KERNEL_NEURONS:
+        raise ConfigError(f"no kernel backend {backend!r}; choose one of: {', '.join(KERNEL_NEURONS)}")
     _check_dtype(dtype)
     bad = []
     for name, module in snn.gm.named_modules():
@@ -146,17 +170,21 @@ def lower_to_triton(snn: SpikingNetwork, dtype: torch.dtype = torch.float32) -> 
     bad += [name for name in snn.neuron_names if not isinstance(snn.gm.get_submodule(name), SpikingNeuron)
             and name not in bad]
     if bad:
-        raise _unsupported(snn, bad)
-    load_kernels()
-    lowered: dict[int, TritonNeuron] = {}  # by the reference module's id: an aliased neuron stays one module
+        raise _unsupported(snn, bad, backend)
+    if backend == "triton":
+        load_kernels()
+    else:
+        native.load_library()
+    neuron_cls = KERNEL_NEURONS[backend]
+    lowered: dict[int, KernelNeuron] = {}  # by the reference module's id: an aliased neuron stays one module
     for name, module in list(snn.gm.named_modules(remove_duplicate=False)):
         if isinstance(module, SpikingNeuron):
             if id(module) not in lowered:
-                lowered[id(module)] = TritonNeuron.from_reference(module)
+                lowered[id(module)] = neuron_cls.from_reference(module)
             set_module(snn.gm, name, lowered[id(module)])
     set_precision(snn, dtype)
-    logger.info("lowered %d spiking neuron(s) to triton kernels; %d graded unit(s) stay on torch (%s)",
-                len(lowered), len(snn.unit_names), dtype)
+    logger.info("lowered %d spiking neuron(s) to %s kernels; %d graded unit(s) stay on torch (%s)",
+                len(lowered), backend, len(snn.unit_names), dtype)
     return snn
 
 

@@ -133,3 +133,36 @@ def test_onnx_model_converts_saves_and_reloads(tmp_path):
     assert {name for name, _ in snn.neurons()} == set(saved)
     for name, neuron in snn.neurons():
         torch.testing.assert_close(neuron.threshold, saved[name], rtol=0, atol=0)
+
+
+def test_native_backend_gives_the_torch_backend_report(tmp_path):
+    """--backend native (fused C neuron kernels) reproduces the torch backend's accuracy, events and SOPs exactly."""
+    import shutil
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler for the native backend")
+    docs = {}
+    for backend in ("torch", "native"):
+        report = tmp_path / f"{backend}.json"
+        result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+                      "--calib-images", 64, "--eval-images", 32, "-T", 4, "--coding", "differential",
+                      "--backend", backend, "--report", report)
+        assert result.exit_code == 0, result.output
+        docs[backend] = json.loads(report.read_text())
+    assert docs["native"]["runtime"]["backend"] == "native"
+    for key in ("snn_accuracy", "events", "synaptic_ops"):
+        assert docs["native"][key] == docs["torch"][key], key
+    assert docs["native"]["thresholds"]["sites"] == docs["torch"]["thresholds"]["sites"]  # per-site events too
+
+
+def test_unavailable_backend_fails_before_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("SNNCONVERT_CACHE_DIR", str(tmp_path))
+    from snnconvert.runtime.kernels import native
+
+    native.load_library.cache_clear()  # a library loaded earlier in this process would hide the missing compiler
+    try:
+        line = _one_line_error(_run("fmnist-vgg", "--backend", "native", "--calib-images", 8, "--eval-images", 8))
+    finally:
+        native.load_library.cache_clear()
+    assert "--backend native" in line and "/nonexistent/cc" in line and "backend='torch'" in line

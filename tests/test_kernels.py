@@ -1,24 +1,28 @@
-"""Triton neuron kernels vs their torch twins, the kernel-backed network vs the torch backend, backend errors.
+"""Fused neuron kernels vs their torch twins, kernel-backed networks vs the torch backend, backend errors.
 
-On a machine without CUDA the kernels run on CPU tensors through the Triton interpreter (``TRITON_INTERPRET=1`` is
-set in conftest.py before triton is imported); on a GPU machine the same tests run on CUDA tensors (``gpu``
-marker) and the CPU cases skip unless the interpreter was requested.
+Two kernel implementations share these tests (``impl`` fixture): the Triton kernels and the native C kernels. On a
+machine without CUDA the Triton kernels run on CPU tensors through the Triton interpreter (``TRITON_INTERPRET=1`` is
+set in conftest.py before triton is imported); on a GPU machine the same tests run on CUDA tensors (``gpu`` marker)
+and the Triton CPU cases skip unless the interpreter was requested. The native kernels run on CPU tensors; their
+tests skip only when no C compiler is on the PATH (a failing build fails them).
 
 Tolerances (architecture.md §6, TOLERANCES in conftest.py): spikes bit-exact (``torch.equal``) on dyadic inputs
 (k/64, power-of-two thresholds); fp32 random inputs within ``kernel_vs_ref_fp32`` (the arithmetic is the twin's,
 so in practice equal); fp16/bf16 outputs exact after the threshold rounding of point 3 (compared with
-``torch.equal``); the whole network within ``triton_vs_torch_network``. A subprocess also compiles every kernel for
-sm_90 without a GPU (the interpreter never runs triton's compiler) and checks the PTX for approximate divisions and
-fused multiply-adds, which would break bit-exactness.
+``torch.equal``); the whole network within ``triton_vs_torch_network``. A subprocess also compiles every Triton
+kernel for sm_90 without a GPU (the interpreter never runs triton's compiler) and checks the PTX for approximate
+divisions and fused multiply-adds, which would break bit-exactness.
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,47 +30,79 @@ import torch
 from conftest import TOLERANCES
 from nets import SpellingsNet
 
-pytest.importorskip("triton")
+from snnconvert.convert import ConversionConfig, convert
+from snnconvert.convert.coding import neurons as ref
+from snnconvert.convert.coding.neurons import SpikingNeuron
+from snnconvert.convert.coding.stepping import StepModule
+from snnconvert.convert.errors import BackendUnavailableError, ConfigError, UnsupportedOpError
+from snnconvert.runtime import backend_status, compile
+from snnconvert.runtime.kernels import native
+from snnconvert.runtime.kernels.common import NeuronKernels, make_table
+from snnconvert.runtime.lower import KERNEL_NEURONS, KernelNeuron
 
-from snnconvert.convert import ConversionConfig, convert  # noqa: E402
-from snnconvert.convert.coding import neurons as ref  # noqa: E402
-from snnconvert.convert.coding.neurons import SpikingNeuron  # noqa: E402
-from snnconvert.convert.coding.stepping import StepModule  # noqa: E402
-from snnconvert.convert.errors import BackendUnavailableError, ConfigError, UnsupportedOpError  # noqa: E402
-from snnconvert.runtime import compile, triton_status  # noqa: E402
-from snnconvert.runtime.kernels import load_kernels  # noqa: E402
-from snnconvert.runtime.lower import TritonNeuron  # noqa: E402
-
-K = load_kernels()
 REPO = Path(__file__).resolve().parents[1]
-
-DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
 STEPS = [1, 3, 8, 33]
 
-# (name, kernel, twin, keyword arguments, differential?)
+
+@dataclass(frozen=True)
+class Impl:
+    backend: str  # "triton" | "native"
+    device: str
+
+    @property
+    def kernels(self) -> NeuronKernels:
+        if self.backend == "triton":
+            from snnconvert.runtime.kernels import load_kernels
+
+            return load_kernels().KERNELS
+        return native.KERNELS
+
+    @property
+    def neuron_cls(self) -> type[KernelNeuron]:
+        return KERNEL_NEURONS[self.backend]
+
+
+IMPLS = [
+    pytest.param(Impl("triton", "cpu"), id="triton-cpu"),
+    pytest.param(Impl("triton", "cuda"), id="triton-cuda", marks=pytest.mark.gpu),
+    pytest.param(Impl("native", "cpu"), id="native-cpu"),
+]
+
+
+def _skip_unless_runnable(impl: Impl) -> None:
+    if impl.backend == "native" and shutil.which(native.build_command(Path("x"))[0]) is None:
+        pytest.skip("no C compiler on the PATH for the native kernels")
+    if impl.backend == "triton":
+        pytest.importorskip("triton")
+    ok, reason = backend_status(impl.backend, impl.device)
+    if not ok and impl.backend == "native":
+        pytest.fail(reason)  # a compiler is here, so the build must work
+    if not ok:
+        pytest.skip(reason)
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request) -> Impl:
+    _skip_unless_runnable(request.param)
+    return request.param
+
+
+# (name, wrapper name, twin, keyword arguments, differential?)
 VARIANTS = [
-    ("if_rate", K.if_rate_multistep, ref.if_rate_multistep_ref, {}, False),
-    ("if_rate_signed", K.if_rate_multistep, ref.if_rate_multistep_ref, {"signed": True}, False),
-    ("if_rate_signed_identity", K.if_rate_multistep, ref.if_rate_multistep_ref,
+    ("if_rate", "if_rate_multistep", ref.if_rate_multistep_ref, {}, False),
+    ("if_rate_signed", "if_rate_multistep", ref.if_rate_multistep_ref, {"signed": True}, False),
+    ("if_rate_signed_identity", "if_rate_multistep", ref.if_rate_multistep_ref,
      {"signed": True, "relu_constrained": False}, False),
-    *[(f"mt_rate_n{n}{suffix}", K.mt_rate_multistep, ref.mt_rate_multistep_ref, {"n_levels": n, **kw}, False)
+    *[(f"mt_rate_n{n}{suffix}", "mt_rate_multistep", ref.mt_rate_multistep_ref, {"n_levels": n, **kw}, False)
       for n in (1, 2, 4)
       for suffix, kw in (("", {}), ("_signed", {"signed": True}),
                          ("_signed_identity", {"signed": True, "relu_constrained": False}))],
-    *[(f"mt_diff_n{n}{suffix}", K.mt_diff_multistep, ref.mt_diff_multistep_ref, {"n_levels": n, **kw}, True)
+    *[(f"mt_diff_n{n}{suffix}", "mt_diff_multistep", ref.mt_diff_multistep_ref, {"n_levels": n, **kw}, True)
       for n in (1, 2, 4) for suffix, kw in (("", {}), ("_identity", {"relu_constrained": False}))],
-    ("if_diff", K.if_diff_multistep, ref.if_diff_multistep_ref, {}, True),
-    ("if_diff_identity", K.if_diff_multistep, ref.if_diff_multistep_ref, {"relu_constrained": False}, True),
+    ("if_diff", "if_diff_multistep", ref.if_diff_multistep_ref, {}, True),
+    ("if_diff_identity", "if_diff_multistep", ref.if_diff_multistep_ref, {"relu_constrained": False}, True),
 ]
 VARIANT_IDS = [v[0] for v in VARIANTS]
-
-
-@pytest.fixture(params=DEVICES)
-def device(request) -> str:
-    ok, reason = triton_status(request.param)
-    if not ok:
-        pytest.skip(reason)
-    return request.param
 
 
 def _dyadic(shape, lo: int = -96, hi: int = 160) -> torch.Tensor:
@@ -79,13 +115,16 @@ def _pow2(shape) -> torch.Tensor:
 
 
 def _cases(T: int):
-    """(x [T, *S], θ, b) with odd sizes and every θ layout: scalar, per neuron, per channel [C, 1, 1]."""
+    """(x [T, *S], θ, b) with odd sizes and every θ layout: scalar, per neuron, per channel [C, 1, 1]; the last
+    two are larger than one native block (512 elements) with a channel length (300) that does not divide it."""
     return [
         (_dyadic((T, 1)), 1.0, 0.25),
         (_dyadic((T, 7)), _pow2((7,)), _dyadic((7,))),
         (_dyadic((T, 1000)), torch.tensor(0.5), None),
         (_dyadic((T, 3, 5, 7)), _pow2((3, 1, 1)), _dyadic((5, 7))),
         (_dyadic((T, 2, 3, 4, 5)), _pow2((3, 1, 1)), _dyadic((1, 3, 4, 5))),
+        (_dyadic((T, 2, 5, 300)), _pow2((5, 1)), _dyadic((5, 300))),
+        (_dyadic((T, 3, 411)), _pow2((3, 411)), _dyadic((411,))),
     ]
 
 
@@ -103,18 +142,20 @@ def _run(fn, x, th, b, kw, diff):
 
 
 @pytest.mark.parametrize("T", STEPS)
-@pytest.mark.parametrize(("name", "kernel", "twin", "kw", "diff"), VARIANTS, ids=VARIANT_IDS)
-def test_dyadic_inputs_are_bit_exact(device, T, name, kernel, twin, kw, diff):
+@pytest.mark.parametrize(("name", "wrapper", "twin", "kw", "diff"), VARIANTS, ids=VARIANT_IDS)
+def test_dyadic_inputs_are_bit_exact(impl, T, name, wrapper, twin, kw, diff):
+    kernel = getattr(impl.kernels, wrapper)
     for x, th, b in _cases(T):
-        x, th, b = _to(x, device), _to(th, device), _to(b, device)
+        x, th, b = _to(x, impl.device), _to(th, impl.device), _to(b, impl.device)
         got, want = _run(kernel, x, th, b, kw, diff), _run(twin, x, th, b, kw, diff)
         assert got.shape == x.shape and got.dtype == x.dtype
         assert torch.equal(got, want), f"{name}, T={T}, S={tuple(x.shape[1:])}: {int((got != want).sum())} differ"
 
 
 @pytest.mark.parametrize("T", STEPS)
-@pytest.mark.parametrize(("name", "kernel", "twin", "kw", "diff"), VARIANTS, ids=VARIANT_IDS)
-def test_random_fp32_inputs_match_twin(device, T, name, kernel, twin, kw, diff):
+@pytest.mark.parametrize(("name", "wrapper", "twin", "kw", "diff"), VARIANTS, ids=VARIANT_IDS)
+def test_random_fp32_inputs_match_twin(impl, T, name, wrapper, twin, kw, diff):
+    kernel, device = getattr(impl.kernels, wrapper), impl.device
     x = torch.randn(T, 2, 3, 5, 7, device=device)
     th = torch.rand(3, 1, 1, device=device) + 0.3
     b = 0.3 * torch.randn(1, 3, 5, 7, device=device)
@@ -123,9 +164,10 @@ def test_random_fp32_inputs_match_twin(device, T, name, kernel, twin, kw, diff):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize(("name", "kernel", "twin", "kw", "diff"), VARIANTS, ids=VARIANT_IDS)
-def test_low_precision_output_is_exact(device, dtype, name, kernel, twin, kw, diff):
+@pytest.mark.parametrize(("name", "wrapper", "twin", "kw", "diff"), VARIANTS, ids=VARIANT_IDS)
+def test_low_precision_output_is_exact(impl, dtype, name, wrapper, twin, kw, diff):
     # point 3 of the issue: θ' = θ rounded to the dtype; every emitted value ±θ'·2^-i is exact in the dtype
+    kernel, device = getattr(impl.kernels, wrapper), impl.device
     x = (0.7 * torch.randn(8, 2, 3, 5, 7, device=device)).to(dtype)
     th = (torch.rand(3, 1, 1, device=device) + 0.3).to(dtype).float()
     b = (0.3 * torch.randn(1, 3, 5, 7, device=device)).to(dtype).float()
@@ -141,11 +183,60 @@ def test_threshold_table_layouts():
     shape = torch.Size([2, 3, 4, 5])
     for value in (1.5, torch.tensor(2.0), torch.rand(3, 1, 1), torch.rand(5), torch.rand(4, 5), torch.rand(3, 4, 5),
                   torch.rand(1, 3, 4, 5), torch.rand(3, 1, 5), torch.rand(2, 1, 1, 1)):
-        table, inner, k = K._table("threshold", value, shape, torch.device("cpu"))
+        table, inner, k = make_table("threshold", value, shape, torch.device("cpu"))
         idx = torch.arange(shape.numel())
         want = torch.as_tensor(value, dtype=torch.float32).expand(shape).reshape(-1)
         assert torch.equal(table[(idx // inner) % k], want), getattr(value, "shape", value)
-    assert K._table("threshold", torch.rand(3, 1, 1), shape, torch.device("cpu"))[1:] == (20, 3)
+    assert make_table("threshold", torch.rand(3, 1, 1), shape, torch.device("cpu"))[1:] == (20, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Native kernels only: the generic level loop (n > 8), threads, edge values
+# ---------------------------------------------------------------------------------------------------------------------
+
+NATIVE = Impl("native", "cpu")
+
+
+@pytest.mark.parametrize("n_levels", [3, 8, 9, 12])
+def test_native_unrolled_and_generic_level_counts_match_twin(n_levels):
+    # n <= 8 runs an unrolled specialisation, n > 8 the generic loop: both must be the twin's arithmetic
+    _skip_unless_runnable(NATIVE)
+    K = NATIVE.kernels
+    for T in (1, 8):
+        for x, th, b in _cases(T):
+            for kw in ({}, {"relu_constrained": False}):
+                assert torch.equal(K.mt_diff_multistep(x, th, b, n_levels=n_levels, **kw),
+                                   ref.mt_diff_multistep_ref(x, th, b, n_levels=n_levels, **kw))
+            for kw in ({}, {"signed": True}, {"signed": True, "relu_constrained": False}):
+                assert torch.equal(K.mt_rate_multistep(x, th, n_levels=n_levels, **kw),
+                                   ref.mt_rate_multistep_ref(x, th, n_levels=n_levels, **kw))
+
+
+def test_native_results_do_not_depend_on_threads_and_keep_edge_values():
+    _skip_unless_runnable(NATIVE)
+    K = NATIVE.kernels
+    x = torch.randn(5, 4, 7, 300)  # 8 400 elements per step: 17 blocks over the threads
+    x[0, 0, 0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0])
+    th = torch.rand(7, 1) + 0.3
+    th[2] = 0.0  # a silent channel: the twin writes −0.0 where its negative test holds
+    b = 0.3 * torch.randn(7, 300)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append((K.mt_diff_multistep(x, th, b, n_levels=4),
+                            K.mt_rate_multistep(x, th, n_levels=4, signed=True),
+                            K.if_rate_multistep(x, th, signed=True)))
+    finally:
+        torch.set_num_threads(threads)
+    want = (ref.mt_diff_multistep_ref(x, th, b, n_levels=4), ref.mt_rate_multistep_ref(x, th, n_levels=4, signed=True),
+            ref.if_rate_multistep_ref(x, th, signed=True))
+    for got in results:
+        for g, w in zip(got, want):
+            assert torch.equal(g.isnan(), w.isnan())
+            assert torch.equal(torch.nan_to_num(g), torch.nan_to_num(w))
+            assert torch.equal(g.signbit(), w.signbit())  # −0.0 kept
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -163,7 +254,8 @@ STATEFUL = [
 
 
 @pytest.mark.parametrize(("name", "coding", "kw"), STATEFUL, ids=[s[0] for s in STATEFUL])
-def test_single_steps_and_split_runs_equal_multistep(device, name, coding, kw):
+def test_single_steps_and_split_runs_equal_multistep(impl, name, coding, kw):
+    K, device = impl.kernels, impl.device
     T = 9
     x = torch.randn(T, 2, 3, 5, device=device)
     th = torch.rand(3, 1, device=device) + 0.3
@@ -196,13 +288,14 @@ def test_single_steps_and_split_runs_equal_multistep(device, name, coding, kw):
 
 @pytest.mark.parametrize(("coding", "kind", "n_levels"), [("rate", "if", 1), ("rate", "mt", 4),
                                                           ("differential", "mt", 4), ("differential", "if", 1)])
-def test_triton_neuron_module_matches_reference(device, coding, kind, n_levels):
+def test_kernel_neuron_module_matches_reference(impl, coding, kind, n_levels):
+    device = impl.device
     neuron = SpikingNeuron(torch.rand(3, 1, 1) + 0.3, kind=kind, coding=coding, n_levels=n_levels).to(device)
     T, x = 5, torch.randn(5 * 2, 3, 4, 4, device=device)
     neuron.capture = True
     neuron(torch.randn(1, 3, 4, 4, device=device))  # a differential neuron captures its bias; a rate one ignores it
     neuron.capture = False
-    lowered = TritonNeuron.from_reference(neuron)
+    lowered = impl.neuron_cls.from_reference(neuron)
     assert isinstance(lowered, SpikingNeuron) and torch.equal(lowered.threshold, neuron.threshold)
     for module in (neuron, lowered):
         module.step_mode, module.timesteps = "m", T
@@ -214,8 +307,9 @@ def test_triton_neuron_module_matches_reference(device, coding, kind, n_levels):
     assert torch.equal(steps, want)
 
 
-def test_wrapper_constraints():
-    x = torch.randn(4, 6)
+def test_wrapper_constraints(impl):
+    K = impl.kernels
+    x = torch.randn(4, 6, device=impl.device)
     with pytest.raises(ConfigError, match="fp32, fp16 or bf16"):
         K.if_rate_multistep(x.double(), 1.0)
     with pytest.raises(ConfigError, match="n_levels"):
@@ -226,12 +320,12 @@ def test_wrapper_constraints():
         K.rate_neuron_run(x, 1.0, kind="if", n_levels=2)
     _, state = K.rate_neuron_run(x, 1.0, kind="mt", n_levels=2, store_state=True)
     with pytest.raises(ConfigError, match="reset the neuron"):
-        K.rate_neuron_run(torch.randn(1, 7), 1.0, kind="mt", n_levels=2, state=state)
-    assert K.if_rate_multistep(torch.empty(3, 0), 1.0).shape == (3, 0)
+        K.rate_neuron_run(torch.randn(1, 7, device=impl.device), 1.0, kind="mt", n_levels=2, state=state)
+    assert K.if_rate_multistep(torch.empty(3, 0, device=impl.device), 1.0).shape == (3, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# End to end: compile(backend="triton") vs compile(backend="torch")
+# End to end: compile(backend="triton" | "native") vs compile(backend="torch")
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -246,24 +340,25 @@ def converted():
 
 @pytest.mark.parametrize("mode", ["multi", "single"])
 @pytest.mark.parametrize("coding", ["rate", "differential"])
-def test_network_triton_equals_torch_backend(device, converted, coding, mode):
+def test_network_kernels_equal_torch_backend(impl, converted, coding, mode):
     data, snns = converted
     snn = snns[coding]
-    x = data[:2].to(device)
-    program = compile(snn, "triton", device=device)
-    reference = compile(snn, "torch", device=device)
+    x = data[:2].to(impl.device)
+    program = compile(snn, impl.backend, device=impl.device)
+    reference = compile(snn, "torch", device=impl.device)
     assert program is not snn and type(snn.gm.get_submodule(snn.neuron_names[0])) is SpikingNeuron
-    assert all(isinstance(m, TritonNeuron) for _, m in program.neurons())
+    assert all(isinstance(m, impl.neuron_cls) for _, m in program.neurons())
     with torch.no_grad():
         got, want = program(x, 4, mode=mode), reference(x, 4, mode=mode)
     torch.testing.assert_close(got, want, **TOLERANCES["triton_vs_torch_network"])
 
 
 @pytest.mark.parametrize("coding", ["rate", "differential"])
-def test_network_bf16_both_backends(device, converted, coding):
+def test_network_bf16_both_backends(impl, converted, coding):
     data, snns = converted
+    device = impl.device
     snn, x = snns[coding], data[:2].to(device)
-    program = compile(snn, "triton", device=device, dtype=torch.bfloat16)
+    program = compile(snn, impl.backend, device=device, dtype=torch.bfloat16)
     reference = compile(snn, "torch", device=device, dtype=torch.bfloat16)
     for net in (program, reference):
         for name, neuron in net.neurons():
@@ -292,9 +387,23 @@ def test_backend_and_dtype_errors(converted):
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailableError, match="CUDA device"):
             compile(snn, "triton", device="cuda")
+    with pytest.raises(BackendUnavailableError, match="CPU tensors only"):
+        compile(snn, "native", device="cuda")
 
 
-def test_unlowerable_stateful_module_is_listed(converted):
+def test_native_network_moved_to_a_gpu_raises(converted):
+    # a network compiled for the native backend and moved to CUDA does not silently run elsewhere
+    _skip_unless_runnable(NATIVE)
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    data, snns = converted
+    program = compile(snns["differential"], "native").to("cuda")
+    with pytest.raises(BackendUnavailableError, match="CPU tensors only"):
+        program(data[:2].cuda(), 4)
+
+
+@pytest.mark.parametrize("backend", ["triton", "native"])
+def test_unlowerable_stateful_module_is_listed(converted, backend):
     class Mystery(StepModule):
         def reset(self):
             pass
@@ -302,11 +411,44 @@ def test_unlowerable_stateful_module_is_listed(converted):
     snn = copy.deepcopy(converted[1]["rate"])
     name = snn.neuron_names[1]
     snn.gm.add_submodule(name, Mystery())
-    if not triton_status("cpu")[0] and not torch.cuda.is_available():
-        pytest.skip("no triton device")
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    _skip_unless_runnable(Impl(backend, device))
     with pytest.raises(UnsupportedOpError, match="Mystery") as err:
-        compile(snn, "triton", device="cpu" if triton_status("cpu")[0] else "cuda")
+        compile(snn, backend, device=device)
     assert any(n.target == name for n in err.value.nodes)
+    assert f"the {backend} backend" in str(err.value)
+
+
+_NATIVE_BUILD_SCRIPT = textwrap.dedent("""
+    import json
+    from snnconvert.convert.errors import BackendUnavailableError
+    from snnconvert.runtime import backend_status
+    print(json.dumps(backend_status("native", "cpu")))
+""")
+
+
+@pytest.mark.parametrize(("cc", "expect"), [("/nonexistent/cc", "was not found"),
+                                            ("cc -include /nonexistent/header.h", "failed")])
+def test_native_build_problems_are_one_clear_line(tmp_path, cc, expect):
+    env = {**os.environ, "CC": cc, "SNNCONVERT_CACHE_DIR": str(tmp_path)}
+    if expect == "failed" and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    proc = subprocess.run([sys.executable, "-c", _NATIVE_BUILD_SCRIPT], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ok, reason = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not ok and expect in reason and "backend='torch'" in reason and "\n" not in reason
+    assert not list((tmp_path / "native").glob("*.so"))  # no half-written library left behind
+
+
+def test_native_library_is_cached_per_source(tmp_path):
+    _skip_unless_runnable(NATIVE)
+    env = {**os.environ, "SNNCONVERT_CACHE_DIR": str(tmp_path)}
+    for _ in range(2):  # the second process loads the library the first one built
+        proc = subprocess.run([sys.executable, "-c", _NATIVE_BUILD_SCRIPT], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0 and json.loads(proc.stdout.strip().splitlines()[-1])[0], proc.stderr
+    assert len(list((tmp_path / "native").iterdir())) == 1
 
 
 _NO_DEVICE_SCRIPT = textwrap.dedent("""
@@ -331,6 +473,7 @@ _NO_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_triton_without_interpreter_or_gpu_is_unavailable():
+    pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
     proc = subprocess.run([sys.executable, "-c", _NO_DEVICE_SCRIPT], env=env, cwd=REPO, capture_output=True,
@@ -373,7 +516,8 @@ _COMPILE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_kernels_compile_for_a_gpu_without_one():
+def test_triton_kernels_compile_for_a_gpu_without_one():
+    pytest.importorskip("triton")
     # the interpreter does not run triton's compiler: compile every kernel for sm_90 (no device needed) so that a
     # frontend error shows up in CPU-only CI, and check that no approximate division or fma is emitted
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -387,3 +531,24 @@ def test_kernels_compile_for_a_gpu_without_one():
     assert len(instructions) == 8
     for name, found in instructions.items():
         assert not any(i.startswith(("div.full", "div.approx", "fma", "rcp.approx")) for i in found), (name, found)
+
+
+def test_in_place_state_only_where_supported(impl):
+    K = impl.kernels
+    x = torch.randn(3, 2, 5, device=impl.device)
+    th = torch.rand(5, device=impl.device) + 0.3
+    b = 0.2 * torch.randn(5, device=impl.device)
+    if not K.in_place_state:
+        with pytest.raises(ConfigError, match="in place"):
+            K.diff_neuron_run(x, th, b, kind="mt", n_levels=4, in_place=True)
+        return
+    for run, fields in ((lambda **kw: K.rate_neuron_run(x, th, kind="mt", n_levels=4, signed=True, **kw), ("m", "c")),
+                        (lambda **kw: K.diff_neuron_run(x, th, b, kind="mt", n_levels=4, **kw), ("r_in", "r_out"))):
+        _, start = run(store_state=True)
+        kept = copy.deepcopy(start)
+        want_out, want = run(state=kept, store_state=True)
+        got_out, got = run(state=start, store_state=True, in_place=True)
+        assert torch.equal(got_out, want_out)
+        for field in fields:
+            assert getattr(got, field).data_ptr() == getattr(start, field).data_ptr()  # the carried buffers
+            assert torch.equal(getattr(got, field), getattr(want, field))

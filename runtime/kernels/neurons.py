@@ -17,10 +17,9 @@ operation (``_rate_step`` / ``_diff_step``), so spikes are bit-identical to the 
   ``RECIPROCAL_DIV`` reproduces whichever form the twin uses on the input's device;
 - launches pass ``enable_fp_fusion=False``: a contracted ``t·(R_in − R_out) + θ/2`` (fma) would round differently.
 
-Per-element tables. θ and the differential bias b are stored compactly as a flat fp32 table ``[K]``; element ``e``
-of the flattened per-step shape S reads ``table[(e // INNER) % K]``. A scalar gives K = 1; a per-channel θ
-``[C, 1, 1]`` on S = ``[B, C, H, W]`` gives K = C, INNER = H·W; a captured bias ``[1, C, H, W]`` gives K = C·H·W,
-INNER = 1. Any other broadcast pattern is expanded to the full S (K = N): correct, just one more read of N floats.
+θ and the differential bias b arrive as compact per-element tables (``TH_INNER``/``TH_K``, ``B_INNER``/``B_K``;
+``runtime/kernels/common.py``, which also holds the argument checks and the public wrappers shared with the native
+C kernels of ``native.py``).
 
 State in / state out. Every wrapper runs from the initial state; :func:`rate_neuron_run` / :func:`diff_neuron_run`
 also take a state to start from and return the final state (separate in and out buffers, so an autotuning re-run
@@ -39,16 +38,13 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from dataclasses import dataclass
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from triton.testing import do_bench
 
-from snnconvert.convert.coding.neurons import check_levels
-from snnconvert.convert.errors import ConfigError
+from snnconvert.runtime.kernels.common import SUPPORTED_DTYPES, DiffState, NeuronKernels, RateState
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +59,8 @@ __all__ = [
     "if_diff_multistep",
     "rate_neuron_run",
     "diff_neuron_run",
+    "KERNELS",
 ]
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Autotune configurations
@@ -334,243 +329,49 @@ INTERPRETED: bool = _interpreting()
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RateState:
-    """Per-element state of a rate neuron after some steps: membrane m and cumulative output C (None if unused)."""
-
-    m: Tensor  # [N] fp32
-    c: Tensor | None  # [N] fp32
-
-
-@dataclass
-class DiffState:
-    """Per-element state of a differential neuron: running means R_in, R_out and the number of steps done."""
-
-    r_in: Tensor  # [N] fp32
-    r_out: Tensor  # [N] fp32
-    t: int
-
-
-def _check_input(x: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise ConfigError(f"x must be a torch.Tensor of shape [T, *S], got {type(x).__name__}")
-    if x.dim() < 1:
-        raise ConfigError("x must have shape [T, *S], got a 0-dim tensor")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ConfigError(f"the triton neuron kernels take fp32, fp16 or bf16 inputs, got {x.dtype}; "
-                          "use the torch reference (backend='torch') for other dtypes")
-
-
-def _prepare_run(x: Tensor, threshold, kind: str, n_levels: int):
-    """Checks shared by both launchers; returns ``(x contiguous, T, S, N, (θ table, INNER, K))``."""
-    _check_input(x)
-    if kind not in ("if", "mt"):
-        raise ConfigError(f"kind must be 'if' or 'mt', got {kind!r}")
-    check_levels(kind, n_levels)  # the reference neurons' rule and message
-    x = x.contiguous()
-    step_shape = x.shape[1:]
-    return x, x.shape[0], step_shape, step_shape.numel(), _table("threshold", threshold, step_shape, x.device)
-
-
-def _table(name: str, value, step_shape: torch.Size, device: torch.device) -> tuple[Tensor, int, int]:
-    """Compact fp32 table of a per-element parameter: ``(table [K], INNER, K)`` with element e at
-    ``table[(e // INNER) % K]`` (module header). Raises ConfigError if ``value`` does not broadcast to S."""
-    v = torch.as_tensor(value, dtype=torch.float32, device=device)
-    try:
-        ok = torch.broadcast_shapes(v.shape, step_shape) == step_shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"{name} of shape {tuple(v.shape)} does not broadcast to the per-step shape "
-                          f"{tuple(step_shape)}; use a scalar, per-channel ([C, 1, 1] or [C]) or per-neuron value")
-    shape = [1] * (len(step_shape) - v.dim()) + list(v.shape)
-    varying = [d for d, n in enumerate(shape) if n > 1]
-    if not varying:
-        return v.reshape(1).contiguous(), 1, 1
-    lo, hi = varying[0], varying[-1] + 1
-    if all(shape[d] == step_shape[d] for d in range(lo, hi)):
-        k = 1
-        for d in range(lo, hi):
-            k *= step_shape[d]
-        inner = 1
-        for d in range(hi, len(step_shape)):
-            inner *= step_shape[d]
-        return v.reshape(-1).contiguous(), inner, k
-    full = v.expand(step_shape).reshape(-1).contiguous()
-    return full, 1, full.numel()
-
-
-def _expand(table: Tensor, inner: int, k: int, n: int) -> Tensor:
-    """The full per-element values [N] of a compact table (used only on the no-launch paths)."""
-    idx = torch.arange(n, device=table.device)
-    return table[(idx // inner) % k].clone()
-
-
 def _grid(n: int):
     return lambda meta: (triton.cdiv(n, meta["BLOCK"]),)
 
 
-def _state_buffer(t: Tensor | None, n: int, device: torch.device, name: str) -> Tensor:
-    if t is None:
-        raise ConfigError(f"the carried state has no {name}; start from state=None (reset the neuron)")
-    t = t.reshape(-1)
-    if t.numel() != n or t.dtype != torch.float32:
-        raise ConfigError(f"the carried state {name} has {t.numel()} {t.dtype} element(s) but the input has {n} per "
-                          "step (fp32 state expected); reset the neuron when the input shape changes")
-    return t.to(device).contiguous()
-
-
-def rate_neuron_run(
-    x: Tensor,
-    threshold: Tensor | float,
-    *,
-    kind: str,
-    n_levels: int = 1,
-    signed: bool = False,
-    relu_constrained: bool = True,
-    state: RateState | None = None,
-    store_state: bool = False,
-) -> tuple[Tensor, RateState | None]:
-    """Run a rate neuron (IF or MT) over the T steps of ``x [T, *S]`` from ``state`` (None: the initial state).
-
-    Returns:
-        The emitted values ``[T, *S]`` in the dtype of ``x`` and, if ``store_state``, the state after the last step
-        (new buffers; ``state`` is not modified), else None.
-
-    Raises:
-        ConfigError: a bad kind, dtype, shape, ``n_levels`` or state.
-    """
-    x, T, step_shape, n, (th, th_inner, th_k) = _prepare_run(x, threshold, kind, n_levels)
-    need_c = bool(signed and relu_constrained)
-    out = torch.empty_like(x)
-    if T == 0 or n == 0:  # nothing to launch; the state passes through unchanged
-        if not store_state:
-            return out, None
-        if state is not None:
-            c = _state_buffer(state.c, n, x.device, "c").clone() if need_c else None
-            return out, RateState(_state_buffer(state.m, n, x.device, "m").clone(), c)
-        m0 = _expand(th, th_inner, th_k, n) * 0.5 if kind == "if" else torch.zeros(n, device=x.device)
-        return out, RateState(m0, torch.zeros(n, device=x.device) if need_c else None)
-    new_state = None
-    if store_state:
-        new_state = RateState(torch.empty(n, dtype=torch.float32, device=x.device),
-                              torch.empty(n, dtype=torch.float32, device=x.device) if need_c else None)
-    m_in = c_in = out
-    if state is not None:
-        m_in = _state_buffer(state.m, n, x.device, "m")
-        if need_c:
-            c_in = _state_buffer(state.c, n, x.device, "c")
-    m_out = new_state.m if new_state is not None else out
-    c_out = new_state.c if new_state is not None and need_c else out
-    common = dict(SIGNED=bool(signed), NEED_C=need_c, HAS_STATE_IN=state is not None, STORE_STATE=store_state,
+def _launch_rate(x, out, th, m_in, c_in, m_out, c_out, *, kind, n_levels, signed, need_c) -> None:
+    """:class:`~snnconvert.runtime.kernels.common.RateLaunch` of the Triton kernels (unused pointers get ``out``)."""
+    T, n = x.shape
+    common = dict(SIGNED=signed, NEED_C=need_c, HAS_STATE_IN=m_in is not None, STORE_STATE=m_out is not None,
                   enable_fp_fusion=False)
-    args = (x, out, th, m_in, c_in, m_out, c_out, T, n, th_inner, th_k)
+    args = (x, out, th.values, _or(m_in, out), _or(c_in, out), _or(m_out, out), _or(c_out, out), T, n, th.inner,
+            th.k)
     if kind == "if":
         _if_rate_multistep_fwd_kernel[_grid(n)](*args, **common)
     else:
         _mt_rate_multistep_fwd_kernel[_grid(n)](*args, N_LEVELS=n_levels, **common)
-    return out, new_state
 
 
-def diff_neuron_run(
-    x: Tensor,
-    threshold: Tensor | float,
-    bias: Tensor | float | None,
-    *,
-    kind: str,
-    n_levels: int = 1,
-    relu_constrained: bool = True,
-    state: DiffState | None = None,
-    store_state: bool = False,
-) -> tuple[Tensor, DiffState | None]:
-    """Run a differential neuron (MT or IF, always signed) over the T real steps of ``x [T, *S]``.
-
-    With ``state`` None the neuron starts from R_in = b, R_out = 0 at step t = 1; otherwise it continues from
-    ``state`` at step ``state.t + 1``.
-
-    Returns:
-        The emitted differences ``[T, *S]`` in the dtype of ``x`` and, if ``store_state``, the state after the last
-        step (new buffers), else None.
-
-    Raises:
-        ConfigError: a bad kind, dtype, shape, ``n_levels`` or state.
-    """
-    x, T, step_shape, n, (th, th_inner, th_k) = _prepare_run(x, threshold, kind, n_levels)
-    b, b_inner, b_k = _table("bias", 0.0 if bias is None else bias, step_shape, x.device)
-    t0 = 0 if state is None else int(state.t)
-    out = torch.empty_like(x)
-    if T == 0 or n == 0:  # nothing to launch; the state passes through unchanged
-        if not store_state:
-            return out, None
-        if state is not None:
-            return out, DiffState(_state_buffer(state.r_in, n, x.device, "r_in").clone(),
-                                  _state_buffer(state.r_out, n, x.device, "r_out").clone(), t0 + T)
-        return out, DiffState(_expand(b, b_inner, b_k, n), torch.zeros(n, device=x.device), T)
-    new_state = None
-    if store_state:
-        new_state = DiffState(torch.empty(n, dtype=torch.float32, device=x.device),
-                              torch.empty(n, dtype=torch.float32, device=x.device), t0 + T)
-    r_in_in = r_out_in = out
-    if state is not None:
-        r_in_in = _state_buffer(state.r_in, n, x.device, "r_in")
-        r_out_in = _state_buffer(state.r_out, n, x.device, "r_out")
-    r_in_out = new_state.r_in if new_state is not None else out
-    r_out_out = new_state.r_out if new_state is not None else out
-    common = dict(RELU_CONSTRAINED=bool(relu_constrained), HAS_STATE_IN=state is not None, STORE_STATE=store_state,
-                  RECIPROCAL_DIV=x.device.type == "cuda", enable_fp_fusion=False)
-    args = (x, out, th, b, r_in_in, r_out_in, r_in_out, r_out_out, T, t0, n, th_inner, th_k, b_inner, b_k)
+def _launch_diff(x, out, th, b, r_in_in, r_out_in, r_in_out, r_out_out, *, t0, kind, n_levels,
+                 relu_constrained) -> None:
+    """:class:`~snnconvert.runtime.kernels.common.DiffLaunch` of the Triton kernels."""
+    T, n = x.shape
+    common = dict(RELU_CONSTRAINED=relu_constrained, HAS_STATE_IN=r_in_in is not None,
+                  STORE_STATE=r_in_out is not None, RECIPROCAL_DIV=x.device.type == "cuda", enable_fp_fusion=False)
+    args = (x, out, th.values, b.values, _or(r_in_in, out), _or(r_out_in, out), _or(r_in_out, out),
+            _or(r_out_out, out), T, t0, n, th.inner, th.k, b.inner, b.k)
     if kind == "mt":
         _mt_diff_multistep_fwd_kernel[_grid(n)](*args, N_LEVELS=n_levels, **common)
     else:
         _if_diff_multistep_fwd_kernel[_grid(n)](*args, **common)
-    return out, new_state
+
+
+def _or(t: Tensor | None, dummy: Tensor) -> Tensor:
+    return dummy if t is None else t
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Public wrappers: the signatures of the *_ref twins in convert/coding/neurons.py
+# Public wrappers (runtime/kernels/common.py): the signatures of the *_ref twins in convert/coding/neurons.py
 # ---------------------------------------------------------------------------------------------------------------------
 
-
-def if_rate_multistep(
-    x: Tensor, threshold: Tensor | float, *, signed: bool = False, relu_constrained: bool = True
-) -> Tensor:
-    """Rate-coded IF neuron over T steps; the kernel twin of ``if_rate_multistep_ref`` (method.md §4.1, §4.2)."""
-    return rate_neuron_run(x, threshold, kind="if", signed=signed, relu_constrained=relu_constrained)[0]
-
-
-def mt_rate_multistep(
-    x: Tensor,
-    threshold: Tensor | float,
-    *,
-    n_levels: int,
-    signed: bool = False,
-    relu_constrained: bool = True,
-) -> Tensor:
-    """Rate-coded multi-threshold neuron over T steps; the kernel twin of ``mt_rate_multistep_ref`` (§4.5)."""
-    return rate_neuron_run(
-        x, threshold, kind="mt", n_levels=n_levels, signed=signed, relu_constrained=relu_constrained
-    )[0]
-
-
-def mt_diff_multistep(
-    x: Tensor,
-    threshold: Tensor | float,
-    bias: Tensor | float | None,
-    *,
-    n_levels: int,
-    relu_constrained: bool = True,
-) -> Tensor:
-    """Differential multi-threshold neuron over T real steps; the kernel twin of ``mt_diff_multistep_ref``
-    (§4.6, §4.7)."""
-    return diff_neuron_run(x, threshold, bias, kind="mt", n_levels=n_levels, relu_constrained=relu_constrained)[0]
-
-
-def if_diff_multistep(
-    x: Tensor,
-    threshold: Tensor | float,
-    bias: Tensor | float | None,
-    *,
-    relu_constrained: bool = True,
-) -> Tensor:
-    """Differential IF neuron over T real steps; the kernel twin of ``if_diff_multistep_ref`` (§4.3)."""
-    return diff_neuron_run(x, threshold, bias, kind="if", relu_constrained=relu_constrained)[0]
+KERNELS = NeuronKernels("triton", _launch_rate, _launch_diff)
+rate_neuron_run = KERNELS.rate_neuron_run
+diff_neuron_run = KERNELS.diff_neuron_run
+if_rate_multistep = KERNELS.if_rate_multistep
+mt_rate_multistep = KERNELS.mt_rate_multistep
+mt_diff_multistep = KERNELS.mt_diff_multistep
+if_diff_multistep = KERNELS.if_diff_multistep

@@ -1,0 +1,317 @@
+"""What the fused neuron kernels share, whatever runs them: argument checks, parameter tables, carried state and
+the public launch wrappers.
+
+Two implementations plug in here: the Triton kernels (``neurons.py``; CUDA, or CPU under the interpreter) and the
+native C kernels (``native.py``; CPU). Each provides two *launchers* that run T steps of a rate or a differential
+neuron on prepared arguments; :class:`NeuronKernels` wraps them into the public functions (``rate_neuron_run``,
+``diff_neuron_run`` and the four twins of the ``*_multistep_ref`` references), so argument checking, the state
+protocol and the T = 0 / N = 0 paths are the same for both. This module imports neither triton nor a compiler.
+
+Per-element tables. θ and the differential bias b are passed as a compact fp32 table ``[K]``; element ``e`` of the
+flattened per-step shape S reads ``table[(e // INNER) % K]``. A scalar gives K = 1; a per-channel θ ``[C, 1, 1]`` on
+S = ``[B, C, H, W]`` gives K = C, INNER = H·W; a captured bias ``[1, C, H, W]`` gives K = C·H·W, INNER = 1. Any other
+broadcast pattern is expanded to the full S (K = N): correct, just one more read of N floats.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+from snnconvert.convert.coding.neurons import check_levels
+from snnconvert.convert.errors import ConfigError
+
+__all__ = ["SUPPORTED_DTYPES", "Table", "RateState", "DiffState", "RateLaunch", "DiffLaunch", "NeuronKernels",
+           "make_table"]
+
+#: Input dtypes of the public wrappers (state fp32, output in the input dtype).
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class Table(NamedTuple):
+    """Compact per-element parameter: element e of the per-step shape reads ``values[(e // inner) % k]``."""
+
+    values: Tensor  # [k] fp32, contiguous
+    inner: int
+    k: int
+
+
+@dataclass
+class RateState:
+    """Per-element state of a rate neuron after some steps: membrane m and cumulative output C (None if unused)."""
+
+    m: Tensor  # [N] fp32
+    c: Tensor | None  # [N] fp32
+
+
+@dataclass
+class DiffState:
+    """Per-element state of a differential neuron: running means R_in, R_out and the number of steps done."""
+
+    r_in: Tensor  # [N] fp32
+    r_out: Tensor  # [N] fp32
+    t: int
+
+
+class RateLaunch(Protocol):
+    def __call__(self, x: Tensor, out: Tensor, th: Table, m_in: Tensor | None, c_in: Tensor | None,
+                 m_out: Tensor | None, c_out: Tensor | None, *, kind: str, n_levels: int, signed: bool,
+                 need_c: bool) -> None:
+        """Run T = x.shape[0] steps on ``x`` [T, N] into ``out`` [T, N]; state tensors [N] fp32 or None (not read /
+        not written)."""
+
+
+class DiffLaunch(Protocol):
+    def __call__(self, x: Tensor, out: Tensor, th: Table, b: Table, r_in_in: Tensor | None,
+                 r_out_in: Tensor | None, r_in_out: Tensor | None, r_out_out: Tensor | None, *, t0: int, kind: str,
+                 n_levels: int, relu_constrained: bool) -> None:
+        """Run steps t0+1 … t0+T of ``x`` [T, N] into ``out`` [T, N]; state tensors [N] fp32 or None."""
+
+
+def make_table(name: str, value, step_shape: torch.Size, device: torch.device) -> Table:
+    """Compact fp32 table of a per-element parameter (module header). Raises ConfigError if ``value`` does not
+    broadcast to S."""
+    v = torch.as_tensor(value, dtype=torch.float32, device=device)
+    try:
+        ok = torch.broadcast_shapes(v.shape, step_shape) == step_shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{name} of shape {tuple(v.shape)} does not broadcast to the per-step shape "
+                          f"{tuple(step_shape)}; use a scalar, per-channel ([C, 1, 1] or [C]) or per-neuron value")
+    shape = [1] * (len(step_shape) - v.dim()) + list(v.shape)
+    varying = [d for d, n in enumerate(shape) if n > 1]
+    if not varying:
+        return Table(v.reshape(1).contiguous(), 1, 1)
+    lo, hi = varying[0], varying[-1] + 1
+    if all(shape[d] == step_shape[d] for d in range(lo, hi)):
+        k = 1
+        for d in range(lo, hi):
+            k *= step_shape[d]
+        inner = 1
+        for d in range(hi, len(step_shape)):
+            inner *= step_shape[d]
+        return Table(v.reshape(-1).contiguous(), inner, k)
+    full = v.expand(step_shape).reshape(-1).contiguous()
+    return Table(full, 1, full.numel())
+
+
+def _expand(table: Table, n: int) -> Tensor:
+    """The full per-element values [N] of a compact table (used only on the no-launch paths)."""
+    idx = torch.arange(n, device=table.values.device)
+    return table.values[(idx // table.inner) % table.k].clone()
+
+
+def _state_buffer(t: Tensor | None, n: int, device: torch.device, name: str) -> Tensor:
+    if t is None:
+        raise ConfigError(f"the carried state has no {name}; start from state=None (reset the neuron)")
+    t = t.reshape(-1)
+    if t.numel() != n or t.dtype != torch.float32:
+        raise ConfigError(f"the carried state {name} has {t.numel()} {t.dtype} element(s) but the input has {n} per "
+                          "step (fp32 state expected); reset the neuron when the input shape changes")
+    return t.to(device).contiguous()
+
+
+def _new_state_buffers(store: bool, count: int, n: int, device: torch.device) -> list[Tensor | None]:
+    return [torch.empty(n, dtype=torch.float32, device=device) if store else None for _ in range(count)]
+
+
+class NeuronKernels:
+    """The public launch wrappers of one kernel implementation.
+
+    Args:
+        name: the backend's name, used in messages.
+        launch_rate / launch_diff: the implementation's launchers (:class:`RateLaunch`, :class:`DiffLaunch`).
+        kernel_dtypes: input dtypes the launchers read directly; other supported dtypes are converted to fp32 before
+            the launch and the output back to the input dtype (exact: every emitted value ±θ·2^-i of a threshold
+            rounded to the dtype is representable in it).
+        check_device: raises if the launchers cannot run on a tensor's device (None: any device).
+        in_place_state: the launchers may write the final state over the state they read (each element's state is
+            read before it is written). Then ``in_place=True`` reuses a carried state's buffers (single-step
+            streaming without a new allocation per step); the Triton launchers need separate buffers (an autotuning
+            re-run must see the same input state).
+    """
+
+    def __init__(self, name: str, launch_rate: RateLaunch, launch_diff: DiffLaunch,
+                 kernel_dtypes: tuple[torch.dtype, ...] = SUPPORTED_DTYPES,
+                 check_device: Callable[[torch.device], None] | None = None, in_place_state: bool = False) -> None:
+        self.name = name
+        self.in_place_state = in_place_state
+        self._launch_rate = launch_rate
+        self._launch_diff = launch_diff
+        self._kernel_dtypes = kernel_dtypes
+        self._check_device = check_device
+
+    # -- argument handling shared by both codings ---------------------------------------------------------------------
+
+    def _prepare(self, x: Tensor, threshold, kind: str, n_levels: int) -> tuple[Tensor, torch.Size, int, Table]:
+        if not isinstance(x, Tensor):
+            raise ConfigError(f"x must be a torch.Tensor of shape [T, *S], got {type(x).__name__}")
+        if x.dim() < 1:
+            raise ConfigError("x must have shape [T, *S], got a 0-dim tensor")
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise ConfigError(f"the {self.name} neuron kernels take fp32, fp16 or bf16 inputs, got {x.dtype}; "
+                              "use the torch reference (backend='torch') for other dtypes")
+        if kind not in ("if", "mt"):
+            raise ConfigError(f"kind must be 'if' or 'mt', got {kind!r}")
+        check_levels(kind, n_levels)  # the reference neurons' rule and message
+        if self._check_device is not None:
+            self._check_device(x.device)
+        step_shape = x.shape[1:]
+        return x.contiguous(), step_shape, step_shape.numel(), make_table("threshold", threshold, step_shape,
+                                                                          x.device)
+
+    def _kernel_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(kernel input, kernel output) for ``x`` [T, *S]: viewed as [T, N], converted to fp32 if the launchers do
+        not read x's dtype."""
+        xk = x.reshape(x.shape[0], -1)
+        if x.dtype not in self._kernel_dtypes:
+            xk = xk.float()
+        return xk, torch.empty_like(xk)
+
+    def _check_in_place(self, in_place: bool) -> None:
+        if in_place and not self.in_place_state:
+            raise ConfigError(f"the {self.name} neuron kernels cannot update a state in place; pass in_place=False")
+
+    @staticmethod
+    def _finish(out: Tensor, x: Tensor) -> Tensor:
+        return out.reshape(x.shape).to(x.dtype)
+
+    # -- public wrappers ----------------------------------------------------------------------------------------------
+
+    def rate_neuron_run(
+        self,
+        x: Tensor,
+        threshold: Tensor | float,
+        *,
+        kind: str,
+        n_levels: int = 1,
+        signed: bool = False,
+        relu_constrained: bool = True,
+        state: RateState | None = None,
+        store_state: bool = False,
+        in_place: bool = False,
+    ) -> tuple[Tensor, RateState | None]:
+        """Run a rate neuron (IF or MT) over the T steps of ``x [T, *S]`` from ``state`` (None: the initial state).
+
+        Returns:
+            The emitted values ``[T, *S]`` in the dtype of ``x`` and, if ``store_state``, the state after the last
+            step (new buffers, ``state`` unchanged; with ``in_place`` the buffers of ``state`` when it has them),
+            else None.
+
+        Raises:
+            ConfigError: a bad kind, dtype, shape, ``n_levels`` or state, or ``in_place`` on kernels that do not
+                support it.
+        """
+        self._check_in_place(in_place)
+        x, _, n, th = self._prepare(x, threshold, kind, n_levels)
+        need_c = bool(signed and relu_constrained)
+        T = x.shape[0]
+        if T == 0 or n == 0:  # nothing to launch; the state passes through unchanged
+            out = torch.empty_like(x)
+            if not store_state:
+                return out, None
+            if state is not None:
+                c = _state_buffer(state.c, n, x.device, "c").clone() if need_c else None
+                return out, RateState(_state_buffer(state.m, n, x.device, "m").clone(), c)
+            m0 = _expand(th, n) * 0.5 if kind == "if" else torch.zeros(n, device=x.device)
+            return out, RateState(m0, torch.zeros(n, device=x.device) if need_c else None)
+        m_in = c_in = None
+        if state is not None:
+            m_in = _state_buffer(state.m, n, x.device, "m")
+            if need_c:
+                c_in = _state_buffer(state.c, n, x.device, "c")
+        m_out, c_out = _new_state_buffers(store_state, 2, n, x.device)
+        if in_place and store_state and state is not None:
+            m_out, c_out = m_in, c_in
+        if not need_c:
+            c_out = None
+        xk, out = self._kernel_io(x)
+        self._launch_rate(xk, out, th, m_in, c_in, m_out, c_out, kind=kind, n_levels=n_levels, signed=bool(signed),
+                          need_c=need_c)
+        return self._finish(out, x), RateState(m_out, c_out) if store_state else None
+
+    def diff_neuron_run(
+        self,
+        x: Tensor,
+        threshold: Tensor | float,
+        bias: Tensor | float | None,
+        *,
+        kind: str,
+        n_levels: int = 1,
+        relu_constrained: bool = True,
+        state: DiffState | None = None,
+        store_state: bool = False,
+        in_place: bool = False,
+    ) -> tuple[Tensor, DiffState | None]:
+        """Run a differential neuron (MT or IF, always signed) over the T real steps of ``x [T, *S]``.
+
+        With ``state`` None the neuron starts from R_in = b, R_out = 0 at step t = 1; otherwise it continues from
+        ``state`` at step ``state.t + 1``.
+
+        Returns:
+            The emitted differences ``[T, *S]`` in the dtype of ``x`` and, if ``store_state``, the state after the
+            last step (new buffers; with ``in_place`` the buffers of ``state`` when it has them), else None.
+
+        Raises:
+            ConfigError: a bad kind, dtype, shape, ``n_levels`` or state, or ``in_place`` on kernels that do not
+                support it.
+        """
+        self._check_in_place(in_place)
+        x, step_shape, n, th = self._prepare(x, threshold, kind, n_levels)
+        b = make_table("bias", 0.0 if bias is None else bias, step_shape, x.device)
+        t0 = 0 if state is None else int(state.t)
+        T = x.shape[0]
+        if T == 0 or n == 0:  # nothing to launch; the state passes through unchanged
+            out = torch.empty_like(x)
+            if not store_state:
+                return out, None
+            if state is not None:
+                return out, DiffState(_state_buffer(state.r_in, n, x.device, "r_in").clone(),
+                                      _state_buffer(state.r_out, n, x.device, "r_out").clone(), t0 + T)
+            return out, DiffState(_expand(b, n), torch.zeros(n, device=x.device), T)
+        r_in_in = r_out_in = None
+        if state is not None:
+            r_in_in = _state_buffer(state.r_in, n, x.device, "r_in")
+            r_out_in = _state_buffer(state.r_out, n, x.device, "r_out")
+        r_in_out, r_out_out = _new_state_buffers(store_state, 2, n, x.device)
+        if in_place and store_state and state is not None:
+            r_in_out, r_out_out = r_in_in, r_out_in
+        xk, out = self._kernel_io(x)
+        self._launch_diff(xk, out, th, b, r_in_in, r_out_in, r_in_out, r_out_out, t0=t0, kind=kind,
+                          n_levels=n_levels, relu_constrained=bool(relu_constrained))
+        return self._finish(out, x), DiffState(r_in_out, r_out_out, t0 + T) if store_state else None
+
+    # -- the twins of the *_multistep_ref references ------------------------------------------------------------------
+
+    def if_rate_multistep(
+        self, x: Tensor, threshold: Tensor | float, *, signed: bool = False, relu_constrained: bool = True
+    ) -> Tensor:
+        """Rate-coded IF neuron over T steps; the kernel twin of ``if_rate_multistep_ref`` (method.md §4.1, §4.2)."""
+        return self.rate_neuron_run(x, threshold, kind="if", signed=signed, relu_constrained=relu_constrained)[0]
+
+    def mt_rate_multistep(
+        self, x: Tensor, threshold: Tensor | float, *, n_levels: int, signed: bool = False,
+        relu_constrained: bool = True,
+    ) -> Tensor:
+        """Rate-coded multi-threshold neuron over T steps; the kernel twin of ``mt_rate_multistep_ref`` (§4.5)."""
+        return self.rate_neuron_run(x, threshold, kind="mt", n_levels=n_levels, signed=signed,
+                                    relu_constrained=relu_constrained)[0]
+
+    def mt_diff_multistep(
+        self, x: Tensor, threshold: Tensor | float, bias: Tensor | float | None, *, n_levels: int,
+        relu_constrained: bool = True,
+    ) -> Tensor:
+        """Differential multi-threshold neuron over T real steps; the kernel twin of ``mt_diff_multistep_ref``
+        (§4.6, §4.7)."""
+        return self.diff_neuron_run(x, threshold, bias, kind="mt", n_levels=n_levels,
+                                    relu_constrained=relu_constrained)[0]
+
+    def if_diff_multistep(
+        self, x: Tensor, threshold: Tensor | float, bias: Tensor | float | None, *, relu_constrained: bool = True
+    ) -> Tensor:
+        """Differential IF neuron over T real steps; the kernel twin of ``if_diff_multistep_ref`` (§4.3)."""
+        return self.diff_neuron_run(x, threshold, bias, kind="if", relu_constrained=relu_constrained)[0]

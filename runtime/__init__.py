@@ -58,7 +58,8 @@ def compile(  # noqa: A001
             stays fp32 and the outputs are returned in fp32 (``runtime/lower.py``). Same rule on every backend.
 
     Returns:
-        A new :class:`SpikingNetwork` (a deep copy of ``snn``) on ``device``.
+        A new :class:`SpikingNetwork` (a deep copy of ``snn``) on ``device``. The kernel backends have no backward
+        pass: their copy's parameters do not require grad, and an input that requires grad raises ConfigError.
 
     Raises:
         ConfigError: unknown backend name or unsupported dtype.
@@ -80,6 +81,7 @@ def compile(  # noqa: A001
     program.invalidate()  # captured offsets are recomputed with the compiled layers (dtype, device, kernels)
     if backend != "torch":
         lower_neurons(program, backend, dtype)
+        program.requires_grad_(False)  # kernel backends are inference-only: plain calls need no torch.no_grad()
     else:
         set_precision(program, dtype)
     return program.to(device)

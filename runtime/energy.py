@@ -1,9 +1,10 @@
 """Synaptic operations (SOP) and the energy metric (method.md §8).
 
-Per real step t and Conv/Linear layer l: ``SOP_l,t`` = Σ over the non-zero input entries of their fan-out, computed
-by running the layer's geometry with all-ones weights on the binary map ``[input != 0]`` (padding and stride shape
-the fan-out at borders). ``TOT_l`` is the dense MAC count of the layer for one image (the same with an all-ones
-input). The zero-input capture pass of differential coding is excluded.
+Per real step t and Conv/Linear layer l: ``SOP_l,t`` = Σ over the non-zero input entries of their fan-out: the
+number of non-zero entries at each input position (summed over channels) weighted by the layer's spatial fan-out map
+(padding and stride shape the fan-out at borders), the same integers as running the layer's geometry with all-ones
+weights on the binary map ``[input != 0]``. ``TOT_l`` is the dense MAC count of the layer for one image (the same
+with an all-ones input). The zero-input capture pass of differential coding is excluded.
 
 Two energy figures are reported, with the constants printed next to them:
 
@@ -14,6 +15,7 @@ Two energy figures are reported, with the constants printed next to them:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 import torch.fx as fx
@@ -52,23 +54,36 @@ def input_kinds(snn: SpikingNetwork) -> dict[str, str]:
     return result
 
 
-def _fanout_count(layer: nn.Module, mask: torch.Tensor) -> torch.Tensor:
-    """Σ over the non-zero entries of ``mask`` (per sample) of their fan-out through ``layer``: ``[N]`` float64.
+@lru_cache(maxsize=256)
+def _fanout_map(dims: int, kernel_size: tuple, stride: tuple, padding, dilation: tuple, spatial: tuple,
+                device: str) -> torch.Tensor:
+    """Spatial fan-out of a convolution geometry: entry p is the number of (output position, kernel tap) pairs that
+    read input position p (zero padding), i.e. the gradient of Σ conv(x, all-ones kernel) w.r.t. x. Integers."""
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    x = torch.ones(1, 1, *spatial, device=device, requires_grad=True)
+    ones = torch.ones(1, 1, *kernel_size, device=device)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(conv(x, ones, None, stride, padding, dilation).sum(), x)
+    return grad[0, 0].detach()
 
-    For a convolution, the fan-out of an input entry does not depend on its channel within a group, so the mask is
-    summed over the channels of each group first and convolved with a one-channel all-ones kernel (the same integer
-    counts as the full all-ones convolution, several times cheaper). Per-position counts stay far below 2^24, so
-    they are exact in fp32; the per-sample total is summed in fp64.
+
+def _fanout_count(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Σ over the non-zero entries of ``x`` (per sample) of their fan-out through ``layer``: ``[N]`` float64.
+
+    Every input entry of a convolution reaches ``out_channels / groups`` output channels with a spatial fan-out that
+    depends only on its position (padding and stride shape it at borders): so the non-zero entries are counted per
+    position over the channels, weighted by the layer's fan-out map (:func:`_fanout_map`, computed once per layer
+    geometry and input size) and summed, the same integers as convolving the 0/1 mask with an all-ones kernel
+    without the convolution. Per-position counts and weights stay far below 2^24, so the products are exact in fp32;
+    the per-sample total is summed in fp64. Reflect/replicate padding is counted with the zero-padding geometry.
     """
     if isinstance(layer, nn.Linear):
-        return mask.flatten(1).sum(1, dtype=torch.float64) * layer.out_features
-    groups = layer.groups
-    per_group = mask.unflatten(1, (groups, mask.shape[1] // groups)).sum(2)  # [N, groups, *spatial]
-    ones = torch.ones(groups, 1, *layer.kernel_size, dtype=mask.dtype, device=mask.device)
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[mask.dim() - 2]
-    # zero-padding geometry (for reflect/replicate padding the border fan-out is approximated the same way)
-    out = conv(per_group, ones, None, layer.stride, layer.padding, layer.dilation, groups)
-    return out.flatten(1).sum(1, dtype=torch.float64) * (layer.out_channels // groups)
+        return x.ne(0).flatten(1).sum(1, dtype=torch.float64) * layer.out_features
+    per_position = x.ne(0).sum(1, dtype=torch.float32)  # [N, *spatial]
+    weights = _fanout_map(x.dim() - 2, tuple(layer.kernel_size), tuple(layer.stride), layer.padding
+                          if isinstance(layer.padding, str) else tuple(layer.padding), tuple(layer.dilation),
+                          tuple(x.shape[2:]), str(x.device))
+    return (per_position * weights).flatten(1).sum(1, dtype=torch.float64) * (layer.out_channels // layer.groups)
 
 
 @dataclass
@@ -125,11 +140,10 @@ class SynapticOpCounter:
             if self.snn.capturing:
                 return
             x = args[0]
-            mask = (x != 0).to(torch.float32)
             sop = self.counts.sop.setdefault(name, torch.zeros(T, dtype=torch.float64))
             if name not in self.counts.tot:
-                self.counts.tot[name] = float(_fanout_count(module, torch.ones_like(mask[:1]))[0])
-            per_sample = _fanout_count(module, mask)
+                self.counts.tot[name] = float(_fanout_count(module, torch.ones_like(x[:1]))[0])
+            per_sample = _fanout_count(module, x)
             prefix = self.snn.prefix_phase
             if prefix is not None:  # a static-prefix layer (convert/static_prefix.py) in multi-step mode
                 if prefix.phase == "rest":  # the one-sample input of steps 2..T, for each of the B images

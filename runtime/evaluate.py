@@ -51,13 +51,20 @@ class EvalReport:
 
 
 class _EventCounter:
-    """Forward hooks on the neurons that count non-zero outputs per step (multi- and single-step modes)."""
+    """Forward hooks on the neurons that count non-zero outputs per step (multi- and single-step modes).
+
+    Neurons whose kernels count their events (``KernelNeuron.counts_events``, the native backend) are asked to, and
+    their counts are used instead of a pass over the output (the same numbers: non-zero emitted values per step).
+    """
 
     def __init__(self, snn: SpikingNetwork, timesteps: int) -> None:
         self.T = timesteps
         self.counts: dict[str, torch.Tensor] = {}
         self.neurons: dict[str, int] = {}
         self.step: dict[str, int] = {}
+        self.modules = [m for _, m in snn.neurons() if getattr(m, "counts_events", False)]
+        for m in self.modules:
+            m.count_events, m.last_events = True, None
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in snn.neurons()]
 
     def _hook(self, name: str) -> Callable:
@@ -65,15 +72,22 @@ class _EventCounter:
             if getattr(module, "capture", False):
                 return
             counts = self.counts.setdefault(name, torch.zeros(self.T, dtype=torch.float64))
+            counted = getattr(module, "last_events", None)  # from the kernel, for this call
+            if counted is not None:
+                module.last_events = None
             if module.step_mode == "m":
                 per_step = out.reshape(self.T, -1)
-                # int32 accumulation (2x faster than the default int64 on CPU) while a step's count cannot overflow
-                acc = torch.int32 if per_step.shape[1] < 2**31 else torch.int64
-                counts += per_step.ne(0).sum(1, dtype=acc).double().cpu()
+                if counted is not None:
+                    counts += counted.double().cpu()
+                else:
+                    # int32 accumulation (2x faster than the default int64 on CPU) while a step's count cannot
+                    # overflow
+                    acc = torch.int32 if per_step.shape[1] < 2**31 else torch.int64
+                    counts += per_step.ne(0).sum(1, dtype=acc).double().cpu()
                 self.neurons[name] = per_step.shape[1] // (out.shape[0] // self.T)
             else:
                 t = self.step.get(name, 0)
-                counts[t % self.T] += float(out.ne(0).sum())
+                counts[t % self.T] += float(counted.sum()) if counted is not None else float(out.ne(0).sum())
                 self.step[name] = t + 1
                 self.neurons[name] = out[0].numel()
 
@@ -82,6 +96,8 @@ class _EventCounter:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+        for m in self.modules:
+            m.count_events, m.last_events = False, None
 
 
 def evaluate(

@@ -56,13 +56,21 @@ class KernelNeuron(SpikingNeuron):
     outputs are identical (tests/test_kernels.py). In step mode ``"s"`` the kernel is called with T = 1 and the
     state is carried between calls in fp32 buffers (a :class:`RateState` or :class:`DiffState`) until :meth:`reset`.
     Subclasses name their backend and return the kernel wrappers (``runtime/kernels/common.py``) for an input.
+
+    Event counts: when ``count_events`` is set (the evaluation's event counter does it) and the kernels can count
+    (``counts_events``), each call leaves the number of non-zero emitted values per step in ``last_events`` (int64
+    [T], or [1] per single step), counted in the kernel instead of by another pass over the output.
     """
 
     backend: str = ""
+    #: whether this backend's kernels count events (``count_events`` has an effect)
+    counts_events: bool = False
 
     def __init__(self, threshold: Tensor | float, **kwargs) -> None:
         super().__init__(threshold, **kwargs)
         self._state = None
+        self.count_events = False
+        self.last_events: Tensor | None = None
 
     def kernels(self, x: Tensor) -> NeuronKernels:
         """The kernel wrappers that run on ``x``'s device (BackendUnavailableError if none can)."""
@@ -81,12 +89,18 @@ class KernelNeuron(SpikingNeuron):
 
     def _call(self, x_seq: Tensor, state, store: bool):
         kernels = self.kernels(x_seq)
+        events = None
+        if self.count_events and kernels.counts_events:
+            events = torch.zeros(x_seq.shape[0], dtype=torch.int64, device=x_seq.device)
         # the carried state is this module's own: kernels that can update it in place do (no allocation per step)
         common = dict(kind=self.kind, n_levels=self.n_levels, relu_constrained=self.relu_constrained, state=state,
-                      store_state=store, in_place=kernels.in_place_state)
+                      store_state=store, in_place=kernels.in_place_state, events=events)
         if self.coding == "rate":
-            return kernels.rate_neuron_run(x_seq, self.threshold, signed=self.signed, **common)
-        return kernels.diff_neuron_run(x_seq, self.threshold, self._require_bias(), **common)
+            result = kernels.rate_neuron_run(x_seq, self.threshold, signed=self.signed, **common)
+        else:
+            result = kernels.diff_neuron_run(x_seq, self.threshold, self._require_bias(), **common)
+        self.last_events = events
+        return result
 
     def multistep(self, x_seq: Tensor) -> Tensor:
         """Run T steps on a time-major input [T, B, *S] from the initial state (one kernel call)."""
@@ -101,6 +115,7 @@ class KernelNeuron(SpikingNeuron):
         """Clear the single-step state (threshold and captured bias are kept)."""
         super().reset()
         self._state = None
+        self.last_events = None
 
 
 class TritonNeuron(KernelNeuron):
@@ -120,6 +135,7 @@ class NativeNeuron(KernelNeuron):
     """Neurons in the native C kernels (``runtime/kernels/native.py``): CPU tensors."""
 
     backend = "native"
+    counts_events = True
 
     def kernels(self, x: Tensor) -> NeuronKernels:
         return native.KERNELS  # the wrappers reject non-CPU tensors with BackendUnavailableError

@@ -176,3 +176,21 @@ def test_fanout_count_equals_all_ones_convolution(groups):
     linear = nn.Linear(30, 7)
     m2 = (torch.rand(4, 30) < 0.5).float()
     assert torch.equal(_fanout_count(linear, m2), m2.sum(1).double() * 7)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_fanout_count_other_ranks_and_same_padding(dims):
+    """The fan-out map also holds for 1-d/3-d convolutions and padding='same' (stride 1)."""
+    import torch.nn.functional as F
+
+    from snnconvert.runtime.energy import _fanout_count
+
+    conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    functional = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    spatial = (9, 7, 5)[:dims]
+    for kwargs in ({"padding": "same", "groups": 3}, {"padding": 2, "stride": 2, "dilation": 2, "groups": 1}):
+        layer = conv_cls(6, 9, 3, **kwargs)
+        x = torch.randn(4, 6, *spatial) * (torch.rand(4, 6, *spatial) < 0.4)
+        ones = torch.ones(9, 6 // layer.groups, *([3] * dims))
+        direct = functional((x != 0).float(), ones, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        assert torch.equal(_fanout_count(layer, x), direct.flatten(1).sum(1).double()), kwargs

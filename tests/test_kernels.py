@@ -322,6 +322,10 @@ def test_wrapper_constraints(impl):
     with pytest.raises(ConfigError, match="reset the neuron"):
         K.rate_neuron_run(torch.randn(1, 7, device=impl.device), 1.0, kind="mt", n_levels=2, state=state)
     assert K.if_rate_multistep(torch.empty(3, 0, device=impl.device), 1.0).shape == (3, 0)
+    with pytest.raises(ConfigError, match="inference-only"):  # no silently missing gradient
+        K.if_rate_multistep(x.clone().requires_grad_(), 1.0)
+    with torch.no_grad():
+        K.if_rate_multistep(x.clone().requires_grad_(), 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -552,3 +556,42 @@ def test_in_place_state_only_where_supported(impl):
         for field in fields:
             assert getattr(got, field).data_ptr() == getattr(start, field).data_ptr()  # the carried buffers
             assert torch.equal(getattr(got, field), getattr(want, field))
+
+
+def test_event_counts_match_the_output(impl):
+    K = impl.kernels
+    T = 6
+    x = torch.randn(T, 3, 7, 300, device=impl.device)  # 6 300 elements per step: several blocks and threads
+    th = torch.rand(7, 1, device=impl.device) + 0.3
+    b = 0.3 * torch.randn(7, 300, device=impl.device)
+    if not K.counts_events:
+        with pytest.raises(ConfigError, match="do not count events"):
+            K.rate_neuron_run(x, th, kind="if", events=torch.zeros(T, dtype=torch.int64))
+        return
+    runs = [lambda ev: K.rate_neuron_run(x, th, kind="if", events=ev)[0],
+            lambda ev: K.rate_neuron_run(x, th, kind="mt", n_levels=4, signed=True, events=ev)[0],
+            lambda ev: K.diff_neuron_run(x, th, b, kind="mt", n_levels=4, events=ev)[0],
+            lambda ev: K.diff_neuron_run(x, th, b, kind="if", relu_constrained=False, events=ev)[0]]
+    for run in runs:
+        events = torch.full((T,), 5, dtype=torch.int64)  # counts are added to what the tensor holds
+        out = run(events)
+        assert torch.equal(events - 5, out.reshape(T, -1).ne(0).sum(1))
+    with pytest.raises(ConfigError, match="int64 tensor of shape"):
+        K.rate_neuron_run(x, th, kind="if", events=torch.zeros(T + 1, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("mode", ["multi", "single"])
+def test_evaluation_counts_from_kernels_equal_torch_backend(impl, converted, mode):
+    from snnconvert.runtime import evaluate
+
+    data, snns = converted
+    batches = [(data[:4], torch.tensor([0, 1, 2, 3])), (data[4:], torch.tensor([4, 5, 6, 7]))]
+    reports = {backend: evaluate(compile(snns["differential"], backend, device=impl.device), batches, timesteps=4,
+                                 mode=mode, device=impl.device)
+               for backend in ("torch", impl.backend)}
+    got, want = reports[impl.backend], reports["torch"]
+    assert got.events_per_step == want.events_per_step and got.site_events == want.site_events
+    assert got.ops == want.ops and got.snn_accuracy == want.snn_accuracy
+    program = compile(snns["differential"], impl.backend, device=impl.device)
+    evaluate(program, batches, timesteps=4, mode=mode, device=impl.device)
+    assert not any(getattr(m, "count_events", False) for _, m in program.neurons())  # switched off afterwards

@@ -59,16 +59,17 @@ class DiffState:
 class RateLaunch(Protocol):
     def __call__(self, x: Tensor, out: Tensor, th: Table, m_in: Tensor | None, c_in: Tensor | None,
                  m_out: Tensor | None, c_out: Tensor | None, *, kind: str, n_levels: int, signed: bool,
-                 need_c: bool) -> None:
+                 need_c: bool, events: Tensor | None = None) -> None:
         """Run T = x.shape[0] steps on ``x`` [T, N] into ``out`` [T, N]; state tensors [N] fp32 or None (not read /
-        not written)."""
+        not written); ``events`` [T] int64 or None: add each step's number of non-zero outputs."""
 
 
 class DiffLaunch(Protocol):
     def __call__(self, x: Tensor, out: Tensor, th: Table, b: Table, r_in_in: Tensor | None,
                  r_out_in: Tensor | None, r_in_out: Tensor | None, r_out_out: Tensor | None, *, t0: int, kind: str,
-                 n_levels: int, relu_constrained: bool) -> None:
-        """Run steps t0+1 … t0+T of ``x`` [T, N] into ``out`` [T, N]; state tensors [N] fp32 or None."""
+                 n_levels: int, relu_constrained: bool, events: Tensor | None = None) -> None:
+        """Run steps t0+1 … t0+T of ``x`` [T, N] into ``out`` [T, N]; state tensors [N] fp32 or None; ``events`` as
+        for :class:`RateLaunch`."""
 
 
 def make_table(name: str, value, step_shape: torch.Size, device: torch.device) -> Table:
@@ -133,13 +134,17 @@ class NeuronKernels:
             read before it is written). Then ``in_place=True`` reuses a carried state's buffers (single-step
             streaming without a new allocation per step); the Triton launchers need separate buffers (an autotuning
             re-run must see the same input state).
+        counts_events: the launchers accept ``events`` (per-step counts of non-zero outputs, computed in the
+            kernel); the wrappers' ``events=`` argument needs it.
     """
 
     def __init__(self, name: str, launch_rate: RateLaunch, launch_diff: DiffLaunch,
                  kernel_dtypes: tuple[torch.dtype, ...] = SUPPORTED_DTYPES,
-                 check_device: Callable[[torch.device], None] | None = None, in_place_state: bool = False) -> None:
+                 check_device: Callable[[torch.device], None] | None = None, in_place_state: bool = False,
+                 counts_events: bool = False) -> None:
         self.name = name
         self.in_place_state = in_place_state
+        self.counts_events = counts_events
         self._launch_rate = launch_rate
         self._launch_diff = launch_diff
         self._kernel_dtypes = kernel_dtypes
@@ -155,6 +160,9 @@ class NeuronKernels:
         if x.dtype not in SUPPORTED_DTYPES:
             raise ConfigError(f"the {self.name} neuron kernels take fp32, fp16 or bf16 inputs, got {x.dtype}; "
                               "use the torch reference (backend='torch') for other dtypes")
+        if x.requires_grad and torch.is_grad_enabled():
+            raise ConfigError(f"the {self.name} neuron kernels are inference-only (no backward pass), but the input "
+                              "requires grad; run under torch.no_grad() or use backend='torch'")
         if kind not in ("if", "mt"):
             raise ConfigError(f"kind must be 'if' or 'mt', got {kind!r}")
         check_levels(kind, n_levels)  # the reference neurons' rule and message
@@ -172,9 +180,18 @@ class NeuronKernels:
             xk = xk.float()
         return xk, torch.empty_like(xk)
 
-    def _check_in_place(self, in_place: bool) -> None:
+    def _check_options(self, in_place: bool, events: Tensor | None, steps: int) -> dict:
+        """Validate ``in_place`` and ``events``; the launcher keyword arguments for ``events``."""
         if in_place and not self.in_place_state:
             raise ConfigError(f"the {self.name} neuron kernels cannot update a state in place; pass in_place=False")
+        if events is None:
+            return {}
+        if not self.counts_events:
+            raise ConfigError(f"the {self.name} neuron kernels do not count events; pass events=None")
+        if events.dtype != torch.int64 or events.shape != (steps,) or not events.is_contiguous():
+            raise ConfigError(f"events must be a contiguous int64 tensor of shape [{steps}], got {events.dtype} "
+                              f"{tuple(events.shape)}")
+        return {"events": events}
 
     @staticmethod
     def _finish(out: Tensor, x: Tensor) -> Tensor:
@@ -194,20 +211,22 @@ class NeuronKernels:
         state: RateState | None = None,
         store_state: bool = False,
         in_place: bool = False,
+        events: Tensor | None = None,
     ) -> tuple[Tensor, RateState | None]:
         """Run a rate neuron (IF or MT) over the T steps of ``x [T, *S]`` from ``state`` (None: the initial state).
 
         Returns:
             The emitted values ``[T, *S]`` in the dtype of ``x`` and, if ``store_state``, the state after the last
             step (new buffers, ``state`` unchanged; with ``in_place`` the buffers of ``state`` when it has them),
-            else None.
+            else None. ``events`` (int64 [T], kernels with ``counts_events``): each step's number of non-zero
+            emitted values is added to it.
 
         Raises:
-            ConfigError: a bad kind, dtype, shape, ``n_levels`` or state, or ``in_place`` on kernels that do not
-                support it.
+            ConfigError: a bad kind, dtype, shape, ``n_levels``, state or ``events``, or ``in_place`` / ``events``
+                on kernels that do not support them.
         """
-        self._check_in_place(in_place)
         x, _, n, th = self._prepare(x, threshold, kind, n_levels)
+        extra = self._check_options(in_place, events, x.shape[0])
         need_c = bool(signed and relu_constrained)
         T = x.shape[0]
         if T == 0 or n == 0:  # nothing to launch; the state passes through unchanged
@@ -231,7 +250,7 @@ class NeuronKernels:
             c_out = None
         xk, out = self._kernel_io(x)
         self._launch_rate(xk, out, th, m_in, c_in, m_out, c_out, kind=kind, n_levels=n_levels, signed=bool(signed),
-                          need_c=need_c)
+                          need_c=need_c, **extra)
         return self._finish(out, x), RateState(m_out, c_out) if store_state else None
 
     def diff_neuron_run(
@@ -246,6 +265,7 @@ class NeuronKernels:
         state: DiffState | None = None,
         store_state: bool = False,
         in_place: bool = False,
+        events: Tensor | None = None,
     ) -> tuple[Tensor, DiffState | None]:
         """Run a differential neuron (MT or IF, always signed) over the T real steps of ``x [T, *S]``.
 
@@ -255,13 +275,13 @@ class NeuronKernels:
         Returns:
             The emitted differences ``[T, *S]`` in the dtype of ``x`` and, if ``store_state``, the state after the
             last step (new buffers; with ``in_place`` the buffers of ``state`` when it has them), else None.
+            ``events`` as for :meth:`rate_neuron_run`.
 
         Raises:
-            ConfigError: a bad kind, dtype, shape, ``n_levels`` or state, or ``in_place`` on kernels that do not
-                support it.
+            ConfigError: as for :meth:`rate_neuron_run`.
         """
-        self._check_in_place(in_place)
         x, step_shape, n, th = self._prepare(x, threshold, kind, n_levels)
+        extra = self._check_options(in_place, events, x.shape[0])
         b = make_table("bias", 0.0 if bias is None else bias, step_shape, x.device)
         t0 = 0 if state is None else int(state.t)
         T = x.shape[0]
@@ -282,7 +302,7 @@ class NeuronKernels:
             r_in_out, r_out_out = r_in_in, r_out_in
         xk, out = self._kernel_io(x)
         self._launch_diff(xk, out, th, b, r_in_in, r_out_in, r_in_out, r_out_out, t0=t0, kind=kind,
-                          n_levels=n_levels, relu_constrained=bool(relu_constrained))
+                          n_levels=n_levels, relu_constrained=bool(relu_constrained), **extra)
         return self._finish(out, x), DiffState(r_in_out, r_out_out, t0 + T) if store_state else None
 
     # -- the twins of the *_multistep_ref references ------------------------------------------------------------------

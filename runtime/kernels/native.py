@@ -18,6 +18,8 @@ pool). No compiler, or a failing build, raises :class:`BackendUnavailableError` 
 
 Threads: ``torch.get_num_threads()`` at each call. Inputs: CPU tensors; fp16/bf16 inputs are converted to fp32 for
 the kernel and the emitted values back (exact, see ``common.py``). The step counter is an fp32 value (exact to 2^24).
+The kernels also count the non-zero emitted values per step on request (``events=``), which the evaluation's event
+counter uses instead of another pass over the output.
 """
 from __future__ import annotations
 
@@ -113,6 +115,7 @@ def _build(path: Path) -> None:
 
 _F = ctypes.POINTER(ctypes.c_float)
 _I64 = ctypes.c_int64
+_I64P = ctypes.POINTER(ctypes.c_int64)
 _INT = ctypes.c_int
 
 
@@ -132,9 +135,9 @@ def load_library() -> ctypes.CDLL:
         raise BackendUnavailableError(f"the native neuron kernels ({path}) cannot be loaded: {exc}; delete the file "
                                       "to rebuild it, or use backend='torch'") from exc
     lib.snn_rate_run.argtypes = [_F, _F, _F, _I64, _I64, _F, _F, _F, _F, _I64, _I64, _INT, _INT, _INT, _INT, _INT,
-                                 _INT, _INT]
+                                 _INT, _I64P, _INT]
     lib.snn_diff_run.argtypes = [_F, _F, _F, _I64, _I64, _F, _I64, _I64, _F, _F, _F, _F, _I64, _I64, _I64, _INT, _INT,
-                                 _INT, _INT, _INT, _INT]
+                                 _INT, _INT, _INT, _I64P, _INT]
     lib.snn_rate_run.restype = lib.snn_diff_run.restype = _INT
     logger.info("native neuron kernels loaded from %s", path)
     return lib
@@ -162,31 +165,36 @@ def _ptr(t: Tensor | None):
     return None if t is None else ctypes.cast(t.data_ptr(), _F)
 
 
+def _events_ptr(events: Tensor | None):
+    return None if events is None else ctypes.cast(events.data_ptr(), _I64P)
+
+
 def _check(code: int) -> None:
-    if code != 0:  # the wrappers validate everything the C code checks; reaching this is a bug
-        raise RuntimeError(f"native neuron kernel rejected its arguments (code {code})")
+    if code != 0:  # the wrappers validate the arguments the C code checks; what is left is a failed allocation
+        raise MemoryError(f"native neuron kernel failed (code {code}): invalid arguments or out of memory")
 
 
 def _launch_rate(x: Tensor, out: Tensor, th: Table, m_in, c_in, m_out, c_out, *, kind: str, n_levels: int,
-                 signed: bool, need_c: bool) -> None:
+                 signed: bool, need_c: bool, events: Tensor | None = None) -> None:
     T, n = x.shape
     _check(load_library().snn_rate_run(
         _ptr(x), _ptr(out), _ptr(th.values), th.inner, th.k, _ptr(m_in), _ptr(c_in), _ptr(m_out), _ptr(c_out), T, n,
         int(kind == "if"), n_levels, int(signed), int(need_c), int(m_in is not None), int(m_out is not None),
-        torch.get_num_threads()))
+        _events_ptr(events), torch.get_num_threads()))
 
 
 def _launch_diff(x: Tensor, out: Tensor, th: Table, b: Table, r_in_in, r_out_in, r_in_out, r_out_out, *, t0: int,
-                 kind: str, n_levels: int, relu_constrained: bool) -> None:
+                 kind: str, n_levels: int, relu_constrained: bool, events: Tensor | None = None) -> None:
     T, n = x.shape
     _check(load_library().snn_diff_run(
         _ptr(x), _ptr(out), _ptr(th.values), th.inner, th.k, _ptr(b.values), b.inner, b.k, _ptr(r_in_in),
         _ptr(r_out_in), _ptr(r_in_out), _ptr(r_out_out), T, t0, n, int(kind == "if"), n_levels,
-        int(relu_constrained), int(r_in_in is not None), int(r_in_out is not None), torch.get_num_threads()))
+        int(relu_constrained), int(r_in_in is not None), int(r_in_out is not None), _events_ptr(events),
+        torch.get_num_threads()))
 
 
 KERNELS = NeuronKernels("native", _launch_rate, _launch_diff, kernel_dtypes=(torch.float32,),
-                        check_device=_check_device, in_place_state=True)
+                        check_device=_check_device, in_place_state=True, counts_events=True)
 rate_neuron_run = KERNELS.rate_neuron_run
 diff_neuron_run = KERNELS.diff_neuron_run
 if_rate_multistep = KERNELS.if_rate_multistep

@@ -14,11 +14,15 @@
  * The level loop is unrolled for n = 1..8 (one specialised block function per (n, signed, constrained) combination,
  * so the compiler vectorises the element loop); larger n run a generic loop with the same arithmetic.
  *
+ * Event counts: when `events` [T] (int64) is given, the number of non-zero emitted values of each step is added to
+ * it (the same count as out[t].ne(0).sum(), computed in the loop instead of another pass over out).
+ *
  * Pointers: x, out [T, N] contiguous fp32 (the caller converts other dtypes); th_tab [th_k], b_tab [b_k] compact
  * per-element tables: element e reads tab[(e / inner) % k] (see runtime/kernels/common.py, Table); state arrays [N]
  * fp32, read when has_state, written when store_state (never aliased with x or out).
  */
 #include <stdint.h>
+#include <stdlib.h>
 
 #define BLOCK 512
 #define MAX_UNROLLED_LEVELS 8
@@ -82,8 +86,8 @@ INLINE float if_fire(float m, float c, float th, const int sgn, const int need_c
 }
 
 /* _rate_step over T steps: m ← m + x_t; s = fire(m, C); m ← m − s; C ← C + s */
-INLINE void rate_block(const Args *a, int64_t start, int64_t len, const int is_if, const int n, const int sgn,
-                       const int need_c) {
+INLINE void rate_block(const Args *a, int64_t start, int64_t len, int64_t *events, const int is_if, const int n,
+                       const int sgn, const int need_c) {
     float th[BLOCK], m[BLOCK], c[BLOCK];
     gather(th, a->th, a->th_inner, a->th_k, start, len);
     for (int64_t j = 0; j < len; ++j) {
@@ -98,13 +102,16 @@ INLINE void rate_block(const Args *a, int64_t start, int64_t len, const int is_i
     for (int64_t t = 0; t < a->T; ++t) {
         const float *restrict xt = a->x + t * a->N + start;
         float *restrict ot = a->out + t * a->N + start;
+        int32_t nonzero = 0;
         for (int64_t j = 0; j < len; ++j) {
             const float mm = m[j] + xt[j];
             const float s = is_if ? if_fire(mm, c[j], th[j], sgn, need_c) : mt_fire(mm, c[j], th[j], n, sgn, need_c);
             m[j] = mm - s;
             if (need_c) c[j] = c[j] + s;
             ot[j] = s;
+            nonzero += s != 0.0f;
         }
+        if (events) events[t] += nonzero;
     }
     if (a->store_state) {
         for (int64_t j = 0; j < len; ++j) {
@@ -116,7 +123,8 @@ INLINE void rate_block(const Args *a, int64_t start, int64_t len, const int is_i
 
 /* _diff_step over T steps (t = t0+1 … t0+T): u = x − b; R_in' = R_in + u/t; m = t·(R_in' − R_out) (+ θ/2 for
  * IF); C = t·R_out; d = fire(m, C); R_out ← R_out + d/t; R_in ← R_in' */
-INLINE void diff_block(const Args *a, int64_t start, int64_t len, const int is_if, const int n, const int rc) {
+INLINE void diff_block(const Args *a, int64_t start, int64_t len, int64_t *events, const int is_if, const int n,
+                       const int rc) {
     float th[BLOCK], b[BLOCK], r_in[BLOCK], r_out[BLOCK];
     gather(th, a->th, a->th_inner, a->th_k, start, len);
     gather(b, a->b, a->b_inner, a->b_k, start, len);
@@ -133,6 +141,7 @@ INLINE void diff_block(const Args *a, int64_t start, int64_t len, const int is_i
         const float t = (float)(a->t0 + k + 1);
         const float *restrict xt = a->x + k * a->N + start;
         float *restrict ot = a->out + k * a->N + start;
+        int32_t nonzero = 0;
         for (int64_t j = 0; j < len; ++j) {
             const float u = xt[j] - b[j];
             const float r_in_new = r_in[j] + u / t;
@@ -148,7 +157,9 @@ INLINE void diff_block(const Args *a, int64_t start, int64_t len, const int is_i
             r_out[j] = r_out[j] + d / t;
             r_in[j] = r_in_new;
             ot[j] = d;
+            nonzero += d != 0.0f;
         }
+        if (events) events[k] += nonzero;
     }
     if (a->store_state) {
         for (int64_t j = 0; j < len; ++j) {
@@ -160,12 +171,12 @@ INLINE void diff_block(const Args *a, int64_t start, int64_t len, const int is_i
 
 /* ---- specialisations: constant (n, flags) so that the level loop unrolls and the element loop vectorises ---- */
 
-typedef void (*block_fn)(const Args *, int64_t, int64_t);
+typedef void (*block_fn)(const Args *, int64_t, int64_t, int64_t *);
 
 #define RATE_FN(NAME, IS_IF, N, SGN, NC) \
-    static void NAME(const Args *a, int64_t s, int64_t l) { rate_block(a, s, l, IS_IF, N, SGN, NC); }
+    static void NAME(const Args *a, int64_t s, int64_t l, int64_t *e) { rate_block(a, s, l, e, IS_IF, N, SGN, NC); }
 #define DIFF_FN(NAME, IS_IF, N, RC) \
-    static void NAME(const Args *a, int64_t s, int64_t l) { diff_block(a, s, l, IS_IF, N, RC); }
+    static void NAME(const Args *a, int64_t s, int64_t l, int64_t *e) { diff_block(a, s, l, e, IS_IF, N, RC); }
 #define MT_VARIANTS(N)                        \
     RATE_FN(rate_mt##N##_u, 0, N, 0, 0)       \
     RATE_FN(rate_mt##N##_s, 0, N, 1, 0)       \
@@ -187,11 +198,21 @@ MT_VARIANTS(6)
 MT_VARIANTS(7)
 MT_VARIANTS(8)
 /* n > 8: the same block code with a run-time n */
-static void rate_mtn_u(const Args *a, int64_t s, int64_t l) { rate_block(a, s, l, 0, a->n_levels, 0, 0); }
-static void rate_mtn_s(const Args *a, int64_t s, int64_t l) { rate_block(a, s, l, 0, a->n_levels, 1, 0); }
-static void rate_mtn_sc(const Args *a, int64_t s, int64_t l) { rate_block(a, s, l, 0, a->n_levels, 1, 1); }
-static void diff_mtn_id(const Args *a, int64_t s, int64_t l) { diff_block(a, s, l, 0, a->n_levels, 0); }
-static void diff_mtn_rc(const Args *a, int64_t s, int64_t l) { diff_block(a, s, l, 0, a->n_levels, 1); }
+static void rate_mtn_u(const Args *a, int64_t s, int64_t l, int64_t *e) {
+    rate_block(a, s, l, e, 0, a->n_levels, 0, 0);
+}
+static void rate_mtn_s(const Args *a, int64_t s, int64_t l, int64_t *e) {
+    rate_block(a, s, l, e, 0, a->n_levels, 1, 0);
+}
+static void rate_mtn_sc(const Args *a, int64_t s, int64_t l, int64_t *e) {
+    rate_block(a, s, l, e, 0, a->n_levels, 1, 1);
+}
+static void diff_mtn_id(const Args *a, int64_t s, int64_t l, int64_t *e) {
+    diff_block(a, s, l, e, 0, a->n_levels, 0);
+}
+static void diff_mtn_rc(const Args *a, int64_t s, int64_t l, int64_t *e) {
+    diff_block(a, s, l, e, 0, a->n_levels, 1);
+}
 
 #define ROW(N) {rate_mt##N##_u, rate_mt##N##_s, rate_mt##N##_sc, diff_mt##N##_id, diff_mt##N##_rc}
 /* [n][rate unsigned, rate signed, rate signed+constrained, diff identity, diff constrained]; row 0: n > 8 */
@@ -201,15 +222,32 @@ static const block_fn MT_TABLE[MAX_UNROLLED_LEVELS + 1][5] = {
 };
 static const block_fn IF_TABLE[5] = {rate_if_u, rate_if_s, rate_if_sc, diff_if_id, diff_if_rc};
 
-static void run_blocks(block_fn fn, const Args *a, int nthreads) {
+/* events [T] (may be NULL): number of non-zero emitted values per step, added to what it holds. Each thread counts
+ * into its own array and adds it once at the end. Returns -1 if that array cannot be allocated. */
+static int run_blocks(block_fn fn, const Args *a, int64_t *events, int nthreads) {
     const int64_t nblocks = (a->N + BLOCK - 1) / BLOCK;
+    int failed = 0;
     if (nthreads < 1) nthreads = 1;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nblocks > 1 && nthreads > 1)
-    for (int64_t blk = 0; blk < nblocks; ++blk) {
-        const int64_t start = blk * BLOCK;
-        const int64_t len = a->N - start < BLOCK ? a->N - start : BLOCK;
-        fn(a, start, len);
+#pragma omp parallel num_threads(nthreads) if (nblocks > 1 && nthreads > 1)
+    {
+        int64_t *local = events ? (int64_t *)calloc((size_t)(a->T > 0 ? a->T : 1), sizeof(int64_t)) : NULL;
+        if (events && !local) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nblocks; ++blk) {
+            const int64_t start = blk * BLOCK;
+            const int64_t len = a->N - start < BLOCK ? a->N - start : BLOCK;
+            fn(a, start, len, local);
+        }
+        if (local) {
+#pragma omp critical
+            for (int64_t t = 0; t < a->T; ++t) events[t] += local[t];
+            free(local);
+        }
     }
+    return failed ? -1 : 0;
 }
 
 static block_fn pick(int is_if, int n_levels, int column) {
@@ -217,25 +255,24 @@ static block_fn pick(int is_if, int n_levels, int column) {
     return MT_TABLE[n_levels <= MAX_UNROLLED_LEVELS ? n_levels : 0][column];
 }
 
-/* Rate neuron (IF or MT) over T steps. Returns 0, or -1 for invalid arguments (checked by the Python wrapper). */
+/* Rate neuron (IF or MT) over T steps. Returns 0, or -1 for invalid arguments (checked by the Python wrapper) or a
+ * failed allocation of the per-thread event counts. */
 int snn_rate_run(const float *x, float *out, const float *th, int64_t th_inner, int64_t th_k, const float *m_in,
                  const float *c_in, float *m_out, float *c_out, int64_t T, int64_t N, int is_if, int n_levels,
-                 int sgn, int need_c, int has_state, int store_state, int nthreads) {
+                 int sgn, int need_c, int has_state, int store_state, int64_t *events, int nthreads) {
     if (T < 0 || N < 0 || th_inner < 1 || th_k < 1 || n_levels < 1 || (need_c && !sgn)) return -1;
     Args a = {x, out, th, th_inner, th_k, 0, 1, 1, m_in, c_in, m_out, c_out, T, 0, N, n_levels, has_state,
               store_state};
-    run_blocks(pick(is_if, n_levels, sgn ? (need_c ? 2 : 1) : 0), &a, nthreads);
-    return 0;
+    return run_blocks(pick(is_if, n_levels, sgn ? (need_c ? 2 : 1) : 0), &a, events, nthreads);
 }
 
-/* Differential neuron (MT or IF, always signed) over T steps t0+1 … t0+T. Returns 0, or -1 for invalid arguments. */
+/* Differential neuron (MT or IF, always signed) over T steps t0+1 … t0+T. Returns 0 or -1 (as snn_rate_run). */
 int snn_diff_run(const float *x, float *out, const float *th, int64_t th_inner, int64_t th_k, const float *b,
                  int64_t b_inner, int64_t b_k, const float *r_in_in, const float *r_out_in, float *r_in_out,
                  float *r_out_out, int64_t T, int64_t t0, int64_t N, int is_if, int n_levels, int relu_constrained,
-                 int has_state, int store_state, int nthreads) {
+                 int has_state, int store_state, int64_t *events, int nthreads) {
     if (T < 0 || t0 < 0 || N < 0 || th_inner < 1 || th_k < 1 || b_inner < 1 || b_k < 1 || n_levels < 1) return -1;
     Args a = {x, out, th, th_inner, th_k, b, b_inner, b_k, r_in_in, r_out_in, r_in_out, r_out_out, T, t0, N,
               n_levels, has_state, store_state};
-    run_blocks(pick(is_if, n_levels, relu_constrained ? 4 : 3), &a, nthreads);
-    return 0;
+    return run_blocks(pick(is_if, n_levels, relu_constrained ? 4 : 3), &a, events, nthreads);
 }

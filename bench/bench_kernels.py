@@ -210,7 +210,7 @@ def run_native(args) -> int:
     torch.manual_seed(0)
     th = torch.rand(C, 1, 1) + 0.5
     b = 0.3 * torch.randn(1, C, H, W)
-    info = {"device": f"{native._cpu_model()}, {torch.get_num_threads()} thread(s)", "torch": torch.__version__,
+    info = {"device": f"{native.cpu_model()}, {torch.get_num_threads()} thread(s)", "torch": torch.__version__,
             "triton": "native C", "python": platform.python_version(), "shape": list(shape), "N": B * C * H * W,
             "interpreter": False, "twin": "torch backend (SpikingNeuron fast path)"}
     rows, copies = [], {}

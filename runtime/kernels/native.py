@@ -43,9 +43,9 @@ from snnconvert.runtime.kernels.common import SUPPORTED_DTYPES, DiffState, Neuro
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SOURCE", "SUPPORTED_DTYPES", "RateState", "DiffState", "KERNELS", "native_status", "load_library",
-           "build_command", "rate_neuron_run", "diff_neuron_run", "if_rate_multistep", "mt_rate_multistep",
-           "mt_diff_multistep", "if_diff_multistep"]
+__all__ = ["SOURCE", "SUPPORTED_DTYPES", "cpu_model", "RateState", "DiffState", "KERNELS", "native_status",
+           "load_library", "build_command", "rate_neuron_run", "diff_neuron_run", "if_rate_multistep",
+           "mt_rate_multistep", "mt_diff_multistep", "if_diff_multistep"]
 
 SOURCE = Path(__file__).with_name("native_neurons.c")
 _FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-std=c11")
@@ -61,7 +61,8 @@ def build_command(output: Path) -> list[str]:
     return [*_compiler(), *_FLAGS, str(SOURCE), "-o", str(output)]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (part of the library's cache key: -march=native code is specific to it)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -81,7 +82,7 @@ def _library_path() -> Path:
     digest = hashlib.sha256()
     digest.update(SOURCE.read_bytes())
     digest.update(" ".join(build_command(Path("out"))).encode())
-    digest.update(_cpu_model().encode())
+    digest.update(cpu_model().encode())
     return _cache_dir() / f"neurons-{digest.hexdigest()[:16]}.so"
 
 

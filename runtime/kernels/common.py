@@ -116,8 +116,15 @@ def _state_buffer(t: Tensor | None, n: int, device: torch.device, name: str) -> 
     return t.to(device).contiguous()
 
 
-def _new_state_buffers(store: bool, count: int, n: int, device: torch.device) -> list[Tensor | None]:
-    return [torch.empty(n, dtype=torch.float32, device=device) if store else None for _ in range(count)]
+def _state_outputs(store: bool, carried: list[Tensor | None] | None, needed: list[bool], n: int,
+                   device: torch.device) -> list[Tensor | None]:
+    """Where the launch writes the final state: None where it is not stored or not needed; the ``carried`` buffers
+    themselves when the state is updated in place; new [n] fp32 buffers otherwise."""
+    if not store:
+        return [None] * len(needed)
+    if carried is not None:
+        return [buf if need else None for buf, need in zip(carried, needed)]
+    return [torch.empty(n, dtype=torch.float32, device=device) if need else None for need in needed]
 
 
 class NeuronKernels:
@@ -243,11 +250,8 @@ class NeuronKernels:
             m_in = _state_buffer(state.m, n, x.device, "m")
             if need_c:
                 c_in = _state_buffer(state.c, n, x.device, "c")
-        m_out, c_out = _new_state_buffers(store_state, 2, n, x.device)
-        if in_place and store_state and state is not None:
-            m_out, c_out = m_in, c_in
-        if not need_c:
-            c_out = None
+        m_out, c_out = _state_outputs(store_state, [m_in, c_in] if in_place and state is not None else None,
+                                      [True, need_c], n, x.device)
         xk, out = self._kernel_io(x)
         self._launch_rate(xk, out, th, m_in, c_in, m_out, c_out, kind=kind, n_levels=n_levels, signed=bool(signed),
                           need_c=need_c, **extra)
@@ -297,9 +301,8 @@ class NeuronKernels:
         if state is not None:
             r_in_in = _state_buffer(state.r_in, n, x.device, "r_in")
             r_out_in = _state_buffer(state.r_out, n, x.device, "r_out")
-        r_in_out, r_out_out = _new_state_buffers(store_state, 2, n, x.device)
-        if in_place and store_state and state is not None:
-            r_in_out, r_out_out = r_in_in, r_out_in
+        r_in_out, r_out_out = _state_outputs(
+            store_state, [r_in_in, r_out_in] if in_place and state is not None else None, [True, True], n, x.device)
         xk, out = self._kernel_io(x)
         self._launch_diff(xk, out, th, b, r_in_in, r_out_in, r_in_out, r_out_out, t0=t0, kind=kind,
                           n_levels=n_levels, relu_constrained=bool(relu_constrained), **extra)

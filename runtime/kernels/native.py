@@ -39,13 +39,11 @@ import torch
 from torch import Tensor
 
 from snnconvert.convert.errors import BackendUnavailableError
-from snnconvert.runtime.kernels.common import SUPPORTED_DTYPES, DiffState, NeuronKernels, RateState, Table
+from snnconvert.runtime.kernels.common import NeuronKernels, Table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SOURCE", "SUPPORTED_DTYPES", "cpu_model", "RateState", "DiffState", "KERNELS", "native_status",
-           "load_library", "build_command", "rate_neuron_run", "diff_neuron_run", "if_rate_multistep",
-           "mt_rate_multistep", "mt_diff_multistep", "if_diff_multistep"]
+__all__ = ["SOURCE", "KERNELS", "cpu_model", "native_status", "load_library", "build_command"]
 
 SOURCE = Path(__file__).with_name("native_neurons.c")
 _FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-std=c11")
@@ -194,11 +192,6 @@ def _launch_diff(x: Tensor, out: Tensor, th: Table, b: Table, r_in_in, r_out_in,
         torch.get_num_threads()))
 
 
+#: The public wrappers (``rate_neuron_run``, ``diff_neuron_run``, the four ``*_multistep`` twins) of these kernels.
 KERNELS = NeuronKernels("native", _launch_rate, _launch_diff, kernel_dtypes=(torch.float32,),
                         check_device=_check_device, in_place_state=True, counts_events=True)
-rate_neuron_run = KERNELS.rate_neuron_run
-diff_neuron_run = KERNELS.diff_neuron_run
-if_rate_multistep = KERNELS.if_rate_multistep
-mt_rate_multistep = KERNELS.mt_rate_multistep
-mt_diff_multistep = KERNELS.mt_diff_multistep
-if_diff_multistep = KERNELS.if_diff_multistep

@@ -11,7 +11,10 @@ then times, interleaved and after warm-ups, under ``torch.no_grad``:
 - ``snn_torch`` (kernel backends only): the torch-backend SNN in the same interleave, for the speed-up of the
   kernel backend over the torch reference runtime, plus a check that both give bit-identical outputs;
 - ``snn_ref`` (``--reference``): the same SNN with the readable reference loops of the neurons and graded units
-  (``fast_path = False``: the code before the fast paths), plus a check that both give bit-identical outputs.
+  (``fast_path = False``: the code before the fast paths), plus a check that both give bit-identical outputs;
+- ``snn_unfused`` (``--unfused``): the same backend compiled with ``fuse=False`` (every decomposed ReLU6 / clamp as
+  two neurons and two subtractions instead of one fused unit, ``runtime/fuse.py``), plus a check that both give
+  bit-identical outputs.
 
 It reports the medians and the ratios SNN / ANN, plus a per-module breakdown of one SNN run (and one ANN run)
 measured with forward hooks (perf_counter; CUDA synchronised at each hook on a GPU, so the breakdown runs apart from
@@ -59,6 +62,7 @@ from torch import nn
 from snnconvert import models_zoo, runtime
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.convert.coding.neurons import SpikingNeuron
+from snnconvert.convert.coding.stepping import StepModule
 from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.errors import BackendUnavailableError
 
@@ -186,7 +190,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], timer: Timer, reps: i
 
 
 def category(module: nn.Module) -> str:
-    if isinstance(module, SpikingNeuron):
+    if isinstance(module, SpikingNeuron) or getattr(module, "site_names", None):  # a neuron or a fused pair
         return "neurons"
     if isinstance(module, GradedUnit):
         return "graded units"
@@ -204,12 +208,12 @@ def leaf_modules(root: nn.Module):
     registered elsewhere in the graph under its original name) and the other modules without children."""
     inner: set[int] = set()
     for module in root.modules():
-        if isinstance(module, (SpikingNeuron, GradedUnit)):
+        if isinstance(module, StepModule):
             inner.update(id(m) for m in module.modules() if m is not module)
     for name, module in root.named_modules():
         if id(module) in inner:
             continue
-        if isinstance(module, (SpikingNeuron, GradedUnit)) or not any(True for _ in module.children()):
+        if isinstance(module, StepModule) or not any(True for _ in module.children()):
             yield name, module
 
 
@@ -244,8 +248,11 @@ def breakdown(root: nn.Module, call: Callable[[], object], timer: Timer, reps: i
             if name not in info and isinstance(out, torch.Tensor):
                 x = args[0] if args and isinstance(args[0], torch.Tensor) else out
                 # per sample (one image at one step): the SNN's static-prefix layers see B rows, the rest T·B
+                # a fused pair of neurons counts its input once per neuron, like the unfused graph
+                sites = len(getattr(module, "site_names", ())) or 1
                 info[name] = {"category": category(module), "type": type(module).__name__,
-                              "elements_per_image": x[0].numel(), "macs_per_image": macs(module, out) // out.shape[0]}
+                              "elements_per_image": x[0].numel() * sites,
+                              "macs_per_image": macs(module, out) // out.shape[0]}
         return hook
 
     for name, module in leaf_modules(root):
@@ -290,10 +297,14 @@ def breakdown(root: nn.Module, call: Callable[[], object], timer: Timer, reps: i
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def compile_snn(snn, backend: str, device: torch.device, dtype: torch.dtype):
+def compile_snn(snn, backend: str, device: torch.device, dtype: torch.dtype, fuse: bool = True):
     """``(compiled, note)``; ``compiled`` is None with the reason in ``note`` when the row cannot run."""
     params = inspect.signature(runtime.compile).parameters
     kwargs = {"device": device}
+    if not fuse:
+        if "fuse" not in params:
+            return None, "skipped: runtime.compile has no fuse parameter"
+        kwargs["fuse"] = False
     if dtype != torch.float32:
         if "dtype" not in params:
             return None, f"skipped: runtime.compile has no dtype parameter ({dtype} not supported)"
@@ -333,8 +344,9 @@ def run(args) -> dict:
                             print(f"  {backend} B={B}: {note}", flush=True)
                             rows.append(row)
                             continue
+                        unfused = compile_snn(snn, backend, device, dtype, fuse=False)[0] if args.unfused else None
                         rows.append(measure(row, model, fused, compiled, pool, T, B, device, dtype, timer, args,
-                                            torch_snn=torch_snn if backend != "torch" else None))
+                                            torch_snn=torch_snn if backend != "torch" else None, unfused=unfused))
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     return {"meta": meta(args), "results": rows}
@@ -350,7 +362,7 @@ def reference_copy(snn):
     return ref
 
 
-def measure(row, model, fused, snn, pool, T, B, device, dtype, timer, args, torch_snn=None) -> dict:
+def measure(row, model, fused, snn, pool, T, B, device, dtype, timer, args, torch_snn=None, unfused=None) -> dict:
     ann = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     ann_f = copy.deepcopy(fused).to(device=device, dtype=dtype).eval() if fused is not model else None
     x_ann = ann_batch(pool, T * B).to(device=device, dtype=dtype)
@@ -365,6 +377,8 @@ def measure(row, model, fused, snn, pool, T, B, device, dtype, timer, args, torc
         fns["snn_ref"] = lambda: snn_ref(x_snn, T)
     if torch_snn is not None:
         fns["snn_torch"] = lambda: torch_snn(x_snn, T)
+    if unfused is not None:
+        fns["snn_unfused"] = lambda: unfused(x_snn, T)
     times = time_interleaved(fns, timer, args.reps, args.warmup)
     med = {k: statistics.median(v) for k, v in times.items()}
     row.update({"status": "ok", "seconds": med, "seconds_all": times,
@@ -372,6 +386,10 @@ def measure(row, model, fused, snn, pool, T, B, device, dtype, timer, args, torc
                 "ratio_fused": med["snn"] / med["ann_fused"] if "ann_fused" in med else None})
     if args.single:
         row["ratio_single"] = med["snn_single"] / med["ann"]
+    if unfused is not None:
+        row["speedup_vs_unfused"] = med["snn_unfused"] / med["snn"]
+        with torch.no_grad():
+            row["equal_to_unfused"] = bool(torch.equal(snn(x_snn, T), unfused(x_snn, T)))
     if torch_snn is not None:
         row["speedup_vs_torch"] = med["snn_torch"] / med["snn"]
         with torch.no_grad():
@@ -398,6 +416,9 @@ def summary_line(row: dict) -> str:
     if "snn_torch" in s:
         text += (f"; torch backend {s['snn_torch'] * 1e3:.1f} ms (x{row['speedup_vs_torch']:.2f}, outputs "
                  f"{'bit-identical' if row['equal_to_torch'] else 'DIFFERENT'})")
+    if "snn_unfused" in s:
+        text += (f"; unfused {s['snn_unfused'] * 1e3:.1f} ms (x{row['speedup_vs_unfused']:.2f}, outputs "
+                 f"{'bit-identical' if row['equal_to_unfused'] else 'DIFFERENT'})")
     if "snn_ref" in s:
         text += (f"; reference loops {s['snn_ref'] * 1e3:.1f} ms (ratio {row['ratio_ref']:.2f}, outputs "
                  f"{'bit-identical' if row['ref_bit_identical'] else 'DIFFERENT'})")
@@ -435,12 +456,13 @@ def markdown(doc: dict) -> str:
              "Timings on a shared machine are noisy: compare ratios within one run.", "",
              "ratio = SNN (T steps, multi-step, B images) / ANN on T·B images; `fused` = ANN with BN folded.", "",
              "| model | coding | T | B | backend | dtype | ANN ms | ANN fused ms | SNN ms | ratio | ratio vs fused"
-             " | single-step ratio | reference-loop ratio | speed-up vs torch backend | SNN time: where it goes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             " | single-step ratio | reference-loop ratio | speed-up vs torch backend | speed-up vs unfused"
+             " | SNN time: where it goes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
         head = f"| {r['model']} | {r['coding']} | {r['T']} | {r['B']} | {r['backend']} | {r['dtype']} |"
         if r["status"] != "ok":
-            lines.append(head + f" | | | | | | | | {r['status'][:120]} |")
+            lines.append(head + f" | | | | | | | | | {r['status'][:120]} |")
             continue
         s = r["seconds"]
         fused = f"{s['ann_fused'] * 1e3:.1f}" if "ann_fused" in s else "-"
@@ -451,8 +473,11 @@ def markdown(doc: dict) -> str:
         vs_torch = "-"
         if "speedup_vs_torch" in r:
             vs_torch = f"{r['speedup_vs_torch']:.2f}" + ("" if r["equal_to_torch"] else " (outputs DIFFER)")
+        vs_unfused = "-"
+        if "speedup_vs_unfused" in r:
+            vs_unfused = f"{r['speedup_vs_unfused']:.2f}" + ("" if r["equal_to_unfused"] else " (outputs DIFFER)")
         lines.append(head + f" {s['ann'] * 1e3:.1f} | {fused} | {s['snn'] * 1e3:.1f} | **{r['ratio']:.2f}** | {rf}"
-                     f" | {single} | {ref} | {vs_torch} | {where} |")
+                     f" | {single} | {ref} | {vs_torch} | {vs_unfused} | {where} |")
     lines += ["", "Per image: neuron elements (inputs to spiking neurons), graded-unit elements, conv/linear MACs:", ""]
     seen = set()
     for r in doc["results"]:
@@ -477,6 +502,8 @@ def parse_args(argv=None):
     ap.add_argument("--single", action="store_true", help="also time single-step (streaming) mode")
     ap.add_argument("--reference", action="store_true",
                     help="also time the SNN with the readable reference neuron/unit loops (fast_path=False)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also time the same backend without fused bounded-ReLU pairs (compile(..., fuse=False))")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-breakdown", dest="breakdown", action="store_false")

@@ -117,6 +117,7 @@ def _run(o: RunOptions) -> None:
     from snnconvert.convert import ConversionConfig, convert
     from snnconvert.runtime import backend_status, build_report, compile, evaluate
     from snnconvert.runtime.data import Normalize, load_calib_eval, parse_normalize
+    from snnconvert.runtime.fuse import fused_pairs
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
 
@@ -193,7 +194,8 @@ def _run(o: RunOptions) -> None:
     if o.report is not None:
         doc = build_report(result, evaluation, model=resolved.label, calib=calib_info, data=eval_info,
                            timings={"total": total},
-                           runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode})
+                           runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode,
+                                    "fused_pairs": fused_pairs(snn)})
         with _atomic_write(o.report) as f:
             json.dump(doc, f, indent=2)
         out.print(f"report written to {o.report}")

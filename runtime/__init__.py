@@ -17,6 +17,7 @@ import torch
 from snnconvert.convert import SpikingNetwork, convert_with_thresholds, load_artifact
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError
 from snnconvert.runtime.evaluate import EvalReport, build_report, evaluate
+from snnconvert.runtime.fuse import fuse_bounded_relu_pairs
 from snnconvert.runtime.kernels import triton_status
 from snnconvert.runtime.kernels.native import native_status
 from snnconvert.runtime.lower import DTYPES, lower_neurons, set_precision
@@ -45,6 +46,7 @@ def compile(  # noqa: A001
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    fuse: bool = True,
 ) -> SpikingNetwork:
     """Lower the reference SNN to ``backend`` on ``device``, computing in ``dtype``; ``snn`` itself is not changed.
 
@@ -56,6 +58,9 @@ def compile(  # noqa: A001
         dtype: ``torch.float32``, ``torch.float16`` or ``torch.bfloat16``. For fp16/bf16 the thresholds are rounded
             to the dtype (so every emitted value is exact in it) and the stateless layers run in it; neuron state
             stays fp32 and the outputs are returned in fp32 (``runtime/lower.py``). Same rule on every backend.
+        fuse: run each decomposed bounded ReLU (ReLU6, clamp(0, a)) as one unit (``runtime/fuse.py``): the same
+            outputs and event counts with fewer passes over memory. Applies to fp32 networks on the torch and
+            native backends (the Triton backend has no pair kernel); False keeps the graph as converted.
 
     Returns:
         A new :class:`SpikingNetwork` (a deep copy of ``snn``) on ``device``. The kernel backends have no backward
@@ -84,6 +89,8 @@ def compile(  # noqa: A001
         program.requires_grad_(False)  # kernel backends are inference-only: plain calls need no torch.no_grad()
     else:
         set_precision(program, dtype)
+    if fuse and dtype == torch.float32 and backend in ("torch", "native"):
+        fuse_bounded_relu_pairs(program)
     return program.to(device)
 
 

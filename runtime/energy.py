@@ -42,8 +42,9 @@ def input_kinds(snn: SpikingNetwork) -> dict[str, str]:
             kind[node] = "analog"
         elif node.op == "get_attr":
             kind[node] = "const"
-        elif node.op == "call_module" and node.target in neurons:
-            kind[node] = "spike"
+        elif node.op == "call_module" and (node.target in neurons
+                                           or getattr(snn.gm.get_submodule(node.target), "site_names", ())):
+            kind[node] = "spike"  # a neuron, or a fused unit of neurons (runtime/fuse.py)
         elif node.op == "call_module" and isinstance(snn.gm.get_submodule(node.target), GradedUnit):
             kind[node] = "analog"
         else:

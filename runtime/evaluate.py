@@ -51,10 +51,12 @@ class EvalReport:
 
 
 class _EventCounter:
-    """Forward hooks on the neurons that count non-zero outputs per step (multi- and single-step modes).
+    """Forward hooks that count the neurons' non-zero outputs per step (multi- and single-step modes).
 
     Neurons whose kernels count their events (``KernelNeuron.counts_events``, the native backend) are asked to, and
-    their counts are used instead of a pass over the output (the same numbers: non-zero emitted values per step).
+    their counts are used instead of a pass over the output (the same numbers: non-zero emitted values per step). A
+    neuron that runs inside a fused unit (``runtime/fuse.py``: a unit with ``site_names``) is not called itself: the
+    unit is hooked and its per-site counts are credited to the neuron's site name.
     """
 
     def __init__(self, snn: SpikingNetwork, timesteps: int) -> None:
@@ -62,18 +64,22 @@ class _EventCounter:
         self.counts: dict[str, torch.Tensor] = {}
         self.neurons: dict[str, int] = {}
         self.step: dict[str, int] = {}
-        self.modules = [m for _, m in snn.neurons() if getattr(m, "counts_events", False)]
+        owner = {site: m for _, m in snn.stateful() for site in getattr(m, "site_names", ())}
+        targets = [(name, owner.get(name, m)) for name, m in snn.neurons()]
+        self.modules = list({id(m): m for _, m in targets if getattr(m, "counts_events", False)}.values())
         for m in self.modules:
             m.count_events, m.last_events = True, None
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in snn.neurons()]
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in targets]
 
     def _hook(self, name: str) -> Callable:
         def hook(module, args, out):
             if getattr(module, "capture", False):
                 return
             counts = self.counts.setdefault(name, torch.zeros(self.T, dtype=torch.float64))
-            counted = getattr(module, "last_events", None)  # from the kernel, for this call
-            if counted is not None:
+            counted = getattr(module, "last_events", None)  # from the kernel or fused unit, for this call
+            if isinstance(counted, dict):  # a fused unit's counts per site; the unit resets them on its next call
+                counted = counted[name]
+            elif counted is not None:
                 module.last_events = None
             if module.step_mode == "m":
                 per_step = out.reshape(self.T, -1)

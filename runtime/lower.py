@@ -9,8 +9,10 @@ work unchanged in multi- and single-step mode.
 
 Not lowered, on purpose: the stateless layers (convolutions, linear layers, adds) stay torch modules, and the graded
 units (:class:`GradedUnit`, e.g. the exact max-pool of spike-driven inputs, method.md §5) stay torch: they apply an
-arbitrary ``f`` to running averages and are a small share of the work. Any other stateful module cannot be lowered
-and raises :class:`UnsupportedOpError` listing every such node; nothing is left silently on the reference path.
+arbitrary ``f`` to running averages and are a small share of the work. A fused bounded-ReLU pair
+(:class:`BoundedReLUPair`, ``runtime/fuse.py``) has its two neurons lowered like the others. Any other stateful module
+cannot be lowered and raises :class:`UnsupportedOpError` listing every such node; nothing is left silently on the
+reference path.
 
 Precision (:func:`set_precision`, every backend). For fp16/bf16 every threshold is rounded once to the dtype,
 θ' = θ.to(dtype).float(), and the neuron uses θ' for firing and for the reset. Every emitted value ±θ'·2^-i is
@@ -35,6 +37,7 @@ from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError, UnsupportedNode, UnsupportedOpError
 from snnconvert.convert.passes.normalize import set_module
 from snnconvert.convert.snn import SpikingNetwork
+from snnconvert.runtime.fuse import BoundedReLUPair
 from snnconvert.runtime.kernels import load_kernels, native, triton_status
 from snnconvert.runtime.kernels.common import NeuronKernels
 
@@ -181,7 +184,7 @@ def lower_neurons(snn: SpikingNetwork, backend: str, dtype: torch.dtype = torch.
     _check_dtype(dtype)
     bad = []
     for name, module in snn.gm.named_modules():
-        if isinstance(module, StepModule) and not isinstance(module, (SpikingNeuron, GradedUnit)):
+        if isinstance(module, StepModule) and not isinstance(module, (SpikingNeuron, GradedUnit, BoundedReLUPair)):
             bad.append(name)
     bad += [name for name in snn.neuron_names if not isinstance(snn.gm.get_submodule(name), SpikingNeuron)
             and name not in bad]
@@ -192,7 +195,8 @@ def lower_neurons(snn: SpikingNetwork, backend: str, dtype: torch.dtype = torch.
     else:
         native.load_library()
     neuron_cls = KERNEL_NEURONS[backend]
-    lowered: dict[int, KernelNeuron] = {}  # by the reference module's id: an aliased neuron stays one module
+    # by the reference module's id: an aliased neuron (also the members of a fused pair) stays one module
+    lowered: dict[int, KernelNeuron] = {}
     for name, module in list(snn.gm.named_modules(remove_duplicate=False)):
         if isinstance(module, SpikingNeuron):
             if id(module) not in lowered:

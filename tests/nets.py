@@ -1,4 +1,4 @@
-"""Tiny seeded models for tests: every ReLU spelling, BN, max-pool, residual add, dropout."""
+"""Tiny seeded models for tests: every ReLU spelling, bounded ReLUs, BN, max-pool, residual add, dropout."""
 from __future__ import annotations
 
 import torch
@@ -37,6 +37,31 @@ class SpellingsNet(nn.Module):
         x = self.shared(torch.flatten(x, 1))  # shared nn.ReLU, first use
         x = self.drop(self.shared(self.fc1(x)))  # shared nn.ReLU, second use
         return self.fc2(x)
+
+
+class ClipNet(nn.Module):
+    """Three bounded-ReLU spellings whose ceilings the activations exceed (so the upper neurons fire), a plain ReLU,
+    a residual add and a max-pool."""
+
+    def __init__(self, side: int = 28) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv1 = nn.Conv2d(1, 5, 3, padding=1)
+        self.conv2 = nn.Conv2d(5, 5, 3, padding=1)
+        self.conv3 = nn.Conv2d(5, 5, 3, padding=1)
+        self.conv4 = nn.Conv2d(5, 4, 3, padding=1)
+        self.act6 = nn.ReLU6()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(4 * (side // 2) ** 2, 10)
+        with torch.no_grad():
+            self.conv1.weight.mul_(12.0)  # pre-activations well above 6
+
+    def forward(self, x):
+        x = self.act6(self.conv1(x))
+        x = F.hardtanh(self.conv2(x), 0.0, 1.5) + x
+        x = self.pool(torch.clamp(self.conv3(x), 0, 2.0))
+        x = F.relu(self.conv4(x))
+        return self.fc(torch.flatten(x, 1))
 
 
 class Unsupported(nn.Module):

@@ -135,8 +135,10 @@ def test_onnx_model_converts_saves_and_reloads(tmp_path):
         torch.testing.assert_close(neuron.threshold, saved[name], rtol=0, atol=0)
 
 
-def test_native_backend_gives_the_torch_backend_report(tmp_path):
-    """--backend native (fused C neuron kernels) reproduces the torch backend's accuracy, events and SOPs exactly."""
+@pytest.mark.parametrize("net,pairs", [("SpellingsNet", 0), ("ClipNet", 3)])
+def test_native_backend_gives_the_torch_backend_report(tmp_path, net, pairs):
+    """--backend native (fused C neuron kernels) reproduces the torch backend's accuracy, events and SOPs exactly,
+    also with bounded ReLUs run as fused pairs (ClipNet: ReLU6, hardtanh(0, 1.5), clamp(0, 2))."""
     import shutil
 
     if shutil.which("cc") is None:
@@ -144,12 +146,13 @@ def test_native_backend_gives_the_torch_backend_report(tmp_path):
     docs = {}
     for backend in ("torch", "native"):
         report = tmp_path / f"{backend}.json"
-        result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+        result = _run(f"{NETS}:{net}", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
                       "--calib-images", 64, "--eval-images", 32, "-T", 4, "--coding", "differential",
                       "--backend", backend, "--report", report)
         assert result.exit_code == 0, result.output
         docs[backend] = json.loads(report.read_text())
     assert docs["native"]["runtime"]["backend"] == "native"
+    assert docs["native"]["runtime"]["fused_pairs"] == docs["torch"]["runtime"]["fused_pairs"] == pairs
     for key in ("snn_accuracy", "events", "synaptic_ops"):
         assert docs["native"][key] == docs["torch"][key], key
     assert docs["native"]["thresholds"]["sites"] == docs["torch"]["thresholds"]["sites"]  # per-site events too

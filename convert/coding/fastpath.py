@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["FAST_CHUNK_ELEMENTS", "FastPlan", "FastBuffers", "fast_fire", "fast_rate_step", "fast_diff_step",
-           "fast_rate_multistep", "fast_diff_multistep"]
+__all__ = ["FAST_CHUNK_ELEMENTS", "FastPlan", "FastBuffers", "batch_chunks", "fast_fire", "fast_rate_step",
+           "fast_diff_step", "fast_rate_multistep", "fast_diff_multistep"]
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Fast path of the module: the references' arithmetic, vectorised, on preallocated buffers
@@ -183,10 +183,9 @@ def fast_diff_step(
     r_out.add_(u)  # R_out + d/t
 
 
-def _batch_chunks(x: Tensor, consts: list[Tensor]) -> list[slice]:
-    """Slices of dim 1 of ``x`` [T, *S] (S[0] is the batch) such that a chunk holds about FAST_CHUNK_ELEMENTS
-    elements per step and thread; one slice on a GPU, or when S[0] cannot be split (a constant varies along it) or
-    is small."""
+def batch_chunks(x: Tensor, consts: list[Tensor], elements: int = FAST_CHUNK_ELEMENTS) -> list[slice]:
+    """Slices of dim 1 of ``x`` [T, *S] (S[0] is the batch) such that a chunk holds about ``elements`` elements per
+    step and thread; one slice on a GPU, or when S[0] cannot be split (a constant varies along it) or is small."""
     if x.dim() < 2 or x.device.type != "cpu":
         return [slice(None)]
     n = x.shape[1]
@@ -194,7 +193,7 @@ def _batch_chunks(x: Tensor, consts: list[Tensor]) -> list[slice]:
     if any(c.dim() == ndim and c.shape[0] != 1 for c in consts):
         return [slice(None)]
     per = max(1, x[0, 0].numel())
-    size = max(1, FAST_CHUNK_ELEMENTS * max(1, torch.get_num_threads()) // per)
+    size = max(1, elements * max(1, torch.get_num_threads()) // per)
     if size >= n:
         return [slice(None)]
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
@@ -207,7 +206,7 @@ def fast_rate_multistep(
     xs = x if x.dtype == dtype else x.to(dtype)
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
     buf = None
-    for sl in _batch_chunks(xs, plan.consts):
+    for sl in batch_chunks(xs, plan.consts):
         xc, oc = xs[:, sl], out[:, sl]
         shape = xc.shape[1:]
         m, c = init(shape, th, kind=kind, signed=plan.signed, relu_constrained=plan.need_c)
@@ -226,7 +225,7 @@ def fast_diff_multistep(
     xs = x if x.dtype == dtype else x.to(dtype)
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
     buf = None
-    for sl in _batch_chunks(xs, plan.consts + [b]):
+    for sl in batch_chunks(xs, plan.consts + [b]):
         xc, oc = xs[:, sl], out[:, sl]
         shape = xc.shape[1:]
         r_in, r_out = init(shape, b)

@@ -1,0 +1,196 @@
+"""Fused bounded-ReLU pairs (runtime/fuse.py): graph structure after fusion, bit-identical outputs and event counts
+against the unfused network on the torch and native backends, the native pair kernel against its composition, and
+the cases that must stay unfused."""
+from __future__ import annotations
+
+import copy
+import operator
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from nets import ClipNet
+
+from snnconvert.convert import ConversionConfig, convert
+from snnconvert.convert.coding.neurons import SpikingNeuron
+from snnconvert.convert.errors import ConfigError
+from snnconvert.runtime import compile, evaluate
+from snnconvert.runtime.fuse import BoundedReLUPair, fuse_bounded_relu_pairs
+from snnconvert.runtime.kernels import native
+
+T = 6
+
+SETTINGS = [("rate", "if", 1), ("rate", "mt", 3), ("differential", "mt", 4), ("differential", "if", 1)]
+SETTING_IDS = [f"{c}-{k}{n}" for c, k, n in SETTINGS]
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(11)
+    data = torch.rand(16, 1, 11, 11) * 2
+    out = {}
+    for coding, kind, n in SETTINGS:
+        cfg = ConversionConfig.for_coding(coding, timesteps=T, neuron=kind, levels=n, threshold="max")
+        out[(coding, kind, n)] = convert(ClipNet(side=11), forward_loop=[data], config=cfg).snn
+    return data, out
+
+
+def _native_or_skip() -> None:
+    if shutil.which(native.build_command(Path("x"))[0]) is None:
+        pytest.skip("no C compiler on the PATH for the native kernels")
+
+
+def _pairs(snn) -> list[BoundedReLUPair]:
+    return [m for _, m in snn.stateful() if isinstance(m, BoundedReLUPair)]
+
+
+def test_fusion_replaces_each_decomposed_bounded_relu(nets):
+    _, snns = nets
+    snn = snns[("differential", "mt", 4)]
+    program = compile(snn, "torch")
+    pairs = _pairs(program)
+    assert len(pairs) == 3
+    assert sorted(p.ceiling for p in pairs) == [1.5, 2.0, 6.0]
+    assert program.neuron_names == snn.neuron_names  # the ReLU sites are unchanged
+    graph = program.gm.graph
+    called = {n.target for n in graph.nodes if n.op == "call_module"}
+    for pair in pairs:
+        lo_name, hi_name = pair.site_names
+        assert pair.lo is program.gm.get_submodule(lo_name) and pair.hi is program.gm.get_submodule(hi_name)
+        assert lo_name not in called and hi_name not in called  # run by the pair only
+        assert isinstance(pair.lo, SpikingNeuron) and pair.lo is not snn.gm.get_submodule(lo_name)
+    # the plain ReLU stays a neuron call; no subtraction of the decomposition is left
+    assert sum(1 for name in snn.neuron_names if name in called) == 1
+    assert not any(n.op == "call_function" and n.target is operator.sub for n in graph.nodes)
+    # the caller's network is untouched
+    assert not _pairs(snn) and any(n.target is operator.sub for n in snn.gm.graph.nodes)
+
+
+@pytest.mark.parametrize("mode", ["multi", "single"])
+@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("setting", SETTINGS, ids=SETTING_IDS)
+def test_fused_network_equals_unfused(nets, setting, backend, mode):
+    if backend == "native":
+        _native_or_skip()
+    data, snns = nets
+    snn = snns[setting]
+    x, labels = data[:5], torch.arange(5)
+    fused = compile(snn, backend)
+    plain = compile(snn, "torch", fuse=False)
+    assert len(_pairs(fused)) == 3 and not _pairs(plain)
+    with torch.no_grad():
+        assert torch.equal(fused(x, T, mode=mode), plain(x, T, mode=mode))
+    got = evaluate(fused, [(x, labels)], timesteps=T, mode=mode)
+    want = evaluate(plain, [(x, labels)], timesteps=T, mode=mode)
+    assert got.snn_accuracy == want.snn_accuracy
+    assert got.events_per_step == want.events_per_step
+    assert got.site_events == want.site_events
+    assert got.ops == want.ops  # synaptic operations, and the layers after a pair count as spike-fed
+    upper = [p.site_names[1] for p in _pairs(fused)]
+    assert sum(got.site_events[name]["events"] for name in upper) > 0  # the upper neurons did fire
+
+
+def test_fused_offsets_equal_unfused_capture(nets):
+    data, snns = nets
+    snn = snns[("differential", "mt", 4)]
+    fused, plain = compile(snn, "torch"), compile(snn, "torch", fuse=False)
+    with torch.no_grad():
+        fused(data[:2], T), plain(data[:2], T)
+    for name in snn.neuron_names:
+        assert torch.equal(fused.gm.get_submodule(name).bias, plain.gm.get_submodule(name).bias)
+    assert torch.equal(fused.output_offset, plain.output_offset)
+
+
+@pytest.mark.parametrize("T_steps", [1, 3, 8])
+@pytest.mark.parametrize("coding,kind,n_levels,signed", [
+    ("rate", "if", 1, False), ("rate", "mt", 3, False), ("rate", "mt", 2, True), ("differential", "mt", 4, True),
+    ("differential", "mt", 9, True), ("differential", "if", 1, True)])
+def test_native_pair_kernel_equals_composition(T_steps, coding, kind, n_levels, signed):
+    _native_or_skip()
+    gen = torch.Generator().manual_seed(T_steps * 31 + n_levels)
+    shape = (3, 5, 13, 11)  # 715 elements per image: blocks of 512 cross image and channel boundaries
+    x = torch.randn(T_steps, *shape, generator=gen) * 3
+    th_lo = torch.rand(5, 1, 1, generator=gen) * 2
+    th_lo[1] = 0.0  # a silent channel
+    th_hi = torch.rand(5, 1, 1, generator=gen)
+    flags = dict(kind=kind, coding=coding, n_levels=n_levels, signed=signed)
+    lo, hi = SpikingNeuron(th_lo, **flags), SpikingNeuron(th_hi, **flags)
+    b_lo = b_hi = None
+    if coding == "differential":
+        b_lo = torch.randn(1, *shape[1:], generator=gen) * 0.5
+        b_hi = torch.full((1, *shape[1:]), -0.75)
+        lo.bias, hi.bias = b_lo, b_hi
+    r = lo.multistep(x)
+    h = hi.multistep(r - 0.75)
+    events = torch.zeros(2, T_steps, dtype=torch.int64)
+    got = native.bounded_relu_pair_run(x, 0.75, th_lo, th_hi, b_lo, b_hi, events=events, **flags,
+                                       relu_constrained=True)
+    assert torch.equal(got, r - h)
+    assert torch.equal(events[0], r.reshape(T_steps, -1).ne(0).sum(1))
+    assert torch.equal(events[1], h.reshape(T_steps, -1).ne(0).sum(1))
+    assert int(events[1].sum()) > 0
+    # step by step on a carried state (single-step mode): the same values
+    state = torch.empty(4, x[0].numel())
+    steps = [native.bounded_relu_pair_run(x[t:t + 1], 0.75, th_lo, th_hi, b_lo, b_hi, state=state, t0=t, **flags)
+             for t in range(T_steps)]
+    assert torch.equal(torch.cat(steps), got)
+
+
+def test_native_pair_kernel_rejects_bad_arguments():
+    _native_or_skip()
+    x = torch.rand(2, 4)
+    with pytest.raises(ConfigError, match="fp32"):
+        native.bounded_relu_pair_run(x.double(), 6.0, 1.0, 1.0, coding="rate", kind="if")
+    with pytest.raises(ConfigError, match=r"shape \[2, 2\]"):
+        native.bounded_relu_pair_run(x, 6.0, 1.0, 1.0, coding="rate", kind="if", events=torch.zeros(2))
+    with pytest.raises(ConfigError, match="broadcast"):
+        native.bounded_relu_pair_run(x, 6.0, torch.ones(3), 1.0, coding="rate", kind="if")
+    with pytest.raises(ConfigError, match=r"state must be .* \[4, 4\]"):
+        native.bounded_relu_pair_run(x, 6.0, 1.0, 1.0, coding="rate", kind="if", state=torch.empty(2, 4))
+    with pytest.raises(ConfigError, match="carried state"):
+        native.bounded_relu_pair_run(x, 6.0, 1.0, 1.0, coding="rate", kind="if", t0=3)
+    with pytest.raises(ConfigError, match="inference-only"):
+        native.bounded_relu_pair_run(x.requires_grad_(), 6.0, 1.0, 1.0, coding="rate", kind="if")
+
+
+def test_patterns_that_must_stay_unfused(nets):
+    data, snns = nets
+    snn = snns[("rate", "mt", 3)]
+    for dtype in (torch.bfloat16, torch.float16):  # the graph rounds r − a to the dtype: not reproduced by a pair
+        assert not _pairs(compile(snn, "torch", dtype=dtype))
+    assert not _pairs(compile(snn, "torch", fuse=False))
+    # a lower neuron whose output is also read elsewhere is left as converted; the other pairs are fused
+    program = compile(snn, "torch", fuse=False)
+    graph = program.gm.graph
+    lo = next(n for n in graph.nodes if n.op == "call_module" and n.target == snn.neuron_names[0])
+    shift = next(u for u in lo.users if u.args[1] == 6.0)
+    hi = next(iter(shift.users))
+    out = next(iter(hi.users))  # r − hi(r − 6)
+    assert out.args == (lo, hi)
+    with graph.inserting_after(out):
+        extra = graph.call_function(operator.mul, (lo, 0.0))
+    with graph.inserting_after(extra):
+        total = graph.call_function(operator.add, (out, extra))
+    out.replace_all_uses_with(total, delete_user_cb=lambda user: user is not total)
+    program.gm.recompile()
+    program.invalidate()
+    with torch.no_grad():
+        want = program(data[:3], T)
+        assert fuse_bounded_relu_pairs(program) == 2
+        assert torch.equal(program(data[:3], T), want)
+    assert snn.neuron_names[0] in {n.target for n in graph.nodes if n.op == "call_module"}
+
+
+def test_torch_pair_with_autograd_and_copies(nets):
+    data, snns = nets
+    snn = snns[("differential", "mt", 4)]
+    fused, plain = compile(snn, "torch"), compile(snn, "torch", fuse=False)
+    x = data[:2].clone().requires_grad_()
+    got = fused(x, T)  # the fast path is off under autograd: the members' own calls, same values
+    assert got.requires_grad and torch.equal(got.detach(), plain(x, T).detach())
+    clone = copy.deepcopy(fused)
+    pair = _pairs(clone)[0]
+    assert pair.lo is clone.gm.get_submodule(pair.site_names[0])  # aliasing survives the copy
+    with torch.no_grad():
+        assert torch.equal(clone(data[:2], T), plain(data[:2], T))

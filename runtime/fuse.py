@@ -93,7 +93,7 @@ class BoundedReLUPair(StepModule):
         return r - self.hi.capture_input(r - self.ceiling)
 
     def multistep(self, x_seq: Tensor) -> Tensor:
-        events = torch.zeros(2, x_seq.shape[0], dtype=torch.int64) if self.count_events else None
+        events = self._new_events(x_seq.shape[0], x_seq.device)
         if self._native(x_seq):
             out = self._native_run(x_seq, events)
         else:
@@ -104,7 +104,7 @@ class BoundedReLUPair(StepModule):
         return out
 
     def single_step(self, x_t: Tensor) -> Tensor:
-        events = torch.zeros(2, 1, dtype=torch.int64) if self.count_events else None
+        events = self._new_events(1, x_t.device)
         if self._native(x_t):  # one T = 1 kernel call on the pair's own carried state
             if self._t == 0:
                 self._state = torch.empty(4, x_t.numel(), dtype=torch.float32)
@@ -135,6 +135,10 @@ class BoundedReLUPair(StepModule):
             n_levels=lo.n_levels, signed=lo.signed, relu_constrained=lo.relu_constrained, state=state, t0=t0,
             events=events)
 
+    def _new_events(self, steps: int, device: torch.device) -> Tensor | None:
+        """Per-step event counts of lo (row 0) and hi (row 1), on the input's device (no sync per step)."""
+        return torch.zeros(2, steps, dtype=torch.int64, device=device) if self.count_events else None
+
     def _set_events(self, events: Tensor | None) -> None:
         self.last_events = None if events is None else dict(zip(self.site_names, events))
 
@@ -156,7 +160,7 @@ class BoundedReLUPair(StepModule):
         if events is not None:
             for row, (m, value) in enumerate(zip(members, (r, h))):
                 counted = m.last_events if kernel_counts else None
-                events[row] += counted.cpu() if counted is not None else value.reshape(value.shape[0], -1).ne(0).sum(1)
+                events[row] += counted if counted is not None else value.reshape(value.shape[0], -1).ne(0).sum(1)
         return r - h
 
     def _torch_multistep(self, x: Tensor, events: Tensor | None) -> Tensor | None:
@@ -176,11 +180,13 @@ class BoundedReLUPair(StepModule):
         consts = plan_lo.consts + plan_hi.consts + ([b_lo, b_hi] if diff else [])
         out = torch.empty_like(x)
         ceiling = self.ceiling
+        buf = None
         for sl in batch_chunks(x, consts, PAIR_CHUNK_ELEMENTS):
             xc, oc = x[:, sl], out[:, sl]
             shape = xc.shape[1:]
-            buf = FastBuffers(shape, dtype, x.device, plan_lo)  # scratch only: shared (same flags, same layout)
-            r, h = (torch.empty(shape, dtype=dtype, device=x.device) for _ in range(2))
+            if buf is None or buf.m.shape != shape:
+                buf = FastBuffers(shape, dtype, x.device, plan_lo)  # scratch only: shared (same flags and layout)
+                r, h = (torch.empty(shape, dtype=dtype, device=x.device) for _ in range(2))
             if diff:
                 s_lo, s_hi = _diff_init(shape, b_lo), _diff_init(shape, b_hi)
             else:
@@ -197,8 +203,8 @@ class BoundedReLUPair(StepModule):
                     fast_rate_step(h, *s_hi, plan_hi, h, buf)
                 torch.sub(r, h, out=oc[t])
                 if events is not None:
-                    events[0, t] += int(torch.count_nonzero(r))
-                    events[1, t] += int(torch.count_nonzero(h))
+                    events[0, t] += torch.count_nonzero(r)
+                    events[1, t] += torch.count_nonzero(h)
         return out
 
 

@@ -77,3 +77,23 @@ def test_static_prefix_on_cuda_matches_the_full_run(coding):
         res.snn.elide_static_prefix = False
         full = res.snn(x.cuda(), 5)
     torch.testing.assert_close(elided, full, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["multi", "single"])
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_fused_bounded_relu_pairs_on_cuda_equal_unfused(coding, mode):
+    """The torch backend's fused ReLU6 pairs (runtime/fuse.py) on CUDA tensors: same outputs and event counts as
+    the unfused network on the same device (the pairs count events on the device)."""
+    from nets import ClipNet
+
+    from snnconvert.runtime import compile
+
+    x, y = _data()
+    res = convert(ClipNet(), forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=4))
+    fused = compile(res.snn, "torch", device="cuda")
+    plain = compile(res.snn, "torch", device="cuda", fuse=False)
+    with torch.no_grad():
+        assert torch.equal(fused(x.cuda(), 4, mode=mode), plain(x.cuda(), 4, mode=mode))
+    got = evaluate(fused, [(x, y)], timesteps=4, mode=mode, device="cuda")
+    want = evaluate(plain, [(x, y)], timesteps=4, mode=mode, device="cuda")
+    assert got.events_per_step == want.events_per_step and got.site_events == want.site_events

@@ -7,6 +7,8 @@ accuracy targets just below the ANN's, the fewest events with which any differen
 fitted T, any step t) reach them.
 
     .venv/bin/python bench/ablation.py --model fmnist-vgg --eval-images 10000 --out bench/results/ablation_vgg.json
+
+``--backend native`` evaluates with the fused C kernels (identical results, several times faster on the CPU).
 """
 from __future__ import annotations
 
@@ -20,16 +22,16 @@ import torch
 
 from snnconvert import models_zoo
 from snnconvert.convert import ConversionConfig, convert
-from snnconvert.runtime import evaluate
+from snnconvert.runtime import compile, evaluate
 from snnconvert.runtime.data import load_fashion_mnist
 
 
-def run_config(model, calib, test, coding, threshold, levels, T, batch):
+def run_config(model, calib, test, coding, threshold, levels, T, batch, backend="torch"):
     neuron = "if" if levels == 1 and coding == "rate" else "mt"
     cfg = ConversionConfig.for_coding(coding, timesteps=T, threshold=threshold, neuron=neuron, levels=levels)
     start = time.perf_counter()
     res = convert(model, forward_loop=lambda m: [m(x) for x, _ in calib.batches(500)], config=cfg)
-    ev = evaluate(res.snn, test.batches(max(1, batch // T)), ann=model, timesteps=T)
+    ev = evaluate(compile(res.snn, backend), test.batches(max(1, batch // T)), ann=model, timesteps=T)
     cum_events = torch.tensor(ev.events_per_step).cumsum(0).tolist()
     return {
         "coding": coding, "threshold": threshold, "levels": levels, "neuron": neuron, "T_fit": T,
@@ -91,6 +93,7 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=2048, help="images x steps per SNN call")
     ap.add_argument("--rate-T", type=int, default=64, help="percentile-threshold runs go to this T too")
+    ap.add_argument("--backend", default="torch", help="runtime backend for the evaluation (torch, native, triton)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -107,7 +110,7 @@ def main() -> None:
         fits = Ts if threshold.startswith("iterate") else [max(max(Ts), args.rate_T)]
         accs, events, energy = {}, {}, {}
         for T in fits:
-            r = run_config(model, calib, test, coding, threshold, n, T, args.batch)
+            r = run_config(model, calib, test, coding, threshold, n, T, args.batch, args.backend)
             runs.append(r)
             for t in (Ts if len(fits) == 1 else [T]):
                 accs[t] = r["snn_accuracy"][t - 1]

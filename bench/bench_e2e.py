@@ -48,6 +48,7 @@ import copy
 import datetime as _dt
 import inspect
 import json
+import os
 import platform
 import statistics
 import sys
@@ -60,6 +61,7 @@ import torch
 from torch import nn
 
 from snnconvert import models_zoo, runtime
+from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.coding.stepping import StepModule
@@ -436,7 +438,9 @@ def pct_line(bd: dict) -> str:
 def meta(args) -> dict:
     info = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "threads": torch.get_num_threads(), "reps": args.reps, "warmup": args.warmup}
+            "threads": torch.get_num_threads(), "reps": args.reps, "warmup": args.warmup,
+            "keep_freed_memory": getattr(args, "keep_freed_memory", False),
+            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}}
     try:
         cpu = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                if ln.startswith("model name")]
@@ -452,7 +456,9 @@ def markdown(doc: dict) -> str:
     m = doc["meta"]
     lines = [f"# End-to-end SNN / ANN speed ({m['date']})", "",
              f"`{m['command']}`  ", f"torch {m['torch']}, {m.get('gpu') or m.get('cpu')}, {m['threads']} threads, "
-             f"median of {m['reps']} interleaved repetitions after {m['warmup']} warm-ups.", "",
+             f"median of {m['reps']} interleaved repetitions after {m['warmup']} warm-ups; allocator: "
+             + ("glibc heap only, freed memory kept (cli/malloc.py)" if m.get("keep_freed_memory")
+                else f"as configured ({m.get('malloc_env') or 'glibc defaults'})") + ".", "",
              "Timings on a shared machine are noisy: compare ratios within one run.", "",
              "ratio = SNN (T steps, multi-step, B images) / ANN on T·B images; `fused` = ANN with BN folded.", "",
              "| model | coding | T | B | backend | dtype | ANN ms | ANN fused ms | SNN ms | ratio | ratio vs fused"
@@ -504,6 +510,8 @@ def parse_args(argv=None):
                     help="also time the SNN with the readable reference neuron/unit loops (fast_path=False)")
     ap.add_argument("--unfused", action="store_true",
                     help="also time the same backend without fused bounded-ReLU pairs (compile(..., fuse=False))")
+    ap.add_argument("--system-malloc", dest="keep_freed_memory", action="store_false",
+                    help="leave glibc malloc as configured (default: the CLI's setting, cli/malloc.py)")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-breakdown", dest="breakdown", action="store_false")
@@ -529,6 +537,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # the CLI's allocator setting (cli/malloc.py), so the timings are those of `snnconvert` runs
+    args.keep_freed_memory = keep_freed_memory() if args.keep_freed_memory else False
     if args.threads:
         torch.set_num_threads(args.threads)
     doc = run(args)

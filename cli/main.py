@@ -114,6 +114,7 @@ class RunOptions:
 
 def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
+    from snnconvert.cli.malloc import keep_freed_memory
     from snnconvert.convert import ConversionConfig, convert
     from snnconvert.runtime import backend_status, build_report, compile, evaluate
     from snnconvert.runtime.data import Normalize, load_calib_eval, parse_normalize
@@ -121,6 +122,7 @@ def _run(o: RunOptions) -> None:
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
 
+    keep_freed_memory()  # large tensors are not unmapped and paged in again on every layer call (cli/malloc.py)
     cfg = ConversionConfig.for_coding(o.coding, timesteps=o.timesteps, threshold=o.threshold,
                                       granularity=o.granularity, levels=o.levels, neuron=o.neuron,
                                       allow_ann_ops=o.allow_ann_op or None)

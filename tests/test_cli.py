@@ -3,6 +3,7 @@ report with the documented schema and an artifact that reloads."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,42 @@ def test_unavailable_backend_fails_before_calibration(tmp_path, monkeypatch):
     finally:
         native.load_library.cache_clear()
     assert "--backend native" in line and "/nonexistent/cc" in line and "backend='torch'" in line
+
+
+_FAULTS = """
+import resource, torch
+from snnconvert.cli.malloc import keep_freed_memory
+applied = keep_freed_memory()
+x = torch.ones(64 << 18)  # 64 MiB, above glibc's largest mmap threshold
+faults = []
+for _ in range(10):  # two 64 MiB temporaries per iteration, like a layer's output and the next one
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    y = x * 2
+    z = y + 1
+    del y, z
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, sum(faults[-4:]))  # after the heap has settled (aligned blocks take a few rounds to be reused)
+"""
+
+
+def test_cli_allocator_setting_keeps_large_blocks_mapped():
+    """cli/malloc.py: with the setting, repeated 64 MiB temporaries reuse the same pages (no page faults once the
+    heap has settled); without it (opt-out, or glibc knobs the user set, which are respected) every one is paged in
+    again."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    runs = {}
+    for name, extra in (("on", {}), ("off", {"SNNCONVERT_KEEP_FREED_MEMORY": "0"}),
+                        ("user", {"MALLOC_TRIM_THRESHOLD_": "131072"})):
+        out = subprocess.run([sys.executable, "-c", _FAULTS], env={**base, **extra}, capture_output=True, text=True,
+                             check=True).stdout.split()
+        runs[name] = (out[0] == "True", int(out[1]))
+    assert runs["on"][0] and not runs["off"][0] and not runs["user"][0]
+    pages = 4 * 2 * (64 << 20) // 4096  # the last four iterations' temporaries
+    assert runs["off"][1] > pages // 2  # each one paged in again
+    assert runs["on"][1] < pages // 16

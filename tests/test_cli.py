@@ -178,13 +178,13 @@ from snnconvert.cli.malloc import keep_freed_memory
 applied = keep_freed_memory()
 x = torch.ones(64 << 18)  # 64 MiB, above glibc's largest mmap threshold
 faults = []
-for _ in range(10):  # two 64 MiB temporaries per iteration, like a layer's output and the next one
+for _ in range(12):  # two 64 MiB temporaries per iteration, like a layer's output and the next one
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     y = x * 2
     z = y + 1
     del y, z
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(applied, sum(faults[-4:]))  # after the heap has settled (aligned blocks take a few rounds to be reused)
+print(applied, *faults[4:])  # after the heap has settled (aligned blocks take a few rounds to be reused)
 """
 
 
@@ -204,8 +204,9 @@ def test_cli_allocator_setting_keeps_large_blocks_mapped():
                         ("user", {"MALLOC_TRIM_THRESHOLD_": "131072"})):
         out = subprocess.run([sys.executable, "-c", _FAULTS], env={**base, **extra}, capture_output=True, text=True,
                              check=True).stdout.split()
-        runs[name] = (out[0] == "True", int(out[1]))
+        runs[name] = (out[0] == "True", [int(f) for f in out[1:]])
     assert runs["on"][0] and not runs["off"][0] and not runs["user"][0]
-    pages = 4 * 2 * (64 << 20) // 4096  # the last four iterations' temporaries
-    assert runs["off"][1] > pages // 2  # each one paged in again
-    assert runs["on"][1] < pages // 16
+    pages = 2 * (64 << 20) // 4096  # one iteration's temporaries
+    assert min(runs["off"][1]) > pages // 2  # every iteration pages them in again
+    # most iterations reuse the kept pages (glibc's heap layout sometimes takes one more round to settle)
+    assert sum(f < pages // 8 for f in runs["on"][1]) >= 6, runs["on"][1]

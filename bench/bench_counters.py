@@ -14,12 +14,11 @@ B = 32, T = 8, about 30 % non-zero. Median of --reps.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bench_kernels import timer  # bench/ is the script's directory
 
 from snnconvert.runtime.energy import _fanout_count
 from snnconvert.runtime.kernels import native
@@ -35,14 +34,7 @@ def mask_convolution(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return out.flatten(1).sum(1, dtype=torch.float64) * (layer.out_channels // groups)
 
 
-def median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+cpu_time = timer("cpu")  # median ms of fn() after one warm-up call
 
 
 def main() -> None:
@@ -61,8 +53,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for label, layer in (("SOP fan-out, depthwise 3x3", nn.Conv2d(C, C, 3, padding=1, groups=C)),
                          ("SOP fan-out, pointwise 1x1", nn.Conv2d(C, 2 * C, 1))):
-        new = median_ms(lambda layer=layer: _fanout_count(layer, x), args.reps)
-        old = median_ms(lambda layer=layer: mask_convolution(layer, x), args.reps)
+        new = cpu_time(lambda layer=layer: _fanout_count(layer, x), args.reps)
+        old = cpu_time(lambda layer=layer: mask_convolution(layer, x), args.reps)
         equal = torch.equal(_fanout_count(layer, x), mask_convolution(layer, x))
         print(f"| {label} | {new:.2f} | {old:.2f} | {old / new:.1f}x | {equal} |")
     ok, reason = native.native_status("cpu")
@@ -82,7 +74,7 @@ def main() -> None:
         out = kernels.mt_diff_multistep(seq, th, b, n_levels=4)
         return out.reshape(T, -1).ne(0).sum(1, dtype=torch.int32)
 
-    new, old = median_ms(counted, args.reps), median_ms(recounted, args.reps)
+    new, old = cpu_time(counted, args.reps), cpu_time(recounted, args.reps)
     equal = torch.equal(counted(), recounted().to(torch.int64))
     print(f"| native differential MT layer + its events: in-kernel vs extra pass | {new:.2f} | {old:.2f} | "
           f"{old / new:.1f}x | {equal} |")

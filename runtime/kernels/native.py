@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from snnconvert.convert.coding.neurons import check_levels
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError
 from snnconvert.runtime.kernels.common import NeuronKernels, Table, make_table
 
@@ -239,18 +238,13 @@ def bounded_relu_pair_run(
     Returns:
         y ``[T, *S]`` fp32.
     """
-    if not isinstance(x, Tensor) or x.dim() < 1 or x.dtype != torch.float32:
+    if not isinstance(x, Tensor) or x.dtype != torch.float32:
         raise ConfigError("the native bounded-ReLU kernel takes an fp32 tensor [T, *S]")
-    if x.requires_grad and torch.is_grad_enabled():
-        raise ConfigError("the native kernels are inference-only (no backward pass), but the input requires grad; "
-                          "run under torch.no_grad() or use backend='torch'")
-    if coding not in ("rate", "differential") or kind not in ("if", "mt"):
-        raise ConfigError(f"coding must be 'rate' or 'differential' and kind 'if' or 'mt', got {coding!r}, {kind!r}")
-    check_levels(kind, n_levels)
-    _check_device(x.device)
-    x = x.contiguous()
-    T, step_shape = x.shape[0], x.shape[1:]
-    n = step_shape.numel()
+    if coding not in ("rate", "differential"):
+        raise ConfigError(f"coding must be 'rate' or 'differential', got {coding!r}")
+    # the single-neuron wrappers' checks (shape, grad, kind, n, device) and lo's θ table
+    x, step_shape, n, th_lo_tab = KERNELS._prepare(x, th_lo, kind, n_levels)
+    T = x.shape[0]
     if events is not None and (events.dtype != torch.int64 or events.shape != (2, T) or not events.is_contiguous()):
         raise ConfigError(f"events must be a contiguous int64 tensor of shape [2, {T}], got {events.dtype} "
                           f"{tuple(events.shape)}")
@@ -264,9 +258,9 @@ def bounded_relu_pair_run(
     if T == 0 or n == 0:
         return out
     diff = coding == "differential"
-    tables = [make_table(name, value, step_shape, x.device) for name, value in
-              (("threshold", th_lo), ("bias", 0.0 if b_lo is None else b_lo), ("threshold", th_hi),
-               ("bias", 0.0 if b_hi is None else b_hi))]
+    tables = [th_lo_tab] + [make_table(name, value, step_shape, x.device) for name, value in
+                            (("bias", 0.0 if b_lo is None else b_lo), ("threshold", th_hi),
+                             ("bias", 0.0 if b_hi is None else b_hi))]
     args = [v for tab in tables for v in (_ptr(tab.values), tab.inner, tab.k)]
     sgn = True if diff else bool(signed)
     _check(load_library().snn_pair_run(

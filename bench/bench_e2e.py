@@ -346,12 +346,19 @@ def run(args) -> dict:
                             print(f"  {backend} B={B}: {note}", flush=True)
                             rows.append(row)
                             continue
-                        unfused = compile_snn(snn, backend, device, dtype, fuse=False)[0] if args.unfused else None
+                        unfused = None
+                        if args.unfused and has_pairs(compiled):  # nothing to compare where nothing was fused
+                            unfused = compile_snn(snn, backend, device, dtype, fuse=False)[0]
                         rows.append(measure(row, model, fused, compiled, pool, T, B, device, dtype, timer, args,
                                             torch_snn=torch_snn if backend != "torch" else None, unfused=unfused))
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     return {"meta": meta(args), "results": rows}
+
+
+def has_pairs(snn) -> bool:
+    """Whether ``snn`` holds a fused bounded-ReLU pair (``runtime/fuse.py``; False on versions without fusion)."""
+    return any(getattr(m, "site_names", None) for _, m in snn.stateful())
 
 
 def reference_copy(snn):

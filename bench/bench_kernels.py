@@ -1,8 +1,9 @@
 """Fused Triton neuron kernels: achieved memory bandwidth vs the device's copy bandwidth, and the torch twins.
 
-For every kernel (rate IF, rate MT n=4, differential MT n=4, differential IF), T in --timesteps and dtype in
---dtypes, on a per-step shape S = [B, C, H, W] with N = B·C·H·W neurons (default 16·64·64·64 = 2^22), per-channel θ
-[C, 1, 1] and a captured bias [1, C, H, W]:
+For every kernel (rate IF, rate MT n=4, differential MT n=4, differential IF, and the fused bounded-ReLU pair of two
+differential MT n=4 neurons, ``y = r − hi(r − a)``, ``r = lo(x)``), T in --timesteps and dtype in --dtypes, on a
+per-step shape S = [B, C, H, W] with N = B·C·H·W neurons (default 16·64·64·64 = 2^22), per-channel θ [C, 1, 1] and a
+captured bias [1, C, H, W]:
 
 - kernel time (median of ``triton.testing.do_bench``) and bandwidth = bytes moved / time, where bytes = read x
   [T, N] + write out [T, N] + the θ and bias tables (state stays in registers, nothing else touches memory);
@@ -33,7 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-KERNELS = ("if_rate", "mt_rate_n4", "mt_diff_n4", "if_diff")
+KERNELS = ("if_rate", "mt_rate_n4", "mt_diff_n4", "if_diff", "pair_diff_n4")
+#: The bound a of the fused bounded-ReLU pair row (exact in every dtype); the upper neuron gets θ/2 and bias −a.
+PAIR_CEILING = 0.75
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -87,7 +90,22 @@ def make_calls(name, x, th, b, kernels, ref):
                 (lambda: ref.mt_diff_multistep_ref(x, th, b, n_levels=4)))
     if name == "if_diff":
         return (lambda: kernels.if_diff_multistep(x, th, b)), (lambda: ref.if_diff_multistep_ref(x, th, b))
+    if name == "pair_diff_n4":
+        def twin():  # the unfused graph: two neurons and two subtractions
+            r = ref.mt_diff_multistep_ref(x, th, b, n_levels=4)
+            return r - ref.mt_diff_multistep_ref(r - PAIR_CEILING, th * 0.5, -PAIR_CEILING + 0 * b, n_levels=4)
+
+        return (lambda: kernels.bounded_relu_pair_run(x, PAIR_CEILING, th, th * 0.5, b, -PAIR_CEILING + 0 * b,
+                                                      coding="differential", kind="mt", n_levels=4)[0]), twin
     raise SystemExit(f"unknown kernel {name!r}; choose from {', '.join(KERNELS)}")
+
+
+def moved_bytes(name: str, x, shape) -> int:
+    """Bytes a kernel must move: read x [T, N], write out [T, N], and its θ (per channel) and bias (per neuron)
+    tables, two of each for a pair."""
+    _, C, H, W = shape
+    tables = 4 * C + (4 * C * H * W if "diff" in name else 0)
+    return 2 * x.numel() * x.element_size() + tables * (2 if name.startswith("pair") else 1)
 
 
 def torch_backend_call(name, x, th, b):
@@ -98,6 +116,15 @@ def torch_backend_call(name, x, th, b):
     neuron = SpikingNeuron(th, kind=kind, coding=coding, n_levels=4 if kind == "mt" else 1)
     if coding == "differential":
         neuron.bias = b
+    if name == "pair_diff_n4":  # the unfused graph on the torch backend
+        upper = SpikingNeuron(th * 0.5, kind=kind, coding=coding, n_levels=4)
+        upper.bias = -PAIR_CEILING + 0 * b
+
+        def pair():
+            r = neuron.multistep(x)
+            return r - upper.multistep(r - PAIR_CEILING)
+
+        return pair
     return lambda: neuron.multistep(x)
 
 
@@ -172,7 +199,7 @@ def main() -> int:
                 call, twin = make_calls(name, x, th_d, b_d, kernels, ref)
                 out = call()
                 kernel_ms = measure(call)
-                moved = 2 * x.numel() * x.element_size() + 4 * C + (4 * C * H * W if "diff" in name else 0)
+                moved = moved_bytes(name, x, shape)
                 row = {"kernel": name, "dtype": dtype_name, "T": T, "kernel_ms": kernel_ms,
                        "gbps": moved / kernel_ms / 1e6, "copy_gbps": copy_gbps,
                        "pct_of_copy": 100.0 * (moved / kernel_ms / 1e6) / copy_gbps}
@@ -196,8 +223,10 @@ def run_native(args) -> int:
     """--native: the C kernels on the CPU against the torch backend's neurons and the CPU copy bandwidth."""
     import torch
 
+    from snnconvert.cli.malloc import keep_freed_memory
     from snnconvert.runtime.kernels import native
 
+    kept = keep_freed_memory()  # as the CLI does: no page faults on every fresh output and copy (BENCHMARKS.md)
     if args.threads:
         torch.set_num_threads(args.threads)
     ok, reason = native.native_status("cpu")
@@ -212,7 +241,7 @@ def run_native(args) -> int:
     b = 0.3 * torch.randn(1, C, H, W)
     info = {"device": f"{native.cpu_model()}, {torch.get_num_threads()} thread(s)", "torch": torch.__version__,
             "triton": "native C", "python": platform.python_version(), "shape": list(shape), "N": B * C * H * W,
-            "interpreter": False, "twin": "torch backend (SpikingNeuron fast path)"}
+            "interpreter": False, "twin": "torch backend (SpikingNeuron fast path)", "keep_freed_memory": kept}
     rows, copies = [], {}
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, DTYPES[dtype_name])
@@ -227,7 +256,7 @@ def run_native(args) -> int:
                 twin = torch_backend_call(name, x, th_d, b_d)
                 out = call()
                 kernel_ms = measure(call)
-                moved = 2 * x.numel() * x.element_size() + 4 * C + (4 * C * H * W if "diff" in name else 0)
+                moved = moved_bytes(name, x, shape)
                 row = {"kernel": name, "dtype": dtype_name, "T": T, "kernel_ms": kernel_ms,
                        "gbps": moved / kernel_ms / 1e6, "copy_gbps": copy_gbps,
                        "pct_of_copy": 100.0 * (moved / kernel_ms / 1e6) / copy_gbps,

@@ -13,7 +13,9 @@
 #            each specialisation compiles once; the CPU/interpreter cases skip)
 #   bench    bench/bench_kernels.py (autotuned) -> OUTDIR/bench/
 #   e2e_tv   bench/bench_e2e.py: torchvision resnet18/34 at 224x224, torch vs triton, B = 32, T = 8
-#   e2e_zoo, acc_float32, acc_bfloat16   zoo models and the bf16 accuracy check, when Fashion-MNIST is found
+#   e2e_zoo  bench/bench_e2e.py: the three zoo CNNs, torch vs triton, B = 32 and 128, T = 8, fused ReLU6 pairs vs
+#            unfused (fmnist-mobilenet), when Fashion-MNIST is found
+#   acc_float32, acc_bfloat16   the bf16 accuracy check (fmnist-vgg, full test split), when Fashion-MNIST is found
 # Logs go to OUTDIR/<step>.log and a table to OUTDIR/summary.md. Worst case (every step hitting its timeout) is
 # about 9.5 minutes with the default limits (typical runs: 3-5); override them with GPU_CHECK_<STEP>_TIMEOUT (seconds).
 # Exit status: 0 if every step that ran returned 0, else 1.
@@ -78,8 +80,8 @@ make_importable() {
 
 export PY OUT REPO
 export -f env_info make_importable
-run_step env "${GPU_CHECK_ENV_TIMEOUT:-20}" bash -c env_info
-run_step install "${GPU_CHECK_INSTALL_TIMEOUT:-60}" bash -c make_importable
+run_step env "${GPU_CHECK_ENV_TIMEOUT:-15}" bash -c env_info
+run_step install "${GPU_CHECK_INSTALL_TIMEOUT:-45}" bash -c make_importable
 if ! "$PY" -c "import snnconvert.runtime" 2>/dev/null && [ -d "$OUT/.pkgroot" ]; then
   export PYTHONPATH="$OUT/.pkgroot${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -104,11 +106,12 @@ if [ -z "${SNNCONVERT_DATA_DIR:-}" ] && [ -d "$REPO/data/fashion-mnist" ]; then
   export SNNCONVERT_DATA_DIR="$REPO/data/fashion-mnist"
 fi
 if "$PY" -c "from snnconvert.runtime.data import find_fashion_mnist; find_fashion_mnist()" 2>/dev/null; then
-  run_step e2e_zoo "${GPU_CHECK_E2E_TIMEOUT:-70}" "$PY" bench/bench_e2e.py --device cuda --out "$OUT/e2e" \
-    --name e2e_cuda_zoo --models fmnist-vgg,fmnist-resnet --backends torch,triton --batch 32,128 --timesteps 8 \
-    --no-breakdown
+  # fmnist-mobilenet's ReLU6 pairs also run unfused (--unfused: speed-up of the pair kernel, outputs compared)
+  run_step e2e_zoo "${GPU_CHECK_ZOO_TIMEOUT:-90}" "$PY" bench/bench_e2e.py --device cuda --out "$OUT/e2e" \
+    --name e2e_cuda_zoo --models fmnist-vgg,fmnist-resnet,fmnist-mobilenet --backends torch,triton --batch 32,128 \
+    --timesteps 8 --no-breakdown --unfused
   for dt in float32 bfloat16; do
-    run_step "acc_$dt" "${GPU_CHECK_ACC_TIMEOUT:-60}" "$PY" -m snnconvert.cli.main fmnist-vgg --coding differential -T 8 \
+    run_step "acc_$dt" "${GPU_CHECK_ACC_TIMEOUT:-50}" "$PY" -m snnconvert.cli.main fmnist-vgg --coding differential -T 8 \
       --backend triton --device cuda --dtype "$dt" --batch-size 512 --report "$OUT/acc_vgg_diff_T8_$dt.json"
   done
 else

@@ -59,8 +59,9 @@ def compile(  # noqa: A001
             to the dtype (so every emitted value is exact in it) and the stateless layers run in it; neuron state
             stays fp32 and the outputs are returned in fp32 (``runtime/lower.py``). Same rule on every backend.
         fuse: run each decomposed bounded ReLU (ReLU6, clamp(0, a)) as one unit (``runtime/fuse.py``): the same
-            outputs and event counts with fewer passes over memory. Applies to fp32 networks on the torch and
-            native backends (the Triton backend has no pair kernel); False keeps the graph as converted.
+            outputs and event counts with fewer passes over memory. Applies to fp32 networks on every backend and
+            to fp16/bf16 networks on the Triton backend (the torch fast path and the native kernel are fp32 only);
+            False keeps the graph as converted.
 
     Returns:
         A new :class:`SpikingNetwork` (a deep copy of ``snn``) on ``device``. The kernel backends have no backward
@@ -89,7 +90,7 @@ def compile(  # noqa: A001
         program.requires_grad_(False)  # kernel backends are inference-only: plain calls need no torch.no_grad()
     else:
         set_precision(program, dtype)
-    if fuse and dtype == torch.float32 and backend in ("torch", "native"):
+    if fuse and (dtype == torch.float32 or backend == "triton"):
         fuse_bounded_relu_pairs(program)
     return program.to(device)
 

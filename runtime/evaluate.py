@@ -53,7 +53,7 @@ class EvalReport:
 class _EventCounter:
     """Forward hooks that count the neurons' non-zero outputs per step (multi- and single-step modes).
 
-    Neurons whose kernels count their events (``KernelNeuron.counts_events``, the native backend) are asked to, and
+    Neurons whose kernels count their events (``KernelNeuron.counts_events``: native and Triton) are asked to, and
     their counts are used instead of a pass over the output (the same numbers: non-zero emitted values per step). A
     neuron that runs inside a fused unit (``runtime/fuse.py``: a unit with ``site_names``) is not called itself: the
     unit is hooked and its per-site counts are credited to the neuron's site name.

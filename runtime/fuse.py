@@ -10,19 +10,23 @@ tensor. On models with few MACs per activation (MobileNet: depthwise convolution
 convolutions. :func:`fuse_bounded_relu_pairs` replaces the four graph nodes by one :class:`BoundedReLUPair` module
 that runs them element by element, in the same order and precision, so the outputs are bit-identical:
 
-- native backend: one C kernel call runs both neurons and both subtractions per element and step
-  (``runtime/kernels/native_neurons.c``, ``snn_pair_run``) and counts both neurons' events;
+- kernel backends: one kernel call runs both neurons and both subtractions per element and step and counts both
+  neurons' events: the native C kernel (``snn_pair_run`` in ``runtime/kernels/native_neurons.c``; fp32) and the
+  Triton kernel (``_bounded_relu_pair_fwd_kernel`` in ``runtime/kernels/neurons.py``; fp32, fp16 and bf16, with the
+  graph's roundings to the dtype: r − a and r − h are computed in fp32 and rounded once, as torch does);
 - torch backend: the neurons' fast path (``convert/coding/fastpath.py``) runs chunk by chunk of the batch, all T
   steps of a chunk at a time, with both neurons' state and the intermediate values in cache;
-- otherwise (single-step mode on the torch backend, autograd, a neuron the fast path cannot run, another backend's
-  neurons): the members' own calls and the two subtractions, as in the unfused graph.
+- otherwise (single-step mode on the torch backend, autograd, a neuron the fast path cannot run, a dtype the pair
+  kernel does not read, a bound not exact in fp16/bf16: ``pair_ceiling_exact``): the members' own calls and the two
+  subtractions, as in the unfused graph.
 
-In single-step mode the native pair carries both neurons' state itself (one T = 1 kernel call per step).
+In single-step mode the kernel path carries both neurons' state itself (one T = 1 kernel call per step).
 
 The two neurons stay the network's neurons (``snn.neurons()``, the ReLU sites of thresholds and reports); the pair
 holds them as submodules and reports each one's events per step (``count_events`` / ``last_events``), which the
-evaluation's event counter credits to the two site names. Only fp32 networks are fused: in fp16/bf16 the graph
-rounds ``r - a`` to the compute dtype, which the pair does not reproduce.
+evaluation's event counter credits to the two site names. ``snnconvert.runtime.compile`` fuses fp32 networks on
+every backend and fp16/bf16 networks on the Triton backend: the torch backend's fast path and the native kernel are
+fp32 only, so in low precision they would only compose the members' calls.
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ from snnconvert.convert.coding.fastpath import (
 from snnconvert.convert.coding.neurons import SpikingNeuron, _diff_init, _prepare, _prepare_bias, _rate_init
 from snnconvert.convert.coding.stepping import StepModule
 from snnconvert.convert.snn import SpikingNetwork
-from snnconvert.runtime.kernels import native
+from snnconvert.runtime.kernels.common import NeuronKernels, PairState, pair_ceiling_exact
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +84,7 @@ class BoundedReLUPair(StepModule):
         self.count_events = False
         #: after a counted call: int64 [T] (multi-step) or [1] (single step) per site name
         self.last_events: dict[str, Tensor] | None = None
-        self._t = 0  # single steps done since reset (native kernel path)
-        self._state: Tensor | None = None  # both neurons' carried state, [4, N] (native kernel path)
+        self._state: PairState | None = None  # both neurons' carried state (kernel path, single-step mode)
 
     def extra_repr(self) -> str:
         return f"ceiling={self.ceiling}, sites={self.site_names}"
@@ -94,8 +97,9 @@ class BoundedReLUPair(StepModule):
 
     def multistep(self, x_seq: Tensor) -> Tensor:
         events = self._new_events(x_seq.shape[0], x_seq.device)
-        if self._native(x_seq):
-            out = self._native_run(x_seq, events)
+        kernels = self._kernels(x_seq)
+        if kernels is not None:
+            out = self._kernel_run(kernels, x_seq, events)[0]
         else:
             out = self._torch_multistep(x_seq, events)
             if out is None:
@@ -105,11 +109,10 @@ class BoundedReLUPair(StepModule):
 
     def single_step(self, x_t: Tensor) -> Tensor:
         events = self._new_events(1, x_t.device)
-        if self._native(x_t):  # one T = 1 kernel call on the pair's own carried state
-            if self._t == 0:
-                self._state = torch.empty(4, x_t.numel(), dtype=torch.float32)
-            out = self._native_run(x_t.unsqueeze(0), events, self._state, self._t)[0]
-            self._t += 1
+        kernels = self._kernels(x_t)
+        if kernels is not None:  # one T = 1 kernel call on the pair's own carried state
+            out, self._state = self._kernel_run(kernels, x_t.unsqueeze(0), events, self._state, store=True)
+            out = out[0]
         else:
             out = self._composed(x_t.unsqueeze(0), events, lambda x: self.lo.single_step(x[0]).unsqueeze(0),
                                  lambda x: self.hi.single_step(x[0]).unsqueeze(0))[0]
@@ -120,20 +123,27 @@ class BoundedReLUPair(StepModule):
         self.lo.reset()
         self.hi.reset()
         self.last_events = None
-        self._t = 0
         self._state = None
 
     # -- implementations ----------------------------------------------------------------------------------------------
 
-    def _native(self, x: Tensor) -> bool:
-        return getattr(self.lo, "backend", None) == "native" and x.dtype == torch.float32
+    def _kernels(self, x: Tensor) -> NeuronKernels | None:
+        """The members' kernel wrappers when they run in kernels (``runtime/lower.py``) whose pair kernel reads x's
+        dtype; None otherwise (reference neurons, or no pair kernel for this dtype)."""
+        kernels_for = getattr(self.lo, "kernels", None)
+        if kernels_for is None:
+            return None
+        kernels = kernels_for(x)  # BackendUnavailableError where the members' kernels cannot run either
+        usable = x.dtype in kernels.pair_dtypes and pair_ceiling_exact(self.ceiling, x.dtype)
+        return kernels if usable else None
 
-    def _native_run(self, x_seq: Tensor, events: Tensor | None, state: Tensor | None = None, t0: int = 0) -> Tensor:
+    def _kernel_run(self, kernels: NeuronKernels, x_seq: Tensor, events: Tensor | None,
+                    state: PairState | None = None, store: bool = False) -> tuple[Tensor, PairState | None]:
         lo, hi = self.lo, self.hi
-        return native.bounded_relu_pair_run(
+        return kernels.bounded_relu_pair_run(
             x_seq, self.ceiling, lo.threshold, hi.threshold, lo.bias, hi.bias, coding=lo.coding, kind=lo.kind,
-            n_levels=lo.n_levels, signed=lo.signed, relu_constrained=lo.relu_constrained, state=state, t0=t0,
-            events=events)
+            n_levels=lo.n_levels, signed=lo.signed, relu_constrained=lo.relu_constrained, state=state,
+            store_state=store, in_place=kernels.in_place_state, events=events)
 
     def _new_events(self, steps: int, device: torch.device) -> Tensor | None:
         """Per-step event counts of lo (row 0) and hi (row 1), on the input's device (no sync per step)."""

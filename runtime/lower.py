@@ -125,6 +125,7 @@ class TritonNeuron(KernelNeuron):
     """Neurons in the Triton kernels (``runtime/kernels/neurons.py``): CUDA, or CPU under the interpreter."""
 
     backend = "triton"
+    counts_events = True
 
     def kernels(self, x: Tensor) -> NeuronKernels:
         # a network compiled for CUDA and later moved to the CPU cannot run there without the interpreter

@@ -41,11 +41,12 @@ class SpellingsNet(nn.Module):
 
 class ClipNet(nn.Module):
     """Three bounded-ReLU spellings whose ceilings the activations exceed (so the upper neurons fire), a plain ReLU,
-    a residual add and a max-pool."""
+    a residual add and a max-pool. ``bounds``: the Hardtanh and clamp ceilings."""
 
-    def __init__(self, side: int = 28) -> None:
+    def __init__(self, side: int = 28, bounds: tuple[float, float] = (1.5, 2.0)) -> None:
         super().__init__()
         torch.manual_seed(5)
+        self.bounds = bounds
         self.conv1 = nn.Conv2d(1, 5, 3, padding=1)
         self.conv2 = nn.Conv2d(5, 5, 3, padding=1)
         self.conv3 = nn.Conv2d(5, 5, 3, padding=1)
@@ -58,8 +59,8 @@ class ClipNet(nn.Module):
 
     def forward(self, x):
         x = self.act6(self.conv1(x))
-        x = F.hardtanh(self.conv2(x), 0.0, 1.5) + x
-        x = self.pool(torch.clamp(self.conv3(x), 0, 2.0))
+        x = F.hardtanh(self.conv2(x), 0.0, self.bounds[0]) + x
+        x = self.pool(torch.clamp(self.conv3(x), 0, self.bounds[1]))
         x = F.relu(self.conv4(x))
         return self.fc(torch.flatten(x, 1))
 

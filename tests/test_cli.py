@@ -137,26 +137,32 @@ def test_onnx_model_converts_saves_and_reloads(tmp_path):
 
 
 @pytest.mark.parametrize("net,pairs", [("SpellingsNet", 0), ("ClipNet", 3)])
-def test_native_backend_gives_the_torch_backend_report(tmp_path, net, pairs):
-    """--backend native (fused C neuron kernels) reproduces the torch backend's accuracy, events and SOPs exactly,
-    also with bounded ReLUs run as fused pairs (ClipNet: ReLU6, hardtanh(0, 1.5), clamp(0, 2))."""
+@pytest.mark.parametrize("backend", ["native", "triton"])
+def test_kernel_backends_give_the_torch_backend_report(tmp_path, backend, net, pairs):
+    """--backend native (fused C neuron kernels) and --backend triton (the interpreter on the CPU) reproduce the torch
+    backend's accuracy, events and SOPs exactly, also with bounded ReLUs run as fused pairs (ClipNet: ReLU6,
+    hardtanh(0, 1.5), clamp(0, 2)) and events counted in the kernels."""
     import shutil
 
-    if shutil.which("cc") is None:
+    from snnconvert.runtime import backend_status
+
+    if backend == "native" and shutil.which("cc") is None:
         pytest.skip("no C compiler for the native backend")
+    if backend == "triton" and not backend_status("triton", "cpu")[0]:
+        pytest.skip(backend_status("triton", "cpu")[1])
     docs = {}
-    for backend in ("torch", "native"):
-        report = tmp_path / f"{backend}.json"
+    for name in ("torch", backend):
+        report = tmp_path / f"{name}.json"
         result = _run(f"{NETS}:{net}", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
                       "--calib-images", 64, "--eval-images", 32, "-T", 4, "--coding", "differential",
-                      "--backend", backend, "--report", report)
+                      "--backend", name, "--report", report)
         assert result.exit_code == 0, result.output
-        docs[backend] = json.loads(report.read_text())
-    assert docs["native"]["runtime"]["backend"] == "native"
-    assert docs["native"]["runtime"]["fused_pairs"] == docs["torch"]["runtime"]["fused_pairs"] == pairs
+        docs[name] = json.loads(report.read_text())
+    assert docs[backend]["runtime"]["backend"] == backend
+    assert docs[backend]["runtime"]["fused_pairs"] == docs["torch"]["runtime"]["fused_pairs"] == pairs
     for key in ("snn_accuracy", "events", "synaptic_ops"):
-        assert docs["native"][key] == docs["torch"][key], key
-    assert docs["native"]["thresholds"]["sites"] == docs["torch"]["thresholds"]["sites"]  # per-site events too
+        assert docs[backend][key] == docs["torch"][key], key
+    assert docs[backend]["thresholds"]["sites"] == docs["torch"]["thresholds"]["sites"]  # per-site events too
 
 
 def test_unavailable_backend_fails_before_calibration(tmp_path, monkeypatch):

@@ -15,9 +15,10 @@ from nets import ClipNet
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.errors import ConfigError
-from snnconvert.runtime import compile, evaluate
+from snnconvert.runtime import backend_status, compile, evaluate
 from snnconvert.runtime.fuse import BoundedReLUPair, fuse_bounded_relu_pairs
 from snnconvert.runtime.kernels import native
+from snnconvert.runtime.kernels.common import PairState
 
 T = 6
 
@@ -68,11 +69,11 @@ def test_fusion_replaces_each_decomposed_bounded_relu(nets):
 
 
 @pytest.mark.parametrize("mode", ["multi", "single"])
-@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("backend", ["torch", "native", "triton"])
 @pytest.mark.parametrize("setting", SETTINGS, ids=SETTING_IDS)
 def test_fused_network_equals_unfused(nets, setting, backend, mode):
-    if backend == "native":
-        _native_or_skip()
+    if backend != "torch":
+        _kernels_or_skip(backend, "cpu")
     data, snns = nets
     snn = snns[setting]
     x, labels = data[:5], torch.arange(5)
@@ -102,62 +103,133 @@ def test_fused_offsets_equal_unfused_capture(nets):
     assert torch.equal(fused.output_offset, plain.output_offset)
 
 
+# (backend, device) of the kernel implementations with a pair kernel; CUDA runs in bench/gpu_check.sh
+KERNEL_IMPLS = [pytest.param(("native", "cpu"), id="native-cpu"), pytest.param(("triton", "cpu"), id="triton-cpu"),
+                pytest.param(("triton", "cuda"), id="triton-cuda", marks=pytest.mark.gpu)]
+
+
+def _kernels_or_skip(backend: str, device: str):
+    if backend == "native":
+        _native_or_skip()
+        return native.KERNELS
+    pytest.importorskip("triton")
+    ok, reason = backend_status(backend, device)
+    if not ok:
+        pytest.skip(reason)
+    from snnconvert.runtime.kernels import load_kernels
+
+    return load_kernels().KERNELS
+
+
 @pytest.mark.parametrize("T_steps", [1, 3, 8])
 @pytest.mark.parametrize("coding,kind,n_levels,signed", [
     ("rate", "if", 1, False), ("rate", "mt", 3, False), ("rate", "mt", 2, True), ("differential", "mt", 4, True),
     ("differential", "mt", 9, True), ("differential", "if", 1, True)])
-def test_native_pair_kernel_equals_composition(T_steps, coding, kind, n_levels, signed):
-    _native_or_skip()
+@pytest.mark.parametrize("impl", KERNEL_IMPLS)
+def test_pair_kernel_equals_composition(impl, T_steps, coding, kind, n_levels, signed):
+    K = _kernels_or_skip(*impl)
+    device = impl[1]
     gen = torch.Generator().manual_seed(T_steps * 31 + n_levels)
-    shape = (3, 5, 13, 11)  # 715 elements per image: blocks of 512 cross image and channel boundaries
+    shape = (3, 5, 13, 11)  # 715 elements per image: blocks cross image and channel boundaries
     x = torch.randn(T_steps, *shape, generator=gen) * 3
     th_lo = torch.rand(5, 1, 1, generator=gen) * 2
     th_lo[1] = 0.0  # a silent channel
     th_hi = torch.rand(5, 1, 1, generator=gen)
+    b_lo = torch.randn(1, *shape[1:], generator=gen) * 0.5
+    b_hi = torch.full((1, *shape[1:]), -0.75)
     flags = dict(kind=kind, coding=coding, n_levels=n_levels, signed=signed)
-    lo, hi = SpikingNeuron(th_lo, **flags), SpikingNeuron(th_hi, **flags)
-    b_lo = b_hi = None
-    if coding == "differential":
-        b_lo = torch.randn(1, *shape[1:], generator=gen) * 0.5
-        b_hi = torch.full((1, *shape[1:]), -0.75)
-        lo.bias, hi.bias = b_lo, b_hi
-    r = lo.multistep(x)
-    h = hi.multistep(r - 0.75)
-    events = torch.zeros(2, T_steps, dtype=torch.int64)
-    got = native.bounded_relu_pair_run(x, 0.75, th_lo, th_hi, b_lo, b_hi, events=events, **flags,
-                                       relu_constrained=True)
-    assert torch.equal(got, r - h)
-    assert torch.equal(events[0], r.reshape(T_steps, -1).ne(0).sum(1))
-    assert torch.equal(events[1], h.reshape(T_steps, -1).ne(0).sum(1))
-    assert int(events[1].sum()) > 0
-    # step by step on a carried state (single-step mode): the same values
-    state = torch.empty(4, x[0].numel())
-    steps = [native.bounded_relu_pair_run(x[t:t + 1], 0.75, th_lo, th_hi, b_lo, b_hi, state=state, t0=t, **flags)
-             for t in range(T_steps)]
-    assert torch.equal(torch.cat(steps), got)
+    for dtype in K.pair_dtypes:
+        # thresholds rounded to the dtype, as compile() does, so that every emitted value is exact in it
+        t_lo, t_hi = (t.to(dtype).float().to(device) for t in (th_lo, th_hi))
+        bl, bh = (b.to(device) for b in (b_lo, b_hi)) if coding == "differential" else (None, None)
+        xd = x.to(device, dtype)
+        # the unfused graph: the two neurons' kernels and the two subtractions in the dtype
+        if coding == "rate":
+            r = K.rate_neuron_run(xd, t_lo, kind=kind, n_levels=n_levels, signed=signed)[0]
+            h = K.rate_neuron_run(r - 0.75, t_hi, kind=kind, n_levels=n_levels, signed=signed)[0]
+        else:
+            r = K.diff_neuron_run(xd, t_lo, bl, kind=kind, n_levels=n_levels)[0]
+            h = K.diff_neuron_run(r - 0.75, t_hi, bh, kind=kind, n_levels=n_levels)[0]
+        if dtype == torch.float32 and device == "cpu":  # and the reference neurons
+            lo, hi = SpikingNeuron(t_lo, **flags), SpikingNeuron(t_hi, **flags)
+            lo.bias, hi.bias = bl, bh
+            assert torch.equal(lo.multistep(xd), r) and torch.equal(hi.multistep(r - 0.75), h)
+        events = torch.zeros(2, T_steps, dtype=torch.int64, device=device)
+        got, state = K.bounded_relu_pair_run(xd, 0.75, t_lo, t_hi, bl, bh, events=events, **flags)
+        assert state is None and got.dtype == dtype
+        assert torch.equal(got, r - h), dtype
+        assert torch.equal(events[0], r.reshape(T_steps, -1).ne(0).sum(1))
+        assert torch.equal(events[1], h.reshape(T_steps, -1).ne(0).sum(1))
+        assert int(events[1].sum()) > 0  # the upper neuron fired
+        # step by step on a carried state (single-step mode), and in two uneven runs: the same values
+        state, steps = None, []
+        for t in range(T_steps):
+            out, state = K.bounded_relu_pair_run(xd[t:t + 1], 0.75, t_lo, t_hi, bl, bh, state=state, store_state=True,
+                                                 in_place=K.in_place_state, **flags)
+            steps.append(out)
+        assert state.t == T_steps and torch.equal(torch.cat(steps), got)
+        first, state = K.bounded_relu_pair_run(xd[:1], 0.75, t_lo, t_hi, bl, bh, store_state=True, **flags)
+        rest, _ = K.bounded_relu_pair_run(xd[1:], 0.75, t_lo, t_hi, bl, bh, state=state, **flags)
+        assert torch.equal(torch.cat([first, rest]), got)
 
 
-def test_native_pair_kernel_rejects_bad_arguments():
-    _native_or_skip()
-    x = torch.rand(2, 4)
-    with pytest.raises(ConfigError, match="fp32"):
-        native.bounded_relu_pair_run(x.double(), 6.0, 1.0, 1.0, coding="rate", kind="if")
+@pytest.mark.parametrize("impl", KERNEL_IMPLS)
+def test_pair_kernel_rejects_bad_arguments(impl):
+    K = _kernels_or_skip(*impl)
+    x = torch.rand(2, 4, device=impl[1])
+    run = K.bounded_relu_pair_run
+    with pytest.raises(ConfigError, match="fp32"):  # fp64 anywhere, fp16 on the native kernel
+        run(x.double(), 6.0, 1.0, 1.0, coding="rate", kind="if")
+    if impl[0] == "native":
+        with pytest.raises(ConfigError, match="pair kernel takes float32 inputs"):
+            run(x.half(), 6.0, 1.0, 1.0, coding="rate", kind="if")
     with pytest.raises(ConfigError, match=r"shape \[2, 2\]"):
-        native.bounded_relu_pair_run(x, 6.0, 1.0, 1.0, coding="rate", kind="if", events=torch.zeros(2))
+        run(x, 6.0, 1.0, 1.0, coding="rate", kind="if", events=torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ConfigError, match="broadcast"):
-        native.bounded_relu_pair_run(x, 6.0, torch.ones(3), 1.0, coding="rate", kind="if")
-    with pytest.raises(ConfigError, match=r"state must be .* \[4, 4\]"):
-        native.bounded_relu_pair_run(x, 6.0, 1.0, 1.0, coding="rate", kind="if", state=torch.empty(2, 4))
-    with pytest.raises(ConfigError, match="carried state"):
-        native.bounded_relu_pair_run(x, 6.0, 1.0, 1.0, coding="rate", kind="if", t0=3)
+        run(x, 6.0, torch.ones(3), 1.0, coding="rate", kind="if")
+    with pytest.raises(ConfigError, match=r"pair state must be .*\[4, 4\]"):
+        run(x, 6.0, 1.0, 1.0, coding="rate", kind="if", state=PairState(torch.empty(2, 4, device=impl[1]), 1))
+    if impl[0] == "triton":  # torch rounds such a bound differently on CPU and CUDA
+        with pytest.raises(ConfigError, match="not exact in torch.bfloat16"):
+            run(x.bfloat16(), 0.7, 1.0, 1.0, coding="rate", kind="if")
+    with pytest.raises(ConfigError, match="coding must be"):
+        run(x, 6.0, 1.0, 1.0, coding="temporal", kind="if")
     with pytest.raises(ConfigError, match="inference-only"):
-        native.bounded_relu_pair_run(x.requires_grad_(), 6.0, 1.0, 1.0, coding="rate", kind="if")
+        run(x.clone().requires_grad_(), 6.0, 1.0, 1.0, coding="rate", kind="if")
+    # T = 0: nothing runs, the state passes through (or is the initial state)
+    out, state = run(x[:0], 6.0, 1.0, 1.0, 0.5, 0.25, coding="differential", kind="mt", n_levels=4, store_state=True)
+    assert out.shape == (0, 4) and state.t == 0
+    assert state.rows.tolist() == [[0.5] * 4, [0.0] * 4, [0.25] * 4, [0.0] * 4]
+
+
+@pytest.mark.parametrize("mode", ["multi", "single"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_triton_low_precision_pairs_equal_unfused(nets, dtype, mode):
+    """On the Triton backend fp16/bf16 pairs are fused (the kernel rounds r − a and r − h to the dtype as the graph
+    does); a bound that is not exact in the dtype is fused in the graph but composed at run time."""
+    _kernels_or_skip("triton", "cpu")
+    data, snns = nets
+    x, labels = data[:4], torch.arange(4)
+    cfg = ConversionConfig.for_coding("differential", timesteps=T, threshold="max")
+    inexact = convert(ClipNet(side=11, bounds=(0.7, 2.0)), forward_loop=[data], config=cfg).snn
+    for snn in (snns[("differential", "mt", 4)], snns[("rate", "mt", 3)], inexact):
+        fused = compile(snn, "triton", dtype=dtype)
+        plain = compile(snn, "triton", dtype=dtype, fuse=False)
+        assert len(_pairs(fused)) == 3 and not _pairs(plain)
+        got = evaluate(fused, [(x, labels)], timesteps=T, mode=mode)
+        want = evaluate(plain, [(x, labels)], timesteps=T, mode=mode)
+        assert got.snn_accuracy == want.snn_accuracy and got.site_events == want.site_events
+        with torch.no_grad():
+            assert torch.equal(fused(x, T, mode=mode), plain(x, T, mode=mode))
+    pair = next(p for p in _pairs(fused) if p.ceiling == pytest.approx(0.7))
+    assert pair._kernels(torch.zeros(1, dtype=dtype)) is None  # composed: torch rounds 0.7 per device
+    assert pair._kernels(torch.zeros(1)) is not None
 
 
 def test_patterns_that_must_stay_unfused(nets):
     data, snns = nets
     snn = snns[("rate", "mt", 3)]
-    for dtype in (torch.bfloat16, torch.float16):  # the graph rounds r − a to the dtype: not reproduced by a pair
+    for dtype in (torch.bfloat16, torch.float16):  # the torch fast path and the native kernel are fp32 only
         assert not _pairs(compile(snn, "torch", dtype=dtype))
     assert not _pairs(compile(snn, "torch", fuse=False))
     # a lower neuron whose output is also read elsewhere is left as converted; the other pairs are fused

@@ -81,17 +81,23 @@ def test_static_prefix_on_cuda_matches_the_full_run(coding):
 
 @pytest.mark.parametrize("mode", ["multi", "single"])
 @pytest.mark.parametrize("coding", ["rate", "differential"])
-def test_fused_bounded_relu_pairs_on_cuda_equal_unfused(coding, mode):
-    """The torch backend's fused ReLU6 pairs (runtime/fuse.py) on CUDA tensors: same outputs and event counts as
-    the unfused network on the same device (the pairs count events on the device)."""
+@pytest.mark.parametrize(("backend", "dtype"), [("torch", torch.float32), ("triton", torch.float32),
+                                                ("triton", torch.bfloat16), ("triton", torch.float16)],
+                         ids=["torch", "triton-fp32", "triton-bf16", "triton-fp16"])
+def test_fused_bounded_relu_pairs_on_cuda_equal_unfused(backend, dtype, coding, mode):
+    """Fused ReLU6 pairs (runtime/fuse.py) on CUDA tensors: the torch backend's pair and the Triton pair kernel (with
+    the graph's roundings in fp16/bf16, the bounds 6, 1.5 and 2 being exact there): same outputs and event counts as
+    the unfused network on the same device and backend (the pairs count events on the device)."""
     from nets import ClipNet
 
     from snnconvert.runtime import compile
+    from snnconvert.runtime.fuse import BoundedReLUPair
 
     x, y = _data()
     res = convert(ClipNet(), forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=4))
-    fused = compile(res.snn, "torch", device="cuda")
-    plain = compile(res.snn, "torch", device="cuda", fuse=False)
+    fused = compile(res.snn, backend, device="cuda", dtype=dtype)
+    plain = compile(res.snn, backend, device="cuda", dtype=dtype, fuse=False)
+    assert sum(isinstance(m, BoundedReLUPair) for _, m in fused.stateful()) == 3
     with torch.no_grad():
         assert torch.equal(fused(x.cuda(), 4, mode=mode), plain(x.cuda(), 4, mode=mode))
     got = evaluate(fused, [(x, y)], timesteps=4, mode=mode, device="cuda")

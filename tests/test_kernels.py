@@ -496,26 +496,33 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     from triton.compiler import ASTSource
     from snnconvert.runtime.kernels import neurons as K
     assert not K.INTERPRETED
-    rate = ["x_ptr", "out_ptr", "th_ptr", "m_in_ptr", "c_in_ptr", "m_out_ptr", "c_out_ptr",
+    rate = ["x_ptr", "out_ptr", "th_ptr", "m_in_ptr", "c_in_ptr", "m_out_ptr", "c_out_ptr", "cnt_ptr",
             "T", "N", "TH_INNER", "TH_K"]
     diff = ["x_ptr", "out_ptr", "th_ptr", "b_ptr", "r_in_in_ptr", "r_out_in_ptr", "r_in_out_ptr", "r_out_out_ptr",
-            "T", "T0", "N", "TH_INNER", "TH_K", "B_INNER", "B_K"]
+            "cnt_ptr", "T", "T0", "N", "TH_INNER", "TH_K", "B_INNER", "B_K"]
+    pair = ["x_ptr", "out_ptr", "th_lo_ptr", "b_lo_ptr", "th_hi_ptr", "b_hi_ptr", "s_in_ptr", "s_out_ptr", "cnt_ptr",
+            "ceiling", "T", "T0", "N", "TH_LO_INNER", "TH_LO_K", "B_LO_INNER", "B_LO_K", "TH_HI_INNER", "TH_HI_K",
+            "B_HI_INNER", "B_HI_K"]
+    pair_flags = {"IS_IF": False, "N_LEVELS": 4, "SIGNED": True, "NEED_C": True}
     cases = [
         ("_if_rate_multistep_fwd_kernel", rate, {"SIGNED": True, "NEED_C": True}),
         ("_mt_rate_multistep_fwd_kernel", rate, {"N_LEVELS": 4, "SIGNED": True, "NEED_C": True}),
         ("_mt_diff_multistep_fwd_kernel", diff, {"N_LEVELS": 4, "RELU_CONSTRAINED": True, "RECIPROCAL_DIV": True}),
         ("_if_diff_multistep_fwd_kernel", diff, {"RELU_CONSTRAINED": True, "RECIPROCAL_DIV": False}),
+        ("_bounded_relu_pair_fwd_kernel", pair, {"DIFF": True, "RECIPROCAL_DIV": True, **pair_flags}),
+        ("_bounded_relu_pair_fwd_kernel", pair, {"DIFF": False, "RECIPROCAL_DIV": False, **pair_flags}),
     ]
     result = {}
     for name, args, consts in cases:
         for x_type in ("*fp32", "*bf16"):
-            consts = {**consts, "HAS_STATE_IN": True, "STORE_STATE": True, "BLOCK": 1024}
-            sig = {a: (x_type if a in ("x_ptr", "out_ptr") else "*fp32" if a.endswith("_ptr") else "i32")
-                   for a in args}
+            consts = {**consts, "HAS_STATE_IN": True, "STORE_STATE": True, "COUNT": True, "BLOCK": 1024}
+            sig = {a: (x_type if a in ("x_ptr", "out_ptr") else "*i32" if a == "cnt_ptr"
+                       else "*fp32" if a.endswith("_ptr") else "fp32" if a == "ceiling" else "i32") for a in args}
             sig.update({k: "constexpr" for k in consts})
             src = ASTSource(fn=getattr(K, name).fn, signature=sig, constexprs=consts)
             ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": False}).asm["ptx"]
-            result[name + x_type] = sorted(set(re.findall(r"(?:div|fma|rcp)\\.[a-z0-9.]+", ptx)))
+            key = f"{name}{'-diff' if consts.get('DIFF') else ''}{x_type}"
+            result[key] = sorted(set(re.findall(r"(?:div|fma|rcp|cvt)\\.[a-z0-9.]+", ptx)))
     print(json.dumps(result))
 """)
 
@@ -532,9 +539,11 @@ def test_triton_kernels_compile_for_a_gpu_without_one():
         pytest.skip(f"triton cannot compile for sm_90 here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     instructions = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(instructions) == 8
+    assert len(instructions) == 12
     for name, found in instructions.items():
         assert not any(i.startswith(("div.full", "div.approx", "fma", "rcp.approx")) for i in found), (name, found)
+        if name.endswith("*bf16"):  # emitted values are stored with a round-to-nearest conversion
+            assert any(i.startswith("cvt.rn.bf16") for i in found), (name, found)
 
 
 def test_in_place_state_only_where_supported(impl):
@@ -560,24 +569,22 @@ def test_in_place_state_only_where_supported(impl):
 
 def test_event_counts_match_the_output(impl):
     K = impl.kernels
+    assert K.counts_events  # both implementations count in their kernels
     T = 6
-    x = torch.randn(T, 3, 7, 300, device=impl.device)  # 6 300 elements per step: several blocks and threads
+    x = torch.randn(T, 3, 7, 300, device=impl.device)  # 6 300 elements per step: several blocks, threads and cells
     th = torch.rand(7, 1, device=impl.device) + 0.3
     b = 0.3 * torch.randn(7, 300, device=impl.device)
-    if not K.counts_events:
-        with pytest.raises(ConfigError, match="do not count events"):
-            K.rate_neuron_run(x, th, kind="if", events=torch.zeros(T, dtype=torch.int64))
-        return
-    runs = [lambda ev: K.rate_neuron_run(x, th, kind="if", events=ev)[0],
-            lambda ev: K.rate_neuron_run(x, th, kind="mt", n_levels=4, signed=True, events=ev)[0],
-            lambda ev: K.diff_neuron_run(x, th, b, kind="mt", n_levels=4, events=ev)[0],
-            lambda ev: K.diff_neuron_run(x, th, b, kind="if", relu_constrained=False, events=ev)[0]]
-    for run in runs:
-        events = torch.full((T,), 5, dtype=torch.int64)  # counts are added to what the tensor holds
-        out = run(events)
-        assert torch.equal(events - 5, out.reshape(T, -1).ne(0).sum(1))
+    runs = [lambda x, ev: K.rate_neuron_run(x, th, kind="if", events=ev)[0],
+            lambda x, ev: K.rate_neuron_run(x, th, kind="mt", n_levels=4, signed=True, events=ev)[0],
+            lambda x, ev: K.diff_neuron_run(x, th, b, kind="mt", n_levels=4, events=ev)[0],
+            lambda x, ev: K.diff_neuron_run(x, th, b, kind="if", relu_constrained=False, events=ev)[0]]
+    for dtype in (torch.float32, torch.bfloat16):
+        for run in runs:
+            events = torch.full((T,), 5, dtype=torch.int64, device=impl.device)  # counts are added to what it holds
+            out = run(x.to(dtype), events)
+            assert torch.equal(events - 5, out.reshape(T, -1).ne(0).sum(1))
     with pytest.raises(ConfigError, match="int64 tensor of shape"):
-        K.rate_neuron_run(x, th, kind="if", events=torch.zeros(T + 1, dtype=torch.int64))
+        K.rate_neuron_run(x, th, kind="if", events=torch.zeros(T + 1, dtype=torch.int64, device=impl.device))
 
 
 @pytest.mark.parametrize("mode", ["multi", "single"])

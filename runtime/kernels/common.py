@@ -24,8 +24,8 @@ from torch import Tensor
 from snnconvert.convert.coding.neurons import check_levels
 from snnconvert.convert.errors import ConfigError
 
-__all__ = ["SUPPORTED_DTYPES", "Table", "RateState", "DiffState", "RateLaunch", "DiffLaunch", "NeuronKernels",
-           "make_table"]
+__all__ = ["SUPPORTED_DTYPES", "Table", "RateState", "DiffState", "PairState", "RateLaunch", "DiffLaunch",
+           "PairLaunch", "NeuronKernels", "make_table", "pair_ceiling_exact"]
 
 #: Input dtypes of the public wrappers (state fp32, output in the input dtype).
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -56,6 +56,17 @@ class DiffState:
     t: int
 
 
+@dataclass
+class PairState:
+    """Both neurons' state of a fused bounded-ReLU pair (``runtime/fuse.py``) and the number of steps done.
+
+    ``rows`` [4, N] fp32: lo's m (rate) or R_in (differential), lo's C or R_out, then the same two rows of hi.
+    """
+
+    rows: Tensor  # [4, N] fp32
+    t: int
+
+
 class RateLaunch(Protocol):
     def __call__(self, x: Tensor, out: Tensor, th: Table, m_in: Tensor | None, c_in: Tensor | None,
                  m_out: Tensor | None, c_out: Tensor | None, *, kind: str, n_levels: int, signed: bool,
@@ -70,6 +81,22 @@ class DiffLaunch(Protocol):
                  n_levels: int, relu_constrained: bool, events: Tensor | None = None) -> None:
         """Run steps t0+1 … t0+T of ``x`` [T, N] into ``out`` [T, N]; state tensors [N] fp32 or None; ``events`` as
         for :class:`RateLaunch`."""
+
+
+class PairLaunch(Protocol):
+    def __call__(self, x: Tensor, out: Tensor, tables: tuple[Table, Table, Table, Table], state_in: Tensor | None,
+                 state_out: Tensor | None, *, ceiling: float, diff: bool, kind: str, n_levels: int, signed: bool,
+                 need_c: bool, t0: int, events: Tensor | None = None) -> None:
+        """Run steps t0+1 … t0+T of a bounded-ReLU pair on ``x`` [T, N] into ``out`` [T, N] (x's dtype); tables
+        θ_lo, b_lo, θ_hi, b_hi; state [4, N] fp32 or None; ``events`` [2, T] int64 or None (lo's and hi's counts)."""
+
+
+def pair_ceiling_exact(ceiling: float, dtype: torch.dtype) -> bool:
+    """Whether the pair kernels reproduce the graph's ``r - ceiling`` in ``dtype``: always in fp32; in fp16/bf16 only
+    when the bound is exact in the dtype (torch on the CPU rounds a Python scalar to the tensor's dtype before the
+    subtraction, on CUDA to fp32; for an exact bound, as 6 of ReLU6, both are the same number)."""
+    value = torch.tensor(float(ceiling), dtype=torch.float32)
+    return dtype == torch.float32 or bool(value.to(dtype).float() == value)
 
 
 def make_table(name: str, value, step_shape: torch.Size, device: torch.device) -> Table:
@@ -143,19 +170,27 @@ class NeuronKernels:
             re-run must see the same input state).
         counts_events: the launchers accept ``events`` (per-step counts of non-zero outputs, computed in the
             kernel); the wrappers' ``events=`` argument needs it.
+        launch_pair: the launcher of the fused bounded-ReLU pair kernel (:class:`PairLaunch`), or None. It reads the
+            ``kernel_dtypes`` directly and reproduces the unfused graph's roundings in them (no conversion).
     """
 
     def __init__(self, name: str, launch_rate: RateLaunch, launch_diff: DiffLaunch,
                  kernel_dtypes: tuple[torch.dtype, ...] = SUPPORTED_DTYPES,
                  check_device: Callable[[torch.device], None] | None = None, in_place_state: bool = False,
-                 counts_events: bool = False) -> None:
+                 counts_events: bool = False, launch_pair: PairLaunch | None = None) -> None:
         self.name = name
         self.in_place_state = in_place_state
         self.counts_events = counts_events
         self._launch_rate = launch_rate
         self._launch_diff = launch_diff
+        self._launch_pair = launch_pair
         self._kernel_dtypes = kernel_dtypes
         self._check_device = check_device
+
+    @property
+    def pair_dtypes(self) -> tuple[torch.dtype, ...]:
+        """Input dtypes :meth:`bounded_relu_pair_run` takes (none without a pair kernel)."""
+        return self._kernel_dtypes if self._launch_pair is not None else ()
 
     # -- argument handling shared by both codings ---------------------------------------------------------------------
 
@@ -187,17 +222,20 @@ class NeuronKernels:
             xk = xk.float()
         return xk, torch.empty_like(xk)
 
-    def _check_options(self, in_place: bool, events: Tensor | None, steps: int) -> dict:
-        """Validate ``in_place`` and ``events``; the launcher keyword arguments for ``events``."""
+    def _check_options(self, in_place: bool, events: Tensor | None, shape: tuple[int, ...],
+                       device: torch.device) -> dict:
+        """Validate ``in_place`` and ``events`` (int64 of ``shape`` on ``device``); the launcher keyword arguments for
+        ``events``."""
         if in_place and not self.in_place_state:
             raise ConfigError(f"the {self.name} neuron kernels cannot update a state in place; pass in_place=False")
         if events is None:
             return {}
         if not self.counts_events:
             raise ConfigError(f"the {self.name} neuron kernels do not count events; pass events=None")
-        if events.dtype != torch.int64 or events.shape != (steps,) or not events.is_contiguous():
-            raise ConfigError(f"events must be a contiguous int64 tensor of shape [{steps}], got {events.dtype} "
-                              f"{tuple(events.shape)}")
+        if events.dtype != torch.int64 or events.shape != shape or not events.is_contiguous() \
+                or events.device != device:
+            raise ConfigError(f"events must be a contiguous int64 tensor of shape {list(shape)} on {device}, got "
+                              f"{events.dtype} {tuple(events.shape)} on {events.device}")
         return {"events": events}
 
     @staticmethod
@@ -233,7 +271,7 @@ class NeuronKernels:
                 on kernels that do not support them.
         """
         x, _, n, th = self._prepare(x, threshold, kind, n_levels)
-        extra = self._check_options(in_place, events, x.shape[0])
+        extra = self._check_options(in_place, events, (x.shape[0],), x.device)
         need_c = bool(signed and relu_constrained)
         T = x.shape[0]
         if T == 0 or n == 0:  # nothing to launch; the state passes through unchanged
@@ -285,7 +323,7 @@ class NeuronKernels:
             ConfigError: as for :meth:`rate_neuron_run`.
         """
         x, step_shape, n, th = self._prepare(x, threshold, kind, n_levels)
-        extra = self._check_options(in_place, events, x.shape[0])
+        extra = self._check_options(in_place, events, (x.shape[0],), x.device)
         b = make_table("bias", 0.0 if bias is None else bias, step_shape, x.device)
         t0 = 0 if state is None else int(state.t)
         T = x.shape[0]
@@ -307,6 +345,107 @@ class NeuronKernels:
         self._launch_diff(xk, out, th, b, r_in_in, r_out_in, r_in_out, r_out_out, t0=t0, kind=kind,
                           n_levels=n_levels, relu_constrained=bool(relu_constrained), **extra)
         return self._finish(out, x), DiffState(r_in_out, r_out_out, t0 + T) if store_state else None
+
+    def bounded_relu_pair_run(
+        self,
+        x: Tensor,
+        ceiling: float,
+        th_lo: Tensor | float,
+        th_hi: Tensor | float,
+        b_lo: Tensor | float | None = None,
+        b_hi: Tensor | float | None = None,
+        *,
+        coding: str,
+        kind: str,
+        n_levels: int = 1,
+        signed: bool = False,
+        relu_constrained: bool = True,
+        state: PairState | None = None,
+        store_state: bool = False,
+        in_place: bool = False,
+        events: Tensor | None = None,
+    ) -> tuple[Tensor, PairState | None]:
+        """A decomposed bounded ReLU ``y = r − hi(r − ceiling)``, ``r = lo(x)``, over the T steps of ``x [T, *S]``
+        in one kernel call: the unfused graph's four operations per element, in its order and in x's dtype, so the
+        result is bit-identical to running them one by one (``runtime/fuse.py``).
+
+        Args:
+            x: input ``[T, *S]`` in one of the kernels' dtypes (``kernel_dtypes``; not converted).
+            ceiling: the bound a of the graph's ``r - a`` (in fp16/bf16 it must be exact in the dtype:
+                :func:`pair_ceiling_exact`).
+            th_lo, th_hi: the two neurons' thresholds (broadcastable to S).
+            b_lo, b_hi: their captured biases (differential coding; ignored in rate coding).
+            coding, kind, n_levels, signed, relu_constrained: shared by both neurons (``SpikingNeuron``'s fields;
+                differential neurons are always signed).
+            state: None (the initial state, steps 1 … T) or the state after earlier calls (steps state.t+1 …).
+            store_state / in_place: return the state after the last step (new buffers, or with ``in_place`` on
+                kernels with ``in_place_state`` the buffers of ``state``).
+            events: int64 ``[2, T]`` or None: each step's non-zero emitted values of lo (row 0) and hi (row 1) are
+                added to it.
+
+        Returns:
+            y ``[T, *S]`` in x's dtype, and the :class:`PairState` after the last step if ``store_state``.
+
+        Raises:
+            ConfigError: bad arguments (as for :meth:`rate_neuron_run`), a dtype the pair kernel does not read, or
+                kernels without a pair kernel.
+        """
+        if self._launch_pair is None:
+            raise ConfigError(f"the {self.name} kernels have no bounded-ReLU pair kernel; run the two neurons")
+        if coding not in ("rate", "differential"):
+            raise ConfigError(f"coding must be 'rate' or 'differential', got {coding!r}")
+        x, step_shape, n, th_lo_tab = self._prepare(x, th_lo, kind, n_levels)
+        if x.dtype not in self._kernel_dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self._kernel_dtypes)
+            raise ConfigError(f"the {self.name} bounded-ReLU pair kernel takes {names} inputs, got {x.dtype}; run the "
+                              "two neurons instead (compile(..., fuse=False))")
+        if not pair_ceiling_exact(ceiling, x.dtype):
+            raise ConfigError(f"the bound {ceiling!r} is not exact in {x.dtype}: torch rounds it differently on CPU "
+                              "and CUDA, so the pair kernel cannot reproduce r − a; run the two neurons instead")
+        T = x.shape[0]
+        extra = self._check_options(in_place, events, (2, T), x.device)
+        diff = coding == "differential"
+        sgn = True if diff else bool(signed)
+        tables = (th_lo_tab, *(make_table(name, value, step_shape, x.device) for name, value in
+                               (("bias", 0.0 if b_lo is None else b_lo), ("threshold", th_hi),
+                                ("bias", 0.0 if b_hi is None else b_hi))))
+        state_in = None
+        if state is not None:
+            rows = state.rows
+            if rows.dtype != torch.float32 or rows.shape != (4, n) or not rows.is_contiguous() \
+                    or rows.device != x.device:
+                raise ConfigError(f"the carried pair state must be a contiguous fp32 tensor [4, {n}] on {x.device}, "
+                                  f"got {rows.dtype} {tuple(rows.shape)}; reset the pair when the input shape changes")
+            state_in = rows
+        t0 = 0 if state is None else int(state.t)
+        out = torch.empty_like(x)
+        if T == 0 or n == 0:  # nothing to launch; the state passes through unchanged
+            if not store_state:
+                return out, None
+            if state_in is not None:
+                return out, PairState(state_in.clone(), t0)
+            return out, PairState(self._pair_initial(tables, n, diff=diff, kind=kind), 0)
+        if not store_state:
+            state_out = None
+        elif in_place and state_in is not None:
+            state_out = state_in
+        else:
+            state_out = torch.empty(4, n, dtype=torch.float32, device=x.device)
+        self._launch_pair(x.reshape(T, n), out.view(T, n), tables, state_in, state_out, ceiling=float(ceiling),
+                          diff=diff, kind=kind, n_levels=n_levels, signed=sgn, need_c=sgn and bool(relu_constrained),
+                          t0=t0, **extra)
+        return out, PairState(state_out, t0 + T) if store_state else None
+
+    @staticmethod
+    def _pair_initial(tables: tuple[Table, ...], n: int, *, diff: bool, kind: str) -> Tensor:
+        """The initial pair state rows [4, n]: R_in = b, R_out = 0 (differential); m = θ/2 (IF) or 0, C = 0."""
+        th_lo, b_lo, th_hi, b_hi = tables
+        rows = torch.zeros(4, n, dtype=torch.float32, device=th_lo.values.device)
+        if diff:
+            rows[0], rows[2] = _expand(b_lo, n), _expand(b_hi, n)
+        elif kind == "if":
+            rows[0], rows[2] = _expand(th_lo, n) * 0.5, _expand(th_hi, n) * 0.5
+        return rows
 
     # -- the twins of the *_multistep_ref references ------------------------------------------------------------------
 

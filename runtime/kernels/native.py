@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from snnconvert.convert.errors import BackendUnavailableError, ConfigError
-from snnconvert.runtime.kernels.common import NeuronKernels, Table, make_table
+from snnconvert.convert.errors import BackendUnavailableError
+from snnconvert.runtime.kernels.common import NeuronKernels, Table
 
 logger = logging.getLogger(__name__)
 
@@ -197,74 +197,20 @@ def _launch_diff(x: Tensor, out: Tensor, th: Table, b: Table, r_in_in, r_out_in,
         torch.get_num_threads()))
 
 
-#: The public wrappers (``rate_neuron_run``, ``diff_neuron_run``, the four ``*_multistep`` twins) of these kernels.
-KERNELS = NeuronKernels("native", _launch_rate, _launch_diff, kernel_dtypes=(torch.float32,),
-                        check_device=_check_device, in_place_state=True, counts_events=True)
-
-
-def bounded_relu_pair_run(
-    x: Tensor,
-    ceiling: float,
-    th_lo: Tensor | float,
-    th_hi: Tensor | float,
-    b_lo: Tensor | float | None = None,
-    b_hi: Tensor | float | None = None,
-    *,
-    coding: str,
-    kind: str,
-    n_levels: int = 1,
-    signed: bool = False,
-    relu_constrained: bool = True,
-    state: Tensor | None = None,
-    t0: int = 0,
-    events: Tensor | None = None,
-) -> Tensor:
-    """A decomposed bounded ReLU ``y = r − hi(r − ceiling)``, ``r = lo(x)``, over the T steps of ``x [T, *S]`` from
-    the initial state, in one kernel call: the four operations per element in the graph's order, bit-identical to
-    running them one by one (``runtime/fuse.py``).
-
-    Args:
-        x: fp32 CPU input ``[T, *S]``.
-        ceiling: the bound a (the graph's ``r - a`` in fp32).
-        th_lo, th_hi: the two neurons' thresholds (broadcastable to S).
-        b_lo, b_hi: their captured biases (differential coding; ignored in rate coding).
-        coding, kind, n_levels, signed, relu_constrained: shared by both neurons (``SpikingNeuron``'s fields).
-        state: None (start from the initial state, keep nothing) or an fp32 ``[4, N]`` buffer (N = S.numel()) that
-            carries both neurons' state between calls, updated in place: rows lo m / R_in, lo C / R_out, hi m / R_in,
-            hi C / R_out. It is read only when ``t0 > 0`` (the first call initialises it).
-        t0: steps already run with ``state`` (the call runs steps t0+1 … t0+T).
-        events: int64 ``[2, T]`` or None: each step's non-zero emitted values of lo (row 0) and hi (row 1) are added.
-
-    Returns:
-        y ``[T, *S]`` fp32.
-    """
-    if not isinstance(x, Tensor) or x.dtype != torch.float32:
-        raise ConfigError("the native bounded-ReLU kernel takes an fp32 tensor [T, *S]")
-    if coding not in ("rate", "differential"):
-        raise ConfigError(f"coding must be 'rate' or 'differential', got {coding!r}")
-    # the single-neuron wrappers' checks (shape, grad, kind, n, device) and lo's θ table
-    x, step_shape, n, th_lo_tab = KERNELS._prepare(x, th_lo, kind, n_levels)
-    T = x.shape[0]
-    if events is not None and (events.dtype != torch.int64 or events.shape != (2, T) or not events.is_contiguous()):
-        raise ConfigError(f"events must be a contiguous int64 tensor of shape [2, {T}], got {events.dtype} "
-                          f"{tuple(events.shape)}")
-    if state is not None and (state.dtype != torch.float32 or state.shape != (4, n) or not state.is_contiguous()
-                              or state.device != x.device):
-        raise ConfigError(f"state must be a contiguous fp32 tensor of shape [4, {n}] on {x.device}, got "
-                          f"{state.dtype} {tuple(state.shape)}")
-    if t0 < 0 or (t0 > 0 and state is None):
-        raise ConfigError(f"t0 = {t0}: steps can only continue from a carried state (t0 >= 0)")
-    out = torch.empty_like(x)
-    if T == 0 or n == 0:
-        return out
-    diff = coding == "differential"
-    tables = [th_lo_tab] + [make_table(name, value, step_shape, x.device) for name, value in
-                            (("bias", 0.0 if b_lo is None else b_lo), ("threshold", th_hi),
-                             ("bias", 0.0 if b_hi is None else b_hi))]
+def _launch_pair(x: Tensor, out: Tensor, tables: tuple[Table, Table, Table, Table], state_in, state_out, *,
+                 ceiling: float, diff: bool, kind: str, n_levels: int, signed: bool, need_c: bool, t0: int,
+                 events: Tensor | None = None) -> None:
+    T, n = x.shape
     args = [v for tab in tables for v in (_ptr(tab.values), tab.inner, tab.k)]
-    sgn = True if diff else bool(signed)
+    rows = [[_ptr(row) for row in s] if s is not None else [None] * 4 for s in (state_in, state_out)]
     _check(load_library().snn_pair_run(
-        _ptr(x), _ptr(out), float(ceiling), int(diff), int(kind == "if"), n_levels, int(sgn),
-        int(sgn and relu_constrained), *args, *([_ptr(row) for row in state] * 2 if state is not None else [None] * 8),
-        T, t0, n, int(t0 > 0), int(state is not None), _events_ptr(events), torch.get_num_threads()))
-    return out
+        _ptr(x), _ptr(out), float(ceiling), int(diff), int(kind == "if"), n_levels, int(signed), int(need_c), *args,
+        *rows[0], *rows[1], T, t0, n, int(state_in is not None), int(state_out is not None), _events_ptr(events),
+        torch.get_num_threads()))
+
+
+#: The public wrappers (``rate_neuron_run``, ``diff_neuron_run``, ``bounded_relu_pair_run``, the four
+#: ``*_multistep`` twins) of these kernels.
+KERNELS = NeuronKernels("native", _launch_rate, _launch_diff, kernel_dtypes=(torch.float32,),
+                        check_device=_check_device, in_place_state=True, counts_events=True, launch_pair=_launch_pair)
+bounded_relu_pair_run = KERNELS.bounded_relu_pair_run

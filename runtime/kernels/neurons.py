@@ -4,10 +4,12 @@ Provenance: written for snnconvert (issue #6). The layout follows the Triton tut
 Liger's element-wise kernels; the time loop with the state held in registers and ``"T"`` in the autotune key follows
 SpikingJelly's ``triton_kernel/neuron_kernel/integrate_and_fire.py``. No code is copied from either.
 
-One kernel per neuron kind: rate IF, rate multi-threshold (MT), differential MT, differential IF. Each program owns
-``BLOCK`` neurons, reads its input column ``[T, BLOCK]`` once, loops over the T steps with the state in fp32
-registers and writes the emitted values ``[T, BLOCK]`` once. The arithmetic is the reference's, operation by
-operation (``_rate_step`` / ``_diff_step``), so spikes are bit-identical to the ``*_ref`` twins:
+One kernel per neuron kind: rate IF, rate multi-threshold (MT), differential MT, differential IF, plus one for a
+decomposed bounded ReLU (``y = r − hi(r − a)``, ``r = lo(x)``: two neurons and two subtractions, ``runtime/fuse.py``).
+Each program owns ``BLOCK`` neurons, reads its input column ``[T, BLOCK]`` once, loops over the T steps with the
+state in fp32 registers and writes the emitted values ``[T, BLOCK]`` once. The arithmetic is the reference's,
+operation by operation (``_rate_step`` / ``_diff_step``, one ``_rate_lane`` / ``_diff_lane`` per step), so spikes
+are bit-identical to the ``*_ref`` twins:
 
 - the MT rule walks the n cut-offs from the smallest level to the largest, overwriting, with comparisons only (no
   log2), exactly as ``mt_fire``; levels are ``θ·2^-i`` (exact power-of-two scaling), cut-offs ``0.75·level``;
@@ -15,7 +17,16 @@ operation (``_rate_step`` / ``_diff_step``), so spikes are bit-identical to the 
   NVIDIA). The torch reference divides by t on CPU but multiplies by the fp32 reciprocal fl(1/t) on CUDA (ATen's
   ``div_true_kernel_cuda`` turns ``tensor / python_scalar`` into ``tensor * (1/scalar)``); the constexpr
   ``RECIPROCAL_DIV`` reproduces whichever form the twin uses on the input's device;
-- launches pass ``enable_fp_fusion=False``: a contracted ``t·(R_in − R_out) + θ/2`` (fma) would round differently.
+- launches pass ``enable_fp_fusion=False``: a contracted ``t·(R_in − R_out) + θ/2`` (fma) would round differently;
+- the pair kernel rounds r − a and r − h to the network's dtype as the unfused graph does (``_rounded``: torch
+  computes a reduced-precision subtraction in fp32 and rounds once, to nearest even; done with integer arithmetic for
+  bf16 because the interpreter's ``.to(bfloat16)`` truncates). Emitted values of the single-neuron kernels are exact
+  in the dtype by construction (thresholds rounded by ``runtime/lower.py``), so their casts never round.
+
+Event counts (``events=``): each program stores, per step, the number of non-zero emitted values of every cell of
+``_CELL`` neurons into an int32 ``[T, cells]`` buffer (a pair: ``[2, T, cells]``), which the launcher sums. Stores,
+not atomics: every autotuning configuration writes the same cells with the same values, so a tuning run leaves the
+right counts, and no buffer needs zeroing.
 
 θ and the differential bias b arrive as compact per-element tables (``TH_INNER``/``TH_K``, ``B_INNER``/``B_K``;
 ``runtime/kernels/common.py``, which also holds the argument checks and the public wrappers shared with the native
@@ -39,12 +50,13 @@ import itertools
 import logging
 import os
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from triton.testing import do_bench
 
-from snnconvert.runtime.kernels.common import SUPPORTED_DTYPES, DiffState, NeuronKernels, RateState
+from snnconvert.runtime.kernels.common import SUPPORTED_DTYPES, DiffState, NeuronKernels, PairState, RateState
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +71,8 @@ __all__ = [
     "if_diff_multistep",
     "rate_neuron_run",
     "diff_neuron_run",
+    "bounded_relu_pair_run",
+    "PairState",
     "KERNELS",
 ]
 
@@ -109,6 +123,8 @@ _KEY = ["T", "N"]
 #: specialised: N % 16 == 0 lets the compiler vectorise the masked loads and the row stride.
 _RATE_NO_SPEC = ["T", "TH_INNER", "TH_K"]
 _DIFF_NO_SPEC = ["T", "T0", "TH_INNER", "TH_K", "B_INNER", "B_K"]
+_PAIR_NO_SPEC = ["T", "T0", "TH_LO_INNER", "TH_LO_K", "B_LO_INNER", "B_LO_K", "TH_HI_INNER", "TH_HI_K", "B_HI_INNER",
+                 "B_HI_K"]
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Firing rules (same operation order as mt_fire / if_fire)
@@ -155,17 +171,48 @@ def _div_t(a, t, inv_t, RECIPROCAL_DIV: tl.constexpr):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+#: Neurons per event-count cell: each program stores its per-step event counts per cell of _CELL neurons (BLOCK is a
+#: multiple of it), so every autotuning configuration writes the same cells with the same values (idempotent, no
+#: atomics, no zeroing) and the launcher sums the cells.
+_CELL = tl.constexpr(256)
+
+
 @triton.jit
-def _rate_body(
-    x_ptr, out_ptr, th_ptr, m_in_ptr, c_in_ptr, m_out_ptr, c_out_ptr,
-    T, N, TH_INNER, TH_K,
-    IS_IF: tl.constexpr, N_LEVELS: tl.constexpr, SIGNED: tl.constexpr, NEED_C: tl.constexpr,
-    HAS_STATE_IN: tl.constexpr, STORE_STATE: tl.constexpr, BLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    th = tl.load(th_ptr + (offs // TH_INNER) % TH_K, mask=mask, other=0.0)
+def _rate_lane(x, m, c, th, IS_IF: tl.constexpr, N_LEVELS: tl.constexpr, SIGNED: tl.constexpr,
+               NEED_C: tl.constexpr):
+    # one step of _rate_step: charge, fire, reset by subtraction, C += s
+    m = m + x
+    if IS_IF:
+        s = _if_fire(m, c, th, SIGNED, NEED_C)
+    else:
+        s = _mt_fire(m, c, th, N_LEVELS, SIGNED, NEED_C)
+    m = m - s
+    if NEED_C:
+        c = c + s
+    return s, m, c
+
+
+@triton.jit
+def _diff_lane(x, t, inv_t, r_in, r_out, th, b, IS_IF: tl.constexpr, N_LEVELS: tl.constexpr,
+               RELU_CONSTRAINED: tl.constexpr, RECIPROCAL_DIV: tl.constexpr):
+    # one step of _diff_step: R_in' = R_in + (x − b)/t; m = t·(R_in' − R_out); C = t·R_out; R_out += d/t
+    u = x - b
+    r_in_new = r_in + _div_t(u, t, inv_t, RECIPROCAL_DIV)
+    m = t * (r_in_new - r_out)
+    c = t * r_out
+    if IS_IF:
+        m = m + th * 0.5
+        d = _if_fire(m, c, th, True, RELU_CONSTRAINED)
+    else:
+        d = _mt_fire(m, c, th, N_LEVELS, True, RELU_CONSTRAINED)
+    r_out = r_out + _div_t(d, t, inv_t, RECIPROCAL_DIV)
+    return d, r_in_new, r_out
+
+
+@triton.jit
+def _rate_init(th, m_in_ptr, c_in_ptr, offs, mask, IS_IF: tl.constexpr, NEED_C: tl.constexpr,
+               HAS_STATE_IN: tl.constexpr, BLOCK: tl.constexpr):
+    # (m, C) at entry: the carried state, or m = θ/2 (IF) / 0 (MT) and C = 0
     if HAS_STATE_IN:
         m = tl.load(m_in_ptr + offs, mask=mask, other=0.0)
     elif IS_IF:
@@ -175,19 +222,91 @@ def _rate_body(
     c = tl.zeros([BLOCK], dtype=tl.float32)
     if NEED_C and HAS_STATE_IN:
         c = tl.load(c_in_ptr + offs, mask=mask, other=0.0)
+    return m, c
+
+
+@triton.jit
+def _diff_init(b, r_in_ptr, r_out_ptr, offs, mask, HAS_STATE_IN: tl.constexpr, BLOCK: tl.constexpr):
+    # (R_in, R_out) at entry: the carried state, or R_in = b, R_out = 0
+    if HAS_STATE_IN:
+        r_in = tl.load(r_in_ptr + offs, mask=mask, other=0.0)
+        r_out = tl.load(r_out_ptr + offs, mask=mask, other=0.0)
+    else:
+        r_out = tl.zeros([BLOCK], dtype=tl.float32)
+        r_in = r_out + b
+    return r_in, r_out
+
+
+@triton.jit
+def _step_counter(t, one, RECIPROCAL_DIV: tl.constexpr):
+    # the next step t + 1 (an fp32 vector: exact up to 2^24, and div_rn needs two tensors of one shape) and, where
+    # the twin multiplies by the reciprocal, fl(1/(t + 1))
+    t = t + 1.0
+    inv_t = one
+    if RECIPROCAL_DIV:
+        inv_t = tl.math.div_rn(one, t)
+    return t, inv_t
+
+
+@triton.jit
+def _rounded(x, DT: tl.constexpr):
+    # fp32 x rounded to DT (nearest, ties to even) and back to fp32: how torch rounds a reduced-precision result. bf16
+    # by integer arithmetic (c10's rounding), so that CUDA (cvt.rn) and the interpreter (whose `.to(bfloat16)`
+    # truncates) agree; finite values only
+    if DT == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    elif DT == tl.float16:
+        return x.to(tl.float16).to(tl.float32)
+    else:
+        return x
+
+
+@triton.jit
+def _lanes(N, BLOCK: tl.constexpr):
+    # this program's neurons (offsets, mask), its event-count cells (indices, mask) and the number of cells
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    cells = pid * (BLOCK // _CELL) + tl.arange(0, BLOCK // _CELL)
+    n_cells = (N + _CELL - 1) // _CELL
+    return offs, offs < N, cells, cells < n_cells, n_cells
+
+
+@triton.jit
+def _table(ptr, offs, mask, INNER, K):
+    # a compact per-element table: element e reads ptr[(e // INNER) % K]
+    return tl.load(ptr + (offs // INNER) % K, mask=mask, other=0.0)
+
+
+@triton.jit
+def _count_cells(cnt_ptrs, value, mask, cell_mask, BLOCK: tl.constexpr):
+    # this step's non-zero emitted values per cell of _CELL neurons
+    nz = ((value != 0) & mask).to(tl.int32)
+    tl.store(cnt_ptrs, tl.sum(tl.reshape(nz, [BLOCK // _CELL, _CELL]), axis=1), mask=cell_mask)
+
+
+@triton.jit
+def _rate_body(
+    x_ptr, out_ptr, th_ptr, m_in_ptr, c_in_ptr, m_out_ptr, c_out_ptr, cnt_ptr,
+    T, N, TH_INNER, TH_K,
+    IS_IF: tl.constexpr, N_LEVELS: tl.constexpr, SIGNED: tl.constexpr, NEED_C: tl.constexpr,
+    HAS_STATE_IN: tl.constexpr, STORE_STATE: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs, mask, cells, cell_mask, n_cells = _lanes(N, BLOCK)
+    th = _table(th_ptr, offs, mask, TH_INNER, TH_K)
+    m, c = _rate_init(th, m_in_ptr, c_in_ptr, offs, mask, IS_IF, NEED_C, HAS_STATE_IN, BLOCK)
     x_ptrs = x_ptr + offs
     out_ptrs = out_ptr + offs
+    cnt_ptrs = cnt_ptr + cells
     for _ in range(T):
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-        m = m + x
-        if IS_IF:
-            s = _if_fire(m, c, th, SIGNED, NEED_C)
-        else:
-            s = _mt_fire(m, c, th, N_LEVELS, SIGNED, NEED_C)
-        m = m - s
-        if NEED_C:
-            c = c + s
-        tl.store(out_ptrs, s.to(out_ptr.dtype.element_ty), mask=mask)
+        s, m, c = _rate_lane(x, m, c, th, IS_IF, N_LEVELS, SIGNED, NEED_C)
+        s = s.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptrs, s, mask=mask)
+        if COUNT:
+            _count_cells(cnt_ptrs, s, mask, cell_mask, BLOCK)
+            cnt_ptrs += n_cells
         x_ptrs += N
         out_ptrs += N
     if STORE_STATE:
@@ -206,12 +325,13 @@ def _if_rate_multistep_fwd_kernel(
     c_in_ptr,  # [N] fp32 cumulative output at entry (read if HAS_STATE_IN and NEED_C)
     m_out_ptr,  # [N] fp32 membrane after the last step (written if STORE_STATE)
     c_out_ptr,  # [N] fp32 cumulative output after the last step (written if STORE_STATE and NEED_C)
+    cnt_ptr,  # [T, cdiv(N, _CELL)] int32 non-zero outputs per step and cell (written if COUNT)
     T, N, TH_INNER, TH_K,
     SIGNED: tl.constexpr, NEED_C: tl.constexpr, HAS_STATE_IN: tl.constexpr, STORE_STATE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    COUNT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    _rate_body(x_ptr, out_ptr, th_ptr, m_in_ptr, c_in_ptr, m_out_ptr, c_out_ptr, T, N, TH_INNER, TH_K,
-               True, 1, SIGNED, NEED_C, HAS_STATE_IN, STORE_STATE, BLOCK)
+    _rate_body(x_ptr, out_ptr, th_ptr, m_in_ptr, c_in_ptr, m_out_ptr, c_out_ptr, cnt_ptr, T, N, TH_INNER, TH_K,
+               True, 1, SIGNED, NEED_C, HAS_STATE_IN, STORE_STATE, COUNT, BLOCK)
 
 
 @triton.autotune(configs=_configs(), key=_KEY, do_bench=_quick_bench)
@@ -224,55 +344,41 @@ def _mt_rate_multistep_fwd_kernel(
     c_in_ptr,  # [N] fp32 cumulative output at entry (read if HAS_STATE_IN and NEED_C)
     m_out_ptr,  # [N] fp32 membrane after the last step (written if STORE_STATE)
     c_out_ptr,  # [N] fp32 cumulative output after the last step (written if STORE_STATE and NEED_C)
+    cnt_ptr,  # [T, cdiv(N, _CELL)] int32 non-zero outputs per step and cell (written if COUNT)
     T, N, TH_INNER, TH_K,
     N_LEVELS: tl.constexpr, SIGNED: tl.constexpr, NEED_C: tl.constexpr, HAS_STATE_IN: tl.constexpr,
-    STORE_STATE: tl.constexpr, BLOCK: tl.constexpr,
+    STORE_STATE: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    _rate_body(x_ptr, out_ptr, th_ptr, m_in_ptr, c_in_ptr, m_out_ptr, c_out_ptr, T, N, TH_INNER, TH_K,
-               False, N_LEVELS, SIGNED, NEED_C, HAS_STATE_IN, STORE_STATE, BLOCK)
+    _rate_body(x_ptr, out_ptr, th_ptr, m_in_ptr, c_in_ptr, m_out_ptr, c_out_ptr, cnt_ptr, T, N, TH_INNER, TH_K,
+               False, N_LEVELS, SIGNED, NEED_C, HAS_STATE_IN, STORE_STATE, COUNT, BLOCK)
 
 
 @triton.jit
 def _diff_body(
-    x_ptr, out_ptr, th_ptr, b_ptr, r_in_in_ptr, r_out_in_ptr, r_in_out_ptr, r_out_out_ptr,
+    x_ptr, out_ptr, th_ptr, b_ptr, r_in_in_ptr, r_out_in_ptr, r_in_out_ptr, r_out_out_ptr, cnt_ptr,
     T, T0, N, TH_INNER, TH_K, B_INNER, B_K,
     IS_IF: tl.constexpr, N_LEVELS: tl.constexpr, RELU_CONSTRAINED: tl.constexpr, HAS_STATE_IN: tl.constexpr,
-    STORE_STATE: tl.constexpr, RECIPROCAL_DIV: tl.constexpr, BLOCK: tl.constexpr,
+    STORE_STATE: tl.constexpr, RECIPROCAL_DIV: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    th = tl.load(th_ptr + (offs // TH_INNER) % TH_K, mask=mask, other=0.0)
-    b = tl.load(b_ptr + (offs // B_INNER) % B_K, mask=mask, other=0.0)
-    if HAS_STATE_IN:
-        r_in = tl.load(r_in_in_ptr + offs, mask=mask, other=0.0)
-        r_out = tl.load(r_out_in_ptr + offs, mask=mask, other=0.0)
-    else:
-        r_out = tl.zeros([BLOCK], dtype=tl.float32)
-        r_in = r_out + b
-    # the step counter as an fp32 vector: exact up to 2^24, and div_rn needs two tensors of one shape
+    offs, mask, cells, cell_mask, n_cells = _lanes(N, BLOCK)
+    th = _table(th_ptr, offs, mask, TH_INNER, TH_K)
+    b = _table(b_ptr, offs, mask, B_INNER, B_K)
+    r_in, r_out = _diff_init(b, r_in_in_ptr, r_out_in_ptr, offs, mask, HAS_STATE_IN, BLOCK)
     t = tl.zeros([BLOCK], dtype=tl.float32) + T0
+    one = tl.full([BLOCK], 1.0, dtype=tl.float32)
     x_ptrs = x_ptr + offs
     out_ptrs = out_ptr + offs
-    one = tl.full([BLOCK], 1.0, dtype=tl.float32)
+    cnt_ptrs = cnt_ptr + cells
     for _ in range(T):
-        t = t + 1.0
-        inv_t = one
-        if RECIPROCAL_DIV:
-            inv_t = tl.math.div_rn(one, t)
+        t, inv_t = _step_counter(t, one, RECIPROCAL_DIV)
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-        u = x - b
-        r_in_new = r_in + _div_t(u, t, inv_t, RECIPROCAL_DIV)
-        m = t * (r_in_new - r_out)
-        c = t * r_out
-        if IS_IF:
-            m = m + th * 0.5
-            d = _if_fire(m, c, th, True, RELU_CONSTRAINED)
-        else:
-            d = _mt_fire(m, c, th, N_LEVELS, True, RELU_CONSTRAINED)
-        r_out = r_out + _div_t(d, t, inv_t, RECIPROCAL_DIV)
-        r_in = r_in_new
-        tl.store(out_ptrs, d.to(out_ptr.dtype.element_ty), mask=mask)
+        d, r_in, r_out = _diff_lane(x, t, inv_t, r_in, r_out, th, b, IS_IF, N_LEVELS, RELU_CONSTRAINED,
+                                    RECIPROCAL_DIV)
+        d = d.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptrs, d, mask=mask)
+        if COUNT:
+            _count_cells(cnt_ptrs, d, mask, cell_mask, BLOCK)
+            cnt_ptrs += n_cells
         x_ptrs += N
         out_ptrs += N
     if STORE_STATE:
@@ -291,13 +397,14 @@ def _mt_diff_multistep_fwd_kernel(
     r_out_in_ptr,  # [N] fp32 running output mean at entry (read if HAS_STATE_IN)
     r_in_out_ptr,  # [N] fp32 running input mean after the last step (written if STORE_STATE)
     r_out_out_ptr,  # [N] fp32 running output mean after the last step (written if STORE_STATE)
+    cnt_ptr,  # [T, cdiv(N, _CELL)] int32 non-zero outputs per step and cell (written if COUNT)
     T, T0, N, TH_INNER, TH_K, B_INNER, B_K,
     N_LEVELS: tl.constexpr, RELU_CONSTRAINED: tl.constexpr, HAS_STATE_IN: tl.constexpr, STORE_STATE: tl.constexpr,
-    RECIPROCAL_DIV: tl.constexpr, BLOCK: tl.constexpr,
+    RECIPROCAL_DIV: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    _diff_body(x_ptr, out_ptr, th_ptr, b_ptr, r_in_in_ptr, r_out_in_ptr, r_in_out_ptr, r_out_out_ptr,
+    _diff_body(x_ptr, out_ptr, th_ptr, b_ptr, r_in_in_ptr, r_out_in_ptr, r_in_out_ptr, r_out_out_ptr, cnt_ptr,
                T, T0, N, TH_INNER, TH_K, B_INNER, B_K,
-               False, N_LEVELS, RELU_CONSTRAINED, HAS_STATE_IN, STORE_STATE, RECIPROCAL_DIV, BLOCK)
+               False, N_LEVELS, RELU_CONSTRAINED, HAS_STATE_IN, STORE_STATE, RECIPROCAL_DIV, COUNT, BLOCK)
 
 
 @triton.autotune(configs=_configs(), key=_KEY, do_bench=_quick_bench)
@@ -311,13 +418,86 @@ def _if_diff_multistep_fwd_kernel(
     r_out_in_ptr,  # [N] fp32 running output mean at entry (read if HAS_STATE_IN)
     r_in_out_ptr,  # [N] fp32 running input mean after the last step (written if STORE_STATE)
     r_out_out_ptr,  # [N] fp32 running output mean after the last step (written if STORE_STATE)
+    cnt_ptr,  # [T, cdiv(N, _CELL)] int32 non-zero outputs per step and cell (written if COUNT)
     T, T0, N, TH_INNER, TH_K, B_INNER, B_K,
     RELU_CONSTRAINED: tl.constexpr, HAS_STATE_IN: tl.constexpr, STORE_STATE: tl.constexpr,
-    RECIPROCAL_DIV: tl.constexpr, BLOCK: tl.constexpr,
+    RECIPROCAL_DIV: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    _diff_body(x_ptr, out_ptr, th_ptr, b_ptr, r_in_in_ptr, r_out_in_ptr, r_in_out_ptr, r_out_out_ptr,
+    _diff_body(x_ptr, out_ptr, th_ptr, b_ptr, r_in_in_ptr, r_out_in_ptr, r_in_out_ptr, r_out_out_ptr, cnt_ptr,
                T, T0, N, TH_INNER, TH_K, B_INNER, B_K,
-               True, 1, RELU_CONSTRAINED, HAS_STATE_IN, STORE_STATE, RECIPROCAL_DIV, BLOCK)
+               True, 1, RELU_CONSTRAINED, HAS_STATE_IN, STORE_STATE, RECIPROCAL_DIV, COUNT, BLOCK)
+
+
+@triton.autotune(configs=_configs(), key=_KEY, do_bench=_quick_bench)
+@triton.jit(do_not_specialize=_PAIR_NO_SPEC)
+def _bounded_relu_pair_fwd_kernel(
+    x_ptr,  # [T, N] input of the lower neuron, fp32 | fp16 | bf16
+    out_ptr,  # [T, N] y = r − hi(r − a) with r = lo(x), dtype of x
+    th_lo_ptr,  # [TH_LO_K] fp32 θ of lo; element e uses th_lo[(e // TH_LO_INNER) % TH_LO_K]
+    b_lo_ptr,  # [B_LO_K] fp32 captured bias of lo (differential coding; unread otherwise)
+    th_hi_ptr,  # [TH_HI_K] fp32 θ of hi
+    b_hi_ptr,  # [B_HI_K] fp32 captured bias of hi (differential coding; unread otherwise)
+    s_in_ptr,  # [4, N] fp32 state at entry, rows lo m|R_in, lo C|R_out, hi m|R_in, hi C|R_out (if HAS_STATE_IN)
+    s_out_ptr,  # [4, N] fp32 state after the last step, same rows (written if STORE_STATE)
+    cnt_ptr,  # [2, T, cdiv(N, _CELL)] int32 non-zero outputs of lo, then hi, per step and cell (written if COUNT)
+    ceiling,  # fp32 bound a
+    T, T0, N, TH_LO_INNER, TH_LO_K, B_LO_INNER, B_LO_K, TH_HI_INNER, TH_HI_K, B_HI_INNER, B_HI_K,
+    DIFF: tl.constexpr, IS_IF: tl.constexpr, N_LEVELS: tl.constexpr, SIGNED: tl.constexpr, NEED_C: tl.constexpr,
+    HAS_STATE_IN: tl.constexpr, STORE_STATE: tl.constexpr, RECIPROCAL_DIV: tl.constexpr, COUNT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # The unfused graph's four operations per element and step: r = lo(x) (emitted in the dtype DT), r − a rounded
+    # to DT, h = hi(r − a) in DT, y = r − h rounded to DT (torch computes a reduced-precision subtraction in fp32 and
+    # rounds once; the casts are no-ops in fp32).
+    DT: tl.constexpr = out_ptr.dtype.element_ty
+    offs, mask, cells, cell_mask, n_cells = _lanes(N, BLOCK)
+    th_lo = _table(th_lo_ptr, offs, mask, TH_LO_INNER, TH_LO_K)
+    th_hi = _table(th_hi_ptr, offs, mask, TH_HI_INNER, TH_HI_K)
+    if DIFF:
+        b_lo = _table(b_lo_ptr, offs, mask, B_LO_INNER, B_LO_K)
+        b_hi = _table(b_hi_ptr, offs, mask, B_HI_INNER, B_HI_K)
+        lo0, lo1 = _diff_init(b_lo, s_in_ptr, s_in_ptr + N, offs, mask, HAS_STATE_IN, BLOCK)
+        hi0, hi1 = _diff_init(b_hi, s_in_ptr + 2 * N, s_in_ptr + 3 * N, offs, mask, HAS_STATE_IN, BLOCK)
+    else:
+        b_lo = th_lo
+        b_hi = th_hi
+        lo0, lo1 = _rate_init(th_lo, s_in_ptr, s_in_ptr + N, offs, mask, IS_IF, NEED_C, HAS_STATE_IN, BLOCK)
+        hi0, hi1 = _rate_init(th_hi, s_in_ptr + 2 * N, s_in_ptr + 3 * N, offs, mask, IS_IF, NEED_C, HAS_STATE_IN,
+                              BLOCK)
+    t = tl.zeros([BLOCK], dtype=tl.float32) + T0
+    one = tl.full([BLOCK], 1.0, dtype=tl.float32)
+    inv_t = one
+    x_ptrs = x_ptr + offs
+    out_ptrs = out_ptr + offs
+    cnt_ptrs = cnt_ptr + cells
+    hi_cells = T * n_cells
+    for _ in range(T):
+        x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if DIFF:
+            t, inv_t = _step_counter(t, one, RECIPROCAL_DIV)
+            r, lo0, lo1 = _diff_lane(x, t, inv_t, lo0, lo1, th_lo, b_lo, IS_IF, N_LEVELS, NEED_C, RECIPROCAL_DIV)
+        else:
+            r, lo0, lo1 = _rate_lane(x, lo0, lo1, th_lo, IS_IF, N_LEVELS, SIGNED, NEED_C)
+        r = _rounded(r, DT)
+        shifted = _rounded(r - ceiling, DT)
+        if DIFF:
+            h, hi0, hi1 = _diff_lane(shifted, t, inv_t, hi0, hi1, th_hi, b_hi, IS_IF, N_LEVELS, NEED_C,
+                                     RECIPROCAL_DIV)
+        else:
+            h, hi0, hi1 = _rate_lane(shifted, hi0, hi1, th_hi, IS_IF, N_LEVELS, SIGNED, NEED_C)
+        h = _rounded(h, DT)
+        tl.store(out_ptrs, _rounded(r - h, DT).to(DT), mask=mask)  # exact in DT: the cast does not round
+        if COUNT:
+            _count_cells(cnt_ptrs, r, mask, cell_mask, BLOCK)
+            _count_cells(cnt_ptrs + hi_cells, h, mask, cell_mask, BLOCK)
+            cnt_ptrs += n_cells
+        x_ptrs += N
+        out_ptrs += N
+    if STORE_STATE:
+        tl.store(s_out_ptr + offs, lo0, mask=mask)
+        tl.store(s_out_ptr + N + offs, lo1, mask=mask)
+        tl.store(s_out_ptr + 2 * N + offs, hi0, mask=mask)
+        tl.store(s_out_ptr + 3 * N + offs, hi1, mask=mask)
 
 
 #: Whether these kernels were built for the Triton interpreter: fixed when this module was imported, because
@@ -333,31 +513,63 @@ def _grid(n: int):
     return lambda meta: (triton.cdiv(n, meta["BLOCK"]),)
 
 
-def _launch_rate(x, out, th, m_in, c_in, m_out, c_out, *, kind, n_levels, signed, need_c) -> None:
+def _cells(events: Tensor | None, lead: tuple[int, ...], n: int, device) -> Tensor | None:
+    """The per-cell event counts a launch writes when ``events`` is asked for (every cell is written: no zeroing)."""
+    if events is None:
+        return None
+    return torch.empty(*lead, triton.cdiv(n, _CELL.value), dtype=torch.int32, device=device)
+
+
+def _add_counts(events: Tensor | None, cells: Tensor | None) -> None:
+    if events is not None:
+        events += cells.sum(-1)
+
+
+def _launch_rate(x, out, th, m_in, c_in, m_out, c_out, *, kind, n_levels, signed, need_c, events=None) -> None:
     """:class:`~snnconvert.runtime.kernels.common.RateLaunch` of the Triton kernels (unused pointers get ``out``)."""
     T, n = x.shape
+    cells = _cells(events, (T,), n, x.device)
     common = dict(SIGNED=signed, NEED_C=need_c, HAS_STATE_IN=m_in is not None, STORE_STATE=m_out is not None,
-                  enable_fp_fusion=False)
-    args = (x, out, th.values, _or(m_in, out), _or(c_in, out), _or(m_out, out), _or(c_out, out), T, n, th.inner,
-            th.k)
+                  COUNT=cells is not None, enable_fp_fusion=False)
+    args = (x, out, th.values, _or(m_in, out), _or(c_in, out), _or(m_out, out), _or(c_out, out), _or(cells, out),
+            T, n, th.inner, th.k)
     if kind == "if":
         _if_rate_multistep_fwd_kernel[_grid(n)](*args, **common)
     else:
         _mt_rate_multistep_fwd_kernel[_grid(n)](*args, N_LEVELS=n_levels, **common)
+    _add_counts(events, cells)
 
 
 def _launch_diff(x, out, th, b, r_in_in, r_out_in, r_in_out, r_out_out, *, t0, kind, n_levels,
-                 relu_constrained) -> None:
+                 relu_constrained, events=None) -> None:
     """:class:`~snnconvert.runtime.kernels.common.DiffLaunch` of the Triton kernels."""
     T, n = x.shape
+    cells = _cells(events, (T,), n, x.device)
     common = dict(RELU_CONSTRAINED=relu_constrained, HAS_STATE_IN=r_in_in is not None,
-                  STORE_STATE=r_in_out is not None, RECIPROCAL_DIV=x.device.type == "cuda", enable_fp_fusion=False)
+                  STORE_STATE=r_in_out is not None, RECIPROCAL_DIV=x.device.type == "cuda", COUNT=cells is not None,
+                  enable_fp_fusion=False)
     args = (x, out, th.values, b.values, _or(r_in_in, out), _or(r_out_in, out), _or(r_in_out, out),
-            _or(r_out_out, out), T, t0, n, th.inner, th.k, b.inner, b.k)
+            _or(r_out_out, out), _or(cells, out), T, t0, n, th.inner, th.k, b.inner, b.k)
     if kind == "mt":
         _mt_diff_multistep_fwd_kernel[_grid(n)](*args, N_LEVELS=n_levels, **common)
     else:
         _if_diff_multistep_fwd_kernel[_grid(n)](*args, **common)
+    _add_counts(events, cells)
+
+
+def _launch_pair(x, out, tables, state_in, state_out, *, ceiling, diff, kind, n_levels, signed, need_c, t0,
+                 events=None) -> None:
+    """:class:`~snnconvert.runtime.kernels.common.PairLaunch` of the Triton kernels."""
+    T, n = x.shape
+    cells = _cells(events, (2, T), n, x.device)
+    th_lo, b_lo, th_hi, b_hi = tables
+    _bounded_relu_pair_fwd_kernel[_grid(n)](
+        x, out, th_lo.values, b_lo.values, th_hi.values, b_hi.values, _or(state_in, out), _or(state_out, out),
+        _or(cells, out), float(ceiling), T, t0, n, th_lo.inner, th_lo.k, b_lo.inner, b_lo.k, th_hi.inner, th_hi.k,
+        b_hi.inner, b_hi.k, DIFF=diff, IS_IF=kind == "if", N_LEVELS=n_levels if kind == "mt" else 1, SIGNED=signed,
+        NEED_C=need_c, HAS_STATE_IN=state_in is not None, STORE_STATE=state_out is not None,
+        RECIPROCAL_DIV=diff and x.device.type == "cuda", COUNT=cells is not None, enable_fp_fusion=False)
+    _add_counts(events, cells)
 
 
 def _or(t: Tensor | None, dummy: Tensor) -> Tensor:
@@ -368,8 +580,9 @@ def _or(t: Tensor | None, dummy: Tensor) -> Tensor:
 # Public wrappers (runtime/kernels/common.py): the signatures of the *_ref twins in convert/coding/neurons.py
 # ---------------------------------------------------------------------------------------------------------------------
 
-KERNELS = NeuronKernels("triton", _launch_rate, _launch_diff)
+KERNELS = NeuronKernels("triton", _launch_rate, _launch_diff, launch_pair=_launch_pair, counts_events=True)
 rate_neuron_run = KERNELS.rate_neuron_run
+bounded_relu_pair_run = KERNELS.bounded_relu_pair_run
 diff_neuron_run = KERNELS.diff_neuron_run
 if_rate_multistep = KERNELS.if_rate_multistep
 mt_rate_multistep = KERNELS.mt_rate_multistep

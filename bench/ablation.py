@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from snnconvert import models_zoo
+from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.runtime import compile, evaluate
 from snnconvert.runtime.data import load_fashion_mnist
@@ -95,7 +96,10 @@ def main() -> None:
     ap.add_argument("--rate-T", type=int, default=64, help="percentile-threshold runs go to this T too")
     ap.add_argument("--backend", default="torch", help="runtime backend for the evaluation (torch, native, triton)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--system-malloc", dest="keep_freed_memory", action="store_false",
+                    help="leave glibc's allocator as it is (default: keep freed memory as the CLI does, cli/malloc.py)")
     args = ap.parse_args()
+    args.keep_freed_memory = keep_freed_memory() if args.keep_freed_memory else False
     torch.set_num_threads(max(1, torch.get_num_threads()))
     Ts = [int(t) for t in args.timesteps.split(",")]
     model = models_zoo.get_model(args.model)

@@ -65,6 +65,23 @@ class ClipNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class FunctionalPoolNet(nn.Module):
+    """Functional max-pools: one right after a ReLU (moved before it), one after a spiking layer (a graded unit
+    around ``F.max_pool2d``, whose closure pickle cannot store by itself)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(9)
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(self.conv2(F.relu(x)), kernel_size=2)
+        return self.fc(F.relu(x).flatten(1))
+
+
 class Unsupported(nn.Module):
     """Three unsupported nodes: a Sigmoid module, a custom leaf module and a product of two activations."""
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TOLERANCES
-from nets import SpellingsNet
+from nets import FunctionalPoolNet, SpellingsNet
 
 from snnconvert.convert import ConversionConfig, ModelSource, convert
 from snnconvert.convert.errors import ArtifactError, ConfigError
@@ -79,6 +79,29 @@ def test_save_and_load_give_identical_outputs(converted, data, tmp_path):
         torch.testing.assert_close(again(data[:8]), res.snn(data[:8]), rtol=0, atol=0)
     res.save(path)  # overwriting an artifact is atomic and allowed
     assert not list(tmp_path.glob(".snn*")), "temporary folders left behind"
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_whole_network_pickles(data, tmp_path, coding, backend):
+    """``torch.save`` of a whole SNN (not only the artifact of ``save``) round-trips, also with functional max-pools
+    in graded units and on a kernel backend."""
+    import shutil
+
+    from snnconvert.convert.coding.units import GradedUnit
+
+    if backend == "native" and shutil.which("cc") is None:
+        pytest.skip("no C compiler for the native backend")
+    res = convert(FunctionalPoolNet(), forward_loop=[data], config=ConversionConfig.for_coding(coding, timesteps=3))
+    units = [m for _, m in res.snn.stateful() if isinstance(m, GradedUnit)]
+    assert len(units) == 1 and units[0].f.target is torch.nn.functional.max_pool2d
+    program = compile(res.snn, backend)
+    torch.save(program, tmp_path / "snn.pt")
+    again = torch.load(tmp_path / "snn.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(again(data[:6]), program(data[:6]))
+    reloaded = [m for _, m in again.stateful() if isinstance(m, GradedUnit)][0]
+    assert reloaded.f.target is torch.nn.functional.max_pool2d
 
 
 def test_save_refuses_non_artifact_target_and_sourceless_result(converted, data, tmp_path):

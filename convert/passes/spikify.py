@@ -1,6 +1,9 @@
 """Replace every canonical ReLU by the coding's spiking neuron and wrap the graph as a :class:`SpikingNetwork`."""
 from __future__ import annotations
 
+import importlib
+from typing import NamedTuple
+
 import torch
 import torch.fx as fx
 
@@ -46,12 +49,37 @@ def replace_activations(
     return SpikingNetwork(gm, coding, cfg.timesteps, names, units)
 
 
+class _ByName(NamedTuple):
+    """A module-level function stored by where it lives (see :class:`_BoundPool`)."""
+
+    module: str
+    name: str
+
+
 class _BoundPool:
     """A functional max-pool with its non-input arguments bound: ``f(x) = target(x, *args, **kwargs)``
-    (``functools.partial`` would put the bound positional arguments before ``x``)."""
+    (``functools.partial`` would put the bound positional arguments before ``x``).
+
+    Picklable (``torch.save`` of a whole SNN): ``F.max_pool2d`` and its siblings are closures made by torch's
+    ``boolean_dispatch``, which pickle cannot store, so the target is stored by its module and name and looked up
+    again on load.
+    """
 
     def __init__(self, target, args: tuple, kwargs: dict) -> None:
         self.target, self.args, self.kwargs = target, tuple(args), dict(kwargs)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        module, name = getattr(self.target, "__module__", None), getattr(self.target, "__name__", None)
+        if module and name and getattr(importlib.import_module(module), name, None) is self.target:
+            state["target"] = _ByName(module, name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        target = state["target"]
+        if isinstance(target, _ByName):
+            state["target"] = getattr(importlib.import_module(target.module), target.name)
+        self.__dict__.update(state)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.target(x, *self.args, **self.kwargs)

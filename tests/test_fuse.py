@@ -121,7 +121,7 @@ def _kernels_or_skip(backend: str, device: str):
     return load_kernels().KERNELS
 
 
-@pytest.mark.parametrize("T_steps", [1, 3, 8])
+@pytest.mark.parametrize("T_steps", [1, 3, 8, 33])
 @pytest.mark.parametrize("coding,kind,n_levels,signed", [
     ("rate", "if", 1, False), ("rate", "mt", 3, False), ("rate", "mt", 2, True), ("differential", "mt", 4, True),
     ("differential", "mt", 9, True), ("differential", "if", 1, True)])
@@ -138,7 +138,7 @@ def test_pair_kernel_equals_composition(impl, T_steps, coding, kind, n_levels, s
     b_lo = torch.randn(1, *shape[1:], generator=gen) * 0.5
     b_hi = torch.full((1, *shape[1:]), -0.75)
     flags = dict(kind=kind, coding=coding, n_levels=n_levels, signed=signed)
-    for dtype in K.pair_dtypes:
+    for dtype in K.pair_dtypes if T_steps <= 8 else (torch.float32,):  # T = 33: fp32 only (interpreter time)
         # thresholds rounded to the dtype, as compile() does, so that every emitted value is exact in it
         t_lo, t_hi = (t.to(dtype).float().to(device) for t in (th_lo, th_hi))
         bl, bh = (b.to(device) for b in (b_lo, b_hi)) if coding == "differential" else (None, None)
@@ -161,13 +161,15 @@ def test_pair_kernel_equals_composition(impl, T_steps, coding, kind, n_levels, s
         assert torch.equal(events[0], r.reshape(T_steps, -1).ne(0).sum(1))
         assert torch.equal(events[1], h.reshape(T_steps, -1).ne(0).sum(1))
         assert int(events[1].sum()) > 0  # the upper neuron fired
-        # step by step on a carried state (single-step mode), and in two uneven runs: the same values
+        # step by step on a carried state (single-step mode; T = 33 only in two uneven runs, to keep the interpreter
+        # cases short): the same values
         state, steps = None, []
-        for t in range(T_steps):
+        for t in range(T_steps if T_steps <= 8 else 0):
             out, state = K.bounded_relu_pair_run(xd[t:t + 1], 0.75, t_lo, t_hi, bl, bh, state=state, store_state=True,
                                                  in_place=K.in_place_state, **flags)
             steps.append(out)
-        assert state.t == T_steps and torch.equal(torch.cat(steps), got)
+        if steps:
+            assert state.t == T_steps and torch.equal(torch.cat(steps), got)
         first, state = K.bounded_relu_pair_run(xd[:1], 0.75, t_lo, t_hi, bl, bh, store_state=True, **flags)
         rest, _ = K.bounded_relu_pair_run(xd[1:], 0.75, t_lo, t_hi, bl, bh, state=state, **flags)
         assert torch.equal(torch.cat([first, rest]), got)

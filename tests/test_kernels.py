@@ -179,6 +179,33 @@ def test_low_precision_output_is_exact(impl, dtype, name, wrapper, twin, kw, dif
     torch.testing.assert_close(low, _run(twin, x, th, b, kw, diff), **TOLERANCES["kernel_vs_ref_lowp"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_low_precision_output_rounds_to_nearest(impl, dtype):
+    # thresholds NOT rounded to the dtype: the emitted values are rounded to nearest (ties to even) like the twin's
+    # cast, also under the interpreter (whose own bf16 cast truncates)
+    K, device = impl.kernels, impl.device
+    x = (0.7 * torch.randn(6, 2, 3, 5, 7, device=device)).to(dtype)
+    th = torch.rand(3, 1, 1, device=device) + 0.3
+    b = 0.3 * torch.randn(1, 3, 5, 7, device=device)
+    for run in (lambda x: K.mt_rate_multistep(x, th, n_levels=4, signed=True),
+                lambda x: K.mt_diff_multistep(x, th, b, n_levels=4)):
+        full = run(x.float())
+        assert not torch.equal(full.to(dtype).float(), full)  # some values do round
+        assert torch.equal(run(x), full.to(dtype))
+
+
+def test_every_block_size_holds_whole_event_cells(monkeypatch):
+    pytest.importorskip("triton")
+    from snnconvert.runtime.kernels import load_kernels
+
+    K = load_kernels()
+    monkeypatch.setattr(K, "_interpreting", lambda: False)  # the GPU configurations, autotuned and fixed
+    blocks = [c.kwargs["BLOCK"] for c in K._configs()] + [K._INTERPRET_BLOCK, K._DEFAULT_BLOCK]
+    monkeypatch.setenv("SNNCONVERT_TRITON_AUTOTUNE", "0")
+    blocks += [c.kwargs["BLOCK"] for c in K._configs()]
+    assert len(blocks) > 3 and all(b % K._CELL.value == 0 and b // K._CELL.value >= 2 for b in blocks)
+
+
 def test_threshold_table_layouts():
     shape = torch.Size([2, 3, 4, 5])
     for value in (1.5, torch.tensor(2.0), torch.rand(3, 1, 1), torch.rand(5), torch.rand(4, 5), torch.rand(3, 4, 5),

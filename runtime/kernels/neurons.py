@@ -20,8 +20,9 @@ are bit-identical to the ``*_ref`` twins:
 - launches pass ``enable_fp_fusion=False``: a contracted ``t·(R_in − R_out) + θ/2`` (fma) would round differently;
 - the pair kernel rounds r − a and r − h to the network's dtype as the unfused graph does (``_rounded``: torch
   computes a reduced-precision subtraction in fp32 and rounds once, to nearest even; done with integer arithmetic for
-  bf16 because the interpreter's ``.to(bfloat16)`` truncates). Emitted values of the single-neuron kernels are exact
-  in the dtype by construction (thresholds rounded by ``runtime/lower.py``), so their casts never round.
+  bf16 because the interpreter's ``.to(bfloat16)`` truncates). The single-neuron kernels store their emitted values
+  the same way; those are exact in the dtype when the thresholds were rounded to it (``runtime/lower.py`` does), and
+  otherwise round to nearest as the torch twins' casts do, on CUDA and in the interpreter alike.
 
 Event counts (``events=``): each program stores, per step, the number of non-zero emitted values of every cell of
 ``_CELL`` neurons into an int32 ``[T, cells]`` buffer (a pair: ``[2, T, cells]``), which the launcher sums. Stores,
@@ -302,8 +303,8 @@ def _rate_body(
     for _ in range(T):
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
         s, m, c = _rate_lane(x, m, c, th, IS_IF, N_LEVELS, SIGNED, NEED_C)
-        s = s.to(out_ptr.dtype.element_ty)
-        tl.store(out_ptrs, s, mask=mask)
+        s = _rounded(s, out_ptr.dtype.element_ty)  # exact where θ was rounded to the dtype (module header)
+        tl.store(out_ptrs, s.to(out_ptr.dtype.element_ty), mask=mask)
         if COUNT:
             _count_cells(cnt_ptrs, s, mask, cell_mask, BLOCK)
             cnt_ptrs += n_cells
@@ -374,8 +375,8 @@ def _diff_body(
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
         d, r_in, r_out = _diff_lane(x, t, inv_t, r_in, r_out, th, b, IS_IF, N_LEVELS, RELU_CONSTRAINED,
                                     RECIPROCAL_DIV)
-        d = d.to(out_ptr.dtype.element_ty)
-        tl.store(out_ptrs, d, mask=mask)
+        d = _rounded(d, out_ptr.dtype.element_ty)
+        tl.store(out_ptrs, d.to(out_ptr.dtype.element_ty), mask=mask)
         if COUNT:
             _count_cells(cnt_ptrs, d, mask, cell_mask, BLOCK)
             cnt_ptrs += n_cells

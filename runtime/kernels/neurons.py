@@ -450,7 +450,7 @@ def _bounded_relu_pair_fwd_kernel(
     # The unfused graph's four operations per element and step: r = lo(x) (emitted in the dtype DT), r − a rounded
     # to DT, h = hi(r − a) in DT, y = r − h rounded to DT (torch computes a reduced-precision subtraction in fp32 and
     # rounds once; the casts are no-ops in fp32).
-    DT: tl.constexpr = out_ptr.dtype.element_ty
+    DT = out_ptr.dtype.element_ty
     offs, mask, cells, cell_mask, n_cells = _lanes(N, BLOCK)
     th_lo = _table(th_lo_ptr, offs, mask, TH_LO_INNER, TH_LO_K)
     th_hi = _table(th_hi_ptr, offs, mask, TH_HI_INNER, TH_HI_K)

@@ -91,7 +91,7 @@ fi
 # CUDA), then the kernel unit tests, which compile many specialisations: if the step hits its limit, the log still
 # shows which files passed.
 run_step tests "${GPU_CHECK_TESTS_TIMEOUT:-140}" env SNNCONVERT_TRITON_AUTOTUNE=0 "$PY" -m pytest \
-  tests/test_gpu_paths.py tests/test_kernels.py tests/test_neurons.py -k "not native" -q -p no:cacheprovider \
+  tests/test_gpu_paths.py tests/test_kernels.py tests/test_neurons.py -k "not native" -p no:cacheprovider \
   --durations=15 --junitxml="$OUT/tests.xml"
 
 run_step bench "${GPU_CHECK_BENCH_TIMEOUT:-80}" "$PY" bench/bench_kernels.py --out "$OUT/bench"

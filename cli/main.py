@@ -5,6 +5,7 @@ Errors print one line (``error: ...``); ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -63,23 +64,36 @@ def _atomic_write(path: Path):
         raise
 
 
-def _accuracy_table(ann_acc: float | None, snn_acc: list[float], events: list[float]) -> Table:
+def _accuracy_table(ann_acc: float | None, snn_acc: list[float], events: list[float], ops: dict) -> Table:
+    """Accuracy, gap to the ANN, cumulative events and energy ratio (method.md §8, both metrics) after each step."""
     table = Table(title="accuracy vs time step")
     table.add_column("t", justify="right")
     table.add_column("SNN acc %", justify="right")
     table.add_column("gap to ANN (pp)", justify="right")
     table.add_column("events/img (cum.)", justify="right")
+    energy_ref, energy_ext = ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended")
+    if energy_ref and energy_ext:
+        table.add_column("energy ratio ref/ext", justify="right")
     T = len(snn_acc)
     shown = sorted({t for t in range(1, T + 1) if t <= 8 or (t & (t - 1)) == 0 or t == T})
-    cum = 0.0
-    cums = []
-    for e in events:
-        cum += e
-        cums.append(cum)
+    cums = list(itertools.accumulate(events))
     for t in shown:
         gap = "" if ann_acc is None else f"{100 * (snn_acc[t - 1] - ann_acc):+.2f}"
-        table.add_row(str(t), f"{100 * snn_acc[t - 1]:.2f}", gap, f"{cums[t - 1]:.0f}" if cums else "")
+        row = [str(t), f"{100 * snn_acc[t - 1]:.2f}", gap, f"{cums[t - 1]:.0f}" if cums else ""]
+        if energy_ref and energy_ext:
+            row.append(f"{energy_ref[t - 1]:.3f} / {energy_ext[t - 1]:.3f}")
+        table.add_row(*row)
     return table
+
+
+def _energy_line(ops: dict) -> str | None:
+    """The energy ratio after the last step with the constants it uses, or None when operations were not counted."""
+    if not ops.get("energy_ratio_reference"):
+        return None
+    c = ops["constants_pj"]
+    return (f"energy vs ANN after T steps: {ops['energy_ratio_reference'][-1]:.3f} (reference metric: every SNN "
+            f"operation an AC), {ops['energy_ratio_extended'][-1]:.3f} (extended: analog-input layers as MACs); "
+            f"E_AC {c['E_AC']} pJ, E_MAC {c['E_MAC']} pJ ({c['source']})")
 
 
 @dataclass(frozen=True)
@@ -185,7 +199,8 @@ def _run(o: RunOptions) -> None:
         evaluation = evaluate(snn, batches, ann=ann, timesteps=cfg.timesteps, mode=o.mode, device=o.device,
                               progress=lambda n: bar.advance(eval_task, n))
     total = time.perf_counter() - started
-    out.print(_accuracy_table(evaluation.ann_accuracy, evaluation.snn_accuracy, evaluation.events_per_step))
+    out.print(_accuracy_table(evaluation.ann_accuracy, evaluation.snn_accuracy, evaluation.events_per_step,
+                              evaluation.ops))
     out.print(f"model {resolved.label}: {len(result.thresholds)} ReLU site(s) -> {cfg.coding} coding, "
               f"thresholds {cfg.threshold} per {cfg.granularity}, T={cfg.timesteps}")
     ann_text = "n/a" if evaluation.ann_accuracy is None else f"{100 * evaluation.ann_accuracy:.2f} %"
@@ -193,6 +208,9 @@ def _run(o: RunOptions) -> None:
               f"{100 * evaluation.snn_accuracy[-1]:.2f} % on {evaluation.images} images of {eval_name} "
               f"({eval_info['split']}; calibrated on {len(calib_set)} images, {calib_info['split']}) "
               f"in {total:.1f} s")
+    energy = _energy_line(evaluation.ops)
+    if energy is not None:
+        out.print(energy)
     if o.report is not None:
         doc = build_report(result, evaluation, model=resolved.label, calib=calib_info, data=eval_info,
                            timings={"total": total},

@@ -95,6 +95,10 @@ def test_happy_path_report_and_artifact(tmp_path):
     assert result.exit_code == 0, result.output
     assert "accuracy vs time step" in result.output and "ANN accuracy" in result.output
     doc = json.loads(report.read_text())
+    ops = doc["synaptic_ops"]  # the console shows the report's energy ratios after each step and at the end
+    assert f"{ops['energy_ratio_reference'][-1]:.3f} / {ops['energy_ratio_extended'][-1]:.3f}" in result.output
+    assert f"energy vs ANN after T steps: {ops['energy_ratio_reference'][-1]:.3f}" in result.output
+    assert "E_AC 0.9 pJ, E_MAC 4.6 pJ" in result.output
     for key in ("coding", "timesteps", "ann_accuracy", "snn_accuracy", "eval_images", "calib_images", "thresholds",
                 "conversion", "timings", "events", "schema_version", "data"):
         assert key in doc, key

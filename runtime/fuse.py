@@ -39,7 +39,6 @@ import torch.fx as fx
 from torch import Tensor
 
 from snnconvert.convert.coding.fastpath import (
-    FAST_CHUNK_ELEMENTS,
     FastBuffers,
     batch_chunks,
     fast_diff_step,
@@ -53,10 +52,6 @@ from snnconvert.runtime.kernels.common import NeuronKernels, PairState, pair_cei
 logger = logging.getLogger(__name__)
 
 __all__ = ["BoundedReLUPair", "fuse_bounded_relu_pairs", "fused_pairs"]
-
-#: Elements per chunk and CPU thread of the torch path (a slice of the batch dim, all T steps at a time); measured on
-#: fmnist-mobilenet, 2 threads: 2^17 to 2^18 best, 2^16 and unchunked up to 1.4x slower.
-PAIR_CHUNK_ELEMENTS = FAST_CHUNK_ELEMENTS
 
 #: The neuron fields both members of a pair must share.
 _SHARED_FIELDS = ("coding", "kind", "n_levels", "signed", "relu_constrained")
@@ -188,10 +183,13 @@ class BoundedReLUPair(StepModule):
         b_lo = _prepare_bias(x, lo._require_bias(), dtype) if diff else None
         b_hi = _prepare_bias(x, hi._require_bias(), dtype) if diff else None
         consts = plan_lo.consts + plan_hi.consts + ([b_lo, b_hi] if diff else [])
+        flags = dict(kind=lo.kind, signed=lo.signed, relu_constrained=lo.relu_constrained)
         out = torch.empty_like(x)
         ceiling = self.ceiling
         buf = None
-        for sl in batch_chunks(x, consts, PAIR_CHUNK_ELEMENTS):
+        # chunks of the neurons' own size (FAST_CHUNK_ELEMENTS; on fmnist-mobilenet, 2 threads, 2^17 to 2^18 is also
+        # best for a pair, 2^16 and unchunked up to 1.4x slower)
+        for sl in batch_chunks(x, consts):
             xc, oc = x[:, sl], out[:, sl]
             shape = xc.shape[1:]
             if buf is None or buf.m.shape != shape:
@@ -200,7 +198,6 @@ class BoundedReLUPair(StepModule):
             if diff:
                 s_lo, s_hi = _diff_init(shape, b_lo), _diff_init(shape, b_hi)
             else:
-                flags = dict(kind=lo.kind, signed=lo.signed, relu_constrained=lo.relu_constrained)
                 s_lo, s_hi = _rate_init(shape, th_lo, **flags), _rate_init(shape, th_hi, **flags)
             for t in range(xc.shape[0]):
                 if diff:

@@ -183,9 +183,10 @@ def fast_diff_step(
     r_out.add_(u)  # R_out + d/t
 
 
-def batch_chunks(x: Tensor, consts: list[Tensor], elements: int = FAST_CHUNK_ELEMENTS) -> list[slice]:
-    """Slices of dim 1 of ``x`` [T, *S] (S[0] is the batch) such that a chunk holds about ``elements`` elements per
-    step and thread; one slice on a GPU, or when S[0] cannot be split (a constant varies along it) or is small."""
+def batch_chunks(x: Tensor, consts: list[Tensor]) -> list[slice]:
+    """Slices of dim 1 of ``x`` [T, *S] (S[0] is the batch) such that a chunk holds about FAST_CHUNK_ELEMENTS
+    elements per step and thread; one slice on a GPU, or when S[0] cannot be split (a constant varies along it) or
+    is small."""
     if x.dim() < 2 or x.device.type != "cpu":
         return [slice(None)]
     n = x.shape[1]
@@ -193,7 +194,7 @@ def batch_chunks(x: Tensor, consts: list[Tensor], elements: int = FAST_CHUNK_ELE
     if any(c.dim() == ndim and c.shape[0] != 1 for c in consts):
         return [slice(None)]
     per = max(1, x[0, 0].numel())
-    size = max(1, elements * max(1, torch.get_num_threads()) // per)
+    size = max(1, FAST_CHUNK_ELEMENTS * max(1, torch.get_num_threads()) // per)
     if size >= n:
         return [slice(None)]
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]

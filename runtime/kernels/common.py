@@ -14,6 +14,7 @@ broadcast pattern is expanded to the full S (K = N): correct, just one more read
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -91,6 +92,7 @@ class PairLaunch(Protocol):
         θ_lo, b_lo, θ_hi, b_hi; state [4, N] fp32 or None; ``events`` [2, T] int64 or None (lo's and hi's counts)."""
 
 
+@functools.cache  # asked on every pair call (each step in single-step mode)
 def pair_ceiling_exact(ceiling: float, dtype: torch.dtype) -> bool:
     """Whether the pair kernels reproduce the graph's ``r - ceiling`` in ``dtype``: always in fp32; in fp16/bf16 only
     when the bound is exact in the dtype (torch on the CPU rounds a Python scalar to the tensor's dtype before the

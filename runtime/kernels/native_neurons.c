@@ -285,7 +285,10 @@ static int run_blocks(block_fn fn, const Args *a, int64_t *events, int64_t n_eve
     return failed ? -1 : 0;
 }
 
-static block_fn pick(const block_fn if_row[5], const block_fn mt_rows[][5], int is_if, int n_levels, int column) {
+/* The block function of a neuron setting: its table column (see BLOCK_FN) and row (IF, or MT by n). */
+static block_fn pick(const block_fn if_row[5], const block_fn mt_rows[][5], int diff, int is_if, int n_levels,
+                     int sgn, int need_c) {
+    const int column = diff ? (need_c ? 4 : 3) : (sgn ? (need_c ? 2 : 1) : 0);
     if (is_if) return if_row[column];
     return mt_rows[n_levels <= MAX_UNROLLED_LEVELS ? n_levels : 0][column];
 }
@@ -298,8 +301,7 @@ int snn_rate_run(const float *x, float *out, const float *th, int64_t th_inner, 
     if (T < 0 || N < 0 || th_inner < 1 || th_k < 1 || n_levels < 1 || (need_c && !sgn)) return -1;
     Args a = {x, out, th, th_inner, th_k, 0, 1, 1, m_in, c_in, m_out, c_out, T, 0, N, n_levels, has_state,
               store_state};
-    return run_blocks(pick(single_IF, single_MT, is_if, n_levels, sgn ? (need_c ? 2 : 1) : 0), &a, events, T,
-                      nthreads);
+    return run_blocks(pick(single_IF, single_MT, 0, is_if, n_levels, sgn, need_c), &a, events, T, nthreads);
 }
 
 /* Differential neuron (MT or IF, always signed) over T steps t0+1 … t0+T. Returns 0 or -1 (as snn_rate_run). */
@@ -310,8 +312,7 @@ int snn_diff_run(const float *x, float *out, const float *th, int64_t th_inner, 
     if (T < 0 || t0 < 0 || N < 0 || th_inner < 1 || th_k < 1 || b_inner < 1 || b_k < 1 || n_levels < 1) return -1;
     Args a = {x, out, th, th_inner, th_k, b, b_inner, b_k, r_in_in, r_out_in, r_in_out, r_out_out, T, t0, N,
               n_levels, has_state, store_state};
-    return run_blocks(pick(single_IF, single_MT, is_if, n_levels, relu_constrained ? 4 : 3), &a, events, T,
-                      nthreads);
+    return run_blocks(pick(single_IF, single_MT, 1, is_if, n_levels, 1, relu_constrained), &a, events, T, nthreads);
 }
 
 /* Bounded-ReLU pair y = r − hi(r − ceiling), r = lo(x), over T steps t0+1 … t0+T (t0 unused in rate coding). Both
@@ -332,6 +333,5 @@ int snn_pair_run(const float *x, float *out, float ceiling, int diff, int is_if,
     Args a = {x, out, th_lo, th_lo_inner, th_lo_k, b_lo, b_lo_inner, b_lo_k, lo0_in, lo1_in, lo0_out, lo1_out, T, t0,
               N, n_levels, has_state, store_state, th_hi, th_hi_inner, th_hi_k, b_hi, b_hi_inner, b_hi_k, hi0_in,
               hi1_in, hi0_out, hi1_out, ceiling};
-    const int column = diff ? (need_c ? 4 : 3) : (sgn ? (need_c ? 2 : 1) : 0);
-    return run_blocks(pick(pair_IF, pair_MT, is_if, n_levels, column), &a, events, 2 * T, nthreads);
+    return run_blocks(pick(pair_IF, pair_MT, diff, is_if, n_levels, sgn, need_c), &a, events, 2 * T, nthreads);
 }

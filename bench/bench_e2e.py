@@ -508,7 +508,7 @@ def parse_args(argv=None):
     ap.add_argument("--codings", default="rate,differential")
     ap.add_argument("--timesteps", default="8", help="comma list of T")
     ap.add_argument("--batch", default=None, help="comma list of B (default 32)")
-    ap.add_argument("--backends", default="torch", help="comma list: torch, triton, native")
+    ap.add_argument("--backends", default="torch", help="comma list: torch, triton, native, inductor")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--threshold", default=None, help="override the coding's default threshold method")

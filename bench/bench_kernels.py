@@ -18,11 +18,13 @@ Writes ``bench_kernels.json`` and ``bench_kernels.md`` to --out. Triton kernels:
 runs a tiny size on CPU under the Triton interpreter to check that the script works (timings meaningless).
 ``--native`` measures the native C kernels on the CPU instead (``torch.get_num_threads()`` threads, or
 ``--threads``), with the torch backend's neuron (``SpikingNeuron`` in multi-step mode, its fast path) as the twin
-column: the speed-up is native vs the torch backend, and the outputs must be identical.
+column: the speed-up is native vs the torch backend, and the outputs must be identical. ``--inductor`` does the same
+for the inductor backend's compiled neuron loops (compiled on the first call, before timing).
 
     python bench/bench_kernels.py --out bench/results/kernels
     python bench/bench_kernels.py --interpret-smoke --out /tmp/kernels_smoke
     python bench/bench_kernels.py --native --shape 32,64,14,14 --timesteps 8 --dtypes fp32 --out bench/results/native
+    python bench/bench_kernels.py --inductor --shape 32,64,14,14 --timesteps 8 --dtypes fp32 --out bench/results/ind
 """
 from __future__ import annotations
 
@@ -51,7 +53,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--interpret-smoke", action="store_true",
                     help="tiny run on CPU under TRITON_INTERPRET=1 (checks the script, not the speed)")
     ap.add_argument("--native", action="store_true", help="the native C kernels on the CPU instead of Triton")
-    ap.add_argument("--threads", type=int, default=None, help="--native: torch.set_num_threads")
+    ap.add_argument("--inductor", action="store_true",
+                    help="the inductor backend's compiled neuron loops on the CPU instead of Triton")
+    ap.add_argument("--threads", type=int, default=None, help="--native / --inductor: torch.set_num_threads")
     return ap.parse_args()
 
 
@@ -157,8 +161,8 @@ def main() -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernels are imported
     import torch
 
-    if args.native:
-        return run_native(args)
+    if args.native or args.inductor:
+        return run_cpu(args, "inductor" if args.inductor else "native")
     if not args.interpret_smoke and not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA device (torch sees none); use --interpret-smoke to check the script on CPU",
               file=sys.stderr)
@@ -219,17 +223,20 @@ def main() -> int:
     return 0
 
 
-def run_native(args) -> int:
-    """--native: the C kernels on the CPU against the torch backend's neurons and the CPU copy bandwidth."""
+def run_cpu(args, backend: str) -> int:
+    """--native / --inductor: the C kernels or the compiled neuron loops on the CPU against the torch backend's neurons
+    and the CPU copy bandwidth."""
     import torch
 
     from snnconvert.cli.malloc import keep_freed_memory
-    from snnconvert.runtime.kernels import native
+    from snnconvert.runtime import backend_status
+    from snnconvert.runtime.kernels import inductor, native
 
     kept = keep_freed_memory()  # as the CLI does: no page faults on every fresh output and copy (BENCHMARKS.md)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ok, reason = native.native_status("cpu")
+    kernels = inductor.KERNELS if backend == "inductor" else native.KERNELS
+    ok, reason = backend_status(backend, "cpu")
     if not ok:
         print(f"bench_kernels: {reason}", file=sys.stderr)
         return 2
@@ -239,8 +246,9 @@ def run_native(args) -> int:
     torch.manual_seed(0)
     th = torch.rand(C, 1, 1) + 0.5
     b = 0.3 * torch.randn(1, C, H, W)
+    implementation = {"native": "native C", "inductor": "inductor (torch.compile)"}[backend]
     info = {"device": f"{native.cpu_model()}, {torch.get_num_threads()} thread(s)", "torch": torch.__version__,
-            "triton": "native C", "python": platform.python_version(), "shape": list(shape), "N": B * C * H * W,
+            "triton": implementation, "python": platform.python_version(), "shape": list(shape), "N": B * C * H * W,
             "interpreter": False, "twin": "torch backend (SpikingNeuron fast path)", "keep_freed_memory": kept}
     rows, copies = [], {}
     for dtype_name in args.dtypes.split(","):
@@ -252,7 +260,7 @@ def run_native(args) -> int:
             copy_gbps = 2 * x.numel() * x.element_size() / copy_ms / 1e6
             copies[f"{dtype_name}/T{T}"] = {"ms": copy_ms, "gbps": copy_gbps}
             for name in args.kernels.split(","):
-                call = make_calls(name, x, th_d, b_d, native.KERNELS, None)[0]
+                call = make_calls(name, x, th_d, b_d, kernels, None)[0]
                 twin = torch_backend_call(name, x, th_d, b_d)
                 out = call()
                 kernel_ms = measure(call)

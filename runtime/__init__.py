@@ -3,7 +3,9 @@
 Backends are an explicit choice: ``"torch"`` runs the reference SNN (plain PyTorch); ``"triton"`` runs every spiking
 neuron in a fused Triton kernel (``runtime/lower.py``, ``runtime/kernels/``) on a CUDA device, or on CPU under the
 Triton interpreter (``TRITON_INTERPRET=1``, for tests); ``"native"`` runs every spiking neuron in a fused C kernel
-with OpenMP on the CPU (built with the system C compiler on first use, ``runtime/kernels/native.py``). An
+with OpenMP on the CPU (built with the system C compiler on first use, ``runtime/kernels/native.py``);
+``"inductor"`` runs every spiking neuron's time loop as the reference step functions compiled by ``torch.compile``
+(one fused loop per call, CPU and CUDA; ``runtime/kernels/inductor.py``). An
 unavailable backend raises ``BackendUnavailableError`` saying what is missing; it is never replaced silently by
 another one.
 """
@@ -19,13 +21,14 @@ from snnconvert.convert.errors import BackendUnavailableError, ConfigError
 from snnconvert.runtime.evaluate import EvalReport, build_report, evaluate
 from snnconvert.runtime.fuse import fuse_bounded_relu_pairs
 from snnconvert.runtime.kernels import triton_status
+from snnconvert.runtime.kernels.inductor import inductor_status
 from snnconvert.runtime.kernels.native import native_status
 from snnconvert.runtime.lower import DTYPES, lower_neurons, set_precision
 
-BACKENDS = ("torch", "triton", "native")
+BACKENDS = ("torch", "triton", "native", "inductor")
 
 __all__ = ["compile", "run", "evaluate", "load", "EvalReport", "build_report", "BACKENDS", "DTYPES", "triton_status",
-           "native_status", "backend_status"]
+           "native_status", "inductor_status", "backend_status"]
 
 
 def backend_status(backend: str, device: str | torch.device) -> tuple[bool, str]:
@@ -37,6 +40,8 @@ def backend_status(backend: str, device: str | torch.device) -> tuple[bool, str]
         return triton_status(device)
     if backend == "native":
         return native_status(device)
+    if backend == "inductor":
+        return inductor_status(device)
     return True, "torch reference neurons"
 
 
@@ -52,15 +57,17 @@ def compile(  # noqa: A001
 
     Args:
         snn: the reference network (from ``snnconvert.convert.convert``).
-        backend: ``"torch"`` (reference neurons), ``"triton"`` (fused Triton neuron kernels; CUDA) or ``"native"``
-            (fused C neuron kernels; CPU).
+        backend: ``"torch"`` (reference neurons), ``"triton"`` (fused Triton neuron kernels; CUDA), ``"native"``
+            (fused C neuron kernels; CPU) or ``"inductor"`` (the reference step loops compiled by ``torch.compile``;
+            CPU and CUDA; each new neuron configuration compiles for 2–15 s on its first call).
         device: where the compiled network runs.
         dtype: ``torch.float32``, ``torch.float16`` or ``torch.bfloat16``. For fp16/bf16 the thresholds are rounded
             to the dtype (so every emitted value is exact in it) and the stateless layers run in it; neuron state
             stays fp32 and the outputs are returned in fp32 (``runtime/lower.py``). Same rule on every backend.
         fuse: run each decomposed bounded ReLU (ReLU6, clamp(0, a)) as one unit (``runtime/fuse.py``): the same
             outputs and event counts with fewer passes over memory. Applies to fp32 networks on every backend and
-            to fp16/bf16 networks on the Triton backend (the torch fast path and the native kernel are fp32 only);
+            to fp16/bf16 networks on the Triton backend (the torch fast path and the native and inductor kernels are
+            fp32 only);
             False keeps the graph as converted.
 
     Returns:

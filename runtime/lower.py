@@ -3,9 +3,10 @@
 :func:`lower_neurons` swaps every :class:`SpikingNeuron` of ``snn.gm`` for a :class:`KernelNeuron` of the chosen
 backend, a subclass with the same interface (``threshold`` and ``bias`` buffers, capture mode, step modes ``"m"``
 and ``"s"``, ``reset()``) whose time loop runs in one fused kernel per call: :class:`TritonNeuron`
-(``runtime/kernels/neurons.py``; CUDA, or CPU under the Triton interpreter) or :class:`NativeNeuron`
-(``runtime/kernels/native.py``; C with OpenMP, CPU tensors). So ``SpikingNetwork.raw`` / ``forward`` / ``evaluate``
-work unchanged in multi- and single-step mode.
+(``runtime/kernels/neurons.py``; CUDA, or CPU under the Triton interpreter), :class:`NativeNeuron`
+(``runtime/kernels/native.py``; C with OpenMP, CPU tensors) or :class:`InductorNeuron`
+(``runtime/kernels/inductor.py``; the reference step functions compiled by ``torch.compile``, CPU and CUDA tensors).
+So ``SpikingNetwork.raw`` / ``forward`` / ``evaluate`` work unchanged in multi- and single-step mode.
 
 Not lowered, on purpose: the stateless layers (convolutions, linear layers, adds) stay torch modules, and the graded
 units (:class:`GradedUnit`, e.g. the exact max-pool of spike-driven inputs, method.md §5) stay torch: they apply an
@@ -38,13 +39,13 @@ from snnconvert.convert.errors import BackendUnavailableError, ConfigError, Unsu
 from snnconvert.convert.passes.normalize import set_module
 from snnconvert.convert.snn import SpikingNetwork
 from snnconvert.runtime.fuse import BoundedReLUPair
-from snnconvert.runtime.kernels import load_kernels, native, triton_status
+from snnconvert.runtime.kernels import inductor, load_kernels, native, triton_status
 from snnconvert.runtime.kernels.common import NeuronKernels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DTYPES", "KERNEL_NEURONS", "KernelNeuron", "TritonNeuron", "NativeNeuron", "lower_neurons",
-           "set_precision"]
+__all__ = ["DTYPES", "KERNEL_NEURONS", "KernelNeuron", "TritonNeuron", "NativeNeuron", "InductorNeuron",
+           "lower_neurons", "set_precision"]
 
 _CAST_META = "snnconvert_precision_cast"  # node.meta key marking the casts inserted by set_precision
 
@@ -145,8 +146,19 @@ class NativeNeuron(KernelNeuron):
         return native.KERNELS  # the wrappers reject non-CPU tensors with BackendUnavailableError
 
 
+class InductorNeuron(KernelNeuron):
+    """Neurons whose step loop ``torch.compile`` fuses (``runtime/kernels/inductor.py``): CPU and CUDA tensors."""
+
+    backend = "inductor"
+    counts_events = True
+
+    def kernels(self, x: Tensor) -> NeuronKernels:
+        return inductor.KERNELS  # the wrappers check the device (BackendUnavailableError with the reason)
+
+
 #: Neuron class of each kernel backend.
-KERNEL_NEURONS: dict[str, type[KernelNeuron]] = {"triton": TritonNeuron, "native": NativeNeuron}
+KERNEL_NEURONS: dict[str, type[KernelNeuron]] = {"triton": TritonNeuron, "native": NativeNeuron,
+                                                 "inductor": InductorNeuron}
 
 
 def _unsupported(snn: SpikingNetwork, targets: list[str], backend: str) -> UnsupportedOpError:
@@ -168,7 +180,7 @@ def lower_neurons(snn: SpikingNetwork, backend: str, dtype: torch.dtype = torch.
 
     Args:
         snn: the network to lower (the caller passes a copy; see ``snnconvert.runtime.compile``).
-        backend: ``"triton"`` or ``"native"`` (:data:`KERNEL_NEURONS`).
+        backend: ``"triton"``, ``"native"`` or ``"inductor"`` (:data:`KERNEL_NEURONS`).
         dtype: compute dtype, one of :data:`DTYPES` (see :func:`set_precision`).
 
     Returns:
@@ -193,7 +205,7 @@ def lower_neurons(snn: SpikingNetwork, backend: str, dtype: torch.dtype = torch.
         raise _unsupported(snn, bad, backend)
     if backend == "triton":
         load_kernels()
-    else:
+    elif backend == "native":
         native.load_library()
     neuron_cls = KERNEL_NEURONS[backend]
     # by the reference module's id: an aliased neuron (also the members of a fused pair) stays one module

@@ -140,20 +140,21 @@ def test_onnx_model_converts_saves_and_reloads(tmp_path):
         torch.testing.assert_close(neuron.threshold, saved[name], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("net,pairs", [("SpellingsNet", 0), ("ClipNet", 3)])
-@pytest.mark.parametrize("backend", ["native", "triton"])
+@pytest.mark.parametrize("backend,net,pairs", [
+    ("native", "SpellingsNet", 0), ("native", "ClipNet", 3), ("triton", "SpellingsNet", 0), ("triton", "ClipNet", 3),
+    ("inductor", "ClipNet", 3)])  # inductor: one network (each neuron configuration compiles for seconds)
 def test_kernel_backends_give_the_torch_backend_report(tmp_path, backend, net, pairs):
-    """--backend native (fused C neuron kernels) and --backend triton (the interpreter on the CPU) reproduce the torch
-    backend's accuracy, events and SOPs exactly, also with bounded ReLUs run as fused pairs (ClipNet: ReLU6,
-    hardtanh(0, 1.5), clamp(0, 2)) and events counted in the kernels."""
+    """--backend native (fused C neuron kernels), --backend triton (the interpreter on the CPU) and --backend inductor
+    (torch.compile) reproduce the torch backend's accuracy, events and SOPs exactly, also with bounded ReLUs run as
+    fused pairs (ClipNet: ReLU6, hardtanh(0, 1.5), clamp(0, 2)) and events counted in the kernels."""
     import shutil
 
     from snnconvert.runtime import backend_status
 
     if backend == "native" and shutil.which("cc") is None:
         pytest.skip("no C compiler for the native backend")
-    if backend == "triton" and not backend_status("triton", "cpu")[0]:
-        pytest.skip(backend_status("triton", "cpu")[1])
+    if backend in ("triton", "inductor") and not backend_status(backend, "cpu")[0]:
+        pytest.skip(backend_status(backend, "cpu")[1])
     docs = {}
     for name in ("torch", backend):
         report = tmp_path / f"{name}.json"
@@ -180,6 +181,16 @@ def test_unavailable_backend_fails_before_calibration(tmp_path, monkeypatch):
     finally:
         native.load_library.cache_clear()
     assert "--backend native" in line and "/nonexistent/cc" in line and "backend='torch'" in line
+
+
+def test_inductor_without_a_cxx_compiler_fails_before_calibration(monkeypatch):
+    # no C++ compiler (simulated: torch caches its compiler search per process; a fresh process with CXX pointing
+    # nowhere is tested in test_kernels.py): one line, exit 2, before any calibration
+    from snnconvert.runtime.kernels import inductor
+
+    monkeypatch.setattr(inductor, "_cxx_compiler", lambda: None)
+    line = _one_line_error(_run("fmnist-vgg", "--backend", "inductor", "--calib-images", 8, "--eval-images", 8))
+    assert "--backend inductor" in line and "no C++ compiler was found" in line and "backend='native'" in line
 
 
 _FAULTS = """

@@ -17,7 +17,7 @@ from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.errors import ConfigError
 from snnconvert.runtime import backend_status, compile, evaluate
 from snnconvert.runtime.fuse import BoundedReLUPair, fuse_bounded_relu_pairs
-from snnconvert.runtime.kernels import native
+from snnconvert.runtime.kernels import inductor, native
 from snnconvert.runtime.kernels.common import PairState
 
 T = 6
@@ -68,9 +68,15 @@ def test_fusion_replaces_each_decomposed_bounded_relu(nets):
     assert not _pairs(snn) and any(n.target is operator.sub for n in snn.gm.graph.nodes)
 
 
-@pytest.mark.parametrize("mode", ["multi", "single"])
-@pytest.mark.parametrize("backend", ["torch", "native", "triton"])
-@pytest.mark.parametrize("setting", SETTINGS, ids=SETTING_IDS)
+# the inductor backend on the differential MT setting in multi-step mode only (every configuration compiles for
+# seconds; the pair test below runs its single steps and a rate setting)
+_NETWORK_CASES = [pytest.param(setting, backend, mode, id=f"{mode}-{sid}-{backend}")
+                  for setting, sid in zip(SETTINGS, SETTING_IDS)
+                  for backend in ("torch", "native", "triton", "inductor") for mode in ("multi", "single")
+                  if backend != "inductor" or (setting == ("differential", "mt", 4) and mode == "multi")]
+
+
+@pytest.mark.parametrize(("setting", "backend", "mode"), _NETWORK_CASES)
 def test_fused_network_equals_unfused(nets, setting, backend, mode):
     if backend != "torch":
         _kernels_or_skip(backend, "cpu")
@@ -106,12 +112,19 @@ def test_fused_offsets_equal_unfused_capture(nets):
 # (backend, device) of the kernel implementations with a pair kernel; CUDA runs in bench/gpu_check.sh
 KERNEL_IMPLS = [pytest.param(("native", "cpu"), id="native-cpu"), pytest.param(("triton", "cpu"), id="triton-cpu"),
                 pytest.param(("triton", "cuda"), id="triton-cuda", marks=pytest.mark.gpu)]
+INDUCTOR_IMPLS = [pytest.param(("inductor", "cpu"), id="inductor-cpu"),
+                  pytest.param(("inductor", "cuda"), id="inductor-cuda", marks=pytest.mark.gpu)]
 
 
 def _kernels_or_skip(backend: str, device: str):
     if backend == "native":
         _native_or_skip()
         return native.KERNELS
+    if backend == "inductor":
+        ok, reason = backend_status(backend, device)
+        if not ok:
+            pytest.skip(reason)
+        return inductor.KERNELS
     pytest.importorskip("triton")
     ok, reason = backend_status(backend, device)
     if not ok:
@@ -121,11 +134,20 @@ def _kernels_or_skip(backend: str, device: str):
     return load_kernels().KERNELS
 
 
-@pytest.mark.parametrize("T_steps", [1, 3, 8, 33])
-@pytest.mark.parametrize("coding,kind,n_levels,signed", [
-    ("rate", "if", 1, False), ("rate", "mt", 3, False), ("rate", "mt", 2, True), ("differential", "mt", 4, True),
-    ("differential", "mt", 9, True), ("differential", "if", 1, True)])
-@pytest.mark.parametrize("impl", KERNEL_IMPLS)
+_PAIR_SETTINGS = [("rate", "if", 1, False), ("rate", "mt", 3, False), ("rate", "mt", 2, True),
+                  ("differential", "mt", 4, True), ("differential", "mt", 9, True), ("differential", "if", 1, True)]
+# every setting at every T on the native and Triton kernels; the inductor loops (each configuration and loop length
+# compiles for seconds) on a signed rate setting at T = 2 (step by step too) and a differential one at T = 9 (an
+# 8-step and a 1-step loop)
+_PAIR_CASES = [pytest.param(impl.values[0], T, *setting, id=f"{impl.id}-T{T}-{'-'.join(map(str, setting))}",
+                            marks=impl.marks)
+               for impl in KERNEL_IMPLS for T in (1, 3, 8, 33) for setting in _PAIR_SETTINGS]
+_PAIR_CASES += [pytest.param(impl.values[0], T, *setting, id=f"{impl.id}-T{T}-{'-'.join(map(str, setting))}",
+                             marks=impl.marks)
+                for impl in INDUCTOR_IMPLS for T, setting in ((2, _PAIR_SETTINGS[2]), (9, _PAIR_SETTINGS[3]))]
+
+
+@pytest.mark.parametrize(("impl", "T_steps", "coding", "kind", "n_levels", "signed"), _PAIR_CASES)
 def test_pair_kernel_equals_composition(impl, T_steps, coding, kind, n_levels, signed):
     K = _kernels_or_skip(*impl)
     device = impl[1]
@@ -175,14 +197,14 @@ def test_pair_kernel_equals_composition(impl, T_steps, coding, kind, n_levels, s
         assert torch.equal(torch.cat([first, rest]), got)
 
 
-@pytest.mark.parametrize("impl", KERNEL_IMPLS)
+@pytest.mark.parametrize("impl", KERNEL_IMPLS + INDUCTOR_IMPLS)
 def test_pair_kernel_rejects_bad_arguments(impl):
     K = _kernels_or_skip(*impl)
     x = torch.rand(2, 4, device=impl[1])
     run = K.bounded_relu_pair_run
     with pytest.raises(ConfigError, match="fp32"):  # fp64 anywhere, fp16 on the native kernel
         run(x.double(), 6.0, 1.0, 1.0, coding="rate", kind="if")
-    if impl[0] == "native":
+    if impl[0] in ("native", "inductor"):
         with pytest.raises(ConfigError, match="pair kernel takes float32 inputs"):
             run(x.half(), 6.0, 1.0, 1.0, coding="rate", kind="if")
     with pytest.raises(ConfigError, match=r"shape \[2, 2\]"):

@@ -4,7 +4,10 @@ Two kernel implementations share these tests (``impl`` fixture): the Triton kern
 machine without CUDA the Triton kernels run on CPU tensors through the Triton interpreter (``TRITON_INTERPRET=1`` is
 set in conftest.py before triton is imported); on a GPU machine the same tests run on CUDA tensors (``gpu`` marker)
 and the Triton CPU cases skip unless the interpreter was requested. The native kernels run on CPU tensors; their
-tests skip only when no C compiler is on the PATH (a failing build fails them).
+tests skip only when no C compiler is on the PATH (a failing build fails them). The inductor kernels (the reference
+step loops compiled by torch.compile) join the state, module, network, event and error tests (``ALL_IMPLS``) and
+have their own twin test on a subset of the variants: every configuration and loop length compiles for seconds, so
+the full variant x T matrix would take a quarter of an hour.
 
 Tolerances (architecture.md §6, TOLERANCES in conftest.py): spikes bit-exact (``torch.equal``) on dyadic inputs
 (k/64, power-of-two thresholds); fp32 random inputs within ``kernel_vs_ref_fp32`` (the arithmetic is the twin's,
@@ -36,7 +39,7 @@ from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.coding.stepping import StepModule
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError, UnsupportedOpError
 from snnconvert.runtime import backend_status, compile
-from snnconvert.runtime.kernels import native
+from snnconvert.runtime.kernels import inductor, native
 from snnconvert.runtime.kernels.common import NeuronKernels, make_table
 from snnconvert.runtime.lower import KERNEL_NEURONS, KernelNeuron
 
@@ -46,7 +49,7 @@ STEPS = [1, 3, 8, 33]
 
 @dataclass(frozen=True)
 class Impl:
-    backend: str  # "triton" | "native"
+    backend: str  # "triton" | "native" | "inductor"
     device: str
 
     @property
@@ -55,7 +58,7 @@ class Impl:
             from snnconvert.runtime.kernels import load_kernels
 
             return load_kernels().KERNELS
-        return native.KERNELS
+        return inductor.KERNELS if self.backend == "inductor" else native.KERNELS
 
     @property
     def neuron_cls(self) -> type[KernelNeuron]:
@@ -67,6 +70,11 @@ IMPLS = [
     pytest.param(Impl("triton", "cuda"), id="triton-cuda", marks=pytest.mark.gpu),
     pytest.param(Impl("native", "cpu"), id="native-cpu"),
 ]
+INDUCTOR_IMPLS = [
+    pytest.param(Impl("inductor", "cpu"), id="inductor-cpu"),
+    pytest.param(Impl("inductor", "cuda"), id="inductor-cuda", marks=pytest.mark.gpu),
+]
+ALL_IMPLS = IMPLS + INDUCTOR_IMPLS
 
 
 def _skip_unless_runnable(impl: Impl) -> None:
@@ -77,12 +85,14 @@ def _skip_unless_runnable(impl: Impl) -> None:
     ok, reason = backend_status(impl.backend, impl.device)
     if not ok and impl.backend == "native":
         pytest.fail(reason)  # a compiler is here, so the build must work
+    if not ok and impl.backend == "inductor" and impl.device == "cpu" and shutil.which("g++"):
+        pytest.fail(reason)
     if not ok:
         pytest.skip(reason)
 
 
 @pytest.fixture(params=IMPLS)
-def impl(request) -> Impl:
+def impl(request) -> Impl:  # tests marked ``parametrize("impl", ALL_IMPLS, indirect=True)`` also run the inductor
     _skip_unless_runnable(request.param)
     return request.param
 
@@ -161,6 +171,87 @@ def test_random_fp32_inputs_match_twin(impl, T, name, wrapper, twin, kw, diff):
     b = 0.3 * torch.randn(1, 3, 5, 7, device=device)
     torch.testing.assert_close(_run(kernel, x, th, b, kw, diff), _run(twin, x, th, b, kw, diff),
                                **TOLERANCES["kernel_vs_ref_fp32"])
+
+
+# The inductor kernels compile every configuration and loop length, so they run four of the variants (rate IF and MT
+# signed, differential MT and IF; the module, network and pair tests add unsigned and identity neurons) at T = 9
+# (loops of 8 and 1 steps with the state carried between them), and every table layout of _cases on one variant.
+INDUCTOR_VARIANTS = [v for v in VARIANTS if v[0] in ("if_rate_signed", "mt_rate_n4_signed", "mt_diff_n4", "if_diff")]
+
+
+def _bits_equal(got: torch.Tensor, want: torch.Tensor) -> bool:
+    return got.dtype == want.dtype and torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("impl", INDUCTOR_IMPLS, indirect=True)
+@pytest.mark.parametrize(("name", "wrapper", "twin", "kw", "diff"), INDUCTOR_VARIANTS,
+                         ids=[v[0] for v in INDUCTOR_VARIANTS])
+def test_inductor_loops_equal_twin_bit_for_bit(impl, name, wrapper, twin, kw, diff):
+    kernel, device = getattr(impl.kernels, wrapper), impl.device
+    silent = _pow2((3, 1, 1))
+    silent[1] = 0.0  # a silent channel: the twins write −0.0 where the negative test holds
+    for x, th, b in ((_dyadic((9, 2, 3, 4, 5)), silent, _dyadic((1, 3, 4, 5))),
+                     (torch.randn(9, 2, 3, 4, 5), torch.rand(3, 1, 1) + 0.3, 0.3 * torch.randn(1, 3, 4, 5))):
+        x, th, b = _to(x, device), _to(th, device), _to(b, device)
+        got, want = _run(kernel, x, th, b, kw, diff), _run(twin, x, th, b, kw, diff)
+        assert _bits_equal(got, want), f"{name}: {int((got != want).sum())} differ"
+
+
+@pytest.mark.parametrize("impl", INDUCTOR_IMPLS, indirect=True)
+def test_inductor_every_table_layout(impl):
+    for x, th, b in _cases(2):
+        x, th, b = _to(x, impl.device), _to(th, impl.device), _to(b, impl.device)
+        got = impl.kernels.mt_diff_multistep(x, th, b, n_levels=4)
+        assert _bits_equal(got, ref.mt_diff_multistep_ref(x, th, b, n_levels=4)), tuple(x.shape)
+
+
+def test_inductor_table_views():
+    # every layout of _cases (and a table that is not a split of N) as [1, inner] rows of an [outer, inner] split
+    from snnconvert.runtime.kernels.common import _expand
+
+    for x, th, b in _cases(1):
+        S = x.shape[1:]
+        tables = [make_table("threshold", th, S, x.device), make_table("bias", 0.0 if b is None else b, S, x.device)]
+        dims, views = inductor.table_views(S.numel(), tables)
+        assert len(dims) == 2 and dims[0] * dims[1] == S.numel()
+        if S == (2, 3, 4, 5):  # per-channel θ and per-sample b: the batch is the outer dimension
+            assert dims == [2, 60]
+        for table, view in zip(tables, views):
+            assert torch.equal(view.expand(dims).reshape(-1), _expand(table, S.numel()))
+    odd = make_table("bias", torch.arange(6.0), torch.Size([6]), torch.device("cpu"))._replace(inner=4, k=6)
+    dims, (view,) = inductor.table_views(36, [odd])  # not a split of N: expanded over all of it
+    assert dims == [1, 36] and torch.equal(view.reshape(-1), _expand(odd, 36))
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 9, 13, 33])
+def test_inductor_loop_lengths(T):
+    chunks = inductor._chunks(T)
+    assert chunks[0][0] == 0 and chunks[-1][1] == T and all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    assert {e - s for s, e in chunks} <= {1, 2, 4, inductor.STEPS_PER_GRAPH}
+
+
+def test_inductor_unavailable_and_limit_errors(monkeypatch):
+    env = {**os.environ, "CXX": "/nonexistent/g++"}
+    script = "from snnconvert.runtime import backend_status; print(backend_status('inductor', 'cpu'))"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "(False" in proc.stdout and "no C++ compiler was found" in proc.stdout
+    ok, reason = backend_status("inductor", "meta")
+    assert not ok and "CPU and CUDA devices only" in reason
+    if not backend_status("inductor", "cpu")[0]:
+        pytest.skip("no C++ compiler for inductor here")
+
+    # past the recompile limit dynamo would run the eager code silently: the launchers raise instead
+    def loop(x, out, *, mode: str):
+        out.copy_(x * 2 if mode == "double" else x * 3)
+
+    monkeypatch.setattr(inductor, "RECOMPILE_LIMIT", 1)
+    x, out = torch.randn(5), torch.empty(5)
+    inductor._run(loop, x, out, mode="double")  # the first variant
+    assert torch.equal(out, x * 2)
+    with pytest.raises(BackendUnavailableError, match="torch.compile"):
+        inductor._run(loop, x, out, mode="triple")  # a second one
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -280,7 +371,13 @@ STATEFUL = [
 ]
 
 
-@pytest.mark.parametrize(("name", "coding", "kw"), STATEFUL, ids=[s[0] for s in STATEFUL])
+# the inductor kernels on one of them (each loop length compiles; the network tests run single steps of both codings)
+_STATEFUL_CASES = [pytest.param(impl.values[0], *case, id=f"{case[0]}-{impl.id}", marks=impl.marks)
+                   for impl in ALL_IMPLS for case in STATEFUL
+                   if impl.values[0].backend != "inductor" or case[0] == "mt_diff_n4"]
+
+
+@pytest.mark.parametrize(("impl", "name", "coding", "kw"), _STATEFUL_CASES, indirect=["impl"])
 def test_single_steps_and_split_runs_equal_multistep(impl, name, coding, kw):
     K, device = impl.kernels, impl.device
     T = 9
@@ -313,6 +410,7 @@ def test_single_steps_and_split_runs_equal_multistep(impl, name, coding, kw):
                                                mid.r_in if coding == "diff" else mid.m)
 
 
+@pytest.mark.parametrize("impl", ALL_IMPLS, indirect=True)
 @pytest.mark.parametrize(("coding", "kind", "n_levels"), [("rate", "if", 1), ("rate", "mt", 4),
                                                           ("differential", "mt", 4), ("differential", "if", 1)])
 def test_kernel_neuron_module_matches_reference(impl, coding, kind, n_levels):
@@ -334,6 +432,7 @@ def test_kernel_neuron_module_matches_reference(impl, coding, kind, n_levels):
     assert torch.equal(steps, want)
 
 
+@pytest.mark.parametrize("impl", ALL_IMPLS, indirect=True)
 def test_wrapper_constraints(impl):
     K = impl.kernels
     x = torch.randn(4, 6, device=impl.device)
@@ -369,6 +468,7 @@ def converted():
                   for coding in ("rate", "differential")}
 
 
+@pytest.mark.parametrize("impl", ALL_IMPLS, indirect=True)
 @pytest.mark.parametrize("mode", ["multi", "single"])
 @pytest.mark.parametrize("coding", ["rate", "differential"])
 def test_network_kernels_equal_torch_backend(impl, converted, coding, mode):
@@ -384,6 +484,7 @@ def test_network_kernels_equal_torch_backend(impl, converted, coding, mode):
     torch.testing.assert_close(got, want, **TOLERANCES["triton_vs_torch_network"])
 
 
+@pytest.mark.parametrize("impl", ALL_IMPLS, indirect=True)
 @pytest.mark.parametrize("coding", ["rate", "differential"])
 def test_network_bf16_both_backends(impl, converted, coding):
     data, snns = converted
@@ -573,6 +674,7 @@ def test_triton_kernels_compile_for_a_gpu_without_one():
             assert any(i.startswith("cvt.rn.bf16") for i in found), (name, found)
 
 
+@pytest.mark.parametrize("impl", ALL_IMPLS, indirect=True)
 def test_in_place_state_only_where_supported(impl):
     K = impl.kernels
     x = torch.randn(3, 2, 5, device=impl.device)
@@ -594,9 +696,9 @@ def test_in_place_state_only_where_supported(impl):
             assert torch.equal(getattr(got, field), getattr(want, field))
 
 
-def test_event_counts_match_the_output(impl):
+def test_event_counts_match_the_output(impl):  # the inductor's counts: pair, evaluation and CLI tests
     K = impl.kernels
-    assert K.counts_events  # both implementations count in their kernels
+    assert K.counts_events  # every implementation counts in its kernels
     T = 6
     x = torch.randn(T, 3, 7, 300, device=impl.device)  # 6 300 elements per step: several blocks, threads and cells
     th = torch.rand(7, 1, device=impl.device) + 0.3
@@ -614,6 +716,7 @@ def test_event_counts_match_the_output(impl):
         K.rate_neuron_run(x, th, kind="if", events=torch.zeros(T + 1, dtype=torch.int64, device=impl.device))
 
 
+@pytest.mark.parametrize("impl", ALL_IMPLS, indirect=True)
 @pytest.mark.parametrize("mode", ["multi", "single"])
 def test_evaluation_counts_from_kernels_equal_torch_backend(impl, converted, mode):
     from snnconvert.runtime import evaluate

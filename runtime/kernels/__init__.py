@@ -1,8 +1,9 @@
 """Triton availability, interpreter detection and the lazy import of the fused neuron kernels.
 
-This package holds two implementations of the same fused neuron kernels behind one set of wrappers
-(``common.py``): the Triton kernels (``neurons.py``; this module decides whether they can run) and the native C
-kernels for CPU tensors (``native.py`` + ``native_neurons.c``; ``native.native_status`` decides).
+This package holds three implementations of the same fused neuron kernels behind one set of wrappers
+(``common.py``): the Triton kernels (``neurons.py``; this module decides whether they can run), the native C
+kernels for CPU tensors (``native.py`` + ``native_neurons.c``; ``native.native_status`` decides) and the reference
+step loops compiled by ``torch.compile`` (``inductor.py``; ``inductor.inductor_status`` decides).
 
 The kernels (``snnconvert.runtime.kernels.neurons``) import triton, so nothing here imports them or triton until
 they are needed. :func:`triton_status` says whether they can run on a device, and why not:

@@ -1,11 +1,12 @@
 """What the fused neuron kernels share, whatever runs them: argument checks, parameter tables, carried state and
 the public launch wrappers.
 
-Two implementations plug in here: the Triton kernels (``neurons.py``; CUDA, or CPU under the interpreter) and the
-native C kernels (``native.py``; CPU). Each provides two *launchers* that run T steps of a rate or a differential
-neuron on prepared arguments; :class:`NeuronKernels` wraps them into the public functions (``rate_neuron_run``,
-``diff_neuron_run`` and the four twins of the ``*_multistep_ref`` references), so argument checking, the state
-protocol and the T = 0 / N = 0 paths are the same for both. This module imports neither triton nor a compiler.
+Three implementations plug in here: the Triton kernels (``neurons.py``; CUDA, or CPU under the interpreter), the
+native C kernels (``native.py``; CPU) and the reference step loops compiled by ``torch.compile`` (``inductor.py``).
+Each provides two *launchers* that run T steps of a rate or a differential neuron on prepared arguments;
+:class:`NeuronKernels` wraps them into the public functions (``rate_neuron_run``, ``diff_neuron_run`` and the four
+twins of the ``*_multistep_ref`` references), so argument checking, the state protocol and the T = 0 / N = 0 paths
+are the same for all. This module imports neither triton nor a compiler.
 
 Per-element tables. θ and the differential bias b are passed as a compact fp32 table ``[K]``; element ``e`` of the
 flattened per-step shape S reads ``table[(e // INNER) % K]``. A scalar gives K = 1; a per-channel θ ``[C, 1, 1]`` on

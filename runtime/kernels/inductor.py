@@ -1,0 +1,346 @@
+"""Inductor neuron kernels: the reference neurons' own step functions, compiled by ``torch.compile`` into one fused
+loop per call (TorchInductor: C++ with OpenMP on CPU tensors, generated Triton on CUDA tensors).
+
+Why. The torch backend runs a step of a differential multi-threshold neuron as some 30 element-wise passes over
+memory; on models with few MACs per neuron (depthwise convolutions) these dominate. Here the time loop of a call is
+traced into one graph and inductor fuses it into a single pass: each element's state stays in registers across the
+steps, x is read once and the output written once. The traced code *is* the reference: ``_rate_step`` /
+``_diff_step`` / ``_rate_init`` / ``_diff_init`` of ``convert/coding/neurons.py`` (the ``torch.where`` chains of
+``mt_fire`` become branch-free selects), so nothing is re-implemented. On CPU tensors the outputs equal the torch
+twins bit for bit, −0.0 of silent units included (tests/test_kernels.py, test_fuse.py, test_cli.py; inductor compiles
+with ``-ffp-contract=off`` and keeps true divisions; its ``-fno-signed-zeros`` can flip the sign of a zero in the
+carried state, which no later value depends on: states are equal in value). The same tests exist for CUDA tensors
+(``gpu`` marker) but have not run: no GPU so far, and ``bench/gpu_check.sh`` leaves them out of its time budget.
+
+Compilation. ``fullgraph=True`` (a graph break is an error, never a silent eager fallback) and dynamic shapes: a
+network compiles one graph per neuron configuration (kind, n, flags), loop length, and whether the call reads a
+carried state, stores one and counts events, 2–15 s each on two cores on its first call (multi-step evaluation of a
+network: one or two graphs per configuration); inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``) shortens it in
+later processes. The time
+loop is unrolled, so a call runs in graphs of :data:`STEPS_PER_GRAPH` steps and the rest in powers of two (T = 13:
+8, 4 and 1 steps) with the state carried between them: at most four loop lengths per configuration, whatever T.
+Recompilations are allowed up to :data:`RECOMPILE_LIMIT` per function and then raise (dynamo's default would run the
+eager code silently). A failing compiler raises :class:`BackendUnavailableError` with the cause.
+
+Layout. The wrappers (``common.py``) pass x as [T, N] and θ / b as compact tables. A flat index ``e // inner % k``
+does not vectorise in inductor's C++ code (8x slower, measured), so the launchers view N as [outer, inner] with the
+batch in ``outer`` and give every table as a [1, inner] tensor (:func:`table_views`): one iteration space for all
+operands, contiguous in the inner dimension.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from snnconvert.convert.coding.neurons import _diff_init, _diff_step, _rate_init, _rate_step
+from snnconvert.convert.errors import BackendUnavailableError
+from snnconvert.runtime.kernels.common import NeuronKernels, Table
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["STEPS_PER_GRAPH", "RECOMPILE_LIMIT", "KERNELS", "inductor_status", "table_views"]
+
+#: Time steps unrolled in one compiled graph (a power of two; longer calls run several graphs, the state carried
+#: between them).
+STEPS_PER_GRAPH = 8
+#: Compiled variants allowed per loop function (shapes are dynamic; variants differ in the neuron configuration, loop
+#: length and which state / event arguments are given).
+RECOMPILE_LIMIT = 64
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Availability
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _cxx_compiler() -> str | None:
+    """The C++ compiler inductor will use on CPU tensors, or None if none is found."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        name = get_cpp_compiler()
+    except Exception:  # noqa: BLE001 -- any failure of the search means there is no usable compiler
+        return None
+    return name if shutil.which(name) or os.path.isfile(name) else None
+
+
+def inductor_status(device: str | torch.device) -> tuple[bool, str]:
+    """Can the inductor neuron kernels run on tensors of ``device``? ``(ok, reason)`` (nothing is compiled)."""
+    device = torch.device(device)
+    if importlib.util.find_spec("torch._inductor") is None:
+        return False, "this torch build has no TorchInductor (torch._inductor); use backend='torch' or 'native'"
+    if device.type == "cpu":
+        compiler = _cxx_compiler()
+        if compiler is None:
+            return False, ("the inductor backend on CPU compiles C++, but no C++ compiler was found; install g++ "
+                           "(or set CXX), or use backend='native' / 'torch'")
+        return True, f"torch.compile (inductor) neuron loops, C++ with OpenMP ({compiler})"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False, (f"the inductor backend on device '{device}' needs a CUDA device, but torch sees none; "
+                           "use device='cpu'")
+        if importlib.util.find_spec("triton") is None:
+            return False, "the inductor backend on CUDA generates Triton code, but triton is not installed"
+        return True, "torch.compile (inductor) neuron loops, generated Triton on CUDA"
+    return False, f"the inductor backend supports CPU and CUDA devices only, got '{device}'; use backend='torch'"
+
+
+def _check_device(device: torch.device) -> None:
+    ok, reason = inductor_status(device)
+    if not ok:
+        raise BackendUnavailableError(reason)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Table views
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def table_views(n: int, tables: Sequence[Table]) -> tuple[list[int], list[Tensor]]:
+    """A split ``[outer, inner]`` of ``n`` and each table as a tensor ``[1, inner]`` (or ``[1, 1]`` for a scalar)
+    broadcastable to it: ``outer`` is the longest prefix of the element index over which no table varies (the batch,
+    for per-channel and per-sample tables), and each varying table is expanded to the ``inner`` elements of one
+    period (a per-sample tensor: small next to the [T, N] input). Every operand of the compiled loop then has the
+    same iteration space, which inductor fuses into one loop nest (tables of different shapes, as θ [1, C, 1] next to
+    b [1, C, H·W], split it into several nests that pass intermediates through memory: 2x slower, measured).
+    """
+    varying = [tab for tab in tables if tab.k > 1]
+    outer = min((n // (tab.k * tab.inner) for tab in varying), default=1)
+    if outer < 1 or any(n % (tab.k * tab.inner) for tab in varying):
+        outer = 1  # not a split of n (never produced by make_table): expand over all of n
+    inner = n // outer
+    return [outer, inner], [tab.values.view(1, 1) if tab.k == 1 else _pattern(tab, inner).view(1, inner)
+                            for tab in tables]
+
+
+def _pattern(tab: Table, length: int) -> Tensor:
+    """The table's values for the element indices 0 … length−1."""
+    period = tab.k * tab.inner
+    if length % period == 0:
+        return tab.values.repeat_interleave(tab.inner).repeat(length // period)
+    idx = torch.arange(length, device=tab.values.device)
+    return tab.values[(idx // tab.inner) % tab.k]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The traced loops (plain torch; each call of a launcher runs them through torch.compile)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _count(steps: list[Tensor], events: Tensor) -> None:
+    events.add_(torch.stack([(s != 0).sum() for s in steps]))
+
+
+def _emit(out: Tensor, steps: list[Tensor], events: Tensor | None) -> None:
+    """The steps' outputs into ``out`` (stacked, then copied: written step by step into ``out``, inductor splits the
+    loop into several nests, one of them serial; 2-4x slower, measured) and, when ``events`` is given, each step's
+    number of non-zero values added to it."""
+    out.copy_(torch.stack(steps))
+    if events is not None:
+        _count(steps, events)
+
+
+def _rate_loop(x: Tensor, out: Tensor, th: Tensor, m: Tensor | None, c: Tensor | None, m_out: Tensor | None,
+               c_out: Tensor | None, events: Tensor | None, *, kind: str, n_levels: int, signed: bool,
+               need_c: bool) -> None:
+    """``_rate_step`` over the steps of x [T, *D] into out; state m, c (None: the initial state) into m_out, c_out."""
+    if m is None:
+        m, c = _rate_init(x.shape[1:], th, kind=kind, signed=signed, relu_constrained=need_c)
+    steps = []
+    for i in range(x.shape[0]):
+        s, m, c = _rate_step(x[i], m, c, th, kind=kind, n_levels=n_levels, signed=signed, relu_constrained=need_c)
+        steps.append(s)
+    _emit(out, steps, events)
+    if m_out is not None:
+        m_out.copy_(m)
+    if c_out is not None:
+        c_out.copy_(c)
+
+
+def _diff_loop(x: Tensor, out: Tensor, th: Tensor, b: Tensor, r_in: Tensor | None, r_out: Tensor | None,
+               r_in_out: Tensor | None, r_out_out: Tensor | None, t0: Tensor, events: Tensor | None, *, kind: str,
+               n_levels: int, relu_constrained: bool) -> None:
+    """``_diff_step`` for steps t0+1 … t0+T of x [T, *D] (t0: a 0-dim fp32 tensor, so that the step number is data,
+    not a constant compiled into the graph)."""
+    if r_in is None:
+        r_in, r_out = _diff_init(x.shape[1:], b)
+    steps = []
+    for i in range(x.shape[0]):
+        d, r_in, r_out = _diff_step(x[i], t0 + (i + 1), r_in, r_out, th, b, kind=kind, n_levels=n_levels,
+                                    relu_constrained=relu_constrained)
+        steps.append(d)
+    _emit(out, steps, events)
+    if r_in_out is not None:
+        r_in_out.copy_(r_in)
+        r_out_out.copy_(r_out)
+
+
+def _pair_loop(x: Tensor, out: Tensor, th_lo: Tensor, b_lo: Tensor, th_hi: Tensor, b_hi: Tensor,
+               rows: Tensor | None, rows_out: Tensor | None, t0: Tensor, events: Tensor | None, *, ceiling: float,
+               diff: bool, kind: str, n_levels: int, signed: bool, need_c: bool) -> None:
+    """A bounded-ReLU pair ``r = lo(x); y = r − hi(r − ceiling)`` per step, the unfused graph's operations in its
+    order; ``rows`` [4, *D]: lo's two state rows, then hi's (``PairState``)."""
+    shape = x.shape[1:]
+    if rows is not None:
+        a0, a1, h0, h1 = rows[0], rows[1], rows[2], rows[3]
+    elif diff:
+        (a0, a1), (h0, h1) = _diff_init(shape, b_lo), _diff_init(shape, b_hi)
+    else:
+        (a0, a1), (h0, h1) = (_rate_init(shape, th, kind=kind, signed=signed, relu_constrained=need_c)
+                              for th in (th_lo, th_hi))
+    if not diff and not need_c:  # a rate neuron without the constraint carries no C (as the kernels)
+        a1 = h1 = None
+    ys, los, his = [], [], []
+    for i in range(x.shape[0]):
+        if diff:
+            t = t0 + (i + 1)
+            r, a0, a1 = _diff_step(x[i], t, a0, a1, th_lo, b_lo, kind=kind, n_levels=n_levels,
+                                   relu_constrained=need_c)
+            h, h0, h1 = _diff_step(r - ceiling, t, h0, h1, th_hi, b_hi, kind=kind, n_levels=n_levels,
+                                   relu_constrained=need_c)
+        else:
+            r, a0, a1 = _rate_step(x[i], a0, a1, th_lo, kind=kind, n_levels=n_levels, signed=signed,
+                                   relu_constrained=need_c)
+            h, h0, h1 = _rate_step(r - ceiling, h0, h1, th_hi, kind=kind, n_levels=n_levels, signed=signed,
+                                   relu_constrained=need_c)
+        ys.append(r - h)
+        los.append(r)
+        his.append(h)
+    _emit(out, ys, None)
+    if events is not None:
+        _count(los, events[0])
+        _count(his, events[1])
+    if rows_out is not None:
+        for row, value in zip(rows_out, (a0, a1, h0, h1)):
+            row.copy_(value if value is not None else torch.zeros_like(a0))
+
+
+@functools.cache
+def _compiled(loop: Callable) -> Callable:
+    return torch.compile(loop, fullgraph=True, dynamic=True)
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    from torch._dynamo import exc as dynamo_exc
+    from torch._inductor import exc as inductor_exc
+
+    names = [(dynamo_exc, "BackendCompilerFailed"), (dynamo_exc, "FailOnRecompileLimitHit"),
+             (inductor_exc, "InductorError"), (inductor_exc, "CppCompileError")]
+    return tuple(getattr(module, name) for module, name in names if hasattr(module, name))
+
+
+def _run(loop: Callable, *args, **flags) -> None:
+    """Run ``loop`` compiled (module docstring: recompile limit, errors). The two dynamo settings are set for the call
+    and restored after it (what ``config.patch`` does, at a fraction of its cost per call)."""
+    from torch._dynamo import config as dynamo_config
+
+    saved = dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit
+    try:
+        dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit = RECOMPILE_LIMIT, True
+        _compiled(loop)(*args, **flags)
+    except _compile_errors() as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackendUnavailableError(f"torch.compile (inductor) failed on the neuron loop: {first[:300]}; use "
+                                      "backend='native' (CPU) / 'triton' (CUDA) or 'torch'") from exc
+    finally:
+        dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit = saved
+
+
+def _chunks(T: int) -> list[tuple[int, int]]:
+    """Step ranges of one call: STEPS_PER_GRAPH-step graphs, then the rest in powers of two, largest first (T = 13:
+    8, 4, 1), so that a configuration compiles at most log2(STEPS_PER_GRAPH) + 1 loop lengths whatever T is."""
+    sizes = [STEPS_PER_GRAPH] * (T // STEPS_PER_GRAPH)
+    rest = T % STEPS_PER_GRAPH
+    sizes += [1 << i for i in reversed(range(rest.bit_length())) if rest >> i & 1]
+    bounds = [0]
+    for size in sizes:
+        bounds.append(bounds[-1] + size)
+    return list(zip(bounds, bounds[1:]))
+
+
+def _carry(chunks: list[tuple[int, int]], state_in: list[Tensor | None], state_out: list[Tensor | None],
+           make: Callable[[], list[Tensor | None]]):
+    """(steps, state read, state written) per chunk: the caller's state in the first chunk and its output buffers in
+    the last; in between two sets of scratch buffers in turn (never one tensor as input and output of a graph, which
+    would compile an aliased variant)."""
+    scratch = [make(), make()] if len(chunks) > 1 else []
+    for j, chunk in enumerate(chunks):
+        read = state_in if j == 0 else scratch[(j - 1) % 2]
+        write = state_out if j == len(chunks) - 1 else scratch[j % 2]
+        yield chunk, read, write
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Launchers (common.RateLaunch / DiffLaunch / PairLaunch)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _scratch(shape: list[int], device: torch.device) -> Tensor:
+    return torch.empty(shape, dtype=torch.float32, device=device)
+
+
+def _step_counter(t0: int, device: torch.device) -> Tensor:
+    return torch.tensor(float(t0), dtype=torch.float32, device=device)
+
+
+def _launch_rate(x: Tensor, out: Tensor, th: Table, m_in, c_in, m_out, c_out, *, kind: str, n_levels: int,
+                 signed: bool, need_c: bool, events: Tensor | None = None) -> None:
+    T, n = x.shape
+    dims, (thv,) = table_views(n, [th])
+    xv, ov = x.view(T, *dims), out.view(T, *dims)
+    views = [[None if s is None else s.view(dims) for s in pair] for pair in ((m_in, c_in), (m_out, c_out))]
+
+    def make() -> list[Tensor | None]:
+        return [_scratch(dims, x.device), _scratch(dims, x.device) if need_c else None]
+
+    for (s, e), read, write in _carry(_chunks(T), *views, make):
+        _run(_rate_loop, xv[s:e], ov[s:e], thv, *read, *write, None if events is None else events[s:e],
+             kind=kind, n_levels=n_levels, signed=signed, need_c=need_c)
+
+
+def _launch_diff(x: Tensor, out: Tensor, th: Table, b: Table, r_in_in, r_out_in, r_in_out, r_out_out, *, t0: int,
+                 kind: str, n_levels: int, relu_constrained: bool, events: Tensor | None = None) -> None:
+    T, n = x.shape
+    dims, (thv, bv) = table_views(n, [th, b])
+    xv, ov = x.view(T, *dims), out.view(T, *dims)
+    views = [[None if s is None else s.view(dims) for s in pair]
+             for pair in ((r_in_in, r_out_in), (r_in_out, r_out_out))]
+
+    def make() -> list[Tensor | None]:
+        return [_scratch(dims, x.device), _scratch(dims, x.device)]
+
+    for (s, e), read, write in _carry(_chunks(T), *views, make):
+        _run(_diff_loop, xv[s:e], ov[s:e], thv, bv, *read, *write, _step_counter(t0 + s, x.device),
+             None if events is None else events[s:e], kind=kind, n_levels=n_levels,
+             relu_constrained=relu_constrained)
+
+
+def _launch_pair(x: Tensor, out: Tensor, tables: tuple[Table, Table, Table, Table], state_in, state_out, *,
+                 ceiling: float, diff: bool, kind: str, n_levels: int, signed: bool, need_c: bool, t0: int,
+                 events: Tensor | None = None) -> None:
+    T, n = x.shape
+    dims, views = table_views(n, list(tables))
+    xv, ov = x.view(T, *dims), out.view(T, *dims)
+    rows = [[None if s is None else s.view(4, *dims)] for s in (state_in, state_out)]
+
+    def make() -> list[Tensor | None]:
+        return [_scratch([4, *dims], x.device)]
+
+    for (s, e), read, write in _carry(_chunks(T), *rows, make):
+        _run(_pair_loop, xv[s:e], ov[s:e], *views, *read, *write, _step_counter(t0 + s, x.device),
+             None if events is None else events[:, s:e], ceiling=float(ceiling), diff=diff, kind=kind,
+             n_levels=n_levels, signed=signed, need_c=need_c)
+
+
+#: The public wrappers (``rate_neuron_run``, ``diff_neuron_run``, ``bounded_relu_pair_run``, the four
+#: ``*_multistep`` twins) of the compiled loops. fp16/bf16 inputs are converted to fp32 (exact, ``common.py``).
+KERNELS = NeuronKernels("inductor", _launch_rate, _launch_diff, kernel_dtypes=(torch.float32,),
+                        check_device=_check_device, counts_events=True, launch_pair=_launch_pair)

@@ -72,25 +72,27 @@ class PairState:
 class RateLaunch(Protocol):
     def __call__(self, x: Tensor, out: Tensor, th: Table, m_in: Tensor | None, c_in: Tensor | None,
                  m_out: Tensor | None, c_out: Tensor | None, *, kind: str, n_levels: int, signed: bool,
-                 need_c: bool, events: Tensor | None = None) -> None:
+                 need_c: bool, events: Tensor | None = None) -> Tensor | None:
         """Run T = x.shape[0] steps on ``x`` [T, N] into ``out`` [T, N]; state tensors [N] fp32 or None (not read /
-        not written); ``events`` [T] int64 or None: add each step's number of non-zero outputs."""
+        not written); ``events`` [T] int64 or None: add each step's number of non-zero outputs. Returns None, or a
+        [T, N] tensor of its own holding the outputs (then ``out`` is not written; see :class:`NeuronKernels`)."""
 
 
 class DiffLaunch(Protocol):
     def __call__(self, x: Tensor, out: Tensor, th: Table, b: Table, r_in_in: Tensor | None,
                  r_out_in: Tensor | None, r_in_out: Tensor | None, r_out_out: Tensor | None, *, t0: int, kind: str,
-                 n_levels: int, relu_constrained: bool, events: Tensor | None = None) -> None:
-        """Run steps t0+1 … t0+T of ``x`` [T, N] into ``out`` [T, N]; state tensors [N] fp32 or None; ``events`` as
-        for :class:`RateLaunch`."""
+                 n_levels: int, relu_constrained: bool, events: Tensor | None = None) -> Tensor | None:
+        """Run steps t0+1 … t0+T of ``x`` [T, N] into ``out`` [T, N]; state tensors [N] fp32 or None; ``events`` and
+        the result as for :class:`RateLaunch`."""
 
 
 class PairLaunch(Protocol):
     def __call__(self, x: Tensor, out: Tensor, tables: tuple[Table, Table, Table, Table], state_in: Tensor | None,
                  state_out: Tensor | None, *, ceiling: float, diff: bool, kind: str, n_levels: int, signed: bool,
-                 need_c: bool, t0: int, events: Tensor | None = None) -> None:
+                 need_c: bool, t0: int, events: Tensor | None = None) -> Tensor | None:
         """Run steps t0+1 … t0+T of a bounded-ReLU pair on ``x`` [T, N] into ``out`` [T, N] (x's dtype); tables
-        θ_lo, b_lo, θ_hi, b_hi; state [4, N] fp32 or None; ``events`` [2, T] int64 or None (lo's and hi's counts)."""
+        θ_lo, b_lo, θ_hi, b_hi; state [4, N] fp32 or None; ``events`` [2, T] int64 or None (lo's and hi's counts);
+        the result as for :class:`RateLaunch`."""
 
 
 @functools.cache  # asked on every pair call (each step in single-step mode)
@@ -175,6 +177,9 @@ class NeuronKernels:
             kernel); the wrappers' ``events=`` argument needs it.
         launch_pair: the launcher of the fused bounded-ReLU pair kernel (:class:`PairLaunch`), or None. It reads the
             ``kernel_dtypes`` directly and reproduces the unfused graph's roundings in them (no conversion).
+
+    A launcher may return a [T, N] output tensor of its own instead of writing into ``out`` (the compiled inductor
+    loops: their own output buffer saves a copy); the wrappers then return that tensor.
     """
 
     def __init__(self, name: str, launch_rate: RateLaunch, launch_diff: DiffLaunch,
@@ -294,9 +299,9 @@ class NeuronKernels:
         m_out, c_out = _state_outputs(store_state, [m_in, c_in] if in_place and state is not None else None,
                                       [True, need_c], n, x.device)
         xk, out = self._kernel_io(x)
-        self._launch_rate(xk, out, th, m_in, c_in, m_out, c_out, kind=kind, n_levels=n_levels, signed=bool(signed),
-                          need_c=need_c, **extra)
-        return self._finish(out, x), RateState(m_out, c_out) if store_state else None
+        own = self._launch_rate(xk, out, th, m_in, c_in, m_out, c_out, kind=kind, n_levels=n_levels,
+                                signed=bool(signed), need_c=need_c, **extra)
+        return self._finish(out if own is None else own, x), RateState(m_out, c_out) if store_state else None
 
     def diff_neuron_run(
         self,
@@ -345,8 +350,9 @@ class NeuronKernels:
         r_in_out, r_out_out = _state_outputs(
             store_state, [r_in_in, r_out_in] if in_place and state is not None else None, [True, True], n, x.device)
         xk, out = self._kernel_io(x)
-        self._launch_diff(xk, out, th, b, r_in_in, r_out_in, r_in_out, r_out_out, t0=t0, kind=kind,
-                          n_levels=n_levels, relu_constrained=bool(relu_constrained), **extra)
+        own = self._launch_diff(xk, out, th, b, r_in_in, r_out_in, r_in_out, r_out_out, t0=t0, kind=kind,
+                                n_levels=n_levels, relu_constrained=bool(relu_constrained), **extra)
+        out = out if own is None else own
         return self._finish(out, x), DiffState(r_in_out, r_out_out, t0 + T) if store_state else None
 
     def bounded_relu_pair_run(
@@ -434,9 +440,10 @@ class NeuronKernels:
             state_out = state_in
         else:
             state_out = torch.empty(4, n, dtype=torch.float32, device=x.device)
-        self._launch_pair(x.reshape(T, n), out.view(T, n), tables, state_in, state_out, ceiling=float(ceiling),
-                          diff=diff, kind=kind, n_levels=n_levels, signed=sgn, need_c=sgn and bool(relu_constrained),
-                          t0=t0, **extra)
+        own = self._launch_pair(x.reshape(T, n), out.view(T, n), tables, state_in, state_out, ceiling=float(ceiling),
+                                diff=diff, kind=kind, n_levels=n_levels, signed=sgn,
+                                need_c=sgn and bool(relu_constrained), t0=t0, **extra)
+        out = out if own is None else own.view(x.shape)
         return out, PairState(state_out, t0 + T) if store_state else None
 
     @staticmethod

@@ -139,35 +139,40 @@ def _count(steps: list[Tensor], events: Tensor) -> None:
     events.add_(torch.stack([(s != 0).sum() for s in steps]))
 
 
-def _emit(out: Tensor, steps: list[Tensor], events: Tensor | None) -> None:
-    """The steps' outputs into ``out`` (stacked, then copied: written step by step into ``out``, inductor splits the
-    loop into several nests, one of them serial; 2-4x slower, measured) and, when ``events`` is given, each step's
-    number of non-zero values added to it."""
-    out.copy_(torch.stack(steps))
+def _emit(out: Tensor | None, steps: list[Tensor], events: Tensor | None) -> Tensor | None:
+    """The steps' outputs, stacked: returned when ``out`` is None (inductor writes them from the fused loop into the
+    graph's own output buffer), else copied into ``out`` (a call split into several graphs: one more pass). Writing
+    each step straight into ``out`` instead makes inductor split the loop into several nests, one of them serial
+    (2–4x slower, measured). ``events``: each step's number of non-zero values is added to it."""
     if events is not None:
         _count(steps, events)
+    if out is None:
+        return torch.stack(steps)
+    out.copy_(torch.stack(steps))
+    return None
 
 
-def _rate_loop(x: Tensor, out: Tensor, th: Tensor, m: Tensor | None, c: Tensor | None, m_out: Tensor | None,
+def _rate_loop(x: Tensor, out: Tensor | None, th: Tensor, m: Tensor | None, c: Tensor | None, m_out: Tensor | None,
                c_out: Tensor | None, events: Tensor | None, *, kind: str, n_levels: int, signed: bool,
-               need_c: bool) -> None:
-    """``_rate_step`` over the steps of x [T, *D] into out; state m, c (None: the initial state) into m_out, c_out."""
+               need_c: bool) -> Tensor | None:
+    """``_rate_step`` over the steps of x [T, *D] into out (None: returned, :func:`_emit`); state m, c (None: the
+    initial state) into m_out, c_out."""
     if m is None:
         m, c = _rate_init(x.shape[1:], th, kind=kind, signed=signed, relu_constrained=need_c)
     steps = []
     for i in range(x.shape[0]):
         s, m, c = _rate_step(x[i], m, c, th, kind=kind, n_levels=n_levels, signed=signed, relu_constrained=need_c)
         steps.append(s)
-    _emit(out, steps, events)
     if m_out is not None:
         m_out.copy_(m)
     if c_out is not None:
         c_out.copy_(c)
+    return _emit(out, steps, events)
 
 
-def _diff_loop(x: Tensor, out: Tensor, th: Tensor, b: Tensor, r_in: Tensor | None, r_out: Tensor | None,
+def _diff_loop(x: Tensor, out: Tensor | None, th: Tensor, b: Tensor, r_in: Tensor | None, r_out: Tensor | None,
                r_in_out: Tensor | None, r_out_out: Tensor | None, t0: Tensor, events: Tensor | None, *, kind: str,
-               n_levels: int, relu_constrained: bool) -> None:
+               n_levels: int, relu_constrained: bool) -> Tensor | None:
     """``_diff_step`` for steps t0+1 … t0+T of x [T, *D] (t0: a 0-dim fp32 tensor, so that the step number is data,
     not a constant compiled into the graph)."""
     if r_in is None:
@@ -177,15 +182,15 @@ def _diff_loop(x: Tensor, out: Tensor, th: Tensor, b: Tensor, r_in: Tensor | Non
         d, r_in, r_out = _diff_step(x[i], t0 + (i + 1), r_in, r_out, th, b, kind=kind, n_levels=n_levels,
                                     relu_constrained=relu_constrained)
         steps.append(d)
-    _emit(out, steps, events)
     if r_in_out is not None:
         r_in_out.copy_(r_in)
         r_out_out.copy_(r_out)
+    return _emit(out, steps, events)
 
 
-def _pair_loop(x: Tensor, out: Tensor, th_lo: Tensor, b_lo: Tensor, th_hi: Tensor, b_hi: Tensor,
+def _pair_loop(x: Tensor, out: Tensor | None, th_lo: Tensor, b_lo: Tensor, th_hi: Tensor, b_hi: Tensor,
                rows: Tensor | None, rows_out: Tensor | None, t0: Tensor, events: Tensor | None, *, ceiling: float,
-               diff: bool, kind: str, n_levels: int, signed: bool, need_c: bool) -> None:
+               diff: bool, kind: str, n_levels: int, signed: bool, need_c: bool) -> Tensor | None:
     """A bounded-ReLU pair ``r = lo(x); y = r − hi(r − ceiling)`` per step, the unfused graph's operations in its
     order; ``rows`` [4, *D]: lo's two state rows, then hi's (``PairState``)."""
     shape = x.shape[1:]
@@ -214,13 +219,13 @@ def _pair_loop(x: Tensor, out: Tensor, th_lo: Tensor, b_lo: Tensor, th_hi: Tenso
         ys.append(r - h)
         los.append(r)
         his.append(h)
-    _emit(out, ys, None)
     if events is not None:
         _count(los, events[0])
         _count(his, events[1])
     if rows_out is not None:
         for row, value in zip(rows_out, (a0, a1, h0, h1)):
             row.copy_(value if value is not None else torch.zeros_like(a0))
+    return _emit(out, ys, None)
 
 
 @functools.cache
@@ -237,7 +242,7 @@ def _compile_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(module, name) for module, name in names if hasattr(module, name))
 
 
-def _run(loop: Callable, *args, **flags) -> None:
+def _run(loop: Callable, *args, **flags) -> Tensor | None:
     """Run ``loop`` compiled (module docstring: recompile limit, errors). The two dynamo settings are set for the call
     and restored after it (what ``config.patch`` does, at a fraction of its cost per call)."""
     from torch._dynamo import config as dynamo_config
@@ -245,7 +250,7 @@ def _run(loop: Callable, *args, **flags) -> None:
     saved = dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit
     try:
         dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit = RECOMPILE_LIMIT, True
-        _compiled(loop)(*args, **flags)
+        return _compiled(loop)(*args, **flags)
     except _compile_errors() as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackendUnavailableError(f"torch.compile (inductor) failed on the neuron loop: {first[:300]}; use "
@@ -279,7 +284,7 @@ def _carry(chunks: list[tuple[int, int]], state_in: list[Tensor | None], state_o
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Launchers (common.RateLaunch / DiffLaunch / PairLaunch)
+# Launchers (common.RateLaunch / DiffLaunch / PairLaunch): a call in one graph returns the graph's own output
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -292,7 +297,7 @@ def _step_counter(t0: int, device: torch.device) -> Tensor:
 
 
 def _launch_rate(x: Tensor, out: Tensor, th: Table, m_in, c_in, m_out, c_out, *, kind: str, n_levels: int,
-                 signed: bool, need_c: bool, events: Tensor | None = None) -> None:
+                 signed: bool, need_c: bool, events: Tensor | None = None) -> Tensor | None:
     T, n = x.shape
     dims, (thv,) = table_views(n, [th])
     xv, ov = x.view(T, *dims), out.view(T, *dims)
@@ -301,13 +306,16 @@ def _launch_rate(x: Tensor, out: Tensor, th: Table, m_in, c_in, m_out, c_out, *,
     def make() -> list[Tensor | None]:
         return [_scratch(dims, x.device), _scratch(dims, x.device) if need_c else None]
 
-    for (s, e), read, write in _carry(_chunks(T), *views, make):
-        _run(_rate_loop, xv[s:e], ov[s:e], thv, *read, *write, None if events is None else events[s:e],
-             kind=kind, n_levels=n_levels, signed=signed, need_c=need_c)
+    chunks = _chunks(T)
+    for (s, e), read, write in _carry(chunks, *views, make):
+        own = _run(_rate_loop, xv[s:e], None if len(chunks) == 1 else ov[s:e], thv, *read, *write,
+                   None if events is None else events[s:e], kind=kind, n_levels=n_levels, signed=signed,
+                   need_c=need_c)
+    return None if own is None else own.view(T, n)
 
 
 def _launch_diff(x: Tensor, out: Tensor, th: Table, b: Table, r_in_in, r_out_in, r_in_out, r_out_out, *, t0: int,
-                 kind: str, n_levels: int, relu_constrained: bool, events: Tensor | None = None) -> None:
+                 kind: str, n_levels: int, relu_constrained: bool, events: Tensor | None = None) -> Tensor | None:
     T, n = x.shape
     dims, (thv, bv) = table_views(n, [th, b])
     xv, ov = x.view(T, *dims), out.view(T, *dims)
@@ -317,15 +325,17 @@ def _launch_diff(x: Tensor, out: Tensor, th: Table, b: Table, r_in_in, r_out_in,
     def make() -> list[Tensor | None]:
         return [_scratch(dims, x.device), _scratch(dims, x.device)]
 
-    for (s, e), read, write in _carry(_chunks(T), *views, make):
-        _run(_diff_loop, xv[s:e], ov[s:e], thv, bv, *read, *write, _step_counter(t0 + s, x.device),
-             None if events is None else events[s:e], kind=kind, n_levels=n_levels,
-             relu_constrained=relu_constrained)
+    chunks = _chunks(T)
+    for (s, e), read, write in _carry(chunks, *views, make):
+        own = _run(_diff_loop, xv[s:e], None if len(chunks) == 1 else ov[s:e], thv, bv, *read, *write,
+                   _step_counter(t0 + s, x.device), None if events is None else events[s:e], kind=kind,
+                   n_levels=n_levels, relu_constrained=relu_constrained)
+    return None if own is None else own.view(T, n)
 
 
 def _launch_pair(x: Tensor, out: Tensor, tables: tuple[Table, Table, Table, Table], state_in, state_out, *,
                  ceiling: float, diff: bool, kind: str, n_levels: int, signed: bool, need_c: bool, t0: int,
-                 events: Tensor | None = None) -> None:
+                 events: Tensor | None = None) -> Tensor | None:
     T, n = x.shape
     dims, views = table_views(n, list(tables))
     xv, ov = x.view(T, *dims), out.view(T, *dims)
@@ -334,10 +344,12 @@ def _launch_pair(x: Tensor, out: Tensor, tables: tuple[Table, Table, Table, Tabl
     def make() -> list[Tensor | None]:
         return [_scratch([4, *dims], x.device)]
 
-    for (s, e), read, write in _carry(_chunks(T), *rows, make):
-        _run(_pair_loop, xv[s:e], ov[s:e], *views, *read, *write, _step_counter(t0 + s, x.device),
-             None if events is None else events[:, s:e], ceiling=float(ceiling), diff=diff, kind=kind,
-             n_levels=n_levels, signed=signed, need_c=need_c)
+    chunks = _chunks(T)
+    for (s, e), read, write in _carry(chunks, *rows, make):
+        own = _run(_pair_loop, xv[s:e], None if len(chunks) == 1 else ov[s:e], *views, *read, *write,
+                   _step_counter(t0 + s, x.device), None if events is None else events[:, s:e],
+                   ceiling=float(ceiling), diff=diff, kind=kind, n_levels=n_levels, signed=signed, need_c=need_c)
+    return None if own is None else own.view(T, n)
 
 
 #: The public wrappers (``rate_neuron_run``, ``diff_neuron_run``, ``bounded_relu_pair_run``, the four

@@ -276,7 +276,7 @@ def main(
     mode: str = typer.Option("multi", help="multi (layer by layer over T*B) | single (streaming)"),
     backend: str = typer.Option(
         "torch", help="runtime backend: torch (reference) | triton (GPU kernels) | native (C kernels, CPU) | "
-                 "inductor (torch.compile of the neuron loops; ~10 s compile per neuron kind)"),
+                 "inductor (torch.compile of the neuron loops; 2-15 s compile per neuron configuration on first use)"),
     device: str = typer.Option("cpu", help="cpu | cuda[:N]"),
     dtype: str = typer.Option("float32", help="compute precision of the layers: float32 | bfloat16 | float16 "
                               "(neuron state stays fp32)"),

@@ -207,7 +207,7 @@ def test_inductor_every_table_layout(impl):
 
 def test_inductor_table_views():
     # every layout of _cases (and a table that is not a split of N) as [1, inner] rows of an [outer, inner] split
-    from snnconvert.runtime.kernels.common import _expand
+    from snnconvert.runtime.kernels.common import expand_table
 
     for x, th, b in _cases(1):
         S = x.shape[1:]
@@ -217,10 +217,10 @@ def test_inductor_table_views():
         if S == (2, 3, 4, 5):  # per-channel θ and per-sample b: the batch is the outer dimension
             assert dims == [2, 60]
         for table, view in zip(tables, views):
-            assert torch.equal(view.expand(dims).reshape(-1), _expand(table, S.numel()))
+            assert torch.equal(view.expand(dims).reshape(-1), expand_table(table, S.numel()))
     odd = make_table("bias", torch.arange(6.0), torch.Size([6]), torch.device("cpu"))._replace(inner=4, k=6)
     dims, (view,) = inductor.table_views(36, [odd])  # not a split of N: expanded over all of it
-    assert dims == [1, 36] and torch.equal(view.reshape(-1), _expand(odd, 36))
+    assert dims == [1, 36] and torch.equal(view.reshape(-1), expand_table(odd, 36))
 
 
 @pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 9, 13, 33])

@@ -27,7 +27,7 @@ from snnconvert.convert.coding.neurons import check_levels
 from snnconvert.convert.errors import ConfigError
 
 __all__ = ["SUPPORTED_DTYPES", "Table", "RateState", "DiffState", "PairState", "RateLaunch", "DiffLaunch",
-           "PairLaunch", "NeuronKernels", "make_table", "pair_ceiling_exact"]
+           "PairLaunch", "NeuronKernels", "make_table", "expand_table", "pair_ceiling_exact"]
 
 #: Input dtypes of the public wrappers (state fp32, output in the input dtype).
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -132,10 +132,14 @@ def make_table(name: str, value, step_shape: torch.Size, device: torch.device) -
     return Table(full, 1, full.numel())
 
 
-def _expand(table: Table, n: int) -> Tensor:
-    """The full per-element values [N] of a compact table (used only on the no-launch paths)."""
+def expand_table(table: Table, n: int) -> Tensor:
+    """The table's values for the element indices 0 … n−1, a new [n] tensor (the full per-element values for n = N;
+    one period of them for n a multiple of ``k·inner``)."""
+    period = table.k * table.inner
+    if n % period == 0:
+        return table.values.repeat_interleave(table.inner).repeat(n // period)
     idx = torch.arange(n, device=table.values.device)
-    return table.values[(idx // table.inner) % table.k].clone()
+    return table.values[(idx // table.inner) % table.k]
 
 
 def _state_buffer(t: Tensor | None, n: int, device: torch.device, name: str) -> Tensor:
@@ -289,7 +293,7 @@ class NeuronKernels:
             if state is not None:
                 c = _state_buffer(state.c, n, x.device, "c").clone() if need_c else None
                 return out, RateState(_state_buffer(state.m, n, x.device, "m").clone(), c)
-            m0 = _expand(th, n) * 0.5 if kind == "if" else torch.zeros(n, device=x.device)
+            m0 = expand_table(th, n) * 0.5 if kind == "if" else torch.zeros(n, device=x.device)
             return out, RateState(m0, torch.zeros(n, device=x.device) if need_c else None)
         m_in = c_in = None
         if state is not None:
@@ -342,7 +346,7 @@ class NeuronKernels:
             if state is not None:
                 return out, DiffState(_state_buffer(state.r_in, n, x.device, "r_in").clone(),
                                       _state_buffer(state.r_out, n, x.device, "r_out").clone(), t0 + T)
-            return out, DiffState(_expand(b, n), torch.zeros(n, device=x.device), T)
+            return out, DiffState(expand_table(b, n), torch.zeros(n, device=x.device), T)
         r_in_in = r_out_in = None
         if state is not None:
             r_in_in = _state_buffer(state.r_in, n, x.device, "r_in")
@@ -452,9 +456,9 @@ class NeuronKernels:
         th_lo, b_lo, th_hi, b_hi = tables
         rows = torch.zeros(4, n, dtype=torch.float32, device=th_lo.values.device)
         if diff:
-            rows[0], rows[2] = _expand(b_lo, n), _expand(b_hi, n)
+            rows[0], rows[2] = expand_table(b_lo, n), expand_table(b_hi, n)
         elif kind == "if":
-            rows[0], rows[2] = _expand(th_lo, n) * 0.5, _expand(th_hi, n) * 0.5
+            rows[0], rows[2] = expand_table(th_lo, n) * 0.5, expand_table(th_hi, n) * 0.5
         return rows
 
     # -- the twins of the *_multistep_ref references ------------------------------------------------------------------

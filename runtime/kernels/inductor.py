@@ -41,7 +41,7 @@ from torch import Tensor
 
 from snnconvert.convert.coding.neurons import _diff_init, _diff_step, _rate_init, _rate_step
 from snnconvert.convert.errors import BackendUnavailableError
-from snnconvert.runtime.kernels.common import NeuronKernels, Table
+from snnconvert.runtime.kernels.common import NeuronKernels, Table, expand_table
 
 logger = logging.getLogger(__name__)
 
@@ -117,17 +117,8 @@ def table_views(n: int, tables: Sequence[Table]) -> tuple[list[int], list[Tensor
     if outer < 1 or any(n % (tab.k * tab.inner) for tab in varying):
         outer = 1  # not a split of n (never produced by make_table): expand over all of n
     inner = n // outer
-    return [outer, inner], [tab.values.view(1, 1) if tab.k == 1 else _pattern(tab, inner).view(1, inner)
+    return [outer, inner], [tab.values.view(1, 1) if tab.k == 1 else expand_table(tab, inner).view(1, inner)
                             for tab in tables]
-
-
-def _pattern(tab: Table, length: int) -> Tensor:
-    """The table's values for the element indices 0 … length−1."""
-    period = tab.k * tab.inner
-    if length % period == 0:
-        return tab.values.repeat_interleave(tab.inner).repeat(length // period)
-    idx = torch.arange(length, device=tab.values.device)
-    return tab.values[(idx // tab.inner) % tab.k]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,68 +279,57 @@ def _carry(chunks: list[tuple[int, int]], state_in: list[Tensor | None], state_o
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _scratch(shape: list[int], device: torch.device) -> Tensor:
-    return torch.empty(shape, dtype=torch.float32, device=device)
-
-
 def _step_counter(t0: int, device: torch.device) -> Tensor:
     return torch.tensor(float(t0), dtype=torch.float32, device=device)
 
 
-def _launch_rate(x: Tensor, out: Tensor, th: Table, m_in, c_in, m_out, c_out, *, kind: str, n_levels: int,
-                 signed: bool, need_c: bool, events: Tensor | None = None) -> Tensor | None:
+def _run_chunks(loop: Callable, x: Tensor, out: Tensor, tables: Sequence[Table], state_in: list[Tensor | None],
+                state_out: list[Tensor | None], scratch: list[bool], per_chunk: Callable[[int, int], tuple],
+                lead: tuple[int, ...] = (), **flags) -> Tensor | None:
+    """Run ``loop`` over the graphs of a call (:func:`_chunks`): x [T, N] and ``out`` viewed as [T, outer, inner],
+    the tables as rows (:func:`table_views`), the state tensors ([*lead, N]: [N], or [4, N] for a pair) viewed to
+    match and carried between graphs in scratch buffers (``scratch``: which state tensors exist); ``per_chunk(s, e)``
+    gives the arguments that follow the state for steps s … e−1. Returns the graph's own output [T, N] when the call
+    fits one graph, else None (written into ``out``)."""
     T, n = x.shape
-    dims, (thv,) = table_views(n, [th])
+    dims, views = table_views(n, tables)
+
+    def shaped(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.view(*lead, *dims)
+
     xv, ov = x.view(T, *dims), out.view(T, *dims)
-    views = [[None if s is None else s.view(dims) for s in pair] for pair in ((m_in, c_in), (m_out, c_out))]
 
     def make() -> list[Tensor | None]:
-        return [_scratch(dims, x.device), _scratch(dims, x.device) if need_c else None]
+        return [torch.empty(*lead, *dims, dtype=torch.float32, device=x.device) if need else None for need in scratch]
 
     chunks = _chunks(T)
-    for (s, e), read, write in _carry(chunks, *views, make):
-        own = _run(_rate_loop, xv[s:e], None if len(chunks) == 1 else ov[s:e], thv, *read, *write,
-                   None if events is None else events[s:e], kind=kind, n_levels=n_levels, signed=signed,
-                   need_c=need_c)
+    for (s, e), read, write in _carry(chunks, [shaped(t) for t in state_in], [shaped(t) for t in state_out], make):
+        own = _run(loop, xv[s:e], None if len(chunks) == 1 else ov[s:e], *views, *read, *write, *per_chunk(s, e),
+                   **flags)
     return None if own is None else own.view(T, n)
+
+
+def _launch_rate(x: Tensor, out: Tensor, th: Table, m_in, c_in, m_out, c_out, *, kind: str, n_levels: int,
+                 signed: bool, need_c: bool, events: Tensor | None = None) -> Tensor | None:
+    return _run_chunks(_rate_loop, x, out, [th], [m_in, c_in], [m_out, c_out], [True, need_c],
+                       lambda s, e: (None if events is None else events[s:e],),
+                       kind=kind, n_levels=n_levels, signed=signed, need_c=need_c)
 
 
 def _launch_diff(x: Tensor, out: Tensor, th: Table, b: Table, r_in_in, r_out_in, r_in_out, r_out_out, *, t0: int,
                  kind: str, n_levels: int, relu_constrained: bool, events: Tensor | None = None) -> Tensor | None:
-    T, n = x.shape
-    dims, (thv, bv) = table_views(n, [th, b])
-    xv, ov = x.view(T, *dims), out.view(T, *dims)
-    views = [[None if s is None else s.view(dims) for s in pair]
-             for pair in ((r_in_in, r_out_in), (r_in_out, r_out_out))]
-
-    def make() -> list[Tensor | None]:
-        return [_scratch(dims, x.device), _scratch(dims, x.device)]
-
-    chunks = _chunks(T)
-    for (s, e), read, write in _carry(chunks, *views, make):
-        own = _run(_diff_loop, xv[s:e], None if len(chunks) == 1 else ov[s:e], thv, bv, *read, *write,
-                   _step_counter(t0 + s, x.device), None if events is None else events[s:e], kind=kind,
-                   n_levels=n_levels, relu_constrained=relu_constrained)
-    return None if own is None else own.view(T, n)
+    return _run_chunks(_diff_loop, x, out, [th, b], [r_in_in, r_out_in], [r_in_out, r_out_out], [True, True],
+                       lambda s, e: (_step_counter(t0 + s, x.device), None if events is None else events[s:e]),
+                       kind=kind, n_levels=n_levels, relu_constrained=relu_constrained)
 
 
 def _launch_pair(x: Tensor, out: Tensor, tables: tuple[Table, Table, Table, Table], state_in, state_out, *,
                  ceiling: float, diff: bool, kind: str, n_levels: int, signed: bool, need_c: bool, t0: int,
                  events: Tensor | None = None) -> Tensor | None:
-    T, n = x.shape
-    dims, views = table_views(n, list(tables))
-    xv, ov = x.view(T, *dims), out.view(T, *dims)
-    rows = [[None if s is None else s.view(4, *dims)] for s in (state_in, state_out)]
-
-    def make() -> list[Tensor | None]:
-        return [_scratch([4, *dims], x.device)]
-
-    chunks = _chunks(T)
-    for (s, e), read, write in _carry(chunks, *rows, make):
-        own = _run(_pair_loop, xv[s:e], None if len(chunks) == 1 else ov[s:e], *views, *read, *write,
-                   _step_counter(t0 + s, x.device), None if events is None else events[:, s:e],
-                   ceiling=float(ceiling), diff=diff, kind=kind, n_levels=n_levels, signed=signed, need_c=need_c)
-    return None if own is None else own.view(T, n)
+    return _run_chunks(_pair_loop, x, out, list(tables), [state_in], [state_out], [True],
+                       lambda s, e: (_step_counter(t0 + s, x.device), None if events is None else events[:, s:e]),
+                       lead=(4,), ceiling=float(ceiling), diff=diff, kind=kind, n_levels=n_levels, signed=signed,
+                       need_c=need_c)
 
 
 #: The public wrappers (``rate_neuron_run``, ``diff_neuron_run``, ``bounded_relu_pair_run``, the four

@@ -604,6 +604,57 @@ _NO_DEVICE_SCRIPT = textwrap.dedent("""
 """)
 
 
+def test_the_interpreter_requested_for_the_tests_runs_the_kernels():
+    # conftest asks for the interpreter; if the installed one cannot run a loop with a runtime bound, every Triton CPU
+    # case below skips with the reason: fail once here so that such an environment is not a quiet sea of skips
+    pytest.importorskip("triton")
+    from snnconvert.runtime.kernels import interpreter_defect, interpreter_requested
+    if not interpreter_requested():
+        pytest.skip("TRITON_INTERPRET is not set for this run")
+    assert interpreter_defect() is None, backend_status("triton", "cpu")[1]
+
+
+def test_a_defective_interpreter_is_unavailable_with_one_line(monkeypatch):
+    pytest.importorskip("triton")
+    import snnconvert.runtime.kernels as kernels_pkg
+    if not kernels_pkg.interpreter_requested():
+        pytest.skip("TRITON_INTERPRET is not set for this run")
+    monkeypatch.setattr(kernels_pkg, "interpreter_defect",
+                        lambda: "TypeError: only 0-dimensional arrays can be converted to Python scalars")
+    ok, reason = backend_status("triton", "cpu")
+    assert not ok and "\n" not in reason
+    assert "Triton interpreter of triton" in reason and "0-dimensional" in reason and "backend='native'" in reason
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU())
+    snn = convert(model, forward_loop=[torch.rand(8, 4)], config=ConversionConfig(timesteps=2)).snn
+    with pytest.raises(BackendUnavailableError, match="Triton interpreter of triton"):
+        compile(snn, "triton")
+
+
+def test_interpreter_probe_reports_the_interpreters_own_error(monkeypatch):
+    # the probe unwraps the interpreter's InterpreterError to the error underneath, on one line
+    pytest.importorskip("triton")
+    import snnconvert.runtime.kernels as kernels_pkg
+    if not kernels_pkg.interpreter_requested():
+        pytest.skip("TRITON_INTERPRET is not set for this run")
+    module = kernels_pkg.load_kernels()
+
+    class InterpreterError(Exception):
+        pass
+
+    def broken():
+        try:
+            raise TypeError("only 0-dimensional arrays\ncan be converted")
+        except TypeError as exc:
+            raise InterpreterError(repr(exc)) from exc
+
+    monkeypatch.setattr(module, "interpreter_probe", broken)
+    kernels_pkg.interpreter_defect.cache_clear()
+    try:
+        assert kernels_pkg.interpreter_defect() == "TypeError: only 0-dimensional arrays"
+    finally:
+        kernels_pkg.interpreter_defect.cache_clear()
+
+
 def test_triton_without_interpreter_or_gpu_is_unavailable():
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -12,13 +12,16 @@ they are needed. :func:`triton_status` says whether they can run on a device, an
 - CPU tensors need the Triton interpreter, ``TRITON_INTERPRET=1``, which must be in the environment before the
   kernels are decorated: ``@triton.jit`` reads it at decoration time (through ``triton.knobs`` in triton >= 3.4; at
   import in older versions), so set it in the shell or at the very top of ``conftest.py``, before triton or this
-  package's kernels are imported. Setting it later has no effect, and :func:`triton_status` says so.
+  package's kernels are imported. Setting it later has no effect, and :func:`triton_status` says so;
+- the interpreter itself must run the kernels' loops: :func:`interpreter_defect` runs a probe kernel once per process
+  (triton 3.6's interpreter fails on any runtime loop bound with numpy 2.4, and says so only deep in a launch).
 
 ``snnconvert.runtime.compile(..., backend="triton")`` raises ``BackendUnavailableError`` with that reason; it never
 falls back to the torch reference.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -32,7 +35,8 @@ from snnconvert.convert.errors import BackendUnavailableError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KERNELS_MODULE", "triton_available", "interpreter_requested", "triton_status", "load_kernels"]
+__all__ = ["KERNELS_MODULE", "triton_available", "interpreter_requested", "interpreter_defect", "triton_status",
+           "load_kernels"]
 
 KERNELS_MODULE = "snnconvert.runtime.kernels.neurons"
 _TRUE = ("1", "true", "on", "yes")
@@ -79,11 +83,13 @@ def triton_status(device: str | torch.device) -> tuple[bool, str]:
                            "(check CUDA_VISIBLE_DEVICES and the driver); use device='cpu' with TRITON_INTERPRET=1 "
                            "for testing, or backend='torch'")
         if interpret:
-            return True, "triton kernels on CUDA tensors through the Triton interpreter (TRITON_INTERPRET=1; slow)"
+            return _interpreter_status("triton kernels on CUDA tensors through the Triton interpreter "
+                                       "(TRITON_INTERPRET=1; slow)")
         return True, "compiled triton kernels on CUDA"
     if device.type == "cpu":
         if interpret:
-            return True, "triton kernels on CPU tensors through the Triton interpreter (slow; for testing)"
+            return _interpreter_status("triton kernels on CPU tensors through the Triton interpreter (slow; for "
+                                       "testing)")
         if loaded is not None and interpreter_requested():
             return False, ("TRITON_INTERPRET=1 was set after the triton kernels were loaded, so they are compiled for "
                            "a GPU; set it in the environment before Python starts (or before importing triton), "
@@ -92,6 +98,32 @@ def triton_status(device: str | torch.device) -> tuple[bool, str]:
                        "environment before starting Python (slow; for tests), run on device='cuda', "
                        "or use backend='torch'")
     return False, f"the triton backend supports CUDA and CPU devices only, got '{device}'; use backend='torch'"
+
+
+def _interpreter_status(how: str) -> tuple[bool, str]:
+    """``(True, how)`` when the installed Triton interpreter runs the kernels' loops, else one line saying why not."""
+    defect = interpreter_defect()
+    if defect is None:
+        return True, how
+    import numpy
+    import triton
+    return False, (f"the Triton interpreter of triton {triton.__version__} cannot run the neuron kernels with numpy "
+                   f"{numpy.__version__} ({defect}); upgrade triton (3.7.1 and later work), or use backend='native' "
+                   "or 'torch' on the CPU")
+
+
+@functools.cache
+def interpreter_defect() -> str | None:
+    """None when the Triton interpreter runs a kernel with a runtime loop bound (the neuron kernels' shape) here;
+    otherwise the error, on one line. Checked once per process, on an interpreted kernel module."""
+    try:
+        module = load_kernels()
+        module.interpreter_probe()
+    except Exception as exc:  # noqa: BLE001 - the interpreter wraps whatever failed; the message is the diagnosis
+        while isinstance(exc.__cause__, Exception) and type(exc).__name__ == "InterpreterError":
+            exc = exc.__cause__
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
 
 
 def load_kernels() -> ModuleType:

@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "INTERPRETED",
+    "interpreter_probe",
     "SUPPORTED_DTYPES",
     "RateState",
     "DiffState",
@@ -504,6 +505,26 @@ def _bounded_relu_pair_fwd_kernel(
 #: Whether these kernels were built for the Triton interpreter: fixed when this module was imported, because
 #: ``@triton.jit`` reads TRITON_INTERPRET when it decorates a function.
 INTERPRETED: bool = _interpreting()
+
+
+@triton.jit
+def _loop_probe_kernel(out_ptr, T):
+    # the kernels' loop shape: a runtime trip count T and a loop-carried fp32 value
+    acc = tl.zeros([1], dtype=tl.float32)
+    for _ in range(T):
+        acc += 1.0
+    tl.store(out_ptr + tl.arange(0, 1), acc)
+
+
+def interpreter_probe() -> None:
+    """Run a kernel with a runtime loop bound through the interpreter on a CPU tensor; raise what the interpreter
+    raises. Some interpreter releases cannot: triton 3.6's turns the bound into a Python int with ``int()`` of a
+    one-element array, which numpy 2.4.6 rejects (triton 3.7.1 and 3.8.0 squeeze it first). Only for an interpreted
+    module."""
+    out = torch.zeros(1)
+    _loop_probe_kernel[(1,)](out, 3)
+    if out.item() != 3.0:
+        raise RuntimeError(f"a 3-step loop gave {out.item()}")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Launch helpers

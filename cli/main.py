@@ -96,6 +96,24 @@ def _energy_line(ops: dict) -> str | None:
             f"E_AC {c['E_AC']} pJ, E_MAC {c['E_MAC']} pJ ({c['source']})")
 
 
+def _layer_error_table(errors: dict, timesteps: int) -> Table:
+    """Per unit (graph order, then the output): ANN RMS and the relative error of the decoded SNN value at a few
+    steps; the unit with the largest error at T is marked."""
+    table = Table(title="ANN vs SNN per unit: relative error sqrt(Σ(r_t − a)² / Σa²)")
+    table.add_column("unit")
+    table.add_column("ANN RMS", justify="right")
+    shown = sorted({1, max(1, timesteps // 2), timesteps})
+    for t in shown:
+        table.add_column(f"t={t}", justify="right")
+    final = {name: e["relative_error"][-1] for name, e in errors.items() if e["relative_error"] and name != "output"}
+    worst = max(final, key=final.get) if final else None
+    for name, e in errors.items():
+        rel = e["relative_error"]
+        cells = [f"{rel[t - 1]:.4f}" for t in shown] if rel else ["n/a (ANN value 0)"] + [""] * (len(shown) - 1)
+        table.add_row(name + ("  <- largest at T" if name == worst else ""), f"{e['ann_rms']:.4g}", *cells)
+    return table
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """The command's options, passed as one object (validated by the library config and here)."""
@@ -124,6 +142,7 @@ class RunOptions:
     device: str
     dtype: str
     allow_ann_op: tuple[str, ...]
+    layer_errors: bool = False
 
 
 def _run(o: RunOptions) -> None:
@@ -197,10 +216,12 @@ def _run(o: RunOptions) -> None:
         eval_task = bar.add_task(f"evaluation (T={cfg.timesteps})", total=len(eval_set))
         batches = ((prep(x), y) for x, y in eval_set.batches(o.batch_size))
         evaluation = evaluate(snn, batches, ann=ann, timesteps=cfg.timesteps, mode=o.mode, device=o.device,
-                              progress=lambda n: bar.advance(eval_task, n))
+                              progress=lambda n: bar.advance(eval_task, n), layer_errors=o.layer_errors)
     total = time.perf_counter() - started
     out.print(_accuracy_table(evaluation.ann_accuracy, evaluation.snn_accuracy, evaluation.events_per_step,
                               evaluation.ops))
+    if evaluation.layer_errors:
+        out.print(_layer_error_table(evaluation.layer_errors, evaluation.timesteps))
     out.print(f"model {resolved.label}: {len(result.thresholds)} ReLU site(s) -> {cfg.coding} coding, "
               f"thresholds {cfg.threshold} per {cfg.granularity}, T={cfg.timesteps}")
     ann_text = "n/a" if evaluation.ann_accuracy is None else f"{100 * evaluation.ann_accuracy:.2f} %"
@@ -281,6 +302,9 @@ def main(
     dtype: str = typer.Option("float32", help="compute precision of the layers: float32 | bfloat16 | float16 "
                               "(neuron state stays fp32)"),
     allow_ann_op: list[str] = typer.Option([], help="node-name pattern allowed to stay analog (repeatable)"),
+    layer_errors: bool = typer.Option(False, "--layer-errors", help="also compare every neuron's (and pooling "
+                                      "unit's) decoded output with its ANN value after each step: where accuracy is "
+                                      "lost"),
     debug: bool = typer.Option(False, help="show tracebacks"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details"),
 ) -> None:
@@ -295,7 +319,7 @@ def main(
             resize=resize, crop=crop,
             report=report, output=output, batch_size=batch_size, mode=mode, backend=backend, device=device,
             dtype=dtype,
-            allow_ann_op=tuple(allow_ann_op)))
+            allow_ann_op=tuple(allow_ann_op), layer_errors=layer_errors))
     except CONVERSION_ERRORS as exc:
         _fail(exc, debug, code=1)
     except USAGE_ERRORS as exc:

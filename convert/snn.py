@@ -50,6 +50,7 @@ class SpikingNetwork(nn.Module):
         self.unit_names = list(unit_names)
         self.step_mode = "m"
         self.capturing = False  # True during the zero-input capture pass (counters skip it)
+        self.analog_pass = False  # True while ann_forward runs (counters skip it)
         self.capture_cache_key: tuple | None = None
         self.output_offset: torch.Tensor | None = None
         self.elide_static_prefix = True
@@ -112,6 +113,21 @@ class SpikingNetwork(nn.Module):
             stateful = {name for name, _ in self.stateful()}
             self._prefix_cache = (key, build_static_prefix(self.gm, stateful))
         return self._prefix_cache[1]
+
+    def ann_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The converted graph run as an ANN on ``x [B, ...]``: every stateful unit applies the function it
+        approximates (ReLU, a bounded ReLU's clip, a graded unit's f) with no time steps. This is the ANN after the
+        conversion passes (BN folded, max-pools moved): the reference the per-unit error diagnostics compare with."""
+        modules = [m for _, m in self.stateful()]
+        for m in modules:
+            m.analog = True
+        self.analog_pass = True
+        try:
+            return self.gm(x.float())
+        finally:
+            self.analog_pass = False
+            for m in modules:
+                m.analog = False
 
     def raw(self, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:
         """Encode ``x``, run T steps and return the RAW per-step outputs ``[T, B, ...]`` (not decoded)."""

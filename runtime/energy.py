@@ -139,7 +139,7 @@ class SynapticOpCounter:
         T = self.counts.timesteps
 
         def hook(module, args, out):
-            if self.snn.capturing:
+            if self.snn.capturing or getattr(self.snn, "analog_pass", False):
                 return
             x = args[0]
             sop = self.counts.sop.setdefault(name, torch.zeros(T, dtype=torch.float64))

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from snnconvert.convert.snn import SpikingNetwork
+from snnconvert.runtime.diagnose import ErrorMeter
 from snnconvert.runtime.energy import SynapticOpCounter
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ class EvalReport:
         site_events: per ReLU site: neurons per image, total events, events per neuron per image, and events per
             image at each step.
         seconds: wall time of the ANN and SNN passes.
+        ops: synaptic operations and energy ratios (method.md §8), when counted.
+        layer_errors: per stateful unit and for the output, the ANN value's RMS and the relative error of the
+            decoded SNN value after every step (``runtime/diagnose.py``), when asked for; else empty.
     """
 
     timesteps: int
@@ -41,12 +45,14 @@ class EvalReport:
     site_events: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     ops: dict[str, Any] = field(default_factory=dict)
+    layer_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "timesteps": self.timesteps, "ann_accuracy": self.ann_accuracy, "snn_accuracy": self.snn_accuracy,
             "images": self.images, "events_per_step": self.events_per_step, "site_events": self.site_events,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "ops": self.ops,
+            "layer_errors": self.layer_errors,
         }
 
 
@@ -73,7 +79,7 @@ class _EventCounter:
 
     def _hook(self, name: str) -> Callable:
         def hook(module, args, out):
-            if getattr(module, "capture", False):
+            if getattr(module, "capture", False) or getattr(module, "analog", False):
                 return
             counts = self.counts.setdefault(name, torch.zeros(self.T, dtype=torch.float64))
             counted = getattr(module, "last_events", None)  # from the kernel or fused unit, for this call
@@ -116,6 +122,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
     count_ops: bool = True,
+    layer_errors: bool = False,
 ) -> EvalReport:
     """Run the ANN and the SNN over ``batches`` once; accuracy after every step, events per site and step.
 
@@ -128,6 +135,8 @@ def evaluate(
         device: where to run.
         progress: called with the number of images of each finished batch (the CLI drives a progress bar).
         count_ops: count synaptic operations per layer and step and the energy ratio (method.md §8).
+        layer_errors: also compare every stateful unit's decoded output after each step with its value in the ANN
+            (``runtime/diagnose.py``; one analog pass per batch and a few passes over each unit's output).
     """
     T = snn.timesteps if timesteps is None else int(timesteps)
     snn = snn.to(device)
@@ -140,6 +149,7 @@ def evaluate(
         ann.to(device).eval()
     counter = _EventCounter(snn, T)
     ops = SynapticOpCounter(snn, T) if count_ops else None
+    meter = ErrorMeter(snn, T) if layer_errors else None
     try:
         with torch.no_grad():
             for x, y in batches:
@@ -148,9 +158,13 @@ def evaluate(
                     start = time.perf_counter()
                     correct_ann += int((ann(x).argmax(-1) == y).sum())
                     seconds["ann"] += time.perf_counter() - start
+                if meter is not None:
+                    meter.begin(x)
                 start = time.perf_counter()
                 decoded = snn(x, T, mode=mode)
                 seconds["snn"] += time.perf_counter() - start
+                if meter is not None:
+                    meter.output(decoded)
                 correct_snn += (decoded.argmax(-1) == y.unsqueeze(0)).sum(dim=1).double().cpu()
                 images += int(y.shape[0])
                 if progress is not None:
@@ -159,6 +173,8 @@ def evaluate(
         counter.close()
         if ops is not None:
             ops.close()
+        if meter is not None:
+            meter.close()
         if ann is not None:
             ann.train(was_training)
     if images == 0:
@@ -183,6 +199,8 @@ def evaluate(
     if ops is not None:
         ops.counts.images = images
         report.ops = ops.counts.to_dict()
+    if meter is not None:
+        report.layer_errors = meter.result()
     log.info("evaluated %d images: ANN %s, SNN %.4f at T=%d", images,
              "n/a" if report.ann_accuracy is None else f"{report.ann_accuracy:.4f}", report.snn_accuracy[-1], T)
     return report
@@ -233,6 +251,7 @@ def build_report(
         "events": {"per_step": evaluation.events_per_step,
                    "total_per_image": float(sum(evaluation.events_per_step))},
         "synaptic_ops": evaluation.ops,
+        "layer_errors": evaluation.layer_errors or None,
         "runtime": dict(runtime or {}),
         "conversion": result.report.to_dict(),
         "timings": {**{f"eval_{k}": round(v, 4) for k, v in evaluation.seconds.items()},

@@ -90,6 +90,11 @@ class BoundedReLUPair(StepModule):
         r = self.lo.capture_input(x)
         return r - self.hi.capture_input(r - self.ceiling)
 
+    def analog_forward(self, x: Tensor) -> Tensor:
+        """The bounded ReLU the pair approximates, r − hi(r − a) with r = lo(x), each member analog."""
+        r = self.lo.analog_forward(x)
+        return r - self.hi.analog_forward(r - self.ceiling)
+
     def multistep(self, x_seq: Tensor) -> Tensor:
         events = self._new_events(x_seq.shape[0], x_seq.device)
         kernels = self._kernels(x_seq)

@@ -500,6 +500,11 @@ class SpikingNeuron(StepModule):
             logger.debug("captured bias of shape %s", tuple(self.bias.shape))
         return torch.zeros_like(x)
 
+    def analog_forward(self, x: Tensor) -> Tensor:
+        """The function the neuron approximates: ReLU (ReLU-constrained or unsigned), identity (signed, unconstrained).
+        """
+        return torch.relu(x) if self.relu_constrained or not self.signed else x
+
     def multistep(self, x_seq: Tensor) -> Tensor:
         """Run T steps on a time-major input [T, B, *S] from the initial state; returns the emitted [T, B, *S].
 

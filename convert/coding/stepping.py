@@ -6,7 +6,10 @@ A :class:`StepModule` runs in one of three ways, chosen by its attributes (set b
   bias b and outputs zeros;
 - ``step_mode = "m"``: the input is ``[T*B, ...]`` (time folded into the batch, time-major) and ``timesteps`` is T;
   the unit runs its T-step loop from the initial state (:meth:`multistep` on ``[T, B, ...]``);
-- ``step_mode = "s"``: one step ``[B, ...]`` per call with state kept until :meth:`reset`.
+- ``step_mode = "s"``: one step ``[B, ...]`` per call with state kept until :meth:`reset`;
+- analog (``analog = True``, set by ``SpikingNetwork.ann_forward``): no time steps, no state; the unit applies the
+  function it approximates (:meth:`analog_forward`: ReLU for a ReLU-site neuron, f for a graded unit), so that the
+  converted graph computes the ANN it came from.
 """
 from __future__ import annotations
 
@@ -27,8 +30,11 @@ class StepModule(nn.Module):
         self.step_mode: str = "m"
         self.timesteps: int | None = None
         self.capture: bool = False
+        self.analog: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.analog:
+            return self.analog_forward(x)
         if self.capture:
             return self.capture_input(x)
         if self.step_mode == "m":
@@ -44,6 +50,9 @@ class StepModule(nn.Module):
         raise ConfigError(f"step_mode must be one of {STEP_MODES}, got {self.step_mode!r}")
 
     def capture_input(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def analog_forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def multistep(self, x_seq: torch.Tensor) -> torch.Tensor:

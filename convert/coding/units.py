@@ -73,6 +73,10 @@ class GradedUnit(StepModule):
         self.bias = x.detach().float().clone()
         return torch.zeros_like(self.f(x))
 
+    def analog_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The function itself, on an analog input."""
+        return self.f(x)
+
     def _bias(self, like: torch.Tensor) -> torch.Tensor:
         if self.coding == "rate":
             return torch.zeros((), dtype=torch.float32, device=like.device)

@@ -1,0 +1,113 @@
+"""Per-unit ANN↔SNN error: where along the network the spiking approximation departs from the ANN.
+
+For every stateful unit the graph calls (spiking neurons, graded max-pool units, fused bounded-ReLU pairs) and for
+the network output, the decoded value after each step t is compared with the same node's value in the ANN, over
+every element of every evaluated image:
+
+    relative_error[t-1] = sqrt( Σ (r_t − a)² / Σ a² )
+
+``a`` is the unit's output in :meth:`SpikingNetwork.ann_forward` (the converted graph with every unit analog: the ANN
+after BN folding and max-pool reordering, the network that calibration observed); ``r_t`` is the unit's decoded
+output after t steps (rate coding: the running mean of its outputs; differential coding: Σ_τ out_τ/τ, the unit's
+R_out), and for the network output the decoded logits. A unit's error includes what it inherits from upstream, so
+the first unit whose error is large is where the approximation breaks (a threshold too low clips, too high wastes
+steps). Both step modes give the same figures up to the rounding of the decoding's running sums (tested).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from snnconvert.convert.snn import SpikingNetwork
+
+__all__ = ["OUTPUT", "ErrorMeter"]
+
+#: the key of the network output in the per-unit errors
+OUTPUT = "output"
+
+
+def _decode(coding: str, out: torch.Tensor) -> torch.Tensor:
+    """A unit's raw outputs [T, B, ...] of steps 1 … T → its decoded value after every step (fp32)."""
+    out = out.float()
+    steps = torch.arange(1, out.shape[0] + 1, dtype=torch.float32, device=out.device).view(-1, *([1] * (out.dim() - 1)))
+    return (out / steps).cumsum(0) if coding == "differential" else out.cumsum(0) / steps
+
+
+class ErrorMeter:
+    """Forward hooks that accumulate each unit's squared error against its ANN value, per step.
+
+    Use: ``meter.begin(x)`` before the SNN runs a batch (runs the analog pass), then the SNN call, then
+    ``meter.output(decoded)``; ``meter.result()`` at the end; ``meter.close()`` removes the hooks.
+    """
+
+    def __init__(self, snn: SpikingNetwork, timesteps: int) -> None:
+        self.snn = snn
+        self.T = timesteps
+        self.coding = snn.coding.name
+        stateful = dict(snn.stateful())
+        called = [n.target for n in snn.gm.graph.nodes if n.op == "call_module" and n.target in stateful]
+        self.names = list(dict.fromkeys(called)) + [OUTPUT]
+        self.err = {name: torch.zeros(timesteps, dtype=torch.float64) for name in self.names}
+        self.ref = dict.fromkeys(self.names, 0.0)  # Σ a²
+        self.count = dict.fromkeys(self.names, 0)  # elements per step
+        self._ann: dict[str, torch.Tensor] = {}
+        self._running: dict[str, tuple[int, torch.Tensor]] = {}  # single-step mode: (steps done, Σ so far)
+        self.handles = [stateful[name].register_forward_hook(self._hook(name)) for name in self.names[:-1]]
+
+    def begin(self, x: torch.Tensor) -> None:
+        """Run the analog pass on the batch ``x`` [B, ...]: every unit's and the output's ANN value."""
+        self._ann = {}
+        self._running = {}
+        out = self.snn.ann_forward(x)
+        self._keep(OUTPUT, out)
+
+    def _keep(self, name: str, a: torch.Tensor) -> None:
+        a = a.detach().float()
+        self._ann[name] = a
+        self.ref[name] += float(a.double().square().sum())
+        self.count[name] += a.numel()
+
+    def _add(self, name: str, decoded: torch.Tensor, first_step: int) -> None:
+        """Squared errors of the decoded values [S, B, ...] of steps first_step+1 … against the ANN value."""
+        diff = decoded - self._ann[name].unsqueeze(0)
+        self.err[name][first_step:first_step + decoded.shape[0]] += diff.double().square().flatten(1).sum(1).cpu()
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module: nn.Module, args, out: torch.Tensor) -> None:
+            if module.capture:
+                return
+            if module.analog:
+                self._keep(name, out)
+                return
+            if module.step_mode == "m":
+                self._add(name, _decode(self.coding, out.reshape(self.T, -1, *out.shape[1:])), 0)
+                return
+            # single-step mode: step t + 1 of the batch; keep the running Σ out/τ (differential) or Σ out (rate)
+            t, acc = self._running.get(name, (0, 0.0))
+            out = out.float()
+            acc = acc + (out / (t + 1) if self.coding == "differential" else out)
+            self._running[name] = (t + 1, acc)
+            self._add(name, (acc if self.coding == "differential" else acc / (t + 1)).unsqueeze(0), t)
+
+        return hook
+
+    def output(self, decoded: torch.Tensor) -> None:
+        """The network's decoded output [T, B, ...] of the batch."""
+        self._add(OUTPUT, decoded.float(), 0)
+
+    def result(self) -> dict[str, dict[str, object]]:
+        """Per unit (graph order, then ``"output"``): ``ann_rms`` (RMS of the ANN value) and ``relative_error``
+        (list over t). A unit whose ANN value is all zero has ``relative_error`` None (nothing to compare with)."""
+        result = {}
+        for name in self.names:
+            n, ref = self.count[name], self.ref[name]
+            rel = None if ref == 0 else [math.sqrt(e / ref) for e in self.err[name].tolist()]
+            result[name] = {"ann_rms": math.sqrt(ref / n) if n else 0.0, "relative_error": rel}
+        return result
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()

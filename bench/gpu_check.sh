@@ -17,10 +17,14 @@
 #            unfused (fmnist-mobilenet), when Fashion-MNIST is found
 #   acc      bench/bf16_accuracy.py: bf16 vs fp32 accuracy of the three zoo CNNs on the Triton backend (full test
 #            split), when Fashion-MNIST is found
+#   inductor pytest of the inductor backend's CUDA cases (torch.compile generating Triton code; tests/test_kernels.py,
+#            tests/test_fuse.py -k "inductor and cuda"), only if the steps above left time: it starts when elapsed
+#            time + its limit (GPU_CHECK_INDUCTOR_TIMEOUT, 90 s) fit in GPU_CHECK_BUDGET (540 s), else it is skipped
 # Logs go to OUTDIR/<step>.log and a table to OUTDIR/summary.md. Worst case (every step hitting its timeout) is
 # about 9.5 minutes with the default limits (typical runs: 3-5); override them with GPU_CHECK_<STEP>_TIMEOUT (seconds).
 # Exit status: 0 if every step that ran returned 0, else 1.
 set -u
+START=$(date +%s)
 
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
 cd "$(dirname "$0")/.." || exit 2
@@ -122,6 +126,16 @@ else
   skip_step e2e_zoo "Fashion-MNIST not found (set SNNCONVERT_DATA_DIR)"
 fi
 
+# the inductor backend on CUDA (not covered by the steps above), with whatever time is left
+INDUCTOR_LIMIT=${GPU_CHECK_INDUCTOR_TIMEOUT:-90}
+ELAPSED=$(( $(date +%s) - START ))
+if [ $(( ELAPSED + INDUCTOR_LIMIT )) -le "${GPU_CHECK_BUDGET:-540}" ]; then
+  run_step inductor "$INDUCTOR_LIMIT" "$PY" -m pytest tests/test_kernels.py tests/test_fuse.py -k "inductor and cuda" \
+    --maxfail=3 -p no:cacheprovider --durations=10
+else
+  skip_step inductor "no time left (${ELAPSED} s elapsed; raise GPU_CHECK_BUDGET to run it)"
+fi
+
 {
   echo "# GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
@@ -132,6 +146,7 @@ fi
   printf '%s\n' "${ROWS[@]}"
   echo
   echo "Tests: $(grep -E '(passed|failed|error)' "$OUT/tests.log" 2>/dev/null | tail -1)"
+  [ -f "$OUT/inductor.log" ] && echo "Inductor CUDA tests: $(grep -E '(passed|failed|error|skipped)' "$OUT/inductor.log" | tail -1)"
   echo
   if [ -f "$OUT/bench/bench_kernels.md" ]; then
     cat "$OUT/bench/bench_kernels.md"

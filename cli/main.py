@@ -114,6 +114,53 @@ def _layer_error_table(errors: dict, timesteps: int) -> Table:
     return table
 
 
+def _sweep_steps(o) -> list[int]:
+    """The --sweep list (ascending), validated with the options it excludes; [] without --sweep."""
+    if o.sweep is None:
+        if o.target_gap is not None:
+            raise ConfigError("--target-gap applies to a sweep; add --sweep T1,T2,... (e.g. --sweep 1,2,4,8)")
+        return []
+    if o.timesteps is not None:
+        raise ConfigError("give either -T/--timesteps or --sweep, not both")
+    try:
+        steps = [int(v) for v in o.sweep.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep {o.sweep!r} is not a comma list of integers; e.g. --sweep 1,2,4,8") from None
+    if not steps or any(T < 1 for T in steps) or len(set(steps)) != len(steps):
+        raise ConfigError(f"--sweep {o.sweep!r}: give distinct positive numbers of time steps, e.g. --sweep 1,2,4,8")
+    if o.target_gap is not None and not o.target_gap >= 0:
+        raise ConfigError(f"--target-gap must be >= 0 percentage points, got {o.target_gap}")
+    return sorted(steps)
+
+
+def _sweep_table(swept, results) -> Table:
+    """Per T of the sweep: the levels its thresholds were fitted for, accuracy after T steps, gap to the ANN, events
+    and energy ratio; the recommended T is starred."""
+    table = Table(title=f"T sweep (target: within {swept.target_gap_pp:g} pp of the ANN)")
+    for name in ("T", "fit N", "acc % at T", "gap (pp)", "events/img", "energy ref/ext"):
+        table.add_column(name, justify="right")
+    for T, ev in swept.evaluations.items():
+        levels = results[T].calibration.quantisation_levels
+        gap = "" if swept.ann_accuracy is None else f"{100 * (ev.snn_accuracy[-1] - swept.ann_accuracy):+.2f}"
+        energy = ev.ops.get("energy_ratio_reference")
+        table.add_row(str(T) + (" *" if T == swept.recommended else ""), str(levels) if levels else "-",
+                      f"{100 * ev.snn_accuracy[-1]:.2f}", gap, f"{sum(ev.events_per_step):.0f}",
+                      f"{energy[-1]:.3f} / {ev.ops['energy_ratio_extended'][-1]:.3f}" if energy else "")
+    return table
+
+
+def _sweep_line(swept) -> str:
+    shared = (f" (thresholds do not depend on T: one evaluation at T={max(swept.evaluations)}, each T read from "
+              "its first T steps)" if swept.shared_run else "")
+    if swept.recommended is not None:
+        return (f"recommended: T={swept.recommended}, the smallest T in the sweep within {swept.target_gap_pp:g} pp "
+                f"of the ANN{shared}; the tables below are for it")
+    if swept.ann_accuracy is None:
+        return f"no ANN accuracy, so no recommendation; the tables below are for T={swept.chosen}{shared}"
+    return (f"no T in the sweep is within {swept.target_gap_pp:g} pp of the ANN; the tables below are for "
+            f"T={swept.chosen}, the most accurate{shared}")
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """The command's options, passed as one object (validated by the library config and here)."""
@@ -143,20 +190,24 @@ class RunOptions:
     dtype: str
     allow_ann_op: tuple[str, ...]
     layer_errors: bool = False
+    sweep: Optional[str] = None
+    target_gap: Optional[float] = None
 
 
 def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
     from snnconvert.cli.malloc import keep_freed_memory
-    from snnconvert.convert import ConversionConfig, convert
-    from snnconvert.runtime import backend_status, build_report, compile, evaluate
+    from snnconvert.convert import ConversionConfig, convert, convert_sweep
+    from snnconvert.runtime import backend_status, build_report, compile, sweep
     from snnconvert.runtime.data import Normalize, load_calib_eval, parse_normalize
     from snnconvert.runtime.fuse import fused_pairs
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
 
     keep_freed_memory()  # large tensors are not unmapped and paged in again on every layer call (cli/malloc.py)
-    cfg = ConversionConfig.for_coding(o.coding, timesteps=o.timesteps, threshold=o.threshold,
+    sweep_steps = _sweep_steps(o)
+    cfg = ConversionConfig.for_coding(o.coding, timesteps=max(sweep_steps) if sweep_steps else o.timesteps,
+                                      threshold=o.threshold,
                                       granularity=o.granularity, levels=o.levels, neuron=o.neuron,
                                       allow_ann_ops=o.allow_ann_op or None)
     dtype = _dtype(o.dtype)
@@ -208,24 +259,40 @@ def _run(o: RunOptions) -> None:
         # an ONNX file is imported once: the imported graph is the ANN to compare against and what convert()
         # traces (a deep copy; node names, hence threshold keys, are the importer's either way)
         ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
-        result = convert(ann, forward_loop=forward_loop, config=cfg, source=resolved.source,
-                         example_inputs=prep(calib_set.example(2)))
+        example = prep(calib_set.example(2))
+        if sweep_steps:
+            results = convert_sweep(ann, forward_loop=forward_loop, config=cfg, timesteps=sweep_steps,
+                                    source=resolved.source, example_inputs=example)
+        else:
+            results = {cfg.timesteps: convert(ann, forward_loop=forward_loop, config=cfg, source=resolved.source,
+                                              example_inputs=example)}
         bar.remove_task(calib_task)
-        snn = compile(result.snn, o.backend, device=o.device, dtype=dtype)
         _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name)
-        eval_task = bar.add_task(f"evaluation (T={cfg.timesteps})", total=len(eval_set))
-        batches = ((prep(x), y) for x, y in eval_set.batches(o.batch_size))
-        evaluation = evaluate(snn, batches, ann=ann, timesteps=cfg.timesteps, mode=o.mode, device=o.device,
-                              progress=lambda n: bar.advance(eval_task, n), layer_errors=o.layer_errors)
+
+        def batches():
+            return ((prep(x), y) for x, y in eval_set.batches(o.batch_size))
+
+        def progress(T: int):
+            task = bar.add_task(f"evaluation (T={T})", total=len(eval_set))
+            return lambda n: bar.advance(task, n)
+
+        swept = sweep(results, batches, ann=ann, target_gap_pp=o.target_gap if o.target_gap is not None else 0.5,
+                      backend=o.backend, device=o.device, dtype=dtype, mode=o.mode, layer_errors=o.layer_errors,
+                      progress=progress)
+        result, evaluation = results[swept.chosen], swept.evaluations[swept.chosen]
+        snn = compile(result.snn, o.backend, device=o.device, dtype=dtype)  # what ran, for the report's runtime
     total = time.perf_counter() - started
+    if sweep_steps:
+        out.print(_sweep_table(swept, results))
+        out.print(_sweep_line(swept))
     out.print(_accuracy_table(evaluation.ann_accuracy, evaluation.snn_accuracy, evaluation.events_per_step,
                               evaluation.ops))
     if evaluation.layer_errors:
         out.print(_layer_error_table(evaluation.layer_errors, evaluation.timesteps))
     out.print(f"model {resolved.label}: {len(result.thresholds)} ReLU site(s) -> {cfg.coding} coding, "
-              f"thresholds {cfg.threshold} per {cfg.granularity}, T={cfg.timesteps}")
+              f"thresholds {cfg.threshold} per {cfg.granularity}, T={evaluation.timesteps}")
     ann_text = "n/a" if evaluation.ann_accuracy is None else f"{100 * evaluation.ann_accuracy:.2f} %"
-    out.print(f"ANN accuracy {ann_text}; SNN accuracy at T={cfg.timesteps}: "
+    out.print(f"ANN accuracy {ann_text}; SNN accuracy at T={evaluation.timesteps}: "
               f"{100 * evaluation.snn_accuracy[-1]:.2f} % on {evaluation.images} images of {eval_name} "
               f"({eval_info['split']}; calibrated on {len(calib_set)} images, {calib_info['split']}) "
               f"in {total:.1f} s")
@@ -237,6 +304,7 @@ def _run(o: RunOptions) -> None:
                            timings={"total": total},
                            runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode,
                                     "fused_pairs": fused_pairs(snn)})
+        doc["sweep"] = swept.to_dict() if sweep_steps else None
         with _atomic_write(o.report) as f:
             json.dump(doc, f, indent=2)
         out.print(f"report written to {o.report}")
@@ -305,6 +373,11 @@ def main(
     layer_errors: bool = typer.Option(False, "--layer-errors", help="also compare every neuron's (and pooling "
                                       "unit's) decoded output with its ANN value after each step: where accuracy is "
                                       "lost"),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="comma list of T (e.g. 1,2,4,8,16): convert and "
+                                        "evaluate for each (one calibration) and report the smallest T within "
+                                        "--target-gap of the ANN"),
+    target_gap: Optional[float] = typer.Option(None, "--target-gap", help="with --sweep: accuracy target in "
+                                               "percentage points below the ANN [default: 0.5]"),
     debug: bool = typer.Option(False, help="show tracebacks"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details"),
 ) -> None:
@@ -319,7 +392,7 @@ def main(
             resize=resize, crop=crop,
             report=report, output=output, batch_size=batch_size, mode=mode, backend=backend, device=device,
             dtype=dtype,
-            allow_ann_op=tuple(allow_ann_op), layer_errors=layer_errors))
+            allow_ann_op=tuple(allow_ann_op), layer_errors=layer_errors, sweep=sweep, target_gap=target_gap))
     except CONVERSION_ERRORS as exc:
         _fail(exc, debug, code=1)
     except USAGE_ERRORS as exc:

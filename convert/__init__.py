@@ -11,10 +11,11 @@ Every stage is also public (``trace_module``, ``run_passes``, ``insert_observers
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +45,9 @@ log = logging.getLogger("snnconvert")
 log.addHandler(logging.NullHandler())
 
 __all__ = [
-    "convert", "convert_with_thresholds", "load_onnx", "prepare", "ConversionResult", "ConversionConfig",
-    "ThresholdSpec", "RATE_DEFAULT", "DIFF_DEFAULT", "PRESETS", "SpikingNetwork", "ModelSource", "save",
-    "load_artifact",
+    "convert", "convert_sweep", "convert_with_thresholds", "load_onnx", "prepare", "ConversionResult",
+    "ConversionConfig", "ThresholdSpec", "RATE_DEFAULT", "DIFF_DEFAULT", "PRESETS", "SpikingNetwork", "ModelSource",
+    "save", "load_artifact",
 ]
 
 
@@ -165,28 +166,73 @@ def convert(
         ConfigError.
     """
     cfg = config or RATE_DEFAULT
+    return _convert_many(model, forward_loop, [cfg], example_inputs, source)[0]
+
+
+def convert_sweep(
+    model: torch.nn.Module | str | os.PathLike,
+    *,
+    forward_loop: Callable[[torch.nn.Module], None] | Iterable,
+    config: ConversionConfig,
+    timesteps: Sequence[int],
+    example_inputs: torch.Tensor | None = None,
+    source: ModelSource | None = None,
+) -> dict[int, ConversionResult]:
+    """Convert for several numbers of time steps with ONE calibration: :func:`convert` with ``config`` at each T.
+
+    The model is traced and calibrated once; the thresholds are then computed for each T (threshold iteration fits
+    N = T·2^n levels, so its thresholds differ per T; max and percentile thresholds do not depend on T and come out
+    the same). Each result equals ``convert(..., config=config.replace(timesteps=T))`` (tested).
+
+    Returns:
+        ``{T: ConversionResult}`` in the order of ``timesteps``.
+
+    Raises:
+        ConfigError: an empty or repeated list, or a T < 1; otherwise as :func:`convert`.
+    """
+    steps = list(timesteps)
+    if not steps or len(set(steps)) != len(steps):
+        raise ConfigError(f"timesteps must be a non-empty list of distinct values, got {steps}")
+    configs = [config.replace(timesteps=T) for T in steps]  # validates each T
+    return dict(zip(steps, _convert_many(model, forward_loop, configs, example_inputs, source)))
+
+
+def _convert_many(model, forward_loop, configs: list[ConversionConfig], example_inputs, source
+                  ) -> list[ConversionResult]:
+    """Trace, normalise and calibrate once (with ``configs[0]``, which shares everything but T with the others),
+    then compute thresholds and build one SNN per config."""
+    cfg = configs[0]
     coding = get_coding(cfg.coding)
-    report = ConversionReport()
+    base = ConversionReport()
     start = time.perf_counter()
+    built = []
     with torch.no_grad():
-        gm = prepare(model, cfg, report, example_inputs)
+        gm = prepare(model, cfg, base, example_inputs)
         t0 = time.perf_counter()
         sites = insert_observers(gm, cfg)
         try:
             run_calibration(gm, sites, as_forward_loop(forward_loop))
-            thresholds, calibration = compute_thresholds(gm, sites, cfg)
+            fitted = [compute_thresholds(gm, sites, c) for c in configs]
         finally:
             remove_observers(gm, sites)
-        report.timings["calibration"] = time.perf_counter() - t0
-        report.calibration = calibration.to_dict()
-        snn = replace_activations(gm, thresholds, coding, cfg, report)
-    report.ops_after = op_table(snn.gm)
-    report.timings["convert"] = time.perf_counter() - start
-    log.info("converted %d ReLU site(s) to %s neurons (%s thresholds, %s) in %.2f s", len(thresholds), cfg.coding,
-             cfg.threshold, cfg.granularity, report.timings["convert"])
+        base.timings["calibration"] = time.perf_counter() - t0
+        for i, (c, (thresholds, calibration)) in enumerate(zip(configs, fitted)):
+            report = copy.deepcopy(base)
+            report.calibration = calibration.to_dict()
+            graph = gm if i == len(configs) - 1 else copy.deepcopy(gm)
+            built.append((c, thresholds, calibration, report, replace_activations(graph, thresholds, coding, c,
+                                                                                  report)))
     if source is None and isinstance(model, (str, os.PathLike)):
         source = ModelSource.onnx(model)
-    return ConversionResult(snn, thresholds, cfg, report, calibration, source, _snapshot(model))
+    snapshot = _snapshot(model)
+    results = []
+    for c, thresholds, calibration, report, snn in built:
+        report.ops_after = op_table(snn.gm)
+        report.timings["convert"] = time.perf_counter() - start
+        log.info("converted %d ReLU site(s) to %s neurons (%s thresholds, %s, T=%d) in %.2f s", len(thresholds),
+                 c.coding, c.threshold, c.granularity, c.timesteps, report.timings["convert"])
+        results.append(ConversionResult(snn, thresholds, c, report, calibration, source, snapshot))
+    return results
 
 
 def convert_with_thresholds(

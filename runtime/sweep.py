@@ -1,0 +1,153 @@
+"""Accuracy against the number of time steps in one call, and the smallest T that reaches an accuracy target.
+
+Choosing T is trial and error with the peer tools (users.md, complaint 2). :func:`sweep` evaluates the conversions
+of :func:`snnconvert.convert.convert_sweep` (one calibration, thresholds per T) and recommends the smallest T whose
+SNN accuracy after T steps is within ``target_gap_pp`` percentage points of the ANN.
+
+When every T got the same thresholds (max and percentile thresholds do not depend on T), the networks differ only in
+how long they run, and the SNN is causal: its first T steps are the same whatever it runs for afterwards. Then one
+evaluation at the largest T gives every T (:func:`truncate`), not one evaluation per T.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from snnconvert.convert.errors import ConfigError
+from snnconvert.runtime.evaluate import EvalReport, evaluate
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SweepReport", "sweep", "recommend_timesteps", "truncate"]
+
+
+@dataclass
+class SweepReport:
+    """The evaluations of a T sweep and the recommendation.
+
+    Attributes:
+        target_gap_pp: the accuracy target, in percentage points below the ANN.
+        ann_accuracy: the ANN's accuracy on the same images (None without an ANN).
+        evaluations: per T (ascending), the evaluation of the SNN converted for T, over its T steps.
+        shared_run: True when one evaluation at the largest T gave every T (thresholds independent of T).
+        recommended: the smallest T within the target, or None.
+        chosen: ``recommended``, else the T with the best accuracy after T steps (the smaller T on a tie).
+    """
+
+    target_gap_pp: float
+    ann_accuracy: float | None
+    evaluations: dict[int, EvalReport]
+    shared_run: bool
+    recommended: int | None
+    chosen: int
+
+    def to_dict(self) -> dict[str, Any]:
+        runs = []
+        for T, ev in self.evaluations.items():
+            runs.append({"timesteps": T, "snn_accuracy": ev.snn_accuracy, "events_per_step": ev.events_per_step,
+                         "energy_ratio_reference": ev.ops.get("energy_ratio_reference"),
+                         "energy_ratio_extended": ev.ops.get("energy_ratio_extended")})
+        return {"target_gap_pp": self.target_gap_pp, "ann_accuracy": self.ann_accuracy,
+                "shared_run": self.shared_run, "recommended_timesteps": self.recommended,
+                "chosen_timesteps": self.chosen, "runs": runs}
+
+
+def recommend_timesteps(accuracy_at_T: dict[int, float], ann_accuracy: float, target_gap_pp: float) -> int | None:
+    """The smallest T whose accuracy after T steps is at least ``ann_accuracy − target_gap_pp / 100``, or None."""
+    floor = ann_accuracy - target_gap_pp / 100
+    passing = [T for T, acc in accuracy_at_T.items() if acc >= floor - 1e-12]
+    return min(passing) if passing else None
+
+
+def truncate(report: EvalReport, T: int) -> EvalReport:
+    """The evaluation of the first ``T`` steps of ``report`` (whose network ran ``report.timesteps`` ≥ T steps):
+    every per-step list cut to T entries and the totals and rates over those steps."""
+    if not 1 <= T <= report.timesteps:
+        raise ConfigError(f"cannot cut an evaluation of {report.timesteps} steps to {T}")
+    images = report.images
+    sites = {}
+    for name, site in report.site_events.items():
+        per_step = site["events_per_step"][:T]
+        events = sum(per_step) * images
+        sites[name] = {**site, "events": events, "events_per_neuron": events / (site["neurons_per_image"] * images),
+                       "events_per_step": per_step}
+    ops = copy.deepcopy(report.ops)
+    for key in ("sop_per_step", "energy_ratio_reference", "energy_ratio_extended"):
+        if key in ops:
+            ops[key] = ops[key][:T]
+    for layer in ops.get("layers", {}).values():
+        layer["sop_per_step"] = layer["sop_per_step"][:T]
+        layer["sop_rate"] = sum(layer["sop_per_step"]) / (T * layer["tot_macs"])
+    errors = {name: {**e, "relative_error": None if e["relative_error"] is None else e["relative_error"][:T]}
+              for name, e in report.layer_errors.items()}
+    return EvalReport(timesteps=T, ann_accuracy=report.ann_accuracy, snn_accuracy=report.snn_accuracy[:T],
+                      images=images, events_per_step=report.events_per_step[:T], site_events=sites,
+                      seconds=dict(report.seconds), ops=ops, layer_errors=errors)
+
+
+def _same_thresholds(results) -> bool:
+    first = next(iter(results.values())).thresholds
+    return all(r.thresholds.keys() == first.keys() and all(torch.equal(r.thresholds[k], first[k]) for k in first)
+               for r in results.values())
+
+
+def sweep(
+    results: dict,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    *,
+    ann: torch.nn.Module | None = None,
+    target_gap_pp: float = 0.5,
+    backend: str = "torch",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    mode: str = "multi",
+    layer_errors: bool = False,
+    progress: Callable[[int], Callable[[int], None] | None] | None = None,
+) -> SweepReport:
+    """Evaluate the conversions ``{T: ConversionResult}`` (from ``convert_sweep``) and recommend a T.
+
+    Args:
+        results: the conversions, keyed by T.
+        batches: returns a fresh iterable of ``(images, labels)`` per call (one call per evaluation).
+        ann: the ANN (evaluated once, on the first evaluation's images); without it nothing is recommended.
+        target_gap_pp: how far below the ANN (percentage points) the SNN after T steps may be.
+        backend, device, dtype: as :func:`snnconvert.runtime.compile`.
+        mode, layer_errors: as :func:`snnconvert.runtime.evaluate`.
+        progress: called with T before each evaluation; returns the per-batch callback of that evaluation.
+
+    Raises:
+        ConfigError: no conversions, or a negative target.
+    """
+    from snnconvert.runtime import compile
+
+    if not results:
+        raise ConfigError("the sweep needs at least one conversion")
+    if not target_gap_pp >= 0:
+        raise ConfigError(f"the target gap must be >= 0 percentage points, got {target_gap_pp}")
+    steps = sorted(results)
+    shared = len(steps) > 1 and _same_thresholds(results)
+    evaluations: dict[int, EvalReport] = {}
+    ann_accuracy = None
+    for T in ([steps[-1]] if shared else steps):
+        program = compile(results[T].snn, backend, device=device, dtype=dtype)
+        ev = evaluate(program, batches(), ann=ann if ann_accuracy is None else None, timesteps=T, mode=mode,
+                      device=device, progress=progress(T) if progress is not None else None,
+                      layer_errors=layer_errors)
+        if ann_accuracy is None:
+            ann_accuracy = ev.ann_accuracy
+        ev.ann_accuracy = ann_accuracy
+        evaluations[T] = ev
+    if shared:
+        evaluations = {T: truncate(evaluations[steps[-1]], T) for T in steps}
+    at_T = {T: ev.snn_accuracy[-1] for T, ev in evaluations.items()}
+    recommended = None if ann_accuracy is None else recommend_timesteps(at_T, ann_accuracy, target_gap_pp)
+    chosen = recommended if recommended is not None else max(steps, key=lambda T: (at_T[T], -T))
+    log.info("T sweep %s: accuracy after T steps %s; recommended T=%s", steps,
+             {T: round(a, 4) for T, a in at_T.items()}, recommended)
+    return SweepReport(target_gap_pp=float(target_gap_pp), ann_accuracy=ann_accuracy, evaluations=evaluations,
+                       shared_run=shared, recommended=recommended, chosen=chosen)

@@ -1,0 +1,203 @@
+"""T sweep: one calibration for several T (convert_sweep), evaluation and the recommended T (runtime/sweep.py), CLI."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from nets import ClipNet, SpellingsNet
+from typer.testing import CliRunner
+
+from snnconvert.cli.main import app
+from snnconvert.convert import ConversionConfig, convert, convert_sweep
+from snnconvert.convert.errors import ConfigError
+from snnconvert.runtime import evaluate, sweep
+from snnconvert.runtime.sweep import recommend_timesteps, truncate
+
+NETS = str(Path(__file__).parent / "nets.py")
+
+
+def _counting_loop(x: torch.Tensor):
+    calls = []
+
+    def loop(gm):
+        calls.append(1)
+        gm(x)
+
+    return loop, calls
+
+
+@pytest.mark.parametrize("coding,threshold,passes", [("differential", "iterate", 1), ("rate", "99.9%", 3)])
+def test_convert_sweep_equals_one_conversion_per_T_with_one_calibration(coding, threshold, passes):
+    torch.manual_seed(0)
+    model, x = ClipNet().eval(), torch.rand(12, 1, 28, 28)
+    cfg = ConversionConfig.for_coding(coding, timesteps=4, threshold=threshold)
+    loop, calls = _counting_loop(x)
+    results = convert_sweep(model, forward_loop=loop, config=cfg, timesteps=[8, 2, 4])
+    assert len(calls) == passes  # the calibration data went through once (percentiles: its three passes)
+    assert list(results) == [8, 2, 4]
+    for T, res in results.items():
+        one = convert(model, forward_loop=[x], config=cfg.replace(timesteps=T))
+        assert res.config == one.config and res.config.timesteps == T
+        assert res.thresholds.keys() == one.thresholds.keys()
+        for name, theta in one.thresholds.items():
+            assert torch.equal(res.thresholds[name], theta), (T, name)
+        assert res.calibration.quantisation_levels == one.calibration.quantisation_levels
+        with torch.no_grad():
+            assert torch.equal(res.snn(x[:3]), one.snn(x[:3]))
+    levels = {T: r.calibration.quantisation_levels for T, r in results.items()}
+    if threshold == "iterate":  # N = T·2^n: the fit differs per T
+        assert levels == {8: 128, 2: 32, 4: 64}
+        assert not torch.equal(results[2].thresholds["relu"], results[8].thresholds["relu"])
+
+
+@pytest.mark.parametrize("steps", [[], [2, 2], [0, 4]])
+def test_convert_sweep_rejects_bad_lists(steps):
+    cfg = ConversionConfig.for_coding("differential", timesteps=4)
+    with pytest.raises(ConfigError):
+        convert_sweep(ClipNet(), forward_loop=[torch.rand(2, 1, 28, 28)], config=cfg, timesteps=steps)
+
+
+def test_recommend_timesteps():
+    acc = {1: 0.50, 2: 0.936, 4: 0.939, 8: 0.940}
+    assert recommend_timesteps(acc, 0.940, 0.5) == 2
+    assert recommend_timesteps(acc, 0.940, 0.2) == 4
+    assert recommend_timesteps(acc, 0.940, 0.0) == 8
+    assert recommend_timesteps(acc, 0.950, 0.5) is None
+
+
+def _batches(x, size=6):
+    y = torch.arange(x.shape[0]) % 10
+    return lambda: [(x[i:i + size], y[i:i + size]) for i in range(0, x.shape[0], size)]
+
+
+def _same_fields(got: dict, want: dict) -> None:
+    """Lists and strings equal, numbers equal up to the rounding of a sum taken in another order."""
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=1e-12), key
+        else:
+            assert got[key] == value, key
+
+
+def test_the_first_T_steps_of_a_longer_run_are_the_run_for_T():
+    # thresholds that do not depend on T: truncate(evaluation at 6, T) is the evaluation at T, field by field
+    torch.manual_seed(3)
+    model, x = ClipNet().eval(), torch.rand(12, 1, 28, 28)
+    snn = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("rate", timesteps=6)).snn
+    batches = _batches(x)
+    long = evaluate(snn, batches(), ann=model, timesteps=6, layer_errors=True)
+    for T in (1, 3, 6):
+        cut, direct = truncate(long, T), evaluate(snn, batches(), ann=model, timesteps=T, layer_errors=True)
+        for key in ("timesteps", "ann_accuracy", "snn_accuracy", "images", "events_per_step", "layer_errors"):
+            assert getattr(cut, key) == getattr(direct, key), (T, key)
+        assert cut.site_events.keys() == direct.site_events.keys()
+        for name, site in direct.site_events.items():
+            _same_fields(cut.site_events[name], site)
+        for key in ("energy_ratio_reference", "energy_ratio_extended", "sop_per_step", "ann_macs_per_image"):
+            assert cut.ops[key] == direct.ops[key], (T, key)
+        assert cut.ops["layers"].keys() == direct.ops["layers"].keys()
+        for name, layer in direct.ops["layers"].items():
+            _same_fields(cut.ops["layers"][name], layer)
+    with pytest.raises(ConfigError):
+        truncate(long, 7)
+
+
+@pytest.mark.parametrize("threshold,shared", [("99.9%", True), ("iterate", False)])
+def test_sweep_evaluates_once_when_thresholds_do_not_depend_on_T(monkeypatch, threshold, shared):
+    sweep_module = importlib.import_module("snnconvert.runtime.sweep")  # the package's `sweep` is the function
+
+    torch.manual_seed(4)
+    model, x = ClipNet().eval(), torch.rand(12, 1, 28, 28)
+    cfg = ConversionConfig.for_coding("differential", timesteps=4, threshold=threshold)
+    results = convert_sweep(model, forward_loop=[x], config=cfg, timesteps=[1, 2, 4])
+    runs = []
+    real = sweep_module.evaluate
+    monkeypatch.setattr(sweep_module, "evaluate", lambda *a, **kw: runs.append(kw["timesteps"]) or real(*a, **kw))
+    report = sweep(results, _batches(x), ann=model, target_gap_pp=100.0)
+    assert report.shared_run is shared
+    assert runs == ([4] if shared else [1, 2, 4])
+    assert list(report.evaluations) == [1, 2, 4]
+    assert all(ev.timesteps == T and len(ev.snn_accuracy) == T for T, ev in report.evaluations.items())
+    assert report.recommended == report.chosen == 1  # a 100 pp target: every T passes, the smallest is chosen
+    assert report.ann_accuracy == report.evaluations[4].ann_accuracy is not None
+    for T, ev in report.evaluations.items():  # each entry is the network converted for T
+        direct = evaluate(results[T].snn, _batches(x)(), timesteps=T)
+        assert ev.snn_accuracy == direct.snn_accuracy and ev.events_per_step == direct.events_per_step
+
+
+def test_sweep_without_a_passing_T_reports_the_most_accurate():
+    torch.manual_seed(5)
+    model, x = ClipNet().eval(), torch.rand(12, 1, 28, 28)
+    cfg = ConversionConfig.for_coding("differential", timesteps=2)
+    results = convert_sweep(model, forward_loop=[x], config=cfg, timesteps=[1, 2])
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.nn.functional.one_hot(torch.tensor(3), 10).float())  # the ANN always says 3
+        for res in results.values():  # every SNN always says 0
+            res.snn.gm.fc.weight.zero_()
+            res.snn.gm.fc.bias.copy_(torch.nn.functional.one_hot(torch.tensor(0), 10).float())
+            res.snn.invalidate()
+    threes = [(x[:6], torch.full((6,), 3)), (x[6:], torch.full((6,), 3))]
+    report = sweep(results, lambda: threes, ann=model, target_gap_pp=50.0)
+    assert report.ann_accuracy == 1.0
+    assert [ev.snn_accuracy[-1] for ev in report.evaluations.values()] == [0.0, 0.0]
+    assert report.recommended is None and report.chosen == 1  # a tie in accuracy: the smaller T
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+BASE = [f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist", "--calib-images", 32,
+        "--eval-images", 24, "--coding", "differential"]
+
+
+def test_cli_sweep_prints_the_table_and_reports_the_chosen_T(tmp_path):
+    report = tmp_path / "r.json"
+    result = _cli(*BASE, "--sweep", "4,1,2", "--target-gap", 100, "--report", report, "--output", tmp_path / "snn")
+    assert result.exit_code == 0, result.output
+    assert "T sweep" in result.output and "recommended: T=1" in result.output
+    doc = json.loads(report.read_text())
+    assert doc["sweep"]["recommended_timesteps"] == doc["sweep"]["chosen_timesteps"] == 1
+    assert [r["timesteps"] for r in doc["sweep"]["runs"]] == [1, 2, 4]
+    assert doc["sweep"]["target_gap_pp"] == 100.0 and doc["sweep"]["shared_run"] is False
+    assert doc["timesteps"] == 1 and doc["config"]["timesteps"] == 1 and len(doc["snn_accuracy"]) == 1
+    assert doc["thresholds"]["fitted_for"]["quantisation_levels"] == 1 * 2**4
+    assert doc["snn_accuracy"] == doc["sweep"]["runs"][0]["snn_accuracy"]
+    assert json.loads((tmp_path / "snn" / "config.json").read_text())["config"]["timesteps"] == 1  # the chosen SNN
+    plain = tmp_path / "plain.json"
+    assert _cli(*BASE, "-T", 2, "--report", plain).exit_code == 0
+    assert json.loads(plain.read_text())["sweep"] is None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sweep", "2,4", "-T", 4], "either -T/--timesteps or --sweep"),
+    (["--sweep", "2,x"], "not a comma list of integers"),
+    (["--sweep", "0,2"], "distinct positive"),
+    (["--sweep", "2,2"], "distinct positive"),
+    (["--target-gap", 0.5], "--target-gap applies to a sweep"),
+    (["--sweep", "2,4", "--target-gap", -1], "--target-gap must be >= 0"),
+])
+def test_cli_sweep_bad_input_is_one_line(args, message):
+    result = _cli(*BASE, *args)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+
+
+def test_spellings_net_sweep_reaches_its_rate_targets():
+    # rate coding with percentile thresholds on real data: one evaluation at the largest T serves every T
+    from snnconvert.runtime.data import load_fashion_mnist
+
+    train, test = load_fashion_mnist("train").subset(64), load_fashion_mnist("test").subset(24)
+    model = SpellingsNet().eval()
+    cfg = ConversionConfig.for_coding("rate", timesteps=8)
+    results = convert_sweep(model, forward_loop=lambda m: [m(x) for x, _ in train.batches(32)], config=cfg,
+                            timesteps=[2, 8])
+    report = sweep(results, lambda: test.batches(12), ann=model)
+    assert report.shared_run and list(report.evaluations) == [2, 8]
+    assert report.evaluations[2].snn_accuracy == report.evaluations[8].snn_accuracy[:2]

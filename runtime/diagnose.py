@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from snnconvert.convert.errors import ConfigError
 from snnconvert.convert.snn import SpikingNetwork
 
 __all__ = ["OUTPUT", "ErrorMeter"]
@@ -49,7 +50,11 @@ class ErrorMeter:
         self.coding = snn.coding.name
         stateful = dict(snn.stateful())
         called = [n.target for n in snn.gm.graph.nodes if n.op == "call_module" and n.target in stateful]
-        self.names = list(dict.fromkeys(called)) + [OUTPUT]
+        shared = sorted({name for name in called if called.count(name) > 1})
+        if shared:  # conversion gives every call site its own unit; a hand-edited graph may not
+            raise ConfigError(f"unit(s) {', '.join(shared)} are called at several places of the graph; per-unit "
+                              "errors need one call per unit")
+        self.names = called + [OUTPUT]
         self.err = {name: torch.zeros(timesteps, dtype=torch.float64) for name in self.names}
         self.ref = dict.fromkeys(self.names, 0.0)  # Σ a²
         self.count = dict.fromkeys(self.names, 0)  # elements per step

@@ -147,7 +147,8 @@ def sweep(
     at_T = {T: ev.snn_accuracy[-1] for T, ev in evaluations.items()}
     recommended = None if ann_accuracy is None else recommend_timesteps(at_T, ann_accuracy, target_gap_pp)
     chosen = recommended if recommended is not None else max(steps, key=lambda T: (at_T[T], -T))
-    log.info("T sweep %s: accuracy after T steps %s; recommended T=%s", steps,
-             {T: round(a, 4) for T, a in at_T.items()}, recommended)
+    if len(steps) > 1:
+        log.info("T sweep %s: accuracy after T steps %s; recommended T=%s", steps,
+                 {T: round(a, 4) for T, a in at_T.items()}, recommended)
     return SweepReport(target_gap_pp=float(target_gap_pp), ann_accuracy=ann_accuracy, evaluations=evaluations,
                        shared_run=shared, recommended=recommended, chosen=chosen)

@@ -161,3 +161,19 @@ def test_kernel_backends_give_the_torch_backends_layer_errors(backend):
     want = evaluate(compile(snn, "torch"), _batches(x), timesteps=3, layer_errors=True).layer_errors
     got = evaluate(compile(snn, backend), _batches(x), timesteps=3, layer_errors=True).layer_errors
     assert got == want  # the kernels' outputs are the torch backend's bit for bit, fused pairs included
+
+
+def test_a_unit_called_twice_is_refused():
+    from snnconvert.convert.errors import ConfigError
+
+    x = torch.tensor([[1.0, 0.5]])
+    snn = _tiny("differential", 1.0, x)
+    name = next(name for name, _ in snn.neurons())
+    node = next(n for n in snn.gm.graph.nodes if n.op == "call_module" and n.target == name)
+    with snn.gm.graph.inserting_after(node):
+        again = snn.gm.graph.call_module(name, (node,))
+    node.replace_all_uses_with(again)
+    again.args = (node,)
+    snn.gm.recompile()
+    with pytest.raises(ConfigError, match="called at several places"):
+        evaluate(snn, [(x, torch.zeros(1, dtype=torch.long))], layer_errors=True)

@@ -344,7 +344,8 @@ def main(
     model: str = typer.Argument(..., help="zoo name (e.g. fmnist-vgg), path/to/file.py:factory or model.onnx"),
     coding: str = typer.Option("rate", help="rate | differential"),
     timesteps: Optional[int] = typer.Option(None, "--timesteps", "-T", help="time steps T (default: the preset's)"),
-    threshold: Optional[str] = typer.Option(None, help="max | <p>% (e.g. 99.9%) | iterate | iterate-reference"),
+    threshold: Optional[str] = typer.Option(None, help="max | <p>% (e.g. 99.9%) | <f> (a fraction of the max, e.g. "
+                                            "0.5) | iterate | iterate-reference"),
     granularity: Optional[str] = typer.Option(None, help="layer | channel"),
     levels: Optional[int] = typer.Option(None, help="thresholds per multi-threshold neuron (n)"),
     neuron: Optional[str] = typer.Option(None, help="if (single threshold) | mt (multi-threshold)"),

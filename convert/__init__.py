@@ -45,7 +45,7 @@ log = logging.getLogger("snnconvert")
 log.addHandler(logging.NullHandler())
 
 __all__ = [
-    "convert", "convert_sweep", "convert_with_thresholds", "load_onnx", "prepare", "ConversionResult",
+    "convert", "convert_sweep", "Converter", "convert_with_thresholds", "load_onnx", "prepare", "ConversionResult",
     "ConversionConfig", "ThresholdSpec", "RATE_DEFAULT", "DIFF_DEFAULT", "PRESETS", "SpikingNetwork", "ModelSource",
     "save", "load_artifact",
 ]
@@ -233,6 +233,47 @@ def _convert_many(model, forward_loop, configs: list[ConversionConfig], example_
                  c.coding, c.threshold, c.granularity, c.timesteps, report.timings["convert"])
         results.append(ConversionResult(snn, thresholds, c, report, calibration, source, snapshot))
     return results
+
+
+class Converter:
+    """The shortcut SpikingJelly users know: ``snn = Converter(dataloader, mode="99.9%").convert(model)`` (also
+    ``converter(model)``), over :func:`convert`.
+
+    Args:
+        dataloader: calibration data from the TRAIN split: a DataLoader or any re-iterable of batches (tensors,
+            ``(input, target)`` tuples, dicts with an ``input`` / ``image`` / ... key), one tensor of images, or a
+            ``forward_loop(model)``.
+        mode: the threshold rule: ``"max"``, ``"<p>%"``, a fraction of the max (``0.5`` or ``"0.5"``), ``"iterate"``
+            or ``"iterate-reference"``; default: the coding's preset (rate 99.9 %, differential iterate).
+        coding: ``"rate"`` or ``"differential"``.
+        timesteps: T (default: the coding's preset).
+        channel_wise: one threshold per channel (default) or, if False, one per layer.
+        **config: any other :class:`ConversionConfig` field (``neuron``, ``levels``, ``allow_ann_ops``, ...).
+
+    Attributes:
+        config: the validated configuration.
+        result: the :class:`ConversionResult` of the last conversion (thresholds, reports), or None.
+
+    Raises:
+        ConfigError: no calibration data or an invalid option, at construction.
+    """
+
+    def __init__(self, dataloader, mode: str | float | None = None, *, coding: str = "rate",
+                 timesteps: int | None = None, channel_wise: bool = True, **config) -> None:
+        as_forward_loop(dataloader)  # reject missing or unusable data now, not after tracing
+        self.dataloader = dataloader
+        self.config = ConversionConfig.for_coding(
+            coding, timesteps=timesteps, threshold=None if mode is None else str(mode),
+            granularity="channel" if channel_wise else "layer", **config)
+        self.result: ConversionResult | None = None
+
+    def convert(self, model: torch.nn.Module | str | os.PathLike) -> SpikingNetwork:
+        """Convert ``model`` (calibrated on the dataloader); returns the spiking network (``result`` keeps the
+        rest)."""
+        self.result = convert(model, forward_loop=self.dataloader, config=self.config)
+        return self.result.snn
+
+    __call__ = convert
 
 
 def convert_with_thresholds(

@@ -17,6 +17,7 @@ CODINGS = ("rate", "differential")
 NEURON_KINDS = ("if", "mt")
 GRANULARITIES = ("layer", "channel")
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_FRACTION_RE = re.compile(r"^\d*\.?\d+(?:[eE][-+]?\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -24,28 +25,42 @@ class ThresholdSpec:
     """How thresholds are derived from calibration statistics.
 
     ``method`` is one of ``"max"``, ``"percentile"``, ``"iterate"`` (threshold iteration solved to convergence) or
-    ``"iterate-reference"`` (the published 100-iteration variant). ``percentile`` is set for ``"percentile"``.
+    ``"iterate-reference"`` (the published 100-iteration variant). ``percentile`` is set for ``"percentile"``;
+    ``fraction`` (in (0, 1]) for ``"max"`` scales the maximum (SpikingJelly's ``mode=0.5``: half the max).
     """
 
     method: str
     percentile: float | None = None
+    fraction: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> ThresholdSpec:
-        """Parse ``"max"``, ``"99.9%"``, ``"iterate"`` or ``"iterate-reference"``."""
+        """Parse ``"max"``, ``"99.9%"``, a fraction of the max such as ``"0.5"``, ``"iterate"`` or
+        ``"iterate-reference"`` (names in any case)."""
         text = str(text).strip()
-        if text in ("max", "iterate", "iterate-reference"):
-            return cls(text)
+        if text.lower() in ("max", "iterate", "iterate-reference"):
+            return cls(text.lower())
         match = _PERCENT_RE.match(text)
         if match:
             p = float(match.group(1))
             if not 0.0 < p <= 100.0:
                 raise ConfigError(f"threshold percentile {p}% is outside (0, 100]; use e.g. '99.9%'")
             return cls("percentile", p)
-        raise ConfigError(f"threshold {text!r} is not valid; use max, <p>% (e.g. 99.9%), iterate or iterate-reference")
+        if _FRACTION_RE.match(text):
+            f = float(text)
+            if not 0.0 < f <= 1.0:
+                raise ConfigError(f"threshold {text!r}: a fraction of the max must be in (0, 1], e.g. 0.5; for a "
+                                  "percentile write it with %, e.g. 99.9%")
+            return cls("max", fraction=f)
+        raise ConfigError(f"threshold {text!r} is not valid; use max, <p>% (e.g. 99.9%), a fraction of the max "
+                          "(e.g. 0.5), iterate or iterate-reference")
 
     def __str__(self) -> str:
-        return f"{self.percentile:g}%" if self.method == "percentile" else self.method
+        if self.method == "percentile":
+            return f"{self.percentile:g}%"
+        if self.fraction is not None:
+            return f"{self.fraction:g}"
+        return self.method
 
     @property
     def statistic(self) -> str:

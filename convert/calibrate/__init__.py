@@ -7,7 +7,7 @@ iteration uses the mean and variance of the ReLU *input* (after the max-pool reo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from snnconvert.convert.calibrate.observers import (
     PercentileObserver,
 )
 from snnconvert.convert.config import ConversionConfig
-from snnconvert.convert.errors import CalibrationError
+from snnconvert.convert.errors import CalibrationError, ConfigError
 from snnconvert.convert.passes.normalize import UPPER_CLIP_ATTR, is_canonical_relu
 
 log = logging.getLogger(__name__)
@@ -103,14 +103,62 @@ def remove_observers(gm: fx.GraphModule, sites: list[Site]) -> None:
     gm.recompile()
 
 
+#: keys of a dict batch that hold the input, tried in this order (users.md §3: the conventions of peer tools)
+BATCH_INPUT_KEYS = ("input", "image", "images", "img", "x", "data", "pixel_values")
+
+
+def batch_input(batch: Any) -> torch.Tensor:
+    """The model input of one calibration batch: a tensor, the first item of an ``(input, target)`` tuple or list,
+    or the value of the first of :data:`BATCH_INPUT_KEYS` in a dict.
+
+    Raises:
+        ConfigError: a batch of another kind, or a dict without any of those keys.
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, Mapping):
+        for key in BATCH_INPUT_KEYS:
+            if key in batch:
+                return batch[key]
+        raise ConfigError(f"a calibration batch is a dict with keys {sorted(map(str, batch))}, none of which is an "
+                          f"input key ({', '.join(BATCH_INPUT_KEYS)}); rename it or pass a forward_loop(model)")
+    raise ConfigError(f"a calibration batch of type {type(batch).__name__} is not supported; give tensors, "
+                      "(input, target) tuples or dicts with an 'input' / 'image' key, or a forward_loop(model)")
+
+
 def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
-    """Accept a ``forward_loop(model)`` callable or an iterable of batches (tensors or ``(x, y)`` tuples)."""
-    if callable(data) and not isinstance(data, torch.Tensor):
+    """Accept a ``forward_loop(model)`` callable, an iterable of batches (a DataLoader, a list: see
+    :func:`batch_input`) or one tensor of calibration images (a single batch). The iterable is walked once per
+    calibration pass, so it must be re-iterable (a list or a DataLoader, not a generator, for percentiles).
+
+    Raises:
+        ConfigError: no calibration data (None) or an object that is neither callable nor iterable.
+    """
+    if data is None:
+        raise ConfigError("calibration needs data: pass a DataLoader or an iterable of TRAIN-split batches, or a "
+                          "forward_loop(model) that feeds them (thresholds come from the activations they produce)")
+    if isinstance(data, torch.Tensor):  # one batch of calibration images
+        data = [data]
+    if callable(data):
         return data
+    if not isinstance(data, Iterable):
+        raise ConfigError(f"calibration data of type {type(data).__name__} is neither a forward_loop(model) nor an "
+                          "iterable of batches; pass a DataLoader or a list of tensors")
+
+    passes = []
 
     def loop(model: torch.nn.Module) -> None:
+        n = 0
         for batch in data:
-            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            model(batch_input(batch))
+            n += 1
+        passes.append(n)
+        if n == 0:
+            raise ConfigError("the calibration data gave no batches" + (
+                "" if len(passes) == 1 else f" in pass {len(passes)} (pass 1 had {passes[0]}): a generator is used "
+                "up after one pass; pass a list or a DataLoader"))
 
     return loop
 
@@ -162,7 +210,7 @@ def compute_thresholds(
         obs = gm.get_submodule(site.observer_name)
         info: dict[str, Any] = {"site": site.name, "observes": site.observes, "values": obs.count}
         if isinstance(obs, MaxObserver):
-            theta = obs.max.double()
+            theta = obs.max.double() * (1.0 if spec.fraction is None else spec.fraction)
         elif isinstance(obs, PercentileObserver):
             theta = obs.value
         else:

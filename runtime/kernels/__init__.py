@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -105,11 +106,16 @@ def _interpreter_status(how: str) -> tuple[bool, str]:
     defect = interpreter_defect()
     if defect is None:
         return True, how
-    import numpy
-    import triton
-    return False, (f"the Triton interpreter of triton {triton.__version__} cannot run the neuron kernels with numpy "
-                   f"{numpy.__version__} ({defect}); upgrade triton (3.7.1 and later work), or use backend='native' "
+    return False, (f"the Triton interpreter of triton {_version('triton')} cannot run the neuron kernels with numpy "
+                   f"{_version('numpy')} ({defect}); upgrade triton (3.7.1 and later work), or use backend='native' "
                    "or 'torch' on the CPU")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 @functools.cache

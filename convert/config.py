@@ -33,6 +33,18 @@ class ThresholdSpec:
     percentile: float | None = None
     fraction: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.method not in ("max", "percentile", "iterate", "iterate-reference"):
+            raise ConfigError(f"threshold method {self.method!r} is not valid; use max, percentile, iterate or "
+                              "iterate-reference")
+        if (self.percentile is not None) != (self.method == "percentile") or (
+                self.percentile is not None and not 0.0 < self.percentile <= 100.0):
+            raise ConfigError(f"threshold {self.method!r} with percentile={self.percentile!r}: a percentile in "
+                              "(0, 100] goes with method 'percentile' only")
+        if self.fraction is not None and (self.method != "max" or not 0.0 < self.fraction <= 1.0):
+            raise ConfigError(f"threshold {self.method!r} with fraction={self.fraction!r}: a fraction in (0, 1] goes "
+                              "with method 'max' only")
+
     @classmethod
     def parse(cls, text: str) -> ThresholdSpec:
         """Parse ``"max"``, ``"99.9%"``, a fraction of the max such as ``"0.5"``, ``"iterate"`` or

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from snnconvert.cli.main import app
 from snnconvert.convert import ConversionConfig, Converter, SpikingNetwork, ThresholdSpec, convert
-from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.errors import CalibrationError, ConfigError
 
 NETS = str(Path(__file__).parent / "nets.py")
 
@@ -92,7 +92,6 @@ def test_batch_forms_agree(images):
 @pytest.mark.parametrize("data,message", [
     ([{"pixels": torch.rand(2, 1, 28, 28)}], "dict with keys ['pixels']"),
     ([3.0], "batch of type float is not supported"),
-    ([], "gave no batches"),
 ])
 def test_bad_batches_say_what_is_wrong(data, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -111,7 +110,7 @@ def test_missing_calibration_data_is_a_clear_error(images):
 def test_a_generator_used_up_after_one_pass_is_reported(images):
     # exact percentiles take three passes over the data; a generator is empty on the second
     gen = (x for x in [images[:12], images[12:]])
-    with pytest.raises(ConfigError, match="in pass 2 .pass 1 had 2.: a generator"):
+    with pytest.raises(CalibrationError, match="in pass 2 .pass 1 had 2.: a generator"):
         _thresholds(SpellingsNet(), gen, threshold="99.9%")
 
 
@@ -124,3 +123,11 @@ def test_cli_takes_a_fraction_of_the_max(tmp_path):
     assert json.loads(report.read_text())["thresholds"]["method"] == "0.5"
     bad = CliRunner().invoke(app, [str(a) for a in args[:-4] + ["--threshold", "2"]])
     assert bad.exit_code == 2 and "fraction of the max must be in (0, 1]" in bad.output
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="mean"), dict(method="max", fraction=2.0),
+                                    dict(method="iterate", fraction=0.5), dict(method="percentile"),
+                                    dict(method="max", percentile=99.0), dict(method="percentile", percentile=120.0)])
+def test_threshold_specs_are_validated_when_built_directly(kwargs):
+    with pytest.raises(ConfigError):
+        ThresholdSpec(**kwargs)

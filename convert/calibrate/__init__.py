@@ -135,6 +135,7 @@ def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
 
     Raises:
         ConfigError: no calibration data (None) or an object that is neither callable nor iterable.
+        CalibrationError: (from the loop) a pass that gets no batches: empty data, or a generator used up.
     """
     if data is None:
         raise ConfigError("calibration needs data: pass a DataLoader or an iterable of TRAIN-split batches, or a "
@@ -156,7 +157,7 @@ def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
             n += 1
         passes.append(n)
         if n == 0:
-            raise ConfigError("the calibration data gave no batches" + (
+            raise CalibrationError("no calibration data: the data gave no batches" + (
                 "" if len(passes) == 1 else f" in pass {len(passes)} (pass 1 had {passes[0]}): a generator is used "
                 "up after one pass; pass a list or a DataLoader"))
 

@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?= fmnist-vgg --coding differential --timesteps 8 --eval-images 2000 --report reports/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: setup data demo test test-fast test-full gpu-data clean
+.PHONY: setup data demo test test-fast test-full gpu-data gpu-wheels clean
 
 setup: $(STAMP) data
 
@@ -47,6 +47,14 @@ gpu-data: setup
 	mkdir -p data/fashion-mnist
 	$(PY) -c "from snnconvert.runtime.data import find_fashion_mnist; print(find_fashion_mnist())" \
 		| xargs -I{} sh -c 'cp {}/*-ubyte* data/fashion-mnist/'
+
+# Stage SpikingJelly's wheels (pure Python; Python 3.12 like the GPU machine) in .whl (git-ignored) for
+# bench/gpu_check.sh, which installs them there when present: its kernel benchmark compares our rate IF kernel with
+# SpikingJelly's Triton IF neuron. loguru is the one import-time dependency the GPU machine lacks.
+SJ_WHEELS ?= spikingjelly==2.0.0 loguru==0.7.3
+gpu-wheels: setup
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl $(SJ_WHEELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info reports .pytest_cache

@@ -11,8 +11,9 @@ captured bias [1, C, H, W]:
   bytes moved), and the kernel's bandwidth as a percentage of it;
 - the torch reference twin (``*_multistep_ref``) time on the same input, the speed-up, and the number of outputs
   that differ from the twin (expected 0: the arithmetic is the same);
-- SpikingJelly's Triton IF neuron (``IFNode(step_mode="m", backend="triton", v_reset=None)``) at the same shape,
-  when ``import spikingjelly`` works; skipped with the reason otherwise.
+- SpikingJelly's Triton IF neuron (``IFNode(step_mode="m", v_reset=None)`` with ``SJ_IF_CUDA_IMPLEMENTATION=triton``
+  in SpikingJelly 2.x, ``backend="triton"`` in 0.0.0.0.14) at the same shape, when ``import spikingjelly`` works;
+  skipped with the reason otherwise (``make gpu-wheels`` stages its wheels for a machine without a registry).
 
 Writes ``bench_kernels.json`` and ``bench_kernels.md`` to --out. Triton kernels: CUDA only; ``--interpret-smoke``
 runs a tiny size on CPU under the Triton interpreter to check that the script works (timings meaningless).
@@ -133,14 +134,26 @@ def torch_backend_call(name, x, th, b):
 
 
 def spikingjelly_row(x, measure) -> dict:
-    """SpikingJelly's Triton IF neuron on the same input, or the reason it could not run."""
+    """SpikingJelly's Triton IF neuron on the same input, or the reason it could not run.
+
+    SpikingJelly 2.x picks an IF neuron's CUDA implementation from ``SJ_IF_CUDA_IMPLEMENTATION`` (read when its
+    kernels are imported; set to ``triton`` here unless the caller set it) and its ``IFNode`` has no ``backend``
+    argument; 0.0.0.0.14 takes ``backend="triton"``. Both are handled.
+    """
+    os.environ.setdefault("SJ_IF_CUDA_IMPLEMENTATION", "triton")
     try:
+        import inspect
+
+        import spikingjelly
         import torch
         from spikingjelly.activation_based import neuron
     except Exception as exc:  # noqa: BLE001 - optional comparison
         return {"skipped": f"import spikingjelly failed: {type(exc).__name__}: {exc}"}
+    version = getattr(spikingjelly, "__version__", None) or _dist_version("spikingjelly")
+    legacy = "backend" in inspect.signature(neuron.IFNode.__init__).parameters
+    how = "backend='triton'" if legacy else f"SJ_IF_CUDA_IMPLEMENTATION={os.environ['SJ_IF_CUDA_IMPLEMENTATION']}"
     try:
-        node = neuron.IFNode(step_mode="m", backend="triton", v_reset=None).to(x.device)
+        node = neuron.IFNode(step_mode="m", v_reset=None, **({"backend": "triton"} if legacy else {})).to(x.device)
 
         def call():
             node.reset()
@@ -150,9 +163,19 @@ def spikingjelly_row(x, measure) -> dict:
         call()
         ms = measure(call)
     except Exception as exc:  # noqa: BLE001 - report whatever SpikingJelly raises
-        return {"skipped": f"SpikingJelly IFNode(backend='triton') failed: {type(exc).__name__}: {exc}"}
+        return {"skipped": f"SpikingJelly {version} IFNode ({how}) failed: {type(exc).__name__}: {exc}"}
     moved = 2 * x.numel() * x.element_size()
-    return {"ms": ms, "gbps": moved / ms / 1e6, "T": x.shape[0], "dtype": str(x.dtype).replace("torch.", "")}
+    return {"ms": ms, "gbps": moved / ms / 1e6, "T": x.shape[0], "dtype": str(x.dtype).replace("torch.", ""),
+            "version": version, "implementation": how}
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
 
 
 def main() -> int:
@@ -302,8 +325,8 @@ def to_markdown(result: dict) -> str:
     if "skipped" in sj:
         lines.append(f"SpikingJelly Triton IF: skipped ({sj['skipped']})")
     else:
-        lines.append(f"SpikingJelly Triton IF ({sj['dtype']} input, T = {sj['T']}, same N): {sj['ms']:.3f} ms, "
-                     f"{sj['gbps']:.0f} GB/s (bytes: read x + write spikes)")
+        lines.append(f"SpikingJelly {sj['version']} IF ({sj['implementation']}; {sj['dtype']} input, T = {sj['T']}, "
+                     f"same N): {sj['ms']:.3f} ms, {sj['gbps']:.0f} GB/s (bytes: read x + write spikes)")
     copies = ", ".join(f"{k}: {v['gbps']:.0f} GB/s" for k, v in result["copy"].items())
     lines += ["", f"Copy bandwidth (torch clone, same size): {copies}", ""]
     return "\n".join(lines)

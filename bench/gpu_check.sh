@@ -11,7 +11,8 @@
 #            (snnconvert/convert -> convert/, ...), which is what the package-dir mapping does
 #   tests    pytest tests/test_kernels.py tests/test_neurons.py on CUDA (one kernel config, no autotuning, so that
 #            each specialisation compiles once; the CPU/interpreter cases skip)
-#   bench    bench/bench_kernels.py (autotuned) -> OUTDIR/bench/
+#   wheels   install SpikingJelly from .whl (staged by `make gpu-wheels`, carried along) when present
+#   bench    bench/bench_kernels.py (autotuned) -> OUTDIR/bench/ (with SpikingJelly's Triton IF neuron when installed)
 #   e2e_tv   bench/bench_e2e.py: torchvision resnet18/34 at 224x224, torch vs triton, B = 32, T = 8
 #   e2e_zoo  bench/bench_e2e.py: the three zoo CNNs, torch vs triton, B = 32 and 128, T = 8, fused ReLU6 pairs vs
 #            unfused (fmnist-mobilenet), when Fashion-MNIST is found
@@ -99,6 +100,16 @@ fi
 run_step tests "${GPU_CHECK_TESTS_TIMEOUT:-140}" env SNNCONVERT_TRITON_AUTOTUNE=0 "$PY" -m pytest \
   tests/test_gpu_paths.py tests/test_kernels.py tests/test_neurons.py -k "not native and not inductor" \
   -p no:cacheprovider --durations=15 --junitxml="$OUT/tests.xml"
+
+# SpikingJelly for the kernel benchmark's comparison row: wheels staged by `make gpu-wheels` (carry .whl), installed
+# outside OUT (so they do not travel back) with no index and no dependencies
+if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then
+  run_step wheels "${GPU_CHECK_WHEELS_TIMEOUT:-30}" "$PY" -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --upgrade --target /tmp/gpu_check_site "$REPO"/.whl/*.whl
+  export PYTHONPATH="/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}"
+else
+  skip_step wheels "no .whl folder (make gpu-wheels here, then carry .whl): no SpikingJelly comparison"
+fi
 
 run_step bench "${GPU_CHECK_BENCH_TIMEOUT:-80}" "$PY" bench/bench_kernels.py --out "$OUT/bench"
 

@@ -30,13 +30,6 @@ __all__ = ["OUTPUT", "ErrorMeter"]
 OUTPUT = "output"
 
 
-def _decode(coding: str, out: torch.Tensor) -> torch.Tensor:
-    """A unit's raw outputs [T, B, ...] of steps 1 … T → its decoded value after every step (fp32)."""
-    out = out.float()
-    steps = torch.arange(1, out.shape[0] + 1, dtype=torch.float32, device=out.device).view(-1, *([1] * (out.dim() - 1)))
-    return (out / steps).cumsum(0) if coding == "differential" else out.cumsum(0) / steps
-
-
 class ErrorMeter:
     """Forward hooks that accumulate each unit's squared error against its ANN value, per step.
 
@@ -48,6 +41,7 @@ class ErrorMeter:
         self.snn = snn
         self.T = timesteps
         self.coding = snn.coding.name
+        self.decode = snn.coding.decode_unit  # the coding's own decoding, without the network output's offset
         stateful = dict(snn.stateful())
         called = [n.target for n in snn.gm.graph.nodes if n.op == "call_module" and n.target in stateful]
         shared = sorted({name for name in called if called.count(name) > 1})
@@ -88,7 +82,7 @@ class ErrorMeter:
                 self._keep(name, out)
                 return
             if module.step_mode == "m":
-                self._add(name, _decode(self.coding, out.reshape(self.T, -1, *out.shape[1:])), 0)
+                self._add(name, self.decode(out.reshape(self.T, -1, *out.shape[1:]).float()), 0)
                 return
             # single-step mode: step t + 1 of the batch; keep the running Σ out/τ (differential) or Σ out (rate)
             t, acc = self._running.get(name, (0, 0.0))

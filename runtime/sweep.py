@@ -37,6 +37,7 @@ class SweepReport:
         shared_run: True when one evaluation at the largest T gave every T (thresholds independent of T).
         recommended: the smallest T within the target, or None.
         chosen: ``recommended``, else the T with the best accuracy after T steps (the smaller T on a tie).
+        fused_pairs: fused bounded-ReLU pairs in the compiled networks (``runtime/fuse.py``; the same for every T).
     """
 
     target_gap_pp: float
@@ -45,6 +46,7 @@ class SweepReport:
     shared_run: bool
     recommended: int | None
     chosen: int
+    fused_pairs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         runs = []
@@ -124,6 +126,7 @@ def sweep(
         ConfigError: no conversions, or a negative target.
     """
     from snnconvert.runtime import compile
+    from snnconvert.runtime.fuse import fused_pairs
 
     if not results:
         raise ConfigError("the sweep needs at least one conversion")
@@ -133,8 +136,10 @@ def sweep(
     shared = len(steps) > 1 and _same_thresholds(results)
     evaluations: dict[int, EvalReport] = {}
     ann_accuracy = None
+    pairs = 0
     for T in ([steps[-1]] if shared else steps):
         program = compile(results[T].snn, backend, device=device, dtype=dtype)
+        pairs = fused_pairs(program)
         ev = evaluate(program, batches(), ann=ann if ann_accuracy is None else None, timesteps=T, mode=mode,
                       device=device, progress=progress(T) if progress is not None else None,
                       layer_errors=layer_errors)
@@ -151,4 +156,4 @@ def sweep(
         log.info("T sweep %s: accuracy after T steps %s; recommended T=%s", steps,
                  {T: round(a, 4) for T, a in at_T.items()}, recommended)
     return SweepReport(target_gap_pp=float(target_gap_pp), ann_accuracy=ann_accuracy, evaluations=evaluations,
-                       shared_run=shared, recommended=recommended, chosen=chosen)
+                       shared_run=shared, recommended=recommended, chosen=chosen, fused_pairs=pairs)

@@ -45,6 +45,12 @@ class DiffCoding:
 
     def decode(self, y_seq: torch.Tensor, snn) -> torch.Tensor:
         """Raw outputs ``[T, B, ...]`` -> decoded ``r_t`` after every step (method.md §2.6)."""
-        steps = torch.arange(1, y_seq.shape[0] + 1, dtype=y_seq.dtype, device=y_seq.device)
         y0 = snn.output_offset.to(y_seq.dtype)
-        return y0 + ((y_seq - y0) / steps.view(-1, *([1] * (y_seq.dim() - 1)))).cumsum(0)
+        return y0 + self.decode_unit(y_seq - y0)
+
+    @staticmethod
+    def decode_unit(y_seq: torch.Tensor) -> torch.Tensor:
+        """A stateful unit's raw outputs ``[T, B, ...]`` (silent in the capture, so no offset) -> its decoded value
+        after every step, ``Σ_τ≤t y_τ/τ``."""
+        steps = torch.arange(1, y_seq.shape[0] + 1, dtype=y_seq.dtype, device=y_seq.device)
+        return (y_seq / steps.view(-1, *([1] * (y_seq.dim() - 1)))).cumsum(0)

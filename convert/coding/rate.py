@@ -26,5 +26,10 @@ class RateCoding:
 
     def decode(self, y_seq: torch.Tensor, snn=None) -> torch.Tensor:
         """``[T, B, ...]`` raw outputs -> decoded output after every step t (running mean of the raw outputs)."""
+        return self.decode_unit(y_seq)
+
+    @staticmethod
+    def decode_unit(y_seq: torch.Tensor) -> torch.Tensor:
+        """A stateful unit's raw outputs ``[T, B, ...]`` -> its decoded value after every step (running mean)."""
         steps = torch.arange(1, y_seq.shape[0] + 1, dtype=y_seq.dtype, device=y_seq.device)
         return y_seq.cumsum(0) / steps.view(-1, *([1] * (y_seq.dim() - 1)))

@@ -83,21 +83,16 @@ class FunctionalPoolNet(nn.Module):
 
 
 class Unsupported(nn.Module):
-    """Three unsupported nodes: a Sigmoid module, a custom leaf module and a product of two activations."""
-
-    class Mystery(nn.Module):
-        def forward(self, x):
-            return x * 2
+    """Three unsupported nodes: a sort, a cumulative sum and a matrix product of two activations (non-ReLU
+    activations and element-wise products are supported as graded units)."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.conv = nn.Conv2d(1, 4, 3)
-        self.sig = nn.Sigmoid()
-        self.fc = nn.Linear(4, 10)
+        self.fc = nn.Linear(16, 10)
 
     def forward(self, x):
-        y = self.conv(x)
-        y = self.sig(y) * F.relu(y)
-        y = torch.tanh(y)
-        return self.fc(y.mean(dim=(2, 3)))
+        y = torch.sort(F.relu(self.conv(x)), dim=1)[0]
+        y = torch.cumsum(y, 2).flatten(2)
+        return self.fc((y @ y.transpose(1, 2)).flatten(1))

@@ -32,21 +32,24 @@ class StepModule(nn.Module):
         self.capture: bool = False
         self.analog: bool = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        """Dispatch on the mode; ``xs`` is one tensor for a neuron, one per operand for a multi-input unit."""
         if self.analog:
-            return self.analog_forward(x)
+            return self.analog_forward(*xs)
         if self.capture:
-            return self.capture_input(x)
+            return self.capture_input(*xs)
         if self.step_mode == "m":
             T = self.timesteps
             if not isinstance(T, int) or T < 1:
                 raise ConfigError(f"timesteps must be a positive int in step_mode 'm', got {T!r}; set it first")
-            if x.shape[0] % T:
-                raise ConfigError(f"step_mode 'm' expects [T*B, ...] input with T={T}, got leading dim {x.shape[0]}")
-            y = self.multistep(x.reshape(T, x.shape[0] // T, *x.shape[1:]))
+            for x in xs:
+                if x.shape[0] % T:
+                    raise ConfigError(
+                        f"step_mode 'm' expects [T*B, ...] input with T={T}, got leading dim {x.shape[0]}")
+            y = self.multistep(*(x.reshape(T, x.shape[0] // T, *x.shape[1:]) for x in xs))
             return y.reshape(T * y.shape[1], *y.shape[2:])
         if self.step_mode == "s":
-            return self.single_step(x)
+            return self.single_step(*xs)
         raise ConfigError(f"step_mode must be one of {STEP_MODES}, got {self.step_mode!r}")
 
     def capture_input(self, x: torch.Tensor) -> torch.Tensor:

@@ -46,110 +46,140 @@ def _channels_last_is_faster(f, x: torch.Tensor) -> bool:
 
 
 class GradedUnit(StepModule):
-    """Exact-on-averages wrapper of a function ``f`` (a module such as ``nn.MaxPool2d``, or a callable).
+    """Exact-on-averages wrapper of a function ``f`` of one or more inputs (a module such as ``nn.MaxPool2d`` or
+    ``nn.SiLU``, or a callable such as ``operator.mul`` for an element-wise product, method.md §5.2).
+
+    Every input keeps its own running decoded value (and, in differential coding, its own captured bias); the
+    output is emitted so that the decoded output after t steps is exactly ``f(decoded inputs)``. With two inputs and
+    ``f = operator.mul`` this is the ⊙ product unit of method.md §5.2 (P_t = R_A,t ⊙ R_B,t, out_t = t·(P_t − P_{t−1}),
+    biases captured on both operands).
 
     Args:
         f: the function applied to running averages.
         coding: ``"rate"`` or ``"differential"``.
+        n_inputs: how many tensor inputs ``f`` takes (the unit is called with as many).
     """
 
     #: Multi-step mode runs the in-place loop (bit-identical to the ``_step`` reference); False runs the reference.
     fast_path: bool = True
 
-    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], *, coding: str) -> None:
+    def __init__(self, f: Callable[..., torch.Tensor], *, coding: str, n_inputs: int = 1) -> None:
         super().__init__()
         if coding not in ("rate", "differential"):
             raise ConfigError(f"coding must be 'rate' or 'differential', got {coding!r}")
+        if not isinstance(n_inputs, int) or n_inputs < 1:
+            raise ConfigError(f"n_inputs must be a positive int, got {n_inputs!r}")
         self.f = f
         self.coding = coding
-        self.bias: torch.Tensor | None = None
-        self._state: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.n_inputs = n_inputs
+        self.biases: tuple[torch.Tensor, ...] | None = None
+        self._state: tuple[int, list[torch.Tensor], torch.Tensor | float] | None = None
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The captured bias b of a one-input unit (``biases[0]``)."""
+        return None if self.biases is None else self.biases[0]
+
+    @bias.setter
+    def bias(self, value: torch.Tensor | None) -> None:
+        self.biases = None if value is None else (value,)
 
     def extra_repr(self) -> str:
-        return f"coding={self.coding}"
+        return f"coding={self.coding}" + (f", n_inputs={self.n_inputs}" if self.n_inputs > 1 else "")
 
-    def capture_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Capture mode: store the input as the bias b and output zeros."""
-        self.bias = x.detach().float().clone()
-        return torch.zeros_like(self.f(x))
+    def _check_arity(self, xs: tuple) -> None:
+        if len(xs) != self.n_inputs:
+            raise ConfigError(f"graded unit takes {self.n_inputs} input(s), got {len(xs)}")
 
-    def analog_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The function itself, on an analog input."""
-        return self.f(x)
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        self._check_arity(xs)
+        return super().forward(*xs)
 
-    def _bias(self, like: torch.Tensor) -> torch.Tensor:
+    def capture_input(self, *xs: torch.Tensor) -> torch.Tensor:
+        """Capture mode: store each input as its bias b and output zeros."""
+        self.biases = tuple(x.detach().float().clone() for x in xs)
+        return torch.zeros_like(self.f(*xs))
+
+    def analog_forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        """The function itself, on analog inputs."""
+        return self.f(*xs)
+
+    def _biases(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.coding == "rate":
-            return torch.zeros((), dtype=torch.float32, device=like.device)
-        if self.bias is None:
+            return (torch.zeros((), dtype=torch.float32, device=like.device),) * self.n_inputs
+        if self.biases is None:
             raise ConfigError("differential graded unit has no captured bias; run the capture pass first")
-        return self.bias
+        return self.biases
 
-    def _step(self, t: int, x_t: torch.Tensor, acc: torch.Tensor, f_prev: torch.Tensor):
-        """One step. ``acc``: running input sum (rate) or running mean R_in (diff); ``f_prev``: (t−1)·f (rate) or
-        F_{t−1} (diff). Returns (out, acc, f_prev)."""
+    def _step(self, t: int, xs: list[torch.Tensor], accs: list[torch.Tensor], f_prev):
+        """One step. ``accs``: each input's running sum (rate) or running mean R_in (diff); ``f_prev``: (t−1)·f
+        (rate) or F_{t−1} (diff). Returns (out, accs, f_prev)."""
         if self.coding == "rate":
-            acc = acc + x_t
-            f_scaled = t * self.f(acc / t)
-            return f_scaled - f_prev, acc, f_scaled
-        acc = acc + (x_t - self._bias(x_t)) / t
-        f_now = self.f(acc)
-        return t * (f_now - f_prev), acc, f_now
+            accs = [acc + x_t for acc, x_t in zip(accs, xs)]
+            f_scaled = t * self.f(*(acc / t for acc in accs))
+            return f_scaled - f_prev, accs, f_scaled
+        accs = [acc + (x_t - b) / t for acc, x_t, b in zip(accs, xs, self._biases(xs[0]))]
+        f_now = self.f(*accs)
+        return t * (f_now - f_prev), accs, f_now
 
-    def _init(self, x_t: torch.Tensor):
-        dtype = _state_dtype(x_t.dtype)
+    def _init(self, xs: list[torch.Tensor]):
         if self.coding == "rate":
-            return torch.zeros_like(x_t, dtype=dtype), 0.0
-        return self._bias(x_t).expand_as(x_t).to(dtype), 0.0
+            return [torch.zeros_like(x, dtype=_state_dtype(x.dtype)) for x in xs], 0.0
+        return [b.expand_as(x).to(_state_dtype(x.dtype)) for x, b in zip(xs, self._biases(xs[0]))], 0.0
 
-    def multistep(self, x_seq: torch.Tensor) -> torch.Tensor:
-        """``[T, B, ...] -> [T, B, ...]`` from the initial state."""
-        if self.fast_path and not self._needs_autograd(x_seq):
-            return self._multistep_fast(x_seq)
-        acc, f_prev = self._init(x_seq[0])
+    def multistep(self, *x_seqs: torch.Tensor) -> torch.Tensor:
+        """``[T, B, ...]`` (one per input) ``-> [T, B, ...]`` from the initial state."""
+        self._check_arity(x_seqs)
+        if self.fast_path and not self._needs_autograd(*x_seqs):
+            return self._multistep_fast(*x_seqs)
+        accs, f_prev = self._init([x[0] for x in x_seqs])
         outs = []
-        for t in range(1, x_seq.shape[0] + 1):
-            out, acc, f_prev = self._step(t, x_seq[t - 1].to(acc.dtype), acc, f_prev)
+        for t in range(1, x_seqs[0].shape[0] + 1):
+            out, accs, f_prev = self._step(t, [x[t - 1].to(a.dtype) for x, a in zip(x_seqs, accs)], accs, f_prev)
             outs.append(out)
-        return torch.stack(outs).to(x_seq.dtype)
+        return torch.stack(outs).to(x_seqs[0].dtype)
 
-    def _multistep_fast(self, x_seq: torch.Tensor) -> torch.Tensor:
+    def _multistep_fast(self, *x_seqs: torch.Tensor) -> torch.Tensor:
         """:meth:`_step` over T steps with the same operations in the same order, in place."""
-        dtype = _state_dtype(x_seq.dtype)
-        xs = x_seq if x_seq.dtype == dtype else x_seq.to(dtype)
-        bias = self._bias(xs[0])
+        xs_all = [x if x.dtype == _state_dtype(x.dtype) else x.to(_state_dtype(x.dtype)) for x in x_seqs]
+        biases = self._biases(xs_all[0][0])
         # the layout of f's input: channels-last for a CPU max-pool (see _channels_last_is_faster), else contiguous
-        layout = torch.channels_last if _channels_last_is_faster(self.f, xs[0]) else torch.contiguous_format
+        layout = torch.channels_last if _channels_last_is_faster(self.f, xs_all[0][0]) else torch.contiguous_format
         if self.coding == "rate":
-            acc = torch.zeros_like(xs[0])
-        else:  # a writable copy of _init's R_in (b broadcast)
-            acc = bias.expand_as(xs[0]).to(dtype).clone(memory_format=layout)
-        scratch = torch.empty_like(acc, memory_format=layout)
+            accs = [torch.zeros_like(xs[0]) for xs in xs_all]
+        else:  # writable copies of _init's R_in (b broadcast)
+            accs = [b.expand_as(xs[0]).to(xs.dtype).clone(memory_format=layout) for xs, b in zip(xs_all, biases)]
+        scratch = [torch.empty_like(acc, memory_format=layout) for acc in accs]
         out: torch.Tensor | None = None
         f_prev: torch.Tensor | float = 0.0
-        for t in range(1, xs.shape[0] + 1):
+        T = xs_all[0].shape[0]
+        for t in range(1, T + 1):
             if self.coding == "rate":
-                acc.add_(xs[t - 1])  # S_t = S_{t-1} + x_t
-                torch.div(acc, t, out=scratch)
-                f_scaled = self.f(scratch) * t  # t·f(S_t/t) (f's output is used before scratch changes)
-                out = self._out_buffer(out, f_scaled, xs.shape[0])
+                for acc, xs, sc in zip(accs, xs_all, scratch):
+                    acc.add_(xs[t - 1])  # S_t = S_{t-1} + x_t
+                    torch.div(acc, t, out=sc)
+                f_scaled = self.f(*scratch) * t  # t·f(S_t/t) (f's output is used before scratch changes)
+                out = self._out_buffer(out, f_scaled, T)
                 torch.sub(f_scaled, f_prev, out=out[t - 1])
                 f_prev = f_scaled
             else:
-                torch.sub(xs[t - 1], bias, out=scratch)
-                scratch.div_(t)
-                acc.add_(scratch)  # R_in += (x_t − b)/t
-                f_now = self.f(acc)
-                if _shares_memory(f_now, acc):  # f returned (a view of) acc, which changes in place next step
-                    f_now = f_now.clone()
-                out = self._out_buffer(out, f_now, xs.shape[0])
+                for acc, xs, b, sc in zip(accs, xs_all, biases, scratch):
+                    torch.sub(xs[t - 1], b, out=sc)
+                    sc.div_(t)
+                    acc.add_(sc)  # R_in += (x_t − b)/t
+                f_now = self.f(*accs)
+                if any(_shares_memory(f_now, acc) for acc in accs):  # f returned (a view of) an R_in, which
+                    f_now = f_now.clone()  # changes in place next step
+                out = self._out_buffer(out, f_now, T)
                 torch.sub(f_now, f_prev, out=out[t - 1])
                 out[t - 1].mul_(t)  # t·(f(R_in) − F_prev)
                 f_prev = f_now
-        return out.to(x_seq.dtype)
+        return out.to(x_seqs[0].dtype)
 
-    def _needs_autograd(self, x: torch.Tensor) -> bool:
+    def _needs_autograd(self, *xs: torch.Tensor) -> bool:
         """True when autograd records this call (the in-place loop would break it): the reference runs then."""
-        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return torch.is_grad_enabled() and (any(x.requires_grad for x in xs)
+                                            or any(p.requires_grad for p in self.parameters()))
 
     @staticmethod
     def _out_buffer(out: torch.Tensor | None, like: torch.Tensor, T: int) -> torch.Tensor:
@@ -157,15 +187,16 @@ class GradedUnit(StepModule):
             out = torch.empty((T, *like.shape), dtype=like.dtype, device=like.device)
         return out
 
-    def single_step(self, x_t: torch.Tensor) -> torch.Tensor:
+    def single_step(self, *xs: torch.Tensor) -> torch.Tensor:
         """One step with state kept between calls."""
+        self._check_arity(xs)
         if self._state is None:
-            self._state = (0, *self._init(x_t))
-        t, acc, f_prev = self._state
-        out, acc, f_prev = self._step(t + 1, x_t.to(acc.dtype), acc, f_prev)
-        self._state = (t + 1, acc, f_prev)
-        return out.to(x_t.dtype)
+            self._state = (0, *self._init(list(xs)))
+        t, accs, f_prev = self._state
+        out, accs, f_prev = self._step(t + 1, [x.to(a.dtype) for x, a in zip(xs, accs)], accs, f_prev)
+        self._state = (t + 1, accs, f_prev)
+        return out.to(xs[0].dtype)
 
     def reset(self) -> None:
-        """Clear the streaming state (keeps the captured bias)."""
+        """Clear the streaming state (keeps the captured biases)."""
         self._state = None

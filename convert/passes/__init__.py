@@ -5,10 +5,11 @@ from snnconvert.convert.passes.normalize import (
     drop_dropout_and_identity,
     fold_bn,
     move_maxpool_before_activation,
+    out_of_place_activations,
 )
 
 NORMALIZE_PASSES = (
-    decompose_bounded_relu, canonicalize_activations, drop_dropout_and_identity, fold_bn,
+    decompose_bounded_relu, canonicalize_activations, out_of_place_activations, drop_dropout_and_identity, fold_bn,
     move_maxpool_before_activation,
 )
 

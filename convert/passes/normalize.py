@@ -5,6 +5,7 @@ is idempotent (a second run reports ``modified=False``).
 """
 from __future__ import annotations
 
+import copy
 import operator
 
 import torch
@@ -207,6 +208,39 @@ def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
     return _finish(gm, entry, report)
 
 
+def out_of_place_activations(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
+    """Make every other in-place activation out of place: ``nn.Hardswish(inplace=True)``, ``F.silu(x, inplace=True)``
+    and the like. Stateful units and the static prefix pass tensors they still need (running averages, expanded
+    views) to these functions, which must not write into them. Later users of the input are redirected to the output,
+    as the ANN saw them. (ReLUs are canonicalised by :func:`canonicalize_activations`.)
+
+    Before: ``y = act(x)`` (``act = nn.SiLU(inplace=True)``)  After: ``y = act(x)`` with ``act = nn.SiLU()``.
+    """
+    entry = PassEntry(name="out_of_place_activations", modified=False)
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            skip = type(module) is nn.ReLU or isinstance(module, _DROPOUT_MODULES)
+            if skip or getattr(module, "inplace", False) is not True:
+                continue
+            fresh = copy.deepcopy(module)
+            fresh.inplace = False
+            set_module(gm, node.target, fresh)  # shared call sites all become out of place
+            spelling = f"nn.{type(module).__name__}(inplace)"
+        elif node.op == "call_function" and node.kwargs.get("inplace") is True and node.target not in _RELU_FUNCTIONS:
+            node.update_kwarg("inplace", False)
+            spelling = f"{getattr(node.target, '__name__', node.target)}(inplace)"
+        else:
+            continue
+        source = node.args[0] if node.args else node.kwargs.get("input")
+        for user in _later_users(gm, node, source):
+            user.replace_input_with(source, node)
+        entry.counts[spelling] = entry.counts.get(spelling, 0) + 1
+        entry.nodes.append(node.name)
+        entry.modified = True
+    return _finish(gm, entry, report)
+
+
 def _single_user_module_node(gm: fx.GraphModule, node: fx.Node) -> bool:
     return sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target) == 1
 
@@ -259,8 +293,15 @@ def fold_bn(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
     return _finish(gm, entry, report)
 
 
+def _is_stochastic_depth(target) -> bool:
+    """torchvision's ``stochastic_depth`` (identified by name: torchvision is not a dependency)."""
+    return getattr(target, "__module__", "") == "torchvision.ops.stochastic_depth" and \
+        getattr(target, "__name__", "") == "stochastic_depth"
+
+
 def drop_dropout_and_identity(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
-    """Remove eval-mode Dropout (modules and functions) and ``nn.Identity``: their output is their input."""
+    """Remove eval-mode Dropout (modules and functions), eval-mode stochastic depth (``training=False``, traced
+    from torchvision's ``StochasticDepth``) and ``nn.Identity``: their output is their input."""
     entry = PassEntry(name="drop_dropout_and_identity", modified=False)
     for node in list(gm.graph.nodes):
         kind = None
@@ -269,6 +310,9 @@ def drop_dropout_and_identity(gm: fx.GraphModule, cfg, report: ConversionReport)
         elif node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS:
             if _arg(node, 2, "training", False) is not True:
                 kind = node.target.__name__
+        elif node.op == "call_function" and _is_stochastic_depth(node.target):
+            if _arg(node, 3, "training", True) is False:
+                kind = "stochastic_depth"
         if kind is None:
             continue
         source = node.args[0] if node.args else node.kwargs.get("input")

@@ -1,16 +1,20 @@
-"""Replace every canonical ReLU by the coding's spiking neuron and wrap the graph as a :class:`SpikingNetwork`."""
+"""Replace every canonical ReLU by the coding's spiking neuron, every max-pool, non-linear function and element-wise
+product downstream of a neuron by a graded unit, and wrap the graph as a :class:`SpikingNetwork`."""
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import ConfigError
 from snnconvert.convert.passes.normalize import is_canonical_relu, is_maxpool, set_module
+from snnconvert.convert.passes.support import allowed_analog, bindable, graded_kind, input_dependent_args
 from snnconvert.convert.pipeline import ConversionReport, PassEntry
 from snnconvert.convert.snn import SpikingNetwork
 
@@ -43,35 +47,58 @@ def replace_activations(
         entry.nodes.append(node.target)
         kind = type(neuron).__name__
         entry.counts[kind] = entry.counts.get(kind, 0) + 1
-    units = wrap_maxpools(gm, set(names), cfg, entry)
+    units = wrap_units(gm, set(names), cfg, entry)
     gm.recompile()
     report.passes.append(entry)
     return SpikingNetwork(gm, coding, cfg.timesteps, names, units)
 
 
 class _ByName(NamedTuple):
-    """A module-level function stored by where it lives (see :class:`_BoundPool`)."""
+    """A module-level function stored by where it lives (see :class:`_BoundCall`)."""
 
     module: str
     name: str
 
 
-class _BoundPool:
-    """A functional max-pool with its non-input arguments bound: ``f(x) = target(x, *args, **kwargs)``
-    (``functools.partial`` would put the bound positional arguments before ``x``).
+@dataclass(frozen=True)
+class _Slot:
+    """Placeholder for the unit's ``index``-th input in a bound call's argument template (not a tuple: fx's
+    ``map_aggregate`` would descend into it)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class _Const:
+    """Placeholder for a constant tensor (a ``get_attr`` argument), kept as a buffer of the bound call."""
+
+    name: str
+
+
+class _BoundCall(nn.Module):
+    """A graph call with everything but its input-dependent tensors bound: ``f(*inputs)`` runs ``target`` with the
+    node's arguments, input ``i`` in the place of the node's ``i``-th input-dependent argument (a max-pool's ``x``,
+    both factors of a product, ``F.layer_norm``'s input with its weight and bias). ``kind`` is ``"call_function"`` or
+    ``"call_method"`` (the method is looked up on the first argument). Constant tensors of the graph become buffers
+    (they follow ``.to(device)``).
 
     Picklable (``torch.save`` of a whole SNN): ``F.max_pool2d`` and its siblings are closures made by torch's
-    ``boolean_dispatch``, which pickle cannot store, so the target is stored by its module and name and looked up
-    again on load.
+    ``boolean_dispatch``, which pickle cannot store, so a function target is stored by its module and name and looked
+    up again on load.
     """
 
-    def __init__(self, target, args: tuple, kwargs: dict) -> None:
-        self.target, self.args, self.kwargs = target, tuple(args), dict(kwargs)
+    def __init__(self, kind: str, target, args: tuple, kwargs: dict, consts: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.kind, self.target, self.args, self.kwargs = kind, target, tuple(args), dict(kwargs)
+        for name, value in consts.items():
+            self.register_buffer(name, value)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        module, name = getattr(self.target, "__module__", None), getattr(self.target, "__name__", None)
-        if module and name and getattr(importlib.import_module(module), name, None) is self.target:
+        target = self.target
+        module, name = getattr(target, "__module__", None), getattr(target, "__name__", None)
+        if self.kind == "call_function" and module and name and \
+                getattr(importlib.import_module(module), name, None) is target:
             state["target"] = _ByName(module, name)
         return state
 
@@ -79,48 +106,104 @@ class _BoundPool:
         target = state["target"]
         if isinstance(target, _ByName):
             state["target"] = getattr(importlib.import_module(target.module), target.name)
-        self.__dict__.update(state)
+        super().__setstate__(state)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.target(x, *self.args, **self.kwargs)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        def fill(a):
+            if isinstance(a, _Slot):
+                return inputs[a.index]
+            if isinstance(a, _Const):
+                return getattr(self, a.name)
+            return a
 
-    def __repr__(self) -> str:
-        return f"{getattr(self.target, '__name__', self.target)}(x, *{self.args}, **{self.kwargs})"
+        args, kwargs = fx.node.map_aggregate((self.args, self.kwargs), fill)
+        if self.kind == "call_method":
+            return getattr(args[0], self.target)(*args[1:], **kwargs)
+        return self.target(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{getattr(self.target, '__name__', self.target)}{self.args}, **{self.kwargs}"
 
 
-def wrap_maxpools(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionConfig, entry: PassEntry) -> list[str]:
-    """Turn every max-pool downstream of a neuron into a :class:`GradedUnit` (exact max-pool of the decoded input).
+def _bind(gm: fx.GraphModule, node: fx.Node, deps: list[fx.Node]) -> nn.Module:
+    """The function a unit for ``node`` applies to its inputs ``deps``."""
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)
+    consts: dict[str, torch.Tensor] = {}
 
-    A max-pool applied step by step to spike-driven inputs pools the wrong thing (the max of per-step values is not
-    the max of their averages). Pools upstream of every neuron see the analog input layer and stay plain: their
-    per-step inputs are constant (rate) or ``b + Wx, b, b, ...`` (differential), for which the plain pool is exact.
+    def template(a):
+        if isinstance(a, fx.Node):
+            if a in deps:
+                return _Slot(deps.index(a))
+            name = f"const{len(consts)}"
+            consts[name] = _fetch_attr(gm, a.target)
+            return _Const(name)
+        return a
 
-    Before: ``p = pool(conv(s))``  After: ``p = pool_unit(conv(s))`` with ``pool_unit = GradedUnit(pool)``.
+    args, kwargs = fx.node.map_aggregate((tuple(node.args), dict(node.kwargs)), template)
+    return _BoundCall(node.op, node.target, args, kwargs, consts)
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _unit_kind(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str:
+    if is_maxpool(gm, node):
+        return "max-pool"
+    kind = graded_kind(gm, node, cache)
+    if kind == "product":
+        return "product"
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    return str(getattr(node.target, "__name__", node.target))
+
+
+def wrap_units(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionConfig, entry: PassEntry) -> list[str]:
+    """Turn every max-pool, known non-linear function, element-wise product and explicitly allowed analog node
+    downstream of a neuron into a :class:`GradedUnit` (its decoded output is exactly the function of its decoded
+    inputs, method.md §5.1-§5.3).
+
+    A non-linear function applied step by step to spike-driven inputs computes the wrong thing (the max of per-step
+    values is not the max of their averages; SiLU of a difference is not a difference of SiLUs). Nodes upstream of
+    every neuron see the analog input layer and stay plain: their per-step inputs are constant (rate) or
+    ``b + Wx, b, b, ...`` (differential, and the next unit captures the output for ``b``), for which the plain
+    function is exact.
+
+    Before: ``p = pool(conv(s))``  After: ``p = pool_unit(conv(s))`` with ``pool_unit = GradedUnit(pool)``;
+    ``y = x * g`` becomes ``y = mul_unit(x, g)`` with ``GradedUnit(operator.mul, n_inputs=2)``.
+
+    Raises:
+        ConfigError: an allowed analog node has graph-computed non-tensor arguments (it cannot run as a unit).
     """
     spiking: set[fx.Node] = set()
+    cache: dict = {}
     names = []
-    for node in gm.graph.nodes:
+    for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target in neuron_targets:
             spiking.add(node)
             continue
         if not any(a in spiking for a in node.all_input_nodes):
             continue
         spiking.add(node)
-        if not is_maxpool(gm, node):
+        if not (is_maxpool(gm, node) or graded_kind(gm, node, cache) or allowed_analog(node, cfg)):
             continue
-        if node.op == "call_module":
-            name = f"{node.target.replace('.', '_')}_{node.name}_unit"
-            f = gm.get_submodule(node.target)
-        else:
-            name = f"{node.name}_unit"
-            f = _BoundPool(node.target, node.args[1:], node.kwargs)
-        gm.add_submodule(name, GradedUnit(f, coding=cfg.coding))
+        deps = [node.args[0]] if is_maxpool(gm, node) else input_dependent_args(node, cache)
+        if not is_maxpool(gm, node) and not bindable(node, deps):
+            raise ConfigError(f"node {node.name} is allowed to stay analog, but its arguments are computed in the "
+                              "graph, so it cannot run exactly on decoded values; remove it from --allow-ann-op")
+        kind = _unit_kind(gm, node, cache)
+        name = f"{node.target.replace('.', '_')}_{node.name}_unit" if node.op == "call_module" else f"{node.name}_unit"
+        gm.add_submodule(name, GradedUnit(_bind(gm, node, deps), coding=cfg.coding, n_inputs=len(deps)))
         with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, (node.args[0],))
+            new = gm.graph.call_module(name, tuple(deps))
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         spiking.add(new)
         names.append(name)
-        entry.counts["GradedUnit(max-pool)"] = entry.counts.get("GradedUnit(max-pool)", 0) + 1
+        entry.counts[f"GradedUnit({kind})"] = entry.counts.get(f"GradedUnit({kind})", 0) + 1
     return names

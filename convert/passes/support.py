@@ -2,9 +2,13 @@
 
 A graph is convertible when every node is either a canonical ReLU (it becomes a spiking neuron) or an op that is
 affine in its tensor inputs (conv, linear, batch norm, average pooling, add, concat, flatten, reshapes, scaling by
-constants) or a max-pool (handled as a unit whose decoded output is the max-pool of its decoded input). Anything
+constants) or a max-pool (handled as a unit whose decoded output is the max-pool of its decoded input), or a
+known non-linear function or an element-wise product/quotient of two input-dependent tensors (method.md §5.1/§5.2:
+each becomes a graded unit whose decoded output is exactly the function of its decoded inputs, with dense float
+outputs; see :func:`graded_kind`). Arithmetic on shapes (``x.size(1) // groups``) is static and supported. Anything
 else is listed in one ``UnsupportedOpError``, unless the node matches a pattern in ``cfg.allow_ann_ops`` (an
-explicit opt-in to leave it analog, recorded in the report).
+explicit opt-in to leave it analog: it then also runs as a graded unit, exact on decoded values, and is recorded in
+the report).
 """
 from __future__ import annotations
 
@@ -49,16 +53,104 @@ _SCALING_FUNCTIONS = frozenset({operator.mul, operator.imul, operator.truediv, o
 _SCALING_METHODS = frozenset({"mul", "mul_", "div", "div_"})
 _MAX_POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
+#: Non-linear modules that become graded units (method.md §5.1, §6): element-wise activations and normalisations.
+GRADED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU,
+    nn.PReLU, nn.Mish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.LogSigmoid,
+    nn.LayerNorm, nn.GroupNorm, nn.Softmax, nn.LogSoftmax,
+)
+#: The same as functions (the ONNX importer emits these) ...
+GRADED_FUNCTIONS = frozenset({
+    F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.elu, F.celu, F.selu,
+    F.leaky_relu, F.prelu, F.mish, F.softplus, F.softsign, F.logsigmoid, F.layer_norm, F.group_norm, F.softmax,
+    torch.softmax, F.log_softmax, torch.log_softmax, torch.erf, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
+    torch.abs, torch.square, torch.reciprocal, torch.pow,
+})
+#: ... and as tensor methods.
+GRADED_METHODS = frozenset({"sigmoid", "tanh", "softmax", "log_softmax", "erf", "exp", "log", "sqrt", "rsqrt", "abs",
+                            "square", "reciprocal", "pow"})
+_MATMULS = frozenset({operator.matmul, torch.matmul, torch.bmm, torch.mm, torch.einsum})
+#: Pure-Python arithmetic that, on shape values, computes shapes (``n // groups``); never a tensor op.
+_SHAPE_ARITHMETIC = frozenset({operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
+                               operator.mod, operator.neg, operator.getitem, getattr})
+
+
+def _is_shape_value(node, cache: dict) -> bool:
+    """True when ``node`` computes a shape (``x.size()``, ``x.shape[1]``, ``x.dim()``, arithmetic on those): static
+    for a given input shape, so not input *data* (``x.view(n, c // g, ...)`` stays a reshape)."""
+    if not isinstance(node, fx.Node):
+        return False
+    key = ("shape", node)
+    if key in cache:
+        return cache[key]
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        result = True
+    elif node.op == "call_function" and node.target is getattr:
+        result = len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+    elif node.op == "call_function" and node.target in _SHAPE_ARITHMETIC:
+        inputs = node.all_input_nodes
+        result = bool(inputs) and all(_is_shape_value(a, cache) for a in inputs)
+    else:
+        result = False
+    cache[key] = result
+    return result
+
 
 def _depends_on_input(node, cache: dict) -> bool:
-    """True when ``node`` is (transitively) computed from a placeholder."""
+    """True when ``node`` is (transitively) computed from a placeholder's data (shape values do not count)."""
     if not isinstance(node, fx.Node):
         return False
     if node in cache:
         return cache[node]
-    result = node.op == "placeholder" or any(_depends_on_input(a, cache) for a in node.all_input_nodes)
+    result = not _is_shape_value(node, cache) and (
+        node.op == "placeholder" or any(_depends_on_input(a, cache) for a in node.all_input_nodes))
     cache[node] = result
     return result
+
+
+def input_dependent_args(node: fx.Node, cache: dict) -> list[fx.Node]:
+    """The node's arguments (positional, then keyword, in order, without repeats) that carry input data."""
+    seen: list[fx.Node] = []
+    for a in node.all_input_nodes:
+        if _depends_on_input(a, cache) and a not in seen:
+            seen.append(a)
+    return seen
+
+
+def bindable(node: fx.Node, deps: list[fx.Node]) -> bool:
+    """Whether ``node`` can run as a unit of ``deps``: its other graph arguments are constants (``get_attr``)."""
+    if node.op == "call_module":
+        return list(node.args) == deps and not node.kwargs
+    return all(a in deps or a.op == "get_attr" for a in node.all_input_nodes)
+
+
+def allowed_analog(node: fx.Node, cfg) -> bool:
+    """Whether ``cfg.allow_ann_ops`` (glob patterns on node names) lets ``node`` stay analog."""
+    return any(fnmatch.fnmatchcase(node.name, pat) for pat in cfg.allow_ann_ops)
+
+
+def graded_kind(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
+    """``"function"`` for a known non-linear function of one input-dependent tensor, ``"product"`` for an
+    element-wise product or quotient of two input-dependent tensors, else None. Both become graded units
+    (method.md §5.1, §5.2 for ⊙): the decoded output is the function of the decoded inputs, exactly."""
+    if node.op == "call_module":
+        graded = isinstance(gm.get_submodule(node.target), GRADED_MODULES)
+        return "function" if graded and len(node.args) == 1 and not node.kwargs else None
+    deps = input_dependent_args(node, cache)
+    if not bindable(node, deps):
+        return None
+    if node.op == "call_function":
+        if node.target in GRADED_FUNCTIONS:
+            return "function" if len(deps) == 1 else None
+        if node.target in _SCALING_FUNCTIONS:
+            return "product" if len(deps) == 2 and len(node.args) == 2 and not node.kwargs else None
+        return None
+    if node.op == "call_method":
+        if node.target in GRADED_METHODS:
+            return "function" if len(deps) == 1 and node.args[0] is deps[0] else None
+        if node.target in _SCALING_METHODS:
+            return "product" if len(deps) == 2 and len(node.args) == 2 and not node.kwargs else None
+    return None
 
 
 def _target_name(node: fx.Node) -> str:
@@ -74,28 +166,30 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
         return None
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
-        if is_canonical_relu(gm, node) or isinstance(module, SUPPORTED_MODULES):
+        if is_canonical_relu(gm, node) or isinstance(module, SUPPORTED_MODULES + GRADED_MODULES):
             if isinstance(module, _MAX_POOL_TYPES) and module.return_indices:
                 return "max-pool with return_indices"
             return None
         return f"module {type(module).__name__} is not convertible"
     if node.op == "call_function":
-        if node.target in SUPPORTED_FUNCTIONS:
+        if node.target in SUPPORTED_FUNCTIONS or _is_shape_value(node, cache) or graded_kind(gm, node, cache):
             return None
         if node.target in _SCALING_FUNCTIONS:
             deps = [a for a in node.args if _depends_on_input(a, cache)]
             if len(deps) <= 1 and not (node.target in (operator.truediv, torch.div, operator.itruediv)
                                        and len(node.args) > 1 and _depends_on_input(node.args[1], cache)):
                 return None
-            return "product or quotient of two input-dependent tensors"
+            return "product or quotient of input-dependent tensors in an unsupported form"
+        if node.target in _MATMULS and len(input_dependent_args(node, cache)) > 1:
+            return "matrix product of two input-dependent tensors (attention product units are not implemented)"
         return "function is not convertible"
     if node.op == "call_method":
-        if node.target in SUPPORTED_METHODS:
+        if node.target in SUPPORTED_METHODS or graded_kind(gm, node, cache):
             return None
         if node.target in _SCALING_METHODS:
             if not any(_depends_on_input(a, cache) for a in node.args[1:]):
                 return None
-            return "product or quotient of two input-dependent tensors"
+            return "product or quotient of input-dependent tensors in an unsupported form"
         return "method is not convertible"
     return f"unknown node kind {node.op}"
 
@@ -112,22 +206,40 @@ def check_supported(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassRe
     cache: dict = {}
     bad: list[UnsupportedNode] = []
     allowed: list[str] = []
+    graded: list[UnsupportedNode] = []
     modules = dict(gm.named_modules())
+    n_relu = 0
+
+    def describe(node: fx.Node) -> UnsupportedNode:
+        module_type = type(modules[node.target]).__name__ if node.op == "call_module" else None
+        return UnsupportedNode(name=node.name, op=node.op, target=_target_name(node), module_type=module_type,
+                               source=node_source(node))
+
     for node in gm.graph.nodes:
+        n_relu += is_canonical_relu(gm, node)
+        if graded_kind(gm, node, cache):
+            graded.append(describe(node))
         reason = classify_node(gm, node, cache)
         if reason is None:
             continue
-        if any(fnmatch.fnmatchcase(node.name, pat) for pat in cfg.allow_ann_ops):
+        if allowed_analog(node, cfg):
             allowed.append(node.name)
+            graded.append(describe(node))
             continue
-        module_type = type(modules[node.target]).__name__ if node.op == "call_module" else None
-        bad.append(UnsupportedNode(name=node.name, op=node.op, target=_target_name(node), module_type=module_type,
-                                   source=node_source(node)))
-    entry = PassEntry(name="check_supported", modified=False, counts={"analog": len(allowed)}, nodes=allowed)
+        bad.append(describe(node))
+    entry = PassEntry(name="check_supported", modified=False,
+                      counts={"analog": len(allowed), "graded": len(graded) - len(allowed)}, nodes=allowed)
     report.passes.append(entry)
     report.analog_nodes = allowed
+    if graded and not n_relu and not bad:
+        raise UnsupportedOpError(graded, hint=(
+            "the model has no ReLU: every non-linearity above would stay a dense analog unit and the network would "
+            "emit no spike; spiking such networks needs identity neurons in front of the linear layers (method.md "
+            "§4.7), which snnconvert does not implement yet"))
     if bad:
         raise UnsupportedOpError(bad, hint=(
-            "supported: ReLU (any spelling) and affine ops (conv, linear, batch norm, avg/max pooling, add, concat, "
-            "reshapes); leave a node analog explicitly with allow_ann_ops=[<node name pattern>] (--allow-ann-op)"))
+            "supported: ReLU (any spelling), affine ops (conv, linear, batch norm, avg/max pooling, add, concat, "
+            "reshapes), common activations and normalisations (SiLU, GELU, sigmoid, LayerNorm, ...) and element-wise "
+            "products as graded units; leave a node analog explicitly with allow_ann_ops=[<node name pattern>] "
+            "(--allow-ann-op)"))
     return PassResult(gm, False)

@@ -1,0 +1,346 @@
+"""Non-ReLU non-linearities and element-wise products as graded units (method.md §5.1, §5.2 for ⊙, §6 "dispatch by
+structure"): SiLU / Hardswish / sigmoid / LayerNorm / ... and gating products downstream of a neuron become
+:class:`GradedUnit` s whose decoded output is exactly the function of their decoded inputs; the same nodes upstream
+of every neuron stay plain (exact there); shape arithmetic, in-place activations and eval-mode stochastic depth of
+real models (torchvision's ShuffleNetV2, MobileNetV3, RegNetY) are handled."""
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from snnconvert.convert import ConversionConfig, convert
+from snnconvert.convert.coding.units import GradedUnit
+from snnconvert.convert.errors import ConfigError, UnsupportedOpError
+
+
+def _decode(out: torch.Tensor, coding: str) -> torch.Tensor:
+    """Decoded values after every step of a ``[T, ...]`` stream: running mean (rate) or Σ d_τ/τ (differential)."""
+    t = torch.arange(1, out.shape[0] + 1, dtype=out.dtype).view(-1, *([1] * (out.dim() - 1)))
+    return out.cumsum(0) / t if coding == "rate" else (out / t).cumsum(0)
+
+
+def _decode_input(x: torch.Tensor, bias: torch.Tensor | None, coding: str) -> torch.Tensor:
+    """A unit's decoded input: the running mean (rate) or R_in,t = b + Σ (x_τ − b)/τ (differential)."""
+    return _decode(x, coding) if coding == "rate" else bias + _decode(x - bias, coding)
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_product_unit_decodes_to_the_product_of_decoded_inputs(coding):
+    """⊙ with broadcasting (an SE gate [B, C, 1, 1] times a feature map): exact at every step, fp64."""
+    torch.manual_seed(0)
+    T = 9
+    a, g = torch.randn(T, 2, 3, 4, 4).double(), torch.randn(T, 2, 3, 1, 1).double()
+    unit = GradedUnit(operator.mul, coding=coding, n_inputs=2)
+    ba, bg = torch.randn(1, 3, 4, 4).double(), torch.randn(1, 3, 1, 1).double()
+    if coding == "differential":
+        unit.biases = (ba, bg)
+    out = unit.multistep(a, g)
+    expected = _decode_input(a, ba, coding) * _decode_input(g, bg, coding)
+    torch.testing.assert_close(_decode(out, coding), expected, rtol=1e-12, atol=1e-12)
+    # the in-place fast loop, the reference loop and streaming agree bit for bit
+    unit.fast_path = False
+    assert torch.equal(unit.multistep(a, g), out)
+    unit.fast_path = True
+    unit.reset()
+    assert torch.equal(torch.stack([unit.single_step(a[t], g[t]) for t in range(T)]), out)
+
+
+@pytest.mark.parametrize("f", [nn.SiLU(), nn.Hardswish(), nn.GELU(), nn.LayerNorm(5), nn.Softmax(dim=-1)],
+                         ids=lambda f: type(f).__name__)
+def test_graded_function_is_exact_on_decoded_input(f):
+    torch.manual_seed(1)
+    x = torch.randn(7, 3, 5).double()
+    bias = torch.randn(1, 5).double()
+    unit = GradedUnit(f.double(), coding="differential")
+    unit.bias = bias
+    expected = f(_decode_input(x, bias, "differential"))
+    torch.testing.assert_close(_decode(unit.multistep(x), "differential"), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_unit_arity_is_checked():
+    unit = GradedUnit(operator.mul, coding="rate", n_inputs=2)
+    with pytest.raises(ConfigError, match="takes 2 input"):
+        unit.single_step(torch.ones(2))
+    with pytest.raises(ConfigError, match="n_inputs"):
+        GradedUnit(operator.mul, coding="rate", n_inputs=0)
+
+
+class _SE(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, 4, 1), nn.Conv2d(4, c, 1)
+
+    def forward(self, x):
+        w = F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))
+        return x * F.hardsigmoid(self.fc2(w))
+
+
+class GatedNet(nn.Module):
+    """An analog SiLU stem, in-place Hardswish, a squeeze-and-excitation gate (product), sigmoid, LayerNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.stem_act = nn.SiLU(inplace=True)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.act = nn.Hardswish(inplace=True)
+        self.se = _SE(8)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem_act(self.stem(x))  # upstream of every neuron: stays plain
+        x = F.relu(self.conv1(x))
+        x = self.se(self.act(self.conv2(x)))
+        x = torch.sigmoid(x) + x
+        return self.fc(self.norm(x.mean((2, 3))))
+
+
+def _units(snn) -> dict[str, GradedUnit]:
+    return {name: m for name, m in snn.stateful() if isinstance(m, GradedUnit)}
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_graph_after_conversion_and_ann_equality(coding):
+    model = GatedNet().eval()
+    x = torch.rand(6, 1, 12, 12)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=8))
+    gm = res.snn.gm
+    units = _units(res.snn)
+    assert sorted(u.n_inputs for u in units.values()) == [1, 1, 1, 1, 2]
+    entry = res.report.entry("replace_activations")
+    assert {k: v for k, v in entry.counts.items() if k.startswith("GradedUnit")} == {
+        "GradedUnit(Hardswish)": 1, "GradedUnit(hardsigmoid)": 1, "GradedUnit(product)": 1,
+        "GradedUnit(sigmoid)": 1, "GradedUnit(LayerNorm)": 1}  # and nothing upstream of the first neuron
+    # the stem's SiLU sees the analog input layer: plain, and no activation is left in place
+    plain = [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.SiLU)]
+    assert len(plain) == 1 and plain[0].args[0].target == "stem"
+    assert not any(getattr(m, "inplace", False) for m in gm.modules())
+    assert res.report.entry("out_of_place_activations").counts == {"nn.SiLU(inplace)": 1, "nn.Hardswish(inplace)": 1}
+    # the converted graph run as an ANN is the model (the model's in-place stem did not change anything either)
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+@pytest.mark.parametrize("mode", ["multi", "single"])
+def test_every_unit_in_a_network_is_exact_on_its_decoded_inputs(coding, mode):
+    """Inside the whole network (capture pass, static prefix, neurons upstream), each graded unit's decoded output
+    equals f(its decoded inputs) at every step; and the SNN converges to the ANN."""
+    model = GatedNet().eval()
+    x = torch.rand(4, 1, 12, 12)
+    T = 12
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=T))
+    seen: dict[str, list] = {}
+
+    def hook(name):
+        def record(module, args, out):
+            if not (module.capture or module.analog):
+                seen.setdefault(name, []).append(([a.detach().double() for a in args], out.detach().double()))
+        return record
+
+    handles = [u.register_forward_hook(hook(name)) for name, u in _units(res.snn).items()]
+    with torch.no_grad():
+        out = res.snn(x, T, mode=mode)
+    for h in handles:
+        h.remove()
+    for name, unit in _units(res.snn).items():
+        calls = seen[name]
+        if mode == "multi":
+            (args, o), = calls
+            args, o = [a.reshape(T, -1, *a.shape[1:]) for a in args], o.reshape(T, -1, *o.shape[1:])
+        else:
+            args = [torch.stack([c[0][i] for c in calls]) for i in range(unit.n_inputs)]
+            o = torch.stack([c[1] for c in calls])
+        biases = unit.biases if coding == "differential" else (None,) * unit.n_inputs
+        decoded_in = [_decode_input(a, None if b is None else b.double(), coding) for a, b in zip(args, biases)]
+        expected = torch.stack([unit.f(*(d[t].float() for d in decoded_in)).double() for t in range(T)])
+        torch.testing.assert_close(_decode(o, coding), expected, rtol=1e-4, atol=1e-5, msg=name)
+    with torch.no_grad():
+        ann = model(x)
+    errors = [((out[t] - ann).norm() / ann.norm()).item() for t in range(T)]
+    assert errors[-1] < 0.5 * errors[1]
+
+
+def test_a_model_without_relu_is_refused_with_the_reason():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 3), nn.GELU(), nn.Flatten())
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(model, forward_loop=[torch.rand(2, 1, 8, 8)])
+    assert {n.name for n in info.value.nodes} == {"_1", "_3"}
+    assert "no ReLU" in str(info.value) and "§4.7" in str(info.value)
+
+
+class _MatmulNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x)).flatten(2)
+        return torch.cumsum(y @ y.transpose(1, 2), 1).flatten(1)
+
+
+def test_attention_products_stay_unsupported_with_a_reason():
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(_MatmulNet(), forward_loop=[torch.rand(2, 1, 8, 8)])
+    assert {n.name for n in info.value.nodes} == {"matmul", "cumsum"}
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_allowed_analog_nodes_run_as_exact_units(coding):
+    """``allow_ann_ops`` now means "exact on decoded values" (a graded unit), not "applied to every step's raw
+    input" (which is wrong for any non-linear op in differential coding)."""
+    torch.manual_seed(0)
+    model = _MatmulNet().eval()
+    x = torch.rand(4, 1, 8, 8)
+    cfg = ConversionConfig.for_coding(coding, timesteps=16, allow_ann_ops=("matmul", "cumsum"))
+    res = convert(model, forward_loop=[x], config=cfg)
+    assert res.report.analog_nodes == ["matmul", "cumsum"]
+    assert sorted(u.n_inputs for u in _units(res.snn).values()) == [1, 2]
+    with torch.no_grad():
+        out, ann = res.snn(x, 16), model(x)
+    torch.testing.assert_close(res.snn.ann_forward(x), ann)
+    assert ((out[-1] - ann).norm() / ann.norm()) < 0.1
+
+
+class _Shuffle(nn.Module):
+    """ShuffleNetV2's channel shuffle: reshapes computed from traced sizes (``c // groups``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        b, c, h, w = x.size()
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+        a, z = x.chunk(2, dim=1)
+        return torch.cat((a, F.relu(self.conv2(x))), 1).mean((2, 3))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_shape_arithmetic_is_static(coding):
+    model = _Shuffle().eval()
+    x = torch.rand(4, 1, 8, 8)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=4))
+    assert any(n.target is operator.floordiv for n in res.snn.gm.graph.nodes)
+    assert not _units(res.snn)
+    with torch.no_grad():
+        single, multi = res.snn(x, 4, mode="single"), res.snn(x, 4)
+    torch.testing.assert_close(single, multi, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x))
+
+
+def test_shape_values_scale_tensors_without_being_products():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            y = F.relu(self.conv(x))
+            return y.sum((2, 3)) / (y.shape[2] * y.shape[3])
+
+    res = convert(Net(), forward_loop=[torch.rand(2, 1, 6, 6)])
+    assert not _units(res.snn)
+
+
+def test_eval_stochastic_depth_is_dropped():
+    tv_ops = pytest.importorskip("torchvision.ops")
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+            self.sd = tv_ops.StochasticDepth(0.2, "row")
+
+        def forward(self, x):
+            return x + self.sd(F.relu(self.conv(x)))
+
+    model = Block().eval()
+    x = torch.rand(2, 2, 6, 6)
+    res = convert(model, forward_loop=[x])
+    assert res.report.entry("drop_dropout_and_identity").counts == {"stochastic_depth": 1}
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x))
+
+
+def test_graded_units_survive_pickle_and_artifacts(tmp_path):
+    """A functional unit with a constant tensor argument (``F.layer_norm`` with weights from get_attr) pickles and
+    reloads to identical outputs."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(2)
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.w, self.b = nn.Parameter(torch.rand(4) + 0.5), nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            y = F.relu(self.conv(x)).mean((2, 3))
+            return F.layer_norm(F.silu(y), (4,), self.w, self.b) * y
+
+    model = Net().eval()
+    x = torch.rand(3, 1, 8, 8)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=6))
+    assert len(_units(res.snn)) == 3
+    with torch.no_grad():
+        before = res.snn(x)
+    torch.save(res.snn, tmp_path / "snn.pt")
+    again = torch.load(tmp_path / "snn.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(again(x), before)
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x))
+
+
+def test_native_backend_keeps_units_on_torch_and_matches():
+    from snnconvert.runtime import compile as compile_snn
+    from snnconvert.runtime.kernels.native import native_status
+
+    available, reason = native_status("cpu")
+    if not available:
+        pytest.skip(reason)
+    model = GatedNet().eval()
+    x = torch.rand(4, 1, 12, 12)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=6))
+    with torch.no_grad():
+        assert torch.equal(compile_snn(res.snn, backend="native")(x), res.snn(x))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "regnet_y_400mf", "shufflenet_v2_x0_5", "efficientnet_b0"])
+def test_torchvision_models_with_gates_and_shuffles(name):
+    """Real architectures: converted graphs equal the model as ANNs; EfficientNet (SiLU only, no ReLU) is refused
+    with the reason."""
+    tvm = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    model = getattr(tvm, name)(num_classes=10).eval()
+    x = torch.rand(2, 3, 32, 32)
+    if name == "efficientnet_b0":
+        with pytest.raises(UnsupportedOpError, match="no ReLU"):
+            convert(model, forward_loop=[x])
+        return
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=2))
+    with torch.no_grad():
+        torch.testing.assert_close(res.snn.ann_forward(x), model(x), rtol=1e-4, atol=1e-5)
+        assert torch.isfinite(res.snn(x)).all()
+    assert isinstance(res.snn.gm, fx.GraphModule)
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_onnx_import_of_a_gated_net_converts_like_the_module(tmp_path, coding):
+    """Sigmoid, HardSigmoid, HardSwish, Mul and LayerNormalization from torch's exporter become the same units."""
+    pytest.importorskip("onnx")
+    model = GatedNet().eval()
+    path = tmp_path / "gated.onnx"
+    torch.onnx.export(model, (torch.rand(2, 1, 12, 12),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
+    x = torch.rand(4, 1, 12, 12)
+    cfg = ConversionConfig.for_coding(coding, timesteps=6)
+    a, b = convert(model, forward_loop=[x], config=cfg), convert(str(path), forward_loop=[x], config=cfg)
+    assert sorted(u.n_inputs for u in _units(b.snn).values()) == sorted(u.n_inputs for u in _units(a.snn).values())
+    with torch.no_grad():
+        torch.testing.assert_close(b.snn(x), a.snn(x), rtol=1e-4, atol=1e-5)

@@ -149,6 +149,13 @@ def _sweep_table(swept, results) -> Table:
     return table
 
 
+def _units_text(result) -> str:
+    """``"; graded units (dense outputs): max-pool x3, product x1"`` from the conversion report, or ``""``."""
+    counts = result.report.entry("replace_activations").counts
+    units = [f"{k[len('GradedUnit('):-1]} x{v}" for k, v in counts.items() if k.startswith("GradedUnit(")]
+    return f"; graded units (dense outputs): {', '.join(units)}" if units else ""
+
+
 def _sweep_line(swept) -> str:
     shared = (f" (thresholds do not depend on T: one evaluation at T={max(swept.evaluations)}, each T read from "
               "its first T steps)" if swept.shared_run else "")
@@ -288,7 +295,7 @@ def _run(o: RunOptions) -> None:
     if evaluation.layer_errors:
         out.print(_layer_error_table(evaluation.layer_errors, evaluation.timesteps))
     out.print(f"model {resolved.label}: {len(result.thresholds)} ReLU site(s) -> {cfg.coding} coding, "
-              f"thresholds {cfg.threshold} per {cfg.granularity}, T={evaluation.timesteps}")
+              f"thresholds {cfg.threshold} per {cfg.granularity}, T={evaluation.timesteps}{_units_text(result)}")
     ann_text = "n/a" if evaluation.ann_accuracy is None else f"{100 * evaluation.ann_accuracy:.2f} %"
     out.print(f"ANN accuracy {ann_text}; SNN accuracy at T={evaluation.timesteps}: "
               f"{100 * evaluation.snn_accuracy[-1]:.2f} % on {evaluation.images} images of {eval_name} "
@@ -368,7 +375,8 @@ def main(
     device: str = typer.Option("cpu", help="cpu | cuda[:N]"),
     dtype: str = typer.Option("float32", help="compute precision of the layers: float32 | bfloat16 | float16 "
                               "(neuron state stays fp32)"),
-    allow_ann_op: list[str] = typer.Option([], help="node-name pattern allowed to stay analog (repeatable)"),
+    allow_ann_op: list[str] = typer.Option([], help="node-name pattern allowed to stay analog: it runs as a "
+                                           "graded unit, exact on decoded values (repeatable)"),
     layer_errors: bool = typer.Option(False, "--layer-errors", help="also compare every neuron's (and pooling "
                                       "unit's) decoded output with its ANN value after each step: where accuracy is "
                                       "lost"),

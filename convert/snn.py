@@ -32,8 +32,8 @@ class SpikingNetwork(nn.Module):
         coding: the coding strategy object (``encode`` / ``prepare`` / ``decode``).
         timesteps: default number of steps T.
         neuron_names: the submodule names of the neurons (ReLU site names).
-        unit_names: the submodule names of the other stateful units (graded max-pool units; fused neuron pairs
-            added by ``snnconvert.runtime.compile``).
+        unit_names: the submodule names of the other stateful units (graded units: max-pools, other non-linear
+            functions and products; fused neuron pairs added by ``snnconvert.runtime.compile``).
 
     Calling ``snn(x)`` with an analog batch ``x [B, ...]`` returns the decoded output after every step,
     ``[T, B, ...]`` (entry ``t-1`` is the network's answer after ``t`` steps).

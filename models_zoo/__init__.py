@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from snnconvert.models_zoo.fmnist import fmnist_mobilenet, fmnist_resnet, fmnist_vgg, fmnist_vit
+from snnconvert.models_zoo.fmnist import fmnist_mnv3, fmnist_mobilenet, fmnist_resnet, fmnist_vgg, fmnist_vit
 
 __all__ = ["REGISTRY", "WEIGHTS_DIR", "ZooEntry", "get_entry", "get_model", "list_models"]
 
@@ -77,6 +77,7 @@ REGISTRY: dict[str, ZooEntry] = {
         _entry("fmnist-vgg", fmnist_vgg),
         _entry("fmnist-resnet", fmnist_resnet),
         _entry("fmnist-mobilenet", fmnist_mobilenet),
+        _entry("fmnist-mnv3", fmnist_mnv3),
         _entry("fmnist-vit", fmnist_vit),
     )
 }

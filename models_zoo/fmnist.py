@@ -1,4 +1,4 @@
-"""Fashion-MNIST architectures of the model zoo: VGG, ResNet, MobileNet and a tiny ViT.
+"""Fashion-MNIST architectures of the model zoo: VGG, ResNet, MobileNet, MobileNetV3 and a tiny ViT.
 
 Every network takes raw images ``[B, 1, 28, 28]`` in [0, 1] (no normalisation) and returns logits ``[B, 10]``.
 They are plain PyTorch, traceable by ``torch.fx`` and exportable to ONNX, and each one exercises a different part
@@ -7,6 +7,8 @@ of the converter on purpose:
 - ``FmnistVGG``: ``nn.ReLU`` modules (one ``inplace=True``), ``MaxPool2d`` right after a ReLU, ``Dropout``.
 - ``FmnistResNet``: residual adds followed by functional ``F.relu`` / ``torch.relu``, 1x1 conv shortcuts.
 - ``FmnistMobileNet``: depthwise convolutions (``groups=channels``) with ``nn.ReLU6``.
+- ``FmnistMobileNetV3``: Hardswish (in place in the stem), squeeze-and-excitation gates (Hardsigmoid times the
+  feature map), inverted residuals: non-ReLU activations and products as graded units.
 - ``FmnistViT``: explicit attention (``q @ k^T`` and ``softmax`` as plain torch ops, no SDPA), GELU, LayerNorm.
 
 Initialisation is seeded: each factory builds its model under a forked RNG seeded with ``seed``, so the same seed
@@ -174,6 +176,82 @@ class FmnistMobileNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# MobileNetV3
+# ---------------------------------------------------------------------------------------------------------------
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation gate: global average → 1x1 conv → ReLU → 1x1 conv → Hardsigmoid, times the input."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = F.adaptive_avg_pool2d(x, 1)
+        scale = F.hardsigmoid(self.fc2(F.relu(self.fc1(scale))))
+        return x * scale
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV3 block: 1x1 expansion (skipped when ``expand == c_in``), depthwise ``k`` x ``k`` conv, optional
+    squeeze-and-excitation, linear 1x1 projection; residual add when shapes allow. ``act``: ReLU or Hardswish."""
+
+    def __init__(self, c_in: int, expand: int, c_out: int, k: int, se: bool, act: str, stride: int) -> None:
+        super().__init__()
+        make_act = {"relu": nn.ReLU, "hswish": nn.Hardswish}[act]
+        layers: list[nn.Module] = []
+        if expand != c_in:
+            layers += [nn.Conv2d(c_in, expand, 1, bias=False), nn.BatchNorm2d(expand), make_act()]
+        layers += [nn.Conv2d(expand, expand, k, stride=stride, padding=k // 2, groups=expand, bias=False),
+                   nn.BatchNorm2d(expand), make_act()]
+        if se:
+            layers.append(SqueezeExcite(expand, max(8, expand // 4)))
+        layers += [nn.Conv2d(expand, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return out + x if self.residual else out
+
+
+class FmnistMobileNetV3(nn.Module):
+    """MobileNetV3-small-style network: Hardswish stem, inverted residual blocks with ReLU (early) and Hardswish
+    (late) activations and squeeze-and-excitation gates, 1x1 Hardswish head conv, global average pool, two-layer
+    Hardswish classifier. Spatial sizes 28 → 14 → 7.
+
+    ``blocks`` lists ``(expand, c_out, kernel, se, act, stride)`` per block.
+    """
+
+    DEFAULT_BLOCKS = (
+        (16, 16, 3, True, "relu", 2),
+        (64, 24, 3, False, "relu", 1),
+        (72, 24, 3, False, "relu", 1),
+        (96, 40, 5, True, "hswish", 2),
+        (120, 40, 5, True, "hswish", 1),
+        (120, 48, 5, True, "hswish", 1),
+    )
+
+    def __init__(self, stem: int = 16, blocks: tuple = DEFAULT_BLOCKS, head: int = 192, hidden: int = 128) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem),
+                                  nn.Hardswish(inplace=True))
+        layers: list[nn.Module] = []
+        c_in = stem
+        for expand, c_out, k, se, act, stride in blocks:
+            layers.append(InvertedResidual(c_in, expand, c_out, k, se, act, stride))
+            c_in = c_out
+        self.blocks = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Conv2d(c_in, head, 1, bias=False), nn.BatchNorm2d(head), nn.Hardswish())
+        self.classifier = nn.Sequential(nn.Linear(head, hidden), nn.Hardswish(), nn.Dropout(0.2),
+                                        nn.Linear(hidden, NUM_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # ViT
 # ---------------------------------------------------------------------------------------------------------------
 class Attention(nn.Module):
@@ -291,6 +369,11 @@ def fmnist_resnet(seed: int = 0) -> FmnistResNet:
 def fmnist_mobilenet(seed: int = 0) -> FmnistMobileNet:
     """MobileNet-v1-style network with ReLU6 and depthwise-separable blocks."""
     return _seeded(lambda: _build_cnn(FmnistMobileNet), seed)
+
+
+def fmnist_mnv3(seed: int = 0) -> FmnistMobileNetV3:
+    """MobileNetV3-small-style network: Hardswish, squeeze-and-excitation gates, inverted residuals."""
+    return _seeded(lambda: _build_cnn(FmnistMobileNetV3), seed)
 
 
 def fmnist_vit(seed: int = 0) -> FmnistViT:

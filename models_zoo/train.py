@@ -70,6 +70,7 @@ RECIPES: dict[str, TrainRecipe] = {
     "fmnist-vgg": TrainRecipe(epochs=15, optimizer="sgd", lr=0.1, weight_decay=5e-4),
     "fmnist-resnet": TrainRecipe(epochs=20, optimizer="sgd", lr=0.1, weight_decay=5e-4),
     "fmnist-mobilenet": TrainRecipe(epochs=15, optimizer="sgd", lr=0.1, weight_decay=1e-4),
+    "fmnist-mnv3": TrainRecipe(epochs=10, optimizer="sgd", lr=0.1, weight_decay=1e-4),
     "fmnist-vit": TrainRecipe(
         epochs=30, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=2.0, label_smoothing=0.1,
         grad_clip=1.0,

@@ -1,6 +1,6 @@
 """Per-unit ANN↔SNN error: where along the network the spiking approximation departs from the ANN.
 
-For every stateful unit the graph calls (spiking neurons, graded max-pool units, fused bounded-ReLU pairs) and for
+For every stateful unit the graph calls (spiking neurons, graded units, fused bounded-ReLU pairs) and for
 the network output, the decoded value after each step t is compared with the same node's value in the ANN, over
 every element of every evaluated image:
 

@@ -96,3 +96,36 @@ class Unsupported(nn.Module):
         y = torch.sort(F.relu(self.conv(x)), dim=1)[0]
         y = torch.cumsum(y, 2).flatten(2)
         return self.fc((y @ y.transpose(1, 2)).flatten(1))
+
+
+class _SE(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, 4, 1), nn.Conv2d(4, c, 1)
+
+    def forward(self, x):
+        w = F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))
+        return x * F.hardsigmoid(self.fc2(w))
+
+
+class GatedNet(nn.Module):
+    """An analog SiLU stem, in-place Hardswish, a squeeze-and-excitation gate (product), sigmoid, LayerNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.stem_act = nn.SiLU(inplace=True)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.act = nn.Hardswish(inplace=True)
+        self.se = _SE(8)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem_act(self.stem(x))  # upstream of every neuron: stays plain
+        x = F.relu(self.conv1(x))
+        x = self.se(self.act(self.conv2(x)))
+        x = torch.sigmoid(x) + x
+        return self.fc(self.norm(x.mean((2, 3))))

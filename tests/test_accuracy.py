@@ -46,6 +46,16 @@ def test_differential_vgg_ci(fmnist_train, fmnist_test, T, max_gap):
     assert ev.ann_accuracy - ev.snn_accuracy[-1] <= max_gap + 0.003  # 3 images of paired sampling slack at 1k
 
 
+@pytest.mark.slow
+def test_differential_gated_mobilenet_v3_ci(fmnist_train, fmnist_test):
+    """fmnist-mnv3: Hardswish, sigmoid gates and their products run as graded units (exact on decoded values); the
+    SNN still reaches the ANN's accuracy in four steps."""
+    ev = _convert_and_eval("fmnist-mnv3", ConversionConfig.for_coding("differential", timesteps=4), fmnist_train,
+                           fmnist_test, CI_IMAGES)
+    assert ev.ann_accuracy >= 0.90
+    assert ev.ann_accuracy - ev.snn_accuracy[-1] <= 0.005 + 0.003
+
+
 @pytest.mark.full
 def test_rate_vgg_per_channel_999_within_1pp_at_T64(fmnist_train, fmnist_test):
     ev = _convert_and_eval("fmnist-vgg", RATE_T64, fmnist_train, fmnist_test, 10000)
@@ -54,7 +64,7 @@ def test_rate_vgg_per_channel_999_within_1pp_at_T64(fmnist_train, fmnist_test):
 
 
 @pytest.mark.full
-@pytest.mark.parametrize("name", ["fmnist-vgg", "fmnist-resnet"])
+@pytest.mark.parametrize("name", ["fmnist-vgg", "fmnist-resnet", "fmnist-mnv3"])
 @pytest.mark.parametrize("T, max_gap", [(4, 0.005), (8, 0.002)])
 def test_differential_full(fmnist_train, fmnist_test, name, T, max_gap):
     ev = _convert_and_eval(name, ConversionConfig.for_coding("differential", timesteps=T), fmnist_train,

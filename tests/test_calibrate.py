@@ -160,3 +160,9 @@ def test_config_validation_messages():
     assert ConversionConfig.for_coding("rate", levels=4).neuron == "mt"
     cfg = ConversionConfig(threshold="99.9%")
     assert ConversionConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_unconverged_fit_names_the_group_and_its_statistics():
+    cfg = ConversionConfig.for_coding("differential", timesteps=8, fit_max_iter=1)
+    with pytest.raises(CalibrationError, match=r"did not converge .* in 1 iterations \(group \d+: mean .*, variance "):
+        convert(SpellingsNet(), forward_loop=[torch.rand(8, 1, 28, 28)], config=cfg)

@@ -239,6 +239,14 @@ def test_zero_variance_policy(method: str) -> None:
     assert res.converged[:4].all() and (res.residual[:4] == 0).all() and (res.n_iter[:4] == 0).all()
     alone = fit_thresholds(mean[4:], var[4:], 16, method=method)
     assert res.threshold[4] == alone.threshold[0]
+    # a constant fp32 channel pooled over a data set has rounding-noise variance (found in torchvision's GoogLeNet:
+    # μ = −0.215, σ² = 6.7e-18, where no bracket of the root exists): constant up to σ ≤ 1e-6·|μ|
+    near = fit_thresholds(torch.tensor([-0.215, 0.3, 1.0], dtype=F64),
+                          torch.tensor([6.7e-18, (0.3e-7) ** 2, (2e-6) ** 2], dtype=F64), 64, method=method)
+    assert near.threshold[:2].tolist() == [1.0, 0.3] and near.n_dead == 1 and near.converged[:2].all()
+    assert (near.n_iter[:2] == 0).all() and near.n_iter[2] > 0  # σ = 2e-6·μ is still fitted
+    if method == "solve":
+        assert near.converged[2]
 
 
 def test_nonfinite_policy() -> None:

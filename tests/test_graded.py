@@ -6,12 +6,14 @@ real models (torchvision's ShuffleNetV2, MobileNetV3, RegNetY) are handled."""
 from __future__ import annotations
 
 import operator
+from pathlib import Path
 
 import pytest
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from nets import GatedNet
 
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.convert.coding.units import GradedUnit
@@ -68,39 +70,6 @@ def test_unit_arity_is_checked():
         unit.single_step(torch.ones(2))
     with pytest.raises(ConfigError, match="n_inputs"):
         GradedUnit(operator.mul, coding="rate", n_inputs=0)
-
-
-class _SE(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Conv2d(c, 4, 1), nn.Conv2d(4, c, 1)
-
-    def forward(self, x):
-        w = F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))
-        return x * F.hardsigmoid(self.fc2(w))
-
-
-class GatedNet(nn.Module):
-    """An analog SiLU stem, in-place Hardswish, a squeeze-and-excitation gate (product), sigmoid, LayerNorm."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.stem = nn.Conv2d(1, 8, 3, padding=1)
-        self.stem_act = nn.SiLU(inplace=True)
-        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-        self.act = nn.Hardswish(inplace=True)
-        self.se = _SE(8)
-        self.norm = nn.LayerNorm(8)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = self.stem_act(self.stem(x))  # upstream of every neuron: stays plain
-        x = F.relu(self.conv1(x))
-        x = self.se(self.act(self.conv2(x)))
-        x = torch.sigmoid(x) + x
-        return self.fc(self.norm(x.mean((2, 3))))
 
 
 def _units(snn) -> dict[str, GradedUnit]:
@@ -344,3 +313,37 @@ def test_onnx_import_of_a_gated_net_converts_like_the_module(tmp_path, coding):
     assert sorted(u.n_inputs for u in _units(b.snn).values()) == sorted(u.n_inputs for u in _units(a.snn).values())
     with torch.no_grad():
         torch.testing.assert_close(b.snn(x), a.snn(x), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_lists_the_graded_units():
+    from typer.testing import CliRunner
+
+    from snnconvert.cli.main import app
+
+    nets = Path(__file__).parent / "nets.py"
+    result = CliRunner().invoke(app, [f"{nets}:GatedNet", "--calib-data", "fashion-mnist", "--eval-data",
+                                      "fashion-mnist", "--calib-images", "16", "--eval-images", "8", "-T", "2",
+                                      "--coding", "differential"])
+    assert result.exit_code == 0, result.output
+    assert "graded units (dense outputs): Hardswish x1, hardsigmoid x1, product x1, sigmoid x1, LayerNorm x1" in \
+        " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("expr", ["square", "reciprocal", "pow"])
+def test_one_input_products_and_quotients_are_functions(expr):
+    """``y * y``, ``1 / y`` and ``y ** 2`` are functions of one input (one-input units), exact on averages."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(5)
+            self.conv = nn.Conv2d(1, 3, 3)
+
+        def forward(self, x):
+            y = F.relu(self.conv(x)).mean((2, 3))
+            return {"square": lambda: y * y, "reciprocal": lambda: 1.0 / (y + 1.0), "pow": lambda: y ** 2}[expr]()
+
+    model = Net().eval()
+    x = torch.rand(4, 1, 8, 8)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=8))
+    assert [u.n_inputs for u in _units(res.snn).values()] == [1]
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import operator
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 
 from snnconvert.models_zoo import REGISTRY, WEIGHTS_DIR, get_entry, get_model, list_models
 
-NAMES = ["fmnist-vgg", "fmnist-resnet", "fmnist-mobilenet", "fmnist-vit"]
+NAMES = ["fmnist-vgg", "fmnist-resnet", "fmnist-mobilenet", "fmnist-mnv3", "fmnist-vit"]
 #: Registered models whose trained files are not shipped yet (issue 5). Strict: once the files land, the tests
 #: XPASS and fail until the model is removed from this set. Every model is shipped now.
 NOT_SHIPPED: set[str] = set()
@@ -20,12 +21,13 @@ SHIPPED_CHECKS = [
 ]
 MAX_FILE_BYTES = 5 * 1024 * 1024
 #: Accuracy floors in percent on the full 10k Fashion-MNIST test split.
-ACCURACY_FLOORS = {"fmnist-vgg": 93.0, "fmnist-resnet": 93.0, "fmnist-mobilenet": 91.5, "fmnist-vit": 88.0}
+ACCURACY_FLOORS = {"fmnist-vgg": 93.0, "fmnist-resnet": 93.0, "fmnist-mobilenet": 91.5, "fmnist-mnv3": 92.0,
+                   "fmnist-vit": 88.0}
 #: The card's accuracy and a fresh measurement may differ by at most this many percentage points.
 CARD_ACCURACY_TOLERANCE_PP = 0.05
 
 
-def test_registry_lists_the_four_models():
+def test_registry_lists_the_five_models():
     assert list_models() == NAMES
     assert set(REGISTRY) == set(NAMES)
     for name in NAMES:
@@ -101,6 +103,13 @@ def test_architectures_exercise_the_converter_features():
     mobilenet = get_entry("fmnist-mobilenet").factory(seed=0)
     assert any(isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1 for m in mobilenet.modules())
     assert any(isinstance(m, nn.ReLU6) for m in mobilenet.modules())
+
+    mnv3 = get_entry("fmnist-mnv3").factory(seed=0)
+    assert any(isinstance(m, nn.Hardswish) and m.inplace for m in mnv3.modules())
+    gm = torch.fx.symbolic_trace(mnv3)
+    targets = {n.target for n in gm.graph.nodes if n.op == "call_function"}
+    assert torch.nn.functional.hardsigmoid in targets and operator.mul in targets  # squeeze-and-excitation gates
+    assert any(isinstance(m, nn.ReLU) for m in mnv3.modules())
 
     vit = get_entry("fmnist-vit").factory(seed=0)
     gm = torch.fx.symbolic_trace(vit)

@@ -246,7 +246,10 @@ def _fit(obs: MomentObserver, cfg: ConversionConfig, name: str) -> tuple[torch.T
             "groups": int(converged.numel()), "n_dead": int(result.n_dead), "n_nonfinite": int(result.n_nonfinite),
             "residual_max": float(torch.as_tensor(result.residual).max())}
     if method == "solve" and not bool(converged.all()):
+        first = int((~converged).reshape(-1).nonzero()[0])
+        mu, var = float(obs.mean.reshape(-1)[first]), float(obs.var.reshape(-1)[first])
         raise CalibrationError(
             f"site {name}: threshold iteration did not converge for {int((~converged).sum())} group(s) in "
-            f"{cfg.fit_max_iter} iterations; raise fit_max_iter")
+            f"{cfg.fit_max_iter} iterations (group {first}: mean {mu:.4g}, variance {var:.4g}); raise fit_max_iter, "
+            "or use a percentile threshold")
     return result.threshold.double(), info

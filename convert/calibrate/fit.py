@@ -30,6 +30,9 @@ __all__ = ["FitResult", "fit_thresholds", "k_ratio", "qe", "METHODS", "NONFINITE
 METHODS = ("solve", "reference")
 NONFINITE_POLICIES = ("raise", "ignore")
 REFERENCE_ITERATIONS = 100
+#: σ ≤ CONSTANT_RTOL·|μ| counts as a constant group: the variance of a constant fp32 channel pooled over a data set is
+#: rounding noise (σ ~ 1e-8·|μ|), for which N(μ, σ²) is degenerate and no bracket of the root exists in float64.
+CONSTANT_RTOL = 1e-6
 """The reference applies θ ← θ·k(θ) exactly this many times, with no convergence test."""
 
 _SQRT2 = math.sqrt(2.0)
@@ -50,7 +53,7 @@ class FitResult:
         converged: per group; ``"solve"``: the relative bracket width reached ``rtol``; ``"reference"``: always False
             (the reference has no convergence test); σ = 0 groups are True, skipped non-finite groups False.
         residual: |k(θ) − 1| at the result (float64); 0 for σ = 0 groups, NaN for skipped non-finite groups.
-        n_dead: groups with σ² = 0 and μ ≤ 0 (always silent; θ set to 1).
+        n_dead: constant groups (σ ≤ 1e-6·|μ|, see :data:`CONSTANT_RTOL`) with μ ≤ 0 (always silent; θ set to 1).
         n_nonfinite: groups with non-finite mean or variance (θ set to 1, only with ``nonfinite="ignore"``).
     """
 
@@ -287,7 +290,9 @@ def fit_thresholds(
 
     Policies applied with both methods:
 
-    - σ² = 0: θ = μ if μ > 0 (represents the value exactly); otherwise θ = 1 and the group counts in ``n_dead``.
+    - constant groups, σ ≤ 1e-6·|μ| (σ² = 0, or fp32 rounding noise of a constant channel, e.g. a BatchNorm with
+      zero scale): θ = μ if μ > 0 (represents the value exactly); otherwise θ = 1 and the group counts in
+      ``n_dead``.
     - non-finite mean or variance: raise, or with ``nonfinite="ignore"`` set θ = 1 and count in ``n_nonfinite``.
 
     Args:
@@ -337,7 +342,7 @@ def fit_thresholds(
     n_negative = int(((v < 0) & ~bad).sum())
     if n_negative:
         raise CalibrationError(f"{n_negative} group(s) have a negative variance; variances must be >= 0")
-    const = ~bad & (v == 0)
+    const = ~bad & (v <= (CONSTANT_RTOL * mu.abs()) ** 2)
     dead = const & (mu <= 0)
     live = ~bad & ~const
 

@@ -64,7 +64,7 @@ GRADED_FUNCTIONS = frozenset({
     F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.elu, F.celu, F.selu,
     F.leaky_relu, F.prelu, F.mish, F.softplus, F.softsign, F.logsigmoid, F.layer_norm, F.group_norm, F.softmax,
     torch.softmax, F.log_softmax, torch.log_softmax, torch.erf, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
-    torch.abs, torch.square, torch.reciprocal, torch.pow,
+    torch.abs, torch.square, torch.reciprocal, torch.pow, operator.pow,
 })
 #: ... and as tensor methods.
 GRADED_METHODS = frozenset({"sigmoid", "tanh", "softmax", "log_softmax", "erf", "exp", "log", "sqrt", "rsqrt", "abs",
@@ -143,13 +143,27 @@ def graded_kind(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
         if node.target in GRADED_FUNCTIONS:
             return "function" if len(deps) == 1 else None
         if node.target in _SCALING_FUNCTIONS:
-            return "product" if len(deps) == 2 and len(node.args) == 2 and not node.kwargs else None
+            return _product_kind(node, deps, cache)
         return None
     if node.op == "call_method":
         if node.target in GRADED_METHODS:
             return "function" if len(deps) == 1 and node.args[0] is deps[0] else None
         if node.target in _SCALING_METHODS:
-            return "product" if len(deps) == 2 and len(node.args) == 2 and not node.kwargs else None
+            return _product_kind(node, deps, cache)
+    return None
+
+
+def _product_kind(node: fx.Node, deps: list[fx.Node], cache: dict) -> str | None:
+    """A binary ``*`` / ``/``: ``"product"`` of two input-dependent operands, ``"function"`` for a constant divided
+    by one (``1 / x``) or one operand twice (``x * x``), None when affine (one input-dependent factor, constant
+    divisor) or not binary."""
+    if len(node.args) != 2 or node.kwargs:
+        return None
+    if len(deps) == 2:
+        return "product"
+    divides = node.target in ("div", "div_", operator.truediv, operator.itruediv, torch.div)
+    if deps and _depends_on_input(node.args[1], cache) and (divides or _depends_on_input(node.args[0], cache)):
+        return "function"  # 1 / x, or x * x and x / x: a function of the one input
     return None
 
 

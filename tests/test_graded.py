@@ -347,3 +347,28 @@ def test_one_input_products_and_quotients_are_functions(expr):
     res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=8))
     assert [u.n_inputs for u in _units(res.snn).values()] == [1]
     torch.testing.assert_close(res.snn.ann_forward(x), model(x))
+
+
+def test_functions_of_parameters_alone_are_constants():
+    """``sigmoid(self.gate)`` (a learned scalar) does not depend on the input: a constant like a bias, in both
+    codings (differential coding captures it with the offsets)."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(6)
+            self.conv = nn.Conv2d(1, 3, 3)
+            self.gate = nn.Parameter(torch.tensor([0.3, -1.0, 2.0]))
+
+        def forward(self, x):
+            y = F.relu(self.conv(x)).mean((2, 3))
+            return y * torch.sigmoid(self.gate) + torch.exp(self.gate)
+
+    model = Net().eval()
+    x = torch.rand(4, 1, 8, 8)
+    for coding in ("rate", "differential"):
+        res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=8))
+        assert not _units(res.snn)
+        torch.testing.assert_close(res.snn.ann_forward(x), model(x))
+        with torch.no_grad():
+            out = res.snn(x)
+        assert ((out[-1] - model(x)).norm() / model(x).norm()) < 0.1

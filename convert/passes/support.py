@@ -178,8 +178,12 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
     """Return None when ``node`` is supported, else a short reason."""
     if node.op in ("placeholder", "output", "get_attr"):
         return None
+    if node.op in ("call_function", "call_method") and not input_dependent_args(node, cache):
+        return None  # a constant (computed from parameters or shapes alone): like a bias, the same at every step
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
+        if isinstance(module, GRADED_MODULES) and not graded_kind(gm, node, cache):
+            return f"module {type(module).__name__} called with more than its input"
         if is_canonical_relu(gm, node) or isinstance(module, SUPPORTED_MODULES + GRADED_MODULES):
             if isinstance(module, _MAX_POOL_TYPES) and module.return_indices:
                 return "max-pool with return_indices"

@@ -96,6 +96,14 @@ def _energy_line(ops: dict) -> str | None:
             f"E_AC {c['E_AC']} pJ, E_MAC {c['E_MAC']} pJ ({c['source']})")
 
 
+def _units_output_line(units: dict, timesteps: int) -> str:
+    """How many dense values the graded units emit (they are not events and not in the events column)."""
+    nonzero = sum(sum(u["nonzero_per_step"]) for u in units.values())
+    outputs = sum(u["outputs_per_image"] for u in units.values()) * timesteps
+    return (f"graded units: {nonzero:.0f} non-zero dense values per image over {timesteps} steps "
+            f"({100 * nonzero / outputs:.1f} % of their outputs; not counted as events)")
+
+
 def _layer_error_table(errors: dict, timesteps: int) -> Table:
     """Per unit (graph order, then the output): ANN RMS and the relative error of the decoded SNN value at a few
     steps; the unit with the largest error at T is marked."""
@@ -304,6 +312,8 @@ def _run(o: RunOptions) -> None:
     energy = _energy_line(evaluation.ops)
     if energy is not None:
         out.print(energy)
+    if evaluation.unit_outputs:
+        out.print(_units_output_line(evaluation.unit_outputs, evaluation.timesteps))
     if o.report is not None:
         doc = build_report(result, evaluation, model=resolved.label, calib=calib_info, data=eval_info,
                            timings={"total": total},

@@ -10,7 +10,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
+from torch import nn
 
+from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.snn import SpikingNetwork
 from snnconvert.runtime.diagnose import ErrorMeter
 from snnconvert.runtime.energy import SynapticOpCounter
@@ -35,6 +37,9 @@ class EvalReport:
         ops: synaptic operations and energy ratios (method.md §8), when counted.
         layer_errors: per stateful unit and for the output, the ANN value's RMS and the relative error of the
             decoded SNN value after every step (``runtime/diagnose.py``), when asked for; else empty.
+        unit_outputs: per graded unit (max-pool, other non-linear function, product: dense float outputs, not
+            events): outputs per image, total non-zero outputs, non-zero outputs per output element per image, and
+            non-zero outputs per image at each step. Not counted in ``events_per_step``.
     """
 
     timesteps: int
@@ -46,18 +51,20 @@ class EvalReport:
     seconds: dict[str, float] = field(default_factory=dict)
     ops: dict[str, Any] = field(default_factory=dict)
     layer_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unit_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "timesteps": self.timesteps, "ann_accuracy": self.ann_accuracy, "snn_accuracy": self.snn_accuracy,
             "images": self.images, "events_per_step": self.events_per_step, "site_events": self.site_events,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "ops": self.ops,
-            "layer_errors": self.layer_errors,
+            "layer_errors": self.layer_errors, "unit_outputs": self.unit_outputs,
         }
 
 
 class _EventCounter:
-    """Forward hooks that count the neurons' non-zero outputs per step (multi- and single-step modes).
+    """Forward hooks that count the neurons' non-zero outputs per step (multi- and single-step modes); with
+    ``targets``, those ``(name, module)`` pairs' non-zero outputs instead (the graded units' dense outputs).
 
     Neurons whose kernels count their events (``KernelNeuron.counts_events``: native and Triton) are asked to, and
     their counts are used instead of a pass over the output (the same numbers: non-zero emitted values per step). A
@@ -65,13 +72,14 @@ class _EventCounter:
     unit is hooked and its per-site counts are credited to the neuron's site name.
     """
 
-    def __init__(self, snn: SpikingNetwork, timesteps: int) -> None:
+    def __init__(self, snn: SpikingNetwork, timesteps: int, targets: list[tuple[str, nn.Module]] | None = None) -> None:
         self.T = timesteps
         self.counts: dict[str, torch.Tensor] = {}
         self.neurons: dict[str, int] = {}
         self.step: dict[str, int] = {}
-        owner = {site: m for _, m in snn.stateful() for site in getattr(m, "site_names", ())}
-        targets = [(name, owner.get(name, m)) for name, m in snn.neurons()]
+        if targets is None:
+            owner = {site: m for _, m in snn.stateful() for site in getattr(m, "site_names", ())}
+            targets = [(name, owner.get(name, m)) for name, m in snn.neurons()]
         self.modules = list({id(m): m for _, m in targets if getattr(m, "counts_events", False)}.values())
         for m in self.modules:
             m.count_events, m.last_events = True, None
@@ -148,6 +156,7 @@ def evaluate(
     if ann is not None:
         ann.to(device).eval()
     counter = _EventCounter(snn, T)
+    unit_counter = _EventCounter(snn, T, [(n, m) for n, m in snn.stateful() if isinstance(m, GradedUnit)])
     ops = SynapticOpCounter(snn, T) if count_ops else None
     meter = ErrorMeter(snn, T) if layer_errors else None
     try:
@@ -171,6 +180,7 @@ def evaluate(
                     progress(int(y.shape[0]))
     finally:
         counter.close()
+        unit_counter.close()
         if ops is not None:
             ops.close()
         if meter is not None:
@@ -187,6 +197,12 @@ def evaluate(
         site_events[name] = {"neurons_per_image": n, "events": float(counts.sum()),
                              "events_per_neuron": float(counts.sum()) / (n * images),
                              "events_per_step": (counts / images).tolist()}
+    unit_outputs = {}
+    for name, counts in unit_counter.counts.items():
+        n = unit_counter.neurons[name]
+        unit_outputs[name] = {"outputs_per_image": n, "nonzero": float(counts.sum()),
+                              "nonzero_per_output": float(counts.sum()) / (n * images),
+                              "nonzero_per_step": (counts / images).tolist()}
     report = EvalReport(
         timesteps=T,
         ann_accuracy=correct_ann / images if ann is not None else None,
@@ -195,6 +211,7 @@ def evaluate(
         events_per_step=[float(c) / images for c in total],
         site_events=site_events,
         seconds=seconds,
+        unit_outputs=unit_outputs,
     )
     if ops is not None:
         ops.counts.images = images
@@ -252,6 +269,7 @@ def build_report(
                    "total_per_image": float(sum(evaluation.events_per_step))},
         "synaptic_ops": evaluation.ops,
         "layer_errors": evaluation.layer_errors or None,
+        "graded_units": evaluation.unit_outputs or None,
         "runtime": dict(runtime or {}),
         "conversion": result.report.to_dict(),
         "timings": {**{f"eval_{k}": round(v, 4) for k, v in evaluation.seconds.items()},

@@ -87,9 +87,15 @@ def truncate(report: EvalReport, T: int) -> EvalReport:
         layer["sop_rate"] = sum(layer["sop_per_step"]) / (T * layer["tot_macs"])
     errors = {name: {**e, "relative_error": None if e["relative_error"] is None else e["relative_error"][:T]}
               for name, e in report.layer_errors.items()}
+    units = {}
+    for name, unit in report.unit_outputs.items():
+        per_step = unit["nonzero_per_step"][:T]
+        nonzero = sum(per_step) * images
+        units[name] = {**unit, "nonzero": nonzero, "nonzero_per_output": nonzero / (unit["outputs_per_image"] * images),
+                       "nonzero_per_step": per_step}
     return EvalReport(timesteps=T, ann_accuracy=report.ann_accuracy, snn_accuracy=report.snn_accuracy[:T],
                       images=images, events_per_step=report.events_per_step[:T], site_events=sites,
-                      seconds=dict(report.seconds), ops=ops, layer_errors=errors)
+                      seconds=dict(report.seconds), ops=ops, layer_errors=errors, unit_outputs=units)
 
 
 def _same_thresholds(results) -> bool:

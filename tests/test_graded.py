@@ -315,18 +315,25 @@ def test_onnx_import_of_a_gated_net_converts_like_the_module(tmp_path, coding):
         torch.testing.assert_close(b.snn(x), a.snn(x), rtol=1e-4, atol=1e-5)
 
 
-def test_cli_lists_the_graded_units():
+def test_cli_lists_the_graded_units(tmp_path):
+    import json
+
     from typer.testing import CliRunner
 
     from snnconvert.cli.main import app
 
     nets = Path(__file__).parent / "nets.py"
+    report = tmp_path / "r.json"
     result = CliRunner().invoke(app, [f"{nets}:GatedNet", "--calib-data", "fashion-mnist", "--eval-data",
                                       "fashion-mnist", "--calib-images", "16", "--eval-images", "8", "-T", "2",
-                                      "--coding", "differential"])
+                                      "--coding", "differential", "--report", str(report)])
     assert result.exit_code == 0, result.output
-    assert "graded units (dense outputs): Hardswish x1, hardsigmoid x1, product x1, sigmoid x1, LayerNorm x1" in \
-        " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert "graded units (dense outputs): Hardswish x1, hardsigmoid x1, product x1, sigmoid x1, LayerNorm x1" in text
+    units = json.loads(report.read_text())["graded_units"]
+    assert len(units) == 5
+    nonzero = sum(sum(u["nonzero_per_step"]) for u in units.values())
+    assert f"graded units: {nonzero:.0f} non-zero dense values per image over 2 steps" in text
 
 
 @pytest.mark.parametrize("expr", ["square", "reciprocal", "pow"])
@@ -372,3 +379,38 @@ def test_functions_of_parameters_alone_are_constants():
         with torch.no_grad():
             out = res.snn(x)
         assert ((out[-1] - model(x)).norm() / model(x).norm()) < 0.1
+
+
+@pytest.mark.parametrize("mode", ["multi", "single"])
+def test_evaluation_counts_the_units_dense_outputs_apart_from_events(mode):
+    from snnconvert.runtime import evaluate
+    from snnconvert.runtime.sweep import truncate
+
+    model = GatedNet().eval()
+    x, y = torch.rand(6, 1, 12, 12), torch.randint(0, 10, (6,))
+    T = 5
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=T))
+    expected: dict[str, torch.Tensor] = {}
+    sizes: dict[str, int] = {}
+
+    def hook(name):
+        def count(module, args, out):
+            if not (module.capture or module.analog):
+                sizes[name] = out[0].numel()
+                per_step = out.reshape(T, -1).ne(0).sum(1) if module.step_mode == "m" else out.ne(0).sum().view(1)
+                expected[name] = torch.cat([expected.get(name, torch.zeros(0, dtype=torch.int64)), per_step])
+        return count
+
+    handles = [u.register_forward_hook(hook(n)) for n, u in _units(res.snn).items()]
+    ev = evaluate(res.snn, [(x, y)], mode=mode)
+    for h in handles:
+        h.remove()
+    assert set(ev.unit_outputs) == set(_units(res.snn))
+    for name, unit in ev.unit_outputs.items():
+        assert unit["nonzero_per_step"] == (expected[name].double() / 6).tolist()
+        assert unit["outputs_per_image"] == sizes[name]
+        assert unit["nonzero_per_output"] == pytest.approx(sum(unit["nonzero_per_step"]) / sizes[name])
+    cut = truncate(ev, 2)
+    for name, unit in cut.unit_outputs.items():
+        assert unit["nonzero_per_step"] == ev.unit_outputs[name]["nonzero_per_step"][:2]
+        assert unit["nonzero"] == pytest.approx(sum(unit["nonzero_per_step"]) * 6)

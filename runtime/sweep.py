@@ -66,18 +66,23 @@ def recommend_timesteps(accuracy_at_T: dict[int, float], ann_accuracy: float, ta
     return min(passing) if passing else None
 
 
+def _cut_counts(entry: dict, T: int, images: int, keys: tuple[str, str, str, str]) -> dict:
+    """One site's (or unit's) counts over the first ``T`` steps; ``keys``: its per-step list (per image), total,
+    rate per element and elements-per-image fields."""
+    per_step_key, total_key, rate_key, size_key = keys
+    per_step = entry[per_step_key][:T]
+    total = sum(per_step) * images
+    return {**entry, total_key: total, rate_key: total / (entry[size_key] * images), per_step_key: per_step}
+
+
 def truncate(report: EvalReport, T: int) -> EvalReport:
     """The evaluation of the first ``T`` steps of ``report`` (whose network ran ``report.timesteps`` ≥ T steps):
     every per-step list cut to T entries and the totals and rates over those steps."""
     if not 1 <= T <= report.timesteps:
         raise ConfigError(f"cannot cut an evaluation of {report.timesteps} steps to {T}")
     images = report.images
-    sites = {}
-    for name, site in report.site_events.items():
-        per_step = site["events_per_step"][:T]
-        events = sum(per_step) * images
-        sites[name] = {**site, "events": events, "events_per_neuron": events / (site["neurons_per_image"] * images),
-                       "events_per_step": per_step}
+    sites = {name: _cut_counts(site, T, images, ("events_per_step", "events", "events_per_neuron", "neurons_per_image"))
+             for name, site in report.site_events.items()}
     ops = copy.deepcopy(report.ops)
     for key in ("sop_per_step", "energy_ratio_reference", "energy_ratio_extended"):
         if key in ops:
@@ -87,12 +92,9 @@ def truncate(report: EvalReport, T: int) -> EvalReport:
         layer["sop_rate"] = sum(layer["sop_per_step"]) / (T * layer["tot_macs"])
     errors = {name: {**e, "relative_error": None if e["relative_error"] is None else e["relative_error"][:T]}
               for name, e in report.layer_errors.items()}
-    units = {}
-    for name, unit in report.unit_outputs.items():
-        per_step = unit["nonzero_per_step"][:T]
-        nonzero = sum(per_step) * images
-        units[name] = {**unit, "nonzero": nonzero, "nonzero_per_output": nonzero / (unit["outputs_per_image"] * images),
-                       "nonzero_per_step": per_step}
+    units = {name: _cut_counts(unit, T, images, ("nonzero_per_step", "nonzero", "nonzero_per_output",
+                                                  "outputs_per_image"))
+             for name, unit in report.unit_outputs.items()}
     return EvalReport(timesteps=T, ann_accuracy=report.ann_accuracy, snn_accuracy=report.snn_accuracy[:T],
                       images=images, events_per_step=report.events_per_step[:T], site_events=sites,
                       seconds=dict(report.seconds), ops=ops, layer_errors=errors, unit_outputs=units)

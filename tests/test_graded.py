@@ -414,3 +414,28 @@ def test_evaluation_counts_the_units_dense_outputs_apart_from_events(mode):
     for name, unit in cut.unit_outputs.items():
         assert unit["nonzero_per_step"] == ev.unit_outputs[name]["nonzero_per_step"][:2]
         assert unit["nonzero"] == pytest.approx(sum(unit["nonzero_per_step"]) * 6)
+
+
+def test_a_shared_activation_module_works_in_low_precision():
+    """``self.act`` (a PReLU, with a parameter) called in front of the first neuron and after it: the unit gets its
+    own fp32 copy, the plain call site is cast with the layers, so bf16 runs."""
+    from snnconvert.runtime import compile as compile_snn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(7)
+            self.c1, self.c2, self.act, self.fc = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.PReLU(), nn.Linear(4, 10)
+
+        def forward(self, x):
+            y = F.relu(self.c2(self.act(self.c1(x))))
+            return self.fc(self.act(y - 0.5).mean((2, 3)))
+
+    model = Net().eval()
+    x = torch.rand(4, 1, 10, 10)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=8))
+    with torch.no_grad():
+        full = res.snn(x)
+        low = compile_snn(res.snn, backend="torch", dtype=torch.bfloat16)(x)
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x))
+    assert (low[-1] - full[-1]).abs().max() < 0.05 * full[-1].abs().max()

@@ -98,11 +98,11 @@ class GradedUnit(StepModule):
     def capture_input(self, *xs: torch.Tensor) -> torch.Tensor:
         """Capture mode: store each input as its bias b and output zeros."""
         self.biases = tuple(x.detach().float().clone() for x in xs)
-        return torch.zeros_like(self.f(*xs))
+        return torch.zeros_like(self.analog_forward(*xs))
 
     def analog_forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        """The function itself, on analog inputs."""
-        return self.f(*xs)
+        """The function itself, on analog inputs (computed at the state precision, like the steps)."""
+        return self.f(*(x.to(_state_dtype(x.dtype)) for x in xs)).to(xs[0].dtype)
 
     def _biases(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.coding == "rate":

@@ -2,6 +2,7 @@
 product downstream of a neuron by a graded unit, and wrap the graph as a :class:`SpikingNetwork`."""
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -128,7 +129,11 @@ class _BoundCall(nn.Module):
 def _bind(gm: fx.GraphModule, node: fx.Node, deps: list[fx.Node]) -> nn.Module:
     """The function a unit for ``node`` applies to its inputs ``deps``."""
     if node.op == "call_module":
-        return gm.get_submodule(node.target)
+        module = gm.get_submodule(node.target)
+        shared = any(n is not node and n.op == "call_module" and n.target == node.target for n in gm.graph.nodes)
+        # a module also called elsewhere (a shared ``self.act``) gets its own copy: units keep fp32 parameters,
+        # while a plain call site in front of the first neuron is cast with the layers (``compile(dtype=...)``)
+        return copy.deepcopy(module) if shared else module
     consts: dict[str, torch.Tensor] = {}
 
     def template(a):

@@ -141,7 +141,8 @@ def _bind(gm: fx.GraphModule, node: fx.Node, deps: list[fx.Node]) -> nn.Module:
             if a in deps:
                 return _Slot(deps.index(a))
             name = f"const{len(consts)}"
-            consts[name] = _fetch_attr(gm, a.target)
+            owner, _, leaf = a.target.rpartition(".")
+            consts[name] = getattr(gm.get_submodule(owner), leaf)
             return _Const(name)
         return a
 
@@ -149,18 +150,9 @@ def _bind(gm: fx.GraphModule, node: fx.Node, deps: list[fx.Node]) -> nn.Module:
     return _BoundCall(node.op, node.target, args, kwargs, consts)
 
 
-def _fetch_attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _unit_kind(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str:
-    if is_maxpool(gm, node):
-        return "max-pool"
-    kind = graded_kind(gm, node, cache)
-    if kind == "product":
+def _unit_kind(gm: fx.GraphModule, node: fx.Node, graded: str | None) -> str:
+    """The report's name for a unit: ``max-pool``, ``product`` or the function's (module class or function) name."""
+    if graded == "product":
         return "product"
     if node.op == "call_module":
         return type(gm.get_submodule(node.target)).__name__
@@ -194,13 +186,15 @@ def wrap_units(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionConf
         if not any(a in spiking for a in node.all_input_nodes):
             continue
         spiking.add(node)
-        if not (is_maxpool(gm, node) or graded_kind(gm, node, cache) or allowed_analog(node, cfg)):
+        pool = is_maxpool(gm, node)
+        graded = None if pool else graded_kind(gm, node, cache)
+        if not (pool or graded or allowed_analog(node, cfg)):
             continue
-        deps = [node.args[0]] if is_maxpool(gm, node) else input_dependent_args(node, cache)
-        if not is_maxpool(gm, node) and not bindable(node, deps):
+        deps = [node.args[0]] if pool else input_dependent_args(node, cache)
+        if not pool and not bindable(node, deps):
             raise ConfigError(f"node {node.name} is allowed to stay analog, but its arguments are computed in the "
                               "graph, so it cannot run exactly on decoded values; remove it from --allow-ann-op")
-        kind = _unit_kind(gm, node, cache)
+        kind = "max-pool" if pool else _unit_kind(gm, node, graded)
         name = f"{node.target.replace('.', '_')}_{node.name}_unit" if node.op == "call_module" else f"{node.name}_unit"
         gm.add_submodule(name, GradedUnit(_bind(gm, node, deps), coding=cfg.coding, n_inputs=len(deps)))
         with gm.graph.inserting_after(node):

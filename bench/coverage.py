@@ -3,8 +3,10 @@
 Each model is built with random weights (no download), its BatchNorm statistics set by three training-mode passes
 on random images, then converted with the differential preset (T = 4; calibration on 32 random images) through the
 torch.fx front end. A row gives: converted or refused (with the first line of the reason), ReLU sites (spiking
-neurons), graded units by kind (dense outputs, method.md §5), the share of the ANN's MACs in layers fed by analog or
-dense inputs (counted as MACs by the extended energy metric; the first layer's share included), and the largest
+neurons), identity-neuron sites (signed neurons in front of layers that would read dense values, method.md §4.7;
+the default ``identity_neurons="auto"``), graded units by kind (dense outputs, method.md §5), the share of the
+ANN's MACs in layers fed by analog or dense inputs (counted as MACs by the extended energy metric; the first
+layer's share included), and the largest
 difference between the converted graph run as an ANN (``snn.ann_forward``) and the model, relative to the largest
 output (fp32 rounding of BatchNorm folding; random-weight outputs can be large).
 
@@ -70,7 +72,9 @@ def row(name: str, side: int) -> dict:
     with torch.no_grad():
         ref = model(x[:4])
         diff = ((res.snn.ann_forward(x[:4]) - ref).abs().max() / ref.abs().max()).item()
-    return {"model": name, "converts": True, "relu_sites": len(res.thresholds), "graded_units": units,
+    identity = sum(1 for site in res.calibration.sites if site["kind"] == "identity")
+    return {"model": name, "converts": True, "relu_sites": len(res.thresholds) - identity,
+            "identity_sites": identity, "graded_units": units,
             "analog_mac_share": analog / sum(tot.values()), "ann_forward_max_rel_diff": diff,
             "seconds": round(time.perf_counter() - start, 1)}
 
@@ -83,18 +87,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     rows = []
-    print("| model | converts | ReLU sites | graded units (dense outputs) | MACs fed by analog/dense inputs | "
-          "converted graph as ANN vs model: max |diff| / max |output| |")
-    print("|---|---|---|---|---|---|")
+    print("| model | converts | ReLU sites | identity sites | graded units (dense outputs) | MACs fed by analog/dense "
+          "inputs | converted graph as ANN vs model: max |diff| / max |output| |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         r = row(name, max(args.side, 80) if name == "inception_v3" else args.side)
         rows.append(r)
         if r["converts"]:
             units = ", ".join(f"{k} ×{v}" for k, v in r["graded_units"].items()) or "—"
-            print(f"| {name} | yes | {r['relu_sites']} | {units} | {100 * r['analog_mac_share']:.1f} % | "
+            print(f"| {name} | yes | {r['relu_sites']} | {r['identity_sites']} | {units} | "
+                  f"{100 * r['analog_mac_share']:.1f} % | "
                   f"{r['ann_forward_max_rel_diff']:.1e} |", flush=True)
         else:
-            print(f"| {name} | no | | | | {r['reason']} |", flush=True)
+            print(f"| {name} | no | | | | | {r['reason']} |", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))

@@ -157,6 +157,30 @@ def _sweep_table(swept, results) -> Table:
     return table
 
 
+def _identity_count(result) -> int:
+    return sum(1 for site in result.calibration.sites if site.get("kind") == "identity")
+
+
+def _sites_text(result) -> str:
+    """``"11 ReLU site(s) + 16 identity neuron site(s) (99.9% of |x| x 1)"`` (the identity part only when there are
+    any)."""
+    identity = _identity_count(result)
+    text = f"{len(result.thresholds) - identity} ReLU site(s)"
+    if identity:
+        cfg = result.config
+        stat = f"{cfg.identity_threshold} of |x|" if cfg.identity_tail == "both" else f"{cfg.identity_threshold}"
+        text += f" + {identity} identity neuron site(s) ({stat} x {cfg.threshold_scale:g})"
+    return text
+
+
+def _thresholds_text(result) -> str:
+    """The ReLU sites' threshold rule (``"thresholds iterate per channel"``); none when there is no ReLU site."""
+    cfg = result.config
+    if len(result.thresholds) == _identity_count(result):
+        return f"identity thresholds per {cfg.granularity}"
+    return f"thresholds {cfg.threshold} per {cfg.granularity}"
+
+
 def _units_text(result) -> str:
     """``"; graded units (dense outputs): max-pool x3, product x1"`` from the conversion report, or ``""``."""
     counts = result.report.entry("replace_activations").counts
@@ -204,6 +228,10 @@ class RunOptions:
     device: str
     dtype: str
     allow_ann_op: tuple[str, ...]
+    identity_neurons: Optional[str] = None
+    identity_threshold: Optional[str] = None
+    identity_tail: Optional[str] = None
+    threshold_scale: Optional[float] = None
     layer_errors: bool = False
     sweep: Optional[str] = None
     target_gap: Optional[float] = None
@@ -223,7 +251,9 @@ def _run(o: RunOptions) -> None:
     cfg = ConversionConfig.for_coding(o.coding, timesteps=max(sweep_steps) if sweep_steps else o.timesteps,
                                       threshold=o.threshold,
                                       granularity=o.granularity, levels=o.levels, neuron=o.neuron,
-                                      allow_ann_ops=o.allow_ann_op or None)
+                                      allow_ann_ops=o.allow_ann_op or None, identity_neurons=o.identity_neurons,
+                                      identity_threshold=o.identity_threshold, identity_tail=o.identity_tail,
+                                      threshold_scale=o.threshold_scale)
     dtype = _dtype(o.dtype)
     if o.calib_images <= 0:
         raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
@@ -302,8 +332,8 @@ def _run(o: RunOptions) -> None:
                               evaluation.ops))
     if evaluation.layer_errors:
         out.print(_layer_error_table(evaluation.layer_errors, evaluation.timesteps))
-    out.print(f"model {resolved.label}: {len(result.thresholds)} ReLU site(s) -> {cfg.coding} coding, "
-              f"thresholds {cfg.threshold} per {cfg.granularity}, T={evaluation.timesteps}{_units_text(result)}")
+    out.print(f"model {resolved.label}: {_sites_text(result)} -> {cfg.coding} coding, "
+              f"{_thresholds_text(result)}, T={evaluation.timesteps}{_units_text(result)}")
     ann_text = "n/a" if evaluation.ann_accuracy is None else f"{100 * evaluation.ann_accuracy:.2f} %"
     out.print(f"ANN accuracy {ann_text}; SNN accuracy at T={evaluation.timesteps}: "
               f"{100 * evaluation.snn_accuracy[-1]:.2f} % on {evaluation.images} images of {eval_name} "
@@ -387,6 +417,18 @@ def main(
                               "(neuron state stays fp32)"),
     allow_ann_op: list[str] = typer.Option([], help="node-name pattern allowed to stay analog: it runs as a "
                                            "graded unit, exact on decoded values (repeatable)"),
+    identity_neurons: Optional[str] = typer.Option(
+        None, help="signed neurons in front of Conv/Linear layers: auto (where the input is not already spikes: "
+                   "after a graded unit or a layer without activation) | all (also the input layer: the image is "
+                   "spike-encoded) | off (such layers read dense values) [default: auto]"),
+    identity_threshold: Optional[str] = typer.Option(
+        None, help="identity-neuron thresholds: <p>% | max of the input's magnitude (see --identity-tail) "
+                   "[default: 99.9%]"),
+    identity_tail: Optional[str] = typer.Option(
+        None, help="both (the statistic of |x|: negative values get the same range) | upper (of the signed input, "
+                   "the reference's rule) [default: both]"),
+    threshold_scale: Optional[float] = typer.Option(
+        None, help="c: identity-neuron thresholds are the statistic times c [default: 1]"),
     layer_errors: bool = typer.Option(False, "--layer-errors", help="also compare every neuron's (and pooling "
                                       "unit's) decoded output with its ANN value after each step: where accuracy is "
                                       "lost"),
@@ -409,7 +451,9 @@ def main(
             resize=resize, crop=crop,
             report=report, output=output, batch_size=batch_size, mode=mode, backend=backend, device=device,
             dtype=dtype,
-            allow_ann_op=tuple(allow_ann_op), layer_errors=layer_errors, sweep=sweep, target_gap=target_gap))
+            allow_ann_op=tuple(allow_ann_op), identity_neurons=identity_neurons,
+            identity_threshold=identity_threshold, identity_tail=identity_tail, threshold_scale=threshold_scale,
+            layer_errors=layer_errors, sweep=sweep, target_gap=target_gap))
     except CONVERSION_ERRORS as exc:
         _fail(exc, debug, code=1)
     except USAGE_ERRORS as exc:

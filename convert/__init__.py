@@ -2,8 +2,8 @@
 
 The conversion is one fixed template of named stages (architecture.md §4)::
 
-    trace / import -> normalise passes -> support check -> insert observers -> forward_loop -> thresholds
-    -> remove observers -> replace ReLUs by neurons
+    trace / import -> normalise passes -> support check -> identity-neuron sites -> insert observers
+    -> forward_loop -> thresholds -> remove observers -> replace ReLUs and identity sites by neurons
 
 Variation enters through :class:`ConversionConfig` and the coding strategy, never through branches in the driver.
 Every stage is also public (``trace_module``, ``run_passes``, ``insert_observers``, ``compute_thresholds``,
@@ -36,6 +36,7 @@ from snnconvert.convert.config import DIFF_DEFAULT, PRESETS, RATE_DEFAULT, Conve
 from snnconvert.convert.errors import ConfigError
 from snnconvert.convert.frontend import annotate_shapes, trace_module
 from snnconvert.convert.passes import NORMALIZE_PASSES
+from snnconvert.convert.passes.identity import insert_identity_sites
 from snnconvert.convert.passes.spikify import replace_activations
 from snnconvert.convert.passes.support import check_supported
 from snnconvert.convert.pipeline import ConversionReport, op_table, run_passes
@@ -99,7 +100,8 @@ def prepare(
     report: ConversionReport,
     example_inputs: torch.Tensor | None = None,
 ) -> fx.GraphModule:
-    """Stages 1-3: trace or import, run the normalisation passes, check support. Returns the canonical graph."""
+    """Stages 1-3: trace or import, run the normalisation passes, check support, mark the identity-neuron sites.
+    Returns the canonical graph."""
     start = time.perf_counter()
     gm = _front_end(model)
     report.timings["trace"] = time.perf_counter() - start
@@ -115,6 +117,7 @@ def prepare(
     start = time.perf_counter()
     gm = run_passes(gm, NORMALIZE_PASSES, config, report)
     check_supported(gm, config, report)
+    gm = run_passes(gm, (insert_identity_sites,), config, report)
     report.timings["passes"] = time.perf_counter() - start
     return gm
 
@@ -229,7 +232,7 @@ def _convert_many(model, forward_loop, configs: list[ConversionConfig], example_
     for c, thresholds, calibration, report, snn in built:
         report.ops_after = op_table(snn.gm)
         report.timings["convert"] = time.perf_counter() - start
-        log.info("converted %d ReLU site(s) to %s neurons (%s thresholds, %s, T=%d) in %.2f s", len(thresholds),
+        log.info("converted %d neuron site(s) to %s neurons (%s thresholds, %s, T=%d) in %.2f s", len(thresholds),
                  c.coding, c.threshold, c.granularity, c.timesteps, report.timings["convert"])
         results.append(ConversionResult(snn, thresholds, c, report, calibration, source, snapshot))
     return results

@@ -172,8 +172,10 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     if cfg_doc.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{root}: artifact format {cfg_doc.get('format_version')} is not supported "
                             f"(this snnconvert reads format {FORMAT_VERSION}); convert the model again")
+    saved = dict(cfg_doc["config"])
+    saved.setdefault("identity_neurons", "off")  # written before identity neurons existed: there were none
     try:
-        config = ConversionConfig.from_dict(cfg_doc["config"])
+        config = ConversionConfig.from_dict(saved)
     except ConfigError as exc:
         raise ArtifactError(f"{root}: invalid config.json: {exc}") from exc
     thresholds = torch.load(root / "thresholds.pt", weights_only=True)

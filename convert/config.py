@@ -16,6 +16,8 @@ from snnconvert.convert.errors import ConfigError
 CODINGS = ("rate", "differential")
 NEURON_KINDS = ("if", "mt")
 GRANULARITIES = ("layer", "channel")
+IDENTITY_MODES = ("off", "auto", "all")
+IDENTITY_TAILS = ("both", "upper")
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _FRACTION_RE = re.compile(r"^\d*\.?\d+(?:[eE][-+]?\d+)?$")
 
@@ -94,6 +96,17 @@ class ConversionConfig:
         fit_rtol, fit_max_iter: convergence settings of threshold iteration.
         allow_ann_ops: node-name glob patterns that may stay analog (explicit opt-in, recorded in the report).
         percentile_bins: histogram resolution used to locate exact percentiles (two extra calibration passes).
+        identity_neurons: where signed, unconstrained "identity" neurons (method.md §4.7) quantise the input of a
+            Conv/Linear layer: ``"auto"`` wherever that input is not already an event stream (the output of a graded
+            unit, of a layer without activation, of a non-linear function of the input), ``"all"`` also in front of
+            the layers that read the network input (the image is spike-encoded, the transformer preset), ``"off"``
+            nowhere (such layers read dense values; the extended energy metric counts them as MACs).
+        identity_threshold: the statistic of an identity neuron's threshold: a percentile or the max (threshold
+            iteration models a ReLU and is not offered, method.md §7.1) ...
+        identity_tail: ... of the input's magnitude ``|x|`` (``"both"``: negative values get the same range as
+            positive ones) or of the signed input (``"upper"``, the reference's rule; a channel whose values are mostly
+            negative gets a small or zero threshold).
+        threshold_scale: c, the factor on identity-neuron thresholds (method.md §7.7; 1 for CNNs).
     """
 
     coding: str = "rate"
@@ -106,10 +119,25 @@ class ConversionConfig:
     fit_max_iter: int = 200
     allow_ann_ops: tuple[str, ...] = field(default_factory=tuple)
     percentile_bins: int = 4096
+    identity_neurons: str = "auto"
+    identity_threshold: ThresholdSpec | str = "99.9%"
+    identity_tail: str = "both"
+    threshold_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.threshold, ThresholdSpec):
             object.__setattr__(self, "threshold", ThresholdSpec.parse(self.threshold))
+        if not isinstance(self.identity_threshold, ThresholdSpec):
+            object.__setattr__(self, "identity_threshold", ThresholdSpec.parse(self.identity_threshold))
+        if self.identity_threshold.statistic == "moments":
+            raise ConfigError(f"identity_threshold {self.identity_threshold} is not valid: threshold iteration models "
+                              "a ReLU's output; identity neurons take a percentile (e.g. 99.9%) or max")
+        _choice("identity_neurons", self.identity_neurons, IDENTITY_MODES)
+        _choice("identity_tail", self.identity_tail, IDENTITY_TAILS)
+        if isinstance(self.threshold_scale, bool) or not isinstance(self.threshold_scale, (int, float)) or \
+                not math.isfinite(self.threshold_scale) or self.threshold_scale <= 0:
+            raise ConfigError(f"threshold_scale must be a finite number > 0, got {self.threshold_scale!r}")
+        object.__setattr__(self, "threshold_scale", float(self.threshold_scale))
         object.__setattr__(self, "allow_ann_ops", tuple(self.allow_ann_ops))
         _choice("coding", self.coding, CODINGS)
         _choice("neuron", self.neuron, NEURON_KINDS)
@@ -140,6 +168,7 @@ class ConversionConfig:
         """JSON-ready form (the threshold spec as text)."""
         d = dataclasses.asdict(self)
         d["threshold"] = str(self.threshold)
+        d["identity_threshold"] = str(self.identity_threshold)
         d["allow_ann_ops"] = list(self.allow_ann_ops)
         return d
 

@@ -24,6 +24,7 @@ class UnsupportedNode:
     target: str
     module_type: str | None = None
     source: str | None = None
+    reason: str | None = None
 
     def describe(self) -> str:
         parts = [f"{self.name}: {self.op} {self.target}"]
@@ -31,6 +32,8 @@ class UnsupportedNode:
             parts.append(f"[{self.module_type}]")
         if self.source:
             parts.append(f"at {self.source}")
+        if self.reason:
+            parts.append(f"({self.reason})")
         return " ".join(parts)
 
 

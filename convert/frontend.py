@@ -6,7 +6,9 @@ nodes that passes can match with ``isinstance``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 from pathlib import Path
 
@@ -55,10 +57,32 @@ def trace_module(model: torch.nn.Module) -> fx.GraphModule:
     return gm
 
 
+class _ShapeProp(ShapeProp):
+    """torch's ShapeProp, remembering the node it runs (to name it when it fails)."""
+
+    node: fx.Node | None = None
+
+    def run_node(self, n: fx.Node):
+        self.node = n
+        return super().run_node(n)
+
+
 def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor) -> None:
-    """Store ``node.meta["tensor_meta"]`` (shape, dtype) for every node by running ``example_input`` once."""
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example_input)
+    """Store ``node.meta["tensor_meta"]`` (shape, dtype) for every node by running ``example_input`` once.
+
+    Raises:
+        RuntimeError: the model fails on the input: "node <name>: <the error's first line>" (torch's ShapeProp
+            prints a traceback to stderr before it raises; that print is swallowed, the error keeps its cause).
+    """
+    prop = _ShapeProp(gm)
+    try:
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            prop.propagate(example_input)
+    except Exception as exc:  # noqa: BLE001 - any failure of the model itself
+        cause = exc.__cause__ or exc
+        lines = str(cause).strip().splitlines()
+        where = f"node {prop.node.name}: " if prop.node is not None else ""
+        raise RuntimeError(where + (lines[0] if lines else type(cause).__name__)) from exc
 
 
 def node_source(node: fx.Node) -> str | None:

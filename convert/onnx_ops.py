@@ -629,7 +629,20 @@ def convert_matmul(ctx: OpContext) -> Value:
         if add is not None:
             ctx.fuse(add, out)
         return out
-    return ctx.call_function(torch.matmul, a, b)
+    out = ctx.call_function(torch.matmul, a, b)
+    if isinstance(out, Tensor):
+        out.shape = _matmul_shape(ctx.shape_or_none(a), ctx.shape_or_none(b))
+    return out
+
+
+def _matmul_shape(a: tuple | None, b: tuple | None) -> tuple | None:
+    """``torch.matmul``'s output shape: broadcast batch dims, then ``[n, m]`` (a 1-d operand drops its dim)."""
+    if a is None or b is None or not a or not b:
+        return None
+    batch = broadcast_shapes([a[:-2], b[:-2]])
+    if batch is None:
+        return None
+    return (*batch, *a[-2:-1], *b[-1:]) if len(b) > 1 else (*batch, *a[-2:-1])
 
 
 _BATCH_NORM = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}

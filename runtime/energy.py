@@ -9,8 +9,14 @@ with an all-ones input). The zero-input capture pass of differential coding is e
 Two energy figures are reported, with the constants printed next to them:
 
 - ``reference``: every SNN operation is an AC (the paper's metric): ``E_AC·ΣSOP / (E_MAC·ΣTOT)``;
-- ``extended``: layers whose input is analog (the first layer, or a layer fed by a dense graded unit) are counted
-  as MACs; spike-fed layers as ACs.
+- ``extended``: layers whose input is analog (the first layer, a layer fed by a dense graded unit or directly by
+  another layer) are counted as MACs; spike-fed layers as ACs.
+
+Matrix-product units (attention's QKᵀ and A·V, method.md §5.2) are counted like layers: ``TOT`` is the dense
+product's multiply-adds, ``SOP_t`` the multiply-adds of the step's three product terms (R_A∘δB, δA∘R_B, δA∘δB,
+with R the running decoded operands before the step; rate coding adds R_A∘R_B from step 2) over their non-zero
+patterns, i.e. the unit's own product applied to 0/1 masks; ACs when both operands are event streams, MACs
+otherwise. Element-wise products and other graded units are not counted (non-linear units, method.md §8).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snnconvert.convert.coding.units import GradedUnit
+from snnconvert.convert.passes.spikify import is_matmul_unit
 from snnconvert.convert.snn import SpikingNetwork
 
 #: pJ per operation, Horowitz (ISSCC 2014), 45 nm, fp32.
@@ -32,8 +39,9 @@ _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def input_kinds(snn: SpikingNetwork) -> dict[str, str]:
-    """For each Conv/Linear node target: ``"spike"`` when its input derives only from neurons through linear ops,
-    ``"analog"`` when an analog path (network input or a dense graded unit) reaches it."""
+    """For each Conv/Linear node target and matrix-product unit: ``"spike"`` when its inputs derive only from
+    neurons through structural linear ops (pooling, add, concat, reshapes, scaling), ``"analog"`` when a dense value
+    (the network input, a graded unit's output, another layer's output without a neuron in between) reaches one."""
     neurons = set(snn.neuron_names)
     kind: dict[fx.Node, str] = {}
     result = {}
@@ -45,13 +53,15 @@ def input_kinds(snn: SpikingNetwork) -> dict[str, str]:
         elif node.op == "call_module" and (node.target in neurons
                                            or getattr(snn.gm.get_submodule(node.target), "site_names", ())):
             kind[node] = "spike"  # a neuron, or a fused unit of neurons (runtime/fuse.py)
-        elif node.op == "call_module" and isinstance(snn.gm.get_submodule(node.target), GradedUnit):
-            kind[node] = "analog"
+        elif node.op == "call_module" and isinstance(snn.gm.get_submodule(node.target), (GradedUnit, *_LAYERS)):
+            kind[node] = "analog"  # dense floats: a graded unit's output, a layer's weighted sums
         else:
             kinds = {kind.get(a, "const") for a in node.all_input_nodes}
             kind[node] = "analog" if "analog" in kinds else ("spike" if "spike" in kinds else "const")
         if node.op == "call_module" and isinstance(snn.gm.get_submodule(node.target), _LAYERS):
             result[node.target] = kind[node.args[0]]
+        elif node.op == "call_module" and is_matmul_unit(snn.gm.get_submodule(node.target)):
+            result[node.target] = "analog" if any(kind.get(a) == "analog" for a in node.args) else "spike"
     return result
 
 
@@ -123,17 +133,26 @@ class OpCounts:
         }
 
 
+def _pair_count(unit: GradedUnit, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Multiply-adds of the unit's product with both factors non-zero, per sample: its function on 0/1 masks."""
+    return unit.f(a.ne(0).float(), b.ne(0).float()).flatten(1).sum(1, dtype=torch.float64)
+
+
 class SynapticOpCounter:
-    """Forward hooks on every Conv/Linear of an SNN; counts SOPs per step in both step modes."""
+    """Forward hooks on every Conv/Linear and matrix-product unit of an SNN; counts SOPs per step in both step
+    modes."""
 
     def __init__(self, snn: SpikingNetwork, timesteps: int) -> None:
         self.snn = snn
         self.counts = OpCounts(timesteps=timesteps, kinds=input_kinds(snn))
         self._step: dict[str, int] = {}
+        self._running: dict[str, tuple] = {}  # matrix-product units in single-step mode: (R_A, R_B) before the step
         self.handles = []
         for name, module in snn.gm.named_modules():
             if isinstance(module, _LAYERS) and name in self.counts.kinds:
                 self.handles.append(module.register_forward_hook(self._hook(name)))
+            elif is_matmul_unit(module) and name in self.counts.kinds:
+                self.handles.append(module.register_forward_hook(self._product_hook(name)))
 
     def _hook(self, name: str):
         T = self.counts.timesteps
@@ -160,6 +179,43 @@ class SynapticOpCounter:
                 t = self._step.get(name, 0)
                 sop[t % T] += float(per_sample.sum())
                 self._step[name] = t + 1
+
+        return hook
+
+    def _product_hook(self, name: str):
+        T = self.counts.timesteps
+
+        def hook(unit, args, out):
+            if self.snn.capturing or getattr(self.snn, "analog_pass", False):
+                return
+            sop = self.counts.sop.setdefault(name, torch.zeros(T, dtype=torch.float64))
+            a, b = args
+            if name not in self.counts.tot:
+                self.counts.tot[name] = float(_pair_count(unit, torch.ones_like(a[:1]), torch.ones_like(b[:1]))[0])
+            if self.snn.step_mode == "m":
+                steps = list(zip(a.reshape(T, -1, *a.shape[1:]), b.reshape(T, -1, *b.shape[1:])))
+                first, running = 1, None
+            else:
+                steps = [(a, b)]
+                first = self._step.get(name, 0) % T + 1
+                self._step[name] = first
+                running = self._running.get(name) if first > 1 else None
+            biases = unit.biases if unit.coding == "differential" else None
+            for t, (x_a, x_b) in enumerate(steps, start=first):
+                if running is None:
+                    running = tuple(torch.zeros_like(x) if biases is None else bias.to(x.dtype).expand_as(x)
+                                    for x, bias in zip((x_a, x_b), biases or (None, None)))
+                r_a, r_b = running
+                d_a, d_b = (x_a, x_b) if biases is None else (x_a - biases[0], x_b - biases[1])
+                count = _pair_count(unit, r_a, d_b) + _pair_count(unit, d_a, r_b) + _pair_count(unit, d_a, d_b)
+                if biases is None and t > 1:  # rate: t·f(S_t/t) − (t−1)·f(S_{t−1}/(t−1)) keeps an R_A∘R_B term
+                    count = count + _pair_count(unit, r_a, r_b)
+                sop[t - 1] += float(count.sum())
+                # running decoded operands: R += δ/t (differential), the running mean (rate)
+                running = (r_a + d_a / t, r_b + d_b / t) if biases is not None else (
+                    r_a + (x_a - r_a) / t, r_b + (x_b - r_b) / t)
+            if self.snn.step_mode != "m":
+                self._running[name] = running
 
         return hook
 

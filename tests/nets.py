@@ -83,19 +83,19 @@ class FunctionalPoolNet(nn.Module):
 
 
 class Unsupported(nn.Module):
-    """Three unsupported nodes: a sort, a cumulative sum and a matrix product of two activations (non-ReLU
-    activations and element-wise products are supported as graded units)."""
+    """Three unsupported nodes: a sort, a cumulative sum and fused attention (non-ReLU activations, element-wise and
+    matrix products are supported as graded units)."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.conv = nn.Conv2d(1, 4, 3)
-        self.fc = nn.Linear(16, 10)
+        self.fc = nn.Linear(4, 10)
 
     def forward(self, x):
         y = torch.sort(F.relu(self.conv(x)), dim=1)[0]
         y = torch.cumsum(y, 2).flatten(2)
-        return self.fc((y @ y.transpose(1, 2)).flatten(1))
+        return self.fc(F.scaled_dot_product_attention(y, y, y).mean(2))
 
 
 class _SE(nn.Module):
@@ -129,3 +129,30 @@ class GatedNet(nn.Module):
         x = self.se(self.act(self.conv2(x)))
         x = torch.sigmoid(x) + x
         return self.fc(self.norm(x.mean((2, 3))))
+
+
+class TinyViT(nn.Module):
+    """A one-block pre-LN transformer on 4x4 patches of a 12x12 image: LayerNorm, attention written out with
+    matmuls and softmax (two heads), a GELU MLP, a class-token-free mean-pooled linear head."""
+
+    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.heads = heads
+        self.embed = nn.Conv2d(1, dim, 4, stride=4)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.head = nn.Linear(dim, 10)
+
+    def _split(self, x):
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)  # [B, 9, dim]
+        h = self.norm1(x)
+        q, k, v = self._split(self.q(h)), self._split(self.k(h)), self._split(self.v(h))
+        attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * 0.5, dim=-1)
+        x = x + self.proj(torch.matmul(attn, v).transpose(1, 2).flatten(2))
+        x = x + self.mlp(self.norm2(x))
+        return self.head(x.mean(1))

@@ -78,7 +78,8 @@ def test_unsupported_model_exits_1_listing_all_nodes():
                   "--calib-images", 8, "--eval-images", 8)
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    assert "3 unsupported node(s)" in result.output and "sort" in result.output and "matmul" in result.output
+    assert "3 unsupported node(s)" in result.output and "sort" in result.output
+    assert "scaled_dot_product_attention" in result.output and "write the attention out" in result.output
 
 
 def test_debug_shows_traceback():
@@ -231,3 +232,14 @@ def test_cli_allocator_setting_keeps_large_blocks_mapped():
     assert min(runs["off"][1]) > pages // 2  # every iteration pages them in again
     # most iterations reuse the kept pages (glibc's heap layout sometimes takes one more round to settle)
     assert sum(f < pages // 8 for f in runs["on"][1]) >= 6, runs["on"][1]
+
+
+def test_a_model_that_fails_on_the_data_gives_one_line_naming_the_node(tmp_path):
+    """torch's shape propagation prints a traceback to stderr before it raises: swallowed, one line remains."""
+    net = tmp_path / "net.py"
+    net.write_text("import torch.nn as nn\n"
+                   "def build():\n"
+                   "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(5, 10))\n")
+    line = _one_line_error(_run(f"{net}:build", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+                                "--calib-images", 8, "--eval-images", 8))
+    assert "the model fails on an input of shape [2, 1, 28, 28] (node _3: mat1 and mat2 shapes cannot be" in line

@@ -301,18 +301,19 @@ def test_unsupported_ops_listed_all_at_once():
     with pytest.raises(UnsupportedOpError) as info:
         convert(Unsupported(), forward_loop=[torch.rand(2, 1, 8, 8)])
     names = {n.name for n in info.value.nodes}
-    assert names == {"sort", "cumsum", "matmul"}
+    assert names == {"sort", "cumsum", "scaled_dot_product_attention"}
     text = str(info.value)
     assert "torch.sort" in text and "torch.cumsum" in text and "nets.py:" in text
+    assert "(function is not convertible)" in text and "write the attention out" in text  # each node's reason
 
 
 def test_allow_ann_ops_is_explicit_and_reported():
     gm = trace_module(Unsupported())
     run_passes(gm, NORMALIZE_PASSES, RATE_DEFAULT, ConversionReport())
-    cfg = RATE_DEFAULT.replace(allow_ann_ops=("sort", "cumsum", "mat*"))
+    cfg = RATE_DEFAULT.replace(allow_ann_ops=("sort", "cumsum", "scaled_dot_*"))
     report = ConversionReport()
     check_supported(gm, cfg, report)
-    assert report.analog_nodes == ["sort", "cumsum", "matmul"]
+    assert report.analog_nodes == ["sort", "cumsum", "scaled_dot_product_attention"]
 
 
 def test_user_model_unchanged_by_conversion():

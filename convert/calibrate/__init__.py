@@ -2,7 +2,10 @@
 thresholds computed in a separate pure step.
 
 Which tensor is observed (method.md §7.1, §11.10): ``max`` and percentiles come from the ReLU *output*; threshold
-iteration uses the mean and variance of the ReLU *input* (after the max-pool reorder).
+iteration uses the mean and variance of the ReLU *input* (after the max-pool reorder). An identity-neuron site
+(method.md §4.7, §7.7) is observed on its input with ``cfg.identity_threshold`` (a percentile or the max) of
+``|x|`` (``identity_tail="both"``) or of the signed input (``"upper"``, the reference's rule), and its threshold is
+that statistic times ``cfg.threshold_scale``.
 """
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ from snnconvert.convert.calibrate.observers import (
     MomentObserver,
     PercentileObserver,
 )
-from snnconvert.convert.config import ConversionConfig
+from snnconvert.convert.config import ConversionConfig, ThresholdSpec
 from snnconvert.convert.errors import CalibrationError, ConfigError
-from snnconvert.convert.passes.normalize import UPPER_CLIP_ATTR, is_canonical_relu
+from snnconvert.convert.passes.identity import is_identity_site, is_neuron_site
+from snnconvert.convert.passes.normalize import UPPER_CLIP_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +35,13 @@ ForwardLoop = Callable[[torch.nn.Module], None]
 
 @dataclass
 class Site:
-    """One activation site: a canonical ReLU (``name`` is its module target) and the observer watching it."""
+    """One neuron site: a canonical ReLU or an identity site (``name`` is its module target) and the observer
+    watching it."""
 
     name: str
     observer_name: str
     observes: str  # "input" or "output"
+    kind: str = "relu"  # "relu" or "identity"
 
 
 @dataclass
@@ -53,13 +59,12 @@ class CalibrationReport:
                 "quantisation_levels": self.quantisation_levels, "images": self.images, "sites": self.sites}
 
 
-def relu_sites(gm: fx.GraphModule) -> list[fx.Node]:
-    """The canonical ReLU nodes, in graph order."""
-    return [n for n in gm.graph.nodes if is_canonical_relu(gm, n)]
+def neuron_sites(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes that become neurons (canonical ReLUs and identity sites), in graph order."""
+    return [n for n in gm.graph.nodes if is_neuron_site(gm, n)]
 
 
-def _make_observer(cfg: ConversionConfig) -> ActivationObserver:
-    spec = cfg.threshold
+def _make_observer(cfg: ConversionConfig, spec: ThresholdSpec) -> ActivationObserver:
     if spec.statistic == "max":
         return MaxObserver(cfg.granularity)
     if spec.statistic == "percentile":
@@ -68,16 +73,22 @@ def _make_observer(cfg: ConversionConfig) -> ActivationObserver:
 
 
 def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> list[Site]:
-    """Insert one observer per ReLU site, named ``<relu module>_observer``; returns the sites.
+    """Insert one observer per neuron site, named ``<site module>_observer``; returns the sites.
 
     Before: ``y = relu(x)``  After (max / percentile): ``y = relu(x); y_obs = relu_observer(y)`` with users of ``y``
-    reading ``y_obs``; (threshold iteration): ``x_obs = relu_observer(x); y = relu(x_obs)``.
+    reading ``y_obs``; (threshold iteration): ``x_obs = relu_observer(x); y = relu(x_obs)``. An identity site is
+    observed on its output (equal to its input) with ``cfg.identity_threshold``.
     """
-    observes = "input" if cfg.threshold.statistic == "moments" else "output"
     sites = []
-    for relu in relu_sites(gm):
+    for relu in neuron_sites(gm):
+        identity = is_identity_site(gm, relu)
+        spec = cfg.identity_threshold if identity else cfg.threshold
+        observes = "input" if spec.statistic == "moments" else "output"
         name = f"{relu.target.replace('.', '_')}_observer"
-        gm.add_submodule(name, _make_observer(cfg))
+        observer = _make_observer(cfg, spec)
+        observer.magnitude = identity and cfg.identity_tail == "both"
+        observer.channel_dim = gm.get_submodule(relu.target).channel_dim if identity else 1
+        gm.add_submodule(name, observer)
         if observes == "output":
             with gm.graph.inserting_after(relu):
                 obs = gm.graph.call_module(name, (relu,))
@@ -86,7 +97,7 @@ def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> list[Site]:
             with gm.graph.inserting_before(relu):
                 obs = gm.graph.call_module(name, (relu.args[0],))
             relu.update_arg(0, obs)
-        sites.append(Site(relu.target, name, observes))
+        sites.append(Site(relu.target, name, observes, "identity" if identity else "relu"))
     gm.recompile()
     return sites
 
@@ -165,24 +176,30 @@ def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
 
 
 def run_calibration(gm: fx.GraphModule, sites: list[Site], forward_loop: ForwardLoop) -> None:
-    """Call ``forward_loop(gm)`` once per pass the observers need (three for percentiles, else one)."""
+    """Call ``forward_loop(gm)`` once per pass the observers need (three for percentiles, else one); each observer
+    sees only the passes it needs."""
     observers = [gm.get_submodule(s.observer_name) for s in sites]
     passes = max([getattr(o, "passes", 1) for o in observers] + [1])
-    for _ in range(passes):
+    for done in range(1, passes + 1):
         with torch.no_grad():
             forward_loop(gm)
         for o in observers:
             if isinstance(o, PercentileObserver):
                 o.next_phase()
+            # an observer that needs fewer passes (max, moments next to a percentile) sees the data once
+            o.done = getattr(o, "passes", 1) <= done
     for s, o in zip(sites, observers):
         if o.count == 0:
             raise CalibrationError(f"no calibration data reached {s.name}; check the forward_loop / calibration data")
 
 
-def _broadcast_shape(values: torch.Tensor, ndim: int, granularity: str) -> torch.Tensor:
-    """Shape a per-group vector so it broadcasts over one sample: ``[C, 1, 1]`` for NCHW, ``[]`` for a layer."""
+def _broadcast_shape(values: torch.Tensor, ndim: int, granularity: str, channel_dim: int = 1) -> torch.Tensor:
+    """Shape a per-group vector so it broadcasts over one sample: ``[C, 1, 1]`` for NCHW, ``[C]`` for the last dim
+    (``channel_dim = -1``), ``[]`` for a layer."""
     if granularity == "layer":
         return values.reshape(())
+    if channel_dim == -1:
+        return values.reshape(-1)
     return values.reshape([values.shape[0]] + [1] * max(ndim - 2, 0))
 
 
@@ -198,7 +215,7 @@ def compute_thresholds(
     """Turn observer statistics into thresholds (pure: reads observers, changes nothing).
 
     Returns:
-        ``{relu node name: threshold}`` (float32, clamped >= 0, shaped to broadcast over one sample) and the report.
+        ``{site name: threshold}`` (float32, clamped >= 0, shaped to broadcast over one sample) and the report.
 
     Raises:
         CalibrationError: non-finite statistics, or a fit that does not converge.
@@ -209,18 +226,24 @@ def compute_thresholds(
     thresholds: dict[str, torch.Tensor] = {}
     for site in sites:
         obs = gm.get_submodule(site.observer_name)
-        info: dict[str, Any] = {"site": site.name, "observes": site.observes, "values": obs.count}
+        identity = site.kind == "identity"
+        site_spec = cfg.identity_threshold if identity else spec
+        info: dict[str, Any] = {"site": site.name, "kind": site.kind, "observes": site.observes, "values": obs.count}
         if isinstance(obs, MaxObserver):
-            theta = obs.max.double() * (1.0 if spec.fraction is None else spec.fraction)
+            theta = obs.max.double() * (1.0 if site_spec.fraction is None else site_spec.fraction)
         elif isinstance(obs, PercentileObserver):
             theta = obs.value
         else:
             theta, fit_info = _fit(obs, cfg, site.name)
             info.update(fit_info)
+        if identity:
+            theta = theta * cfg.threshold_scale
+            info.update(method=str(site_spec), tail=cfg.identity_tail, scale=cfg.threshold_scale)
         if not bool(torch.isfinite(theta).all()):
-            raise CalibrationError(f"site {site.name}: non-finite threshold from {spec}; check the calibration data")
+            raise CalibrationError(f"site {site.name}: non-finite threshold from {site_spec}; check the calibration "
+                                   "data")
         theta = theta.clamp_min(0).float()
-        thresholds[site.name] = _broadcast_shape(theta, obs.ndim, cfg.granularity)
+        thresholds[site.name] = _broadcast_shape(theta, obs.ndim, cfg.granularity, obs.channel_dim)
         info["threshold"] = _summary(theta)
         report.sites.append(info)
         if info["threshold"]["zero"]:

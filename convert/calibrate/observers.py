@@ -22,27 +22,35 @@ import torch.nn as nn
 from snnconvert.convert.errors import CalibrationError
 
 
-def _groups(x: torch.Tensor, granularity: str) -> torch.Tensor:
-    """Reshape ``x`` to ``[groups, values]``: one row per channel (dim 1) or a single row."""
+def _groups(x: torch.Tensor, granularity: str, channel_dim: int = 1) -> torch.Tensor:
+    """Reshape ``x`` to ``[groups, values]``: one row per channel (``channel_dim``: 1, or -1 for the feature dim of
+    a token tensor ``[B, N, C]``) or a single row."""
     x = x.detach()
     if granularity == "layer" or x.dim() < 2:
         return x.reshape(1, -1)
-    return x.transpose(0, 1).reshape(x.shape[1], -1)
+    return x.movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1)
 
 
 class ActivationObserver(nn.Module):
-    """Base class: ``forward(x)`` updates statistics and returns ``x`` unchanged."""
+    """Base class: ``forward(x)`` updates statistics and returns ``x`` unchanged. With ``magnitude`` set, the
+    statistics are those of ``|x|`` (both tails of a signed activation); ``channel_dim`` is the channel dimension
+    (1, or -1 for the features of a token tensor)."""
 
     def __init__(self, granularity: str) -> None:
         super().__init__()
         self.granularity = granularity
+        self.magnitude = False
+        self.channel_dim = 1
+        self.done = False  # set once the observer has seen every pass it needs (the others pass x through)
         self.count = 0
         self.ndim: int | None = None  # rank of the observed activation (batch dim included)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - observers only observe
+        if self.done:
+            return x
         self.ndim = x.dim()
         with torch.no_grad():
-            self.observe(_groups(x, self.granularity))
+            self.observe(_groups(x.abs() if self.magnitude else x, self.granularity, self.channel_dim))
         return x
 
     def observe(self, g: torch.Tensor) -> None:

@@ -27,9 +27,12 @@ class DiffCoding:
         seq[0] = x
         return seq
 
-    def make_neuron(self, threshold: torch.Tensor, cfg: ConversionConfig) -> torch.nn.Module:
-        """The differential neuron of a ReLU site: MT-diff (ReLU) with ``cfg.levels`` levels, or IF-diff."""
-        return make_neuron(threshold, coding="differential", kind=cfg.neuron, n_levels=cfg.levels)
+    def make_neuron(self, threshold: torch.Tensor, cfg: ConversionConfig, *, identity: bool = False
+                    ) -> torch.nn.Module:
+        """The differential neuron of a ReLU site: MT-diff (ReLU) with ``cfg.levels`` levels, or IF-diff; of an
+        identity site (``identity``): the same without the ReLU constraint (MT-diff identity, method.md §4.7)."""
+        return make_neuron(threshold, coding="differential", kind=cfg.neuron, n_levels=cfg.levels,
+                           relu_constrained=not identity)
 
     @staticmethod
     def capture_key(x: torch.Tensor) -> tuple:

@@ -17,9 +17,12 @@ class RateCoding:
         """``[B, ...] -> [T, B, ...]``: the same analog input at every step."""
         return x.unsqueeze(0).expand(timesteps, *x.shape)
 
-    def make_neuron(self, threshold: torch.Tensor, cfg: ConversionConfig) -> torch.nn.Module:
-        """A ReLU-site neuron: rate IF (soft reset, v0 = θ/2) or rate MT with ``cfg.levels`` levels."""
-        return make_neuron(threshold, coding="rate", kind=cfg.neuron, n_levels=cfg.levels)
+    def make_neuron(self, threshold: torch.Tensor, cfg: ConversionConfig, *, identity: bool = False
+                    ) -> torch.nn.Module:
+        """A ReLU-site neuron: rate IF (soft reset, v0 = θ/2) or rate MT with ``cfg.levels`` levels; an identity
+        site's (``identity``): the signed, unconstrained variant (IF± / MT± identity, method.md §4.2, §4.5)."""
+        return make_neuron(threshold, coding="rate", kind=cfg.neuron, n_levels=cfg.levels, signed=identity,
+                           relu_constrained=not identity)
 
     def prepare(self, snn, x: torch.Tensor) -> None:
         """Nothing to precompute: biases are meant to enter at every step in rate coding."""

@@ -1,5 +1,6 @@
-"""Replace every canonical ReLU by the coding's spiking neuron, every max-pool, non-linear function and element-wise
-product downstream of a neuron by a graded unit, and wrap the graph as a :class:`SpikingNetwork`."""
+"""Replace every canonical ReLU and identity site by the coding's spiking neuron, every max-pool, non-linear
+function, element-wise and matrix product downstream of a neuron by a graded unit, and wrap the graph as a
+:class:`SpikingNetwork`."""
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,17 @@ import torch.nn as nn
 from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import ConfigError
-from snnconvert.convert.passes.normalize import is_canonical_relu, is_maxpool, set_module
-from snnconvert.convert.passes.support import allowed_analog, bindable, graded_kind, input_dependent_args
+from snnconvert.convert.passes.identity import is_identity_site, is_neuron_site
+from snnconvert.convert.passes.normalize import is_maxpool, set_module
+from snnconvert.convert.passes.support import (
+    MATMUL_METHODS,
+    MATMULS,
+    allowed_analog,
+    bindable,
+    graded_kind,
+    input_dependent_args,
+    is_matmul,
+)
 from snnconvert.convert.pipeline import ConversionReport, PassEntry
 from snnconvert.convert.snn import SpikingNetwork
 
@@ -27,26 +37,30 @@ def replace_activations(
     cfg: ConversionConfig,
     report: ConversionReport,
 ) -> SpikingNetwork:
-    """Swap each ReLU module for ``coding.make_neuron(threshold, cfg)``; the module keeps the ReLU's name.
+    """Swap each ReLU module for ``coding.make_neuron(threshold, cfg)`` and each identity site for
+    ``coding.make_neuron(threshold, cfg, identity=True)`` (signed, unconstrained, method.md §4.7); the module keeps
+    the site's name.
 
     Before: ``y = relu_3(x)`` (``nn.ReLU``)  After: ``y = relu_3(x)`` (a spiking neuron with the site's threshold).
 
     Raises:
-        ConfigError: a ReLU site has no threshold, or a threshold names no ReLU site (thresholds from another model).
+        ConfigError: a site has no threshold, or a threshold names no site (thresholds from another model or
+            another ``identity_neurons`` setting).
     """
-    sites = [n for n in gm.graph.nodes if is_canonical_relu(gm, n)]
+    sites = [n for n in gm.graph.nodes if is_neuron_site(gm, n)]
     names = [n.target for n in sites]
     missing = sorted(set(names) - set(thresholds))
     extra = sorted(set(thresholds) - set(names))
     if missing or extra:
-        raise ConfigError(f"thresholds do not match the model's ReLU sites (missing: {missing}, unknown: {extra}); "
-                          "they come from a different model or pipeline version")
+        raise ConfigError(f"thresholds do not match the model's neuron sites (missing: {missing}, unknown: {extra}); "
+                          "they come from a different model, pipeline version or identity_neurons setting")
     entry = PassEntry(name="replace_activations", modified=bool(sites))
     for node in sites:
-        neuron = coding.make_neuron(thresholds[node.target], cfg)
+        identity = is_identity_site(gm, node)
+        neuron = coding.make_neuron(thresholds[node.target], cfg, identity=identity)
         set_module(gm, node.target, neuron)
         entry.nodes.append(node.target)
-        kind = type(neuron).__name__
+        kind = type(neuron).__name__ + ("(identity)" if identity else "")
         entry.counts[kind] = entry.counts.get(kind, 0) + 1
     units = wrap_units(gm, set(names), cfg, entry)
     gm.recompile()
@@ -126,6 +140,13 @@ class _BoundCall(nn.Module):
         return f"{getattr(self.target, '__name__', self.target)}{self.args}, **{self.kwargs}"
 
 
+def is_matmul_unit(module: nn.Module) -> bool:
+    """A graded unit whose function is a matrix product of its two inputs (an attention product, method.md §5.2)."""
+    f = getattr(module, "f", None)
+    return isinstance(module, GradedUnit) and isinstance(f, _BoundCall) and (
+        f.target in MATMULS if f.kind == "call_function" else f.target in MATMUL_METHODS)
+
+
 def _bind(gm: fx.GraphModule, node: fx.Node, deps: list[fx.Node]) -> nn.Module:
     """The function a unit for ``node`` applies to its inputs ``deps``."""
     if node.op == "call_module":
@@ -151,9 +172,9 @@ def _bind(gm: fx.GraphModule, node: fx.Node, deps: list[fx.Node]) -> nn.Module:
 
 
 def _unit_kind(gm: fx.GraphModule, node: fx.Node, graded: str | None) -> str:
-    """The report's name for a unit: ``max-pool``, ``product`` or the function's (module class or function) name."""
+    """The report's name for a unit: ``product``, ``matmul`` or the function's (module class or function) name."""
     if graded == "product":
-        return "product"
+        return "matmul" if is_matmul(node) else "product"
     if node.op == "call_module":
         return type(gm.get_submodule(node.target)).__name__
     return str(getattr(node.target, "__name__", node.target))

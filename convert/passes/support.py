@@ -3,12 +3,12 @@
 A graph is convertible when every node is either a canonical ReLU (it becomes a spiking neuron) or an op that is
 affine in its tensor inputs (conv, linear, batch norm, average pooling, add, concat, flatten, reshapes, scaling by
 constants) or a max-pool (handled as a unit whose decoded output is the max-pool of its decoded input), or a
-known non-linear function or an element-wise product/quotient of two input-dependent tensors (method.md §5.1/§5.2:
-each becomes a graded unit whose decoded output is exactly the function of its decoded inputs, with dense float
-outputs; see :func:`graded_kind`). Arithmetic on shapes (``x.size(1) // groups``) is static and supported. Anything
-else is listed in one ``UnsupportedOpError``, unless the node matches a pattern in ``cfg.allow_ann_ops`` (an
-explicit opt-in to leave it analog: it then also runs as a graded unit, exact on decoded values, and is recorded in
-the report).
+known non-linear function, an element-wise product/quotient or a matrix product of two input-dependent tensors
+(method.md §5.1/§5.2: each becomes a graded unit whose decoded output is exactly the function of its decoded
+inputs, with dense float outputs; see :func:`graded_kind`). Arithmetic on shapes (``x.size(1) // groups``) is
+static and supported. Anything else is listed in one ``UnsupportedOpError``, with the reason, unless the node
+matches a pattern in ``cfg.allow_ann_ops`` (an explicit opt-in to leave it analog: it then also runs as a graded
+unit, exact on decoded values, and is recorded in the report).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
 SUPPORTED_FUNCTIONS = frozenset({
     operator.add, operator.iadd, operator.sub, operator.isub, operator.neg, operator.getitem,
     torch.add, torch.sub, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.permute,
-    torch.transpose, torch.squeeze, torch.unsqueeze, torch.mean, torch.sum, torch.neg,
+    torch.transpose, torch.squeeze, torch.unsqueeze, torch.mean, torch.sum, torch.neg, torch.select, torch.narrow,
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.conv1d, F.conv2d, F.linear, F.pad,
 })
@@ -45,7 +45,7 @@ SUPPORTED_FUNCTIONS = frozenset({
 SUPPORTED_METHODS = frozenset({
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "size", "mean",
     "sum", "add", "add_", "sub", "neg", "expand", "expand_as", "view_as", "reshape_as", "unflatten", "chunk", "split",
-    "dim", "float", "type_as",
+    "dim", "float", "type_as", "select", "narrow",
 })
 #: Products / quotients are affine only when at most one factor depends on the input.
 _SCALING_FUNCTIONS = frozenset({operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul,
@@ -69,10 +69,20 @@ GRADED_FUNCTIONS = frozenset({
 #: ... and as tensor methods.
 GRADED_METHODS = frozenset({"sigmoid", "tanh", "softmax", "log_softmax", "erf", "exp", "log", "sqrt", "rsqrt", "abs",
                             "square", "reciprocal", "pow"})
-_MATMULS = frozenset({operator.matmul, torch.matmul, torch.bmm, torch.mm, torch.einsum})
+_WRITE_ATTENTION_OUT = ("write the attention out as matmul -> softmax -> matmul, whose products become units "
+                        "(method.md §5.2, §6)")
+#: Matrix products: linear with one input-dependent operand, a product unit (method.md §5.2) with two.
+MATMULS = frozenset({operator.matmul, torch.matmul, torch.bmm, torch.mm, torch.einsum})
+MATMUL_METHODS = frozenset({"matmul", "bmm", "mm"})
 #: Pure-Python arithmetic that, on shape values, computes shapes (``n // groups``); never a tensor op.
 _SHAPE_ARITHMETIC = frozenset({operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
                                operator.mod, operator.neg, operator.getitem, getattr})
+
+
+def is_matmul(node: fx.Node) -> bool:
+    """A matrix-product call (``@``, ``torch.matmul``, ``bmm``, ``mm``, ``einsum``, ``x.matmul(y)``)."""
+    return (node.op == "call_function" and node.target in MATMULS) or (
+        node.op == "call_method" and node.target in MATMUL_METHODS)
 
 
 def _is_shape_value(node, cache: dict) -> bool:
@@ -131,8 +141,8 @@ def allowed_analog(node: fx.Node, cfg) -> bool:
 
 def graded_kind(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
     """``"function"`` for a known non-linear function of one input-dependent tensor, ``"product"`` for an
-    element-wise product or quotient of two input-dependent tensors, else None. Both become graded units
-    (method.md §5.1, §5.2 for ⊙): the decoded output is the function of the decoded inputs, exactly."""
+    element-wise product or quotient or a matrix product of two input-dependent tensors, else None. Both become
+    graded units (method.md §5.1, §5.2): the decoded output is the function of the decoded inputs, exactly."""
     if node.op == "call_module":
         graded = isinstance(gm.get_submodule(node.target), GRADED_MODULES)
         return "function" if graded and len(node.args) == 1 and not node.kwargs else None
@@ -144,12 +154,16 @@ def graded_kind(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
             return "function" if len(deps) == 1 else None
         if node.target in _SCALING_FUNCTIONS:
             return _product_kind(node, deps, cache)
+        if node.target in MATMULS:
+            return "product" if len(deps) == 2 else None
         return None
     if node.op == "call_method":
         if node.target in GRADED_METHODS:
             return "function" if len(deps) == 1 and node.args[0] is deps[0] else None
         if node.target in _SCALING_METHODS:
             return _product_kind(node, deps, cache)
+        if node.target in MATMUL_METHODS:
+            return "product" if len(deps) == 2 else None
     return None
 
 
@@ -188,6 +202,8 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
             if isinstance(module, _MAX_POOL_TYPES) and module.return_indices:
                 return "max-pool with return_indices"
             return None
+        if isinstance(module, nn.MultiheadAttention):
+            return f"module MultiheadAttention is not convertible: {_WRITE_ATTENTION_OUT}"
         return f"module {type(module).__name__} is not convertible"
     if node.op == "call_function":
         if node.target in SUPPORTED_FUNCTIONS or _is_shape_value(node, cache) or graded_kind(gm, node, cache):
@@ -198,18 +214,30 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
                                        and len(node.args) > 1 and _depends_on_input(node.args[1], cache)):
                 return None
             return "product or quotient of input-dependent tensors in an unsupported form"
-        if node.target in _MATMULS and len(input_dependent_args(node, cache)) > 1:
-            return "matrix product of two input-dependent tensors (attention product units are not implemented)"
+        if node.target in MATMULS:
+            return None if len(input_dependent_args(node, cache)) == 1 else (
+                "matrix product of input-dependent tensors in an unsupported form")
+        if node.target is F.scaled_dot_product_attention:
+            return f"fused attention is not convertible: {_WRITE_ATTENTION_OUT}"
         return "function is not convertible"
     if node.op == "call_method":
         if node.target in SUPPORTED_METHODS or graded_kind(gm, node, cache):
             return None
+        if node.target in MATMUL_METHODS and len(input_dependent_args(node, cache)) == 1:
+            return None  # x.matmul(W): linear in x
         if node.target in _SCALING_METHODS:
             if not any(_depends_on_input(a, cache) for a in node.args[1:]):
                 return None
             return "product or quotient of input-dependent tensors in an unsupported form"
         return "method is not convertible"
     return f"unknown node kind {node.op}"
+
+
+def describe_node(gm: fx.GraphModule, node: fx.Node, reason: str | None = None) -> UnsupportedNode:
+    """A node as an error lists it: name, op, target, module type, source line and why."""
+    module_type = type(gm.get_submodule(node.target)).__name__ if node.op == "call_module" else None
+    return UnsupportedNode(name=node.name, op=node.op, target=_target_name(node), module_type=module_type,
+                           source=node_source(node), reason=reason)
 
 
 def check_supported(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
@@ -224,40 +252,24 @@ def check_supported(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassRe
     cache: dict = {}
     bad: list[UnsupportedNode] = []
     allowed: list[str] = []
-    graded: list[UnsupportedNode] = []
-    modules = dict(gm.named_modules())
-    n_relu = 0
-
-    def describe(node: fx.Node) -> UnsupportedNode:
-        module_type = type(modules[node.target]).__name__ if node.op == "call_module" else None
-        return UnsupportedNode(name=node.name, op=node.op, target=_target_name(node), module_type=module_type,
-                               source=node_source(node))
-
+    n_graded = 0
     for node in gm.graph.nodes:
-        n_relu += is_canonical_relu(gm, node)
-        if graded_kind(gm, node, cache):
-            graded.append(describe(node))
+        n_graded += bool(graded_kind(gm, node, cache))
         reason = classify_node(gm, node, cache)
         if reason is None:
             continue
         if allowed_analog(node, cfg):
             allowed.append(node.name)
-            graded.append(describe(node))
             continue
-        bad.append(describe(node))
+        bad.append(describe_node(gm, node, reason))
     entry = PassEntry(name="check_supported", modified=False,
-                      counts={"analog": len(allowed), "graded": len(graded) - len(allowed)}, nodes=allowed)
+                      counts={"analog": len(allowed), "graded": n_graded}, nodes=allowed)
     report.passes.append(entry)
     report.analog_nodes = allowed
-    if graded and not n_relu and not bad:
-        raise UnsupportedOpError(graded, hint=(
-            "the model has no ReLU: every non-linearity above would stay a dense analog unit and the network would "
-            "emit no spike; spiking such networks needs identity neurons in front of the linear layers (method.md "
-            "§4.7), which snnconvert does not implement yet"))
     if bad:
         raise UnsupportedOpError(bad, hint=(
             "supported: ReLU (any spelling), affine ops (conv, linear, batch norm, avg/max pooling, add, concat, "
             "reshapes), common activations and normalisations (SiLU, GELU, sigmoid, LayerNorm, ...) and element-wise "
-            "products as graded units; leave a node analog explicitly with allow_ann_ops=[<node name pattern>] "
-            "(--allow-ann-op)"))
+            "and matrix products as graded units; leave a node analog explicitly with allow_ann_ops=[<node name "
+            "pattern>] (--allow-ann-op)"))
     return PassResult(gm, False)

@@ -392,3 +392,21 @@ def test_identity_sites_leave_the_relu_thresholds_unchanged():
         assert torch.equal(with_sites.thresholds[name], theta), name
     values = {s["site"]: s["values"] for s in with_sites.calibration.sites}
     assert all(values[s["site"]] == s["values"] for s in without.calibration.sites)
+
+
+def test_functional_layers_get_sites_too():
+    """``F.conv2d`` / ``F.linear`` with parameter weights read their dense inputs through an identity neuron."""
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(4)
+            self.w1, self.w2 = nn.Parameter(torch.randn(4, 1, 3, 3)), nn.Parameter(torch.randn(4, 4, 3, 3))
+            self.fc = nn.Parameter(torch.randn(10, 4))
+
+        def forward(self, x):
+            h = F.silu(F.conv2d(x, self.w1))
+            h = F.gelu(F.conv2d(h, self.w2))
+            return F.linear(h.mean((2, 3)), self.fc)
+
+    gm = prepare(Functional().eval(), _cfg(), ConversionReport())
+    assert _sites(gm) == {"silu_identity": "silu", "mean_identity": "mean"}

@@ -77,9 +77,10 @@ def _is_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def _synaptic_inputs(gm: fx.GraphModule, node: fx.Node, cache: dict) -> list[fx.Node]:
-    """The tensors ``node`` reads through synapses: a Conv/Linear module's input, every input-dependent operand of
-    a matrix product (both operands of an attention product, method.md §4.7)."""
-    if is_synaptic_layer(gm, node):
+    """The tensors ``node`` reads through synapses: a Conv/Linear module's (or ``F.conv2d`` / ``F.linear`` call's)
+    input, every input-dependent operand of a matrix product (both operands of an attention product, method.md
+    §4.7)."""
+    if is_synaptic_layer(gm, node) or (node.op == "call_function" and node.target in _SYNAPTIC_FUNCTIONS):
         return [node.args[0]] if node.args else []
     if is_matmul(node):
         return input_dependent_args(node, cache)

@@ -91,9 +91,13 @@ def _energy_line(ops: dict) -> str | None:
     if not ops.get("energy_ratio_reference"):
         return None
     c = ops["constants_pj"]
+    left_out = ops.get("not_in_energy") or {}
+    not_priced = (f"; not priced: {left_out['neuron_updates_per_step']:.0f} neuron updates and "
+                  f"{left_out['graded_unit_outputs_per_step']:.0f} graded-unit evaluations per image and step"
+                  if left_out else "")
     return (f"energy vs ANN after T steps: {ops['energy_ratio_reference'][-1]:.3f} (reference metric: every SNN "
             f"operation an AC), {ops['energy_ratio_extended'][-1]:.3f} (extended: analog-input layers as MACs); "
-            f"E_AC {c['E_AC']} pJ, E_MAC {c['E_MAC']} pJ ({c['source']})")
+            f"E_AC {c['E_AC']} pJ, E_MAC {c['E_MAC']} pJ ({c['source']}){not_priced}")
 
 
 def _units_output_line(units: dict, timesteps: int) -> str:

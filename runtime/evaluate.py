@@ -216,6 +216,12 @@ def evaluate(
     if ops is not None:
         ops.counts.images = images
         report.ops = ops.counts.to_dict()
+        # what the energy ratios leave out (method.md §8): every neuron updates its state and every graded unit
+        # evaluates its function on all its elements at every step; counted, not priced (no per-op energy given)
+        report.ops["not_in_energy"] = {
+            "neuron_updates_per_step": float(sum(e["neurons_per_image"] for e in site_events.values())),
+            "graded_unit_outputs_per_step": float(sum(u["outputs_per_image"] for u in unit_outputs.values())),
+        }
     if meter is not None:
         report.layer_errors = meter.result()
     log.info("evaluated %d images: ANN %s, SNN %.4f at T=%d", images,

@@ -100,6 +100,11 @@ def test_happy_path_report_and_artifact(tmp_path):
     assert f"{ops['energy_ratio_reference'][-1]:.3f} / {ops['energy_ratio_extended'][-1]:.3f}" in result.output
     assert f"energy vs ANN after T steps: {ops['energy_ratio_reference'][-1]:.3f}" in result.output
     assert "E_AC 0.9 pJ, E_MAC 4.6 pJ" in result.output
+    left_out = ops["not_in_energy"]  # SpellingsNet: neurons and max-pool units, both stated, neither priced
+    assert left_out["neuron_updates_per_step"] > 0 and left_out["graded_unit_outputs_per_step"] > 0
+    text = " ".join(result.output.split())
+    assert (f"not priced: {left_out['neuron_updates_per_step']:.0f} neuron updates and "
+            f"{left_out['graded_unit_outputs_per_step']:.0f} graded-unit evaluations per image and step") in text
     for key in ("coding", "timesteps", "ann_accuracy", "snn_accuracy", "eval_images", "calib_images", "thresholds",
                 "conversion", "timings", "events", "schema_version", "data"):
         assert key in doc, key

@@ -416,6 +416,11 @@ def test_evaluation_counts_the_units_dense_outputs_apart_from_events(mode):
         assert unit["nonzero_per_step"] == (expected[name].double() / 6).tolist()
         assert unit["outputs_per_image"] == sizes[name]
         assert unit["nonzero_per_output"] == pytest.approx(sum(unit["nonzero_per_step"]) / sizes[name])
+    # what the energy ratios leave out: every unit evaluates all its elements, every neuron updates, at every step
+    left_out = ev.ops["not_in_energy"]
+    assert left_out["graded_unit_outputs_per_step"] == sum(sizes.values())
+    neurons = sum(e["neurons_per_image"] for e in ev.site_events.values())
+    assert left_out["neuron_updates_per_step"] == neurons > 0
     cut = truncate(ev, 2)
     for name, unit in cut.unit_outputs.items():
         assert unit["nonzero_per_step"] == ev.unit_outputs[name]["nonzero_per_step"][:2]

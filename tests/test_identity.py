@@ -18,7 +18,7 @@ from snnconvert.convert import ConversionConfig, ModelSource, convert, load_arti
 from snnconvert.convert.calibrate.observers import _groups
 from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.errors import ConfigError, UnsupportedOpError
-from snnconvert.convert.passes.identity import IdentitySite, stream_kinds
+from snnconvert.convert.passes.identity import IdentitySite, insert_identity_sites, stream_kinds
 from snnconvert.convert.pipeline import ConversionReport
 from snnconvert.runtime import load
 from snnconvert.runtime.energy import input_kinds
@@ -78,6 +78,9 @@ def test_auto_sites_go_where_a_layer_reads_dense_values():
     by_name = {n.name: k for n, k in kinds.items()}
     assert by_name["x"] == "input" and by_name["stem"] == "dense" and by_name["gelu_identity"] == "events"
     assert by_name["add"] == "dense"  # conv outputs
+    # idempotent: a second run finds every layer reading events (or the image) and changes nothing
+    again = insert_identity_sites(gm, _cfg(), ConversionReport())
+    assert not again.modified and len(_sites(gm)) == 4
 
 
 def test_all_also_spike_encodes_the_input_and_off_inserts_nothing():

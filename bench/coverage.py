@@ -72,7 +72,7 @@ def row(name: str, side: int) -> dict:
     with torch.no_grad():
         ref = model(x[:4])
         diff = ((res.snn.ann_forward(x[:4]) - ref).abs().max() / ref.abs().max()).item()
-    identity = sum(1 for site in res.calibration.sites if site["kind"] == "identity")
+    identity = res.calibration.count("identity")
     return {"model": name, "converts": True, "relu_sites": len(res.thresholds) - identity,
             "identity_sites": identity, "graded_units": units,
             "analog_mac_share": analog / sum(tot.values()), "ann_forward_max_rel_diff": diff,

@@ -161,14 +161,10 @@ def _sweep_table(swept, results) -> Table:
     return table
 
 
-def _identity_count(result) -> int:
-    return sum(1 for site in result.calibration.sites if site.get("kind") == "identity")
-
-
 def _sites_text(result) -> str:
     """``"11 ReLU site(s) + 16 identity neuron site(s) (99.9% of |x| x 1)"`` (the identity part only when there are
     any)."""
-    identity = _identity_count(result)
+    identity = result.calibration.count("identity")
     text = f"{len(result.thresholds) - identity} ReLU site(s)"
     if identity:
         cfg = result.config
@@ -180,7 +176,7 @@ def _sites_text(result) -> str:
 def _thresholds_text(result) -> str:
     """The ReLU sites' threshold rule (``"thresholds iterate per channel"``); none when there is no ReLU site."""
     cfg = result.config
-    if len(result.thresholds) == _identity_count(result):
+    if len(result.thresholds) == result.calibration.count("identity"):
         return f"identity thresholds per {cfg.granularity}"
     return f"thresholds {cfg.threshold} per {cfg.granularity}"
 

@@ -29,13 +29,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snnconvert.convert.coding.units import GradedUnit
+from snnconvert.convert.passes.identity import SYNAPTIC_MODULES
 from snnconvert.convert.passes.spikify import is_matmul_unit
 from snnconvert.convert.snn import SpikingNetwork
 
 #: pJ per operation, Horowitz (ISSCC 2014), 45 nm, fp32.
 E_AC_PJ = 0.9
 E_MAC_PJ = 4.6
-_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def input_kinds(snn: SpikingNetwork) -> dict[str, str]:
@@ -46,21 +46,21 @@ def input_kinds(snn: SpikingNetwork) -> dict[str, str]:
     kind: dict[fx.Node, str] = {}
     result = {}
     for node in snn.gm.graph.nodes:
+        module = snn.gm.get_submodule(node.target) if node.op == "call_module" else None
         if node.op == "placeholder":
             kind[node] = "analog"
         elif node.op == "get_attr":
             kind[node] = "const"
-        elif node.op == "call_module" and (node.target in neurons
-                                           or getattr(snn.gm.get_submodule(node.target), "site_names", ())):
+        elif module is not None and (node.target in neurons or getattr(module, "site_names", ())):
             kind[node] = "spike"  # a neuron, or a fused unit of neurons (runtime/fuse.py)
-        elif node.op == "call_module" and isinstance(snn.gm.get_submodule(node.target), (GradedUnit, *_LAYERS)):
+        elif isinstance(module, (GradedUnit, *SYNAPTIC_MODULES)):
             kind[node] = "analog"  # dense floats: a graded unit's output, a layer's weighted sums
         else:
             kinds = {kind.get(a, "const") for a in node.all_input_nodes}
             kind[node] = "analog" if "analog" in kinds else ("spike" if "spike" in kinds else "const")
-        if node.op == "call_module" and isinstance(snn.gm.get_submodule(node.target), _LAYERS):
+        if isinstance(module, SYNAPTIC_MODULES):
             result[node.target] = kind[node.args[0]]
-        elif node.op == "call_module" and is_matmul_unit(snn.gm.get_submodule(node.target)):
+        elif module is not None and is_matmul_unit(module):
             result[node.target] = "analog" if any(kind.get(a) == "analog" for a in node.args) else "spike"
     return result
 
@@ -149,7 +149,7 @@ class SynapticOpCounter:
         self._running: dict[str, tuple] = {}  # matrix-product units in single-step mode: (R_A, R_B) before the step
         self.handles = []
         for name, module in snn.gm.named_modules():
-            if isinstance(module, _LAYERS) and name in self.counts.kinds:
+            if isinstance(module, SYNAPTIC_MODULES) and name in self.counts.kinds:
                 self.handles.append(module.register_forward_hook(self._hook(name)))
             elif is_matmul_unit(module) and name in self.counts.kinds:
                 self.handles.append(module.register_forward_hook(self._product_hook(name)))

@@ -54,6 +54,10 @@ class CalibrationReport:
     sites: list[dict[str, Any]] = field(default_factory=list)
     images: int | None = None
 
+    def count(self, kind: str) -> int:
+        """How many sites of ``kind`` (``"relu"`` or ``"identity"``)."""
+        return sum(1 for site in self.sites if site.get("kind") == kind)
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "granularity": self.granularity,
                 "quantisation_levels": self.quantisation_levels, "images": self.images, "sites": self.sites}

@@ -88,7 +88,9 @@ def _synaptic_inputs(gm: fx.GraphModule, node: fx.Node, cache: dict) -> list[fx.
 
 
 def _feature_last(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Linear)
+    """A Linear layer (module or ``F.linear``): it reads the last dim, the features of a token tensor."""
+    return (node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Linear)) or (
+        node.op == "call_function" and node.target is F.linear)
 
 
 def is_synaptic_layer(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -37,7 +37,8 @@ import torchvision
 from snnconvert.convert.errors import OnnxImportError, UnsupportedOpError
 from snnconvert.convert.onnx_import import load_onnx
 
-MODELS = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "squeezenet1_1", "densenet121", "vit_b_16"]
+MODELS = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "squeezenet1_1", "densenet121", "vit_b_16",
+          "mobilenet_v3_small", "regnet_y_400mf", "efficientnet_b0", "convnext_tiny"]
 EXPORTERS = ["ts13", "ts17", "dynamo"]
 # VGG's AdaptiveAvgPool2d(7) exports only for feature maps that are multiples of 7, ViT needs 224x224.
 INPUT_SIZE = {"vgg11_bn": 224, "vit_b_16": 224}

@@ -169,7 +169,8 @@ def _sites_text(result) -> str:
     if identity:
         cfg = result.config
         stat = f"{cfg.identity_threshold} of |x|" if cfg.identity_tail == "both" else f"{cfg.identity_threshold}"
-        text += f" + {identity} identity neuron site(s) ({stat} x {cfg.threshold_scale:g})"
+        text += f" + {identity} identity neuron site(s) ({stat} x {cfg.threshold_scale:g}"
+        text += f", n = {cfg.identity_n})" if cfg.neuron == "mt" else ")"
     return text
 
 
@@ -232,6 +233,8 @@ class RunOptions:
     identity_threshold: Optional[str] = None
     identity_tail: Optional[str] = None
     threshold_scale: Optional[float] = None
+    identity_levels: Optional[int] = None
+    token_channel: Optional[str] = None
     layer_errors: bool = False
     sweep: Optional[str] = None
     target_gap: Optional[float] = None
@@ -253,7 +256,8 @@ def _run(o: RunOptions) -> None:
                                       granularity=o.granularity, levels=o.levels, neuron=o.neuron,
                                       allow_ann_ops=o.allow_ann_op or None, identity_neurons=o.identity_neurons,
                                       identity_threshold=o.identity_threshold, identity_tail=o.identity_tail,
-                                      threshold_scale=o.threshold_scale)
+                                      threshold_scale=o.threshold_scale, identity_levels=o.identity_levels,
+                                      token_channel=o.token_channel)
     dtype = _dtype(o.dtype)
     if o.calib_images <= 0:
         raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
@@ -429,6 +433,12 @@ def main(
                    "the reference's rule) [default: both]"),
     threshold_scale: Optional[float] = typer.Option(
         None, help="c: identity-neuron thresholds are the statistic times c [default: 1]"),
+    identity_levels: Optional[int] = typer.Option(
+        None, help="n of the identity neurons (multi-threshold): more levels resolve their signed, heavy-tailed "
+                   "inputs at few steps, at more events [default: 6 with differential coding, else --levels]"),
+    token_channel: Optional[str] = typer.Option(
+        None, help="per-channel thresholds on [B, N, C] token tensors: features (last dim) | tokens (dim 1, the "
+                   "reference implementation's rule) [default: features]"),
     layer_errors: bool = typer.Option(False, "--layer-errors", help="also compare every neuron's (and pooling "
                                       "unit's) decoded output with its ANN value after each step: where accuracy is "
                                       "lost"),
@@ -453,7 +463,8 @@ def main(
             dtype=dtype,
             allow_ann_op=tuple(allow_ann_op), identity_neurons=identity_neurons,
             identity_threshold=identity_threshold, identity_tail=identity_tail, threshold_scale=threshold_scale,
-            layer_errors=layer_errors, sweep=sweep, target_gap=target_gap))
+            identity_levels=identity_levels, token_channel=token_channel, layer_errors=layer_errors, sweep=sweep,
+            target_gap=target_gap))
     except CONVERSION_ERRORS as exc:
         _fail(exc, debug, code=1)
     except USAGE_ERRORS as exc:

@@ -18,6 +18,7 @@ NEURON_KINDS = ("if", "mt")
 GRANULARITIES = ("layer", "channel")
 IDENTITY_MODES = ("off", "auto", "all")
 IDENTITY_TAILS = ("both", "upper")
+TOKEN_CHANNELS = ("features", "tokens")
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _FRACTION_RE = re.compile(r"^\d*\.?\d+(?:[eE][-+]?\d+)?$")
 
@@ -107,6 +108,13 @@ class ConversionConfig:
             positive ones) or of the signed input (``"upper"``, the reference's rule; a channel whose values are mostly
             negative gets a small or zero threshold).
         threshold_scale: c, the factor on identity-neuron thresholds (method.md §7.7; 1 for CNNs).
+        identity_levels: n of the identity neurons when they are MT neurons (``None``: ``levels``). Their inputs are
+            signed and heavy-tailed, so a percentile threshold leaves most values far below θ; more levels
+            (θ/2^i down to θ/2^(n-1)) resolve them without more events per step (the reference's transformer
+            configs use n = 6).
+        token_channel: what "channel" means for per-channel thresholds on ``[B, N, C]`` token tensors read or
+            produced by Linear layers: ``"features"`` (the last dim, one threshold per feature) or ``"tokens"``
+            (dim 1, one per token position: the reference implementation's rule, method.md §7.8).
     """
 
     coding: str = "rate"
@@ -123,6 +131,8 @@ class ConversionConfig:
     identity_threshold: ThresholdSpec | str = "99.9%"
     identity_tail: str = "both"
     threshold_scale: float = 1.0
+    identity_levels: int | None = None
+    token_channel: str = "features"
 
     def __post_init__(self) -> None:
         if not isinstance(self.threshold, ThresholdSpec):
@@ -134,6 +144,7 @@ class ConversionConfig:
                               "a ReLU's output; identity neurons take a percentile (e.g. 99.9%) or max")
         _choice("identity_neurons", self.identity_neurons, IDENTITY_MODES)
         _choice("identity_tail", self.identity_tail, IDENTITY_TAILS)
+        _choice("token_channel", self.token_channel, TOKEN_CHANNELS)
         if isinstance(self.threshold_scale, bool) or not isinstance(self.threshold_scale, (int, float)) or \
                 not math.isfinite(self.threshold_scale) or self.threshold_scale <= 0:
             raise ConfigError(f"threshold_scale must be a finite number > 0, got {self.threshold_scale!r}")
@@ -148,12 +159,24 @@ class ConversionConfig:
             raise ConfigError(f"levels must be an integer in [1, 16], got {self.levels!r}")
         if self.neuron == "if" and self.levels != 1:
             raise ConfigError(f"neuron 'if' has a single threshold; got levels={self.levels}: use neuron='mt'")
+        if self.identity_levels is not None:
+            if not isinstance(self.identity_levels, int) or isinstance(self.identity_levels, bool) or \
+                    not 1 <= self.identity_levels <= 16:
+                raise ConfigError(f"identity_levels must be an integer in [1, 16], got {self.identity_levels!r}")
+            if self.neuron == "if" and self.identity_levels != 1:
+                raise ConfigError(f"identity_levels={self.identity_levels} needs multi-threshold neurons; neuron 'if' "
+                                  "has a single threshold: use neuron='mt'")
         if not (0 < self.fit_rtol < 1) or not math.isfinite(self.fit_rtol):
             raise ConfigError(f"fit_rtol must be in (0, 1), got {self.fit_rtol!r}")
         if self.fit_max_iter < 1:
             raise ConfigError(f"fit_max_iter must be >= 1, got {self.fit_max_iter!r}")
         if self.percentile_bins < 16:
             raise ConfigError(f"percentile_bins must be >= 16, got {self.percentile_bins!r}")
+
+    @property
+    def identity_n(self) -> int:
+        """The number of thresholds of an identity neuron: ``identity_levels``, else ``levels``."""
+        return self.levels if self.identity_levels is None else self.identity_levels
 
     @property
     def quantisation_levels(self) -> int:
@@ -189,6 +212,9 @@ class ConversionConfig:
         changes = {k: v for k, v in overrides.items() if v is not None}
         if "levels" in changes and "neuron" not in changes and changes["levels"] > 1:
             changes["neuron"] = "mt"
+        if changes.get("neuron") == "if":  # single-threshold neurons: the preset's level counts do not apply
+            changes.setdefault("levels", 1)
+            changes.setdefault("identity_levels", None)
         return base.replace(**changes)
 
 
@@ -199,8 +225,11 @@ def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
 
 #: Rate coding: IF neurons with soft reset and per-channel 99.9 % thresholds.
 RATE_DEFAULT = ConversionConfig(coding="rate", timesteps=32, threshold="99.9%", granularity="channel", neuron="if")
-#: Differential coding: MT neurons with n = 4 and per-channel threshold iteration (method.md).
+#: Differential coding: MT neurons with n = 4 and per-channel threshold iteration (method.md); identity neurons
+#: (where a model has them) with n = 6: on fmnist-mnv3 at T = 4 that recovers 0.6 pp at 1.4x the energy, and n = 6 at
+#: T = 4 beats n = 4 at T = 8 in both accuracy and energy (BENCHMARKS.md "Identity neurons").
 DIFF_DEFAULT = ConversionConfig(
-    coding="differential", timesteps=8, threshold="iterate", granularity="channel", neuron="mt", levels=4
+    coding="differential", timesteps=8, threshold="iterate", granularity="channel", neuron="mt", levels=4,
+    identity_levels=6,
 )
 PRESETS = {"rate": RATE_DEFAULT, "differential": DIFF_DEFAULT}

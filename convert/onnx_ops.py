@@ -40,7 +40,8 @@ Add, Sub, Mul, Div, Pow, comparisons                   ``operator.add`` & co. (c
 Sqrt, Erf, Exp, Where, Max, Min, Mod, Cast, ...        ``torch.sqrt`` & co., ``x.to(dtype)``
 Reshape, Flatten, Transpose, Concat, Split, Slice,     ``torch.reshape`` (``-1`` for the dynamic entry),
 Squeeze, Unsqueeze, Pad, Expand, Tile, Gather          ``torch.flatten``, ``torch.permute``, ``torch.cat``, slicing, ...
-Shape, Size, ConstantOfShape, Range, Constant          evaluated while importing (no fx node)
+Shape, Size, ConstantOfShape, Range, Constant          evaluated while importing (no fx node); ConstantOfShape /
+                                                       Range of a dynamic size: ``torch.full`` / ``torch.arange``
 Identity, Dropout (inference)                          nothing: the input is passed through
 =====================================================  ==============================================================
 """
@@ -359,9 +360,25 @@ def convert_constant_of_shape(ctx: OpContext) -> Value:
 
 @register("Range", since=11)
 def convert_range(ctx: OpContext) -> Value:
-    """Range: folded to ``torch.arange``; the bounds must be constants."""
-    start, limit, delta = (ctx.const(i, "Range bounds") for i in range(3))
-    return Const(torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype), (ctx.name, "Range"))
+    """Range: folded to ``torch.arange`` when the bounds are constants; bounds computed from tensor shapes (the
+    dynamo exporter's ``as_strided`` lowering: ``Range(0, batch)``) give ``torch.arange`` of ``x.size(i)`` at run
+    time, a shape-derived (not input-dependent) index tensor."""
+    inputs = [ctx.input(i) for i in range(3)]
+    if all(isinstance(v, Const) for v in inputs):
+        start, limit, delta = (v.tensor for v in inputs)
+        return Const(torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype), (ctx.name, "Range"))
+    bounds = []
+    for i in range(3):
+        elems = ctx.elems(i)
+        if len(elems) != 1:
+            raise ctx.fail(f"Range bound (input {i}) must be a scalar")
+        bounds.append(elems[0])
+    start, limit, delta = bounds
+    if static(delta) in (None, 0):
+        raise ctx.fail("Range needs a constant, non-zero delta")
+    out = ctx.call_function(torch.arange, *ctx.dims_arg(bounds), dtype=torch.int64)
+    out.shape, out.dtype = (sympy.Max(sympy.ceiling((limit - start) / delta), 0),), torch.int64
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Synaptic operations (SOP) and the energy metric (method.md §8).
 
-Per real step t and Conv/Linear layer l: ``SOP_l,t`` = Σ over the non-zero input entries of their fan-out: the
-number of non-zero entries at each input position (summed over channels) weighted by the layer's spatial fan-out map
-(padding and stride shape the fan-out at borders), the same integers as running the layer's geometry with all-ones
-weights on the binary map ``[input != 0]``. ``TOT_l`` is the dense MAC count of the layer for one image (the same
-with an all-ones input). The zero-input capture pass of differential coding is excluded.
+Per real step t and Conv/ConvTranspose/Linear layer l (``F.conv*`` / ``F.linear`` calls with constant weights are
+modules by then: ``functional_layers_to_modules``): ``SOP_l,t`` = Σ over the non-zero input entries of their fan-out:
+the number of non-zero entries at each input position (summed over channels) weighted by the layer's spatial fan-out
+map (padding and stride shape the fan-out at borders), the same integers as running the layer's geometry with
+all-ones weights on the binary map ``[input != 0]``. ``TOT_l`` is the dense MAC count of the layer for one image
+(the same with an all-ones input). The zero-input capture pass of differential coding is excluded.
 
 Two energy figures are reported, with the constants printed next to them:
 
@@ -65,16 +66,25 @@ def input_kinds(snn: SpikingNetwork) -> dict[str, str]:
     return result
 
 
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
 @lru_cache(maxsize=256)
 def _fanout_map(dims: int, kernel_size: tuple, stride: tuple, padding, dilation: tuple, spatial: tuple,
-                device: str) -> torch.Tensor:
+                device: str, output_padding: tuple | None = None) -> torch.Tensor:
     """Spatial fan-out of a convolution geometry: entry p is the number of (output position, kernel tap) pairs that
-    read input position p (zero padding), i.e. the gradient of Σ conv(x, all-ones kernel) w.r.t. x. Integers."""
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    read input position p (zero padding), i.e. the gradient of Σ conv(x, all-ones kernel) w.r.t. x. Integers.
+    ``output_padding`` given: the geometry of a transposed convolution (taps landing in the cropped border of its
+    output do not count)."""
     x = torch.ones(1, 1, *spatial, device=device, requires_grad=True)
     ones = torch.ones(1, 1, *kernel_size, device=device)
     with torch.enable_grad():
-        (grad,) = torch.autograd.grad(conv(x, ones, None, stride, padding, dilation).sum(), x)
+        if output_padding is None:
+            out = _CONV[dims](x, ones, None, stride, padding, dilation)
+        else:
+            out = _CONV_TRANSPOSE[dims](x, ones, None, stride, padding, output_padding, 1, dilation)
+        (grad,) = torch.autograd.grad(out.sum(), x)
     return grad[0, 0].detach()
 
 
@@ -91,9 +101,10 @@ def _fanout_count(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
         return x.ne(0).flatten(1).sum(1, dtype=torch.float64) * layer.out_features
     per_position = x.ne(0).sum(1, dtype=torch.int32)  # [N, *spatial]; int32 sums are ~1.5x faster than fp32 here
+    transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
     weights = _fanout_map(x.dim() - 2, tuple(layer.kernel_size), tuple(layer.stride), layer.padding
                           if isinstance(layer.padding, str) else tuple(layer.padding), tuple(layer.dilation),
-                          tuple(x.shape[2:]), str(x.device))
+                          tuple(x.shape[2:]), str(x.device), tuple(layer.output_padding) if transposed else None)
     weighted = per_position.to(torch.float32) * weights  # C times smaller than x: the cast is cheap
     return weighted.flatten(1).sum(1, dtype=torch.float64) * (layer.out_channels // layer.groups)
 

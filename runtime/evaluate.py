@@ -30,7 +30,7 @@ class EvalReport:
         ann_accuracy: top-1 accuracy of the ANN in [0, 1] (None when no ANN was given).
         snn_accuracy: entry ``t-1`` is the SNN's top-1 accuracy after ``t`` steps.
         images: number of evaluated images.
-        events_per_step: total emitted events (non-zero neuron outputs) at each step, summed over sites and images.
+        events_per_step: emitted events (non-zero neuron outputs) per image at each step, summed over sites.
         site_events: per ReLU site: neurons per image, total events, events per neuron per image, and events per
             image at each step.
         seconds: wall time of the ANN and SNN passes.

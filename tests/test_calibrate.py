@@ -129,6 +129,37 @@ def test_observers_leave_outputs_unchanged_and_are_removed(threshold):
     assert all(s["threshold"]["count"] == t.numel() for s, t in zip(report.sites, thresholds.values()))
 
 
+@pytest.mark.parametrize("threshold", ["max", "iterate"])
+def test_relu_on_token_tensors_is_per_feature(threshold):
+    """A ReLU between two Linear layers of ``[B, N, C]`` tokens takes one threshold per feature (the last dim,
+    method.md §6, §7.8), pooled over images and tokens; a ReLU of conv features keeps dim 1."""
+    class TokenMLP(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(5)
+            self.conv = torch.nn.Conv2d(1, 8, 7, stride=7)
+            self.fc1, self.fc2 = torch.nn.Linear(8, 12), torch.nn.Linear(12, 10)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))  # [B, 8, 4, 4]
+            tokens = h.flatten(2).transpose(1, 2)  # [B, 16, 8]
+            return self.fc2(torch.relu(self.fc1(tokens))).mean(1)
+
+    x = torch.rand(10, 1, 28, 28)
+    model = TokenMLP().eval()
+    cfg = ConversionConfig.for_coding("differential", timesteps=4, threshold=threshold)
+    res = convert(model, forward_loop=[x], config=cfg)
+    th = res.thresholds
+    assert tuple(th["relu"].shape) == (8, 1, 1) and tuple(th["relu_1"].shape) == (12,)
+    with torch.no_grad():  # the [12] thresholds broadcast over [T*B, 16, 12]: the SNN runs and converges
+        err = (res.snn(x) - model(x)).abs().flatten(1).amax(1)
+    assert err[-1] < err[0]
+    if threshold == "max":
+        with torch.no_grad():
+            feats = torch.relu(model.fc1(torch.relu(model.conv(x)).flatten(2).transpose(1, 2)))
+        torch.testing.assert_close(th["relu_1"], feats.amax((0, 1)))
+
+
 def test_thresholds_do_not_depend_on_batching():
     x = torch.rand(40, 1, 28, 28)
     a = convert(SpellingsNet(), forward_loop=[x]).thresholds

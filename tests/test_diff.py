@@ -163,6 +163,37 @@ def test_sop_counter_on_hand_built_conv():
     assert ops["energy_ratio_reference"] == pytest.approx([ratio])
 
 
+def test_functional_and_transposed_layers_are_counted():
+    """``F.conv2d`` / ``F.linear`` with parameter weights become modules and, like a ConvTranspose2d, are counted:
+    every layer appears with its dense MACs, the first (image-fed) one as analog."""
+    import torch.nn.functional as F
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(3)
+            self.w = nn.Parameter(torch.randn(4, 1, 3, 3) * 0.5)
+            self.up = nn.ConvTranspose2d(4, 2, 2, stride=2)
+            self.fc = nn.Parameter(torch.randn(10, 2 * 28 * 28) * 0.05)
+
+        def forward(self, x):
+            h = F.relu(F.conv2d(x, self.w, None, 2, 1))  # [4, 14, 14]
+            h = F.relu(self.up(h))  # [2, 28, 28]
+            return F.linear(h.flatten(1), self.fc)
+
+    data = torch.rand(16, 1, 28, 28)
+    res = convert(Net().eval(), forward_loop=[data], config=_diff(timesteps=4))
+    ops = evaluate(res.snn, [(data, torch.zeros(16, dtype=torch.long))]).ops
+    layers = ops["layers"]
+    assert {v["input"] for v in layers.values()} == {"analog", "spike"} and len(layers) == 3
+    assert sorted(v["tot_macs"] for v in layers.values()) == sorted([
+        4 * 9 * 14 * 14 - 4 * (3 * 14 + 3 * 14 - 1),  # 3x3 stride 2 pad 1 on 28x28: border taps read padding
+        4 * 14 * 14 * 2 * 4,  # every input entry reaches 2 channels x 4 taps
+        2 * 28 * 28 * 10])
+    assert sum(v["input"] == "analog" for v in layers.values()) == 1
+    assert all(sum(v["sop_per_step"]) > 0 for v in layers.values())
+
+
 @pytest.mark.parametrize("groups", [1, 2, 6])
 def test_fanout_count_equals_all_ones_convolution(groups):
     """SOP counting: the channel-summed count equals the direct all-ones convolution of the 0/1 mask."""
@@ -178,6 +209,26 @@ def test_fanout_count_equals_all_ones_convolution(groups):
     linear = nn.Linear(30, 7)
     m2 = (torch.rand(4, 30) < 0.5).float()
     assert torch.equal(_fanout_count(linear, m2), m2.sum(1).double() * 7)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_fanout_count_transposed_convolution(dims):
+    """Transposed convolutions: the count equals the all-ones transposed convolution of the 0/1 mask (taps that land
+    in the cropped border, padding and output_padding, do not count)."""
+    import torch.nn.functional as F
+
+    from snnconvert.runtime.energy import _fanout_count
+
+    conv_cls = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dims]
+    functional = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[dims]
+    spatial = (7, 6, 5)[:dims]
+    for kwargs in ({"stride": 2, "padding": 1, "output_padding": 1, "groups": 3}, {"stride": 1, "dilation": 2}):
+        layer = conv_cls(6, 9, 3, **kwargs)
+        x = torch.randn(4, 6, *spatial) * (torch.rand(4, 6, *spatial) < 0.4)
+        ones = torch.ones(6, 9 // layer.groups, *([3] * dims))
+        direct = functional((x != 0).float(), ones, None, layer.stride, layer.padding, layer.output_padding,
+                            layer.groups, layer.dilation)
+        assert torch.equal(_fanout_count(layer, x), direct.flatten(1).sum(1).double()), kwargs
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])

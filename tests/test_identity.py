@@ -194,6 +194,30 @@ def test_identity_options_are_validated():
     with pytest.raises(ConfigError, match="identity_tail"):
         _cfg(identity_tail="lower")
     assert _cfg(identity_threshold="max").identity_threshold.method == "max"
+    with pytest.raises(ConfigError, match=r"identity_levels must be an integer in \[1, 16\]"):
+        _cfg(identity_levels=0)
+    with pytest.raises(ConfigError, match="identity_levels=6 needs multi-threshold neurons"):
+        _cfg("rate", identity_levels=6)
+    assert _cfg(levels=3).replace(identity_levels=None).identity_n == 3
+    assert (_cfg().identity_n, _cfg(levels=3).identity_n, _cfg("rate", neuron="mt", levels=3).identity_n) == (6, 6, 3)
+    single = _cfg(neuron="if")  # the differential preset with single-threshold neurons: n = 1 everywhere
+    assert (single.levels, single.identity_n) == (1, 1)
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_identity_levels_apply_to_identity_neurons_only(coding):
+    """``identity_levels`` sets n of the identity neurons; ReLU neurons keep ``levels``; the thresholds (percentile
+    of |x|) do not depend on n."""
+    model = GatedNet().eval()
+    x = torch.rand(8, 1, 12, 12)
+    base = _cfg(coding, timesteps=3, neuron="mt", levels=3).replace(identity_levels=None)
+    a = convert(model, forward_loop=[x], config=base)
+    b = convert(model, forward_loop=[x], config=base.replace(identity_levels=6))
+    for res, n_identity in ((a, 3), (b, 6)):
+        levels = {name: m.n_levels for name, m in res.snn.neurons()}
+        assert {v for k, v in levels.items() if k.endswith("_identity")} == {n_identity}
+        assert {v for k, v in levels.items() if not k.endswith("_identity")} == {3}
+    assert all(torch.equal(a.thresholds[k], b.thresholds[k]) for k in a.thresholds)
 
 
 def test_layers_after_identity_neurons_read_spikes_in_the_energy_metric():
@@ -241,11 +265,12 @@ def test_cli_reports_identity_sites_and_refuses_off_on_a_relu_free_model(tmp_pat
     assert "identity_neurons is 'off'" in result.output and "Traceback" not in result.output
     report = tmp_path / "r.json"
     result = runner.invoke(app, [f"{net}:build", "--coding", "differential", "-T", "2", *data,
-                                 "--report", str(report), "--threshold-scale", "2"])
+                                 "--report", str(report), "--threshold-scale", "2", "--identity-levels", "6"])
     assert result.exit_code == 0, result.output
-    assert "0 ReLU site(s) + 2 identity neuron site(s) (99.9% of |x| x 2)" in " ".join(result.output.split())
+    assert "0 ReLU site(s) + 2 identity neuron site(s) (99.9% of |x| x 2, n = 6)" in " ".join(result.output.split())
     doc = json.loads(report.read_text())
     assert doc["config"]["identity_neurons"] == "auto" and doc["config"]["threshold_scale"] == 2.0
+    assert doc["config"]["identity_levels"] == 6 and doc["config"]["levels"] == 4
     result = runner.invoke(app, [f"{net}:build", *data, "--identity-neurons", "sometimes"])
     assert result.exit_code == 2 and "identity_neurons 'sometimes' is not valid" in result.output
 
@@ -293,6 +318,25 @@ def test_attention_matmuls_become_product_units_fed_by_identity_neurons():
     assert res.thresholds["softmax_identity"].shape == (2, 1, 1)
     with torch.no_grad():
         torch.testing.assert_close(res.snn.ann_forward(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_token_channel_tokens_is_the_reference_rule():
+    """``token_channel="tokens"``: thresholds on token tensors run along dim 1 (one per token position, the
+    reference's "channel"), exactly the per-row statistic of the tensor moved to ``[N, B*C]``; conv and head sites
+    are unchanged."""
+    model = TinyViT().eval()
+    x = torch.rand(16, 1, 12, 12)
+    cfg = _cfg(timesteps=4, identity_threshold="max")
+    features = convert(model, forward_loop=[x], config=cfg).thresholds
+    tokens = convert(model, forward_loop=[x], config=cfg.replace(token_channel="tokens")).thresholds
+    assert features["norm1_identity"].shape == (8,) and tokens["norm1_identity"].shape == (9, 1)
+    with torch.no_grad():
+        h = model.norm1(model.embed(x).flatten(2).transpose(1, 2))  # [B, 9, 8]: the site's input
+    torch.testing.assert_close(tokens["norm1_identity"], h.abs().amax((0, 2)).view(9, 1))
+    torch.testing.assert_close(features["norm1_identity"], h.abs().amax((0, 1)))
+    assert torch.equal(features["softmax_identity"], tokens["softmax_identity"])  # [B, heads, N, N]: dim 1 both
+    with pytest.raises(ConfigError, match="token_channel 'last' is not valid"):
+        cfg.replace(token_channel="last")
 
 
 def test_a_converted_transformer_approaches_the_ann():

@@ -279,6 +279,12 @@ OP_CASES = {
         "g (float[N,4,9,9] x) => (float y) {"
         " s = Size(x) f = Cast <to=1> (s) d = Div(x, f) r = Range(start, limit, delta) y = Add(d, r) }",
         {"start": np.float32(0), "limit": np.float32(4.5), "delta": np.float32(0.5)}, X4, 13, None),
+    "range_of_the_batch_size": (  # the dynamo exporter's as_strided lowering: indices built from Range(0, batch)
+        "g (float[N,4,9,9] x) => (float y) {"
+        " s = Shape(x) n = Gather <axis=0> (s, zero) r = Range(zero, n, one) u = Unsqueeze(r, one)"
+        " i = Mul(u, stride) j = Add(i, offsets) flat = Reshape(x, minus1) y = Gather <axis=0> (flat, j) }",
+        {"zero": np.int64(0), "one": np.int64(1), "stride": np.int64(324), "minus1": np.array([-1], np.int64),
+         "offsets": np.array([[0, 81, 162, 243]], np.int64)}, X4, 18, None),
     "cast_roundtrip": (
         "g (float[N,4,9,9] x) => (float y) { c = Cast <to=6> (x) d = Cast <to=1> (c) y = Add(x, d) }",
         {}, 3 * X4, 13, None),
@@ -553,6 +559,48 @@ MODEL_CASES = [
     for name in ("resnet18", "mobilenet_v2")
     for exporter in ("ts13", "ts17", "dynamo")
 ]
+
+
+class _PermutedHead(nn.Module):
+    """Conv -> GELU -> a Linear over channels (NHWC) -> back to NCHW -> global average -> LayerNorm2d -> Linear:
+    ConvNeXt's tail. The pooled NCHW view has channels-last strides; torch's dynamo exporter writes the view as
+    ``Gather`` of indices from ``Range(0, batch)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv, self.mix = nn.Conv2d(1, 4, 3), nn.Linear(4, 4)
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 10)
+        self.norm = torchvision.models.convnext.LayerNorm2d(4)
+
+    def forward(self, x):
+        h = self.mix(torch.nn.functional.gelu(self.conv(x)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(torch.flatten(self.norm(self.pool(h)), 1))
+
+
+@pytest.mark.slow
+def test_dynamo_as_strided_with_a_dynamic_batch_converts(tmp_path) -> None:
+    if not HAS_ONNXSCRIPT:
+        pytest.skip("torch's dynamo ONNX exporter needs the onnxscript package")
+    from snnconvert.convert import ConversionConfig, convert
+
+    model, path = _PermutedHead().eval(), tmp_path / "head.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(2, 1, 12, 12),), str(path), dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert "Range" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    gm = load_onnx(path)
+    for batch in (3, 6):  # 6 stands for a flattened [T*B, ...] input
+        x = rand(batch, 1, 12, 12, seed=batch)
+        (ours,), (ref,) = run_gm(gm, x), run_ort(str(path), x)
+        np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL * float(np.abs(ref).max()))
+    res = convert(path, forward_loop=[torch.rand(8, 1, 12, 12)],
+                  config=ConversionConfig.for_coding("differential", timesteps=2))
+    x = torch.rand(5, 1, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(res.snn.ann_forward(x), model(x), rtol=1e-5, atol=1e-5)
+        assert res.snn(x).shape == (2, 5, 10)
 
 
 @pytest.mark.parametrize(("name", "exporter"), MODEL_CASES)

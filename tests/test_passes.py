@@ -21,6 +21,7 @@ from snnconvert.convert.passes.normalize import (
     decompose_bounded_relu,
     drop_dropout_and_identity,
     fold_bn,
+    functional_layers_to_modules,
     is_canonical_relu,
     move_maxpool_before_activation,
 )
@@ -240,6 +241,62 @@ def test_fold_bn_skips_shared_conv_output():
     report = ConversionReport()
     assert not fold_bn(gm, RATE_DEFAULT, report).modified
     assert "other consumers" in report.entry("fold_bn").skipped["bn"]
+
+
+class _FunctionalNet(nn.Module):
+    """Functional layers: a weight-standardised conv followed by BN, a strided conv with keyword arguments, a
+    dynamic (input-dependent) kernel, and an ``F.linear`` with a transposed weight and no bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.w1, self.b1 = nn.Parameter(torch.randn(6, 1, 3, 3)), nn.Parameter(torch.randn(6))
+        self.bn = nn.BatchNorm2d(6).eval()
+        self.bn.running_mean.uniform_(-1, 1)
+        self.bn.running_var.uniform_(0.5, 2)
+        self.w2 = nn.Parameter(torch.randn(6, 3, 3, 3))
+        self.fc = nn.Parameter(torch.randn(6 * 7 * 7, 10))
+
+    def forward(self, x):
+        w = (self.w1 - self.w1.mean((1, 2, 3), keepdim=True)) / (self.w1.std((1, 2, 3), keepdim=True) + 1e-5)
+        h = F.relu(self.bn(F.conv2d(x, w, self.b1, padding=1)))
+        h = F.relu(F.conv2d(input=h, weight=self.w2, bias=None, stride=2, padding=1, groups=2))
+        k = h.mean((0, 2, 3)).view(6, 1, 1, 1)
+        h = F.max_pool2d(h, 2) + F.conv2d(F.max_pool2d(h, 2), k, groups=6)
+        return F.linear(h.flatten(1), self.fc.t())
+
+
+def test_functional_layers_to_modules_structure_numerics_idempotence():
+    model = _FunctionalNet().eval()
+    gm = trace_module(model)
+    report = ConversionReport()
+    assert functional_layers_to_modules(gm, RATE_DEFAULT, report).modified
+    entry = report.entry("functional_layers_to_modules")
+    assert entry.counts == {"F.conv2d": 2, "F.linear": 1}
+    assert set(entry.skipped) == {"conv2d_2"} and "depends on the input" in entry.skipped["conv2d_2"]
+    layers = {n.target: gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"
+              and isinstance(gm.get_submodule(n.target), (nn.Conv2d, nn.Linear))}
+    assert sorted(type(m).__name__ for m in layers.values()) == ["Conv2d", "Conv2d", "Linear"]
+    strided = next(m for m in layers.values() if isinstance(m, nn.Conv2d) and m.groups == 2)
+    assert (strided.stride, strided.padding, strided.bias, strided.in_channels) == ((2, 2), (1, 1), None, 6)
+    linear = next(m for m in layers.values() if isinstance(m, nn.Linear))
+    assert linear.bias is None and torch.equal(linear.weight, model.fc.detach().t())
+    # the weight-standardisation nodes are gone (folded into the module), the dynamic kernel's are kept
+    assert not any(n.op == "call_method" and n.target == "std" for n in gm.graph.nodes)
+    x = _x()
+    torch.testing.assert_close(gm(x), model(x), **TOL)
+    assert not _rerun(functional_layers_to_modules, gm)
+    # in the pipeline: BN now folds into the standardised conv
+    gm, report = _run_all(model)
+    assert "BatchNorm2d" not in op_table(gm) and report.entry("fold_bn").counts == {"BatchNorm2d": 1}
+    torch.testing.assert_close(gm(x), model(x), **TOL)
+
+
+def test_dynamic_kernel_is_refused_with_its_reason():
+    """A convolution whose kernel is computed from the input is bilinear, not a layer: listed, never run per step."""
+    x = _x(8)
+    with pytest.raises(UnsupportedOpError, match=r"conv2d_2: .*dynamic kernel"):
+        convert(_FunctionalNet().eval(), forward_loop=[x], config=RATE_DEFAULT)
 
 
 def test_drop_dropout_and_identity():

@@ -25,7 +25,7 @@ from snnconvert.convert.calibrate.observers import (
 )
 from snnconvert.convert.config import ConversionConfig, ThresholdSpec
 from snnconvert.convert.errors import CalibrationError, ConfigError
-from snnconvert.convert.passes.identity import is_identity_site, is_neuron_site
+from snnconvert.convert.passes.identity import is_identity_site, is_neuron_site, relu_channel_dim
 from snnconvert.convert.passes.normalize import UPPER_CLIP_ATTR
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> list[Site]:
         name = f"{relu.target.replace('.', '_')}_observer"
         observer = _make_observer(cfg, spec)
         observer.magnitude = identity and cfg.identity_tail == "both"
-        observer.channel_dim = gm.get_submodule(relu.target).channel_dim if identity else 1
+        channel_dim = gm.get_submodule(relu.target).channel_dim if identity else relu_channel_dim(gm, relu)
+        observer.channel_dim = 1 if cfg.token_channel == "tokens" else channel_dim
         gm.add_submodule(name, observer)
         if observes == "output":
             with gm.graph.inserting_after(relu):

@@ -30,9 +30,10 @@ class DiffCoding:
     def make_neuron(self, threshold: torch.Tensor, cfg: ConversionConfig, *, identity: bool = False
                     ) -> torch.nn.Module:
         """The differential neuron of a ReLU site: MT-diff (ReLU) with ``cfg.levels`` levels, or IF-diff; of an
-        identity site (``identity``): the same without the ReLU constraint (MT-diff identity, method.md §4.7)."""
-        return make_neuron(threshold, coding="differential", kind=cfg.neuron, n_levels=cfg.levels,
-                           relu_constrained=not identity)
+        identity site (``identity``): the same without the ReLU constraint (MT-diff identity, method.md §4.7) and
+        with ``cfg.identity_n`` levels."""
+        return make_neuron(threshold, coding="differential", kind=cfg.neuron,
+                           n_levels=cfg.identity_n if identity else cfg.levels, relu_constrained=not identity)
 
     @staticmethod
     def capture_key(x: torch.Tensor) -> tuple:

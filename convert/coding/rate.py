@@ -20,9 +20,10 @@ class RateCoding:
     def make_neuron(self, threshold: torch.Tensor, cfg: ConversionConfig, *, identity: bool = False
                     ) -> torch.nn.Module:
         """A ReLU-site neuron: rate IF (soft reset, v0 = θ/2) or rate MT with ``cfg.levels`` levels; an identity
-        site's (``identity``): the signed, unconstrained variant (IF± / MT± identity, method.md §4.2, §4.5)."""
-        return make_neuron(threshold, coding="rate", kind=cfg.neuron, n_levels=cfg.levels, signed=identity,
-                           relu_constrained=not identity)
+        site's (``identity``): the signed, unconstrained variant (IF± / MT± identity, method.md §4.2, §4.5) with
+        ``cfg.identity_n`` levels."""
+        return make_neuron(threshold, coding="rate", kind=cfg.neuron, n_levels=cfg.identity_n if identity else
+                           cfg.levels, signed=identity, relu_constrained=not identity)
 
     def prepare(self, snn, x: torch.Tensor) -> None:
         """Nothing to precompute: biases are meant to enter at every step in rate coding."""

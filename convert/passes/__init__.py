@@ -4,12 +4,14 @@ from snnconvert.convert.passes.normalize import (
     decompose_bounded_relu,
     drop_dropout_and_identity,
     fold_bn,
+    functional_layers_to_modules,
     move_maxpool_before_activation,
     out_of_place_activations,
 )
 
 NORMALIZE_PASSES = (
-    decompose_bounded_relu, canonicalize_activations, out_of_place_activations, drop_dropout_and_identity, fold_bn,
+    decompose_bounded_relu, canonicalize_activations, out_of_place_activations, drop_dropout_and_identity,
+    functional_layers_to_modules, fold_bn,
     move_maxpool_before_activation,
 )
 

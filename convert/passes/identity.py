@@ -34,9 +34,9 @@ from snnconvert.convert.passes.support import (
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 #: Layers whose inputs are synaptic (their SOPs are counted, method.md §8) and may get an identity site.
-SYNAPTIC_MODULES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+SYNAPTIC_MODULES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                                  nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 _SYNAPTIC_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d, F.linear})
-_LAYER_MODULES = SYNAPTIC_MODULES + (nn.ConvTranspose1d, nn.ConvTranspose2d)
 
 STREAMS = ("input", "events", "dense")
 
@@ -72,7 +72,7 @@ def is_neuron_site(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 def _is_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), _LAYER_MODULES)
+        return isinstance(gm.get_submodule(node.target), SYNAPTIC_MODULES)
     return (node.op == "call_function" and node.target in _SYNAPTIC_FUNCTIONS) or is_matmul(node)
 
 
@@ -91,6 +91,16 @@ def _feature_last(gm: fx.GraphModule, node: fx.Node) -> bool:
     """A Linear layer (module or ``F.linear``): it reads the last dim, the features of a token tensor."""
     return (node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Linear)) or (
         node.op == "call_function" and node.target is F.linear)
+
+
+def relu_channel_dim(gm: fx.GraphModule, relu: fx.Node) -> int:
+    """The per-channel threshold dimension of a ReLU site: -1 (the features of a ``[B, N, C]`` token tensor, method.md
+    §6, §7.8) when a Linear layer produced its input or only Linear layers read it, else 1 (conv channels). The two
+    agree on ``[B, C]`` tensors."""
+    source = relu.args[0] if relu.args else None
+    readers = [u for u in relu.users if _is_layer(gm, u)]
+    from_linear = isinstance(source, fx.Node) and _feature_last(gm, source)
+    return -1 if from_linear or (readers and all(_feature_last(gm, u) for u in readers)) else 1
 
 
 def is_synaptic_layer(gm: fx.GraphModule, node: fx.Node) -> bool:

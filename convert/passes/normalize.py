@@ -252,6 +252,119 @@ def set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
+_FUNCTIONAL_LAYERS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3, F.linear: 0}
+_CONV_MODULES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_PARAMS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+
+
+#: what :func:`_constant_value` returns for a value computed from the network input
+_DYNAMIC = object()
+
+
+def _constant_value(gm: fx.GraphModule, value, memo: dict):
+    """The value of ``value`` (a node, or a list/tuple of nodes and literals) when it does not depend on the network
+    input, evaluated once (``memo`` keeps each node's value); :data:`_DYNAMIC` when it does."""
+    if isinstance(value, (list, tuple)):
+        items = [_constant_value(gm, v, memo) for v in value]
+        return _DYNAMIC if any(v is _DYNAMIC for v in items) else type(value)(items)
+    if not isinstance(value, fx.Node):
+        return value
+    if value not in memo:
+        memo[value] = _DYNAMIC
+        if value.op == "get_attr":
+            memo[value] = operator.attrgetter(value.target)(gm)
+        elif value.op in ("call_function", "call_method", "call_module"):
+            args = [_constant_value(gm, a, memo) for a in value.args]
+            kwargs = {k: _constant_value(gm, v, memo) for k, v in value.kwargs.items()}
+            if all(v is not _DYNAMIC for v in [*args, *kwargs.values()]):
+                with torch.no_grad():
+                    if value.op == "call_function":
+                        memo[value] = value.target(*args, **kwargs)
+                    elif value.op == "call_method":
+                        memo[value] = getattr(args[0], value.target)(*args[1:], **kwargs)
+                    else:
+                        memo[value] = gm.get_submodule(value.target)(*args, **kwargs)
+    return memo[value]
+
+
+def _layer_arguments(node: fx.Node) -> dict:
+    """``F.conv*`` / ``F.linear`` arguments by name (positional and keyword), defaults left out."""
+    params = _CONV_PARAMS if _FUNCTIONAL_LAYERS[node.target] else _CONV_PARAMS[:3]
+    named = dict(zip(params, node.args))
+    named.update(node.kwargs)
+    return named
+
+
+def functional_layers_to_modules(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
+    """Turn ``F.conv1d/2d/3d`` and ``F.linear`` calls whose weight and bias are constants (parameters, or functions
+    of parameters alone such as a weight standardisation, evaluated once here) into ``nn.Conv*`` / ``nn.Linear``
+    modules: BN folds into them, identity sites and the energy metric (method.md §8) see them like any layer.
+
+    Before: ``y = F.conv2d(x, self.w, self.b, 2, 1)``  After: ``y = conv2d(x)`` (``conv2d = nn.Conv2d(..., stride=2,
+    padding=1)`` holding copies of ``w`` and ``b``). A call whose weight depends on the input (a dynamic kernel) or
+    whose geometry is computed at run time stays functional; the reason is recorded in ``skipped``.
+    """
+    entry = PassEntry(name="functional_layers_to_modules", modified=False)
+    memo: dict = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _FUNCTIONAL_LAYERS:
+            continue
+        named = _layer_arguments(node)
+        weight, bias = (_constant_value(gm, named.get(k), memo) for k in ("weight", "bias"))
+        geometry = {k: named[k] for k in _CONV_PARAMS[3:] if k in named}
+        if weight is _DYNAMIC or bias is _DYNAMIC:
+            entry.skipped[node.name] = "the weight or bias depends on the input"
+            continue
+        if _has_node(geometry):
+            entry.skipped[node.name] = "stride/padding/dilation/groups are computed at run time"
+            continue
+        dims = _FUNCTIONAL_LAYERS[node.target]
+        if not isinstance(weight, torch.Tensor) or weight.ndim != (dims + 2 if dims else 2):
+            entry.skipped[node.name] = "the weight is not a layer's weight tensor"
+            continue
+        if dims:
+            groups = int(geometry.get("groups", 1))
+            layer = _CONV_MODULES[dims](weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+                                        stride=geometry.get("stride", 1), padding=geometry.get("padding", 0),
+                                        dilation=geometry.get("dilation", 1), groups=groups, bias=bias is not None,
+                                        device=weight.device, dtype=weight.dtype)
+        else:
+            layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
+                              dtype=weight.dtype)
+        layer.train(gm.training)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        name = _unique_name(gm, node.name)
+        gm.add_submodule(name, layer)
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (named["input"],))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        spelling = f"F.{node.target.__name__}"
+        entry.counts[spelling] = entry.counts.get(spelling, 0) + 1
+        entry.nodes.append(name)
+        entry.modified = True
+    if entry.modified:
+        _erase_dead_constants(gm, memo)
+    return _finish(gm, entry, report)
+
+
+def _has_node(value) -> bool:
+    found: list[fx.Node] = []
+    fx.node.map_arg(value, found.append)
+    return bool(found)
+
+
+def _erase_dead_constants(gm: fx.GraphModule, memo: dict) -> None:
+    """Erase the constant nodes (evaluated in ``memo``: parameter reads, functions of them) no node uses any more."""
+    for node in reversed(list(gm.graph.nodes)):
+        if not node.users and memo.get(node, _DYNAMIC) is not _DYNAMIC and not node.is_impure():
+            gm.graph.erase_node(node)
+
+
 def fold_bn(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
     """Fold eval-mode BatchNorm into the preceding Conv/Linear when the conv's only consumer is the BN.
 

@@ -27,7 +27,7 @@ from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 #: Modules whose output is affine in their input (or a max-pool), applied unchanged at every time step.
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear,
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
@@ -38,9 +38,12 @@ SUPPORTED_FUNCTIONS = frozenset({
     operator.add, operator.iadd, operator.sub, operator.isub, operator.neg, operator.getitem,
     torch.add, torch.sub, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.permute,
     torch.transpose, torch.squeeze, torch.unsqueeze, torch.mean, torch.sum, torch.neg, torch.select, torch.narrow,
+    torch.index_select,
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.conv1d, F.conv2d, F.linear, F.pad,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.conv1d, F.conv2d, F.conv3d, F.linear, F.pad,
 })
+#: Weighted layers as functions: linear in their input only while the weight and bias are constants.
+_LAYER_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d, F.linear})
 #: Tensor methods that only move, reshape or linearly combine data.
 SUPPORTED_METHODS = frozenset({
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "size", "mean",
@@ -206,6 +209,8 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
             return f"module MultiheadAttention is not convertible: {_WRITE_ATTENTION_OUT}"
         return f"module {type(module).__name__} is not convertible"
     if node.op == "call_function":
+        if node.target in _LAYER_FUNCTIONS and _dynamic_weight(node, cache):
+            return "weight or bias computed from the input (a dynamic kernel): not linear in the input"
         if node.target in SUPPORTED_FUNCTIONS or _is_shape_value(node, cache) or graded_kind(gm, node, cache):
             return None
         if node.target in _SCALING_FUNCTIONS:
@@ -231,6 +236,13 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
             return "product or quotient of input-dependent tensors in an unsupported form"
         return "method is not convertible"
     return f"unknown node kind {node.op}"
+
+
+def _dynamic_weight(node: fx.Node, cache: dict) -> bool:
+    """An ``F.conv*`` / ``F.linear`` call whose weight or bias depends on the input."""
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args[1:], {k: v for k, v in node.kwargs.items() if k != "input"}), found.append)
+    return any(_depends_on_input(a, cache) for a in found)
 
 
 def describe_node(gm: fx.GraphModule, node: fx.Node, reason: str | None = None) -> UnsupportedNode:

@@ -235,6 +235,7 @@ class RunOptions:
     threshold_scale: Optional[float] = None
     identity_levels: Optional[int] = None
     token_channel: Optional[str] = None
+    threshold_aggregation: Optional[str] = None
     layer_errors: bool = False
     sweep: Optional[str] = None
     target_gap: Optional[float] = None
@@ -257,7 +258,8 @@ def _run(o: RunOptions) -> None:
                                       allow_ann_ops=o.allow_ann_op or None, identity_neurons=o.identity_neurons,
                                       identity_threshold=o.identity_threshold, identity_tail=o.identity_tail,
                                       threshold_scale=o.threshold_scale, identity_levels=o.identity_levels,
-                                      token_channel=o.token_channel)
+                                      token_channel=o.token_channel,
+                                      threshold_aggregation=o.threshold_aggregation)
     dtype = _dtype(o.dtype)
     if o.calib_images <= 0:
         raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
@@ -390,9 +392,11 @@ def result_ann(onnx_path: str) -> torch.nn.Module:
 
 @app.command()
 def main(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="zoo name (e.g. fmnist-vgg), path/to/file.py:factory or model.onnx"),
     coding: str = typer.Option("rate", help="rate | differential"),
-    timesteps: Optional[int] = typer.Option(None, "--timesteps", "-T", help="time steps T (default: the preset's)"),
+    timesteps: Optional[int] = typer.Option(None, "--timesteps", "--time-steps", "-T",
+                                            help="time steps T (default: the preset's)"),
     threshold: Optional[str] = typer.Option(None, help="max | <p>% (e.g. 99.9%) | <f> (a fraction of the max, e.g. "
                                             "0.5) | iterate | iterate-reference"),
     granularity: Optional[str] = typer.Option(None, help="layer | channel"),
@@ -403,7 +407,8 @@ def main(
         None, help="calibration data (train split): fashion-mnist | imagefolder:PATH | npz:PATH"),
     eval_data: Optional[str] = typer.Option(
         None, help="evaluation data (test split): fashion-mnist | imagefolder:PATH | npz:PATH"),
-    calib_images: int = typer.Option(5000, help="calibration images (first N of the train split)"),
+    calib_images: int = typer.Option(5000, "--calib-images", "--calib-samples",
+                                     help="calibration images (first N of the train split)"),
     eval_images: Optional[int] = typer.Option(None, help="evaluation images (default: the whole test split)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with the data set files"),
     normalize: Optional[str] = typer.Option(None, help="MEAN,STD (or one per channel): feed (x - mean) / std"),
@@ -439,6 +444,10 @@ def main(
     token_channel: Optional[str] = typer.Option(
         None, help="per-channel thresholds on [B, N, C] token tensors: features (last dim) | tokens (dim 1, the "
                    "reference implementation's rule) [default: features]"),
+    threshold_aggregation: Optional[str] = typer.Option(
+        None, "--aggregation", help="max / percentile thresholds over the calibration data: global (of all values) "
+                                    "| batch-mean (per batch of 256 images, averaged: the reference "
+                                    "implementation's rule) [default: global]"),
     layer_errors: bool = typer.Option(False, "--layer-errors", help="also compare every neuron's (and pooling "
                                       "unit's) decoded output with its ANN value after each step: where accuracy is "
                                       "lost"),
@@ -447,6 +456,9 @@ def main(
                                         "--target-gap of the ANN"),
     target_gap: Optional[float] = typer.Option(None, "--target-gap", help="with --sweep: accuracy target in "
                                                "percentage points below the ANN [default: 0.5]"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON file of options (keys: the flag "
+                                          "names, e.g. coding, time-steps, calib-images); flags given on the "
+                                          "command line override it"),
     debug: bool = typer.Option(False, help="show tracebacks"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log progress details"),
 ) -> None:
@@ -454,17 +466,7 @@ def main(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        _run(RunOptions(
-            model=model, coding=coding, timesteps=timesteps, threshold=threshold, granularity=granularity,
-            levels=levels, neuron=neuron, weights=weights, calib_data=calib_data, eval_data=eval_data,
-            calib_images=calib_images, eval_images=eval_images, data_dir=data_dir, normalize=normalize,
-            resize=resize, crop=crop,
-            report=report, output=output, batch_size=batch_size, mode=mode, backend=backend, device=device,
-            dtype=dtype,
-            allow_ann_op=tuple(allow_ann_op), identity_neurons=identity_neurons,
-            identity_threshold=identity_threshold, identity_tail=identity_tail, threshold_scale=threshold_scale,
-            identity_levels=identity_levels, token_channel=token_channel, layer_errors=layer_errors, sweep=sweep,
-            target_gap=target_gap))
+        _run(RunOptions(**_options(ctx, config)))
     except CONVERSION_ERRORS as exc:
         _fail(exc, debug, code=1)
     except USAGE_ERRORS as exc:
@@ -476,6 +478,62 @@ def main(
         raise typer.Exit(130) from None
     except Exception as exc:  # noqa: BLE001 - unexpected: one line, traceback with --debug
         _fail(exc, debug, code=1, unexpected=True)
+
+
+_NOT_IN_CONFIG = ("model", "config", "debug", "verbose")
+
+
+def _read_config(path: Path) -> dict:
+    """The mapping in a ``--config`` file (``.yaml``/``.yml`` or ``.json``)."""
+    if not path.is_file():
+        raise ConfigError(f"--config {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"--config {path}: reading YAML needs the pyyaml package; install it or write the "
+                              "options as JSON") from None
+        load, errors = yaml.safe_load, (yaml.YAMLError,)
+    elif suffix == ".json":
+        load, errors = json.loads, (json.JSONDecodeError,)
+    else:
+        raise ConfigError(f"--config {path}: use a .yaml, .yml or .json file")
+    try:
+        doc = load(path.read_text())
+    except errors as exc:
+        raise ConfigError(f"--config {path} is not valid: {' '.join(str(exc).split())}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of option names to values")
+    return doc
+
+
+def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
+    """The run options: the parsed command line, with the ``--config`` file's values for every option the command
+    line did not give. Values go through the same parsing as flags."""
+    values = {k: v for k, v in ctx.params.items() if k not in _NOT_IN_CONFIG}
+    values["model"] = ctx.params["model"]
+    if config is not None:
+        params = {p.name: p for p in ctx.command.params if p.name not in _NOT_IN_CONFIG}
+        names = {opt.lstrip("-").replace("-", "_"): p.name for p in params.values() for opt in p.opts}
+        names.update({name: name for name in params})
+        for key, raw in _read_config(config).items():
+            name = names.get(str(key).replace("-", "_"))
+            if name is None:
+                raise ConfigError(f"--config {config}: unknown option {key!r}; valid: "
+                                  f"{', '.join(sorted(n.replace('_', '-') for n in params))}")
+            source = ctx.get_parameter_source(name)
+            if source is not None and source.name == "COMMANDLINE":
+                continue  # a flag on the command line wins
+            param = params[name]
+            if param.multiple and isinstance(raw, str):
+                raw = [raw]
+            try:
+                values[name] = param.process_value(ctx, raw)
+            except typer.BadParameter as exc:
+                raise ConfigError(f"--config {config}: {key}: {exc.format_message()}") from None
+    values["allow_ann_op"] = tuple(values["allow_ann_op"])
+    return values
 
 
 def _fail(exc: BaseException, debug: bool, *, code: int, unexpected: bool = False) -> None:

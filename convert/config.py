@@ -19,6 +19,7 @@ GRANULARITIES = ("layer", "channel")
 IDENTITY_MODES = ("off", "auto", "all")
 IDENTITY_TAILS = ("both", "upper")
 TOKEN_CHANNELS = ("features", "tokens")
+AGGREGATIONS = ("global", "batch-mean")
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _FRACTION_RE = re.compile(r"^\d*\.?\d+(?:[eE][-+]?\d+)?$")
 
@@ -115,6 +116,10 @@ class ConversionConfig:
         token_channel: what "channel" means for per-channel thresholds on ``[B, N, C]`` token tensors read or
             produced by Linear layers: ``"features"`` (the last dim, one threshold per feature) or ``"tokens"``
             (dim 1, one per token position: the reference implementation's rule, method.md §7.8).
+        threshold_aggregation: how max and percentile thresholds (ReLU and identity sites) pool the calibration
+            data: ``"global"`` (the statistic of all values: independent of batching) or ``"batch-mean"`` (the
+            statistic of each batch, averaged weighted by batch size: the reference implementation's rule, method.md
+            §7.8; it depends on the calibration batch size). Threshold iteration pools moments exactly either way.
     """
 
     coding: str = "rate"
@@ -133,6 +138,7 @@ class ConversionConfig:
     threshold_scale: float = 1.0
     identity_levels: int | None = None
     token_channel: str = "features"
+    threshold_aggregation: str = "global"
 
     def __post_init__(self) -> None:
         if not isinstance(self.threshold, ThresholdSpec):
@@ -145,6 +151,7 @@ class ConversionConfig:
         _choice("identity_neurons", self.identity_neurons, IDENTITY_MODES)
         _choice("identity_tail", self.identity_tail, IDENTITY_TAILS)
         _choice("token_channel", self.token_channel, TOKEN_CHANNELS)
+        _choice("threshold_aggregation", self.threshold_aggregation, AGGREGATIONS)
         if isinstance(self.threshold_scale, bool) or not isinstance(self.threshold_scale, (int, float)) or \
                 not math.isfinite(self.threshold_scale) or self.threshold_scale <= 0:
             raise ConfigError(f"threshold_scale must be a finite number > 0, got {self.threshold_scale!r}")

@@ -7,7 +7,12 @@ from nets import SpellingsNet
 
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.convert.calibrate import compute_thresholds, insert_observers, remove_observers, run_calibration
-from snnconvert.convert.calibrate.observers import MaxObserver, MomentObserver, PercentileObserver
+from snnconvert.convert.calibrate.observers import (
+    BatchMeanObserver,
+    MaxObserver,
+    MomentObserver,
+    PercentileObserver,
+)
 from snnconvert.convert.errors import CalibrationError, ConfigError
 from snnconvert.convert.frontend import trace_module
 from snnconvert.convert.passes import NORMALIZE_PASSES
@@ -98,6 +103,37 @@ def test_max_is_global_max():
     obs = MaxObserver("channel")
     _feed(obs, batches)
     assert torch.equal(obs.max.double(), _per_channel(batches).amax(1))
+
+
+@pytest.mark.parametrize("q", [None, 99.9, 50.0])
+def test_batch_mean_is_the_size_weighted_mean_of_per_batch_statistics(q):
+    """The reference's aggregation (method.md §7.8): per-batch max / torch.quantile per channel, averaged weighted by
+    the batch sizes (here 7, 3 and 12 images)."""
+    torch.manual_seed(2)
+    batches = [torch.relu(torch.randn(b, 3, 5, 5) * 2 + 0.3) for b in (7, 3, 12)]
+    obs = BatchMeanObserver("channel", q)
+    _feed(obs, batches)
+    per_batch = [_per_channel([b]) for b in batches]
+    stats = [p.amax(1) if q is None else torch.quantile(p, q / 100, dim=1) for p in per_batch]
+    expected = sum(v * b.shape[0] for v, b in zip(stats, batches)) / sum(b.shape[0] for b in batches)
+    torch.testing.assert_close(obs.value, expected, rtol=1e-12, atol=1e-12)
+    global_max = _per_channel(batches).amax(1)
+    assert bool((obs.value <= global_max).all()) and not torch.equal(obs.value, global_max)
+
+
+def test_batch_mean_aggregation_end_to_end():
+    """``threshold_aggregation="batch-mean"``: thresholds depend on the batching (one batch: the global statistic)."""
+    x = torch.rand(24, 1, 28, 28)
+    cfg = ConversionConfig(threshold="99%", threshold_aggregation="batch-mean")
+    one = convert(SpellingsNet(), forward_loop=[x], config=cfg).thresholds
+    glob = convert(SpellingsNet(), forward_loop=list(torch.split(x, 5)),
+                   config=cfg.replace(threshold_aggregation="global")).thresholds
+    split = convert(SpellingsNet(), forward_loop=list(torch.split(x, 5)), config=cfg).thresholds
+    for k in one:
+        torch.testing.assert_close(one[k], glob[k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(split[k], glob[k]) for k in one)
+    with pytest.raises(ConfigError, match="threshold_aggregation 'mean' is not valid"):
+        cfg.replace(threshold_aggregation="mean")
 
 
 def _prepared(cfg):

@@ -119,6 +119,44 @@ def test_happy_path_report_and_artifact(tmp_path):
     assert not [p for p in tmp_path.rglob(".*") if p.name.startswith(".")], "temporary files left behind"
 
 
+def test_config_file_with_command_line_overrides(tmp_path):
+    """``--config`` (YAML or JSON; keys: flag names, their aliases or the Python names) fills every option the
+    command line does not give; ``--time-steps`` and ``--calib-samples`` are aliases of ``-T`` and
+    ``--calib-images`` (users.md §3)."""
+    config = tmp_path / "run.yaml"
+    config.write_text("coding: differential\ntime-steps: 3\ncalib-samples: 48\neval_images: 16\n"
+                      "calib-data: fashion-mnist\neval-data: fashion-mnist\nthreshold: max\n"
+                      "allow-ann-op: nothing_matches\nlayer-errors: true\n")
+    report = tmp_path / "r.json"
+    result = _run(f"{NETS}:SpellingsNet", "--config", config, "--time-steps", 2, "--report", report)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert doc["coding"] == "differential" and doc["timesteps"] == 2  # the flag beats the file's 3
+    assert (doc["calib_images"], doc["eval_images"]) == (48, 16) and doc["config"]["threshold"] == "max"
+    assert doc["config"]["allow_ann_ops"] == ["nothing_matches"] and doc["layer_errors"]
+    as_json = tmp_path / "run.json"
+    as_json.write_text(json.dumps({"coding": "rate", "timesteps": 2, "calib_images": 32, "eval-images": 8,
+                                   "calib_data": "fashion-mnist", "eval_data": "fashion-mnist"}))
+    result = _run(f"{NETS}:SpellingsNet", "--config", as_json, "--calib-samples", 40, "--report", report)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert (doc["coding"], doc["timesteps"], doc["calib_images"], doc["eval_images"]) == ("rate", 2, 40, 8)
+
+
+@pytest.mark.parametrize("text, suffix, message", [
+    ("timesteps: 4\nthreshods: max\n", ".yaml", "unknown option 'threshods'; valid: "),
+    ("timesteps: four\n", ".yaml", "timesteps: Invalid value for '--timesteps'"),
+    ("[1, 2]", ".json", "must hold a mapping of option names to values"),
+    ("{coding: [", ".yaml", "is not valid: "),
+    ("coding = 'rate'", ".toml", "use a .yaml, .yml or .json file"),
+])
+def test_bad_config_file_is_one_line(tmp_path, text, suffix, message):
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text)
+    assert message in _one_line_error(_run(f"{NETS}:SpellingsNet", "--config", path))
+    assert "does not exist" in _one_line_error(_run(f"{NETS}:SpellingsNet", "--config", tmp_path / "none.yaml"))
+
+
 def test_failed_run_leaves_no_report(tmp_path):
     report = tmp_path / "report.json"
     result = _run(f"{NETS}:Unsupported", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",

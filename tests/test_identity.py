@@ -233,7 +233,7 @@ def test_layers_after_identity_neurons_read_spikes_in_the_energy_metric():
 def test_gated_net_sites_and_artifact_round_trip(tmp_path):
     """GatedNet: sites after the analog SiLU stem, in front of the SE gate's first conv and of the head (LayerNorm
     output); the artifact rebuilds the same SNN, and an artifact written before identity neurons existed (no
-    ``identity_neurons`` key) is read as "off"."""
+    ``identity_neurons`` key) is read as "off", one without ``identity_levels`` with n = ``levels``."""
     model = GatedNet().eval()
     x = torch.rand(8, 1, 12, 12)
     res = convert(model, forward_loop=[x], config=_cfg(timesteps=3),
@@ -245,9 +245,11 @@ def test_gated_net_sites_and_artifact_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(snn(x), res.snn(x))
     doc = json.loads((path / "config.json").read_text())
-    del doc["config"]["identity_neurons"]
+    assert doc["config"]["identity_levels"] == 6
+    del doc["config"]["identity_neurons"], doc["config"]["identity_levels"]
     (path / "config.json").write_text(json.dumps(doc))
-    assert load_artifact(path).config.identity_neurons == "off"
+    old = load_artifact(path).config  # written before identity_levels existed: identity neurons had n = levels
+    assert old.identity_neurons == "off" and old.identity_levels is None and old.identity_n == old.levels == 4
 
 
 def test_cli_reports_identity_sites_and_refuses_off_on_a_relu_free_model(tmp_path):

@@ -19,6 +19,7 @@ import torch.fx as fx
 
 from snnconvert.convert.calibrate.observers import (
     ActivationObserver,
+    BatchMeanObserver,
     MaxObserver,
     MomentObserver,
     PercentileObserver,
@@ -69,6 +70,8 @@ def neuron_sites(gm: fx.GraphModule) -> list[fx.Node]:
 
 
 def _make_observer(cfg: ConversionConfig, spec: ThresholdSpec) -> ActivationObserver:
+    if cfg.threshold_aggregation == "batch-mean" and spec.statistic in ("max", "percentile"):
+        return BatchMeanObserver(cfg.granularity, spec.percentile if spec.statistic == "percentile" else None)
     if spec.statistic == "max":
         return MaxObserver(cfg.granularity)
     if spec.statistic == "percentile":
@@ -234,9 +237,10 @@ def compute_thresholds(
         identity = site.kind == "identity"
         site_spec = cfg.identity_threshold if identity else spec
         info: dict[str, Any] = {"site": site.name, "kind": site.kind, "observes": site.observes, "values": obs.count}
-        if isinstance(obs, MaxObserver):
-            theta = obs.max.double() * (1.0 if site_spec.fraction is None else site_spec.fraction)
-        elif isinstance(obs, PercentileObserver):
+        if isinstance(obs, (MaxObserver, BatchMeanObserver)) and site_spec.statistic == "max":
+            theta = (obs.max.double() if isinstance(obs, MaxObserver) else obs.value) * (
+                1.0 if site_spec.fraction is None else site_spec.fraction)
+        elif isinstance(obs, (PercentileObserver, BatchMeanObserver)):
             theta = obs.value
         else:
             theta, fit_info = _fit(obs, cfg, site.name)

@@ -76,6 +76,41 @@ class MaxObserver(ActivationObserver):
         self.count += g.shape[1]
 
 
+def _row_quantile(g: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile of each row (linear interpolation between order statistics, as ``torch.quantile``), from two
+    ``kthvalue`` calls: no input-size limit."""
+    n = g.shape[1]
+    pos = q * (n - 1)
+    low = int(pos // 1)
+    a = g.kthvalue(low + 1, dim=1).values
+    b = g.kthvalue(min(low + 2, n), dim=1).values
+    return a + (b - a) * (pos - low)
+
+
+class BatchMeanObserver(ActivationObserver):
+    """The reference implementation's aggregation (method.md §7.8): the max or p-th percentile of each calibration
+    batch, per group, averaged over the batches weighted by their size. Unlike :class:`MaxObserver` and
+    :class:`PercentileObserver` the result depends on how the calibration data is batched."""
+
+    def __init__(self, granularity: str, percentile: float | None = None) -> None:
+        super().__init__(granularity)
+        self.q = None if percentile is None else percentile / 100.0
+        self.weighted: torch.Tensor | None = None
+
+    def observe(self, g: torch.Tensor) -> None:
+        self._check_groups(g, self.weighted)
+        g = g.double()
+        v = (g.amax(dim=1) if self.q is None else _row_quantile(g, self.q)).cpu() * g.shape[1]
+        self.weighted = v if self.weighted is None else self.weighted + v
+        self.count += g.shape[1]
+
+    @property
+    def value(self) -> torch.Tensor:
+        if self.weighted is None:
+            raise CalibrationError("no calibration data reached this observer")
+        return self.weighted / self.count
+
+
 class MomentObserver(ActivationObserver):
     """Mean and population variance per group, merged exactly across batches in float64."""
 

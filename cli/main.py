@@ -236,6 +236,7 @@ class RunOptions:
     identity_levels: Optional[int] = None
     token_channel: Optional[str] = None
     threshold_aggregation: Optional[str] = None
+    markdown: Optional[Path] = None
     layer_errors: bool = False
     sweep: Optional[str] = None
     target_gap: Optional[float] = None
@@ -350,15 +351,22 @@ def _run(o: RunOptions) -> None:
         out.print(energy)
     if evaluation.unit_outputs:
         out.print(_units_output_line(evaluation.unit_outputs, evaluation.timesteps))
-    if o.report is not None:
+    if o.report is not None or o.markdown is not None:
         doc = build_report(result, evaluation, model=resolved.label, calib=calib_info, data=eval_info,
                            timings={"total": total},
                            runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode,
                                     "fused_pairs": swept.fused_pairs})
         doc["sweep"] = swept.to_dict() if sweep_steps else None
-        with _atomic_write(o.report) as f:
-            json.dump(doc, f, indent=2)
-        out.print(f"report written to {o.report}")
+        if o.report is not None:
+            with _atomic_write(o.report) as f:
+                json.dump(doc, f, indent=2)
+            out.print(f"report written to {o.report}")
+        if o.markdown is not None:
+            from snnconvert.runtime.report_md import report_markdown
+
+            with _atomic_write(o.markdown) as f:
+                f.write(report_markdown(doc))
+            out.print(f"Markdown report written to {o.markdown}")
     if o.output is not None:
         result.save(o.output)
         out.print(f"SNN saved to {o.output} (reload with snnconvert.runtime.load)")
@@ -415,6 +423,8 @@ def main(
     resize: Optional[int] = typer.Option(None, help="image folders: resize the shorter side to N pixels"),
     crop: Optional[int] = typer.Option(None, help="image folders: centre crop N x N pixels"),
     report: Optional[Path] = typer.Option(None, help="write the JSON report here"),
+    markdown: Optional[Path] = typer.Option(None, help="write the report as Markdown tables here (accuracy after "
+                                            "every step, sites, layers, energy, configuration)"),
     output: Optional[Path] = typer.Option(None, help="save the converted SNN (folder) here"),
     batch_size: int = typer.Option(128, help="evaluation batch size (the SNN runs T x batch per call)"),
     mode: str = typer.Option("multi", help="multi (layer by layer over T*B) | single (streaming)"),

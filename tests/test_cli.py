@@ -157,6 +157,32 @@ def test_bad_config_file_is_one_line(tmp_path, text, suffix, message):
     assert "does not exist" in _one_line_error(_run(f"{NETS}:SpellingsNet", "--config", tmp_path / "none.yaml"))
 
 
+def test_markdown_report_shows_the_json_report(tmp_path):
+    """``--markdown``: the JSON report's figures as tables (summary, every step, the sweep, one row per site and per
+    layer, the configuration), rendered from the JSON report alone."""
+    from snnconvert.runtime.report_md import report_markdown
+
+    report, markdown = tmp_path / "r.json", tmp_path / "r.md"
+    result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+                  "--calib-images", 64, "--eval-images", 32, "--coding", "differential", "--sweep", "1,3",
+                  "--report", report, "--markdown", markdown)
+    assert result.exit_code == 0, result.output
+    doc, text = json.loads(report.read_text()), markdown.read_text()
+    assert text == report_markdown(doc)
+    ann, snn = doc["ann_accuracy"], doc["snn_accuracy"]
+    summary = (f"| {100 * ann:.2f} % | {100 * snn[-1]:.2f} % | {100 * (snn[-1] - ann):+.2f} pp | "
+               f"{doc['events']['total_per_image']:,.0f}".replace(",", " "))
+    assert summary in text
+    for t, acc in enumerate(snn, start=1):
+        assert f"| {t} | {100 * acc:.2f} % |" in text
+    rec = doc["sweep"]["recommended_timesteps"]
+    assert "## T sweep" in text
+    assert (f"Recommended T: {rec}." if rec is not None else "No T in the sweep reaches the target.") in text
+    assert all(f"| `{s['site']}` | relu |" in text for s in doc["thresholds"]["sites"])
+    assert all(f"| `{name}` | {layer['input']} |" in text for name, layer in doc["synaptic_ops"]["layers"].items())
+    assert '"coding": "differential"' in text
+
+
 def test_failed_run_leaves_no_report(tmp_path):
     report = tmp_path / "report.json"
     result = _run(f"{NETS}:Unsupported", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",

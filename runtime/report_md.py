@@ -1,0 +1,107 @@
+"""The evaluation report as Markdown (users.md §4.2): the JSON report's figures as tables for a README or a paper.
+
+:func:`report_markdown` is a pure function of the JSON report (``build_report``'s dict, or a saved report file read
+back): it computes nothing new, so both always agree. For a saved report:
+``report_markdown(json.loads(Path("report.json").read_text()))``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+def _gap(snn: float, ann: float | None) -> str:
+    return "n/a" if ann is None else f"{100 * (snn - ann):+.2f} pp"
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}".replace(",", " ")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def _accuracy_rows(doc: dict[str, Any]) -> list[list[str]]:
+    ann, ops = doc["ann_accuracy"], doc.get("synaptic_ops") or {}
+    ref, ext = ops.get("energy_ratio_reference") or [], ops.get("energy_ratio_extended") or []
+    rows, events = [], 0.0
+    for t, acc in enumerate(doc["snn_accuracy"], start=1):
+        events += doc["events"]["per_step"][t - 1]
+        energy = f"{ref[t - 1]:.3f} / {ext[t - 1]:.3f}" if len(ref) >= t else "n/a"
+        rows.append([str(t), _pct(acc), _gap(acc, ann), _num(events), energy])
+    return rows
+
+
+def report_markdown(doc: dict[str, Any]) -> str:
+    """Markdown for one JSON report: summary, accuracy and events after every step, the T sweep (when run), neuron
+    sites (thresholds, firing), layers (synaptic operations), graded units, energy constants and the configuration."""
+    ann, snn = doc["ann_accuracy"], doc["snn_accuracy"]
+    cfg, T = doc["config"], doc["timesteps"]
+    data = doc.get("data") or {}
+    lines = [f"# snnconvert report: {doc['model']}", "",
+             f"{doc['coding']} coding, T = {T}, thresholds {doc['thresholds']['method']} per "
+             f"{doc['thresholds']['granularity']}; evaluated on {doc['eval_images']} images "
+             f"({_describe(data.get('evaluation'))}), calibrated on {doc['calib_images']} images "
+             f"({_describe(data.get('calibration'))}); snnconvert {doc.get('snnconvert_version', '?')}.", ""]
+    ops = doc.get("synaptic_ops") or {}
+    energy = (f"{ops['energy_ratio_reference'][-1]:.3f} / {ops['energy_ratio_extended'][-1]:.3f}"
+              if ops.get("energy_ratio_reference") else "n/a")
+    lines += _table(["ANN accuracy", f"SNN accuracy (T = {T})", "gap", "events / image", "energy ratio ref / ext"],
+                    [[_pct(ann), _pct(snn[-1]), _gap(snn[-1], ann), _num(doc["events"]["total_per_image"]),
+                      energy]])
+    lines += ["## Accuracy after every step", ""]
+    lines += _table(["t", "SNN accuracy", "gap to ANN", "events / image (cum.)", "energy ratio ref / ext (cum.)"],
+                    _accuracy_rows(doc))
+    sweep = doc.get("sweep")
+    if sweep:
+        lines += [f"## T sweep (target: within {sweep['target_gap_pp']:g} pp of the ANN)", ""]
+        rows = [[str(r["timesteps"]), _pct(r["snn_accuracy"][-1]), _gap(r["snn_accuracy"][-1], sweep["ann_accuracy"]),
+                 _num(sum(r["events_per_step"])),
+                 f"{r['energy_ratio_reference'][-1]:.3f} / {r['energy_ratio_extended'][-1]:.3f}"
+                 if r.get("energy_ratio_reference") else "n/a"] for r in sweep["runs"]]
+        lines += _table(["T", "accuracy at T", "gap", "events / image", "energy ratio ref / ext"], rows)
+        rec = sweep.get("recommended_timesteps")
+        lines += [f"Recommended T: {rec}." if rec is not None else "No T in the sweep reaches the target.", ""]
+    lines += ["## Neuron sites", ""]
+    rows = []
+    for s in doc["thresholds"]["sites"]:
+        th, ev = s["threshold"], s.get("events") or {}
+        rows.append([f"`{s['site']}`", s.get("kind", "relu"), f"{th['mean']:.4g} ({th['min']:.4g}–{th['max']:.4g})",
+                     str(th["zero"]), _num(ev.get("neurons_per_image", 0)), f"{ev.get('events_per_neuron', 0):.3f}"])
+    lines += _table(["site", "kind", "threshold mean (min–max)", "silent groups", "neurons / image",
+                     "events / neuron / image"], rows)
+    if ops.get("layers"):
+        lines += ["## Synaptic operations per layer", ""]
+        rows = [[f"`{name}`", layer["input"], _num(layer["tot_macs"]), _num(sum(layer["sop_per_step"])),
+                 f"{layer['sop_rate']:.3f}"] for name, layer in ops["layers"].items()]
+        lines += _table(["layer", "input", "ANN MACs / image", "SOPs / image (all steps)", "SOP rate (per step)"],
+                        rows)
+        c = ops["constants_pj"]
+        lines += [f"Energy: E_AC {c['E_AC']} pJ, E_MAC {c['E_MAC']} pJ ({c['source']}); `reference`: every SNN "
+                  "operation an AC; `extended`: layers with analog input as MACs. ANN: "
+                  f"{_num(ops['ann_macs_per_image'])} MACs / image."]
+        left = ops.get("not_in_energy")
+        if left:
+            lines += [f"Not priced: {_num(left['neuron_updates_per_step'])} neuron updates and "
+                      f"{_num(left['graded_unit_outputs_per_step'])} graded-unit evaluations per image and step."]
+        lines += [""]
+    units = doc.get("graded_units") or {}
+    if units:
+        lines += ["## Graded units (dense outputs, not events)", ""]
+        rows = [[f"`{name}`", _num(u["outputs_per_image"]), f"{u['nonzero_per_output']:.3f}"]
+                for name, u in units.items()]
+        lines += _table(["unit", "outputs / image", "non-zero outputs per output and image (all steps)"], rows)
+    lines += ["## Configuration", "", "```json", json.dumps(cfg, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def _describe(part: dict | None) -> str:
+    if not part:
+        return "n/a"
+    return f"{part.get('dataset', '?')}/{part.get('split', '?')}, {part.get('selection', '')}".rstrip(", ")

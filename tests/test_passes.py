@@ -292,11 +292,27 @@ def test_functional_layers_to_modules_structure_numerics_idempotence():
     torch.testing.assert_close(gm(x), model(x), **TOL)
 
 
-def test_dynamic_kernel_is_refused_with_its_reason():
-    """A convolution whose kernel is computed from the input is bilinear, not a layer: listed, never run per step."""
+def test_dynamic_kernel_and_data_dependent_indices_are_refused_with_their_reasons():
+    """A convolution whose kernel is computed from the input is bilinear, not a layer; an index_select by indices
+    computed from the input routes data: both listed, never run per step. Indices from shapes alone are fine."""
     x = _x(8)
     with pytest.raises(UnsupportedOpError, match=r"conv2d_2: .*dynamic kernel"):
         convert(_FunctionalNet().eval(), forward_loop=[x], config=RATE_DEFAULT)
+
+    class Routed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            fixed = torch.index_select(h, 1, torch.arange(h.size(1) - 1, -1, -1))  # shape-derived: a permutation
+            routed = torch.index_select(h, 1, h.mean((0, 2, 3)).argsort())  # data-dependent
+            return (fixed + routed).mean((2, 3))
+
+    with pytest.raises(UnsupportedOpError, match=r"index_select_1: .*data-dependent selection") as info:
+        convert(Routed().eval(), forward_loop=[x], config=RATE_DEFAULT)
+    assert "index_select:" not in str(info.value).replace("index_select_1:", "")
 
 
 def test_drop_dropout_and_identity():

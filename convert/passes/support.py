@@ -42,8 +42,12 @@ SUPPORTED_FUNCTIONS = frozenset({
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.conv1d, F.conv2d, F.conv3d, F.linear, F.pad,
 })
-#: Weighted layers as functions: linear in their input only while the weight and bias are constants.
-_LAYER_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d, F.linear})
+#: Functions linear in their first argument only while their other tensor arguments are constants: why not else.
+_FIRST_ARG_LINEAR = {
+    **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d, F.linear),
+                    "weight or bias computed from the input (a dynamic kernel): not linear in the input"),
+    torch.index_select: "indices computed from the input (a data-dependent selection): not linear in the input",
+}
 #: Tensor methods that only move, reshape or linearly combine data.
 SUPPORTED_METHODS = frozenset({
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "size", "mean",
@@ -209,8 +213,8 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
             return f"module MultiheadAttention is not convertible: {_WRITE_ATTENTION_OUT}"
         return f"module {type(module).__name__} is not convertible"
     if node.op == "call_function":
-        if node.target in _LAYER_FUNCTIONS and _dynamic_weight(node, cache):
-            return "weight or bias computed from the input (a dynamic kernel): not linear in the input"
+        if node.target in _FIRST_ARG_LINEAR and _dynamic_operand(node, cache):
+            return _FIRST_ARG_LINEAR[node.target]
         if node.target in SUPPORTED_FUNCTIONS or _is_shape_value(node, cache) or graded_kind(gm, node, cache):
             return None
         if node.target in _SCALING_FUNCTIONS:
@@ -238,8 +242,9 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
     return f"unknown node kind {node.op}"
 
 
-def _dynamic_weight(node: fx.Node, cache: dict) -> bool:
-    """An ``F.conv*`` / ``F.linear`` call whose weight or bias depends on the input."""
+def _dynamic_operand(node: fx.Node, cache: dict) -> bool:
+    """A call (``F.conv*``, ``F.linear``, ``torch.index_select``) with an input-dependent argument other than its
+    first (the weight, bias or indices)."""
     found: list[fx.Node] = []
     fx.node.map_arg((node.args[1:], {k: v for k, v in node.kwargs.items() if k != "input"}), found.append)
     return any(_depends_on_input(a, cache) for a in found)

@@ -52,12 +52,16 @@ def _progress() -> Progress:
 
 @contextmanager
 def _atomic_write(path: Path):
-    """Yield a temporary file next to ``path``; rename it over ``path`` only when the block succeeds."""
+    """Yield a temporary file next to ``path``; rename it over ``path`` only when the block succeeds. The file gets
+    the permissions of a plainly created one (mkstemp's are owner-only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             yield f
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -132,6 +132,9 @@ def save(result, path: str | os.PathLike) -> Path:
                 raise ArtifactError("the conversion kept no weights snapshot; convert an nn.Module to save it")
             torch.save(result.ann_state, tmp / "ann_state.pt")
         _write_json(tmp / "source.json", source)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is owner-only; a saved artifact is an ordinary folder
         backup = None
         if target.exists():
             backup = target.with_name(f".{target.name}.old")

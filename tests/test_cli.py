@@ -117,6 +117,9 @@ def test_happy_path_report_and_artifact(tmp_path):
     assert doc["thresholds"]["method"] == "99.9%" and doc["thresholds"]["granularity"] == "channel"
     assert (output / "thresholds.pt").is_file()
     assert not [p for p in tmp_path.rglob(".*") if p.name.startswith(".")], "temporary files left behind"
+    umask = os.umask(0)
+    os.umask(umask)  # written atomically through temporary files, yet with ordinary permissions (not owner-only)
+    assert (report.stat().st_mode & 0o777, output.stat().st_mode & 0o777) == (0o666 & ~umask, 0o777 & ~umask)
 
 
 def test_config_file_with_command_line_overrides(tmp_path):

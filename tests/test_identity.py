@@ -267,12 +267,12 @@ def test_cli_reports_identity_sites_and_refuses_off_on_a_relu_free_model(tmp_pat
     assert "identity_neurons is 'off'" in result.output and "Traceback" not in result.output
     report = tmp_path / "r.json"
     result = runner.invoke(app, [f"{net}:build", "--coding", "differential", "-T", "2", *data,
-                                 "--report", str(report), "--threshold-scale", "2", "--identity-levels", "6"])
+                                 "--report", str(report), "--threshold-scale", "2", "--identity-levels", "5"])
     assert result.exit_code == 0, result.output
-    assert "0 ReLU site(s) + 2 identity neuron site(s) (99.9% of |x| x 2, n = 6)" in " ".join(result.output.split())
+    assert "0 ReLU site(s) + 2 identity neuron site(s) (99.9% of |x| x 2, n = 5)" in " ".join(result.output.split())
     doc = json.loads(report.read_text())
     assert doc["config"]["identity_neurons"] == "auto" and doc["config"]["threshold_scale"] == 2.0
-    assert doc["config"]["identity_levels"] == 6 and doc["config"]["levels"] == 4
+    assert doc["config"]["identity_levels"] == 5 and doc["config"]["levels"] == 4
     result = runner.invoke(app, [f"{net}:build", *data, "--identity-neurons", "sometimes"])
     assert result.exit_code == 2 and "identity_neurons 'sometimes' is not valid" in result.output
 
@@ -324,8 +324,8 @@ def test_attention_matmuls_become_product_units_fed_by_identity_neurons():
 
 def test_token_channel_tokens_is_the_reference_rule():
     """``token_channel="tokens"``: thresholds on token tensors run along dim 1 (one per token position, the
-    reference's "channel"), exactly the per-row statistic of the tensor moved to ``[N, B*C]``; conv and head sites
-    are unchanged."""
+    reference's "channel"), exactly the per-row statistic of the tensor moved to ``[N, B*C]``; the attention
+    operands' sites (per head, dim 1) are unchanged."""
     model = TinyViT().eval()
     x = torch.rand(16, 1, 12, 12)
     cfg = _cfg(timesteps=4, identity_threshold="max")

@@ -40,7 +40,8 @@ def _accuracy_rows(doc: dict[str, Any]) -> list[list[str]]:
 
 def report_markdown(doc: dict[str, Any]) -> str:
     """Markdown for one JSON report: summary, accuracy and events after every step, the T sweep (when run), neuron
-    sites (thresholds, firing), layers (synaptic operations), graded units, energy constants and the configuration."""
+    sites (thresholds, firing), layers (synaptic operations), energy constants, per-unit errors (with
+    ``--layer-errors``), graded units and the configuration."""
     ann, snn = doc["ann_accuracy"], doc["snn_accuracy"]
     cfg, T = doc["config"], doc["timesteps"]
     data = doc.get("data") or {}
@@ -91,6 +92,13 @@ def report_markdown(doc: dict[str, Any]) -> str:
             lines += [f"Not priced: {_num(left['neuron_updates_per_step'])} neuron updates and "
                       f"{_num(left['graded_unit_outputs_per_step'])} graded-unit evaluations per image and step."]
         lines += [""]
+    errors = doc.get("layer_errors") or {}
+    if errors:
+        lines += ["## ANN↔SNN error per unit (relative RMS of the decoded value)", ""]
+        steps = sorted({1, (T + 1) // 2, T})
+        rows = [[f"`{name}`", f"{e['ann_rms']:.4g}", *(f"{e['relative_error'][t - 1]:.3f}" for t in steps)]
+                for name, e in errors.items()]
+        lines += _table(["unit", "ANN RMS", *(f"t = {t}" for t in steps)], rows)
     units = doc.get("graded_units") or {}
     if units:
         lines += ["## Graded units (dense outputs, not events)", ""]

@@ -161,14 +161,14 @@ def test_bad_config_file_is_one_line(tmp_path, text, suffix, message):
 
 
 def test_markdown_report_shows_the_json_report(tmp_path):
-    """``--markdown``: the JSON report's figures as tables (summary, every step, the sweep, one row per site and per
-    layer, the configuration), rendered from the JSON report alone."""
+    """``--markdown``: the JSON report's figures as tables (summary, every step, the sweep, one row per site, per
+    layer and per unit's error, the configuration), rendered from the JSON report alone."""
     from snnconvert.runtime.report_md import report_markdown
 
     report, markdown = tmp_path / "r.json", tmp_path / "r.md"
     result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
                   "--calib-images", 64, "--eval-images", 32, "--coding", "differential", "--sweep", "1,3",
-                  "--report", report, "--markdown", markdown)
+                  "--layer-errors", "--report", report, "--markdown", markdown)
     assert result.exit_code == 0, result.output
     doc, text = json.loads(report.read_text()), markdown.read_text()
     assert text == report_markdown(doc)
@@ -184,6 +184,10 @@ def test_markdown_report_shows_the_json_report(tmp_path):
     assert all(f"| `{s['site']}` | relu |" in text for s in doc["thresholds"]["sites"])
     assert all(f"| `{name}` | {layer['input']} |" in text for name, layer in doc["synaptic_ops"]["layers"].items())
     assert '"coding": "differential"' in text
+    final = doc["timesteps"]
+    assert doc["layer_errors"] and all(f"| `{name}` | {e['ann_rms']:.4g} |" in text and
+                                       f"{e['relative_error'][final - 1]:.3f} |" in text
+                                       for name, e in doc["layer_errors"].items())
 
 
 def test_failed_run_leaves_no_report(tmp_path):

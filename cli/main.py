@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from snnconvert.convert.artifact import ordinary_permissions
 from snnconvert.convert.errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -59,9 +60,7 @@ def _atomic_write(path: Path):
     try:
         with os.fdopen(fd, "w") as f:
             yield f
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        ordinary_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -525,8 +524,7 @@ def _read_config(path: Path) -> dict:
 def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
     """The run options: the parsed command line, with the ``--config`` file's values for every option the command
     line did not give. Values go through the same parsing as flags."""
-    values = {k: v for k, v in ctx.params.items() if k not in _NOT_IN_CONFIG}
-    values["model"] = ctx.params["model"]
+    values = {k: v for k, v in ctx.params.items() if k not in ("config", "debug", "verbose")}
     if config is not None:
         params = {p.name: p for p in ctx.command.params if p.name not in _NOT_IN_CONFIG}
         names = {opt.lstrip("-").replace("-", "_"): p.name for p in params.values() for opt in p.opts}

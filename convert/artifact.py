@@ -99,6 +99,14 @@ def resolve_factory(ref: str):
     return factory
 
 
+def ordinary_permissions(path: str | os.PathLike) -> None:
+    """Give a file or folder made by ``tempfile.mkstemp`` / ``mkdtemp`` (owner-only) the permissions a plain
+    ``open`` / ``mkdir`` would give it under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
@@ -132,9 +140,7 @@ def save(result, path: str | os.PathLike) -> Path:
                 raise ArtifactError("the conversion kept no weights snapshot; convert an nn.Module to save it")
             torch.save(result.ann_state, tmp / "ann_state.pt")
         _write_json(tmp / "source.json", source)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is owner-only; a saved artifact is an ordinary folder
+        ordinary_permissions(tmp)  # mkdtemp's folder is owner-only; a saved artifact is an ordinary folder
         backup = None
         if target.exists():
             backup = target.with_name(f".{target.name}.old")

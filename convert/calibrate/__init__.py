@@ -237,14 +237,11 @@ def compute_thresholds(
         identity = site.kind == "identity"
         site_spec = cfg.identity_threshold if identity else spec
         info: dict[str, Any] = {"site": site.name, "kind": site.kind, "observes": site.observes, "values": obs.count}
-        if isinstance(obs, (MaxObserver, BatchMeanObserver)) and site_spec.statistic == "max":
-            theta = (obs.max.double() if isinstance(obs, MaxObserver) else obs.value) * (
-                1.0 if site_spec.fraction is None else site_spec.fraction)
-        elif isinstance(obs, (PercentileObserver, BatchMeanObserver)):
-            theta = obs.value
-        else:
+        if isinstance(obs, MomentObserver):
             theta, fit_info = _fit(obs, cfg, site.name)
             info.update(fit_info)
+        else:  # max (times a fraction), percentile, or their per-batch means
+            theta = obs.value * (1.0 if site_spec.fraction is None else site_spec.fraction)
         if identity:
             theta = theta * cfg.threshold_scale
             info.update(method=str(site_spec), tail=cfg.identity_tail, scale=cfg.threshold_scale)

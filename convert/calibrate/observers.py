@@ -75,6 +75,12 @@ class MaxObserver(ActivationObserver):
         self.max = m if self.max is None else torch.maximum(self.max, m)
         self.count += g.shape[1]
 
+    @property
+    def value(self) -> torch.Tensor:
+        if self.max is None:
+            raise CalibrationError("no calibration data reached this observer")
+        return self.max.double()
+
 
 def _row_quantile(g: torch.Tensor, q: float) -> torch.Tensor:
     """The q-quantile of each row (linear interpolation between order statistics, as ``torch.quantile``), from two

@@ -71,9 +71,8 @@ def is_neuron_site(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def _is_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), SYNAPTIC_MODULES)
-    return (node.op == "call_function" and node.target in _SYNAPTIC_FUNCTIONS) or is_matmul(node)
+    return is_synaptic_layer(gm, node) or (node.op == "call_function" and node.target in _SYNAPTIC_FUNCTIONS) or \
+        is_matmul(node)
 
 
 def _synaptic_inputs(gm: fx.GraphModule, node: fx.Node, cache: dict) -> list[fx.Node]:
@@ -93,14 +92,19 @@ def _feature_last(gm: fx.GraphModule, node: fx.Node) -> bool:
         node.op == "call_function" and node.target is F.linear)
 
 
+def _features_dim(gm: fx.GraphModule, layers: list[fx.Node]) -> int:
+    """-1 (the feature dim of a token tensor) when Linear layers alone read a tensor, else 1 (channels, heads)."""
+    return -1 if layers and all(_feature_last(gm, n) for n in layers) else 1
+
+
 def relu_channel_dim(gm: fx.GraphModule, relu: fx.Node) -> int:
     """The per-channel threshold dimension of a ReLU site: -1 (the features of a ``[B, N, C]`` token tensor, method.md
     §6, §7.8) when a Linear layer produced its input or only Linear layers read it, else 1 (conv channels). The two
     agree on ``[B, C]`` tensors."""
     source = relu.args[0] if relu.args else None
-    readers = [u for u in relu.users if _is_layer(gm, u)]
-    from_linear = isinstance(source, fx.Node) and _feature_last(gm, source)
-    return -1 if from_linear or (readers and all(_feature_last(gm, u) for u in readers)) else 1
+    if isinstance(source, fx.Node) and _feature_last(gm, source):
+        return -1
+    return _features_dim(gm, [u for u in relu.users if _is_layer(gm, u)])
 
 
 def is_synaptic_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -169,7 +173,7 @@ def insert_identity_sites(gm: fx.GraphModule, cfg, report: ConversionReport) -> 
                     readers.setdefault(source, []).append(node)
         for source, layers in readers.items():
             name = _site_name(gm, source)
-            gm.add_submodule(name, IdentitySite(-1 if all(_feature_last(gm, n) for n in layers) else 1))
+            gm.add_submodule(name, IdentitySite(_features_dim(gm, layers)))
             with gm.graph.inserting_after(source):
                 site = gm.graph.call_module(name, (source,))
             site.meta = dict(source.meta)

@@ -315,7 +315,7 @@ def functional_layers_to_modules(gm: fx.GraphModule, cfg, report: ConversionRepo
         if weight is _DYNAMIC or bias is _DYNAMIC:
             entry.skipped[node.name] = "the weight or bias depends on the input"
             continue
-        if _has_node(geometry):
+        if nodes_in(geometry):
             entry.skipped[node.name] = "stride/padding/dilation/groups are computed at run time"
             continue
         dims = _FUNCTIONAL_LAYERS[node.target]
@@ -352,10 +352,11 @@ def functional_layers_to_modules(gm: fx.GraphModule, cfg, report: ConversionRepo
     return _finish(gm, entry, report)
 
 
-def _has_node(value) -> bool:
+def nodes_in(value) -> list[fx.Node]:
+    """The graph nodes inside an argument structure (nested tuples, lists, dicts)."""
     found: list[fx.Node] = []
     fx.node.map_arg(value, found.append)
-    return bool(found)
+    return found
 
 
 def _erase_dead_constants(gm: fx.GraphModule, memo: dict) -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from snnconvert.convert.errors import UnsupportedNode, UnsupportedOpError
 from snnconvert.convert.frontend import node_source
-from snnconvert.convert.passes.normalize import is_canonical_relu
+from snnconvert.convert.passes.normalize import is_canonical_relu, nodes_in
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 #: Modules whose output is affine in their input (or a max-pool), applied unchanged at every time step.
@@ -245,9 +245,8 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
 def _dynamic_operand(node: fx.Node, cache: dict) -> bool:
     """A call (``F.conv*``, ``F.linear``, ``torch.index_select``) with an input-dependent argument other than its
     first (the weight, bias or indices)."""
-    found: list[fx.Node] = []
-    fx.node.map_arg((node.args[1:], {k: v for k, v in node.kwargs.items() if k != "input"}), found.append)
-    return any(_depends_on_input(a, cache) for a in found)
+    others = (node.args[1:], {k: v for k, v in node.kwargs.items() if k != "input"})
+    return any(_depends_on_input(a, cache) for a in nodes_in(others))
 
 
 def describe_node(gm: fx.GraphModule, node: fx.Node, reason: str | None = None) -> UnsupportedNode:

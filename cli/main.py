@@ -410,7 +410,8 @@ def main(
                                             help="time steps T (default: the preset's)"),
     threshold: Optional[str] = typer.Option(None, help="max | <p>% (e.g. 99.9%) | <f> (a fraction of the max, e.g. "
                                             "0.5) | iterate | iterate-reference"),
-    granularity: Optional[str] = typer.Option(None, help="layer | channel"),
+    granularity: Optional[str] = typer.Option(
+        None, help="layer | channel | neuron (one threshold per element of a sample: tied to the input size)"),
     levels: Optional[int] = typer.Option(None, help="thresholds per multi-threshold neuron (n)"),
     neuron: Optional[str] = typer.Option(None, help="if (single threshold) | mt (multi-threshold)"),
     weights: Optional[Path] = typer.Option(None, help="state dict to load into a Python model"),

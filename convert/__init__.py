@@ -251,7 +251,8 @@ class Converter:
         coding: ``"rate"`` or ``"differential"``.
         timesteps: T (default: the coding's preset).
         channel_wise: one threshold per channel (default) or, if False, one per layer.
-        **config: any other :class:`ConversionConfig` field (``neuron``, ``levels``, ``allow_ann_ops``, ...).
+        **config: any other :class:`ConversionConfig` field (``neuron``, ``levels``, ``allow_ann_ops``, ...);
+            ``granularity="neuron"`` (or any granularity) replaces ``channel_wise``.
 
     Attributes:
         config: the validated configuration.
@@ -265,9 +266,11 @@ class Converter:
                  timesteps: int | None = None, channel_wise: bool = True, **config) -> None:
         as_forward_loop(dataloader)  # reject missing or unusable data now, not after tracing
         self.dataloader = dataloader
+        if "granularity" in config and not channel_wise:
+            raise ConfigError("give granularity or channel_wise=False, not both")
+        config.setdefault("granularity", "channel" if channel_wise else "layer")
         self.config = ConversionConfig.for_coding(
-            coding, timesteps=timesteps, threshold=None if mode is None else str(mode),
-            granularity="channel" if channel_wise else "layer", **config)
+            coding, timesteps=timesteps, threshold=None if mode is None else str(mode), **config)
         self.result: ConversionResult | None = None
 
     def convert(self, model: torch.nn.Module | str | os.PathLike) -> SpikingNetwork:

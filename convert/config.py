@@ -15,7 +15,7 @@ from snnconvert.convert.errors import ConfigError
 
 CODINGS = ("rate", "differential")
 NEURON_KINDS = ("if", "mt")
-GRANULARITIES = ("layer", "channel")
+GRANULARITIES = ("layer", "channel", "neuron")
 IDENTITY_MODES = ("off", "auto", "all")
 IDENTITY_TAILS = ("both", "upper")
 TOKEN_CHANNELS = ("features", "tokens")
@@ -92,7 +92,8 @@ class ConversionConfig:
         coding: ``"rate"`` or ``"differential"``.
         timesteps: T, the number of simulation steps (>= 1). Threshold iteration fits thresholds for this T.
         threshold: a :class:`ThresholdSpec` or its text (``"99.9%"``, ``"max"``, ``"iterate"``, ...).
-        granularity: ``"layer"`` (one threshold per ReLU site) or ``"channel"`` (one per channel, dim 1).
+        granularity: ``"layer"`` (one threshold per ReLU site), ``"channel"`` (one per channel, dim 1) or
+            ``"neuron"`` (one per element of a sample: tied to the input size it was calibrated at, method.md §7.3).
         neuron: ``"if"`` (single threshold, m0 = θ/2) or ``"mt"`` (multi-threshold with ``levels`` levels).
         levels: n, the number of thresholds of an MT neuron (1 for IF).
         fit_rtol, fit_max_iter: convergence settings of threshold iteration.

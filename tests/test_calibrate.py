@@ -12,6 +12,7 @@ from snnconvert.convert.calibrate.observers import (
     MaxObserver,
     MomentObserver,
     PercentileObserver,
+    SelectPercentileObserver,
 )
 from snnconvert.convert.errors import CalibrationError, ConfigError
 from snnconvert.convert.frontend import trace_module
@@ -29,7 +30,7 @@ def _feed(observer, batches, passes=1):
         for b in batches:
             out = observer(b)
             assert out is b  # observers return their input unchanged
-        if isinstance(observer, PercentileObserver):
+        if hasattr(observer, "next_phase"):
             observer.next_phase()
 
 
@@ -208,6 +209,106 @@ def test_layer_granularity_gives_scalars():
     res = convert(SpellingsNet(), forward_loop=[torch.rand(8, 1, 28, 28)],
                   config=ConversionConfig(granularity="layer", threshold="max"))
     assert all(t.dim() == 0 for t in res.thresholds.values())
+
+
+def _per_element(batches):
+    x = torch.cat(batches)
+    return x.reshape(x.shape[0], -1).transpose(0, 1).double()  # [elements of a sample, images]
+
+
+@pytest.mark.parametrize("q", [99.9, 99.0, 62.5, 50.0, 1.0, 100.0, 0.0])
+@pytest.mark.parametrize("split", [35, 8, 1])
+def test_neuron_percentile_is_exact_quantile_per_element(q, split):
+    data = torch.cat(_relu_data(5, 7)) - 0.5  # 35 images of [3, 5, 5]: 75 groups of 35 values
+    obs = SelectPercentileObserver("neuron", q)
+    _feed(obs, list(torch.split(data, split))[::-1], passes=2)
+    expected = torch.quantile(_per_element([data]), q / 100, dim=1)
+    torch.testing.assert_close(obs.value, expected, rtol=0, atol=1e-12)
+    assert obs.kept is None  # the selection is freed once the percentile is known
+
+
+def test_neuron_percentile_keeps_few_values_and_bounds_memory():
+    data = _relu_data(5, 7)
+    obs = SelectPercentileObserver("neuron", 99.0)
+    _feed(obs, data, passes=1)
+    assert obs.k == 2 and obs.upper  # the two order statistics around rank 0.99 * 34 from the top
+    obs = SelectPercentileObserver("neuron", 50.0, max_values=75 * 17)
+    _feed(obs, data[:1], passes=0)
+    for b in data:
+        obs(b)
+    with pytest.raises(CalibrationError, match="keeps 18 values for each of 75 neurons.*granularity channel"):
+        obs.next_phase()
+
+
+@pytest.mark.parametrize("observer", [MaxObserver, MomentObserver, BatchMeanObserver])
+def test_neuron_granularity_statistics_per_element(observer):
+    batches = [b - 0.5 for b in _relu_data(4, 6)]
+    obs = observer("neuron")
+    _feed(obs, batches)
+    ref = _per_element(batches)
+    assert obs.sample_shape == (3, 5, 5) and obs.count == 24
+    if observer is MomentObserver:
+        torch.testing.assert_close(obs.mean, ref.mean(1), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(obs.var, ref.var(1, unbiased=False), rtol=1e-12, atol=1e-12)
+    elif observer is MaxObserver:
+        torch.testing.assert_close(obs.value, ref.amax(1), rtol=0, atol=1e-7)
+    else:  # batch-size-weighted mean of the per-batch maxima of each element
+        per_batch = torch.stack([_per_element([b]).amax(1) for b in batches])
+        torch.testing.assert_close(obs.value, per_batch.mean(0), rtol=1e-12, atol=1e-12)
+
+
+def test_neuron_granularity_needs_one_sample_shape():
+    obs = MaxObserver("neuron")
+    obs(torch.rand(4, 3, 5, 5))
+    with pytest.raises(CalibrationError, match=r"shape \(3, 6, 5\) after \(3, 5, 5\).*one size"):
+        obs(torch.rand(4, 3, 6, 5))
+
+
+@pytest.mark.parametrize("threshold", ["max", "99%", "iterate"])
+def test_neuron_granularity_thresholds_have_the_sample_shape(threshold):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 36, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
+    x = torch.rand(40, 1, 6, 6)
+    res = convert(model, forward_loop=list(torch.split(x, 16)), config=ConversionConfig.for_coding(
+        "differential", granularity="neuron", threshold=threshold, timesteps=4))
+    assert {k: tuple(v.shape) for k, v in res.thresholds.items()} == {"1": (4, 6, 6), "4": (3,)}
+    with torch.no_grad():
+        pre = model[0](x)  # the first site's input (iterate) and, through the ReLU, its output (max, percentile)
+    per_element = pre.reshape(40, -1).transpose(0, 1).double()
+    if threshold == "max":
+        expected = per_element.relu().amax(1)
+    elif threshold == "99%":
+        expected = torch.quantile(per_element.relu(), 0.99, dim=1)
+    else:
+        from snnconvert.convert.calibrate.fit import fit_thresholds
+
+        expected = fit_thresholds(per_element.mean(1), per_element.var(1, unbiased=False), 4 * 2**4).threshold
+    torch.testing.assert_close(res.thresholds["1"].reshape(-1).double(), expected, rtol=1e-5, atol=1e-6)
+    assert res.report.calibration["granularity"] == "neuron"
+    with torch.no_grad():
+        assert res.snn(x[:5]).shape == (4, 5, 2)
+    with pytest.raises(ConfigError, match=r"per-neuron values of shape \(4, 6, 6\).*calibrated at"):
+        res.snn(torch.rand(2, 1, 7, 7))
+
+
+def test_neuron_granularity_rate_coding_and_artifact_round_trip(tmp_path):
+    from pathlib import Path
+
+    from snnconvert.convert import ModelSource
+    from snnconvert.runtime import load
+
+    x = torch.rand(24, 1, 28, 28)
+    source = ModelSource.python(f"{Path(__file__).parent / 'nets.py'}:SpellingsNet")
+    res = convert(SpellingsNet(), forward_loop=[x[:16], x[16:]],
+                  config=ConversionConfig(granularity="neuron", timesteps=6), source=source)
+    shapes = [tuple(t.shape) for t in res.thresholds.values()]  # [C, H, W] after convolutions, [F] after Linear
+    assert all(len(s) in (1, 3) for s in shapes) and sum(len(s) == 3 for s in shapes) >= 3, shapes
+    again = load(res.save(tmp_path / "snn"))
+    with torch.no_grad():
+        assert torch.equal(again(x[:4]), res.snn(x[:4]))
+    with pytest.raises(ConfigError, match="calibrated at"):
+        res.snn(torch.rand(2, 1, 32, 32))
 
 
 def test_no_calibration_data_is_an_error():

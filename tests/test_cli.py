@@ -122,6 +122,21 @@ def test_happy_path_report_and_artifact(tmp_path):
     assert (report.stat().st_mode & 0o777, output.stat().st_mode & 0o777) == (0o666 & ~umask, 0o777 & ~umask)
 
 
+def test_neuron_granularity(tmp_path):
+    report = tmp_path / "report.json"
+    result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+                  "--calib-images", 64, "--eval-images", 16, "-T", 2, "--coding", "differential", "--granularity",
+                  "neuron", "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "thresholds iterate per neuron" in result.output
+    doc = json.loads(report.read_text())
+    assert doc["thresholds"]["granularity"] == "neuron" and doc["config"]["granularity"] == "neuron"
+    counts = [site["threshold"]["count"] for site in doc["thresholds"]["sites"]]
+    assert max(counts) == 6 * 14 * 14, counts  # the first site, behind the max-pool moved before it: one per element
+    line = _one_line_error(_run(f"{NETS}:SpellingsNet", "--granularity", "pixel"))
+    assert "granularity 'pixel' is not valid" in line and "layer, channel, neuron" in line
+
+
 def test_config_file_with_command_line_overrides(tmp_path):
     """``--config`` (YAML or JSON; keys: flag names, their aliases or the Python names) fills every option the
     command line does not give; ``--time-steps`` and ``--calib-samples`` are aliases of ``-T`` and

@@ -74,6 +74,16 @@ def test_layer_thresholds_when_not_channel_wise(images):
     assert all(t.numel() == 1 for t in converter.result.thresholds.values())
 
 
+def test_converter_per_neuron_thresholds(images):
+    converter = Converter([images], mode="max", granularity="neuron")
+    converter.convert(SpellingsNet())
+    assert converter.config.granularity == "neuron"
+    _assert_same(converter.result.thresholds, _thresholds(SpellingsNet(), [images], threshold="max",
+                                                          granularity="neuron"))
+    with pytest.raises(ConfigError, match="granularity or channel_wise=False, not both"):
+        Converter([images], channel_wise=False, granularity="neuron")
+
+
 @pytest.mark.parametrize("key", ["input", "image", "images", "img", "x", "data", "pixel_values"])
 def test_dict_batches(images, key):
     model = SpellingsNet()

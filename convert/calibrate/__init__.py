@@ -23,6 +23,7 @@ from snnconvert.convert.calibrate.observers import (
     MaxObserver,
     MomentObserver,
     PercentileObserver,
+    SelectPercentileObserver,
 )
 from snnconvert.convert.config import ConversionConfig, ThresholdSpec
 from snnconvert.convert.errors import CalibrationError, ConfigError
@@ -74,6 +75,8 @@ def _make_observer(cfg: ConversionConfig, spec: ThresholdSpec) -> ActivationObse
         return BatchMeanObserver(cfg.granularity, spec.percentile if spec.statistic == "percentile" else None)
     if spec.statistic == "max":
         return MaxObserver(cfg.granularity)
+    if spec.statistic == "percentile" and cfg.granularity == "neuron":  # a histogram per element would not fit
+        return SelectPercentileObserver(cfg.granularity, spec.percentile)
     if spec.statistic == "percentile":
         return PercentileObserver(cfg.granularity, spec.percentile, bins=cfg.percentile_bins)
     return MomentObserver(cfg.granularity)
@@ -184,15 +187,15 @@ def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
 
 
 def run_calibration(gm: fx.GraphModule, sites: list[Site], forward_loop: ForwardLoop) -> None:
-    """Call ``forward_loop(gm)`` once per pass the observers need (three for percentiles, else one); each observer
-    sees only the passes it needs."""
+    """Call ``forward_loop(gm)`` once per pass the observers need (three for percentiles, two for per-neuron
+    percentiles, else one); each observer sees only the passes it needs."""
     observers = [gm.get_submodule(s.observer_name) for s in sites]
     passes = max([getattr(o, "passes", 1) for o in observers] + [1])
     for done in range(1, passes + 1):
         with torch.no_grad():
             forward_loop(gm)
         for o in observers:
-            if isinstance(o, PercentileObserver):
+            if isinstance(o, (PercentileObserver, SelectPercentileObserver)) and not o.done:
                 o.next_phase()
             # an observer that needs fewer passes (max, moments next to a percentile) sees the data once
             o.done = getattr(o, "passes", 1) <= done
@@ -201,11 +204,14 @@ def run_calibration(gm: fx.GraphModule, sites: list[Site], forward_loop: Forward
             raise CalibrationError(f"no calibration data reached {s.name}; check the forward_loop / calibration data")
 
 
-def _broadcast_shape(values: torch.Tensor, ndim: int, granularity: str, channel_dim: int = 1) -> torch.Tensor:
+def _broadcast_shape(values: torch.Tensor, obs: ActivationObserver) -> torch.Tensor:
     """Shape a per-group vector so it broadcasts over one sample: ``[C, 1, 1]`` for NCHW, ``[C]`` for the last dim
-    (``channel_dim = -1``), ``[]`` for a layer."""
+    (``channel_dim = -1``), ``[]`` for a layer, the sample's shape for neurons."""
+    granularity, ndim, channel_dim = obs.granularity, obs.ndim, obs.channel_dim
     if granularity == "layer":
         return values.reshape(())
+    if granularity == "neuron":
+        return values.reshape(obs.sample_shape)
     if channel_dim == -1:
         return values.reshape(-1)
     return values.reshape([values.shape[0]] + [1] * max(ndim - 2, 0))
@@ -249,15 +255,16 @@ def compute_thresholds(
             raise CalibrationError(f"site {site.name}: non-finite threshold from {site_spec}; check the calibration "
                                    "data")
         theta = theta.clamp_min(0).float()
-        thresholds[site.name] = _broadcast_shape(theta, obs.ndim, cfg.granularity, obs.channel_dim)
+        thresholds[site.name] = _broadcast_shape(theta, obs)
         info["threshold"] = _summary(theta)
         report.sites.append(info)
         if info["threshold"]["zero"]:
             # the upper ReLU of a decomposed ReLU6/clamp is silent wherever the input never reached the ceiling
             expected = getattr(gm.get_submodule(site.name), UPPER_CLIP_ATTR, False)
-            log.log(logging.INFO if expected else logging.WARNING, "site %s: %d group(s) have threshold 0 and stay "
-                    "silent%s", site.name, info["threshold"]["zero"], " (upper clip of a bounded ReLU)" if expected
-                    else "")
+            log.log(logging.INFO if expected else logging.WARNING, "site %s: %d of %d %s have threshold 0 and stay "
+                    "silent%s", site.name, info["threshold"]["zero"], info["threshold"]["count"],
+                    {"neuron": "neurons", "channel": "channels"}.get(cfg.granularity, "layer thresholds"),
+                    " (upper clip of a bounded ReLU)" if expected else "")
     return thresholds, report
 
 

@@ -166,16 +166,23 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _check_broadcast(name: str, t: Tensor, shape: torch.Size) -> None:
+def check_broadcast(name: str, shape: torch.Size, step_shape: torch.Size) -> None:
+    """A per-element parameter of ``shape`` (a threshold, a captured bias) must broadcast to ``step_shape`` (one
+    step of the batch) without growing it; ConfigError otherwise. Per-neuron values (more than one dim above 1) are
+    tied to the per-sample shape they were calibrated at, and the message says so."""
     try:
-        out = torch.broadcast_shapes(t.shape, shape)
+        ok = torch.broadcast_shapes(shape, step_shape) == step_shape
     except RuntimeError:
-        out = None
-    if out != shape:
+        ok = False
+    if ok:
+        return
+    if sum(n > 1 for n in shape) > 1:
         raise ConfigError(
-            f"{name} of shape {tuple(t.shape)} does not broadcast to the per-step shape {tuple(shape)}; "
-            "use a scalar, per-channel ([C, 1, 1] or [C]) or per-neuron threshold"
-        )
+            f"{name}: per-neuron values of shape {tuple(shape)} do not fit the per-step shape {tuple(step_shape)}: "
+            "they hold for the input size they were calibrated at; convert again with inputs of this size, or use "
+            "granularity channel or layer")
+    raise ConfigError(f"{name} of shape {tuple(shape)} does not broadcast to the per-step shape {tuple(step_shape)}; "
+                      "use a scalar, per-channel ([C, 1, 1] or [C]) or per-neuron threshold")
 
 
 def check_levels(kind: str, n_levels: int) -> None:
@@ -270,14 +277,14 @@ def _prepare(x: Tensor, threshold: Tensor | float) -> tuple[torch.dtype, torch.S
     dtype = _state_dtype(x.dtype)
     step_shape = x.shape[1:]
     th = torch.as_tensor(threshold, dtype=dtype, device=x.device)
-    _check_broadcast("threshold", th, step_shape)
+    check_broadcast("threshold", th.shape, step_shape)
     return dtype, step_shape, th
 
 
 def _prepare_bias(x: Tensor, bias: Tensor | float | None, dtype: torch.dtype) -> Tensor:
     """Cast the captured bias (None means 0) to the state dtype and check that it broadcasts to S."""
     b = torch.as_tensor(0.0 if bias is None else bias, dtype=dtype, device=x.device)
-    _check_broadcast("bias", b, x.shape[1:])
+    check_broadcast("bias", b.shape, x.shape[1:])
     return b
 
 
@@ -494,7 +501,10 @@ class SpikingNeuron(StepModule):
     # -- public API ------------------------------------------------------------------------------------------------
 
     def capture_input(self, x: Tensor) -> Tensor:
-        """Capture mode: a differential neuron stores its input as the bias b; every neuron outputs zeros."""
+        """Capture mode: a differential neuron stores its input as the bias b; every neuron outputs zeros. A
+        threshold that does not fit this input (per-neuron thresholds at another input size) fails here, before
+        later layers trip over the size."""
+        check_broadcast("threshold", self.threshold.shape, x.shape)
         if self.coding == "differential":
             self.bias = x.detach().to(torch.float32).clone()
             logger.debug("captured bias of shape %s", tuple(self.bias.shape))
@@ -544,14 +554,14 @@ class SpikingNeuron(StepModule):
         dtype = _state_dtype(x_t.dtype)
         th = self.threshold.to(dtype)
         if self._t == 0:
-            _check_broadcast("threshold", th, x_t.shape)
+            check_broadcast("threshold", th.shape, x_t.shape)
             if self.coding == "rate":
                 self._m, self._c = _rate_init(
                     x_t.shape, th, kind=self.kind, signed=self.signed, relu_constrained=self.relu_constrained
                 )
             else:
                 b = self._require_bias().to(dtype)
-                _check_broadcast("bias", b, x_t.shape)
+                check_broadcast("bias", b.shape, x_t.shape)
                 self._r_in, self._r_out = _diff_init(x_t.shape, b)
             self._step_plan = self._fast_plan(th, x_t)
             self._step_buffers = None

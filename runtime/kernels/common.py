@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from snnconvert.convert.coding.neurons import check_levels
+from snnconvert.convert.coding.neurons import check_broadcast, check_levels
 from snnconvert.convert.errors import ConfigError
 
 __all__ = ["SUPPORTED_DTYPES", "Table", "RateState", "DiffState", "PairState", "RateLaunch", "DiffLaunch",
@@ -108,13 +108,7 @@ def make_table(name: str, value, step_shape: torch.Size, device: torch.device) -
     """Compact fp32 table of a per-element parameter (module header). Raises ConfigError if ``value`` does not
     broadcast to S."""
     v = torch.as_tensor(value, dtype=torch.float32, device=device)
-    try:
-        ok = torch.broadcast_shapes(v.shape, step_shape) == step_shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"{name} of shape {tuple(v.shape)} does not broadcast to the per-step shape "
-                          f"{tuple(step_shape)}; use a scalar, per-channel ([C, 1, 1] or [C]) or per-neuron value")
+    check_broadcast(name, v.shape, step_shape)
     shape = [1] * (len(step_shape) - v.dim()) + list(v.shape)
     varying = [d for d, n in enumerate(shape) if n > 1]
     if not varying:

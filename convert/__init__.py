@@ -215,7 +215,7 @@ def _convert_many(model, forward_loop, configs: list[ConversionConfig], example_
         sites = insert_observers(gm, cfg)
         try:
             run_calibration(gm, sites, as_forward_loop(forward_loop))
-            fitted = [compute_thresholds(gm, sites, c) for c in configs]
+            fitted = [compute_thresholds(gm, sites, c, warn=i == 0) for i, c in enumerate(configs)]
         finally:
             remove_observers(gm, sites)
         base.timings["calibration"] = time.perf_counter() - t0

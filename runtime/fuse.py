@@ -84,6 +84,9 @@ class BoundedReLUPair(StepModule):
     def extra_repr(self) -> str:
         return f"ceiling={self.ceiling}, sites={self.site_names}"
 
+    def site_label(self) -> str:
+        return " + ".join(self.site_names)
+
     # -- step modes ---------------------------------------------------------------------------------------------------
 
     def capture_input(self, x: Tensor) -> Tensor:

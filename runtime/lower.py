@@ -88,6 +88,7 @@ class KernelNeuron(SpikingNeuron):
         if neuron.bias is not None:
             new.bias = neuron.bias.detach().clone()
         new.step_mode, new.timesteps, new.capture = neuron.step_mode, neuron.timesteps, neuron.capture
+        new.site = getattr(neuron, "site", None)
         new.train(neuron.training)
         return new
 

@@ -288,7 +288,7 @@ def test_neuron_granularity_thresholds_have_the_sample_shape(threshold):
     assert res.report.calibration["granularity"] == "neuron"
     with torch.no_grad():
         assert res.snn(x[:5]).shape == (4, 5, 2)
-    with pytest.raises(ConfigError, match=r"per-neuron values of shape \(4, 6, 6\).*calibrated at"):
+    with pytest.raises(ConfigError, match=r"^site 1: threshold: per-neuron values of shape \(4, 6, 6\).*calibrated at"):
         res.snn(torch.rand(2, 1, 7, 7))
 
 
@@ -307,8 +307,29 @@ def test_neuron_granularity_rate_coding_and_artifact_round_trip(tmp_path):
     again = load(res.save(tmp_path / "snn"))
     with torch.no_grad():
         assert torch.equal(again(x[:4]), res.snn(x[:4]))
-    with pytest.raises(ConfigError, match="calibrated at"):
+    with pytest.raises(ConfigError, match="^site act_inplace_act: threshold: .*calibrated at"):
         res.snn(torch.rand(2, 1, 32, 32))
+    import shutil
+
+    from snnconvert.runtime import compile
+
+    if shutil.which("cc") is not None:  # a kernel backend (needs a C compiler) names the site too
+        native = compile(res.snn, "native")
+        with pytest.raises(ConfigError, match="^site act_inplace_act: threshold: .*calibrated at"):
+            native(torch.rand(2, 1, 32, 32))
+
+
+def test_silent_groups_are_logged_once_per_sweep(caplog):
+    from snnconvert.convert import convert_sweep
+
+    x = torch.rand(16, 1, 28, 28)
+    x[:, :, :3] = 0  # rows that stay dark: neurons behind them never fire, their per-neuron max is 0
+    with caplog.at_level("WARNING", logger="snnconvert.convert.calibrate"):
+        convert_sweep(SpellingsNet(), forward_loop=[x], config=ConversionConfig(granularity="neuron",
+                                                                                 threshold="max"), timesteps=[2, 4])
+    lines = [r.getMessage() for r in caplog.records if "have threshold 0" in r.getMessage()]
+    assert lines and len(lines) == len(set(lines)), lines  # once per site, not once per T
+    assert all(" of " in line and "neurons" in line for line in lines)
 
 
 def test_no_calibration_data_is_an_error():

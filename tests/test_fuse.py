@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import re
 import shutil
 from pathlib import Path
 
@@ -291,3 +292,14 @@ def test_torch_pair_with_autograd_and_copies(nets):
     assert pair.lo is clone.gm.get_submodule(pair.site_names[0])  # aliasing survives the copy
     with torch.no_grad():
         assert torch.equal(clone(data[:2], T), plain(data[:2], T))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_fused_pair_names_its_sites_when_per_neuron_thresholds_do_not_fit(coding):
+    data = torch.rand(8, 1, 11, 11) * 2
+    cfg = ConversionConfig.for_coding(coding, timesteps=3, threshold="max", granularity="neuron")
+    program = compile(convert(ClipNet(side=11), forward_loop=[data], config=cfg).snn, "torch")
+    first = _pairs(program)[0]  # the ReLU6 right after the first convolution: the first unit to see the input
+    label = re.escape(" + ".join(first.site_names))
+    with pytest.raises(ConfigError, match=rf"^site {label}: threshold: per-neuron values"):
+        program(torch.rand(2, 1, 12, 12))

@@ -224,9 +224,10 @@ def _summary(theta: torch.Tensor) -> dict[str, float]:
 
 
 def compute_thresholds(
-    gm: fx.GraphModule, sites: list[Site], cfg: ConversionConfig
+    gm: fx.GraphModule, sites: list[Site], cfg: ConversionConfig, *, warn: bool = True
 ) -> tuple[dict[str, torch.Tensor], CalibrationReport]:
-    """Turn observer statistics into thresholds (pure: reads observers, changes nothing).
+    """Turn observer statistics into thresholds (pure: reads observers, changes nothing). ``warn=False`` leaves out
+    the log lines about silent groups (a sweep logs them for its first T only: they do not depend on T).
 
     Returns:
         ``{site name: threshold}`` (float32, clamped >= 0, shaped to broadcast over one sample) and the report.
@@ -258,7 +259,7 @@ def compute_thresholds(
         thresholds[site.name] = _broadcast_shape(theta, obs)
         info["threshold"] = _summary(theta)
         report.sites.append(info)
-        if info["threshold"]["zero"]:
+        if info["threshold"]["zero"] and warn:
             # the upper ReLU of a decomposed ReLU6/clamp is silent wherever the input never reached the ceiling
             expected = getattr(gm.get_submodule(site.name), UPPER_CLIP_ATTR, False)
             log.log(logging.INFO if expected else logging.WARNING, "site %s: %d of %d %s have threshold 0 and stay "

@@ -490,6 +490,7 @@ class SpikingNeuron(StepModule):
         self.relu_constrained = bool(relu_constrained)
         self.register_buffer("threshold", th.clamp(min=0.0).clone())
         self.register_buffer("bias", None)
+        self.site: str | None = None  # the graph site it replaces (set by the conversion), named in its errors
         self._t = 0
         self.register_buffer("_m", None, persistent=False)
         self.register_buffer("_c", None, persistent=False)
@@ -499,6 +500,9 @@ class SpikingNeuron(StepModule):
         self._step_buffers: FastBuffers | None = None
 
     # -- public API ------------------------------------------------------------------------------------------------
+
+    def site_label(self) -> str | None:
+        return getattr(self, "site", None)  # None: built by hand, or pickled before sites were recorded
 
     def capture_input(self, x: Tensor) -> Tensor:
         """Capture mode: a differential neuron stores its input as the bias b; every neuron outputs zeros. A

@@ -33,7 +33,21 @@ class StepModule(nn.Module):
         self.analog: bool = False
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        """Dispatch on the mode; ``xs`` is one tensor for a neuron, one per operand for a multi-input unit."""
+        """Dispatch on the mode; ``xs`` is one tensor for a neuron, one per operand for a multi-input unit. A
+        ConfigError raised on the way (an input that does not fit the thresholds) starts with the unit's site."""
+        try:
+            return self._dispatch(*xs)
+        except ConfigError as err:
+            label = self.site_label()
+            if label is None:
+                raise
+            raise ConfigError(f"site {label}: {err}") from err
+
+    def site_label(self) -> str | None:
+        """The graph site(s) this unit stands for, named in its errors (None: unnamed)."""
+        return None
+
+    def _dispatch(self, *xs: torch.Tensor) -> torch.Tensor:
         if self.analog:
             return self.analog_forward(*xs)
         if self.capture:

@@ -58,6 +58,7 @@ def replace_activations(
     for node in sites:
         identity = is_identity_site(gm, node)
         neuron = coding.make_neuron(thresholds[node.target], cfg, identity=identity)
+        neuron.site = node.target
         set_module(gm, node.target, neuron)
         entry.nodes.append(node.target)
         kind = type(neuron).__name__ + ("(identity)" if identity else "")

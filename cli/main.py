@@ -243,6 +243,7 @@ class RunOptions:
     layer_errors: bool = False
     sweep: Optional[str] = None
     target_gap: Optional[float] = None
+    config_file: Optional[Path] = None  # the --config file the options were read from (recorded in the report)
 
 
 def _run(o: RunOptions) -> None:
@@ -360,6 +361,7 @@ def _run(o: RunOptions) -> None:
                            runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode,
                                     "fused_pairs": swept.fused_pairs})
         doc["sweep"] = swept.to_dict() if sweep_steps else None
+        doc["config_file"] = None if o.config_file is None else str(o.config_file.resolve())
         if o.report is not None:
             with _atomic_write(o.report) as f:
                 json.dump(doc, f, indent=2)
@@ -546,6 +548,7 @@ def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
             except typer.BadParameter as exc:
                 raise ConfigError(f"--config {config}: {key}: {exc.format_message()}") from None
     values["allow_ann_op"] = tuple(values["allow_ann_op"])
+    values["config_file"] = config
     return values
 
 

@@ -105,7 +105,10 @@ def report_markdown(doc: dict[str, Any]) -> str:
         rows = [[f"`{name}`", _num(u["outputs_per_image"]), f"{u['nonzero_per_output']:.3f}"]
                 for name, u in units.items()]
         lines += _table(["unit", "outputs / image", "non-zero outputs per output and image (all steps)"], rows)
-    lines += ["## Configuration", "", "```json", json.dumps(cfg, indent=1), "```", ""]
+    lines += ["## Configuration", ""]
+    if doc.get("config_file"):
+        lines += [f"Options read from `{doc['config_file']}` (command-line flags override it).", ""]
+    lines += ["```json", json.dumps(cfg, indent=1), "```", ""]
     return "\n".join(lines)
 
 

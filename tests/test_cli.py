@@ -146,12 +146,16 @@ def test_config_file_with_command_line_overrides(tmp_path):
                       "calib-data: fashion-mnist\neval-data: fashion-mnist\nthreshold: max\n"
                       "allow-ann-op: nothing_matches\nlayer-errors: true\n")
     report = tmp_path / "r.json"
-    result = _run(f"{NETS}:SpellingsNet", "--config", config, "--time-steps", 2, "--report", report)
+    markdown = tmp_path / "r.md"
+    result = _run(f"{NETS}:SpellingsNet", "--config", config, "--time-steps", 2, "--report", report,
+                  "--markdown", markdown)
     assert result.exit_code == 0, result.output
+    assert f"Options read from `{config.resolve()}`" in markdown.read_text()
     doc = json.loads(report.read_text())
     assert doc["coding"] == "differential" and doc["timesteps"] == 2  # the flag beats the file's 3
     assert (doc["calib_images"], doc["eval_images"]) == (48, 16) and doc["config"]["threshold"] == "max"
     assert doc["config"]["allow_ann_ops"] == ["nothing_matches"] and doc["layer_errors"]
+    assert doc["config_file"] == str(config.resolve())  # the report says which file it read
     as_json = tmp_path / "run.json"
     as_json.write_text(json.dumps({"coding": "rate", "timesteps": 2, "calib_images": 32, "eval-images": 8,
                                    "calib_data": "fashion-mnist", "eval_data": "fashion-mnist"}))
@@ -159,6 +163,10 @@ def test_config_file_with_command_line_overrides(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(report.read_text())
     assert (doc["coding"], doc["timesteps"], doc["calib_images"], doc["eval_images"]) == ("rate", 2, 40, 8)
+    result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+                  "--calib-images", 16, "--eval-images", 8, "-T", 2, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["config_file"] is None
 
 
 @pytest.mark.parametrize("text, suffix, message", [

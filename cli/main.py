@@ -496,7 +496,8 @@ def main(
         _fail(exc, debug, code=1, unexpected=True)
 
 
-_NOT_IN_CONFIG = ("model", "config", "debug", "verbose")
+_NOT_RUN_OPTIONS = ("config", "debug", "verbose")  # parameters of the command, not of the run
+_NOT_IN_CONFIG = ("model", *_NOT_RUN_OPTIONS)
 
 
 def _read_config(path: Path) -> dict:
@@ -527,7 +528,7 @@ def _read_config(path: Path) -> dict:
 def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
     """The run options: the parsed command line, with the ``--config`` file's values for every option the command
     line did not give. Values go through the same parsing as flags."""
-    values = {k: v for k, v in ctx.params.items() if k not in ("config", "debug", "verbose")}
+    values = {k: v for k, v in ctx.params.items() if k not in _NOT_RUN_OPTIONS}
     if config is not None:
         params = {p.name: p for p in ctx.command.params if p.name not in _NOT_IN_CONFIG}
         names = {opt.lstrip("-").replace("-", "_"): p.name for p in params.values() for opt in p.opts}

@@ -163,14 +163,11 @@ class ConversionConfig:
         _choice("granularity", self.granularity, GRANULARITIES)
         if not isinstance(self.timesteps, int) or isinstance(self.timesteps, bool) or self.timesteps < 1:
             raise ConfigError(f"timesteps must be a positive integer, got {self.timesteps!r}")
-        if not isinstance(self.levels, int) or self.levels < 1 or self.levels > 16:
-            raise ConfigError(f"levels must be an integer in [1, 16], got {self.levels!r}")
+        _level_count("levels", self.levels)
         if self.neuron == "if" and self.levels != 1:
             raise ConfigError(f"neuron 'if' has a single threshold; got levels={self.levels}: use neuron='mt'")
         if self.identity_levels is not None:
-            if not isinstance(self.identity_levels, int) or isinstance(self.identity_levels, bool) or \
-                    not 1 <= self.identity_levels <= 16:
-                raise ConfigError(f"identity_levels must be an integer in [1, 16], got {self.identity_levels!r}")
+            _level_count("identity_levels", self.identity_levels)
             if self.neuron == "if" and self.identity_levels != 1:
                 raise ConfigError(f"identity_levels={self.identity_levels} needs multi-threshold neurons; neuron 'if' "
                                   "has a single threshold: use neuron='mt'")
@@ -224,6 +221,12 @@ class ConversionConfig:
             changes.setdefault("levels", 1)
             changes.setdefault("identity_levels", None)
         return base.replace(**changes)
+
+
+def _level_count(name: str, value) -> None:
+    """A number of MT thresholds n: an integer in [1, 16]."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 16:
+        raise ConfigError(f"{name} must be an integer in [1, 16], got {value!r}")
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -22,6 +22,14 @@ def _num(x: float) -> str:
     return f"{x:,.0f}".replace(",", " ")
 
 
+def _energy(ref: list[float] | None, ext: list[float] | None, t: int | None = None) -> str:
+    """The two energy ratios after step t (default: the last step), or n/a when operations were not counted."""
+    if not ref or not ext or (t is not None and len(ref) < t):
+        return "n/a"
+    i = -1 if t is None else t - 1
+    return f"{ref[i]:.3f} / {ext[i]:.3f}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(r) + " |" for r in rows), ""]
@@ -29,12 +37,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _accuracy_rows(doc: dict[str, Any]) -> list[list[str]]:
     ann, ops = doc["ann_accuracy"], doc.get("synaptic_ops") or {}
-    ref, ext = ops.get("energy_ratio_reference") or [], ops.get("energy_ratio_extended") or []
+    ref, ext = ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended")
     rows, events = [], 0.0
     for t, acc in enumerate(doc["snn_accuracy"], start=1):
         events += doc["events"]["per_step"][t - 1]
-        energy = f"{ref[t - 1]:.3f} / {ext[t - 1]:.3f}" if len(ref) >= t else "n/a"
-        rows.append([str(t), _pct(acc), _gap(acc, ann), _num(events), energy])
+        rows.append([str(t), _pct(acc), _gap(acc, ann), _num(events), _energy(ref, ext, t)])
     return rows
 
 
@@ -51,8 +58,7 @@ def report_markdown(doc: dict[str, Any]) -> str:
              f"({_describe(data.get('evaluation'))}), calibrated on {doc['calib_images']} images "
              f"({_describe(data.get('calibration'))}); snnconvert {doc.get('snnconvert_version', '?')}.", ""]
     ops = doc.get("synaptic_ops") or {}
-    energy = (f"{ops['energy_ratio_reference'][-1]:.3f} / {ops['energy_ratio_extended'][-1]:.3f}"
-              if ops.get("energy_ratio_reference") else "n/a")
+    energy = _energy(ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended"))
     lines += _table(["ANN accuracy", f"SNN accuracy (T = {T})", "gap", "events / image", "energy ratio ref / ext"],
                     [[_pct(ann), _pct(snn[-1]), _gap(snn[-1], ann), _num(doc["events"]["total_per_image"]),
                       energy]])
@@ -64,8 +70,8 @@ def report_markdown(doc: dict[str, Any]) -> str:
         lines += [f"## T sweep (target: within {sweep['target_gap_pp']:g} pp of the ANN)", ""]
         rows = [[str(r["timesteps"]), _pct(r["snn_accuracy"][-1]), _gap(r["snn_accuracy"][-1], sweep["ann_accuracy"]),
                  _num(sum(r["events_per_step"])),
-                 f"{r['energy_ratio_reference'][-1]:.3f} / {r['energy_ratio_extended'][-1]:.3f}"
-                 if r.get("energy_ratio_reference") else "n/a"] for r in sweep["runs"]]
+                 _energy(r.get("energy_ratio_reference"), r.get("energy_ratio_extended"))]
+                for r in sweep["runs"]]
         lines += _table(["T", "accuracy at T", "gap", "events / image", "energy ratio ref / ext"], rows)
         rec = sweep.get("recommended_timesteps")
         lines += [f"Recommended T: {rec}." if rec is not None else "No T in the sweep reaches the target.", ""]

@@ -190,15 +190,15 @@ def run_calibration(gm: fx.GraphModule, sites: list[Site], forward_loop: Forward
     """Call ``forward_loop(gm)`` once per pass the observers need (three for percentiles, two for per-neuron
     percentiles, else one); each observer sees only the passes it needs."""
     observers = [gm.get_submodule(s.observer_name) for s in sites]
-    passes = max([getattr(o, "passes", 1) for o in observers] + [1])
+    passes = max([o.passes for o in observers] + [1])
     for done in range(1, passes + 1):
         with torch.no_grad():
             forward_loop(gm)
         for o in observers:
-            if isinstance(o, (PercentileObserver, SelectPercentileObserver)) and not o.done:
+            if not o.done:
                 o.next_phase()
             # an observer that needs fewer passes (max, moments next to a percentile) sees the data once
-            o.done = getattr(o, "passes", 1) <= done
+            o.done = o.passes <= done
     for s, o in zip(sites, observers):
         if o.count == 0:
             raise CalibrationError(f"no calibration data reached {s.name}; check the forward_loop / calibration data")

@@ -68,6 +68,14 @@ class ActivationObserver(nn.Module):
     def observe(self, g: torch.Tensor) -> None:
         raise NotImplementedError
 
+    @property
+    def passes(self) -> int:
+        """Calibration passes over the same data the observer needs (percentiles need more than one)."""
+        return 1
+
+    def next_phase(self) -> None:
+        """Called after each pass the observer takes part in; multi-pass observers advance their phase."""
+
     def _check_groups(self, g: torch.Tensor, known: torch.Tensor | int | None) -> None:
         """``g`` must have as many groups as ``known`` (a per-group tensor or a count; None: the first batch)."""
         known = known.shape[0] if isinstance(known, torch.Tensor) else known
@@ -97,15 +105,20 @@ class MaxObserver(ActivationObserver):
         return self.max.double()
 
 
-def _row_quantile(g: torch.Tensor, q: float) -> torch.Tensor:
-    """The q-quantile of each row (linear interpolation between order statistics, as ``torch.quantile``), from two
-    ``kthvalue`` calls: no input-size limit."""
-    n = g.shape[1]
+def _quantile_ranks(q: float, n: int) -> tuple[int, int, float]:
+    """The two 0-based order statistics the q-quantile of n values interpolates between, and the weight of the
+    upper one (linear interpolation, as ``torch.quantile``)."""
     pos = q * (n - 1)
     low = int(pos // 1)
+    return low, min(low + 1, n - 1), pos - low
+
+
+def _row_quantile(g: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile of each row, from two ``kthvalue`` calls: no input-size limit."""
+    low, high, frac = _quantile_ranks(q, g.shape[1])
     a = g.kthvalue(low + 1, dim=1).values
-    b = g.kthvalue(min(low + 2, n), dim=1).values
-    return a + (b - a) * (pos - low)
+    b = g.kthvalue(high + 1, dim=1).values
+    return a + (b - a) * frac
 
 
 class BatchMeanObserver(ActivationObserver):
@@ -232,15 +245,14 @@ class PercentileObserver(ActivationObserver):
             self.seen = 0
         if self.phase == 1:
             n = self.count
-            pos = self.q * (n - 1)
-            low_rank, high_rank = int(pos // 1), min(int(pos // 1) + 1, n - 1)
+            low_rank, high_rank, frac = _quantile_ranks(self.q, n)
             cum = self.hist.cumsum(dim=1)
             lo_bin = torch.searchsorted(cum, torch.full((cum.shape[0], 1), low_rank + 1), right=False).squeeze(1)
             hi_bin = torch.searchsorted(cum, torch.full((cum.shape[0], 1), high_rank + 1), right=False).squeeze(1)
             below = torch.where(lo_bin > 0, cum.gather(1, (lo_bin - 1).clamp_min(0)[:, None]).squeeze(1),
                                 torch.zeros_like(lo_bin))
             self._bin_range = (lo_bin, hi_bin)
-            self._ranks = (low_rank - below, high_rank - below, pos - low_rank)
+            self._ranks = (low_rank - below, high_rank - below, frac)
             self.selected = [[] for _ in range(cum.shape[0])]
             self.n_at_min = [0] * cum.shape[0]
         if self.phase == 2:
@@ -313,8 +325,7 @@ class SelectPercentileObserver(ActivationObserver):
             if self.groups is None:
                 raise CalibrationError("no calibration data reached this observer")
             n = self.count
-            pos = self.q * (n - 1)
-            self._ranks = (int(pos // 1), min(int(pos // 1) + 1, n - 1), pos - int(pos // 1))
+            self._ranks = _quantile_ranks(self.q, n)
             self.upper = self.q >= 0.5
             self.k = n - self._ranks[0] if self.upper else self._ranks[1] + 1
             if self.groups * self.k > self.max_values:

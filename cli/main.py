@@ -132,8 +132,9 @@ def _layer_error_table(errors: dict, timesteps: int) -> Table:
 def _sweep_steps(o) -> list[int]:
     """The --sweep list (ascending), validated with the options it excludes; [] without --sweep."""
     if o.sweep is None:
-        if o.target_gap is not None:
-            raise ConfigError("--target-gap applies to a sweep; add --sweep T1,T2,... (e.g. --sweep 1,2,4,8)")
+        for flag, value in (("--target-gap", o.target_gap), ("--select-images", o.select_images)):
+            if value is not None:
+                raise ConfigError(f"{flag} applies to a sweep; add --sweep T1,T2,... (e.g. --sweep 1,2,4,8)")
         return []
     if o.timesteps is not None:
         raise ConfigError("give either -T/--timesteps or --sweep, not both")
@@ -145,23 +146,53 @@ def _sweep_steps(o) -> list[int]:
         raise ConfigError(f"--sweep {o.sweep!r}: give distinct positive numbers of time steps, e.g. --sweep 1,2,4,8")
     if o.target_gap is not None and not o.target_gap >= 0:
         raise ConfigError(f"--target-gap must be >= 0 percentage points, got {o.target_gap}")
+    if o.select_images is not None and o.select_images <= 0:
+        raise ConfigError(f"--select-images must be positive, got {o.select_images}")
     return sorted(steps)
 
 
-def _sweep_table(swept, results) -> Table:
-    """Per T of the sweep: the levels its thresholds were fitted for, accuracy after T steps, gap to the ANN, events
-    and energy ratio; the recommended T is starred."""
-    table = Table(title=f"T sweep (target: within {swept.target_gap_pp:g} pp of the ANN)")
-    for name in ("T", "fit N", "acc % at T", "gap (pp)", "events/img", "energy ref/ext"):
-        table.add_column(name, justify="right")
-    for T, ev in swept.evaluations.items():
-        levels = results[T].calibration.quantisation_levels
-        gap = "" if swept.ann_accuracy is None else f"{100 * (ev.snn_accuracy[-1] - swept.ann_accuracy):+.2f}"
-        energy = ev.ops.get("energy_ratio_reference")
-        table.add_row(str(T) + (" *" if T == swept.recommended else ""), str(levels) if levels else "-",
-                      f"{100 * ev.snn_accuracy[-1]:.2f}", gap, f"{sum(ev.events_per_step):.0f}",
-                      f"{energy[-1]:.3f} / {ev.ops['energy_ratio_extended'][-1]:.3f}" if energy else "")
+def _thresholds(o, sweep_steps: list[int]) -> list[Optional[str]]:
+    """The --threshold rules: one (None: the preset's) or, with --sweep, a comma list the sweep chooses among."""
+    if o.threshold is None or "," not in o.threshold:
+        return [o.threshold]
+    if not sweep_steps:
+        raise ConfigError(f"--threshold {o.threshold!r}: a list of threshold rules needs --sweep (e.g. --sweep "
+                          "1,2,4,8), which chooses among them; give one rule otherwise")
+    rules = [v.strip() for v in o.threshold.split(",")]
+    if not all(rules):
+        raise ConfigError(f"--threshold {o.threshold!r}: an empty rule in the list; e.g. --threshold iterate,99.9%")
+    return rules
+
+
+def _sweep_table(sweeps, grid, best: int, held_out: int | None) -> Table:
+    """Per threshold rule (when there are several) and T of the sweep: the levels its thresholds were fitted for,
+    accuracy after T steps, gap to the ANN, events and energy ratio (on the held-out selection images when there are
+    any); the recommended run is starred."""
+    on = f" on {held_out} held-out images" if held_out else ""
+    table = Table(title=f"T sweep{on} (target: within {sweeps[best].target_gap_pp:g} pp of the ANN)")
+    rules = len(sweeps) > 1
+    for name in ("threshold",) * rules + ("T", "fit N", "acc % at T", "gap (pp)", "events/img", "energy ref/ext"):
+        table.add_column(name, justify="left" if name == "threshold" else "right")
+    for i, (swept, results) in enumerate(zip(sweeps, grid)):
+        for T, ev in swept.evaluations.items():
+            levels = results[T].calibration.quantisation_levels
+            gap = "" if swept.ann_accuracy is None else f"{100 * (ev.snn_accuracy[-1] - swept.ann_accuracy):+.2f}"
+            energy = ev.ops.get("energy_ratio_reference")
+            star = " *" if i == best and T == swept.recommended else ""
+            table.add_row(*[str(results[T].config.threshold)] * rules, str(T) + star, str(levels) if levels else "-",
+                          f"{100 * ev.snn_accuracy[-1]:.2f}", gap, f"{sum(ev.events_per_step):.0f}",
+                          f"{energy[-1]:.3f} / {ev.ops['energy_ratio_extended'][-1]:.3f}" if energy else "")
     return table
+
+
+def _sweep_doc(sweeps, cfgs, best: int, chosen_on: dict) -> dict:
+    """The report's ``sweep``: the chosen rule's sweep fields, every (rule, T) run, the rules and the images the
+    choice was made on."""
+    doc = sweeps[best].to_dict()
+    doc["runs"] = [{"threshold": str(cfg.threshold), **run} for swept, cfg in zip(sweeps, cfgs)
+                   for run in swept.to_dict()["runs"]]
+    return {**doc, "thresholds": [str(cfg.threshold) for cfg in cfgs], "chosen_threshold": str(cfgs[best].threshold),
+            "selected_on": chosen_on}
 
 
 def _sites_text(result) -> str:
@@ -192,16 +223,23 @@ def _units_text(result) -> str:
     return f"; graded units (dense outputs): {', '.join(units)}" if units else ""
 
 
-def _sweep_line(swept) -> str:
-    shared = (f" (thresholds do not depend on T: one evaluation at T={max(swept.evaluations)}, each T read from "
-              "its first T steps)" if swept.shared_run else "")
+def _sweep_line(swept, held_out: int | None, rule: str | None) -> str:
+    """What the sweep recommends (``rule``: the chosen threshold rule when the sweep compared several)."""
+    notes = ["on a tie between threshold rules, the lower energy"] if rule and swept.recommended is not None else []
+    if swept.shared_run:
+        notes.append(f"thresholds do not depend on T: one evaluation at T={max(swept.evaluations)}, each T read from "
+                     "its first T steps")
+    why = f" ({'; '.join(notes)})" if notes else ""
+    below = "the tables below are for it" + (", on the evaluation images" if held_out else "")
+    on = f" on the {held_out} held-out images" if held_out else ""
+    which = f"--threshold {rule} at " if rule else ""
     if swept.recommended is not None:
-        return (f"recommended: T={swept.recommended}, the smallest T in the sweep within {swept.target_gap_pp:g} pp "
-                f"of the ANN{shared}; the tables below are for it")
+        return (f"recommended: {which}T={swept.recommended}, the smallest T in the sweep within "
+                f"{swept.target_gap_pp:g} pp of the ANN{on}{why}; {below}")
     if swept.ann_accuracy is None:
-        return f"no ANN accuracy, so no recommendation; the tables below are for T={swept.chosen}{shared}"
-    return (f"no T in the sweep is within {swept.target_gap_pp:g} pp of the ANN; the tables below are for "
-            f"T={swept.chosen}, the most accurate{shared}")
+        return f"no ANN accuracy, so no recommendation; the tables below are for {which}T={swept.chosen}{why}"
+    return (f"no T in the sweep is within {swept.target_gap_pp:g} pp of the ANN{on}; the tables below are for "
+            f"{which}T={swept.chosen}, the most accurate{why}")
 
 
 @dataclass(frozen=True)
@@ -243,6 +281,7 @@ class RunOptions:
     layer_errors: bool = False
     sweep: Optional[str] = None
     target_gap: Optional[float] = None
+    select_images: Optional[int] = None
     config_file: Optional[Path] = None  # the --config file the options were read from (recorded in the report)
 
 
@@ -254,17 +293,21 @@ def _run(o: RunOptions) -> None:
     from snnconvert.runtime.data import Normalize, load_calib_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
+    from snnconvert.runtime.sweep import choose
 
     keep_freed_memory()  # large tensors are not unmapped and paged in again on every layer call (cli/malloc.py)
     sweep_steps = _sweep_steps(o)
-    cfg = ConversionConfig.for_coding(o.coding, timesteps=max(sweep_steps) if sweep_steps else o.timesteps,
-                                      threshold=o.threshold,
-                                      granularity=o.granularity, levels=o.levels, neuron=o.neuron,
-                                      allow_ann_ops=o.allow_ann_op or None, identity_neurons=o.identity_neurons,
-                                      identity_threshold=o.identity_threshold, identity_tail=o.identity_tail,
-                                      threshold_scale=o.threshold_scale, identity_levels=o.identity_levels,
-                                      token_channel=o.token_channel,
-                                      threshold_aggregation=o.threshold_aggregation)
+    cfgs = [ConversionConfig.for_coding(o.coding, timesteps=max(sweep_steps) if sweep_steps else o.timesteps,
+                                        threshold=threshold,
+                                        granularity=o.granularity, levels=o.levels, neuron=o.neuron,
+                                        allow_ann_ops=o.allow_ann_op or None, identity_neurons=o.identity_neurons,
+                                        identity_threshold=o.identity_threshold, identity_tail=o.identity_tail,
+                                        threshold_scale=o.threshold_scale, identity_levels=o.identity_levels,
+                                        token_channel=o.token_channel,
+                                        threshold_aggregation=o.threshold_aggregation)
+            for threshold in _thresholds(o, sweep_steps)]
+    if len({str(cfg.threshold) for cfg in cfgs}) < len(cfgs):
+        raise ConfigError(f"--threshold {o.threshold!r}: a rule is listed twice; give distinct rules")
     dtype = _dtype(o.dtype)
     if o.calib_images <= 0:
         raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
@@ -294,9 +337,9 @@ def _run(o: RunOptions) -> None:
     channels = resolved.input_shape[0] if resolved.input_shape and resolved.input_shape[0] in (1, 3) else 3
     files = Preprocess(channels=channels, resize=o.resize if o.resize is not None else card.get("resize"),
                        crop=o.crop if o.crop is not None else card.get("crop"))
-    calib_set, eval_set, calib_info, eval_info = load_calib_eval(
-        calib_name, eval_name, calib_images=o.calib_images, eval_images=o.eval_images, data_dir=o.data_dir,
-        preprocess=files)
+    splits = load_calib_eval(calib_name, eval_name, calib_images=o.calib_images, eval_images=o.eval_images,
+                             select_images=o.select_images, data_dir=o.data_dir, preprocess=files)
+    calib_set, eval_set, calib_info, eval_info = splits.calib, splits.eval, splits.calib_info, splits.eval_info
 
     def prep(x: torch.Tensor) -> torch.Tensor:
         return norm(x) if norm is not None else x
@@ -315,30 +358,47 @@ def _run(o: RunOptions) -> None:
         # traces (a deep copy; node names, hence threshold keys, are the importer's either way)
         ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
         example = prep(calib_set.example(2))
-        if sweep_steps:
-            results = convert_sweep(ann, forward_loop=forward_loop, config=cfg, timesteps=sweep_steps,
-                                    source=resolved.source, example_inputs=example)
-        else:
-            results = {cfg.timesteps: convert(ann, forward_loop=forward_loop, config=cfg, source=resolved.source,
-                                              example_inputs=example)}
+        grid = []  # per threshold rule: {T: ConversionResult} (one calibration each)
+        for cfg in cfgs:
+            if sweep_steps:
+                grid.append(convert_sweep(ann, forward_loop=forward_loop, config=cfg, timesteps=sweep_steps,
+                                          source=resolved.source, example_inputs=example))
+            else:
+                grid.append({cfg.timesteps: convert(ann, forward_loop=forward_loop, config=cfg,
+                                                    source=resolved.source, example_inputs=example)})
         bar.remove_task(calib_task)
         _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name)
 
-        def batches():
-            return ((prep(x), y) for x, y in eval_set.batches(o.batch_size))
+        def run(candidates: dict, data, stage: str, layer_errors: bool, ann_accuracy: float | None = None):
+            rule = f"{next(iter(candidates.values())).config.threshold}, " if len(cfgs) > 1 else ""
 
-        def progress(T: int):
-            task = bar.add_task(f"evaluation (T={T})", total=len(eval_set))
-            return lambda n: bar.advance(task, n)
+            def progress(T: int):
+                task = bar.add_task(f"{stage} ({rule}T={T})", total=len(data))
+                return lambda n: bar.advance(task, n)
 
-        swept = sweep(results, batches, ann=ann, target_gap_pp=o.target_gap if o.target_gap is not None else 0.5,
-                      backend=o.backend, device=o.device, dtype=dtype, mode=o.mode, layer_errors=o.layer_errors,
-                      progress=progress)
-        result, evaluation = results[swept.chosen], swept.evaluations[swept.chosen]
+            return sweep(candidates, lambda: ((prep(x), y) for x, y in data.batches(o.batch_size)), ann=ann,
+                         target_gap_pp=o.target_gap if o.target_gap is not None else 0.5, backend=o.backend,
+                         device=o.device, dtype=dtype, mode=o.mode, layer_errors=layer_errors, progress=progress,
+                         ann_accuracy=ann_accuracy)
+
+        # choose T (and the threshold rule) on held-out images when asked: the evaluation images then see the
+        # chosen conversion only
+        data, stage = (splits.select, "selection") if splits.select is not None else (eval_set, "evaluation")
+        sweeps = []
+        for results in grid:
+            known = sweeps[0].ann_accuracy if sweeps else None
+            sweeps.append(run(results, data, stage, o.layer_errors and splits.select is None, known))
+        best = choose(sweeps)
+        swept, results, cfg = sweeps[best], grid[best], cfgs[best]
+        if splits.select is not None:
+            final = run({swept.chosen: results[swept.chosen]}, eval_set, "evaluation", o.layer_errors)
+        else:
+            final = swept
+        result, evaluation = results[swept.chosen], final.evaluations[swept.chosen]
     total = time.perf_counter() - started
     if sweep_steps:
-        out.print(_sweep_table(swept, results))
-        out.print(_sweep_line(swept))
+        out.print(_sweep_table(sweeps, grid, best, o.select_images))
+        out.print(_sweep_line(swept, o.select_images, str(cfg.threshold) if len(cfgs) > 1 else None))
     out.print(_accuracy_table(evaluation.ann_accuracy, evaluation.snn_accuracy, evaluation.events_per_step,
                               evaluation.ops))
     if evaluation.layer_errors:
@@ -359,8 +419,10 @@ def _run(o: RunOptions) -> None:
         doc = build_report(result, evaluation, model=resolved.label, calib=calib_info, data=eval_info,
                            timings={"total": total},
                            runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode,
-                                    "fused_pairs": swept.fused_pairs})
-        doc["sweep"] = swept.to_dict() if sweep_steps else None
+                                    "fused_pairs": final.fused_pairs})
+        chosen_on = ({**splits.select_info, "held_out": True} if splits.select is not None
+                     else {**eval_info, "held_out": False})
+        doc["sweep"] = _sweep_doc(sweeps, cfgs, best, chosen_on) if sweep_steps else None
         doc["config_file"] = None if o.config_file is None else str(o.config_file.resolve())
         if o.report is not None:
             with _atomic_write(o.report) as f:
@@ -411,7 +473,8 @@ def main(
     timesteps: Optional[int] = typer.Option(None, "--timesteps", "--time-steps", "-T",
                                             help="time steps T (default: the preset's)"),
     threshold: Optional[str] = typer.Option(None, help="max | <p>% (e.g. 99.9%) | <f> (a fraction of the max, e.g. "
-                                            "0.5) | iterate | iterate-reference"),
+                                            "0.5) | iterate | iterate-reference; with --sweep a comma list (e.g. "
+                                            "iterate,99.9%): the sweep also chooses the rule"),
     granularity: Optional[str] = typer.Option(
         None, help="layer | channel | neuron (one threshold per element of a sample: tied to the input size)"),
     levels: Optional[int] = typer.Option(None, help="thresholds per multi-threshold neuron (n)"),
@@ -472,6 +535,10 @@ def main(
                                         "--target-gap of the ANN"),
     target_gap: Optional[float] = typer.Option(None, "--target-gap", help="with --sweep: accuracy target in "
                                                "percentage points below the ANN [default: 0.5]"),
+    select_images: Optional[int] = typer.Option(
+        None, "--select-images", help="with --sweep: choose T on N held-out images of the calibration data (the N "
+                                      "after the calibration images) instead of the evaluation images, which then "
+                                      "see the chosen T only [default: choose on the evaluation images]"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON file of options (keys: the flag "
                                           "names, e.g. coding, time-steps, calib-images); flags given on the "
                                           "command line override it"),
@@ -544,6 +611,8 @@ def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
             param = params[name]
             if param.multiple and isinstance(raw, str):
                 raw = [raw]
+            elif not param.multiple and isinstance(raw, list):  # a YAML/JSON list for a comma-list flag
+                raw = ",".join(str(v) for v in raw)
             try:
                 values[name] = param.process_value(ctx, raw)
             except typer.BadParameter as exc:

@@ -14,7 +14,9 @@ Images come out as float32 ``[N, C, H, W]`` (uint8 files scaled to [0, 1]); labe
 
 Calibration and evaluation never overlap: two-split sources use their train/test splits; when both flags name the
 same one-split source (the same folder or file), a seeded permutation holds the calibration images out and the
-evaluation uses only the rest; two different folders are checked for shared files.
+evaluation uses only the rest; two different folders are checked for shared files. Images held out to choose
+among candidate conversions (``select_images``: the T of a sweep) come from the calibration source, after the
+calibration images.
 """
 from __future__ import annotations
 
@@ -267,8 +269,29 @@ def _take(ds: ImageDataset, n: int | None, *, shuffle: bool) -> tuple[ImageDatas
         raise DataError(f"asked for {n} images from {ds.name}; give a positive count")
     if not shuffle:
         return ds.subset(n), f"first {n}"
-    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(SELECTION_SEED))
-    return ds.select(perm[:n]), f"{n} of a seeded permutation (seed {SELECTION_SEED})"
+    return ds.select(_order(ds, True)[:n]), f"{n} of a seeded permutation (seed {SELECTION_SEED})"
+
+
+def _order(ds: ImageDataset, shuffle: bool) -> torch.Tensor:
+    """The order images are taken from ``ds`` in: as stored, or the seeded permutation (folders)."""
+    if shuffle:
+        return torch.randperm(len(ds), generator=torch.Generator().manual_seed(SELECTION_SEED))
+    return torch.arange(len(ds))
+
+
+@dataclass
+class Splits:
+    """The images of one run, pairwise disjoint: ``calib`` (thresholds), ``eval`` (the reported accuracy) and, when
+    asked for, ``select`` (held-out images of the calibration source that choose among candidate conversions, e.g.
+    the T of a sweep, so that the choice never sees the evaluation images). Each ``*_info`` (for the report) holds
+    ``dataset``, ``split``, ``selection`` and ``images``."""
+
+    calib: ImageDataset
+    eval: ImageDataset
+    calib_info: dict
+    eval_info: dict
+    select: ImageDataset | None = None
+    select_info: dict | None = None
 
 
 def load_calib_eval(
@@ -277,48 +300,72 @@ def load_calib_eval(
     *,
     calib_images: int,
     eval_images: int | None,
+    select_images: int | None = None,
     data_dir: str | os.PathLike | None = None,
     preprocess=None,
-) -> tuple[ImageDataset, ImageDataset, dict, dict]:
-    """Load the calibration and evaluation sets so that they never share an image.
+) -> Splits:
+    """Load the calibration, evaluation and (optional) selection sets so that no two share an image.
 
-    Returns:
-        ``(calib, eval, calib_info, eval_info)``; the infos (for the report) hold ``dataset``, ``split``,
-        ``selection`` and ``images``.
+    The selection images are the ``select_images`` images that follow the calibration images in the calibration
+    source's order (its train split, or the seeded permutation of a folder or one-split pool), so adding them never
+    changes the calibration set; a one-split pool then evaluates on what is left after both.
 
     Raises:
         DataError: bad specs, missing files, too few images, or two folders that share files.
     """
     if calib_images <= 0:
         raise DataError(f"calibration needs a positive number of images, got {calib_images}")
+    if select_images is not None and select_images <= 0:
+        raise DataError(f"the held-out selection needs a positive number of images, got {select_images}")
+    held = select_images or 0
     cs, es = parse_data_spec(calib_spec), parse_data_spec(eval_spec)
     shuffle = {"imagefolder": True}  # folders list their files by class: take a seeded sample, not the first N
+    select = select_info = None
     if cs.kind == es.kind and cs.path == es.path and not cs.two_splits:
         pool = load_dataset(cs, "all", data_dir, preprocess)
-        if calib_images >= len(pool):
-            raise DataError(f"{cs.spec} holds {len(pool)} images: too few to hold out {calib_images} for calibration "
-                            "and keep some for evaluation; lower --calib-images or give a separate --eval-data")
-        perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(SELECTION_SEED))
-        calib, rest = pool.select(perm[:calib_images]), pool.select(perm[calib_images:])
+        if calib_images + held >= len(pool):
+            wanted = f"{calib_images} for calibration" + (f" and {held} for selection" if held else "")
+            raise DataError(f"{cs.spec} holds {len(pool)} images: too few to hold out {wanted} and keep some for "
+                            "evaluation; lower --calib-images" + (" or --select-images" if held else "")
+                            + " or give a separate --eval-data")
+        perm = _order(pool, True)
+        calib, rest = pool.select(perm[:calib_images]), pool.select(perm[calib_images + held:])
         evald, sel = _take(rest, eval_images, shuffle=False)
         how = f"seeded permutation (seed {SELECTION_SEED}) of one pool"
         calib_info = {"split": "held out for calibration", "selection": f"first {calib_images} of a {how}"}
-        eval_info = {"split": "rest after the calibration hold-out",
+        eval_info = {"split": "rest after the calibration" + (" and selection hold-outs" if held else " hold-out"),
                      "selection": f"{'all' if sel == 'all' else sel} of the remaining {len(rest)}"}
+        if held:
+            select = pool.select(perm[calib_images:calib_images + held])
+            select_info = {"split": "held out for selection",
+                           "selection": f"the {held} after the calibration images of the same permutation"}
     else:
         calib_all, eval_all = load_dataset(cs, "train", data_dir, preprocess), load_dataset(es, "test", data_dir,
                                                                                             preprocess)
         if cs.kind == es.kind == "imagefolder":
             _check_disjoint(calib_all, eval_all)
-        calib, calib_sel = _take(calib_all, calib_images, shuffle=shuffle.get(cs.kind, False))
+        mixed = shuffle.get(cs.kind, False)
+        if held:
+            if calib_images + held > len(calib_all):
+                raise DataError(f"{cs.spec} ({calib_all.split}) holds {len(calib_all)} images: too few for "
+                                f"{calib_images} calibration and {held} selection images; lower --calib-images or "
+                                "--select-images")
+            order = _order(calib_all, mixed)
+            select = calib_all.select(order[calib_images:calib_images + held])
+            select_info = {"split": select.split,
+                           "selection": f"the {held} after the calibration images"
+                                        + (f" (seeded permutation, seed {SELECTION_SEED})" if mixed else "")}
+        calib, calib_sel = _take(calib_all, calib_images, shuffle=mixed)
         evald, eval_sel = _take(eval_all, eval_images, shuffle=shuffle.get(es.kind, False))
         calib_info = {"split": calib.split, "selection": calib_sel}
         eval_info = {"split": evald.split, "selection": eval_sel}
     calib_info.update(dataset=cs.spec, images=len(calib))
     eval_info.update(dataset=es.spec, images=len(evald))
+    if select_info is not None:
+        select_info.update(dataset=cs.spec, images=len(select))
     if len(evald) == 0:
         raise DataError(f"{es.spec}: no images left for evaluation")
-    return calib, evald, calib_info, eval_info
+    return Splits(calib, evald, calib_info, eval_info, select, select_info)
 
 
 def _check_disjoint(a, b) -> None:

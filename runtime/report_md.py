@@ -68,13 +68,22 @@ def report_markdown(doc: dict[str, Any]) -> str:
     sweep = doc.get("sweep")
     if sweep:
         lines += [f"## T sweep (target: within {sweep['target_gap_pp']:g} pp of the ANN)", ""]
-        rows = [[str(r["timesteps"]), _pct(r["snn_accuracy"][-1]), _gap(r["snn_accuracy"][-1], sweep["ann_accuracy"]),
-                 _num(sum(r["events_per_step"])),
-                 _energy(r.get("energy_ratio_reference"), r.get("energy_ratio_extended"))]
+        rules = len(sweep.get("thresholds", ())) > 1  # the sweep also chose the threshold rule
+        rows = [[r["threshold"]] * rules
+                + [str(r["timesteps"]), _pct(r["snn_accuracy"][-1]), _gap(r["snn_accuracy"][-1], sweep["ann_accuracy"]),
+                   _num(sum(r["events_per_step"])),
+                   _energy(r.get("energy_ratio_reference"), r.get("energy_ratio_extended"))]
                 for r in sweep["runs"]]
-        lines += _table(["T", "accuracy at T", "gap", "events / image", "energy ratio ref / ext"], rows)
+        lines += _table(["threshold"] * rules + ["T", "accuracy at T", "gap", "events / image",
+                                                 "energy ratio ref / ext"], rows)
         rec = sweep.get("recommended_timesteps")
-        lines += [f"Recommended T: {rec}." if rec is not None else "No T in the sweep reaches the target.", ""]
+        rule = f"threshold {sweep['chosen_threshold']}, " if rules else ""
+        lines += [f"Recommended: {rule}T = {rec}." if rec is not None else "No T in the sweep reaches the target.", ""]
+        on = sweep.get("selected_on")
+        if on:
+            lines += [f"Chosen on {on['images']} {'held-out ' if on['held_out'] else 'evaluation '}images "
+                      f"({on['dataset']}, {on['split']}, {on['selection']})"
+                      + ("; the tables above the sweep are on the evaluation images." if on["held_out"] else "."), ""]
     lines += ["## Neuron sites", ""]
     rows = []
     for s in doc["thresholds"]["sites"]:

@@ -23,7 +23,7 @@ from snnconvert.runtime.evaluate import EvalReport, evaluate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SweepReport", "sweep", "recommend_timesteps", "truncate"]
+__all__ = ["SweepReport", "sweep", "recommend_timesteps", "truncate", "choose"]
 
 
 @dataclass
@@ -118,6 +118,7 @@ def sweep(
     mode: str = "multi",
     layer_errors: bool = False,
     progress: Callable[[int], Callable[[int], None] | None] | None = None,
+    ann_accuracy: float | None = None,
 ) -> SweepReport:
     """Evaluate the conversions ``{T: ConversionResult}`` (from ``convert_sweep``) and recommend a T.
 
@@ -129,6 +130,8 @@ def sweep(
         backend, device, dtype: as :func:`snnconvert.runtime.compile`.
         mode, layer_errors: as :func:`snnconvert.runtime.evaluate`.
         progress: called with T before each evaluation; returns the per-batch callback of that evaluation.
+        ann_accuracy: the ANN's accuracy on these images when already known (another sweep over the same images):
+            the ANN is not evaluated again.
 
     Raises:
         ConfigError: no conversions, or a negative target.
@@ -143,7 +146,6 @@ def sweep(
     steps = sorted(results)
     shared = len(steps) > 1 and _same_thresholds(results)
     evaluations: dict[int, EvalReport] = {}
-    ann_accuracy = None
     pairs = 0
     for T in ([steps[-1]] if shared else steps):
         program = compile(results[T].snn, backend, device=device, dtype=dtype)
@@ -165,3 +167,33 @@ def sweep(
                  {T: round(a, 4) for T, a in at_T.items()}, recommended)
     return SweepReport(target_gap_pp=float(target_gap_pp), ann_accuracy=ann_accuracy, evaluations=evaluations,
                        shared_run=shared, recommended=recommended, chosen=chosen, fused_pairs=pairs)
+
+
+def _cost(ev: EvalReport) -> float:
+    """What a run of T steps costs per image: its extended energy ratio when synaptic operations were counted,
+    else its events."""
+    energy = ev.ops.get("energy_ratio_extended")
+    return energy[-1] if energy else sum(ev.events_per_step)
+
+
+def choose(reports: list[SweepReport]) -> int:
+    """The index of the sweep whose chosen T is best among sweeps of different conversions (e.g. one per threshold
+    rule) over the same images and target: the smallest recommended T; between sweeps that recommend the same T,
+    the cheaper run (extended energy ratio after T steps, else events per image). When no sweep reaches the target:
+    the most accurate chosen run (then the smaller T, then the cheaper).
+
+    Raises:
+        ConfigError: no sweeps, or sweeps with different targets.
+    """
+    if not reports:
+        raise ConfigError("nothing to choose from: give at least one sweep")
+    if len({r.target_gap_pp for r in reports}) > 1:
+        raise ConfigError("the sweeps to choose from have different accuracy targets")
+    passing = [i for i, r in enumerate(reports) if r.recommended is not None]
+
+    def run(i: int) -> EvalReport:
+        return reports[i].evaluations[reports[i].chosen]
+
+    if passing:
+        return min(passing, key=lambda i: (reports[i].chosen, _cost(run(i)), i))
+    return min(range(len(reports)), key=lambda i: (-run(i).snn_accuracy[-1], reports[i].chosen, _cost(run(i)), i))

@@ -203,7 +203,11 @@ def test_markdown_report_shows_the_json_report(tmp_path):
         assert f"| {t} | {100 * acc:.2f} % |" in text
     rec = doc["sweep"]["recommended_timesteps"]
     assert "## T sweep" in text
-    assert (f"Recommended T: {rec}." if rec is not None else "No T in the sweep reaches the target.") in text
+    assert (f"Recommended: T = {rec}." if rec is not None else "No T in the sweep reaches the target.") in text
+    assert "Chosen on 32 evaluation images (fashion-mnist, test, first 32)." in text
+    held = dict(doc, sweep={**doc["sweep"], "selected_on": {"dataset": "fashion-mnist", "split": "train", "images": 8,
+                                                             "selection": "the 8 after", "held_out": True}})
+    assert "Chosen on 8 held-out images (fashion-mnist, train, the 8 after); the tables above" in report_markdown(held)
     assert all(f"| `{s['site']}` | relu |" in text for s in doc["thresholds"]["sites"])
     assert all(f"| `{name}` | {layer['input']} |" in text for name, layer in doc["synaptic_ops"]["layers"].items())
     assert '"coding": "differential"' in text

@@ -78,12 +78,14 @@ def test_folder_bad_input(tmp_path, folder):
 def test_same_folder_is_split_without_overlap(folder):
     pre = Preprocess(crop=32)
     spec = f"imagefolder:{folder}"
-    calib, evald, ci, ei = load_calib_eval(spec, spec, calib_images=6, eval_images=None, preprocess=pre)
+    sp = load_calib_eval(spec, spec, calib_images=6, eval_images=None, preprocess=pre)
+    calib, evald, ci, ei = sp.calib, sp.eval, sp.calib_info, sp.eval_info
+    assert sp.select is None and sp.select_info is None
     assert len(calib) == 6 and len(evald) == 9 and ci["images"] == 6 and ei["images"] == 9
     assert not set(calib.files) & set(evald.files)
     assert set(calib.files) | set(evald.files) == set(FolderDataset.scan(folder, name="f").files)
     again = load_calib_eval(spec, spec, calib_images=6, eval_images=4, preprocess=pre)
-    assert again[0].files == calib.files and again[1].files == evald.files[:4]  # deterministic
+    assert again.calib.files == calib.files and again.eval.files == evald.files[:4]  # deterministic
     assert "calibration" in ci["split"] and "rest" in ei["split"]
     with pytest.raises(DataError, match="too few to hold out 15"):
         load_calib_eval(spec, spec, calib_images=15, eval_images=None, preprocess=pre)
@@ -91,7 +93,8 @@ def test_same_folder_is_split_without_overlap(folder):
 
 def test_folder_subset_is_a_seeded_sample_not_the_first_class(tmp_path):
     a, b = _folder(tmp_path / "a"), _folder(tmp_path / "b", seed=1)
-    calib, _, ci, _ = load_calib_eval(f"imagefolder:{a}", f"imagefolder:{b}", calib_images=6, eval_images=None)
+    sp = load_calib_eval(f"imagefolder:{a}", f"imagefolder:{b}", calib_images=6, eval_images=None)
+    calib, ci = sp.calib, sp.calib_info
     assert len(set(calib.labels.tolist())) > 1 and "seeded permutation" in ci["selection"]
 
 
@@ -108,14 +111,16 @@ def test_npz_layouts(tmp_path):
     two = tmp_path / "two.npz"
     np.savez(two, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 3,
              x_test=rng.integers(0, 256, (7, 8, 8), dtype=np.uint8), y_test=np.arange(7) % 3)
-    calib, evald, ci, ei = load_calib_eval(str(two), f"npz:{two}", calib_images=5, eval_images=None)
+    sp = load_calib_eval(str(two), f"npz:{two}", calib_images=5, eval_images=None)
+    calib, evald, ci, ei = sp.calib, sp.eval, sp.calib_info, sp.eval_info
     assert calib.images.shape == (5, 1, 8, 8) and evald.images.shape == (7, 1, 8, 8)
     assert ci["split"] == "train" and ei["split"] == "test"
     assert torch.equal(calib.images[0], torch.from_numpy(np.load(two)["x_train"][0]).float().unsqueeze(0) / 255)
     one = tmp_path / "one.npz"
     nhwc = rng.random((12, 6, 6, 3)).astype(np.float32)
     np.savez(one, images=nhwc, labels=np.arange(12) % 2)
-    calib, evald, _, _ = load_calib_eval(f"npz:{one}", f"npz:{one}", calib_images=4, eval_images=None)
+    sp = load_calib_eval(f"npz:{one}", f"npz:{one}", calib_images=4, eval_images=None)
+    calib, evald = sp.calib, sp.eval
     assert calib.images.shape == (4, 3, 6, 6) and len(evald) == 8
     pooled = load_dataset(f"npz:{one}", "test")
     rows = {tuple(r.flatten().tolist()) for r in torch.cat([calib.images, evald.images])}
@@ -131,6 +136,43 @@ def test_npz_layouts(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DataError, match="cannot read"):
         load_dataset(f"npz:{tmp_path / 'junk.npz'}", "train")
+
+
+def test_selection_images_are_held_out_after_the_calibration_images(tmp_path, folder):
+    pre = Preprocess(crop=32)
+    spec = f"imagefolder:{folder}"
+    # one pool: calibration, selection and evaluation split it without overlap; calibration is unchanged
+    sp = load_calib_eval(spec, spec, calib_images=6, eval_images=None, select_images=4, preprocess=pre)
+    plain = load_calib_eval(spec, spec, calib_images=6, eval_images=None, preprocess=pre)
+    parts = [set(sp.calib.files), set(sp.select.files), set(sp.eval.files)]
+    assert [len(p) for p in parts] == [6, 4, 5] and sp.select_info["images"] == 4
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert set.union(*parts) == set(FolderDataset.scan(folder, name="f").files)
+    assert sp.calib.files == plain.calib.files and set(sp.eval.files) < set(plain.eval.files)
+    assert "selection" in sp.eval_info["split"] and sp.select_info["split"] == "held out for selection"
+    with pytest.raises(DataError, match="too few to hold out 6 for calibration and 9 for selection"):
+        load_calib_eval(spec, spec, calib_images=6, eval_images=None, select_images=9, preprocess=pre)
+    # two folders: the selection comes from the calibration folder's permutation, after the calibration images
+    other = _folder(tmp_path / "other", seed=1)
+    sp = load_calib_eval(spec, f"imagefolder:{other}", calib_images=6, eval_images=None, select_images=4,
+                         preprocess=pre)
+    plain = load_calib_eval(spec, f"imagefolder:{other}", calib_images=6, eval_images=None, preprocess=pre)
+    assert sp.calib.files == plain.calib.files and len(sp.eval) == len(plain.eval) == 15
+    assert len(sp.select) == 4 and not set(sp.select.files) & set(sp.calib.files)
+    assert set(sp.select.files) <= set(FolderDataset.scan(folder, name="f").files)
+    with pytest.raises(DataError, match="too few for 6 calibration and 10 selection images"):
+        load_calib_eval(spec, f"imagefolder:{other}", calib_images=6, eval_images=None, select_images=10)
+    # a train split read in order: the images right after the calibration images
+    two = tmp_path / "two.npz"
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    np.savez(two, x_train=x_train, y_train=np.arange(20) % 3, x_test=x_train[:7], y_test=np.arange(7) % 3)
+    sp = load_calib_eval(str(two), str(two), calib_images=5, eval_images=None, select_images=3)
+    assert torch.equal(sp.select.images, torch.from_numpy(x_train[5:8]).float().unsqueeze(1) / 255)
+    assert sp.select_info == {"split": "train", "selection": "the 3 after the calibration images",
+                              "dataset": str(two), "images": 3}
+    with pytest.raises(DataError, match="positive number of images, got 0"):
+        load_calib_eval(str(two), str(two), calib_images=5, eval_images=None, select_images=0)
 
 
 @pytest.fixture

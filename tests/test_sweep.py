@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from snnconvert.cli.main import app
 from snnconvert.convert import ConversionConfig, convert, convert_sweep
 from snnconvert.convert.errors import ConfigError
 from snnconvert.runtime import evaluate, sweep
-from snnconvert.runtime.sweep import recommend_timesteps, truncate
+from snnconvert.runtime.evaluate import EvalReport
+from snnconvert.runtime.sweep import SweepReport, choose, recommend_timesteps, truncate
 
 NETS = str(Path(__file__).parent / "nets.py")
 
@@ -151,6 +153,34 @@ def test_sweep_without_a_passing_T_reports_the_most_accurate():
     assert report.recommended is None and report.chosen == 1  # a tie in accuracy: the smaller T
 
 
+def _report(runs: dict[int, tuple[float, float]], target: float = 0.5, ann: float = 0.9) -> SweepReport:
+    """A sweep over ``{T: (accuracy after T steps, extended energy after T steps)}``."""
+    evaluations = {T: EvalReport(timesteps=T, ann_accuracy=ann, snn_accuracy=[acc] * T, images=10,
+                                 events_per_step=[1.0] * T, ops={"energy_ratio_extended": [energy] * T})
+                   for T, (acc, energy) in runs.items()}
+    at_T = {T: acc for T, (acc, _) in runs.items()}
+    recommended = recommend_timesteps(at_T, ann, target)
+    chosen = recommended if recommended is not None else max(at_T, key=lambda T: (at_T[T], -T))
+    return SweepReport(target_gap_pp=target, ann_accuracy=ann, evaluations=evaluations, shared_run=False,
+                       recommended=recommended, chosen=chosen)
+
+
+def test_choose_between_threshold_rules():
+    slow = _report({2: (0.85, 0.1), 4: (0.897, 0.3)})  # reaches the target at T = 4
+    fast = _report({2: (0.896, 0.2), 4: (0.9, 0.4)})  # at T = 2
+    cheap = _report({2: (0.895, 0.15), 4: (0.9, 0.3)})  # at T = 2 too, for less energy
+    assert choose([slow, fast]) == 1 and choose([fast, slow]) == 0  # the smaller T first
+    assert choose([slow, fast, cheap]) == 2  # then the lower energy at that T
+    assert choose([fast, _report({2: (0.896, 0.2)})]) == 0  # then the first listed
+    # none reaches the target: the most accurate run, then the smaller T
+    a, b = _report({2: (0.5, 0.1), 4: (0.6, 0.2)}), _report({2: (0.6, 0.3), 4: (0.55, 0.4)})
+    assert (a.recommended, a.chosen, b.chosen) == (None, 4, 2) and choose([a, b]) == 1
+    with pytest.raises(ConfigError, match="different accuracy targets"):
+        choose([fast, _report({2: (0.896, 0.2)}, target=1.0)])
+    with pytest.raises(ConfigError, match="nothing to choose from"):
+        choose([])
+
+
 def _cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -177,6 +207,64 @@ def test_cli_sweep_prints_the_table_and_reports_the_chosen_T(tmp_path):
     assert json.loads(plain.read_text())["sweep"] is None
 
 
+def test_cli_sweep_chooses_T_on_held_out_training_images(tmp_path):
+    from snnconvert.runtime.data import load_fashion_mnist
+
+    report = tmp_path / "r.json"
+    result = _cli(*BASE, "--sweep", "1,2", "--select-images", 16, "--target-gap", 100, "--report", report)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # the console wraps lines
+    assert "T sweep on 16 held-out images" in text
+    assert "within 100 pp of the ANN on the 16 held-out images" in text and "for it, on the evaluation images" in text
+    doc = json.loads(report.read_text())
+    assert doc["sweep"]["selected_on"] == {"split": "train", "selection": "the 16 after the calibration images",
+                                           "dataset": "fashion-mnist", "images": 16, "held_out": True}
+    assert doc["sweep"]["chosen_timesteps"] == doc["timesteps"] == 1 and len(doc["snn_accuracy"]) == 1
+    model = SpellingsNet().eval()
+    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+
+    def accuracy(images, labels):
+        with torch.no_grad():
+            return (model(images).argmax(1) == labels).float().mean().item()
+
+    # the sweep's ANN accuracy is on train[32:48] (after the 32 calibration images), the report's on test[:24]
+    assert doc["sweep"]["ann_accuracy"] == pytest.approx(accuracy(train.images[32:48], train.labels[32:48]))
+    assert doc["ann_accuracy"] == pytest.approx(accuracy(test.images[:24], test.labels[:24]))
+    assert doc["eval_images"] == 24
+    plain = tmp_path / "plain.json"
+    assert _cli(*BASE, "--sweep", "1,2", "--report", plain).exit_code == 0
+    assert json.loads(plain.read_text())["sweep"]["selected_on"] == {
+        "split": "test", "selection": "first 24", "dataset": "fashion-mnist", "images": 24, "held_out": False}
+
+
+def test_cli_sweep_chooses_the_threshold_rule_too(tmp_path):
+    report = tmp_path / "r.json"
+    result = _cli(*BASE, "--sweep", "1,2", "--threshold", "iterate, 99.9%", "--target-gap", 100, "--report", report)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    sw = doc["sweep"]
+    assert sw["thresholds"] == ["iterate", "99.9%"] and sw["chosen_threshold"] in sw["thresholds"]
+    assert [(r["threshold"], r["timesteps"]) for r in sw["runs"]] == [("iterate", 1), ("iterate", 2), ("99.9%", 1),
+                                                                     ("99.9%", 2)]
+    assert doc["config"]["threshold"] == sw["chosen_threshold"] and doc["timesteps"] == sw["chosen_timesteps"] == 1
+    chosen = [r for r in sw["runs"] if (r["threshold"], r["timesteps"]) == (sw["chosen_threshold"], 1)][0]
+    assert doc["snn_accuracy"] == chosen["snn_accuracy"]  # chosen on the evaluation images: the same run
+    # every rule reaches a 100 pp target at T = 1: the chosen one spends the least energy there
+    assert chosen["energy_ratio_extended"][-1] == min(r["energy_ratio_extended"][-1] for r in sw["runs"]
+                                                      if r["timesteps"] == 1)
+    text = " ".join(result.output.split())
+    assert f"recommended: --threshold {sw['chosen_threshold']} at T=1" in text
+    assert re.search(r"│ 99\.9% +│ +2 │", result.output) and re.search(r"│ iterate +│ +2 │", result.output)
+    # a config file may give the lists as lists; with held-out selection the report's run is the chosen one's
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"sweep": [2, 1], "threshold": ["max", "99%"], "select-images": 8}))
+    result = _cli(*BASE, "--config", config, "--report", report)
+    assert result.exit_code == 0, result.output
+    sw = json.loads(report.read_text())["sweep"]
+    assert sw["thresholds"] == ["max", "99%"] and [r["timesteps"] for r in sw["runs"]] == [1, 2, 1, 2]
+    assert sw["selected_on"]["images"] == 8 and sw["selected_on"]["held_out"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--sweep", "2,4", "-T", 4], "either -T/--timesteps or --sweep"),
     (["--sweep", "2,x"], "not a comma list of integers"),
@@ -184,6 +272,13 @@ def test_cli_sweep_prints_the_table_and_reports_the_chosen_T(tmp_path):
     (["--sweep", "2,2"], "distinct positive"),
     (["--target-gap", 0.5], "--target-gap applies to a sweep"),
     (["--sweep", "2,4", "--target-gap", -1], "--target-gap must be >= 0"),
+    (["--select-images", 100], "--select-images applies to a sweep"),
+    (["--sweep", "2,4", "--select-images", 0], "--select-images must be positive"),
+    (["--sweep", "2,4", "--select-images", 60000], "too few for 32 calibration and 60000 selection images"),
+    (["--threshold", "iterate,99.9%"], "a list of threshold rules needs --sweep"),
+    (["--sweep", "2,4", "--threshold", "99.9%,99.90%"], "a rule is listed twice"),
+    (["--sweep", "2,4", "--threshold", "iterate,"], "an empty rule in the list"),
+    (["--sweep", "2,4", "--threshold", "iterate,median"], "threshold 'median' is not valid"),
 ])
 def test_cli_sweep_bad_input_is_one_line(args, message):
     result = _cli(*BASE, *args)

@@ -329,7 +329,7 @@ def test_silent_groups_are_logged_once_per_sweep(caplog):
                                                                                  threshold="max"), timesteps=[2, 4])
     lines = [r.getMessage() for r in caplog.records if "have threshold 0" in r.getMessage()]
     assert lines and len(lines) == len(set(lines)), lines  # once per site, not once per T
-    assert all(" of " in line and "neurons" in line for line in lines)
+    assert all(" of " in line and "neurons have threshold 0 (max)" in line for line in lines)  # names the rule
 
 
 def test_no_calibration_data_is_an_error():

@@ -262,9 +262,9 @@ def compute_thresholds(
         if info["threshold"]["zero"] and warn:
             # the upper ReLU of a decomposed ReLU6/clamp is silent wherever the input never reached the ceiling
             expected = getattr(gm.get_submodule(site.name), UPPER_CLIP_ATTR, False)
-            log.log(logging.INFO if expected else logging.WARNING, "site %s: %d of %d %s have threshold 0 and stay "
-                    "silent%s", site.name, info["threshold"]["zero"], info["threshold"]["count"],
-                    {"neuron": "neurons", "channel": "channels"}.get(cfg.granularity, "layer thresholds"),
+            log.log(logging.INFO if expected else logging.WARNING, "site %s: %d of %d %s have threshold 0 (%s) and "
+                    "stay silent%s", site.name, info["threshold"]["zero"], info["threshold"]["count"],
+                    {"neuron": "neurons", "channel": "channels"}.get(cfg.granularity, "layer thresholds"), site_spec,
                     " (upper clip of a bounded ReLU)" if expected else "")
     return thresholds, report
 

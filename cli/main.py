@@ -67,12 +67,17 @@ def _atomic_write(path: Path):
         raise
 
 
-def _accuracy_table(ann_acc: float | None, snn_acc: list[float], events: list[float], ops: dict) -> Table:
-    """Accuracy, gap to the ANN, cumulative events and energy ratio (method.md §8, both metrics) after each step."""
+def _accuracy_table(ev) -> Table:
+    """Accuracy, gap to the ANN, top-5 accuracy (more than 5 classes), cumulative events and energy ratio
+    (method.md §8, both metrics) after each step of the evaluation ``ev``."""
+    ann_acc, snn_acc, top5, events, ops = (ev.ann_accuracy, ev.snn_accuracy, ev.snn_accuracy_top5,
+                                           ev.events_per_step, ev.ops)
     table = Table(title="accuracy vs time step")
     table.add_column("t", justify="right")
     table.add_column("SNN acc %", justify="right")
     table.add_column("gap to ANN (pp)", justify="right")
+    if top5:
+        table.add_column("top-5 %", justify="right")
     table.add_column("events/img (cum.)", justify="right")
     energy_ref, energy_ext = ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended")
     if energy_ref and energy_ext:
@@ -82,7 +87,8 @@ def _accuracy_table(ann_acc: float | None, snn_acc: list[float], events: list[fl
     cums = list(itertools.accumulate(events))
     for t in shown:
         gap = "" if ann_acc is None else f"{100 * (snn_acc[t - 1] - ann_acc):+.2f}"
-        row = [str(t), f"{100 * snn_acc[t - 1]:.2f}", gap, f"{cums[t - 1]:.0f}" if cums else ""]
+        row = [str(t), f"{100 * snn_acc[t - 1]:.2f}", gap, *([f"{100 * top5[t - 1]:.2f}"] if top5 else []),
+               f"{cums[t - 1]:.0f}" if cums else ""]
         if energy_ref and energy_ext:
             row.append(f"{energy_ref[t - 1]:.3f} / {energy_ext[t - 1]:.3f}")
         table.add_row(*row)
@@ -369,7 +375,7 @@ def _run(o: RunOptions) -> None:
         bar.remove_task(calib_task)
         _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name)
 
-        def run(candidates: dict, data, stage: str, layer_errors: bool, ann_accuracy: float | None = None):
+        def run(candidates: dict, data, stage: str, layer_errors: bool, known=None):
             rule = f"{next(iter(candidates.values())).config.threshold}, " if len(cfgs) > 1 else ""
 
             def progress(T: int):
@@ -379,15 +385,17 @@ def _run(o: RunOptions) -> None:
             return sweep(candidates, lambda: ((prep(x), y) for x, y in data.batches(o.batch_size)), ann=ann,
                          target_gap_pp=o.target_gap if o.target_gap is not None else 0.5, backend=o.backend,
                          device=o.device, dtype=dtype, mode=o.mode, layer_errors=layer_errors, progress=progress,
-                         ann_accuracy=ann_accuracy)
+                         ann_accuracy=None if known is None else known.ann_accuracy,
+                         ann_accuracy_top5=None if known is None else known.ann_accuracy_top5)
 
         # choose T (and the threshold rule) on held-out images when asked: the evaluation images then see the
         # chosen conversion only
         data, stage = (splits.select, "selection") if splits.select is not None else (eval_set, "evaluation")
         sweeps = []
         for results in grid:
-            known = sweeps[0].ann_accuracy if sweeps else None
-            sweeps.append(run(results, data, stage, o.layer_errors and splits.select is None, known))
+            # the ANN is evaluated once, by the first sweep: the others reuse its accuracies (same images)
+            sweeps.append(run(results, data, stage, o.layer_errors and splits.select is None,
+                              sweeps[0] if sweeps else None))
         best = choose(sweeps)
         swept, results, cfg = sweeps[best], grid[best], cfgs[best]
         if splits.select is not None:
@@ -399,15 +407,20 @@ def _run(o: RunOptions) -> None:
     if sweep_steps:
         out.print(_sweep_table(sweeps, grid, best, o.select_images))
         out.print(_sweep_line(swept, o.select_images, str(cfg.threshold) if len(cfgs) > 1 else None))
-    out.print(_accuracy_table(evaluation.ann_accuracy, evaluation.snn_accuracy, evaluation.events_per_step,
-                              evaluation.ops))
+    out.print(_accuracy_table(evaluation))
     if evaluation.layer_errors:
         out.print(_layer_error_table(evaluation.layer_errors, evaluation.timesteps))
     out.print(f"model {resolved.label}: {_sites_text(result)} -> {cfg.coding} coding, "
               f"{_thresholds_text(result)}, T={evaluation.timesteps}{_units_text(result)}")
     ann_text = "n/a" if evaluation.ann_accuracy is None else f"{100 * evaluation.ann_accuracy:.2f} %"
-    out.print(f"ANN accuracy {ann_text}; SNN accuracy at T={evaluation.timesteps}: "
-              f"{100 * evaluation.snn_accuracy[-1]:.2f} % on {evaluation.images} images of {eval_name} "
+    if evaluation.ann_accuracy_top5 is not None:
+        ann_text += f" (top-5 {100 * evaluation.ann_accuracy_top5:.2f} %)"
+    snn_top5 = evaluation.snn_accuracy_top5
+    snn_text = f"{100 * evaluation.snn_accuracy[-1]:.2f} %"
+    if snn_top5:
+        snn_text += f" (top-5 {100 * snn_top5[-1]:.2f} %)"
+    out.print(f"ANN accuracy {ann_text}; SNN accuracy at T={evaluation.timesteps}: {snn_text} "
+              f"on {evaluation.images} images of {eval_name} "
               f"({eval_info['split']}; calibrated on {len(calib_set)} images, {calib_info['split']}) "
               f"in {total:.1f} s")
     energy = _energy_line(evaluation.ops)

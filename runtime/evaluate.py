@@ -30,6 +30,8 @@ class EvalReport:
         ann_accuracy: top-1 accuracy of the ANN in [0, 1] (None when no ANN was given).
         snn_accuracy: entry ``t-1`` is the SNN's top-1 accuracy after ``t`` steps.
         images: number of evaluated images.
+        ann_accuracy_top5, snn_accuracy_top5: the same as top-5 accuracies (the label among the 5 largest outputs;
+            ties broken by ``torch.topk``), None when the outputs have 5 classes or fewer.
         events_per_step: emitted events (non-zero neuron outputs) per image at each step, summed over sites.
         site_events: per ReLU site: neurons per image, total events, events per neuron per image, and events per
             image at each step.
@@ -52,14 +54,37 @@ class EvalReport:
     ops: dict[str, Any] = field(default_factory=dict)
     layer_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
     unit_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ann_accuracy_top5: float | None = None
+    snn_accuracy_top5: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "timesteps": self.timesteps, "ann_accuracy": self.ann_accuracy, "snn_accuracy": self.snn_accuracy,
+            "ann_accuracy_top5": self.ann_accuracy_top5, "snn_accuracy_top5": self.snn_accuracy_top5,
             "images": self.images, "events_per_step": self.events_per_step, "site_events": self.site_events,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "ops": self.ops,
             "layer_errors": self.layer_errors, "unit_outputs": self.unit_outputs,
         }
+
+
+TOP_K = 5
+
+
+def _hits(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Correct predictions in ``out`` [..., B, classes] for labels ``y`` [B], summed over the batch: top-1 (argmax)
+    and top-5 (None with 5 classes or fewer). Leading dims (the steps) are kept.
+
+    Top-5 ranks the label's output among all with argmax's tie rule (an equal output at a smaller class index ranks
+    first), so a top-1 hit is always a top-5 hit, also where many outputs tie (a silent network outputs zeros).
+    """
+    top1 = (out.argmax(-1) == y).sum(-1)
+    if out.shape[-1] <= TOP_K:
+        return top1, None
+    label = y.expand(out.shape[:-1]).unsqueeze(-1)
+    score = out.gather(-1, label)
+    before = torch.arange(out.shape[-1], device=out.device) < label
+    rank = (out > score).sum(-1) + ((out == score) & before).sum(-1)
+    return top1, (rank < TOP_K).sum(-1)
 
 
 class _EventCounter:
@@ -150,6 +175,8 @@ def evaluate(
     snn = snn.to(device)
     correct_snn = torch.zeros(T, dtype=torch.float64)
     correct_ann = 0
+    top5_snn: torch.Tensor | None = torch.zeros(T, dtype=torch.float64)
+    top5_ann: int | None = 0
     images = 0
     seconds = {"ann": 0.0, "snn": 0.0}
     was_training = ann.training if ann is not None else False
@@ -165,7 +192,9 @@ def evaluate(
                 x, y = x.to(device), y.to(device)
                 if ann is not None:
                     start = time.perf_counter()
-                    correct_ann += int((ann(x).argmax(-1) == y).sum())
+                    top1, top5 = _hits(ann(x), y)
+                    correct_ann += int(top1)
+                    top5_ann = None if top5 is None or top5_ann is None else top5_ann + int(top5)
                     seconds["ann"] += time.perf_counter() - start
                 if meter is not None:
                     meter.begin(x)
@@ -174,7 +203,9 @@ def evaluate(
                 seconds["snn"] += time.perf_counter() - start
                 if meter is not None:
                     meter.output(decoded)
-                correct_snn += (decoded.argmax(-1) == y.unsqueeze(0)).sum(dim=1).double().cpu()
+                top1, top5 = _hits(decoded, y)
+                correct_snn += top1.double().cpu()
+                top5_snn = None if top5 is None or top5_snn is None else top5_snn + top5.double().cpu()
                 images += int(y.shape[0])
                 if progress is not None:
                     progress(int(y.shape[0]))
@@ -207,6 +238,8 @@ def evaluate(
         timesteps=T,
         ann_accuracy=correct_ann / images if ann is not None else None,
         snn_accuracy=[float(c) / images for c in correct_snn],
+        ann_accuracy_top5=top5_ann / images if ann is not None and top5_ann is not None else None,
+        snn_accuracy_top5=None if top5_snn is None else [float(c) / images for c in top5_snn],
         images=images,
         events_per_step=[float(c) / images for c in total],
         site_events=site_events,
@@ -261,6 +294,8 @@ def build_report(
         "config": cfg.to_dict(),
         "ann_accuracy": evaluation.ann_accuracy,
         "snn_accuracy": evaluation.snn_accuracy,
+        "ann_accuracy_top5": evaluation.ann_accuracy_top5,
+        "snn_accuracy_top5": evaluation.snn_accuracy_top5,
         "eval_images": evaluation.images,
         "calib_images": calib.get("images"),
         "data": {"calibration": calib, "evaluation": data},

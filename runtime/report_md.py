@@ -38,10 +38,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _accuracy_rows(doc: dict[str, Any]) -> list[list[str]]:
     ann, ops = doc["ann_accuracy"], doc.get("synaptic_ops") or {}
     ref, ext = ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended")
+    top5 = doc.get("snn_accuracy_top5")
     rows, events = [], 0.0
     for t, acc in enumerate(doc["snn_accuracy"], start=1):
         events += doc["events"]["per_step"][t - 1]
-        rows.append([str(t), _pct(acc), _gap(acc, ann), _num(events), _energy(ref, ext, t)])
+        rows.append([str(t), _pct(acc), _gap(acc, ann), *([_pct(top5[t - 1])] if top5 else []), _num(events),
+                     _energy(ref, ext, t)])
     return rows
 
 
@@ -59,12 +61,16 @@ def report_markdown(doc: dict[str, Any]) -> str:
              f"({_describe(data.get('calibration'))}); snnconvert {doc.get('snnconvert_version', '?')}.", ""]
     ops = doc.get("synaptic_ops") or {}
     energy = _energy(ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended"))
-    lines += _table(["ANN accuracy", f"SNN accuracy (T = {T})", "gap", "events / image", "energy ratio ref / ext"],
-                    [[_pct(ann), _pct(snn[-1]), _gap(snn[-1], ann), _num(doc["events"]["total_per_image"]),
-                      energy]])
+    top5 = doc.get("snn_accuracy_top5")  # absent in reports written before it, null with <= 5 classes
+    five = ["ANN top-5", f"SNN top-5 (T = {T})"] if top5 else []
+    lines += _table(["ANN accuracy", f"SNN accuracy (T = {T})", "gap", *five, "events / image",
+                     "energy ratio ref / ext"],
+                    [[_pct(ann), _pct(snn[-1]), _gap(snn[-1], ann),
+                      *([_pct(doc.get("ann_accuracy_top5")), _pct(top5[-1])] if top5 else []),
+                      _num(doc["events"]["total_per_image"]), energy]])
     lines += ["## Accuracy after every step", ""]
-    lines += _table(["t", "SNN accuracy", "gap to ANN", "events / image (cum.)", "energy ratio ref / ext (cum.)"],
-                    _accuracy_rows(doc))
+    lines += _table(["t", "SNN accuracy", "gap to ANN", *(["top-5"] if top5 else []), "events / image (cum.)",
+                     "energy ratio ref / ext (cum.)"], _accuracy_rows(doc))
     sweep = doc.get("sweep")
     if sweep:
         lines += [f"## T sweep (target: within {sweep['target_gap_pp']:g} pp of the ANN)", ""]

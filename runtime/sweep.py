@@ -38,6 +38,7 @@ class SweepReport:
         recommended: the smallest T within the target, or None.
         chosen: ``recommended``, else the T with the best accuracy after T steps (the smaller T on a tie).
         fused_pairs: fused bounded-ReLU pairs in the compiled networks (``runtime/fuse.py``; the same for every T).
+        ann_accuracy_top5: the ANN's top-5 accuracy on the same images (None without an ANN or with ≤ 5 classes).
     """
 
     target_gap_pp: float
@@ -47,14 +48,17 @@ class SweepReport:
     recommended: int | None
     chosen: int
     fused_pairs: int = 0
+    ann_accuracy_top5: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         runs = []
         for T, ev in self.evaluations.items():
-            runs.append({"timesteps": T, "snn_accuracy": ev.snn_accuracy, "events_per_step": ev.events_per_step,
+            runs.append({"timesteps": T, "snn_accuracy": ev.snn_accuracy, "snn_accuracy_top5": ev.snn_accuracy_top5,
+                         "events_per_step": ev.events_per_step,
                          "energy_ratio_reference": ev.ops.get("energy_ratio_reference"),
                          "energy_ratio_extended": ev.ops.get("energy_ratio_extended")})
         return {"target_gap_pp": self.target_gap_pp, "ann_accuracy": self.ann_accuracy,
+                "ann_accuracy_top5": self.ann_accuracy_top5,
                 "shared_run": self.shared_run, "recommended_timesteps": self.recommended,
                 "chosen_timesteps": self.chosen, "runs": runs}
 
@@ -95,7 +99,9 @@ def truncate(report: EvalReport, T: int) -> EvalReport:
     units = {name: _cut_counts(unit, T, images, ("nonzero_per_step", "nonzero", "nonzero_per_output",
                                                   "outputs_per_image"))
              for name, unit in report.unit_outputs.items()}
+    top5 = report.snn_accuracy_top5
     return EvalReport(timesteps=T, ann_accuracy=report.ann_accuracy, snn_accuracy=report.snn_accuracy[:T],
+                      ann_accuracy_top5=report.ann_accuracy_top5, snn_accuracy_top5=None if top5 is None else top5[:T],
                       images=images, events_per_step=report.events_per_step[:T], site_events=sites,
                       seconds=dict(report.seconds), ops=ops, layer_errors=errors, unit_outputs=units)
 
@@ -119,6 +125,7 @@ def sweep(
     layer_errors: bool = False,
     progress: Callable[[int], Callable[[int], None] | None] | None = None,
     ann_accuracy: float | None = None,
+    ann_accuracy_top5: float | None = None,
 ) -> SweepReport:
     """Evaluate the conversions ``{T: ConversionResult}`` (from ``convert_sweep``) and recommend a T.
 
@@ -131,7 +138,7 @@ def sweep(
         mode, layer_errors: as :func:`snnconvert.runtime.evaluate`.
         progress: called with T before each evaluation; returns the per-batch callback of that evaluation.
         ann_accuracy: the ANN's accuracy on these images when already known (another sweep over the same images):
-            the ANN is not evaluated again.
+            the ANN is not evaluated again; ``ann_accuracy_top5`` is then its top-5 accuracy there.
 
     Raises:
         ConfigError: no conversions, or a negative target.
@@ -154,8 +161,8 @@ def sweep(
                       device=device, progress=progress(T) if progress is not None else None,
                       layer_errors=layer_errors)
         if ann_accuracy is None:
-            ann_accuracy = ev.ann_accuracy
-        ev.ann_accuracy = ann_accuracy
+            ann_accuracy, ann_accuracy_top5 = ev.ann_accuracy, ev.ann_accuracy_top5
+        ev.ann_accuracy, ev.ann_accuracy_top5 = ann_accuracy, ann_accuracy_top5
         evaluations[T] = ev
     if shared:
         evaluations = {T: truncate(evaluations[steps[-1]], T) for T in steps}
@@ -166,7 +173,8 @@ def sweep(
         log.info("T sweep %s: accuracy after T steps %s; recommended T=%s", steps,
                  {T: round(a, 4) for T, a in at_T.items()}, recommended)
     return SweepReport(target_gap_pp=float(target_gap_pp), ann_accuracy=ann_accuracy, evaluations=evaluations,
-                       shared_run=shared, recommended=recommended, chosen=chosen, fused_pairs=pairs)
+                       shared_run=shared, recommended=recommended, chosen=chosen, fused_pairs=pairs,
+                       ann_accuracy_top5=ann_accuracy_top5)
 
 
 def _cost(ev: EvalReport) -> float:

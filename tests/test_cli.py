@@ -111,6 +111,10 @@ def test_happy_path_report_and_artifact(tmp_path):
     assert doc["coding"] == "rate" and doc["timesteps"] == 4
     assert doc["eval_images"] == 32 and doc["calib_images"] == 64
     assert 0.0 <= doc["ann_accuracy"] <= 1.0 and len(doc["snn_accuracy"]) == 4
+    top5 = doc["snn_accuracy_top5"]  # 10 classes: top-5 at every step, never below top-1, on the console too
+    assert len(top5) == 4 and all(a5 >= a1 for a5, a1 in zip(top5, doc["snn_accuracy"]))
+    assert doc["ann_accuracy_top5"] >= doc["ann_accuracy"]
+    assert f"(top-5 {100 * doc['ann_accuracy_top5']:.2f} %)" in text and f"(top-5 {100 * top5[-1]:.2f} %)" in text
     assert doc["data"]["calibration"]["split"] == "train" and doc["data"]["evaluation"]["split"] == "test"
     sites = doc["thresholds"]["sites"]
     assert len(sites) == 6 and {"site", "threshold"} <= set(sites[0])
@@ -196,11 +200,14 @@ def test_markdown_report_shows_the_json_report(tmp_path):
     doc, text = json.loads(report.read_text()), markdown.read_text()
     assert text == report_markdown(doc)
     ann, snn = doc["ann_accuracy"], doc["snn_accuracy"]
+    top5 = doc["snn_accuracy_top5"]  # SpellingsNet has 10 classes
     summary = (f"| {100 * ann:.2f} % | {100 * snn[-1]:.2f} % | {100 * (snn[-1] - ann):+.2f} pp | "
+               f"{100 * doc['ann_accuracy_top5']:.2f} % | {100 * top5[-1]:.2f} % | "
                f"{doc['events']['total_per_image']:,.0f}".replace(",", " "))
     assert summary in text
     for t, acc in enumerate(snn, start=1):
-        assert f"| {t} | {100 * acc:.2f} % |" in text
+        assert f"| {t} | {100 * acc:.2f} % | {100 * (acc - ann):+.2f} pp | {100 * top5[t - 1]:.2f} % |" in text
+    assert all(len(run["snn_accuracy_top5"]) == run["timesteps"] for run in doc["sweep"]["runs"])
     rec = doc["sweep"]["recommended_timesteps"]
     assert "## T sweep" in text
     assert (f"Recommended: T = {rec}." if rec is not None else "No T in the sweep reaches the target.") in text

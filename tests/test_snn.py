@@ -133,6 +133,42 @@ def test_evaluate_reports_accuracy_at_every_step_and_events(converted, data):
     assert single.events_per_step == pytest.approx(report.events_per_step)
 
 
+def test_top5_ranks_the_label_like_argmax_ranks_ties():
+    from snnconvert.runtime.evaluate import _hits
+
+    torch.manual_seed(0)
+    out, y = torch.randn(3, 40, 12), torch.randint(0, 12, (40,))
+    top1, top5 = _hits(out, y)  # distinct outputs: top-5 is "the label is among topk(5)"
+    assert top1.tolist() == [int((o.argmax(-1) == y).sum()) for o in out]
+    assert top5.tolist() == [int((o.topk(5, dim=-1).indices == y[:, None]).any(-1).sum()) for o in out]
+    # all outputs equal (a silent network): argmax says class 0, so top-5 must say classes 0..4
+    top1, top5 = _hits(torch.zeros(2, 12, 10), torch.arange(12) % 10)
+    assert top1.tolist() == [2, 2] and top5.tolist() == [7, 7]  # labels 0..4, then 10 % 10 and 11 % 10
+    # ties between the label and a larger class index: the label ranks first; with a smaller index it ranks after
+    out = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]])
+    assert _hits(out, torch.tensor([1]))[1].item() == 1 and _hits(out, torch.tensor([6]))[1].item() == 0
+    assert _hits(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))[1] is None  # 5 classes: no top-5
+
+
+def test_evaluate_reports_top5_for_ann_and_snn(converted, data):
+    model, res = converted
+    torch.manual_seed(1)
+    labels = torch.randint(0, 10, (48,))  # random labels: top-1 and top-5 differ
+    report = evaluate(res.snn, [(data[:20], labels[:20]), (data[20:], labels[20:])], ann=model, timesteps=6)
+    with torch.no_grad():
+        ann_out, snn_out = model(data), res.snn(data, 6)
+    in_top5 = (ann_out.topk(5, dim=-1).indices == labels[:, None]).any(-1)
+    assert report.ann_accuracy_top5 == pytest.approx(float(in_top5.float().mean()))
+    assert len(report.snn_accuracy_top5) == 6
+    for t in range(6):
+        hits = (snn_out[t].topk(5, dim=-1).indices == labels[:, None]).any(-1)
+        assert report.snn_accuracy_top5[t] == pytest.approx(float(hits.float().mean()), abs=1 / 48 + 1e-9)
+        assert report.snn_accuracy_top5[t] >= report.snn_accuracy[t]
+    assert report.ann_accuracy_top5 >= report.ann_accuracy
+    assert report.to_dict()["snn_accuracy_top5"] == report.snn_accuracy_top5
+    assert evaluate(res.snn, [(data[:8], labels[:8])], timesteps=2).ann_accuracy_top5 is None  # no ANN
+
+
 def test_backends_are_explicit(converted):
     _, res = converted
     program = compile(res.snn, "torch")

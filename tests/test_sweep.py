@@ -97,7 +97,8 @@ def test_the_first_T_steps_of_a_longer_run_are_the_run_for_T():
     long = evaluate(snn, batches(), ann=model, timesteps=6, layer_errors=True)
     for T in (1, 3, 6):
         cut, direct = truncate(long, T), evaluate(snn, batches(), ann=model, timesteps=T, layer_errors=True)
-        for key in ("timesteps", "ann_accuracy", "snn_accuracy", "images", "events_per_step", "layer_errors"):
+        for key in ("timesteps", "ann_accuracy", "snn_accuracy", "ann_accuracy_top5", "snn_accuracy_top5", "images",
+                    "events_per_step", "layer_errors"):
             assert getattr(cut, key) == getattr(direct, key), (T, key)
         assert cut.site_events.keys() == direct.site_events.keys()
         for name, site in direct.site_events.items():
@@ -129,6 +130,8 @@ def test_sweep_evaluates_once_when_thresholds_do_not_depend_on_T(monkeypatch, th
     assert all(ev.timesteps == T and len(ev.snn_accuracy) == T for T, ev in report.evaluations.items())
     assert report.recommended == report.chosen == 1  # a 100 pp target: every T passes, the smallest is chosen
     assert report.ann_accuracy == report.evaluations[4].ann_accuracy is not None
+    # the ANN ran once; every T's evaluation carries its top-5 accuracy too
+    assert all(ev.ann_accuracy_top5 == report.ann_accuracy_top5 is not None for ev in report.evaluations.values())
     for T, ev in report.evaluations.items():  # each entry is the network converted for T
         direct = evaluate(results[T].snn, _batches(x)(), timesteps=T)
         assert ev.snn_accuracy == direct.snn_accuracy and ev.events_per_step == direct.events_per_step

@@ -481,7 +481,9 @@ def result_ann(onnx_path: str) -> torch.nn.Module:
 @app.command()
 def main(
     ctx: typer.Context,
-    model: str = typer.Argument(..., help="zoo name (e.g. fmnist-vgg), path/to/file.py:factory or model.onnx"),
+    model: Optional[str] = typer.Argument(
+        None, show_default=False, help="zoo name (e.g. fmnist-vgg), torchvision:NAME, path/to/file.py:factory or "
+                                       "model.onnx; may instead be the --config file's `model`"),
     coding: str = typer.Option("rate", help="rate | differential"),
     timesteps: Optional[int] = typer.Option(None, "--timesteps", "--time-steps", "-T",
                                             help="time steps T (default: the preset's)"),
@@ -577,7 +579,6 @@ def main(
 
 
 _NOT_RUN_OPTIONS = ("config", "debug", "verbose")  # parameters of the command, not of the run
-_NOT_IN_CONFIG = ("model", *_NOT_RUN_OPTIONS)
 
 
 def _read_config(path: Path) -> dict:
@@ -610,7 +611,7 @@ def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
     line did not give. Values go through the same parsing as flags."""
     values = {k: v for k, v in ctx.params.items() if k not in _NOT_RUN_OPTIONS}
     if config is not None:
-        params = {p.name: p for p in ctx.command.params if p.name not in _NOT_IN_CONFIG}
+        params = {p.name: p for p in ctx.command.params if p.name not in _NOT_RUN_OPTIONS}
         names = {opt.lstrip("-").replace("-", "_"): p.name for p in params.values() for opt in p.opts}
         names.update({name: name for name in params})
         for key, raw in _read_config(config).items():
@@ -619,8 +620,8 @@ def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
                 raise ConfigError(f"--config {config}: unknown option {key!r}; valid: "
                                   f"{', '.join(sorted(n.replace('_', '-') for n in params))}")
             source = ctx.get_parameter_source(name)
-            if source is not None and source.name == "COMMANDLINE":
-                continue  # a flag on the command line wins
+            if source is not None and source.name == "COMMANDLINE" and values[name] is not None:
+                continue  # a flag (or MODEL) on the command line wins
             param = params[name]
             if param.multiple and isinstance(raw, str):
                 raw = [raw]
@@ -630,6 +631,9 @@ def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
                 values[name] = param.process_value(ctx, raw)
             except typer.BadParameter as exc:
                 raise ConfigError(f"--config {config}: {key}: {exc.format_message()}") from None
+    if not values["model"]:
+        where = f"or `model: ...` in {config}" if config is not None else "or in a --config file (`model: ...`)"
+        raise ConfigError(f"no MODEL given: name it on the command line (e.g. snnconvert fmnist-vgg) {where}")
     values["allow_ann_op"] = tuple(values["allow_ann_op"])
     values["config_file"] = config
     return values

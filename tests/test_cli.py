@@ -173,6 +173,24 @@ def test_config_file_with_command_line_overrides(tmp_path):
     assert json.loads(report.read_text())["config_file"] is None
 
 
+def test_config_file_may_name_the_model(tmp_path):
+    """A ``--config`` file can be the whole run: ``model`` is one of its keys (MODEL on the command line wins); with
+    neither, one error line."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {NETS}:SpellingsNet\ncalib-data: fashion-mnist\neval-data: fashion-mnist\n"
+                      "calib-images: 16\neval-images: 8\ntimesteps: 2\n")
+    report = tmp_path / "r.json"
+    result = _run("--config", config, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["model"] == f"{NETS}:SpellingsNet"
+    result = _run(f"{NETS}:ClipNet", "--config", config, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["model"] == f"{NETS}:ClipNet"
+    config.write_text("coding: rate\n")
+    assert "no MODEL given" in _one_line_error(_run("--config", config))
+    assert "no MODEL given" in _one_line_error(_run("--coding", "rate"))
+
+
 @pytest.mark.parametrize("text, suffix, message", [
     ("timesteps: 4\nthreshods: max\n", ".yaml", "unknown option 'threshods'; valid: "),
     ("timesteps: four\n", ".yaml", "timesteps: Invalid value for '--timesteps'"),

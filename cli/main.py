@@ -126,7 +126,8 @@ def _layer_error_table(errors: dict, timesteps: int) -> Table:
     shown = sorted({1, max(1, timesteps // 2), timesteps})
     for t in shown:
         table.add_column(f"t={t}", justify="right")
-    final = {name: e["relative_error"][-1] for name, e in errors.items() if e["relative_error"] and name != "output"}
+    final = {name: e["relative_error"][-1] for name, e in errors.items()
+             if e["relative_error"] and name.split(".")[0] != "output"}
     worst = max(final, key=final.get) if final else None
     for name, e in errors.items():
         rel = e["relative_error"]
@@ -288,6 +289,7 @@ class RunOptions:
     sweep: Optional[str] = None
     target_gap: Optional[float] = None
     select_images: Optional[int] = None
+    logits: Optional[str] = None
     config_file: Optional[Path] = None  # the --config file the options were read from (recorded in the report)
 
 
@@ -364,6 +366,7 @@ def _run(o: RunOptions) -> None:
         # traces (a deep copy; node names, hence threshold keys, are the importer's either way)
         ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
         example = prep(calib_set.example(2))
+        _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name, o.logits)  # before calibration
         grid = []  # per threshold rule: {T: ConversionResult} (one calibration each)
         for cfg in cfgs:
             if sweep_steps:
@@ -373,7 +376,6 @@ def _run(o: RunOptions) -> None:
                 grid.append({cfg.timesteps: convert(ann, forward_loop=forward_loop, config=cfg,
                                                     source=resolved.source, example_inputs=example)})
         bar.remove_task(calib_task)
-        _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name)
 
         def run(candidates: dict, data, stage: str, layer_errors: bool, known=None):
             rule = f"{next(iter(candidates.values())).config.threshold}, " if len(cfgs) > 1 else ""
@@ -385,6 +387,7 @@ def _run(o: RunOptions) -> None:
             return sweep(candidates, lambda: ((prep(x), y) for x, y in data.batches(o.batch_size)), ann=ann,
                          target_gap_pp=o.target_gap if o.target_gap is not None else 0.5, backend=o.backend,
                          device=o.device, dtype=dtype, mode=o.mode, layer_errors=layer_errors, progress=progress,
+                         output=o.logits,
                          ann_accuracy=None if known is None else known.ann_accuracy,
                          ann_accuracy_top5=None if known is None else known.ann_accuracy_top5)
 
@@ -437,6 +440,7 @@ def _run(o: RunOptions) -> None:
                      else {**eval_info, "held_out": False})
         doc["sweep"] = _sweep_doc(sweeps, cfgs, best, chosen_on) if sweep_steps else None
         doc["config_file"] = None if o.config_file is None else str(o.config_file.resolve())
+        doc["logits"] = o.logits
         if o.report is not None:
             with _atomic_write(o.report) as f:
                 json.dump(doc, f, indent=2)
@@ -461,10 +465,17 @@ def _dtype(name: str) -> torch.dtype:
     return DTYPE_NAMES[name]
 
 
-def _check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str) -> None:
-    """Evaluation labels must index the model's outputs (e.g. an ImageFolder with more classes than logits)."""
-    with torch.no_grad():
-        outputs = ann(example).shape[-1]
+def _check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, logits: str | None) -> None:
+    """The class scores must be one output (``--logits`` names it among several) whose size the evaluation labels
+    index (e.g. not an ImageFolder with more classes than logits)."""
+    from snnconvert.convert.outputs import select_output
+
+    try:
+        with torch.no_grad():
+            out = ann(example)
+    except Exception:  # noqa: BLE001 - the conversion runs the model next and names the failing node in one line
+        return
+    outputs = select_output(out, logits).shape[-1]
     top = int(data.labels.max()) if len(data) else -1
     if top >= outputs:
         raise DataError(f"{name}: labels go up to {top} but the model has {outputs} outputs; check that the data "
@@ -554,6 +565,9 @@ def main(
         None, "--select-images", help="with --sweep: choose T on N held-out images of the calibration data (the N "
                                       "after the calibration images) instead of the evaluation images, which then "
                                       "see the chosen T only [default: choose on the evaluation images]"),
+    logits: Optional[str] = typer.Option(
+        None, "--logits", help="for a model with several outputs (tuple, list or dict: heads): the one holding the "
+                               "class scores, by index or key (e.g. 0, cls, heads.0); the SNN decodes every output"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON file of options (keys: the flag "
                                           "names, e.g. coding, time-steps, calib-images); flags given on the "
                                           "command line override it"),

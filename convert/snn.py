@@ -19,6 +19,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.outputs import map_outputs
 from snnconvert.convert.static_prefix import INPUT_PATTERNS, PrefixPhase, StaticPrefix, build_static_prefix
 
 STEP_MODES = ("multi", "single")
@@ -36,7 +37,9 @@ class SpikingNetwork(nn.Module):
             functions and products; fused neuron pairs added by ``snnconvert.runtime.compile``).
 
     Calling ``snn(x)`` with an analog batch ``x [B, ...]`` returns the decoded output after every step,
-    ``[T, B, ...]`` (entry ``t-1`` is the network's answer after ``t`` steps).
+    ``[T, B, ...]`` (entry ``t-1`` is the network's answer after ``t`` steps). A model that returns a tuple, list
+    or dict of tensors (several heads) gives the same structure with a ``[T, B, ...]`` tensor per output, each
+    decoded on its own (``convert/outputs.py``).
     """
 
     def __init__(
@@ -83,8 +86,9 @@ class SpikingNetwork(nn.Module):
     def capture_offsets(self, zeros: torch.Tensor) -> torch.Tensor:
         """Run the zero-input capture pass: every stateful unit stores its input as its bias b and outputs 0.
 
-        Returns (and stores as ``output_offset``) the network output y0 of that pass. Used by differential coding;
-        the result depends only on the weights, thresholds and the per-sample shape of ``zeros``.
+        Returns (and stores as ``output_offset``) the network output y0 of that pass, in the model's output
+        structure. Used by differential coding; the result depends only on the weights, thresholds and the
+        per-sample shape of ``zeros``.
         """
         modules = [m for _, m in self.stateful()]
         for m in modules:
@@ -130,7 +134,8 @@ class SpikingNetwork(nn.Module):
                 m.analog = False
 
     def raw(self, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:
-        """Encode ``x``, run T steps and return the RAW per-step outputs ``[T, B, ...]`` (not decoded)."""
+        """Encode ``x``, run T steps and return the RAW per-step outputs ``[T, B, ...]`` (not decoded; one such
+        tensor per output for a model with several)."""
         if mode not in STEP_MODES:
             raise ConfigError(f"step mode {mode!r} is not valid; choose one of: {', '.join(STEP_MODES)}")
         T = self.timesteps if timesteps is None else int(timesteps)
@@ -146,17 +151,19 @@ class SpikingNetwork(nn.Module):
                 out = prefix(self, x, T, pattern)
             else:
                 out = self.gm(self.coding.encode(x, T).reshape(T * x.shape[0], *x.shape[1:]))
-            return out.reshape(T, x.shape[0], *out.shape[1:])
+            return map_outputs(lambda o: o.reshape(T, x.shape[0], *o.shape[1:]), out)
         self.set_step_mode("s")
         self.reset()
         try:
             if prefix is not None:
-                return torch.stack(prefix.stream(self, x, T, pattern))
-            seq = self.coding.encode(x, T)
-            return torch.stack([self.gm(seq[t]) for t in range(T)])
+                steps = prefix.stream(self, x, T, pattern)
+            else:
+                seq = self.coding.encode(x, T)
+                steps = [self.gm(seq[t]) for t in range(T)]
+            return map_outputs(lambda *outs: torch.stack(outs), *steps)
         finally:
             self.reset()
 
     def forward(self, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:
-        """Decoded output after every step, ``[T, B, ...]``."""
+        """Decoded output after every step, ``[T, B, ...]`` (per output for a model with several)."""
         return self.coding.decode(self.raw(x, timesteps, mode=mode), self)

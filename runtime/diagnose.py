@@ -9,7 +9,8 @@ every element of every evaluated image:
 ``a`` is the unit's output in :meth:`SpikingNetwork.ann_forward` (the converted graph with every unit analog: the ANN
 after BN folding and max-pool reordering, the network that calibration observed); ``r_t`` is the unit's decoded
 output after t steps (rate coding: the running mean of its outputs; differential coding: Σ_τ out_τ/τ, the unit's
-R_out), and for the network output the decoded logits. A unit's error includes what it inherits from upstream, so
+R_out), and for the network output the decoded logits (for a model with several outputs, each output on its own:
+``output.<key>``). A unit's error includes what it inherits from upstream, so
 the first unit whose error is large is where the approximation breaks (a threshold too low clips, too high wastes
 steps). Both step modes give the same figures up to the rounding of the decoding's running sums (tested).
 """
@@ -22,12 +23,17 @@ import torch
 from torch import nn
 
 from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.snn import SpikingNetwork
 
 __all__ = ["OUTPUT", "ErrorMeter"]
 
-#: the key of the network output in the per-unit errors
+#: the key of the network output in the per-unit errors (``output.<key>`` per output of a model with several)
 OUTPUT = "output"
+
+
+def _output_name(path: str) -> str:
+    return f"{OUTPUT}.{path}" if path else OUTPUT
 
 
 class ErrorMeter:
@@ -48,20 +54,25 @@ class ErrorMeter:
         if shared:  # conversion gives every call site its own unit; a hand-edited graph may not
             raise ConfigError(f"unit(s) {', '.join(shared)} are called at several places of the graph; per-unit "
                               "errors need one call per unit")
-        self.names = called + [OUTPUT]
+        self.names = list(called)  # the output(s) are added by the first batch
         self.err = {name: torch.zeros(timesteps, dtype=torch.float64) for name in self.names}
         self.ref = dict.fromkeys(self.names, 0.0)  # Σ a²
         self.count = dict.fromkeys(self.names, 0)  # elements per step
         self._ann: dict[str, torch.Tensor] = {}
         self._running: dict[str, tuple[int, torch.Tensor]] = {}  # single-step mode: (steps done, Σ so far)
-        self.handles = [stateful[name].register_forward_hook(self._hook(name)) for name in self.names[:-1]]
+        self.handles = [stateful[name].register_forward_hook(self._hook(name)) for name in self.names]
 
     def begin(self, x: torch.Tensor) -> None:
         """Run the analog pass on the batch ``x`` [B, ...]: every unit's and the output's ANN value."""
         self._ann = {}
         self._running = {}
-        out = self.snn.ann_forward(x)
-        self._keep(OUTPUT, out)
+        for path, out in output_leaves(self.snn.ann_forward(x)):
+            name = _output_name(path)
+            if name not in self.err:
+                self.names.append(name)
+                self.err[name] = torch.zeros(self.T, dtype=torch.float64)
+                self.ref[name], self.count[name] = 0.0, 0
+            self._keep(name, out)
 
     def _keep(self, name: str, a: torch.Tensor) -> None:
         a = a.detach().float()
@@ -94,8 +105,9 @@ class ErrorMeter:
         return hook
 
     def output(self, decoded: torch.Tensor) -> None:
-        """The network's decoded output [T, B, ...] of the batch."""
-        self._add(OUTPUT, decoded.float(), 0)
+        """The network's decoded output [T, B, ...] of the batch (per output for a model with several)."""
+        for path, out in output_leaves(decoded):
+            self._add(_output_name(path), out.float(), 0)
 
     def result(self) -> dict[str, dict[str, object]]:
         """Per unit (graph order, then ``"output"``): ``ann_rms`` (RMS of the ANN value) and ``relative_error``

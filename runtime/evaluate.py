@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from snnconvert.convert.coding.units import GradedUnit
+from snnconvert.convert.outputs import select_output
 from snnconvert.convert.snn import SpikingNetwork
 from snnconvert.runtime.diagnose import ErrorMeter
 from snnconvert.runtime.energy import SynapticOpCounter
@@ -156,6 +157,7 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
     count_ops: bool = True,
     layer_errors: bool = False,
+    output: int | str | None = None,
 ) -> EvalReport:
     """Run the ANN and the SNN over ``batches`` once; accuracy after every step, events per site and step.
 
@@ -170,6 +172,12 @@ def evaluate(
         count_ops: count synaptic operations per layer and step and the energy ratio (method.md §8).
         layer_errors: also compare every stateful unit's decoded output after each step with its value in the ANN
             (``runtime/diagnose.py``; one analog pass per batch and a few passes over each unit's output).
+        output: for a model with several outputs (a tuple, list or dict), the one holding the class scores: its
+            index or key (``convert/outputs.py``: ``"cls"``, ``1``, ``"heads.0"``); the per-unit errors cover every
+            output.
+
+    Raises:
+        ConfigError: the model has several outputs and ``output`` does not name one of them.
     """
     T = snn.timesteps if timesteps is None else int(timesteps)
     snn = snn.to(device)
@@ -192,7 +200,7 @@ def evaluate(
                 x, y = x.to(device), y.to(device)
                 if ann is not None:
                     start = time.perf_counter()
-                    top1, top5 = _hits(ann(x), y)
+                    top1, top5 = _hits(select_output(ann(x), output), y)
                     correct_ann += int(top1)
                     top5_ann = None if top5 is None or top5_ann is None else top5_ann + int(top5)
                     seconds["ann"] += time.perf_counter() - start
@@ -203,7 +211,7 @@ def evaluate(
                 seconds["snn"] += time.perf_counter() - start
                 if meter is not None:
                     meter.output(decoded)
-                top1, top5 = _hits(decoded, y)
+                top1, top5 = _hits(select_output(decoded, output, leading=2), y)
                 correct_snn += top1.double().cpu()
                 top5_snn = None if top5 is None or top5_snn is None else top5_snn + top5.double().cpu()
                 images += int(y.shape[0])

@@ -126,6 +126,7 @@ def sweep(
     progress: Callable[[int], Callable[[int], None] | None] | None = None,
     ann_accuracy: float | None = None,
     ann_accuracy_top5: float | None = None,
+    output: int | str | None = None,
 ) -> SweepReport:
     """Evaluate the conversions ``{T: ConversionResult}`` (from ``convert_sweep``) and recommend a T.
 
@@ -135,7 +136,7 @@ def sweep(
         ann: the ANN (evaluated once, on the first evaluation's images); without it nothing is recommended.
         target_gap_pp: how far below the ANN (percentage points) the SNN after T steps may be.
         backend, device, dtype: as :func:`snnconvert.runtime.compile`.
-        mode, layer_errors: as :func:`snnconvert.runtime.evaluate`.
+        mode, layer_errors, output: as :func:`snnconvert.runtime.evaluate`.
         progress: called with T before each evaluation; returns the per-batch callback of that evaluation.
         ann_accuracy: the ANN's accuracy on these images when already known (another sweep over the same images):
             the ANN is not evaluated again; ``ann_accuracy_top5`` is then its top-5 accuracy there.
@@ -159,7 +160,7 @@ def sweep(
         pairs = fused_pairs(program)
         ev = evaluate(program, batches(), ann=ann if ann_accuracy is None else None, timesteps=T, mode=mode,
                       device=device, progress=progress(T) if progress is not None else None,
-                      layer_errors=layer_errors)
+                      layer_errors=layer_errors, output=output)
         if ann_accuracy is None:
             ann_accuracy, ann_accuracy_top5 = ev.ann_accuracy, ev.ann_accuracy_top5
         ev.ann_accuracy, ev.ann_accuracy_top5 = ann_accuracy, ann_accuracy_top5

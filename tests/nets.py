@@ -156,3 +156,36 @@ class TinyViT(nn.Module):
         x = x + self.proj(torch.matmul(attn, v).transpose(1, 2).flatten(2))
         x = x + self.mlp(self.norm2(x))
         return self.head(x.mean(1))
+
+
+class HeadsNet(nn.Module):
+    """Several outputs: a dict of class scores, a box head behind a ReLU and a (nested) tuple with a linear head on
+    the input and a None. ``linear=True`` drops the ReLUs of the trunk (a network without neurons but the box
+    head's)."""
+
+    def __init__(self, linear: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.linear = linear
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.cls = nn.Linear(4 * 14 * 14, 10)
+        self.box = nn.Conv2d(4, 2, 1)
+        self.skip = nn.Linear(28 * 28, 3)
+        with torch.no_grad():
+            self.box.bias.fill_(0.1)  # the box head's ReLU is active
+
+    def forward(self, x):
+        act = (lambda v: v) if self.linear else F.relu
+        f = self.pool(act(self.conv1(x)))
+        f = act(self.conv2(f))
+        return {"cls": self.cls(torch.flatten(f, 1)), "box": self.box(f).relu(),
+                "extra": (self.skip(torch.flatten(x, 1)), None)}
+
+
+class ClsHead(HeadsNet):
+    """``HeadsNet`` returning its class scores only (the same weights)."""
+
+    def forward(self, x):
+        return super().forward(x)["cls"]

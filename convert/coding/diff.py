@@ -13,6 +13,7 @@ import torch
 
 from snnconvert.convert.coding.neurons import make_neuron
 from snnconvert.convert.config import ConversionConfig
+from snnconvert.convert.outputs import map_outputs
 
 
 class DiffCoding:
@@ -48,9 +49,10 @@ class DiffCoding:
         snn.capture_cache_key = key
 
     def decode(self, y_seq: torch.Tensor, snn) -> torch.Tensor:
-        """Raw outputs ``[T, B, ...]`` -> decoded ``r_t`` after every step (method.md §2.6)."""
-        y0 = snn.output_offset.to(y_seq.dtype)
-        return y0 + self.decode_unit(y_seq - y0)
+        """Raw outputs ``[T, B, ...]`` -> decoded ``r_t`` after every step (method.md §2.6); each output of a
+        model with several, with its own offset."""
+        return map_outputs(lambda y, y0: y0.to(y.dtype) + self.decode_unit(y - y0.to(y.dtype)), y_seq,
+                           snn.output_offset)
 
     @staticmethod
     def decode_unit(y_seq: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ import torch
 
 from snnconvert.convert.coding.neurons import make_neuron
 from snnconvert.convert.config import ConversionConfig
+from snnconvert.convert.outputs import map_outputs
 
 
 class RateCoding:
@@ -29,8 +30,9 @@ class RateCoding:
         """Nothing to precompute: biases are meant to enter at every step in rate coding."""
 
     def decode(self, y_seq: torch.Tensor, snn=None) -> torch.Tensor:
-        """``[T, B, ...]`` raw outputs -> decoded output after every step t (running mean of the raw outputs)."""
-        return self.decode_unit(y_seq)
+        """``[T, B, ...]`` raw outputs -> decoded output after every step t (running mean of the raw outputs); each
+        output of a model with several."""
+        return map_outputs(self.decode_unit, y_seq)
 
     @staticmethod
     def decode_unit(y_seq: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Which torchvision classification architectures convert, and how: one row per family.
+"""Which torchvision (or, with ``--timm``, timm) classification architectures convert, and how: one row per family.
 
 Each model is built with random weights (no download), its BatchNorm statistics set by three training-mode passes
 on random images, then converted with the differential preset (T = 4; calibration on 32 random images) through the
@@ -11,6 +11,10 @@ difference between the converted graph run as an ANN (``snn.ann_forward``) and t
 output (fp32 rounding of BatchNorm folding; random-weight outputs can be large).
 
     .venv/bin/python bench/coverage.py --out bench/results/coverage.json
+    .venv/bin/pip install timm && .venv/bin/python bench/coverage.py --timm --out bench/results/coverage_timm.json
+
+timm is not a dependency of snnconvert (this bench imports it only with ``--timm``); its models are built with
+``pretrained=False`` (nothing is downloaded), transformers at their ``img_size`` where they take one.
 
 Structure only: random weights say nothing about accuracy (the zoo models on Fashion-MNIST do, BENCHMARKS.md).
 """
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 
 from snnconvert.convert import ConversionConfig, convert
-from snnconvert.convert.errors import UnsupportedOpError
+from snnconvert.convert.errors import SnnConvertError, UnsupportedOpError
 from snnconvert.runtime.energy import SynapticOpCounter
 
 FAMILIES = ["alexnet", "vgg11_bn", "resnet18", "resnext50_32x4d", "wide_resnet50_2", "densenet121", "squeezenet1_1",
@@ -33,15 +37,39 @@ FAMILIES = ["alexnet", "vgg11_bn", "resnet18", "resnext50_32x4d", "wide_resnet50
             "convnext_tiny", "swin_t", "vit_b_16"]
 
 
-def build(name: str, side: int):
-    import torchvision.models as tvm
+TIMM_FAMILIES = ["resnet18", "resnet34", "resnet50", "resnet18d", "seresnet18", "vgg16_bn", "densenet121",
+                 "inception_v3", "xception41", "dla34", "dpn68", "cspresnet50", "res2net50_14w_8s", "hrnet_w18_small",
+                 "regnetx_002", "repvgg_a0", "mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0",
+                 "tf_efficientnet_lite0", "mixnet_s", "ghostnet_100", "rexnet_100", "convnext_atto",
+                 "poolformer_s12", "vit_tiny_patch16_224", "deit_tiny_patch16_224", "levit_128s",
+                 "swin_tiny_patch4_window7_224"]
 
-    kwargs = {"num_classes": 10}
-    if name in ("googlenet", "inception_v3"):
-        kwargs.update(aux_logits=False, init_weights=True)
-    if name == "vit_b_16":
-        kwargs["image_size"] = side
-    model = getattr(tvm, name)(**kwargs)
+
+def _timm_model(name: str, side: int):
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=10, img_size=side)
+    except TypeError:  # a CNN: no img_size argument
+        return timm.create_model(name, pretrained=False, num_classes=10)
+
+
+def build(name: str, side: int, source: str = "torchvision"):
+    if source == "timm":
+        model = _timm_model(name, side)
+    else:
+        import torchvision.models as tvm
+
+        kwargs = {"num_classes": 10}
+        if name in ("googlenet", "inception_v3"):
+            kwargs.update(aux_logits=False, init_weights=True)
+        if name == "vit_b_16":
+            kwargs["image_size"] = side
+        model = getattr(tvm, name)(**kwargs)
+    with torch.no_grad():  # torchvision's ViT initialises its head to zero: every output would be 0
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Linear) and not layer.weight.any():
+                layer.weight.normal_(0, 0.02)
     model.train()
     with torch.no_grad():
         for _ in range(3):
@@ -49,10 +77,10 @@ def build(name: str, side: int):
     return model.eval()
 
 
-def row(name: str, side: int) -> dict:
+def row(name: str, side: int, source: str = "torchvision") -> dict:
     torch.manual_seed(0)
     start = time.perf_counter()
-    model = build(name, side)
+    model = build(name, side, source)
     x = torch.rand(32, 3, side, side)
     try:
         res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=4),
@@ -61,6 +89,14 @@ def row(name: str, side: int) -> dict:
         kinds = sorted({n.module_type or n.target.rsplit(".", 1)[-1] for n in err.nodes})
         why = "no ReLU: " if "no ReLU" in str(err) else "unsupported: "
         return {"model": name, "converts": False, "reason": f"{why}{len(err.nodes)} node(s) ({', '.join(kinds)})",
+                "seconds": round(time.perf_counter() - start, 1)}
+    except SnnConvertError as err:  # a trace error: its first clause
+        return {"model": name, "converts": False, "reason": f"{type(err).__name__}: {str(err).split(';')[0]}",
+                "seconds": round(time.perf_counter() - start, 1)}
+    try:  # the SNN runs (2 images, 2 steps): catches what only shows at run time
+        res.snn(x[:2], 2)
+    except SnnConvertError as err:
+        return {"model": name, "converts": False, "reason": f"runs: {str(err).split(';')[0]}",
                 "seconds": round(time.perf_counter() - start, 1)}
     counts = res.report.entry("replace_activations").counts
     units = {k[len("GradedUnit("):-1]: v for k, v in counts.items() if k.startswith("GradedUnit(")}
@@ -81,7 +117,8 @@ def row(name: str, side: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(FAMILIES), help="comma list of torchvision model names")
+    parser.add_argument("--models", help="comma list of model names (default: the families of the source)")
+    parser.add_argument("--timm", action="store_true", help="timm models instead of torchvision's (needs timm)")
     parser.add_argument("--side", type=int, default=64, help="input image side (inception_v3 needs >= 75)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
@@ -90,8 +127,10 @@ def main() -> None:
     print("| model | converts | ReLU sites | identity sites | graded units (dense outputs) | MACs fed by analog/dense "
           "inputs | converted graph as ANN vs model: max |diff| / max |output| |")
     print("|---|---|---|---|---|---|---|")
-    for name in args.models.split(","):
-        r = row(name, max(args.side, 80) if name == "inception_v3" else args.side)
+    source = "timm" if args.timm else "torchvision"
+    names = args.models.split(",") if args.models else (TIMM_FAMILIES if args.timm else FAMILIES)
+    for name in names:
+        r = row(name, max(args.side, 80) if "inception" in name or "xception" in name else args.side, source)
         rows.append(r)
         if r["converts"]:
             units = ", ".join(f"{k} ×{v}" for k, v in r["graded_units"].items()) or "—"

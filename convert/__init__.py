@@ -86,12 +86,13 @@ def load_onnx(path: str | os.PathLike) -> fx.GraphModule:
     return _load_onnx(path)
 
 
-def _front_end(model: torch.nn.Module | str | os.PathLike) -> fx.GraphModule:
+def _front_end(model: torch.nn.Module | str | os.PathLike, example_inputs: torch.Tensor | None = None
+               ) -> fx.GraphModule:
     if isinstance(model, (str, os.PathLike)):
         if not str(model).endswith(".onnx"):
             raise ConfigError(f"{model}: only .onnx files can be converted from a path; pass an nn.Module otherwise")
         return load_onnx(model)
-    return trace_module(model)
+    return trace_module(model, example_inputs)
 
 
 def prepare(
@@ -103,8 +104,11 @@ def prepare(
     """Stages 1-3: trace or import, run the normalisation passes, check support, mark the identity-neuron sites.
     Returns the canonical graph."""
     start = time.perf_counter()
-    gm = _front_end(model)
+    gm = _front_end(model, example_inputs)
     report.timings["trace"] = time.perf_counter() - start
+    report.shape_branches = list(gm.meta.get("shape_branches", ()))
+    if example_inputs is not None:
+        report.input_shape = list(example_inputs.shape[1:])
     report.ops_before = op_table(gm)
     if example_inputs is not None:
         _check_input_shape(gm, example_inputs)
@@ -283,12 +287,15 @@ class Converter:
 
 
 def convert_with_thresholds(
-    model: torch.nn.Module | str | os.PathLike, thresholds: dict[str, torch.Tensor], config: ConversionConfig
+    model: torch.nn.Module | str | os.PathLike, thresholds: dict[str, torch.Tensor], config: ConversionConfig,
+    input_shape: Sequence[int] | None = None,
 ) -> tuple[SpikingNetwork, ConversionReport]:
-    """Stages 1-3 and 7 with given thresholds (no calibration): how a saved artifact is rebuilt."""
+    """Stages 1-3 and 7 with given thresholds (no calibration): how a saved artifact is rebuilt. ``input_shape``:
+    the per-sample shape the model was converted at (branches on shapes follow it again)."""
     report = ConversionReport()
+    example = None if input_shape is None else torch.zeros(1, *input_shape)
     with torch.no_grad():
-        gm = prepare(model, config, report)
+        gm = prepare(model, config, report, example)
         snn = replace_activations(gm, thresholds, get_coding(config.coding), config, report)
     report.ops_after = op_table(snn.gm)
     return snn, report

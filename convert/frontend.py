@@ -3,13 +3,20 @@
 The user's model is never modified: it is deep-copied once here, the copy is put in eval mode and traced. Leaf
 modules follow torch.fx's default policy (modules from ``torch.nn`` are leaves), so layers stay ``call_module``
 nodes that passes can match with ``isinstance``.
+
+Branches on shapes (``if x.shape[-1] < 7:`` in timm's VGG head) cannot be traced symbolically. Given an example
+input, the tracer evaluates such a condition on it and follows the branch it takes; the graph then holds a guard,
+``torch._assert(condition)``, so that running the network on an input for which the branch would go the other way
+fails loudly instead of computing something else. Branches on tensor *values* stay an error.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import logging
+import operator
 from pathlib import Path
 
 import torch
@@ -26,11 +33,13 @@ _TRACE_HINT = (
 )
 
 
-def trace_module(model: torch.nn.Module) -> fx.GraphModule:
+def trace_module(model: torch.nn.Module, example_input: torch.Tensor | None = None) -> fx.GraphModule:
     """Trace a deep copy of ``model`` in eval mode.
 
     Args:
         model: the user's ANN. It is not modified (its parameters, buffers and training flag stay as they are).
+        example_input: a batch the model runs on; branches on shapes follow it (with a guard in the graph, see the
+            module docstring). Without it such a branch is a TraceError.
 
     Returns:
         A ``GraphModule`` in eval mode that owns its own copies of every parameter.
@@ -47,14 +56,133 @@ def trace_module(model: torch.nn.Module) -> fx.GraphModule:
     work = copy.deepcopy(model)
     work.eval()
     try:
-        tracer = fx.Tracer()
+        tracer = _ShapeBranchTracer(example_input)
         tracer.record_stack_traces = True
-        graph = tracer.trace(work)
+        graph = tracer.trace(work, concrete_args=_defaulted_arguments(work))
+    except TraceError as exc:
+        raise TraceError(f"cannot trace {type(model).__name__}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any tracer failure becomes one clear error
         raise TraceError(f"cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}; {_TRACE_HINT}") from exc
+    if tracer.branches:
+        log.info("%s: %d shape-dependent branch(es) followed for input shape %s (guarded): %s",
+                 type(model).__name__, len(tracer.branches), list(example_input.shape), "; ".join(tracer.branches))
+    _drop_fixed_arguments(graph)
     gm = fx.GraphModule(work, graph, class_name=type(model).__name__)
+    gm.meta["shape_branches"] = list(tracer.branches)  # "file:line: taken" (recorded in the conversion report)
     gm.eval()
     return gm
+
+
+#: tensor attributes that are metadata, not values
+_METADATA_ATTRS = ("shape", "ndim", "device", "dtype")
+
+
+def reads_metadata(node: fx.Node) -> bool:
+    """``x.size()``, ``x.dim()``, ``x.shape``, ``x.ndim``, ``x.device`` or ``x.dtype``: a node that reads its
+    input's shape or other metadata, not its values (e.g. timm's ``torch._assert(x.ndim == 4)`` in front of every
+    BatchNorm, LeViT's ``x.device``)."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return node.op == "call_function" and node.target is getattr and len(node.args) > 1 and \
+        node.args[1] in _METADATA_ATTRS
+
+
+def _defaulted_arguments(model: torch.nn.Module) -> dict | None:
+    """``forward``'s parameters after the input, fixed at their defaults (timm's ``forward(x, attn_mask=None)``):
+    the network converts for one input. A second parameter without a default is a TraceError."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: trace as is
+        return None
+    fixed = {}
+    for p in params[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            names = ", ".join(q.name for q in params)
+            raise TraceError(f"forward({names}) takes more than one input; snnconvert converts models with one input "
+                             f"tensor: give {p.name!r} a default or wrap the model in a module with one input")
+        fixed[p.name] = p.default
+    return fixed or None
+
+
+def _drop_fixed_arguments(graph: fx.Graph) -> None:
+    """Remove the placeholders of the arguments fixed at their defaults (:func:`_defaulted_arguments`) and torch.fx's
+    checks of their values (``torch._assert(is_causal == False)``): the graph takes the one input."""
+    def is_check(node: fx.Node) -> bool:
+        return node.op == "call_function" and not node.users and (
+            node.target is torch._assert or getattr(node.target, "__name__", "") == "_assert_is_none")
+
+    for ph in [n for n in graph.nodes if n.op == "placeholder"][1:]:
+        for user in list(ph.users):
+            if is_check(user):  # _assert_is_none(arg)
+                graph.erase_node(user)
+            elif user.op == "call_function" and user.target is operator.eq and all(map(is_check, user.users)):
+                for check in list(user.users):  # _assert(arg == value)
+                    graph.erase_node(check)
+                graph.erase_node(user)
+        if not ph.users:
+            graph.erase_node(ph)
+
+
+def _depends_on_values(node: fx.Node, memo: dict) -> bool:
+    """Whether ``node`` is computed from the network input's values (its shape and other metadata do not count)."""
+    if node not in memo:
+        memo[node] = not reads_metadata(node) and (
+            node.op == "placeholder" or any(_depends_on_values(a, memo) for a in node.all_input_nodes))
+    return memo[node]
+
+
+class _ShapeBranchTracer(fx.Tracer):
+    """``fx.Tracer`` that follows branches on shapes for an example input and guards them (module docstring)."""
+
+    def __init__(self, example: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.example = example
+        self.branches: list[str] = []  # "file:line: taken" of every branch followed
+        self._evaluating = False  # while True, modules and parameters act as themselves (no recording)
+
+    def call_module(self, m, forward, args, kwargs):
+        if self._evaluating:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if self._evaluating:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        node = obj.node
+        where = node_source(node) or node.name
+        if self.example is None:
+            raise TraceError(f"a branch on a traced value at {where}; {_TRACE_HINT} (a branch on shapes alone "
+                             "traces when an example input is given: example_inputs=, as the CLI does)")
+        if _depends_on_values(node, {}):
+            raise TraceError(f"a branch on tensor values at {where} (data-dependent control flow); {_TRACE_HINT}")
+        taken = bool(self._evaluate(node))
+        # not `not_`: re-tracing the generated code (torch.save of a GraphModule does) must not branch again
+        condition = obj if taken else self.create_proxy("call_function", operator.eq, (obj, False), {})
+        message = (f"the model was traced for inputs of shape {list(self.example.shape)}, and a shape-dependent "
+                   f"branch at {where} goes the other way for this input; convert it again for this input size")
+        self.create_proxy("call_function", torch._assert, (condition, message), {})
+        self.branches.append(f"{where}: {taken}")
+        return taken
+
+    def _evaluate(self, node: fx.Node):
+        """The value of ``node`` (in the graph built so far) on the example input, computed with the tracer's
+        patches of ``nn.Module`` calls and attribute reads switched to plain behaviour."""
+        graph = fx.Graph()
+        copies: dict[fx.Node, fx.Node] = {}
+        graph.graph_copy(self.graph, copies)
+        graph.output(copies[node])
+        self._evaluating = True
+        try:
+            gm = fx.GraphModule(self.root, graph)  # every node so far: in-place ops keep their effect
+            with torch.no_grad():
+                return gm.forward(self.example)
+        finally:
+            self._evaluating = False
 
 
 class _ShapeProp(ShapeProp):

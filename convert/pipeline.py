@@ -65,6 +65,8 @@ class ConversionReport:
     sites: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     analog_nodes: list[str] = field(default_factory=list)
+    input_shape: list[int] | None = None  # per-sample shape of the example input the model was traced / run at
+    shape_branches: list[str] = field(default_factory=list)  # branches on shapes followed for it (frontend.py)
 
     def entry(self, name: str) -> PassEntry:
         """The latest entry named ``name`` (KeyError if none)."""
@@ -82,6 +84,8 @@ class ConversionReport:
             "sites": self.sites,
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
             "analog_nodes": list(self.analog_nodes),
+            "input_shape": self.input_shape,
+            "shape_branches": list(self.shape_branches),
         }
 
     def to_table(self) -> str:

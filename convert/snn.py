@@ -56,6 +56,7 @@ class SpikingNetwork(nn.Module):
         self.analog_pass = False  # True while ann_forward runs (counters skip it)
         self.capture_cache_key: tuple | None = None
         self.output_offset: torch.Tensor | None = None
+        self.batch_folded = False  # a unit's per-step batch dim holds more than the images (coding/diff.py)
         self.elide_static_prefix = True
         self.prefix_phase: PrefixPhase | None = None  # set while a static-prefix layer runs (for the counters)
         self._prefix_cache: tuple[tuple, StaticPrefix | None] | None = None
@@ -107,6 +108,7 @@ class SpikingNetwork(nn.Module):
         """Forget cached offsets (call after changing weights or thresholds)."""
         self.capture_cache_key = None
         self.output_offset = None
+        self.batch_folded = False
         self._prefix_cache = None
 
     def static_prefix(self) -> StaticPrefix | None:

@@ -113,5 +113,6 @@ def run(snn: SpikingNetwork, x: torch.Tensor, timesteps: int | None = None, *, m
 def load(path: str | os.PathLike) -> SpikingNetwork:
     """Rebuild a saved SNN (no calibration): the same thresholds, so identical outputs."""
     artifact = load_artifact(path)
-    snn, _ = convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config)
+    snn, _ = convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config,
+                                     artifact.report.get("input_shape"))
     return snn

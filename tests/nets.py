@@ -83,8 +83,8 @@ class FunctionalPoolNet(nn.Module):
 
 
 class Unsupported(nn.Module):
-    """Three unsupported nodes: a sort, a cumulative sum and fused attention (non-ReLU activations, element-wise and
-    matrix products are supported as graded units)."""
+    """Three unsupported nodes: a sort, a cumulative sum and causal fused attention (non-ReLU activations,
+    element-wise and matrix products are supported as graded units; unmasked fused attention is written out)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,7 +95,7 @@ class Unsupported(nn.Module):
     def forward(self, x):
         y = torch.sort(F.relu(self.conv(x)), dim=1)[0]
         y = torch.cumsum(y, 2).flatten(2)
-        return self.fc(F.scaled_dot_product_attention(y, y, y).mean(2))
+        return self.fc(F.scaled_dot_product_attention(y, y, y, is_causal=True).mean(2))
 
 
 class _SE(nn.Module):

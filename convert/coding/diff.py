@@ -41,11 +41,23 @@ class DiffCoding:
         return (tuple(x.shape[1:]), x.dtype, x.device)
 
     def prepare(self, snn, x: torch.Tensor) -> None:
-        """Capture every unit's bias b and the output offset y0 for ``x``'s per-sample shape (cached)."""
-        key = self.capture_key(x)
+        """Capture every unit's bias b and the output offset y0 for ``x``'s per-sample shape (cached).
+
+        The capture runs on one zero sample, so every b has a batch dim of 1 and broadcasts over any batch. A graph
+        that moves data into the batch dim (Swin's window partition: ``[B·windows, tokens, C]``) gives some unit a
+        b whose first dim is not 1; such a network (``snn.batch_folded``) is captured at the batch size it runs at
+        (one zero batch per batch size), so that b has the per-step shape of its unit.
+        """
+        batch = x.shape[0] if snn.batch_folded else 1
+        key = (*self.capture_key(x), batch)
         if snn.capture_cache_key == key:
             return
-        snn.capture_offsets(torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device))
+        snn.capture_offsets(torch.zeros((batch, *x.shape[1:]), dtype=x.dtype, device=x.device))
+        if batch == 1 and x.shape[0] > 1 and _folds_batch(snn):
+            snn.batch_folded = True
+            batch = x.shape[0]
+            key = (*self.capture_key(x), batch)
+            snn.capture_offsets(torch.zeros((batch, *x.shape[1:]), dtype=x.dtype, device=x.device))
         snn.capture_cache_key = key
 
     def decode(self, y_seq: torch.Tensor, snn) -> torch.Tensor:
@@ -60,3 +72,14 @@ class DiffCoding:
         after every step, ``Σ_τ≤t y_τ/τ``."""
         steps = torch.arange(1, y_seq.shape[0] + 1, dtype=y_seq.dtype, device=y_seq.device)
         return (y_seq / steps.view(-1, *([1] * (y_seq.dim() - 1)))).cumsum(0)
+
+
+def _folds_batch(snn) -> bool:
+    """Whether a unit captured a bias whose first (batch) dim is not 1 in a capture on one sample."""
+    for _, unit in snn.stateful():
+        parts = [unit, *(getattr(unit, name) for name in ("lo", "hi") if hasattr(unit, name))]  # fused pairs
+        for part in parts:
+            captured = [getattr(part, "bias", None), *(getattr(part, "biases", None) or ())]
+            if any(isinstance(b, torch.Tensor) and b.dim() > 0 and b.shape[0] != 1 for b in captured):
+                return True
+    return False

@@ -7,11 +7,12 @@ from snnconvert.convert.passes.normalize import (
     functional_layers_to_modules,
     move_maxpool_before_activation,
     out_of_place_activations,
+    write_out_attention,
 )
 
 NORMALIZE_PASSES = (
     decompose_bounded_relu, canonicalize_activations, out_of_place_activations, drop_dropout_and_identity,
-    functional_layers_to_modules, fold_bn,
+    write_out_attention, functional_layers_to_modules, fold_bn,
     move_maxpool_before_activation,
 )
 

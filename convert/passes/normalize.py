@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from snnconvert.convert.frontend import reads_metadata
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 _RELU_FUNCTIONS = {F.relu: "F.relu", torch.relu: "torch.relu", torch.relu_: "torch.relu_", F.relu_: "F.relu_"}
@@ -241,6 +242,11 @@ def out_of_place_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
     return _finish(gm, entry, report)
 
 
+def _value_users(node: fx.Node) -> list[fx.Node]:
+    """The users of ``node`` that read its values (shape reads left out)."""
+    return [user for user in node.users if not reads_metadata(user)]
+
+
 def _single_user_module_node(gm: fx.GraphModule, node: fx.Node) -> bool:
     return sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target) == 1
 
@@ -288,17 +294,90 @@ def _constant_value(gm: fx.GraphModule, value, memo: dict):
 
 
 def _layer_arguments(node: fx.Node) -> dict:
-    """``F.conv*`` / ``F.linear`` arguments by name (positional and keyword), defaults left out."""
-    params = _CONV_PARAMS if _FUNCTIONAL_LAYERS[node.target] else _CONV_PARAMS[:3]
+    """``F.conv*`` / ``F.linear`` / ``F.batch_norm`` arguments by name (positional and keyword), defaults left
+    out."""
+    if node.target is F.batch_norm:
+        params = _BN_PARAMS
+    else:
+        params = _CONV_PARAMS if _FUNCTIONAL_LAYERS[node.target] else _CONV_PARAMS[:3]
     named = dict(zip(params, node.args))
     named.update(node.kwargs)
     return named
 
 
+_BN_PARAMS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+
+
+class BatchNormAnyRank(nn.BatchNorm2d):
+    """An eval-mode BatchNorm over dim 1 for inputs of any rank >= 2: what an ``F.batch_norm`` call with constant
+    statistics becomes (timm's ``BatchNormAct2d`` calls it functionally). A ``BatchNorm2d`` for every pass (folded
+    into the preceding conv like one), without its rank check: the call did not state one."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of rank >= 2, got {input.dim()}")
+
+
+def _functional_layer(gm: fx.GraphModule, node: fx.Node, memo: dict) -> nn.Module | str:
+    """The module an ``F.conv*`` / ``F.linear`` / ``F.batch_norm`` call is, or why it stays a call."""
+    named = _layer_arguments(node)
+    if node.target is F.batch_norm:
+        return _batch_norm_module(gm, named, memo)
+    weight, bias = (_constant_value(gm, named.get(k), memo) for k in ("weight", "bias"))
+    geometry = {k: named[k] for k in _CONV_PARAMS[3:] if k in named}
+    if weight is _DYNAMIC or bias is _DYNAMIC:
+        return "the weight or bias depends on the input"
+    if nodes_in(geometry):
+        return "stride/padding/dilation/groups are computed at run time"
+    dims = _FUNCTIONAL_LAYERS[node.target]
+    if not isinstance(weight, torch.Tensor) or weight.ndim != (dims + 2 if dims else 2):
+        return "the weight is not a layer's weight tensor"
+    if dims:
+        groups = int(geometry.get("groups", 1))
+        layer = _CONV_MODULES[dims](weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+                                    stride=geometry.get("stride", 1), padding=geometry.get("padding", 0),
+                                    dilation=geometry.get("dilation", 1), groups=groups, bias=bias is not None,
+                                    device=weight.device, dtype=weight.dtype)
+    else:
+        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
+                          dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def _batch_norm_module(gm: fx.GraphModule, named: dict, memo: dict) -> nn.Module | str:
+    """``F.batch_norm(x, mean, var, weight, bias, training=False, momentum, eps)`` with constant statistics and
+    affine parameters -> an eval-mode :class:`BatchNormAnyRank` holding copies of them."""
+    values = {k: _constant_value(gm, named.get(k), memo) for k in ("running_mean", "running_var", "weight", "bias")}
+    training, eps = _constant_value(gm, named.get("training", False), memo), named.get("eps", 1e-5)
+    if any(v is _DYNAMIC for v in values.values()):
+        return "the statistics or affine parameters depend on the input"
+    mean, var, weight, bias = values["running_mean"], values["running_var"], values["weight"], values["bias"]
+    if training is not False or not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
+        return "batch statistics (training=True or no running statistics): not an affine map"
+    if not isinstance(eps, (int, float)):
+        return "eps is computed at run time"
+    bn = BatchNormAnyRank(mean.numel(), eps=float(eps), affine=weight is not None or bias is not None,
+                          device=mean.device, dtype=mean.dtype)
+    with torch.no_grad():
+        bn.running_mean.copy_(mean.reshape(-1))
+        bn.running_var.copy_(var.reshape(-1))
+        if weight is not None:
+            bn.weight.copy_(weight.reshape(-1))
+        if bias is not None:
+            bn.bias.copy_(bias.reshape(-1))
+    return bn
+
+
 def functional_layers_to_modules(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
     """Turn ``F.conv1d/2d/3d`` and ``F.linear`` calls whose weight and bias are constants (parameters, or functions
     of parameters alone such as a weight standardisation, evaluated once here) into ``nn.Conv*`` / ``nn.Linear``
-    modules: BN folds into them, identity sites and the energy metric (method.md §8) see them like any layer.
+    modules, and eval-mode ``F.batch_norm`` calls with constant statistics (timm's ``BatchNormAct2d``) into
+    BatchNorm modules: BN folds into them, identity sites and the energy metric (method.md §8) see them like any
+    layer.
 
     Before: ``y = F.conv2d(x, self.w, self.b, 2, 1)``  After: ``y = conv2d(x)`` (``conv2d = nn.Conv2d(..., stride=2,
     padding=1)`` holding copies of ``w`` and ``b``). A call whose weight depends on the input (a dynamic kernel) or
@@ -307,39 +386,17 @@ def functional_layers_to_modules(gm: fx.GraphModule, cfg, report: ConversionRepo
     entry = PassEntry(name="functional_layers_to_modules", modified=False)
     memo: dict = {}
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in _FUNCTIONAL_LAYERS:
+        if node.op != "call_function" or (node.target not in _FUNCTIONAL_LAYERS and node.target is not F.batch_norm):
             continue
-        named = _layer_arguments(node)
-        weight, bias = (_constant_value(gm, named.get(k), memo) for k in ("weight", "bias"))
-        geometry = {k: named[k] for k in _CONV_PARAMS[3:] if k in named}
-        if weight is _DYNAMIC or bias is _DYNAMIC:
-            entry.skipped[node.name] = "the weight or bias depends on the input"
+        layer = _functional_layer(gm, node, memo)
+        if isinstance(layer, str):
+            entry.skipped[node.name] = layer
             continue
-        if nodes_in(geometry):
-            entry.skipped[node.name] = "stride/padding/dilation/groups are computed at run time"
-            continue
-        dims = _FUNCTIONAL_LAYERS[node.target]
-        if not isinstance(weight, torch.Tensor) or weight.ndim != (dims + 2 if dims else 2):
-            entry.skipped[node.name] = "the weight is not a layer's weight tensor"
-            continue
-        if dims:
-            groups = int(geometry.get("groups", 1))
-            layer = _CONV_MODULES[dims](weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
-                                        stride=geometry.get("stride", 1), padding=geometry.get("padding", 0),
-                                        dilation=geometry.get("dilation", 1), groups=groups, bias=bias is not None,
-                                        device=weight.device, dtype=weight.dtype)
-        else:
-            layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
-                              dtype=weight.dtype)
         layer.train(gm.training)
-        with torch.no_grad():
-            layer.weight.copy_(weight)
-            if bias is not None:
-                layer.bias.copy_(bias)
         name = _unique_name(gm, node.name)
         gm.add_submodule(name, layer)
         with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, (named["input"],))
+            new = gm.graph.call_module(name, (_layer_arguments(node)["input"],))
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
@@ -388,7 +445,7 @@ def fold_bn(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
             conv_like = isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
             if not (conv_like or isinstance(layer, nn.Linear)):
                 reason = f"input is {type(layer).__name__}, not Conv/Linear"
-            elif len(prev.users) != 1:
+            elif len(_value_users(prev)) != 1:  # shape reads (rank assertions) keep working on the fused output
                 reason = "the conv output has other consumers"
             elif not _single_user_module_node(gm, prev):
                 reason = "the conv module is called at several sites"
@@ -481,3 +538,136 @@ def move_maxpool_before_activation(gm: fx.GraphModule, cfg, report: ConversionRe
     report.passes.append(entry)
     return PassResult(gm, entry.modified)
 
+
+
+def _attention_graph(graph: fx.Graph, q: fx.Node, k: fx.Node, v: fx.Node, scale) -> fx.Node:
+    """``softmax((q @ kᵀ) · scale, -1) @ v`` as graph nodes (before the current insertion point); ``scale`` None:
+    ``q.size(-1) ** -0.5``, the fused call's default."""
+    if scale is None:
+        scale = graph.call_function(operator.pow, (graph.call_method("size", (q, -1)), -0.5))
+    scores = graph.call_function(operator.matmul, (q, graph.call_method("transpose", (k, -2, -1))))
+    weights = graph.call_function(F.softmax, (graph.call_function(operator.mul, (scores, scale)),), {"dim": -1})
+    return graph.call_function(operator.matmul, (weights, v))
+
+
+def _sdpa_reason(named: dict) -> str | None:
+    """Why a ``scaled_dot_product_attention`` call cannot be written out (None: it can)."""
+    if named.get("attn_mask") is not None:
+        return "an attention mask"
+    if named.get("dropout_p", 0.0) != 0.0:
+        return "attention dropout"
+    if named.get("is_causal", False) is not False:
+        return "is_causal"
+    if named.get("enable_gqa", False) is not False:
+        return "grouped-query heads"
+    if isinstance(named.get("scale"), fx.Node):
+        return "a scale computed at run time"
+    return None
+
+
+def _mha_reason(mha: nn.MultiheadAttention, named: dict, node: fx.Node) -> str | None:
+    """Why an ``nn.MultiheadAttention`` call cannot be written out (None: it can)."""
+    for key in ("key_padding_mask", "attn_mask"):
+        if named.get(key) is not None:
+            return f"{key}"
+    if named.get("is_causal", False) is not False:
+        return "is_causal"
+    if mha.bias_k is not None or mha.add_zero_attn:
+        return "bias_k/bias_v or add_zero_attn"
+    if any(u.op != "call_function" or u.target is not operator.getitem or (u.args[1] != 0 and u.users)
+           for u in node.users):
+        return "its attention weights are used"
+    return None
+
+
+def _mha_linears(mha: nn.MultiheadAttention) -> list[nn.Linear]:
+    """The query, key, value and output projections of ``mha`` as plain ``nn.Linear`` copies."""
+    E = mha.embed_dim
+    if mha._qkv_same_embed_dim:
+        weights = mha.in_proj_weight.split(E)
+    else:
+        weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+    biases = mha.in_proj_bias.split(E) if mha.in_proj_bias is not None else (None,) * 3
+    pairs = [*zip(weights, biases), (mha.out_proj.weight, mha.out_proj.bias)]
+    layers = []
+    for w, b in pairs:
+        layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(w)
+            if b is not None:
+                layer.bias.copy_(b)
+        layers.append(layer.train(mha.training))
+    return layers
+
+
+def _write_out_mha(gm: fx.GraphModule, node: fx.Node, mha: nn.MultiheadAttention, named: dict) -> fx.Node:
+    """Replace an ``nn.MultiheadAttention`` call by its projections (Linear modules), heads (reshapes) and the
+    written-out attention; returns the output node (what ``call[0]`` was)."""
+    graph, H, hd = gm.graph, mha.num_heads, mha.head_dim
+    names = []
+    for i, layer in enumerate(_mha_linears(mha)):
+        names.append(_unique_name(gm, f"{node.name}_{('q', 'k', 'v', 'out')[i]}_proj"))
+        gm.add_submodule(names[-1], layer)
+    with graph.inserting_before(node):
+        seqs = [named["query"], named["key"], named["value"]]
+        if not mha.batch_first:  # [N, B, E] -> [B, N, E]
+            seqs = [graph.call_method("transpose", (t, 0, 1)) for t in seqs]
+        heads = []
+        for name, t in zip(names, seqs):  # [B, N, E] -> [B, H, N, hd]
+            proj = graph.call_module(name, (t,))
+            b, n = graph.call_method("size", (t, 0)), graph.call_method("size", (t, 1))
+            heads.append(graph.call_method("transpose", (graph.call_method("reshape", (proj, b, n, H, hd)), 1, 2)))
+        out = _attention_graph(graph, *heads, None)
+        b, n = graph.call_method("size", (seqs[0], 0)), graph.call_method("size", (seqs[0], 1))
+        merged = graph.call_method("reshape", (graph.call_method("transpose", (out, 1, 2)), b, n, mha.embed_dim))
+        result = graph.call_module(names[3], (merged,))
+        if not mha.batch_first:
+            result = graph.call_method("transpose", (result, 0, 1))
+    return result
+
+
+def write_out_attention(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
+    """Write fused attention out, so that its products become units (method.md §5.2, §6):
+
+    - ``F.scaled_dot_product_attention(q, k, v)`` (no mask, no dropout, not causal; timm's ViT attention in eval
+      mode) becomes ``softmax((q @ kᵀ) · s, -1) @ v`` with s the call's ``scale`` or ``q.size(-1) ** -0.5``;
+    - an ``nn.MultiheadAttention`` call (no masks, its attention weights unused; torchvision's ViT) becomes its
+      query/key/value projections as ``nn.Linear`` modules, a split into heads, the same written-out attention, the
+      merge of the heads and the output projection.
+
+    A call with a mask, dropout, ``is_causal`` or grouped-query heads stays (check_supported lists it).
+    """
+    entry = PassEntry(name="write_out_attention", modified=False)
+    sdpa_names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    mha_names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
+                 "is_causal")
+    for node in list(gm.graph.nodes):
+        mha = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
+            named = {**dict(zip(sdpa_names, node.args)), **node.kwargs}
+            reason, kind = _sdpa_reason(named), "scaled_dot_product_attention"
+        elif isinstance(mha, nn.MultiheadAttention):
+            named = {**dict(zip(mha_names, node.args)), **node.kwargs}
+            reason, kind = _mha_reason(mha, named, node), "MultiheadAttention"
+        else:
+            continue
+        if reason:
+            entry.skipped[node.name] = f"{kind} with {reason} stays fused"
+            continue
+        if mha is None:
+            with gm.graph.inserting_before(node):
+                out = _attention_graph(gm.graph, named["query"], named["key"], named["value"], named.get("scale"))
+            node.replace_all_uses_with(out)
+        else:
+            out = _write_out_mha(gm, node, mha, named)
+            for user in list(node.users):  # call[0] is the output; call[1] (the weights) is unused
+                if user.args[1] == 0:
+                    user.replace_all_uses_with(out)
+                gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        entry.counts[kind] = entry.counts.get(kind, 0) + 1
+        entry.nodes.append(out.name)
+        entry.modified = True
+    if entry.modified:
+        gm.delete_all_unused_submodules()
+    return _finish(gm, entry, report)

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snnconvert.convert.errors import UnsupportedNode, UnsupportedOpError
-from snnconvert.convert.frontend import node_source
+from snnconvert.convert.frontend import node_source, reads_metadata
 from snnconvert.convert.passes.normalize import is_canonical_relu, nodes_in
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
@@ -31,7 +31,12 @@ SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-    nn.Flatten, nn.Unflatten, nn.ZeroPad2d, nn.ConstantPad2d,
+    nn.Flatten, nn.Unflatten, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+    nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
+    nn.ReplicationPad2d, nn.ReplicationPad3d,
+    # resampling and rearranging: every interpolation mode (nearest, (bi/tri)linear, bicubic, area) is linear
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.ChannelShuffle,
 )
 #: Functions that are affine in their tensor arguments (when the non-tensor arguments are constants).
 SUPPORTED_FUNCTIONS = frozenset({
@@ -41,18 +46,24 @@ SUPPORTED_FUNCTIONS = frozenset({
     torch.index_select,
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.conv1d, F.conv2d, F.conv3d, F.linear, F.pad,
+    # splitting, moving and resampling data (timm: split in MixConv / Res2Net, unbind of qkv, roll in Swin)
+    torch.split, torch.chunk, torch.unbind, torch.tensor_split, torch.roll, torch.flip, torch.movedim,
+    torch.swapaxes, torch.swapdims, torch.repeat_interleave, torch.pixel_shuffle, torch.pixel_unshuffle,
+    torch.channel_shuffle, F.interpolate, F.upsample, F.pixel_shuffle, F.pixel_unshuffle,
 })
 #: Functions linear in their first argument only while their other tensor arguments are constants: why not else.
 _FIRST_ARG_LINEAR = {
     **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d, F.linear),
                     "weight or bias computed from the input (a dynamic kernel): not linear in the input"),
     torch.index_select: "indices computed from the input (a data-dependent selection): not linear in the input",
+    torch.repeat_interleave: "repeats computed from the input (a data-dependent length): not linear in the input",
 }
 #: Tensor methods that only move, reshape or linearly combine data.
 SUPPORTED_METHODS = frozenset({
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "size", "mean",
     "sum", "add", "add_", "sub", "neg", "expand", "expand_as", "view_as", "reshape_as", "unflatten", "chunk", "split",
-    "dim", "float", "type_as", "select", "narrow",
+    "dim", "float", "type_as", "select", "narrow", "unbind", "tensor_split", "roll", "flip", "repeat",
+    "movedim", "swapaxes", "swapdims", "clone",
 })
 #: Products / quotients are affine only when at most one factor depends on the input.
 _SCALING_FUNCTIONS = frozenset({operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul,
@@ -93,17 +104,18 @@ def is_matmul(node: fx.Node) -> bool:
 
 
 def _is_shape_value(node, cache: dict) -> bool:
-    """True when ``node`` computes a shape (``x.size()``, ``x.shape[1]``, ``x.dim()``, arithmetic on those): static
-    for a given input shape, so not input *data* (``x.view(n, c // g, ...)`` stays a reshape)."""
+    """True when ``node`` computes a shape (``x.size()``, ``x.shape[1]``, ``x.dim()``, arithmetic on those) or reads
+    other metadata (``x.device``, ``x.dtype``): static for a given input shape, so not input *data*
+    (``x.view(n, c // g, ...)`` stays a reshape)."""
     if not isinstance(node, fx.Node):
         return False
     key = ("shape", node)
     if key in cache:
         return cache[key]
-    if node.op == "call_method" and node.target in ("size", "dim"):
+    if reads_metadata(node):
         result = True
     elif node.op == "call_function" and node.target is getattr:
-        result = len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+        result = False
     elif node.op == "call_function" and node.target in _SHAPE_ARITHMETIC:
         inputs = node.all_input_nodes
         result = bool(inputs) and all(_is_shape_value(a, cache) for a in inputs)

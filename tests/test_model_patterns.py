@@ -1,0 +1,355 @@
+"""Patterns of real model code (timm and friends) the front end and passes handle, each in a small hand-written
+model: functional BatchNorm behind rank assertions, branches on shapes, extra forward arguments with defaults,
+splitting / rolling / resampling ops, fused attention, unused metadata reads."""
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import TOLERANCES
+
+from snnconvert.convert import RATE_DEFAULT, ConversionConfig, convert
+from snnconvert.convert.errors import TraceError, UnsupportedOpError
+from snnconvert.convert.frontend import trace_module
+from snnconvert.convert.passes import NORMALIZE_PASSES
+from snnconvert.convert.passes.normalize import BatchNormAnyRank
+from snnconvert.convert.pipeline import ConversionReport, run_passes
+
+TOL = TOLERANCES["pass_equivalence"]
+
+
+def _passes(model, example=None):
+    gm = trace_module(model, example)
+    report = ConversionReport()
+    return run_passes(gm, NORMALIZE_PASSES, RATE_DEFAULT, report), report
+
+
+def _stats(bn: nn.Module) -> None:
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.5, 2.0)
+        if bn.weight is not None:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+
+
+class FunctionalBN(nn.Module):
+    """timm's BatchNormAct2d: ``torch._assert(x.ndim == 4)`` then ``F.batch_norm`` on the module's own tensors."""
+
+    def __init__(self, channels: int, affine: bool = True) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=affine)
+        _stats(self.bn)
+
+    def forward(self, x):
+        torch._assert(x.ndim == 4, "expected 4D input")
+        bn = self.bn
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.1, bn.eps)
+
+
+class BNActNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1), FunctionalBN(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), FunctionalBN(4, affine=False)
+        self.fc, self.bn3 = nn.Linear(4 * 28 * 28, 6), nn.BatchNorm1d(6)
+        _stats(self.bn3)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        y = self.fc(torch.flatten(x, 1))
+        return F.batch_norm(y, self.bn3.running_mean, self.bn3.running_var, self.bn3.weight, self.bn3.bias,
+                            training=False, eps=self.bn3.eps)
+
+
+def test_functional_batch_norm_becomes_a_module_and_folds_past_rank_assertions():
+    model = BNActNet().eval()
+    gm, report = _passes(model)
+    assert report.entry("functional_layers_to_modules").counts == {"F.batch_norm": 3}
+    assert report.entry("fold_bn").counts == {"BatchNormAnyRank": 3}  # the assertions read shapes, not values
+    assert not [n for n in gm.graph.nodes if n.target is F.batch_norm]
+    assert not [m for m in gm.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    x = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(gm(x), model(x), **TOL)
+
+
+def test_batch_norm_with_batch_statistics_is_listed():
+    class TrainBN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return F.relu(F.batch_norm(self.conv(x), None, None, training=True))
+
+    with pytest.raises(UnsupportedOpError, match="batch_norm"):
+        convert(TrainBN(), forward_loop=[torch.rand(4, 1, 8, 8)])
+
+
+def test_batch_norm_any_rank_checks_rank_two():
+    bn = BatchNormAnyRank(3).eval()
+    assert bn(torch.rand(2, 3)).shape == (2, 3) and bn(torch.rand(2, 3, 4, 5, 6)).shape == (2, 3, 4, 5, 6)
+    with pytest.raises(ValueError, match="rank >= 2"):
+        bn(torch.rand(3))
+
+
+class ShapeBranchNet(nn.Module):
+    """timm's VGG head: pool up to a minimum size when the feature map is smaller (a branch on shapes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(4 * 5 * 5, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        if x.shape[-2] < 7 or x.shape[-1] < 7:
+            x = F.adaptive_avg_pool2d(x, (max(7, x.shape[-2]), max(7, x.shape[-1])))
+        x = F.relu(self.conv2(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 5), 1))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_a_branch_on_shapes_follows_the_example_and_is_guarded(coding):
+    model = ShapeBranchNet().eval()
+    small, large = torch.rand(6, 1, 10, 10), torch.rand(6, 1, 28, 28)  # 5x5 after the pool: branch; 14x14: none
+    for x in (small, large):
+        res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=32),
+                      example_inputs=x[:2])
+        guards = [n for n in res.snn.gm.graph.nodes if n.target is torch._assert]
+        assert guards, "the branch taken is guarded in the graph"
+        res.snn(x[:3], 1)
+        assert not res.snn.batch_folded  # its units' batch dim holds the images: one capture on one sample
+        with torch.no_grad():
+            torch.testing.assert_close(res.snn.ann_forward(x), model(x), **TOL)
+            multi, single = res.snn(x, 4), res.snn(x, 4, mode="single")  # the guard holds at T*B and per step
+            torch.testing.assert_close(single, multi, **TOLERANCES["single_vs_multi"])
+            other = large if x is small else small
+            with pytest.raises(Exception, match="traced for inputs of shape"):
+                res.snn(other, 2)  # the branch would go the other way: loud, not a different network
+
+
+def test_branches_without_example_or_on_values_are_trace_errors():
+    with pytest.raises(TraceError, match="example input is given"):
+        trace_module(ShapeBranchNet())
+
+    class ValueBranch(nn.Module):
+        def forward(self, x):
+            return F.relu(x) if x.sum() > 0 else -x
+
+    with pytest.raises(TraceError, match="branch on tensor values"):
+        trace_module(ValueBranch(), torch.rand(1, 3))
+
+
+class ExtraArgs(nn.Module):
+    """timm's ViT blocks: ``forward(x, attn_mask=None, is_causal=False)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x, attn_mask=None, is_causal=False, *rest, **options):
+        if attn_mask is not None or is_causal:
+            x = x * 0
+        return F.relu(self.fc(x))
+
+
+def test_forward_arguments_with_defaults_are_fixed():
+    model = ExtraArgs()
+    gm = trace_module(model)
+    assert [n.name for n in gm.graph.nodes if n.op == "placeholder"] == ["x"]
+    assert not [n for n in gm.graph.nodes if n.target is torch._assert]  # fx's checks of the fixed values dropped
+    x = torch.rand(3, 8)
+    torch.testing.assert_close(gm(x), model(x), **TOL)
+
+    class TwoInputs(nn.Module):
+        def forward(self, x, y):
+            return x + y
+
+    with pytest.raises(TraceError, match=r"forward\(x, y\) takes more than one input"):
+        trace_module(TwoInputs())
+
+
+class Rearranging(nn.Module):
+    """Splitting, moving and resampling ops between ReLUs (MixConv/Res2Net split, qkv unbind, Swin roll, HRNet
+    upsampling, pixel shuffle), and an unused device read (LeViT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.mix = nn.Conv2d(4, 4, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.shuffle = nn.PixelShuffle(2)
+        self.head = nn.Linear(2 * 56 * 56 + 2 * 28 * 28 + 4 * 14 * 14, 10)
+
+    def forward(self, x):
+        x.device  # noqa: B018 - an unused metadata read, as LeViT's attention-bias cache makes
+        x = F.relu(self.conv(x))  # [B, 8, 28, 28]
+        a, b = torch.split(x, 4, dim=1)
+        a = torch.roll(torch.flip(F.relu(self.mix(a)), dims=[-1]), shifts=3, dims=-2)
+        c0, c1 = torch.chunk(b, 2, dim=1)[0].unbind(1)  # two [B, 28, 28]
+        up = F.relu(self.up(torch.stack([c0, c1], 1)))  # [B, 2, 56, 56]
+        near = F.interpolate(a[:, :2], scale_factor=1, mode="nearest")  # [B, 2, 28, 28]
+        shuffled = F.relu(self.shuffle(F.max_pool2d(a, 2)))  # [B, 4, 14, 14] -> [B, 1, 28, 28]
+        shuffled = shuffled.repeat(1, 4, 1, 1)[:, :, :14, :14]  # [B, 4, 14, 14]
+        return self.head(torch.cat([up.flatten(1), near.flatten(1), shuffled.flatten(1)], 1))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_rearranging_ops_convert_exactly(coding):
+    model = Rearranging().eval()
+    x = torch.rand(8, 1, 28, 28)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=64),
+                  example_inputs=x[:2])
+    with torch.no_grad():
+        ann = model(x)
+        torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
+        out = res.snn(x)
+    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 63)]
+    assert err[1] < min(err[0], 0.05), err
+
+
+class SDPA(nn.Module):
+    """timm's fused attention: ``F.scaled_dot_product_attention(q, k, v)`` on heads from one qkv projection."""
+
+    def __init__(self, mask: bool = False, scale: float | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.qkv, self.proj, self.heads = nn.Linear(8, 24), nn.Linear(8, 8), 2
+        self.mask = torch.zeros(5, 5) if mask else None
+        self.scale = scale
+
+    def forward(self, x):  # x [B, 5, 8]
+        B, N, C = x.shape
+        q, k, v = self.qkv(F.relu(x)).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        kwargs = {} if self.scale is None else {"scale": self.scale}
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=0.0, **kwargs)
+        return self.proj(a.transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_fused_attention_is_written_out(scale):
+    model = SDPA(scale=scale).eval()
+    x = torch.randn(6, 5, 8)
+    gm, report = _passes(model)
+    assert report.entry("write_out_attention").counts == {"scaled_dot_product_attention": 1}
+    assert not [n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention]
+    assert len([n for n in gm.graph.nodes if n.target is operator.matmul]) == 2
+    torch.testing.assert_close(gm(x), model(x), **TOL)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=4))
+    kinds = res.report.entry("replace_activations").counts
+    assert kinds.get("GradedUnit(matmul)") == 2 and kinds.get("GradedUnit(softmax)") == 1, kinds
+
+
+def test_fused_attention_with_a_mask_stays_and_is_listed():
+    with pytest.raises(UnsupportedOpError, match="fused attention is not convertible"):
+        convert(SDPA(mask=True), forward_loop=[torch.randn(4, 5, 8)])
+
+
+def test_a_guarded_network_pickles(tmp_path):
+    x = torch.rand(4, 1, 10, 10)
+    res = convert(ShapeBranchNet().eval(), forward_loop=[x], config=ConversionConfig.for_coding("differential"),
+                  example_inputs=x[:1])
+    torch.save(res.snn, tmp_path / "snn.pt")
+    again = torch.load(tmp_path / "snn.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(again(x, 3), res.snn(x, 3))
+        with pytest.raises(Exception, match="traced for inputs of shape"):
+            again(torch.rand(2, 1, 28, 28), 1)
+
+
+def test_a_guarded_network_saves_and_reloads(tmp_path):
+    from snnconvert.convert import ModelSource
+    from snnconvert.runtime import load
+
+    x = torch.rand(4, 1, 10, 10)
+    res = convert(ShapeBranchNet().eval(), forward_loop=[x], config=ConversionConfig.for_coding("differential"),
+                  example_inputs=x[:1], source=ModelSource.python(f"{__file__}:ShapeBranchNet"))
+    # the `if` (taken) and the two comparisons inside max(7, ...) (7 is larger: False)
+    assert res.report.input_shape == [1, 10, 10]
+    assert [b.rsplit(": ", 1)[1] for b in res.report.shape_branches] == ["True", "False", "False"]
+    assert all("test_model_patterns.py:" in b for b in res.report.shape_branches)
+    again = load(res.save(tmp_path / "snn"))  # re-traced at the recorded input shape: the same branch
+    with torch.no_grad():
+        assert torch.equal(again(x), res.snn(x))
+
+
+class Windows(nn.Module):
+    """Swin's window partition: the windows of every image move into the batch dim ``[B·4, 49, C]`` around a
+    LayerNorm, a Linear and a ReLU, then back; the units see more rows than images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv, self.norm, self.fc = nn.Conv2d(1, 8, 2, stride=2), nn.LayerNorm(8), nn.Linear(8, 8)
+        self.head = nn.Linear(8 * 14 * 14, 10)
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 2, 3, 1)  # [B, 14, 14, 8]
+        B, H, W, C = x.shape
+        w = x.view(B, 2, 7, 2, 7, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, 49, C)  # [B*4, 49, 8]
+        w = F.relu(self.fc(self.norm(w)))
+        x = w.view(B, 2, 2, 7, 7, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H * W * C)
+        return self.head(x)
+
+
+def test_units_whose_batch_dim_holds_windows_capture_per_batch_size():
+    model = Windows().eval()
+    x = torch.rand(5, 1, 28, 28)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=16),
+                  example_inputs=x[:2])
+    snn = res.snn
+    with torch.no_grad():
+        ann, out = model(x), snn(x)
+        assert snn.batch_folded  # the capture on one sample gave biases with 4 rows
+        err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 15)]
+        assert err[1] < min(err[0], 0.05), err
+        torch.testing.assert_close(snn(x[:3], 4, mode="single"), snn(x[:3], 4), **TOLERANCES["single_vs_multi"])
+        for rows in (1, 2):  # another batch size captures again; each image's answer does not depend on it
+            torch.testing.assert_close(snn(x[:rows], 6), out[:6, :rows], rtol=1e-5, atol=1e-6)
+
+
+class MHA(nn.Module):
+    """torchvision's ViT block: ``x, _ = nn.MultiheadAttention(...)(x, x, x, need_weights=False)``."""
+
+    def __init__(self, batch_first: bool = True, use_weights: bool = False, kdim: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first, kdim=kdim, vdim=kdim)
+        self.ctx = nn.Linear(8, kdim or 8)
+        self.use_weights, self.fc = use_weights, nn.Linear(8, 4)
+
+    def forward(self, x):  # x [B, N, 8]; a sequence-first attention reads [N, B, 8] and answers in it
+        h = F.relu(x)
+        seq = (lambda t: t) if self.attn.batch_first else (lambda t: t.transpose(0, 1))
+        out, weights = self.attn(seq(h), seq(self.ctx(h)), seq(self.ctx(h)), need_weights=self.use_weights)
+        y = self.fc(seq(out))
+        return y + weights.mean() if self.use_weights else y
+
+
+@pytest.mark.parametrize("batch_first,kdim", [(True, None), (False, None), (True, 6)])
+def test_multihead_attention_is_written_out(batch_first, kdim):
+    model = MHA(batch_first, kdim=kdim).eval()
+    x = torch.randn(5, 7, 8)
+    gm, report = _passes(model)
+    assert report.entry("write_out_attention").counts == {"MultiheadAttention": 1}
+    assert not [m for m in gm.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert len([m for m in gm.modules() if type(m) is nn.Linear]) == 2 + 4  # ctx, fc + q, k, v, out projections
+    torch.testing.assert_close(gm(x), model(x), **TOL)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=32))
+    with torch.no_grad():
+        ann, out = model(x), res.snn(x)
+    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
+    assert err[1] < min(err[0], 0.05), err
+
+
+def test_multihead_attention_whose_weights_are_used_is_listed():
+    with pytest.raises(UnsupportedOpError, match="MultiheadAttention"):
+        convert(MHA(use_weights=True), forward_loop=[torch.randn(4, 7, 8)])

@@ -27,6 +27,7 @@ from snnconvert.convert.calibrate import (
     CalibrationReport,
     as_forward_loop,
     compute_thresholds,
+    first_input,
     insert_observers,
     remove_observers,
     run_calibration,
@@ -162,7 +163,9 @@ def convert(
             batches. It may be called several times (exact percentiles need three passes) and must feed the same
             data each time.
         config: the conversion configuration (default: :data:`RATE_DEFAULT`).
-        example_inputs: optional example batch; records shapes in ``node.meta["tensor_meta"]``.
+        example_inputs: optional example batch; records shapes in ``node.meta["tensor_meta"]`` and decides
+            branches on shapes (frontend.py). Default: the first sample of ``forward_loop`` when that is a tensor, a
+            list or a DataLoader (not a generator or a callable).
         source: how to rebuild the model later (zoo factory, ``file.py:factory`` or ONNX path); needed to save.
 
     Returns:
@@ -213,6 +216,8 @@ def _convert_many(model, forward_loop, configs: list[ConversionConfig], example_
     base = ConversionReport()
     start = time.perf_counter()
     built = []
+    if example_inputs is None:
+        example_inputs = first_input(forward_loop)
     with torch.no_grad():
         gm = prepare(model, cfg, base, example_inputs)
         t0 = time.perf_counter()

@@ -353,3 +353,12 @@ def test_multihead_attention_is_written_out(batch_first, kdim):
 def test_multihead_attention_whose_weights_are_used_is_listed():
     with pytest.raises(UnsupportedOpError, match="MultiheadAttention"):
         convert(MHA(use_weights=True), forward_loop=[torch.randn(4, 7, 8)])
+
+
+def test_the_example_input_defaults_to_the_first_calibration_sample():
+    x = torch.rand(4, 1, 10, 10)
+    for data in (x, [x[:2], x[2:]], [(x, torch.zeros(4))], torch.utils.data.DataLoader(x, batch_size=2)):
+        res = convert(ShapeBranchNet().eval(), forward_loop=data)
+        assert res.report.input_shape == [1, 10, 10] and res.report.shape_branches, type(data)
+    with pytest.raises(TraceError, match="example input is given"):  # a generator cannot be peeked at
+        convert(ShapeBranchNet().eval(), forward_loop=(b for b in [x]))

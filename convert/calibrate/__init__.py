@@ -150,6 +150,24 @@ def batch_input(batch: Any) -> torch.Tensor:
                       "(input, target) tuples or dicts with an 'input' / 'image' key, or a forward_loop(model)")
 
 
+def first_input(data: ForwardLoop | Iterable | torch.Tensor | None) -> torch.Tensor | None:
+    """The first sample of the first batch of re-iterable calibration data (a tensor, a list, a DataLoader), as a
+    batch of one: the example input the model is traced and checked at when none is given. None for a
+    ``forward_loop(model)`` or a one-shot iterator (peeking would use up a batch calibration needs), and for data
+    whose first batch is not a tensor input (calibration then says what is wrong)."""
+    if isinstance(data, torch.Tensor):
+        return data[:1]
+    if data is None or callable(data) or not isinstance(data, Iterable) or iter(data) is data:
+        return None
+    for batch in data:
+        try:
+            x = batch_input(batch)
+        except ConfigError:
+            return None
+        return x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else None
+    return None
+
+
 def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
     """Accept a ``forward_loop(model)`` callable, an iterable of batches (a DataLoader, a list: see
     :func:`batch_input`) or one tensor of calibration images (a single batch). The iterable is walked once per

@@ -1,4 +1,5 @@
-"""Which torchvision (or, with ``--timm``, timm) classification architectures convert, and how: one row per family.
+"""Which torchvision (or, with ``--timm``, timm; with ``--segmentation``, torchvision's segmentation models)
+architectures convert, and how: one row per family.
 
 Each model is built with random weights (no download), its BatchNorm statistics set by three training-mode passes
 on random images, then converted with the differential preset (T = 4; calibration on 32 random images) through the
@@ -12,6 +13,7 @@ output (fp32 rounding of BatchNorm folding; random-weight outputs can be large).
 
     .venv/bin/python bench/coverage.py --out bench/results/coverage.json
     .venv/bin/pip install timm && .venv/bin/python bench/coverage.py --timm --out bench/results/coverage_timm.json
+    .venv/bin/python bench/coverage.py --segmentation --out bench/results/coverage_segmentation.json
 
 timm is not a dependency of snnconvert (this bench imports it only with ``--timm``); its models are built with
 ``pretrained=False`` (nothing is downloaded), transformers at their ``img_size`` where they take one.
@@ -29,6 +31,7 @@ import torch
 
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.convert.errors import SnnConvertError, UnsupportedOpError
+from snnconvert.convert.outputs import output_leaves
 from snnconvert.runtime.energy import SynapticOpCounter
 
 FAMILIES = ["alexnet", "vgg11_bn", "resnet18", "resnext50_32x4d", "wide_resnet50_2", "densenet121", "squeezenet1_1",
@@ -54,9 +57,17 @@ def _timm_model(name: str, side: int):
         return timm.create_model(name, pretrained=False, num_classes=10)
 
 
+SEGMENTATION_FAMILIES = ["fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
+                         "lraspp_mobilenet_v3_large"]
+
+
 def build(name: str, side: int, source: str = "torchvision"):
     if source == "timm":
         model = _timm_model(name, side)
+    elif source == "segmentation":  # dict outputs ({"out": [B, classes, H, W]}), bilinear upsampling
+        import torchvision.models.segmentation as tvs
+
+        model = getattr(tvs, name)(weights=None, weights_backbone=None, num_classes=5)
     else:
         import torchvision.models as tvm
 
@@ -106,8 +117,8 @@ def row(name: str, side: int, source: str = "torchvision") -> dict:
     tot, kinds = counter.counts.tot, counter.counts.kinds
     analog = sum(v for k, v in tot.items() if kinds.get(k) == "analog")
     with torch.no_grad():
-        ref = model(x[:4])
-        diff = ((res.snn.ann_forward(x[:4]) - ref).abs().max() / ref.abs().max()).item()
+        ref, got = dict(output_leaves(model(x[:4]))), dict(output_leaves(res.snn.ann_forward(x[:4])))
+        diff = max(((got[k] - v).abs().max() / v.abs().max()).item() for k, v in ref.items())
     identity = res.calibration.count("identity")
     return {"model": name, "converts": True, "relu_sites": len(res.thresholds) - identity,
             "identity_sites": identity, "graded_units": units,
@@ -119,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma list of model names (default: the families of the source)")
     parser.add_argument("--timm", action="store_true", help="timm models instead of torchvision's (needs timm)")
+    parser.add_argument("--segmentation", action="store_true", help="torchvision's segmentation models")
     parser.add_argument("--side", type=int, default=64, help="input image side (inception_v3 needs >= 75)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
@@ -127,8 +139,9 @@ def main() -> None:
     print("| model | converts | ReLU sites | identity sites | graded units (dense outputs) | MACs fed by analog/dense "
           "inputs | converted graph as ANN vs model: max |diff| / max |output| |")
     print("|---|---|---|---|---|---|---|")
-    source = "timm" if args.timm else "torchvision"
-    names = args.models.split(",") if args.models else (TIMM_FAMILIES if args.timm else FAMILIES)
+    source = "timm" if args.timm else "segmentation" if args.segmentation else "torchvision"
+    default = {"timm": TIMM_FAMILIES, "segmentation": SEGMENTATION_FAMILIES, "torchvision": FAMILIES}[source]
+    names = args.models.split(",") if args.models else default
     for name in names:
         r = row(name, max(args.side, 80) if "inception" in name or "xception" in name else args.side, source)
         rows.append(r)

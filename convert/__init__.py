@@ -36,6 +36,7 @@ from snnconvert.convert.coding import get_coding
 from snnconvert.convert.config import DIFF_DEFAULT, PRESETS, RATE_DEFAULT, ConversionConfig, ThresholdSpec
 from snnconvert.convert.errors import ConfigError
 from snnconvert.convert.frontend import annotate_shapes, trace_module
+from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.passes import NORMALIZE_PASSES
 from snnconvert.convert.passes.identity import insert_identity_sites
 from snnconvert.convert.passes.spikify import replace_activations
@@ -118,14 +119,46 @@ def prepare(
         except Exception as exc:  # noqa: BLE001 - the model cannot run on this input at all
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"the model fails on an input of shape {list(example_inputs.shape)} ({first}); "
-                              "check the data set and --normalize for this model") from exc
+                              "check the data set and --normalize for this model, and that no batch size is fixed "
+                              "in its code") from exc
     start = time.perf_counter()
     gm = run_passes(gm, NORMALIZE_PASSES, config, report)
     check_supported(gm, config, report)
+    if example_inputs is not None:
+        _check_per_sample(gm, example_inputs)
     gm = run_passes(gm, (insert_identity_sites,), config, report)
     report.timings["passes"] = time.perf_counter() - start
     return gm
 
+
+def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
+    """The SNN runs its time steps in the batch dim (``[T·B, ...]``), so one image's output must not depend on the
+    other images of its batch: checked on two images (the example's first, and a shifted copy of it), together and
+    each alone.
+
+    Raises:
+        ConfigError: the outputs differ (an operation along the batch dim: ``x.mean(0)``, ``x.flip(0)``, batch
+            statistics) or the graph cannot run on one image (a batch size fixed in the code).
+    """
+    a = example_inputs[:1].float()
+    b = a * 0.5 + 0.25
+    fix = "make every operation per sample (the batch dim may only be reshaped, e.g. into windows, and back)"
+    with torch.no_grad():
+        try:
+            pair, alone = gm(torch.cat([a, b])), [gm(a), gm(b)]
+        except Exception as exc:  # noqa: BLE001 - the model itself fails on one or two images
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"the model fails on a batch of one or two images ({first}); the SNN runs time steps "
+                              f"in the batch dim, so a batch size fixed in the code breaks it: {fix}") from exc
+    for i, single in enumerate(alone):
+        for (path, got), (_, want) in zip(output_leaves(pair), output_leaves(single)):
+            scale = float(want.abs().max()) if want.numel() else 0.0
+            if got.shape[1:] != want.shape[1:] or not torch.allclose(got[i:i + 1], want, rtol=1e-3,
+                                                                     atol=1e-4 * max(scale, 1e-6)):
+                where = f" (output {path})" if path else ""
+                raise ConfigError(f"the model's output for one image depends on the other images of its batch{where}: "
+                                  f"an operation along the batch dim (x.mean(0), x.flip(0), batch statistics); the SNN "
+                                  f"runs time steps in the batch dim, so it would mix them: {fix}")
 
 def _check_input_shape(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
     """An imported ONNX graph states its input shape: reject data of another shape with one clear message."""

@@ -61,6 +61,13 @@ class SpikingNetwork(nn.Module):
         self.prefix_phase: PrefixPhase | None = None  # set while a static-prefix layer runs (for the counters)
         self._prefix_cache: tuple[tuple, StaticPrefix | None] | None = None
 
+    def __getstate__(self) -> dict:
+        """Pickling (``torch.save`` of the whole network) leaves the static-prefix cache out: it holds graph nodes
+        whose shape annotations torch's pickle protocol 2 cannot store, and it is rebuilt on the next call."""
+        state = self.__dict__.copy()
+        state["_prefix_cache"] = None
+        return state
+
     def neurons(self) -> Iterator[tuple[str, nn.Module]]:
         """``(site name, neuron)`` pairs in graph order."""
         for name in self.neuron_names:

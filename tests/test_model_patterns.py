@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import TOLERANCES
 
 from snnconvert.convert import RATE_DEFAULT, ConversionConfig, convert
-from snnconvert.convert.errors import TraceError, UnsupportedOpError
+from snnconvert.convert.errors import ConfigError, TraceError, UnsupportedOpError
 from snnconvert.convert.frontend import trace_module
 from snnconvert.convert.passes import NORMALIZE_PASSES
 from snnconvert.convert.passes.normalize import BatchNormAnyRank
@@ -362,3 +362,27 @@ def test_the_example_input_defaults_to_the_first_calibration_sample():
         assert res.report.input_shape == [1, 10, 10] and res.report.shape_branches, type(data)
     with pytest.raises(TraceError, match="example input is given"):  # a generator cannot be peeked at
         convert(ShapeBranchNet().eval(), forward_loop=(b for b in [x]))
+
+
+@pytest.mark.parametrize("op", ["center", "flip", "fixed"])
+def test_a_model_that_mixes_the_images_of_a_batch_is_refused(op):
+    class Mixer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            if op == "center":
+                x = x - x.mean(0, keepdim=True)  # batch statistics
+            elif op == "flip":
+                x = x.flip(0)  # images swap places
+            else:
+                x = x.view(2, 6)  # a batch size of 2 written into the code
+            return self.fc(F.relu(x))
+
+    message = "no batch size is fixed" if op == "fixed" else "depends on the other images"
+    with pytest.raises(ConfigError, match=message):
+        convert(Mixer(), forward_loop=[torch.rand(2, 6)])  # example: the first image
+    if op == "fixed":  # an example of two images runs, one alone does not
+        with pytest.raises(ConfigError, match="fails on a batch of one or two images"):
+            convert(Mixer(), forward_loop=[torch.rand(2, 6)], example_inputs=torch.rand(2, 6))

@@ -11,6 +11,7 @@ Usage::
 
     python bench/check_onnx_torchvision.py                      # all models x all exporters
     python bench/check_onnx_torchvision.py --models resnet18 --exporters ts13,dynamo
+    python bench/check_onnx_torchvision.py --models segmentation.fcn_resnet50,segmentation.lraspp_mobilenet_v3_large
 
 The dynamo exporter needs the ``onnxscript`` package; without it those rows are reported as skipped.
 Heavy: exports VGG-11 (0.5 GB) and ViT-B/16; expect several minutes on two cores.
@@ -43,6 +44,25 @@ EXPORTERS = ["ts13", "ts17", "dynamo"]
 # VGG's AdaptiveAvgPool2d(7) exports only for feature maps that are multiples of 7, ViT needs 224x224.
 INPUT_SIZE = {"vgg11_bn": 224, "vit_b_16": 224}
 RTOL, ATOL_SCALE = 1e-4, 1e-5
+
+
+class _Out(torch.nn.Module):
+    """A segmentation model's ``["out"]`` (its dict output as one tensor, for one ONNX output)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["out"]
+
+
+def build(name: str) -> torch.nn.Module:
+    """A torchvision classification model, or ``segmentation.NAME`` (5 classes; bilinear ``Resize`` in ONNX)."""
+    if name.startswith("segmentation."):
+        factory = getattr(torchvision.models.segmentation, name.partition(".")[2])
+        return _Out(factory(weights=None, weights_backbone=None, num_classes=5))
+    return getattr(torchvision.models, name)(weights=None)
 
 
 def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -99,7 +119,7 @@ def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batc
         row["status"] = "skipped (onnxscript not installed)"
         return row
     torch.manual_seed(0)
-    model = randomize(getattr(torchvision.models, name)(weights=None), seed=1)
+    model = randomize(build(name), seed=1)
     size = INPUT_SIZE.get(name, 64)
     path = workdir / f"{name}.{exporter}.onnx"
     try:

@@ -40,6 +40,8 @@ Add, Sub, Mul, Div, Pow, comparisons                   ``operator.add`` & co. (c
 Sqrt, Erf, Exp, Where, Max, Min, Mod, Cast, ...        ``torch.sqrt`` & co., ``x.to(dtype)``
 Reshape, Flatten, Transpose, Concat, Split, Slice,     ``torch.reshape`` (``-1`` for the dynamic entry),
 Squeeze, Unsqueeze, Pad, Expand, Tile, Gather          ``torch.flatten``, ``torch.permute``, ``torch.cat``, slicing, ...
+Resize (spatial dims; nearest asymmetric + floor,      ``F.interpolate`` (``mode``, ``align_corners``, ``size`` or
+linear / cubic half-pixel or align-corners)            ``scale_factor``)
 Shape, Size, ConstantOfShape, Range, Constant          evaluated while importing (no fx node); ConstantOfShape /
                                                        Range of a dynamic size: ``torch.full`` / ``torch.arange``
 Identity, Dropout (inference)                          nothing: the input is passed through
@@ -1406,6 +1408,69 @@ def convert_pad(ctx: OpContext) -> Value:
     if mode != "constant":
         kwargs["mode"] = _PAD_MODES[mode]
     return ctx.call_function(F.pad, x, _torch_pads(begin, end), **kwargs)
+
+
+_RESIZE_MODES = {("nearest", 1): "nearest", ("nearest", 2): "nearest", ("nearest", 3): "nearest",
+                 ("linear", 1): "linear", ("linear", 2): "bilinear", ("linear", 3): "trilinear",
+                 ("cubic", 2): "bicubic"}
+
+
+@register("Resize", since=13)
+def convert_resize(ctx: OpContext) -> Value:
+    """Resize of the spatial dims -> ``F.interpolate`` (every mode of it is linear in the input), for the
+    combinations torch's exporters write:
+
+    - ``nearest`` with ``asymmetric`` coordinates and ``floor`` rounding: ``mode="nearest"``;
+    - ``linear`` (1-3 d) and ``cubic`` (2-d, ``cubic_coeff_a = -0.75``) with ``half_pixel`` /
+      ``pytorch_half_pixel`` coordinates: ``align_corners=False``; with ``align_corners``: ``align_corners=True``.
+
+    Output sizes come from ``sizes`` (static, or computed from shapes: ``F.interpolate(x, size=y.shape[2:])``) or
+    from constant ``scales`` (``scale_factor``: PyTorch maps coordinates with 1/scale, as ONNX does). Other modes,
+    antialiasing, ``exclude_outside``, ``axes`` and resizing of the batch or channel dims are unsupported.
+    """
+    x = ctx.input(0)
+    shape = ctx.shape(x)
+    nd = len(shape) - 2
+    mode, ctm = ctx.attr("mode", "nearest"), ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if (mode, nd) not in _RESIZE_MODES:
+        raise ctx.unsupported(f"mode={mode} on a rank-{len(shape)} input")
+    for name, default in (("antialias", 0), ("exclude_outside", 0)):
+        if ctx.attr(name, default):
+            raise ctx.unsupported(f"{name}=1")
+    if ctx.attr("axes", None) is not None or ctx.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise ctx.unsupported("axes / keep_aspect_ratio_policy")
+    align: bool | None = None
+    if mode == "nearest":
+        if ctm != "asymmetric" or ctx.attr("nearest_mode", "round_prefer_floor") != "floor":
+            raise ctx.unsupported(f"nearest with {ctm} coordinates and {ctx.attr('nearest_mode', 'round_prefer_floor')}"
+                                  " rounding (PyTorch's nearest is asymmetric + floor)")
+    elif ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        align = ctm == "align_corners"
+        if mode == "cubic" and abs(ctx.attr("cubic_coeff_a", -0.75) + 0.75) > 1e-6:
+            raise ctx.unsupported(f"cubic_coeff_a={ctx.attr('cubic_coeff_a')} (PyTorch's bicubic uses -0.75)")
+    else:
+        raise ctx.unsupported(f"coordinate_transformation_mode={ctm}")
+    kwargs: dict[str, Any] = {"mode": _RESIZE_MODES[mode, nd]}
+    if align is not None:
+        kwargs["align_corners"] = align
+    sizes = ctx.input(3)
+    if sizes is not None and (ctx.shape_or_none(sizes) or (1,))[0] != 0:
+        target = ctx.elems(3)
+        if len(target) != len(shape) or any(not sym_eq(t, d) for t, d in zip(target[:2], shape[:2])):
+            raise ctx.unsupported("resizing the batch or channel dims")
+        out_spatial = list(target[2:])
+        kwargs["size"] = tuple(static(d) if static(d) is not None else ctx.dim_arg(d) for d in out_spatial)
+    else:
+        scales = [float(v) for v in ctx.const(2, "Resize scales").reshape(-1)]
+        if len(scales) != len(shape) or scales[:2] != [1.0, 1.0]:
+            raise ctx.unsupported(f"scales {scales} (only the spatial dims may be resized)")
+        kwargs["scale_factor"] = tuple(scales[2:])
+        out_spatial = [sympy.floor(d * sympy.Float(f)) if static(d) is None else int(math.floor(static(d) * f))
+                       for d, f in zip(shape[2:], scales[2:])]
+    out = ctx.call_function(F.interpolate, x, **kwargs)
+    if isinstance(out, Tensor):
+        out.shape = (*shape[:2], *(sympy.Integer(d) if isinstance(d, int) else d for d in out_spatial))
+    return out
 
 
 @register("Expand", since=13)

@@ -285,6 +285,27 @@ OP_CASES = {
         " i = Mul(u, stride) j = Add(i, offsets) flat = Reshape(x, minus1) y = Gather <axis=0> (flat, j) }",
         {"zero": np.int64(0), "one": np.int64(1), "stride": np.int64(324), "minus1": np.array([-1], np.int64),
          "offsets": np.array([[0, 81, 162, 243]], np.int64)}, X4, 18, None),
+    "resize_nearest_scales": (  # F.interpolate(scale_factor=2) / nn.Upsample as torch's exporter writes it
+        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="nearest", coordinate_transformation_mode="asymmetric",'
+        ' nearest_mode="floor"> (x, roi, scales) }',
+        {"roi": np.zeros(0, np.float32), "scales": np.array([1, 1, 2, 2], np.float32)}, X4, 13, None),
+    "resize_bilinear_half_pixel_fraction": (
+        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="linear", coordinate_transformation_mode='
+        '"pytorch_half_pixel"> (x, roi, scales) }',
+        {"roi": np.zeros(0, np.float32), "scales": np.array([1, 1, 1.5, 0.5], np.float32)}, X4, 17, None),
+    "resize_bilinear_align_corners_sizes": (  # sizes = (N, C) of the input and a constant (16, 5)
+        'g (float[N,4,9,9] x) => (float y) { s = Shape(x) nc = Slice(s, zero, two) sz = Concat <axis=0> (nc, hw)'
+        ' y = Resize <mode="linear", coordinate_transformation_mode="align_corners"> (x, , , sz) }',
+        {"zero": np.array([0], np.int64), "two": np.array([2], np.int64), "hw": np.array([16, 5], np.int64)},
+        X4, 18, None),
+    "resize_bicubic_half_pixel": (
+        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="cubic", coordinate_transformation_mode="half_pixel",'
+        ' cubic_coeff_a=-0.75> (x, roi, scales) }',
+        {"roi": np.zeros(0, np.float32), "scales": np.array([1, 1, 2, 2], np.float32)}, X4, 13, None),
+    "resize_to_the_size_of_the_input_shape": (  # F.interpolate(y, size=x.shape[-2:]): sizes from Shape, batch dynamic
+        'g (float[N,4,9,9] x) => (float y) { p = MaxPool <kernel_shape=[3,3], strides=[3,3]> (x) s = Shape(x)'
+        ' y = Resize <mode="linear", coordinate_transformation_mode="pytorch_half_pixel"> (p, , , s) }',
+        {}, X4, 17, None),
     "cast_roundtrip": (
         "g (float[N,4,9,9] x) => (float y) { c = Cast <to=6> (x) d = Cast <to=1> (c) y = Add(x, d) }",
         {}, 3 * X4, 13, None),
@@ -472,6 +493,23 @@ def test_unsupported_attribute_is_collected_with_unknown_ops() -> None:
     assert "dilations" in str(info.value)
 
 
+@pytest.mark.parametrize("attrs, reason", [
+    ('mode="nearest", coordinate_transformation_mode="half_pixel"', "nearest with half_pixel coordinates"),
+    ('mode="linear", antialias=1', "antialias=1"),
+    ('mode="linear", coordinate_transformation_mode="tf_crop_and_resize"', "coordinate_transformation_mode"),
+    ('mode="cubic", cubic_coeff_a=-0.5', "cubic_coeff_a=-0.5"),
+])
+def test_resize_modes_pytorch_cannot_express_are_listed(attrs: str, reason: str) -> None:
+    text = f"g (float[N,4,9,9] x) => (float y) {{ y = Resize <{attrs}> (x, roi, scales) }}"
+    model = textual(text, 18, roi=np.zeros(0, np.float32), scales=np.array([1, 1, 2, 2], np.float32))
+    with pytest.raises(UnsupportedOpError, match=reason):
+        load_onnx(model)
+    channel = textual('g (float[N,4,9,9] x) => (float y) { y = Resize <mode="linear"> (x, roi, scales) }', 18,
+                      roi=np.zeros(0, np.float32), scales=np.array([1, 2, 2, 2], np.float32))
+    with pytest.raises(UnsupportedOpError, match="only the spatial dims"):
+        load_onnx(channel)
+
+
 def _assert_one_line(exc: pytest.ExceptionInfo) -> None:
     message = str(exc.value)
     assert message and "\n" not in message
@@ -618,3 +656,42 @@ def test_torchvision_model_matches_onnxruntime(tmp_path, name: str, exporter: st
         scale = float(np.abs(ref).max())
         np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL * scale)
     assert nn.Conv2d in module_types(gm) and nn.Linear in module_types(gm)
+
+
+class _Upsampling(nn.Module):
+    """A segmentation head's resampling: nearest x2 (nn.Upsample), bilinear back to the input size (its size from
+    the input's shape), bicubic x2 with aligned corners."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.down, self.mix = nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x):
+        h = torch.relu(self.down(x))
+        a = self.mix(self.up(h))
+        b = torch.nn.functional.interpolate(h, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        c = torch.nn.functional.interpolate(h, scale_factor=2, mode="bicubic", align_corners=True)
+        return a + b + c
+
+
+@pytest.mark.parametrize("exporter", ["ts13", "ts17", pytest.param("dynamo", marks=pytest.mark.slow)])
+def test_resampling_model_matches_onnxruntime_and_converts(tmp_path, exporter: str) -> None:
+    if exporter == "dynamo" and not HAS_ONNXSCRIPT:
+        pytest.skip("torch's dynamo ONNX exporter needs the onnxscript package")
+    from snnconvert.convert import ConversionConfig, convert
+
+    model, path = _Upsampling().eval(), tmp_path / "up.onnx"
+    _export(model, path, exporter)
+    assert "Resize" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    gm = load_onnx(path)
+    for batch in (3, 6):
+        x = rand(batch, 3, 32, 32, seed=batch)
+        (ours,), (ref,) = run_gm(gm, x), run_ort(str(path), x)
+        np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL * float(np.abs(ref).max()))
+    res = convert(path, forward_loop=[torch.rand(4, 3, 32, 32)],
+                  config=ConversionConfig.for_coding("differential", timesteps=2))
+    with torch.no_grad():
+        x = torch.rand(2, 3, 32, 32)
+        torch.testing.assert_close(res.snn.ann_forward(x), model(x), rtol=1e-4, atol=1e-5)

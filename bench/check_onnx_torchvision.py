@@ -12,6 +12,7 @@ Usage::
     python bench/check_onnx_torchvision.py                      # all models x all exporters
     python bench/check_onnx_torchvision.py --models resnet18 --exporters ts13,dynamo
     python bench/check_onnx_torchvision.py --models segmentation.fcn_resnet50,segmentation.lraspp_mobilenet_v3_large
+    python bench/check_onnx_torchvision.py --models timm.resnet18,timm.vit_tiny_patch16_224   # needs timm
 
 The dynamo exporter needs the ``onnxscript`` package; without it those rows are reported as skipped.
 Heavy: exports VGG-11 (0.5 GB) and ViT-B/16; expect several minutes on two cores.
@@ -42,7 +43,7 @@ MODELS = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "squeezenet1_1", "
           "mobilenet_v3_small", "regnet_y_400mf", "efficientnet_b0", "convnext_tiny"]
 EXPORTERS = ["ts13", "ts17", "dynamo"]
 # VGG's AdaptiveAvgPool2d(7) exports only for feature maps that are multiples of 7, ViT needs 224x224.
-INPUT_SIZE = {"vgg11_bn": 224, "vit_b_16": 224}
+INPUT_SIZE = {"vgg11_bn": 224, "vit_b_16": 224, "timm.vgg16_bn": 224, "timm.inception_v3": 96, "timm.xception41": 96}
 RTOL, ATOL_SCALE = 1e-4, 1e-5
 
 
@@ -58,7 +59,15 @@ class _Out(torch.nn.Module):
 
 
 def build(name: str) -> torch.nn.Module:
-    """A torchvision classification model, or ``segmentation.NAME`` (5 classes; bilinear ``Resize`` in ONNX)."""
+    """A torchvision classification model, ``segmentation.NAME`` (5 classes; bilinear ``Resize`` in ONNX) or
+    ``timm.NAME`` (needs timm; transformers built for 64x64 inputs)."""
+    if name.startswith("timm."):
+        import timm
+
+        try:
+            return timm.create_model(name[5:], pretrained=False, num_classes=10, img_size=64)
+        except TypeError:  # a CNN: no img_size argument
+            return timm.create_model(name[5:], pretrained=False, num_classes=10)
     if name.startswith("segmentation."):
         factory = getattr(torchvision.models.segmentation, name.partition(".")[2])
         return _Out(factory(weights=None, weights_backbone=None, num_classes=5))

@@ -27,6 +27,9 @@ from snnconvert.convert.errors import TraceError
 
 log = logging.getLogger(__name__)
 
+#: in the message of every guard of a branch on shapes (``SpikingNetwork`` turns a failing guard into a ConfigError)
+GUARD_MARK = "was traced for inputs of shape"
+
 _TRACE_HINT = (
     "torch.fx needs a model without data-dependent control flow (if/for on tensor values) or shapes; "
     "move such logic out of forward(), or export the model to ONNX and convert the .onnx file"
@@ -163,8 +166,8 @@ class _ShapeBranchTracer(fx.Tracer):
         taken = bool(self._evaluate(node))
         # not `not_`: re-tracing the generated code (torch.save of a GraphModule does) must not branch again
         condition = obj if taken else self.create_proxy("call_function", operator.eq, (obj, False), {})
-        message = (f"the model was traced for inputs of shape {list(self.example.shape)}, and a shape-dependent "
-                   f"branch at {where} goes the other way for this input; convert it again for this input size")
+        message = (f"the model {GUARD_MARK} {list(self.example.shape)}, and a shape-dependent branch at {where} goes "
+                   "the other way for this input; convert it again for this input size")
         self.create_proxy("call_function", torch._assert, (condition, message), {})
         self.branches.append(f"{where}: {taken}")
         return taken

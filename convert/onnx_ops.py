@@ -31,6 +31,7 @@ Conv / ConvTranspose (1-3 d)                           ``nn.ConvNd`` / ``nn.Conv
 Gemm, MatMul with a constant 2-d weight                ``nn.Linear`` (a following ``Add`` of a constant bias is
                                                        absorbed); otherwise ``torch.matmul``
 BatchNormalization, LayerNormalization                 ``nn.BatchNormNd`` (eval), ``nn.LayerNorm``
+InstanceNormalization                                  ``F.instance_norm``
 MaxPool, AveragePool, GlobalAveragePool/MaxPool        ``nn.MaxPoolNd``, ``nn.AvgPoolNd``,
                                                        ``nn.AdaptiveAvgPoolNd(1)`` / ``nn.AdaptiveMaxPoolNd(1)``
 ReduceMean over all spatial axes                       ``nn.AdaptiveAvgPoolNd(1)``
@@ -721,6 +722,20 @@ def convert_layer_norm(ctx: OpContext) -> Value:
     return _same_shape(ctx, out, x)
 
 
+@register("InstanceNormalization", since=6)
+def convert_instance_norm(ctx: OpContext) -> Value:
+    """InstanceNormalization -> ``F.instance_norm`` (a graded unit after conversion; torch's TorchScript exporter
+    writes ``nn.GroupNorm`` as a reshape to ``[N, groups, -1]``, this op with unit scale, and the affine map)."""
+    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    if not isinstance(scale, Const) or not isinstance(bias, Const):
+        raise ctx.fail("InstanceNormalization scale and bias must be constants")
+    plain = bool((scale.tensor == 1).all()) and not bool(bias.tensor.any())
+    kwargs = {"eps": float(ctx.attr("epsilon", 1e-5))}
+    if not plain:
+        kwargs.update(weight=scale, bias=bias)
+    return _same_shape(ctx, ctx.call_function(F.instance_norm, x, scalars=False, **kwargs), x)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Pooling
 # --------------------------------------------------------------------------------------------------------------------
@@ -1407,7 +1422,11 @@ def convert_pad(ctx: OpContext) -> Value:
     kwargs = {"value": fill} if mode == "constant" and fill != 0 else {}
     if mode != "constant":
         kwargs["mode"] = _PAD_MODES[mode]
-    return ctx.call_function(F.pad, x, _torch_pads(begin, end), **kwargs)
+    out = ctx.call_function(F.pad, x, _torch_pads(begin, end), **kwargs)
+    in_shape = ctx.shape_or_none(x)
+    if isinstance(out, Tensor) and in_shape is not None:  # the padded sizes: later shape arithmetic stays static
+        out.shape = tuple(None if d is None else d + b + e for d, b, e in zip(in_shape, begin, end))
+    return out
 
 
 _RESIZE_MODES = {("nearest", 1): "nearest", ("nearest", 2): "nearest", ("nearest", 3): "nearest",

@@ -19,6 +19,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.frontend import GUARD_MARK
 from snnconvert.convert.outputs import map_outputs
 from snnconvert.convert.static_prefix import INPUT_PATTERNS, PrefixPhase, StaticPrefix, build_static_prefix
 
@@ -144,7 +145,20 @@ class SpikingNetwork(nn.Module):
 
     def raw(self, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:
         """Encode ``x``, run T steps and return the RAW per-step outputs ``[T, B, ...]`` (not decoded; one such
-        tensor per output for a model with several)."""
+        tensor per output for a model with several).
+
+        Raises:
+            ConfigError: bad T or mode, or an input for which a branch on shapes followed at tracing would go the
+                other way (frontend.py: the graph's guard).
+        """
+        try:
+            return self._raw(x, timesteps, mode)
+        except AssertionError as err:
+            if GUARD_MARK in str(err):
+                raise ConfigError(str(err)) from err
+            raise
+
+    def _raw(self, x: torch.Tensor, timesteps: int | None, mode: str) -> torch.Tensor:
         if mode not in STEP_MODES:
             raise ConfigError(f"step mode {mode!r} is not valid; choose one of: {', '.join(STEP_MODES)}")
         T = self.timesteps if timesteps is None else int(timesteps)

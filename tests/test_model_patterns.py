@@ -131,7 +131,7 @@ def test_a_branch_on_shapes_follows_the_example_and_is_guarded(coding):
             multi, single = res.snn(x, 4), res.snn(x, 4, mode="single")  # the guard holds at T*B and per step
             torch.testing.assert_close(single, multi, **TOLERANCES["single_vs_multi"])
             other = large if x is small else small
-            with pytest.raises(Exception, match="traced for inputs of shape"):
+            with pytest.raises(ConfigError, match="traced for inputs of shape"):
                 res.snn(other, 2)  # the branch would go the other way: loud, not a different network
 
 
@@ -261,7 +261,7 @@ def test_a_guarded_network_pickles(tmp_path):
     again = torch.load(tmp_path / "snn.pt", weights_only=False)
     with torch.no_grad():
         assert torch.equal(again(x, 3), res.snn(x, 3))
-        with pytest.raises(Exception, match="traced for inputs of shape"):
+        with pytest.raises(ConfigError, match="traced for inputs of shape"):
             again(torch.rand(2, 1, 28, 28), 1)
 
 
@@ -386,3 +386,25 @@ def test_a_model_that_mixes_the_images_of_a_batch_is_refused(op):
     if op == "fixed":  # an example of two images runs, one alone does not
         with pytest.raises(ConfigError, match="fails on a batch of one or two images"):
             convert(Mixer(), forward_loop=[torch.rand(2, 6)], example_inputs=torch.rand(2, 6))
+
+
+def test_instance_norm_is_a_graded_unit():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(6)
+            self.conv, self.norm, self.fc = nn.Conv2d(1, 4, 3), nn.InstanceNorm2d(4, affine=True), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.norm(F.relu(self.conv(x)))
+            return self.fc(F.instance_norm(h)[:, :, 2, 3])  # one position (the spatial mean is 0)
+
+    model, x = Net().eval(), torch.rand(6, 1, 10, 10)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=32))
+    kinds = res.report.entry("replace_activations").counts
+    assert kinds.get("GradedUnit(InstanceNorm2d)") == 1 and kinds.get("GradedUnit(instance_norm)") == 1, kinds
+    with torch.no_grad():
+        torch.testing.assert_close(res.snn.ann_forward(x), model(x), **TOL)
+        out, ann = res.snn(x), model(x)
+    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
+    assert err[1] < err[0], err

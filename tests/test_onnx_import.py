@@ -306,6 +306,22 @@ OP_CASES = {
         'g (float[N,4,9,9] x) => (float y) { p = MaxPool <kernel_shape=[3,3], strides=[3,3]> (x) s = Shape(x)'
         ' y = Resize <mode="linear", coordinate_transformation_mode="pytorch_half_pixel"> (p, , , s) }',
         {}, X4, 17, None),
+    "pad_amounts_from_a_padded_size": (  # timm's TF "same" padding: pads computed from the (padded) input size
+        'g (float[N,4,9,9] x) => (float y) {'
+        ' s = Shape(x) h = Gather <axis=0> (s, two) hf = Cast <to=1> (h) d = Div(hf, three) c = Ceil(d)'
+        ' e = Sub(c, one) a = Cast <to=7> (e) q = Concat <axis=0> (z2, a, a, z2, a, a) p = Pad(x, q)'
+        ' s2 = Shape(p) h2 = Gather <axis=0> (s2, two) hf2 = Cast <to=1> (h2) d2 = Div(hf2, three) c2 = Ceil(d2)'
+        ' e2 = Sub(c2, one) a2 = Cast <to=7> (e2) q2 = Concat <axis=0> (z2, a2, a2, z2, a2, a2) y = Pad(p, q2) }',
+        {"two": np.array([2], np.int64), "three": np.float32(3), "one": np.float32(1),
+         "z2": np.zeros(2, np.int64)}, X4, 17, None),
+    "instance_norm_affine": (
+        "g (float[N,4,9,9] x) => (float y) { y = InstanceNormalization <epsilon=1e-3> (x, s, b) }",
+        {"s": rand(4), "b": rand(4)}, X4, 17, None),
+    "group_norm_as_the_exporter_writes_it": (  # reshape to [N, groups, -1], unit-scale instance norm, reshape back
+        "g (float[N,4,9,9] x) => (float y) { r = Reshape(x, g2) n = InstanceNormalization (r, ones, zeros)"
+        " s = Shape(x) t = Reshape(n, s) u = Mul(t, w) y = Add(u, b) }",
+        {"g2": np.array([0, 2, -1], np.int64), "ones": np.ones(2, np.float32), "zeros": np.zeros(2, np.float32),
+         "w": rand(4, 1, 1), "b": rand(4, 1, 1)}, X4, 17, None),
     "cast_roundtrip": (
         "g (float[N,4,9,9] x) => (float y) { c = Cast <to=6> (x) d = Cast <to=1> (c) y = Add(x, d) }",
         {}, 3 * X4, 13, None),

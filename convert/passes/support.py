@@ -75,12 +75,13 @@ _MAX_POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 GRADED_MODULES: tuple[type[nn.Module], ...] = (
     nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU,
     nn.PReLU, nn.Mish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.LogSigmoid,
-    nn.LayerNorm, nn.GroupNorm, nn.Softmax, nn.LogSoftmax,
+    nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.Softmax, nn.LogSoftmax,
 )
 #: The same as functions (the ONNX importer emits these) ...
 GRADED_FUNCTIONS = frozenset({
     F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.elu, F.celu, F.selu,
-    F.leaky_relu, F.prelu, F.mish, F.softplus, F.softsign, F.logsigmoid, F.layer_norm, F.group_norm, F.softmax,
+    F.leaky_relu, F.prelu, F.mish, F.softplus, F.softsign, F.logsigmoid, F.layer_norm, F.group_norm,
+    F.instance_norm, F.softmax,
     torch.softmax, F.log_softmax, torch.log_softmax, torch.erf, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
     torch.abs, torch.square, torch.reciprocal, torch.pow, operator.pow,
 })

@@ -149,7 +149,8 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
         except Exception as exc:  # noqa: BLE001 - the model itself fails on one or two images
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"the model fails on a batch of one or two images ({first}); the SNN runs time steps "
-                              f"in the batch dim, so a batch size fixed in the code breaks it: {fix}") from exc
+                              "in the batch dim, so a batch size fixed in the code (or an ONNX export without a "
+                              f"dynamic batch axis) breaks it: {fix}") from exc
     for i, single in enumerate(alone):
         for (path, got), (_, want) in zip(output_leaves(pair), output_leaves(single)):
             scale = float(want.abs().max()) if want.numel() else 0.0
@@ -159,6 +160,7 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
                 raise ConfigError(f"the model's output for one image depends on the other images of its batch{where}: "
                                   f"an operation along the batch dim (x.mean(0), x.flip(0), batch statistics); the SNN "
                                   f"runs time steps in the batch dim, so it would mix them: {fix}")
+
 
 def _check_input_shape(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
     """An imported ONNX graph states its input shape: reject data of another shape with one clear message."""

@@ -35,7 +35,7 @@ from snnconvert.convert.calibrate import (
 from snnconvert.convert.coding import get_coding
 from snnconvert.convert.config import DIFF_DEFAULT, PRESETS, RATE_DEFAULT, ConversionConfig, ThresholdSpec
 from snnconvert.convert.errors import ConfigError
-from snnconvert.convert.frontend import annotate_shapes, trace_module
+from snnconvert.convert.frontend import annotate_shapes, node_source, trace_module
 from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.passes import NORMALIZE_PASSES
 from snnconvert.convert.passes.identity import insert_identity_sites
@@ -157,9 +157,44 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
             if got.shape[1:] != want.shape[1:] or not torch.allclose(got[i:i + 1], want, rtol=1e-3,
                                                                      atol=1e-4 * max(scale, 1e-6)):
                 where = f" (output {path})" if path else ""
-                raise ConfigError(f"the model's output for one image depends on the other images of its batch{where}: "
-                                  f"an operation along the batch dim (x.mean(0), x.flip(0), batch statistics); the SNN "
-                                  f"runs time steps in the batch dim, so it would mix them: {fix}")
+                node = _first_mixing_node(gm, a, b)
+                at = f", first at node {node}" if node else ""
+                raise ConfigError(f"the model's output for one image depends on the other images of its batch{where}"
+                                  f"{at}: an operation along the batch dim (x.mean(0), x.flip(0), batch statistics); "
+                                  f"the SNN runs time steps in the batch dim, so it would mix them: {fix}")
+
+
+def _node_values(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every node's tensor value when ``gm`` runs on ``x`` (by node name)."""
+    values: dict[str, torch.Tensor] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node):
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                values[n.name] = out
+            return out
+
+    with torch.no_grad():
+        Recorder(gm).run(x)
+    return values
+
+
+def _first_mixing_node(gm: fx.GraphModule, a: torch.Tensor, b: torch.Tensor) -> str | None:
+    """The first node (graph order) whose value for image ``a`` differs between running ``a`` alone and with ``b``:
+    ``name (file:line)``; None when no node shows it. Rows of the first image are the first half of the batch dim
+    (also when the batch dim was reshaped, e.g. into windows)."""
+    alone, pair = _node_values(gm, a), _node_values(gm, torch.cat([a, b]))
+    for node in gm.graph.nodes:
+        one, two = alone.get(node.name), pair.get(node.name)
+        if one is None or two is None or one.dim() == 0 or two.shape[1:] != one.shape[1:] or \
+                two.shape[0] != 2 * one.shape[0]:
+            continue
+        scale = float(one.abs().max()) if one.numel() else 0.0
+        if not torch.allclose(two[:one.shape[0]], one, rtol=1e-3, atol=1e-4 * max(scale, 1e-6)):
+            source = node_source(node)
+            return f"{node.name}" + (f" ({source})" if source else "")
+    return None
 
 
 def _check_input_shape(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:

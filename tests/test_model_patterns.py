@@ -380,7 +380,9 @@ def test_a_model_that_mixes_the_images_of_a_batch_is_refused(op):
                 x = x.view(2, 6)  # a batch size of 2 written into the code
             return self.fc(F.relu(x))
 
-    message = "no batch size is fixed" if op == "fixed" else "depends on the other images"
+    message = {"center": r"depends on the other images of its batch, first at node sub \(.*test_model_patterns.py:",
+               "flip": r"depends on the other images of its batch, first at node flip \(.*test_model_patterns.py:",
+               "fixed": "no batch size is fixed"}[op]
     with pytest.raises(ConfigError, match=message):
         convert(Mixer(), forward_loop=[torch.rand(2, 6)])  # example: the first image
     if op == "fixed":  # an example of two images runs, one alone does not

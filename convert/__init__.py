@@ -153,15 +153,19 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
                               f"dynamic batch axis) breaks it: {fix}") from exc
     for i, single in enumerate(alone):
         for (path, got), (_, want) in zip(output_leaves(pair), output_leaves(single)):
-            scale = float(want.abs().max()) if want.numel() else 0.0
-            if got.shape[1:] != want.shape[1:] or not torch.allclose(got[i:i + 1], want, rtol=1e-3,
-                                                                     atol=1e-4 * max(scale, 1e-6)):
+            if got.shape[1:] != want.shape[1:] or not _same_values(got[i:i + 1], want):
                 where = f" (output {path})" if path else ""
                 node = _first_mixing_node(gm, a, b)
                 at = f", first at node {node}" if node else ""
                 raise ConfigError(f"the model's output for one image depends on the other images of its batch{where}"
                                   f"{at}: an operation along the batch dim (x.mean(0), x.flip(0), batch statistics); "
                                   f"the SNN runs time steps in the batch dim, so it would mix them: {fix}")
+
+
+def _same_values(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Equal up to the rounding of another batch size (rtol 1e-3, atol 1e-4 of ``want``'s largest magnitude)."""
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    return torch.allclose(got, want, rtol=1e-3, atol=1e-4 * max(scale, 1e-6))
 
 
 def _node_values(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -190,8 +194,7 @@ def _first_mixing_node(gm: fx.GraphModule, a: torch.Tensor, b: torch.Tensor) -> 
         if one is None or two is None or one.dim() == 0 or two.shape[1:] != one.shape[1:] or \
                 two.shape[0] != 2 * one.shape[0]:
             continue
-        scale = float(one.abs().max()) if one.numel() else 0.0
-        if not torch.allclose(two[:one.shape[0]], one, rtol=1e-3, atol=1e-4 * max(scale, 1e-6)):
+        if not _same_values(two[:one.shape[0]], one):
             source = node_source(node)
             return f"{node.name}" + (f" ({source})" if source else "")
     return None

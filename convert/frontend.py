@@ -128,11 +128,14 @@ def _drop_fixed_arguments(graph: fx.Graph) -> None:
             graph.erase_node(ph)
 
 
-def _depends_on_values(node: fx.Node, memo: dict) -> bool:
-    """Whether ``node`` is computed from the network input's values (its shape and other metadata do not count)."""
+def depends_on_values(node, memo: dict) -> bool:
+    """Whether ``node`` is computed from the network input's values (its shape and other metadata, and arithmetic on
+    them, do not count); False for a non-node argument. ``memo`` caches the answer per node."""
+    if not isinstance(node, fx.Node):
+        return False
     if node not in memo:
         memo[node] = not reads_metadata(node) and (
-            node.op == "placeholder" or any(_depends_on_values(a, memo) for a in node.all_input_nodes))
+            node.op == "placeholder" or any(depends_on_values(a, memo) for a in node.all_input_nodes))
     return memo[node]
 
 
@@ -161,7 +164,7 @@ class _ShapeBranchTracer(fx.Tracer):
         if self.example is None:
             raise TraceError(f"a branch on a traced value at {where}; {_TRACE_HINT} (a branch on shapes alone "
                              "traces when an example input is given: example_inputs=, as the CLI does)")
-        if _depends_on_values(node, {}):
+        if depends_on_values(node, {}):
             raise TraceError(f"a branch on tensor values at {where} (data-dependent control flow); {_TRACE_HINT}")
         taken = bool(self._evaluate(node))
         # not `not_`: re-tracing the generated code (torch.save of a GraphModule does) must not branch again

@@ -75,11 +75,10 @@ class DiffCoding:
 
 
 def _folds_batch(snn) -> bool:
-    """Whether a unit captured a bias whose first (batch) dim is not 1 in a capture on one sample."""
+    """Whether a unit captured a bias whose first (batch) dim is not 1 in a capture on one sample (the neurons of a
+    fused pair are among ``stateful()`` themselves)."""
     for _, unit in snn.stateful():
-        parts = [unit, *(getattr(unit, name) for name in ("lo", "hi") if hasattr(unit, name))]  # fused pairs
-        for part in parts:
-            captured = [getattr(part, "bias", None), *(getattr(part, "biases", None) or ())]
-            if any(isinstance(b, torch.Tensor) and b.dim() > 0 and b.shape[0] != 1 for b in captured):
-                return True
+        captured = [getattr(unit, "bias", None), *(getattr(unit, "biases", None) or ())]
+        if any(isinstance(b, torch.Tensor) and b.dim() > 0 and b.shape[0] != 1 for b in captured):
+            return True
     return False

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snnconvert.convert.errors import UnsupportedNode, UnsupportedOpError
-from snnconvert.convert.frontend import node_source, reads_metadata
+from snnconvert.convert.frontend import depends_on_values, node_source, reads_metadata
 from snnconvert.convert.passes.normalize import is_canonical_relu, nodes_in
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
@@ -126,16 +126,8 @@ def _is_shape_value(node, cache: dict) -> bool:
     return result
 
 
-def _depends_on_input(node, cache: dict) -> bool:
-    """True when ``node`` is (transitively) computed from a placeholder's data (shape values do not count)."""
-    if not isinstance(node, fx.Node):
-        return False
-    if node in cache:
-        return cache[node]
-    result = not _is_shape_value(node, cache) and (
-        node.op == "placeholder" or any(_depends_on_input(a, cache) for a in node.all_input_nodes))
-    cache[node] = result
-    return result
+#: whether a node is (transitively) computed from a placeholder's data; shape values do not count (frontend.py)
+_depends_on_input = depends_on_values
 
 
 def input_dependent_args(node: fx.Node, cache: dict) -> list[fx.Node]:

@@ -9,7 +9,8 @@ the default ``identity_neurons="auto"``), graded units by kind (dense outputs, m
 ANN's MACs in layers fed by analog or dense inputs (counted as MACs by the extended energy metric; the first
 layer's share included), and the largest
 difference between the converted graph run as an ANN (``snn.ann_forward``) and the model, relative to the largest
-output (fp32 rounding of BatchNorm folding; random-weight outputs can be large).
+output (fp32 rounding of BatchNorm folding; random-weight outputs can be large). With ``--converge 4,16`` also
+the SNN's own error against the model after T steps (4 of the images, ``snn(x, T)``; thresholds fitted for T = 4).
 
     .venv/bin/python bench/coverage.py --out bench/results/coverage.json
     .venv/bin/pip install timm && .venv/bin/python bench/coverage.py --timm --out bench/results/coverage_timm.json
@@ -88,7 +89,14 @@ def build(name: str, side: int, source: str = "torchvision"):
     return model.eval()
 
 
-def row(name: str, side: int, source: str = "torchvision") -> dict:
+def _relative_errors(snn, model, x: torch.Tensor, steps: tuple[int, ...]) -> list[float]:
+    """max |decoded SNN output after t steps - model output| / max |model output| over every output, for each t."""
+    with torch.no_grad():
+        ref, out = dict(output_leaves(model(x))), dict(output_leaves(snn(x, max(steps))))
+    return [max(float((out[k][t - 1] - v).abs().max() / v.abs().max()) for k, v in ref.items()) for t in steps]
+
+
+def row(name: str, side: int, source: str = "torchvision", converge: tuple[int, ...] = ()) -> dict:
     torch.manual_seed(0)
     start = time.perf_counter()
     model = build(name, side, source)
@@ -120,10 +128,11 @@ def row(name: str, side: int, source: str = "torchvision") -> dict:
         ref, got = dict(output_leaves(model(x[:4]))), dict(output_leaves(res.snn.ann_forward(x[:4])))
         diff = max(((got[k] - v).abs().max() / v.abs().max()).item() for k, v in ref.items())
     identity = res.calibration.count("identity")
+    errors = dict(zip(map(str, converge), _relative_errors(res.snn, model, x[:4], converge))) if converge else None
     return {"model": name, "converts": True, "relu_sites": len(res.thresholds) - identity,
             "identity_sites": identity, "graded_units": units,
             "analog_mac_share": analog / sum(tot.values()), "ann_forward_max_rel_diff": diff,
-            "seconds": round(time.perf_counter() - start, 1)}
+            **({"snn_max_rel_error": errors} if converge else {}), "seconds": round(time.perf_counter() - start, 1)}
 
 
 def main() -> None:
@@ -132,26 +141,32 @@ def main() -> None:
     parser.add_argument("--timm", action="store_true", help="timm models instead of torchvision's (needs timm)")
     parser.add_argument("--segmentation", action="store_true", help="torchvision's segmentation models")
     parser.add_argument("--side", type=int, default=64, help="input image side (inception_v3 needs >= 75)")
+    parser.add_argument("--converge", help="comma list of steps T: also run the SNN on 4 of the images and give "
+                        "max |SNN output after T steps - model output| / max |model output| (slower)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     rows = []
+    converge = tuple(int(t) for t in args.converge.split(",")) if args.converge else ()
+    extra = "".join(f" SNN error T = {t} |" for t in converge)
     print("| model | converts | ReLU sites | identity sites | graded units (dense outputs) | MACs fed by analog/dense "
-          "inputs | converted graph as ANN vs model: max |diff| / max |output| |")
-    print("|---|---|---|---|---|---|---|")
+          "inputs | converted graph as ANN vs model: max |diff| / max |output| |" + extra)
+    print("|---|---|---|---|---|---|---|" + "---|" * len(converge))
     source = "timm" if args.timm else "segmentation" if args.segmentation else "torchvision"
     default = {"timm": TIMM_FAMILIES, "segmentation": SEGMENTATION_FAMILIES, "torchvision": FAMILIES}[source]
     names = args.models.split(",") if args.models else default
     for name in names:
-        r = row(name, max(args.side, 80) if "inception" in name or "xception" in name else args.side, source)
+        r = row(name, max(args.side, 80) if "inception" in name or "xception" in name else args.side, source,
+                converge)
         rows.append(r)
         if r["converts"]:
             units = ", ".join(f"{k} ×{v}" for k, v in r["graded_units"].items()) or "—"
             print(f"| {name} | yes | {r['relu_sites']} | {r['identity_sites']} | {units} | "
                   f"{100 * r['analog_mac_share']:.1f} % | "
-                  f"{r['ann_forward_max_rel_diff']:.1e} |", flush=True)
+                  f"{r['ann_forward_max_rel_diff']:.1e} |" + "".join(
+                      f" {e:.1e} |" for e in r.get("snn_max_rel_error", {}).values()), flush=True)
         else:
-            print(f"| {name} | no | | | | | {r['reason']} |", flush=True)
+            print(f"| {name} | no | | | | | {r['reason']} |" + " |" * len(converge), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))

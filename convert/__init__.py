@@ -109,6 +109,7 @@ def prepare(
     gm = _front_end(model, example_inputs)
     report.timings["trace"] = time.perf_counter() - start
     report.shape_branches = list(gm.meta.get("shape_branches", ()))
+    report.opaque_functions = dict(gm.meta.get("opaque_functions", {}))
     if example_inputs is not None:
         report.input_shape = list(example_inputs.shape[1:])
     report.ops_before = op_table(gm)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.fx as fx
+import torch.fx._symbolic_trace as fx_trace
 from torch.fx.passes.shape_prop import ShapeProp
 
 from snnconvert.convert.errors import TraceError
@@ -56,28 +57,56 @@ def trace_module(model: torch.nn.Module, example_input: torch.Tensor | None = No
         gm = copy.deepcopy(model)
         gm.eval()
         return gm
-    work = copy.deepcopy(model)
-    work.eval()
     try:
-        tracer = _ShapeBranchTracer(example_input)
-        tracer.record_stack_traces = True
-        graph = tracer.trace(work, concrete_args=_defaulted_arguments(work))
-    except TraceError as exc:
-        raise TraceError(f"cannot trace {type(model).__name__}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - any tracer failure becomes one clear error
-        raise TraceError(f"cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}; {_TRACE_HINT}") from exc
+        work, tracer, graph = _trace(model, example_input, inline=True)
+        opaque = {}
+    except TraceError as exc:  # through a wrapped function too: keep them opaque, name why (support lists them)
+        try:
+            work, tracer, graph = _trace(model, example_input, inline=False)
+        except TraceError:
+            raise exc from None
+        opaque = {_qualified(n.target): str(exc).split("; ")[0] for n in graph.nodes
+                  if n.op == "call_function" and _is_wrapped_function(n.target)}
+        if not opaque:
+            raise exc from None
     if tracer.branches:
         log.info("%s: %d shape-dependent branch(es) followed for input shape %s (guarded): %s",
                  type(model).__name__, len(tracer.branches), list(example_input.shape), "; ".join(tracer.branches))
     _drop_fixed_arguments(graph)
     gm = fx.GraphModule(work, graph, class_name=type(model).__name__)
     gm.meta["shape_branches"] = list(tracer.branches)  # "file:line: taken" (recorded in the conversion report)
+    gm.meta["opaque_functions"] = opaque  # wrapped function -> why tracing through it failed (support.py)
     gm.eval()
     return gm
 
 
+def _trace(model: torch.nn.Module, example_input, inline: bool) -> tuple[torch.nn.Module, "_ShapeBranchTracer",
+                                                                           fx.Graph]:
+    """Trace a deep copy of ``model`` in eval mode (tracing may run it: the example input follows branches); with
+    ``inline``, through the functions registered with ``torch.fx.wrap`` as well."""
+    work = copy.deepcopy(model)
+    work.eval()
+    tracer = _ShapeBranchTracer(example_input, inline=inline)
+    tracer.record_stack_traces = True
+    try:
+        graph = tracer.trace(work, concrete_args=_defaulted_arguments(work))
+    except TraceError as exc:
+        raise TraceError(f"cannot trace {type(model).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any tracer failure becomes one clear error
+        raise TraceError(f"cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}; {_TRACE_HINT}") from exc
+    return work, tracer, graph
+
+
+def _qualified(function) -> str:
+    return f"{function.__module__}.{function.__name__}"
+
+
 #: tensor attributes that are metadata, not values
 _METADATA_ATTRS = ("shape", "ndim", "device", "dtype")
+#: methods that read only their tensor's metadata (``x.new_zeros(h, w)`` builds a tensor of x's dtype and device)
+_METADATA_METHODS = ("size", "dim", "new_zeros", "new_ones", "new_full", "new_empty")
+#: functions that read only their first argument's metadata
+_LIKE_FUNCTIONS = (torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like)
 
 
 def reads_metadata(node: fx.Node) -> bool:
@@ -85,9 +114,9 @@ def reads_metadata(node: fx.Node) -> bool:
     input's shape or other metadata, not its values (e.g. timm's ``torch._assert(x.ndim == 4)`` in front of every
     BatchNorm, LeViT's ``x.device``)."""
     if node.op == "call_method":
-        return node.target in ("size", "dim")
-    return node.op == "call_function" and node.target is getattr and len(node.args) > 1 and \
-        node.args[1] in _METADATA_ATTRS
+        return node.target in _METADATA_METHODS
+    return node.op == "call_function" and (node.target in _LIKE_FUNCTIONS or (
+        node.target is getattr and len(node.args) > 1 and node.args[1] in _METADATA_ATTRS))
 
 
 def _defaulted_arguments(model: torch.nn.Module) -> dict | None:
@@ -139,12 +168,48 @@ def depends_on_values(node, memo: dict) -> bool:
     return memo[node]
 
 
+def _outside_torch(function) -> bool:
+    return inspect.isfunction(function) and \
+        (getattr(function, "__module__", None) or "torch").split(".")[0] != "torch"
+
+
+def _is_wrapped_function(target) -> bool:
+    """A Python function outside torch that its module registered with ``torch.fx.wrap`` (torchvision's Swin
+    attention, ``stochastic_depth``): torch.fx records it as one opaque call."""
+    return _outside_torch(target) and any(
+        name == target.__name__ and frame.get("__name__") == target.__module__
+        for (_, name), frame in fx_trace._wrapped_fns_to_patch.items())
+
+
+@contextlib.contextmanager
+def _unwrapped():
+    """While tracing, torch.fx replaces every function registered with ``torch.fx.wrap`` by a recorder of one opaque
+    call. Leave those outside torch unreplaced for the duration (their bodies are traced like any code; shape
+    branches in them follow the example input), as torch.fx itself patches module globals only while it traces."""
+    table = fx_trace._wrapped_fns_to_patch
+    lifted = {key: frame for key, frame in table.items() if _outside_torch(frame.get(key[1]))}
+    for key in lifted:
+        del table[key]
+    try:
+        yield
+    finally:
+        table.update(lifted)
+
+
+class _Proxy(fx.Proxy):
+    """fx's Proxy, plus item assignment (``mask[:, :k] = 1``) recorded as an ``operator.setitem`` node."""
+
+    def __setitem__(self, key, value) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+
 class _ShapeBranchTracer(fx.Tracer):
     """``fx.Tracer`` that follows branches on shapes for an example input and guards them (module docstring)."""
 
-    def __init__(self, example: torch.Tensor | None = None) -> None:
+    def __init__(self, example: torch.Tensor | None = None, inline: bool = True) -> None:
         super().__init__()
         self.example = example
+        self.inline = inline
         self.branches: list[str] = []  # "file:line: taken" of every branch followed
         self._evaluating = False  # while True, modules and parameters act as themselves (no recording)
 
@@ -152,6 +217,13 @@ class _ShapeBranchTracer(fx.Tracer):
         if self._evaluating:
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
+
+    def trace(self, root, concrete_args=None):
+        with _unwrapped() if self.inline else contextlib.nullcontext():
+            return super().trace(root, concrete_args)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
         if self._evaluating:
@@ -220,7 +292,8 @@ def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor) -> None:
 
 
 def node_source(node: fx.Node) -> str | None:
-    """``file:line`` of the user code that created ``node`` (innermost frame outside torch), if recorded."""
+    """``file:line`` of the user code that created ``node`` (innermost frame outside torch and this module), if
+    recorded."""
     trace = node.meta.get("stack_trace")
     if not trace:
         return None
@@ -230,7 +303,7 @@ def node_source(node: fx.Node) -> str | None:
         line = line.strip()
         if line.startswith('File "'):
             path, _, rest = line[len('File "'):].partition('"')
-            if not path.startswith(torch_dir):
+            if not path.startswith(torch_dir) and path != __file__:  # not torch's frames, nor _Proxy's
                 lineno = rest.split("line", 1)[-1].split(",", 1)[0].strip()
                 frames.append(f"{path}:{lineno}")
     return frames[-1] if frames else None

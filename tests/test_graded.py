@@ -239,7 +239,13 @@ def test_eval_stochastic_depth_is_dropped():
 
     model = Block().eval()
     x = torch.rand(2, 2, 6, 6)
-    res = convert(model, forward_loop=[x])
+    res = convert(model, forward_loop=[x])  # traced through (a torch.fx.wrap function): in eval mode, no node
+    assert res.report.entry("drop_dropout_and_identity").counts == {}
+    assert "stochastic_depth" not in str(res.snn.gm.code)
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x))
+    traced = torch.fx.symbolic_trace(model)  # a user's own fx trace keeps the call: the pass drops it
+    assert "stochastic_depth" in str(traced.code)
+    res = convert(traced, forward_loop=[x])
     assert res.report.entry("drop_dropout_and_identity").counts == {"stochastic_depth": 1}
     torch.testing.assert_close(res.snn.ann_forward(x), model(x))
 

@@ -410,3 +410,142 @@ def test_instance_norm_is_a_graded_unit():
         out, ann = res.snn(x), model(x)
     err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
     assert err[1] < err[0], err
+
+
+def _window_attention(x, qkv_weight, window: int, shift: int):
+    """torchvision's Swin ``shifted_window_attention`` in small, registered with ``torch.fx.wrap`` as that one is:
+    padding computed from shapes, a branch on shapes (no shift when one window covers the map) and an attention
+    mask built by item assignment on ``x.new_zeros``."""
+    B, H, W, C = x.shape
+    pad = (window - W % window) % window
+    x = F.pad(x, (0, 0, 0, pad, 0, pad))
+    _, ph, pw, _ = x.shape
+    if window >= ph:
+        shift = 0
+    if shift > 0:
+        x = torch.roll(x, (-shift, -shift), (1, 2))
+    nw, area = (ph // window) * (pw // window), window * window
+    w = x.view(B, ph // window, window, pw // window, window, C).permute(0, 1, 3, 2, 4, 5).reshape(B * nw, area, C)
+    q, k, v = F.linear(w, qkv_weight).chunk(3, dim=-1)
+    attn = q.matmul(k.transpose(-2, -1)) * C**-0.5
+    if shift > 0:
+        mask = x.new_zeros((ph, pw))
+        mask[-shift:, :] = 1
+        mask[:, -shift:] += 2
+        mask = mask.view(ph // window, window, pw // window, window).permute(0, 2, 1, 3).reshape(nw, area)
+        mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+        mask = mask.masked_fill(mask != 0, -100.0)
+        attn = (attn.view(B, nw, area, area) + mask.unsqueeze(0)).view(B * nw, area, area)
+    out = F.softmax(attn, -1).matmul(v)
+    out = out.view(B, ph // window, pw // window, window, window, C).permute(0, 1, 3, 2, 4, 5).reshape(B, ph, pw, C)
+    if shift > 0:
+        out = torch.roll(out, (shift, shift), (1, 2))
+    return out[:, :H, :W, :].contiguous()
+
+
+torch.fx.wrap("_window_attention")
+
+
+def _count_nonzero_rows(x):
+    """A wrapped function with a branch on values: it cannot be traced through."""
+    if bool((x.sum(-1) > 0).any()):
+        return x * 2
+    return x
+
+
+torch.fx.wrap("_count_nonzero_rows")
+
+
+class ShiftedWindows(nn.Module):
+    def __init__(self, branch_on_values: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv = nn.Conv2d(1, 8, 2, stride=2)
+        self.qkv = nn.Parameter(torch.randn(24, 8) * 0.4)
+        self.head = nn.Linear(8 * 14 * 14, 10)
+        self.branch_on_values = branch_on_values
+
+    def forward(self, x):
+        h = F.relu(self.conv(x)).permute(0, 2, 3, 1)  # [B, 14, 14, 8]: padded to 16x16, 16 windows of 4x4
+        h = h + (_count_nonzero_rows(h) if self.branch_on_values else _window_attention(h, self.qkv, 4, 2))
+        return self.head(torch.flatten(F.relu(h), 1))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_functions_registered_with_fx_wrap_are_traced_through(coding):
+    model, x = ShiftedWindows().eval(), torch.rand(6, 1, 28, 28)
+    plain = torch.fx.symbolic_trace(model)  # what torch.fx alone makes of it: one opaque call
+    assert [n for n in plain.graph.nodes if n.target is _window_attention]
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=32),
+                  example_inputs=x[:1])
+    graph = res.snn.gm.graph
+    assert not [n for n in graph.nodes if n.target is _window_attention]
+    assert [n for n in graph.nodes if n.target is operator.setitem]  # the mask is built in the graph
+    assert [n for n in graph.nodes if n.target is torch._assert] and res.report.shape_branches
+    kinds = res.report.entry("replace_activations").counts
+    assert kinds.get("GradedUnit(softmax)") == 1 and kinds.get("GradedUnit(matmul)") == 2, kinds
+    with torch.no_grad():
+        ann = model(x)
+        torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
+        out = res.snn(x)
+        torch.testing.assert_close(res.snn(x[:2], 4, mode="single"), res.snn(x[:2], 4),
+                                   **TOLERANCES["single_vs_multi"])
+        with pytest.raises(ConfigError, match="traced for inputs of shape"):
+            res.snn(torch.rand(2, 1, 8, 8), 2)  # 4x4 maps: one window covers them, no shift: the other branch
+    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
+    assert err[1] < err[0] / 10, err  # the SNN converges to the ANN
+
+
+def test_a_wrapped_function_that_cannot_be_traced_through_is_listed_with_why():
+    model = ShiftedWindows(branch_on_values=True).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(model, forward_loop=[x], example_inputs=x[:1])
+    (node,) = info.value.nodes
+    assert node.target.endswith("_count_nonzero_rows") and "branch on tensor values" in node.reason
+    assert "torch.fx.wrap" in node.reason
+
+
+@pytest.mark.parametrize("make", ["zeros_like", "new_ones"])
+def test_tensors_built_from_shapes_alone_are_constants(make):
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(8)
+            self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 8 * 8, 5)
+
+        def forward(self, x):
+            h = F.relu(self.conv(x))
+            mask = torch.zeros_like(h) if make == "zeros_like" else h.new_ones(h.shape[-2:]) * 0
+            mask[..., 2:6, 1:5] = 1.0  # item assignment on a tensor that depends on h's shape only
+            return self.fc(torch.flatten(h * mask, 1))
+
+    model, x = Masked().eval(), torch.rand(6, 1, 10, 10)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=32),
+                  example_inputs=x[:1])
+    counts = res.report.entry("replace_activations").counts
+    assert not any(k.startswith("GradedUnit") for k in counts), counts  # a constant mask: h * mask is linear
+    with torch.no_grad():
+        ann = model(x)
+        torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
+        out = res.snn(x)
+    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
+    assert err[1] < err[0] / 10, err
+
+
+def test_item_assignment_on_an_activation_is_listed_at_its_line():
+    class Zeroed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x):
+            h = F.relu(self.conv(x))
+            h[:, 0] = 0  # in place on a value the SNN streams: not converted silently
+            return self.fc(torch.flatten(h, 1))
+
+    x = torch.rand(4, 1, 10, 10)
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(Zeroed().eval(), forward_loop=[x], example_inputs=x[:1])
+    (node,) = info.value.nodes
+    assert node.target.endswith("setitem") and node.source.startswith(__file__)

@@ -200,11 +200,13 @@ def _target_name(node: fx.Node) -> str:
     return str(node.target)
 
 
-def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
-    """Return None when ``node`` is supported, else a short reason."""
+def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict | None = None) -> str | None:
+    """Return None when ``node`` is supported, else a short reason. ``opaque``: wrapped functions the front end
+    could not trace through, with why (``ConversionReport.opaque_functions``)."""
+    opaque = opaque or {}
     if node.op in ("placeholder", "output", "get_attr"):
         return None
-    if node.op in ("call_function", "call_method") and not input_dependent_args(node, cache):
+    if node.op in ("call_function", "call_method") and (reads_metadata(node) or not input_dependent_args(node, cache)):
         return None  # a constant (computed from parameters or shapes alone): like a bias, the same at every step
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
@@ -233,6 +235,9 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
                 "matrix product of input-dependent tensors in an unsupported form")
         if node.target is F.scaled_dot_product_attention:
             return f"fused attention is not convertible: {_WRITE_ATTENTION_OUT}"
+        why = opaque.get(_target_name(node))
+        if why is not None:
+            return f"a function registered with torch.fx.wrap, kept as one call: tracing through it failed ({why})"
         return "function is not convertible"
     if node.op == "call_method":
         if node.target in SUPPORTED_METHODS or graded_kind(gm, node, cache):
@@ -276,7 +281,7 @@ def check_supported(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassRe
     n_graded = 0
     for node in gm.graph.nodes:
         n_graded += bool(graded_kind(gm, node, cache))
-        reason = classify_node(gm, node, cache)
+        reason = classify_node(gm, node, cache, report.opaque_functions)
         if reason is None:
             continue
         if allowed_analog(node, cfg):

@@ -13,6 +13,7 @@ Usage::
     python bench/check_onnx_torchvision.py --models resnet18 --exporters ts13,dynamo
     python bench/check_onnx_torchvision.py --models segmentation.fcn_resnet50,segmentation.lraspp_mobilenet_v3_large
     python bench/check_onnx_torchvision.py --models timm.resnet18,timm.vit_tiny_patch16_224   # needs timm
+    python bench/check_onnx_torchvision.py --models vgg11_bn,timm.vgg16_bn --exporters dynamo --side 64 --snn-steps 16
 
 The dynamo exporter needs the ``onnxscript`` package; without it those rows are reported as skipped.
 Heavy: exports VGG-11 (0.5 GB) and ViT-B/16; expect several minutes on two cores.
@@ -121,7 +122,8 @@ def export(model: torch.nn.Module, x: torch.Tensor, path: Path, exporter: str) -
                               dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
 
 
-def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batch: int) -> dict:
+def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batch: int,
+          side: int | None = None, snn_steps: int = 0) -> dict:
     row = {"model": name, "exporter": exporter, "opset": "-", "err": float("nan"), "status": "", "seconds": 0.0}
     start = time.perf_counter()
     if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
@@ -129,7 +131,7 @@ def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batc
         return row
     torch.manual_seed(0)
     model = randomize(build(name), seed=1)
-    size = INPUT_SIZE.get(name, 64)
+    size = side or INPUT_SIZE.get(name, 64)
     path = workdir / f"{name}.{exporter}.onnx"
     try:
         export(model, torch.randn(export_batch, 3, size, size), path, exporter)
@@ -154,6 +156,17 @@ def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batc
     row["err"] = float(np.abs(ours - reference).max() / max(scale, 1e-30))
     ok = ours.shape == reference.shape and np.allclose(ours, reference, rtol=RTOL, atol=ATOL_SCALE * scale)
     row["status"] = "pass" if ok and scale > 0 else ("FAIL (zero output)" if ok else "FAIL")
+    if snn_steps and row["status"] == "pass":  # the imported file converts, and its SNN approaches the model
+        from snnconvert.convert import ConversionConfig, convert
+
+        calibration = torch.from_numpy(np.random.default_rng(3).standard_normal((16, 3, size, size),
+                                                                                dtype=np.float32))
+        res = convert(path, forward_loop=[calibration],
+                      config=ConversionConfig.for_coding("differential", timesteps=snn_steps))
+        with torch.no_grad():
+            decoded = res.snn(torch.from_numpy(x), snn_steps).numpy()
+        row["snn_err"] = {t: float(np.abs(decoded[t - 1] - reference).max() / scale)
+                          for t in sorted({1, max(1, snn_steps // 4), snn_steps})}
     row["seconds"] = time.perf_counter() - start
     for suffix in ("", ".data"):
         Path(str(path) + suffix).unlink(missing_ok=True)
@@ -167,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-batch", type=int, default=2)
     parser.add_argument("--check-batch", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--side", type=int, help="input side for every model (default: 64, or the model's entry in "
+                        "INPUT_SIZE)")
+    parser.add_argument("--snn-steps", type=int, default=0, help="also convert each file that passes (differential, "
+                        "T steps; 16 random calibration images) and give the SNN's max |output - ort| / max |ort| "
+                        "after 1, T/4 and T steps")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -176,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="onnx_check_") as tmp:
         for name in args.models.split(","):
             for exporter in args.exporters.split(","):
-                row = check(name, exporter, Path(tmp), args.export_batch, args.check_batch)
+                row = check(name, exporter, Path(tmp), args.export_batch, args.check_batch, args.side,
+                            args.snn_steps)
                 rows.append(row)
                 print(f"{row['model']:<14} {row['exporter']:<8} {row['opset']!s:>5} {row['err']:>12.2e} "
-                      f"{row['seconds']:>7.1f}  {row['status']}", flush=True)
+                      f"{row['seconds']:>7.1f}  {row['status']}" + "".join(
+                          f"; SNN T={t}: {e:.2e}" for t, e in row.get("snn_err", {}).items()), flush=True)
     failed = [r for r in rows if r["status"].startswith("FAIL")]
     print(f"\n{len(rows) - len(failed)} of {len(rows)} rows without failure (export batch {args.export_batch}, "
           f"check batch {args.check_batch}, rtol={RTOL}, atol={ATOL_SCALE}*max|ort|)")

@@ -40,7 +40,8 @@ Tanh, Gelu, Softmax, LogSoftmax, HardSwish, Elu, ...   ``nn.Sigmoid``, ``nn.Tanh
 Add, Sub, Mul, Div, Pow, comparisons                   ``operator.add`` & co. (constants: scalars or buffers)
 Sqrt, Erf, Exp, Where, Max, Min, Mod, Cast, ...        ``torch.sqrt`` & co., ``x.to(dtype)``
 Reshape, Flatten, Transpose, Concat, Split, Slice,     ``torch.reshape`` (``-1`` for the dynamic entry),
-Squeeze, Unsqueeze, Pad, Expand, Tile, Gather          ``torch.flatten``, ``torch.permute``, ``torch.cat``, slicing, ...
+Squeeze, Unsqueeze, Pad, Expand, Tile, Gather,        ``torch.flatten``, ``torch.permute``, ``torch.cat``, slicing, ...
+GatherND (constant indices)                            (GatherND: ``torch.index_select`` of flattened leading dims)
 Resize (spatial dims; nearest asymmetric + floor,      ``F.interpolate`` (``mode``, ``align_corners``, ``size`` or
 linear / cubic half-pixel or align-corners)            ``scale_factor``)
 Shape, Size, ConstantOfShape, Range, Constant          evaluated while importing (no fx node); ConstantOfShape /
@@ -1566,6 +1567,36 @@ def convert_gather(ctx: OpContext) -> Value:
         return picked
     target = [*shape[:axis], *[sympy.Integer(s) for s in idx.shape], *shape[axis + 1:]]
     return _reshape_to(ctx, picked, target)
+
+
+@register("GatherND", since=13)
+def convert_gather_nd(ctx: OpContext) -> Value:
+    """GatherND with constant indices and ``batch_dims=0`` on a tensor whose leading k dims (k: the indices' last
+    size) are static: the k dims are flattened into one, the rows picked by ``torch.index_select`` with the flat
+    indices, and the result reshaped to ``indices.shape[:-1] + data.shape[k:]``. The dynamo exporter writes
+    ``AdaptiveAvgPool2d`` over windows of unequal size (VGG's ``(7, 7)`` on a smaller map) this way."""
+    data, indices = ctx.input(0), ctx.input(1)
+    if ctx.attr("batch_dims", 0) != 0:
+        raise ctx.unsupported("batch_dims != 0")
+    if not isinstance(indices, Const):
+        raise ctx.unsupported("indices computed at run time")
+    shape = ctx.shape(data)
+    idx = indices.tensor.to(torch.int64)
+    k = idx.shape[-1] if idx.ndim else 0
+    if idx.ndim == 0 or not 1 <= k <= len(shape):
+        raise ctx.fail(f"indices of shape {list(idx.shape)} for data of rank {len(shape)}")
+    dims = [static(d) for d in shape[:k]]
+    if None in dims:
+        raise ctx.unsupported("indexed dimensions of unknown size")
+    sizes = torch.tensor(dims, dtype=torch.int64)
+    if ((idx < -sizes) | (idx >= sizes)).any():
+        raise ctx.fail("an index is out of range")
+    idx = torch.where(idx < 0, idx + sizes, idx)
+    strides = torch.tensor([math.prod(dims[i + 1:]) for i in range(k)], dtype=torch.int64)
+    flat = (idx * strides).sum(-1).reshape(-1)
+    rows = _reshape_to(ctx, data, [sympy.Integer(math.prod(dims)), *shape[k:]])
+    picked = ctx.call_function(torch.index_select, rows, 0, Const(flat, indices.source))
+    return _reshape_to(ctx, picked, [*(sympy.Integer(s) for s in idx.shape[:-1]), *shape[k:]])
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -549,3 +549,47 @@ def test_item_assignment_on_an_activation_is_listed_at_its_line():
         convert(Zeroed().eval(), forward_loop=[x], example_inputs=x[:1])
     (node,) = info.value.nodes
     assert node.target.endswith("setitem") and node.source.startswith(__file__)
+
+
+class MaskSelect(nn.Module):
+    """A constant mask selects between an activation and constants (the dynamo exporter's adaptive average pooling
+    over unequal windows: ``Where(mask, 0, x)``)."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        torch.manual_seed(9)
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 8 * 8, 5)
+        self.register_buffer("mask", torch.rand(1, 4, 8, 8) > 0.6)
+        self.spelling = spelling
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        if self.spelling == "where":
+            h = torch.where(self.mask, torch.full_like(h, 0.25), h)
+        elif self.spelling == "masked_fill":
+            h = h.masked_fill(self.mask, 0.0)
+        else:  # a ReLU spelled with a mask read from the input: not linear
+            h = torch.where(h > 0.5, h, torch.zeros_like(h))
+        return self.fc(torch.flatten(h, 1))
+
+
+@pytest.mark.parametrize("spelling", ["where", "masked_fill"])
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_selection_by_a_constant_mask_is_linear(spelling, coding):
+    model, x = MaskSelect(spelling).eval(), torch.rand(6, 1, 10, 10)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=32))
+    counts = res.report.entry("replace_activations").counts
+    assert not any(k.startswith("GradedUnit") for k in counts), counts
+    with torch.no_grad():
+        ann = model(x)
+        torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
+        out = res.snn(x)
+    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
+    assert err[1] < err[0] / 5, err
+
+
+def test_selection_by_a_mask_computed_from_the_input_is_listed():
+    x = torch.rand(4, 1, 10, 10)
+    with pytest.raises(UnsupportedOpError, match="mask computed from the input") as info:
+        convert(MaskSelect("relu").eval(), forward_loop=[x])
+    assert "torch.where" in [n.target for n in info.value.nodes]  # with the comparison h > 0.5

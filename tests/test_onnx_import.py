@@ -231,6 +231,13 @@ OP_CASES = {
     "gather_scalar_and_2d_indices": (
         "g (float[N,4,9,9] x) => (float y) { a = Gather <axis=1> (x, i) y = Gather <axis=-1> (a, j) }",
         {"i": np.array([3, 1, 1], dtype=np.int64), "j": np.array([[0, -1], [2, 3]], dtype=np.int64)}, X4, 13, None),
+    "gather_nd_spatial_pairs": (  # the dynamo exporter's AdaptiveAvgPool over unequal windows, in small
+        "g (float[N,4,9,9] x) => (float y) {"
+        " t = Transpose <perm=[2,3,0,1]> (x) g = GatherND(t, i) y = Transpose <perm=[2,3,0,1]> (g) }",
+        {"i": np.array([[[0, 0], [8, 8]], [[4, -1], [-9, 2]], [[1, 1], [1, 1]]], dtype=np.int64)}, X4, 13, None),
+    "gather_nd_one_dim": (
+        "g (float[N,4,9,9] x) => (float y) { t = Transpose <perm=[1,0,2,3]> (x) y = GatherND(t, i) }",
+        {"i": np.array([[3], [0], [3]], dtype=np.int64)}, X4, 13, None),
     "constant_node_tile": (
         "g (float[N,4,9,9] x) => (float y) {"
         " k = Constant <value=float[1,4,1,1] {1,2,3,4}> () m = Mul(x, k) y = Tile(m, reps) }",
@@ -526,6 +533,18 @@ def test_resize_modes_pytorch_cannot_express_are_listed(attrs: str, reason: str)
         load_onnx(channel)
 
 
+@pytest.mark.parametrize("text, reason", [
+    ("t = Transpose <perm=[2,3,0,1]> (x) y = GatherND <batch_dims=1> (t, i)", "batch_dims"),
+    ("y = GatherND(x, i)", "unknown size"),  # indexes the batch dim
+    ("t = Transpose <perm=[2,3,0,1]> (x) k = Cast <to=7> (t) j = Slice(k, s, e) y = GatherND(t, j)", "run time"),
+])
+def test_gather_nd_forms_it_cannot_express_are_listed(text: str, reason: str) -> None:
+    model = textual(f"g (float[N,4,9,9] x) => (float y) {{ {text} }}", 17, i=np.zeros((2, 2), np.int64),
+                    s=np.array([0], np.int64), e=np.array([2], np.int64))
+    with pytest.raises(UnsupportedOpError, match=reason):
+        load_onnx(model)
+
+
 def _assert_one_line(exc: pytest.ExceptionInfo) -> None:
     message = str(exc.value)
     assert message and "\n" not in message
@@ -655,6 +674,48 @@ def test_dynamo_as_strided_with_a_dynamic_batch_converts(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(res.snn.ann_forward(x), model(x), rtol=1e-5, atol=1e-5)
         assert res.snn(x).shape == (2, 5, 10)
+
+
+class _UnequalPool(nn.Module):
+    """VGG's head in small: ``AdaptiveAvgPool2d(3)`` on a 5x5 map (windows of unequal size), which torch's dynamo
+    exporter writes as ``GatherND`` of the windows' positions, ``Where`` masks and a sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv, self.pool, self.fc = nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(3), nn.Linear(4 * 9, 10)
+
+    def forward(self, x):
+        h = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+
+@pytest.mark.slow
+def test_dynamo_adaptive_pool_over_unequal_windows_converts(tmp_path) -> None:
+    if not HAS_ONNXSCRIPT:
+        pytest.skip("torch's dynamo ONNX exporter needs the onnxscript package")
+    from snnconvert.convert import ConversionConfig, convert
+
+    model, path = _UnequalPool().eval(), tmp_path / "pool.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(2, 1, 12, 12),), str(path), dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert {"GatherND", "Where"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    gm = load_onnx(path)
+    for batch in (3, 6):
+        x = rand(batch, 1, 12, 12, seed=batch)
+        (ours,), (ref,) = run_gm(gm, x), run_ort(str(path), x)
+        np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL * float(np.abs(ref).max()))
+    res = convert(path, forward_loop=[torch.rand(16, 1, 12, 12)],
+                  config=ConversionConfig.for_coding("differential", timesteps=16))
+    x = torch.rand(5, 1, 12, 12)
+    with torch.no_grad():
+        ann = model(x)
+        torch.testing.assert_close(res.snn.ann_forward(x), ann, rtol=1e-5, atol=1e-5)
+        out = res.snn(x)
+    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 15)]
+    assert err[1] < err[0] / 5, err
 
 
 @pytest.mark.parametrize(("name", "exporter"), MODEL_CASES)

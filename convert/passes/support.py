@@ -58,6 +58,11 @@ _FIRST_ARG_LINEAR = {
     torch.index_select: "indices computed from the input (a data-dependent selection): not linear in the input",
     torch.repeat_interleave: "repeats computed from the input (a data-dependent length): not linear in the input",
 }
+#: Element selection by a mask, ``torch.where(mask, a, b)`` and ``x.masked_fill(mask, value)``: linear in the values
+#: while the mask is a constant (the dynamo exporter's adaptive pooling over unequal windows); position of the mask.
+_MASK_SELECT = {torch.where: (0, "condition"), torch.masked_fill: (1, "mask"), "masked_fill": (1, "mask")}
+_DYNAMIC_MASK = ("mask computed from the input (a data-dependent selection such as where(x > 0, x, 0)): not linear in "
+                 "the input")
 #: Tensor methods that only move, reshape or linearly combine data.
 SUPPORTED_METHODS = frozenset({
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "size", "mean",
@@ -208,6 +213,12 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
         return None
     if node.op in ("call_function", "call_method") and (reads_metadata(node) or not input_dependent_args(node, cache)):
         return None  # a constant (computed from parameters or shapes alone): like a bias, the same at every step
+    if node.op in ("call_function", "call_method") and node.target in _MASK_SELECT:
+        position, name = _MASK_SELECT[node.target]
+        mask = node.args[position] if len(node.args) > position else node.kwargs.get(name)
+        if len(node.args) + len(node.kwargs) != 3:  # torch.where(x): the indices of the non-zeros
+            return "function is not convertible"
+        return _DYNAMIC_MASK if _depends_on_input(mask, cache) else None
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
         if isinstance(module, GRADED_MODULES) and not graded_kind(gm, node, cache):

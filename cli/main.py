@@ -68,16 +68,17 @@ def _atomic_write(path: Path):
 
 
 def _accuracy_table(ev) -> Table:
-    """Accuracy, gap to the ANN, top-5 accuracy (more than 5 classes), cumulative events and energy ratio
-    (method.md §8, both metrics) after each step of the evaluation ``ev``."""
-    ann_acc, snn_acc, top5, events, ops = (ev.ann_accuracy, ev.snn_accuracy, ev.snn_accuracy_top5,
-                                           ev.events_per_step, ev.ops)
-    table = Table(title="accuracy vs time step")
+    """Accuracy, gap to the ANN, top-5 accuracy (more than 5 classes; segmentation: pixel accuracy and mean IoU),
+    cumulative events and energy ratio (method.md §8, both metrics) after each step of the evaluation ``ev``."""
+    ann_acc, snn_acc, events, ops = ev.ann_accuracy, ev.snn_accuracy, ev.events_per_step, ev.ops
+    dense = ev.task == "segmentation"  # pixel accuracy, and the mean IoU instead of top-5
+    extra, extra_name = (ev.snn_miou, "mIoU %") if dense else (ev.snn_accuracy_top5, "top-5 %")
+    table = Table(title=f"{'pixel accuracy' if dense else 'accuracy'} vs time step")
     table.add_column("t", justify="right")
-    table.add_column("SNN acc %", justify="right")
+    table.add_column("SNN pixel acc %" if dense else "SNN acc %", justify="right")
     table.add_column("gap to ANN (pp)", justify="right")
-    if top5:
-        table.add_column("top-5 %", justify="right")
+    if extra:
+        table.add_column(extra_name, justify="right")
     table.add_column("events/img (cum.)", justify="right")
     energy_ref, energy_ext = ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended")
     if energy_ref and energy_ext:
@@ -87,7 +88,7 @@ def _accuracy_table(ev) -> Table:
     cums = list(itertools.accumulate(events))
     for t in shown:
         gap = "" if ann_acc is None else f"{100 * (snn_acc[t - 1] - ann_acc):+.2f}"
-        row = [str(t), f"{100 * snn_acc[t - 1]:.2f}", gap, *([f"{100 * top5[t - 1]:.2f}"] if top5 else []),
+        row = [str(t), f"{100 * snn_acc[t - 1]:.2f}", gap, *([f"{100 * extra[t - 1]:.2f}"] if extra else []),
                f"{cums[t - 1]:.0f}" if cums else ""]
         if energy_ref and energy_ext:
             row.append(f"{energy_ref[t - 1]:.3f} / {energy_ext[t - 1]:.3f}")
@@ -290,6 +291,7 @@ class RunOptions:
     target_gap: Optional[float] = None
     select_images: Optional[int] = None
     logits: Optional[str] = None
+    ignore_index: int = 255
     config_file: Optional[Path] = None  # the --config file the options were read from (recorded in the report)
 
 
@@ -366,7 +368,7 @@ def _run(o: RunOptions) -> None:
         # traces (a deep copy; node names, hence threshold keys, are the importer's either way)
         ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
         example = prep(calib_set.example(2))
-        _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name, o.logits)  # before calibration
+        _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name, o.logits, o.ignore_index)  # before calib.
         grid = []  # per threshold rule: {T: ConversionResult} (one calibration each)
         for cfg in cfgs:
             if sweep_steps:
@@ -387,9 +389,10 @@ def _run(o: RunOptions) -> None:
             return sweep(candidates, lambda: ((prep(x), y) for x, y in data.batches(o.batch_size)), ann=ann,
                          target_gap_pp=o.target_gap if o.target_gap is not None else 0.5, backend=o.backend,
                          device=o.device, dtype=dtype, mode=o.mode, layer_errors=layer_errors, progress=progress,
-                         output=o.logits,
+                         output=o.logits, ignore_index=o.ignore_index,
                          ann_accuracy=None if known is None else known.ann_accuracy,
-                         ann_accuracy_top5=None if known is None else known.ann_accuracy_top5)
+                         ann_accuracy_top5=None if known is None else known.ann_accuracy_top5,
+                         ann_miou=None if known is None else known.ann_miou)
 
         # choose T (and the threshold rule) on held-out images when asked: the evaluation images then see the
         # chosen conversion only
@@ -418,11 +421,16 @@ def _run(o: RunOptions) -> None:
     ann_text = "n/a" if evaluation.ann_accuracy is None else f"{100 * evaluation.ann_accuracy:.2f} %"
     if evaluation.ann_accuracy_top5 is not None:
         ann_text += f" (top-5 {100 * evaluation.ann_accuracy_top5:.2f} %)"
-    snn_top5 = evaluation.snn_accuracy_top5
+    if evaluation.ann_miou is not None:
+        ann_text += f" (mIoU {100 * evaluation.ann_miou:.2f} %)"
+    snn_top5, snn_miou = evaluation.snn_accuracy_top5, evaluation.snn_miou
     snn_text = f"{100 * evaluation.snn_accuracy[-1]:.2f} %"
     if snn_top5:
         snn_text += f" (top-5 {100 * snn_top5[-1]:.2f} %)"
-    out.print(f"ANN accuracy {ann_text}; SNN accuracy at T={evaluation.timesteps}: {snn_text} "
+    if snn_miou:
+        snn_text += f" (mIoU {100 * snn_miou[-1]:.2f} %)"
+    what = "pixel accuracy" if evaluation.task == "segmentation" else "accuracy"
+    out.print(f"ANN {what} {ann_text}; SNN {what} at T={evaluation.timesteps}: {snn_text} "
               f"on {evaluation.images} images of {eval_name} "
               f"({eval_info['split']}; calibrated on {len(calib_set)} images, {calib_info['split']}) "
               f"in {total:.1f} s")
@@ -465,9 +473,11 @@ def _dtype(name: str) -> torch.dtype:
     return DTYPE_NAMES[name]
 
 
-def _check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, logits: str | None) -> None:
+def _check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, logits: str | None,
+                  ignore_index: int) -> None:
     """The class scores must be one output (``--logits`` names it among several) whose size the evaluation labels
-    index (e.g. not an ImageFolder with more classes than logits)."""
+    index (e.g. not an ImageFolder with more classes than logits); per-pixel labels (segmentation) index the
+    output's dim 1, except those equal to ``ignore_index``."""
     from snnconvert.convert.outputs import select_output
 
     try:
@@ -475,10 +485,21 @@ def _check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, 
             out = ann(example)
     except Exception:  # noqa: BLE001 - the conversion runs the model next and names the failing node in one line
         return
-    outputs = select_output(out, logits).shape[-1]
-    top = int(data.labels.max()) if len(data) else -1
+    scores = select_output(out, logits)
+    dense = data.labels.dim() > 1
+    if dense and (scores.dim() != data.labels.dim() + 1 or scores.shape[2:] != data.labels.shape[1:]):
+        raise DataError(f"{name}: per-pixel labels of shape {list(data.labels.shape[1:])} but the model's output "
+                        f"has shape {list(scores.shape[1:])} ([classes, *pixels] expected for segmentation)")
+    if not dense and scores.dim() != 2:
+        raise DataError(f"{name}: one label per image but the model's output has shape {list(scores.shape[1:])} "
+                        "per image; classification needs [classes] (an .npz data set with per-pixel labels "
+                        "[N, H, W] evaluates a segmentation output)")
+    outputs = scores.shape[1] if dense else scores.shape[-1]
+    labels = data.labels[data.labels != ignore_index] if dense else data.labels
+    top = int(labels.max()) if labels.numel() else -1
     if top >= outputs:
-        raise DataError(f"{name}: labels go up to {top} but the model has {outputs} outputs; check that the data "
+        raise DataError(f"{name}: labels go up to {top} but the model has {outputs} "
+                        f"{'classes (output dim 1)' if dense else 'outputs'}; check that the data "
                         "set matches the model (ImageFolder labels are the sorted class folders)")
 
 
@@ -565,6 +586,8 @@ def main(
         None, "--select-images", help="with --sweep: choose T on N held-out images of the calibration data (the N "
                                       "after the calibration images) instead of the evaluation images, which then "
                                       "see the chosen T only [default: choose on the evaluation images]"),
+    ignore_index: int = typer.Option(255, "--ignore-index", help="with per-pixel labels (segmentation: pixel "
+                                     "accuracy and mean IoU): the label of pixels left out of both (-1: none)"),
     logits: Optional[str] = typer.Option(
         None, "--logits", help="for a model with several outputs (tuple, list or dict: heads): the one holding the "
                                "class scores, by index or key (e.g. 0, cls, heads.0); the SNN decodes every output"),

@@ -7,7 +7,8 @@ Specs accepted by :func:`load_calib_eval` (the CLI's ``--calib-data`` / ``--eval
 - ``imagefolder:PATH``: an ImageNet-style folder ``PATH/<class>/<image>`` (classes sorted by name, as torchvision's
   ``ImageFolder``), decoded with the model's preprocessing (resize, centre crop; :mod:`snnconvert.runtime.imagefiles`);
 - ``npz:PATH`` (or any ``PATH.npz``): numpy arrays ``x_train``/``y_train``/``x_test``/``y_test`` (two splits) or
-  ``x``/``y`` or ``images``/``labels`` (one split).
+  ``x``/``y`` or ``images``/``labels`` (one split); labels one per image ``[N]`` or one per pixel ``[N, H, W]``
+  (segmentation: evaluated by pixel accuracy and mean IoU, ``runtime/evaluate.py``).
 
 Images come out as float32 ``[N, C, H, W]`` (uint8 files scaled to [0, 1]); labels as int64. Normalisation
 ``(x - mean) / std`` is applied on the fly by :class:`Normalize`.

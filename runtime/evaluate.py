@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from snnconvert.convert.coding.units import GradedUnit
+from snnconvert.convert.errors import ConfigError, DataError
 from snnconvert.convert.outputs import select_output
 from snnconvert.convert.snn import SpikingNetwork
 from snnconvert.runtime.diagnose import ErrorMeter
@@ -43,6 +44,10 @@ class EvalReport:
         unit_outputs: per graded unit (max-pool, other non-linear function, product: dense float outputs, not
             events): outputs per image, total non-zero outputs, non-zero outputs per output element per image, and
             non-zero outputs per image at each step. Not counted in ``events_per_step``.
+        task: ``"classification"`` (one label per image) or ``"segmentation"`` (one label per pixel: labels
+            ``[B, *S]`` for outputs ``[B, classes, *S]``); for segmentation the accuracies are pixel accuracies
+            (pixels labelled ``ignore_index`` left out) and ``ann_miou`` / ``snn_miou`` the mean intersection over
+            union of the classes that occur in the labels or the predictions.
     """
 
     timesteps: int
@@ -57,6 +62,9 @@ class EvalReport:
     unit_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     ann_accuracy_top5: float | None = None
     snn_accuracy_top5: list[float] | None = None
+    task: str = "classification"
+    ann_miou: float | None = None
+    snn_miou: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,7 +72,8 @@ class EvalReport:
             "ann_accuracy_top5": self.ann_accuracy_top5, "snn_accuracy_top5": self.snn_accuracy_top5,
             "images": self.images, "events_per_step": self.events_per_step, "site_events": self.site_events,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "ops": self.ops,
-            "layer_errors": self.layer_errors, "unit_outputs": self.unit_outputs,
+            "layer_errors": self.layer_errors, "unit_outputs": self.unit_outputs, "task": self.task,
+            "ann_miou": self.ann_miou, "snn_miou": self.snn_miou,
         }
 
 
@@ -86,6 +95,105 @@ def _hits(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     before = torch.arange(out.shape[-1], device=out.device) < label
     rank = (out > score).sum(-1) + ((out == score) & before).sum(-1)
     return top1, (rank < TOP_K).sum(-1)
+
+
+def _confusion(pred: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
+    """Counts ``[classes (label), classes (prediction)]`` of the pixels of ``pred`` against ``y`` (both ``[B, *S]``,
+    labels already checked and ignored pixels dropped by the caller's ``keep`` mask)."""
+    return torch.bincount((y * classes + pred).reshape(-1), minlength=classes * classes).view(classes, classes)
+
+
+def _miou(conf: torch.Tensor) -> float:
+    """Mean IoU over the classes that occur in the labels or the predictions of a confusion matrix."""
+    tp = conf.diagonal().double()
+    union = conf.sum(0).double() + conf.sum(1).double() - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if bool(present.any()) else float("nan")
+
+
+class _Scores:
+    """Accumulates the ANN's and the SNN's (after every step) scores over batches. Labels ``[B]``: classification,
+    top-1 and top-5 (:func:`_hits`). Labels ``[B, *S]`` with outputs ``[B, classes, *S]``: per-pixel
+    classification, pixel accuracy and a confusion matrix per step for the mean IoU; pixels labelled
+    ``ignore_index`` are left out."""
+
+    def __init__(self, timesteps: int, ignore_index: int | None) -> None:
+        self.T, self.ignore = timesteps, ignore_index
+        self.task: str | None = None
+        self.images = 0
+        self.pixels = 0
+        self.snn = torch.zeros(timesteps, dtype=torch.float64)
+        self.ann = 0
+        self.snn_top5: torch.Tensor | None = torch.zeros(timesteps, dtype=torch.float64)
+        self.ann_top5: int | None = 0
+        self.snn_conf: torch.Tensor | None = None
+        self.ann_conf: torch.Tensor | None = None
+
+    def _kind(self, out: torch.Tensor, y: torch.Tensor, leading: int) -> str:
+        task = "classification" if y.dim() == 1 else "segmentation"
+        if task == "segmentation" and (out.dim() != leading + y.dim() + 1 or
+                                       out.shape[leading + 2:] != y.shape[1:]):
+            raise ConfigError(f"labels of shape {list(y.shape)} (one per pixel) do not match the model's output of "
+                              f"shape {list(out.shape[leading:])} ([batch, classes, *pixels] expected)")
+        if task == "classification" and out.dim() != leading + 2:
+            raise ConfigError(f"labels of shape {list(y.shape)} (one per image) for a model output of shape "
+                              f"{list(out.shape[leading:])}; classification needs [batch, classes] outputs "
+                              "(per-pixel labels [batch, *pixels] evaluate a segmentation output)")
+        if self.task not in (None, task):
+            raise ConfigError("the data set mixes per-image and per-pixel labels")
+        self.task = task
+        return task
+
+    def _pixels(self, y: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask of the scored pixels, and their labels (checked against the number of classes)."""
+        keep = torch.ones_like(y, dtype=torch.bool) if self.ignore is None else y != self.ignore
+        labels = y[keep]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            bad = int(labels.max()) if int(labels.max()) >= classes else int(labels.min())
+            raise DataError(f"a pixel label {bad} is outside the model's {classes} classes"
+                            + ("" if self.ignore is None else f" (pixels labelled {self.ignore} are ignored)"))
+        return keep, labels
+
+    def add_ann(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        if self._kind(out, y, 0) == "classification":
+            top1, top5 = _hits(out, y)
+            self.ann += int(top1)
+            self.ann_top5 = None if top5 is None or self.ann_top5 is None else self.ann_top5 + int(top5)
+            return
+        classes = out.shape[1]
+        keep, labels = self._pixels(y, classes)
+        conf = _confusion(out.argmax(1)[keep], labels, classes).cpu()
+        self.ann_conf = conf if self.ann_conf is None else self.ann_conf + conf
+        self.ann += int(conf.diagonal().sum())
+
+    def add_snn(self, decoded: torch.Tensor, y: torch.Tensor) -> None:
+        self.images += int(y.shape[0])
+        if self._kind(decoded, y, 1) == "classification":
+            top1, top5 = _hits(decoded, y)
+            self.snn += top1.double().cpu()
+            self.snn_top5 = None if top5 is None or self.snn_top5 is None else self.snn_top5 + top5.double().cpu()
+            return
+        classes = decoded.shape[2]
+        keep, labels = self._pixels(y, classes)
+        self.pixels += int(labels.numel())
+        conf = torch.stack([_confusion(decoded[t].argmax(1)[keep], labels, classes) for t in range(self.T)]).cpu()
+        self.snn_conf = conf if self.snn_conf is None else self.snn_conf + conf
+        self.snn += conf.diagonal(dim1=1, dim2=2).sum(1).double()
+
+    def fields(self, with_ann: bool) -> dict[str, Any]:
+        """The EvalReport fields: accuracies (pixel accuracies for segmentation), top-5 or mean IoU."""
+        dense = self.task == "segmentation"
+        n = max(self.pixels if dense else self.images, 1)
+        out = {"task": self.task or "classification",
+               "ann_accuracy": self.ann / n if with_ann else None,
+               "snn_accuracy": [float(c) / n for c in self.snn]}
+        if dense:
+            out.update(ann_miou=_miou(self.ann_conf) if with_ann and self.ann_conf is not None else None,
+                       snn_miou=[_miou(c) for c in self.snn_conf] if self.snn_conf is not None else None)
+        else:
+            out.update(ann_accuracy_top5=self.ann_top5 / n if with_ann and self.ann_top5 is not None else None,
+                       snn_accuracy_top5=None if self.snn_top5 is None else [float(c) / n for c in self.snn_top5])
+        return out
 
 
 class _EventCounter:
@@ -158,6 +266,7 @@ def evaluate(
     count_ops: bool = True,
     layer_errors: bool = False,
     output: int | str | None = None,
+    ignore_index: int | None = 255,
 ) -> EvalReport:
     """Run the ANN and the SNN over ``batches`` once; accuracy after every step, events per site and step.
 
@@ -175,17 +284,18 @@ def evaluate(
         output: for a model with several outputs (a tuple, list or dict), the one holding the class scores: its
             index or key (``convert/outputs.py``: ``"cls"``, ``1``, ``"heads.0"``); the per-unit errors cover every
             output.
+        ignore_index: with per-pixel labels (segmentation, ``EvalReport.task``), the label of pixels that are not
+            scored (255: the VOC / Cityscapes "void"); None scores every pixel.
 
     Raises:
-        ConfigError: the model has several outputs and ``output`` does not name one of them.
+        ConfigError: the model has several outputs and ``output`` does not name one of them; the labels' shape
+            does not fit the output (one per image for ``[B, classes]``, one per pixel for
+            ``[B, classes, *pixels]``).
+        DataError: a pixel label is not a class of the output (and not ``ignore_index``).
     """
     T = snn.timesteps if timesteps is None else int(timesteps)
     snn = snn.to(device)
-    correct_snn = torch.zeros(T, dtype=torch.float64)
-    correct_ann = 0
-    top5_snn: torch.Tensor | None = torch.zeros(T, dtype=torch.float64)
-    top5_ann: int | None = 0
-    images = 0
+    scores = _Scores(T, ignore_index)
     seconds = {"ann": 0.0, "snn": 0.0}
     was_training = ann.training if ann is not None else False
     if ann is not None:
@@ -200,9 +310,7 @@ def evaluate(
                 x, y = x.to(device), y.to(device)
                 if ann is not None:
                     start = time.perf_counter()
-                    top1, top5 = _hits(select_output(ann(x), output), y)
-                    correct_ann += int(top1)
-                    top5_ann = None if top5 is None or top5_ann is None else top5_ann + int(top5)
+                    scores.add_ann(select_output(ann(x), output), y)
                     seconds["ann"] += time.perf_counter() - start
                 if meter is not None:
                     meter.begin(x)
@@ -211,10 +319,7 @@ def evaluate(
                 seconds["snn"] += time.perf_counter() - start
                 if meter is not None:
                     meter.output(decoded)
-                top1, top5 = _hits(select_output(decoded, output, leading=2), y)
-                correct_snn += top1.double().cpu()
-                top5_snn = None if top5 is None or top5_snn is None else top5_snn + top5.double().cpu()
-                images += int(y.shape[0])
+                scores.add_snn(select_output(decoded, output, leading=2), y)
                 if progress is not None:
                     progress(int(y.shape[0]))
     finally:
@@ -226,6 +331,7 @@ def evaluate(
             meter.close()
         if ann is not None:
             ann.train(was_training)
+    images = scores.images
     if images == 0:
         raise ValueError("evaluation got no images")
     total = torch.zeros(T, dtype=torch.float64)
@@ -244,10 +350,7 @@ def evaluate(
                               "nonzero_per_step": (counts / images).tolist()}
     report = EvalReport(
         timesteps=T,
-        ann_accuracy=correct_ann / images if ann is not None else None,
-        snn_accuracy=[float(c) / images for c in correct_snn],
-        ann_accuracy_top5=top5_ann / images if ann is not None and top5_ann is not None else None,
-        snn_accuracy_top5=None if top5_snn is None else [float(c) / images for c in top5_snn],
+        **scores.fields(with_ann=ann is not None),
         images=images,
         events_per_step=[float(c) / images for c in total],
         site_events=site_events,
@@ -265,8 +368,10 @@ def evaluate(
         }
     if meter is not None:
         report.layer_errors = meter.result()
-    log.info("evaluated %d images: ANN %s, SNN %.4f at T=%d", images,
-             "n/a" if report.ann_accuracy is None else f"{report.ann_accuracy:.4f}", report.snn_accuracy[-1], T)
+    log.info("evaluated %d images: ANN %s, SNN %.4f at T=%d (%s%s)", images,
+             "n/a" if report.ann_accuracy is None else f"{report.ann_accuracy:.4f}", report.snn_accuracy[-1], T,
+             "pixel accuracy" if report.task == "segmentation" else "top-1",
+             f", SNN mIoU {report.snn_miou[-1]:.4f}" if report.snn_miou else "")
     return report
 
 
@@ -304,6 +409,9 @@ def build_report(
         "snn_accuracy": evaluation.snn_accuracy,
         "ann_accuracy_top5": evaluation.ann_accuracy_top5,
         "snn_accuracy_top5": evaluation.snn_accuracy_top5,
+        "task": evaluation.task,
+        "ann_miou": evaluation.ann_miou,
+        "snn_miou": evaluation.snn_miou,
         "eval_images": evaluation.images,
         "calib_images": calib.get("images"),
         "data": {"calibration": calib, "evaluation": data},

@@ -38,13 +38,22 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _accuracy_rows(doc: dict[str, Any]) -> list[list[str]]:
     ann, ops = doc["ann_accuracy"], doc.get("synaptic_ops") or {}
     ref, ext = ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended")
-    top5 = doc.get("snn_accuracy_top5")
+    extra = _extra_metric(doc)[0]
     rows, events = [], 0.0
     for t, acc in enumerate(doc["snn_accuracy"], start=1):
         events += doc["events"]["per_step"][t - 1]
-        rows.append([str(t), _pct(acc), _gap(acc, ann), *([_pct(top5[t - 1])] if top5 else []), _num(events),
+        rows.append([str(t), _pct(acc), _gap(acc, ann), *([_pct(extra[t - 1])] if extra else []), _num(events),
                      _energy(ref, ext, t)])
     return rows
+
+
+def _extra_metric(doc: dict[str, Any]) -> tuple[list[float] | None, float | None, str]:
+    """The SNN's per-step values, the ANN's value and the name of the second metric: the mean IoU for a segmentation
+    report (per-pixel labels; the accuracies are pixel accuracies), else top-5 (absent in reports written before
+    it, null with <= 5 classes)."""
+    if doc.get("task") == "segmentation":
+        return doc.get("snn_miou"), doc.get("ann_miou"), "mIoU"
+    return doc.get("snn_accuracy_top5"), doc.get("ann_accuracy_top5"), "top-5"
 
 
 def report_markdown(doc: dict[str, Any]) -> str:
@@ -61,15 +70,16 @@ def report_markdown(doc: dict[str, Any]) -> str:
              f"({_describe(data.get('calibration'))}); snnconvert {doc.get('snnconvert_version', '?')}.", ""]
     ops = doc.get("synaptic_ops") or {}
     energy = _energy(ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended"))
-    top5 = doc.get("snn_accuracy_top5")  # absent in reports written before it, null with <= 5 classes
-    five = ["ANN top-5", f"SNN top-5 (T = {T})"] if top5 else []
-    lines += _table(["ANN accuracy", f"SNN accuracy (T = {T})", "gap", *five, "events / image",
+    extra, ann_extra, name = _extra_metric(doc)
+    accuracy = "pixel accuracy" if doc.get("task") == "segmentation" else "accuracy"
+    more = [f"ANN {name}", f"SNN {name} (T = {T})"] if extra else []
+    lines += _table([f"ANN {accuracy}", f"SNN {accuracy} (T = {T})", "gap", *more, "events / image",
                      "energy ratio ref / ext"],
                     [[_pct(ann), _pct(snn[-1]), _gap(snn[-1], ann),
-                      *([_pct(doc.get("ann_accuracy_top5")), _pct(top5[-1])] if top5 else []),
+                      *([_pct(ann_extra), _pct(extra[-1])] if extra else []),
                       _num(doc["events"]["total_per_image"]), energy]])
-    lines += ["## Accuracy after every step", ""]
-    lines += _table(["t", "SNN accuracy", "gap to ANN", *(["top-5"] if top5 else []), "events / image (cum.)",
+    lines += [f"## {accuracy.capitalize()} after every step", ""]
+    lines += _table(["t", f"SNN {accuracy}", "gap to ANN", *([name] if extra else []), "events / image (cum.)",
                      "energy ratio ref / ext (cum.)"], _accuracy_rows(doc))
     sweep = doc.get("sweep")
     if sweep:

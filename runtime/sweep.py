@@ -39,6 +39,7 @@ class SweepReport:
         chosen: ``recommended``, else the T with the best accuracy after T steps (the smaller T on a tie).
         fused_pairs: fused bounded-ReLU pairs in the compiled networks (``runtime/fuse.py``; the same for every T).
         ann_accuracy_top5: the ANN's top-5 accuracy on the same images (None without an ANN or with ≤ 5 classes).
+        ann_miou: for per-pixel labels (segmentation; the accuracies are pixel accuracies), the ANN's mean IoU.
     """
 
     target_gap_pp: float
@@ -49,16 +50,19 @@ class SweepReport:
     chosen: int
     fused_pairs: int = 0
     ann_accuracy_top5: float | None = None
+    ann_miou: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         runs = []
         for T, ev in self.evaluations.items():
             runs.append({"timesteps": T, "snn_accuracy": ev.snn_accuracy, "snn_accuracy_top5": ev.snn_accuracy_top5,
+                         **({"snn_miou": ev.snn_miou} if ev.snn_miou is not None else {}),
                          "events_per_step": ev.events_per_step,
                          "energy_ratio_reference": ev.ops.get("energy_ratio_reference"),
                          "energy_ratio_extended": ev.ops.get("energy_ratio_extended")})
         return {"target_gap_pp": self.target_gap_pp, "ann_accuracy": self.ann_accuracy,
                 "ann_accuracy_top5": self.ann_accuracy_top5,
+                **({"ann_miou": self.ann_miou} if self.ann_miou is not None else {}),
                 "shared_run": self.shared_run, "recommended_timesteps": self.recommended,
                 "chosen_timesteps": self.chosen, "runs": runs}
 
@@ -99,9 +103,10 @@ def truncate(report: EvalReport, T: int) -> EvalReport:
     units = {name: _cut_counts(unit, T, images, ("nonzero_per_step", "nonzero", "nonzero_per_output",
                                                   "outputs_per_image"))
              for name, unit in report.unit_outputs.items()}
-    top5 = report.snn_accuracy_top5
+    top5, miou = report.snn_accuracy_top5, report.snn_miou
     return EvalReport(timesteps=T, ann_accuracy=report.ann_accuracy, snn_accuracy=report.snn_accuracy[:T],
                       ann_accuracy_top5=report.ann_accuracy_top5, snn_accuracy_top5=None if top5 is None else top5[:T],
+                      task=report.task, ann_miou=report.ann_miou, snn_miou=None if miou is None else miou[:T],
                       images=images, events_per_step=report.events_per_step[:T], site_events=sites,
                       seconds=dict(report.seconds), ops=ops, layer_errors=errors, unit_outputs=units)
 
@@ -126,7 +131,9 @@ def sweep(
     progress: Callable[[int], Callable[[int], None] | None] | None = None,
     ann_accuracy: float | None = None,
     ann_accuracy_top5: float | None = None,
+    ann_miou: float | None = None,
     output: int | str | None = None,
+    ignore_index: int | None = 255,
 ) -> SweepReport:
     """Evaluate the conversions ``{T: ConversionResult}`` (from ``convert_sweep``) and recommend a T.
 
@@ -136,10 +143,11 @@ def sweep(
         ann: the ANN (evaluated once, on the first evaluation's images); without it nothing is recommended.
         target_gap_pp: how far below the ANN (percentage points) the SNN after T steps may be.
         backend, device, dtype: as :func:`snnconvert.runtime.compile`.
-        mode, layer_errors, output: as :func:`snnconvert.runtime.evaluate`.
+        mode, layer_errors, output, ignore_index: as :func:`snnconvert.runtime.evaluate`.
         progress: called with T before each evaluation; returns the per-batch callback of that evaluation.
         ann_accuracy: the ANN's accuracy on these images when already known (another sweep over the same images):
-            the ANN is not evaluated again; ``ann_accuracy_top5`` is then its top-5 accuracy there.
+            the ANN is not evaluated again; ``ann_accuracy_top5`` and ``ann_miou`` are then its top-5 accuracy and
+            mean IoU there.
 
     Raises:
         ConfigError: no conversions, or a negative target.
@@ -160,10 +168,10 @@ def sweep(
         pairs = fused_pairs(program)
         ev = evaluate(program, batches(), ann=ann if ann_accuracy is None else None, timesteps=T, mode=mode,
                       device=device, progress=progress(T) if progress is not None else None,
-                      layer_errors=layer_errors, output=output)
+                      layer_errors=layer_errors, output=output, ignore_index=ignore_index)
         if ann_accuracy is None:
-            ann_accuracy, ann_accuracy_top5 = ev.ann_accuracy, ev.ann_accuracy_top5
-        ev.ann_accuracy, ev.ann_accuracy_top5 = ann_accuracy, ann_accuracy_top5
+            ann_accuracy, ann_accuracy_top5, ann_miou = ev.ann_accuracy, ev.ann_accuracy_top5, ev.ann_miou
+        ev.ann_accuracy, ev.ann_accuracy_top5, ev.ann_miou = ann_accuracy, ann_accuracy_top5, ann_miou
         evaluations[T] = ev
     if shared:
         evaluations = {T: truncate(evaluations[steps[-1]], T) for T in steps}
@@ -175,7 +183,7 @@ def sweep(
                  {T: round(a, 4) for T, a in at_T.items()}, recommended)
     return SweepReport(target_gap_pp=float(target_gap_pp), ann_accuracy=ann_accuracy, evaluations=evaluations,
                        shared_run=shared, recommended=recommended, chosen=chosen, fused_pairs=pairs,
-                       ann_accuracy_top5=ann_accuracy_top5)
+                       ann_accuracy_top5=ann_accuracy_top5, ann_miou=ann_miou)
 
 
 def _cost(ev: EvalReport) -> float:

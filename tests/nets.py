@@ -189,3 +189,27 @@ class ClsHead(HeadsNet):
 
     def forward(self, x):
         return super().forward(x)["cls"]
+
+
+class SegNet(nn.Module):
+    """A small fully convolutional segmentation network: per-pixel scores ``[B, 4, H, W]`` for ``[B, 1, H, W]``
+    inputs (conv, ReLU, max-pool, conv, ReLU, 1x1 classifier, bilinear upsampling back to the input size)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.classifier = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        h = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        h = F.relu(self.conv2(h))
+        return F.interpolate(self.classifier(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class SegNetLowRes(SegNet):
+    """``SegNet`` without the upsampling: scores at half the input resolution."""
+
+    def forward(self, x):
+        return self.classifier(F.relu(self.conv2(F.max_pool2d(F.relu(self.conv1(x)), 2))))

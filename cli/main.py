@@ -514,7 +514,8 @@ def result_ann(onnx_path: str) -> torch.nn.Module:
 def main(
     ctx: typer.Context,
     model: Optional[str] = typer.Argument(
-        None, show_default=False, help="zoo name (e.g. fmnist-vgg), torchvision:NAME, path/to/file.py:factory or "
+        None, show_default=False, help="zoo name (e.g. fmnist-vgg), torchvision:NAME, torchvision:segmentation.NAME, "
+                                       "path/to/file.py:factory or "
                                        "model.onnx; may instead be the --config file's `model`"),
     coding: str = typer.Option("rate", help="rate | differential"),
     timesteps: Optional[int] = typer.Option(None, "--timesteps", "--time-steps", "-T",

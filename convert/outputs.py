@@ -52,16 +52,20 @@ def describe_outputs(tree: Any, *, leading: int = 1) -> str:
 
 
 def select_output(tree: Any, key: int | str | None, *, leading: int = 1) -> torch.Tensor:
-    """The tensor at ``key`` (a leaf path of :func:`output_leaves`, or an int index of a tuple/list output); the
-    output itself when it is one tensor and ``key`` is None. ``leading``: as :func:`describe_outputs` (errors only).
+    """The tensor at ``key`` (a leaf path of :func:`output_leaves`, or an int index of a tuple/list output); with
+    ``key`` None, the output itself when it is one tensor, or its only tensor (torchvision's segmentation models
+    return ``{"out": scores}``). ``leading``: as :func:`describe_outputs` (errors only).
 
     Raises:
-        ConfigError: the output is not one tensor and no key was given, the key names no tensor output, or a key
-            was given for an output that is one tensor.
+        ConfigError: the output holds several tensors and no key was given, the key names no tensor output, or a
+            key was given for an output that is one tensor.
     """
     if key is None:
         if isinstance(tree, torch.Tensor):
             return tree
+        leaves = list(output_leaves(tree))
+        if len(leaves) == 1:
+            return leaves[0][1]
         raise ConfigError(f"the model returns {describe_outputs(tree, leading=leading)}; name the class scores to "
                           "evaluate (API: output=KEY, CLI: --logits KEY)")
     if isinstance(tree, torch.Tensor):

@@ -1,7 +1,8 @@
 """Resolve the MODEL argument of the CLI: a zoo name, ``torchvision:NAME``, ``path/to/file.py:factory`` or an
 ``.onnx`` file.
 
-``torchvision:NAME`` builds a torchvision classification architecture with ``weights=None`` and loads a local
+``torchvision:NAME`` builds a torchvision classification architecture (``torchvision:segmentation.NAME`` a
+segmentation one) with ``weights=None`` and loads a local
 state dict (``--weights``, required: nothing is downloaded); the number of classes is read from the state dict and
 the preprocessing (resize, crop, mean, std) from the metadata of torchvision's default weights for that
 architecture.
@@ -91,32 +92,41 @@ def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=No
 
 
 def _torchvision_model(spec: str, weights: str | os.PathLike | None) -> ResolvedModel:
-    """``torchvision:NAME`` + a local state dict -> the model, its preprocessing and input shape."""
+    """``torchvision:NAME`` (a classification architecture) or ``torchvision:segmentation.NAME`` (FCN, DeepLabV3,
+    LR-ASPP; its auxiliary head kept when the state dict has one) + a local state dict -> the model, its
+    preprocessing and input shape (segmentation: mean and std only; the images are taken at their size)."""
     import torchvision
 
     name = spec.partition(":")[2]
-    available = torchvision.models.list_models(module=torchvision.models)
-    if name not in available:
-        raise ModelLoadError(f"unknown torchvision classification model {name!r}; choose one of "
-                             f"torchvision.models.list_models(torchvision.models), e.g. resnet18, vgg16_bn, "
-                             "mobilenet_v2")
+    dense = name.startswith("segmentation.")
+    arch = name.partition(".")[2] if dense else name
+    family = torchvision.models.segmentation if dense else torchvision.models
+    if arch not in torchvision.models.list_models(module=family):
+        example = "segmentation.fcn_resnet50, segmentation.lraspp_mobilenet_v3_large" if dense else \
+            "resnet18, vgg16_bn, mobilenet_v2 (segmentation models: segmentation.NAME)"
+        raise ModelLoadError(f"unknown torchvision {'segmentation' if dense else 'classification'} model {arch!r}; "
+                             f"choose one of torchvision.models.list_models({family.__name__}), e.g. {example}")
     if weights is None:
         raise ModelLoadError(f"{spec} needs --weights FILE (a state dict for it); nothing is downloaded")
     state = _read_state(Path(weights))
-    builder = torchvision.models.get_model_builder(name)
-    model = builder(weights=None)
-    num_classes = _classes_in_state(model, state)
+    builder = torchvision.models.get_model_builder(arch)
     kwargs: dict[str, Any] = {"weights": None}
+    if dense:
+        kwargs.update(weights_backbone=None, aux_loss=any(k.startswith("aux_classifier.") for k in state))
+    model = builder(**kwargs)
+    num_classes = _classes_in_state(model, state)
     if num_classes is not None and num_classes != _classes_in_state(model, model.state_dict()):
         kwargs["num_classes"] = num_classes
         model = builder(**kwargs)
     _fit_state(model, state, Path(weights))
     model.eval()
-    transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    preprocessing = {"mean": [float(v) for v in transforms.mean], "std": [float(v) for v in transforms.std]}
+    source = ModelSource("python", f"{family.__name__}:{arch}", kwargs, {"torchvision": name})
+    if dense:
+        return ResolvedModel(model, source, spec, None, preprocessing, None)
     crop = int(transforms.crop_size[0])
-    preprocessing = {"mean": [float(v) for v in transforms.mean], "std": [float(v) for v in transforms.std],
-                     "resize": int(transforms.resize_size[0]), "crop": crop}
-    source = ModelSource("python", f"torchvision.models:{name}", kwargs, {"torchvision": name})
+    preprocessing.update(resize=int(transforms.resize_size[0]), crop=crop)
     return ResolvedModel(model, source, spec, None, preprocessing, (3, crop, crop))
 
 

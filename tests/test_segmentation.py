@@ -128,3 +128,46 @@ def test_cli_evaluates_a_segmentation_data_set(tmp_path, seg):
         result = CliRunner().invoke(app, [net, "--calib-data", str(data), "--eval-data", str(eval_data)])
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+def test_the_only_tensor_of_a_dict_output_is_the_scores():
+    from snnconvert.convert.outputs import select_output
+
+    scores = torch.rand(2, 4, 3, 3)
+    assert select_output({"out": scores}, None) is scores  # torchvision's segmentation models: {"out": ...}
+    with pytest.raises(ConfigError, match="name the class scores"):
+        select_output({"out": scores, "aux": scores}, None)
+
+
+def test_cli_converts_a_torchvision_segmentation_model_from_local_weights(tmp_path):
+    from typer.testing import CliRunner
+
+    from snnconvert.cli.main import app
+    from snnconvert.convert.errors import ModelLoadError
+    from snnconvert.runtime.models import resolve_model
+
+    tvs = pytest.importorskip("torchvision.models.segmentation")
+    torch.manual_seed(0)
+    model = tvs.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3).eval()
+    weights, data = tmp_path / "lraspp.pt", tmp_path / "seg.npz"
+    torch.save(model.state_dict(), weights)
+    resolved = resolve_model("torchvision:segmentation.lraspp_mobilenet_v3_large", weights=weights)
+    assert resolved.source.kwargs["num_classes"] == 3 and resolved.source.kwargs["aux_loss"] is False
+    assert resolved.input_shape is None and "crop" not in resolved.preprocessing  # images at their own size
+    with pytest.raises(ModelLoadError, match="unknown torchvision segmentation model 'fcn_resnet19'"):
+        resolve_model("torchvision:segmentation.fcn_resnet19", weights=weights)
+    x = torch.rand(6, 3, 48, 48)
+    with torch.no_grad():
+        labels = model((x - torch.tensor(resolved.preprocessing["mean"])[:, None, None])
+                       / torch.tensor(resolved.preprocessing["std"])[:, None, None])["out"].argmax(1)
+    images = (x.numpy() * 255).astype(np.uint8)
+    np.savez(data, x_train=images, y_train=labels.numpy().astype(np.uint8), x_test=images,
+             y_test=labels.numpy().astype(np.uint8))
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["torchvision:segmentation.lraspp_mobilenet_v3_large", "--weights", str(weights),
+                                      "--calib-data", str(data), "--eval-data", str(data), "--coding",
+                                      "differential", "-T", "2", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    # the labels are the ANN's answers on the uint8-rounded images: all but a few pixels agree
+    assert doc["task"] == "segmentation" and doc["ann_accuracy"] > 0.99 and len(doc["snn_miou"]) == 2

@@ -392,7 +392,8 @@ def _run(o: RunOptions) -> None:
                          output=o.logits, ignore_index=o.ignore_index,
                          ann_accuracy=None if known is None else known.ann_accuracy,
                          ann_accuracy_top5=None if known is None else known.ann_accuracy_top5,
-                         ann_miou=None if known is None else known.ann_miou)
+                         ann_miou=None if known is None else known.ann_miou,
+                         ann_iou=None if known is None else known.ann_iou)
 
         # choose T (and the threshold rule) on held-out images when asked: the evaluation images then see the
         # chosen conversion only

@@ -47,7 +47,8 @@ class EvalReport:
         task: ``"classification"`` (one label per image) or ``"segmentation"`` (one label per pixel: labels
             ``[B, *S]`` for outputs ``[B, classes, *S]``); for segmentation the accuracies are pixel accuracies
             (pixels labelled ``ignore_index`` left out) and ``ann_miou`` / ``snn_miou`` the mean intersection over
-            union of the classes that occur in the labels or the predictions.
+            union of the classes that occur in the labels or the predictions; ``ann_iou`` / ``snn_iou`` (entry
+            ``t-1``) the IoU of every class (None for a class absent from both).
     """
 
     timesteps: int
@@ -65,6 +66,8 @@ class EvalReport:
     task: str = "classification"
     ann_miou: float | None = None
     snn_miou: list[float] | None = None
+    ann_iou: list[float | None] | None = None
+    snn_iou: list[list[float | None]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,7 +76,8 @@ class EvalReport:
             "images": self.images, "events_per_step": self.events_per_step, "site_events": self.site_events,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "ops": self.ops,
             "layer_errors": self.layer_errors, "unit_outputs": self.unit_outputs, "task": self.task,
-            "ann_miou": self.ann_miou, "snn_miou": self.snn_miou,
+            "ann_miou": self.ann_miou, "snn_miou": self.snn_miou, "ann_iou": self.ann_iou,
+            "snn_iou": self.snn_iou,
         }
 
 
@@ -103,12 +107,18 @@ def _confusion(pred: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tenso
     return torch.bincount((y * classes + pred).reshape(-1), minlength=classes * classes).view(classes, classes)
 
 
-def _miou(conf: torch.Tensor) -> float:
-    """Mean IoU over the classes that occur in the labels or the predictions of a confusion matrix."""
+def _iou(conf: torch.Tensor) -> list[float | None]:
+    """IoU of every class of a confusion matrix; None for a class absent from both the labels and the
+    predictions."""
     tp = conf.diagonal().double()
     union = conf.sum(0).double() + conf.sum(1).double() - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if bool(present.any()) else float("nan")
+    return [float(i / u) if u > 0 else None for i, u in zip(tp, union, strict=True)]
+
+
+def _miou(conf: torch.Tensor) -> float:
+    """Mean IoU over the classes that occur in the labels or the predictions of a confusion matrix."""
+    present = [v for v in _iou(conf) if v is not None]
+    return sum(present) / len(present) if present else float("nan")
 
 
 class _Scores:
@@ -188,8 +198,10 @@ class _Scores:
                "ann_accuracy": self.ann / n if with_ann else None,
                "snn_accuracy": [float(c) / n for c in self.snn]}
         if dense:
-            out.update(ann_miou=_miou(self.ann_conf) if with_ann and self.ann_conf is not None else None,
-                       snn_miou=[_miou(c) for c in self.snn_conf] if self.snn_conf is not None else None)
+            ann, snn = (self.ann_conf if with_ann else None), self.snn_conf
+            out.update(ann_miou=None if ann is None else _miou(ann), snn_miou=None if snn is None else
+                       [_miou(c) for c in snn], ann_iou=None if ann is None else _iou(ann),
+                       snn_iou=None if snn is None else [_iou(c) for c in snn])
         else:
             out.update(ann_accuracy_top5=self.ann_top5 / n if with_ann and self.ann_top5 is not None else None,
                        snn_accuracy_top5=None if self.snn_top5 is None else [float(c) / n for c in self.snn_top5])
@@ -412,6 +424,8 @@ def build_report(
         "task": evaluation.task,
         "ann_miou": evaluation.ann_miou,
         "snn_miou": evaluation.snn_miou,
+        "ann_iou": evaluation.ann_iou,
+        "snn_iou": evaluation.snn_iou,
         "eval_images": evaluation.images,
         "calib_images": calib.get("images"),
         "data": {"calibration": calib, "evaluation": data},

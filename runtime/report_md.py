@@ -47,6 +47,14 @@ def _accuracy_rows(doc: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _iou_table(doc: dict[str, Any]) -> list[str]:
+    """Segmentation: the IoU of every class, ANN and SNN after the last step (— for a class absent from both)."""
+    T, snn, ann = doc["timesteps"], doc["snn_iou"][-1], doc.get("ann_iou") or [None] * len(doc["snn_iou"][-1])
+    rows = [[str(c), _pct(a) if a is not None else "—", _pct(s) if s is not None else "—",
+             _gap(s, a) if s is not None and a is not None else ""] for c, (a, s) in enumerate(zip(ann, snn))]
+    return ["## IoU per class", ""] + _table(["class", "ANN IoU", f"SNN IoU (T = {T})", "gap"], rows)
+
+
 def _extra_metric(doc: dict[str, Any]) -> tuple[list[float] | None, float | None, str]:
     """The SNN's per-step values, the ANN's value and the name of the second metric: the mean IoU for a segmentation
     report (per-pixel labels; the accuracies are pixel accuracies), else top-5 (absent in reports written before
@@ -81,6 +89,8 @@ def report_markdown(doc: dict[str, Any]) -> str:
     lines += [f"## {accuracy.capitalize()} after every step", ""]
     lines += _table(["t", f"SNN {accuracy}", "gap to ANN", *([name] if extra else []), "events / image (cum.)",
                      "energy ratio ref / ext (cum.)"], _accuracy_rows(doc))
+    if doc.get("snn_iou"):
+        lines += _iou_table(doc)
     sweep = doc.get("sweep")
     if sweep:
         lines += [f"## T sweep (target: within {sweep['target_gap_pp']:g} pp of the ANN)", ""]

@@ -107,6 +107,7 @@ def truncate(report: EvalReport, T: int) -> EvalReport:
     return EvalReport(timesteps=T, ann_accuracy=report.ann_accuracy, snn_accuracy=report.snn_accuracy[:T],
                       ann_accuracy_top5=report.ann_accuracy_top5, snn_accuracy_top5=None if top5 is None else top5[:T],
                       task=report.task, ann_miou=report.ann_miou, snn_miou=None if miou is None else miou[:T],
+                      ann_iou=report.ann_iou, snn_iou=None if report.snn_iou is None else report.snn_iou[:T],
                       images=images, events_per_step=report.events_per_step[:T], site_events=sites,
                       seconds=dict(report.seconds), ops=ops, layer_errors=errors, unit_outputs=units)
 
@@ -132,6 +133,7 @@ def sweep(
     ann_accuracy: float | None = None,
     ann_accuracy_top5: float | None = None,
     ann_miou: float | None = None,
+    ann_iou: list[float | None] | None = None,
     output: int | str | None = None,
     ignore_index: int | None = 255,
 ) -> SweepReport:
@@ -146,8 +148,8 @@ def sweep(
         mode, layer_errors, output, ignore_index: as :func:`snnconvert.runtime.evaluate`.
         progress: called with T before each evaluation; returns the per-batch callback of that evaluation.
         ann_accuracy: the ANN's accuracy on these images when already known (another sweep over the same images):
-            the ANN is not evaluated again; ``ann_accuracy_top5`` and ``ann_miou`` are then its top-5 accuracy and
-            mean IoU there.
+            the ANN is not evaluated again; ``ann_accuracy_top5``, ``ann_miou`` and ``ann_iou`` are then its top-5
+            accuracy, mean IoU and IoU per class there.
 
     Raises:
         ConfigError: no conversions, or a negative target.
@@ -170,8 +172,10 @@ def sweep(
                       device=device, progress=progress(T) if progress is not None else None,
                       layer_errors=layer_errors, output=output, ignore_index=ignore_index)
         if ann_accuracy is None:
-            ann_accuracy, ann_accuracy_top5, ann_miou = ev.ann_accuracy, ev.ann_accuracy_top5, ev.ann_miou
-        ev.ann_accuracy, ev.ann_accuracy_top5, ev.ann_miou = ann_accuracy, ann_accuracy_top5, ann_miou
+            ann_accuracy, ann_accuracy_top5, ann_miou, ann_iou = (ev.ann_accuracy, ev.ann_accuracy_top5, ev.ann_miou,
+                                                                  ev.ann_iou)
+        ev.ann_accuracy, ev.ann_accuracy_top5, ev.ann_miou, ev.ann_iou = (ann_accuracy, ann_accuracy_top5, ann_miou,
+                                                                          ann_iou)
         evaluations[T] = ev
     if shared:
         evaluations = {T: truncate(evaluations[steps[-1]], T) for T in steps}

@@ -18,16 +18,16 @@ from snnconvert.runtime.sweep import truncate
 IGNORE = 255
 
 
-def _reference(pred: np.ndarray, labels: np.ndarray, classes: int) -> tuple[float, float]:
-    """Pixel accuracy and mean IoU (classes present in labels or predictions), written out with numpy."""
+def _reference(pred: np.ndarray, labels: np.ndarray, classes: int) -> tuple[float, float, list]:
+    """Pixel accuracy, mean IoU (classes present in labels or predictions) and the IoU per class (None where
+    absent), written out with numpy."""
     keep = labels != IGNORE
     p, y = pred[keep], labels[keep]
     ious = []
     for c in range(classes):
         inter, union = np.sum((p == c) & (y == c)), np.sum((p == c) | (y == c))
-        if union:
-            ious.append(inter / union)
-    return float(np.mean(p == y)), float(np.mean(ious))
+        ious.append(inter / union if union else None)
+    return float(np.mean(p == y)), float(np.mean([v for v in ious if v is not None])), ious
 
 
 def test_mean_iou_of_a_known_confusion_matrix():
@@ -56,12 +56,16 @@ def test_pixel_accuracy_and_mean_iou_after_every_step(seg):
     with torch.no_grad():
         decoded = res.snn(x)  # [T, B, 4, 16, 16]
     for t in (0, 3, 7):  # the metric equals a direct computation over all 24 images (two batches pooled)
-        acc, miou = _reference(decoded[t].argmax(1).numpy(), labels.numpy(), 4)
+        acc, miou, ious = _reference(decoded[t].argmax(1).numpy(), labels.numpy(), 4)
         assert ev.snn_accuracy[t] == pytest.approx(acc, abs=1e-12)
         assert ev.snn_miou[t] == pytest.approx(miou, abs=1e-12)
+        assert [v is None for v in ev.snn_iou[t]] == [v is None for v in ious]
+        assert [v for v in ev.snn_iou[t] if v is not None] == pytest.approx([v for v in ious if v is not None])
+    assert ev.ann_iou == [1.0 if v is not None else None for v in ev.ann_iou]
     assert ev.snn_accuracy[-1] > max(ev.snn_accuracy[0], 0.9) and ev.snn_miou[-1] > ev.snn_miou[0]
     cut = truncate(ev, 4)
     assert cut.snn_miou == ev.snn_miou[:4] and cut.ann_miou == ev.ann_miou and cut.task == "segmentation"
+    assert cut.snn_iou == ev.snn_iou[:4] and cut.ann_iou == ev.ann_iou
 
 
 def test_ignored_pixels_are_not_scored(seg):
@@ -112,7 +116,8 @@ def test_cli_evaluates_a_segmentation_data_set(tmp_path, seg):
     assert "pixel accuracy" in result.output and "mIoU" in result.output
     doc = json.loads(report.read_text())
     assert doc["task"] == "segmentation" and len(doc["snn_miou"]) == 4 and doc["ann_miou"] > 0.9
-    assert "SNN mIoU (T = 4)" in md.read_text()
+    assert "SNN mIoU (T = 4)" in md.read_text() and "## IoU per class" in md.read_text()
+    assert len(doc["ann_iou"]) == 4 and len(doc["snn_iou"]) == 4 and len(doc["snn_iou"][-1]) == 4
     short = tmp_path / "short.npz"  # 8x8 masks for 16x16 images: refused while loading, in one line
     np.savez(short, x=(x.numpy() * 255).astype(np.uint8), y=labels[:, ::2, ::2].numpy().astype(np.uint8))
     result = CliRunner().invoke(app, [f"{nets}:SegNet", "--calib-data", str(data), "--eval-data", str(short)])

@@ -102,8 +102,8 @@ def _hits(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _confusion(pred: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
-    """Counts ``[classes (label), classes (prediction)]`` of the pixels of ``pred`` against ``y`` (both ``[B, *S]``,
-    labels already checked and ignored pixels dropped by the caller's ``keep`` mask)."""
+    """Counts ``[classes (label), classes (prediction)]`` of the predicted classes ``pred`` against the labels
+    ``y`` (the scored pixels, same shape; labels already checked, ignored pixels already dropped)."""
     return torch.bincount((y * classes + pred).reshape(-1), minlength=classes * classes).view(classes, classes)
 
 

@@ -39,7 +39,8 @@ class SweepReport:
         chosen: ``recommended``, else the T with the best accuracy after T steps (the smaller T on a tie).
         fused_pairs: fused bounded-ReLU pairs in the compiled networks (``runtime/fuse.py``; the same for every T).
         ann_accuracy_top5: the ANN's top-5 accuracy on the same images (None without an ANN or with ≤ 5 classes).
-        ann_miou: for per-pixel labels (segmentation; the accuracies are pixel accuracies), the ANN's mean IoU.
+        ann_miou: for per-pixel labels (segmentation; the accuracies are pixel accuracies), the ANN's mean IoU;
+            ``ann_iou`` its IoU per class.
     """
 
     target_gap_pp: float
@@ -51,6 +52,7 @@ class SweepReport:
     fused_pairs: int = 0
     ann_accuracy_top5: float | None = None
     ann_miou: float | None = None
+    ann_iou: list[float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         runs = []
@@ -62,7 +64,7 @@ class SweepReport:
                          "energy_ratio_extended": ev.ops.get("energy_ratio_extended")})
         return {"target_gap_pp": self.target_gap_pp, "ann_accuracy": self.ann_accuracy,
                 "ann_accuracy_top5": self.ann_accuracy_top5,
-                **({"ann_miou": self.ann_miou} if self.ann_miou is not None else {}),
+                **({"ann_miou": self.ann_miou, "ann_iou": self.ann_iou} if self.ann_miou is not None else {}),
                 "shared_run": self.shared_run, "recommended_timesteps": self.recommended,
                 "chosen_timesteps": self.chosen, "runs": runs}
 
@@ -187,7 +189,7 @@ def sweep(
                  {T: round(a, 4) for T, a in at_T.items()}, recommended)
     return SweepReport(target_gap_pp=float(target_gap_pp), ann_accuracy=ann_accuracy, evaluations=evaluations,
                        shared_run=shared, recommended=recommended, chosen=chosen, fused_pairs=pairs,
-                       ann_accuracy_top5=ann_accuracy_top5, ann_miou=ann_miou)
+                       ann_accuracy_top5=ann_accuracy_top5, ann_miou=ann_miou, ann_iou=ann_iou)
 
 
 def _cost(ev: EvalReport) -> float:

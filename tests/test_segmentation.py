@@ -94,7 +94,10 @@ def test_labels_that_do_not_fit_the_output_are_refused(seg):
 def test_the_sweep_carries_the_mean_iou(seg):
     model, x, labels, res = seg
     swept = sweep({8: res}, lambda: [(x, labels)], ann=model)
-    assert swept.ann_miou == 1.0 and swept.to_dict()["ann_miou"] == 1.0
+    assert swept.ann_miou == 1.0 and swept.to_dict()["ann_miou"] == 1.0 and swept.ann_iou == swept.to_dict()["ann_iou"]
+    again = sweep({8: res}, lambda: [(x, labels)], ann_accuracy=swept.ann_accuracy, ann_miou=swept.ann_miou,
+                  ann_iou=swept.ann_iou)  # the ANN's scores known (the CLI's second threshold rule): not re-run
+    assert again.evaluations[8].ann_iou == swept.ann_iou and again.ann_iou == swept.ann_iou
     assert swept.to_dict()["runs"][0]["snn_miou"] == swept.evaluations[8].snn_miou
 
 

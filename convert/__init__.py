@@ -34,7 +34,7 @@ from snnconvert.convert.calibrate import (
 )
 from snnconvert.convert.coding import get_coding
 from snnconvert.convert.config import DIFF_DEFAULT, PRESETS, RATE_DEFAULT, ConversionConfig, ThresholdSpec
-from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.errors import ConfigError, first_line
 from snnconvert.convert.frontend import annotate_shapes, node_source, trace_module
 from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.passes import NORMALIZE_PASSES
@@ -118,8 +118,7 @@ def prepare(
         try:
             annotate_shapes(gm, example_inputs)
         except Exception as exc:  # noqa: BLE001 - the model cannot run on this input at all
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"the model fails on an input of shape {list(example_inputs.shape)} ({first}); "
+            raise ConfigError(f"the model fails on an input of shape {list(example_inputs.shape)} ({first_line(exc)}); "
                               "check the data set and --normalize for this model, and that no batch size is fixed "
                               "in its code") from exc
     start = time.perf_counter()
@@ -148,10 +147,9 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
         try:
             pair, alone = gm(torch.cat([a, b])), [gm(a), gm(b)]
         except Exception as exc:  # noqa: BLE001 - the model itself fails on one or two images
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"the model fails on a batch of one or two images ({first}); the SNN runs time steps "
-                              "in the batch dim, so a batch size fixed in the code (or an ONNX export without a "
-                              f"dynamic batch axis) breaks it: {fix}") from exc
+            raise ConfigError(f"the model fails on a batch of one or two images ({first_line(exc)}); the SNN runs "
+                              "time steps in the batch dim, so a batch size fixed in the code (or an ONNX export "
+                              f"without a dynamic batch axis) breaks it: {fix}") from exc
     for i, single in enumerate(alone):
         for (path, got), (_, want) in zip(output_leaves(pair), output_leaves(single)):
             if got.shape[1:] != want.shape[1:] or not _same_values(got[i:i + 1], want):

@@ -11,6 +11,13 @@ class SnnConvertError(Exception):
     """Base class of every error raised on purpose by snnconvert."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when the message is empty): what a one-line error
+    quotes of a failure it wraps."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class ConfigError(SnnConvertError, ValueError):
     """A configuration value is invalid (field name and fix in the message)."""
 

@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.fx._symbolic_trace as fx_trace
 from torch.fx.passes.shape_prop import ShapeProp
 
-from snnconvert.convert.errors import TraceError
+from snnconvert.convert.errors import TraceError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def trace_module(model: torch.nn.Module, example_input: torch.Tensor | None = No
             work, tracer, graph = _trace(model, example_input, inline=False)
         except TraceError:
             raise exc from None
-        opaque = {_qualified(n.target): str(exc).split("; ")[0] for n in graph.nodes
+        opaque = {n.target: str(exc).split("; ")[0] for n in graph.nodes
                   if n.op == "call_function" and _is_wrapped_function(n.target)}
         if not opaque:
             raise exc from None
@@ -95,10 +95,6 @@ def _trace(model: torch.nn.Module, example_input, inline: bool) -> tuple[torch.n
     except Exception as exc:  # noqa: BLE001 - any tracer failure becomes one clear error
         raise TraceError(f"cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}; {_TRACE_HINT}") from exc
     return work, tracer, graph
-
-
-def _qualified(function) -> str:
-    return f"{function.__module__}.{function.__name__}"
 
 
 #: tensor attributes that are metadata, not values
@@ -285,10 +281,8 @@ def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor) -> None:
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             prop.propagate(example_input)
     except Exception as exc:  # noqa: BLE001 - any failure of the model itself
-        cause = exc.__cause__ or exc
-        lines = str(cause).strip().splitlines()
         where = f"node {prop.node.name}: " if prop.node is not None else ""
-        raise RuntimeError(where + (lines[0] if lines else type(cause).__name__)) from exc
+        raise RuntimeError(where + first_line(exc.__cause__ or exc)) from exc
 
 
 def node_source(node: fx.Node) -> str | None:

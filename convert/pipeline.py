@@ -68,7 +68,7 @@ class ConversionReport:
     input_shape: list[int] | None = None  # per-sample shape of the example input the model was traced / run at
     shape_branches: list[str] = field(default_factory=list)  # branches on shapes followed for it (frontend.py)
     #: functions registered with torch.fx.wrap that stayed one call, and why tracing through them failed (frontend.py)
-    opaque_functions: dict[str, str] = field(default_factory=dict)
+    opaque_functions: dict[Any, str] = field(default_factory=dict)  # keyed by the function
 
     def entry(self, name: str) -> PassEntry:
         """The latest entry named ``name`` (KeyError if none)."""

@@ -27,6 +27,11 @@ def _passes(model, example=None):
     return run_passes(gm, NORMALIZE_PASSES, RATE_DEFAULT, report), report
 
 
+def _relative_errors(out: torch.Tensor, ann: torch.Tensor, steps: tuple[int, ...]) -> list[float]:
+    """Mean |decoded SNN output - ANN output| / mean |ANN output| after each step index of ``steps``."""
+    return [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in steps]
+
+
 def _stats(bn: nn.Module) -> None:
     with torch.no_grad():
         bn.running_mean.uniform_(-0.3, 0.3)
@@ -212,7 +217,7 @@ def test_rearranging_ops_convert_exactly(coding):
         ann = model(x)
         torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
         out = res.snn(x)
-    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 63)]
+    err = _relative_errors(out, ann, (0, 63))
     assert err[1] < min(err[0], 0.05), err
 
 
@@ -309,7 +314,7 @@ def test_units_whose_batch_dim_holds_windows_capture_per_batch_size():
     with torch.no_grad():
         ann, out = model(x), snn(x)
         assert snn.batch_folded  # the capture on one sample gave biases with 4 rows
-        err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 15)]
+        err = _relative_errors(out, ann, (0, 15))
         assert err[1] < min(err[0], 0.05), err
         torch.testing.assert_close(snn(x[:3], 4, mode="single"), snn(x[:3], 4), **TOLERANCES["single_vs_multi"])
         for rows in (1, 2):  # another batch size captures again; each image's answer does not depend on it
@@ -346,7 +351,7 @@ def test_multihead_attention_is_written_out(batch_first, kdim):
     res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=32))
     with torch.no_grad():
         ann, out = model(x), res.snn(x)
-    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
+    err = _relative_errors(out, ann, (0, 31))
     assert err[1] < min(err[0], 0.05), err
 
 
@@ -408,7 +413,7 @@ def test_instance_norm_is_a_graded_unit():
     with torch.no_grad():
         torch.testing.assert_close(res.snn.ann_forward(x), model(x), **TOL)
         out, ann = res.snn(x), model(x)
-    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
+    err = _relative_errors(out, ann, (0, 31))
     assert err[1] < err[0], err
 
 
@@ -492,7 +497,7 @@ def test_functions_registered_with_fx_wrap_are_traced_through(coding):
                                    **TOLERANCES["single_vs_multi"])
         with pytest.raises(ConfigError, match="traced for inputs of shape"):
             res.snn(torch.rand(2, 1, 8, 8), 2)  # 4x4 maps: one window covers them, no shift: the other branch
-    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
+    err = _relative_errors(out, ann, (0, 31))
     assert err[1] < err[0] / 10, err  # the SNN converges to the ANN
 
 
@@ -529,7 +534,7 @@ def test_tensors_built_from_shapes_alone_are_constants(make):
         ann = model(x)
         torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
         out = res.snn(x)
-    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
+    err = _relative_errors(out, ann, (0, 31))
     assert err[1] < err[0] / 10, err
 
 
@@ -584,7 +589,7 @@ def test_selection_by_a_constant_mask_is_linear(spelling, coding):
         ann = model(x)
         torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
         out = res.snn(x)
-    err = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 31)]
+    err = _relative_errors(out, ann, (0, 31))
     assert err[1] < err[0] / 5, err
 
 

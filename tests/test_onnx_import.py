@@ -651,6 +651,22 @@ class _PermutedHead(nn.Module):
         return self.fc(torch.flatten(self.norm(self.pool(h)), 1))
 
 
+def _dynamo_export_matching_ort(model: nn.Module, path) -> set[str]:
+    """Export ``model`` (inputs ``[B, 1, 12, 12]``) with torch's dynamo exporter and a dynamic batch axis, check the
+    imported graph against onnxruntime at batch sizes 3 and 6 (6 stands for a flattened ``[T*B, ...]`` input), and
+    return the file's operator types."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(2, 1, 12, 12),), str(path), dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+    gm = load_onnx(path)
+    for batch in (3, 6):
+        x = rand(batch, 1, 12, 12, seed=batch)
+        (ours,), (ref,) = run_gm(gm, x), run_ort(str(path), x)
+        np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL * float(np.abs(ref).max()))
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
 @pytest.mark.slow
 def test_dynamo_as_strided_with_a_dynamic_batch_converts(tmp_path) -> None:
     if not HAS_ONNXSCRIPT:
@@ -658,16 +674,7 @@ def test_dynamo_as_strided_with_a_dynamic_batch_converts(tmp_path) -> None:
     from snnconvert.convert import ConversionConfig, convert
 
     model, path = _PermutedHead().eval(), tmp_path / "head.onnx"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(2, 1, 12, 12),), str(path), dynamo=True,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},))
-    assert "Range" in {n.op_type for n in onnx.load(str(path)).graph.node}
-    gm = load_onnx(path)
-    for batch in (3, 6):  # 6 stands for a flattened [T*B, ...] input
-        x = rand(batch, 1, 12, 12, seed=batch)
-        (ours,), (ref,) = run_gm(gm, x), run_ort(str(path), x)
-        np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL * float(np.abs(ref).max()))
+    assert "Range" in _dynamo_export_matching_ort(model, path)
     res = convert(path, forward_loop=[torch.rand(8, 1, 12, 12)],
                   config=ConversionConfig.for_coding("differential", timesteps=2))
     x = torch.rand(5, 1, 12, 12)
@@ -697,16 +704,7 @@ def test_dynamo_adaptive_pool_over_unequal_windows_converts(tmp_path) -> None:
     from snnconvert.convert import ConversionConfig, convert
 
     model, path = _UnequalPool().eval(), tmp_path / "pool.onnx"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(2, 1, 12, 12),), str(path), dynamo=True,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},))
-    assert {"GatherND", "Where"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
-    gm = load_onnx(path)
-    for batch in (3, 6):
-        x = rand(batch, 1, 12, 12, seed=batch)
-        (ours,), (ref,) = run_gm(gm, x), run_ort(str(path), x)
-        np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL * float(np.abs(ref).max()))
+    assert {"GatherND", "Where"} <= _dynamo_export_matching_ort(model, path)
     res = convert(path, forward_loop=[torch.rand(16, 1, 12, 12)],
                   config=ConversionConfig.for_coding("differential", timesteps=16))
     x = torch.rand(5, 1, 12, 12)

@@ -211,13 +211,13 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
     opaque = opaque or {}
     if node.op in ("placeholder", "output", "get_attr"):
         return None
-    if node.op in ("call_function", "call_method") and (reads_metadata(node) or not input_dependent_args(node, cache)):
+    if node.op in ("call_function", "call_method") and not _depends_on_input(node, cache):
         return None  # a constant (computed from parameters or shapes alone): like a bias, the same at every step
     if node.op in ("call_function", "call_method") and node.target in _MASK_SELECT:
-        position, name = _MASK_SELECT[node.target]
-        mask = node.args[position] if len(node.args) > position else node.kwargs.get(name)
         if len(node.args) + len(node.kwargs) != 3:  # torch.where(x): the indices of the non-zeros
             return "function is not convertible"
+        position, name = _MASK_SELECT[node.target]
+        mask = node.args[position] if len(node.args) > position else node.kwargs.get(name)
         return _DYNAMIC_MASK if _depends_on_input(mask, cache) else None
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
@@ -246,7 +246,7 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
                 "matrix product of input-dependent tensors in an unsupported form")
         if node.target is F.scaled_dot_product_attention:
             return f"fused attention is not convertible: {_WRITE_ATTENTION_OUT}"
-        why = opaque.get(_target_name(node))
+        why = opaque.get(node.target)
         if why is not None:
             return f"a function registered with torch.fx.wrap, kept as one call: tracing through it failed ({why})"
         return "function is not convertible"

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from snnconvert.convert.coding.neurons import _diff_init, _diff_step, _rate_init, _rate_step
-from snnconvert.convert.errors import BackendUnavailableError
+from snnconvert.convert.errors import BackendUnavailableError, first_line
 from snnconvert.runtime.kernels.common import NeuronKernels, Table, expand_table
 
 logger = logging.getLogger(__name__)
@@ -243,9 +243,8 @@ def _run(loop: Callable, *args, **flags) -> Tensor | None:
         dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit = RECOMPILE_LIMIT, True
         return _compiled(loop)(*args, **flags)
     except _compile_errors() as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackendUnavailableError(f"torch.compile (inductor) failed on the neuron loop: {first[:300]}; use "
-                                      "backend='native' (CPU) / 'triton' (CUDA) or 'torch'") from exc
+        raise BackendUnavailableError(f"torch.compile (inductor) failed on the neuron loop: {first_line(exc)[:300]}; "
+                                      "use backend='native' (CPU) / 'triton' (CUDA) or 'torch'") from exc
     finally:
         dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit = saved
 

@@ -68,27 +68,35 @@ def _atomic_write(path: Path):
 
 
 def _accuracy_table(ev) -> Table:
-    """Accuracy, gap to the ANN, top-5 accuracy (more than 5 classes; segmentation: pixel accuracy and mean IoU),
-    cumulative events and energy ratio (method.md §8, both metrics) after each step of the evaluation ``ev``."""
-    ann_acc, snn_acc, events, ops = ev.ann_accuracy, ev.snn_accuracy, ev.events_per_step, ev.ops
-    dense = ev.task == "segmentation"  # pixel accuracy, and the mean IoU instead of top-5
-    extra, extra_name = (ev.snn_miou, "mIoU %") if dense else (ev.snn_accuracy_top5, "top-5 %")
-    table = Table(title=f"{'pixel accuracy' if dense else 'accuracy'} vs time step")
+    """Accuracy, gap to the ANN, top-5 accuracy (more than 5 classes; segmentation: pixel accuracy and mean IoU;
+    regression: MSE, its change against the ANN's and MAE), cumulative events and energy ratio (method.md §8, both
+    metrics) after each step of the evaluation ``ev``."""
+    from snnconvert.runtime.evaluate import headline
+
+    head, events, ops = headline(ev), ev.events_per_step, ev.ops
+    if ev.task == "regression":
+        extra, extra_name = ev.snn_mae, "SNN MAE"
+    elif ev.task == "segmentation":
+        extra, extra_name = [100 * v for v in ev.snn_miou or []], "mIoU %"
+    else:
+        extra, extra_name = [100 * v for v in ev.snn_accuracy_top5 or []], "top-5 %"
+    table = Table(title=f"{head.name} vs time step")
     table.add_column("t", justify="right")
-    table.add_column("SNN pixel acc %" if dense else "SNN acc %", justify="right")
-    table.add_column("gap to ANN (pp)", justify="right")
+    table.add_column({"MSE": "SNN MSE", "accuracy": "SNN acc %"}.get(head.name, "SNN pixel acc %"), justify="right")
+    table.add_column(f"gap to ANN ({head.gap_unit})", justify="right")
     if extra:
         table.add_column(extra_name, justify="right")
     table.add_column("events/img (cum.)", justify="right")
     energy_ref, energy_ext = ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended")
     if energy_ref and energy_ext:
         table.add_column("energy ratio ref/ext", justify="right")
-    T = len(snn_acc)
+    T = len(head.snn)
     shown = sorted({t for t in range(1, T + 1) if t <= 8 or (t & (t - 1)) == 0 or t == T})
     cums = list(itertools.accumulate(events))
     for t in shown:
-        gap = "" if ann_acc is None else f"{100 * (snn_acc[t - 1] - ann_acc):+.2f}"
-        row = [str(t), f"{100 * snn_acc[t - 1]:.2f}", gap, *([f"{100 * extra[t - 1]:.2f}"] if extra else []),
+        value, gap = head.snn[t - 1], head.gap(head.snn[t - 1])
+        row = [str(t), head.text(value).removesuffix(" %"), "" if gap is None else f"{gap:+.2f}",
+               *([f"{extra[t - 1]:.4g}" if ev.task == "regression" else f"{extra[t - 1]:.2f}"] if extra else []),
                f"{cums[t - 1]:.0f}" if cums else ""]
         if energy_ref and energy_ext:
             row.append(f"{energy_ref[t - 1]:.3f} / {energy_ext[t - 1]:.3f}")
@@ -174,21 +182,28 @@ def _thresholds(o, sweep_steps: list[int]) -> list[Optional[str]]:
 
 def _sweep_table(sweeps, grid, best: int, held_out: int | None) -> Table:
     """Per threshold rule (when there are several) and T of the sweep: the levels its thresholds were fitted for,
-    accuracy after T steps, gap to the ANN, events and energy ratio (on the held-out selection images when there are
-    any); the recommended run is starred."""
+    accuracy (a regression: MSE) after T steps, gap to the ANN, events and energy ratio (on the held-out selection
+    images when there are any); the recommended run is starred."""
+    from snnconvert.runtime.evaluate import headline
+
     on = f" on {held_out} held-out images" if held_out else ""
-    table = Table(title=f"T sweep{on} (target: within {sweeps[best].target_gap_pp:g} pp of the ANN)")
+    head = sweeps[best].headline
+    table = Table(title=f"T sweep{on} (target: {head.target_text(sweeps[best].target_gap_pp)})")
     rules = len(sweeps) > 1
-    for name in ("threshold",) * rules + ("T", "fit N", "acc % at T", "gap (pp)", "events/img", "energy ref/ext"):
+    figure = "MSE at T" if head.name == "MSE" else "acc % at T"
+    for name in ("threshold",) * rules + ("T", "fit N", figure, f"gap ({head.gap_unit})", "events/img",
+                                          "energy ref/ext"):
         table.add_column(name, justify="left" if name == "threshold" else "right")
     for i, (swept, results) in enumerate(zip(sweeps, grid)):
         for T, ev in swept.evaluations.items():
             levels = results[T].calibration.quantisation_levels
-            gap = "" if swept.ann_accuracy is None else f"{100 * (ev.snn_accuracy[-1] - swept.ann_accuracy):+.2f}"
+            run = headline(ev)
+            gap = run.gap(run.snn[-1])
             energy = ev.ops.get("energy_ratio_reference")
             star = " *" if i == best and T == swept.recommended else ""
             table.add_row(*[str(results[T].config.threshold)] * rules, str(T) + star, str(levels) if levels else "-",
-                          f"{100 * ev.snn_accuracy[-1]:.2f}", gap, f"{sum(ev.events_per_step):.0f}",
+                          run.text(run.snn[-1]).removesuffix(" %"), "" if gap is None else f"{gap:+.2f}",
+                          f"{sum(ev.events_per_step):.0f}",
                           f"{energy[-1]:.3f} / {ev.ops['energy_ratio_extended'][-1]:.3f}" if energy else "")
     return table
 
@@ -241,13 +256,14 @@ def _sweep_line(swept, held_out: int | None, rule: str | None) -> str:
     below = "the tables below are for it" + (", on the evaluation images" if held_out else "")
     on = f" on the {held_out} held-out images" if held_out else ""
     which = f"--threshold {rule} at " if rule else ""
+    head = swept.headline
+    target = head.target_text(swept.target_gap_pp)
     if swept.recommended is not None:
-        return (f"recommended: {which}T={swept.recommended}, the smallest T in the sweep within "
-                f"{swept.target_gap_pp:g} pp of the ANN{on}{why}; {below}")
-    if swept.ann_accuracy is None:
-        return f"no ANN accuracy, so no recommendation; the tables below are for {which}T={swept.chosen}{why}"
-    return (f"no T in the sweep is within {swept.target_gap_pp:g} pp of the ANN{on}; the tables below are for "
-            f"{which}T={swept.chosen}, the most accurate{why}")
+        return f"recommended: {which}T={swept.recommended}, the smallest T in the sweep {target}{on}{why}; {below}"
+    if head.ann is None:
+        return f"no ANN {head.name}, so no recommendation; the tables below are for {which}T={swept.chosen}{why}"
+    best = "the most accurate" if head.higher_is_better else "the lowest MSE"
+    return (f"no T in the sweep is {target}{on}; the tables below are for {which}T={swept.chosen}, {best}{why}")
 
 
 @dataclass(frozen=True)
@@ -301,6 +317,7 @@ def _run(o: RunOptions) -> None:
     from snnconvert.convert import ConversionConfig, convert, convert_sweep
     from snnconvert.runtime import backend_status, build_report, sweep
     from snnconvert.runtime.data import Normalize, load_calib_eval, parse_normalize
+    from snnconvert.runtime.evaluate import headline
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
     from snnconvert.runtime.sweep import choose
@@ -390,10 +407,7 @@ def _run(o: RunOptions) -> None:
                          target_gap_pp=o.target_gap if o.target_gap is not None else 0.5, backend=o.backend,
                          device=o.device, dtype=dtype, mode=o.mode, layer_errors=layer_errors, progress=progress,
                          output=o.logits, ignore_index=o.ignore_index,
-                         ann_accuracy=None if known is None else known.ann_accuracy,
-                         ann_accuracy_top5=None if known is None else known.ann_accuracy_top5,
-                         ann_miou=None if known is None else known.ann_miou,
-                         ann_iou=None if known is None else known.ann_iou)
+                         ann_scores=None if known is None else known.ann_scores)
 
         # choose T (and the threshold rule) on held-out images when asked: the evaluation images then see the
         # chosen conversion only
@@ -419,19 +433,17 @@ def _run(o: RunOptions) -> None:
         out.print(_layer_error_table(evaluation.layer_errors, evaluation.timesteps))
     out.print(f"model {resolved.label}: {_sites_text(result)} -> {cfg.coding} coding, "
               f"{_thresholds_text(result)}, T={evaluation.timesteps}{_units_text(result)}")
-    ann_text = "n/a" if evaluation.ann_accuracy is None else f"{100 * evaluation.ann_accuracy:.2f} %"
-    if evaluation.ann_accuracy_top5 is not None:
-        ann_text += f" (top-5 {100 * evaluation.ann_accuracy_top5:.2f} %)"
-    if evaluation.ann_miou is not None:
-        ann_text += f" (mIoU {100 * evaluation.ann_miou:.2f} %)"
-    snn_top5, snn_miou = evaluation.snn_accuracy_top5, evaluation.snn_miou
-    snn_text = f"{100 * evaluation.snn_accuracy[-1]:.2f} %"
-    if snn_top5:
-        snn_text += f" (top-5 {100 * snn_top5[-1]:.2f} %)"
-    if snn_miou:
-        snn_text += f" (mIoU {100 * snn_miou[-1]:.2f} %)"
-    what = "pixel accuracy" if evaluation.task == "segmentation" else "accuracy"
-    out.print(f"ANN {what} {ann_text}; SNN {what} at T={evaluation.timesteps}: {snn_text} "
+    head = headline(evaluation)
+    ann_text, snn_text = head.text(head.ann), head.text(head.snn[-1])
+    def pct(v: float) -> str:
+        return f"{100 * v:.2f} %"
+
+    for name, ann_value, snn_values, fmt in (("top-5", evaluation.ann_accuracy_top5, evaluation.snn_accuracy_top5, pct),
+                                             ("mIoU", evaluation.ann_miou, evaluation.snn_miou, pct),
+                                             ("MAE", evaluation.ann_mae, evaluation.snn_mae, "{:.4g}".format)):
+        ann_text += "" if ann_value is None else f" ({name} {fmt(ann_value)})"
+        snn_text += f" ({name} {fmt(snn_values[-1])})" if snn_values else ""
+    out.print(f"ANN {head.name} {ann_text}; SNN {head.name} at T={evaluation.timesteps}: {snn_text} "
               f"on {evaluation.images} images of {eval_name} "
               f"({eval_info['split']}; calibrated on {len(calib_set)} images, {calib_info['split']}) "
               f"in {total:.1f} s")
@@ -476,10 +488,12 @@ def _dtype(name: str) -> torch.dtype:
 
 def _check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, logits: str | None,
                   ignore_index: int) -> None:
-    """The class scores must be one output (``--logits`` names it among several) whose size the evaluation labels
-    index (e.g. not an ImageFolder with more classes than logits); per-pixel labels (segmentation) index the
-    output's dim 1, except those equal to ``ignore_index``."""
+    """The evaluated output must be one output (``--logits`` names it among several) that the evaluation labels fit
+    (``label_task``: class labels, per-pixel labels or regression targets), and class labels must index it (e.g.
+    not an ImageFolder with more classes than logits); per-pixel labels index the output's dim 1, except those
+    equal to ``ignore_index``."""
     from snnconvert.convert.outputs import select_output
+    from snnconvert.runtime.evaluate import label_task
 
     try:
         with torch.no_grad():
@@ -487,14 +501,13 @@ def _check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, 
     except Exception:  # noqa: BLE001 - the conversion runs the model next and names the failing node in one line
         return
     scores = select_output(out, logits)
-    dense = data.labels.dim() > 1
-    if dense and (scores.dim() != data.labels.dim() + 1 or scores.shape[2:] != data.labels.shape[1:]):
-        raise DataError(f"{name}: per-pixel labels of shape {list(data.labels.shape[1:])} but the model's output "
-                        f"has shape {list(scores.shape[1:])} ([classes, *pixels] expected for segmentation)")
-    if not dense and scores.dim() != 2:
-        raise DataError(f"{name}: one label per image but the model's output has shape {list(scores.shape[1:])} "
-                        "per image; classification needs [classes] (an .npz data set with per-pixel labels "
-                        "[N, H, W] evaluates a segmentation output)")
+    try:
+        task = label_task(scores.shape, data.labels.shape, data.labels.is_floating_point())
+    except ConfigError as e:
+        raise DataError(f"{name}: {e}") from None
+    if task == "regression":
+        return
+    dense = task == "segmentation"
     outputs = scores.shape[1] if dense else scores.shape[-1]
     labels = data.labels[data.labels != ignore_index] if dense else data.labels
     top = int(labels.max()) if labels.numel() else -1
@@ -583,7 +596,8 @@ def main(
                                         "evaluate for each (one calibration) and report the smallest T within "
                                         "--target-gap of the ANN"),
     target_gap: Optional[float] = typer.Option(None, "--target-gap", help="with --sweep: accuracy target in "
-                                               "percentage points below the ANN [default: 0.5]"),
+                                               "percentage points below the ANN (regression: percent above the "
+                                               "ANN's MSE) [default: 0.5]"),
     select_images: Optional[int] = typer.Option(
         None, "--select-images", help="with --sweep: choose T on N held-out images of the calibration data (the N "
                                       "after the calibration images) instead of the evaluation images, which then "

@@ -7,10 +7,12 @@ Specs accepted by :func:`load_calib_eval` (the CLI's ``--calib-data`` / ``--eval
 - ``imagefolder:PATH``: an ImageNet-style folder ``PATH/<class>/<image>`` (classes sorted by name, as torchvision's
   ``ImageFolder``), decoded with the model's preprocessing (resize, centre crop; :mod:`snnconvert.runtime.imagefiles`);
 - ``npz:PATH`` (or any ``PATH.npz``): numpy arrays ``x_train``/``y_train``/``x_test``/``y_test`` (two splits) or
-  ``x``/``y`` or ``images``/``labels`` (one split); labels one per image ``[N]`` or one per pixel ``[N, H, W]``
-  (segmentation: evaluated by pixel accuracy and mean IoU, ``runtime/evaluate.py``).
+  ``x``/``y`` or ``images``/``labels`` (one split); integer labels one per image ``[N]`` or one per pixel
+  ``[N, H, W]`` (segmentation: evaluated by pixel accuracy and mean IoU, ``runtime/evaluate.py``), or float targets
+  ``[N, ...]`` (regression: evaluated by mean squared and absolute error).
 
-Images come out as float32 ``[N, C, H, W]`` (uint8 files scaled to [0, 1]); labels as int64. Normalisation
+Images come out as float32 ``[N, C, H, W]`` (uint8 files scaled to [0, 1]); labels as int64, regression targets as
+float32. Normalisation
 ``(x - mean) / std`` is applied on the fly by :class:`Normalize`.
 
 Calibration and evaluation never overlap: two-split sources use their train/test splits; when both flags name the
@@ -106,7 +108,8 @@ def _read_idx(path: Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TensorDataset:
-    """An in-memory split: ``images`` float32 ``[N, C, H, W]`` in [0, 1], ``labels`` int64 ``[N]``."""
+    """An in-memory split: ``images`` float32 ``[N, C, H, W]`` in [0, 1]; ``labels`` int64 ``[N]`` (classes) or
+    ``[N, H, W]`` (per pixel), or float32 ``[N, ...]`` (regression targets)."""
 
     name: str
     split: str

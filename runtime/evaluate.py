@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -44,11 +44,15 @@ class EvalReport:
         unit_outputs: per graded unit (max-pool, other non-linear function, product: dense float outputs, not
             events): outputs per image, total non-zero outputs, non-zero outputs per output element per image, and
             non-zero outputs per image at each step. Not counted in ``events_per_step``.
-        task: ``"classification"`` (one label per image) or ``"segmentation"`` (one label per pixel: labels
-            ``[B, *S]`` for outputs ``[B, classes, *S]``); for segmentation the accuracies are pixel accuracies
-            (pixels labelled ``ignore_index`` left out) and ``ann_miou`` / ``snn_miou`` the mean intersection over
-            union of the classes that occur in the labels or the predictions; ``ann_iou`` / ``snn_iou`` (entry
-            ``t-1``) the IoU of every class (None for a class absent from both).
+        task: ``"classification"`` (one label per image), ``"segmentation"`` (one label per pixel: labels
+            ``[B, *S]`` for outputs ``[B, classes, *S]``) or ``"regression"`` (float targets ``[B, *S]`` for
+            outputs of the same shape; ``[B]`` also for ``[B, 1]``). For segmentation the accuracies are pixel
+            accuracies (pixels labelled ``ignore_index`` left out) and ``ann_miou`` / ``snn_miou`` the mean
+            intersection over union of the classes that occur in the labels or the predictions; ``ann_iou`` /
+            ``snn_iou`` (entry ``t-1``) the IoU of every class (None for a class absent from both). For regression
+            there is no accuracy (``ann_accuracy`` None, ``snn_accuracy`` empty): ``ann_mse`` / ``snn_mse`` and
+            ``ann_mae`` / ``snn_mae`` are the mean squared and absolute errors against the targets, over all target
+            values.
     """
 
     timesteps: int
@@ -68,6 +72,15 @@ class EvalReport:
     snn_miou: list[float] | None = None
     ann_iou: list[float | None] | None = None
     snn_iou: list[list[float | None]] | None = None
+    ann_mse: float | None = None
+    snn_mse: list[float] | None = None
+    ann_mae: float | None = None
+    snn_mae: list[float] | None = None
+
+    def ann_scores(self) -> dict[str, Any]:
+        """The ANN's figures (:data:`ANN_FIELDS`): what another evaluation of other conversions over the same images
+        can reuse instead of running the ANN again (``sweep(..., ann_scores=...)``)."""
+        return {k: getattr(self, k) for k in ANN_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,8 +90,102 @@ class EvalReport:
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()}, "ops": self.ops,
             "layer_errors": self.layer_errors, "unit_outputs": self.unit_outputs, "task": self.task,
             "ann_miou": self.ann_miou, "snn_miou": self.snn_miou, "ann_iou": self.ann_iou,
-            "snn_iou": self.snn_iou,
+            "snn_iou": self.snn_iou, "ann_mse": self.ann_mse, "snn_mse": self.snn_mse, "ann_mae": self.ann_mae,
+            "snn_mae": self.snn_mae,
         }
+
+
+#: The ANN's figures in an :class:`EvalReport` (they do not depend on the conversion).
+ANN_FIELDS = ("ann_accuracy", "ann_accuracy_top5", "ann_miou", "ann_iou", "ann_mse", "ann_mae")
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The figure an evaluation leads with and a T sweep compares against the ANN: accuracy (classification), pixel
+    accuracy (segmentation), or the mean squared error (regression; lower is better).
+
+    Attributes:
+        name: ``"accuracy"``, ``"pixel accuracy"`` or ``"MSE"``.
+        snn: its value after every step.
+        ann: the ANN's value (None without an ANN).
+        higher_is_better: True for accuracies.
+    """
+
+    name: str
+    snn: list[float]
+    ann: float | None
+    higher_is_better: bool
+
+    @property
+    def gap_unit(self) -> str:
+        """Accuracies differ in percentage points; an MSE is compared in percent of the ANN's."""
+        return "pp" if self.higher_is_better else "%"
+
+    def gap(self, value: float) -> float | None:
+        """``value`` against the ANN: percentage points for accuracies, percent of the ANN's MSE for an MSE."""
+        if self.ann is None:
+            return None
+        if self.higher_is_better:
+            return 100 * (value - self.ann)
+        return 100 * (value / self.ann - 1) if self.ann > 0 else (0.0 if value == 0 else float("inf"))
+
+    def within(self, value: float, target_gap: float) -> bool:
+        """Whether ``value`` is at most ``target_gap`` (in :attr:`gap_unit`) worse than the ANN's."""
+        if self.ann is None:
+            return False
+        if self.higher_is_better:
+            return value >= self.ann - target_gap / 100 - 1e-12
+        return value <= self.ann * (1 + target_gap / 100) + 1e-12 * max(self.ann, 1e-30)
+
+    def text(self, value: float | None) -> str:
+        """``93.82 %`` for an accuracy, ``0.01234`` for an MSE."""
+        if value is None:
+            return "n/a"
+        return f"{100 * value:.2f} %" if self.higher_is_better else f"{value:.4g}"
+
+    def target_text(self, target_gap: float) -> str:
+        """``within 0.5 pp of the ANN`` / ``within 0.5 % of the ANN's MSE``."""
+        return f"within {target_gap:g} pp of the ANN" if self.higher_is_better else \
+            f"within {target_gap:g} % of the ANN's MSE"
+
+
+def headline(source: EvalReport | Mapping[str, Any]) -> Headline:
+    """The :class:`Headline` of an evaluation, or of a JSON report or one of its sweep runs (a dict with the same
+    keys: ``task``, ``snn_accuracy`` / ``ann_accuracy`` or ``snn_mse`` / ``ann_mse``)."""
+    get = source.get if isinstance(source, Mapping) else lambda key: getattr(source, key, None)
+    task = get("task") or "classification"
+    if task == "regression":
+        return Headline("MSE", list(get("snn_mse") or []), get("ann_mse"), False)
+    return Headline("pixel accuracy" if task == "segmentation" else "accuracy", list(get("snn_accuracy") or []),
+                    get("ann_accuracy"), True)
+
+
+def label_task(output_shape: Sequence[int], label_shape: Sequence[int], floating: bool) -> str:
+    """The task that labels of shape ``label_shape`` (``[B, ...]``; ``floating``: float values) evaluate on an
+    output of shape ``output_shape`` (``[B, ...]``): ``"classification"`` (integer labels ``[B]``, outputs
+    ``[B, classes]``), ``"segmentation"`` (integer labels ``[B, *pixels]``, outputs ``[B, classes, *pixels]``) or
+    ``"regression"`` (float targets with the output's shape; ``[B]`` also for ``[B, 1]``).
+
+    Raises:
+        ConfigError: the shapes do not fit any of them (one line saying what was expected).
+    """
+    out, lab = tuple(output_shape[1:]), tuple(label_shape[1:])
+    if floating:
+        if out == lab or (lab == () and out == (1,)):
+            return "regression"
+        what = f"of shape {list(lab)} per image" if lab else "(one value per image)"
+        raise ConfigError(f"float targets {what} do not fit the model's output of shape {list(out)} per image: "
+                          "regression needs targets of the output's shape (class labels must be integers)")
+    if not lab:
+        if len(out) == 1:
+            return "classification"
+        raise ConfigError(f"one label per image but the model's output has shape {list(out)} per image; "
+                          "classification needs [classes] (per-pixel labels [N, H, W] evaluate a segmentation "
+                          "output [classes, H, W]; float targets a regression output)")
+    if len(out) == len(lab) + 1 and out[1:] == lab:
+        return "segmentation"
+    raise ConfigError(f"per-pixel labels of shape {list(lab)} per image do not fit the model's output of shape "
+                      f"{list(out)} per image ([classes, *pixels] expected for segmentation)")
 
 
 TOP_K = 5
@@ -122,35 +229,29 @@ def _miou(conf: torch.Tensor) -> float:
 
 
 class _Scores:
-    """Accumulates the ANN's and the SNN's (after every step) scores over batches. Labels ``[B]``: classification,
-    top-1 and top-5 (:func:`_hits`). Labels ``[B, *S]`` with outputs ``[B, classes, *S]``: per-pixel
-    classification, pixel accuracy and a confusion matrix per step for the mean IoU; pixels labelled
-    ``ignore_index`` are left out."""
+    """Accumulates the ANN's and the SNN's (after every step) scores over batches; the task follows the labels
+    (:func:`label_task`). Classification: top-1 and top-5 (:func:`_hits`). Segmentation: pixel accuracy and a
+    confusion matrix per step for the mean IoU; pixels labelled ``ignore_index`` are left out. Regression: sums of
+    squared and absolute errors over all target values."""
 
     def __init__(self, timesteps: int, ignore_index: int | None) -> None:
         self.T, self.ignore = timesteps, ignore_index
         self.task: str | None = None
         self.images = 0
-        self.pixels = 0
+        self.pixels = 0  # scored pixels (segmentation) or target values (regression)
         self.snn = torch.zeros(timesteps, dtype=torch.float64)
         self.ann = 0
         self.snn_top5: torch.Tensor | None = torch.zeros(timesteps, dtype=torch.float64)
         self.ann_top5: int | None = 0
         self.snn_conf: torch.Tensor | None = None
         self.ann_conf: torch.Tensor | None = None
+        self.snn_abs = torch.zeros(timesteps, dtype=torch.float64)
+        self.ann_abs = 0.0
 
     def _kind(self, out: torch.Tensor, y: torch.Tensor, leading: int) -> str:
-        task = "classification" if y.dim() == 1 else "segmentation"
-        if task == "segmentation" and (out.dim() != leading + y.dim() + 1 or
-                                       out.shape[leading + 2:] != y.shape[1:]):
-            raise ConfigError(f"labels of shape {list(y.shape)} (one per pixel) do not match the model's output of "
-                              f"shape {list(out.shape[leading:])} ([batch, classes, *pixels] expected)")
-        if task == "classification" and out.dim() != leading + 2:
-            raise ConfigError(f"labels of shape {list(y.shape)} (one per image) for a model output of shape "
-                              f"{list(out.shape[leading:])}; classification needs [batch, classes] outputs "
-                              "(per-pixel labels [batch, *pixels] evaluate a segmentation output)")
+        task = label_task(out.shape[leading:], y.shape, y.is_floating_point())
         if self.task not in (None, task):
-            raise ConfigError("the data set mixes per-image and per-pixel labels")
+            raise ConfigError(f"the data set mixes labels for {self.task} and {task}")
         self.task = task
         return task
 
@@ -164,37 +265,63 @@ class _Scores:
                             + ("" if self.ignore is None else f" (pixels labelled {self.ignore} are ignored)"))
         return keep, labels
 
+    @staticmethod
+    def _errors(out: torch.Tensor, y: torch.Tensor, leading: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared and absolute errors of ``out`` ([*lead, B, ...]) against ``y`` ([B, ...]), summed over all
+        target values (float64), per leading index."""
+        diff = out.double().reshape(*out.shape[:leading], -1) - y.double().reshape(-1)
+        return diff.square().sum(-1), diff.abs().sum(-1)
+
     def add_ann(self, out: torch.Tensor, y: torch.Tensor) -> None:
-        if self._kind(out, y, 0) == "classification":
+        task = self._kind(out, y, 0)
+        if task == "classification":
             top1, top5 = _hits(out, y)
             self.ann += int(top1)
             self.ann_top5 = None if top5 is None or self.ann_top5 is None else self.ann_top5 + int(top5)
-            return
-        classes = out.shape[1]
-        keep, labels = self._pixels(y, classes)
-        conf = _confusion(out.argmax(1)[keep], labels, classes).cpu()
-        self.ann_conf = conf if self.ann_conf is None else self.ann_conf + conf
-        self.ann += int(conf.diagonal().sum())
+        elif task == "regression":
+            se, ae = self._errors(out, y, 0)
+            self.ann += float(se)
+            self.ann_abs += float(ae)
+        else:
+            classes = out.shape[1]
+            keep, labels = self._pixels(y, classes)
+            conf = _confusion(out.argmax(1)[keep], labels, classes).cpu()
+            self.ann_conf = conf if self.ann_conf is None else self.ann_conf + conf
+            self.ann += int(conf.diagonal().sum())
 
     def add_snn(self, decoded: torch.Tensor, y: torch.Tensor) -> None:
         self.images += int(y.shape[0])
-        if self._kind(decoded, y, 1) == "classification":
+        task = self._kind(decoded, y, 1)
+        if task == "classification":
             top1, top5 = _hits(decoded, y)
             self.snn += top1.double().cpu()
             self.snn_top5 = None if top5 is None or self.snn_top5 is None else self.snn_top5 + top5.double().cpu()
-            return
-        classes = decoded.shape[2]
-        keep, labels = self._pixels(y, classes)
-        self.pixels += int(labels.numel())
-        conf = torch.stack([_confusion(decoded[t].argmax(1)[keep], labels, classes) for t in range(self.T)]).cpu()
-        self.snn_conf = conf if self.snn_conf is None else self.snn_conf + conf
-        self.snn += conf.diagonal(dim1=1, dim2=2).sum(1).double()
+        elif task == "regression":
+            se, ae = self._errors(decoded, y, 1)
+            self.pixels += int(y.numel())
+            self.snn += se.cpu()
+            self.snn_abs += ae.cpu()
+        else:
+            classes = decoded.shape[2]
+            keep, labels = self._pixels(y, classes)
+            self.pixels += int(labels.numel())
+            conf = torch.stack([_confusion(decoded[t].argmax(1)[keep], labels, classes)
+                                for t in range(self.T)]).cpu()
+            self.snn_conf = conf if self.snn_conf is None else self.snn_conf + conf
+            self.snn += conf.diagonal(dim1=1, dim2=2).sum(1).double()
 
     def fields(self, with_ann: bool) -> dict[str, Any]:
-        """The EvalReport fields: accuracies (pixel accuracies for segmentation), top-5 or mean IoU."""
-        dense = self.task == "segmentation"
+        """The EvalReport fields: accuracies (pixel accuracies for segmentation) with top-5 or the mean IoU, or the
+        errors of a regression."""
+        task = self.task or "classification"
+        if task == "regression":
+            n = max(self.pixels, 1)
+            return {"task": task, "ann_accuracy": None, "snn_accuracy": [],
+                    "ann_mse": self.ann / n if with_ann else None, "snn_mse": (self.snn / n).tolist(),
+                    "ann_mae": self.ann_abs / n if with_ann else None, "snn_mae": (self.snn_abs / n).tolist()}
+        dense = task == "segmentation"
         n = max(self.pixels if dense else self.images, 1)
-        out = {"task": self.task or "classification",
+        out = {"task": task,
                "ann_accuracy": self.ann / n if with_ann else None,
                "snn_accuracy": [float(c) / n for c in self.snn]}
         if dense:
@@ -280,7 +407,8 @@ def evaluate(
     output: int | str | None = None,
     ignore_index: int | None = 255,
 ) -> EvalReport:
-    """Run the ANN and the SNN over ``batches`` once; accuracy after every step, events per site and step.
+    """Run the ANN and the SNN over ``batches`` once; accuracy (or, for float targets, the errors of a regression)
+    after every step, events per site and step.
 
     Args:
         snn: the converted network.
@@ -301,8 +429,8 @@ def evaluate(
 
     Raises:
         ConfigError: the model has several outputs and ``output`` does not name one of them; the labels' shape
-            does not fit the output (one per image for ``[B, classes]``, one per pixel for
-            ``[B, classes, *pixels]``).
+            does not fit the output (:func:`label_task`: one per image for ``[B, classes]``, one per pixel for
+            ``[B, classes, *pixels]``, float targets of the output's shape for a regression).
         DataError: a pixel label is not a class of the output (and not ``ignore_index``).
     """
     T = snn.timesteps if timesteps is None else int(timesteps)
@@ -380,10 +508,9 @@ def evaluate(
         }
     if meter is not None:
         report.layer_errors = meter.result()
-    log.info("evaluated %d images: ANN %s, SNN %.4f at T=%d (%s%s)", images,
-             "n/a" if report.ann_accuracy is None else f"{report.ann_accuracy:.4f}", report.snn_accuracy[-1], T,
-             "pixel accuracy" if report.task == "segmentation" else "top-1",
-             f", SNN mIoU {report.snn_miou[-1]:.4f}" if report.snn_miou else "")
+    head = headline(report)
+    log.info("evaluated %d images (%s): ANN %s, SNN %s at T=%d%s", images, head.name, head.text(head.ann),
+             head.text(head.snn[-1]), T, f", SNN mIoU {report.snn_miou[-1]:.4f}" if report.snn_miou else "")
     return report
 
 
@@ -426,6 +553,10 @@ def build_report(
         "snn_miou": evaluation.snn_miou,
         "ann_iou": evaluation.ann_iou,
         "snn_iou": evaluation.snn_iou,
+        "ann_mse": evaluation.ann_mse,
+        "snn_mse": evaluation.snn_mse,
+        "ann_mae": evaluation.ann_mae,
+        "snn_mae": evaluation.snn_mae,
         "eval_images": evaluation.images,
         "calib_images": calib.get("images"),
         "data": {"calibration": calib, "evaluation": data},

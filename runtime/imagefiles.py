@@ -203,11 +203,16 @@ def load_npz(path: Path, split: str, *, name: str) -> TensorDataset:
             split_name = "all"
         x, y = f[xk], f[yk]
     images = _images_to_tensor(x, f"{name}[{xk}]")
+    if np.issubdtype(y.dtype, np.floating) and y.ndim >= 1 and len(y) == len(images):
+        targets = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+        if not torch.isfinite(targets).all():
+            raise DataError(f"{name}[{yk}]: regression targets contain NaN or infinite values")
+        return TensorDataset(name, split_name, images, targets)
     per_pixel = y.ndim >= 2 and tuple(y.shape[1:]) == tuple(images.shape[2:])
     if not (y.ndim == 1 or per_pixel) or not np.issubdtype(y.dtype, np.integer) or len(y) != len(images):
         raise DataError(f"{name}[{yk}]: labels must be an integer array with one label per image [N] or per pixel "
-                        f"[N, {', '.join(map(str, images.shape[2:]))}] (got shape {y.shape}, dtype {y.dtype}, "
-                        f"{len(images)} images)")
+                        f"[N, {', '.join(map(str, images.shape[2:]))}], or float regression targets [N, ...] "
+                        f"(got shape {y.shape}, dtype {y.dtype}, {len(images)} images)")
     if len(y) and y.min() < 0:
         raise DataError(f"{name}[{yk}]: labels must be >= 0")
     return TensorDataset(name, split_name, images, torch.from_numpy(y.astype(np.int64)))

@@ -7,7 +7,10 @@ back): it computes nothing new, so both always agree. For a saved report:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
+
+from snnconvert.runtime.evaluate import Headline, headline
 
 
 def _pct(x: float | None) -> str:
@@ -35,15 +38,20 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
+def _gap_text(head: Headline, value: float) -> str:
+    gap = head.gap(value)
+    return "n/a" if gap is None else f"{gap:+.2f} {head.gap_unit}"
+
+
 def _accuracy_rows(doc: dict[str, Any]) -> list[list[str]]:
-    ann, ops = doc["ann_accuracy"], doc.get("synaptic_ops") or {}
+    head, ops = headline(doc), doc.get("synaptic_ops") or {}
     ref, ext = ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended")
-    extra = _extra_metric(doc)[0]
+    extra, _, _, fmt = _extra_metric(doc)
     rows, events = [], 0.0
-    for t, acc in enumerate(doc["snn_accuracy"], start=1):
+    for t, value in enumerate(head.snn, start=1):
         events += doc["events"]["per_step"][t - 1]
-        rows.append([str(t), _pct(acc), _gap(acc, ann), *([_pct(extra[t - 1])] if extra else []), _num(events),
-                     _energy(ref, ext, t)])
+        rows.append([str(t), head.text(value), _gap_text(head, value), *([fmt(extra[t - 1])] if extra else []),
+                     _num(events), _energy(ref, ext, t)])
     return rows
 
 
@@ -55,20 +63,22 @@ def _iou_table(doc: dict[str, Any]) -> list[str]:
     return ["## IoU per class", ""] + _table(["class", "ANN IoU", f"SNN IoU (T = {T})", "gap"], rows)
 
 
-def _extra_metric(doc: dict[str, Any]) -> tuple[list[float] | None, float | None, str]:
-    """The SNN's per-step values, the ANN's value and the name of the second metric: the mean IoU for a segmentation
-    report (per-pixel labels; the accuracies are pixel accuracies), else top-5 (absent in reports written before
-    it, null with <= 5 classes)."""
+def _extra_metric(doc: dict[str, Any]) -> tuple[list[float] | None, float | None, str, Callable[[float], str]]:
+    """The SNN's per-step values, the ANN's value, the name and the format of the second metric: the mean IoU for a
+    segmentation report (per-pixel labels; the accuracies are pixel accuracies), the mean absolute error for a
+    regression, else top-5 (absent in reports written before it, null with <= 5 classes)."""
     if doc.get("task") == "segmentation":
-        return doc.get("snn_miou"), doc.get("ann_miou"), "mIoU"
-    return doc.get("snn_accuracy_top5"), doc.get("ann_accuracy_top5"), "top-5"
+        return doc.get("snn_miou"), doc.get("ann_miou"), "mIoU", _pct
+    if doc.get("task") == "regression":
+        return doc.get("snn_mae"), doc.get("ann_mae"), "MAE", "{:.4g}".format
+    return doc.get("snn_accuracy_top5"), doc.get("ann_accuracy_top5"), "top-5", _pct
 
 
 def report_markdown(doc: dict[str, Any]) -> str:
     """Markdown for one JSON report: summary, accuracy and events after every step, the T sweep (when run), neuron
     sites (thresholds, firing), layers (synaptic operations), energy constants, per-unit errors (with
     ``--layer-errors``), graded units and the configuration."""
-    ann, snn = doc["ann_accuracy"], doc["snn_accuracy"]
+    head = headline(doc)
     cfg, T = doc["config"], doc["timesteps"]
     data = doc.get("data") or {}
     lines = [f"# snnconvert report: {doc['model']}", "",
@@ -78,29 +88,31 @@ def report_markdown(doc: dict[str, Any]) -> str:
              f"({_describe(data.get('calibration'))}); snnconvert {doc.get('snnconvert_version', '?')}.", ""]
     ops = doc.get("synaptic_ops") or {}
     energy = _energy(ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended"))
-    extra, ann_extra, name = _extra_metric(doc)
-    accuracy = "pixel accuracy" if doc.get("task") == "segmentation" else "accuracy"
+    extra, ann_extra, name, fmt = _extra_metric(doc)
+    figure = head.name
     more = [f"ANN {name}", f"SNN {name} (T = {T})"] if extra else []
-    lines += _table([f"ANN {accuracy}", f"SNN {accuracy} (T = {T})", "gap", *more, "events / image",
+    lines += _table([f"ANN {figure}", f"SNN {figure} (T = {T})", "gap", *more, "events / image",
                      "energy ratio ref / ext"],
-                    [[_pct(ann), _pct(snn[-1]), _gap(snn[-1], ann),
-                      *([_pct(ann_extra), _pct(extra[-1])] if extra else []),
+                    [[head.text(head.ann), head.text(head.snn[-1]), _gap_text(head, head.snn[-1]),
+                      *([fmt(ann_extra) if ann_extra is not None else "n/a", fmt(extra[-1])] if extra else []),
                       _num(doc["events"]["total_per_image"]), energy]])
-    lines += [f"## {accuracy.capitalize()} after every step", ""]
-    lines += _table(["t", f"SNN {accuracy}", "gap to ANN", *([name] if extra else []), "events / image (cum.)",
+    lines += [f"## {figure[0].upper() + figure[1:]} after every step", ""]
+    lines += _table(["t", f"SNN {figure}", "gap to ANN", *([name] if extra else []), "events / image (cum.)",
                      "energy ratio ref / ext (cum.)"], _accuracy_rows(doc))
     if doc.get("snn_iou"):
         lines += _iou_table(doc)
     sweep = doc.get("sweep")
     if sweep:
-        lines += [f"## T sweep (target: within {sweep['target_gap_pp']:g} pp of the ANN)", ""]
+        lines += [f"## T sweep (target: {head.target_text(sweep['target_gap_pp'])})", ""]
         rules = len(sweep.get("thresholds", ())) > 1  # the sweep also chose the threshold rule
-        rows = [[r["threshold"]] * rules
-                + [str(r["timesteps"]), _pct(r["snn_accuracy"][-1]), _gap(r["snn_accuracy"][-1], sweep["ann_accuracy"]),
-                   _num(sum(r["events_per_step"])),
-                   _energy(r.get("energy_ratio_reference"), r.get("energy_ratio_extended"))]
-                for r in sweep["runs"]]
-        lines += _table(["threshold"] * rules + ["T", "accuracy at T", "gap", "events / image",
+        rows = []
+        for r in sweep["runs"]:
+            run = headline({**sweep, **r, "task": doc.get("task")})
+            rows.append([r["threshold"]] * rules
+                        + [str(r["timesteps"]), run.text(run.snn[-1]), _gap_text(run, run.snn[-1]),
+                           _num(sum(r["events_per_step"])),
+                           _energy(r.get("energy_ratio_reference"), r.get("energy_ratio_extended"))])
+        lines += _table(["threshold"] * rules + ["T", f"{figure} at T", "gap", "events / image",
                                                  "energy ratio ref / ext"], rows)
         rec = sweep.get("recommended_timesteps")
         rule = f"threshold {sweep['chosen_threshold']}, " if rules else ""

@@ -2,7 +2,8 @@
 
 Choosing T is trial and error with the peer tools (users.md, complaint 2). :func:`sweep` evaluates the conversions
 of :func:`snnconvert.convert.convert_sweep` (one calibration, thresholds per T) and recommends the smallest T whose
-SNN accuracy after T steps is within ``target_gap_pp`` percentage points of the ANN.
+SNN accuracy after T steps is within ``target_gap_pp`` percentage points of the ANN (for a regression: whose mean
+squared error is within ``target_gap_pp`` percent of the ANN's).
 
 When every T got the same thresholds (max and percentile thresholds do not depend on T), the networks differ only in
 how long they run, and the SNN is causal: its first T steps are the same whatever it runs for afterwards. Then one
@@ -13,13 +14,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from snnconvert.convert.errors import ConfigError
-from snnconvert.runtime.evaluate import EvalReport, evaluate
+from snnconvert.runtime.evaluate import EvalReport, Headline, evaluate, headline
 
 log = logging.getLogger(__name__)
 
@@ -31,48 +32,64 @@ class SweepReport:
     """The evaluations of a T sweep and the recommendation.
 
     Attributes:
-        target_gap_pp: the accuracy target, in percentage points below the ANN.
-        ann_accuracy: the ANN's accuracy on the same images (None without an ANN).
-        evaluations: per T (ascending), the evaluation of the SNN converted for T, over its T steps.
+        target_gap_pp: the target: how much worse than the ANN the SNN after T steps may be, in percentage points of
+            accuracy (pixel accuracy for segmentation), or for a regression in percent of the ANN's mean squared
+            error (:class:`~snnconvert.runtime.evaluate.Headline`).
+        evaluations: per T (ascending), the evaluation of the SNN converted for T, over its T steps; every one
+            carries the ANN's figures on the same images.
         shared_run: True when one evaluation at the largest T gave every T (thresholds independent of T).
         recommended: the smallest T within the target, or None.
-        chosen: ``recommended``, else the T with the best accuracy after T steps (the smaller T on a tie).
+        chosen: ``recommended``, else the T with the best figure after T steps (the smaller T on a tie).
         fused_pairs: fused bounded-ReLU pairs in the compiled networks (``runtime/fuse.py``; the same for every T).
-        ann_accuracy_top5: the ANN's top-5 accuracy on the same images (None without an ANN or with ≤ 5 classes).
-        ann_miou: for per-pixel labels (segmentation; the accuracies are pixel accuracies), the ANN's mean IoU;
-            ``ann_iou`` its IoU per class.
     """
 
     target_gap_pp: float
-    ann_accuracy: float | None
     evaluations: dict[int, EvalReport]
     shared_run: bool
     recommended: int | None
     chosen: int
     fused_pairs: int = 0
-    ann_accuracy_top5: float | None = None
-    ann_miou: float | None = None
-    ann_iou: list[float | None] | None = None
+
+    @property
+    def ann_scores(self) -> dict[str, Any]:
+        """The ANN's figures on the sweep's images (``EvalReport.ann_scores``; the same in every evaluation)."""
+        return next(iter(self.evaluations.values())).ann_scores()
+
+    @property
+    def ann_accuracy(self) -> float | None:
+        """The ANN's accuracy on the sweep's images (None without an ANN, or for a regression)."""
+        return self.ann_scores["ann_accuracy"]
+
+    @property
+    def headline(self) -> Headline:
+        """The figure the sweep compared (accuracy, pixel accuracy or MSE) for the chosen T."""
+        return headline(self.evaluations[self.chosen])
 
     def to_dict(self) -> dict[str, Any]:
         runs = []
         for T, ev in self.evaluations.items():
             runs.append({"timesteps": T, "snn_accuracy": ev.snn_accuracy, "snn_accuracy_top5": ev.snn_accuracy_top5,
                          **({"snn_miou": ev.snn_miou} if ev.snn_miou is not None else {}),
+                         **({"snn_mse": ev.snn_mse, "snn_mae": ev.snn_mae} if ev.snn_mse is not None else {}),
                          "events_per_step": ev.events_per_step,
                          "energy_ratio_reference": ev.ops.get("energy_ratio_reference"),
                          "energy_ratio_extended": ev.ops.get("energy_ratio_extended")})
-        return {"target_gap_pp": self.target_gap_pp, "ann_accuracy": self.ann_accuracy,
-                "ann_accuracy_top5": self.ann_accuracy_top5,
-                **({"ann_miou": self.ann_miou, "ann_iou": self.ann_iou} if self.ann_miou is not None else {}),
+        ann = self.ann_scores
+        return {"target_gap_pp": self.target_gap_pp, "ann_accuracy": ann["ann_accuracy"],
+                "ann_accuracy_top5": ann["ann_accuracy_top5"],
+                **({"ann_miou": ann["ann_miou"], "ann_iou": ann["ann_iou"]} if ann["ann_miou"] is not None else {}),
+                **({"ann_mse": ann["ann_mse"], "ann_mae": ann["ann_mae"]} if ann["ann_mse"] is not None else {}),
                 "shared_run": self.shared_run, "recommended_timesteps": self.recommended,
                 "chosen_timesteps": self.chosen, "runs": runs}
 
 
-def recommend_timesteps(accuracy_at_T: dict[int, float], ann_accuracy: float, target_gap_pp: float) -> int | None:
-    """The smallest T whose accuracy after T steps is at least ``ann_accuracy − target_gap_pp / 100``, or None."""
-    floor = ann_accuracy - target_gap_pp / 100
-    passing = [T for T, acc in accuracy_at_T.items() if acc >= floor - 1e-12]
+def recommend_timesteps(at_T: dict[int, float], ann_value: float, target_gap_pp: float, *,
+                        higher_is_better: bool = True) -> int | None:
+    """The smallest T whose accuracy after T steps (``at_T``) is at least ``ann_value − target_gap_pp / 100``, or
+    None. With ``higher_is_better=False`` the values are mean squared errors: the smallest T whose MSE is at most the
+    ANN's times ``1 + target_gap_pp / 100``."""
+    target = Headline("", [], ann_value, higher_is_better)
+    passing = [T for T, value in at_T.items() if target.within(value, target_gap_pp)]
     return min(passing) if passing else None
 
 
@@ -105,13 +122,15 @@ def truncate(report: EvalReport, T: int) -> EvalReport:
     units = {name: _cut_counts(unit, T, images, ("nonzero_per_step", "nonzero", "nonzero_per_output",
                                                   "outputs_per_image"))
              for name, unit in report.unit_outputs.items()}
-    top5, miou = report.snn_accuracy_top5, report.snn_miou
-    return EvalReport(timesteps=T, ann_accuracy=report.ann_accuracy, snn_accuracy=report.snn_accuracy[:T],
-                      ann_accuracy_top5=report.ann_accuracy_top5, snn_accuracy_top5=None if top5 is None else top5[:T],
-                      task=report.task, ann_miou=report.ann_miou, snn_miou=None if miou is None else miou[:T],
-                      ann_iou=report.ann_iou, snn_iou=None if report.snn_iou is None else report.snn_iou[:T],
-                      images=images, events_per_step=report.events_per_step[:T], site_events=sites,
-                      seconds=dict(report.seconds), ops=ops, layer_errors=errors, unit_outputs=units)
+
+    def cut(values):
+        return None if values is None else values[:T]
+
+    return replace(report, timesteps=T, snn_accuracy=report.snn_accuracy[:T],
+                   snn_accuracy_top5=cut(report.snn_accuracy_top5), snn_miou=cut(report.snn_miou),
+                   snn_iou=cut(report.snn_iou), snn_mse=cut(report.snn_mse), snn_mae=cut(report.snn_mae),
+                   events_per_step=report.events_per_step[:T], site_events=sites, seconds=dict(report.seconds),
+                   ops=ops, layer_errors=errors, unit_outputs=units)
 
 
 def _same_thresholds(results) -> bool:
@@ -132,10 +151,7 @@ def sweep(
     mode: str = "multi",
     layer_errors: bool = False,
     progress: Callable[[int], Callable[[int], None] | None] | None = None,
-    ann_accuracy: float | None = None,
-    ann_accuracy_top5: float | None = None,
-    ann_miou: float | None = None,
-    ann_iou: list[float | None] | None = None,
+    ann_scores: dict[str, Any] | None = None,
     output: int | str | None = None,
     ignore_index: int | None = 255,
 ) -> SweepReport:
@@ -145,13 +161,13 @@ def sweep(
         results: the conversions, keyed by T.
         batches: returns a fresh iterable of ``(images, labels)`` per call (one call per evaluation).
         ann: the ANN (evaluated once, on the first evaluation's images); without it nothing is recommended.
-        target_gap_pp: how far below the ANN (percentage points) the SNN after T steps may be.
+        target_gap_pp: how far below the ANN (percentage points of accuracy) the SNN after T steps may be; for a
+            regression (float targets), how much larger than the ANN's its mean squared error may be, in percent.
         backend, device, dtype: as :func:`snnconvert.runtime.compile`.
         mode, layer_errors, output, ignore_index: as :func:`snnconvert.runtime.evaluate`.
         progress: called with T before each evaluation; returns the per-batch callback of that evaluation.
-        ann_accuracy: the ANN's accuracy on these images when already known (another sweep over the same images):
-            the ANN is not evaluated again; ``ann_accuracy_top5``, ``ann_miou`` and ``ann_iou`` are then its top-5
-            accuracy, mean IoU and IoU per class there.
+        ann_scores: the ANN's figures on these images when already known (``SweepReport.ann_scores`` of another
+            sweep over the same images, ``EvalReport.ann_scores()``): the ANN is not evaluated again.
 
     Raises:
         ConfigError: no conversions, or a negative target.
@@ -170,26 +186,30 @@ def sweep(
     for T in ([steps[-1]] if shared else steps):
         program = compile(results[T].snn, backend, device=device, dtype=dtype)
         pairs = fused_pairs(program)
-        ev = evaluate(program, batches(), ann=ann if ann_accuracy is None else None, timesteps=T, mode=mode,
+        ev = evaluate(program, batches(), ann=ann if ann_scores is None else None, timesteps=T, mode=mode,
                       device=device, progress=progress(T) if progress is not None else None,
                       layer_errors=layer_errors, output=output, ignore_index=ignore_index)
-        if ann_accuracy is None:
-            ann_accuracy, ann_accuracy_top5, ann_miou, ann_iou = (ev.ann_accuracy, ev.ann_accuracy_top5, ev.ann_miou,
-                                                                  ev.ann_iou)
-        ev.ann_accuracy, ev.ann_accuracy_top5, ev.ann_miou, ev.ann_iou = (ann_accuracy, ann_accuracy_top5, ann_miou,
-                                                                          ann_iou)
-        evaluations[T] = ev
+        if ann_scores is None:
+            ann_scores = ev.ann_scores()
+        evaluations[T] = replace(ev, **ann_scores)
     if shared:
         evaluations = {T: truncate(evaluations[steps[-1]], T) for T in steps}
-    at_T = {T: ev.snn_accuracy[-1] for T, ev in evaluations.items()}
-    recommended = None if ann_accuracy is None else recommend_timesteps(at_T, ann_accuracy, target_gap_pp)
-    chosen = recommended if recommended is not None else max(steps, key=lambda T: (at_T[T], -T))
+    heads = {T: headline(ev) for T, ev in evaluations.items()}
+    at_T = {T: head.snn[-1] for T, head in heads.items()}
+    first = heads[steps[0]]
+    recommended = None if first.ann is None else recommend_timesteps(at_T, first.ann, target_gap_pp,
+                                                                     higher_is_better=first.higher_is_better)
+    chosen = recommended if recommended is not None else max(steps, key=lambda T: (_signed(heads[T]), -T))
     if len(steps) > 1:
-        log.info("T sweep %s: accuracy after T steps %s; recommended T=%s", steps,
-                 {T: round(a, 4) for T, a in at_T.items()}, recommended)
-    return SweepReport(target_gap_pp=float(target_gap_pp), ann_accuracy=ann_accuracy, evaluations=evaluations,
-                       shared_run=shared, recommended=recommended, chosen=chosen, fused_pairs=pairs,
-                       ann_accuracy_top5=ann_accuracy_top5, ann_miou=ann_miou, ann_iou=ann_iou)
+        log.info("T sweep %s: %s after T steps %s; recommended T=%s", steps, first.name,
+                 {T: round(a, 6) for T, a in at_T.items()}, recommended)
+    return SweepReport(target_gap_pp=float(target_gap_pp), evaluations=evaluations, shared_run=shared,
+                       recommended=recommended, chosen=chosen, fused_pairs=pairs)
+
+
+def _signed(head: Headline) -> float:
+    """The figure after the last step, larger is better (an MSE negated)."""
+    return head.snn[-1] if head.higher_is_better else -head.snn[-1]
 
 
 def _cost(ev: EvalReport) -> float:
@@ -203,7 +223,7 @@ def choose(reports: list[SweepReport]) -> int:
     """The index of the sweep whose chosen T is best among sweeps of different conversions (e.g. one per threshold
     rule) over the same images and target: the smallest recommended T; between sweeps that recommend the same T,
     the cheaper run (extended energy ratio after T steps, else events per image). When no sweep reaches the target:
-    the most accurate chosen run (then the smaller T, then the cheaper).
+    the most accurate chosen run (the lowest MSE for a regression; then the smaller T, then the cheaper).
 
     Raises:
         ConfigError: no sweeps, or sweeps with different targets.
@@ -219,4 +239,4 @@ def choose(reports: list[SweepReport]) -> int:
 
     if passing:
         return min(passing, key=lambda i: (reports[i].chosen, _cost(run(i)), i))
-    return min(range(len(reports)), key=lambda i: (-run(i).snn_accuracy[-1], reports[i].chosen, _cost(run(i)), i))
+    return min(range(len(reports)), key=lambda i: (-_signed(headline(run(i))), reports[i].chosen, _cost(run(i)), i))

@@ -213,3 +213,26 @@ class SegNetLowRes(SegNet):
 
     def forward(self, x):
         return self.classifier(F.relu(self.conv2(F.max_pool2d(F.relu(self.conv1(x)), 2))))
+
+
+class BoxNet(nn.Module):
+    """A small regression CNN: four values per ``[B, 1, H, W]`` image (conv, ReLU, max-pool, conv, ReLU, global
+    average pool, linear)."""
+
+    def __init__(self, outputs: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(13)
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.head = nn.Linear(8, outputs)
+
+    def forward(self, x):
+        h = F.relu(self.conv2(F.max_pool2d(F.relu(self.conv1(x)), 2)))
+        return self.head(h.mean((2, 3)))
+
+
+class ScalarNet(BoxNet):
+    """``BoxNet`` with one output, ``[B, 1]``."""
+
+    def __init__(self) -> None:
+        super().__init__(outputs=1)

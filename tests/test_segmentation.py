@@ -81,7 +81,8 @@ def test_ignored_pixels_are_not_scored(seg):
 
 def test_labels_that_do_not_fit_the_output_are_refused(seg):
     model, x, labels, res = seg
-    with pytest.raises(ConfigError, match=r"labels of shape \[4, 8, 8\] \(one per pixel\) do not match"):
+    with pytest.raises(ConfigError, match=r"per-pixel labels of shape \[8, 8\] per image do not fit the model's "
+                                          r"output of shape \[4, 16, 16\]"):
         evaluate(res.snn, [(x[:4], labels[:4, ::2, ::2])], timesteps=1, count_ops=False)
     with pytest.raises(ConfigError, match="classification needs"):
         evaluate(res.snn, [(x[:4], torch.zeros(4, dtype=torch.long))], timesteps=1, count_ops=False)
@@ -94,10 +95,12 @@ def test_labels_that_do_not_fit_the_output_are_refused(seg):
 def test_the_sweep_carries_the_mean_iou(seg):
     model, x, labels, res = seg
     swept = sweep({8: res}, lambda: [(x, labels)], ann=model)
-    assert swept.ann_miou == 1.0 and swept.to_dict()["ann_miou"] == 1.0 and swept.ann_iou == swept.to_dict()["ann_iou"]
-    again = sweep({8: res}, lambda: [(x, labels)], ann_accuracy=swept.ann_accuracy, ann_miou=swept.ann_miou,
-                  ann_iou=swept.ann_iou)  # the ANN's scores known (the CLI's second threshold rule): not re-run
-    assert again.evaluations[8].ann_iou == swept.ann_iou and again.ann_iou == swept.ann_iou
+    ann = swept.ann_scores
+    doc = swept.to_dict()
+    assert ann["ann_miou"] == 1.0 and doc["ann_miou"] == 1.0 and ann["ann_iou"] == doc["ann_iou"]
+    # the ANN's scores known (the CLI's second threshold rule): not re-run
+    again = sweep({8: res}, lambda: [(x, labels)], ann_scores=ann)
+    assert again.evaluations[8].ann_iou == ann["ann_iou"] and again.ann_scores == ann
     assert swept.to_dict()["runs"][0]["snn_miou"] == swept.evaluations[8].snn_miou
 
 
@@ -129,8 +132,8 @@ def test_cli_evaluates_a_segmentation_data_set(tmp_path, seg):
 
     per_image = tmp_path / "per_image.npz"
     np.savez(per_image, x=(x.numpy() * 255).astype(np.uint8), y=np.zeros(24, np.int64))
-    for net, eval_data, message in ((f"{nets}:SegNetLowRes", data, "per-pixel labels of shape [16, 16] but the "
-                                     "model's output has shape [4, 8, 8]"),
+    for net, eval_data, message in ((f"{nets}:SegNetLowRes", data, "per-pixel labels of shape [16, 16] per image "
+                                     "do not fit the model's output of shape [4, 8, 8]"),
                                     (f"{nets}:SegNet", per_image, "one label per image but the model's output has "
                                      "shape [4, 16, 16]")):
         result = CliRunner().invoke(app, [net, "--calib-data", str(data), "--eval-data", str(eval_data)])

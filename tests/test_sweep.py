@@ -131,7 +131,8 @@ def test_sweep_evaluates_once_when_thresholds_do_not_depend_on_T(monkeypatch, th
     assert report.recommended == report.chosen == 1  # a 100 pp target: every T passes, the smallest is chosen
     assert report.ann_accuracy == report.evaluations[4].ann_accuracy is not None
     # the ANN ran once; every T's evaluation carries its top-5 accuracy too
-    assert all(ev.ann_accuracy_top5 == report.ann_accuracy_top5 is not None for ev in report.evaluations.values())
+    top5 = report.ann_scores["ann_accuracy_top5"]
+    assert top5 is not None and all(ev.ann_accuracy_top5 == top5 for ev in report.evaluations.values())
     for T, ev in report.evaluations.items():  # each entry is the network converted for T
         direct = evaluate(results[T].snn, _batches(x)(), timesteps=T)
         assert ev.snn_accuracy == direct.snn_accuracy and ev.events_per_step == direct.events_per_step
@@ -164,8 +165,8 @@ def _report(runs: dict[int, tuple[float, float]], target: float = 0.5, ann: floa
     at_T = {T: acc for T, (acc, _) in runs.items()}
     recommended = recommend_timesteps(at_T, ann, target)
     chosen = recommended if recommended is not None else max(at_T, key=lambda T: (at_T[T], -T))
-    return SweepReport(target_gap_pp=target, ann_accuracy=ann, evaluations=evaluations, shared_run=False,
-                       recommended=recommended, chosen=chosen)
+    return SweepReport(target_gap_pp=target, evaluations=evaluations, shared_run=False, recommended=recommended,
+                       chosen=chosen)
 
 
 def test_choose_between_threshold_rules():

@@ -5,6 +5,7 @@ Errors print one line (``error: ...``); ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -309,20 +310,22 @@ class RunOptions:
     logits: Optional[str] = None
     ignore_index: int = 255
     config_file: Optional[Path] = None  # the --config file the options were read from (recorded in the report)
+    given: frozenset[str] = frozenset()  # the options given on the command line or in the --config file
 
 
 def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
     from snnconvert.cli.malloc import keep_freed_memory
     from snnconvert.convert import ConversionConfig, convert, convert_sweep
-    from snnconvert.runtime import backend_status, build_report, sweep
+    from snnconvert.runtime import sweep
     from snnconvert.runtime.data import Normalize, load_calib_eval, parse_normalize
-    from snnconvert.runtime.evaluate import headline
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
     from snnconvert.runtime.sweep import choose
 
     keep_freed_memory()  # large tensors are not unmapped and paged in again on every layer call (cli/malloc.py)
+    if _is_artifact(o.model):
+        return _evaluate_saved(o)
     sweep_steps = _sweep_steps(o)
     cfgs = [ConversionConfig.for_coding(o.coding, timesteps=max(sweep_steps) if sweep_steps else o.timesteps,
                                         threshold=threshold,
@@ -335,18 +338,9 @@ def _run(o: RunOptions) -> None:
             for threshold in _thresholds(o, sweep_steps)]
     if len({str(cfg.threshold) for cfg in cfgs}) < len(cfgs):
         raise ConfigError(f"--threshold {o.threshold!r}: a rule is listed twice; give distinct rules")
-    dtype = _dtype(o.dtype)
     if o.calib_images <= 0:
         raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
-    if o.eval_images is not None and o.eval_images <= 0:
-        raise ConfigError(f"--eval-images must be positive, got {o.eval_images}")
-    if o.batch_size <= 0:
-        raise ConfigError(f"--batch-size must be positive, got {o.batch_size}")
-    if o.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {o.device}: no CUDA device is available here; use --device cpu")
-    ok, reason = backend_status(o.backend, o.device)  # before calibration: fail in seconds, not minutes
-    if not ok:
-        raise BackendUnavailableError(f"--backend {o.backend}: {reason}")
+    dtype = _check_runtime(o)
     resolved = resolve_model(o.model, weights=o.weights, zoo=models_zoo)
     calib_name = o.calib_data or resolved.dataset
     eval_name = o.eval_data or resolved.dataset
@@ -369,7 +363,7 @@ def _run(o: RunOptions) -> None:
     calib_set, eval_set, calib_info, eval_info = splits.calib, splits.eval, splits.calib_info, splits.eval_info
 
     def prep(x: torch.Tensor) -> torch.Tensor:
-        return norm(x) if norm is not None else x
+        return _prep(norm, x)
 
     started = time.perf_counter()
     with _progress() as bar:
@@ -424,17 +418,142 @@ def _run(o: RunOptions) -> None:
         else:
             final = swept
         result, evaluation = results[swept.chosen], final.evaluations[swept.chosen]
-    total = time.perf_counter() - started
     if sweep_steps:
         out.print(_sweep_table(sweeps, grid, best, o.select_images))
         out.print(_sweep_line(swept, o.select_images, str(cfg.threshold) if len(cfgs) > 1 else None))
+    sweep_doc = None
+    if sweep_steps and (o.report is not None or o.markdown is not None):
+        chosen_on = ({**splits.select_info, "held_out": True} if splits.select is not None
+                     else {**eval_info, "held_out": False})
+        sweep_doc = _sweep_doc(sweeps, cfgs, best, chosen_on)
+    _present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
+             calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
+             sweep_doc=sweep_doc)
+    if o.output is not None:
+        # what a later `snnconvert SNN_DIR` needs to evaluate it on the same images, preprocessed the same way
+        norm_doc = None if norm is None else {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()}
+        result.source = dataclasses.replace(result.source, meta={
+            **result.source.meta,
+            "data": {"calibration": calib_name, "calib_images": o.calib_images, "select_images": o.select_images,
+                     "evaluation": eval_name, "eval_images": o.eval_images, "calibration_info": calib_info},
+            "preprocessing": {"normalize": norm_doc, "resize": files.resize, "crop": files.crop},
+            "logits": o.logits, "ignore_index": o.ignore_index, "label": resolved.label})
+        result.save(o.output)
+        out.print(f"SNN saved to {o.output} (evaluate it again with `snnconvert {o.output}`; API: "
+                  "snnconvert.runtime.load)")
+
+
+def _check_runtime(o: RunOptions) -> torch.dtype:
+    """The options of how the SNN runs and is evaluated, checked before anything slow; the layer dtype."""
+    from snnconvert.runtime import backend_status
+
+    dtype = _dtype(o.dtype)
+    if o.eval_images is not None and o.eval_images <= 0:
+        raise ConfigError(f"--eval-images must be positive, got {o.eval_images}")
+    if o.batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {o.batch_size}")
+    if o.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {o.device}: no CUDA device is available here; use --device cpu")
+    ok, reason = backend_status(o.backend, o.device)  # before calibration: fail in seconds, not minutes
+    if not ok:
+        raise BackendUnavailableError(f"--backend {o.backend}: {reason}")
+    return dtype
+
+
+def _is_artifact(model: str) -> bool:
+    """MODEL names a folder written by ``--output`` (it holds ``source.json``)."""
+    path = Path(model)
+    return path.is_dir() and (path / "source.json").is_file()
+
+
+#: options that define a conversion: a saved SNN is evaluated as it was converted, so they do not apply to it
+_CONVERSION_OPTIONS = ("coding", "threshold", "granularity", "levels", "neuron", "weights", "calib_data",
+                       "calib_images", "allow_ann_op", "identity_neurons", "identity_threshold", "identity_tail",
+                       "threshold_scale", "identity_levels", "token_channel", "threshold_aggregation", "sweep",
+                       "target_gap", "select_images", "output")
+
+
+def _flag(name: str) -> str:
+    return {"threshold_aggregation": "--aggregation", "timesteps": "-T"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _evaluate_saved(o: RunOptions) -> None:
+    """``snnconvert SNN_DIR``: evaluate a saved SNN (``--output``) and its ANN again, without calibration: on the
+    evaluation images it was evaluated on (or ``--eval-data``), with the preprocessing it was converted with (or
+    ``--normalize`` / ``--resize`` / ``--crop``), on any backend, device, dtype and number of steps."""
+    from snnconvert.runtime import load_result, sweep
+    from snnconvert.runtime.data import Normalize, load_calib_eval, load_eval, parse_normalize
+    from snnconvert.runtime.imagefiles import Preprocess
+
+    fixed = [_flag(name) for name in _CONVERSION_OPTIONS if name in o.given]
+    if fixed:
+        raise ConfigError(f"{o.model} is a saved SNN, evaluated as it was converted: {', '.join(fixed)} "
+                          f"{'does' if len(fixed) == 1 else 'do'} not apply to it (convert the model again to change "
+                          "the conversion)")
+    dtype = _check_runtime(o)
+    result, ann = load_result(o.model)
+    meta = result.source.meta
+    data, card = meta.get("data") or {}, meta.get("preprocessing") or {}
+    eval_name = o.eval_data or data.get("evaluation")
+    if eval_name is None:
+        raise ConfigError(f"{o.model} does not record its evaluation data (saved through the API); pass --eval-data")
+    saved_norm = card.get("normalize")
+    norm = (parse_normalize(o.normalize) if o.normalize else
+            Normalize(saved_norm["mean"], saved_norm["std"]) if saved_norm else None)
+    shape = result.report.input_shape
+    channels = shape[0] if shape and shape[0] in (1, 3) else 3
+    files = Preprocess(channels=channels, resize=o.resize if o.resize is not None else card.get("resize"),
+                       crop=o.crop if o.crop is not None else card.get("crop"))
+    calib_info = None
+    if "eval_images" not in o.given and o.eval_data is None:  # the images of the first evaluation
+        o = dataclasses.replace(o, eval_images=data.get("eval_images"))
+    if data.get("calibration") is not None:  # the same split as at conversion: never an image calibrated on
+        splits = load_calib_eval(data["calibration"], eval_name, calib_images=data["calib_images"],
+                                 eval_images=o.eval_images, select_images=data.get("select_images"),
+                                 data_dir=o.data_dir, preprocess=files)
+        eval_set, eval_info, calib_info = splits.eval, splits.eval_info, data.get("calibration_info")
+    else:
+        eval_set, eval_info = load_eval(eval_name, eval_images=o.eval_images, data_dir=o.data_dir, preprocess=files)
+    logits = o.logits if "logits" in o.given else meta.get("logits")
+    ignore = o.ignore_index if "ignore_index" in o.given else meta.get("ignore_index", o.ignore_index)
+    _check_labels(ann, _prep(norm, eval_set.example(1)), eval_set, eval_name, logits, ignore)
+    T = o.timesteps if o.timesteps is not None else result.config.timesteps
+    started = time.perf_counter()
+    with _progress() as bar:
+        def progress(t: int):
+            task = bar.add_task(f"evaluation (T={t})", total=len(eval_set))
+            return lambda n: bar.advance(task, n)
+
+        swept = sweep({T: result}, lambda: ((_prep(norm, x), y) for x, y in eval_set.batches(o.batch_size)),
+                      ann=ann, backend=o.backend, device=o.device, dtype=dtype, mode=o.mode,
+                      layer_errors=o.layer_errors, progress=progress, output=logits, ignore_index=ignore)
+    if T != result.config.timesteps and result.calibration.quantisation_levels:
+        out.print(f"note: the thresholds were fitted for T={result.config.timesteps}; running T={T}")
+    o = dataclasses.replace(o, logits=logits, ignore_index=ignore)
+    label = f"{o.model} (saved SNN of {meta['label']})" if meta.get("label") else o.model
+    _present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
+             calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs)
+
+
+def _prep(norm, x: torch.Tensor) -> torch.Tensor:
+    return norm(x) if norm is not None else x
+
+
+def _present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, eval_info: dict,
+             calib_info: dict | None, seconds: float, fused_pairs: int, sweep_doc: dict | None = None) -> None:
+    """Print an evaluation (tables, model and summary lines, energy) and write the JSON / Markdown reports asked
+    for; ``calib_info`` None: the calibration images are not known (a saved SNN that did not record them)."""
+    from snnconvert.runtime import build_report
+    from snnconvert.runtime.evaluate import headline
+
     out.print(_accuracy_table(evaluation))
     if evaluation.layer_errors:
         out.print(_layer_error_table(evaluation.layer_errors, evaluation.timesteps))
-    out.print(f"model {resolved.label}: {_sites_text(result)} -> {cfg.coding} coding, "
+    out.print(f"model {label}: {_sites_text(result)} -> {result.config.coding} coding, "
               f"{_thresholds_text(result)}, T={evaluation.timesteps}{_units_text(result)}")
     head = headline(evaluation)
     ann_text, snn_text = head.text(head.ann), head.text(head.snn[-1])
+
     def pct(v: float) -> str:
         return f"{100 * v:.2f} %"
 
@@ -443,38 +562,34 @@ def _run(o: RunOptions) -> None:
                                              ("MAE", evaluation.ann_mae, evaluation.snn_mae, "{:.4g}".format)):
         ann_text += "" if ann_value is None else f" ({name} {fmt(ann_value)})"
         snn_text += f" ({name} {fmt(snn_values[-1])})" if snn_values else ""
+    calibrated = ("calibration images not recorded" if calib_info is None
+                  else f"calibrated on {calib_info['images']} images, {calib_info['split']}")
     out.print(f"ANN {head.name} {ann_text}; SNN {head.name} at T={evaluation.timesteps}: {snn_text} "
-              f"on {evaluation.images} images of {eval_name} "
-              f"({eval_info['split']}; calibrated on {len(calib_set)} images, {calib_info['split']}) "
-              f"in {total:.1f} s")
+              f"on {evaluation.images} images of {eval_name} ({eval_info['split']}; {calibrated}) in {seconds:.1f} s")
     energy = _energy_line(evaluation.ops)
     if energy is not None:
         out.print(energy)
     if evaluation.unit_outputs:
         out.print(_units_output_line(evaluation.unit_outputs, evaluation.timesteps))
-    if o.report is not None or o.markdown is not None:
-        doc = build_report(result, evaluation, model=resolved.label, calib=calib_info, data=eval_info,
-                           timings={"total": total},
-                           runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode,
-                                    "fused_pairs": final.fused_pairs})
-        chosen_on = ({**splits.select_info, "held_out": True} if splits.select is not None
-                     else {**eval_info, "held_out": False})
-        doc["sweep"] = _sweep_doc(sweeps, cfgs, best, chosen_on) if sweep_steps else None
-        doc["config_file"] = None if o.config_file is None else str(o.config_file.resolve())
-        doc["logits"] = o.logits
-        if o.report is not None:
-            with _atomic_write(o.report) as f:
-                json.dump(doc, f, indent=2)
-            out.print(f"report written to {o.report}")
-        if o.markdown is not None:
-            from snnconvert.runtime.report_md import report_markdown
+    if o.report is None and o.markdown is None:
+        return
+    doc = build_report(result, evaluation, model=label, calib=calib_info or {}, data=eval_info,
+                       timings={"total": seconds},
+                       runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode,
+                                "fused_pairs": fused_pairs})
+    doc["sweep"] = sweep_doc
+    doc["config_file"] = None if o.config_file is None else str(o.config_file.resolve())
+    doc["logits"] = o.logits
+    if o.report is not None:
+        with _atomic_write(o.report) as f:
+            json.dump(doc, f, indent=2)
+        out.print(f"report written to {o.report}")
+    if o.markdown is not None:
+        from snnconvert.runtime.report_md import report_markdown
 
-            with _atomic_write(o.markdown) as f:
-                f.write(report_markdown(doc))
-            out.print(f"Markdown report written to {o.markdown}")
-    if o.output is not None:
-        result.save(o.output)
-        out.print(f"SNN saved to {o.output} (reload with snnconvert.runtime.load)")
+        with _atomic_write(o.markdown) as f:
+            f.write(report_markdown(doc))
+        out.print(f"Markdown report written to {o.markdown}")
 
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -529,8 +644,9 @@ def main(
     ctx: typer.Context,
     model: Optional[str] = typer.Argument(
         None, show_default=False, help="zoo name (e.g. fmnist-vgg), torchvision:NAME, torchvision:segmentation.NAME, "
-                                       "path/to/file.py:factory or "
-                                       "model.onnx; may instead be the --config file's `model`"),
+                                       "path/to/file.py:factory, model.onnx, or a folder saved with --output "
+                                       "(evaluated again, no calibration); may instead be the --config file's "
+                                       "`model`"),
     coding: str = typer.Option("rate", help="rate | differential"),
     timesteps: Optional[int] = typer.Option(None, "--timesteps", "--time-steps", "-T",
                                             help="time steps T (default: the preset's)"),
@@ -663,6 +779,7 @@ def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
     """The run options: the parsed command line, with the ``--config`` file's values for every option the command
     line did not give. Values go through the same parsing as flags."""
     values = {k: v for k, v in ctx.params.items() if k not in _NOT_RUN_OPTIONS}
+    given = {k for k in values if (src := ctx.get_parameter_source(k)) is not None and src.name == "COMMANDLINE"}
     if config is not None:
         params = {p.name: p for p in ctx.command.params if p.name not in _NOT_RUN_OPTIONS}
         names = {opt.lstrip("-").replace("-", "_"): p.name for p in params.values() for opt in p.opts}
@@ -684,11 +801,13 @@ def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
                 values[name] = param.process_value(ctx, raw)
             except typer.BadParameter as exc:
                 raise ConfigError(f"--config {config}: {key}: {exc.format_message()}") from None
+            given.add(name)
     if not values["model"]:
         where = f"or `model: ...` in {config}" if config is not None else "or in a --config file (`model: ...`)"
         raise ConfigError(f"no MODEL given: name it on the command line (e.g. snnconvert fmnist-vgg) {where}")
     values["allow_ann_op"] = tuple(values["allow_ann_op"])
     values["config_file"] = config
+    values["given"] = frozenset(given)
     return values
 
 

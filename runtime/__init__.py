@@ -12,11 +12,14 @@ another one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+from pathlib import Path
 
 import torch
 
-from snnconvert.convert import SpikingNetwork, convert_with_thresholds, load_artifact
+from snnconvert.convert import ConversionResult, SpikingNetwork, convert_with_thresholds, load_artifact, load_onnx
+from snnconvert.convert.calibrate import CalibrationReport
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError
 from snnconvert.runtime.evaluate import EvalReport, build_report, evaluate
 from snnconvert.runtime.fuse import fuse_bounded_relu_pairs
@@ -29,8 +32,9 @@ from snnconvert.runtime.sweep import SweepReport, sweep
 
 BACKENDS = ("torch", "triton", "native", "inductor")
 
-__all__ = ["compile", "run", "evaluate", "load", "EvalReport", "build_report", "report_markdown", "BACKENDS", "DTYPES",
-           "triton_status", "native_status", "inductor_status", "backend_status", "sweep", "SweepReport"]
+__all__ = ["compile", "run", "evaluate", "load", "load_result", "EvalReport", "build_report", "report_markdown",
+           "BACKENDS", "DTYPES", "triton_status", "native_status", "inductor_status", "backend_status", "sweep",
+           "SweepReport"]
 
 
 def backend_status(backend: str, device: str | torch.device) -> tuple[bool, str]:
@@ -116,3 +120,33 @@ def load(path: str | os.PathLike) -> SpikingNetwork:
     snn, _ = convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config,
                                      artifact.report.get("input_shape"))
     return snn
+
+
+def load_result(path: str | os.PathLike) -> tuple[ConversionResult, torch.nn.Module]:
+    """Rebuild a saved conversion whole, without calibration, and the ANN it was converted from: the
+    :class:`ConversionResult` (SNN, thresholds, configuration, the saved calibration summary, source) and the ANN (the
+    rebuilt module with its saved weights, or the imported ONNX graph), e.g. to evaluate both again on other data, on
+    another backend or device (``snnconvert SNN_DIR``).
+
+    Raises:
+        ArtifactError: not an artifact folder, or an unknown format.
+    """
+    artifact = load_artifact(path)
+    snn, report = convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config,
+                                          artifact.report.get("input_shape"))
+    saved = artifact.report.get("calibration") or {}
+    report.calibration = saved
+    calibration = CalibrationReport(method=saved.get("method", str(artifact.config.threshold)),
+                                    granularity=saved.get("granularity", artifact.config.granularity),
+                                    quantisation_levels=saved.get("quantisation_levels"),
+                                    sites=list(saved.get("sites", [])), images=saved.get("images"))
+    source = artifact.source
+    if isinstance(artifact.model, torch.nn.Module):
+        ann = artifact.model
+        state = {k: v.detach().clone() for k, v in ann.state_dict().items()}
+    else:  # the saved file, by its absolute path: the result can be saved again from anywhere
+        ann, state = load_onnx(artifact.model), None
+        source = dataclasses.replace(source, ref=str(Path(artifact.model).resolve()))
+    result = ConversionResult(snn, artifact.thresholds, artifact.config, report, calibration, source=source,
+                              ann_state=state)
+    return result, ann

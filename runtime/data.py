@@ -360,9 +360,8 @@ def load_calib_eval(
                            "selection": f"the {held} after the calibration images"
                                         + (f" (seeded permutation, seed {SELECTION_SEED})" if mixed else "")}
         calib, calib_sel = _take(calib_all, calib_images, shuffle=mixed)
-        evald, eval_sel = _take(eval_all, eval_images, shuffle=shuffle.get(es.kind, False))
+        evald, eval_info = _eval_part(eval_all, es, eval_images)
         calib_info = {"split": calib.split, "selection": calib_sel}
-        eval_info = {"split": evald.split, "selection": eval_sel}
     calib_info.update(dataset=cs.spec, images=len(calib))
     eval_info.update(dataset=es.spec, images=len(evald))
     if select_info is not None:
@@ -370,6 +369,28 @@ def load_calib_eval(
     if len(evald) == 0:
         raise DataError(f"{es.spec}: no images left for evaluation")
     return Splits(calib, evald, calib_info, eval_info, select, select_info)
+
+
+def _eval_part(eval_all: ImageDataset, source: DataSource, eval_images: int | None) -> tuple[ImageDataset, dict]:
+    """The evaluation images of a split (image folders: a seeded sample) and their ``split`` / ``selection``."""
+    evald, selection = _take(eval_all, eval_images, shuffle=source.kind == "imagefolder")
+    return evald, {"split": evald.split, "selection": selection}
+
+
+def load_eval(
+    eval_spec: str, *, eval_images: int | None, data_dir: str | os.PathLike | None = None, preprocess=None,
+) -> tuple[ImageDataset, dict]:
+    """The evaluation images alone (the TEST split of a two-split source, all of a one-split one) and their report
+    entry (``dataset``, ``split``, ``selection``, ``images``): for an SNN whose calibration images are not known.
+
+    Raises:
+        DataError: bad spec, missing files, no images.
+    """
+    source = parse_data_spec(eval_spec)
+    evald, info = _eval_part(load_dataset(source, "test", data_dir, preprocess), source, eval_images)
+    if len(evald) == 0:
+        raise DataError(f"{source.spec}: no images to evaluate")
+    return evald, {**info, "dataset": source.spec, "images": len(evald)}
 
 
 def _check_disjoint(a, b) -> None:

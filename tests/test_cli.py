@@ -247,6 +247,7 @@ def test_failed_run_leaves_no_report(tmp_path):
     result = _run(f"{NETS}:Unsupported", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
                   "--calib-images", 8, "--eval-images", 8, "--report", report)
     assert result.exit_code == 1
+    assert "3 unsupported node(s)" in result.output and "internal error" not in result.output, result.output
     assert not report.exists() and not list(tmp_path.iterdir())
 
 

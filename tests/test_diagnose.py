@@ -83,6 +83,7 @@ def test_a_silent_unit_has_relative_error_one(coding):
     x = torch.tensor([[1.0, 0.5], [0.75, 2.0]])
     snn = _tiny(coding, 1e6, x)  # thresholds far above every input: no event ever
     report = evaluate(snn, [(x, torch.zeros(2, dtype=torch.long))], layer_errors=True, count_ops=False)
+    assert list(report.layer_errors) == [n for n, _ in snn.neurons()] + ["output"]
     for e in report.layer_errors.values():
         assert e["relative_error"] == pytest.approx([1.0] * 6, rel=1e-12)
 
@@ -142,6 +143,7 @@ def test_cli_layer_errors_table_and_report(tmp_path):
     doc = json.loads(report.read_text())
     errors = doc["layer_errors"]
     assert list(errors)[-1] == "output" and len(errors) >= 4
+    assert any(e["relative_error"] is not None for e in errors.values())
     assert all(len(e["relative_error"]) == 3 for e in errors.values() if e["relative_error"] is not None)
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0 and "ANN vs SNN per unit" not in result.output

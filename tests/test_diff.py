@@ -78,6 +78,16 @@ def test_precomputed_offsets_equal_step0_capture(data):
         for row in m.bias:
             torch.testing.assert_close(row, pre[name][0], rtol=0, atol=1e-6)
     assert torch.allclose(y0, y0[:1].expand_as(y0))
+    # independently of capture_offsets: the first neuron reads max-pool(conv1(x)); for a zero image that is conv1's
+    # (BN-folded) bias in every position
+    name, _ = next(iter(snn.stateful()))
+    node = next(n for n in snn.gm.graph.nodes if n.op == "call_module" and n.target == name)
+    while not isinstance(snn.gm.get_submodule(node.target), torch.nn.Conv2d):
+        node = node.args[0]
+    conv = snn.gm.get_submodule(node.target)
+    first = pre[name][0]
+    assert conv.bias is not None and first.shape[0] == conv.out_channels
+    torch.testing.assert_close(first, conv.bias.view(-1, 1, 1).expand_as(first), rtol=0, atol=1e-6)
     snn.invalidate()
 
 

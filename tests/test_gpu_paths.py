@@ -58,9 +58,12 @@ def test_calibration_and_evaluation_on_cuda_match_cpu(threshold, coding):
         torch.testing.assert_close(results["cuda"][0][name], theta, rtol=1e-4, atol=1e-6)
     cpu, gpu = results["cpu"][1], results["cuda"][1]
     assert gpu.images == cpu.images == 24
-    assert len(gpu.events_per_step) == 4 and all(e >= 0 for e in gpu.events_per_step)
-    assert gpu.ops["energy_ratio_reference"] and len(gpu.ops["sop_per_step"]) == 4
+    assert len(gpu.events_per_step) == 4 and len(gpu.ops["sop_per_step"]) == 4
+    assert gpu.ops["ann_macs_per_image"] == cpu.ops["ann_macs_per_image"]
+    # thresholds agree to 1e-4: a few events (and their synaptic operations) may differ, no more
     assert abs(sum(gpu.events_per_step) - sum(cpu.events_per_step)) <= 0.02 * sum(cpu.events_per_step) + 1
+    assert abs(sum(gpu.ops["sop_per_step"]) - sum(cpu.ops["sop_per_step"])) <= 0.02 * sum(cpu.ops["sop_per_step"]) + 1
+    assert gpu.ops["energy_ratio_reference"][-1] == pytest.approx(cpu.ops["energy_ratio_reference"][-1], rel=0.02)
 
 
 @pytest.mark.parametrize("coding", ["rate", "differential"])

@@ -138,6 +138,7 @@ def test_identity_neurons_carry_negative_values_and_converge(coding):
         h.remove()
     T = 32
     steps = torch.arange(1, T + 1, dtype=torch.float32)
+    assert len(seen) == len([n for n, _ in snn.neurons() if n.endswith("_identity")]) > 0  # every one was called
     for name, (inp, o) in seen.items():
         neuron = snn.gm.get_submodule(name)
         inp, o = inp.reshape(T, -1, *inp.shape[1:]), o.reshape(T, -1, *o.shape[1:])
@@ -373,6 +374,7 @@ def test_product_units_are_counted_by_their_nonzero_patterns(coding):
     with torch.no_grad():
         single = evaluate(res.snn, [(x, torch.zeros(8, dtype=torch.long))], timesteps=T, mode="single")
     layers = multi.ops["layers"]
+    assert len(units) == 2 and set(seen) == set(units)  # q·kᵀ and attn·v, both called
     for name in units:
         assert layers[name]["input"] == "spike"
         a, b = (v.reshape(T, 8, *v.shape[1:]) for v in seen[name])

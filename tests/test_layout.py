@@ -41,7 +41,9 @@ def _imports(path: Path):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node, alias.name
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            yield node, "." * node.level + (node.module or "")  # relative: reported, the package imports absolutely
+        elif isinstance(node, ast.ImportFrom) and node.module:
             yield node, node.module
 
 
@@ -50,6 +52,9 @@ def test_layering_and_no_bare_imports():
     for folder in FOLDERS:
         for path in (ROOT / folder).rglob("*.py"):
             for node, name in _imports(path):
+                if name.startswith("."):
+                    problems.append(f"{path.relative_to(ROOT)}:{node.lineno} relative import {name}")
+                    continue
                 top = name.split(".")[0]
                 if top in FOLDERS:
                     problems.append(f"{path.relative_to(ROOT)}:{node.lineno} imports bare {name}")

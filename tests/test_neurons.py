@@ -611,9 +611,13 @@ def _check_fast_path(kind, coding, n, signed, constrained, inputs, layout, dtype
         expected = _functional(neuron, x)
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         assert neuron._fast_plan(neuron.threshold.to(state_dtype), x) is not None  # the fast path does run
-        # one chunk, chunks of one sample and uneven chunks (the state of each chunk runs all T steps on its own)
-        for chunk in (1 << 17, 1, 2 * x[0, 0].numel()):
+        # one chunk, chunks of one sample and uneven chunks (the state of each chunk runs all T steps on its own);
+        # chunk sizes scale with the thread count: the uneven case asks for 4 of the 6 samples per chunk
+        per, threads = x[0, 0].numel(), max(1, torch.get_num_threads())
+        for chunk, pieces in ((1 << 17, [6]), (1, [1] * 6), (-(-4 * per // threads), [4, 2])):
             monkeypatch.setattr(fastpath_module, "FAST_CHUNK_ELEMENTS", chunk)
+            if device == "cpu":
+                assert [len(range(6)[sl]) for sl in fastpath_module.batch_chunks(x, [])] == pieces
             y = neuron.multistep(x)
             assert y.dtype == dtype and y.shape == x.shape
             assert torch.equal(_bits(y), _bits(expected)), f"chunk={chunk}, T={T}"
@@ -622,7 +626,7 @@ def _check_fast_path(kind, coding, n, signed, constrained, inputs, layout, dtype
         y_single = torch.stack([neuron(x[t]) for t in range(T)])
         neuron.reset()
         assert torch.equal(_bits(y_single), _bits(expected)), f"single-step, T={T}"
-        neuron.fast_path = False  # the module's reference path is the twin too
+        neuron.fast_path = False  # the module passes its attributes to the reference functions as the twin does
         assert torch.equal(_bits(neuron.multistep(x)), _bits(expected))
 
 

@@ -108,8 +108,11 @@ def test_sweep_recommends_by_mse(box):
     at_T = {T: ev.snn_mse[-1] for T, ev in swept.evaluations.items()}
     passing = [T for T, v in at_T.items() if v <= ann_mse * 1.10]
     assert swept.recommended == (min(passing) if passing else None)
-    if swept.recommended is None:  # the lowest MSE is chosen
-        assert swept.chosen == min(at_T, key=at_T.get)
+    assert swept.chosen == (min(passing) if passing else min(at_T, key=at_T.get))  # else the lowest MSE
+    strict = sweep(results, lambda: [(x, targets)], ann_scores=swept.ann_scores, target_gap_pp=0.0)
+    exact = [T for T, v in at_T.items() if v <= ann_mse]
+    assert strict.recommended == (min(exact) if exact else None)
+    assert strict.chosen == (min(exact) if exact else min(at_T, key=at_T.get))
     doc = swept.to_dict()
     assert doc["ann_mse"] == ann_mse and doc["ann_accuracy"] is None
     assert [r["snn_mse"] for r in doc["runs"]] == [ev.snn_mse for ev in swept.evaluations.values()]

@@ -6,14 +6,10 @@ Errors print one line (``error: ...``); ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,9 +18,8 @@ import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from snnconvert.convert.artifact import ordinary_permissions
+from snnconvert.cli.present import out, present, sweep_doc, sweep_line, sweep_table
 from snnconvert.convert.errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -39,7 +34,6 @@ from snnconvert.convert.errors import (
 )
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-out = Console()
 err = Console(stderr=True)
 
 #: exit codes by error type; anything else is a bug and exits 1 with its message.
@@ -50,100 +44,6 @@ CONVERSION_ERRORS = (UnsupportedOpError, CalibrationError, TraceError)
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, transient=True, disable=not err.is_terminal)
-
-
-@contextmanager
-def _atomic_write(path: Path):
-    """Yield a temporary file next to ``path``; rename it over ``path`` only when the block succeeds. The file gets
-    the permissions of a plainly created one (mkstemp's are owner-only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            yield f
-        ordinary_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _accuracy_table(ev) -> Table:
-    """Accuracy, gap to the ANN, top-5 accuracy (more than 5 classes; segmentation: pixel accuracy and mean IoU;
-    regression: MSE, its change against the ANN's and MAE), cumulative events and energy ratio (method.md §8, both
-    metrics) after each step of the evaluation ``ev``."""
-    from snnconvert.runtime.evaluate import headline
-
-    head, events, ops = headline(ev), ev.events_per_step, ev.ops
-    if ev.task == "regression":
-        extra, extra_name = ev.snn_mae, "SNN MAE"
-    elif ev.task == "segmentation":
-        extra, extra_name = [100 * v for v in ev.snn_miou or []], "mIoU %"
-    else:
-        extra, extra_name = [100 * v for v in ev.snn_accuracy_top5 or []], "top-5 %"
-    table = Table(title=f"{head.name} vs time step")
-    table.add_column("t", justify="right")
-    table.add_column({"MSE": "SNN MSE", "accuracy": "SNN acc %"}.get(head.name, "SNN pixel acc %"), justify="right")
-    table.add_column(f"gap to ANN ({head.gap_unit})", justify="right")
-    if extra:
-        table.add_column(extra_name, justify="right")
-    table.add_column("events/img (cum.)", justify="right")
-    energy_ref, energy_ext = ops.get("energy_ratio_reference"), ops.get("energy_ratio_extended")
-    if energy_ref and energy_ext:
-        table.add_column("energy ratio ref/ext", justify="right")
-    T = len(head.snn)
-    shown = sorted({t for t in range(1, T + 1) if t <= 8 or (t & (t - 1)) == 0 or t == T})
-    cums = list(itertools.accumulate(events))
-    for t in shown:
-        value, gap = head.snn[t - 1], head.gap(head.snn[t - 1])
-        row = [str(t), head.text(value).removesuffix(" %"), "" if gap is None else f"{gap:+.2f}",
-               *([f"{extra[t - 1]:.4g}" if ev.task == "regression" else f"{extra[t - 1]:.2f}"] if extra else []),
-               f"{cums[t - 1]:.0f}" if cums else ""]
-        if energy_ref and energy_ext:
-            row.append(f"{energy_ref[t - 1]:.3f} / {energy_ext[t - 1]:.3f}")
-        table.add_row(*row)
-    return table
-
-
-def _energy_line(ops: dict) -> str | None:
-    """The energy ratio after the last step with the constants it uses, or None when operations were not counted."""
-    if not ops.get("energy_ratio_reference"):
-        return None
-    c = ops["constants_pj"]
-    left_out = ops.get("not_in_energy") or {}
-    not_priced = (f"; not priced: {left_out['neuron_updates_per_step']:.0f} neuron updates and "
-                  f"{left_out['graded_unit_outputs_per_step']:.0f} graded-unit evaluations per image and step"
-                  if left_out else "")
-    return (f"energy vs ANN after T steps: {ops['energy_ratio_reference'][-1]:.3f} (reference metric: every SNN "
-            f"operation an AC), {ops['energy_ratio_extended'][-1]:.3f} (extended: analog-input layers as MACs); "
-            f"E_AC {c['E_AC']} pJ, E_MAC {c['E_MAC']} pJ ({c['source']}){not_priced}")
-
-
-def _units_output_line(units: dict, timesteps: int) -> str:
-    """How many dense values the graded units emit (they are not events and not in the events column)."""
-    nonzero = sum(sum(u["nonzero_per_step"]) for u in units.values())
-    outputs = sum(u["outputs_per_image"] for u in units.values()) * timesteps
-    return (f"graded units: {nonzero:.0f} non-zero dense values per image over {timesteps} steps "
-            f"({100 * nonzero / outputs:.1f} % of their outputs; not counted as events)")
-
-
-def _layer_error_table(errors: dict, timesteps: int) -> Table:
-    """Per unit (graph order, then the output): ANN RMS and the relative error of the decoded SNN value at a few
-    steps; the unit with the largest error at T is marked."""
-    table = Table(title="ANN vs SNN per unit: relative error sqrt(Σ(r_t − a)² / Σa²)")
-    table.add_column("unit")
-    table.add_column("ANN RMS", justify="right")
-    shown = sorted({1, max(1, timesteps // 2), timesteps})
-    for t in shown:
-        table.add_column(f"t={t}", justify="right")
-    final = {name: e["relative_error"][-1] for name, e in errors.items()
-             if e["relative_error"] and name.split(".")[0] != "output"}
-    worst = max(final, key=final.get) if final else None
-    for name, e in errors.items():
-        rel = e["relative_error"]
-        cells = [f"{rel[t - 1]:.4f}" for t in shown] if rel else ["n/a (ANN value 0)"] + [""] * (len(shown) - 1)
-        table.add_row(name + ("  <- largest at T" if name == worst else ""), f"{e['ann_rms']:.4g}", *cells)
-    return table
 
 
 def _sweep_steps(o) -> list[int]:
@@ -179,92 +79,6 @@ def _thresholds(o, sweep_steps: list[int]) -> list[Optional[str]]:
     if not all(rules):
         raise ConfigError(f"--threshold {o.threshold!r}: an empty rule in the list; e.g. --threshold iterate,99.9%")
     return rules
-
-
-def _sweep_table(sweeps, grid, best: int, held_out: int | None) -> Table:
-    """Per threshold rule (when there are several) and T of the sweep: the levels its thresholds were fitted for,
-    accuracy (a regression: MSE) after T steps, gap to the ANN, events and energy ratio (on the held-out selection
-    images when there are any); the recommended run is starred."""
-    from snnconvert.runtime.evaluate import headline
-
-    on = f" on {held_out} held-out images" if held_out else ""
-    head = sweeps[best].headline
-    table = Table(title=f"T sweep{on} (target: {head.target_text(sweeps[best].target_gap_pp)})")
-    rules = len(sweeps) > 1
-    figure = "MSE at T" if head.name == "MSE" else "acc % at T"
-    for name in ("threshold",) * rules + ("T", "fit N", figure, f"gap ({head.gap_unit})", "events/img",
-                                          "energy ref/ext"):
-        table.add_column(name, justify="left" if name == "threshold" else "right")
-    for i, (swept, results) in enumerate(zip(sweeps, grid)):
-        for T, ev in swept.evaluations.items():
-            levels = results[T].calibration.quantisation_levels
-            run = headline(ev)
-            gap = run.gap(run.snn[-1])
-            energy = ev.ops.get("energy_ratio_reference")
-            star = " *" if i == best and T == swept.recommended else ""
-            table.add_row(*[str(results[T].config.threshold)] * rules, str(T) + star, str(levels) if levels else "-",
-                          run.text(run.snn[-1]).removesuffix(" %"), "" if gap is None else f"{gap:+.2f}",
-                          f"{sum(ev.events_per_step):.0f}",
-                          f"{energy[-1]:.3f} / {ev.ops['energy_ratio_extended'][-1]:.3f}" if energy else "")
-    return table
-
-
-def _sweep_doc(sweeps, cfgs, best: int, chosen_on: dict) -> dict:
-    """The report's ``sweep``: the chosen rule's sweep fields, every (rule, T) run, the rules and the images the
-    choice was made on."""
-    doc = sweeps[best].to_dict()
-    doc["runs"] = [{"threshold": str(cfg.threshold), **run} for swept, cfg in zip(sweeps, cfgs)
-                   for run in swept.to_dict()["runs"]]
-    return {**doc, "thresholds": [str(cfg.threshold) for cfg in cfgs], "chosen_threshold": str(cfgs[best].threshold),
-            "selected_on": chosen_on}
-
-
-def _sites_text(result) -> str:
-    """``"11 ReLU site(s) + 16 identity neuron site(s) (99.9% of |x| x 1)"`` (the identity part only when there are
-    any)."""
-    identity = result.calibration.count("identity")
-    text = f"{len(result.thresholds) - identity} ReLU site(s)"
-    if identity:
-        cfg = result.config
-        stat = f"{cfg.identity_threshold} of |x|" if cfg.identity_tail == "both" else f"{cfg.identity_threshold}"
-        text += f" + {identity} identity neuron site(s) ({stat} x {cfg.threshold_scale:g}"
-        text += f", n = {cfg.identity_n})" if cfg.neuron == "mt" else ")"
-    return text
-
-
-def _thresholds_text(result) -> str:
-    """The ReLU sites' threshold rule (``"thresholds iterate per channel"``); none when there is no ReLU site."""
-    cfg = result.config
-    if len(result.thresholds) == result.calibration.count("identity"):
-        return f"identity thresholds per {cfg.granularity}"
-    return f"thresholds {cfg.threshold} per {cfg.granularity}"
-
-
-def _units_text(result) -> str:
-    """``"; graded units (dense outputs): max-pool x3, product x1"`` from the conversion report, or ``""``."""
-    counts = result.report.entry("replace_activations").counts
-    units = [f"{k[len('GradedUnit('):-1]} x{v}" for k, v in counts.items() if k.startswith("GradedUnit(")]
-    return f"; graded units (dense outputs): {', '.join(units)}" if units else ""
-
-
-def _sweep_line(swept, held_out: int | None, rule: str | None) -> str:
-    """What the sweep recommends (``rule``: the chosen threshold rule when the sweep compared several)."""
-    notes = ["on a tie between threshold rules, the lower energy"] if rule and swept.recommended is not None else []
-    if swept.shared_run:
-        notes.append(f"thresholds do not depend on T: one evaluation at T={max(swept.evaluations)}, each T read from "
-                     "its first T steps")
-    why = f" ({'; '.join(notes)})" if notes else ""
-    below = "the tables below are for it" + (", on the evaluation images" if held_out else "")
-    on = f" on the {held_out} held-out images" if held_out else ""
-    which = f"--threshold {rule} at " if rule else ""
-    head = swept.headline
-    target = head.target_text(swept.target_gap_pp)
-    if swept.recommended is not None:
-        return f"recommended: {which}T={swept.recommended}, the smallest T in the sweep {target}{on}{why}; {below}"
-    if head.ann is None:
-        return f"no ANN {head.name}, so no recommendation; the tables below are for {which}T={swept.chosen}{why}"
-    best = "the most accurate" if head.higher_is_better else "the lowest MSE"
-    return (f"no T in the sweep is {target}{on}; the tables below are for {which}T={swept.chosen}, {best}{why}")
 
 
 @dataclass(frozen=True)
@@ -419,16 +233,16 @@ def _run(o: RunOptions) -> None:
             final = swept
         result, evaluation = results[swept.chosen], final.evaluations[swept.chosen]
     if sweep_steps:
-        out.print(_sweep_table(sweeps, grid, best, o.select_images))
-        out.print(_sweep_line(swept, o.select_images, str(cfg.threshold) if len(cfgs) > 1 else None))
-    sweep_doc = None
+        out.print(sweep_table(sweeps, grid, best, o.select_images))
+        out.print(sweep_line(swept, o.select_images, str(cfg.threshold) if len(cfgs) > 1 else None))
+    report_sweep = None
     if sweep_steps and (o.report is not None or o.markdown is not None):
         chosen_on = ({**splits.select_info, "held_out": True} if splits.select is not None
                      else {**eval_info, "held_out": False})
-        sweep_doc = _sweep_doc(sweeps, cfgs, best, chosen_on)
-    _present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
-             calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
-             sweep_doc=sweep_doc)
+        report_sweep = sweep_doc(sweeps, cfgs, best, chosen_on)
+    present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
+            calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
+            sweep_doc=report_sweep)
     if o.output is not None:
         # what a later `snnconvert SNN_DIR` needs to evaluate it on the same images, preprocessed the same way
         norm_doc = None if norm is None else {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()}
@@ -531,65 +345,12 @@ def _evaluate_saved(o: RunOptions) -> None:
         out.print(f"note: the thresholds were fitted for T={result.config.timesteps}; running T={T}")
     o = dataclasses.replace(o, logits=logits, ignore_index=ignore)
     label = f"{o.model} (saved SNN of {meta['label']})" if meta.get("label") else o.model
-    _present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
-             calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs)
+    present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
+            calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs)
 
 
 def _prep(norm, x: torch.Tensor) -> torch.Tensor:
     return norm(x) if norm is not None else x
-
-
-def _present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, eval_info: dict,
-             calib_info: dict | None, seconds: float, fused_pairs: int, sweep_doc: dict | None = None) -> None:
-    """Print an evaluation (tables, model and summary lines, energy) and write the JSON / Markdown reports asked
-    for; ``calib_info`` None: the calibration images are not known (a saved SNN that did not record them)."""
-    from snnconvert.runtime import build_report
-    from snnconvert.runtime.evaluate import headline
-
-    out.print(_accuracy_table(evaluation))
-    if evaluation.layer_errors:
-        out.print(_layer_error_table(evaluation.layer_errors, evaluation.timesteps))
-    out.print(f"model {label}: {_sites_text(result)} -> {result.config.coding} coding, "
-              f"{_thresholds_text(result)}, T={evaluation.timesteps}{_units_text(result)}")
-    head = headline(evaluation)
-    ann_text, snn_text = head.text(head.ann), head.text(head.snn[-1])
-
-    def pct(v: float) -> str:
-        return f"{100 * v:.2f} %"
-
-    for name, ann_value, snn_values, fmt in (("top-5", evaluation.ann_accuracy_top5, evaluation.snn_accuracy_top5, pct),
-                                             ("mIoU", evaluation.ann_miou, evaluation.snn_miou, pct),
-                                             ("MAE", evaluation.ann_mae, evaluation.snn_mae, "{:.4g}".format)):
-        ann_text += "" if ann_value is None else f" ({name} {fmt(ann_value)})"
-        snn_text += f" ({name} {fmt(snn_values[-1])})" if snn_values else ""
-    calibrated = ("calibration images not recorded" if calib_info is None
-                  else f"calibrated on {calib_info['images']} images, {calib_info['split']}")
-    out.print(f"ANN {head.name} {ann_text}; SNN {head.name} at T={evaluation.timesteps}: {snn_text} "
-              f"on {evaluation.images} images of {eval_name} ({eval_info['split']}; {calibrated}) in {seconds:.1f} s")
-    energy = _energy_line(evaluation.ops)
-    if energy is not None:
-        out.print(energy)
-    if evaluation.unit_outputs:
-        out.print(_units_output_line(evaluation.unit_outputs, evaluation.timesteps))
-    if o.report is None and o.markdown is None:
-        return
-    doc = build_report(result, evaluation, model=label, calib=calib_info or {}, data=eval_info,
-                       timings={"total": seconds},
-                       runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode,
-                                "fused_pairs": fused_pairs})
-    doc["sweep"] = sweep_doc
-    doc["config_file"] = None if o.config_file is None else str(o.config_file.resolve())
-    doc["logits"] = o.logits
-    if o.report is not None:
-        with _atomic_write(o.report) as f:
-            json.dump(doc, f, indent=2)
-        out.print(f"report written to {o.report}")
-    if o.markdown is not None:
-        from snnconvert.runtime.report_md import report_markdown
-
-        with _atomic_write(o.markdown) as f:
-            f.write(report_markdown(doc))
-        out.print(f"Markdown report written to {o.markdown}")
 
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

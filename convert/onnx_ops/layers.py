@@ -1,0 +1,492 @@
+"""ONNX converters of layers with weights (convolutions, Gemm / MatMul, normalisations) and of pooling."""
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import sympy
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
+    from snnconvert.convert.onnx_import import OpContext
+
+from snnconvert.convert.onnx_ops.core import (
+    Const,
+    Tensor,
+    Value,
+    _float,
+    _norm_axis,
+    _same_shape,
+    _torch_pads,
+    all_static,
+    broadcast_shapes,
+    register,
+    static,
+)
+
+
+# Layers with weights
+# --------------------------------------------------------------------------------------------------------------------
+def _window_out(
+    size: Any, kernel: int, stride: int, dilation: int, pad_total: int, ceil_mode: bool, pad_begin: int
+) -> Any:
+    """Output length of a convolution / pooling window along one dimension (torch's rule for ceil mode)."""
+    n = static(size)
+    eff = (kernel - 1) * dilation + 1
+    if n is None:
+        if ceil_mode or size is None:
+            return None
+        return sympy.floor((size + pad_total - eff) / stride) + 1
+    if ceil_mode:
+        out = -(-(n + pad_total - eff) // stride) + 1
+        if (out - 1) * stride >= n + pad_begin:
+            out -= 1
+        return sympy.Integer(out)
+    return sympy.Integer((n + pad_total - eff) // stride + 1)
+
+
+def _resolve_pads(
+    ctx: OpContext, spatial: Sequence[Any], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """(begin, end) pads from ``pads`` or ``auto_pad`` (SAME_UPPER puts the odd pad at the end)."""
+    nd = len(kernel)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        pads = list(ctx.attr("pads", [0] * (2 * nd)))
+        return pads[:nd], pads[nd:]
+    if auto_pad == "VALID":
+        return [0] * nd, [0] * nd
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ctx.unsupported(f"auto_pad={auto_pad}")
+    begin, end = [], []
+    for i in range(nd):
+        eff = (kernel[i] - 1) * dilations[i] + 1
+        if strides[i] == 1:
+            total = eff - 1
+        else:
+            n = static(spatial[i]) if spatial is not None and i < len(spatial) else None
+            if n is None:
+                raise ctx.fail("auto_pad SAME with stride > 1 needs static spatial input sizes")
+            out = -(-n // strides[i])
+            total = max((out - 1) * strides[i] + eff - n, 0)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else big)
+        end.append(big if auto_pad == "SAME_UPPER" else small)
+    return begin, end
+
+
+def _spatial(ctx: OpContext, x: Value, nd: int) -> tuple | None:
+    """The spatial dimensions of an N-d feature map, or ``None``."""
+    shape = ctx.shape_or_none(x)
+    return None if shape is None or len(shape) != nd + 2 else tuple(shape[2:])
+
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@register("Conv", since=11)
+def convert_conv(ctx: OpContext) -> Value:
+    """Conv -> ``nn.Conv1d/2d/3d`` (weights constant) or ``F.conv*`` (weights computed at run time).
+
+    Asymmetric pads (and ``auto_pad=SAME_*`` with an odd total) become an explicit ``F.pad`` node before a
+    convolution with ``padding=0``.
+    """
+    x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
+    w_shape = ctx.shape(w)
+    nd = len(w_shape) - 2
+    if nd not in _CONV:
+        raise ctx.unsupported(f"{nd}-d convolution")
+    kernel = list(ctx.attr("kernel_shape", [static(d) for d in w_shape[2:]]))
+    strides = list(ctx.attr("strides", [1] * nd))
+    dilations = list(ctx.attr("dilations", [1] * nd))
+    group = ctx.attr("group", 1)
+    spatial = _spatial(ctx, x, nd)
+    begin, end = _resolve_pads(ctx, spatial, kernel, strides, dilations)
+    padding: Any = tuple(begin)
+    if begin != end:
+        x = ctx.call_function(F.pad, x, _torch_pads(begin, end))
+        padding = 0
+    if not isinstance(w, Const) or (b is not None and not isinstance(b, Const)):
+        out = ctx.call_function(
+            _CONV_FN[nd], x, w, b, stride=tuple(strides), padding=padding, dilation=tuple(dilations), groups=group
+        )
+    else:
+        weight = w.tensor
+        module = _CONV[nd](
+            in_channels=weight.shape[1] * group,
+            out_channels=weight.shape[0],
+            kernel_size=tuple(kernel),
+            stride=tuple(strides),
+            padding=padding,
+            dilation=tuple(dilations),
+            groups=group,
+            bias=b is not None,
+        )
+        module.weight = nn.Parameter(_float(weight))
+        if b is not None:
+            module.bias = nn.Parameter(_float(b.tensor))
+        out = ctx.call_module(module, x, name=ctx.param_name(1, 2))
+    if isinstance(out, Tensor):
+        batch = ctx.shape_or_none(ctx.input(0))
+        dims = [_window_out(spatial[i], kernel[i], strides[i], dilations[i], begin[i] + end[i], False, begin[i])
+                if spatial else None for i in range(nd)]
+        out.shape = (batch[0] if batch else None, w_shape[0], *dims)
+    return out
+
+
+@register("ConvTranspose", since=11)
+def convert_conv_transpose(ctx: OpContext) -> Value:
+    """ConvTranspose -> ``nn.ConvTranspose1d/2d/3d``.
+
+    ``output_shape`` / ``auto_pad`` are turned into pads (static spatial sizes needed); asymmetric pads use the common
+    part as ``padding`` and crop the rest with a slice after the module.
+    """
+    x, b = ctx.input(0), ctx.input(2)
+    weight = ctx.const(1, "ConvTranspose weight")
+    bias = ctx.const(2, "ConvTranspose bias") if b is not None else None
+    nd = weight.ndim - 2
+    if nd not in _CONV_T:
+        raise ctx.unsupported(f"{nd}-d transposed convolution")
+    kernel = list(ctx.attr("kernel_shape", list(weight.shape[2:])))
+    strides = list(ctx.attr("strides", [1] * nd))
+    dilations = list(ctx.attr("dilations", [1] * nd))
+    output_padding = list(ctx.attr("output_padding", [0] * nd))
+    group = ctx.attr("group", 1)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    output_shape = ctx.attr("output_shape", None)
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        spatial = _spatial(ctx, x, nd)
+        if spatial is None or not all_static(spatial):
+            raise ctx.fail("ConvTranspose with output_shape or auto_pad SAME needs static spatial input sizes")
+        if output_shape is not None:
+            target = list(output_shape)[-nd:]
+        else:
+            target = [static(s) * st for s, st in zip(spatial, strides)]
+        begin, end = [], []
+        for i in range(nd):
+            full = strides[i] * (static(spatial[i]) - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1
+            total = full - target[i]
+            if total < 0:
+                output_padding[i] -= total
+                total = 0
+            if auto_pad == "SAME_UPPER":
+                begin.append(total // 2)
+                end.append(total - total // 2)
+            else:
+                begin.append(total - total // 2)
+                end.append(total // 2)
+    elif auto_pad == "VALID":
+        begin, end = [0] * nd, [0] * nd
+    else:
+        pads = list(ctx.attr("pads", [0] * (2 * nd)))
+        begin, end = pads[:nd], pads[nd:]
+    common = [min(p, q) for p, q in zip(begin, end)]
+    module = _CONV_T[nd](
+        in_channels=weight.shape[0],
+        out_channels=weight.shape[1] * group,
+        kernel_size=tuple(kernel),
+        stride=tuple(strides),
+        padding=tuple(common),
+        output_padding=tuple(output_padding),
+        groups=group,
+        bias=bias is not None,
+        dilation=tuple(dilations),
+    )
+    module.weight = nn.Parameter(_float(weight))
+    if bias is not None:
+        module.bias = nn.Parameter(_float(bias))
+    out = ctx.call_module(module, x, name=ctx.param_name(1, 2))
+    if begin != common or end != common:
+        index: list[Any] = [slice(None), slice(None)]
+        for i in range(nd):
+            cut_begin, cut_end = begin[i] - common[i], end[i] - common[i]
+            index.append(slice(cut_begin or None, -cut_end if cut_end else None))
+        out = ctx.call_function(operator.getitem, out, tuple(index))
+    return out
+
+
+@register("Gemm", since=13)
+def convert_gemm(ctx: OpContext) -> Value:
+    """Gemm -> ``nn.Linear`` when B is constant (``alpha`` folded into the weight, ``beta*C`` into the bias; a
+    C of shape [M, N] stays an add). Otherwise ``torch.matmul`` with explicit transposes and scales.
+    """
+    a, b, c = ctx.input(0), ctx.input(1), ctx.input(2)
+    alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
+    trans_a, trans_b = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    if isinstance(b, Const) and isinstance(a, Tensor) and (c is None or isinstance(c, Const)):
+        weight = b.tensor if trans_b else b.tensor.t()
+        if alpha != 1.0:
+            weight = weight * alpha
+        n_out = weight.shape[0]
+        bias = None
+        if c is not None:
+            c_tensor = c.tensor * beta if beta != 1.0 else c.tensor
+            if c_tensor.numel() in (1, n_out) and c_tensor.ndim <= 2 and (c_tensor.ndim < 2 or c_tensor.shape[0] == 1):
+                bias = c_tensor.reshape(-1).expand(n_out)
+        if trans_a:
+            a = ctx.call_function(torch.t, a)
+        module = nn.Linear(weight.shape[1], n_out, bias=bias is not None)
+        module.weight = nn.Parameter(_float(weight))
+        if bias is not None:
+            module.bias = nn.Parameter(_float(bias))
+        out = ctx.call_module(module, a, name=ctx.param_name(1, 2))
+        if c is not None and bias is None:
+            out = ctx.call_function(operator.add, out, Const(c.tensor * beta, c.source))
+        return out
+    if trans_a:
+        a = ctx.call_function(torch.t, a)
+    if trans_b:
+        b = ctx.call_function(torch.t, b)
+    out = ctx.call_function(torch.matmul, a, b)
+    if alpha != 1.0:
+        out = ctx.call_function(operator.mul, out, alpha)
+    if c is not None:
+        c_term = ctx.call_function(operator.mul, c, beta) if beta != 1.0 else c
+        out = ctx.call_function(operator.add, out, c_term)
+    return out
+
+
+def _fusable_bias(ctx: OpContext, n_out: int, rank: int | None) -> tuple[Const | None, Any]:
+    """The Add that follows a MatMul with a constant [N] bias, when it is the MatMul's only consumer."""
+    consumers = ctx.consumers(0)
+    if len(consumers) != 1 or ctx.is_graph_output(0):
+        return None, None
+    add = consumers[0]
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
+        return None, None
+    others = [name for name in add.input if name != ctx.node.output[0]]
+    if len(others) != 1:
+        return None, None
+    bias = ctx.value_by_name(others[0])
+    if not isinstance(bias, Const) or bias.tensor.numel() != n_out or not bias.tensor.dtype.is_floating_point:
+        return None, None
+    if bias.tensor.ndim > 1 and (rank is None or bias.tensor.ndim > rank or bias.tensor.shape[-1] != n_out):
+        return None, None
+    return bias, add
+
+
+@register("MatMul", since=13)
+def convert_matmul(ctx: OpContext) -> Value:
+    """MatMul -> ``nn.Linear`` when the right operand is a constant 2-d weight; an ``Add`` of a constant [N] bias
+    that is the MatMul's only consumer is absorbed as the Linear's bias. Otherwise ``torch.matmul``.
+    """
+    a, b = ctx.input(0), ctx.input(1)
+    if isinstance(b, Const) and b.tensor.ndim == 2 and isinstance(a, Tensor) and b.tensor.dtype.is_floating_point:
+        k, n = b.tensor.shape
+        a_shape = ctx.shape_or_none(a)
+        bias, add = _fusable_bias(ctx, n, len(a_shape) if a_shape is not None else None)
+        module = nn.Linear(k, n, bias=bias is not None)
+        module.weight = nn.Parameter(_float(b.tensor.t()))
+        name = ctx.param_name(1)
+        if bias is not None:
+            module.bias = nn.Parameter(_float(bias.tensor.reshape(-1)))
+            name = name or next(filter(None, map(ctx.param_name_of, [*add.input, bias.source[0]])), None)
+        out = ctx.call_module(module, a, name=name)
+        if isinstance(out, Tensor) and a_shape is not None:
+            out.shape = (*a_shape[:-1], sympy.Integer(n))
+        if add is not None:
+            ctx.fuse(add, out)
+        return out
+    out = ctx.call_function(torch.matmul, a, b)
+    if isinstance(out, Tensor):
+        out.shape = _matmul_shape(ctx.shape_or_none(a), ctx.shape_or_none(b))
+    return out
+
+
+def _matmul_shape(a: tuple | None, b: tuple | None) -> tuple | None:
+    """``torch.matmul``'s output shape: broadcast batch dims, then ``[n, m]`` (a 1-d operand drops its dim)."""
+    if a is None or b is None or not a or not b:
+        return None
+    batch = broadcast_shapes([a[:-2], b[:-2]])
+    if batch is None:
+        return None
+    return (*batch, *a[-2:-1], *b[-1:]) if len(b) > 1 else (*batch, *a[-2:-1])
+
+
+_BATCH_NORM = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+@register("BatchNormalization", since=9)
+def convert_batch_norm(ctx: OpContext) -> Value:
+    """BatchNormalization (inference) -> ``nn.BatchNorm1d/2d/3d`` in eval mode with the running statistics.
+
+    ``training_mode=1`` or used statistics outputs are unsupported; non-constant parameters fall back to
+    ``F.batch_norm``.
+    """
+    if ctx.attr("training_mode", 0):
+        raise ctx.unsupported("training_mode=1")
+    if any(ctx.output_used(i) for i in (1, 2)):
+        raise ctx.unsupported("running statistics outputs are used")
+    x = ctx.input(0)
+    params = [ctx.input(i) for i in range(1, 5)]
+    eps = ctx.attr("epsilon", 1e-5)
+    rank = len(ctx.shape(x))
+    if not all(isinstance(p, Const) for p in params) or rank not in _BATCH_NORM:
+        scale, bias, mean, var = params
+        return _same_shape(ctx, ctx.call_function(F.batch_norm, x, mean, var, scale, bias, False, 0.0, eps), x)
+    scale, bias, mean, var = (p.tensor for p in params)
+    module = _BATCH_NORM[rank](scale.numel(), eps=eps, momentum=1.0 - ctx.attr("momentum", 0.9))
+    module.weight = nn.Parameter(_float(scale))
+    module.bias = nn.Parameter(_float(bias))
+    module.running_mean.copy_(mean.float())
+    module.running_var.copy_(var.float())
+    module.eval()
+    return _same_shape(ctx, ctx.call_module(module, x, name=ctx.param_name(1, 2)), x)
+
+
+@register("LayerNormalization", since=17)
+def convert_layer_norm(ctx: OpContext) -> Value:
+    """LayerNormalization -> ``nn.LayerNorm`` over the static trailing dimensions from ``axis`` on (scale and
+    bias constant), else ``F.layer_norm``.
+    """
+    if any(ctx.output_used(i) for i in (1, 2)):
+        raise ctx.unsupported("Mean / InvStdDev outputs are used")
+    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    shape = ctx.shape(x)
+    axis = _norm_axis(ctx.attr("axis", -1), len(shape), ctx)
+    eps = ctx.attr("epsilon", 1e-5)
+    normalized = shape[axis:]
+    if not all_static(normalized):
+        raise ctx.fail("LayerNormalization needs static sizes for the normalised dimensions")
+    normalized = [static(d) for d in normalized]
+    if isinstance(scale, Const) and (bias is None or isinstance(bias, Const)):
+        module = nn.LayerNorm(normalized, eps=eps, elementwise_affine=True, bias=bias is not None)
+        module.weight = nn.Parameter(_float(scale.tensor.expand(normalized)))
+        if bias is not None:
+            module.bias = nn.Parameter(_float(bias.tensor.expand(normalized)))
+        out = ctx.call_module(module, x, name=ctx.param_name(1, 2))
+    else:
+        out = ctx.call_function(F.layer_norm, x, normalized, scale, bias, eps)
+    return _same_shape(ctx, out, x)
+
+
+@register("InstanceNormalization", since=6)
+def convert_instance_norm(ctx: OpContext) -> Value:
+    """InstanceNormalization -> ``F.instance_norm`` (a graded unit after conversion; torch's TorchScript exporter
+    writes ``nn.GroupNorm`` as a reshape to ``[N, groups, -1]``, this op with unit scale, and the affine map)."""
+    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    if not isinstance(scale, Const) or not isinstance(bias, Const):
+        raise ctx.fail("InstanceNormalization scale and bias must be constants")
+    plain = bool((scale.tensor == 1).all()) and not bool(bias.tensor.any())
+    kwargs = {"eps": float(ctx.attr("epsilon", 1e-5))}
+    if not plain:
+        kwargs.update(weight=scale, bias=bias)
+    return _same_shape(ctx, ctx.call_function(F.instance_norm, x, scalars=False, **kwargs), x)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------------------------------------------------
+_MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+_ADAPTIVE_AVG = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
+_ADAPTIVE_MAX = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}
+
+
+def _pool_out_shape(ctx, x, out, kernel, strides, dilations, begin, end, ceil_mode) -> Value:
+    """Set the symbolic output shape of a pooling module."""
+    shape = ctx.shape_or_none(x)
+    if isinstance(out, Tensor) and shape is not None:
+        nd = len(kernel)
+        spatial = shape[2:]
+        out.shape = (*shape[:2], *[
+            _window_out(spatial[i], kernel[i], strides[i], dilations[i], begin[i] + end[i], ceil_mode, begin[i])
+            for i in range(nd)
+        ])
+    return out
+
+
+@register("MaxPool", since=12)
+def convert_max_pool(ctx: OpContext) -> Value:
+    """MaxPool -> ``nn.MaxPool1d/2d/3d`` (kernel, stride, dilation, ceil mode).
+
+    Asymmetric pads, or pads wider than torch allows, become an explicit ``F.pad`` with ``-inf``. A used Indices
+    output is unsupported.
+    """
+    if ctx.output_used(1):
+        raise ctx.unsupported("the Indices output is used")
+    if ctx.attr("storage_order", 0):
+        raise ctx.unsupported("storage_order=1")
+    x = ctx.input(0)
+    kernel = list(ctx.attr("kernel_shape"))
+    nd = len(kernel)
+    if nd not in _MAX_POOL:
+        raise ctx.unsupported(f"{nd}-d max pooling")
+    strides = list(ctx.attr("strides", [1] * nd))
+    dilations = list(ctx.attr("dilations", [1] * nd))
+    ceil_mode = bool(ctx.attr("ceil_mode", 0))
+    begin, end = _resolve_pads(ctx, _spatial(ctx, x, nd), kernel, strides, dilations)
+    shape_begin, shape_end = begin, end
+    padding: Any = tuple(begin)
+    too_wide = any(p > ((k - 1) * d + 1) // 2 for p, k, d in zip(begin, kernel, dilations))
+    if begin != end or too_wide:
+        x = ctx.call_function(F.pad, x, _torch_pads(begin, end), value=float("-inf"))
+        padding = 0
+    module = _MAX_POOL[nd](tuple(kernel), stride=tuple(strides), padding=padding, dilation=tuple(dilations),
+                           ceil_mode=ceil_mode)
+    out = ctx.call_module(module, x)
+    return _pool_out_shape(ctx, ctx.input(0), out, kernel, strides, dilations, shape_begin, shape_end, ceil_mode)
+
+
+@register("AveragePool", since=11)
+def convert_average_pool(ctx: OpContext) -> Value:
+    """AveragePool -> ``nn.AvgPool1d/2d/3d`` with ``count_include_pad`` and ``ceil_mode``.
+
+    Asymmetric pads need ``count_include_pad=1`` (explicit zero padding); dilations are unsupported.
+    """
+    x = ctx.input(0)
+    kernel = list(ctx.attr("kernel_shape"))
+    nd = len(kernel)
+    if nd not in _AVG_POOL:
+        raise ctx.unsupported(f"{nd}-d average pooling")
+    strides = list(ctx.attr("strides", [1] * nd))
+    dilations = list(ctx.attr("dilations", [1] * nd))
+    if any(d != 1 for d in dilations):
+        raise ctx.unsupported(f"dilations={dilations}")
+    ceil_mode = bool(ctx.attr("ceil_mode", 0))
+    count_include_pad = bool(ctx.attr("count_include_pad", 0))
+    begin, end = _resolve_pads(ctx, _spatial(ctx, x, nd), kernel, strides, dilations)
+    padding: Any = tuple(begin)
+    too_wide = any(p > k // 2 for p, k in zip(begin, kernel))
+    if begin != end or too_wide:
+        if not count_include_pad and any(begin + end):
+            raise ctx.unsupported("asymmetric or oversized pads with count_include_pad=0")
+        x = ctx.call_function(F.pad, x, _torch_pads(begin, end))
+        padding = 0
+    module = _AVG_POOL[nd](tuple(kernel), stride=tuple(strides), padding=padding, ceil_mode=ceil_mode,
+                           count_include_pad=count_include_pad)
+    out = ctx.call_module(module, x)
+    return _pool_out_shape(ctx, ctx.input(0), out, kernel, strides, dilations, begin, end, ceil_mode)
+
+
+def _global_pool(ctx: OpContext, table: dict) -> Value:
+    """A global pooling as an adaptive pooling module with output size 1."""
+    x = ctx.input(0)
+    shape = ctx.shape(x)
+    nd = len(shape) - 2
+    if nd not in table:
+        raise ctx.unsupported(f"rank-{len(shape)} input")
+    out = ctx.call_module(table[nd](1), x)
+    if isinstance(out, Tensor):
+        out.shape = (*shape[:2], *[sympy.Integer(1)] * nd)
+    return out
+
+
+@register("GlobalAveragePool", since=1)
+def convert_global_average_pool(ctx: OpContext) -> Value:
+    """GlobalAveragePool -> ``nn.AdaptiveAvgPool1d/2d/3d(1)``."""
+    return _global_pool(ctx, _ADAPTIVE_AVG)
+
+
+@register("GlobalMaxPool", since=1)
+def convert_global_max_pool(ctx: OpContext) -> Value:
+    """GlobalMaxPool -> ``nn.AdaptiveMaxPool1d/2d/3d(1)``."""
+    return _global_pool(ctx, _ADAPTIVE_MAX)
+
+
+# --------------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--model", default="fmnist-vgg")
     parser.add_argument("--coding", default="differential")
     parser.add_argument("--threshold", default=None, help="threshold rule (default: the coding's preset)")
+    parser.add_argument("--granularity", default=None, help="layer | channel | neuron (default: the preset's)")
     parser.add_argument("--counts", default="10,100,1000,5000")
     parser.add_argument("--repeats", type=int, default=3, help="disjoint calibration blocks per count below 5 000")
     parser.add_argument("--timesteps", default="4,8")
@@ -41,8 +42,9 @@ def main() -> None:
     model = models_zoo.get_model(args.model)
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test").subset(args.eval_images)
     steps = [int(t) for t in args.timesteps.split(",")]
+    options = {"threshold": args.threshold, "granularity": args.granularity}
     cfg = ConversionConfig.for_coding(args.coding, timesteps=max(steps),
-                                      **({} if args.threshold is None else {"threshold": args.threshold}))
+                                      **{k: v for k, v in options.items() if v is not None})
     doc = {"model": args.model, "coding": args.coding, "threshold": str(cfg.threshold), "granularity": cfg.granularity,
            "eval_images": len(test), "runs": []}
     ann_scores = None

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert_sweep
 from snnconvert.runtime import sweep
 from snnconvert.runtime.data import TensorDataset, load_fashion_mnist
@@ -90,6 +91,7 @@ def common_args(parser: argparse.ArgumentParser, *, epochs: int, timesteps: str)
 def sweep_codings(model: nn.Module, trainset: TensorDataset, testset: TensorDataset, args, target_gap: float):
     """Calibrate on the first 5 000 training images and sweep each coding over the test set (native backend): yields
     ``(coding, SweepReport, seconds)``; the ANN runs once, in the first sweep."""
+    keep_freed_memory()  # as the CLI does (cli/malloc.py): without it half the run is page faults
     calib = [x for x, _ in trainset.subset(5000).batches(256)]
     known = None
     for coding, steps in (("differential", args.timesteps), ("rate", args.rate_timesteps)):

@@ -164,3 +164,29 @@ def test_cli_evaluates_a_regression_data_set(tmp_path, box):
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "float targets of shape [3] per image" in lines[0], \
         result.output
+
+
+def test_cli_scores_one_head_of_a_multi_output_model_as_a_regression(tmp_path):
+    """A detection-style model (class scores and a dense box map): ``--logits box`` with float targets of the box
+    map's shape evaluates that head by MSE."""
+    from nets import HeadsNet
+    from typer.testing import CliRunner
+
+    from snnconvert.cli.main import app
+
+    torch.manual_seed(3)
+    model, x = HeadsNet().eval(), torch.rand(32, 1, 28, 28)
+    with torch.no_grad():
+        box = model(x)["box"] + 0.01 * torch.randn(32, 2, 14, 14)
+    pixels, data, report = (x.numpy() * 255).astype(np.uint8), tmp_path / "heads.npz", tmp_path / "r.json"
+    np.savez(data, x_train=pixels[:16], y_train=box[:16].numpy(), x_test=pixels[16:], y_test=box[16:].numpy())
+    nets = str(__import__("nets").__file__)
+    result = CliRunner().invoke(app, [f"{nets}:HeadsNet", "--calib-data", str(data), "--eval-data", str(data),
+                                      "--logits", "box", "--coding", "differential", "-T", "4", "--report",
+                                      str(report)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert doc["task"] == "regression" and doc["logits"] == "box" and len(doc["snn_mse"]) == 4
+    with torch.no_grad():  # the ANN's MSE on the 16 test images, written out
+        expected = float(((model(torch.from_numpy(pixels[16:]).float() / 255)["box"] - box[16:]) ** 2).mean())
+    assert doc["ann_mse"] == pytest.approx(expected, rel=1e-5)

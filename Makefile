@@ -33,7 +33,7 @@ demo: setup
 	$(VENV)/bin/snnconvert $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=20 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not full" $(PYTEST_ARGS)

@@ -248,13 +248,22 @@ def _run(o: RunOptions) -> None:
         norm_doc = None if norm is None else {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()}
         result.source = dataclasses.replace(result.source, meta={
             **result.source.meta,
-            "data": {"calibration": calib_name, "calib_images": o.calib_images, "select_images": o.select_images,
-                     "evaluation": eval_name, "eval_images": o.eval_images, "calibration_info": calib_info},
+            "data": {"calibration": _portable(calib_name), "calib_images": o.calib_images,
+                     "select_images": o.select_images, "evaluation": _portable(eval_name),
+                     "eval_images": o.eval_images, "calibration_info": calib_info},
             "preprocessing": {"normalize": norm_doc, "resize": files.resize, "crop": files.crop},
             "logits": o.logits, "ignore_index": o.ignore_index, "label": resolved.label})
         result.save(o.output)
         out.print(f"SNN saved to {o.output} (evaluate it again with `snnconvert {o.output}`; API: "
                   "snnconvert.runtime.load)")
+
+
+def _portable(spec: str) -> str:
+    """A data spec that names the same files from any working directory (``npz:/abs/file.npz``)."""
+    from snnconvert.runtime.data import parse_data_spec
+
+    source = parse_data_spec(spec)
+    return spec if source.path is None else f"{source.kind}:{source.path}"
 
 
 def _check_runtime(o: RunOptions) -> torch.dtype:

@@ -268,6 +268,12 @@ def test_onnx_model_converts_saves_and_reloads(tmp_path):
     assert {name for name, _ in snn.neurons()} == set(saved)
     for name, neuron in snn.neurons():
         torch.testing.assert_close(neuron.threshold, saved[name], rtol=0, atol=0)
+    again = tmp_path / "again.json"  # evaluated again from the folder: the ONNX copy is the ANN, same figures
+    result = _run(output, "--report", again)
+    assert result.exit_code == 0, result.output
+    redo = json.loads(again.read_text())
+    for key in ("ann_accuracy", "snn_accuracy", "events", "eval_images", "data"):
+        assert redo[key] == doc[key], key
 
 
 @pytest.mark.parametrize("backend,net,pairs", [

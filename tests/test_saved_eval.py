@@ -3,6 +3,7 @@ and with the preprocessing recorded at conversion; conversion options refused; `
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,22 +42,31 @@ def saved(tmp_path_factory):
     data = root / "pool.npz"
     np.savez(data, x=(x.numpy() * 255).astype(np.uint8), y=y.numpy())
     report, snn = root / "first.json", root / "snn"
-    result = _run(f"{NETS}:BoxNet", "--coding", "differential", "-T", 6, "--calib-data", data, "--eval-data", data,
-                  "--calib-images", 40, "--eval-images", 50, "--normalize", "0.3,0.2", "--report", report,
-                  "--output", snn)
+    cwd = os.getcwd()
+    os.chdir(root)  # the data given by a relative path
+    try:
+        result = _run(f"{NETS}:BoxNet", "--coding", "differential", "-T", 6, "--calib-data", data.name,
+                      "--eval-data", data.name,
+                      "--calib-images", 40, "--eval-images", 50, "--normalize", "0.3,0.2", "--report", report,
+                      "--output", snn)
+    finally:
+        os.chdir(cwd)
     assert result.exit_code == 0, result.output
     return json.loads(report.read_text()), snn, data, root
 
 
 def test_a_saved_snn_evaluates_as_at_conversion(saved):
-    first, snn, _, root = saved
+    first, snn, data, root = saved
     again = root / "again.json"
-    result = _run(snn, "--report", again)
+    result = _run(snn, "--report", again)  # from another working directory: the data path was recorded absolute
     assert result.exit_code == 0, result.output
     doc = json.loads(again.read_text())
     # the same 50 images (of the 56 left after the pool's 40 calibration images), normalised the same way: the same
     # figures
-    assert doc["data"] == first["data"] and doc["eval_images"] == 50
+    assert doc["data"]["evaluation"]["dataset"] == f"npz:{data.resolve()}" and doc["eval_images"] == 50
+    for part in ("calibration", "evaluation"):
+        assert {k: v for k, v in doc["data"][part].items() if k != "dataset"} == \
+            {k: v for k, v in first["data"][part].items() if k != "dataset"}
     for key in ("ann_mse", "snn_mse", "ann_mae", "snn_mae", "events", "synaptic_ops", "thresholds", "config"):
         assert doc[key] == first[key], key
     assert doc["model"] == f"{snn} (saved SNN of {NETS}:BoxNet)"

@@ -266,6 +266,20 @@ def _portable(spec: str) -> str:
     return spec if source.path is None else f"{source.kind}:{source.path}"
 
 
+def _same_pool(calib_spec: str | None, eval_spec: str) -> bool:
+    """Whether a saved SNN was calibrated on the one-split pool it is evaluated on (then the evaluation must leave
+    out the calibration images, as at conversion); False when the calibration data is not here."""
+    from snnconvert.runtime.data import parse_data_spec
+
+    if calib_spec is None:
+        return False
+    try:
+        cs, es = parse_data_spec(calib_spec), parse_data_spec(eval_spec)
+    except DataError:
+        return False  # a missing file: loading the evaluation data says so if it is that one
+    return cs.kind == es.kind and cs.path == es.path and not cs.two_splits
+
+
 def _check_runtime(o: RunOptions) -> torch.dtype:
     """The options of how the SNN runs and is evaluated, checked before anything slow; the layer dtype."""
     from snnconvert.runtime import backend_status
@@ -327,16 +341,16 @@ def _evaluate_saved(o: RunOptions) -> None:
     channels = shape[0] if shape and shape[0] in (1, 3) else 3
     files = Preprocess(channels=channels, resize=o.resize if o.resize is not None else card.get("resize"),
                        crop=o.crop if o.crop is not None else card.get("crop"))
-    calib_info = None
     if "eval_images" not in o.given and o.eval_data is None:  # the images of the first evaluation
         o = dataclasses.replace(o, eval_images=data.get("eval_images"))
-    if data.get("calibration") is not None:  # the same split as at conversion: never an image calibrated on
+    if _same_pool(data.get("calibration"), eval_name):  # the split of the conversion: no image calibrated on
         splits = load_calib_eval(data["calibration"], eval_name, calib_images=data["calib_images"],
                                  eval_images=o.eval_images, select_images=data.get("select_images"),
                                  data_dir=o.data_dir, preprocess=files)
-        eval_set, eval_info, calib_info = splits.eval, splits.eval_info, data.get("calibration_info")
-    else:
+        eval_set, eval_info = splits.eval, splits.eval_info
+    else:  # a test split or another source: the calibration data need not be on this machine
         eval_set, eval_info = load_eval(eval_name, eval_images=o.eval_images, data_dir=o.data_dir, preprocess=files)
+    calib_info = data.get("calibration_info")
     logits = o.logits if "logits" in o.given else meta.get("logits")
     ignore = o.ignore_index if "ignore_index" in o.given else meta.get("ignore_index", o.ignore_index)
     _check_labels(ann, _prep(norm, eval_set.example(1)), eval_set, eval_name, logits, ignore)

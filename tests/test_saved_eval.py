@@ -122,3 +122,26 @@ def test_load_result_rebuilds_the_conversion(saved, tmp_path):
     copy, _ = load_result(tmp_path / "copy")
     with torch.no_grad():
         assert torch.equal(copy.snn(x), decoded)
+
+
+def test_evaluated_elsewhere_without_the_calibration_data(tmp_path):
+    """Converted on a two-split file, evaluated on another machine where only other test data exists: the
+    calibration data is not needed."""
+    torch.manual_seed(1)
+    x = torch.rand(40, 1, 12, 12)
+    with torch.no_grad():
+        y = BoxNet()(x)
+    pixels = (x.numpy() * 255).astype(np.uint8)
+    first, other = tmp_path / "first.npz", tmp_path / "other.npz"
+    np.savez(first, x_train=pixels[:20], y_train=y[:20].numpy(), x_test=pixels[20:30], y_test=y[20:30].numpy())
+    np.savez(other, x=pixels[30:], y=y[30:].numpy())
+    snn = tmp_path / "snn"
+    result = _run(f"{NETS}:BoxNet", "--calib-data", first, "--eval-data", first, "--output", snn)
+    assert result.exit_code == 0, result.output
+    first.unlink()
+    assert "does not exist" in _one_line(_run(snn))  # its own evaluation data is gone: one line
+    again = tmp_path / "again.json"
+    result = _run(snn, "--eval-data", other, "--report", again)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(again.read_text())
+    assert doc["eval_images"] == 10 and doc["data"]["calibration"]["images"] == 20

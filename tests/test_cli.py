@@ -295,7 +295,7 @@ def test_kernel_backends_give_the_torch_backend_report(tmp_path, backend, net, p
     for name in ("torch", backend):
         report = tmp_path / f"{name}.json"
         result = _run(f"{NETS}:{net}", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
-                      "--calib-images", 64, "--eval-images", 32, "-T", 4, "--coding", "differential",
+                      "--calib-images", 64, "--eval-images", 16, "-T", 4, "--coding", "differential",
                       "--backend", name, "--report", report)
         assert result.exit_code == 0, result.output
         docs[name] = json.loads(report.read_text())

@@ -269,15 +269,14 @@ def _portable(spec: str) -> str:
 def _same_pool(calib_spec: str | None, eval_spec: str) -> bool:
     """Whether a saved SNN was calibrated on the one-split pool it is evaluated on (then the evaluation must leave
     out the calibration images, as at conversion); False when the calibration data is not here."""
-    from snnconvert.runtime.data import parse_data_spec
+    from snnconvert.runtime.data import parse_data_spec, same_pool
 
     if calib_spec is None:
         return False
     try:
-        cs, es = parse_data_spec(calib_spec), parse_data_spec(eval_spec)
+        return same_pool(parse_data_spec(calib_spec), parse_data_spec(eval_spec))
     except DataError:
         return False  # a missing file: loading the evaluation data says so if it is that one
-    return cs.kind == es.kind and cs.path == es.path and not cs.two_splits
 
 
 def _check_runtime(o: RunOptions) -> torch.dtype:

@@ -325,7 +325,7 @@ def load_calib_eval(
     cs, es = parse_data_spec(calib_spec), parse_data_spec(eval_spec)
     shuffle = {"imagefolder": True}  # folders list their files by class: take a seeded sample, not the first N
     select = select_info = None
-    if cs.kind == es.kind and cs.path == es.path and not cs.two_splits:
+    if same_pool(cs, es):
         pool = load_dataset(cs, "all", data_dir, preprocess)
         if calib_images + held >= len(pool):
             wanted = f"{calib_images} for calibration" + (f" and {held} for selection" if held else "")
@@ -369,6 +369,12 @@ def load_calib_eval(
     if len(evald) == 0:
         raise DataError(f"{es.spec}: no images left for evaluation")
     return Splits(calib, evald, calib_info, eval_info, select, select_info)
+
+
+def same_pool(calib: DataSource, evaluation: DataSource) -> bool:
+    """Whether calibration and evaluation read the same one-split pool (same folder or file): then a seeded
+    permutation holds the calibration images out of the evaluation."""
+    return calib.kind == evaluation.kind and calib.path == evaluation.path and not calib.two_splits
 
 
 def _eval_part(eval_all: ImageDataset, source: DataSource, eval_images: int | None) -> tuple[ImageDataset, dict]:

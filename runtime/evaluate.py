@@ -135,7 +135,7 @@ class Headline:
             return False
         if self.higher_is_better:
             return value >= self.ann - target_gap / 100 - 1e-12
-        return value <= self.ann * (1 + target_gap / 100) + 1e-12 * max(self.ann, 1e-30)
+        return value <= self.ann * (1 + target_gap / 100) * (1 + 1e-12)
 
     def text(self, value: float | None) -> str:
         """``93.82 %`` for an accuracy, ``0.01234`` for an MSE."""

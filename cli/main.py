@@ -123,6 +123,8 @@ class RunOptions:
     select_images: Optional[int] = None
     logits: Optional[str] = None
     ignore_index: int = 255
+    nir: Optional[Path] = None
+    nir_host_prefix: bool = False
     config_file: Optional[Path] = None  # the --config file the options were read from (recorded in the report)
     given: frozenset[str] = frozenset()  # the options given on the command line or in the --config file
 
@@ -154,6 +156,7 @@ def _run(o: RunOptions) -> None:
         raise ConfigError(f"--threshold {o.threshold!r}: a rule is listed twice; give distinct rules")
     if o.calib_images <= 0:
         raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
+    _check_nir(o, cfgs[0].coding)
     dtype = _check_runtime(o)
     resolved = resolve_model(o.model, weights=o.weights, zoo=models_zoo)
     calib_name = o.calib_data or resolved.dataset
@@ -203,6 +206,8 @@ def _run(o: RunOptions) -> None:
                 grid.append({cfg.timesteps: convert(ann, forward_loop=forward_loop, config=cfg,
                                                     source=resolved.source, example_inputs=example)})
         bar.remove_task(calib_task)
+        if o.nir is not None:  # every node NIR cannot express, before the evaluation, not after it
+            _nir_graph(o, next(iter(grid[0].values())).snn, example)
 
         def run(candidates: dict, data, stage: str, layer_errors: bool, known=None):
             rule = f"{next(iter(candidates.values())).config.threshold}, " if len(cfgs) > 1 else ""
@@ -243,6 +248,7 @@ def _run(o: RunOptions) -> None:
     present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
             calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
             sweep_doc=report_sweep)
+    _export_nir(o, result.snn, _prep(norm, eval_set.example(16)))
     if o.output is not None:
         # what a later `snnconvert SNN_DIR` needs to evaluate it on the same images, preprocessed the same way
         norm_doc = None if norm is None else {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()}
@@ -328,6 +334,7 @@ def _evaluate_saved(o: RunOptions) -> None:
                           "the conversion)")
     dtype = _check_runtime(o)
     result, ann = load_result(o.model)
+    _check_nir(o, result.config.coding)
     meta = result.source.meta
     data, card = meta.get("data") or {}, meta.get("preprocessing") or {}
     eval_name = o.eval_data or data.get("evaluation")
@@ -369,6 +376,42 @@ def _evaluate_saved(o: RunOptions) -> None:
     label = f"{o.model} (saved SNN of {meta['label']})" if meta.get("label") else o.model
     present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
             calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs)
+    _export_nir(o, result.snn, _prep(norm, eval_set.example(16)))
+
+
+def _check_nir(o: RunOptions, coding: str) -> None:
+    """``--nir`` / ``--nir-host-prefix`` checked before anything slow."""
+    if o.nir is None:
+        if o.nir_host_prefix:
+            raise ConfigError("--nir-host-prefix applies to a NIR export; add --nir FILE.nir")
+        return
+    if coding != "rate":
+        raise ConfigError(f"--nir needs --coding rate (NIR has no decoder for {coding} coding: it weights step t by "
+                          "1/t and sends offsets once)")
+    if o.nir.is_dir() or not o.nir.parent.is_dir():
+        raise ConfigError(f"--nir {o.nir}: give a file path in an existing folder")
+    from snnconvert.runtime.nir import require_nir
+
+    require_nir()  # the optional package is here (before calibration)
+
+
+def _nir_graph(o: RunOptions, snn, example: torch.Tensor):
+    from snnconvert.runtime.nir import to_nir
+
+    return to_nir(snn, example, host_prefix=o.nir_host_prefix)
+
+
+def _export_nir(o: RunOptions, snn, images: torch.Tensor) -> None:
+    """``--nir FILE``: write the NIR graph, read it back and run it against the SNN on ``images``."""
+    if o.nir is None:
+        return
+    from snnconvert.runtime.nir import check_nir, write_nir
+
+    graph = write_nir(_nir_graph(o, snn, images), o.nir)
+    check = check_nir(graph, snn, images, host_prefix=o.nir_host_prefix)
+    prefix = f"; input: {graph.metadata['input']}" if o.nir_host_prefix else ""
+    out.print(f"NIR graph written to {o.nir} ({len(graph.nodes)} nodes, {len(graph.edges)} edges{prefix}); read "
+              f"back and run against the SNN: {check.text}")
 
 
 def _prep(norm, x: torch.Tensor) -> torch.Tensor:
@@ -456,6 +499,12 @@ def main(
     markdown: Optional[Path] = typer.Option(None, help="write the report as Markdown tables here (accuracy after "
                                             "every step, sites, layers, energy, configuration)"),
     output: Optional[Path] = typer.Option(None, help="save the converted SNN (folder) here"),
+    nir: Optional[Path] = typer.Option(None, "--nir", help="export the SNN as a NIR graph (rate coding; reset by "
+                                       "subtraction and multi-threshold levels kept exactly) to this .nir file, "
+                                       "read back and run against the SNN on 16 evaluation images"),
+    nir_host_prefix: bool = typer.Option(False, "--nir-host-prefix", help="with --nir: keep the stateless layers "
+                                         "in front of the first neuron (e.g. a stem max-pool) on the host; the "
+                                         "graph's input is their output"),
     batch_size: int = typer.Option(128, help="evaluation batch size (the SNN runs T x batch per call)"),
     mode: str = typer.Option("multi", help="multi (layer by layer over T*B) | single (streaming)"),
     backend: str = typer.Option(

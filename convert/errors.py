@@ -47,13 +47,18 @@ class UnsupportedNode:
 class UnsupportedOpError(SnnConvertError, ValueError):
     """Raised once with the full list of nodes that cannot be converted."""
 
-    def __init__(self, nodes: list[UnsupportedNode], *, hint: str = "") -> None:
+    def __init__(self, nodes: list[UnsupportedNode], *, hint: str = "", what: str = "unsupported node(s) in the model"
+                 ) -> None:
         self.nodes = list(nodes)
-        lines = [f"{len(self.nodes)} unsupported node(s) in the model:"]
+        lines = [f"{len(self.nodes)} {what}:"]
         lines += [f"  - {n.describe()}" for n in self.nodes]
         if hint:
             lines.append(hint)
         super().__init__("\n".join(lines))
+
+
+class ExportError(UnsupportedOpError):
+    """A converted network holds nodes that an export format cannot express (all of them listed at once)."""
 
 
 class TraceError(SnnConvertError):

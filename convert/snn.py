@@ -12,6 +12,7 @@ Execution modes (identical results, tested):
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
@@ -132,12 +133,18 @@ class SpikingNetwork(nn.Module):
         """The converted graph run as an ANN on ``x [B, ...]``: every stateful unit applies the function it
         approximates (ReLU, a bounded ReLU's clip, a graded unit's f) with no time steps. This is the ANN after the
         conversion passes (BN folded, max-pools moved): the reference the per-unit error diagnostics compare with."""
+        with self.analog_mode():
+            return self.gm(x.float())
+
+    @contextlib.contextmanager
+    def analog_mode(self) -> Iterator[None]:
+        """Inside the block, ``self.gm`` is the converted ANN (see :meth:`ann_forward`); counters skip its calls."""
         modules = [m for _, m in self.stateful()]
         for m in modules:
             m.analog = True
         self.analog_pass = True
         try:
-            return self.gm(x.float())
+            yield
         finally:
             self.analog_pass = False
             for m in modules:

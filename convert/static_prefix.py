@@ -90,7 +90,8 @@ class StaticPrefix:
     boundary: list[fx.Node]
     main: fx.GraphModule
 
-    def _run(self, snn, x: torch.Tensor, phase: PrefixPhase) -> list[torch.Tensor]:
+    def values(self, snn, x: torch.Tensor, phase: PrefixPhase) -> list[torch.Tensor]:
+        """The boundary values for the per-sample input ``x`` (one call of every prefix layer, in ``phase``)."""
         gm = snn.gm
         env: dict[fx.Node, object] = {self.nodes[0]: x}
 
@@ -115,9 +116,9 @@ class StaticPrefix:
         """The graph's output for the encoded input of ``x [B, ...]`` (``pattern`` as the coding encodes it),
         ``[T*B, ...]``; identical to running the whole graph on the encoded ``[T*B, ...]`` input."""
         T, B = timesteps, x.shape[0]
-        first = self._run(snn, x, PrefixPhase("first", pattern, B))
+        first = self.values(snn, x, PrefixPhase("first", pattern, B))
         if pattern == "once":
-            rest = self._run(snn, x.new_zeros((1, *x.shape[1:])), PrefixPhase("rest", pattern, B))
+            rest = self.values(snn, x.new_zeros((1, *x.shape[1:])), PrefixPhase("rest", pattern, B))
             inputs = [torch.cat([f, r.expand((T - 1) * B, *r.shape[1:])]) for f, r in zip(first, rest)]
         else:
             inputs = [f.unsqueeze(0).expand(T, *f.shape).reshape(T * B, *f.shape[1:]) for f in first]
@@ -127,11 +128,11 @@ class StaticPrefix:
         """Single-step mode: the graph's raw output at each of the T steps (the stateful units must be in step
         mode "s" and reset); the prefix runs once on ``x`` and, for ``"once"``, once on the zero sample."""
         B = x.shape[0]
-        first = self._run(snn, x, PrefixPhase("first", pattern, B))
+        first = self.values(snn, x, PrefixPhase("first", pattern, B))
         outs = [self.main(*first)]
         if timesteps > 1:
             if pattern == "once":
-                rest = self._run(snn, x.new_zeros((1, *x.shape[1:])), PrefixPhase("rest", pattern, B))
+                rest = self.values(snn, x.new_zeros((1, *x.shape[1:])), PrefixPhase("rest", pattern, B))
                 later = [r.expand(B, *r.shape[1:]).contiguous() for r in rest]
             else:
                 later = first

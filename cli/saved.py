@@ -1,0 +1,108 @@
+"""``snnconvert SNN_DIR``: evaluate (and export) a converted SNN saved with ``--output``, without calibration."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from snnconvert.cli.main import (
+    RunOptions,
+    _check_labels,
+    _check_nir,
+    _check_runtime,
+    _export_nir,
+    _prep,
+    _progress,
+)
+from snnconvert.cli.present import out, present
+from snnconvert.convert.errors import ConfigError, DataError
+
+
+def _same_pool(calib_spec: str | None, eval_spec: str) -> bool:
+    """Whether a saved SNN was calibrated on the one-split pool it is evaluated on (then the evaluation must leave
+    out the calibration images, as at conversion); False when the calibration data is not here."""
+    from snnconvert.runtime.data import parse_data_spec, same_pool
+
+    if calib_spec is None:
+        return False
+    try:
+        return same_pool(parse_data_spec(calib_spec), parse_data_spec(eval_spec))
+    except DataError:
+        return False  # a missing file: loading the evaluation data says so if it is that one
+
+
+def is_artifact(model: str) -> bool:
+    """MODEL names a folder written by ``--output`` (it holds ``source.json``)."""
+    path = Path(model)
+    return path.is_dir() and (path / "source.json").is_file()
+
+
+#: options that define a conversion: a saved SNN is evaluated as it was converted, so they do not apply to it
+_CONVERSION_OPTIONS = ("coding", "threshold", "granularity", "levels", "neuron", "weights", "calib_data",
+                       "calib_images", "allow_ann_op", "identity_neurons", "identity_threshold", "identity_tail",
+                       "threshold_scale", "identity_levels", "token_channel", "threshold_aggregation", "sweep",
+                       "target_gap", "select_images", "output")
+
+
+def _flag(name: str) -> str:
+    return {"threshold_aggregation": "--aggregation", "timesteps": "-T"}.get(name, "--" + name.replace("_", "-"))
+
+
+def evaluate_saved(o: RunOptions) -> None:
+    """``snnconvert SNN_DIR``: evaluate a saved SNN (``--output``) and its ANN again, without calibration: on the
+    evaluation images it was evaluated on (or ``--eval-data``), with the preprocessing it was converted with (or
+    ``--normalize`` / ``--resize`` / ``--crop``), on any backend, device, dtype and number of steps."""
+    from snnconvert.runtime import load_result, sweep
+    from snnconvert.runtime.data import Normalize, load_calib_eval, load_eval, parse_normalize
+    from snnconvert.runtime.imagefiles import Preprocess
+
+    fixed = [_flag(name) for name in _CONVERSION_OPTIONS if name in o.given]
+    if fixed:
+        raise ConfigError(f"{o.model} is a saved SNN, evaluated as it was converted: {', '.join(fixed)} "
+                          f"{'does' if len(fixed) == 1 else 'do'} not apply to it (convert the model again to change "
+                          "the conversion)")
+    dtype = _check_runtime(o)
+    result, ann = load_result(o.model)
+    _check_nir(o, result.config.coding)
+    meta = result.source.meta
+    data, card = meta.get("data") or {}, meta.get("preprocessing") or {}
+    eval_name = o.eval_data or data.get("evaluation")
+    if eval_name is None:
+        raise ConfigError(f"{o.model} does not record its evaluation data (saved through the API); pass --eval-data")
+    saved_norm = card.get("normalize")
+    norm = (parse_normalize(o.normalize) if o.normalize else
+            Normalize(saved_norm["mean"], saved_norm["std"]) if saved_norm else None)
+    shape = result.report.input_shape
+    channels = shape[0] if shape and shape[0] in (1, 3) else 3
+    files = Preprocess(channels=channels, resize=o.resize if o.resize is not None else card.get("resize"),
+                       crop=o.crop if o.crop is not None else card.get("crop"))
+    if "eval_images" not in o.given and o.eval_data is None:  # the images of the first evaluation
+        o = dataclasses.replace(o, eval_images=data.get("eval_images"))
+    if _same_pool(data.get("calibration"), eval_name):  # the split of the conversion: no image calibrated on
+        splits = load_calib_eval(data["calibration"], eval_name, calib_images=data["calib_images"],
+                                 eval_images=o.eval_images, select_images=data.get("select_images"),
+                                 data_dir=o.data_dir, preprocess=files)
+        eval_set, eval_info = splits.eval, splits.eval_info
+    else:  # a test split or another source: the calibration data need not be on this machine
+        eval_set, eval_info = load_eval(eval_name, eval_images=o.eval_images, data_dir=o.data_dir, preprocess=files)
+    calib_info = data.get("calibration_info")
+    logits = o.logits if "logits" in o.given else meta.get("logits")
+    ignore = o.ignore_index if "ignore_index" in o.given else meta.get("ignore_index", o.ignore_index)
+    _check_labels(ann, _prep(norm, eval_set.example(1)), eval_set, eval_name, logits, ignore)
+    T = o.timesteps if o.timesteps is not None else result.config.timesteps
+    started = time.perf_counter()
+    with _progress() as bar:
+        def progress(t: int):
+            task = bar.add_task(f"evaluation (T={t})", total=len(eval_set))
+            return lambda n: bar.advance(task, n)
+
+        swept = sweep({T: result}, lambda: ((_prep(norm, x), y) for x, y in eval_set.batches(o.batch_size)),
+                      ann=ann, backend=o.backend, device=o.device, dtype=dtype, mode=o.mode,
+                      layer_errors=o.layer_errors, progress=progress, output=logits, ignore_index=ignore)
+    if T != result.config.timesteps and result.calibration.quantisation_levels:
+        out.print(f"note: the thresholds were fitted for T={result.config.timesteps}; running T={T}")
+    o = dataclasses.replace(o, logits=logits, ignore_index=ignore)
+    label = f"{o.model} (saved SNN of {meta['label']})" if meta.get("label") else o.model
+    present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
+            calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs)
+    _export_nir(o, result.snn, _prep(norm, eval_set.example(16)))

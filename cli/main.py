@@ -247,10 +247,10 @@ def _run(o: RunOptions) -> None:
         chosen_on = ({**splits.select_info, "held_out": True} if splits.select is not None
                      else {**eval_info, "held_out": False})
         report_sweep = sweep_doc(sweeps, cfgs, best, chosen_on)
+    nir_doc = _export_nir(o, result.snn, _prep(norm, eval_set.example(16)))
     present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
             calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
-            sweep_doc=report_sweep)
-    _export_nir(o, result.snn, _prep(norm, eval_set.example(16)))
+            sweep_doc=report_sweep, nir_doc=nir_doc)
     if o.output is not None:
         # what a later `snnconvert SNN_DIR` needs to evaluate it on the same images, preprocessed the same way
         norm_doc = None if norm is None else {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()}
@@ -313,17 +313,20 @@ def _nir_graph(o: RunOptions, snn, example: torch.Tensor):
     return to_nir(snn, example, host_prefix=o.nir_host_prefix)
 
 
-def _export_nir(o: RunOptions, snn, images: torch.Tensor) -> None:
-    """``--nir FILE``: write the NIR graph, read it back and run it against the SNN on ``images``."""
+def _export_nir(o: RunOptions, snn, images: torch.Tensor) -> dict | None:
+    """``--nir FILE``: write the NIR graph, read it back and run it against the SNN on ``images``; what the report
+    records of it (None without ``--nir``)."""
     if o.nir is None:
-        return
+        return None
     from snnconvert.runtime.nir import check_nir, write_nir
 
     graph = write_nir(_nir_graph(o, snn, images), o.nir)
     check = check_nir(graph, snn, images, host_prefix=o.nir_host_prefix)
-    prefix = f"; input: {graph.metadata['input']}" if o.nir_host_prefix else ""
-    out.print(f"NIR graph written to {o.nir} ({len(graph.nodes)} nodes, {len(graph.edges)} edges{prefix}); read "
-              f"back and run against the SNN: {check.text}")
+    meta = graph.metadata
+    return {"path": str(o.nir.resolve()), "nodes": len(graph.nodes), "edges": len(graph.edges),
+            "neuron_sites": int(meta["neuron_sites"]), "timesteps": int(meta["timesteps"]), "dt": float(meta["dt"]),
+            "input": str(meta["input"]), "host_prefix": o.nir_host_prefix, "check": dataclasses.asdict(check),
+            "check_text": check.text}
 
 
 def _prep(norm, x: torch.Tensor) -> torch.Tensor:

@@ -202,9 +202,11 @@ def sweep_line(swept, held_out: int | None, rule: str | None) -> str:
 
 
 def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, eval_info: dict,
-            calib_info: dict | None, seconds: float, fused_pairs: int, sweep_doc: dict | None = None) -> None:
-    """Print an evaluation (tables, model and summary lines, energy) and write the JSON / Markdown reports asked
-    for; ``calib_info`` None: the calibration images are not known (a saved SNN that did not record them)."""
+            calib_info: dict | None, seconds: float, fused_pairs: int, sweep_doc: dict | None = None,
+            nir_doc: dict | None = None) -> None:
+    """Print an evaluation (tables, model and summary lines, energy, the NIR export) and write the JSON / Markdown
+    reports asked for; ``calib_info`` None: the calibration images are not known (a saved SNN that did not record
+    them)."""
     from snnconvert.runtime import build_report
     from snnconvert.runtime.evaluate import headline
 
@@ -233,6 +235,10 @@ def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, ev
         out.print(energy)
     if evaluation.unit_outputs:
         out.print(_units_output_line(evaluation.unit_outputs, evaluation.timesteps))
+    if nir_doc is not None:
+        prefix = f"; input: {nir_doc['input']}" if nir_doc["host_prefix"] else ""
+        out.print(f"NIR graph written to {nir_doc['path']} ({nir_doc['nodes']} nodes, {nir_doc['edges']} edges"
+                  f"{prefix}); read back and run against the SNN: {nir_doc['check_text']}")
     if o.report is None and o.markdown is None:
         return
     doc = build_report(result, evaluation, model=label, calib=calib_info or {}, data=eval_info,
@@ -240,6 +246,7 @@ def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, ev
                        runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode,
                                 "fused_pairs": fused_pairs})
     doc["sweep"] = sweep_doc
+    doc["nir"] = None if nir_doc is None else {k: v for k, v in nir_doc.items() if k != "check_text"}
     doc["config_file"] = None if o.config_file is None else str(o.config_file.resolve())
     doc["logits"] = o.logits
     if o.report is not None:

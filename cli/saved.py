@@ -103,6 +103,7 @@ def evaluate_saved(o: RunOptions) -> None:
         out.print(f"note: the thresholds were fitted for T={result.config.timesteps}; running T={T}")
     o = dataclasses.replace(o, logits=logits, ignore_index=ignore)
     label = f"{o.model} (saved SNN of {meta['label']})" if meta.get("label") else o.model
+    nir_doc = _export_nir(o, result.snn, _prep(norm, eval_set.example(16)))
     present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
-            calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs)
-    _export_nir(o, result.snn, _prep(norm, eval_set.example(16)))
+            calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs,
+            nir_doc=nir_doc)

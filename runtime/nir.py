@@ -49,6 +49,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from snnconvert.convert.artifact import ordinary_permissions
 from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.errors import ConfigError, ExportError, SnnConvertError, UnsupportedNode
 from snnconvert.convert.snn import SpikingNetwork
@@ -56,7 +57,8 @@ from snnconvert.convert.static_prefix import PrefixPhase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NirCheck", "check_nir", "host_input", "require_nir", "run_nir", "to_nir", "write_nir"]
+__all__ = ["NirCheck", "check_nir", "export_nir", "host_input", "require_nir", "run_nir", "to_nir",
+           "write_nir"]
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 _ARITH = {operator.add: "add", torch.add: "add", "add": "add", operator.sub: "sub", torch.sub: "sub", "sub": "sub",
@@ -430,11 +432,19 @@ def write_nir(graph, path: str | os.PathLike):
     try:
         nir.write(tmp, graph)
         back = nir.read(tmp)
+        ordinary_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return back
+
+
+def export_nir(snn: SpikingNetwork, example_input: torch.Tensor, path: str | os.PathLike, *, dt: float = 1e-4,
+               host_prefix: bool = False):
+    """:func:`to_nir` then :func:`write_nir`, in the call form NIR exporters use (``(net, example_input, path,
+    dt)``); returns the graph read back from ``path``."""
+    return write_nir(to_nir(snn, example_input, dt=dt, host_prefix=host_prefix), path)
 
 
 def _order(graph) -> tuple[list[str], set[tuple[str, str]]]:

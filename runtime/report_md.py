@@ -122,6 +122,15 @@ def report_markdown(doc: dict[str, Any]) -> str:
             lines += [f"Chosen on {on['images']} {'held-out ' if on['held_out'] else 'evaluation '}images "
                       f"({on['dataset']}, {on['split']}, {on['selection']})"
                       + ("; the tables above the sweep are on the evaluation images." if on["held_out"] else "."), ""]
+    nir = doc.get("nir")
+    if nir:
+        c = nir["check"]
+        lines += ["## NIR export", "",
+                  f"`{nir['path']}`: {nir['nodes']} nodes, {nir['edges']} edges, {nir['neuron_sites']} neuron sites, "
+                  f"written for T = {nir['timesteps']}, dt = {nir['dt']:g}; input: {nir['input']}. Read back and run "
+                  f"against the SNN on {c['images']} images for {c['timesteps']} steps: largest decoded difference "
+                  f"{c['max_abs']:.3g} (outputs up to {c['scale']:.3g}), same top-1 on {c['same_top1']}/{c['images']}.",
+                  ""]
     lines += ["## Neuron sites", ""]
     rows = []
     for s in doc["thresholds"]["sites"]:

@@ -3,6 +3,9 @@ the arithmetic is exact, dyadic weights, inputs and thresholds, ties on cut-offs
 is refused with every node listed; the file is written atomically and reads back; the CLI flags."""
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +19,14 @@ from snnconvert.convert.errors import ConfigError, ExportError
 
 nir = pytest.importorskip("nir")
 import snnconvert.runtime.nir as nir_module  # noqa: E402
-from snnconvert.runtime.nir import check_nir, host_input, run_nir, to_nir, write_nir  # noqa: E402
+from snnconvert.runtime.nir import (  # noqa: E402
+    check_nir,
+    export_nir,
+    host_input,
+    run_nir,
+    to_nir,
+    write_nir,
+)
 
 
 class Residual(nn.Module):
@@ -147,8 +157,11 @@ def test_written_file_reads_back_and_runs_the_same(tmp_path):
     T = 6
     snn, x = _exact_case("mt", 2, T)
     graph = to_nir(snn, x, dt=1e-3)
-    back = write_nir(graph, tmp_path / "net.nir")
+    back = export_nir(snn, x, tmp_path / "net.nir", dt=1e-3)  # to_nir + write_nir
     assert (tmp_path / "net.nir").is_file() and [p.name for p in tmp_path.iterdir()] == ["net.nir"]
+    umask = os.umask(0)
+    os.umask(umask)  # written through a temporary file, yet with a plainly created file's permissions
+    assert (tmp_path / "net.nir").stat().st_mode & 0o777 == 0o666 & ~umask
     assert float(back.metadata["dt"]) == 1e-3 and int(back.metadata["timesteps"]) == T
     seq = x.unsqueeze(0).expand(T, *x.shape)
     assert torch.equal(run_nir(back, seq), run_nir(graph, seq))
@@ -230,10 +243,18 @@ def test_mobilenet_relu6_and_depthwise_convolutions_export():
 def test_cli_writes_the_graph_and_refuses_in_one_line(tmp_path):
     runner = CliRunner()
     path = tmp_path / "resnet.nir"
+    report, md = tmp_path / "r.json", tmp_path / "r.md"
     ok = runner.invoke(app, ["fmnist-resnet", "-T", "4", "--calib-images", "64", "--eval-images", "32", "--nir",
-                             str(path), "--nir-host-prefix", "--output", str(tmp_path / "snn")])
+                             str(path), "--nir-host-prefix", "--output", str(tmp_path / "snn"), "--report", str(report),
+                             "--markdown", str(md)])
     assert ok.exit_code == 0, ok.output
     assert path.is_file() and "same top-1 on 16/16" in " ".join(ok.output.split())
+    doc = json.loads(report.read_text())["nir"]  # the report records the export and its check
+    assert doc["path"] == str(path.resolve()) and doc["host_prefix"] and doc["check"]["same_top1"] == 16
+    assert doc["check"]["images"] == 16 and doc["check"]["timesteps"] == doc["timesteps"] == 4
+    assert "## NIR export" in md.read_text() and f"{doc['nodes']} nodes" in md.read_text()
+    report.unlink()
+    md.unlink()
     graph = nir.read(path)
     assert graph.metadata["input"].startswith("output of the host prefix")
     # a saved SNN exports the same graph without calibration

@@ -27,13 +27,14 @@ def map_outputs(fn: Callable[..., torch.Tensor], tree: Any, *rests: Any) -> Any:
                            tree, *rests)
 
 
-def output_leaves(tree: Any) -> list[tuple[str, torch.Tensor]]:
+def output_leaves(tree: Any, leaf_type: type = torch.Tensor) -> list[tuple[str, Any]]:
     """``(path, tensor)`` for every tensor leaf, in flattening order; the path of a plain tensor is ``""``, of a
-    leaf of a tuple/list/dict its indices and keys joined by dots (``"1"``, ``"cls"``, ``"heads.0"``)."""
-    if isinstance(tree, torch.Tensor):
+    leaf of a tuple/list/dict its indices and keys joined by dots (``"1"``, ``"cls"``, ``"heads.0"``).
+    ``leaf_type``: what counts as a leaf (``torch.fx.Node`` for a graph's output argument)."""
+    if isinstance(tree, leaf_type):
         return [("", tree)]
     leaves, _ = pytree.tree_flatten_with_path(tree)
-    return [(".".join(_key(k) for k in path), leaf) for path, leaf in leaves if isinstance(leaf, torch.Tensor)]
+    return [(".".join(_key(k) for k in path), leaf) for path, leaf in leaves if isinstance(leaf, leaf_type)]
 
 
 def _key(entry: Any) -> str:

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from snnconvert.convert.artifact import ordinary_permissions
 from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.errors import ConfigError, ExportError, SnnConvertError, UnsupportedNode
+from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.snn import SpikingNetwork
 from snnconvert.convert.static_prefix import PrefixPhase
 
@@ -388,13 +389,12 @@ def to_nir(snn: SpikingNetwork, example_input: torch.Tensor, *, dt: float = 1e-4
             builder.function(node)
         elif node.op == "get_attr":
             builder.refuse(node, "a constant tensor")
-        elif node.op == "output":
-            out = node.args[0]
-            if not isinstance(out, fx.Node):
-                builder.refuse(node, "several outputs (export one head)")
-                continue
-            builder.add("output", nir.Output(output_type={"output": np.array(builder.shapes[out])}),
-                        builder.sources.get(out, []))
+        elif node.op == "output":  # one Output node per tensor output: "output", or "output.<path>" per head
+            heads = output_leaves(node.args[0], fx.Node)
+            for path, out in heads:
+                builder.add(f"output.{path}" if path else "output",
+                            nir.Output(output_type={"output": np.array(builder.shapes[out])}),
+                            builder.sources.get(out, []))
     if builder.bad:
         raise ExportError(builder.bad, what="node(s) that NIR cannot express",
                           hint="NIR export covers rate-coded IF/MT neurons, Conv1d/2d, Linear, average pools, "
@@ -479,7 +479,8 @@ def _order(graph) -> tuple[list[str], set[tuple[str, str]]]:
 
 def run_nir(graph, inputs: torch.Tensor, *, dt: float | None = None) -> torch.Tensor:
     """Run a NIR graph (as :func:`to_nir` writes them) in discrete time: ``inputs [T, B, ...]`` -> the Output
-    node's value at every step ``[T, B, ...]`` (raw, not decoded).
+    node's value at every step ``[T, B, ...]`` (raw, not decoded); for a graph with several Output nodes, a dict
+    from their names to those tensors.
 
     Semantics: a node's inputs are summed; ``I``: u += dt·r·in; ``Threshold``: 1 where in > threshold; a recurrent
     edge carries its source's value of the previous step (nothing at step 1). Covers the node types :func:`to_nir`
@@ -490,6 +491,7 @@ def run_nir(graph, inputs: torch.Tensor, *, dt: float | None = None) -> torch.Te
     if not dt > 0:
         raise ConfigError("run_nir: the graph records no dt; pass dt=")
     order, back = _order(graph)
+    out_names = sorted(n for n, v in graph.nodes.items() if type(v).__name__ == "Output")
     ins: dict[str, list[tuple[str, bool]]] = defaultdict(list)
     for s, d in graph.edges:
         ins[d].append((s, (s, d) in back))
@@ -544,9 +546,9 @@ def run_nir(graph, inputs: torch.Tensor, *, dt: float | None = None) -> torch.Te
                 raise ConfigError(f"run_nir: node type {kind} ({name!r}) is not covered")
             vals[name] = y
         prev = {s: vals[s] for s, _ in back}
-        out_names = [n for n, v in graph.nodes.items() if type(v).__name__ == "Output"]
-        outs.append(vals[out_names[0]])
-    return torch.stack(outs)
+        outs.append([vals[n] for n in out_names])
+    steps = [torch.stack([o[i] for o in outs]) for i in range(len(out_names))]
+    return steps[0] if len(steps) == 1 else dict(zip(out_names, steps))
 
 
 @dataclass(frozen=True)
@@ -558,7 +560,7 @@ class NirCheck:
         timesteps: steps run.
         max_abs: the largest |difference| of the decoded outputs over all steps, images and outputs.
         scale: the largest |decoded output| of the converted network (what ``max_abs`` compares with).
-        same_top1: images whose argmax at the last step agree.
+        same_top1: images whose argmax at the last step agree (on every output of a model with several).
     """
 
     images: int
@@ -582,9 +584,17 @@ def check_nir(graph, snn: SpikingNetwork, x: torch.Tensor, *, timesteps: int | N
         want = snn(x.float(), T)
         feed = host_input(snn, x) if host_prefix else x.float()
         raw = run_nir(graph, feed.unsqueeze(0).expand(T, *feed.shape))
-    got = snn.coding.decode(raw)
-    if got.shape != want.shape:
-        raise ConfigError(f"NIR output shape {tuple(got.shape)} != the network's {tuple(want.shape)}")
-    top = (got[-1].flatten(1).argmax(1) == want[-1].flatten(1).argmax(1)).sum()
-    return NirCheck(images=x.shape[0], timesteps=T, max_abs=float((got - want).abs().max()),
-                    scale=float(want.abs().max()), same_top1=int(top))
+    heads = output_leaves(want)
+    raw = {"output": raw} if isinstance(raw, torch.Tensor) else raw
+    names = [f"output.{path}" if path else "output" for path, _ in heads]
+    if sorted(names) != sorted(raw):
+        raise ConfigError(f"the NIR graph's outputs {sorted(raw)} are not the network's {names}")
+    same = torch.ones(x.shape[0], dtype=torch.bool)
+    max_abs = scale = 0.0
+    for name, (_, w) in zip(names, heads):
+        g = snn.coding.decode_unit(raw[name])
+        if g.shape != w.shape:
+            raise ConfigError(f"NIR output {name} has shape {tuple(g.shape)}, the network's {tuple(w.shape)}")
+        same &= g[-1].flatten(1).argmax(1) == w[-1].flatten(1).argmax(1)
+        max_abs, scale = max(max_abs, float((g - w).abs().max())), max(scale, float(w.abs().max()))
+    return NirCheck(images=x.shape[0], timesteps=T, max_abs=max_abs, scale=scale, same_top1=int(same.sum()))

@@ -153,6 +153,30 @@ def test_nirtorch_runs_the_written_file_bit_for_bit(tmp_path):
     assert torch.equal(torch.stack(runs, 1).detach(), snn.raw(x, T))
 
 
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.cls = nn.Linear(4 * 4 * 4, 5)
+        self.box = nn.Linear(4 * 4 * 4, 4)
+
+    def forward(self, x):
+        f = F.avg_pool2d(F.relu(self.conv(x)), 2).flatten(1)
+        return {"cls": self.cls(f), "parts": (F.relu(self.box(f)), None)}
+
+
+def test_every_output_of_a_multi_head_model_is_an_output_node(tmp_path):
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    snn = convert(TwoHeads().eval(), forward_loop=[x], config=ConversionConfig(coding="rate", timesteps=6,
+                                                                                  neuron="mt", levels=2)).snn
+    graph = export_nir(snn, x, tmp_path / "heads.nir")
+    assert sorted(n for n, v in graph.nodes.items() if isinstance(v, nir.Output)) == ["output.cls", "output.parts.0"]
+    raw = run_nir(graph, x.unsqueeze(0).expand(6, *x.shape))
+    assert raw["output.cls"].shape == (6, 6, 5) and raw["output.parts.0"].shape == (6, 6, 4)
+    check = check_nir(graph, snn, x)
+    assert check.same_top1 == 6 and check.max_abs <= 1e-5 * check.scale, check.text
+
+
 def test_written_file_reads_back_and_runs_the_same(tmp_path):
     T = 6
     snn, x = _exact_case("mt", 2, T)

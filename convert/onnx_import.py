@@ -33,56 +33,41 @@ Example::
 """
 from __future__ import annotations
 
-import ast
 import keyword
 import logging
 import operator
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import sympy
 import torch
-from onnx import numpy_helper
 from torch import fx, nn
 
 from snnconvert.convert import onnx_ops
 from snnconvert.convert.errors import OnnxImportError, UnsupportedNode, UnsupportedOpError
+from snnconvert.convert.onnx_model import (
+    MAX_OPSET,
+    MIN_OPSET,
+    check_model,
+    default_opset,
+    infer_shapes,
+    load_external_data,
+    one_line,
+    parse_dim_param,
+    read_model,
+    sanitize,
+)
 from snnconvert.convert.onnx_ops import Const, SymVec, Tensor, UnsupportedConfigError, Value
+from snnconvert.convert.onnx_ops.context import ONNX_DTYPES, POISONED, OpContext, tensor_from_proto
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "OpContext", "load_onnx", "supported_op_types"]
 
 logger = logging.getLogger(__name__)
 
-MIN_OPSET = 13
-MAX_OPSET = 21
-# Initializers up to this many elements stay in the copy used for shape inference (shape constants need their
-# values for data propagation); larger ones are replaced by typed graph inputs so inference never copies weights.
-_INFERENCE_KEEP_NUMEL = 1024
-_PARAM_NAME = re.compile(r"^[A-Za-z_][\w.]*\.(weight|bias)$")
 
-_ONNX_DTYPES: dict[int, torch.dtype] = {
-    onnx.TensorProto.FLOAT: torch.float32,
-    onnx.TensorProto.UINT8: torch.uint8,
-    onnx.TensorProto.INT8: torch.int8,
-    onnx.TensorProto.UINT16: torch.uint16,
-    onnx.TensorProto.INT16: torch.int16,
-    onnx.TensorProto.INT32: torch.int32,
-    onnx.TensorProto.INT64: torch.int64,
-    onnx.TensorProto.BOOL: torch.bool,
-    onnx.TensorProto.FLOAT16: torch.float16,
-    onnx.TensorProto.DOUBLE: torch.float64,
-    onnx.TensorProto.UINT32: torch.uint32,
-    onnx.TensorProto.UINT64: torch.uint64,
-    onnx.TensorProto.BFLOAT16: torch.bfloat16,
-}
-
-_POISONED = object()
-_REQUIRED = object()
 
 
 def supported_op_types() -> list[str]:
@@ -107,12 +92,12 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
             resolved.
         UnsupportedOpError: once, listing every node whose op type (or attribute combination) has no converter.
     """
-    model, label, check_target = _read_model(path)
-    opset = _default_opset(model, label)
-    _check_model(check_target, label)
+    model, label, check_target = read_model(path)
+    opset = default_opset(model, label)
+    check_model(check_target, label)
     if isinstance(path, (str, os.PathLike)):
-        _load_external_data(model, Path(path), label)
-    inferred = _infer_shapes(model, label)
+        load_external_data(model, Path(path), label)
+    inferred = infer_shapes(model, label)
     gm = _Importer(model, opset, inferred, label).run()
     graph_input = gm.meta["onnx"]
     gm.meta["onnx"] = {
@@ -129,364 +114,6 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
                 len(model.graph.node), len(gm.graph.nodes), n_modules)
     return gm
 
-
-# --------------------------------------------------------------------------------------------------------------------
-# Loading and checking
-# --------------------------------------------------------------------------------------------------------------------
-def _one_line(exc: BaseException) -> str:
-    """An exception as one short line, for error messages."""
-    text = str(exc).strip()
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    first = first if len(first) <= 300 else first[:297] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-def _read_model(path: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str, Any]:
-    """Load the protobuf without external data: (model, label for messages, what the checker gets)."""
-    if isinstance(path, onnx.ModelProto):
-        return path, "<ModelProto>", path
-    file = Path(path)
-    if not file.is_file():
-        raise OnnxImportError(f"ONNX file not found: {file}; check the path")
-    try:
-        model = onnx.load(str(file), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError, OSError, ...
-        raise OnnxImportError(
-            f"{file} is not a readable ONNX model ({_one_line(exc)}); the file may be truncated or not ONNX, "
-            "re-export it"
-        ) from exc
-    return model, str(file), str(file)
-
-
-def _default_opset(model: onnx.ModelProto, label: str) -> int:
-    """The default-domain opset; an OnnxImportError outside ``MIN_OPSET..MAX_OPSET``."""
-    versions = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
-    opset = versions.get("ai.onnx")
-    if opset is None:
-        raise OnnxImportError(
-            f"{label} declares no opset for the default ONNX domain; the file is not a valid ONNX model, re-export it"
-        )
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise OnnxImportError(
-            f"{label} uses opset {opset}, outside the supported range {MIN_OPSET}-{MAX_OPSET}; convert it with "
-            f"onnx.version_converter.convert_version(model, {min(max(opset, MIN_OPSET), MAX_OPSET)}) and save it again"
-        )
-    return opset
-
-
-def _check_model(target: Any, label: str) -> None:
-    """Run ``onnx.checker`` (on the path when there is one, so large models work)."""
-    try:
-        onnx.checker.check_model(target)
-    except Exception as exc:
-        raise OnnxImportError(
-            f"{label} fails the ONNX checker ({_one_line(exc)}); re-export the model or repair it with the onnx tools"
-        ) from exc
-
-
-def _load_external_data(model: onnx.ModelProto, file: Path, label: str) -> None:
-    """Read external tensors (``model.onnx.data``) from the model's folder."""
-    try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(file.parent))
-    except Exception as exc:
-        raise OnnxImportError(
-            f"cannot read the external data of {label} ({_one_line(exc)}); keep the .data file next to the model"
-        ) from exc
-
-
-def _shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model without large initializers (replaced by typed inputs), cheap to run shape inference on."""
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    graph = light.graph
-    graph.node.extend(model.graph.node)
-    graph.input.extend(model.graph.input)
-    graph.output.extend(model.graph.output)
-    graph.value_info.extend(model.graph.value_info)
-    declared = {value.name for value in model.graph.input}
-    for init in model.graph.initializer:
-        numel = int(np.prod(init.dims)) if init.dims else 1
-        if numel <= _INFERENCE_KEEP_NUMEL and init.data_location != onnx.TensorProto.EXTERNAL:
-            graph.initializer.append(init)
-        elif init.name not in declared:
-            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    return light
-
-
-def _infer_shapes(model: onnx.ModelProto, label: str) -> dict[str, tuple[int, list[int | str | None]]]:
-    """name -> (elem_type, dims) from declared and inferred value infos (dims: int, dim_param or None)."""
-    light = _shape_only_copy(model)
-    inferred = None
-    errors: list[str] = []
-    for data_prop in (True, False):
-        try:
-            inferred = onnx.shape_inference.infer_shapes(light, data_prop=data_prop)
-            break
-        except Exception as exc:
-            errors.append(_one_line(exc))
-    if inferred is None:
-        raise OnnxImportError(f"ONNX shape inference fails on {label} ({errors[-1]}); check the model with onnx tools")
-    table: dict[str, tuple[int, list[int | str | None]]] = {}
-    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        tensor_type = info.type.tensor_type
-        if not info.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
-            if info.type.HasField("tensor_type"):
-                table.setdefault(info.name, (tensor_type.elem_type, None))
-            continue
-        dims: list[int | str | None] = []
-        for dim in tensor_type.shape.dim:
-            if dim.HasField("dim_value"):
-                dims.append(dim.dim_value)
-            elif dim.HasField("dim_param"):
-                dims.append(dim.dim_param)
-            else:
-                dims.append(None)
-        table[info.name] = (tensor_type.elem_type, dims)
-    return table
-
-
-def _sanitize(name: str) -> str:
-    """An identifier from an ONNX name: ``/layer1/layer1.0/conv1/Conv`` -> ``layer1_layer1_0_conv1_Conv``."""
-    text = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_")
-    text = re.sub(r"_+", "_", text)
-    if not text:
-        return "node"
-    return f"n_{text}" if text[0].isdigit() else text
-
-
-def _parse_dim_param(text: str, symbols: dict[str, sympy.Symbol]) -> sympy.Expr | None:
-    """A dim_param such as ``batch`` or ``197*batch`` over known symbols; never ``eval``s the text."""
-    if len(text) > 200:
-        return None
-    try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError:
-        return None
-
-    def walk(node: ast.AST) -> sympy.Expr:
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return sympy.Integer(node.value)
-        if isinstance(node, ast.Name) and node.id in symbols:
-            return symbols[node.id]
-        if isinstance(node, ast.BinOp):
-            ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
-            if type(node.op) in ops:
-                return ops[type(node.op)](walk(node.left), walk(node.right))
-            if isinstance(node.op, ast.FloorDiv):
-                return onnx_ops.sym_div(walk(node.left), walk(node.right))
-        raise ValueError(text)
-
-    try:
-        return sympy.expand(walk(tree))
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The per-node context handed to converters
-# --------------------------------------------------------------------------------------------------------------------
-class OpContext:
-    """What a converter sees of one ONNX node, and the builder it emits fx nodes through.
-
-    Values passed to the ``call_*`` methods may be :class:`Const`, :class:`SymVec` or :class:`Tensor` (nested in
-    lists, tuples or dicts) or plain Python values. When no argument is a run-time value the call is evaluated at
-    import time and returns a :class:`Const` (constant folding); otherwise it adds an fx node and returns a
-    :class:`Tensor`.
-    """
-
-    def __init__(self, importer: _Importer, node: onnx.NodeProto, index: int) -> None:
-        self._importer = importer
-        self.node = node
-        self.index = index
-        self.op_type = node.op_type
-        self.opset = importer.opset
-        self.name = node.name or f"{node.op_type}_{index}"
-        self.attrs = {attr.name: _attribute_value(attr) for attr in node.attribute}
-
-    # ---- inputs, attributes, errors -----------------------------------------------------------------------------
-    def attr(self, name: str, default: Any = _REQUIRED) -> Any:
-        """Attribute ``name``; without a default a missing attribute is an OnnxImportError."""
-        if name in self.attrs:
-            return self.attrs[name]
-        if default is _REQUIRED:
-            raise self.fail(f"required attribute '{name}' is missing")
-        return default
-
-    def input(self, i: int) -> Value | None:
-        """The value of input ``i``, ``None`` for an absent optional input."""
-        if i >= len(self.node.input) or not self.node.input[i]:
-            return None
-        return self._importer.value(self.node.input[i])
-
-    def inputs(self) -> list[Value | None]:
-        """The values of all inputs (``None`` for absent optional ones)."""
-        return [self.input(i) for i in range(len(self.node.input))]
-
-    def value_by_name(self, name: str) -> Value | None:
-        """The value of a tensor by name if it is already known (for look-ahead fusions), else ``None``."""
-        values = self._importer.values
-        if name in values:
-            return None if values[name] is _POISONED else values[name]
-        return self._importer.value(name) if name in self._importer.initializers else None
-
-    def const(self, i: int, what: str) -> torch.Tensor:
-        """Input ``i`` as a tensor; an OnnxImportError naming ``what`` when it is not known at import time."""
-        value = self.input(i)
-        if not isinstance(value, Const):
-            raise self.fail(f"{what} (input {i}) must be a constant or initializer")
-        return value.tensor
-
-    def elems(self, i: int) -> list[sympy.Expr]:
-        """Entries of a shape-like input (a static int tensor or a shape value derived from ``Shape``)."""
-        value = self.input(i)
-        items = None if value is None else onnx_ops.to_int_list(value)
-        if items is None:
-            raise self.fail(
-                f"input {i} must be static or computed from tensor shapes; a data-dependent shape cannot be imported"
-            )
-        return list(items[0])
-
-    def unsupported(self, reason: str) -> UnsupportedConfigError:
-        """An exception to raise for attributes the converter cannot express (collected, reported once)."""
-        return UnsupportedConfigError(reason)
-
-    def fail(self, message: str) -> OnnxImportError:
-        """An OnnxImportError naming this node, for malformed models and unresolvable shapes."""
-        return OnnxImportError(f"cannot import node '{self.name}' ({self.op_type}, opset {self.opset}): {message}")
-
-    def output_used(self, i: int) -> bool:
-        """Whether output ``i`` is read by another node or is a graph output."""
-        if i >= len(self.node.output) or not self.node.output[i]:
-            return False
-        name = self.node.output[i]
-        return bool(self._importer.consumers.get(name)) or name in self._importer.graph_outputs
-
-    def consumers(self, i: int) -> list[onnx.NodeProto]:
-        """The nodes that read output ``i``."""
-        return list(self._importer.consumers.get(self.node.output[i], []))
-
-    def is_graph_output(self, i: int) -> bool:
-        """Whether output ``i`` is a graph output."""
-        return self.node.output[i] in self._importer.graph_outputs
-
-    def fuse(self, later: onnx.NodeProto, value: Value) -> None:
-        """Let ``later`` (a consumer absorbed by this converter) produce ``value`` without a converter of its own."""
-        self._importer.fused[id(later)] = value
-
-    def tensor_from_proto(self, proto: onnx.TensorProto) -> torch.Tensor:
-        """A TensorProto (for example a Constant's ``value``) as a torch tensor."""
-        return _tensor_from_proto(proto)
-
-    def onnx_dtype(self, elem_type: int) -> torch.dtype:
-        """The torch dtype of an ONNX element type."""
-        if elem_type not in _ONNX_DTYPES:
-            raise self.unsupported(f"element type {onnx.TensorProto.DataType.Name(elem_type)}")
-        return _ONNX_DTYPES[elem_type]
-
-    def dtype_of(self, value: Value | None) -> torch.dtype | None:
-        """The dtype of a value where known."""
-        if isinstance(value, Const):
-            return value.tensor.dtype
-        if isinstance(value, SymVec):
-            return torch.int64
-        if isinstance(value, Tensor):
-            return value.dtype
-        return None
-
-    # ---- shapes ---------------------------------------------------------------------------------------------------
-    def shape_or_none(self, value: Value | None) -> tuple | None:
-        """The shape of a value as sympy expressions (entries or the whole shape may be ``None``)."""
-        if isinstance(value, Const):
-            return tuple(sympy.Integer(d) for d in value.tensor.shape)
-        if isinstance(value, SymVec):
-            return () if value.scalar else (sympy.Integer(len(value.elems)),)
-        if isinstance(value, Tensor):
-            return value.shape
-        return None
-
-    def shape(self, value: Value | None) -> tuple:
-        """The shape of ``value``; unknown entries become symbols read with ``x.size(i)`` at run time."""
-        shape = self.shape_or_none(value)
-        if shape is None:
-            raise self.fail("an input has an unknown rank; run onnx shape inference or export with static shapes")
-        if isinstance(value, Tensor) and any(d is None for d in shape):
-            value.shape = shape = tuple(
-                self.runtime_dim(value, i) if d is None else d for i, d in enumerate(shape)
-            )
-        return shape
-
-    def runtime_dim(self, value: Value, i: int) -> sympy.Symbol:
-        """A symbol for dimension ``i`` of a run-time tensor, read with ``x.size(i)`` when needed."""
-        if not isinstance(value, Tensor):
-            raise self.fail("a dimension of a non-tensor value is unknown")
-        return self._importer.runtime_symbol(value.node, i)
-
-    def dim_arg(self, dim: sympy.Expr) -> int | fx.Node:
-        """A dimension as an fx argument: an int, or nodes computing it from ``x.size(i)`` calls."""
-        return self._importer.materialize(dim, self)
-
-    def dims_arg(self, dims: Sequence[sympy.Expr]) -> list[int | fx.Node]:
-        """Several dimensions as fx arguments (see :meth:`dim_arg`)."""
-        return [self.dim_arg(d) for d in dims]
-
-    # ---- naming ---------------------------------------------------------------------------------------------------
-    def param_name(self, *indices: int) -> str | None:
-        """A module name from the first input named like a torch parameter (``layer1.0.conv1.weight``)."""
-        for i in indices:
-            if i < len(self.node.input) and self.node.input[i]:
-                name = self.param_name_of(self.node.input[i])
-                if name:
-                    return name
-        return None
-
-    def param_name_of(self, tensor_name: str) -> str | None:
-        """``layer1.0.conv1`` for a tensor named ``layer1.0.conv1.weight``, else ``None``."""
-        if _PARAM_NAME.match(tensor_name):
-            return tensor_name.rsplit(".", 1)[0]
-        return None
-
-    # ---- emission -------------------------------------------------------------------------------------------------
-    def call_function(self, fn: Any, *args: Any, scalars: bool = True, **kwargs: Any) -> Any:
-        """Emit (or fold) ``fn(*args, **kwargs)``; ``scalars`` turns 0-d constants into Python numbers."""
-        return self._importer.emit("call_function", fn, args, kwargs, self, scalars=scalars)
-
-    def call_method(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Emit (or fold) ``args[0].method(*args[1:], **kwargs)``."""
-        return self._importer.emit("call_method", method, args, kwargs, self, scalars=True)
-
-    def call_module(self, module: nn.Module, *args: Any, name: str | None = None) -> Any:
-        """Register ``module`` (named ``name`` or after the node) and emit a call to it, or fold it."""
-        return self._importer.emit_module(module, args, self, name)
-
-    def getitem(self, value: Any, i: int) -> Any:
-        """Item ``i`` of a multi-output result."""
-        if isinstance(value, (tuple, list)):
-            return value[i]
-        return self.call_function(operator.getitem, value, i)
-
-
-def _attribute_value(attr: onnx.AttributeProto) -> Any:
-    """An attribute's Python value, with strings decoded."""
-    value = onnx.helper.get_attribute_value(attr)
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode("utf-8") for v in value]
-    return value
-
-
-def _tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None = None) -> torch.Tensor:
-    """A TensorProto as a torch tensor (a copy; bfloat16 via float32)."""
-    array = numpy_helper.to_array(proto, base_dir or "")
-    if proto.data_type == onnx.TensorProto.BFLOAT16:
-        return torch.from_numpy(np.asarray(array, dtype=np.float32)).to(torch.bfloat16)
-    if array.dtype.kind not in "biuf":
-        raise OnnxImportError(f"tensor '{proto.name}' has unsupported element type {array.dtype}")
-    return torch.from_numpy(np.array(array, copy=True))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -529,7 +156,7 @@ class _Importer:
         if name in self.values:
             return self.values[name]
         if name in self.initializers:
-            tensor = _tensor_from_proto(self.initializers[name])
+            tensor = tensor_from_proto(self.initializers[name])
             self.values[name] = Const(tensor, (name, "Initializer"))
             return self.values[name]
         raise OnnxImportError(f"{self.label}: tensor '{name}' is used before it is defined; the graph is malformed")
@@ -556,13 +183,13 @@ class _Importer:
             self.symbols[dim] = symbol
             self.symbol_source[symbol] = (node, index)
             return symbol
-        return _parse_dim_param(dim, self.symbols)
+        return parse_dim_param(dim, self.symbols)
 
     def _finish_tensor(self, value: Tensor, name: str) -> Tensor:
         """Fill in a converter output's unknown shape entries and dtype from the inferred value info."""
         elem_type, dims = self.inferred.get(name, (0, None))
-        if value.dtype is None and elem_type in _ONNX_DTYPES:
-            value.dtype = _ONNX_DTYPES[elem_type]
+        if value.dtype is None and elem_type in ONNX_DTYPES:
+            value.dtype = ONNX_DTYPES[elem_type]
         if dims is None:
             return value
         inferred = tuple(self._declared_dim(d, value.node, i) for i, d in enumerate(dims))
@@ -583,7 +210,7 @@ class _Importer:
 
     def unique_name(self, candidate: str) -> str:
         """A sanitised attribute name not used yet (nor by ``fx.GraphModule`` itself)."""
-        base = _sanitize(candidate)
+        base = sanitize(candidate)
         name, k = base, 0
         while name in self.used_names or keyword.iskeyword(name) or hasattr(fx.GraphModule, name):
             k += 1
@@ -739,7 +366,7 @@ class _Importer:
             )
         graph_input = inputs[0]
         self.meta = {"name": graph_input.name, "op_type": "Input", "opset": self.opset}
-        node = self.graph.placeholder(_sanitize(graph_input.name))
+        node = self.graph.placeholder(sanitize(graph_input.name))
         node.meta["onnx"] = dict(self.meta)
         elem_type, dims = self.inferred.get(graph_input.name, (graph_input.type.tensor_type.elem_type, None))
         shape = None
@@ -748,7 +375,7 @@ class _Importer:
                 self._declared_dim(d, node, i) if d is not None else self.runtime_symbol(node, i)
                 for i, d in enumerate(dims)
             )
-        dtype = _ONNX_DTYPES.get(elem_type)
+        dtype = ONNX_DTYPES.get(elem_type)
         self.values[graph_input.name] = Tensor(node, shape, dtype)
         if dims and isinstance(dims[0], int):
             logger.warning(
@@ -780,7 +407,7 @@ class _Importer:
                 unsupported.append(offender)
                 self._poison(node)
                 continue
-            if any(name and self.values.get(name) is _POISONED for name in node.input):
+            if any(name and self.values.get(name) is POISONED for name in node.input):
                 self._poison(node)
                 continue
             try:
@@ -794,7 +421,7 @@ class _Importer:
                 raise
             except Exception as exc:
                 raise OnnxImportError(
-                    f"cannot import node '{ctx.name}' ({node.op_type}, opset {self.opset}): {_one_line(exc)}"
+                    f"cannot import node '{ctx.name}' ({node.op_type}, opset {self.opset}): {one_line(exc)}"
                 ) from exc
             self._store(node, result if isinstance(result, (list, tuple)) else [result], ctx)
         if unsupported:
@@ -823,7 +450,7 @@ class _Importer:
         """Mark the outputs of a node that could not be converted, so that consumers are skipped."""
         for name in node.output:
             if name:
-                self.values[name] = _POISONED
+                self.values[name] = POISONED
 
     def _store(self, node: onnx.NodeProto, results: Sequence[Any], ctx: OpContext) -> None:
         """Record a converter's results for the node's outputs (shapes completed from inference)."""

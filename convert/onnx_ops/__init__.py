@@ -1,6 +1,6 @@
 """Per-op converters of the ONNX front end, registered by (domain, op_type, since_version).
 
-Each converter receives an :class:`~snnconvert.convert.onnx_import.OpContext` for one ONNX node and returns one
+Each converter receives an :class:`~snnconvert.convert.onnx_ops.context.OpContext` for one ONNX node and returns one
 value per node output. Values come in three kinds:
 
 - :class:`Const`: a tensor known at import time (initializers, ``Constant`` nodes, anything folded from them);

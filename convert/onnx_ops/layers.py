@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
-    from snnconvert.convert.onnx_import import OpContext
+    from snnconvert.convert.onnx_ops.context import OpContext
 
 from snnconvert.convert.onnx_ops.core import (
     Const,

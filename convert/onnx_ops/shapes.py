@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
-    from snnconvert.convert.onnx_import import OpContext
+    from snnconvert.convert.onnx_ops.context import OpContext
 
 from snnconvert.convert.onnx_ops.core import (
     _INT64_MAX,

@@ -1,0 +1,182 @@
+"""Reading an ONNX file for the importer (``onnx_import.py``): load with external data, check the opset and the
+model, infer shapes on a weight-free copy, and parse symbolic dimensions. Every failure is an ``OnnxImportError``
+that names the file and says what to do."""
+from __future__ import annotations
+
+import ast
+import operator
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import sympy
+
+from snnconvert.convert import onnx_ops
+from snnconvert.convert.errors import OnnxImportError
+
+__all__ = ["MAX_OPSET", "MIN_OPSET", "check_model", "default_opset", "infer_shapes", "load_external_data",
+           "one_line", "parse_dim_param", "read_model", "sanitize", "shape_only_copy"]
+
+MIN_OPSET = 13
+MAX_OPSET = 21
+# Initializers up to this many elements stay in the copy used for shape inference (shape constants need their
+# values for data propagation); larger ones are replaced by typed graph inputs so inference never copies weights.
+_INFERENCE_KEEP_NUMEL = 1024
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line, for error messages."""
+    text = str(exc).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first if len(first) <= 300 else first[:297] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def read_model(path: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str, Any]:
+    """Load the protobuf without external data: (model, label for messages, what the checker gets)."""
+    if isinstance(path, onnx.ModelProto):
+        return path, "<ModelProto>", path
+    file = Path(path)
+    if not file.is_file():
+        raise OnnxImportError(f"ONNX file not found: {file}; check the path")
+    try:
+        model = onnx.load(str(file), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        raise OnnxImportError(
+            f"{file} is not a readable ONNX model ({one_line(exc)}); the file may be truncated or not ONNX, "
+            "re-export it"
+        ) from exc
+    return model, str(file), str(file)
+
+
+def default_opset(model: onnx.ModelProto, label: str) -> int:
+    """The default-domain opset; an OnnxImportError outside ``MIN_OPSET..MAX_OPSET``."""
+    versions = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
+    opset = versions.get("ai.onnx")
+    if opset is None:
+        raise OnnxImportError(
+            f"{label} declares no opset for the default ONNX domain; the file is not a valid ONNX model, re-export it"
+        )
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise OnnxImportError(
+            f"{label} uses opset {opset}, outside the supported range {MIN_OPSET}-{MAX_OPSET}; convert it with "
+            f"onnx.version_converter.convert_version(model, {min(max(opset, MIN_OPSET), MAX_OPSET)}) and save it again"
+        )
+    return opset
+
+
+def check_model(target: Any, label: str) -> None:
+    """Run ``onnx.checker`` (on the path when there is one, so large models work)."""
+    try:
+        onnx.checker.check_model(target)
+    except Exception as exc:
+        raise OnnxImportError(
+            f"{label} fails the ONNX checker ({one_line(exc)}); re-export the model or repair it with the onnx tools"
+        ) from exc
+
+
+def load_external_data(model: onnx.ModelProto, file: Path, label: str) -> None:
+    """Read external tensors (``model.onnx.data``) from the model's folder."""
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(file.parent))
+    except Exception as exc:
+        raise OnnxImportError(
+            f"cannot read the external data of {label} ({one_line(exc)}); keep the .data file next to the model"
+        ) from exc
+
+
+def shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without large initializers (replaced by typed inputs), cheap to run shape inference on."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    declared = {value.name for value in model.graph.input}
+    for init in model.graph.initializer:
+        numel = int(np.prod(init.dims)) if init.dims else 1
+        if numel <= _INFERENCE_KEEP_NUMEL and init.data_location != onnx.TensorProto.EXTERNAL:
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return light
+
+
+def infer_shapes(model: onnx.ModelProto, label: str) -> dict[str, tuple[int, list[int | str | None]]]:
+    """name -> (elem_type, dims) from declared and inferred value infos (dims: int, dim_param or None)."""
+    light = shape_only_copy(model)
+    inferred = None
+    errors: list[str] = []
+    for data_prop in (True, False):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, data_prop=data_prop)
+            break
+        except Exception as exc:
+            errors.append(one_line(exc))
+    if inferred is None:
+        raise OnnxImportError(f"ONNX shape inference fails on {label} ({errors[-1]}); check the model with onnx tools")
+    table: dict[str, tuple[int, list[int | str | None]]] = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        tensor_type = info.type.tensor_type
+        if not info.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
+            if info.type.HasField("tensor_type"):
+                table.setdefault(info.name, (tensor_type.elem_type, None))
+            continue
+        dims: list[int | str | None] = []
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                dims.append(dim.dim_value)
+            elif dim.HasField("dim_param"):
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+        table[info.name] = (tensor_type.elem_type, dims)
+    return table
+
+
+def sanitize(name: str) -> str:
+    """An identifier from an ONNX name: ``/layer1/layer1.0/conv1/Conv`` -> ``layer1_layer1_0_conv1_Conv``."""
+    text = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_")
+    text = re.sub(r"_+", "_", text)
+    if not text:
+        return "node"
+    return f"n_{text}" if text[0].isdigit() else text
+
+
+def parse_dim_param(text: str, symbols: dict[str, sympy.Symbol]) -> sympy.Expr | None:
+    """A dim_param such as ``batch`` or ``197*batch`` over known symbols; never ``eval``s the text."""
+    if len(text) > 200:
+        return None
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return None
+
+    def walk(node: ast.AST) -> sympy.Expr:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return sympy.Integer(node.value)
+        if isinstance(node, ast.Name) and node.id in symbols:
+            return symbols[node.id]
+        if isinstance(node, ast.BinOp):
+            ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+            if type(node.op) in ops:
+                return ops[type(node.op)](walk(node.left), walk(node.right))
+            if isinstance(node.op, ast.FloorDiv):
+                return onnx_ops.sym_div(walk(node.left), walk(node.right))
+        raise ValueError(text)
+
+    try:
+        return sympy.expand(walk(tree))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+

@@ -44,7 +44,8 @@ from snnconvert.convert.coding.fastpath import (
     fast_diff_step,
     fast_rate_step,
 )
-from snnconvert.convert.coding.neurons import SpikingNeuron, _diff_init, _prepare, _prepare_bias, _rate_init
+from snnconvert.convert.coding.neurons import SpikingNeuron
+from snnconvert.convert.coding.rules import diff_init, prepare_bias, prepare_input, rate_init
 from snnconvert.convert.coding.stepping import StepModule
 from snnconvert.convert.snn import SpikingNetwork
 from snnconvert.runtime.kernels.common import NeuronKernels, PairState, pair_ceiling_exact
@@ -182,14 +183,14 @@ class BoundedReLUPair(StepModule):
         lo, hi = self.lo, self.hi
         if any(getattr(m, "backend", "torch") != "torch" or not m.fast_path for m in (lo, hi)):
             return None
-        dtype, _, th_lo = _prepare(x, lo.threshold)
-        th_hi = _prepare(x, hi.threshold)[2]
+        dtype, _, th_lo = prepare_input(x, lo.threshold)
+        th_hi = prepare_input(x, hi.threshold)[2]
         plan_lo, plan_hi = lo._fast_plan(th_lo, x), hi._fast_plan(th_hi, x)
         if plan_lo is None or plan_hi is None or x.dtype != dtype:
             return None
         diff = lo.coding == "differential"
-        b_lo = _prepare_bias(x, lo._require_bias(), dtype) if diff else None
-        b_hi = _prepare_bias(x, hi._require_bias(), dtype) if diff else None
+        b_lo = prepare_bias(x, lo._require_bias(), dtype) if diff else None
+        b_hi = prepare_bias(x, hi._require_bias(), dtype) if diff else None
         consts = plan_lo.consts + plan_hi.consts + ([b_lo, b_hi] if diff else [])
         flags = dict(kind=lo.kind, signed=lo.signed, relu_constrained=lo.relu_constrained)
         out = torch.empty_like(x)
@@ -204,9 +205,9 @@ class BoundedReLUPair(StepModule):
                 buf = FastBuffers(shape, dtype, x.device, plan_lo)  # scratch only: shared (same flags and layout)
                 r, h = (torch.empty(shape, dtype=dtype, device=x.device) for _ in range(2))
             if diff:
-                s_lo, s_hi = _diff_init(shape, b_lo), _diff_init(shape, b_hi)
+                s_lo, s_hi = diff_init(shape, b_lo), diff_init(shape, b_hi)
             else:
-                s_lo, s_hi = _rate_init(shape, th_lo, **flags), _rate_init(shape, th_hi, **flags)
+                s_lo, s_hi = rate_init(shape, th_lo, **flags), rate_init(shape, th_hi, **flags)
             for t in range(xc.shape[0]):
                 if diff:
                     fast_diff_step(xc[t], t + 1, *s_lo, b_lo, plan_lo, r, buf)

@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from snnconvert.convert.coding.neurons import check_broadcast, check_levels
+from snnconvert.convert.coding.rules import check_broadcast, check_levels
 from snnconvert.convert.errors import ConfigError
 
 __all__ = ["SUPPORTED_DTYPES", "Table", "RateState", "DiffState", "PairState", "RateLaunch", "DiffLaunch",

@@ -4,8 +4,8 @@ loop per call (TorchInductor: C++ with OpenMP on CPU tensors, generated Triton o
 Why. The torch backend runs a step of a differential multi-threshold neuron as some 30 element-wise passes over
 memory; on models with few MACs per neuron (depthwise convolutions) these dominate. Here the time loop of a call is
 traced into one graph and inductor fuses it into a single pass: each element's state stays in registers across the
-steps, x is read once and the output written once. The traced code *is* the reference: ``_rate_step`` /
-``_diff_step`` / ``_rate_init`` / ``_diff_init`` of ``convert/coding/neurons.py`` (the ``torch.where`` chains of
+steps, x is read once and the output written once. The traced code *is* the reference: ``rate_step`` /
+``diff_step`` / ``rate_init`` / ``diff_init`` of ``convert/coding/neurons.py`` (the ``torch.where`` chains of
 ``mt_fire`` become branch-free selects), so nothing is re-implemented. On CPU tensors the outputs equal the torch
 twins bit for bit, −0.0 of silent units included (tests/test_kernels.py, test_fuse.py, test_cli.py; inductor compiles
 with ``-ffp-contract=off`` and keeps true divisions; its ``-fno-signed-zeros`` can flip the sign of a zero in the
@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from snnconvert.convert.coding.neurons import _diff_init, _diff_step, _rate_init, _rate_step
+from snnconvert.convert.coding.rules import diff_init, diff_step, rate_init, rate_step
 from snnconvert.convert.errors import BackendUnavailableError, first_line
 from snnconvert.runtime.kernels.common import NeuronKernels, Table, expand_table
 
@@ -146,13 +146,13 @@ def _emit(out: Tensor | None, steps: list[Tensor], events: Tensor | None) -> Ten
 def _rate_loop(x: Tensor, out: Tensor | None, th: Tensor, m: Tensor | None, c: Tensor | None, m_out: Tensor | None,
                c_out: Tensor | None, events: Tensor | None, *, kind: str, n_levels: int, signed: bool,
                need_c: bool) -> Tensor | None:
-    """``_rate_step`` over the steps of x [T, *D] into out (None: returned, :func:`_emit`); state m, c (None: the
+    """``rate_step`` over the steps of x [T, *D] into out (None: returned, :func:`_emit`); state m, c (None: the
     initial state) into m_out, c_out."""
     if m is None:
-        m, c = _rate_init(x.shape[1:], th, kind=kind, signed=signed, relu_constrained=need_c)
+        m, c = rate_init(x.shape[1:], th, kind=kind, signed=signed, relu_constrained=need_c)
     steps = []
     for i in range(x.shape[0]):
-        s, m, c = _rate_step(x[i], m, c, th, kind=kind, n_levels=n_levels, signed=signed, relu_constrained=need_c)
+        s, m, c = rate_step(x[i], m, c, th, kind=kind, n_levels=n_levels, signed=signed, relu_constrained=need_c)
         steps.append(s)
     if m_out is not None:
         m_out.copy_(m)
@@ -164,13 +164,13 @@ def _rate_loop(x: Tensor, out: Tensor | None, th: Tensor, m: Tensor | None, c: T
 def _diff_loop(x: Tensor, out: Tensor | None, th: Tensor, b: Tensor, r_in: Tensor | None, r_out: Tensor | None,
                r_in_out: Tensor | None, r_out_out: Tensor | None, t0: Tensor, events: Tensor | None, *, kind: str,
                n_levels: int, relu_constrained: bool) -> Tensor | None:
-    """``_diff_step`` for steps t0+1 … t0+T of x [T, *D] (t0: a 0-dim fp32 tensor, so that the step number is data,
+    """``diff_step`` for steps t0+1 … t0+T of x [T, *D] (t0: a 0-dim fp32 tensor, so that the step number is data,
     not a constant compiled into the graph)."""
     if r_in is None:
-        r_in, r_out = _diff_init(x.shape[1:], b)
+        r_in, r_out = diff_init(x.shape[1:], b)
     steps = []
     for i in range(x.shape[0]):
-        d, r_in, r_out = _diff_step(x[i], t0 + (i + 1), r_in, r_out, th, b, kind=kind, n_levels=n_levels,
+        d, r_in, r_out = diff_step(x[i], t0 + (i + 1), r_in, r_out, th, b, kind=kind, n_levels=n_levels,
                                     relu_constrained=relu_constrained)
         steps.append(d)
     if r_in_out is not None:
@@ -188,9 +188,9 @@ def _pair_loop(x: Tensor, out: Tensor | None, th_lo: Tensor, b_lo: Tensor, th_hi
     if rows is not None:
         a0, a1, h0, h1 = rows[0], rows[1], rows[2], rows[3]
     elif diff:
-        (a0, a1), (h0, h1) = _diff_init(shape, b_lo), _diff_init(shape, b_hi)
+        (a0, a1), (h0, h1) = diff_init(shape, b_lo), diff_init(shape, b_hi)
     else:
-        (a0, a1), (h0, h1) = (_rate_init(shape, th, kind=kind, signed=signed, relu_constrained=need_c)
+        (a0, a1), (h0, h1) = (rate_init(shape, th, kind=kind, signed=signed, relu_constrained=need_c)
                               for th in (th_lo, th_hi))
     if not diff and not need_c:  # a rate neuron without the constraint carries no C (as the kernels)
         a1 = h1 = None
@@ -198,14 +198,14 @@ def _pair_loop(x: Tensor, out: Tensor | None, th_lo: Tensor, b_lo: Tensor, th_hi
     for i in range(x.shape[0]):
         if diff:
             t = t0 + (i + 1)
-            r, a0, a1 = _diff_step(x[i], t, a0, a1, th_lo, b_lo, kind=kind, n_levels=n_levels,
+            r, a0, a1 = diff_step(x[i], t, a0, a1, th_lo, b_lo, kind=kind, n_levels=n_levels,
                                    relu_constrained=need_c)
-            h, h0, h1 = _diff_step(r - ceiling, t, h0, h1, th_hi, b_hi, kind=kind, n_levels=n_levels,
+            h, h0, h1 = diff_step(r - ceiling, t, h0, h1, th_hi, b_hi, kind=kind, n_levels=n_levels,
                                    relu_constrained=need_c)
         else:
-            r, a0, a1 = _rate_step(x[i], a0, a1, th_lo, kind=kind, n_levels=n_levels, signed=signed,
+            r, a0, a1 = rate_step(x[i], a0, a1, th_lo, kind=kind, n_levels=n_levels, signed=signed,
                                    relu_constrained=need_c)
-            h, h0, h1 = _rate_step(r - ceiling, h0, h1, th_hi, kind=kind, n_levels=n_levels, signed=signed,
+            h, h0, h1 = rate_step(r - ceiling, h0, h1, th_hi, kind=kind, n_levels=n_levels, signed=signed,
                                    relu_constrained=need_c)
         ys.append(r - h)
         los.append(r)

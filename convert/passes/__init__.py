@@ -1,4 +1,5 @@
 """Graph passes. ``NORMALIZE_PASSES`` is the ordered pipeline every model goes through before calibration."""
+from snnconvert.convert.passes.attention import write_out_attention
 from snnconvert.convert.passes.normalize import (
     canonicalize_activations,
     decompose_bounded_relu,
@@ -7,7 +8,6 @@ from snnconvert.convert.passes.normalize import (
     functional_layers_to_modules,
     move_maxpool_before_activation,
     out_of_place_activations,
-    write_out_attention,
 )
 
 NORMALIZE_PASSES = (

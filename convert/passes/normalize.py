@@ -126,9 +126,9 @@ def decompose_bounded_relu(gm: fx.GraphModule, cfg, report: ConversionReport) ->
                                                                          "inplace", False)))
         later_users = _later_users(gm, node, source) if inplace else []
         base = node.name if node.op != "call_module" else node.name + "_act"
-        low_name = _unique_name(gm, base + "_lo")
+        low_name = unique_name(gm, base + "_lo")
         gm.add_submodule(low_name, nn.ReLU())
-        high_name = _unique_name(gm, base + "_hi")
+        high_name = unique_name(gm, base + "_hi")
         upper = nn.ReLU()
         setattr(upper, UPPER_CLIP_ATTR, True)
         gm.add_submodule(high_name, upper)
@@ -143,7 +143,7 @@ def decompose_bounded_relu(gm: fx.GraphModule, cfg, report: ConversionReport) ->
         for new in (low, shifted, high):
             new.meta = dict(node.meta)
         _replace_activation(gm, node, source, out, later_users, entry, spelling)
-    return _finish(gm, entry, report)
+    return finish_pass(gm, entry, report)
 
 
 def _later_users(gm: fx.GraphModule, node: fx.Node, source) -> list[fx.Node]:
@@ -167,7 +167,8 @@ def _replace_activation(gm: fx.GraphModule, node: fx.Node, source, new: fx.Node,
     entry.modified = True
 
 
-def _finish(gm: fx.GraphModule, entry: PassEntry, report: ConversionReport) -> PassResult:
+def finish_pass(gm: fx.GraphModule, entry: PassEntry, report: ConversionReport) -> PassResult:
+    """Record a pass in the report; after a change, drop unused submodules and recompile."""
     if entry.modified:
         gm.delete_all_unused_submodules()
         gm.recompile()
@@ -175,7 +176,8 @@ def _finish(gm: fx.GraphModule, entry: PassEntry, report: ConversionReport) -> P
     return PassResult(gm, entry.modified)
 
 
-def _unique_name(gm: fx.GraphModule, base: str) -> str:
+def unique_name(gm: fx.GraphModule, base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first name that is not an attribute of ``gm``."""
     name, k = base, 1
     while hasattr(gm, name):
         name, k = f"{base}_{k}", k + 1
@@ -201,12 +203,12 @@ def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
             spelling = "nn.ReLU(shared)"
         source = node.args[0] if node.args else node.kwargs.get("input")
         later_users = _later_users(gm, node, source) if spelling in _INPLACE_SPELLINGS else []
-        name = _unique_name(gm, node.name if node.op != "call_module" else node.name + "_act")
+        name = unique_name(gm, node.name if node.op != "call_module" else node.name + "_act")
         gm.add_submodule(name, nn.ReLU())
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(name, (source,))
         _replace_activation(gm, node, source, new, later_users, entry, spelling)
-    return _finish(gm, entry, report)
+    return finish_pass(gm, entry, report)
 
 
 def out_of_place_activations(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
@@ -239,7 +241,7 @@ def out_of_place_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
         entry.counts[spelling] = entry.counts.get(spelling, 0) + 1
         entry.nodes.append(node.name)
         entry.modified = True
-    return _finish(gm, entry, report)
+    return finish_pass(gm, entry, report)
 
 
 def _value_users(node: fx.Node) -> list[fx.Node]:
@@ -393,7 +395,7 @@ def functional_layers_to_modules(gm: fx.GraphModule, cfg, report: ConversionRepo
             entry.skipped[node.name] = layer
             continue
         layer.train(gm.training)
-        name = _unique_name(gm, node.name)
+        name = unique_name(gm, node.name)
         gm.add_submodule(name, layer)
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(name, (_layer_arguments(node)["input"],))
@@ -406,7 +408,7 @@ def functional_layers_to_modules(gm: fx.GraphModule, cfg, report: ConversionRepo
         entry.modified = True
     if entry.modified:
         _erase_dead_constants(gm, memo)
-    return _finish(gm, entry, report)
+    return finish_pass(gm, entry, report)
 
 
 def nodes_in(value) -> list[fx.Node]:
@@ -461,7 +463,7 @@ def fold_bn(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
         entry.counts[type(bn).__name__] = entry.counts.get(type(bn).__name__, 0) + 1
         entry.nodes.append(node.name)
         entry.modified = True
-    return _finish(gm, entry, report)
+    return finish_pass(gm, entry, report)
 
 
 def _is_stochastic_depth(target) -> bool:
@@ -492,7 +494,7 @@ def drop_dropout_and_identity(gm: fx.GraphModule, cfg, report: ConversionReport)
         entry.counts[kind] = entry.counts.get(kind, 0) + 1
         entry.nodes.append(node.name)
         entry.modified = True
-    return _finish(gm, entry, report)
+    return finish_pass(gm, entry, report)
 
 
 def is_maxpool(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -537,137 +539,3 @@ def move_maxpool_before_activation(gm: fx.GraphModule, cfg, report: ConversionRe
         gm.recompile()
     report.passes.append(entry)
     return PassResult(gm, entry.modified)
-
-
-
-def _attention_graph(graph: fx.Graph, q: fx.Node, k: fx.Node, v: fx.Node, scale) -> fx.Node:
-    """``softmax((q @ kᵀ) · scale, -1) @ v`` as graph nodes (before the current insertion point); ``scale`` None:
-    ``q.size(-1) ** -0.5``, the fused call's default."""
-    if scale is None:
-        scale = graph.call_function(operator.pow, (graph.call_method("size", (q, -1)), -0.5))
-    scores = graph.call_function(operator.matmul, (q, graph.call_method("transpose", (k, -2, -1))))
-    weights = graph.call_function(F.softmax, (graph.call_function(operator.mul, (scores, scale)),), {"dim": -1})
-    return graph.call_function(operator.matmul, (weights, v))
-
-
-def _sdpa_reason(named: dict) -> str | None:
-    """Why a ``scaled_dot_product_attention`` call cannot be written out (None: it can)."""
-    if named.get("attn_mask") is not None:
-        return "an attention mask"
-    if named.get("dropout_p", 0.0) != 0.0:
-        return "attention dropout"
-    if named.get("is_causal", False) is not False:
-        return "is_causal"
-    if named.get("enable_gqa", False) is not False:
-        return "grouped-query heads"
-    if isinstance(named.get("scale"), fx.Node):
-        return "a scale computed at run time"
-    return None
-
-
-def _mha_reason(mha: nn.MultiheadAttention, named: dict, node: fx.Node) -> str | None:
-    """Why an ``nn.MultiheadAttention`` call cannot be written out (None: it can)."""
-    for key in ("key_padding_mask", "attn_mask"):
-        if named.get(key) is not None:
-            return f"{key}"
-    if named.get("is_causal", False) is not False:
-        return "is_causal"
-    if mha.bias_k is not None or mha.add_zero_attn:
-        return "bias_k/bias_v or add_zero_attn"
-    if any(u.op != "call_function" or u.target is not operator.getitem or (u.args[1] != 0 and u.users)
-           for u in node.users):
-        return "its attention weights are used"
-    return None
-
-
-def _mha_linears(mha: nn.MultiheadAttention) -> list[nn.Linear]:
-    """The query, key, value and output projections of ``mha`` as plain ``nn.Linear`` copies."""
-    E = mha.embed_dim
-    if mha._qkv_same_embed_dim:
-        weights = mha.in_proj_weight.split(E)
-    else:
-        weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
-    biases = mha.in_proj_bias.split(E) if mha.in_proj_bias is not None else (None,) * 3
-    pairs = [*zip(weights, biases), (mha.out_proj.weight, mha.out_proj.bias)]
-    layers = []
-    for w, b in pairs:
-        layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(w)
-            if b is not None:
-                layer.bias.copy_(b)
-        layers.append(layer.train(mha.training))
-    return layers
-
-
-def _write_out_mha(gm: fx.GraphModule, node: fx.Node, mha: nn.MultiheadAttention, named: dict) -> fx.Node:
-    """Replace an ``nn.MultiheadAttention`` call by its projections (Linear modules), heads (reshapes) and the
-    written-out attention; returns the output node (what ``call[0]`` was)."""
-    graph, H, hd = gm.graph, mha.num_heads, mha.head_dim
-    names = []
-    for i, layer in enumerate(_mha_linears(mha)):
-        names.append(_unique_name(gm, f"{node.name}_{('q', 'k', 'v', 'out')[i]}_proj"))
-        gm.add_submodule(names[-1], layer)
-    with graph.inserting_before(node):
-        seqs = [named["query"], named["key"], named["value"]]
-        if not mha.batch_first:  # [N, B, E] -> [B, N, E]
-            seqs = [graph.call_method("transpose", (t, 0, 1)) for t in seqs]
-        heads = []
-        for name, t in zip(names, seqs):  # [B, N, E] -> [B, H, N, hd]
-            proj = graph.call_module(name, (t,))
-            b, n = graph.call_method("size", (t, 0)), graph.call_method("size", (t, 1))
-            heads.append(graph.call_method("transpose", (graph.call_method("reshape", (proj, b, n, H, hd)), 1, 2)))
-        out = _attention_graph(graph, *heads, None)
-        b, n = graph.call_method("size", (seqs[0], 0)), graph.call_method("size", (seqs[0], 1))
-        merged = graph.call_method("reshape", (graph.call_method("transpose", (out, 1, 2)), b, n, mha.embed_dim))
-        result = graph.call_module(names[3], (merged,))
-        if not mha.batch_first:
-            result = graph.call_method("transpose", (result, 0, 1))
-    return result
-
-
-def write_out_attention(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
-    """Write fused attention out, so that its products become units (method.md §5.2, §6):
-
-    - ``F.scaled_dot_product_attention(q, k, v)`` (no mask, no dropout, not causal; timm's ViT attention in eval
-      mode) becomes ``softmax((q @ kᵀ) · s, -1) @ v`` with s the call's ``scale`` or ``q.size(-1) ** -0.5``;
-    - an ``nn.MultiheadAttention`` call (no masks, its attention weights unused; torchvision's ViT) becomes its
-      query/key/value projections as ``nn.Linear`` modules, a split into heads, the same written-out attention, the
-      merge of the heads and the output projection.
-
-    A call with a mask, dropout, ``is_causal`` or grouped-query heads stays (check_supported lists it).
-    """
-    entry = PassEntry(name="write_out_attention", modified=False)
-    sdpa_names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-    mha_names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
-                 "is_causal")
-    for node in list(gm.graph.nodes):
-        mha = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
-            named = {**dict(zip(sdpa_names, node.args)), **node.kwargs}
-            reason, kind = _sdpa_reason(named), "scaled_dot_product_attention"
-        elif isinstance(mha, nn.MultiheadAttention):
-            named = {**dict(zip(mha_names, node.args)), **node.kwargs}
-            reason, kind = _mha_reason(mha, named, node), "MultiheadAttention"
-        else:
-            continue
-        if reason:
-            entry.skipped[node.name] = f"{kind} with {reason} stays fused"
-            continue
-        if mha is None:
-            with gm.graph.inserting_before(node):
-                out = _attention_graph(gm.graph, named["query"], named["key"], named["value"], named.get("scale"))
-            node.replace_all_uses_with(out)
-        else:
-            out = _write_out_mha(gm, node, mha, named)
-            for user in list(node.users):  # call[0] is the output; call[1] (the weights) is unused
-                if user.args[1] == 0:
-                    user.replace_all_uses_with(out)
-                gm.graph.erase_node(user)
-        gm.graph.erase_node(node)
-        entry.counts[kind] = entry.counts.get(kind, 0) + 1
-        entry.nodes.append(out.name)
-        entry.modified = True
-    if entry.modified:
-        gm.delete_all_unused_submodules()
-    return _finish(gm, entry, report)

@@ -322,12 +322,10 @@ class _Builder:
                           "divisor_override"), node.args), **node.kwargs)
             self.avgpool(node, a["kernel_size"], a.get("stride"), a.get("padding", 0), a.get("ceil_mode", False),
                          a.get("divisor_override"), self.inputs_of(node))
-        elif node.target is torch.flatten and isinstance(node.args[0], fx.Node):
-            extra = list(node.args[1:]) + [node.kwargs.get(k) for k in ("start_dim", "end_dim") if k in node.kwargs]
-            self.flatten(node, *(extra + [0, -1][len(extra):]))
-        elif node.op == "call_method" and node.target == "flatten":
-            extra = list(node.args[1:])
-            self.flatten(node, *(extra + [0, -1][len(extra):]))
+        elif (node.target is torch.flatten or node.op == "call_method" and node.target == "flatten") and isinstance(
+                node.args[0], fx.Node):
+            a = dict(zip(("input", "start_dim", "end_dim"), node.args), **node.kwargs)
+            self.flatten(node, a.get("start_dim", 0), a.get("end_dim", -1))
         elif node.op == "call_method" and node.target in ("view", "reshape") and len(self.shapes.get(node, ())) == 1:
             self.flatten(node, 1, -1)
         elif node.op == "call_method" and node.target == "contiguous":

@@ -11,10 +11,10 @@ from torch import Tensor
 
 from snnconvert.convert.errors import ConfigError
 
-__all__ = ["CODINGS", "KINDS", "Coding", "Kind", "check_broadcast", "check_levels", "diff_init", "diff_multistep", "diff_step",
-           "if_diff_multistep_ref", "if_fire", "if_rate_multistep_ref", "mt_diff_multistep_ref", "mt_fire",
-           "mt_rate_multistep_ref", "needs_c", "prepare_bias", "prepare_input", "rate_init", "rate_multistep",
-           "rate_step", "state_dtype"]
+__all__ = ["CODINGS", "KINDS", "Coding", "Kind", "check_broadcast", "check_levels", "diff_init", "diff_multistep",
+           "diff_step", "if_diff_multistep_ref", "if_fire", "if_rate_multistep_ref", "mt_diff_multistep_ref",
+           "mt_fire", "mt_rate_multistep_ref", "needs_c", "prepare_bias", "prepare_input", "rate_init",
+           "rate_multistep", "rate_step", "state_dtype"]
 
 
 KINDS = ("if", "mt")

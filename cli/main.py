@@ -41,7 +41,8 @@ USAGE_ERRORS = (ConfigError, DataError, ModelLoadError, OnnxImportError, Artifac
 CONVERSION_ERRORS = (UnsupportedOpError, CalibrationError, TraceError)
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
+    """The progress display of long work (calibration, evaluation): on stderr, only on a terminal, gone when done."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, transient=True, disable=not err.is_terminal)
 
@@ -158,8 +159,8 @@ def _run(o: RunOptions) -> None:
         raise ConfigError(f"--threshold {o.threshold!r}: a rule is listed twice; give distinct rules")
     if o.calib_images <= 0:
         raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
-    _check_nir(o, cfgs[0].coding)
-    dtype = _check_runtime(o)
+    check_nir_options(o, cfgs[0].coding)
+    dtype = check_runtime(o)
     resolved = resolve_model(o.model, weights=o.weights, zoo=models_zoo)
     calib_name = o.calib_data or resolved.dataset
     eval_name = o.eval_data or resolved.dataset
@@ -182,10 +183,10 @@ def _run(o: RunOptions) -> None:
     calib_set, eval_set, calib_info, eval_info = splits.calib, splits.eval, splits.calib_info, splits.eval_info
 
     def prep(x: torch.Tensor) -> torch.Tensor:
-        return _prep(norm, x)
+        return normalized(norm, x)
 
     started = time.perf_counter()
-    with _progress() as bar:
+    with progress_bar() as bar:
         calib_task = bar.add_task("calibration", total=None)
 
         def forward_loop(gm: torch.nn.Module) -> None:
@@ -198,7 +199,7 @@ def _run(o: RunOptions) -> None:
         # traces (a deep copy; node names, hence threshold keys, are the importer's either way)
         ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
         example = prep(calib_set.example(2))
-        _check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name, o.logits, o.ignore_index)  # before calib.
+        check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name, o.logits, o.ignore_index)  # before calib.
         grid = []  # per threshold rule: {T: ConversionResult} (one calibration each)
         for cfg in cfgs:
             if sweep_steps:
@@ -247,7 +248,7 @@ def _run(o: RunOptions) -> None:
         chosen_on = ({**splits.select_info, "held_out": True} if splits.select is not None
                      else {**eval_info, "held_out": False})
         report_sweep = sweep_doc(sweeps, cfgs, best, chosen_on)
-    nir_doc = _export_nir(o, result.snn, _prep(norm, eval_set.example(16)))
+    nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
     present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
             calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
             sweep_doc=report_sweep, nir_doc=nir_doc)
@@ -274,7 +275,7 @@ def _portable(spec: str) -> str:
     return spec if source.path is None else f"{source.kind}:{source.path}"
 
 
-def _check_runtime(o: RunOptions) -> torch.dtype:
+def check_runtime(o: RunOptions) -> torch.dtype:
     """The options of how the SNN runs and is evaluated, checked before anything slow; the layer dtype."""
     from snnconvert.runtime import backend_status
 
@@ -291,7 +292,7 @@ def _check_runtime(o: RunOptions) -> torch.dtype:
     return dtype
 
 
-def _check_nir(o: RunOptions, coding: str) -> None:
+def check_nir_options(o: RunOptions, coding: str) -> None:
     """``--nir`` / ``--nir-host-prefix`` checked before anything slow."""
     if o.nir is None:
         if o.nir_host_prefix:
@@ -313,7 +314,7 @@ def _nir_graph(o: RunOptions, snn, example: torch.Tensor):
     return to_nir(snn, example, host_prefix=o.nir_host_prefix)
 
 
-def _export_nir(o: RunOptions, snn, images: torch.Tensor) -> dict | None:
+def export_nir_file(o: RunOptions, snn, images: torch.Tensor) -> dict | None:
     """``--nir FILE``: write the NIR graph, read it back and run it against the SNN on ``images``; what the report
     records of it (None without ``--nir``)."""
     if o.nir is None:
@@ -329,7 +330,8 @@ def _export_nir(o: RunOptions, snn, images: torch.Tensor) -> dict | None:
             "check_text": check.text}
 
 
-def _prep(norm, x: torch.Tensor) -> torch.Tensor:
+def normalized(norm, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the model is fed (``norm``: the run's ``Normalize``, or None for raw images)."""
     return norm(x) if norm is not None else x
 
 
@@ -342,7 +344,7 @@ def _dtype(name: str) -> torch.dtype:
     return DTYPE_NAMES[name]
 
 
-def _check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, logits: str | None,
+def check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, logits: str | None,
                   ignore_index: int) -> None:
     """The evaluated output must be one output (``--logits`` names it among several) that the evaluation labels fit
     (``label_task``: class labels, per-pixel labels or regression targets), and class labels must index it (e.g.

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from snnconvert.cli.main import (
     RunOptions,
-    _check_labels,
-    _check_nir,
-    _check_runtime,
-    _export_nir,
-    _prep,
-    _progress,
+    check_labels,
+    check_nir_options,
+    check_runtime,
+    export_nir_file,
+    normalized,
+    progress_bar,
 )
 from snnconvert.cli.present import out, present
 from snnconvert.convert.errors import ConfigError, DataError
@@ -61,9 +61,9 @@ def evaluate_saved(o: RunOptions) -> None:
         raise ConfigError(f"{o.model} is a saved SNN, evaluated as it was converted: {', '.join(fixed)} "
                           f"{'does' if len(fixed) == 1 else 'do'} not apply to it (convert the model again to change "
                           "the conversion)")
-    dtype = _check_runtime(o)
+    dtype = check_runtime(o)
     result, ann = load_result(o.model)
-    _check_nir(o, result.config.coding)
+    check_nir_options(o, result.config.coding)
     meta = result.source.meta
     data, card = meta.get("data") or {}, meta.get("preprocessing") or {}
     eval_name = o.eval_data or data.get("evaluation")
@@ -88,22 +88,22 @@ def evaluate_saved(o: RunOptions) -> None:
     calib_info = data.get("calibration_info")
     logits = o.logits if "logits" in o.given else meta.get("logits")
     ignore = o.ignore_index if "ignore_index" in o.given else meta.get("ignore_index", o.ignore_index)
-    _check_labels(ann, _prep(norm, eval_set.example(1)), eval_set, eval_name, logits, ignore)
+    check_labels(ann, normalized(norm, eval_set.example(1)), eval_set, eval_name, logits, ignore)
     T = o.timesteps if o.timesteps is not None else result.config.timesteps
     started = time.perf_counter()
-    with _progress() as bar:
+    with progress_bar() as bar:
         def progress(t: int):
             task = bar.add_task(f"evaluation (T={t})", total=len(eval_set))
             return lambda n: bar.advance(task, n)
 
-        swept = sweep({T: result}, lambda: ((_prep(norm, x), y) for x, y in eval_set.batches(o.batch_size)),
+        swept = sweep({T: result}, lambda: ((normalized(norm, x), y) for x, y in eval_set.batches(o.batch_size)),
                       ann=ann, backend=o.backend, device=o.device, dtype=dtype, mode=o.mode,
                       layer_errors=o.layer_errors, progress=progress, output=logits, ignore_index=ignore)
     if T != result.config.timesteps and result.calibration.quantisation_levels:
         out.print(f"note: the thresholds were fitted for T={result.config.timesteps}; running T={T}")
     o = dataclasses.replace(o, logits=logits, ignore_index=ignore)
     label = f"{o.model} (saved SNN of {meta['label']})" if meta.get("label") else o.model
-    nir_doc = _export_nir(o, result.snn, _prep(norm, eval_set.example(16)))
+    nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
     present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
             calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs,
             nir_doc=nir_doc)

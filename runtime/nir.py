@@ -35,6 +35,7 @@ of the first neuron (a stem convolution and max-pool, say) on the host: the grap
 """
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import operator
 import os
@@ -73,6 +74,13 @@ def require_nir():
     except ImportError as exc:  # an optional extra
         raise SnnConvertError("NIR export needs the 'nir' package: pip install 'snnconvert[nir]'") from exc
     return nir
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("snnconvert")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+        return "unknown"
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -399,7 +407,8 @@ def to_nir(snn: SpikingNetwork, example_input: torch.Tensor, *, dt: float = 1e-4
                                "flatten and residual adds (--nir-host-prefix keeps a stem in front of the first "
                                "neuron on the host)")
     metadata = {
-        "generator": "snnconvert", "coding": "rate", "timesteps": int(snn.timesteps), "dt": float(dt),
+        "generator": f"snnconvert {_version()}", "nir_version": str(nir.version), "coding": "rate",
+        "timesteps": int(snn.timesteps), "dt": float(dt),
         "input": "output of the host prefix: " + ", ".join(n.name for n in prefix.nodes[1:]) if host_prefix
         else "the analog input, the same at every step",
         "decode": "running mean of the output over the steps",

@@ -30,7 +30,7 @@ from snnconvert.runtime.nir import (  # noqa: E402
 
 
 class Residual(nn.Module):
-    """Convolutions (one grouped), a residual add, an average pool, flatten, a constant offset and a scale."""
+    """Convolutions (one grouped), a residual add, an average pool, flatten, constant offsets and scales."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,7 +45,7 @@ class Residual(nn.Module):
         b = F.relu(self.c2(a) + a)
         h = self.pool(b).flatten(1)
         h = F.relu(self.fc1(h) - 0.25)
-        return self.fc2(h * 0.5)
+        return self.fc2(-(0.5 - h * 0.5) / 2.0)  # c·x, c - x, -x and x / c map to Scale / offset nodes
 
 
 def _dyadic(shape, lo, hi, denom, gen):
@@ -98,7 +98,9 @@ def test_graph_equals_snn_bit_for_bit_on_exact_arithmetic(neuron, levels, signed
     assert kinds.count("I") == sites and graph.metadata["neuron_sites"] == sites
     per_site = levels * (2 if signed else 1)
     assert kinds.count("Threshold") == (sites - 1) * levels + (per_site if signed else levels)
-    # the grouped convolution is written dense (NIR 1.0 types a conv's input as weight.shape[1] channels)
+    # generator and versions recorded; the grouped convolution is written dense (NIR 1.0 types a conv's input as
+    # weight.shape[1] channels)
+    assert graph.metadata["generator"].startswith("snnconvert ") and graph.metadata["nir_version"] == nir.version
     assert graph.nodes["c2"].weight.shape == (4, 4, 3, 3) and graph.nodes["c2"].groups == 1
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +11,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from snnconvert.convert.artifact import ordinary_permissions
+from snnconvert.convert.artifact import atomic_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from snnconvert.cli.main import RunOptions
@@ -23,18 +21,10 @@ out = Console()
 
 @contextmanager
 def atomic_write(path: Path):
-    """Yield a temporary file next to ``path``; rename it over ``path`` only when the block succeeds. The file gets
-    the permissions of a plainly created one (mkstemp's are owner-only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            yield f
-        ordinary_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Yield a text file to write ``path`` through (``convert.artifact.atomic_file``: renamed over ``path`` only
+    when the block succeeds, with a plainly created file's permissions)."""
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        yield f
 
 
 def _accuracy_table(ev) -> Table:

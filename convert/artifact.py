@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,24 @@ def ordinary_permissions(path: str | os.PathLike) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[str]:
+    """Yield the name of a new temporary file next to ``path`` (its folder is created if missing); when the block
+    succeeds the file gets a plainly created file's permissions and is renamed over ``path``, otherwise it is
+    removed: ``path`` is never left half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        ordinary_permissions(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write_json(path: Path, data: Any) -> None:

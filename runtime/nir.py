@@ -39,10 +39,8 @@ import importlib.metadata
 import logging
 import operator
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,7 +48,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snnconvert.convert.artifact import ordinary_permissions
+from snnconvert.convert.artifact import atomic_file
 from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.errors import ConfigError, ExportError, SnnConvertError, UnsupportedNode
 from snnconvert.convert.outputs import output_leaves
@@ -215,6 +213,7 @@ class _Builder:
             w = _np(m.weight)
             self.add(name, nir.Affine(weight=w, bias=_np(m.bias)) if m.bias is not None else nir.Linear(weight=w),
                      ins)
+            self.sources[node] = [name]
         elif isinstance(m, nn.AvgPool2d):
             return self.avgpool(node, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.divisor_override, ins)
         elif isinstance(m, nn.AdaptiveAvgPool2d):
@@ -228,8 +227,6 @@ class _Builder:
             if isinstance(m, nn.Linear):
                 reason = f"Linear on a {len(self.input_shape(node))}-d sample (NIR's Affine takes vectors)"
             return self.refuse(node, reason, m)
-        if name in self.nodes:
-            self.sources[node] = [name]
 
     def conv(self, node: fx.Node, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation, inputs) -> None:
         """A Conv1d/Conv2d node (groups = 1: ``weight`` is dense, see :func:`_dense`)."""
@@ -304,7 +301,8 @@ class _Builder:
             self.sources[node] = self.scale(node.name, shape, -1.0, srcs[0])
         elif kind in ("add", "sub") and len(nodes) == 2:
             if nodes[0] is nodes[1]:
-                return self.refuse(node, "x + x or x - x (NIR edges cannot be doubled)") or True
+                self.refuse(node, "x + x or x - x (NIR edges cannot be doubled)")
+                return True
             other = self.scale(f"{node.name}.neg", shape, -1.0, srcs[1]) if kind == "sub" else srcs[1]
             self.sources[node] = srcs[0] + other
         elif kind in ("add", "sub") and len(nums) == 1:
@@ -432,18 +430,12 @@ def host_input(snn: SpikingNetwork, x: torch.Tensor) -> torch.Tensor:
 
 def write_nir(graph, path: str | os.PathLike):
     """Write ``graph`` to ``path`` (HDF5, ``nir.write``) atomically and return the graph read back from the file
-    (``nir.read``, type-checked): a write that fails or does not read back leaves no file behind."""
-    nir, path = require_nir(), Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    (``nir.read``, type-checked): a write that fails or does not read back leaves no file behind (a missing folder is
+    created, as for the reports)."""
+    nir = require_nir()
+    with atomic_file(path) as tmp:
         nir.write(tmp, graph)
         back = nir.read(tmp)
-        ordinary_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return back
 
 

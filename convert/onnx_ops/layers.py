@@ -384,6 +384,17 @@ def convert_instance_norm(ctx: OpContext) -> Value:
 # --------------------------------------------------------------------------------------------------------------------
 _MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+
+
+def _pool_attrs(ctx: OpContext, table: dict, what: str) -> tuple[list, int, list, list, bool]:
+    """A pooling node's ``kernel_shape``, its rank (one ``table`` has a module for), ``strides``, ``dilations`` and
+    ``ceil_mode``, with ONNX's defaults."""
+    kernel = list(ctx.attr("kernel_shape"))
+    nd = len(kernel)
+    if nd not in table:
+        raise ctx.unsupported(f"{nd}-d {what} pooling")
+    return (kernel, nd, list(ctx.attr("strides", [1] * nd)), list(ctx.attr("dilations", [1] * nd)),
+            bool(ctx.attr("ceil_mode", 0)))
 _ADAPTIVE_AVG = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
 _ADAPTIVE_MAX = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}
 
@@ -413,13 +424,7 @@ def convert_max_pool(ctx: OpContext) -> Value:
     if ctx.attr("storage_order", 0):
         raise ctx.unsupported("storage_order=1")
     x = ctx.input(0)
-    kernel = list(ctx.attr("kernel_shape"))
-    nd = len(kernel)
-    if nd not in _MAX_POOL:
-        raise ctx.unsupported(f"{nd}-d max pooling")
-    strides = list(ctx.attr("strides", [1] * nd))
-    dilations = list(ctx.attr("dilations", [1] * nd))
-    ceil_mode = bool(ctx.attr("ceil_mode", 0))
+    kernel, nd, strides, dilations, ceil_mode = _pool_attrs(ctx, _MAX_POOL, "max")
     begin, end = _resolve_pads(ctx, _spatial(ctx, x, nd), kernel, strides, dilations)
     shape_begin, shape_end = begin, end
     padding: Any = tuple(begin)
@@ -440,15 +445,9 @@ def convert_average_pool(ctx: OpContext) -> Value:
     Asymmetric pads need ``count_include_pad=1`` (explicit zero padding); dilations are unsupported.
     """
     x = ctx.input(0)
-    kernel = list(ctx.attr("kernel_shape"))
-    nd = len(kernel)
-    if nd not in _AVG_POOL:
-        raise ctx.unsupported(f"{nd}-d average pooling")
-    strides = list(ctx.attr("strides", [1] * nd))
-    dilations = list(ctx.attr("dilations", [1] * nd))
+    kernel, nd, strides, dilations, ceil_mode = _pool_attrs(ctx, _AVG_POOL, "average")
     if any(d != 1 for d in dilations):
         raise ctx.unsupported(f"dilations={dilations}")
-    ceil_mode = bool(ctx.attr("ceil_mode", 0))
     count_include_pad = bool(ctx.attr("count_include_pad", 0))
     begin, end = _resolve_pads(ctx, _spatial(ctx, x, nd), kernel, strides, dilations)
     padding: Any = tuple(begin)

@@ -5,11 +5,17 @@ Errors print one line (``error: ...``); ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import re
+import shutil
 import sys
+import tempfile
 import time
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,8 +37,10 @@ from snnconvert.convert.errors import (
     SnnConvertError,
     TraceError,
     UnsupportedOpError,
+    first_line,
 )
 
+log = logging.getLogger("snnconvert.cli")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 err = Console(stderr=True)
 
@@ -135,7 +143,7 @@ def _run(o: RunOptions) -> None:
     from snnconvert.cli.malloc import keep_freed_memory
     from snnconvert.convert import ConversionConfig, convert, convert_sweep
     from snnconvert.runtime import sweep
-    from snnconvert.runtime.data import Normalize, load_calib_eval, parse_normalize
+    from snnconvert.runtime.data import Normalize, check_resize_crop, load_calib_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
     from snnconvert.runtime.sweep import choose
@@ -143,6 +151,7 @@ def _run(o: RunOptions) -> None:
     keep_freed_memory()  # large tensors are not unmapped and paged in again on every layer call (cli/malloc.py)
     from snnconvert.cli.saved import evaluate_saved, is_artifact
 
+    check_outputs(o)
     if is_artifact(o.model):
         return evaluate_saved(o)
     sweep_steps = _sweep_steps(o)
@@ -162,12 +171,16 @@ def _run(o: RunOptions) -> None:
     check_nir_options(o, cfgs[0].coding)
     dtype = check_runtime(o)
     resolved = resolve_model(o.model, weights=o.weights, zoo=models_zoo)
+    # an ONNX file is imported once, before anything else can fail on it: the imported graph is the ANN to compare
+    # against and what convert() traces (a deep copy; node names, hence threshold keys, are the importer's either way)
+    ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
     calib_name = o.calib_data or resolved.dataset
     eval_name = o.eval_data or resolved.dataset
     if calib_name is None:
         raise ConfigError(f"{o.model}: no data set is known for this model; pass --calib-data (e.g. fashion-mnist)")
     if eval_name is None:
         raise ConfigError(f"{o.model}: no data set is known for this model; pass --eval-data (e.g. fashion-mnist)")
+    check_resize_crop((calib_name, eval_name), resize=o.resize, crop=o.crop)  # the user's flags, not the card's
     card = resolved.preprocessing or {}
     if o.normalize:
         norm = parse_normalize(o.normalize)
@@ -195,9 +208,6 @@ def _run(o: RunOptions) -> None:
                 gm(prep(x))
                 bar.advance(calib_task, len(x))
 
-        # an ONNX file is imported once: the imported graph is the ANN to compare against and what convert()
-        # traces (a deep copy; node names, hence threshold keys, are the importer's either way)
-        ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
         example = prep(calib_set.example(2))
         check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name, o.logits, o.ignore_index)  # before calib.
         grid = []  # per threshold rule: {T: ConversionResult} (one calibration each)
@@ -248,23 +258,29 @@ def _run(o: RunOptions) -> None:
         chosen_on = ({**splits.select_info, "held_out": True} if splits.select is not None
                      else {**eval_info, "held_out": False})
         report_sweep = sweep_doc(sweeps, cfgs, best, chosen_on)
-    nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
-    present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
-            calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
-            sweep_doc=report_sweep, nir_doc=nir_doc)
-    if o.output is not None:
-        # what a later `snnconvert SNN_DIR` needs to evaluate it on the same images, preprocessed the same way
-        norm_doc = None if norm is None else {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()}
-        result.source = dataclasses.replace(result.source, meta={
-            **result.source.meta,
-            "data": {"calibration": _portable(calib_name), "calib_images": o.calib_images,
-                     "select_images": o.select_images, "evaluation": _portable(eval_name),
-                     "eval_images": o.eval_images, "calibration_info": calib_info},
-            "preprocessing": {"normalize": norm_doc, "resize": files.resize, "crop": files.crop},
-            "logits": o.logits, "ignore_index": o.ignore_index, "label": resolved.label})
-        result.save(o.output)
-        out.print(f"SNN saved to {o.output} (evaluate it again with `snnconvert {o.output}`; API: "
-                  "snnconvert.runtime.load)")
+    with all_or_none(o):
+        nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
+        present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
+                calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
+                sweep_doc=report_sweep, nir_doc=nir_doc)
+        if o.output is not None:
+            _save(o, result, norm, files, calib_name, eval_name, calib_info, resolved.label)
+
+
+def _save(o: RunOptions, result, norm, files, calib_name: str, eval_name: str, calib_info: dict, label: str) -> None:
+    """``--output``: save the SNN with what a later ``snnconvert SNN_DIR`` needs to evaluate it on the same images,
+    preprocessed the same way."""
+    norm_doc = None if norm is None else {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()}
+    result.source = dataclasses.replace(result.source, meta={
+        **result.source.meta,
+        "data": {"calibration": _portable(calib_name), "calib_images": o.calib_images,
+                 "select_images": o.select_images, "evaluation": _portable(eval_name),
+                 "eval_images": o.eval_images, "calibration_info": calib_info},
+        "preprocessing": {"normalize": norm_doc, "resize": files.resize, "crop": files.crop},
+        "logits": o.logits, "ignore_index": o.ignore_index, "label": label})
+    result.save(o.output)
+    out.print(f"SNN saved to {o.output} (evaluate it again with `snnconvert {o.output}`; API: "
+              "snnconvert.runtime.load)")
 
 
 def _portable(spec: str) -> str:
@@ -284,12 +300,77 @@ def check_runtime(o: RunOptions) -> torch.dtype:
         raise ConfigError(f"--eval-images must be positive, got {o.eval_images}")
     if o.batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {o.batch_size}")
-    if o.device.startswith("cuda") and not torch.cuda.is_available():
+    if o.mode not in ("multi", "single"):
+        raise ConfigError(f"--mode {o.mode!r} is not valid; choose multi (layer by layer over T*B) or single "
+                          "(streaming)")
+    try:
+        device = torch.device(o.device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {o.device!r} is not a device; use cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {o.device}: snnconvert runs on cpu or cuda[:N]")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {o.device}: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {o.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     ok, reason = backend_status(o.backend, o.device)  # before calibration: fail in seconds, not minutes
     if not ok:
         raise BackendUnavailableError(f"--backend {o.backend}: {reason}")
     return dtype
+
+
+def check_outputs(o: RunOptions) -> None:
+    """Every output path, checked before anything slow: no two on one path; the files (--report, --markdown,
+    --nir) not folders; the --output folder not a file, and new, empty or a saved SNN; each in a folder that exists,
+    or can be created, and takes files (a probe file is written and removed)."""
+    files = [(flag, path) for flag, path in (("--report", o.report), ("--markdown", o.markdown), ("--nir", o.nir))
+             if path is not None]
+    seen: dict[Path, str] = {}
+    for flag, path in [*files, *([("--output", o.output)] if o.output is not None else [])]:
+        key = path.resolve()
+        if key in seen:
+            raise ConfigError(f"{seen[key]} and {flag} both name {path}; give each output its own path")
+        seen[key] = flag
+        if flag != "--output" and path.is_dir():
+            raise ConfigError(f"{flag} {path} is a folder; give a file path")
+        _check_writable_folder(flag, path)
+    if o.output is not None and o.output.exists():
+        if not o.output.is_dir():
+            raise ConfigError(f"--output {o.output} is a file; give a folder path for the saved SNN")
+        if any(o.output.iterdir()) and not (o.output / "source.json").is_file():  # a saved SNN is replaced
+            raise ConfigError(f"--output {o.output} is a folder with other files in it (not a saved SNN); choose "
+                              "another --output path")
+
+
+def _check_writable_folder(flag: str, path: Path) -> None:
+    """The folder ``path`` goes in, or the nearest existing folder above it (the writers create the missing ones),
+    is a folder that takes a new file."""
+    folder = path.resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".snnconvert-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc}); choose another "
+                          "path") from None
+
+
+@contextlib.contextmanager
+def all_or_none(o: RunOptions) -> Iterator[None]:
+    """The run's outputs as a whole: when writing one fails, those this run created before it are removed again,
+    so a failed run leaves no output behind (each file is written atomically on its own)."""
+    paths = [p for p in (o.nir, o.report, o.markdown, o.output) if p is not None]
+    existed = {p: p.exists() for p in paths}
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            if not existed[path] and path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
 
 
 def check_nir_options(o: RunOptions, coding: str) -> None:
@@ -301,8 +382,6 @@ def check_nir_options(o: RunOptions, coding: str) -> None:
     if coding != "rate":
         raise ConfigError(f"--nir needs --coding rate (NIR has no decoder for {coding} coding: it weights step t by "
                           "1/t and sends offsets once)")
-    if o.nir.is_dir() or not o.nir.parent.is_dir():
-        raise ConfigError(f"--nir {o.nir}: give a file path in an existing folder")
     from snnconvert.runtime.nir import require_nir
 
     require_nir()  # the optional package is here (before calibration)
@@ -364,6 +443,10 @@ def check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, l
     except ConfigError as e:
         raise DataError(f"{name}: {e}") from None
     if task == "regression":
+        y = data.labels
+        if y.dim() == 2 and y.shape[1] > 1 and bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all()):
+            log.warning("%s: the float labels are one-hot rows: they are evaluated as regression targets (MSE); "
+                        "give class indices (labels.argmax(1), integers) for accuracy", name)
         return
     dense = task == "segmentation"
     outputs = scores.shape[1] if dense else scores.shape[-1]
@@ -373,6 +456,9 @@ def check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, l
         raise DataError(f"{name}: labels go up to {top} but the model has {outputs} "
                         f"{'classes (output dim 1)' if dense else 'outputs'}; check that the data "
                         "set matches the model (ImageFolder labels are the sorted class folders)")
+    if not dense and outputs >= 2 * (top + 1) and len(labels) >= 100:
+        log.warning("%s: the labels use %d classes but the model has %d outputs; check that the data set matches "
+                    "the model (its accuracy counts every output)", name, top + 1, outputs)
 
 
 def result_ann(onnx_path: str) -> torch.nn.Module:
@@ -492,7 +578,14 @@ def main(
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
+    except OSError as exc:  # the file system refused (a race after the checks, a full disk): not a bug
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(SnnConvertError(f"{exc.strerror or exc}{where}; check the path, its permissions and the free space"),
+              debug, code=2)
     except Exception as exc:  # noqa: BLE001 - unexpected: one line, traceback with --debug
+        if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc):
+            _fail(SnnConvertError(f"out of memory ({first_line(exc)}): the SNN runs T x batch images per call; lower "
+                                  "--batch-size or -T, or use --mode single"), debug, code=1)
         _fail(exc, debug, code=1, unexpected=True)
 
 
@@ -546,6 +639,10 @@ def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
                 raw = [raw]
             elif not param.multiple and isinstance(raw, list):  # a YAML/JSON list for a comma-list flag
                 raw = ",".join(str(v) for v in raw)
+            expected = _annotation(param)
+            if (isinstance(raw, bool) and expected not in (bool, None)) or (isinstance(raw, float) and expected is int):
+                what = "an integer" if expected is int else f"a {getattr(expected, '__name__', 'value')}"
+                raise ConfigError(f"--config {config}: {key}: {raw!r} is not {what}")
             try:
                 values[name] = param.process_value(ctx, raw)
             except typer.BadParameter as exc:
@@ -560,11 +657,41 @@ def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
     return values
 
 
+#: Configuration fields as the library's messages name them, and the flags that set them.
+_FIELD_FLAGS = {"threshold_aggregation": "--aggregation", "identity_neurons": "--identity-neurons",
+                "identity_threshold": "--identity-threshold", "identity_tail": "--identity-tail",
+                "token_channel": "--token-channel", "threshold_scale": "--threshold-scale",
+                "identity_levels": "--identity-levels", "allow_ann_ops": "--allow-ann-op", "levels": "--levels",
+                "neuron": "--neuron", "timesteps": "-T", "granularity": "--granularity", "backend": "--backend"}
+_FIELD_ASSIGNMENT = re.compile(r"\b(" + "|".join(_FIELD_FLAGS) + r")=(['\"]?)([\w.%*-]+)\2")
+_FIELD_NAME = re.compile(r"\b(" + "|".join(f for f in _FIELD_FLAGS if "_" in f) + r")\b")
+
+
+def as_flags(text: str) -> str:
+    """A library message in the command's words: ``neuron='mt'`` -> ``--neuron mt``, ``identity_levels`` ->
+    ``--identity-levels`` (the API's field names are the Python spelling of the flags)."""
+    text = _FIELD_ASSIGNMENT.sub(lambda m: f"{_FIELD_FLAGS[m.group(1)]} {m.group(3)}", text)
+    text = _FIELD_NAME.sub(lambda m: _FIELD_FLAGS[m.group(1)], text)
+    for flag in set(_FIELD_FLAGS.values()):  # "(--flag)" after the field's own name, now the flag too
+        if text.count(flag) > 1:
+            text = text.replace(f" ({flag})", "")
+    return text
+
+
+def _annotation(param) -> type | None:
+    """The Python type a command parameter takes (``int`` for ``Optional[int]``), None where not known."""
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = getattr(descriptor, "annotation", None)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    annotation = args[0] if len(args) == 1 else annotation
+    return annotation if isinstance(annotation, type) else None
+
+
 def _fail(exc: BaseException, debug: bool, *, code: int, unexpected: bool = False) -> None:
     if debug:
         err.print_exception()
     prefix = f"internal error ({type(exc).__name__})" if unexpected else "error"
-    text = str(exc)
+    text = str(exc) if unexpected else as_flags(str(exc))
     if unexpected and not debug:
         text += " (rerun with --debug for the traceback)"
     print(f"{prefix}: {text}", file=sys.stderr)

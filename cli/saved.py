@@ -7,6 +7,7 @@ from pathlib import Path
 
 from snnconvert.cli.main import (
     RunOptions,
+    all_or_none,
     check_labels,
     check_nir_options,
     check_runtime,
@@ -15,7 +16,7 @@ from snnconvert.cli.main import (
     progress_bar,
 )
 from snnconvert.cli.present import out, present
-from snnconvert.convert.errors import ConfigError, DataError
+from snnconvert.convert.errors import ArtifactError, ConfigError, DataError
 
 
 def _same_pool(calib_spec: str | None, eval_spec: str) -> bool:
@@ -32,9 +33,17 @@ def _same_pool(calib_spec: str | None, eval_spec: str) -> bool:
 
 
 def is_artifact(model: str) -> bool:
-    """MODEL names a folder written by ``--output`` (it holds ``source.json``)."""
+    """MODEL is read as a saved SNN: a folder written by ``--output`` (it holds ``source.json``), or any other folder
+    (no model is a folder, so :func:`evaluate_saved` says what to give instead of naming it an unknown zoo model),
+    unless the folder only has a zoo model's name."""
     path = Path(model)
-    return path.is_dir() and (path / "source.json").is_file()
+    if not path.is_dir():
+        return False
+    if (path / "source.json").is_file():
+        return True
+    from snnconvert import models_zoo
+
+    return model not in models_zoo.list_models()
 
 
 #: options that define a conversion: a saved SNN is evaluated as it was converted, so they do not apply to it
@@ -51,9 +60,16 @@ def _flag(name: str) -> str:
 def evaluate_saved(o: RunOptions) -> None:
     """``snnconvert SNN_DIR``: evaluate a saved SNN (``--output``) and its ANN again, without calibration: on the
     evaluation images it was evaluated on (or ``--eval-data``), with the preprocessing it was converted with (or
-    ``--normalize`` / ``--resize`` / ``--crop``), on any backend, device, dtype and number of steps."""
+    ``--normalize`` / ``--resize`` / ``--crop``), on any backend, device, dtype and number of steps.
+
+    A folder saved from a Python model imports the module named in its ``source.json`` and calls that factory to
+    rebuild the ANN (only a class or Python function defined outside the standard library is called): like any
+    model code, evaluate folders only from a trusted source."""
+    if not (Path(o.model) / "source.json").is_file():
+        raise ArtifactError(f"{o.model} is a folder but not a saved SNN (no source.json): give a folder written by "
+                            "--output, or a model (zoo name, file.onnx, file.py:factory)")
     from snnconvert.runtime import load_result, sweep
-    from snnconvert.runtime.data import Normalize, load_calib_eval, load_eval, parse_normalize
+    from snnconvert.runtime.data import Normalize, check_resize_crop, load_calib_eval, load_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
 
     fixed = [_flag(name) for name in _CONVERSION_OPTIONS if name in o.given]
@@ -69,6 +85,7 @@ def evaluate_saved(o: RunOptions) -> None:
     eval_name = o.eval_data or data.get("evaluation")
     if eval_name is None:
         raise ConfigError(f"{o.model} does not record its evaluation data (saved through the API); pass --eval-data")
+    check_resize_crop((eval_name,), resize=o.resize, crop=o.crop)  # the user's flags, not the recorded ones
     saved_norm = card.get("normalize")
     norm = (parse_normalize(o.normalize) if o.normalize else
             Normalize(saved_norm["mean"], saved_norm["std"]) if saved_norm else None)
@@ -103,7 +120,8 @@ def evaluate_saved(o: RunOptions) -> None:
         out.print(f"note: the thresholds were fitted for T={result.config.timesteps}; running T={T}")
     o = dataclasses.replace(o, logits=logits, ignore_index=ignore)
     label = f"{o.model} (saved SNN of {meta['label']})" if meta.get("label") else o.model
-    nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
-    present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
-            calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs,
-            nir_doc=nir_doc)
+    with all_or_none(o):
+        nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
+        present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
+                calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs,
+                nir_doc=nir_doc)

@@ -91,10 +91,22 @@ def load_onnx(path: str | os.PathLike) -> fx.GraphModule:
 def _front_end(model: torch.nn.Module | str | os.PathLike, example_inputs: torch.Tensor | None = None
                ) -> fx.GraphModule:
     if isinstance(model, (str, os.PathLike)):
-        if not str(model).endswith(".onnx"):
+        if not str(model).lower().endswith(".onnx"):
             raise ConfigError(f"{model}: only .onnx files can be converted from a path; pass an nn.Module otherwise")
         return load_onnx(model)
     return trace_module(model, example_inputs)
+
+
+def _check_onnx_input(gm: fx.GraphModule) -> None:
+    """An imported ONNX model must take float images: an integer input (raw pixels cast inside the model) would be
+    fed float images in [0, 1] by calibration and evaluation, a different model without an error."""
+    onnx_meta = gm.meta.get("onnx") or {}
+    declared = onnx_meta.get("input_dtype")
+    if declared is not None and not declared.startswith(("float", "bfloat")):
+        raise ConfigError(
+            f"the ONNX model's input '{onnx_meta.get('input_name')}' is {declared} (raw pixel values, cast inside the "
+            "model); the conversion calibrates and evaluates on float images: export the model with a float32 "
+            "input, with the cast and scaling moved out of it into the data (--normalize)")
 
 
 def prepare(
@@ -107,6 +119,7 @@ def prepare(
     Returns the canonical graph."""
     start = time.perf_counter()
     gm = _front_end(model, example_inputs)
+    _check_onnx_input(gm)
     report.timings["trace"] = time.perf_counter() - start
     report.shape_branches = list(gm.meta.get("shape_branches", ()))
     report.opaque_functions = dict(gm.meta.get("opaque_functions", {}))
@@ -119,8 +132,8 @@ def prepare(
             annotate_shapes(gm, example_inputs)
         except Exception as exc:  # noqa: BLE001 - the model cannot run on this input at all
             raise ConfigError(f"the model fails on an input of shape {list(example_inputs.shape)} ({first_line(exc)}); "
-                              "check the data set and --normalize for this model, and that no batch size is fixed "
-                              "in its code") from exc
+                              + (_static_batch_advice(gm) or "check the data set and --normalize for this model, and "
+                                 "that no batch size is fixed in its code")) from exc
     start = time.perf_counter()
     gm = run_passes(gm, NORMALIZE_PASSES, config, report)
     check_supported(gm, config, report)
@@ -129,6 +142,17 @@ def prepare(
     gm = run_passes(gm, (insert_identity_sites,), config, report)
     report.timings["passes"] = time.perf_counter() - start
     return gm
+
+
+def _static_batch_advice(gm: fx.GraphModule) -> str | None:
+    """What to do when an ONNX file with a static batch fails on another batch size, else ``None``."""
+    batch = gm.meta.get("onnx", {}).get("static_batch")
+    if batch is None:
+        return None
+    return (f"the ONNX file was exported with a fixed batch size of {batch}, which the import could not free "
+            "everywhere (e.g. a reshape that merges the batch with attention heads): export it again with a dynamic "
+            "batch axis, torch.onnx.export(..., dynamic_axes={'<input name>': {0: 'batch'}}) or, with dynamo=True, "
+            "dynamic_shapes")
 
 
 def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
@@ -145,11 +169,12 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
     fix = "make every operation per sample (the batch dim may only be reshaped, e.g. into windows, and back)"
     with torch.no_grad():
         try:
-            pair, alone = gm(torch.cat([a, b])), [gm(a), gm(b)]
+            # forward(), not __call__: fx's __call__ prints the generated code of a failing line to stderr
+            pair, alone = gm.forward(torch.cat([a, b])), [gm.forward(a), gm.forward(b)]
         except Exception as exc:  # noqa: BLE001 - the model itself fails on one or two images
             raise ConfigError(f"the model fails on a batch of one or two images ({first_line(exc)}); the SNN runs "
                               "time steps in the batch dim, so a batch size fixed in the code (or an ONNX export "
-                              f"without a dynamic batch axis) breaks it: {fix}") from exc
+                              f"without a dynamic batch axis) breaks it: {_static_batch_advice(gm) or fix}") from exc
     for i, single in enumerate(alone):
         for (path, got), (_, want) in zip(output_leaves(pair), output_leaves(single)):
             if got.shape[1:] != want.shape[1:] or not _same_values(got[i:i + 1], want):
@@ -158,7 +183,8 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
                 at = f", first at node {node}" if node else ""
                 raise ConfigError(f"the model's output for one image depends on the other images of its batch{where}"
                                   f"{at}: an operation along the batch dim (x.mean(0), x.flip(0), batch statistics); "
-                                  f"the SNN runs time steps in the batch dim, so it would mix them: {fix}")
+                                  "the SNN runs time steps in the batch dim, so it would mix them: "
+                                  f"{_static_batch_advice(gm) or fix}")
 
 
 def _same_values(got: torch.Tensor, want: torch.Tensor) -> bool:

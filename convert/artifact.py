@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
+import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 
 from snnconvert.convert.config import ConversionConfig
-from snnconvert.convert.errors import ArtifactError, ConfigError, ModelLoadError
+from snnconvert.convert.errors import ArtifactError, ConfigError, ModelLoadError, first_line
 
 FORMAT_VERSION = 1
 
@@ -47,11 +50,15 @@ class ModelSource:
     def onnx(cls, path: str | os.PathLike) -> ModelSource:
         return cls("onnx", str(Path(path).resolve()))
 
-    def build(self) -> torch.nn.Module | str:
-        """Instantiate the model (Python) or return the ONNX path.
+    def build(self, *, named_by: str = "a model reference") -> torch.nn.Module | str:
+        """Instantiate the model (Python) or return the ONNX path. A Python source imports its module and calls its
+        factory: user code, run only after :func:`resolve_factory` has checked that it names a model factory.
+
+        Args:
+            named_by: who named the factory, for the message that refuses one ("the folder" for a saved SNN).
 
         Raises:
-            ModelLoadError: the file, module or factory does not exist or fails.
+            ModelLoadError: the file, module or factory does not exist, is not a model factory, or fails.
         """
         if self.kind == "onnx":
             if not Path(self.ref).is_file():
@@ -59,7 +66,7 @@ class ModelSource:
             return self.ref
         if self.kind != "python":
             raise ModelLoadError(f"unknown model source kind {self.kind!r}")
-        factory = resolve_factory(self.ref)
+        factory = resolve_factory(self.ref, named_by=named_by)
         try:
             model = factory(**self.kwargs)
         except Exception as exc:  # noqa: BLE001 - user code
@@ -69,11 +76,53 @@ class ModelSource:
         return model
 
 
-def resolve_factory(ref: str):
-    """``"pkg.module:fn"`` or ``"path/to/file.py:fn"`` -> the callable.
+def _in_stdlib(module_name: str) -> bool:
+    """Whether a module's top-level package is part of the standard library (``builtins`` included)."""
+    return module_name.partition(".")[0] in sys.stdlib_module_names
+
+
+def _stdlib_file(path: Path) -> bool:
+    """Whether ``path`` is a standard-library file: inside the stdlib folders but not in a site-packages folder
+    (a virtual environment's stdlib folder holds its site-packages)."""
+    paths, where = sysconfig.get_paths(), path.resolve()
+
+    def inside(keys: tuple[str, ...]) -> bool:
+        return any(where.is_relative_to(Path(paths[k]).resolve()) for k in keys if k in paths)
+
+    return inside(("stdlib", "platstdlib")) and not inside(("purelib", "platlib"))
+
+
+def _not_a_factory(factory: Any) -> str | None:
+    """Why ``factory`` must not be called to build a model, or None. Only a class (``nn.Module`` subclass) or a plain
+    Python function defined outside the standard library is called: a saved folder's ``source.json`` names the
+    callable, and without this check a tampered one could name ``os:system`` or ``subprocess:run`` with the shell
+    command as kwargs."""
+    if inspect.isclass(factory):
+        if not issubclass(factory, torch.nn.Module):
+            return f"{factory.__name__} is a class but not a torch.nn.Module"
+    elif not inspect.isfunction(factory):
+        return f"it is a {type(factory).__name__}, not a class or Python function"
+    module_name = getattr(factory, "__module__", None) or ""
+    if _in_stdlib(module_name):
+        return f"it is defined in the standard library module {module_name}"
+    return None
+
+
+def _refused(ref: str, reason: str, named_by: str) -> ModelLoadError:
+    return ModelLoadError(f"{ref!r} is not a model factory ({reason}); {named_by} must name a model factory: a class "
+                          "or Python function defined outside the standard library")
+
+
+def resolve_factory(ref: str, *, named_by: str = "a model reference"):
+    """``"pkg.module:fn"`` or ``"path/to/file.py:fn"`` -> the callable, checked to be a model factory before anyone
+    calls it: a class (``nn.Module`` subclass) or Python function defined outside the standard library. Importing
+    the module runs its code (a user's model file), so a reference must come from a trusted source.
+
+    Args:
+        named_by: who named ``ref``, for the message that refuses it ("the folder" for a saved SNN).
 
     Raises:
-        ModelLoadError: malformed reference, missing file/module or attribute.
+        ModelLoadError: malformed reference, missing file/module or attribute, or not a model factory.
     """
     module_part, sep, attr = ref.rpartition(":")
     if not sep or not module_part or not attr:
@@ -83,6 +132,8 @@ def resolve_factory(ref: str):
         path = Path(module_part)
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")
+        if _stdlib_file(path):
+            raise _refused(ref, f"{path} is a standard library file", named_by)
         spec = importlib.util.spec_from_file_location(f"snnconvert_user_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         try:
@@ -90,6 +141,8 @@ def resolve_factory(ref: str):
         except Exception as exc:  # noqa: BLE001 - user code
             raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     else:
+        if _in_stdlib(module_part):  # refused before it is imported: some stdlib modules act on import
+            raise _refused(ref, f"{module_part} is in the standard library", named_by)
         try:
             module = importlib.import_module(module_part)
         except ImportError as exc:
@@ -98,6 +151,9 @@ def resolve_factory(ref: str):
     if factory is None or not callable(factory):
         names = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
         raise ModelLoadError(f"{module_part} has no callable {attr!r}; callables there: {', '.join(names[:20])}")
+    reason = _not_a_factory(factory)
+    if reason is not None:
+        raise _refused(ref, reason, named_by)
     return factory
 
 
@@ -186,34 +242,129 @@ class Artifact:
     source: ModelSource
 
 
+def _damaged(root: Path, name: str, what: str) -> ArtifactError:
+    """The one line for a saved folder whose file ``name`` is missing or damaged: it cannot be repaired, only
+    written again."""
+    return ArtifactError(f"{root}: {name} {what}; convert the model again with --output DIR (or save the conversion "
+                         "again with ConversionResult.save)")
+
+
+def _read_json(root: Path, name: str) -> dict[str, Any]:
+    """The JSON object in ``root / name``."""
+    try:
+        doc = json.loads((root / name).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _damaged(root, name, f"is not valid JSON ({first_line(exc)})") from exc
+    if not isinstance(doc, dict):
+        raise _damaged(root, name, f"holds a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def _read_tensors(root: Path, name: str, what: str) -> dict[str, Any]:
+    """The dict ``torch.save`` wrote to ``root / name`` (read as weights only: no code runs). torch's own message
+    for a file it cannot read is paragraphs long, so the line names the file and what it should hold instead."""
+    try:
+        data = torch.load(root / name, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any damaged or foreign file
+        raise _damaged(root, name, f"is not a valid {what} ({type(exc).__name__})") from exc
+    if not isinstance(data, dict):
+        raise _damaged(root, name, f"is not a valid {what} (it holds a {type(data).__name__})")
+    return data
+
+
+def state_mismatch(model: torch.nn.Module, state: dict[str, Any]) -> str:
+    """How ``state`` does not fit ``model``: up to 3 missing and 3 unexpected keys and the first shape mismatch,
+    with counts (torch's own message lists every key over many lines); empty when it fits."""
+    own = model.state_dict()
+
+    def some(keys: list[str]) -> str:
+        more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+        return ", ".join(repr(k) for k in keys[:3]) + more
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) {some(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) {some(unexpected)}")
+        if missing and all(k.startswith("module.") for k in unexpected):
+            parts.append("the file's keys start with 'module.' (saved from DataParallel): save model.module's "
+                         "state dict")
+    if shapes:
+        first = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatch(es), e.g. {first!r} (file {list(state[first].shape)}, model "
+                     f"{list(own[first].shape)})")
+    return "; ".join(parts)
+
+
+def _fit_state(root: Path, model: torch.nn.Module, state: dict[str, Any], ref: str) -> None:
+    """Load the saved weights into the rebuilt ANN; weights of another model are named by a few keys."""
+    mismatch = state_mismatch(model, state)
+    if mismatch:
+        raise _damaged(root, "ann_state.pt", f"does not fit the model {ref} ({mismatch}): it holds the weights of "
+                                             "another model")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:  # e.g. a value that is not a tensor
+        raise _damaged(root, "ann_state.pt", f"does not fit the model {ref} ({first_line(exc)})") from exc
+
+
 def load_artifact(path: str | os.PathLike) -> Artifact:
     """Read an artifact folder written by :func:`save` and rebuild its ANN.
 
+    A folder whose ``source.json`` names a Python factory imports that module and calls the factory (after checking
+    that it is a class or Python function defined outside the standard library): like any model code, a saved
+    folder must come from a trusted source.
+
     Raises:
-        ArtifactError: missing files or an unknown format version.
+        ArtifactError: not an artifact folder, a missing or damaged file (named, with what to do), an unknown format
+            version, or a model source that cannot be rebuilt or is not a model factory.
     """
     root = Path(path)
     needed = ["config.json", "thresholds.pt", "report.json", "source.json"]
     missing = [n for n in needed if not (root / n).is_file()]
-    if missing:
+    if "source.json" in missing:
         raise ArtifactError(f"{root} is not an snnconvert artifact (missing {', '.join(missing)})")
-    cfg_doc = json.loads((root / "config.json").read_text())
+    doc = _read_json(root, "source.json")
+    try:
+        source = ModelSource(**doc)
+    except TypeError as exc:
+        raise _damaged(root, "source.json", "does not describe a model source (kind, ref, kwargs, meta)") from exc
+    if not (isinstance(source.ref, str) and isinstance(source.kwargs, dict) and isinstance(source.meta, dict)):
+        raise _damaged(root, "source.json", "does not describe a model source (kind, ref, kwargs, meta)")
+    if source.kind == "python":
+        needed.append("ann_state.pt")
+    elif source.kind == "onnx":
+        needed.append(source.ref)
+    missing = [n for n in needed if not (root / n).is_file()]
+    if missing:
+        raise _damaged(root, ", ".join(missing), "is missing" if len(missing) == 1 else "are missing")
+    cfg_doc = _read_json(root, "config.json")
     if cfg_doc.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{root}: artifact format {cfg_doc.get('format_version')} is not supported "
                             f"(this snnconvert reads format {FORMAT_VERSION}); convert the model again")
+    if not isinstance(cfg_doc.get("config"), dict):
+        raise _damaged(root, "config.json", "holds no configuration")
     saved = dict(cfg_doc["config"])
     saved.setdefault("identity_neurons", "off")  # written before identity neurons existed: there were none
     try:
         config = ConversionConfig.from_dict(saved)
-    except ConfigError as exc:
-        raise ArtifactError(f"{root}: invalid config.json: {exc}") from exc
-    thresholds = torch.load(root / "thresholds.pt", weights_only=True)
-    source = ModelSource(**json.loads((root / "source.json").read_text()))
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise _damaged(root, "config.json", f"is not a valid configuration ({first_line(exc)})") from exc
+    thresholds = _read_tensors(root, "thresholds.pt", "thresholds file")
+    if not all(isinstance(v, torch.Tensor) for v in thresholds.values()):
+        raise _damaged(root, "thresholds.pt", "is not a valid thresholds file (it holds values that are not tensors)")
+    report = _read_json(root, "report.json")
     if source.kind == "onnx":
         model: torch.nn.Module | str = str(root / source.ref)
     else:
-        model = source.build()
-        state = torch.load(root / "ann_state.pt", weights_only=True)
-        model.load_state_dict(state)
+        state = _read_tensors(root, "ann_state.pt", "state dict")
+        try:
+            model = source.build(named_by="the folder")
+        except ModelLoadError as exc:
+            raise ArtifactError(f"{root}: cannot rebuild the model named in source.json: {exc}") from exc
+        _fit_state(root, model, state, source.ref)
         model.eval()
-    return Artifact(model, thresholds, config, json.loads((root / "report.json").read_text()), source)
+    return Artifact(model, thresholds, config, report, source)

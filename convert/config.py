@@ -145,7 +145,12 @@ class ConversionConfig:
         if not isinstance(self.threshold, ThresholdSpec):
             object.__setattr__(self, "threshold", ThresholdSpec.parse(self.threshold))
         if not isinstance(self.identity_threshold, ThresholdSpec):
-            object.__setattr__(self, "identity_threshold", ThresholdSpec.parse(self.identity_threshold))
+            try:
+                spec = ThresholdSpec.parse(self.identity_threshold)
+            except ConfigError:
+                raise ConfigError(f"identity_threshold {self.identity_threshold!r} is not valid; use <p>% (e.g. "
+                                  "99.9%), max or a fraction of the max (e.g. 0.5)") from None
+            object.__setattr__(self, "identity_threshold", spec)
         if self.identity_threshold.statistic == "moments":
             raise ConfigError(f"identity_threshold {self.identity_threshold} is not valid: threshold iteration models "
                               "a ReLU's output; identity neurons take a percentile (e.g. 99.9%) or max")

@@ -51,23 +51,31 @@ from snnconvert.convert.errors import OnnxImportError, UnsupportedNode, Unsuppor
 from snnconvert.convert.onnx_model import (
     MAX_OPSET,
     MIN_OPSET,
+    FreedBatch,
     check_model,
     default_opset,
+    free_static_batch,
     infer_shapes,
     load_external_data,
     one_line,
     parse_dim_param,
     read_model,
+    restore_static_batch,
     sanitize,
 )
 from snnconvert.convert.onnx_ops import Const, SymVec, Tensor, UnsupportedConfigError, Value
-from snnconvert.convert.onnx_ops.context import ONNX_DTYPES, POISONED, OpContext, tensor_from_proto
+from snnconvert.convert.onnx_ops.context import ONNX_DTYPES, OpContext, tensor_from_proto
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "OpContext", "load_onnx", "supported_op_types"]
 
 logger = logging.getLogger(__name__)
 
+#: Names of ONNX element types in ``gm.meta["onnx"]["input_dtype"]`` (others: the ONNX name in lower case).
+_DTYPE_NAMES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64"}
 
+#: Attributes every ``fx.GraphModule`` instance sets (``training``, ``meta``, ``_graph``...): an ONNX node or
+#: initializer of such a name must not shadow them.
+_GRAPH_MODULE_ATTRIBUTES = frozenset(vars(fx.GraphModule(nn.Module(), fx.Graph())))
 
 
 def supported_op_types() -> list[str]:
@@ -84,6 +92,9 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
     Returns:
         A GraphModule in eval mode with float32 parameters and one input. ``gm.meta["onnx"]`` holds ``path``,
         ``opset``, ``producer``, ``input_name``, ``input_shape`` (``None`` for dynamic dimensions), ``input_dtype``
+        (as declared: ``float32``, ``float16``, ``uint8``...; floating values are imported as float32),
+        ``static_batch`` (the batch size the file fixed, else ``None``), ``batch_freed`` (whether the import
+        made it dynamic: :func:`free_static_batch`; not where the graph merges it with other dimensions)
         and ``metadata_props``; every fx node holds ``node.meta["onnx"] = {"name", "op_type", "opset"}``.
 
     Raises:
@@ -97,8 +108,27 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
     check_model(check_target, label)
     if isinstance(path, (str, os.PathLike)):
         load_external_data(model, Path(path), label)
-    inferred = infer_shapes(model, label)
-    gm = _Importer(model, opset, inferred, label).run()
+    model, freed = free_static_batch(model, copy=isinstance(path, onnx.ModelProto))
+    importer = _Importer(model, opset, infer_shapes(model, label), label,
+                         static_batch=None if freed is None else freed.batch)
+    try:
+        gm = importer.run()
+    except OnnxImportError:
+        if freed is None:
+            raise
+        gm = None  # a shape the freed batch leaves unresolved: imported as the file fixed it below
+    batch_freed = gm is not None and freed is not None and _takes_any_batch(gm, model, freed)
+    if freed is not None and not batch_freed:  # the batch was merged into other dims: the file stays as it is
+        restore_static_batch(model, freed)
+        gm = _Importer(model, opset, infer_shapes(model, label), label).run()
+        logger.warning("%s: the input has a static batch size %d (exported without a dynamic batch axis) that the "
+                       "graph merges with other dimensions; imported as it is: the module takes batches of %d only "
+                       "(export with a dynamic batch axis to convert it)", label, freed.batch, freed.batch)
+    elif freed is not None:
+        nodes = importer.batch_nodes
+        logger.warning("%s: the input has a static batch size %d (exported without a dynamic batch axis); imported "
+                       "with a dynamic one%s", label, freed.batch, f" (nodes whose constants held the batch size now "
+                       f"read it at run time: {', '.join(dict.fromkeys(nodes))})" if nodes else "")
     graph_input = gm.meta["onnx"]
     gm.meta["onnx"] = {
         "path": None if isinstance(path, onnx.ModelProto) else str(path),
@@ -107,6 +137,8 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
         "input_name": graph_input["input_name"],
         "input_shape": graph_input["input_shape"],
         "input_dtype": graph_input["input_dtype"],
+        "static_batch": None if freed is None else freed.batch,
+        "batch_freed": batch_freed,
         "metadata_props": {prop.key: prop.value for prop in model.metadata_props},
     }
     n_modules = sum(1 for node in gm.graph.nodes if node.op == "call_module")
@@ -114,6 +146,44 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
                 len(model.graph.node), len(gm.graph.nodes), n_modules)
     return gm
 
+
+def _takes_any_batch(gm: fx.GraphModule, model: onnx.ModelProto, freed: FreedBatch) -> bool:
+    """Whether a graph whose static batch was freed computes each sample on its own at another batch size: run on
+    two random samples together and on each alone, the outputs that led with the batch must agree (a graph that
+    merges the batch into other dimensions, e.g. a Reshape to ``[-1]`` followed by constant indices, fails or
+    differs). Without static sample dimensions to draw inputs from, the symbolic import is trusted."""
+    graph_input = next(v for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer})
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim][1:]
+    if None in dims:
+        return True
+    dtype = ONNX_DTYPES.get(graph_input.type.tensor_type.elem_type, torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, *dims, generator=generator)
+    x = x if dtype.is_floating_point else (x * 100).to(dtype)
+    names = [out.name for out in model.graph.output]
+    try:
+        with torch.no_grad():  # forward(), not __call__: fx's __call__ prints a failing line's code to stderr
+            pair, alone = gm.forward(x), [gm.forward(x[i:i + 1]) for i in range(2)]
+    except Exception:  # noqa: BLE001 - the graph cannot run at batch 2 or 1: it holds the batch size somewhere
+        return False
+    pair, alone = _as_list(pair), [_as_list(out) for out in alone]
+    for k, name in enumerate(names):
+        if name not in freed.outputs:
+            continue
+        both = pair[k]
+        if not isinstance(both, torch.Tensor) or both.dim() == 0 or both.shape[0] != 2:
+            return False
+        for i in range(2):
+            one = alone[i][k]
+            scale = float(one.abs().max()) if one.numel() else 0.0
+            if one.shape != both[i:i + 1].shape or not torch.allclose(both[i:i + 1], one, rtol=1e-4,
+                                                                       atol=1e-5 * scale + 1e-12):
+                return False
+    return True
+
+
+def _as_list(out: Any) -> list:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -126,8 +196,11 @@ class _Importer:
     node and dimension a symbol can be read from at run time, ``size_nodes`` caches those ``x.size(i)`` nodes.
     """
 
-    def __init__(self, model: onnx.ModelProto, opset: int, inferred: dict, label: str) -> None:
+    def __init__(self, model: onnx.ModelProto, opset: int, inferred: dict, label: str,
+                 static_batch: int | None = None) -> None:
         self.model = model
+        self.static_batch = static_batch  # the batch size a freed static batch had (free_static_batch)
+        self.batch_nodes: list[str] = []  # nodes whose constants held it, now read from the run-time batch
         self.opset = opset
         self.inferred = inferred
         self.label = label
@@ -149,6 +222,8 @@ class _Importer:
         self.runtime_symbols: dict[tuple[fx.Node, int], sympy.Symbol] = {}
         self.lifted: dict[int, tuple[Const, fx.Node]] = {}
         self.meta: dict[str, Any] = {}
+        self.poisoned: set[str] = set()  # outputs of unconverted nodes and of nodes reading them
+        self.standin: fx.Node | None = None  # the dummy fx node those values stand on
 
     # ---- values ---------------------------------------------------------------------------------------------------
     def value(self, name: str) -> Any:
@@ -209,10 +284,12 @@ class _Importer:
         return node
 
     def unique_name(self, candidate: str) -> str:
-        """A sanitised attribute name not used yet (nor by ``fx.GraphModule`` itself)."""
+        """A sanitised attribute name not used yet (nor by ``fx.GraphModule`` itself: its methods and the
+        attributes every instance sets, such as ``meta`` and ``training``)."""
         base = sanitize(candidate)
         name, k = base, 0
-        while name in self.used_names or keyword.iskeyword(name) or hasattr(fx.GraphModule, name):
+        while (name in self.used_names or keyword.iskeyword(name) or hasattr(fx.GraphModule, name)
+               or name in _GRAPH_MODULE_ATTRIBUTES):
             k += 1
             name = f"{base}_{k}"
         self.used_names.add(name)
@@ -377,14 +454,11 @@ class _Importer:
             )
         dtype = ONNX_DTYPES.get(elem_type)
         self.values[graph_input.name] = Tensor(node, shape, dtype)
-        if dims and isinstance(dims[0], int):
-            logger.warning(
-                "%s: input '%s' has a static batch size %d; the imported module accepts only that batch size "
-                "(export with a dynamic batch axis to avoid this)", self.label, graph_input.name, dims[0])
         return {
             "input_name": graph_input.name,
             "input_shape": None if dims is None else [d if isinstance(d, int) else None for d in dims],
-            "input_dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+            "input_dtype": _DTYPE_NAMES.get(elem_type, onnx.TensorProto.DataType.Name(elem_type).lower())
+            if elem_type else None,
         }
 
     def run(self) -> fx.GraphModule:
@@ -392,6 +466,7 @@ class _Importer:
         input_meta = self._placeholder()
         unsupported: list[UnsupportedNode] = []
         reasons: list[str] = []
+        errors: list[OnnxImportError] = []
         for index, node in enumerate(self.model.graph.node):
             ctx = OpContext(self, node, index)
             self.meta = {"name": ctx.name, "op_type": node.op_type, "opset": self.opset}
@@ -407,9 +482,7 @@ class _Importer:
                 unsupported.append(offender)
                 self._poison(node)
                 continue
-            if any(name and self.values.get(name) is POISONED for name in node.input):
-                self._poison(node)
-                continue
+            tainted = any(name in self.poisoned for name in node.input)
             try:
                 result = converter(ctx)
             except UnsupportedConfigError as exc:
@@ -417,15 +490,24 @@ class _Importer:
                 reasons.append(f"{ctx.name} ({node.op_type}): {exc}")
                 self._poison(node)
                 continue
-            except OnnxImportError:
-                raise
-            except Exception as exc:
-                raise OnnxImportError(
-                    f"cannot import node '{ctx.name}' ({node.op_type}, opset {self.opset}): {one_line(exc)}"
-                ) from exc
+            except Exception as exc:  # noqa: BLE001 - collected: every problem of the file is reported at once
+                if tainted:  # an input standing in for an unconverted node's output can cause anything
+                    pass
+                elif isinstance(exc, OnnxImportError):
+                    errors.append(exc)
+                else:
+                    errors.append(OnnxImportError(
+                        f"cannot import node '{ctx.name}' ({node.op_type}, opset {self.opset}): {one_line(exc)}"))
+                    errors[-1].__cause__ = exc
+                self._poison(node)
+                continue
             self._store(node, result if isinstance(result, (list, tuple)) else [result], ctx)
+            if tainted:
+                self.poisoned.update(name for name in node.output if name)
         if unsupported:
-            raise UnsupportedOpError(unsupported, hint=self._hint(reasons))
+            raise UnsupportedOpError(unsupported, hint=self._hint(reasons, errors))
+        if errors:
+            raise errors[0]
         self._output()
         self._eliminate_dead_code()
         gm = fx.GraphModule(self.root, self.graph, class_name="OnnxGraphModule")
@@ -438,19 +520,26 @@ class _Importer:
         """The opset version imported for a non-default domain."""
         return next((imp.version for imp in self.model.opset_import if imp.domain == domain), 1)
 
-    def _hint(self, reasons: list[str]) -> str:
-        """The hint of the UnsupportedOpError: supported op types and the reasons for rejected attributes."""
+    def _hint(self, reasons: list[str], errors: Sequence[OnnxImportError] = ()) -> str:
+        """The hint of the UnsupportedOpError: supported op types, the reasons for rejected attributes and the
+        other nodes that cannot be imported (malformed, or with shapes that cannot be resolved)."""
         lines = [f"Supported op types (ai.onnx, opset {MIN_OPSET}-{MAX_OPSET}): {', '.join(supported_op_types())}."]
         if reasons:
             lines.append("Unsupported attributes: " + "; ".join(reasons) + ".")
+        if errors:
+            lines.append("Not importable either: " + "; ".join(str(exc) for exc in errors) + ".")
         lines.append("Replace or remove these ops before export, or export the PyTorch model with torch.fx instead.")
         return "\n".join(lines)
 
     def _poison(self, node: onnx.NodeProto) -> None:
-        """Mark the outputs of a node that could not be converted, so that consumers are skipped."""
+        """Give the outputs of a node that could not be converted stand-in values (their inferred shapes, on a dummy
+        fx node), so that the walk goes on and lists every other unsupported node; the graph is not built then."""
+        if self.standin is None:
+            self.standin = self.graph.placeholder("unconverted_standin")
         for name in node.output:
             if name:
-                self.values[name] = POISONED
+                self.values[name] = self._finish_tensor(Tensor(self.standin, None, None), name)
+                self.poisoned.add(name)
 
     def _store(self, node: onnx.NodeProto, results: Sequence[Any], ctx: OpContext) -> None:
         """Record a converter's results for the node's outputs (shapes completed from inference)."""

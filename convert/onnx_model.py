@@ -7,6 +7,7 @@ import ast
 import operator
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ import sympy
 from snnconvert.convert import onnx_ops
 from snnconvert.convert.errors import OnnxImportError
 
-__all__ = ["MAX_OPSET", "MIN_OPSET", "check_model", "default_opset", "infer_shapes", "load_external_data",
-           "one_line", "parse_dim_param", "read_model", "sanitize", "shape_only_copy"]
+__all__ = ["BATCH_PARAM", "MAX_OPSET", "MIN_OPSET", "check_model", "default_opset", "FreedBatch", "free_static_batch",
+           "infer_shapes", "load_external_data", "one_line", "parse_dim_param", "read_model",
+           "restore_static_batch", "sanitize", "shape_only_copy"]
 
 MIN_OPSET = 13
 MAX_OPSET = 21
@@ -180,3 +182,71 @@ def parse_dim_param(text: str, symbols: dict[str, sympy.Symbol]) -> sympy.Expr |
         return None
 
 
+
+
+#: The dim_param a static batch dimension is renamed to by :func:`free_static_batch`.
+BATCH_PARAM = "snnconvert_batch"
+
+
+@dataclass
+class FreedBatch:
+    """What :func:`free_static_batch` changed: the batch size the file fixed, the outputs that led with it, and the
+    declarations it replaced (to put back with :func:`restore_static_batch`)."""
+
+    batch: int
+    outputs: list[str]
+    saved: tuple[list, list, list]
+
+
+def free_static_batch(model: onnx.ModelProto, *, copy: bool) -> tuple[onnx.ModelProto, FreedBatch | None]:
+    """Make a static batch dimension dynamic: ``torch.onnx.export`` without dynamic axes (both exporters' default)
+    fixes the batch size of its example input.
+
+    The input's first dimension (and each output's, where it equals it) becomes the dim_param ``BATCH_PARAM``; the
+    exporter's intermediate value infos are dropped (shape inference redoes them). The batch size is also written
+    into constants (``x.view(x.size(0), -1)`` becomes ``Reshape(x, [1, 784])``): the importer's converters read it
+    from the run-time batch there (``OpContext.static_batch_target``, ``OpContext.batch_constant``), and checks
+    that the outputs still lead with the batch (``restore_static_batch`` otherwise).
+
+    Returns:
+        (model, freed): the model itself and ``None`` when its batch is already dynamic (or it has no single input
+        of rank >= 1); otherwise the freed model (a copy with ``copy=True``, else the argument, modified) and what
+        was changed.
+    """
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    if len(inputs) != 1 or not inputs[0].type.tensor_type.shape.dim:
+        return model, None
+    first = inputs[0].type.tensor_type.shape.dim[0]
+    if not first.HasField("dim_value") or first.dim_value < 1:
+        return model, None
+    batch = first.dim_value
+    free = model
+    if copy:
+        free = onnx.ModelProto()
+        free.CopyFrom(model)
+    graph = free.graph
+    saved = tuple([_copy(v) for v in values] for values in (graph.input, graph.output, graph.value_info))
+    del graph.value_info[:]
+    outputs = []
+    for value in [*(v for v in graph.input if v.name == inputs[0].name), *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
+            dims[0].Clear()
+            dims[0].dim_param = BATCH_PARAM
+            if value.name != inputs[0].name:
+                outputs.append(value.name)
+    return free, FreedBatch(batch, outputs, saved)
+
+
+def restore_static_batch(model: onnx.ModelProto, freed: FreedBatch) -> None:
+    """Put back the declarations :func:`free_static_batch` replaced (the batch stays as the file fixed it)."""
+    for field, values in zip((model.graph.input, model.graph.output, model.graph.value_info), freed.saved):
+        del field[:]
+        field.extend(values)
+
+
+def _copy(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    clone = onnx.ValueInfoProto()
+    clone.CopyFrom(value)
+    return clone

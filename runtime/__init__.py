@@ -115,7 +115,16 @@ def run(snn: SpikingNetwork, x: torch.Tensor, timesteps: int | None = None, *, m
 
 
 def load(path: str | os.PathLike) -> SpikingNetwork:
-    """Rebuild a saved SNN (no calibration): the same thresholds, so identical outputs."""
+    """Rebuild a saved SNN (no calibration): the same thresholds, so identical outputs.
+
+    A folder saved from a Python model imports the module named in its ``source.json`` and calls that factory to
+    rebuild the ANN (only a class or Python function defined outside the standard library is called): like any
+    model code, load folders only from a trusted source.
+
+    Raises:
+        ArtifactError: not an artifact folder, a missing or damaged file, an unknown format, or a model source that
+            cannot be rebuilt.
+    """
     artifact = load_artifact(path)
     snn, _ = convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config,
                                      artifact.report.get("input_shape"))
@@ -128,8 +137,13 @@ def load_result(path: str | os.PathLike) -> tuple[ConversionResult, torch.nn.Mod
     rebuilt module with its saved weights, or the imported ONNX graph), e.g. to evaluate both again on other data, on
     another backend or device (``snnconvert SNN_DIR``).
 
+    A folder saved from a Python model imports the module named in its ``source.json`` and calls that factory to
+    rebuild the ANN (only a class or Python function defined outside the standard library is called): like any
+    model code, load folders only from a trusted source.
+
     Raises:
-        ArtifactError: not an artifact folder, or an unknown format.
+        ArtifactError: not an artifact folder, a missing or damaged file (named, with what to do), an unknown format,
+            or a model source that cannot be rebuilt.
     """
     artifact = load_artifact(path)
     snn, report = convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -35,7 +36,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from snnconvert.convert.errors import DataError
+from snnconvert.convert.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,8 @@ class Normalize(torch.nn.Module):
         super().__init__()
         if len(mean) != len(std):
             raise DataError(f"normalize: {len(mean)} mean value(s) but {len(std)} std value(s); give as many of each")
+        if not all(math.isfinite(v) for v in (*mean, *std)):  # NaN passes `s <= 0` and poisons every input
+            raise DataError(f"normalize: mean and std must be finite numbers, got mean {list(mean)}, std {list(std)}")
         if any(s <= 0 for s in std):
             raise DataError(f"normalize: std must be positive, got {list(std)}")
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
@@ -265,8 +268,14 @@ def load_dataset(
     return imagefiles.FolderDataset.scan(source.path, name=source.spec, preprocess=preprocess)
 
 
-def _take(ds: ImageDataset, n: int | None, *, shuffle: bool) -> tuple[ImageDataset, str]:
-    """The first ``n`` images, or ``n`` images of a seeded permutation (folders are sorted by class)."""
+def _take(ds: ImageDataset, n: int | None, *, shuffle: bool, flag: str, where: str | None = None
+          ) -> tuple[ImageDataset, str]:
+    """The first ``n`` images, or ``n`` images of a seeded permutation (folders are sorted by class). Asking for
+    more than there are takes them all, with a warning (``flag``: the option asked for ``n``; ``where``: what
+    holds the images, default the data set and split), so that a report's image count is never a surprise."""
+    if n is not None and n > len(ds):
+        log.warning("%s %d: %s only %d images; using all %d", flag, n,
+                    where or f"{ds.name} ({ds.split}) holds", len(ds), len(ds))
     if n is None or n >= len(ds):
         return ds, "all"
     if n <= 0:
@@ -334,7 +343,8 @@ def load_calib_eval(
                             + " or give a separate --eval-data")
         perm = _order(pool, True)
         calib, rest = pool.select(perm[:calib_images]), pool.select(perm[calib_images + held:])
-        evald, sel = _take(rest, eval_images, shuffle=False)
+        evald, sel = _take(rest, eval_images, shuffle=False, flag="--eval-images",
+                           where=f"after the hold-out, {cs.spec} has")
         how = f"seeded permutation (seed {SELECTION_SEED}) of one pool"
         calib_info = {"split": "held out for calibration", "selection": f"first {calib_images} of a {how}"}
         eval_info = {"split": "rest after the calibration" + (" and selection hold-outs" if held else " hold-out"),
@@ -359,7 +369,7 @@ def load_calib_eval(
             select_info = {"split": select.split,
                            "selection": f"the {held} after the calibration images"
                                         + (f" (seeded permutation, seed {SELECTION_SEED})" if mixed else "")}
-        calib, calib_sel = _take(calib_all, calib_images, shuffle=mixed)
+        calib, calib_sel = _take(calib_all, calib_images, shuffle=mixed, flag="--calib-images")
         evald, eval_info = _eval_part(eval_all, es, eval_images)
         calib_info = {"split": calib.split, "selection": calib_sel}
     calib_info.update(dataset=cs.spec, images=len(calib))
@@ -379,7 +389,7 @@ def same_pool(calib: DataSource, evaluation: DataSource) -> bool:
 
 def _eval_part(eval_all: ImageDataset, source: DataSource, eval_images: int | None) -> tuple[ImageDataset, dict]:
     """The evaluation images of a split (image folders: a seeded sample) and their ``split`` / ``selection``."""
-    evald, selection = _take(eval_all, eval_images, shuffle=source.kind == "imagefolder")
+    evald, selection = _take(eval_all, eval_images, shuffle=source.kind == "imagefolder", flag="--eval-images")
     return evald, {"split": evald.split, "selection": selection}
 
 
@@ -413,7 +423,24 @@ def parse_normalize(text: str) -> Normalize:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise DataError(f"--normalize {text!r}: give numbers as MEAN,STD or M1,..,Mc,S1,..,Sc") from None
+    if not all(math.isfinite(v) for v in values):  # float() accepts "nan" and "inf"
+        raise DataError(f"--normalize {text!r}: means and stds must be finite numbers, e.g. 0.286,0.353")
     if len(values) < 2 or len(values) % 2:
         raise DataError(f"--normalize {text!r}: give as many means as stds, e.g. 0.286,0.353")
     half = len(values) // 2
     return Normalize(values[:half], values[half:])
+
+
+def check_resize_crop(specs: Sequence[str], *, resize: int | None, crop: int | None) -> None:
+    """The user's own ``--resize`` / ``--crop`` (not a model card's defaults, which fit any source) must reach an
+    image folder: arrays (Fashion-MNIST, ``.npz``) are used at their stored size, so the flags would be ignored.
+
+    Raises:
+        ConfigError: a flag is given and none of ``specs`` is an image folder.
+        DataError: a bad spec.
+    """
+    given = [f"--{name} {value}" for name, value in (("resize", resize), ("crop", crop)) if value is not None]
+    if given and not any(parse_data_spec(spec).kind == "imagefolder" for spec in specs):
+        raise ConfigError(f"{' and '.join(given)}: --resize/--crop apply to image folders (imagefolder:PATH); "
+                          f"the data ({', '.join(dict.fromkeys(specs))}) are arrays used at their stored size: "
+                          "drop the flag(s), or resize the arrays before saving them")

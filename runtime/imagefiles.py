@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snnconvert.convert.errors import DataError
+from snnconvert.convert.errors import DataError, first_line
 from snnconvert.runtime.data import TensorDataset
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,10 @@ class Preprocess:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise DataError(f"--{name} must be a positive number of pixels, got {value!r}")
+        # the shorter side after resizing is `resize`: a larger crop would be padded with black borders
+        if self.resize is not None and self.crop is not None and self.crop > self.resize:
+            raise DataError(f"--crop {self.crop} is larger than --resize {self.resize} (the shorter side after "
+                            "resizing): the crop would be padded; give --crop N <= --resize N")
 
     def load(self, path: Path) -> torch.Tensor:
         """Decode one file to float32 ``[C, H, W]`` in [0, 1].
@@ -71,6 +75,11 @@ class Preprocess:
         if self.resize is not None:
             im = TF.resize(im, self.resize, interpolation=InterpolationMode.BILINEAR, antialias=True)
         if self.crop is not None:
+            if self.crop > min(im.size):  # torchvision pads a crop larger than the image with zeros: refuse it
+                after = f" after resizing to {self.resize}" if self.resize is not None else ""
+                raise DataError(f"--crop {self.crop} is larger than image {path} ({im.size[0]}x{im.size[1]} pixels"
+                                f"{after}): the crop would be padded; give --crop N <= {min(im.size)} or a larger "
+                                "--resize N")
             im = TF.center_crop(im, self.crop)
         return TF.pil_to_tensor(im).float().div_(255.0)
 
@@ -149,11 +158,32 @@ class FolderDataset:
             yield self._stack(self.files[start : start + batch_size]), self.labels[start : start + batch_size]
 
 
+_NPZ_HOW = "save the arrays with numpy.savez(PATH, x=images, y=labels) (or x_train/y_train/x_test/y_test)"
+
+
 def _open_npz(path: Path):
     try:
-        return np.load(path, allow_pickle=False)
+        f = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"cannot read {path} as a numpy .npz file: {exc}") from exc
+        raise DataError(f"cannot read {path} as a numpy .npz file: {first_line(exc)}; {_NPZ_HOW}") from exc
+    if not isinstance(f, np.lib.npyio.NpzFile):  # np.load returns a bare array for a .npy file
+        raise DataError(f"{path} holds a single numpy array of shape {getattr(f, 'shape', '?')}, not an .npz "
+                        f"archive of named arrays; {_NPZ_HOW}")
+    return f
+
+
+def _npz_array(f, key: str, where: str) -> np.ndarray:
+    """One array of an open .npz file; object arrays (pickled Python objects) are never loaded."""
+    try:
+        return f[key]
+    except ValueError as exc:
+        if "Object arrays" in str(exc):
+            raise DataError(f"{where} is an object array (pickled Python objects, e.g. images of different sizes), "
+                            "which is not read; store a numeric array (uint8 or float images of one size, integer "
+                            "labels)") from None
+        raise DataError(f"{where}: cannot read the array: {first_line(exc)}; {_NPZ_HOW}") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{where}: cannot read the array: {first_line(exc)}; {_NPZ_HOW}") from exc
 
 
 def npz_has_splits(path: Path) -> bool:
@@ -201,7 +231,7 @@ def load_npz(path: Path, split: str, *, name: str) -> TensorDataset:
                                 f"{', '.join(layouts)}")
             xk, yk = pair
             split_name = "all"
-        x, y = f[xk], f[yk]
+        x, y = _npz_array(f, xk, f"{name}[{xk}]"), _npz_array(f, yk, f"{name}[{yk}]")
     images = _images_to_tensor(x, f"{name}[{xk}]")
     if np.issubdtype(y.dtype, np.floating) and y.ndim >= 1 and len(y) == len(images):
         targets = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))

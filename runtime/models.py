@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from snnconvert.convert.artifact import ModelSource
-from snnconvert.convert.errors import ModelLoadError
+from snnconvert.convert.artifact import ModelSource, state_mismatch
+from snnconvert.convert.errors import ModelLoadError, first_line
 
 
 @dataclass
@@ -49,9 +51,11 @@ def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=No
     Raises:
         ModelLoadError: unknown zoo name (with the valid names), missing file, bad factory or weights.
     """
-    if spec.endswith(".onnx"):
+    if spec.lower().endswith(".onnx"):
         if weights is not None:
             raise ModelLoadError("--weights applies to Python models only; an .onnx file carries its weights")
+        if Path(spec).is_dir():
+            raise ModelLoadError(f"ONNX model {spec} is a folder, not a file; give the path of the .onnx file")
         if not Path(spec).is_file():
             raise ModelLoadError(f"ONNX file {spec} does not exist")
         props, shape = onnx_metadata(spec), onnx_input_shape(spec)
@@ -66,6 +70,10 @@ def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=No
         model = source.build()
         label = spec
         dataset = preprocessing = input_shape = None
+    elif spec.lower().endswith(".py"):  # not a zoo name: the factory is missing
+        raise ModelLoadError(f"{spec} is a Python file: name what builds the model in it as {spec}:factory (a "
+                             f"function or class returning the nn.Module, e.g. {spec}:build_model)"
+                             + ("" if Path(spec).is_file() else f"; note that {spec} does not exist"))
     else:
         if zoo is None:
             raise ModelLoadError(f"{spec!r} is not a file.py:factory reference or an .onnx file")
@@ -182,18 +190,38 @@ def _parse_preprocessing(text: str | None) -> dict[str, Any] | None:
                              "'mean' and 'std' lists (and optional 'resize', 'crop')") from None
 
 
+#: how to write a weights file that :func:`_read_state` reads
+_SAVE_HOW = "save the weights with torch.save(model.state_dict(), FILE)"
+
+
 def _read_state(path: Path) -> dict:
-    """A state dict from ``path`` (plain, or under a ``"state_dict"`` key as training checkpoints store it)."""
+    """A state dict from ``path`` (plain, or under a ``"state_dict"`` key as training checkpoints store it), read
+    with ``weights_only=True`` (no code in the file runs) and with finite values only: NaN weights would otherwise
+    fail much later, inside calibration."""
+    if path.is_dir():
+        raise ModelLoadError(f"weights {path}: a folder, not a file; give the state-dict file ({_SAVE_HOW})")
     if not path.is_file():
         raise ModelLoadError(f"weights file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"weights file {path} is empty; {_SAVE_HOW}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: torch's text explains how to run it
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"a pickled {found.group(1)}" if found else "pickled Python objects"
+        raise ModelLoadError(f"weights {path} are not a state dict: the file holds {what} (e.g. a whole model saved "
+                             f"with torch.save(model)), which is not loaded; {_SAVE_HOW}") from exc
     except Exception as exc:  # noqa: BLE001 - any unreadable file
-        raise ModelLoadError(f"cannot read weights {path}: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"weights {path} are not a state dict that torch.load reads ({type(exc).__name__}: "
+                             f"{first_line(exc)}); {_SAVE_HOW}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ModelLoadError(f"weights {path} hold a {type(state).__name__}, not a state dict")
+        raise ModelLoadError(f"weights {path} hold a {type(state).__name__}, not a state dict; {_SAVE_HOW}")
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise ModelLoadError(f"weights {path}: tensor {key!r} holds NaN or infinite values (a diverged "
+                                 "training run?); save weights from a checkpoint with finite values")
     return state
 
 
@@ -203,8 +231,10 @@ def _load_weights(model: torch.nn.Module, weights: str | os.PathLike) -> None:
 
 
 def _fit_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Load ``state`` strictly; a mismatch names the keys (torch's own message is many lines, its first says
+    nothing)."""
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelLoadError(f"weights {path} do not fit the model: {first}") from exc
+        raise ModelLoadError(f"weights {path} do not fit the model: {state_mismatch(model, state) or first_line(exc)}; "
+                             "save the state dict of this architecture") from exc

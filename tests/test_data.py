@@ -3,6 +3,8 @@ calibration and evaluation images never overlap. Everything is generated in tmp_
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +14,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from snnconvert.cli.main import app
-from snnconvert.convert.errors import DataError, ModelLoadError
+from snnconvert.convert.errors import ConfigError, DataError, ModelLoadError
 from snnconvert.runtime import load
-from snnconvert.runtime.data import load_calib_eval, load_dataset, parse_data_spec
+from snnconvert.runtime.data import (
+    Normalize,
+    check_resize_crop,
+    load_calib_eval,
+    load_dataset,
+    load_eval,
+    parse_data_spec,
+    parse_normalize,
+)
 from snnconvert.runtime.imagefiles import FolderDataset, Preprocess
 from snnconvert.runtime.models import resolve_model
 
@@ -240,3 +250,95 @@ def test_cli_data_errors_are_one_line(tmp_path, folder, r18_weights):
     line = one_line("torchvision:resnet18", "--weights", r18_weights, "--calib-data", spec, "--eval-data",
                     f"imagefolder:{two}", "--crop", "32", "--calib-images", "3", "-T", "1")
     assert "labels go up to 4 but the model has 3 outputs" in line
+
+
+NETS = str(Path(__file__).parent / "nets.py")
+
+
+def test_npz_spec_naming_a_npy_file_or_object_arrays_is_a_data_error(tmp_path):
+    plain = tmp_path / "plain.npy"
+    np.save(plain, np.zeros((3, 4, 4), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"plain\.npy holds a single numpy array.*not an \.npz archive.*numpy\.savez"):
+        load_dataset(f"npz:{plain}", "test")
+    with pytest.raises(DataError, match="plain.npy holds a single numpy array"):
+        load_calib_eval(f"npz:{plain}", f"npz:{plain}", calib_images=1, eval_images=None)
+    ragged = tmp_path / "ragged.npz"
+    np.savez(ragged, x=np.array([np.zeros((4, 4)), np.zeros((5, 5))], dtype=object), y=np.zeros(2, dtype=np.int64))
+    with pytest.raises(DataError, match=r"ragged\.npz\[x\] is an object array.*store a numeric array"):
+        load_dataset(f"npz:{ragged}", "test")
+    labels = tmp_path / "labels.npz"
+    np.savez(labels, x=np.zeros((2, 4, 4), dtype=np.uint8), y=np.array(["a", None], dtype=object))
+    with pytest.raises(DataError, match=r"labels\.npz\[y\] is an object array"):
+        load_dataset(f"npz:{labels}", "test")
+
+
+def test_cli_npy_as_eval_data_is_one_line(tmp_path):
+    good, plain = tmp_path / "good.npz", tmp_path / "plain.npy"
+    np.savez(good, x=np.zeros((8, 28, 28), dtype=np.uint8), y=np.zeros(8, dtype=np.int64))
+    np.save(plain, np.zeros((8, 28, 28), dtype=np.uint8))
+    result = runner.invoke(app, [f"{NETS}:SpellingsNet", "--calib-data", f"npz:{good}", "--eval-data",
+                                 f"npz:{plain}", "--calib-images", "4", "-T", "2"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "plain.npy holds a single numpy array" in lines[0]
+
+
+@pytest.mark.parametrize("text", ["nan,1", "0.5,inf", "0,0,0,-inf,1,1", "nan,nan"])
+def test_normalize_refuses_non_finite_values(text):
+    with pytest.raises(DataError, match="must be finite numbers"):
+        parse_normalize(text)
+
+
+def test_normalize_module_refuses_non_finite_values():
+    with pytest.raises(DataError, match="must be finite numbers"):
+        Normalize([float("nan")], [1.0])
+    with pytest.raises(DataError, match="must be finite numbers"):
+        Normalize([0.5], [float("nan")])
+
+
+def test_explicit_resize_or_crop_need_an_image_folder(tmp_path, folder):
+    arrays = tmp_path / "a.npz"
+    np.savez(arrays, x=np.zeros((4, 8, 8), dtype=np.uint8), y=np.zeros(4, dtype=np.int64))
+    with pytest.raises(ConfigError, match=r"--resize 32: --resize/--crop apply to image folders \(imagefolder:PATH\)"):
+        check_resize_crop(["fashion-mnist", "fashion-mnist"], resize=32, crop=None)
+    with pytest.raises(ConfigError, match=r"--crop 20: .*image folders.*\(npz:"):
+        check_resize_crop([f"npz:{arrays}"], resize=None, crop=20)
+    check_resize_crop(["fashion-mnist"], resize=None, crop=None)  # nothing given (a card's values are not checked)
+    check_resize_crop([f"imagefolder:{folder}", f"npz:{arrays}"], resize=36, crop=32)  # the folder uses them
+
+
+def test_crop_larger_than_the_image_is_refused(tmp_path, folder):
+    with pytest.raises(DataError, match=r"--crop 40 is larger than --resize 36"):
+        Preprocess(resize=36, crop=40)
+    small = _folder(tmp_path / "small", per_class=1, sizes=((28, 28),), mode="L")
+    with pytest.raises(DataError, match=r"--crop 64 is larger than image .*00\.png \(28x28 pixels\)"):
+        FolderDataset.scan(small, name="s", preprocess=Preprocess(channels=1, crop=64)).example(1)
+    # 40x52 and 48x36 images: the 48x36 one is too small for a crop of 40
+    with pytest.raises(DataError, match=r"\(36x48 pixels\).*--crop N <= 36"):
+        next(FolderDataset.scan(folder, name="f", preprocess=Preprocess(crop=40)).batches(4))
+    assert FolderDataset.scan(small, name="s", preprocess=Preprocess(channels=1, crop=28)).example(1).shape == (
+        1, 1, 28, 28)
+
+
+def test_more_images_than_available_warns_and_uses_all(tmp_path, folder, caplog):
+    rng = np.random.default_rng(0)
+    two = tmp_path / "two.npz"
+    np.savez(two, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 3,
+             x_test=rng.integers(0, 256, (7, 8, 8), dtype=np.uint8), y_test=np.arange(7) % 3)
+    with caplog.at_level(logging.WARNING, logger="snnconvert.runtime.data"):
+        sp = load_calib_eval(str(two), str(two), calib_images=10_000_000, eval_images=50)
+    assert len(sp.calib) == 20 and len(sp.eval) == 7
+    text = caplog.text
+    assert "--calib-images 10000000" in text and "holds only 20 images; using all 20" in text
+    assert "--eval-images 50" in text and "only 7 images" in text
+    caplog.clear()
+    spec = f"imagefolder:{folder}"
+    with caplog.at_level(logging.WARNING, logger="snnconvert.runtime.data"):
+        sp = load_calib_eval(spec, spec, calib_images=6, eval_images=100, preprocess=Preprocess(crop=32))
+        evald, _ = load_eval(f"npz:{two}", eval_images=8)
+    assert len(sp.eval) == 9 and "--eval-images 100: after the hold-out" in caplog.text and "only 9" in caplog.text
+    assert len(evald) == 7 and "--eval-images 8" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="snnconvert.runtime.data"):
+        load_calib_eval(str(two), str(two), calib_images=20, eval_images=7)  # exactly what is there: no warning
+    assert not caplog.records

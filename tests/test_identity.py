@@ -265,7 +265,7 @@ def test_cli_reports_identity_sites_and_refuses_off_on_a_relu_free_model(tmp_pat
     result = runner.invoke(app, [f"{net}:build", "--coding", "differential", "-T", "2", *data,
                                  "--identity-neurons", "off"])
     assert result.exit_code == 1
-    assert "identity_neurons is 'off'" in result.output and "Traceback" not in result.output
+    assert "--identity-neurons is 'off'" in result.output and "Traceback" not in result.output
     report = tmp_path / "r.json"
     result = runner.invoke(app, [f"{net}:build", "--coding", "differential", "-T", "2", *data,
                                  "--report", str(report), "--threshold-scale", "2", "--identity-levels", "5"])
@@ -275,7 +275,7 @@ def test_cli_reports_identity_sites_and_refuses_off_on_a_relu_free_model(tmp_pat
     assert doc["config"]["identity_neurons"] == "auto" and doc["config"]["threshold_scale"] == 2.0
     assert doc["config"]["identity_levels"] == 5 and doc["config"]["levels"] == 4
     result = runner.invoke(app, [f"{net}:build", *data, "--identity-neurons", "sometimes"])
-    assert result.exit_code == 2 and "identity_neurons 'sometimes' is not valid" in result.output
+    assert result.exit_code == 2 and "--identity-neurons 'sometimes' is not valid" in result.output
 
 
 def test_the_upper_tail_silences_a_negative_channel_both_tails_do_not():

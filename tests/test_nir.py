@@ -294,7 +294,7 @@ def test_cli_writes_the_graph_and_refuses_in_one_line(tmp_path):
     for args, code, text in [
         (["--coding", "differential", "--nir", str(tmp_path / "d.nir")], 2, "--nir needs --coding rate"),
         (["--nir-host-prefix"], 2, "add --nir FILE.nir"),
-        (["--nir", str(tmp_path / "no" / "x.nir")], 2, "existing folder"),
+        (["--nir", str(tmp_path / "resnet.nir" / "x.nir")], 2, "resnet.nir is a file, not a folder"),
     ]:
         bad = runner.invoke(app, ["fmnist-resnet", *args])
         lines = [ln for ln in bad.output.splitlines() if ln.strip()]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,10 @@ from nets import BoxNet, SpellingsNet
 from typer.testing import CliRunner
 
 from snnconvert.cli.main import app
+from snnconvert.cli.saved import is_artifact
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.convert.artifact import ModelSource
+from snnconvert.convert.errors import ArtifactError
 from snnconvert.runtime import load, load_result
 
 NETS = str(Path(__file__).parent / "nets.py")
@@ -145,3 +149,104 @@ def test_evaluated_elsewhere_without_the_calibration_data(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(again.read_text())
     assert doc["eval_images"] == 10 and doc["data"]["calibration"]["images"] == 20
+
+
+def _copy(snn: Path, to: Path, **source) -> Path:
+    """A copy of the saved folder ``snn`` at ``to``, with ``source`` written over its source.json fields."""
+    shutil.copytree(snn, to)
+    doc = json.loads((to / "source.json").read_text())
+    (to / "source.json").write_text(json.dumps({**doc, **source}))
+    return to
+
+
+@pytest.mark.parametrize("factory", ["os:system", "subprocess:run", "builtins:exec", "SUBPROCESS_FILE:run",
+                                     "EVIL_FILE:run", "torch:zeros", "numpy:ndarray"])
+def test_a_tampered_source_is_refused_before_it_is_called(saved, tmp_path, factory):
+    """source.json names the callable that rebuilds the ANN: a standard-library function (os:system), one imported
+    into a user file, a builtin or a class that is no nn.Module is refused before it is called."""
+    _, snn, _, _ = saved
+    marker = tmp_path / "called"
+    evil = tmp_path / "evil.py"
+    evil.write_text("from subprocess import run  # noqa: F401\n")
+    ref = factory.replace("SUBPROCESS_FILE", subprocess.__file__).replace("EVIL_FILE", str(evil))
+    # what would run the shell command if called (the others are refused before any keyword is looked at)
+    kwargs = {"command": f"touch {marker}"} if ref == "os:system" else {"args": f"touch {marker}", "shell": True}
+    folder = _copy(snn, tmp_path / "snn", ref=ref, kwargs=kwargs)
+    with pytest.raises(ArtifactError, match="the folder must name a model factory: a class or Python function "
+                                            "defined outside the standard library") as info:
+        load_result(folder)
+    assert not marker.exists()
+    assert f"{ref!r} is not a model factory" in str(info.value) and str(folder) in str(info.value)
+    if ref == "os:system":  # the command line: one line, exit 2
+        assert "is not a model factory" in _one_line(_run(folder))
+        assert not marker.exists()
+
+
+def test_a_module_factory_round_trips(tmp_path):
+    """A factory named by module (tests/nets.py is importable as ``nets``) is rebuilt from the saved folder."""
+    x = torch.rand(8, 1, 28, 28)
+    res = convert(SpellingsNet().eval(), forward_loop=[x], config=ConversionConfig.for_coding("rate", timesteps=3),
+                  source=ModelSource.python("nets:SpellingsNet"))
+    res.save(tmp_path / "snn")
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "snn")(x), res.snn(x))
+
+
+def _other_state(path: Path) -> None:
+    torch.save(torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(4)]).state_dict(), path)
+
+
+def _bigger_state(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    torch.save({k: torch.zeros(*v.shape, 2) for k, v in state.items()}, path)
+
+
+@pytest.mark.parametrize("name, damage, says", [
+    ("config.json", '{"format_version": 1, "config": ', "is not valid JSON"),
+    ("report.json", "garbage", "is not valid JSON"),
+    ("source.json", '{"kind": ', "is not valid JSON"),
+    ("config.json", "[1]", "holds a JSON list, not an object"),
+    ("config.json", None, "is missing"),
+    ("thresholds.pt", b"not a pickle", "is not a valid thresholds file"),
+    ("ann_state.pt", b"not a pickle", "is not a valid state dict"),
+    ("ann_state.pt", None, "is missing"),
+    ("ann_state.pt", _other_state, "does not fit the model"),
+    ("ann_state.pt", _bigger_state, "does not fit the model"),
+])
+def test_a_damaged_folder_is_one_line_naming_the_file(saved, tmp_path, name, damage, says):
+    _, snn, _, _ = saved
+    folder = tmp_path / "snn"
+    shutil.copytree(snn, folder)
+    file = folder / name
+    if damage is None:
+        file.unlink()
+    elif isinstance(damage, str):
+        file.write_text(damage)
+    elif isinstance(damage, bytes):
+        file.write_bytes(damage)
+    else:
+        damage(file)
+    line = _one_line(_run(folder))
+    assert f"{folder}: {name} {says}" in line and "convert the model again with --output" in line
+    assert "weights_only" not in line and len(line) - len(str(folder)) < 400, line
+    if damage is _other_state:  # a few keys of each kind, not all of them
+        assert "(6 missing key(s) 'conv1.weight', 'conv1.bias', 'conv2.weight' (+3 more); " \
+               "8 unexpected key(s) '0.weight', '0.bias', '1.weight' (+5 more))" in line
+
+
+@pytest.mark.parametrize("content", [[], ["config.json", "notes.txt"]])
+def test_a_folder_that_is_not_a_saved_snn(tmp_path, content):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in content:
+        (folder / name).write_text("{}")
+    line = _one_line(_run(folder))
+    assert f"{folder} is a folder but not a saved SNN (no source.json): give a folder written by --output, or a " \
+           "model (zoo name, file.onnx, file.py:factory)" in line
+
+
+def test_a_folder_named_like_a_zoo_model_is_not_a_saved_snn(tmp_path, monkeypatch):
+    """A folder that merely has a zoo model's name in the working directory does not hide the zoo model."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fmnist-vgg").mkdir()
+    assert not is_artifact("fmnist-vgg") and is_artifact(str(tmp_path / "fmnist-vgg"))

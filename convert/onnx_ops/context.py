@@ -16,15 +16,20 @@ from torch import fx, nn
 
 from snnconvert.convert import onnx_ops
 from snnconvert.convert.errors import OnnxImportError
+from snnconvert.convert.onnx_model import BATCH_PARAM
 from snnconvert.convert.onnx_ops import Const, SymVec, Tensor, UnsupportedConfigError, Value
+from snnconvert.convert.onnx_ops.core import static
 
 if TYPE_CHECKING:
     from snnconvert.convert.onnx_import import _Importer
 
-__all__ = ["ONNX_DTYPES", "POISONED", "OpContext", "attribute_value", "tensor_from_proto"]
+__all__ = ["ONNX_DTYPES", "OpContext", "attribute_value", "tensor_from_proto"]
 
 PARAM_NAME = re.compile(r"^[A-Za-z_][\w.]*\.(weight|bias)$")
 
+#: ONNX element types as the imported module holds them. Every floating type is float32: the module computes in
+#: float32 (the SNN's precision is chosen at run time, ``--dtype``), so an fp16 / bf16 / fp64 file, or an fp16 body
+#: between Casts (``keep_io_types``), imports with float32 weights and its float-to-float Casts are no-ops.
 ONNX_DTYPES: dict[int, torch.dtype] = {
     onnx.TensorProto.FLOAT: torch.float32,
     onnx.TensorProto.UINT8: torch.uint8,
@@ -34,14 +39,13 @@ ONNX_DTYPES: dict[int, torch.dtype] = {
     onnx.TensorProto.INT32: torch.int32,
     onnx.TensorProto.INT64: torch.int64,
     onnx.TensorProto.BOOL: torch.bool,
-    onnx.TensorProto.FLOAT16: torch.float16,
-    onnx.TensorProto.DOUBLE: torch.float64,
+    onnx.TensorProto.FLOAT16: torch.float32,
+    onnx.TensorProto.DOUBLE: torch.float32,
     onnx.TensorProto.UINT32: torch.uint32,
     onnx.TensorProto.UINT64: torch.uint64,
-    onnx.TensorProto.BFLOAT16: torch.bfloat16,
+    onnx.TensorProto.BFLOAT16: torch.float32,
 }
 
-POISONED = object()
 REQUIRED = object()
 
 
@@ -86,7 +90,7 @@ class OpContext:
         """The value of a tensor by name if it is already known (for look-ahead fusions), else ``None``."""
         values = self._importer.values
         if name in values:
-            return None if values[name] is POISONED else values[name]
+            return values[name]
         return self._importer.value(name) if name in self._importer.initializers else None
 
     def const(self, i: int, what: str) -> torch.Tensor:
@@ -105,6 +109,43 @@ class OpContext:
                 f"input {i} must be static or computed from tensor shapes; a data-dependent shape cannot be imported"
             )
         return list(items[0])
+
+    # ---- a static batch made dynamic (free_static_batch) ---------------------------------------------------------
+    def batch_symbol(self) -> sympy.Symbol | None:
+        """The batch dimension's symbol where the import made a static batch dynamic, else ``None``."""
+        return self._importer.symbols.get(BATCH_PARAM) if self._importer.static_batch is not None else None
+
+    def is_batch(self, dim: Any) -> bool:
+        """Whether a dimension expression is the (freed) batch dimension."""
+        symbol = self.batch_symbol()
+        return symbol is not None and dim is not None and sympy.simplify(dim - symbol) == 0
+
+    def static_batch_target(self, target: list, in_shape: tuple | None) -> bool:
+        """Whether a constant target shape's first entry is the static batch size while the reshaped tensor's first
+        dimension is the batch: then it copies it (the exporter wrote ``x.view(x.size(0), -1)`` as ``[1, 784]``).
+        Both then lead with the batch, so the other entries hold one sample's elements, whatever the batch size."""
+        if not target or static(target[0]) != self._importer.static_batch or not in_shape \
+                or not self.is_batch(in_shape[0]):
+            return False
+        self._importer.batch_nodes.append(self.name)
+        return True
+
+    def batch_constant(self, value: Value, rank: int) -> Value:
+        """A constant operand whose first dimension is the static batch size, broadcast to the run-time batch where
+        it meets batch tensors (a class token the exporter folded from ``token.expand(x.size(0), -1, -1)``); its
+        samples must be equal. Other values are returned as they are."""
+        symbol = self.batch_symbol()
+        if symbol is None or not isinstance(value, Const) or value.tensor.dim() != rank or rank < 1 \
+                or value.tensor.shape[0] != self._importer.static_batch \
+                or not bool((value.tensor == value.tensor[:1]).all()):
+            return value
+        out = self.call_method("expand", Const(value.tensor[:1].clone(), value.source), self.dim_arg(symbol),
+                               *[-1] * (rank - 1))
+        if isinstance(out, Tensor):
+            out.shape = (symbol, *(sympy.Integer(d) for d in value.tensor.shape[1:]))
+            out.dtype = value.tensor.dtype
+        self._importer.batch_nodes.append(self.name)
+        return out
 
     def unsupported(self, reason: str) -> UnsupportedConfigError:
         """An exception to raise for attributes the converter cannot express (collected, reported once)."""
@@ -236,11 +277,11 @@ def attribute_value(attr: onnx.AttributeProto) -> Any:
 
 
 def tensor_from_proto(proto: onnx.TensorProto, base_dir: str | None = None) -> torch.Tensor:
-    """A TensorProto as a torch tensor (a copy; bfloat16 via float32)."""
+    """A TensorProto as a torch tensor (a copy; every floating type as float32, see ``ONNX_DTYPES``)."""
     array = numpy_helper.to_array(proto, base_dir or "")
-    if proto.data_type == onnx.TensorProto.BFLOAT16:
-        return torch.from_numpy(np.asarray(array, dtype=np.float32)).to(torch.bfloat16)
-    if array.dtype.kind not in "biuf":
+    if proto.data_type == onnx.TensorProto.BFLOAT16 or array.dtype.kind == "f":
+        return torch.from_numpy(np.asarray(array, dtype=np.float32).copy())
+    if array.dtype.kind not in "biu":
         raise OnnxImportError(f"tensor '{proto.name}' has unsupported element type {array.dtype}")
     return torch.from_numpy(np.array(array, copy=True))
 

@@ -52,6 +52,27 @@ def convert_leaky_relu(ctx: OpContext) -> Value:
     return _activation(ctx, nn.LeakyReLU(ctx.attr("alpha", 0.01)))
 
 
+@register("PRelu", since=9)
+def convert_prelu(ctx: OpContext) -> Value:
+    """PRelu -> ``nn.PReLU`` with one slope, or one per channel (dim 1; torch's exporters write ``nn.PReLU(C)`` as
+    a ``[C, 1, 1]`` slope)."""
+    x, slope = ctx.input(0), ctx.const(1, "the PRelu slope")
+    shape = ctx.shape_or_none(x)
+    if slope.numel() == 1:
+        module = nn.PReLU(1)
+    else:
+        rank = len(shape) if shape is not None else 0
+        padded = [1] * (rank - slope.dim()) + list(slope.shape)
+        channels = static(shape[1]) if rank >= 2 else None
+        if rank < 2 or len(padded) != rank or padded[1] != channels \
+                or any(d != 1 for i, d in enumerate(padded) if i != 1):
+            raise ctx.unsupported(f"a slope of shape {list(slope.shape)} (one slope, or one per channel of dim 1)")
+        module = nn.PReLU(channels)
+    with torch.no_grad():
+        module.weight.copy_(slope.reshape(-1).float())
+    return _activation(ctx, module)
+
+
 @register("Sigmoid", since=13)
 def convert_sigmoid(ctx: OpContext) -> Value:
     """Sigmoid -> ``nn.Sigmoid``."""

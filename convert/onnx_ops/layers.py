@@ -412,6 +412,25 @@ def _pool_out_shape(ctx, x, out, kernel, strides, dilations, begin, end, ceil_mo
     return out
 
 
+def _drop_padding_windows(ctx: OpContext, out: Value, spatial: tuple | None, kernel: list, strides: list,
+                          dilations: list, begin: list, end: list) -> Value:
+    """Cut off the last window where it starts in the end padding (ceil mode with explicit pads).
+
+    ONNX, like torch with implicit pads, drops a ceil-mode window that would start in the end padding; on an
+    explicitly padded input torch cannot tell padding from data and keeps it (one more output row or column).
+    """
+    if spatial is None or any(static(n) is None for n in spatial):
+        raise ctx.unsupported("ceil_mode=1 with asymmetric or oversized pads on a dynamic spatial size")
+    index: list[Any] = [slice(None), slice(None)]
+    for i, n in enumerate(static(n) for n in spatial):
+        want = _window_out(n, kernel[i], strides[i], dilations[i], begin[i] + end[i], True, begin[i])
+        got = _window_out(n + begin[i] + end[i], kernel[i], strides[i], dilations[i], 0, True, 0)
+        index.append(slice(None) if got == want else slice(0, int(want)))
+    if all(item == slice(None) for item in index):
+        return out
+    return ctx.call_function(operator.getitem, out, tuple(index))
+
+
 @register("MaxPool", since=12)
 def convert_max_pool(ctx: OpContext) -> Value:
     """MaxPool -> ``nn.MaxPool1d/2d/3d`` (kernel, stride, dilation, ceil mode).
@@ -429,12 +448,15 @@ def convert_max_pool(ctx: OpContext) -> Value:
     shape_begin, shape_end = begin, end
     padding: Any = tuple(begin)
     too_wide = any(p > ((k - 1) * d + 1) // 2 for p, k, d in zip(begin, kernel, dilations))
-    if begin != end or too_wide:
+    explicit = begin != end or too_wide
+    if explicit:
         x = ctx.call_function(F.pad, x, _torch_pads(begin, end), value=float("-inf"))
         padding = 0
     module = _MAX_POOL[nd](tuple(kernel), stride=tuple(strides), padding=padding, dilation=tuple(dilations),
                            ceil_mode=ceil_mode)
     out = ctx.call_module(module, x)
+    if explicit and ceil_mode:
+        out = _drop_padding_windows(ctx, out, _spatial(ctx, ctx.input(0), nd), kernel, strides, dilations, begin, end)
     return _pool_out_shape(ctx, ctx.input(0), out, kernel, strides, dilations, shape_begin, shape_end, ceil_mode)
 
 
@@ -452,7 +474,8 @@ def convert_average_pool(ctx: OpContext) -> Value:
     begin, end = _resolve_pads(ctx, _spatial(ctx, x, nd), kernel, strides, dilations)
     padding: Any = tuple(begin)
     too_wide = any(p > k // 2 for p, k in zip(begin, kernel))
-    if begin != end or too_wide:
+    explicit = begin != end or too_wide
+    if explicit:
         if not count_include_pad and any(begin + end):
             raise ctx.unsupported("asymmetric or oversized pads with count_include_pad=0")
         x = ctx.call_function(F.pad, x, _torch_pads(begin, end))
@@ -460,6 +483,8 @@ def convert_average_pool(ctx: OpContext) -> Value:
     module = _AVG_POOL[nd](tuple(kernel), stride=tuple(strides), padding=padding, ceil_mode=ceil_mode,
                            count_include_pad=count_include_pad)
     out = ctx.call_module(module, x)
+    if explicit and ceil_mode:
+        out = _drop_padding_windows(ctx, out, _spatial(ctx, ctx.input(0), nd), kernel, strides, dilations, begin, end)
     return _pool_out_shape(ctx, ctx.input(0), out, kernel, strides, dilations, begin, end, ceil_mode)
 
 

@@ -180,6 +180,8 @@ def convert_reshape(ctx: OpContext) -> Value:
             raise ctx.fail("cannot reshape a dynamic shape value to a rank above 1")
         return SymVec(x.elems, scalar=not target)
     in_shape = ctx.shape_or_none(x)
+    if isinstance(ctx.input(1), Const) and ctx.static_batch_target(target, in_shape):
+        target[0] = in_shape[0]
     if not ctx.attr("allowzero", 0):
         for i, d in enumerate(target):
             if static(d) == 0:
@@ -190,6 +192,49 @@ def convert_reshape(ctx: OpContext) -> Value:
     if isinstance(x, Const) and all_static(target):
         return Const(x.tensor.reshape([static(d) for d in target]), (ctx.name, "Reshape"))
     return _reshape_to(ctx, x, target)
+
+
+def _blocks(ctx: OpContext) -> tuple[Value, list, int]:
+    """Input, shape and ``blocksize`` of DepthToSpace / SpaceToDepth (4-d input)."""
+    x = ctx.input(0)
+    shape = list(ctx.shape(x))
+    if len(shape) != 4:
+        raise ctx.unsupported(f"a rank-{len(shape)} input (4-d only)")
+    return x, shape, int(ctx.attr("blocksize"))
+
+
+@register("DepthToSpace", since=13)
+def convert_depth_to_space(ctx: OpContext) -> Value:
+    """DepthToSpace -> ``F.pixel_shuffle`` (mode CRD, what torch exports ``nn.PixelShuffle`` as) or, for the default
+    mode DCR (channels ordered block row, block column, channel), a reshape / permute / reshape."""
+    x, (n, c, h, w), b = _blocks(ctx)
+    mode = ctx.attr("mode", "DCR")
+    out_shape = (n, sym_div(c, sympy.Integer(b * b)), h * b, w * b)
+    if mode == "CRD":
+        out = ctx.call_function(F.pixel_shuffle, x, b)
+        if isinstance(out, Tensor):
+            out.shape = out_shape
+        return out
+    if mode != "DCR":
+        raise ctx.unsupported(f"mode={mode}")
+    blocks = _reshape_to(ctx, x, [n, sympy.Integer(b), sympy.Integer(b), out_shape[1], h, w])
+    moved = ctx.call_function(torch.permute, blocks, (0, 3, 4, 1, 5, 2))
+    if isinstance(moved, Tensor):
+        moved.shape = (n, out_shape[1], h, sympy.Integer(b), w, sympy.Integer(b))
+    return _reshape_to(ctx, moved, list(out_shape))
+
+
+@register("SpaceToDepth", since=13)
+def convert_space_to_depth(ctx: OpContext) -> Value:
+    """SpaceToDepth -> reshape / permute / reshape (output channels ordered block row, block column, channel: not
+    ``F.pixel_unshuffle``'s channel-major order)."""
+    x, (n, c, h, w), b = _blocks(ctx)
+    bb = sympy.Integer(b)
+    blocks = _reshape_to(ctx, x, [n, c, sym_div(h, bb), bb, sym_div(w, bb), bb])
+    moved = ctx.call_function(torch.permute, blocks, (0, 3, 5, 1, 2, 4))
+    if isinstance(moved, Tensor):
+        moved.shape = (n, bb, bb, c, sym_div(h, bb), sym_div(w, bb))
+    return _reshape_to(ctx, moved, [n, c * b * b, sym_div(h, bb), sym_div(w, bb)])
 
 
 @register("Flatten", since=13)
@@ -230,7 +275,11 @@ def convert_concat(ctx: OpContext) -> Value:
     if any(isinstance(v, SymVec) for v in values) and all(item is not None for item in lists):
         return make_vec([e for elems, _ in lists for e in elems], source=(ctx.name, "Concat"))
     shapes = [ctx.shape_or_none(v) for v in values]
-    values = [v for v, s in zip(values, shapes) if s is None or static(s[axis]) != 0 or len(values) == 1]
+    if any(isinstance(v, Tensor) and s and ctx.is_batch(s[0]) for v, s in zip(values, shapes)):
+        values = [ctx.batch_constant(v, len(s)) if s else v for v, s in zip(values, shapes)]
+        shapes = [ctx.shape_or_none(v) for v in values]
+    kept = [v for v, s in zip(values, shapes) if s is None or static(s[axis]) != 0]
+    values = kept or values[:1]  # every input empty along the axis: the result is the (empty) first one
     out = ctx.call_function(torch.cat, values, dim=axis, scalars=False)
     if isinstance(out, Tensor) and all(s is not None for s in shapes):
         rank = len(shapes[0])
@@ -270,18 +319,21 @@ def convert_split(ctx: OpContext) -> list[Value]:
     return outs
 
 
-def _slice_bound(value: int, default_none: bool) -> int | None:
-    """A slice bound for Python slicing: ``None`` for open ends and ONNX's INT32/INT64 sentinels."""
-    if default_none or value >= 2**31 - 1 or value <= -(2**31):
+def _slice_bound(value: int, open_end: bool) -> int | None:
+    """A slice bound for Python slicing: ``None`` for an open end; ONNX's INT32/INT64 sentinels are clamped to
+    ±(2³¹ − 1), which Python slicing clamps to the axis as ONNX does (a start past the end is an empty slice, an
+    end before the start too)."""
+    if open_end:
         return None
-    return value
+    return max(min(value, 2**31 - 1), -(2**31 - 1))
 
 
 @register("Slice", since=13)
 def convert_slice(ctx: OpContext) -> Value:
     """Slice -> Python slicing (``operator.getitem``) for positive steps, ``index_select`` for negative ones.
 
-    Bounds may be constants or shape values; huge ONNX sentinels (INT64_MAX/MIN) become open ends.
+    Bounds may be constants or shape values; an end at INT64_MAX (or past the axis) is an open end, other huge
+    sentinels are clamped (a start past the axis gives an empty slice, as in ONNX).
     """
     x = ctx.input(0)
     starts, ends = ctx.elems(1), ctx.elems(2)

@@ -13,6 +13,7 @@ unit, exact on decoded values, and is recorded in the report).
 from __future__ import annotations
 
 import fnmatch
+import logging
 import operator
 
 import torch
@@ -24,6 +25,8 @@ from snnconvert.convert.errors import UnsupportedNode, UnsupportedOpError
 from snnconvert.convert.frontend import depends_on_values, node_source, reads_metadata
 from snnconvert.convert.passes.normalize import is_canonical_relu, nodes_in
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
+
+logger = logging.getLogger(__name__)
 
 #: Modules whose output is affine in their input (or a max-pool), applied unchanged at every time step.
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
@@ -74,13 +77,17 @@ SUPPORTED_METHODS = frozenset({
 _SCALING_FUNCTIONS = frozenset({operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul,
                                 torch.div})
 _SCALING_METHODS = frozenset({"mul", "mul_", "div", "div_"})
-_MAX_POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_MAX_POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                   nn.AdaptiveMaxPool3d)
 
 #: Non-linear modules that become graded units (method.md §5.1, §6): element-wise activations and normalisations.
 GRADED_MODULES: tuple[type[nn.Module], ...] = (
     nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU,
     nn.PReLU, nn.Mish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.LogSigmoid,
     nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.Softmax, nn.LogSoftmax,
+    # clipping other than a bounded ReLU (those are rewritten into two neurons first), e.g. Hardtanh(-1, 1); max-pools
+    # over adaptive windows (a global max-pool: ONNX GlobalMaxPool)
+    nn.Hardtanh, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
 #: The same as functions (the ONNX importer emits these) ...
 GRADED_FUNCTIONS = frozenset({
@@ -89,10 +96,13 @@ GRADED_FUNCTIONS = frozenset({
     F.instance_norm, F.softmax,
     torch.softmax, F.log_softmax, torch.log_softmax, torch.erf, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
     torch.abs, torch.square, torch.reciprocal, torch.pow, operator.pow,
+    F.hardtanh, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.sin, torch.cos,
 })
 #: ... and as tensor methods.
 GRADED_METHODS = frozenset({"sigmoid", "tanh", "softmax", "log_softmax", "erf", "exp", "log", "sqrt", "rsqrt", "abs",
-                            "square", "reciprocal", "pow"})
+                            "square", "reciprocal", "pow", "clamp", "clip", "clamp_min", "clamp_max", "sin",
+                            "cos"})
 _WRITE_ATTENTION_OUT = ("write the attention out as matmul -> softmax -> matmul, whose products become units "
                         "(method.md §5.2, §6)")
 #: Matrix products: linear with one input-dependent operand, a product unit (method.md §5.2) with two.
@@ -299,6 +309,11 @@ def check_supported(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassRe
             allowed.append(node.name)
             continue
         bad.append(describe_node(gm, node, reason))
+    names = [node.name for node in gm.graph.nodes]
+    for pattern in cfg.allow_ann_ops:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):  # a typo would go unnoticed otherwise
+            logger.warning("allow_ann_ops pattern %r matches no node of the graph (its node names: the report's "
+                           "ops_before, or the UnsupportedOpError listing)", pattern)
     entry = PassEntry(name="check_supported", modified=False,
                       counts={"analog": len(allowed), "graded": n_graded}, nodes=allowed)
     report.passes.append(entry)

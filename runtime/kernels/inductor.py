@@ -81,7 +81,7 @@ def inductor_status(device: str | torch.device) -> tuple[bool, str]:
         compiler = _cxx_compiler()
         if compiler is None:
             return False, ("the inductor backend on CPU compiles C++, but no C++ compiler was found; install g++ "
-                           "(or set CXX), or use backend='native' / 'torch'")
+                           "(or set CXX), or use backend='native' (or 'torch')")
         return True, f"torch.compile (inductor) neuron loops, C++ with OpenMP ({compiler})"
     if device.type == "cuda":
         if not torch.cuda.is_available():

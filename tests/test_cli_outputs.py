@@ -1,0 +1,138 @@
+"""CLI: output paths, devices and option values are checked before anything slow, a failed run leaves none of its
+outputs behind, file-system and memory failures are one line, and library messages use the command's flags."""
+from __future__ import annotations
+
+import pytest
+from test_cli import NETS, _one_line_error, _run
+
+from snnconvert.cli.main import as_flags
+
+#: a tiny run of the zoo VGG on Fashion-MNIST (about 10 s)
+TINY = ("--calib-images", 16, "--eval-images", 16, "-T", 2)
+
+
+def _last_line_error(result) -> str:
+    """A failure at the end of a run: the tables were printed, then one error line (exit 2, no traceback)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    line = [ln for ln in result.output.splitlines() if ln.strip()][-1]
+    assert line.startswith("error: ")
+    return line
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the run gets as far as loading a model: the checks must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the run resolved the model before its options were checked")
+
+    monkeypatch.setattr("snnconvert.runtime.models.resolve_model", refuse)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--report", "{tmp}/same", "--markdown", "{tmp}/same"), "--report and --markdown both name"),
+    (("--report", "{tmp}"), "is a folder; give a file path"),
+    (("--report", "{tmp}/file.txt/r.json"), "file.txt is a file, not a folder"),
+    (("--output", "{tmp}/file.txt"), "is a file; give a folder path"),
+    (("--output", "{tmp}/full"), "a folder with other files in it"),
+    (("--nir", "{tmp}/file.txt/g.nir"), "is a file, not a folder"),
+    (("--device", "tpu"), "--device 'tpu' is not a device"),
+    (("--device", "meta"), "runs on cpu or cuda"),
+    (("--mode", "both"), "--mode 'both' is not valid"),
+])
+def test_bad_outputs_and_devices_fail_before_the_model_is_loaded(tmp_path, no_model, args, message):
+    (tmp_path / "file.txt").write_text("keep")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    line = _one_line_error(_run("fmnist-vgg", *TINY, *(a.format(tmp=tmp_path) for a in args)))
+    assert message in line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no probe file, no output left
+    assert (tmp_path / "file.txt").read_text() == "keep"
+
+
+def test_unwritable_folder_is_one_line(tmp_path, no_model):
+    line = _one_line_error(_run("fmnist-vgg", *TINY, "--report", "/proc/snnconvert-report.json"))
+    assert "cannot write in /proc" in line
+
+
+def test_output_folders_that_do_not_exist_yet_are_created(tmp_path):
+    result = _run("fmnist-vgg", *TINY, "--report", tmp_path / "a" / "r.json", "--markdown", tmp_path / "b" / "r.md")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "r.json").is_file() and (tmp_path / "b" / "r.md").is_file()
+
+
+def test_a_failing_output_removes_the_ones_written_before_it(tmp_path, monkeypatch):
+    from snnconvert.convert import ConversionResult
+
+    def full_disk(self, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(ConversionResult, "save", full_disk)
+    report, markdown, snn = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "snn"
+    line = _last_line_error(_run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data",
+                                 "fashion-mnist", *TINY, "--report", report, "--markdown", markdown, "--output", snn))
+    assert "No space left on device" in line
+    assert not report.exists() and not markdown.exists() and not snn.exists()
+
+
+def test_an_existing_report_is_kept_when_it_is_not_this_runs(tmp_path, monkeypatch):
+    from snnconvert.convert import ConversionResult
+
+    monkeypatch.setattr(ConversionResult, "save", lambda self, path: (_ for _ in ()).throw(OSError(13, "denied")))
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    _last_line_error(_run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+                          *TINY, "--report", report, "--output", tmp_path / "snn"))
+    assert report.exists()  # overwritten by the run, but not removed: it was there before
+
+
+def test_out_of_memory_is_one_line_with_advice(monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 321126400000 bytes")
+
+    import snnconvert.runtime as runtime
+
+    monkeypatch.setattr(runtime, "sweep", no_memory)
+    line = _one_line_error(_run("fmnist-vgg", *TINY), code=1)
+    assert line.startswith("error: out of memory") and "--batch-size" in line and "--mode single" in line
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("timesteps: true", "timesteps: True is not an integer"),
+    ("timesteps: 2.0", "timesteps: 2.0 is not an integer"),
+    ("threshold-scale: true", "threshold-scale: True is not a float"),
+])
+def test_config_values_of_the_wrong_type(tmp_path, no_model, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text + "\n")
+    assert message in _one_line_error(_run("fmnist-vgg", "--config", config))
+
+
+def test_library_messages_name_the_flags():
+    assert as_flags("neuron 'if' has a single threshold; got levels=4: use neuron='mt'") == \
+        "neuron 'if' has a single threshold; got --levels 4: use --neuron mt"
+    assert as_flags("threshold_aggregation 'x' is not valid") == "--aggregation 'x' is not valid"
+    assert as_flags("the levels of a neuron") == "the levels of a neuron"  # prose words are left alone
+    line = _one_line_error(_run("fmnist-vgg", "--identity-levels", 3, "--neuron", "if"))
+    assert "--identity-levels 3 needs multi-threshold neurons" in line and "use --neuron mt" in line
+    line = _one_line_error(_run("fmnist-vgg", "--identity-threshold", "foo"))
+    assert "--identity-threshold 'foo' is not valid" in line and "iterate" not in line
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    ("few", "the labels use 4 classes but the model has 10 outputs"),
+    ("one-hot", "the float labels are one-hot rows"),
+])
+def test_labels_that_hardly_fit_the_model_are_warned_about(tmp_path, caplog, labels, message):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 4 if labels == "few" else 10, 200)
+    y = classes if labels == "few" else np.eye(10, dtype=np.float32)[classes]
+    path = tmp_path / "d.npz"
+    np.savez(path, x=rng.random((200, 1, 28, 28), dtype=np.float32), y=y)
+    result = _run(f"{NETS}:SpellingsNet", "--calib-data", f"npz:{path}", "--eval-data", f"npz:{path}",
+                  "--calib-images", 16, "--eval-images", 128, "-T", 1)
+    assert result.exit_code == 0, result.output
+    assert any(message in r.getMessage() for r in caplog.records if r.levelname == "WARNING")

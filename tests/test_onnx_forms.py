@@ -1,0 +1,306 @@
+"""ONNX files in the forms users hand in, beyond the exporters' dynamic-batch float32 default: static batch sizes
+(both exporters' default without dynamic axes), fp16 bodies, layer names that clash with ``fx.GraphModule``
+attributes, pooling windows in the end padding, ONNX's slice sentinels, PRelu / DepthToSpace / SpaceToDepth,
+integer inputs, and every problem of a file reported at once. Each imported graph is checked against onnxruntime
+(``test_onnx_import.assert_matches_ort``) or against the PyTorch module it was exported from.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from test_onnx_import import assert_matches_ort, module_types, rand, run_ort, textual
+from torch import nn
+
+from snnconvert.convert import ConversionConfig, convert
+from snnconvert.convert.errors import ConfigError, UnsupportedOpError
+from snnconvert.convert.onnx_import import load_onnx
+
+
+class _ViewNet(nn.Module):
+    """conv-relu, max-pool, ``x.view(x.size(0), -1)``, linear: a static-batch export writes the batch size into the
+    Reshape's target."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, x):
+        h = nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        return self.fc(h.view(h.size(0), -1))
+
+
+class _TokenNet(nn.Module):
+    """A class token in front of the patch tokens (``token.expand(x.size(0), -1, -1)``, folded into a ``[b, 1, C]``
+    constant by a static-batch export), a per-token linear layer and a mean over the tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.embed, self.token, self.mix = nn.Conv2d(1, 8, 4, stride=4), nn.Parameter(torch.randn(1, 1, 8)), \
+            nn.Linear(8, 8)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.token.expand(x.size(0), -1, -1), tokens], dim=1)
+        return torch.relu(self.mix(h)).mean(1)
+
+
+class _HeadsNet(nn.Module):
+    """Merges the batch with a heads dim (``[B, C, L] -> [B * 2, C / 2, L]``), as ``nn.MultiheadAttention`` does: a
+    static-batch export cannot be freed there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).flatten(2)
+        return h.reshape(h.size(0) * 2, 2, -1).sum(-1).reshape(h.size(0), 4)
+
+
+def _export_static(model: nn.Module, path, exporter: str, batch: int = 1) -> None:
+    x = torch.rand(batch, 1, 12, 12)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), str(path), dynamo=exporter == "dynamo", opset_version=17)
+
+
+@pytest.mark.parametrize("exporter", ["ts", pytest.param("dynamo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("net", [_ViewNet, _TokenNet])
+def test_static_batch_export_runs_at_any_batch(tmp_path, caplog, exporter, net) -> None:
+    model, path = net().eval(), tmp_path / "static.onnx"
+    _export_static(model, path, exporter, batch=1 if net is _ViewNet else 2)
+    with caplog.at_level(logging.WARNING, logger="snnconvert.convert.onnx_import"):
+        gm = load_onnx(path)
+    assert gm.meta["onnx"]["static_batch"] in (1, 2) and gm.meta["onnx"]["batch_freed"] is True
+    assert gm.meta["onnx"]["input_shape"][0] is None
+    assert any("static batch size" in r.getMessage() and "read it at run time" in r.getMessage()
+               for r in caplog.records)
+    for batch in (1, 3, 6):
+        x = torch.rand(batch, 1, 12, 12)
+        with torch.no_grad():
+            torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
+    if net is _ViewNet:  # the SNN runs T*B images per call: the freed file converts
+        calib = [torch.rand(8, 1, 12, 12)]
+        result = convert(str(path), forward_loop=calib, config=ConversionConfig.for_coding("rate", timesteps=4),
+                         example_inputs=calib[0][:1])
+        assert result.snn(calib[0]).shape == (4, 8, 10)
+
+
+def test_static_batch_left_in_a_merged_dim_is_one_line_with_advice(tmp_path) -> None:
+    path = tmp_path / "heads.onnx"
+    _export_static(_HeadsNet(), path, "ts")
+    calib = [torch.rand(4, 1, 12, 12)]
+    with pytest.raises(ConfigError) as info:
+        convert(str(path), forward_loop=calib, example_inputs=calib[0][:1])
+    text = str(info.value)
+    assert "\n" not in text and "fixed batch size of 1" in text and "dynamic_axes" in text
+
+
+def test_static_batch_reshape_reads_the_batch_from_its_input() -> None:
+    model = textual("g (float[1,4,3] x) => (float y) { r = Reshape(x, s) y = Relu(r) }", 17,
+                    s=np.array([1, 12], np.int64))
+    gm = assert_matches_ort(model, rand(1, 4, 3))
+    assert gm.meta["onnx"]["static_batch"] == 1
+    x = torch.rand(3, 4, 3) - 0.5
+    torch.testing.assert_close(gm(x), torch.relu(x.reshape(3, 12)))
+    # a Reshape whose input does not lead with the batch keeps its target (here: the batch moved to dim 1)
+    moved = textual("g (float[1,4,3] x) => (float y) { t = Transpose <perm=[1,0,2]> (x) y = Reshape(t, s) }", 17,
+                    s=np.array([4, 3], np.int64))
+    gm = load_onnx(moved)
+    reshape = next(n for n in gm.graph.nodes if n.target is torch.reshape)
+    assert reshape.args[1] == (4, 3)
+
+
+def test_static_batch_merged_into_the_features_stays_static(caplog) -> None:
+    # the dynamo exporter's as_strided after a global pool (ConvNeXt): a Reshape to [-1] takes the batch into the
+    # features and constant indices pick one sample's: freed, it would run at batch 3 and give sample 0's answer
+    text = ("g (float[1,4,3,3] x) => (float[1,4] y) { p = GlobalAveragePool(x) f = Reshape(p, flat)"
+            " g = Gather <axis=0> (f, idx) y = Reshape(g, s) }")
+    model = textual(text, 17, flat=np.array([-1], np.int64), idx=np.arange(4).reshape(1, 4, 1, 1),
+                    s=np.array([1, 4], np.int64))
+    with caplog.at_level(logging.WARNING, logger="snnconvert.convert.onnx_import"):
+        gm = assert_matches_ort(model, rand(1, 4, 3, 3))
+    assert gm.meta["onnx"]["static_batch"] == 1 and gm.meta["onnx"]["batch_freed"] is False
+    assert any("takes batches of 1 only" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeError):
+        gm(torch.rand(3, 4, 3, 3))  # an error, not sample 0's answer three times
+
+
+def _fp16_body() -> onnx.ModelProto:
+    """fp32 input and output, an fp16 body between Casts (onnxconverter-common's ``keep_io_types=True``)."""
+    return textual("g (float[N,3,8,8] x) => (float y) { h = Cast <to=10> (x) c = Conv <pads=[1,1,1,1]> (h, w, b)"
+                   " r = Relu(c) y = Cast <to=1> (r) }", 17,
+                   w=rand(4, 3, 3, 3).astype(np.float16), b=rand(4).astype(np.float16))
+
+
+def test_fp16_body_imports_in_float32() -> None:
+    model = _fp16_body()
+    gm = load_onnx(model)
+    x = rand(2, 3, 8, 8)
+    (ref,) = run_ort(model, x)
+    with torch.no_grad():
+        ours = gm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=2e-3, atol=2e-3 * float(np.abs(ref).max()))
+    assert all(p.dtype == torch.float32 for p in gm.parameters())
+    assert "to" not in [n.target for n in gm.graph.nodes if n.op == "call_method"]  # float-to-float casts: no-ops
+
+
+def test_fp16_graph_declares_its_input_type() -> None:
+    model = textual("g (float16[N,3,8,8] x) => (float16 y) { y = Conv (x, w) }", 17,
+                    w=rand(4, 3, 3, 3).astype(np.float16))
+    gm = load_onnx(model)
+    assert gm.meta["onnx"]["input_dtype"] == "float16"
+    x = rand(2, 3, 8, 8)
+    (ref,) = run_ort(model, x.astype(np.float16))
+    with torch.no_grad():
+        ours = gm(torch.from_numpy(x)).numpy()  # computed in float32: closer to the exact result than fp16
+    np.testing.assert_allclose(ours, ref.astype(np.float32), rtol=1e-2, atol=1e-2 * float(np.abs(ref).max()))
+
+
+def test_integer_input_is_refused_by_the_conversion() -> None:
+    model = textual("g (uint8[N,1,8,8] x) => (float y) { f = Cast <to=1> (x) s = Sub(f, c) r = Relu(s)"
+                    " y = GlobalAveragePool(r) }", 17, c=np.float32(128))
+    gm = load_onnx(model)  # importable: the module itself takes uint8 images
+    assert gm.meta["onnx"]["input_dtype"] == "uint8"
+    calib = [torch.rand(4, 1, 8, 8)]
+    with pytest.raises(ConfigError) as info:
+        convert(gm, forward_loop=calib)
+    assert "is uint8" in str(info.value) and "float32 input" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["training", "meta", "_graph", "forward", "code"])
+def test_node_names_that_are_graph_module_attributes(name: str) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", name + "_w"], ["c"], name=name), helper.make_node("Relu", ["c"], [name])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(rand(3, 2, 3, 3), name + "_w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx.shape_inference.infer_shapes(model)
+    gm = assert_matches_ort(model, rand(2, 2, 5, 5))
+    assert isinstance(gm.meta, dict) and gm.training is False
+
+
+def test_torch_submodule_named_meta_exports_and_imports(tmp_path) -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.meta = nn.Conv2d(1, 4, 3), nn.Linear(4 * 4 * 4, 3)
+
+        def forward(self, x):
+            return self.meta(torch.relu(self.body(x)).flatten(1))
+
+    model, path = Net().eval(), tmp_path / "meta.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(2, 1, 6, 6),), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "b"}})
+    x = torch.rand(3, 1, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(load_onnx(path)(x), model(x))
+
+
+@pytest.mark.parametrize(("op", "attrs"), [
+    ("AveragePool", "count_include_pad=1"),
+    ("MaxPool", ""),
+])
+@pytest.mark.parametrize(("size", "kernel", "pads"), [
+    (5, 3, "0,0,2,2"),  # asymmetric: torch's ceil rule on the padded input would add a window in the end padding
+    (6, 3, "2,2,2,2"),  # pads wider than half the kernel: explicit padding too
+    (7, 2, "0,0,1,1"),
+])
+def test_ceil_mode_pool_with_explicit_pads_drops_windows_in_the_end_padding(op, attrs, size, kernel, pads) -> None:
+    extra = f", {attrs}" if attrs else ""
+    text = (f"g (float[N,3,{size},{size}] x) => (float y) {{ y = {op} <kernel_shape=[{kernel},{kernel}], "
+            f"strides=[{kernel},{kernel}], pads=[{pads}], ceil_mode=1{extra}> (x) }}")
+    assert_matches_ort(textual(text, 19), rand(2, 3, size, size))
+
+
+def test_slice_sentinels_past_the_axis_are_empty() -> None:
+    big = np.array([2**31 - 1], np.int64)
+    text = ("g (float[N,4,6] x) => (float y) { a = Slice(x, s, e, ax) b = Slice(x, z, m, ax)"
+            " y = Concat <axis=2> (a, b) }")
+    model = textual(text, 17, s=big, e=np.array([2**62], np.int64), z=np.array([0], np.int64),
+                    m=np.array([-2**62], np.int64), ax=np.array([-1], np.int64))
+    gm = assert_matches_ort(model, rand(2, 4, 6))
+    assert gm(torch.rand(2, 4, 6)).shape == (2, 4, 0)
+
+
+@pytest.mark.parametrize(("text", "inits", "shape", "module"), [
+    ('y = DepthToSpace <blocksize=2, mode="DCR"> (x)', {}, (2, 8, 3, 5), None),
+    ('y = DepthToSpace <blocksize=2, mode="CRD"> (x)', {}, (2, 8, 3, 5), None),
+    ("y = SpaceToDepth <blocksize=2> (x)", {}, (2, 8, 4, 6), None),
+    ("y = PRelu(x, s)", {"s": rand(8, 1, 1)}, (2, 8, 3, 5), nn.PReLU),
+    ("y = PRelu(x, s)", {"s": rand(1)}, (2, 8, 3, 5), nn.PReLU),
+])
+@pytest.mark.parametrize("dims", ["static", "dynamic"])
+def test_rearranging_and_prelu_ops_match_onnxruntime(text, inits, shape, module, dims) -> None:
+    n, c, h, w = shape
+    declared = f"N,{c},{h},{w}" if dims == "static" else f"N,{c},H,W"
+    gm = assert_matches_ort(textual(f"g (float[{declared}] x) => (float y) {{ {text} }}", 17, **inits), rand(*shape))
+    if module is not None:
+        assert module in module_types(gm)
+
+
+def test_prelu_slope_along_another_dim_is_listed() -> None:
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(textual("g (float[N,8,3,5] x) => (float y) { y = PRelu(x, s) }", 17, s=rand(5)))
+    assert [n.op for n in info.value.nodes] == ["PRelu"] and "one per channel" in str(info.value)
+
+
+def test_every_problem_is_listed_once_even_downstream_of_another() -> None:
+    v = np.abs(rand(3)) + 0.5
+    text = """g (float[N,3,8,8] x) => (float y) {
+        a, m1, v1 = BatchNormalization <training_mode=1> (x, s, b, mu, v)
+        c, m2, v2 = BatchNormalization <training_mode=1> (a, s, b, mu, v)
+        d = AveragePool <kernel_shape=[2,2], auto_pad="SAME_UPPER"> (c)
+        y = Relu(d)
+    }"""
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(textual(text, 17, s=rand(3), b=rand(3), mu=rand(3), v=v))
+    assert [n.op for n in info.value.nodes] == ["BatchNormalization", "BatchNormalization", "AveragePool"]
+
+
+def test_an_import_error_does_not_hide_the_unsupported_nodes() -> None:
+    text = ('g (float[N,3,H,W] x) => (float y) { a = Hardmax(x) c = Conv <auto_pad="SAME_UPPER", strides=[2,2]> (x, w)'
+            " y = Add(c, c) }")
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(textual(text, 17, w=rand(4, 3, 3, 3)))
+    assert [n.op for n in info.value.nodes] == ["Hardmax"]
+    assert "Not importable either" in str(info.value) and "static spatial input sizes" in str(info.value)
+
+
+def test_global_max_pool_and_symmetric_clip_convert(tmp_path) -> None:
+    # ONNX GlobalMaxPool and Clip[-1, 1] (Hardtanh): graded units, exact on decoded values
+    text = ("g (float[N,1,8,8] x) => (float y) { c = Conv <pads=[1,1,1,1]> (x, w) k = Clip(c, lo, hi) r = Relu(k)"
+            " d = Conv <pads=[1,1,1,1]> (r, w2) e = Relu(d) p = GlobalMaxPool(e) f = Flatten(p)"
+            " y = Gemm <transB=1> (f, w3) }")
+    model = textual(text, 17, w=rand(4, 1, 3, 3), lo=np.float32(-1), hi=np.float32(1), w2=rand(4, 4, 3, 3, seed=1),
+                    w3=rand(3, 4, seed=2))
+    path = tmp_path / "gmp.onnx"
+    onnx.save(model, str(path))
+    ann = load_onnx(path)
+    calib = [torch.rand(32, 1, 8, 8)]
+    result = convert(str(path), forward_loop=calib, config=ConversionConfig.for_coding("differential", timesteps=16))
+    x = torch.rand(16, 1, 8, 8)
+    with torch.no_grad():
+        out, want = result.snn(x)[-1], ann(x)
+    assert float((out - want).abs().max()) < 0.05 * float(want.abs().max())
+
+
+def test_upper_case_onnx_suffix_is_a_file(tmp_path) -> None:
+    path = tmp_path / "MODEL.ONNX"
+    onnx.save(_fp16_body(), str(path))
+    result = convert(str(path), forward_loop=[torch.rand(4, 3, 8, 8)])
+    assert result.source.kind == "onnx"

@@ -44,6 +44,11 @@ class ModelSource:
 
     @classmethod
     def python(cls, ref: str, **kwargs) -> ModelSource:
+        """A factory ``pkg.module:fn`` or ``path/to/file.py:fn`` (the file made absolute, so that a saved folder
+        rebuilds from any working directory, as an ONNX source does)."""
+        module_part, sep, attr = ref.rpartition(":")
+        if sep and module_part.endswith(".py"):
+            ref = f"{Path(module_part).resolve()}:{attr}"
         return cls("python", ref, dict(kwargs))
 
     @classmethod

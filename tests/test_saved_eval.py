@@ -250,3 +250,16 @@ def test_a_folder_named_like_a_zoo_model_is_not_a_saved_snn(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fmnist-vgg").mkdir()
     assert not is_artifact("fmnist-vgg") and is_artifact(str(tmp_path / "fmnist-vgg"))
+
+
+def test_a_relative_file_factory_loads_from_another_working_directory(tmp_path, monkeypatch):
+    """``file.py:factory`` as typed on the command line is relative; the folder records it absolute."""
+    monkeypatch.chdir(Path(NETS).parent)
+    x = torch.rand(8, 1, 28, 28)
+    res = convert(SpellingsNet().eval(), forward_loop=[x], config=ConversionConfig.for_coding("rate", timesteps=3),
+                  source=ModelSource.python("nets.py:SpellingsNet"))
+    assert res.source.ref == f"{NETS}:SpellingsNet"
+    res.save(tmp_path / "snn")
+    monkeypatch.chdir(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "snn")(x), res.snn(x))

@@ -698,5 +698,19 @@ def _fail(exc: BaseException, debug: bool, *, code: int, unexpected: bool = Fals
     raise typer.Exit(code)
 
 
+def run() -> None:
+    """The ``snnconvert`` command: ``app`` with click's usage errors (an unknown flag, ``-T 2.5``) as one line, like
+    every other error, instead of click's usage block."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:  # noqa: BLE001 - click's UsageError family, found by its interface (typer vendors click)
+        if callable(getattr(exc, "format_message", None)) and getattr(exc, "exit_code", None) == 2:
+            print(f"error: {' '.join(exc.format_message().split())} (snnconvert --help lists the options)",
+                  file=sys.stderr)
+            sys.exit(2)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -136,3 +136,18 @@ def test_labels_that_hardly_fit_the_model_are_warned_about(tmp_path, caplog, lab
                   "--calib-images", 16, "--eval-images", 128, "-T", 1)
     assert result.exit_code == 0, result.output
     assert any(message in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["fmnist-vgg", "-T", "2.5"], "Invalid value for '--timesteps'"),
+    (["fmnist-vgg", "--bogus"], "No such option: --bogus"),
+])
+def test_the_command_prints_usage_errors_in_one_line(args, message):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from snnconvert.cli.main import run; run()", *args],
+                          capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
+    assert lines[0].startswith("error: ") and message in lines[0] and "--help" in lines[0]

@@ -80,7 +80,7 @@ def test_no_print_in_library_code():
 
 def test_console_script_and_namespace():
     project = _pyproject()["project"]
-    assert project["scripts"]["snnconvert"] == "snnconvert.cli.main:app"
+    assert project["scripts"]["snnconvert"] == "snnconvert.cli.main:run"
     assert not (ROOT / "snnconvert").exists(), "snnconvert must stay an implicit namespace (no top-level folder)"
     import snnconvert.convert
 

@@ -293,7 +293,7 @@ def _portable(spec: str) -> str:
 
 def check_runtime(o: RunOptions) -> torch.dtype:
     """The options of how the SNN runs and is evaluated, checked before anything slow; the layer dtype."""
-    from snnconvert.runtime import backend_status
+    from snnconvert.runtime import backend_status, check_device
 
     dtype = _dtype(o.dtype)
     if o.eval_images is not None and o.eval_images <= 0:
@@ -304,18 +304,16 @@ def check_runtime(o: RunOptions) -> torch.dtype:
         raise ConfigError(f"--mode {o.mode!r} is not valid; choose multi (layer by layer over T*B) or single "
                           "(streaming)")
     try:
-        device = torch.device(o.device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {o.device!r} is not a device; use cpu or cuda[:N]") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {o.device}: snnconvert runs on cpu or cuda[:N]")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {o.device}: no CUDA device is available here; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {o.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        check_device(o.device, available=False)
+    except ConfigError as exc:  # the library's "device ..." in the flag's words
+        raise ConfigError(f"--{exc}") from None
     ok, reason = backend_status(o.backend, o.device)  # before calibration: fail in seconds, not minutes
     if not ok:
         raise BackendUnavailableError(f"--backend {o.backend}: {reason}")
+    try:
+        check_device(o.device)
+    except (ConfigError, BackendUnavailableError) as exc:
+        raise type(exc)(f"--{exc}") from None
     return dtype
 
 
@@ -662,7 +660,8 @@ _FIELD_FLAGS = {"threshold_aggregation": "--aggregation", "identity_neurons": "-
                 "identity_threshold": "--identity-threshold", "identity_tail": "--identity-tail",
                 "token_channel": "--token-channel", "threshold_scale": "--threshold-scale",
                 "identity_levels": "--identity-levels", "allow_ann_ops": "--allow-ann-op", "levels": "--levels",
-                "neuron": "--neuron", "timesteps": "-T", "granularity": "--granularity", "backend": "--backend"}
+                "neuron": "--neuron", "timesteps": "-T", "granularity": "--granularity", "backend": "--backend",
+                "device": "--device"}
 _FIELD_ASSIGNMENT = re.compile(r"\b(" + "|".join(_FIELD_FLAGS) + r")=(['\"]?)([\w.%*-]+)\2")
 _FIELD_NAME = re.compile(r"\b(" + "|".join(f for f in _FIELD_FLAGS if "_" in f) + r")\b")
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -34,7 +35,7 @@ from snnconvert.convert.calibrate import (
 )
 from snnconvert.convert.coding import get_coding
 from snnconvert.convert.config import DIFF_DEFAULT, PRESETS, RATE_DEFAULT, ConversionConfig, ThresholdSpec
-from snnconvert.convert.errors import ConfigError, first_line
+from snnconvert.convert.errors import CalibrationError, ConfigError, first_line
 from snnconvert.convert.frontend import annotate_shapes, node_source, trace_module
 from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.passes import NORMALIZE_PASSES
@@ -95,6 +96,34 @@ def _front_end(model: torch.nn.Module | str | os.PathLike, example_inputs: torch
             raise ConfigError(f"{model}: only .onnx files can be converted from a path; pass an nn.Module otherwise")
         return load_onnx(model)
     return trace_module(model, example_inputs)
+
+
+def unwrapped(model: Any) -> Any:
+    """The module to convert: ``torch.compile``'s wrapper and ``DataParallel`` hold it (``_orig_mod``, ``module``),
+    which torch.fx cannot trace through.
+
+    Raises:
+        ConfigError: a TorchScript module (no Python code to trace), or parameters that are not float32.
+    """
+    if not isinstance(model, torch.nn.Module):
+        return model
+    while True:
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ConfigError("a TorchScript module cannot be traced by torch.fx: pass the Python nn.Module, or "
+                              "export it with torch.onnx.export and convert the .onnx file")
+        inner = getattr(model, "_orig_mod", None) if type(model).__name__ == "OptimizedModule" else None
+        if inner is None and isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        if inner is None:
+            break
+        log.info("converting the %s inside %s", type(inner).__name__, type(model).__name__)
+        model = inner
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.is_floating_point()}
+                    - {"float32"})
+    if dtypes:
+        raise ConfigError(f"the model's parameters are {', '.join(dtypes)}: convert a float32 model (model.float()); "
+                          "the SNN's layer precision is chosen when it runs (compile(..., dtype=torch.bfloat16))")
+    return model
 
 
 def _check_onnx_input(gm: fx.GraphModule) -> None:
@@ -165,6 +194,8 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
             statistics) or the graph cannot run on one image (a batch size fixed in the code).
     """
     a = example_inputs[:1].float()
+    if not bool(torch.isfinite(a).all()):
+        raise CalibrationError("the first calibration image holds NaN or infinite values; clean the calibration data")
     b = a * 0.5 + 0.25
     fix = "make every operation per sample (the batch dim may only be reshaped, e.g. into windows, and back)"
     with torch.no_grad():
@@ -175,6 +206,11 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
             raise ConfigError(f"the model fails on a batch of one or two images ({first_line(exc)}); the SNN runs "
                               "time steps in the batch dim, so a batch size fixed in the code (or an ONNX export "
                               f"without a dynamic batch axis) breaks it: {_static_batch_advice(gm) or fix}") from exc
+    for path, leaf in output_leaves(pair):
+        if leaf.dim() == 0:
+            raise ConfigError(f"the model's output{f' {path}' if path else ''} is a 0-dim scalar: the SNN decodes "
+                              "outputs per image, so return one value per image ([B, ...]), e.g. a loss reduced "
+                              "outside the model")
     for i, single in enumerate(alone):
         for (path, got), (_, want) in zip(output_leaves(pair), output_leaves(single)):
             if got.shape[1:] != want.shape[1:] or not _same_values(got[i:i + 1], want):
@@ -238,10 +274,16 @@ def _check_input_shape(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None
                           "use a data set that matches the model")
 
 
-def _snapshot(model) -> dict[str, torch.Tensor] | None:
+def state_snapshot(model) -> dict[str, torch.Tensor] | None:
+    """The ANN's state dict and its non-persistent buffers (left out of ``state_dict()``, but a model may set them
+    after construction: the saved folder must rebuild the same model)."""
     if not isinstance(model, torch.nn.Module):
         return None
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for name, buffer in model.named_buffers():
+        if name not in state and buffer is not None:
+            state[name] = buffer.detach().clone()
+    return state
 
 
 def convert(
@@ -274,7 +316,8 @@ def convert(
         ConfigError.
     """
     cfg = config or RATE_DEFAULT
-    return _convert_many(model, forward_loop, [cfg], example_inputs, source)[0]
+    with torch.inference_mode(False):  # under the caller's inference_mode, thresholds would be inference tensors
+        return _convert_many(model, forward_loop, [cfg], example_inputs, source)[0]
 
 
 def convert_sweep(
@@ -298,11 +341,14 @@ def convert_sweep(
     Raises:
         ConfigError: an empty or repeated list, or a T < 1; otherwise as :func:`convert`.
     """
+    if isinstance(timesteps, (int, str)) or not isinstance(timesteps, Iterable):
+        raise ConfigError(f"timesteps must be a list of numbers of time steps, e.g. [1, 2, 4, 8], got {timesteps!r}")
     steps = list(timesteps)
     if not steps or len(set(steps)) != len(steps):
         raise ConfigError(f"timesteps must be a non-empty list of distinct values, got {steps}")
     configs = [config.replace(timesteps=T) for T in steps]  # validates each T
-    return dict(zip(steps, _convert_many(model, forward_loop, configs, example_inputs, source)))
+    with torch.inference_mode(False):
+        return dict(zip(steps, _convert_many(model, forward_loop, configs, example_inputs, source)))
 
 
 def _convert_many(model, forward_loop, configs: list[ConversionConfig], example_inputs, source
@@ -311,11 +357,14 @@ def _convert_many(model, forward_loop, configs: list[ConversionConfig], example_
     then compute thresholds and build one SNN per config."""
     cfg = configs[0]
     coding = get_coding(cfg.coding)
+    model = unwrapped(model)
     base = ConversionReport()
     start = time.perf_counter()
     built = []
     if example_inputs is None:
         example_inputs = first_input(forward_loop)
+    if isinstance(example_inputs, torch.Tensor) and example_inputs.is_floating_point():
+        example_inputs = example_inputs.float()  # the SNN computes on float32 images (float64 data included)
     with torch.no_grad():
         gm = prepare(model, cfg, base, example_inputs)
         t0 = time.perf_counter()
@@ -334,7 +383,7 @@ def _convert_many(model, forward_loop, configs: list[ConversionConfig], example_
                                                                                   report)))
     if source is None and isinstance(model, (str, os.PathLike)):
         source = ModelSource.onnx(model)
-    snapshot = _snapshot(model)
+    snapshot = state_snapshot(model)
     results = []
     for c, thresholds, calibration, report, snn in built:
         report.ops_after = op_table(snn.gm)

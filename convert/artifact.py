@@ -196,16 +196,21 @@ def save(result, path: str | os.PathLike) -> Path:
     """Write a conversion result as an artifact folder at ``path`` (replacing an existing artifact atomically).
 
     Raises:
-        ArtifactError: the result has no rebuildable source (pass ``source=`` to ``convert``).
+        ArtifactError: the result has no rebuildable source (pass ``source=`` to ``convert``), or ``path`` is not
+            a place a folder can be written to.
     """
     if result.source is None:
         raise ArtifactError("this conversion has no model source to save; pass source=ModelSource.python("
                             "'pkg.module:factory') (or an .onnx path) to convert()")
     target = Path(path)
     if target.exists() and not (target / "source.json").is_file():
-        raise ArtifactError(f"{target} exists and is not an snnconvert artifact; choose another --output path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        raise ArtifactError(f"{target} exists and is not an snnconvert artifact; choose another path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:  # a file where a folder should be, no permission
+        raise ArtifactError(f"cannot save to {target}: {exc.strerror or exc} ({exc.filename or target.parent}); "
+                            "choose another path") from exc
     try:
         _write_json(tmp / "config.json", {"format_version": FORMAT_VERSION, "config": result.config.to_dict()})
         torch.save({k: v.detach().cpu() for k, v in result.thresholds.items()}, tmp / "thresholds.pt")
@@ -305,7 +310,11 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, Any]) -> str:
 
 
 def _fit_state(root: Path, model: torch.nn.Module, state: dict[str, Any], ref: str) -> None:
-    """Load the saved weights into the rebuilt ANN; weights of another model are named by a few keys."""
+    """Load the saved weights into the rebuilt ANN, and the non-persistent buffers saved with them; weights of
+    another model are named by a few keys."""
+    persistent, state = model.state_dict(), dict(state)
+    buffers = {name: state.pop(name) for name, _ in list(model.named_buffers())
+               if name not in persistent and name in state}
     mismatch = state_mismatch(model, state)
     if mismatch:
         raise _damaged(root, "ann_state.pt", f"does not fit the model {ref} ({mismatch}): it holds the weights of "
@@ -314,6 +323,10 @@ def _fit_state(root: Path, model: torch.nn.Module, state: dict[str, Any], ref: s
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:  # e.g. a value that is not a tensor
         raise _damaged(root, "ann_state.pt", f"does not fit the model {ref} ({first_line(exc)})") from exc
+    for name, value in buffers.items():
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        module._buffers[attr] = value.to(module._buffers[attr].device) if module._buffers[attr] is not None else value
 
 
 def load_artifact(path: str | os.PathLike) -> Artifact:

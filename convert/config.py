@@ -7,6 +7,7 @@ defaults < explicit flags (the CLI builds the config with :func:`ConversionConfi
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -162,7 +163,8 @@ class ConversionConfig:
                 not math.isfinite(self.threshold_scale) or self.threshold_scale <= 0:
             raise ConfigError(f"threshold_scale must be a finite number > 0, got {self.threshold_scale!r}")
         object.__setattr__(self, "threshold_scale", float(self.threshold_scale))
-        object.__setattr__(self, "allow_ann_ops", tuple(self.allow_ann_ops))
+        ops = (self.allow_ann_ops,) if isinstance(self.allow_ann_ops, str) else self.allow_ann_ops  # one pattern
+        object.__setattr__(self, "allow_ann_ops", tuple(ops))
         _choice("coding", self.coding, CODINGS)
         _choice("neuron", self.neuron, NEURON_KINDS)
         _choice("granularity", self.granularity, GRANULARITIES)
@@ -194,7 +196,14 @@ class ConversionConfig:
         return self.timesteps if self.neuron == "if" else self.timesteps * 2**self.levels
 
     def replace(self, **changes) -> ConversionConfig:
-        """A copy with ``changes`` applied (validated again)."""
+        """A copy with ``changes`` applied (validated again); an unknown field is a ConfigError naming the closest
+        one."""
+        known = [f.name for f in dataclasses.fields(self)]
+        for key in changes:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(f"unknown configuration field {key!r}; {hint}fields: {', '.join(known)}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

@@ -54,7 +54,7 @@ def trace_module(model: torch.nn.Module, example_input: torch.Tensor | None = No
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, fx.GraphModule):
-        gm = copy.deepcopy(model)
+        gm = copy_model(model)
         gm.eval()
         return gm
     try:
@@ -80,11 +80,26 @@ def trace_module(model: torch.nn.Module, example_input: torch.Tensor | None = No
     return gm
 
 
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` (the user's module is never modified).
+
+    Raises:
+        TraceError: the model cannot be deep-copied (a pruned weight computed by ``torch.nn.utils.prune`` after a
+            forward pass is a non-leaf tensor; hooks or attributes holding such tensors).
+    """
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:  # noqa: BLE001 - torch's "deepcopy protocol" error and the like
+        raise TraceError(f"cannot copy {type(model).__name__} ({first_line(exc)}): the converter works on a deep "
+                         "copy; make the weights plain parameters first (for torch.nn.utils.prune: "
+                         "prune.remove(module, 'weight'))") from exc
+
+
 def _trace(model: torch.nn.Module, example_input, inline: bool) -> tuple[torch.nn.Module, "_ShapeBranchTracer",
                                                                            fx.Graph]:
     """Trace a deep copy of ``model`` in eval mode (tracing may run it: the example input follows branches); with
     ``inline``, through the functions registered with ``torch.fx.wrap`` as well."""
-    work = copy.deepcopy(model)
+    work = copy_model(model)
     work.eval()
     tracer = _ShapeBranchTracer(example_input, inline=inline)
     tracer.record_stack_traces = True

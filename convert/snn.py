@@ -13,6 +13,7 @@ Execution modes (identical results, tested):
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterator
 
 import torch
@@ -25,6 +26,18 @@ from snnconvert.convert.outputs import map_outputs
 from snnconvert.convert.static_prefix import INPUT_PATTERNS, PrefixPhase, StaticPrefix, build_static_prefix
 
 STEP_MODES = ("multi", "single")
+
+
+def _step_count(timesteps: object) -> int:
+    """A number of time steps as given to a run: a positive integer (``2.7``, ``"4"`` or ``True`` are refused, not
+    rounded)."""
+    try:
+        T = operator.index(timesteps)  # ints, numpy integers; not floats or strings
+    except TypeError:
+        T = None
+    if T is None or isinstance(timesteps, bool) or T < 1:
+        raise ConfigError(f"timesteps must be a positive integer, got {timesteps!r}")
+    return T
 
 
 class SpikingNetwork(nn.Module):
@@ -168,9 +181,10 @@ class SpikingNetwork(nn.Module):
     def _raw(self, x: torch.Tensor, timesteps: int | None, mode: str) -> torch.Tensor:
         if mode not in STEP_MODES:
             raise ConfigError(f"step mode {mode!r} is not valid; choose one of: {', '.join(STEP_MODES)}")
-        T = self.timesteps if timesteps is None else int(timesteps)
-        if T < 1:
-            raise ConfigError(f"timesteps must be a positive integer, got {T}")
+        T = self.timesteps if timesteps is None else _step_count(timesteps)
+        if not x.is_floating_point():
+            raise ConfigError(f"the SNN takes float images, got {x.dtype}: scale integer pixels to the range the "
+                              "model was trained on first (e.g. x.float() / 255)")
         x = x.float()
         self.coding.prepare(self, x)
         pattern = getattr(self.coding, "input_pattern", None)

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import torch
 
-from snnconvert.convert import ConversionResult, SpikingNetwork, convert_with_thresholds, load_artifact, load_onnx
+from snnconvert.convert import (
+    ConversionResult,
+    SpikingNetwork,
+    convert_with_thresholds,
+    load_artifact,
+    load_onnx,
+    state_snapshot,
+)
 from snnconvert.convert.calibrate import CalibrationReport
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError
 from snnconvert.runtime.evaluate import EvalReport, build_report, evaluate
@@ -49,6 +56,28 @@ def backend_status(backend: str, device: str | torch.device) -> tuple[bool, str]
     if backend == "inductor":
         return inductor_status(device)
     return True, "torch reference neurons"
+
+
+def check_device(device: str | torch.device, *, available: bool = True) -> torch.device:
+    """``device`` as a torch device: ``cpu`` or ``cuda[:N]``, and (``available``) one this machine has.
+
+    Raises:
+        ConfigError: not a device name, another device type, or a CUDA index this machine does not have.
+        BackendUnavailableError: CUDA asked for where there is none.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {str(device)!r} is not a device; use cpu or cuda[:N]") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {str(device)!r}: snnconvert runs on cpu or cuda[:N]")
+    if not available:
+        return parsed
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"device {str(device)!r}: no CUDA device is available here; use device='cpu'")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed
 
 
 def compile(  # noqa: A001
@@ -91,10 +120,11 @@ def compile(  # noqa: A001
     if dtype not in DTYPES:
         names = ", ".join(str(d).replace("torch.", "") for d in DTYPES)
         raise ConfigError(f"dtype {dtype} is not supported; choose one of: {names}")
-    device = torch.device(device)
-    ok, reason = backend_status(backend, device)
+    device = check_device(device, available=False)
+    ok, reason = backend_status(backend, device)  # first: what the backend needs says more than "no CUDA here"
     if not ok:
         raise BackendUnavailableError(reason)
+    check_device(device)
     program = copy.deepcopy(snn)
     program.reset()
     program.invalidate()  # captured offsets are recomputed with the compiled layers (dtype, device, kernels)
@@ -157,7 +187,7 @@ def load_result(path: str | os.PathLike) -> tuple[ConversionResult, torch.nn.Mod
     source = artifact.source
     if isinstance(artifact.model, torch.nn.Module):
         ann = artifact.model
-        state = {k: v.detach().clone() for k, v in ann.state_dict().items()}
+        state = state_snapshot(ann)
     else:  # the saved file, by its absolute path: the result can be saved again from anywhere
         ann, state = load_onnx(artifact.model), None
         source = dataclasses.replace(source, ref=str(Path(artifact.model).resolve()))

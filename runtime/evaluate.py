@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from snnconvert.convert.calibrate import BATCH_INPUT_KEYS
 from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.errors import ConfigError, DataError
 from snnconvert.convert.outputs import select_output
@@ -272,9 +273,18 @@ class _Scores:
         diff = out.double().reshape(*out.shape[:leading], -1) - y.double().reshape(-1)
         return diff.square().sum(-1), diff.abs().sum(-1)
 
+    @staticmethod
+    def _check_classes(y: torch.Tensor, classes: int) -> None:
+        """Class labels index the output: another data set's labels would score 0 % without a word."""
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+            bad = int(y.max()) if int(y.max()) >= classes else int(y.min())
+            raise DataError(f"a label {bad} is outside the model's {classes} outputs; check that the data set "
+                            "matches the model")
+
     def add_ann(self, out: torch.Tensor, y: torch.Tensor) -> None:
         task = self._kind(out, y, 0)
         if task == "classification":
+            self._check_classes(y, out.shape[-1])
             top1, top5 = _hits(out, y)
             self.ann += int(top1)
             self.ann_top5 = None if top5 is None or self.ann_top5 is None else self.ann_top5 + int(top5)
@@ -293,6 +303,7 @@ class _Scores:
         self.images += int(y.shape[0])
         task = self._kind(decoded, y, 1)
         if task == "classification":
+            self._check_classes(y, decoded.shape[-1])
             top1, top5 = _hits(decoded, y)
             self.snn += top1.double().cpu()
             self.snn_top5 = None if top5 is None or self.snn_top5 is None else self.snn_top5 + top5.double().cpu()
@@ -393,6 +404,51 @@ class _EventCounter:
             m.count_events, m.last_events = False, None
 
 
+def _device_of(module: nn.Module) -> torch.device | None:
+    """The device of a module's first parameter or buffer (None for a module without either)."""
+    tensor = next(module.parameters(), None)
+    tensor = tensor if tensor is not None else next(module.buffers(), None)
+    return None if tensor is None else tensor.device
+
+
+#: keys of a dict batch that hold the labels (the input: ``BATCH_INPUT_KEYS``, as in calibration)
+BATCH_LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+def eval_batch(batch: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of one evaluation batch: an ``(images, labels)`` tuple or list, or a dict with an input key
+    (``BATCH_INPUT_KEYS``) and a label key (``BATCH_LABEL_KEYS``); finite images, one label (or label map) each.
+
+    Raises:
+        DataError: a batch without labels, of another form, with NaN / infinite images or unequal counts.
+    """
+    if isinstance(batch, Mapping):
+        x = next((batch[k] for k in BATCH_INPUT_KEYS if k in batch), None)
+        y = next((batch[k] for k in BATCH_LABEL_KEYS if k in batch), None)
+        if x is None or y is None:
+            raise DataError(f"evaluation batch {index} is a dict with keys {sorted(map(str, batch))}: it needs an "
+                            f"input key ({', '.join(BATCH_INPUT_KEYS)}) and a label key "
+                            f"({', '.join(BATCH_LABEL_KEYS)})")
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+    elif isinstance(batch, torch.Tensor):
+        raise DataError(f"evaluation batch {index} is a tensor without labels: evaluation needs (images, labels) "
+                        "pairs")
+    else:
+        raise DataError(f"evaluation batch {index} of type {type(batch).__name__} is not supported: give (images, "
+                        "labels) pairs or dicts with an image and a label key")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise DataError(f"evaluation batch {index}: images and labels must be tensors, got {type(x).__name__} and "
+                        f"{type(y).__name__}")
+    if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
+        raise DataError(f"evaluation batch {index} holds {len(x) if x.dim() else 0} images but "
+                        f"{len(y) if y.dim() else 0} labels; give one label (or label map) per image")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise DataError(f"evaluation batch {index} holds NaN or infinite pixel values: the SNN's neurons never fire "
+                        "on them (no error) where the ANN outputs NaN; clean the data")
+    return x, y
+
+
 def evaluate(
     snn: SpikingNetwork,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -434,6 +490,10 @@ def evaluate(
         DataError: a pixel label is not a class of the output (and not ``ignore_index``).
     """
     T = snn.timesteps if timesteps is None else int(timesteps)
+    from snnconvert.runtime import check_device
+
+    device = check_device(device)
+    homes = {id(m): _device_of(m) for m in (snn, ann) if m is not None}  # moved back afterwards
     snn = snn.to(device)
     scores = _Scores(T, ignore_index)
     seconds = {"ann": 0.0, "snn": 0.0}
@@ -446,7 +506,8 @@ def evaluate(
     meter = ErrorMeter(snn, T) if layer_errors else None
     try:
         with torch.no_grad():
-            for x, y in batches:
+            for index, batch in enumerate(batches):
+                x, y = eval_batch(batch, index)
                 x, y = x.to(device), y.to(device)
                 if ann is not None:
                     start = time.perf_counter()
@@ -471,9 +532,12 @@ def evaluate(
             meter.close()
         if ann is not None:
             ann.train(was_training)
+        for module in (snn, ann):  # the caller's modules stay where they were
+            if module is not None and homes.get(id(module)) is not None:
+                module.to(homes[id(module)])
     images = scores.images
     if images == 0:
-        raise ValueError("evaluation got no images")
+        raise DataError("evaluation got no images: pass (images, labels) batches (a DataLoader, a list of pairs)")
     total = torch.zeros(T, dtype=torch.float64)
     site_events = {}
     for name, counts in counter.counts.items():

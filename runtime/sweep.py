@@ -159,7 +159,8 @@ def sweep(
 
     Args:
         results: the conversions, keyed by T.
-        batches: returns a fresh iterable of ``(images, labels)`` per call (one call per evaluation).
+        batches: returns a fresh iterable of ``(images, labels)`` per call (one call per evaluation), or a list /
+            DataLoader of them.
         ann: the ANN (evaluated once, on the first evaluation's images); without it nothing is recommended.
         target_gap_pp: how far below the ANN (percentage points of accuracy) the SNN after T steps may be; for a
             regression (float targets), how much larger than the ANN's its mean squared error may be, in percent.
@@ -179,6 +180,12 @@ def sweep(
         raise ConfigError("the sweep needs at least one conversion")
     if not target_gap_pp >= 0:
         raise ConfigError(f"the target gap must be >= 0 percentage points, got {target_gap_pp}")
+    if not callable(batches):
+        if not isinstance(batches, Iterable) or iter(batches) is batches:  # a generator would be used up at once
+            raise ConfigError(f"batches must be a function returning fresh (images, labels) batches, or a list / "
+                              f"DataLoader of them (read once per evaluation); got {type(batches).__name__}")
+        data = batches
+        batches = lambda: data  # noqa: E731 - the same re-iterable data for every evaluation
     steps = sorted(results)
     shared = len(steps) > 1 and _same_thresholds(results)
     evaluations: dict[int, EvalReport] = {}

@@ -193,7 +193,8 @@ def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
     def loop(model: torch.nn.Module) -> None:
         n = 0
         for batch in data:
-            model(batch_input(batch))
+            x = batch_input(batch)
+            model(x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x)  # as the SNN reads it
             n += 1
         passes.append(n)
         if n == 0:

@@ -18,6 +18,8 @@ calibration observes it like a ReLU site.
 """
 from __future__ import annotations
 
+import logging
+
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,6 +34,8 @@ from snnconvert.convert.passes.support import (
     is_matmul,
 )
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
+
+logger = logging.getLogger(__name__)
 
 #: Layers whose inputs are synaptic (their SOPs are counted, method.md §8) and may get an identity site.
 SYNAPTIC_MODULES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
@@ -163,7 +167,11 @@ def insert_identity_sites(gm: fx.GraphModule, cfg, report: ConversionReport) -> 
     """
     entry = PassEntry(name="insert_identity_sites", modified=False)
     cache: dict = {}
-    if cfg.identity_neurons != "off":
+    linear = not any(is_canonical_relu(gm, n) or graded_kind(gm, n, cache) for n in gm.graph.nodes)
+    if linear and cfg.identity_neurons == "auto":  # the SNN equals the ANN at every step (method.md §12)
+        logger.info("a linear model (no ReLU, no non-linear function): no identity neurons with identity_neurons="
+                    "'auto', so the SNN reproduces the ANN at every step; 'all' spikes every layer's input")
+    elif cfg.identity_neurons != "off":
         wanted = ("dense", "input") if cfg.identity_neurons == "all" else ("dense",)
         kinds = stream_kinds(gm, cfg, cache)
         readers: dict[fx.Node, list[fx.Node]] = {}

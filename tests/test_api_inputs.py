@@ -1,0 +1,184 @@
+"""The Python API on inputs a researcher hands it beyond the happy path: wrapped, pruned, float64 or linear models,
+NaN data, scalar outputs, inference mode, typos in the configuration, evaluation batches of every form, devices
+that are not there, and saving where no folder can be written. Each either works as the API promises or raises
+one typed error (``SnnConvertError``) that says what to do."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from snnconvert import runtime
+from snnconvert.convert import ConversionConfig, convert, convert_sweep
+from snnconvert.convert.artifact import ModelSource
+from snnconvert.convert.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    CalibrationError,
+    ConfigError,
+    DataError,
+    TraceError,
+)
+from snnconvert.runtime import compile, evaluate, load
+
+
+class Small(nn.Module):
+    """conv-relu-pool-linear on 1x12x12 images, 5 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+class Linear(nn.Module):
+    """Two layers and no non-linearity at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 12 * 12, 5)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+class WithBuffer(Small):
+    """A non-persistent buffer set after construction (left out of ``state_dict()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(5), persistent=False)
+
+    def forward(self, x):
+        return super().forward(x) + self.shift
+
+
+def _data(n: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 12, 12, generator=torch.Generator().manual_seed(seed))
+
+
+def _rate(T: int = 4) -> ConversionConfig:
+    return ConversionConfig.for_coding("rate", timesteps=T)
+
+
+def test_a_linear_model_is_exact_at_every_step_by_default():
+    model, x = Linear().eval(), _data()
+    result = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=4))
+    assert not [n for n in result.snn.gm.graph.nodes if "identity" in n.name]
+    with torch.no_grad():
+        torch.testing.assert_close(result.snn(x), model(x).expand(4, -1, -1), rtol=1e-5, atol=1e-6)
+
+
+def test_non_persistent_buffers_are_saved_and_restored(tmp_path):
+    model, x = WithBuffer().eval(), _data()
+    model.shift.fill_(0.25)
+    result = convert(model, forward_loop=[x], config=_rate(), source=ModelSource.python(f"{__file__}:WithBuffer"))
+    result.save(tmp_path / "snn")
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "snn")(x), result.snn(x))
+    again, ann = runtime.load_result(tmp_path / "snn")
+    assert torch.equal(ann.shift, model.shift) and torch.equal(again.ann_state["shift"], model.shift)
+
+
+def test_evaluation_batches_of_every_form_and_their_errors():
+    model, x = Small().eval(), _data(32)
+    snn = convert(model, forward_loop=[x], config=_rate()).snn
+    y = model(x).argmax(1)
+    as_pairs = evaluate(snn, [(x, y)], ann=model)
+    as_dicts = evaluate(snn, [{"image": x, "label": y}], ann=model)
+    assert as_pairs.snn_accuracy == as_dicts.snn_accuracy and as_pairs.ann_accuracy == 1.0
+    nan = x.clone()
+    nan[3, 0, 5, 5] = float("nan")
+    cases = [([(nan, y)], "NaN or infinite pixel values"), ([(x, y + 5)], "outside the model's 5 outputs"),
+             ([], "got no images"), ([x], "a tensor without labels"), ([(x, y[:10])], "32 images but 10 labels"),
+             ([{"image": x}], "a label key")]
+    for batches, message in cases:
+        with pytest.raises(DataError, match=message):
+            evaluate(snn, batches, ann=model)
+
+
+def test_bad_calibration_images_and_scalar_outputs_are_one_error():
+    x = _data()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CalibrationError, match="first calibration image holds NaN"):
+        convert(Small().eval(), forward_loop=[x], config=_rate())
+
+    class Scalar(Small):
+        def forward(self, x):
+            return super().forward(x).sum()
+
+    with pytest.raises(ConfigError, match="0-dim scalar"):
+        convert(Scalar().eval(), forward_loop=[_data()], config=_rate())
+
+
+def test_converting_under_inference_mode_gives_a_usable_snn():
+    model, x = Small().eval(), _data()
+    with torch.inference_mode():
+        result = convert(model, forward_loop=[x], config=_rate())
+    out = result.snn(x)  # outside inference mode and outside no_grad
+    assert out.shape == (4, 16, 5) and not any(t.is_inference() for t in result.thresholds.values())
+
+
+def test_wrapped_models_are_unwrapped_and_script_modules_refused():
+    model, x = Small().eval(), _data()
+    plain = convert(model, forward_loop=[x], config=_rate()).snn(x)
+    for wrapped in (torch.compile(model), nn.DataParallel(model)):
+        with torch.no_grad():
+            torch.testing.assert_close(convert(wrapped, forward_loop=[x], config=_rate()).snn(x), plain)
+    with pytest.raises(ConfigError, match="TorchScript"):
+        convert(torch.jit.trace(model, x[:1]), forward_loop=[x], config=_rate())
+
+
+def test_model_precision_and_pruning():
+    x = _data()
+    with pytest.raises(ConfigError, match="parameters are float64"):
+        convert(Small().double().eval(), forward_loop=[x.double()], config=_rate())
+    result = convert(Small().eval(), forward_loop=[x.double()], config=_rate())  # float64 data: read as float32
+    assert result.snn(x).dtype == torch.float32
+    pruned = Small().eval()
+    prune.l1_unstructured(pruned.conv, "weight", amount=0.5)
+    pruned(x)
+    with pytest.raises(TraceError, match="prune.remove"):
+        convert(pruned, forward_loop=[x], config=_rate())
+
+
+def test_configuration_typos_and_argument_types():
+    with pytest.raises(ConfigError, match="did you mean 'timesteps'"):
+        ConversionConfig.for_coding("rate", timestep=8)
+    with pytest.raises(ConfigError, match="did you mean 'timesteps'"):
+        _rate().replace(timestep=8)
+    assert ConversionConfig(allow_ann_ops="sort*").allow_ann_ops == ("sort*",)
+    model, x = Small().eval(), _data()
+    with pytest.raises(ConfigError, match="a list of numbers of time steps"):
+        convert_sweep(model, forward_loop=[x], config=_rate(), timesteps=4)
+    results = convert_sweep(model, forward_loop=[x], config=_rate(), timesteps=[1, 2])
+    y = model(x).argmax(1)
+    assert runtime.sweep(results, [(x, y)], ann=model).chosen in (1, 2)  # a list, read once per evaluation
+    snn = results[2].snn
+    for bad in (2.7, "4", True, 0):
+        with pytest.raises(ConfigError, match="positive integer"):
+            snn(x, bad)
+    assert snn(x, np.int64(3)).shape[0] == 3
+    with pytest.raises(ConfigError, match="float images"):
+        snn((x * 255).to(torch.uint8))
+
+
+def test_devices_that_are_not_there_and_saving_where_no_folder_can_be(tmp_path):
+    model, x = Small().eval(), _data()
+    result = convert(model, forward_loop=[x], config=_rate(), source=ModelSource.python(f"{__file__}:Small"))
+    with pytest.raises(ConfigError, match="'gpu' is not a device"):
+        compile(result.snn, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailableError, match="no CUDA device"):
+            compile(result.snn, device="cuda")
+        with pytest.raises(BackendUnavailableError, match="no CUDA device"):
+            evaluate(result.snn, [(x, model(x).argmax(1))], device="cuda")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ArtifactError, match="cannot save to"):
+        result.save(tmp_path / "a_file" / "snn")

@@ -196,8 +196,8 @@ def save(result, path: str | os.PathLike) -> Path:
     """Write a conversion result as an artifact folder at ``path`` (replacing an existing artifact atomically).
 
     Raises:
-        ArtifactError: the result has no rebuildable source (pass ``source=`` to ``convert``), or ``path`` is not
-            a place a folder can be written to.
+        ArtifactError: the result has no rebuildable source (pass ``source=`` to ``convert``), its Python source
+            builds another model than the converted one, or ``path`` is not a place a folder can be written to.
     """
     if result.source is None:
         raise ArtifactError("this conversion has no model source to save; pass source=ModelSource.python("
@@ -224,6 +224,7 @@ def save(result, path: str | os.PathLike) -> Path:
         else:
             if result.ann_state is None:
                 raise ArtifactError("the conversion kept no weights snapshot; convert an nn.Module to save it")
+            _check_rebuilds(result.source, result.ann_state)
             torch.save(result.ann_state, tmp / "ann_state.pt")
         _write_json(tmp / "source.json", source)
         ordinary_permissions(tmp)  # mkdtemp's folder is owner-only; a saved artifact is an ordinary folder
@@ -309,12 +310,18 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _fit_state(root: Path, model: torch.nn.Module, state: dict[str, Any], ref: str) -> None:
-    """Load the saved weights into the rebuilt ANN, and the non-persistent buffers saved with them; weights of
-    another model are named by a few keys."""
+def _split_buffers(model: torch.nn.Module, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``state`` (a weights snapshot) as the model's state dict and its non-persistent buffers."""
     persistent, state = model.state_dict(), dict(state)
     buffers = {name: state.pop(name) for name, _ in list(model.named_buffers())
                if name not in persistent and name in state}
+    return state, buffers
+
+
+def _fit_state(root: Path, model: torch.nn.Module, state: dict[str, Any], ref: str) -> None:
+    """Load the saved weights into the rebuilt ANN, and the non-persistent buffers saved with them; weights of
+    another model are named by a few keys."""
+    state, buffers = _split_buffers(model, state)
     mismatch = state_mismatch(model, state)
     if mismatch:
         raise _damaged(root, "ann_state.pt", f"does not fit the model {ref} ({mismatch}): it holds the weights of "
@@ -327,6 +334,22 @@ def _fit_state(root: Path, model: torch.nn.Module, state: dict[str, Any], ref: s
         owner, _, attr = name.rpartition(".")
         module = model.get_submodule(owner)
         module._buffers[attr] = value.to(module._buffers[attr].device) if module._buffers[attr] is not None else value
+
+
+def _check_rebuilds(source: ModelSource, state: dict[str, Any]) -> None:
+    """A Python source must rebuild a model the saved weights fit: checked when saving, not first when loading.
+
+    Raises:
+        ArtifactError: the factory fails, or builds a model of other layers or shapes.
+    """
+    try:
+        model = source.build()
+    except ModelLoadError as exc:
+        raise ArtifactError(f"cannot save: the model source {source.ref!r} does not rebuild the model ({exc})") from exc
+    mismatch = state_mismatch(model, _split_buffers(model, state)[0])
+    if mismatch:
+        raise ArtifactError(f"cannot save: the model source {source.ref!r} (kwargs {source.kwargs}) builds another "
+                            f"model than the converted one ({mismatch}); pass the factory and kwargs of this model")
 
 
 def load_artifact(path: str | os.PathLike) -> Artifact:

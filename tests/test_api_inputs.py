@@ -182,3 +182,20 @@ def test_devices_that_are_not_there_and_saving_where_no_folder_can_be(tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ArtifactError, match="cannot save to"):
         result.save(tmp_path / "a_file" / "snn")
+
+
+def test_a_map_style_dataset_is_calibration_data_in_order():
+    model, x = Small().eval(), _data(40)
+    labels = torch.zeros(40, dtype=torch.long)
+    from_dataset = convert(model, forward_loop=torch.utils.data.TensorDataset(x, labels), config=_rate())
+    from_batches = convert(model, forward_loop=[(x, labels)], config=_rate())
+    for name, threshold in from_batches.thresholds.items():
+        torch.testing.assert_close(from_dataset.thresholds[name], threshold)
+
+
+def test_saving_with_a_source_that_builds_another_model_fails_at_save(tmp_path):
+    model, x = Small().eval(), _data()
+    result = convert(model, forward_loop=[x], config=_rate(), source=ModelSource.python(f"{__file__}:Linear"))
+    with pytest.raises(ArtifactError, match="builds another model than the converted one"):
+        result.save(tmp_path / "snn")
+    assert not (tmp_path / "snn").exists()

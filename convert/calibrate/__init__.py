@@ -150,6 +150,14 @@ def batch_input(batch: Any) -> torch.Tensor:
                       "(input, target) tuples or dicts with an 'input' / 'image' key, or a forward_loop(model)")
 
 
+def _batched(data: Any) -> Any:
+    """A map-style ``torch.utils.data.Dataset`` (``TensorDataset``, a torchvision data set: indexable, not
+    iterable) as a DataLoader over it in order; other data as it is."""
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, Iterable):
+        return torch.utils.data.DataLoader(data, batch_size=256, shuffle=False)
+    return data
+
+
 def first_input(data: ForwardLoop | Iterable | torch.Tensor | None) -> torch.Tensor | None:
     """The first sample of the first batch of re-iterable calibration data (a tensor, a list, a DataLoader), as a
     batch of one: the example input the model is traced and checked at when none is given. None for a
@@ -157,6 +165,7 @@ def first_input(data: ForwardLoop | Iterable | torch.Tensor | None) -> torch.Ten
     whose first batch is not a tensor input (calibration then says what is wrong)."""
     if isinstance(data, torch.Tensor):
         return data[:1]
+    data = _batched(data)
     if data is None or callable(data) or not isinstance(data, Iterable) or iter(data) is data:
         return None
     for batch in data:
@@ -184,6 +193,7 @@ def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
         data = [data]
     if callable(data):
         return data
+    data = _batched(data)
     if not isinstance(data, Iterable):
         raise ConfigError(f"calibration data of type {type(data).__name__} is neither a forward_loop(model) nor an "
                           "iterable of batches; pass a DataLoader or a list of tensors")

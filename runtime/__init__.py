@@ -27,7 +27,8 @@ from snnconvert.convert import (
     state_snapshot,
 )
 from snnconvert.convert.calibrate import CalibrationReport
-from snnconvert.convert.errors import BackendUnavailableError, ConfigError
+from snnconvert.convert.errors import ArtifactError, BackendUnavailableError, ConfigError
+from snnconvert.convert.pipeline import ConversionReport
 from snnconvert.runtime.evaluate import EvalReport, build_report, evaluate
 from snnconvert.runtime.fuse import fuse_bounded_relu_pairs
 from snnconvert.runtime.kernels import triton_status
@@ -156,9 +157,23 @@ def load(path: str | os.PathLike) -> SpikingNetwork:
             cannot be rebuilt.
     """
     artifact = load_artifact(path)
-    snn, _ = convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config,
-                                     artifact.report.get("input_shape"))
+    snn, _ = _rebuild(path, artifact)
     return snn
+
+
+def _rebuild(path: str | os.PathLike, artifact) -> tuple[SpikingNetwork, ConversionReport]:
+    """The SNN of a read artifact: its ANN converted again with the saved thresholds (no calibration).
+
+    Raises:
+        ArtifactError: the thresholds do not fit the model (a ``thresholds.pt`` of another conversion), naming the
+            folder and the file.
+    """
+    try:
+        return convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config,
+                                       artifact.report.get("input_shape"))
+    except ConfigError as exc:
+        raise ArtifactError(f"{path}: thresholds.pt does not fit the model ({exc}); convert the model again with "
+                            "--output DIR (or save the conversion again with ConversionResult.save)") from exc
 
 
 def load_result(path: str | os.PathLike) -> tuple[ConversionResult, torch.nn.Module]:
@@ -176,8 +191,7 @@ def load_result(path: str | os.PathLike) -> tuple[ConversionResult, torch.nn.Mod
             or a model source that cannot be rebuilt.
     """
     artifact = load_artifact(path)
-    snn, report = convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config,
-                                          artifact.report.get("input_shape"))
+    snn, report = _rebuild(path, artifact)
     saved = artifact.report.get("calibration") or {}
     report.calibration = saved
     calibration = CalibrationReport(method=saved.get("method", str(artifact.config.threshold)),

@@ -201,6 +201,10 @@ def _bigger_state(path: Path) -> None:
     torch.save({k: torch.zeros(*v.shape, 2) for k, v in state.items()}, path)
 
 
+def _foreign_thresholds(path: Path) -> None:
+    torch.save({"features_0_act": torch.ones(3)}, path)
+
+
 @pytest.mark.parametrize("name, damage, says", [
     ("config.json", '{"format_version": 1, "config": ', "is not valid JSON"),
     ("report.json", "garbage", "is not valid JSON"),
@@ -208,6 +212,7 @@ def _bigger_state(path: Path) -> None:
     ("config.json", "[1]", "holds a JSON list, not an object"),
     ("config.json", None, "is missing"),
     ("thresholds.pt", b"not a pickle", "is not a valid thresholds file"),
+    ("thresholds.pt", _foreign_thresholds, "does not fit the model"),
     ("ann_state.pt", b"not a pickle", "is not a valid state dict"),
     ("ann_state.pt", None, "is missing"),
     ("ann_state.pt", _other_state, "does not fit the model"),

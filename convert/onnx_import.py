@@ -152,7 +152,7 @@ def _takes_any_batch(gm: fx.GraphModule, model: onnx.ModelProto, freed: FreedBat
     two random samples together and on each alone, the outputs that led with the batch must agree (a graph that
     merges the batch into other dimensions, e.g. a Reshape to ``[-1]`` followed by constant indices, fails or
     differs). Without static sample dimensions to draw inputs from, the symbolic import is trusted."""
-    graph_input = next(v for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer})
+    graph_input = next(v for v in model.graph.input if v.name == freed.input_name)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim][1:]
     if None in dims:
         return True

@@ -190,10 +190,11 @@ BATCH_PARAM = "snnconvert_batch"
 
 @dataclass
 class FreedBatch:
-    """What :func:`free_static_batch` changed: the batch size the file fixed, the outputs that led with it, and the
-    declarations it replaced (to put back with :func:`restore_static_batch`)."""
+    """What :func:`free_static_batch` changed: the batch size the file fixed, the graph input, the outputs that led
+    with it, and the declarations it replaced (to put back with :func:`restore_static_batch`)."""
 
     batch: int
+    input_name: str
     outputs: list[str]
     saved: tuple[list, list, list]
 
@@ -236,7 +237,7 @@ def free_static_batch(model: onnx.ModelProto, *, copy: bool) -> tuple[onnx.Model
             dims[0].dim_param = BATCH_PARAM
             if value.name != inputs[0].name:
                 outputs.append(value.name)
-    return free, FreedBatch(batch, outputs, saved)
+    return free, FreedBatch(batch, inputs[0].name, outputs, saved)
 
 
 def restore_static_batch(model: onnx.ModelProto, freed: FreedBatch) -> None:

@@ -493,7 +493,7 @@ def evaluate(
     from snnconvert.runtime import check_device
 
     device = check_device(device)
-    homes = {id(m): _device_of(m) for m in (snn, ann) if m is not None}  # moved back afterwards
+    homes = [(m, _device_of(m)) for m in (snn, ann) if m is not None]  # the caller's devices, restored after
     snn = snn.to(device)
     scores = _Scores(T, ignore_index)
     seconds = {"ann": 0.0, "snn": 0.0}
@@ -532,9 +532,9 @@ def evaluate(
             meter.close()
         if ann is not None:
             ann.train(was_training)
-        for module in (snn, ann):  # the caller's modules stay where they were
-            if module is not None and homes.get(id(module)) is not None:
-                module.to(homes[id(module)])
+        for module, home in homes:  # the caller's modules stay where they were
+            if home is not None:
+                module.to(home)
     images = scores.images
     if images == 0:
         raise DataError("evaluation got no images: pass (images, labels) batches (a DataLoader, a list of pairs)")

@@ -143,7 +143,7 @@ def _run(o: RunOptions) -> None:
     from snnconvert.cli.malloc import keep_freed_memory
     from snnconvert.convert import ConversionConfig, convert, convert_sweep
     from snnconvert.runtime import sweep
-    from snnconvert.runtime.data import Normalize, check_resize_crop, load_calib_eval, parse_normalize
+    from snnconvert.runtime.data import Normalize, check_data_flags, load_calib_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
     from snnconvert.runtime.sweep import choose
@@ -174,13 +174,15 @@ def _run(o: RunOptions) -> None:
     # an ONNX file is imported once, before anything else can fail on it: the imported graph is the ANN to compare
     # against and what convert() traces (a deep copy; node names, hence threshold keys, are the importer's either way)
     ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
-    calib_name = o.calib_data or resolved.dataset
-    eval_name = o.eval_data or resolved.dataset
+    # one data set named for either side is both sides' (its train split calibrates, its test split evaluates; a
+    # one-split folder or file is divided by load_calib_eval)
+    calib_name = o.calib_data or resolved.dataset or o.eval_data
+    eval_name = o.eval_data or resolved.dataset or o.calib_data
     if calib_name is None:
-        raise ConfigError(f"{o.model}: no data set is known for this model; pass --calib-data (e.g. fashion-mnist)")
-    if eval_name is None:
-        raise ConfigError(f"{o.model}: no data set is known for this model; pass --eval-data (e.g. fashion-mnist)")
-    check_resize_crop((calib_name, eval_name), resize=o.resize, crop=o.crop)  # the user's flags, not the card's
+        raise ConfigError(f"{o.model}: no data set is known for this model; pass --calib-data (e.g. fashion-mnist; "
+                          "evaluation uses its test split unless --eval-data names other data)")
+    # the user's flags, not the card's
+    check_data_flags((calib_name, eval_name), resize=o.resize, crop=o.crop, data_dir=o.data_dir)
     card = resolved.preprocessing or {}
     if o.normalize:
         norm = parse_normalize(o.normalize)
@@ -565,6 +567,8 @@ def main(
     """Convert MODEL to a spiking network, calibrate it, and report accuracy at every time step."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # torch's probe for building CUDA extensions, met by --backend inductor; --device is checked
+        logging.getLogger("torch.utils.cpp_extension").addFilter(_not_the_cuda_probe)
     try:
         _run(RunOptions(**_options(ctx, config)))
     except CONVERSION_ERRORS as exc:
@@ -585,6 +589,10 @@ def main(
             _fail(SnnConvertError(f"out of memory ({first_line(exc)}): the SNN runs T x batch images per call; lower "
                                   "--batch-size or -T, or use --mode single"), debug, code=1)
         _fail(exc, debug, code=1, unexpected=True)
+
+
+def _not_the_cuda_probe(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("No CUDA runtime is found")
 
 
 _NOT_RUN_OPTIONS = ("config", "debug", "verbose")  # parameters of the command, not of the run

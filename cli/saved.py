@@ -69,7 +69,7 @@ def evaluate_saved(o: RunOptions) -> None:
         raise ArtifactError(f"{o.model} is a folder but not a saved SNN (no source.json): give a folder written by "
                             "--output, or a model (zoo name, file.onnx, file.py:factory)")
     from snnconvert.runtime import load_result, sweep
-    from snnconvert.runtime.data import Normalize, check_resize_crop, load_calib_eval, load_eval, parse_normalize
+    from snnconvert.runtime.data import Normalize, check_data_flags, load_calib_eval, load_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
 
     fixed = [_flag(name) for name in _CONVERSION_OPTIONS if name in o.given]
@@ -85,7 +85,8 @@ def evaluate_saved(o: RunOptions) -> None:
     eval_name = o.eval_data or data.get("evaluation")
     if eval_name is None:
         raise ConfigError(f"{o.model} does not record its evaluation data (saved through the API); pass --eval-data")
-    check_resize_crop((eval_name,), resize=o.resize, crop=o.crop)  # the user's flags, not the recorded ones
+    # the user's flags, not the recorded ones
+    check_data_flags((eval_name,), resize=o.resize, crop=o.crop, data_dir=o.data_dir)
     saved_norm = card.get("normalize")
     norm = (parse_normalize(o.normalize) if o.normalize else
             Normalize(saved_norm["mean"], saved_norm["std"]) if saved_norm else None)

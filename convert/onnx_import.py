@@ -105,7 +105,7 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
     """
     model, label, check_target = read_model(path)
     opset = default_opset(model, label)
-    check_model(check_target, label)
+    check_model(check_target, label, model)
     if isinstance(path, (str, os.PathLike)):
         load_external_data(model, Path(path), label)
     model, freed = free_static_batch(model, copy=isinstance(path, onnx.ModelProto))

@@ -4,6 +4,7 @@ that names the file and says what to do."""
 from __future__ import annotations
 
 import ast
+import logging
 import operator
 import os
 import re
@@ -17,6 +18,8 @@ import sympy
 
 from snnconvert.convert import onnx_ops
 from snnconvert.convert.errors import OnnxImportError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BATCH_PARAM", "MAX_OPSET", "MIN_OPSET", "check_model", "default_opset", "FreedBatch", "free_static_batch",
            "infer_shapes", "load_external_data", "one_line", "parse_dim_param", "read_model",
@@ -70,14 +73,54 @@ def default_opset(model: onnx.ModelProto, label: str) -> int:
     return opset
 
 
-def check_model(target: Any, label: str) -> None:
-    """Run ``onnx.checker`` (on the path when there is one, so large models work)."""
+def check_model(target: Any, label: str, model: onnx.ModelProto) -> None:
+    """Run ``onnx.checker`` (on the path when there is one, so large models work).
+
+    The ONNX IR lets a graph output declare a type without a shape (the checker does not: onnx/onnx#2932); such
+    outputs are checked with the shapes inference gives them. A graph input without a shape is refused (the
+    importer needs its rank)."""
     try:
         onnx.checker.check_model(target)
     except Exception as exc:
-        raise OnnxImportError(
-            f"{label} fails the ONNX checker ({one_line(exc)}); re-export the model or repair it with the onnx tools"
-        ) from exc
+        shapeless = _shapeless(model)
+        if not shapeless or not _checks_with_inferred_outputs(model, shapeless, label):
+            raise OnnxImportError(f"{label} fails the ONNX checker ({one_line(exc)}); re-export the model or repair "
+                                  "it with the onnx tools") from exc
+
+
+def _shapeless(model: onnx.ModelProto) -> set[str]:
+    """Graph inputs and outputs declared as tensors without a shape."""
+    return {info.name for info in (*model.graph.input, *model.graph.output)
+            if info.type.HasField("tensor_type") and not info.type.tensor_type.HasField("shape")}
+
+
+def _checks_with_inferred_outputs(model: onnx.ModelProto, shapeless: set[str], label: str) -> bool:
+    """Whether the model passes the checker once its shape-less outputs carry their inferred shapes; an input
+    without a shape is an ``OnnxImportError``."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [info.name for info in model.graph.input if info.name in shapeless and info.name not in initializers]
+    if inputs:
+        raise OnnxImportError(f"{label}: graph input {', '.join(map(repr, inputs))} declares no shape; the importer "
+                              "needs its rank and sizes: export the model with an example input of the right shape")
+    light = shape_only_copy(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:
+        return False
+    shapes = {info.name: info.type.tensor_type.shape for info in (*inferred.graph.value_info, *inferred.graph.output)
+              if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape")}
+    for info in light.graph.output:
+        if info.name in shapeless:
+            if info.name not in shapes:
+                return False
+            info.type.tensor_type.shape.CopyFrom(shapes[info.name])
+    try:
+        onnx.checker.check_model(light)
+    except Exception:
+        return False
+    logger.info("%s: output(s) %s declare no shape (the ONNX IR allows it, the checker does not): checked with the "
+                "inferred shapes", label, ", ".join(sorted(shapeless)))
+    return True
 
 
 def load_external_data(model: onnx.ModelProto, file: Path, label: str) -> None:
@@ -97,6 +140,7 @@ def shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
     graph = light.graph
+    graph.name = model.graph.name
     graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)

@@ -431,16 +431,23 @@ def parse_normalize(text: str) -> Normalize:
     return Normalize(values[:half], values[half:])
 
 
-def check_resize_crop(specs: Sequence[str], *, resize: int | None, crop: int | None) -> None:
+def check_data_flags(specs: Sequence[str], *, resize: int | None, crop: int | None,
+                     data_dir: str | os.PathLike | None = None) -> None:
     """The user's own ``--resize`` / ``--crop`` (not a model card's defaults, which fit any source) must reach an
-    image folder: arrays (Fashion-MNIST, ``.npz``) are used at their stored size, so the flags would be ignored.
+    image folder: arrays (Fashion-MNIST, ``.npz``) are used at their stored size, so the flags would be ignored; and
+    ``--data-dir`` (the Fashion-MNIST folder) must reach Fashion-MNIST.
 
     Raises:
-        ConfigError: a flag is given and none of ``specs`` is an image folder.
+        ConfigError: a flag is given and none of ``specs`` is data it applies to.
         DataError: a bad spec.
     """
+    kinds = {parse_data_spec(spec).kind for spec in specs}
+    listed = ", ".join(dict.fromkeys(specs))
     given = [f"--{name} {value}" for name, value in (("resize", resize), ("crop", crop)) if value is not None]
-    if given and not any(parse_data_spec(spec).kind == "imagefolder" for spec in specs):
+    if given and "imagefolder" not in kinds:
         raise ConfigError(f"{' and '.join(given)}: --resize/--crop apply to image folders (imagefolder:PATH); "
-                          f"the data ({', '.join(dict.fromkeys(specs))}) are arrays used at their stored size: "
+                          f"the data ({listed}) are arrays used at their stored size: "
                           "drop the flag(s), or resize the arrays before saving them")
+    if data_dir is not None and "fashion-mnist" not in kinds:
+        raise ConfigError(f"--data-dir {data_dir}: it is the folder of the Fashion-MNIST files, and the data here "
+                          f"({listed}) name their own paths: drop --data-dir")

@@ -4,6 +4,8 @@ that are not there, and saving where no folder can be written. Each either works
 one typed error (``SnnConvertError``) that says what to do."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -191,6 +193,22 @@ def test_a_map_style_dataset_is_calibration_data_in_order():
     from_batches = convert(model, forward_loop=[(x, labels)], config=_rate())
     for name, threshold in from_batches.thresholds.items():
         torch.testing.assert_close(from_dataset.thresholds[name], threshold)
+
+
+def test_a_forward_loop_needing_more_arguments_is_one_error_and_bound_ones_work():
+    model, x = Small().eval(), _data()
+
+    def loop(net, batches, scale=1.0):
+        for batch in batches:
+            net(batch * scale)
+
+    with pytest.raises(ConfigError, match=r"forward_loop .*loop\(net, batches, scale=1.0\) is called as "
+                                          r"forward_loop\(model\) .*'batches'.*functools.partial"):
+        convert(model, forward_loop=loop, example_inputs=x[:2], config=_rate())
+    bound = convert(model, forward_loop=functools.partial(loop, batches=[x]), example_inputs=x[:2], config=_rate())
+    direct = convert(model, forward_loop=[x], config=_rate())
+    for name, threshold in direct.thresholds.items():
+        torch.testing.assert_close(bound.thresholds[name], threshold)
 
 
 def test_saving_with_a_source_that_builds_another_model_fails_at_save(tmp_path):

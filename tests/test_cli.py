@@ -100,7 +100,8 @@ def test_debug_shows_traceback():
 def test_happy_path_report_and_artifact(tmp_path):
     report = tmp_path / "out" / "report.json"
     output = tmp_path / "snn"
-    result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
+    # one data set named: its train split calibrates, its test split evaluates
+    result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist",
                   "--calib-images", 64, "--eval-images", 32, "-T", 4, "--report", report, "--output", output)
     assert result.exit_code == 0, result.output
     assert "accuracy vs time step" in result.output and "ANN accuracy" in result.output
@@ -125,6 +126,7 @@ def test_happy_path_report_and_artifact(tmp_path):
     assert doc["ann_accuracy_top5"] >= doc["ann_accuracy"]
     assert f"(top-5 {100 * doc['ann_accuracy_top5']:.2f} %)" in text and f"(top-5 {100 * top5[-1]:.2f} %)" in text
     assert doc["data"]["calibration"]["split"] == "train" and doc["data"]["evaluation"]["split"] == "test"
+    assert doc["data"]["evaluation"]["dataset"] == "fashion-mnist"
     sites = doc["thresholds"]["sites"]
     assert len(sites) == 6 and {"site", "threshold"} <= set(sites[0])
     assert doc["thresholds"]["method"] == "99.9%" and doc["thresholds"]["granularity"] == "channel"

@@ -18,7 +18,7 @@ from snnconvert.convert.errors import ConfigError, DataError, ModelLoadError
 from snnconvert.runtime import load
 from snnconvert.runtime.data import (
     Normalize,
-    check_resize_crop,
+    check_data_flags,
     load_calib_eval,
     load_dataset,
     load_eval,
@@ -296,15 +296,18 @@ def test_normalize_module_refuses_non_finite_values():
         Normalize([0.5], [float("nan")])
 
 
-def test_explicit_resize_or_crop_need_an_image_folder(tmp_path, folder):
+def test_explicit_resize_crop_and_data_dir_need_their_data(tmp_path, folder):
     arrays = tmp_path / "a.npz"
     np.savez(arrays, x=np.zeros((4, 8, 8), dtype=np.uint8), y=np.zeros(4, dtype=np.int64))
     with pytest.raises(ConfigError, match=r"--resize 32: --resize/--crop apply to image folders \(imagefolder:PATH\)"):
-        check_resize_crop(["fashion-mnist", "fashion-mnist"], resize=32, crop=None)
+        check_data_flags(["fashion-mnist", "fashion-mnist"], resize=32, crop=None)
     with pytest.raises(ConfigError, match=r"--crop 20: .*image folders.*\(npz:"):
-        check_resize_crop([f"npz:{arrays}"], resize=None, crop=20)
-    check_resize_crop(["fashion-mnist"], resize=None, crop=None)  # nothing given (a card's values are not checked)
-    check_resize_crop([f"imagefolder:{folder}", f"npz:{arrays}"], resize=36, crop=32)  # the folder uses them
+        check_data_flags([f"npz:{arrays}"], resize=None, crop=20)
+    check_data_flags(["fashion-mnist"], resize=None, crop=None)  # nothing given (a card's values are not checked)
+    check_data_flags([f"imagefolder:{folder}", f"npz:{arrays}"], resize=36, crop=32)  # the folder uses them
+    with pytest.raises(ConfigError, match=r"--data-dir .*folder of the Fashion-MNIST files.*drop --data-dir"):
+        check_data_flags([f"npz:{arrays}", f"imagefolder:{folder}"], resize=None, crop=None, data_dir=tmp_path)
+    check_data_flags(["fashion-mnist", f"npz:{arrays}"], resize=None, crop=None, data_dir=tmp_path)  # it applies
 
 
 def test_crop_larger_than_the_image_is_refused(tmp_path, folder):

@@ -20,7 +20,7 @@ from test_onnx_import import assert_matches_ort, module_types, rand, run_ort, te
 from torch import nn
 
 from snnconvert.convert import ConversionConfig, convert
-from snnconvert.convert.errors import ConfigError, UnsupportedOpError
+from snnconvert.convert.errors import ConfigError, OnnxImportError, UnsupportedOpError
 from snnconvert.convert.onnx_import import load_onnx
 
 
@@ -304,3 +304,34 @@ def test_upper_case_onnx_suffix_is_a_file(tmp_path) -> None:
     onnx.save(_fp16_body(), str(path))
     result = convert(str(path), forward_loop=[torch.rand(4, 3, 8, 8)])
     assert result.source.kind == "onnx"
+
+
+def _shapeless_io(shapeless: str) -> onnx.ModelProto:
+    """conv-relu whose input or output is declared as a float tensor without a shape (the ONNX IR allows it)."""
+    model = textual("g (float[N,3,8,8] x) => (float[N,4,8,8] y) { c = Conv <pads=[1,1,1,1]> (x, w) y = Relu(c) }",
+                    17, w=rand(4, 3, 3, 3))
+    (info,) = model.graph.output if shapeless == "output" else model.graph.input
+    info.type.tensor_type.ClearField("shape")
+    return model
+
+
+def test_output_declared_without_a_shape_is_checked_with_the_inferred_one(caplog) -> None:
+    model = _shapeless_io("output")
+    with pytest.raises(onnx.checker.ValidationError, match="shape"):
+        onnx.checker.check_model(model)  # the checker's own rule, stricter than the IR (onnx/onnx#2932)
+    with caplog.at_level(logging.INFO, logger="snnconvert.convert.onnx_model"):
+        assert_matches_ort(model, rand(2, 3, 8, 8))
+    assert "output(s) y declare no shape" in caplog.text
+
+
+def test_input_declared_without_a_shape_is_one_line() -> None:
+    with pytest.raises(OnnxImportError, match=r"graph input 'x' declares no shape; .*export the model with an "
+                                              r"example input"):
+        load_onnx(_shapeless_io("input"))
+
+
+def test_other_checker_failures_still_fail_with_a_shapeless_output() -> None:
+    model = _shapeless_io("output")
+    model.graph.node[0].input[1] = "nowhere"  # a dangling input: the checker's complaint stands
+    with pytest.raises(OnnxImportError, match="fails the ONNX checker"):
+        load_onnx(model)

@@ -9,6 +9,7 @@ that statistic times ``cfg.threshold_scale``.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -192,6 +193,7 @@ def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
     if isinstance(data, torch.Tensor):  # one batch of calibration images
         data = [data]
     if callable(data):
+        _check_takes_the_model(data)
         return data
     data = _batched(data)
     if not isinstance(data, Iterable):
@@ -213,6 +215,22 @@ def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
                 "up after one pass; pass a list or a DataLoader"))
 
     return loop
+
+
+def _check_takes_the_model(loop: Callable) -> None:
+    """A ``forward_loop`` is called with the model alone: one that needs more arguments is a ConfigError now, not
+    a TypeError from inside calibration."""
+    try:
+        signature = inspect.signature(loop)
+    except (TypeError, ValueError):  # no signature to read (some builtins): calling it will tell
+        return
+    try:
+        signature.bind(object())
+    except TypeError as exc:
+        name = getattr(loop, "__qualname__", type(loop).__name__)
+        raise ConfigError(f"forward_loop {name}{signature} is called as forward_loop(model) ({exc}); bind the other "
+                          "arguments first, e.g. functools.partial(loop, loader=...) or lambda m: loop(m, loader)"
+                          ) from None
 
 
 def run_calibration(gm: fx.GraphModule, sites: list[Site], forward_loop: ForwardLoop) -> None:

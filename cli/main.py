@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -132,6 +133,7 @@ class RunOptions:
     select_images: Optional[int] = None
     logits: Optional[str] = None
     ignore_index: int = 255
+    num_workers: Optional[int] = None
     nir: Optional[Path] = None
     nir_host_prefix: bool = False
     config_file: Optional[Path] = None  # the --config file the options were read from (recorded in the report)
@@ -192,7 +194,7 @@ def _run(o: RunOptions) -> None:
         norm = None
     channels = resolved.input_shape[0] if resolved.input_shape and resolved.input_shape[0] in (1, 3) else 3
     files = Preprocess(channels=channels, resize=o.resize if o.resize is not None else card.get("resize"),
-                       crop=o.crop if o.crop is not None else card.get("crop"))
+                       crop=o.crop if o.crop is not None else card.get("crop"), workers=decode_workers(o))
     splits = load_calib_eval(calib_name, eval_name, calib_images=o.calib_images, eval_images=o.eval_images,
                              select_images=o.select_images, data_dir=o.data_dir, preprocess=files)
     calib_set, eval_set, calib_info, eval_info = splits.calib, splits.eval, splits.calib_info, splits.eval_info
@@ -293,6 +295,11 @@ def _portable(spec: str) -> str:
     return spec if source.path is None else f"{source.kind}:{source.path}"
 
 
+def decode_workers(o: RunOptions) -> int:
+    """``--num-workers``: threads decoding image-folder files (default: up to 4, one per CPU core)."""
+    return o.num_workers if o.num_workers is not None else min(4, os.cpu_count() or 1)
+
+
 def check_runtime(o: RunOptions) -> torch.dtype:
     """The options of how the SNN runs and is evaluated, checked before anything slow; the layer dtype."""
     from snnconvert.runtime import backend_status, check_device
@@ -302,6 +309,8 @@ def check_runtime(o: RunOptions) -> torch.dtype:
         raise ConfigError(f"--eval-images must be positive, got {o.eval_images}")
     if o.batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {o.batch_size}")
+    if o.num_workers is not None and o.num_workers < 0:
+        raise ConfigError(f"--num-workers must be a number of threads >= 0, got {o.num_workers}")
     if o.mode not in ("multi", "single"):
         raise ConfigError(f"--mode {o.mode!r} is not valid; choose multi (layer by layer over T*B) or single "
                           "(streaming)")
@@ -509,6 +518,8 @@ def main(
                                          "in front of the first neuron (e.g. a stem max-pool) on the host; the "
                                          "graph's input is their output"),
     batch_size: int = typer.Option(128, help="evaluation batch size (the SNN runs T x batch per call)"),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="image folders: threads decoding the "
+                                              "files, one batch ahead (0: none) [default: up to 4, one per core]"),
     mode: str = typer.Option("multi", help="multi (layer by layer over T*B) | single (streaming)"),
     backend: str = typer.Option(
         "torch", help="runtime backend: torch (reference) | triton (GPU kernels) | native (C kernels, CPU) | "

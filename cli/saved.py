@@ -11,6 +11,7 @@ from snnconvert.cli.main import (
     check_labels,
     check_nir_options,
     check_runtime,
+    decode_workers,
     export_nir_file,
     normalized,
     progress_bar,
@@ -93,7 +94,7 @@ def evaluate_saved(o: RunOptions) -> None:
     shape = result.report.input_shape
     channels = shape[0] if shape and shape[0] in (1, 3) else 3
     files = Preprocess(channels=channels, resize=o.resize if o.resize is not None else card.get("resize"),
-                       crop=o.crop if o.crop is not None else card.get("crop"))
+                       crop=o.crop if o.crop is not None else card.get("crop"), workers=decode_workers(o))
     if "eval_images" not in o.given and o.eval_data is None:  # the images of the first evaluation
         o = dataclasses.replace(o, eval_images=data.get("eval_images"))
     if _same_pool(data.get("calibration"), eval_name):  # the split of the conversion: no image calibrated on

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,15 +40,20 @@ class Preprocess:
         channels: 3 (RGB) or 1 (greyscale).
         resize: shorter side after resizing (None: keep the size).
         crop: side of the centre crop (None: no crop; then every image must have the same size).
+        workers: threads decoding the files of a folder (0: in the caller's thread). With workers, the next batch
+            is decoded while the caller works on the current one; the images and their order do not change.
     """
 
     channels: int = 3
     resize: int | None = None
     crop: int | None = None
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise DataError(f"images must be read with 1 or 3 channels, got {self.channels}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+            raise DataError(f"--num-workers must be a number of threads >= 0, got {self.workers!r}")
         for name in ("resize", "crop"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
@@ -140,7 +146,9 @@ class FolderDataset:
         return [str(p.resolve()) for p in self.files]
 
     def _stack(self, paths: tuple[Path, ...]) -> torch.Tensor:
-        images = [self.preprocess.load(p) for p in paths]
+        return self._stacked([self.preprocess.load(p) for p in paths])
+
+    def _stacked(self, images: list[torch.Tensor]) -> torch.Tensor:
         shapes = {tuple(x.shape) for x in images}
         if len(shapes) > 1:
             a, b = sorted(shapes)[:2]
@@ -153,9 +161,27 @@ class FolderDataset:
         return self._stack(self.files[:n])
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield decoded ``(images, labels)`` batches in order."""
-        for start in range(0, len(self), batch_size):
-            yield self._stack(self.files[start : start + batch_size]), self.labels[start : start + batch_size]
+        """Yield decoded ``(images, labels)`` batches in order (``preprocess.workers`` threads decode them, one
+        batch ahead of the caller)."""
+        starts = range(0, len(self), batch_size)
+        if self.preprocess.workers == 0:
+            for start in starts:
+                yield self._stack(self.files[start : start + batch_size]), self.labels[start : start + batch_size]
+            return
+        with ThreadPoolExecutor(self.preprocess.workers, thread_name_prefix="snnconvert-decode") as pool:
+            def submit(start: int) -> list[Future]:
+                return [pool.submit(self.preprocess.load, p) for p in self.files[start : start + batch_size]]
+
+            pending = submit(0) if starts else []
+            try:
+                for start in starts:
+                    current, pending = pending, (submit(start + batch_size) if start + batch_size < len(self)
+                                                 else [])
+                    images = self._stacked([f.result() for f in current])
+                    yield images, self.labels[start : start + batch_size]
+            finally:  # an error or a caller that stops early: drop the batch decoded ahead
+                for future in pending:
+                    future.cancel()
 
 
 _NPZ_HOW = "save the arrays with numpy.savez(PATH, x=images, y=labels) (or x_train/y_train/x_test/y_test)"

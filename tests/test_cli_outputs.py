@@ -39,6 +39,7 @@ def no_model(monkeypatch):
     (("--device", "tpu"), "--device 'tpu' is not a device"),
     (("--device", "meta"), "runs on cpu or cuda"),
     (("--mode", "both"), "--mode 'both' is not valid"),
+    (("--num-workers", "-1"), "--num-workers must be a number of threads >= 0, got -1"),
 ])
 def test_bad_outputs_and_devices_fail_before_the_model_is_loaded(tmp_path, no_model, args, message):
     (tmp_path / "file.txt").write_text("keep")

@@ -64,6 +64,26 @@ def test_folder_scan_labels_and_preprocessing(folder):
     assert grey.shape == (2, 1, 30, 30)
 
 
+def test_decoding_threads_give_the_same_batches_in_order(tmp_path, folder):
+    plain = FolderDataset.scan(folder, name="f", preprocess=Preprocess(resize=36, crop=32))
+    threaded = FolderDataset.scan(folder, name="f", preprocess=Preprocess(resize=36, crop=32, workers=3))
+    ours = list(threaded.batches(4))  # 15 images: batches of 4, 4, 4, 3, each decoded one batch ahead
+    assert [len(y) for _, y in ours] == [4, 4, 4, 3]
+    for (x, y), (x_ref, y_ref) in zip(ours, plain.batches(4), strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    first = next(threaded.batches(6))  # a caller that stops early: the batch decoded ahead is dropped
+    assert torch.equal(first[0], next(plain.batches(6))[0])
+    bad = _folder(tmp_path / "bad", per_class=3, sizes=((8, 8),))
+    (bad / "bee" / "01.png").write_bytes(b"not a png")  # in the second batch, decoded while the first is used
+    batches = FolderDataset.scan(bad, name="b", preprocess=Preprocess(workers=2)).batches(3)
+    assert next(batches)[0].shape == (3, 3, 8, 8)
+    with pytest.raises(DataError, match="cannot read image .*bee/01.png"):
+        next(batches)
+    for workers in (-1, 1.5, True):
+        with pytest.raises(DataError, match="--num-workers must be a number of threads >= 0"):
+            Preprocess(workers=workers)
+
+
 def test_folder_bad_input(tmp_path, folder):
     ds = FolderDataset.scan(folder, name="f")
     with pytest.raises(DataError, match="different sizes.*--resize N and --crop N"):

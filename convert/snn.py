@@ -209,5 +209,17 @@ class SpikingNetwork(nn.Module):
             self.reset()
 
     def forward(self, x: torch.Tensor, timesteps: int | None = None, *, mode: str = "multi") -> torch.Tensor:
-        """Decoded output after every step, ``[T, B, ...]`` (per output for a model with several)."""
-        return self.coding.decode(self.raw(x, timesteps, mode=mode), self)
+        """Decoded output after every step, ``[T, B, ...]`` (per output for a model with several). A sample with a
+        NaN or infinite value gets NaN outputs, as in the ANN (its neurons would never fire and the SNN would
+        answer with confidence); found without a device sync."""
+        decoded = self.coding.decode(self.raw(x, timesteps, mode=mode), self)
+        invalid = ~torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(1) if x.dim() else None
+        if invalid is None:
+            return decoded
+
+        def poisoned(out: torch.Tensor) -> torch.Tensor:
+            if not out.is_floating_point() or out.dim() < 2 or out.shape[1] != x.shape[0]:
+                return out
+            return out.masked_fill(invalid.to(out.device).reshape(1, -1, *[1] * (out.dim() - 2)), float("nan"))
+
+        return map_outputs(poisoned, decoded)

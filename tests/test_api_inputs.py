@@ -195,6 +195,20 @@ def test_a_map_style_dataset_is_calibration_data_in_order():
         torch.testing.assert_close(from_dataset.thresholds[name], threshold)
 
 
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_a_sample_with_nan_or_inf_gets_nan_outputs_and_the_others_do_not_change(coding):
+    model, x = Small().eval(), _data()
+    snn = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=3)).snn
+    bad = x.clone()
+    bad[2, 0, 5, 5], bad[7, 0, 0, 0] = float("nan"), float("inf")
+    assert not torch.isfinite(model(bad)[[2, 7]]).all(1).any()  # the ANN has no finite answer for them either
+    for mode in ("multi", "single"):
+        out, clean = snn(bad, mode=mode), snn(x, mode=mode)
+        assert torch.isnan(out[:, [2, 7]]).all(), mode
+        keep = [i for i in range(len(x)) if i not in (2, 7)]
+        torch.testing.assert_close(out[:, keep], clean[:, keep], rtol=0, atol=0)
+
+
 def test_a_forward_loop_needing_more_arguments_is_one_error_and_bound_ones_work():
     model, x = Small().eval(), _data()
 

@@ -115,6 +115,10 @@ def test_library_messages_name_the_flags():
         "neuron 'if' has a single threshold; got --levels 4: use --neuron mt"
     assert as_flags("threshold_aggregation 'x' is not valid") == "--aggregation 'x' is not valid"
     assert as_flags("the levels of a neuron") == "the levels of a neuron"  # prose words are left alone
+    assert as_flags("levels must be an integer in [1, 16], got 17") == "--levels must be an integer in [1, 16], got 17"
+    assert as_flags("leave a node analog with allow_ann_ops, glob patterns (e.g. allow_ann_ops='cumsum*')") == \
+        "leave a node analog with --allow-ann-op, glob patterns (e.g. --allow-ann-op cumsum*)"
+    assert "-T/--timesteps must be a positive integer" in _one_line_error(_run("fmnist-vgg", "-T", 0))
     line = _one_line_error(_run("fmnist-vgg", "--identity-levels", 3, "--neuron", "if"))
     assert "--identity-levels 3 needs multi-threshold neurons" in line and "use --neuron mt" in line
     line = _one_line_error(_run("fmnist-vgg", "--identity-threshold", "foo"))

@@ -108,6 +108,15 @@ def test_every_unit_in_a_network_is_exact_on_its_decoded_inputs(coding, mode):
     T = 12
     res = convert(model, forward_loop=[x],
                   config=ConversionConfig.for_coding(coding, timesteps=T, identity_neurons="off"))
+    out = _assert_units_exact(res.snn, x, T, coding, mode)
+    with torch.no_grad():
+        ann = model(x)
+    errors = [((out[t] - ann).norm() / ann.norm()).item() for t in range(T)]
+    assert errors[-1] < 0.5 * errors[1]
+
+
+def _assert_units_exact(snn, x: torch.Tensor, T: int, coding: str, mode: str) -> torch.Tensor:
+    """Each graded unit's decoded output equals f(its decoded inputs) at every step of ``snn(x, T)`` (returned)."""
     seen: dict[str, list] = {}
 
     def hook(name):
@@ -116,12 +125,12 @@ def test_every_unit_in_a_network_is_exact_on_its_decoded_inputs(coding, mode):
                 seen.setdefault(name, []).append(([a.detach().double() for a in args], out.detach().double()))
         return record
 
-    handles = [u.register_forward_hook(hook(name)) for name, u in _units(res.snn).items()]
+    handles = [u.register_forward_hook(hook(name)) for name, u in _units(snn).items()]
     with torch.no_grad():
-        out = res.snn(x, T, mode=mode)
+        out = snn(x, T, mode=mode)
     for h in handles:
         h.remove()
-    for name, unit in _units(res.snn).items():
+    for name, unit in _units(snn).items():
         calls = seen[name]
         if mode == "multi":
             (args, o), = calls
@@ -133,10 +142,7 @@ def test_every_unit_in_a_network_is_exact_on_its_decoded_inputs(coding, mode):
         decoded_in = [_decode_input(a, None if b is None else b.double(), coding) for a, b in zip(args, biases)]
         expected = torch.stack([unit.f(*(d[t].float() for d in decoded_in)).double() for t in range(T)])
         torch.testing.assert_close(_decode(o, coding), expected, rtol=1e-4, atol=1e-5, msg=name)
-    with torch.no_grad():
-        ann = model(x)
-    errors = [((out[t] - ann).norm() / ann.norm()).item() for t in range(T)]
-    assert errors[-1] < 0.5 * errors[1]
+    return out
 
 
 def test_a_model_without_relu_is_refused_without_identity_neurons():
@@ -181,6 +187,44 @@ def test_allowed_analog_nodes_run_as_exact_units(coding):
         out, ann = res.snn(x, 16), model(x)
     torch.testing.assert_close(res.snn.ann_forward(x), ann)
     assert ((out[-1] - ann).norm() / ann.norm()) < 0.1
+
+
+class _SortNet(nn.Module):
+    """Calls that return several values, of which the model uses one: ``torch.sort(h).values``, ``torch.topk(h)[0]``
+    (``select="indices"``: the integer indices; ``select="tuple"``: the whole tuple)."""
+
+    def __init__(self, select: str = "values") -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.select = select
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 8 * 3, 5)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        if self.select == "indices":
+            return self.fc(torch.sort(h, dim=-1).indices[..., :3].float().flatten(1))
+        if self.select == "tuple":
+            return self.fc(torch.cat(torch.sort(h, dim=-1), dim=-1)[..., :3].flatten(1))
+        return self.fc(torch.sort(h, dim=-1).values[..., 5:].flatten(1) + torch.topk(h, 3, dim=-1)[0].flatten(1))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_one_value_of_an_allowed_call_returning_several_is_an_exact_unit(coding):
+    model, x = _SortNet().eval(), torch.rand(4, 1, 8, 8)
+    cfg = ConversionConfig.for_coding(coding, timesteps=6, allow_ann_ops=("sort", "topk"), identity_neurons="off")
+    res = convert(model, forward_loop=[x], config=cfg)
+    assert res.report.analog_nodes == ["sort", "getattr_1", "topk"]  # .values belongs to its call ([0]: supported)
+    counts = res.report.entry("replace_activations").counts
+    assert {k: v for k, v in counts.items() if k.startswith("GradedUnit")} == {"GradedUnit(sort)": 1,
+                                                                              "GradedUnit(topk)": 1}
+    targets = [n.target for n in res.snn.gm.graph.nodes]
+    assert torch.sort not in targets and torch.topk not in targets  # only inside the units
+    _assert_units_exact(res.snn, x, 6, coding, "multi")
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x))
+    with pytest.raises(ConfigError, match=r"takes 'indices' of sort, not a float tensor"):
+        convert(_SortNet("indices").eval(), forward_loop=[x], config=cfg)
+    with pytest.raises(ConfigError, match=r"node sort returns several values .* cat use\(s\) the whole tuple"):
+        convert(_SortNet("tuple").eval(), forward_loop=[x], config=cfg)
 
 
 class _Shuffle(nn.Module):

@@ -25,6 +25,8 @@ from snnconvert.convert.passes.support import (
     graded_kind,
     input_dependent_args,
     is_matmul,
+    returns_tuple,
+    tuple_selection,
 )
 from snnconvert.convert.pipeline import ConversionReport, PassEntry
 from snnconvert.convert.snn import SpikingNetwork
@@ -201,6 +203,7 @@ def wrap_units(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionConf
     spiking: set[fx.Node] = set()
     cache: dict = {}
     names = []
+    tuples: dict[fx.Node, list[fx.Node]] = {}  # an allowed call returning several values -> its inputs
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target in neuron_targets:
             spiking.add(node)
@@ -208,17 +211,25 @@ def wrap_units(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionConf
         if not any(a in spiking for a in node.all_input_nodes):
             continue
         spiking.add(node)
-        pool = is_maxpool(gm, node)
-        graded = None if pool else graded_kind(gm, node, cache)
-        if not (pool or graded or allowed_analog(node, cfg)):
-            continue
-        deps = [node.args[0]] if pool else input_dependent_args(node, cache)
-        if not pool and not bindable(node, deps):
-            raise ConfigError(f"node {node.name} is allowed to stay analog, but its arguments are computed in the "
-                              "graph, so it cannot run exactly on decoded values; remove it from --allow-ann-op")
-        kind = "max-pool" if pool else _unit_kind(gm, node, graded)
+        source = tuple_selection(node)
+        if source in tuples:  # one value of it: a unit of the call and the selection together
+            fn, deps, kind = _select_unit(gm, node, source, tuples[source])
+        else:
+            pool = is_maxpool(gm, node)
+            graded = None if pool else graded_kind(gm, node, cache)
+            if not (pool or graded or allowed_analog(node, cfg)):
+                continue
+            deps = [node.args[0]] if pool else input_dependent_args(node, cache)
+            if not pool and not bindable(node, deps):
+                raise ConfigError(f"node {node.name} is allowed to stay analog, but its arguments are computed in "
+                                  "the graph, so it cannot run exactly on decoded values; remove it from "
+                                  "--allow-ann-op")
+            if not pool and returns_tuple(node):
+                tuples[node] = deps  # its selections become the units
+                continue
+            fn, kind = _bind(gm, node, deps), ("max-pool" if pool else _unit_kind(gm, node, graded))
         name = f"{node.target.replace('.', '_')}_{node.name}_unit" if node.op == "call_module" else f"{node.name}_unit"
-        gm.add_submodule(name, GradedUnit(_bind(gm, node, deps), coding=cfg.coding, n_inputs=len(deps)))
+        gm.add_submodule(name, GradedUnit(fn, coding=cfg.coding, n_inputs=len(deps)))
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(name, tuple(deps))
         new.meta = dict(node.meta)
@@ -227,4 +238,33 @@ def wrap_units(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionConf
         spiking.add(new)
         names.append(name)
         entry.counts[f"GradedUnit({kind})"] = entry.counts.get(f"GradedUnit({kind})", 0) + 1
+    for node in tuples:
+        if node.users:
+            raise ConfigError(f"node {node.name} returns several values and is allowed to stay analog, but "
+                              f"{', '.join(u.name for u in node.users)} use(s) the whole tuple; a graded unit "
+                              "outputs one tensor: select the value you need (e.g. torch.sort(x).values)")
+        gm.graph.erase_node(node)
     return names
+
+
+class _Selected(nn.Module):
+    """One value of a call that returns several (``torch.sort(x).values``): ``call(*xs)[key]``."""
+
+    def __init__(self, call: nn.Module, key: int | str) -> None:
+        super().__init__()
+        self.call, self.key = call, key
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = self.call(*xs)
+        return getattr(out, self.key) if isinstance(self.key, str) else out[self.key]
+
+
+def _select_unit(gm: fx.GraphModule, node: fx.Node, source: fx.Node, deps: list[fx.Node]
+                 ) -> tuple[nn.Module, list[fx.Node], str]:
+    """The function, inputs and report kind of a unit for ``node``, which selects one value of ``source``."""
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not getattr(meta, "dtype", torch.float32).is_floating_point:
+        raise ConfigError(f"node {node.name} takes {node.args[1]!r} of {source.name}, not a float tensor (e.g. "
+                          "sort or max indices): a graded unit's output is a running average of float values; "
+                          "use only the values, or keep this part of the model outside the converted network")
+    return _Selected(_bind(gm, source, deps), node.args[1]), deps, _unit_kind(gm, source, None)

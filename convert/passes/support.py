@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from snnconvert.convert.errors import UnsupportedNode, UnsupportedOpError
 from snnconvert.convert.frontend import depends_on_values, node_source, reads_metadata
@@ -162,8 +163,26 @@ def bindable(node: fx.Node, deps: list[fx.Node]) -> bool:
 
 
 def allowed_analog(node: fx.Node, cfg) -> bool:
-    """Whether ``cfg.allow_ann_ops`` (glob patterns on node names) lets ``node`` stay analog."""
-    return any(fnmatch.fnmatchcase(node.name, pat) for pat in cfg.allow_ann_ops)
+    """Whether ``cfg.allow_ann_ops`` (glob patterns on node names) lets ``node`` stay analog; a selection from an
+    allowed node's tuple output (``torch.sort(x).values``, ``torch.max(x, 1)[0]``) belongs to it."""
+    source = tuple_selection(node)
+    return any(fnmatch.fnmatchcase(n.name, pat) for n in (node, source) if n is not None for pat in cfg.allow_ann_ops)
+
+
+def returns_tuple(node: fx.Node) -> bool:
+    """Whether the traced call returned several values (``torch.sort``, ``torch.max(x, dim)``, ``split``)."""
+    meta = node.meta.get("tensor_meta")
+    return isinstance(meta, (tuple, list)) and not isinstance(meta, TensorMetadata)  # the latter: a NamedTuple
+
+
+def tuple_selection(node: fx.Node) -> fx.Node | None:
+    """The call whose tuple output ``node`` selects one value of (``out[0]``, ``out.values``), else None."""
+    if node.op != "call_function" or node.target not in (operator.getitem, getattr) or len(node.args) != 2:
+        return None
+    source, key = node.args
+    if not isinstance(source, fx.Node) or not isinstance(key, (int, str)) or not returns_tuple(source):
+        return None
+    return source
 
 
 def graded_kind(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
@@ -312,8 +331,9 @@ def check_supported(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassRe
     names = [node.name for node in gm.graph.nodes]
     for pattern in cfg.allow_ann_ops:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):  # a typo would go unnoticed otherwise
-            logger.warning("allow_ann_ops pattern %r matches no node of the graph (its node names: the report's "
-                           "ops_before, or the UnsupportedOpError listing)", pattern)
+            logger.warning("allow_ann_ops (--allow-ann-op) pattern %r matches no node of the graph (patterns are "
+                           "globs on node names, e.g. 'cumsum*'; the names: the report's ops_before, or the "
+                           "UnsupportedOpError listing)", pattern)
     entry = PassEntry(name="check_supported", modified=False,
                       counts={"analog": len(allowed), "graded": n_graded}, nodes=allowed)
     report.passes.append(entry)
@@ -322,6 +342,6 @@ def check_supported(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassRe
         raise UnsupportedOpError(bad, hint=(
             "supported: ReLU (any spelling), affine ops (conv, linear, batch norm, avg/max pooling, add, concat, "
             "reshapes), common activations and normalisations (SiLU, GELU, sigmoid, LayerNorm, ...) and element-wise "
-            "and matrix products as graded units; leave a node analog explicitly with allow_ann_ops=[<node name "
-            "pattern>] (--allow-ann-op)"))
+            "and matrix products as graded units; leave a node analog explicitly with allow_ann_ops, glob patterns "
+            "on the node names listed here (e.g. allow_ann_ops='cumsum*')"))
     return PassResult(gm, False)

@@ -288,8 +288,8 @@ def state_snapshot(model) -> dict[str, torch.Tensor] | None:
 
 def convert(
     model: torch.nn.Module | str | os.PathLike,
-    *,
     forward_loop: Callable[[torch.nn.Module], None] | Iterable,
+    *,
     config: ConversionConfig | None = None,
     example_inputs: torch.Tensor | None = None,
     source: ModelSource | None = None,
@@ -322,8 +322,8 @@ def convert(
 
 def convert_sweep(
     model: torch.nn.Module | str | os.PathLike,
-    *,
     forward_loop: Callable[[torch.nn.Module], None] | Iterable,
+    *,
     config: ConversionConfig,
     timesteps: Sequence[int],
     example_inputs: torch.Tensor | None = None,

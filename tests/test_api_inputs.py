@@ -219,7 +219,7 @@ def test_a_forward_loop_needing_more_arguments_is_one_error_and_bound_ones_work(
     with pytest.raises(ConfigError, match=r"forward_loop .*loop\(net, batches, scale=1.0\) is called as "
                                           r"forward_loop\(model\) .*'batches'.*functools.partial"):
         convert(model, forward_loop=loop, example_inputs=x[:2], config=_rate())
-    bound = convert(model, forward_loop=functools.partial(loop, batches=[x]), example_inputs=x[:2], config=_rate())
+    bound = convert(model, functools.partial(loop, batches=[x]), example_inputs=x[:2], config=_rate())  # positional
     direct = convert(model, forward_loop=[x], config=_rate())
     for name, threshold in direct.thresholds.items():
         torch.testing.assert_close(bound.thresholds[name], threshold)

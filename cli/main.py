@@ -606,6 +606,9 @@ def _not_the_cuda_probe(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("No CUDA runtime is found")
 
 
+#: options the command line gives -> the --config file's options it replaces (they cannot go together)
+_EXCLUDES = {"timesteps": ("sweep", "target_gap", "select_images"), "sweep": ("timesteps",)}
+
 _NOT_RUN_OPTIONS = ("config", "debug", "verbose")  # parameters of the command, not of the run
 
 
@@ -643,13 +646,16 @@ def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
         params = {p.name: p for p in ctx.command.params if p.name not in _NOT_RUN_OPTIONS}
         names = {opt.lstrip("-").replace("-", "_"): p.name for p in params.values() for opt in p.opts}
         names.update({name: name for name in params})
+        # a flag on the command line also overrides the file's options it excludes (-T a file's sweep, and back)
+        overridden = {n for g in given if values[g] is not None for n in _EXCLUDES.get(g, ())}
         for key, raw in _read_config(config).items():
             name = names.get(str(key).replace("-", "_"))
             if name is None:
-                raise ConfigError(f"--config {config}: unknown option {key!r}; valid: "
-                                  f"{', '.join(sorted(n.replace('_', '-') for n in params))}")
+                spellings = (next((o for o in p.opts if o.startswith("--")), p.name).lstrip("-")
+                             for p in params.values())
+                raise ConfigError(f"--config {config}: unknown option {key!r}; valid: {', '.join(sorted(spellings))}")
             source = ctx.get_parameter_source(name)
-            if source is not None and source.name == "COMMANDLINE" and values[name] is not None:
+            if (source is not None and source.name == "COMMANDLINE" and values[name] is not None) or name in overridden:
                 continue  # a flag (or MODEL) on the command line wins
             param = params[name]
             if param.multiple and isinstance(raw, str):
@@ -679,8 +685,8 @@ _FIELD_FLAGS = {"threshold_aggregation": "--aggregation", "identity_neurons": "-
                 "identity_threshold": "--identity-threshold", "identity_tail": "--identity-tail",
                 "token_channel": "--token-channel", "threshold_scale": "--threshold-scale",
                 "identity_levels": "--identity-levels", "allow_ann_ops": "--allow-ann-op", "levels": "--levels",
-                "neuron": "--neuron", "timesteps": "-T/--timesteps", "granularity": "--granularity", "backend": "--backend",
-                "device": "--device"}
+                "neuron": "--neuron", "timesteps": "-T/--timesteps", "granularity": "--granularity",
+                "backend": "--backend", "device": "--device"}
 _FIELD_ASSIGNMENT = re.compile(r"\b(" + "|".join(_FIELD_FLAGS) + r")=(['\"]?)([\w.%*-]+)\2")
 _FIELD_NAME = re.compile(r"\b(" + "|".join(f for f in _FIELD_FLAGS if "_" in f) + r")\b")
 _FIELD_SUBJECT = re.compile(r"^(" + "|".join(_FIELD_FLAGS) + r") (?=must |is |has )")  # "levels must be ..."

@@ -197,13 +197,25 @@ def test_config_file_may_name_the_model(tmp_path):
     result = _run(f"{NETS}:ClipNet", "--config", config, "--report", report)
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())["model"] == f"{NETS}:ClipNet"
+    # -T on the command line replaces the file's sweep (and its options), --sweep the file's T
+    config.write_text(f"model: {NETS}:SpellingsNet\ncalib-data: fashion-mnist\ncalib-images: 16\neval-images: 8\n"
+                      "sweep: [1, 2]\ntarget-gap: 0.5\n")
+    result = _run("--config", config, "-T", 3, "--report", report)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert doc["timesteps"] == 3 and doc.get("sweep") is None, doc.get("sweep")
+    config.write_text(f"model: {NETS}:SpellingsNet\ncalib-data: fashion-mnist\ncalib-images: 16\neval-images: 8\n"
+                      "timesteps: 3\n")
+    result = _run("--config", config, "--sweep", "1,2", "--report", report)
+    assert result.exit_code == 0, result.output
+    assert [run["timesteps"] for run in json.loads(report.read_text())["sweep"]["runs"]] == [1, 2]
     config.write_text("coding: rate\n")
     assert "no MODEL given" in _one_line_error(_run("--config", config))
     assert "no MODEL given" in _one_line_error(_run("--coding", "rate"))
 
 
 @pytest.mark.parametrize("text, suffix, message", [
-    ("timesteps: 4\nthreshods: max\n", ".yaml", "unknown option 'threshods'; valid: "),
+    ("timesteps: 4\nthreshods: max\n", ".yaml", "unknown option 'threshods'; valid: aggregation, allow-ann-op, "),
     ("timesteps: four\n", ".yaml", "timesteps: Invalid value for '--timesteps'"),
     ("[1, 2]", ".json", "must hold a mapping of option names to values"),
     ("{coding: [", ".yaml", "is not valid: "),

@@ -231,6 +231,8 @@ class ConversionConfig:
         changes = {k: v for k, v in overrides.items() if v is not None}
         if "levels" in changes and "neuron" not in changes and changes["levels"] > 1:
             changes["neuron"] = "mt"
+        if changes.get("neuron") == "mt" and "levels" not in changes and base.levels == 1:
+            changes["levels"] = DIFF_DEFAULT.levels  # multi-threshold neurons: n = 4 unless given (rate's preset: IF)
         if changes.get("neuron") == "if":  # single-threshold neurons: the preset's level counts do not apply
             changes.setdefault("levels", 1)
             changes.setdefault("identity_levels", None)

@@ -347,6 +347,9 @@ def test_config_validation_messages():
     with pytest.raises(ConfigError, match="threshold 'median'"):
         ConversionConfig(threshold="median")
     assert ConversionConfig.for_coding("rate", levels=4).neuron == "mt"
+    # multi-threshold neurons asked for without a level count: n = 4 (the method's), not the IF preset's 1
+    assert ConversionConfig.for_coding("rate", neuron="mt").levels == 4
+    assert ConversionConfig.for_coding("rate", neuron="mt", levels=1).levels == 1  # given: kept
     cfg = ConversionConfig(threshold="99.9%")
     assert ConversionConfig.from_dict(cfg.to_dict()) == cfg
 

@@ -340,6 +340,10 @@ class _Builder:
             self.refuse(node, "no NIR primitive")
 
 
+#: how a graph exported with ``host_prefix=True`` describes its input (metadata ``input``)
+_HOST_INPUT = "output of the host prefix"
+
+
 def to_nir(snn: SpikingNetwork, example_input: torch.Tensor, *, dt: float = 1e-4, host_prefix: bool = False):
     """A rate-coded converted network as a NIR graph (``nir.NIRGraph``); see the module docstring for the mapping.
 
@@ -402,12 +406,12 @@ def to_nir(snn: SpikingNetwork, example_input: torch.Tensor, *, dt: float = 1e-4
     if builder.bad:
         raise ExportError(builder.bad, what="node(s) that NIR cannot express",
                           hint="NIR export covers rate-coded IF/MT neurons, Conv1d/2d, Linear, average pools, "
-                               "flatten and residual adds (--nir-host-prefix keeps a stem in front of the first "
-                               "neuron on the host)")
+                               "flatten and residual adds (host_prefix=True, --nir-host-prefix on the command line, "
+                               "keeps the layers in front of the first neuron on the host, e.g. a stem max-pool)")
     metadata = {
         "generator": f"snnconvert {_version()}", "nir_version": str(nir.version), "coding": "rate",
         "timesteps": int(snn.timesteps), "dt": float(dt),
-        "input": "output of the host prefix: " + ", ".join(n.name for n in prefix.nodes[1:]) if host_prefix
+        "input": f"{_HOST_INPUT}: " + ", ".join(n.name for n in prefix.nodes[1:]) if host_prefix
         else "the analog input, the same at every step",
         "decode": "running mean of the output over the steps",
         "neuron_sites": builder.sites,
@@ -575,10 +579,13 @@ class NirCheck:
 
 
 def check_nir(graph, snn: SpikingNetwork, x: torch.Tensor, *, timesteps: int | None = None,
-              host_prefix: bool = False) -> NirCheck:
+              host_prefix: bool | None = None) -> NirCheck:
     """Run ``graph`` on ``x [B, ...]`` for T steps with :func:`run_nir` and compare its decoded outputs (running
-    mean) with the converted network's at every step."""
+    mean) with the converted network's at every step. ``host_prefix``: whether the graph was exported with it
+    (default: as its metadata says), so that ``x`` goes through the prefix layers first."""
     T = int(timesteps or snn.timesteps)
+    if host_prefix is None:
+        host_prefix = str(graph.metadata.get("input", "")).startswith(_HOST_INPUT)
     with torch.no_grad():
         want = snn(x.float(), T)
         feed = host_input(snn, x) if host_prefix else x.float()

@@ -2,14 +2,15 @@
 
 Usage::
 
-    python -m snnconvert.models_zoo.train NAME [--epochs E] [--seed S] [--out DIR] [--threads N]
+    python -m snnconvert.models_zoo.train NAME --out DIR [--epochs E] [--seed S] [--threads N]
 
 Only the Fashion-MNIST *train* split is used for training; the full 10k test split is evaluated once, at the end,
 for the model card. The run is deterministic given the seed and the thread count: the initial weights come from the
 seeded factory, and shuffling, augmentation (random crop with 2 pixels of padding, horizontal flip) and dropout draw
 from generators seeded from ``seed``.
 
-Files written into ``--out`` (default: the package's ``weights/`` folder), each via a temporary file and a rename:
+Files written into ``--out`` (required; the package's ``weights/`` folder replaces the shipped files), each via a
+temporary file and a rename:
 
 - ``<name>.pt``: fp32 state dict, contiguous tensors.
 - ``<name>.onnx``: ``torch.onnx.export(..., dynamo=False, opset_version=17)``, input ``"input"`` with a dynamic batch
@@ -421,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", choices=list_models())
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch count")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the package weights/)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"output folder (required: {WEIGHTS_DIR} replaces the shipped files)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     parser.add_argument("--train-limit", type=int, default=None, help="use only the first N train images (smoke test)")
     args = parser.parse_args(argv)

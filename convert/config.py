@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -198,12 +199,7 @@ class ConversionConfig:
     def replace(self, **changes) -> ConversionConfig:
         """A copy with ``changes`` applied (validated again); an unknown field is a ConfigError naming the closest
         one."""
-        known = [f.name for f in dataclasses.fields(self)]
-        for key in changes:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ConfigError(f"unknown configuration field {key!r}; {hint}fields: {', '.join(known)}")
+        _check_field_names(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -237,6 +233,27 @@ class ConversionConfig:
             changes.setdefault("levels", 1)
             changes.setdefault("identity_levels", None)
         return base.replace(**changes)
+
+
+def _check_field_names(names) -> None:
+    """An unknown configuration field (``timestep=8``) is a ConfigError naming the closest one."""
+    known = [f.name for f in dataclasses.fields(ConversionConfig)]
+    for key in names:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown configuration field {key!r}; {hint}fields: {', '.join(known)}")
+
+
+def _checked_init(init):
+    @functools.wraps(init)
+    def __init__(self, *args, **fields) -> None:
+        _check_field_names(fields)
+        init(self, *args, **fields)
+    return __init__
+
+
+ConversionConfig.__init__ = _checked_init(ConversionConfig.__init__)  # ConversionConfig(timestep=8) too
 
 
 def _level_count(name: str, value) -> None:

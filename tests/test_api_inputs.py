@@ -155,6 +155,8 @@ def test_configuration_typos_and_argument_types():
         ConversionConfig.for_coding("rate", timestep=8)
     with pytest.raises(ConfigError, match="did you mean 'timesteps'"):
         _rate().replace(timestep=8)
+    with pytest.raises(ConfigError, match="did you mean 'granularity'"):
+        ConversionConfig(granularty="layer")  # the constructor itself
     assert ConversionConfig(allow_ann_ops="sort*").allow_ann_ops == ("sort*",)
     model, x = Small().eval(), _data()
     with pytest.raises(ConfigError, match="a list of numbers of time steps"):

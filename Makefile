@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEMO_ARGS ?= fmnist-vgg --coding differential --timesteps 8 --eval-images 2000 --report reports/demo.json
+DEMO_ARGS ?= fmnist-vgg --coding differential --timesteps 8
+DEMO_OUT ?= --eval-images 2000 --report reports/demo.json
 PYTEST_ARGS ?=
 
 .PHONY: setup data demo test test-fast test-full gpu-data gpu-wheels clean
@@ -30,7 +31,7 @@ data: $(STAMP)
 	fi
 
 demo: setup
-	$(VENV)/bin/snnconvert $(DEMO_ARGS)
+	$(VENV)/bin/snnconvert $(DEMO_ARGS) $(DEMO_OUT)
 
 test: setup
 	$(PY) -m pytest --durations=20 $(PYTEST_ARGS)

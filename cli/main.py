@@ -184,7 +184,8 @@ def _run(o: RunOptions) -> None:
         raise ConfigError(f"{o.model}: no data set is known for this model; pass --calib-data (e.g. fashion-mnist; "
                           "evaluation uses its test split unless --eval-data names other data)")
     # the user's flags, not the card's
-    check_data_flags((calib_name, eval_name), resize=o.resize, crop=o.crop, data_dir=o.data_dir)
+    check_data_flags((calib_name, eval_name), resize=o.resize, crop=o.crop, data_dir=o.data_dir,
+                     num_workers=o.num_workers)
     card = resolved.preprocessing or {}
     if o.normalize:
         norm = parse_normalize(o.normalize)
@@ -534,7 +535,8 @@ def main(
                    "after a graded unit or a layer without activation) | all (also the input layer: the image is "
                    "spike-encoded) | off (such layers read dense values) [default: auto]"),
     identity_threshold: Optional[str] = typer.Option(
-        None, help="identity-neuron thresholds: <p>% | max of the input's magnitude (see --identity-tail) "
+        None, help="identity-neuron thresholds: <p>% | max | a fraction <f> of the max, of the input's magnitude "
+                   "(see --identity-tail) "
                    "[default: 99.9%]"),
     identity_tail: Optional[str] = typer.Option(
         None, help="both (the statistic of |x|: negative values get the same range) | upper (of the signed input, "

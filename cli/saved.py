@@ -87,7 +87,8 @@ def evaluate_saved(o: RunOptions) -> None:
     if eval_name is None:
         raise ConfigError(f"{o.model} does not record its evaluation data (saved through the API); pass --eval-data")
     # the user's flags, not the recorded ones
-    check_data_flags((eval_name,), resize=o.resize, crop=o.crop, data_dir=o.data_dir)
+    check_data_flags((eval_name,), resize=o.resize, crop=o.crop, data_dir=o.data_dir,
+                     num_workers=o.num_workers)
     saved_norm = card.get("normalize")
     norm = (parse_normalize(o.normalize) if o.normalize else
             Normalize(saved_norm["mean"], saved_norm["std"]) if saved_norm else None)

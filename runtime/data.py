@@ -59,12 +59,10 @@ def _candidate_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
     if data_dir is not None:
         root = Path(data_dir)
         return [root, root / "FashionMNIST" / "raw", root / "raw"]
-    dirs = []
     env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        dirs += [Path(env), Path(env) / "FashionMNIST" / "raw"]
-    dirs.append(DEBIAN_FASHION_MNIST)
-    return dirs
+    if env:  # the user's choice, like --data-dir: not silently replaced by the system's copy
+        return [Path(env), Path(env) / "FashionMNIST" / "raw"]
+    return [DEBIAN_FASHION_MNIST]
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -85,6 +83,9 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
         if all(_find_file(folder, stem) for pair in _SPLIT_FILES.values() for stem in pair):
             return folder
     where = ", ".join(str(p) for p in tried)
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        raise DataError(f"Fashion-MNIST not found in ${DATA_DIR_ENV} (looked in {where}): point it at the folder of "
+                        f"the IDX files, or unset it to use {DEBIAN_FASHION_MNIST}")
     raise DataError(f"Fashion-MNIST not found (looked in {where}): {_HOW_TO_GET}")
 
 
@@ -432,10 +433,10 @@ def parse_normalize(text: str) -> Normalize:
 
 
 def check_data_flags(specs: Sequence[str], *, resize: int | None, crop: int | None,
-                     data_dir: str | os.PathLike | None = None) -> None:
+                     data_dir: str | os.PathLike | None = None, num_workers: int | None = None) -> None:
     """The user's own ``--resize`` / ``--crop`` (not a model card's defaults, which fit any source) must reach an
     image folder: arrays (Fashion-MNIST, ``.npz``) are used at their stored size, so the flags would be ignored; and
-    ``--data-dir`` (the Fashion-MNIST folder) must reach Fashion-MNIST.
+    ``--data-dir`` (the Fashion-MNIST folder) must reach Fashion-MNIST, and ``--num-workers`` an image folder.
 
     Raises:
         ConfigError: a flag is given and none of ``specs`` is data it applies to.
@@ -448,6 +449,9 @@ def check_data_flags(specs: Sequence[str], *, resize: int | None, crop: int | No
         raise ConfigError(f"{' and '.join(given)}: --resize/--crop apply to image folders (imagefolder:PATH); "
                           f"the data ({listed}) are arrays used at their stored size: "
                           "drop the flag(s), or resize the arrays before saving them")
+    if num_workers is not None and "imagefolder" not in kinds:
+        raise ConfigError(f"--num-workers {num_workers}: the threads decode image folders (imagefolder:PATH); the "
+                          f"data ({listed}) are arrays already in memory: drop --num-workers")
     if data_dir is not None and "fashion-mnist" not in kinds:
         raise ConfigError(f"--data-dir {data_dir}: it is the folder of the Fashion-MNIST files, and the data here "
                           f"({listed}) name their own paths: drop --data-dir")

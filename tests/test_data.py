@@ -328,6 +328,23 @@ def test_explicit_resize_crop_and_data_dir_need_their_data(tmp_path, folder):
     with pytest.raises(ConfigError, match=r"--data-dir .*folder of the Fashion-MNIST files.*drop --data-dir"):
         check_data_flags([f"npz:{arrays}", f"imagefolder:{folder}"], resize=None, crop=None, data_dir=tmp_path)
     check_data_flags(["fashion-mnist", f"npz:{arrays}"], resize=None, crop=None, data_dir=tmp_path)  # it applies
+    with pytest.raises(ConfigError, match=r"--num-workers 2: the threads decode image folders"):
+        check_data_flags(["fashion-mnist", f"npz:{arrays}"], resize=None, crop=None, num_workers=2)
+    check_data_flags([f"imagefolder:{folder}", "fashion-mnist"], resize=None, crop=None, num_workers=0)
+
+
+def test_a_data_folder_the_user_names_is_never_replaced_by_the_system_copy(tmp_path, monkeypatch):
+    from snnconvert.runtime.data import find_fashion_mnist
+
+    real = find_fashion_mnist()  # the folder the suite reads Fashion-MNIST from
+    monkeypatch.setenv("SNNCONVERT_DATA_DIR", str(real))
+    assert find_fashion_mnist() == real
+    monkeypatch.setenv("SNNCONVERT_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match=r"not found in \$SNNCONVERT_DATA_DIR .*or unset it"):
+        find_fashion_mnist()
+    with pytest.raises(DataError, match="Fashion-MNIST not found"):
+        find_fashion_mnist(tmp_path)  # --data-dir wins over the variable, and is not replaced either
+    assert find_fashion_mnist(real) == real
 
 
 def test_crop_larger_than_the_image_is_refused(tmp_path, folder):

@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--timesteps", "-T", type=int, default=8)
     ap.add_argument("--dtypes", default="float32,bfloat16", help=f"comma list of {', '.join(DTYPES)}")
     ap.add_argument("--backend", default="triton", help="torch, triton or native")
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", default=None, help="cuda or cpu [default: cpu for --backend native, else cuda]")
     ap.add_argument("--calib-images", type=int, default=5000)
     ap.add_argument("--eval-images", type=int, default=None, help="default: the whole test split")
     ap.add_argument("--batch-size", type=int, default=512, help="images per evaluation batch")
@@ -87,7 +87,7 @@ def to_markdown(result: dict) -> str:
 
 def main() -> int:
     args = parse_args()
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cpu" if args.backend == "native" else "cuda"))
     ok, reason = backend_status(args.backend, device)
     if not ok:
         print(f"bf16_accuracy: {reason}", file=sys.stderr)

@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--backend", default="native")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.out is not None:  # the folder first: a missing one would fail after the work
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     keep_freed_memory()
     model = models_zoo.get_model(args.model)
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test").subset(args.eval_images)

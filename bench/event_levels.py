@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.out is not None:  # the folder first: a missing one would fail after the work
+        args.out.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
     model = models_zoo.get_model(args.model).eval()

@@ -68,6 +68,8 @@ def main() -> None:
     common_args(parser, epochs=3, timesteps="1,2,4,8,16")
     parser.add_argument("--canvas", type=int, default=40)
     args = parser.parse_args()
+    if args.out is not None:  # the folder first: a missing one would fail after the work
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     trainset = placed(load_fashion_mnist("train"), args.canvas, args.foreground, seed=1)
     testset = placed(load_fashion_mnist("test"), args.canvas, args.foreground, seed=2)

@@ -117,6 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_args(parser, epochs=2, timesteps="1,2,4,8,16")
     args = parser.parse_args()
+    if args.out is not None:  # the folder first: a missing one would fail after the work
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     trainset = masks(load_fashion_mnist("train"), args.foreground)
     testset = masks(load_fashion_mnist("test"), args.foreground)

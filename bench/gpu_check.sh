@@ -114,7 +114,8 @@ fi
 run_step bench "${GPU_CHECK_BENCH_TIMEOUT:-80}" "$PY" bench/bench_kernels.py --out "$OUT/bench"
 
 # (b)+(c): SNN vs ANN(T·B) for torchvision resnet18/34 at 224x224 (random weights and calibration images: no data
-# set needed), torch vs triton backend, fp32 and bf16, batch 32, T = 8
+# set needed), torch vs triton backend, fp32 (bf16 kernels: the kernels step; bf16 accuracy: the acc step), batch 32,
+# T = 8
 run_step e2e_tv "${GPU_CHECK_E2E_TIMEOUT:-100}" "$PY" bench/bench_e2e.py --device cuda --out "$OUT/e2e" \
   --name e2e_cuda_torchvision --models torchvision:resnet18,torchvision:resnet34 --backends torch,triton \
   --batch 32 --timesteps 8 --reps 5 --no-breakdown

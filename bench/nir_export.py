@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=None, help="default: the whole test split")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.out is not None:  # the folder first: a missing one would fail after the work
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     keep_freed_memory()
     torch.set_grad_enabled(False)
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test").subset(args.eval_images)

@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="also save the trained state dict here")
     parser.add_argument("--load", type=Path, help="skip training: load this state dict")
     args = parser.parse_args()
+    if args.out is not None:  # the folder first: a missing one would fail after the work
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     trainset, testset = load_fashion_mnist("train"), load_fashion_mnist("test")
     model = timm.create_model(args.model, pretrained=False, num_classes=10, in_chans=1)

@@ -143,8 +143,17 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=64, help="input image side (inception_v3 needs >= 75)")
     parser.add_argument("--converge", help="comma list of steps T: also run the SNN on 4 of the images and give "
                         "max |SNN output after T steps - model output| / max |model output| (slower)")
+    parser.add_argument("--fused-attn", action="store_true", help="with --timm: the models' fused attention "
+                        "(F.scaled_dot_product_attention, masks included; timm.layers.set_fused_attn, experimental "
+                        "ones too) instead of timm's default")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
+    if args.fused_attn:
+        if not args.timm:
+            parser.error("--fused-attn applies to --timm models")
+        from timm.layers import set_fused_attn
+
+        set_fused_attn(True, experimental=True)
     torch.set_grad_enabled(False)
     rows = []
     converge = tuple(int(t) for t in args.converge.split(",")) if args.converge else ()

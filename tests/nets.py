@@ -83,8 +83,9 @@ class FunctionalPoolNet(nn.Module):
 
 
 class Unsupported(nn.Module):
-    """Three unsupported nodes: a sort, a cumulative sum and causal fused attention (non-ReLU activations,
-    element-wise and matrix products are supported as graded units; unmasked fused attention is written out)."""
+    """Three unsupported nodes: a sort, a cumulative sum and fused attention with dropout (non-ReLU activations,
+    element-wise and matrix products are supported as graded units; fused attention without dropout is written
+    out, masks included)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,7 +96,7 @@ class Unsupported(nn.Module):
     def forward(self, x):
         y = torch.sort(F.relu(self.conv(x)), dim=1)[0]
         y = torch.cumsum(y, 2).flatten(2)
-        return self.fc(F.scaled_dot_product_attention(y, y, y, is_causal=True).mean(2))
+        return self.fc(F.scaled_dot_product_attention(y, y, y, dropout_p=0.5).mean(2))
 
 
 class _SE(nn.Module):

@@ -227,6 +227,38 @@ def test_one_value_of_an_allowed_call_returning_several_is_an_exact_unit(coding)
         convert(_SortNet("tuple").eval(), forward_loop=[x], config=cfg)
 
 
+class _AdditiveMask(nn.Module):
+    """Attention written by hand with an additive mask (what ONNX exports of masked attention hold): ``fill`` in the
+    masked entries, -inf or a large finite number (the same softmax)."""
+
+    def __init__(self, fill: float) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.qkv, self.fc = nn.Linear(8, 24), nn.Linear(8, 3)
+        keep = (torch.rand(5, 5) > 0.4) | torch.eye(5, dtype=torch.bool)
+        self.register_buffer("mask", torch.zeros(5, 5).masked_fill(~keep, fill))
+
+    def forward(self, x):  # x [B, 5, 8]
+        q, k, v = self.qkv(F.relu(x)).chunk(3, dim=-1)
+        return self.fc(F.relu(((q @ k.transpose(-2, -1)) * 8 ** -0.5 + self.mask).softmax(-1) @ v).mean(1))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+@pytest.mark.parametrize("mode", ["multi", "single"])
+def test_an_infinite_captured_bias_is_an_unchanged_input_not_nan(coding, mode):
+    """A softmax unit behind an additive -inf mask captures b = -inf there; x_t − b is inf − inf where the input
+    equals it, which the unit reads as 0 (unchanged): the SNN answers as with a finite mask of the same softmax."""
+    x = torch.randn(4, 5, 8)
+    outs = []
+    for fill in (float("-inf"), -1e4):
+        model = _AdditiveMask(fill).eval()
+        res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=6))
+        with torch.no_grad():
+            outs.append(res.snn(x, mode=mode))
+    assert not torch.isnan(outs[0]).any()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+
+
 class _Shuffle(nn.Module):
     """ShuffleNetV2's channel shuffle: reshapes computed from traced sizes (``c // groups``)."""
 

@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from conftest import TOLERANCES
 
 from snnconvert.convert import RATE_DEFAULT, ConversionConfig, convert
+from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.errors import ConfigError, TraceError, UnsupportedOpError
 from snnconvert.convert.frontend import trace_module
 from snnconvert.convert.passes import NORMALIZE_PASSES
+from snnconvert.convert.passes.attention import masked_softmax
 from snnconvert.convert.passes.normalize import BatchNormAnyRank
 from snnconvert.convert.pipeline import ConversionReport, run_passes
 
@@ -253,9 +255,73 @@ def test_fused_attention_is_written_out(scale):
     assert kinds.get("GradedUnit(matmul)") == 2 and kinds.get("GradedUnit(softmax)") == 1, kinds
 
 
-def test_fused_attention_with_a_mask_stays_and_is_listed():
-    with pytest.raises(UnsupportedOpError, match="fused attention is not convertible"):
-        convert(SDPA(mask=True), forward_loop=[torch.randn(4, 5, 8)])
+class MaskedAttention(nn.Module):
+    """Attention with the masks models use, on 6 tokens of 8 features: ``is_causal``; a boolean buffer (True:
+    attended); a float relative-position bias with -inf entries built from a parameter and shapes; a mask per window
+    expanded over the windows of every image (Swin); the boolean ``attn_mask`` of ``nn.MultiheadAttention`` (True:
+    NOT attended); and a mask computed from the input values."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.kind, self.heads = kind, 2
+        self.qkv, self.proj = nn.Linear(8, 24), nn.Linear(8, 8)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.table = nn.Parameter(torch.randn(2, 11))
+        self.register_buffer("keep", (torch.rand(6, 6) > 0.4) | torch.eye(6, dtype=torch.bool))
+        keep = torch.stack([self.keep[:3, :3], self.keep[3:, 3:]])  # [windows, 3, 3]
+        # a parameter: torch.fx reads it as a graph node (a plain buffer would be a tensor that cannot take x.shape)
+        self.windows = nn.Parameter(torch.zeros(2, 3, 3).masked_fill(~keep, -100.0), requires_grad=False)
+
+    def forward(self, x):  # x [B, 6, 8]
+        B, N, C = x.shape
+        h = F.relu(x)
+        if self.kind == "mha":
+            return self.proj(self.mha(h, h, h, attn_mask=~self.keep, need_weights=False)[0])
+        q, k, v = self.qkv(h).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.kind == "causal":
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif self.kind == "bool":
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep)
+        elif self.kind == "bias":
+            idx = torch.arange(N, device=x.device)
+            bias = self.table[:, idx[:, None] - idx[None, :] + 5].masked_fill(~self.keep, float("-inf"))
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        elif self.kind == "windows":  # Swin: 2 windows of 3 tokens folded into the batch, a mask per window
+            win = [t.reshape(B, self.heads, 2, 3, C // self.heads).transpose(1, 2).reshape(B * 2, self.heads, 3, -1)
+                   for t in (q, k, v)]
+            mask = self.windows.reshape(1, 2, 1, 3, 3).expand(B, -1, self.heads, -1, -1)
+            a = F.scaled_dot_product_attention(*win, attn_mask=mask.reshape(B * 2, self.heads, 3, 3))
+            a = a.reshape(B, 2, self.heads, 3, -1).transpose(1, 2).reshape(B, self.heads, N, -1)
+        else:  # "input": attend where the key's features sum above zero
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=k.sum(-1, keepdim=True).transpose(-2, -1) > 0)
+        return self.proj(a.transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+@pytest.mark.parametrize("kind", ["causal", "bool", "bias", "windows", "mha"])
+def test_attention_masks_are_applied_inside_the_softmax_unit(kind, coding):
+    """A mask that does not depend on the input's values is computed once (a buffer) and applied to the decoded
+    scores inside one graded unit (masked_softmax): -inf entries never enter a stream (where x_t − b would be NaN)."""
+    model, x = MaskedAttention(kind).eval(), torch.randn(6, 6, 8)
+    kind_name = "MultiheadAttention" if kind == "mha" else "scaled_dot_product_attention"
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=32))
+    assert res.report.entry("write_out_attention").counts == {kind_name: 1}
+    (unit,) = [m.f for m in res.snn.gm.modules() if isinstance(m, GradedUnit) and m.f.target is masked_softmax]
+    assert unit.kwargs.get("per_sample", False) == (kind == "windows")  # a per-window mask, repeated per image
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x), **TOL)  # the written-out graph is the model
+    with torch.no_grad():
+        ann, out = model(x), res.snn(x)
+    assert not torch.isnan(out).any()
+    err = _relative_errors(out, ann, (0, 31))
+    assert err[1] < min(err[0], 0.05), err
+
+
+def test_attention_masks_computed_from_the_input_stay_fused_and_are_listed():
+    with pytest.raises(UnsupportedOpError, match="scaled_dot_product_attention.*fused attention is not convertible"):
+        convert(MaskedAttention("input").eval(), forward_loop=[torch.randn(4, 6, 8)])
+    gm, report = _passes(SDPA(mask=True).eval())  # a constant mask: written out even without traced shapes
+    assert report.entry("write_out_attention").counts == {"scaled_dot_product_attention": 1}
 
 
 def test_a_guarded_network_pickles(tmp_path):

@@ -76,6 +76,23 @@ class GradedUnit(StepModule):
         self._state: tuple[int, list[torch.Tensor], torch.Tensor | float] | None = None
 
     @property
+    def biases(self) -> tuple[torch.Tensor, ...] | None:
+        """The captured biases b, one per input (differential coding; None before the capture)."""
+        return self._captured
+
+    @biases.setter
+    def biases(self, value: tuple[torch.Tensor, ...] | None) -> None:
+        self._captured = value
+        # an infinite b (an additive -inf attention mask in front of a softmax): x_t − b is then inf − inf where the
+        # input equals it, which means "unchanged" (0), not NaN; checked once here, not at every step
+        self._infinite_bias = value is not None and not all(bool(torch.isfinite(b).all()) for b in value)
+
+    def _difference(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """x_t − b, with 0 where both are the same infinity."""
+        d = x - b
+        return d.masked_fill_(x == b, 0.0) if self._infinite_bias else d
+
+    @property
     def bias(self) -> torch.Tensor | None:
         """The captured bias b of a one-input unit (``biases[0]``)."""
         return None if self.biases is None else self.biases[0]
@@ -118,7 +135,7 @@ class GradedUnit(StepModule):
             accs = [acc + x_t for acc, x_t in zip(accs, xs)]
             f_scaled = t * self.f(*(acc / t for acc in accs))
             return f_scaled - f_prev, accs, f_scaled
-        accs = [acc + (x_t - b) / t for acc, x_t, b in zip(accs, xs, self._biases(xs[0]))]
+        accs = [acc + self._difference(x_t, b) / t for acc, x_t, b in zip(accs, xs, self._biases(xs[0]))]
         f_now = self.f(*accs)
         return t * (f_now - f_prev), accs, f_now
 
@@ -165,6 +182,8 @@ class GradedUnit(StepModule):
             else:
                 for acc, xs, b, sc in zip(accs, xs_all, biases, scratch):
                     torch.sub(xs[t - 1], b, out=sc)
+                    if self._infinite_bias:  # as _difference: 0 where x_t and b are the same infinity
+                        sc.masked_fill_(xs[t - 1] == b, 0.0)
                     sc.div_(t)
                     acc.add_(sc)  # R_in += (x_t − b)/t
                 f_now = self.f(*accs)

@@ -4,36 +4,115 @@ products, softmax and projections as graph nodes, so the products and the softma
 from __future__ import annotations
 
 import operator
+from typing import NamedTuple
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from snnconvert.convert.frontend import depends_on_values
 from snnconvert.convert.passes.normalize import finish_pass, unique_name
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
-__all__ = ["write_out_attention"]
+__all__ = ["masked_softmax", "write_out_attention"]
 
 
-def _attention_graph(graph: fx.Graph, q: fx.Node, k: fx.Node, v: fx.Node, scale) -> fx.Node:
-    """``softmax((q @ kᵀ) · scale, -1) @ v`` as graph nodes (before the current insertion point); ``scale`` None:
-    ``q.size(-1) ** -0.5``, the fused call's default."""
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+    """``softmax`` over the last dim of ``scores`` with an attention mask as ``F.scaled_dot_product_attention`` reads
+    it: a boolean mask keeps the True entries (the others are -inf), a float mask is added. One function, so that a
+    graded unit applies the mask to decoded scores (a -inf entry in a stream would decode to NaN). ``per_sample``:
+    ``mask`` is one sample's block of a batch-major leading dim (Swin's windows folded into the batch), repeated for
+    every sample of ``scores``."""
+    if per_sample:
+        mask = mask.repeat(scores.shape[0] // mask.shape[0], *[1] * (mask.dim() - 1))
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return (scores + mask).softmax(-1)
+
+
+def _attention_graph(graph: fx.Graph, q: fx.Node, k: fx.Node, v: fx.Node, scale,
+                     mask: tuple[fx.Node, bool] | None = None) -> fx.Node:
+    """``softmax((q @ kᵀ) · scale [masked], -1) @ v`` as graph nodes (before the current insertion point); ``scale``
+    None: ``q.size(-1) ** -0.5``, the fused call's default; ``mask``: a constant (``get_attr``) and whether it is one
+    sample's, for :func:`masked_softmax`."""
     if scale is None:
         scale = graph.call_function(operator.pow, (graph.call_method("size", (q, -1)), -0.5))
-    scores = graph.call_function(operator.matmul, (q, graph.call_method("transpose", (k, -2, -1))))
-    weights = graph.call_function(F.softmax, (graph.call_function(operator.mul, (scores, scale)),), {"dim": -1})
+    scores = graph.call_function(operator.mul, (
+        graph.call_function(operator.matmul, (q, graph.call_method("transpose", (k, -2, -1)))), scale))
+    if mask is None:
+        weights = graph.call_function(F.softmax, (scores,), {"dim": -1})
+    else:
+        weights = graph.call_function(masked_softmax, (scores, mask[0]), {"per_sample": True} if mask[1] else {})
     return graph.call_function(operator.matmul, (weights, v))
 
 
+class _Mask(NamedTuple):
+    value: torch.Tensor | None
+    per_sample: bool = False  # value is one sample's block of a leading dim that grows with the batch
+    reason: str | None = None  # why there is no value
+
+
+def _constant_mask(gm: fx.GraphModule, node, memo: dict) -> _Mask:
+    """The value of an attention-mask argument that does not depend on the input's values (a buffer, a causal or
+    relative-position mask built from parameters and shapes), computed ahead on zero inputs of the traced sample
+    shape: for one sample, and for two to find a leading dim that grows with the batch (Swin's shifted-window mask
+    expanded over the windows of every image)."""
+    if not isinstance(node, fx.Node) or depends_on_values(node, memo):
+        return _Mask(None, reason="an attention mask computed from the input")
+    if node.op == "get_attr":
+        owner, _, leaf = node.target.rpartition(".")
+        return _Mask(getattr(gm.get_submodule(owner), leaf).detach())
+    placeholder = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
+    meta = None if placeholder is None else placeholder.meta.get("tensor_meta")
+    if not hasattr(meta, "shape"):
+        return _Mask(None, reason="an attention mask built from shapes, without a traced input shape")
+    graph, env = fx.Graph(), {}
+    for n in gm.graph.nodes:
+        env[n] = graph.node_copy(n, lambda a: env[a])
+        if n is node:
+            break
+    graph.output(env[node])
+    sub = fx.GraphModule(gm, graph)
+    sub.graph.eliminate_dead_code()
+    sub.recompile()
+    try:
+        with torch.no_grad():
+            one, two = (sub(torch.zeros((n, *meta.shape[1:]), dtype=meta.dtype)) for n in (1, 2))
+    except Exception as exc:  # noqa: BLE001 - the call then stays fused (check_supported lists it)
+        return _Mask(None, reason=f"an attention mask that cannot be computed ahead ({type(exc).__name__})")
+    if not isinstance(one, torch.Tensor):
+        return _Mask(None, reason="an attention mask that is not a tensor")
+    if one.shape == two.shape and torch.equal(one, two):
+        return _Mask(one)
+    if one.dim() and two.shape == (2 * one.shape[0], *one.shape[1:]) and torch.equal(two, torch.cat([one, one])):
+        return _Mask(one, per_sample=True)
+    return _Mask(None, reason="an attention mask that changes with the batch size")
+
+
+def _causal_mask(q: fx.Node, k: fx.Node) -> _Mask:
+    """``is_causal``'s mask (``ones(L, S).tril()``, True: attended) from the traced query and key lengths."""
+    shapes = [getattr(n.meta.get("tensor_meta"), "shape", None) for n in (q, k)]
+    if any(s is None or len(s) < 2 for s in shapes):
+        return _Mask(None, reason="is_causal on an untraced shape")
+    return _Mask(torch.ones(shapes[0][-2], shapes[1][-2], dtype=torch.bool).tril())
+
+
+def _mask_node(gm: fx.GraphModule, node: fx.Node, mask: _Mask) -> tuple[fx.Node, bool]:
+    """``mask`` as a buffer of ``gm``, read by a ``get_attr`` node before ``node``; and whether it is per sample."""
+    name = unique_name(gm, f"{node.name}_mask")
+    gm.register_buffer(name, mask.value)
+    with gm.graph.inserting_before(node):
+        return gm.graph.get_attr(name), mask.per_sample
+
+
 def _sdpa_reason(named: dict) -> str | None:
-    """Why a ``scaled_dot_product_attention`` call cannot be written out (None: it can)."""
-    if named.get("attn_mask") is not None:
-        return "an attention mask"
+    """Why a ``scaled_dot_product_attention`` call cannot be written out (None: it can; a mask is checked by
+    :func:`_sdpa_mask`)."""
     if named.get("dropout_p", 0.0) != 0.0:
         return "attention dropout"
-    if named.get("is_causal", False) is not False:
-        return "is_causal"
+    if named.get("attn_mask") is not None and named.get("is_causal", False) is not False:
+        return "both a mask and is_causal"
     if named.get("enable_gqa", False) is not False:
         return "grouped-query heads"
     if isinstance(named.get("scale"), fx.Node):
@@ -42,12 +121,12 @@ def _sdpa_reason(named: dict) -> str | None:
 
 
 def _mha_reason(mha: nn.MultiheadAttention, named: dict, node: fx.Node) -> str | None:
-    """Why an ``nn.MultiheadAttention`` call cannot be written out (None: it can)."""
-    for key in ("key_padding_mask", "attn_mask"):
-        if named.get(key) is not None:
-            return f"{key}"
-    if named.get("is_causal", False) is not False:
-        return "is_causal"
+    """Why an ``nn.MultiheadAttention`` call cannot be written out (None: it can; an ``attn_mask`` is checked by
+    :func:`_mha_mask`)."""
+    if named.get("key_padding_mask") is not None:
+        return "key_padding_mask"
+    if named.get("is_causal", False) is not False and named.get("attn_mask") is None:
+        return "is_causal without attn_mask"
     if mha.bias_k is not None or mha.add_zero_attn:
         return "bias_k/bias_v or add_zero_attn"
     if any(u.op != "call_function" or u.target is not operator.getitem or (u.args[1] != 0 and u.users)
@@ -76,7 +155,28 @@ def _mha_linears(mha: nn.MultiheadAttention) -> list[nn.Linear]:
     return layers
 
 
-def _write_out_mha(gm: fx.GraphModule, node: fx.Node, mha: nn.MultiheadAttention, named: dict) -> fx.Node:
+def _sdpa_mask(gm: fx.GraphModule, named: dict, memo: dict) -> _Mask | None:
+    """The constant mask of a ``scaled_dot_product_attention`` call (None: it has none)."""
+    if named.get("is_causal", False) is not False:
+        return _causal_mask(named["query"], named["key"])
+    return None if named.get("attn_mask") is None else _constant_mask(gm, named["attn_mask"], memo)
+
+
+def _mha_mask(gm: fx.GraphModule, named: dict, memo: dict) -> _Mask | None:
+    """The constant ``attn_mask`` of an ``nn.MultiheadAttention`` call in :func:`masked_softmax`'s convention (a
+    boolean MHA mask marks the entries NOT attended; None: it has none)."""
+    if named.get("attn_mask") is None:
+        return None
+    mask = _constant_mask(gm, named["attn_mask"], memo)
+    if mask.value is not None and mask.value.dim() != 2:  # [B·H, L, S]: the heads folded into the batch
+        return _Mask(None, reason=f"a {mask.value.dim()}-d attention mask (2-d [L, S] only)")
+    if mask.value is not None and mask.value.dtype == torch.bool:
+        return mask._replace(value=~mask.value)
+    return mask
+
+
+def _write_out_mha(gm: fx.GraphModule, node: fx.Node, mha: nn.MultiheadAttention, named: dict,
+                   mask: fx.Node | None) -> fx.Node:
     """Replace an ``nn.MultiheadAttention`` call by its projections (Linear modules), heads (reshapes) and the
     written-out attention; returns the output node (what ``call[0]`` was)."""
     graph, H, hd = gm.graph, mha.num_heads, mha.head_dim
@@ -93,7 +193,7 @@ def _write_out_mha(gm: fx.GraphModule, node: fx.Node, mha: nn.MultiheadAttention
             proj = graph.call_module(name, (t,))
             b, n = graph.call_method("size", (t, 0)), graph.call_method("size", (t, 1))
             heads.append(graph.call_method("transpose", (graph.call_method("reshape", (proj, b, n, H, hd)), 1, 2)))
-        out = _attention_graph(graph, *heads, None)
+        out = _attention_graph(graph, *heads, None, mask)
         b, n = graph.call_method("size", (seqs[0], 0)), graph.call_method("size", (seqs[0], 1))
         merged = graph.call_method("reshape", (graph.call_method("transpose", (out, 1, 2)), b, n, mha.embed_dim))
         result = graph.call_module(names[3], (merged,))
@@ -105,15 +205,19 @@ def _write_out_mha(gm: fx.GraphModule, node: fx.Node, mha: nn.MultiheadAttention
 def write_out_attention(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
     """Write fused attention out, so that its products become units (method.md §5.2, §6):
 
-    - ``F.scaled_dot_product_attention(q, k, v)`` (no mask, no dropout, not causal; timm's ViT attention in eval
-      mode) becomes ``softmax((q @ kᵀ) · s, -1) @ v`` with s the call's ``scale`` or ``q.size(-1) ** -0.5``;
-    - an ``nn.MultiheadAttention`` call (no masks, its attention weights unused; torchvision's ViT) becomes its
-      query/key/value projections as ``nn.Linear`` modules, a split into heads, the same written-out attention, the
-      merge of the heads and the output projection.
+    - ``F.scaled_dot_product_attention(q, k, v)`` (no dropout; timm's ViT attention in eval mode) becomes
+      ``softmax((q @ kᵀ) · s, -1) @ v`` with s the call's ``scale`` or ``q.size(-1) ** -0.5``;
+    - an ``nn.MultiheadAttention`` call (no key padding mask, its attention weights unused; torchvision's ViT)
+      becomes its query/key/value projections as ``nn.Linear`` modules, a split into heads, the same written-out
+      attention, the merge of the heads and the output projection.
 
-    A call with a mask, dropout, ``is_causal`` or grouped-query heads stays (check_supported lists it).
+    A mask that does not depend on the input's values (``is_causal``, a buffer, a relative-position or shifted-window
+    mask built from parameters and shapes) is computed once, kept as a buffer and applied inside the softmax
+    (:func:`masked_softmax`, one graded unit: exact on decoded scores). A mask computed from the input, dropout or
+    grouped-query heads keep the call fused (check_supported lists it).
     """
     entry = PassEntry(name="write_out_attention", modified=False)
+    memo: dict = {}
     sdpa_names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     mha_names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
                  "is_causal")
@@ -127,15 +231,19 @@ def write_out_attention(gm: fx.GraphModule, cfg, report: ConversionReport) -> Pa
             reason, kind = _mha_reason(mha, named, node), "MultiheadAttention"
         else:
             continue
+        mask = None if reason else _sdpa_mask(gm, named, memo) if mha is None else _mha_mask(gm, named, memo)
+        reason = reason or (mask.reason if mask is not None else None)
         if reason:
             entry.skipped[node.name] = f"{kind} with {reason} stays fused"
             continue
+        mask_node = None if mask is None else _mask_node(gm, node, mask)
         if mha is None:
             with gm.graph.inserting_before(node):
-                out = _attention_graph(gm.graph, named["query"], named["key"], named["value"], named.get("scale"))
+                out = _attention_graph(gm.graph, named["query"], named["key"], named["value"], named.get("scale"),
+                                       mask_node)
             node.replace_all_uses_with(out)
         else:
-            out = _write_out_mha(gm, node, mha, named)
+            out = _write_out_mha(gm, node, mha, named, mask_node)
             for user in list(node.users):  # call[0] is the output; call[1] (the weights) is unused
                 if user.args[1] == 0:
                     user.replace_all_uses_with(out)

@@ -24,6 +24,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from snnconvert.convert.errors import UnsupportedNode, UnsupportedOpError
 from snnconvert.convert.frontend import depends_on_values, node_source, reads_metadata
+from snnconvert.convert.passes.attention import masked_softmax
 from snnconvert.convert.passes.normalize import is_canonical_relu, nodes_in
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
@@ -98,7 +99,7 @@ GRADED_FUNCTIONS = frozenset({
     torch.softmax, F.log_softmax, torch.log_softmax, torch.erf, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
     torch.abs, torch.square, torch.reciprocal, torch.pow, operator.pow,
     F.hardtanh, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.sin, torch.cos,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.sin, torch.cos, masked_softmax,
 })
 #: ... and as tensor methods.
 GRADED_METHODS = frozenset({"sigmoid", "tanh", "softmax", "log_softmax", "erf", "exp", "log", "sqrt", "rsqrt", "abs",

@@ -335,3 +335,25 @@ def test_other_checker_failures_still_fail_with_a_shapeless_output() -> None:
     model.graph.node[0].input[1] = "nowhere"  # a dangling input: the checker's complaint stands
     with pytest.raises(OnnxImportError, match="fails the ONNX checker"):
         load_onnx(model)
+
+
+@pytest.mark.parametrize("kind", ["causal", "bool", "bias", "windows"])
+def test_exported_masked_attention_imports_and_converts(tmp_path, kind) -> None:
+    """Masked attention as the exporter writes it out: a causal mask by Trilu, the NaN guard after a boolean mask's
+    softmax (``Where(IsNaN(p), 0, p)``: ``nan_to_num``, a graded unit), additive -inf biases and per-window masks.
+    The import matches onnxruntime; differential coding converges with no NaN (-inf in the softmax unit's bias)."""
+    from test_model_patterns import MaskedAttention
+
+    model, x = MaskedAttention(kind).eval(), torch.randn(6, 6, 8)
+    path = tmp_path / f"{kind}.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})
+    assert_matches_ort(onnx.load(str(path)), x.numpy(), x[:2].numpy())
+    res = convert(str(path), [x], config=ConversionConfig.for_coding("differential", timesteps=16))
+    with torch.no_grad():
+        ann, out = model(x), res.snn(x)
+    assert not torch.isnan(out).any()
+    errors = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 15)]
+    assert errors[1] < min(0.1 * errors[0], 0.02), errors

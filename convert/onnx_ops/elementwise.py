@@ -314,8 +314,15 @@ def convert_unary(ctx: OpContext) -> Value:
 
 @register("Where", since=9)
 def convert_where(ctx: OpContext) -> Value:
-    """Where -> ``torch.where``; evaluated at import time when it selects between shape values."""
+    """Where -> ``torch.where``; evaluated at import time when it selects between shape values. The exporters' NaN
+    guard after a masked softmax, ``Where(IsNaN(y), c, y)``, is ``torch.nan_to_num(y, nan=c)`` (infinities kept):
+    one element-wise function of y (a graded unit behind neurons) instead of a selection by a mask computed from
+    the input."""
     cond, a, b = ctx.input(0), ctx.input(1), ctx.input(2)
+    if isinstance(cond, Tensor) and isinstance(b, Tensor) and isinstance(a, Const) and a.tensor.numel() == 1 \
+            and cond.node.op == "call_function" and cond.node.target is torch.isnan and cond.node.args[0] is b.node:
+        out = ctx.call_function(torch.nan_to_num, b, nan=float(a.tensor), posinf=float("inf"), neginf=float("-inf"))
+        return _same_shape(ctx, out, b)
     if isinstance(cond, Const) and (isinstance(a, SymVec) or isinstance(b, SymVec)):
         la, lb = to_int_list(a), to_int_list(b)
         flags = cond.tensor.reshape(-1).tolist()
@@ -328,6 +335,19 @@ def convert_where(ctx: OpContext) -> Value:
     if isinstance(out, Tensor):
         out.shape = broadcast_shapes([ctx.shape_or_none(cond), ctx.shape_or_none(a), ctx.shape_or_none(b)])
     return out
+
+
+@register("Trilu", since=14)
+def convert_trilu(ctx: OpContext) -> Value:
+    """Trilu -> ``torch.triu`` / ``torch.tril`` (attribute ``upper``, default 1) with the diagonal offset ``k``
+    (input 1, default 0); the causal masks of exported attention."""
+    x = ctx.input(0)
+    k = ctx.input(1)
+    offset = 0 if k is None else int(ctx.elems(1)[0])
+    fn = torch.triu if ctx.attr("upper", 1) else torch.tril
+    if isinstance(x, Const):
+        return Const(fn(x.tensor, offset), (ctx.name, "Trilu"))
+    return _same_shape(ctx, ctx.call_function(fn, x, offset), x)
 
 
 # --------------------------------------------------------------------------------------------------------------------

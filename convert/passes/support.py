@@ -100,6 +100,7 @@ GRADED_FUNCTIONS = frozenset({
     torch.abs, torch.square, torch.reciprocal, torch.pow, operator.pow,
     F.hardtanh, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.sin, torch.cos, masked_softmax,
+    torch.nan_to_num,
 })
 #: ... and as tensor methods.
 GRADED_METHODS = frozenset({"sigmoid", "tanh", "softmax", "log_softmax", "erf", "exp", "log", "sqrt", "rsqrt", "abs",

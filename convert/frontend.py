@@ -174,8 +174,14 @@ def depends_on_values(node, memo: dict) -> bool:
     if not isinstance(node, fx.Node):
         return False
     if node not in memo:
-        memo[node] = not reads_metadata(node) and (
-            node.op == "placeholder" or any(depends_on_values(a, memo) for a in node.all_input_nodes))
+        if node.op == "call_method" and node.target in ("to", "type_as") and len(node.args) > 1 \
+                and isinstance(node.args[1], fx.Node):  # x.to(q), x.type_as(q): q's dtype and device only
+            memo[node] = depends_on_values(node.args[0], memo) or any(
+                depends_on_values(a, memo) for a in node.args[2:]) or any(
+                depends_on_values(a, memo) for a in node.kwargs.values())
+        else:
+            memo[node] = not reads_metadata(node) and (
+                node.op == "placeholder" or any(depends_on_values(a, memo) for a in node.all_input_nodes))
     return memo[node]
 
 
@@ -207,6 +213,33 @@ def _unwrapped():
         table.update(lifted)
 
 
+#: torch factories that take a size as separate numbers (``torch.ones(n, n)``)
+_SIZED_FACTORIES = ("ones", "zeros", "empty")
+
+
+@contextlib.contextmanager
+def _sizes_as_tuples():
+    """While tracing, ``torch.ones(n, n)`` with traced sizes (``n = x.shape[1]``: a causal mask in the style of
+    torch's docs) is called as ``torch.ones((n, n))``, the spelling torch.fx records (its varargs form fails on
+    proxies); as torch.fx patches module globals while it traces."""
+    saved = {name: getattr(torch, name) for name in _SIZED_FACTORIES}
+
+    def packed(fn):
+        def call(*args, **kwargs):
+            if len(args) > 1 and any(isinstance(a, fx.Proxy) for a in args):
+                return fn(tuple(args), **kwargs)
+            return fn(*args, **kwargs)
+        return call
+
+    for name, fn in saved.items():
+        setattr(torch, name, packed(fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch, name, fn)
+
+
 class _Proxy(fx.Proxy):
     """fx's Proxy, plus item assignment (``mask[:, :k] = 1``) recorded as an ``operator.setitem`` node."""
 
@@ -233,7 +266,7 @@ class _ShapeBranchTracer(fx.Tracer):
         return _Proxy(node, self)
 
     def trace(self, root, concrete_args=None):
-        with _unwrapped() if self.inline else contextlib.nullcontext():
+        with _unwrapped() if self.inline else contextlib.nullcontext(), _sizes_as_tuples():
             return super().trace(root, concrete_args)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):

@@ -256,10 +256,11 @@ def test_fused_attention_is_written_out(scale):
 
 
 class MaskedAttention(nn.Module):
-    """Attention with the masks models use, on 6 tokens of 8 features: ``is_causal``; a boolean buffer (True:
-    attended); a float relative-position bias with -inf entries built from a parameter and shapes; a mask per window
-    expanded over the windows of every image (Swin); the boolean ``attn_mask`` of ``nn.MultiheadAttention`` (True:
-    NOT attended); and a mask computed from the input values."""
+    """Attention with the masks models use, on 6 tokens of 8 features: ``is_causal``; ``torch.ones(N, N).tril()``
+    from traced sizes; a boolean buffer (True: attended), also with a query that attends nowhere; a float buffer
+    cast with ``type_as(q)`` / ``.to(q)``; a float relative-position bias with -inf entries built from a parameter and
+    shapes; a mask per window expanded over the windows of every image (Swin); the boolean ``attn_mask`` of
+    ``nn.MultiheadAttention`` (True: NOT attended); and a mask computed from the input values."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -269,6 +270,7 @@ class MaskedAttention(nn.Module):
         self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
         self.table = nn.Parameter(torch.randn(2, 11))
         self.register_buffer("keep", (torch.rand(6, 6) > 0.4) | torch.eye(6, dtype=torch.bool))
+        self.register_buffer("bias_buffer", torch.randn(6, 6))
         keep = torch.stack([self.keep[:3, :3], self.keep[3:, 3:]])  # [windows, 3, 3]
         # a parameter: torch.fx reads it as a graph node (a plain buffer would be a tensor that cannot take x.shape)
         self.windows = nn.Parameter(torch.zeros(2, 3, 3).masked_fill(~keep, -100.0), requires_grad=False)
@@ -281,8 +283,15 @@ class MaskedAttention(nn.Module):
         q, k, v = self.qkv(h).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         if self.kind == "causal":
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif self.kind == "tril":  # the causal mask as torch's docs build it, from traced sizes
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(N, N, dtype=torch.bool).tril())
         elif self.kind == "bool":
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep)
+        elif self.kind == "dead_row":  # query 0 attends nowhere: the fused call answers 0 there
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep & (torch.arange(6) > 0)[:, None])
+        elif self.kind == "type_as":  # a float buffer cast like the query (its dtype, not its values)
+            bias = torch.zeros(6, 6).masked_fill(~self.keep, float("-inf"))
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias_buffer.type_as(q) + bias.to(q))
         elif self.kind == "bias":
             idx = torch.arange(N, device=x.device)
             bias = self.table[:, idx[:, None] - idx[None, :] + 5].masked_fill(~self.keep, float("-inf"))
@@ -299,7 +308,7 @@ class MaskedAttention(nn.Module):
 
 
 @pytest.mark.parametrize("coding", ["rate", "differential"])
-@pytest.mark.parametrize("kind", ["causal", "bool", "bias", "windows", "mha"])
+@pytest.mark.parametrize("kind", ["causal", "tril", "bool", "dead_row", "type_as", "bias", "windows", "mha"])
 def test_attention_masks_are_applied_inside_the_softmax_unit(kind, coding):
     """A mask that does not depend on the input's values is computed once (a buffer) and applied to the decoded
     scores inside one graded unit (masked_softmax): -inf entries never enter a stream (where x_t − b would be NaN)."""
@@ -318,7 +327,9 @@ def test_attention_masks_are_applied_inside_the_softmax_unit(kind, coding):
 
 
 def test_attention_masks_computed_from_the_input_stay_fused_and_are_listed():
-    with pytest.raises(UnsupportedOpError, match="scaled_dot_product_attention.*fused attention is not convertible"):
+    with pytest.raises(UnsupportedOpError, match=r"scaled_dot_product_attention.*\(scaled_dot_product_attention "
+                                                 r"with an attention mask computed from the input stays fused: fused "
+                                                 r"attention is not convertible"):
         convert(MaskedAttention("input").eval(), forward_loop=[torch.randn(4, 6, 8)])
     gm, report = _passes(SDPA(mask=True).eval())  # a constant mask: written out even without traced shapes
     assert report.entry("write_out_attention").counts == {"scaled_dot_product_attention": 1}

@@ -381,6 +381,7 @@ def test_unsupported_ops_listed_all_at_once():
     text = str(info.value)
     assert "torch.sort" in text and "torch.cumsum" in text and "nets.py:" in text
     assert "(function is not convertible)" in text and "write the attention out" in text  # each node's reason
+    assert "with attention dropout stays fused" in text  # and why the attention pass left it fused
 
 
 def test_allow_ann_ops_is_explicit_and_reported():

@@ -26,9 +26,9 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, per_sample: bool = 
     every sample of ``scores``."""
     if per_sample:
         mask = mask.repeat(scores.shape[0] // mask.shape[0], *[1] * (mask.dim() - 1))
-    if mask.dtype == torch.bool:
-        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
-    return (scores + mask).softmax(-1)
+    if mask.dtype == torch.bool:  # a fully masked row gives 0, as the fused call does (not softmax's NaN)
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1).masked_fill(~mask.any(-1, keepdim=True), 0.0)
+    return (scores + mask).softmax(-1).masked_fill(torch.isneginf(mask).all(-1, keepdim=True), 0.0)
 
 
 def _attention_graph(graph: fx.Graph, q: fx.Node, k: fx.Node, v: fx.Node, scale,

@@ -321,11 +321,14 @@ def check_supported(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassRe
     bad: list[UnsupportedNode] = []
     allowed: list[str] = []
     n_graded = 0
+    fused = next((e.skipped for e in report.passes if e.name == "write_out_attention"), {})
     for node in gm.graph.nodes:
         n_graded += bool(graded_kind(gm, node, cache))
         reason = classify_node(gm, node, cache, report.opaque_functions)
         if reason is None:
             continue
+        if node.name in fused:  # why the attention pass left it fused comes first
+            reason = f"{fused[node.name]}: {reason}"
         if allowed_analog(node, cfg):
             allowed.append(node.name)
             continue

@@ -675,3 +675,29 @@ def test_selection_by_a_mask_computed_from_the_input_is_listed():
     with pytest.raises(UnsupportedOpError, match="mask computed from the input") as info:
         convert(MaskSelect("relu").eval(), forward_loop=[x])
     assert "torch.where" in [n.target for n in info.value.nodes]  # with the comparison h > 0.5
+
+
+class Casts(nn.Module):
+    """Casts on the way (timm's rotary embeddings end in ``out.to(dtype=x.dtype)``); ``integer=True`` rounds."""
+
+    def __init__(self, integer: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.integer = integer
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        h = h.to(dtype=x.dtype) + h.to(x) + h.to("cpu", torch.float32)
+        if self.integer:
+            h = h.to(torch.int64).float()
+        return self.b(h)
+
+
+def test_float_casts_pass_values_and_integer_casts_are_listed():
+    x = torch.randn(5, 8)
+    res = convert(Casts().eval(), forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=16))
+    with torch.no_grad():
+        torch.testing.assert_close(res.snn.ann_forward(x), Casts().eval()(x), **TOL)
+    with pytest.raises(UnsupportedOpError, match=r"to_3: call_method to .*method is not convertible"):
+        convert(Casts(integer=True).eval(), forward_loop=[x])

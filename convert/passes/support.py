@@ -282,7 +282,7 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
             return f"a function registered with torch.fx.wrap, kept as one call: tracing through it failed ({why})"
         return "function is not convertible"
     if node.op == "call_method":
-        if node.target in SUPPORTED_METHODS or graded_kind(gm, node, cache):
+        if node.target in SUPPORTED_METHODS or graded_kind(gm, node, cache) or _float_cast(node):
             return None
         if node.target in MATMUL_METHODS and len(input_dependent_args(node, cache)) == 1:
             return None  # x.matmul(W): linear in x
@@ -292,6 +292,19 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
             return "product or quotient of input-dependent tensors in an unsupported form"
         return "method is not convertible"
     return f"unknown node kind {node.op}"
+
+
+def _float_cast(node: fx.Node) -> bool:
+    """``x.to(...)`` to a floating dtype, a device, or another tensor's dtype and device (``out.to(dtype=x.dtype)``
+    in timm's rotary embeddings): the values pass unchanged (up to the dtype's rounding), like ``x.float()``."""
+    if node.target != "to":
+        return False
+    for arg in (*node.args[1:], *node.kwargs.values()):
+        if isinstance(arg, torch.dtype) and not arg.is_floating_point:
+            return False  # a cast to integers rounds: not linear
+        if not isinstance(arg, (torch.dtype, torch.device, str, bool, fx.Node)):
+            return False
+    return True
 
 
 def _dynamic_operand(node: fx.Node, cache: dict) -> bool:

@@ -256,6 +256,9 @@ class _ShapeBranchTracer(fx.Tracer):
         self.inline = inline
         self.branches: list[str] = []  # "file:line: taken" of every branch followed
         self._evaluating = False  # while True, modules and parameters act as themselves (no recording)
+        # buffers are graph nodes like parameters (``self.mask[None].expand(B, ...)`` with a traced B; a buffer read
+        # as a tensor cannot take traced sizes)
+        self.proxy_buffer_attributes = True
 
     def call_module(self, m, forward, args, kwargs):
         if self._evaluating:

@@ -257,10 +257,11 @@ def test_fused_attention_is_written_out(scale):
 
 class MaskedAttention(nn.Module):
     """Attention with the masks models use, on 6 tokens of 8 features: ``is_causal``; ``torch.ones(N, N).tril()``
-    from traced sizes; a boolean buffer (True: attended), also with a query that attends nowhere; a float buffer
-    cast with ``type_as(q)`` / ``.to(q)``; a float relative-position bias with -inf entries built from a parameter and
-    shapes; a mask per window expanded over the windows of every image (Swin); the boolean ``attn_mask`` of
-    ``nn.MultiheadAttention`` (True: NOT attended); and a mask computed from the input values."""
+    from traced sizes; a boolean buffer (True: attended), also expanded by the traced batch size and with a query
+    that attends nowhere; a float buffer cast with ``type_as(q)`` / ``.to(q)``; a float relative-position bias with
+    -inf entries built from a parameter and shapes; a mask per window expanded over the windows of every image
+    (Swin); the boolean ``attn_mask`` of ``nn.MultiheadAttention`` (True: NOT attended); and a mask computed from
+    the input values."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -287,6 +288,8 @@ class MaskedAttention(nn.Module):
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(N, N, dtype=torch.bool).tril())
         elif self.kind == "bool":
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep)
+        elif self.kind == "expanded":  # a buffer expanded by the traced batch size
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep[None, None].expand(B, 1, N, N))
         elif self.kind == "dead_row":  # query 0 attends nowhere: the fused call answers 0 there
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep & (torch.arange(6) > 0)[:, None])
         elif self.kind == "type_as":  # a float buffer cast like the query (its dtype, not its values)
@@ -308,7 +311,8 @@ class MaskedAttention(nn.Module):
 
 
 @pytest.mark.parametrize("coding", ["rate", "differential"])
-@pytest.mark.parametrize("kind", ["causal", "tril", "bool", "dead_row", "type_as", "bias", "windows", "mha"])
+@pytest.mark.parametrize("kind", ["causal", "tril", "bool", "expanded", "dead_row", "type_as", "bias", "windows",
+                                  "mha"])
 def test_attention_masks_are_applied_inside_the_softmax_unit(kind, coding):
     """A mask that does not depend on the input's values is computed once (a buffer) and applied to the decoded
     scores inside one graded unit (masked_softmax): -inf entries never enter a stream (where x_t − b would be NaN)."""
@@ -317,7 +321,7 @@ def test_attention_masks_are_applied_inside_the_softmax_unit(kind, coding):
     res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=32))
     assert res.report.entry("write_out_attention").counts == {kind_name: 1}
     (unit,) = [m.f for m in res.snn.gm.modules() if isinstance(m, GradedUnit) and m.f.target is masked_softmax]
-    assert unit.kwargs.get("per_sample", False) == (kind == "windows")  # a per-window mask, repeated per image
+    assert unit.kwargs.get("per_sample", False) == (kind in ("windows", "expanded"))  # repeated for every image
     torch.testing.assert_close(res.snn.ann_forward(x), model(x), **TOL)  # the written-out graph is the model
     with torch.no_grad():
         ann, out = model(x), res.snn(x)

@@ -103,9 +103,8 @@ def _checks_with_inferred_outputs(model: onnx.ModelProto, shapeless: set[str], l
         raise OnnxImportError(f"{label}: graph input {', '.join(map(repr, inputs))} declares no shape; the importer "
                               "needs its rank and sizes: export the model with an example input of the right shape")
     light = shape_only_copy(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
-    except Exception:
+    inferred, _ = _inferred(light)
+    if inferred is None:
         return False
     shapes = {info.name: info.type.tensor_type.shape for info in (*inferred.graph.value_info, *inferred.graph.output)
               if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape")}
@@ -155,17 +154,21 @@ def shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def infer_shapes(model: onnx.ModelProto, label: str) -> dict[str, tuple[int, list[int | str | None]]]:
-    """name -> (elem_type, dims) from declared and inferred value infos (dims: int, dim_param or None)."""
-    light = shape_only_copy(model)
-    inferred = None
+def _inferred(light: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str]]:
+    """ONNX shape inference on a weight-free copy, with data propagation, else without; None and the errors when
+    both fail."""
     errors: list[str] = []
     for data_prop in (True, False):
         try:
-            inferred = onnx.shape_inference.infer_shapes(light, data_prop=data_prop)
-            break
-        except Exception as exc:
+            return onnx.shape_inference.infer_shapes(light, data_prop=data_prop), errors
+        except Exception as exc:  # noqa: BLE001 - onnx raises several types; reported by the caller
             errors.append(one_line(exc))
+    return None, errors
+
+
+def infer_shapes(model: onnx.ModelProto, label: str) -> dict[str, tuple[int, list[int | str | None]]]:
+    """name -> (elem_type, dims) from declared and inferred value infos (dims: int, dim_param or None)."""
+    inferred, errors = _inferred(shape_only_copy(model))
     if inferred is None:
         raise OnnxImportError(f"ONNX shape inference fails on {label} ({errors[-1]}); check the model with onnx tools")
     table: dict[str, tuple[int, list[int | str | None]]] = {}

@@ -61,8 +61,7 @@ def _constant_mask(gm: fx.GraphModule, node, memo: dict) -> _Mask:
     if not isinstance(node, fx.Node) or depends_on_values(node, memo):
         return _Mask(None, reason="an attention mask computed from the input")
     if node.op == "get_attr":
-        owner, _, leaf = node.target.rpartition(".")
-        return _Mask(getattr(gm.get_submodule(owner), leaf).detach())
+        return _Mask(operator.attrgetter(node.target)(gm).detach())
     placeholder = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
     meta = None if placeholder is None else placeholder.meta.get("tensor_meta")
     if not hasattr(meta, "shape"):

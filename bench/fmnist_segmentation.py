@@ -12,6 +12,11 @@ per channel: independent of T, one run at the largest of ``--rate-timesteps``).
     .venv/bin/python bench/fmnist_segmentation.py --out bench/results/fmnist_segmentation.json
 
 The trained weights are not kept (``--save`` keeps them): this is a measurement.
+
+A smoke run of the script (about 25 s; its figures mean nothing):
+
+    .venv/bin/python bench/fmnist_segmentation.py --epochs 1 --train-images 600 --test-images 300 \
+        --timesteps 2 --rate-timesteps 4
 """
 from __future__ import annotations
 
@@ -86,6 +91,14 @@ def common_args(parser: argparse.ArgumentParser, *, epochs: int, timesteps: str)
     parser.add_argument("--rate-timesteps", default="8,16,32", help="rate coding: T values (one shared run)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--save", type=Path, help="also save the trained state dict here")
+    limits(parser)
+
+
+def limits(parser: argparse.ArgumentParser) -> None:
+    """``--train-images`` / ``--test-images``: a short run on the first N images of each split (the recorded figures
+    use all of them; calibration takes the first 5 000 of the training images used)."""
+    parser.add_argument("--train-images", type=int, default=None, help="train on the first N train images only")
+    parser.add_argument("--test-images", type=int, default=None, help="evaluate on the first N test images only")
 
 
 def sweep_codings(model: nn.Module, trainset: TensorDataset, testset: TensorDataset, args, target_gap: float):
@@ -120,8 +133,8 @@ def main() -> None:
     if args.out is not None:  # the folder first: a missing one would fail after the work
         args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    trainset = masks(load_fashion_mnist("train"), args.foreground)
-    testset = masks(load_fashion_mnist("test"), args.foreground)
+    trainset = masks(load_fashion_mnist("train").subset(args.train_images), args.foreground)
+    testset = masks(load_fashion_mnist("test").subset(args.test_images), args.foreground)
     model = FCN()
     started = time.perf_counter()
     train(model, trainset, args.epochs, args.batch)
@@ -129,7 +142,8 @@ def main() -> None:
     if args.save:
         torch.save(model.state_dict(), args.save)
     doc = {"task": "Fashion-MNIST pixels: background or garment class (11 classes)", "epochs": args.epochs,
-           "foreground": args.foreground, "train_seconds": round(train_s), "codings": {}}
+           "foreground": args.foreground, "train_images": len(trainset), "test_images": len(testset),
+           "train_seconds": round(train_s), "codings": {}}
     for coding, report, seconds in sweep_codings(model, trainset, testset, args, target_gap=0.5):
         doc["ann_pixel_accuracy"], doc["ann_miou"] = report.ann_accuracy, report.ann_scores["ann_miou"]
         doc["codings"][coding] = {

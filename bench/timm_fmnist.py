@@ -10,6 +10,10 @@ split with the native backend, for each T of ``--timesteps``.
     .venv/bin/python bench/timm_fmnist.py --model mobilenetv2_050 --epochs 3 --out bench/results/timm_fmnist.json
 
 Needs timm (not a dependency of snnconvert). The trained weights are not kept: this is a measurement.
+
+A smoke run of the script (about 25 s; its figures mean nothing):
+
+    .venv/bin/python bench/timm_fmnist.py --epochs 1 --train-images 512 --test-images 200 --timesteps 2
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from fmnist_segmentation import limits
 
 from snnconvert.convert import ConversionConfig, convert_sweep
 from snnconvert.runtime import sweep
@@ -64,11 +69,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--save", type=Path, help="also save the trained state dict here")
     parser.add_argument("--load", type=Path, help="skip training: load this state dict")
+    limits(parser)
     args = parser.parse_args()
     if args.out is not None:  # the folder first: a missing one would fail after the work
         args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    trainset, testset = load_fashion_mnist("train"), load_fashion_mnist("test")
+    trainset = load_fashion_mnist("train").subset(args.train_images)
+    testset = load_fashion_mnist("test").subset(args.test_images)
     model = timm.create_model(args.model, pretrained=False, num_classes=10, in_chans=1)
     started = time.perf_counter()
     if args.load:
@@ -88,7 +95,8 @@ def main() -> None:
     rows = [{"timesteps": T, "snn_accuracy": ev.snn_accuracy, "events_per_image": sum(ev.events_per_step),
              "energy_ratio_extended": ev.ops["energy_ratio_extended"][-1]} for T, ev in report.evaluations.items()]
     res = results[steps[0]].report
-    doc = {"model": args.model, "timm": timm.__version__, "epochs": args.epochs,
+    doc = {"model": args.model, "timm": timm.__version__, "epochs": args.epochs, "train_images": len(trainset),
+           "test_images": len(testset),
            "weights": f"loaded from {args.load}" if args.load else "trained here", "train_seconds": round(train_s),
            "convert_and_evaluate_seconds": round(time.perf_counter() - started), "ann_accuracy": report.ann_accuracy,
            "folded_batch_norms": res.entry("fold_bn").counts,

@@ -120,7 +120,8 @@ def get_model(name: str, *, pretrained: bool = True) -> nn.Module:
         path = entry.weights_path
         if not path.is_file():
             raise FileNotFoundError(
-                f"weights for {name!r} not found at {path}; run `python -m snnconvert.models_zoo.train {name}`"
+                f"weights for {name!r} not found at {path}; "
+                f"run `python -m snnconvert.models_zoo.train {name} --out {path.parent}`"
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

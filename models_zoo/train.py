@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 #: Largest |torch - onnxruntime| accepted on the verification batch.
 ONNX_MAX_ABS_DIFF = 1e-4
 ONNX_OPSET = 17
+#: Stands for the output folder in the ``train_command`` a card records (the folder does not change the result).
+OUT_PLACEHOLDER = "DIR"
 
 
 @dataclass(frozen=True)
@@ -413,20 +415,10 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (argparse exits with 2 on a usage error).
 
-    The recorded ``train_command`` repeats every option that changes the result (seed, epochs, threads, limit);
-    ``--out`` is left out because it does not.
+    The recorded ``train_command`` repeats every option that changes the result (seed, epochs, threads, limit) and
+    ends in ``--out DIR`` (:data:`OUT_PLACEHOLDER`): the output folder does not change the result.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m snnconvert.models_zoo.train", description="Train one zoo model on the CPU from a seed."
-    )
-    parser.add_argument("name", choices=list_models())
-    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch count")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True,
-                        help=f"output folder (required: {WEIGHTS_DIR} replaces the shipped files)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
-    parser.add_argument("--train-limit", type=int, default=None, help="use only the first N train images (smoke test)")
-    args = parser.parse_args(argv)
+    args = command_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parts = ["python -m snnconvert.models_zoo.train", args.name, "--seed", str(args.seed)]
     if args.epochs is not None:
@@ -435,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         parts += ["--threads", str(args.threads)]
     if args.train_limit is not None:
         parts += ["--train-limit", str(args.train_limit)]
+    parts += ["--out", OUT_PLACEHOLDER]
     run(
         args.name,
         epochs=args.epochs,
@@ -445,6 +438,21 @@ def main(argv: list[str] | None = None) -> int:
         train_limit=args.train_limit,
     )
     return 0
+
+
+def command_parser() -> argparse.ArgumentParser:
+    """The training command's parser (also reads the ``train_command`` a zoo card records)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m snnconvert.models_zoo.train", description="Train one zoo model on the CPU from a seed."
+    )
+    parser.add_argument("name", choices=list_models())
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch count")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"output folder (required: {WEIGHTS_DIR} replaces the shipped files)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
+    parser.add_argument("--train-limit", type=int, default=None, help="use only the first N train images (smoke test)")
+    return parser
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import operator
+import shlex
 
 import pytest
 import torch
@@ -123,7 +124,7 @@ def test_architectures_exercise_the_converter_features():
 def test_shipped_files_exist_and_are_small(name):
     entry = get_entry(name)
     for path in (entry.weights_path, entry.onnx_path, entry.card_path):
-        assert path.is_file(), f"{path} missing; run python -m snnconvert.models_zoo.train {name}"
+        assert path.is_file(), f"{path} missing; run python -m snnconvert.models_zoo.train {name} --out DIR"
         assert path.stat().st_size <= MAX_FILE_BYTES, f"{path} is {path.stat().st_size} bytes"
 
 
@@ -180,7 +181,13 @@ def test_model_card_fields(name):
     assert card["parameters"] == sum(p.numel() for p in get_model(name, pretrained=False).parameters())
     assert card["macs_per_image"]["total"] > 0
     assert card["test_images"] == 10000
-    assert card["train_command"].startswith(f"python -m snnconvert.models_zoo.train {name}")
+    assert card["train_command"].startswith(f"python -m snnconvert.models_zoo.train {name} ")
+    # the recorded command runs as written, once DIR is replaced by an output folder
+    from snnconvert.models_zoo.train import OUT_PLACEHOLDER, command_parser
+
+    args = command_parser().parse_args(shlex.split(card["train_command"])[3:])
+    assert (args.name, args.seed, str(args.out)) == (name, card["seed"], OUT_PLACEHOLDER)
+    assert args.epochs in (None, card["epochs"])
     for key in ("seed", "epochs", "train_wall_time_s", "torch_version", "architecture", "test_accuracy"):
         assert key in card
 

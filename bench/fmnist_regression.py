@@ -1,4 +1,4 @@
-"""Regression on real images: a small CNN trained to localise the garment of a Fashion-MNIST image placed at a random
+r"""Regression on real images: a small CNN trained to localise the garment of a Fashion-MNIST image placed at a random
 position on a larger canvas (its bounding box, four numbers), converted, and scored by mean squared and absolute
 error after every step.
 

@@ -1,4 +1,4 @@
-"""Segmentation on real images: a small fully convolutional network trained to label every pixel of a Fashion-MNIST
+r"""Segmentation on real images: a small fully convolutional network trained to label every pixel of a Fashion-MNIST
 image (background, or the garment's class), converted, and scored by pixel accuracy and mean IoU after every step.
 
 The task is made from Fashion-MNIST's own labels: a pixel whose intensity is above ``--foreground`` (default 0.1 of

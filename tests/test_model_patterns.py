@@ -275,12 +275,19 @@ class MaskedAttention(nn.Module):
         keep = torch.stack([self.keep[:3, :3], self.keep[3:, 3:]])  # [windows, 3, 3]
         # a parameter: torch.fx reads it as a graph node (a plain buffer would be a tensor that cannot take x.shape)
         self.windows = nn.Parameter(torch.zeros(2, 3, 3).masked_fill(~keep, -100.0), requires_grad=False)
+        self.register_buffer("fixed", torch.rand(6 * 2, 6, 6) > 0.7)  # batch 6 × 2 heads; True: NOT attended
 
     def forward(self, x):  # x [B, 6, 8]
         B, N, C = x.shape
         h = F.relu(x)
         if self.kind == "mha":
             return self.proj(self.mha(h, h, h, attn_mask=~self.keep, need_weights=False)[0])
+        if self.kind == "mha_heads":  # [B·H, L, S], a float mask per head (-inf: not attended) for every sample
+            per_head = torch.stack([self.bias_buffer, self.bias_buffer.t()]).masked_fill(~self.keep, float("-inf"))
+            mask = per_head[None].expand(B, -1, -1, -1).reshape(B * self.heads, N, N)
+            return self.proj(self.mha(h, h, h, attn_mask=mask, need_weights=False)[0])
+        if self.kind == "mha_fixed":  # [B·H, L, S] for one batch size only, a different mask per sample
+            return self.proj(self.mha(h, h, h, attn_mask=self.fixed, need_weights=False)[0])
         q, k, v = self.qkv(h).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         if self.kind == "causal":
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -312,12 +319,12 @@ class MaskedAttention(nn.Module):
 
 @pytest.mark.parametrize("coding", ["rate", "differential"])
 @pytest.mark.parametrize("kind", ["causal", "tril", "bool", "expanded", "dead_row", "type_as", "bias", "windows",
-                                  "mha"])
+                                  "mha", "mha_heads"])
 def test_attention_masks_are_applied_inside_the_softmax_unit(kind, coding):
     """A mask that does not depend on the input's values is computed once (a buffer) and applied to the decoded
     scores inside one graded unit (masked_softmax): -inf entries never enter a stream (where x_t − b would be NaN)."""
     model, x = MaskedAttention(kind).eval(), torch.randn(6, 6, 8)
-    kind_name = "MultiheadAttention" if kind == "mha" else "scaled_dot_product_attention"
+    kind_name = "MultiheadAttention" if kind.startswith("mha") else "scaled_dot_product_attention"
     res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=32))
     assert res.report.entry("write_out_attention").counts == {kind_name: 1}
     (unit,) = [m.f for m in res.snn.gm.modules() if isinstance(m, GradedUnit) and m.f.target is masked_softmax]
@@ -335,6 +342,10 @@ def test_attention_masks_computed_from_the_input_stay_fused_and_are_listed():
                                                  r"with an attention mask computed from the input stays fused: fused "
                                                  r"attention is not convertible"):
         convert(MaskedAttention("input").eval(), forward_loop=[torch.randn(4, 6, 8)])
+    with pytest.raises(UnsupportedOpError, match=r"MultiheadAttention with a 3-d attention mask for a fixed batch "
+                                                 r"\(12 rows for 2 heads; build it from the batch size"):
+        x = torch.randn(6, 6, 8)  # the model runs at batch 6 only
+        convert(MaskedAttention("mha_fixed").eval(), forward_loop=[x], example_inputs=x)
     gm, report = _passes(SDPA(mask=True).eval())  # a constant mask: written out even without traced shapes
     assert report.entry("write_out_attention").counts == {"scaled_dot_product_attention": 1}
 

@@ -161,14 +161,21 @@ def _sdpa_mask(gm: fx.GraphModule, named: dict, memo: dict) -> _Mask | None:
     return None if named.get("attn_mask") is None else _constant_mask(gm, named["attn_mask"], memo)
 
 
-def _mha_mask(gm: fx.GraphModule, named: dict, memo: dict) -> _Mask | None:
+def _mha_mask(gm: fx.GraphModule, named: dict, memo: dict, heads: int) -> _Mask | None:
     """The constant ``attn_mask`` of an ``nn.MultiheadAttention`` call in :func:`masked_softmax`'s convention (a
-    boolean MHA mask marks the entries NOT attended; None: it has none)."""
+    boolean MHA mask marks the entries NOT attended; None: it has none). A 3-d mask ``[B·H, L, S]`` (batch-major,
+    as MHA reads it) that is the same for every sample becomes ``[H, L, S]``, broadcast over the written-out
+    attention's ``[B, H, L, S]`` scores; one that differs between the samples of a fixed batch stays fused."""
     if named.get("attn_mask") is None:
         return None
     mask = _constant_mask(gm, named["attn_mask"], memo)
-    if mask.value is not None and mask.value.dim() != 2:  # [B·H, L, S]: the heads folded into the batch
-        return _Mask(None, reason=f"a {mask.value.dim()}-d attention mask (2-d [L, S] only)")
+    if mask.value is not None and mask.value.dim() == 3:  # the heads folded into the batch
+        if mask.value.shape[0] != heads:
+            return _Mask(None, reason=f"a 3-d attention mask for a fixed batch ({mask.value.shape[0]} rows for "
+                                      f"{heads} heads; build it from the batch size, or give a 2-d [L, S] mask)")
+        mask = _Mask(mask.value)  # one sample's [H, L, S]: the same for every sample
+    if mask.value is not None and mask.value.dim() not in (2, 3):
+        return _Mask(None, reason=f"a {mask.value.dim()}-d attention mask (2-d [L, S] or 3-d [B·H, L, S] only)")
     if mask.value is not None and mask.value.dtype == torch.bool:
         return mask._replace(value=~mask.value)
     return mask
@@ -230,7 +237,8 @@ def write_out_attention(gm: fx.GraphModule, cfg, report: ConversionReport) -> Pa
             reason, kind = _mha_reason(mha, named, node), "MultiheadAttention"
         else:
             continue
-        mask = None if reason else _sdpa_mask(gm, named, memo) if mha is None else _mha_mask(gm, named, memo)
+        mask = (None if reason else _sdpa_mask(gm, named, memo) if mha is None
+                else _mha_mask(gm, named, memo, mha.num_heads))
         reason = reason or (mask.reason if mask is not None else None)
         if reason:
             entry.skipped[node.name] = f"{kind} with {reason} stays fused"

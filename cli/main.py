@@ -5,18 +5,10 @@ Errors print one line (``error: ...``); ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
-import os
-import re
-import shutil
 import sys
-import tempfile
 import time
-import typing
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,6 +18,18 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from snnconvert.cli.checks import (
+    all_or_none,
+    check_labels,
+    check_nir_options,
+    check_outputs,
+    check_runtime,
+    decode_workers,
+    export_nir_file,
+    nir_graph,
+    normalized,
+)
+from snnconvert.cli.options import as_flags, read_options
 from snnconvert.cli.present import out, present, sweep_doc, sweep_line, sweep_table
 from snnconvert.convert.errors import (
     ArtifactError,
@@ -225,7 +229,7 @@ def _run(o: RunOptions) -> None:
                                                     source=resolved.source, example_inputs=example)})
         bar.remove_task(calib_task)
         if o.nir is not None:  # every node NIR cannot express, before the evaluation, not after it
-            _nir_graph(o, next(iter(grid[0].values())).snn, example)
+            nir_graph(o, next(iter(grid[0].values())).snn, example)
 
         def run(candidates: dict, data, stage: str, layer_errors: bool, known=None):
             rule = f"{next(iter(candidates.values())).config.threshold}, " if len(cfgs) > 1 else ""
@@ -294,181 +298,6 @@ def _portable(spec: str) -> str:
 
     source = parse_data_spec(spec)
     return spec if source.path is None else f"{source.kind}:{source.path}"
-
-
-def decode_workers(o: RunOptions) -> int:
-    """``--num-workers``: threads decoding image-folder files (default: up to 4, one per CPU core)."""
-    return o.num_workers if o.num_workers is not None else min(4, os.cpu_count() or 1)
-
-
-def check_runtime(o: RunOptions) -> torch.dtype:
-    """The options of how the SNN runs and is evaluated, checked before anything slow; the layer dtype."""
-    from snnconvert.runtime import backend_status, check_device
-
-    dtype = _dtype(o.dtype)
-    if o.eval_images is not None and o.eval_images <= 0:
-        raise ConfigError(f"--eval-images must be positive, got {o.eval_images}")
-    if o.batch_size <= 0:
-        raise ConfigError(f"--batch-size must be positive, got {o.batch_size}")
-    if o.num_workers is not None and o.num_workers < 0:
-        raise ConfigError(f"--num-workers must be a number of threads >= 0, got {o.num_workers}")
-    if o.mode not in ("multi", "single"):
-        raise ConfigError(f"--mode {o.mode!r} is not valid; choose multi (layer by layer over T*B) or single "
-                          "(streaming)")
-    try:
-        check_device(o.device, available=False)
-    except ConfigError as exc:  # the library's "device ..." in the flag's words
-        raise ConfigError(f"--{exc}") from None
-    ok, reason = backend_status(o.backend, o.device)  # before calibration: fail in seconds, not minutes
-    if not ok:
-        raise BackendUnavailableError(f"--backend {o.backend}: {reason}")
-    try:
-        check_device(o.device)
-    except (ConfigError, BackendUnavailableError) as exc:
-        raise type(exc)(f"--{exc}") from None
-    return dtype
-
-
-def check_outputs(o: RunOptions) -> None:
-    """Every output path, checked before anything slow: no two on one path; the files (--report, --markdown,
-    --nir) not folders; the --output folder not a file, and new, empty or a saved SNN; each in a folder that exists,
-    or can be created, and takes files (a probe file is written and removed)."""
-    files = [(flag, path) for flag, path in (("--report", o.report), ("--markdown", o.markdown), ("--nir", o.nir))
-             if path is not None]
-    seen: dict[Path, str] = {}
-    for flag, path in [*files, *([("--output", o.output)] if o.output is not None else [])]:
-        key = path.resolve()
-        if key in seen:
-            raise ConfigError(f"{seen[key]} and {flag} both name {path}; give each output its own path")
-        seen[key] = flag
-        if flag != "--output" and path.is_dir():
-            raise ConfigError(f"{flag} {path} is a folder; give a file path")
-        _check_writable_folder(flag, path)
-    if o.output is not None and o.output.exists():
-        if not o.output.is_dir():
-            raise ConfigError(f"--output {o.output} is a file; give a folder path for the saved SNN")
-        if any(o.output.iterdir()) and not (o.output / "source.json").is_file():  # a saved SNN is replaced
-            raise ConfigError(f"--output {o.output} is a folder with other files in it (not a saved SNN); choose "
-                              "another --output path")
-
-
-def _check_writable_folder(flag: str, path: Path) -> None:
-    """The folder ``path`` goes in, or the nearest existing folder above it (the writers create the missing ones),
-    is a folder that takes a new file."""
-    folder = path.resolve().parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".snnconvert-probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{flag} {path}: cannot write in {folder} ({exc.strerror or exc}); choose another "
-                          "path") from None
-
-
-@contextlib.contextmanager
-def all_or_none(o: RunOptions) -> Iterator[None]:
-    """The run's outputs as a whole: when writing one fails, those this run created before it are removed again,
-    so a failed run leaves no output behind (each file is written atomically on its own)."""
-    paths = [p for p in (o.nir, o.report, o.markdown, o.output) if p is not None]
-    existed = {p: p.exists() for p in paths}
-    try:
-        yield
-    except BaseException:
-        for path in paths:
-            if not existed[path] and path.exists():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        raise
-
-
-def check_nir_options(o: RunOptions, coding: str) -> None:
-    """``--nir`` / ``--nir-host-prefix`` checked before anything slow."""
-    if o.nir is None:
-        if o.nir_host_prefix:
-            raise ConfigError("--nir-host-prefix applies to a NIR export; add --nir FILE.nir")
-        return
-    if coding != "rate":
-        raise ConfigError(f"--nir needs --coding rate (NIR has no decoder for {coding} coding: it weights step t by "
-                          "1/t and sends offsets once)")
-    from snnconvert.runtime.nir import require_nir
-
-    require_nir()  # the optional package is here (before calibration)
-
-
-def _nir_graph(o: RunOptions, snn, example: torch.Tensor):
-    from snnconvert.runtime.nir import to_nir
-
-    return to_nir(snn, example, host_prefix=o.nir_host_prefix)
-
-
-def export_nir_file(o: RunOptions, snn, images: torch.Tensor) -> dict | None:
-    """``--nir FILE``: write the NIR graph, read it back and run it against the SNN on ``images``; what the report
-    records of it (None without ``--nir``)."""
-    if o.nir is None:
-        return None
-    from snnconvert.runtime.nir import check_nir, write_nir
-
-    graph = write_nir(_nir_graph(o, snn, images), o.nir)
-    check = check_nir(graph, snn, images, host_prefix=o.nir_host_prefix)
-    meta = graph.metadata
-    return {"path": str(o.nir.resolve()), "nodes": len(graph.nodes), "edges": len(graph.edges),
-            "neuron_sites": int(meta["neuron_sites"]), "timesteps": int(meta["timesteps"]), "dt": float(meta["dt"]),
-            "input": str(meta["input"]), "host_prefix": o.nir_host_prefix, "check": dataclasses.asdict(check),
-            "check_text": check.text}
-
-
-def normalized(norm, x: torch.Tensor) -> torch.Tensor:
-    """``x`` as the model is fed (``norm``: the run's ``Normalize``, or None for raw images)."""
-    return norm(x) if norm is not None else x
-
-
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name not in DTYPE_NAMES:
-        raise ConfigError(f"--dtype {name!r} is not valid; choose one of: {', '.join(DTYPE_NAMES)}")
-    return DTYPE_NAMES[name]
-
-
-def check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, logits: str | None,
-                  ignore_index: int) -> None:
-    """The evaluated output must be one output (``--logits`` names it among several) that the evaluation labels fit
-    (``label_task``: class labels, per-pixel labels or regression targets), and class labels must index it (e.g.
-    not an ImageFolder with more classes than logits); per-pixel labels index the output's dim 1, except those
-    equal to ``ignore_index``."""
-    from snnconvert.convert.outputs import select_output
-    from snnconvert.runtime.evaluate import label_task
-
-    try:
-        with torch.no_grad():
-            out = ann(example)
-    except Exception:  # noqa: BLE001 - the conversion runs the model next and names the failing node in one line
-        return
-    scores = select_output(out, logits)
-    try:
-        task = label_task(scores.shape, data.labels.shape, data.labels.is_floating_point())
-    except ConfigError as e:
-        raise DataError(f"{name}: {e}") from None
-    if task == "regression":
-        y = data.labels
-        if y.dim() == 2 and y.shape[1] > 1 and bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all()):
-            log.warning("%s: the float labels are one-hot rows: they are evaluated as regression targets (MSE); "
-                        "give class indices (labels.argmax(1), integers) for accuracy", name)
-        return
-    dense = task == "segmentation"
-    outputs = scores.shape[1] if dense else scores.shape[-1]
-    labels = data.labels[data.labels != ignore_index] if dense else data.labels
-    top = int(labels.max()) if labels.numel() else -1
-    if top >= outputs:
-        raise DataError(f"{name}: labels go up to {top} but the model has {outputs} "
-                        f"{'classes (output dim 1)' if dense else 'outputs'}; check that the data "
-                        "set matches the model (ImageFolder labels are the sorted class folders)")
-    if not dense and outputs >= 2 * (top + 1) and len(labels) >= 100:
-        log.warning("%s: the labels use %d classes but the model has %d outputs; check that the data set matches "
-                    "the model (its accuracy counts every output)", name, top + 1, outputs)
 
 
 def result_ann(onnx_path: str) -> torch.nn.Module:
@@ -583,7 +412,7 @@ def main(
     if not verbose:  # torch's probe for building CUDA extensions, met by --backend inductor; --device is checked
         logging.getLogger("torch.utils.cpp_extension").addFilter(_not_the_cuda_probe)
     try:
-        _run(RunOptions(**_options(ctx, config)))
+        _run(RunOptions(**read_options(ctx, config)))
     except CONVERSION_ERRORS as exc:
         _fail(exc, debug, code=1)
     except USAGE_ERRORS as exc:
@@ -606,113 +435,6 @@ def main(
 
 def _not_the_cuda_probe(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("No CUDA runtime is found")
-
-
-#: options the command line gives -> the --config file's options it replaces (they cannot go together)
-_EXCLUDES = {"timesteps": ("sweep", "target_gap", "select_images"), "sweep": ("timesteps",)}
-
-_NOT_RUN_OPTIONS = ("config", "debug", "verbose")  # parameters of the command, not of the run
-
-
-def _read_config(path: Path) -> dict:
-    """The mapping in a ``--config`` file (``.yaml``/``.yml`` or ``.json``)."""
-    if not path.is_file():
-        raise ConfigError(f"--config {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ConfigError(f"--config {path}: reading YAML needs the pyyaml package; install it or write the "
-                              "options as JSON") from None
-        load, errors = yaml.safe_load, (yaml.YAMLError,)
-    elif suffix == ".json":
-        load, errors = json.loads, (json.JSONDecodeError,)
-    else:
-        raise ConfigError(f"--config {path}: use a .yaml, .yml or .json file")
-    try:
-        doc = load(path.read_text())
-    except errors as exc:
-        raise ConfigError(f"--config {path} is not valid: {' '.join(str(exc).split())}") from exc
-    if not isinstance(doc, dict):
-        raise ConfigError(f"--config {path} must hold a mapping of option names to values")
-    return doc
-
-
-def _options(ctx: typer.Context, config: Optional[Path]) -> dict:
-    """The run options: the parsed command line, with the ``--config`` file's values for every option the command
-    line did not give. Values go through the same parsing as flags."""
-    values = {k: v for k, v in ctx.params.items() if k not in _NOT_RUN_OPTIONS}
-    given = {k for k in values if (src := ctx.get_parameter_source(k)) is not None and src.name == "COMMANDLINE"}
-    if config is not None:
-        params = {p.name: p for p in ctx.command.params if p.name not in _NOT_RUN_OPTIONS}
-        names = {opt.lstrip("-").replace("-", "_"): p.name for p in params.values() for opt in p.opts}
-        names.update({name: name for name in params})
-        # a flag on the command line also overrides the file's options it excludes (-T a file's sweep, and back)
-        overridden = {n for g in given if values[g] is not None for n in _EXCLUDES.get(g, ())}
-        for key, raw in _read_config(config).items():
-            name = names.get(str(key).replace("-", "_"))
-            if name is None:
-                spellings = (next((o for o in p.opts if o.startswith("--")), p.name).lstrip("-")
-                             for p in params.values())
-                raise ConfigError(f"--config {config}: unknown option {key!r}; valid: {', '.join(sorted(spellings))}")
-            source = ctx.get_parameter_source(name)
-            if (source is not None and source.name == "COMMANDLINE" and values[name] is not None) or name in overridden:
-                continue  # a flag (or MODEL) on the command line wins
-            param = params[name]
-            if param.multiple and isinstance(raw, str):
-                raw = [raw]
-            elif not param.multiple and isinstance(raw, list):  # a YAML/JSON list for a comma-list flag
-                raw = ",".join(str(v) for v in raw)
-            expected = _annotation(param)
-            if (isinstance(raw, bool) and expected not in (bool, None)) or (isinstance(raw, float) and expected is int):
-                what = "an integer" if expected is int else f"a {getattr(expected, '__name__', 'value')}"
-                raise ConfigError(f"--config {config}: {key}: {raw!r} is not {what}")
-            try:
-                values[name] = param.process_value(ctx, raw)
-            except typer.BadParameter as exc:
-                raise ConfigError(f"--config {config}: {key}: {exc.format_message()}") from None
-            given.add(name)
-    if not values["model"]:
-        where = f"or `model: ...` in {config}" if config is not None else "or in a --config file (`model: ...`)"
-        raise ConfigError(f"no MODEL given: name it on the command line (e.g. snnconvert fmnist-vgg) {where}")
-    values["allow_ann_op"] = tuple(values["allow_ann_op"])
-    values["config_file"] = config
-    values["given"] = frozenset(given)
-    return values
-
-
-#: Configuration fields as the library's messages name them, and the flags that set them.
-_FIELD_FLAGS = {"threshold_aggregation": "--aggregation", "identity_neurons": "--identity-neurons",
-                "identity_threshold": "--identity-threshold", "identity_tail": "--identity-tail",
-                "token_channel": "--token-channel", "threshold_scale": "--threshold-scale",
-                "identity_levels": "--identity-levels", "allow_ann_ops": "--allow-ann-op", "levels": "--levels",
-                "neuron": "--neuron", "timesteps": "-T/--timesteps", "granularity": "--granularity",
-                "backend": "--backend", "device": "--device"}
-_FIELD_ASSIGNMENT = re.compile(r"\b(" + "|".join(_FIELD_FLAGS) + r")=(['\"]?)([\w.%*-]+)\2")
-_FIELD_NAME = re.compile(r"\b(" + "|".join(f for f in _FIELD_FLAGS if "_" in f) + r")\b")
-_FIELD_SUBJECT = re.compile(r"^(" + "|".join(_FIELD_FLAGS) + r") (?=must |is |has )")  # "levels must be ..."
-
-
-def as_flags(text: str) -> str:
-    """A library message in the command's words: ``neuron='mt'`` -> ``--neuron mt``, ``identity_levels`` ->
-    ``--identity-levels`` (the API's field names are the Python spelling of the flags)."""
-    text = _FIELD_ASSIGNMENT.sub(lambda m: f"{_FIELD_FLAGS[m.group(1)]} {m.group(3)}", text)
-    text = _FIELD_NAME.sub(lambda m: _FIELD_FLAGS[m.group(1)], text)
-    text = _FIELD_SUBJECT.sub(lambda m: f"{_FIELD_FLAGS[m.group(1)]} ", text)
-    for flag in set(_FIELD_FLAGS.values()):  # "(--flag)" after the field's own name, now the flag too
-        if text.count(flag) > 1:
-            text = text.replace(f" ({flag})", "")
-    return text
-
-
-def _annotation(param) -> type | None:
-    """The Python type a command parameter takes (``int`` for ``Optional[int]``), None where not known."""
-    descriptor = getattr(param, "type_descriptor", None)
-    annotation = getattr(descriptor, "annotation", None)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    annotation = args[0] if len(args) == 1 else annotation
-    return annotation if isinstance(annotation, type) else None
 
 
 def _fail(exc: BaseException, debug: bool, *, code: int, unexpected: bool = False) -> None:

@@ -5,8 +5,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from snnconvert.cli.main import (
-    RunOptions,
+from snnconvert.cli.checks import (
     all_or_none,
     check_labels,
     check_nir_options,
@@ -14,8 +13,8 @@ from snnconvert.cli.main import (
     decode_workers,
     export_nir_file,
     normalized,
-    progress_bar,
 )
+from snnconvert.cli.main import RunOptions, progress_bar
 from snnconvert.cli.present import out, present
 from snnconvert.convert.errors import ArtifactError, ConfigError, DataError
 

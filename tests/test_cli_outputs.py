@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_cli import NETS, _one_line_error, _run
 
-from snnconvert.cli.main import as_flags
+from snnconvert.cli.options import as_flags
 
 #: a tiny run of the zoo VGG on Fashion-MNIST (about 10 s)
 TINY = ("--calib-images", 16, "--eval-images", 16, "-T", 2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import io
 import logging
@@ -217,11 +218,28 @@ def _unwrapped():
 _SIZED_FACTORIES = ("ones", "zeros", "empty")
 
 
+@functools.cache
+def _warm_up_node_creation() -> None:
+    """Trace a one-node function once per process, before anything is patched: torch.fx's first stack-recording
+    node imports torch._dynamo, torch._inductor and torch.export (300+ modules), and dynamo keeps the torch functions
+    it finds at import as the ones it knows. Imported while :func:`_sizes_as_tuples` patches ``torch.zeros``, every
+    later ``torch.compile`` of code calling the real ``torch.zeros`` fails (the inductor backend's neuron loops)."""
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True
+    tracer.trace(_PlusOne())  # a module: fx filters the recorded stack from the first `forward` frame on
+
+
+class _PlusOne(torch.nn.Module):
+    def forward(self, x):
+        return x + 1
+
+
 @contextlib.contextmanager
 def _sizes_as_tuples():
     """While tracing, ``torch.ones(n, n)`` with traced sizes (``n = x.shape[1]``: a causal mask in the style of
     torch's docs) is called as ``torch.ones((n, n))``, the spelling torch.fx records (its varargs form fails on
     proxies); as torch.fx patches module globals while it traces."""
+    _warm_up_node_creation()
     saved = {name: getattr(torch, name) for name in _SIZED_FACTORIES}
 
     def packed(fn):

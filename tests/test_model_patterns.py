@@ -716,3 +716,31 @@ def test_float_casts_pass_values_and_integer_casts_are_listed():
         torch.testing.assert_close(res.snn.ann_forward(x), Casts().eval()(x), **TOL)
     with pytest.raises(UnsupportedOpError, match=r"to_3: call_method to .*method is not convertible"):
         convert(Casts(integer=True).eval(), forward_loop=[x])
+
+
+_COMPILE_AFTER_CONVERT = """
+import sys
+import torch
+from torch import nn
+from snnconvert.convert import convert
+assert "torch._dynamo" not in sys.modules  # the conversion's trace is the first to import it
+model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+convert(model, forward_loop=[torch.rand(4, 3)])
+f = torch.compile(lambda n: torch.zeros(n, 2) + torch.ones(n, 2) + torch.empty(n, 2).zero_(), backend="eager",
+                  fullgraph=True)
+print(float(f(3).sum()))
+"""
+
+
+def test_torch_compile_works_after_a_conversion_in_a_fresh_process():
+    """The tracer passes ``torch.ones(n, n)``'s traced sizes as a tuple by patching torch's factories while it
+    traces; torch.fx's first traced node imports torch._dynamo, which keeps the functions it finds: imported while
+    they were patched, ``torch.compile`` of code calling ``torch.zeros`` failed for the rest of the process (the
+    inductor backend after a conversion through the API, or a Triton run first in the CLI)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _COMPILE_AFTER_CONVERT], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "6.0"

@@ -18,6 +18,7 @@ import inspect
 import io
 import logging
 import operator
+import traceback
 from pathlib import Path
 
 import torch
@@ -109,25 +110,28 @@ def _trace(model: torch.nn.Module, example_input, inline: bool) -> tuple[torch.n
     except TraceError as exc:
         raise TraceError(f"cannot trace {type(model).__name__}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any tracer failure becomes one clear error
-        raise TraceError(f"cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}; {_TRACE_HINT}") from exc
+        where = _user_frame((f.filename, f.lineno) for f in traceback.extract_tb(exc.__traceback__))
+        at = f" at {where}" if where else ""
+        raise TraceError(f"cannot trace {type(model).__name__}{at}: {type(exc).__name__}: {first_line(exc)}; "
+                         f"{_TRACE_HINT}") from exc
     return work, tracer, graph
 
 
 #: tensor attributes that are metadata, not values
 _METADATA_ATTRS = ("shape", "ndim", "device", "dtype")
 #: methods that read only their tensor's metadata (``x.new_zeros(h, w)`` builds a tensor of x's dtype and device)
-_METADATA_METHODS = ("size", "dim", "new_zeros", "new_ones", "new_full", "new_empty")
+_METADATA_METHODS = ("size", "dim", "numel", "nelement", "new_zeros", "new_ones", "new_full", "new_empty")
 #: functions that read only their first argument's metadata
 _LIKE_FUNCTIONS = (torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like)
 
 
 def reads_metadata(node: fx.Node) -> bool:
-    """``x.size()``, ``x.dim()``, ``x.shape``, ``x.ndim``, ``x.device`` or ``x.dtype``: a node that reads its
-    input's shape or other metadata, not its values (e.g. timm's ``torch._assert(x.ndim == 4)`` in front of every
-    BatchNorm, LeViT's ``x.device``)."""
+    """``x.size()``, ``x.dim()``, ``x.numel()``, ``x.shape``, ``x.ndim``, ``x.device``, ``x.dtype`` or ``len(x)``: a
+    node that reads its input's shape or other metadata, not its values (e.g. timm's ``torch._assert(x.ndim == 4)``
+    in front of every BatchNorm, LeViT's ``x.device``)."""
     if node.op == "call_method":
         return node.target in _METADATA_METHODS
-    return node.op == "call_function" and (node.target in _LIKE_FUNCTIONS or (
+    return node.op == "call_function" and (node.target in _LIKE_FUNCTIONS or node.target is len or (
         node.target is getattr and len(node.args) > 1 and node.args[1] in _METADATA_ATTRS))
 
 
@@ -215,14 +219,16 @@ def _unwrapped():
 
 
 #: torch factories that take a size as separate numbers (``torch.ones(n, n)``)
-_SIZED_FACTORIES = ("ones", "zeros", "empty")
+_SIZED_FACTORIES = ("ones", "zeros", "empty")  # sizes as varargs or one sequence
+#: factories whose data or other arguments can be traced values (recorded as one call when they are)
+_VALUE_FACTORIES = ("full", "eye", "arange", "tensor", "as_tensor")
 
 
 @functools.cache
 def _warm_up_node_creation() -> None:
     """Trace a one-node function once per process, before anything is patched: torch.fx's first stack-recording
     node imports torch._dynamo, torch._inductor and torch.export (300+ modules), and dynamo keeps the torch functions
-    it finds at import as the ones it knows. Imported while :func:`_sizes_as_tuples` patches ``torch.zeros``, every
+    it finds at import as the ones it knows. Imported while :func:`_factories_recorded` patches ``torch.zeros``, every
     later ``torch.compile`` of code calling the real ``torch.zeros`` fails (the inductor backend's neuron loops)."""
     tracer = fx.Tracer()
     tracer.record_stack_traces = True
@@ -235,22 +241,27 @@ class _PlusOne(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _sizes_as_tuples():
-    """While tracing, ``torch.ones(n, n)`` with traced sizes (``n = x.shape[1]``: a causal mask in the style of
-    torch's docs) is called as ``torch.ones((n, n))``, the spelling torch.fx records (its varargs form fails on
-    proxies); as torch.fx patches module globals while it traces."""
+def _factories_recorded():
+    """While tracing, a tensor factory given traced sizes or values (``torch.ones(n, n)`` with ``n = x.shape[1]``: a
+    causal mask in the style of torch's docs; ``torch.tensor(x.shape[-2:])``) is recorded as one call with the
+    sizes packed in a tuple, as torch.fx records ``torch.ones((n, n))``: torch's own argument parsing fails on
+    proxies, or reads them as Python ints (``__index__``: a size fixed at the example's). As torch.fx patches module
+    globals, only while it traces."""
     _warm_up_node_creation()
-    saved = {name: getattr(torch, name) for name in _SIZED_FACTORIES}
+    saved = {name: getattr(torch, name) for name in (*_SIZED_FACTORIES, *_VALUE_FACTORIES)}
 
-    def packed(fn):
+    def recorded(name, fn):
         def call(*args, **kwargs):
-            if len(args) > 1 and any(isinstance(a, fx.Proxy) for a in args):
-                return fn(tuple(args), **kwargs)
-            return fn(*args, **kwargs)
+            proxy = next((a for a in _leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
+            if proxy is None:
+                return fn(*args, **kwargs)
+            if name in _SIZED_FACTORIES and len(args) > 1:
+                args = (tuple(args),)
+            return proxy.tracer.create_proxy("call_function", fn, args, kwargs)
         return call
 
     for name, fn in saved.items():
-        setattr(torch, name, packed(fn))
+        setattr(torch, name, recorded(name, fn))
     try:
         yield
     finally:
@@ -258,11 +269,45 @@ def _sizes_as_tuples():
             setattr(torch, name, fn)
 
 
-class _Proxy(fx.Proxy):
-    """fx's Proxy, plus item assignment (``mask[:, :k] = 1``) recorded as an ``operator.setitem`` node."""
+def _leaves(value):
+    """The items of nested tuples, lists and dicts."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+class _PythonValues:
+    """The Python values a model takes from shapes (``len(x.shape)``, ``int(x.shape[2])``, ``range(x.size(1))``),
+    read on the example input, with a guard (:meth:`_ShapeBranchTracer.python_value`)."""
+
+    def __len__(self) -> int:
+        return self.tracer.python_value(self, "len()")
+
+    def __index__(self) -> int:
+        return self.tracer.python_value(self, "a Python int")
+
+    def __int__(self) -> int:
+        return self.tracer.python_value(self, "int()")
+
+
+class _Proxy(_PythonValues, fx.Proxy):
+    """fx's Proxy, plus item assignment (``mask[:, :k] = 1``) recorded as an ``operator.setitem`` node, and the
+    Python values of :class:`_PythonValues` (on attributes too: ``len(x.shape)``)."""
 
     def __setitem__(self, key, value) -> None:
         self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+    def __getattr__(self, k: str) -> fx.proxy.Attribute:
+        return _Attribute(self, k)
+
+
+class _Attribute(_PythonValues, fx.proxy.Attribute):
+    pass
 
 
 class _ShapeBranchTracer(fx.Tracer):
@@ -287,7 +332,7 @@ class _ShapeBranchTracer(fx.Tracer):
         return _Proxy(node, self)
 
     def trace(self, root, concrete_args=None):
-        with _unwrapped() if self.inline else contextlib.nullcontext(), _sizes_as_tuples():
+        with _unwrapped() if self.inline else contextlib.nullcontext(), _factories_recorded():
             return super().trace(root, concrete_args)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
@@ -312,9 +357,47 @@ class _ShapeBranchTracer(fx.Tracer):
         self.branches.append(f"{where}: {taken}")
         return taken
 
-    def _evaluate(self, node: fx.Node):
-        """The value of ``node`` (in the graph built so far) on the example input, computed with the tracer's
-        patches of ``nn.Module`` calls and attribute reads switched to plain behaviour."""
+    def iter(self, obj: fx.Proxy):
+        """``list(x.chunk(2, 1))``, ``for t in x.split(4, 1)``, ``f(*x.shape)``: the items of a traced sequence whose
+        length the example input gives (torch.fx itself only unpacks into a fixed number of names)."""
+        return iter([self.create_proxy("call_function", operator.getitem, (obj, i), {})
+                     for i in range(self.python_value(obj, "iteration"))])
+
+    def python_value(self, obj: fx.Proxy, what: str) -> int:
+        """The Python int a model takes from a traced value (its length for ``len()`` and iteration), read on the
+        example input, and a guard in the graph that checks it on every later input (as for shape branches).
+
+        Raises:
+            TraceError: no example input; an int read from tensor values; a value that changes with the batch
+                size (the graph serves every batch size).
+        """
+        node = obj.node
+        where = _user_frame((f.filename, f.lineno) for f in traceback.extract_stack()) or node.name
+        if self.example is None:
+            raise TraceError(f"{what} of a traced value at {where}; {_TRACE_HINT} (values taken from shapes trace "
+                             "when an example input is given: example_inputs=, as the CLI does)")
+        counted = what in ("len()", "iteration")
+        if not counted and depends_on_values(node, {}):
+            raise TraceError(f"{what} from tensor values at {where} (data-dependent); {_TRACE_HINT}")
+        value = self._evaluate(node)
+        value = len(value) if counted else operator.index(value)
+        if self.example.dim() and (len(self._evaluate(node, torch.cat([self.example, self.example])))
+                                   if counted else operator.index(self._evaluate(node, torch.cat(
+                                       [self.example, self.example])))) != value:
+            raise TraceError(f"{what} at {where} changes with the batch size, and the converted graph serves every "
+                             "batch size; keep the batch dim a traced size (x.shape[0], x.size(0)) or loop over "
+                             f"another dim; {_TRACE_HINT}")
+        read = self.create_proxy("call_function", len, (obj,), {}) if counted else obj
+        message = (f"the model {GUARD_MARK} {list(self.example.shape)}, and {what} at {where} gives {value} there but "
+                   "not for this input; convert it again for this input size")
+        self.create_proxy("call_function", torch._assert,
+                          (self.create_proxy("call_function", operator.eq, (read, value), {}), message), {})
+        self.branches.append(f"{where}: {what} = {value}")
+        return value
+
+    def _evaluate(self, node: fx.Node, example: torch.Tensor | None = None):
+        """The value of ``node`` (in the graph built so far) on the example input (or ``example``), computed with
+        the tracer's patches of ``nn.Module`` calls and attribute reads switched to plain behaviour."""
         graph = fx.Graph()
         copies: dict[fx.Node, fx.Node] = {}
         graph.graph_copy(self.graph, copies)
@@ -323,7 +406,7 @@ class _ShapeBranchTracer(fx.Tracer):
         try:
             gm = fx.GraphModule(self.root, graph)  # every node so far: in-place ops keep their effect
             with torch.no_grad():
-                return gm.forward(self.example)
+                return gm.forward(self.example if example is None else example)
         finally:
             self._evaluating = False
 
@@ -360,13 +443,17 @@ def node_source(node: fx.Node) -> str | None:
     trace = node.meta.get("stack_trace")
     if not trace:
         return None
-    torch_dir = str(Path(torch.__file__).parent)
     frames = []
     for line in trace.splitlines():
         line = line.strip()
         if line.startswith('File "'):
             path, _, rest = line[len('File "'):].partition('"')
-            if not path.startswith(torch_dir) and path != __file__:  # not torch's frames, nor _Proxy's
-                lineno = rest.split("line", 1)[-1].split(",", 1)[0].strip()
-                frames.append(f"{path}:{lineno}")
-    return frames[-1] if frames else None
+            frames.append((path, rest.split("line", 1)[-1].split(",", 1)[0].strip()))
+    return _user_frame(frames)
+
+
+def _user_frame(frames) -> str | None:
+    """``file:line`` of the innermost of ``(filename, lineno)`` frames outside torch and this module."""
+    torch_dir = str(Path(torch.__file__).parent)
+    user = [f"{path}:{line}" for path, line in frames if not path.startswith(torch_dir) and path != __file__]
+    return user[-1] if user else None

@@ -744,3 +744,76 @@ def test_torch_compile_works_after_a_conversion_in_a_fresh_process():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "6.0"
+
+
+#: Python values model code takes from shapes, each one line of a real model (the first: Ultralytics' C2f)
+SHAPE_VALUES = {
+    "list_chunk": lambda z: torch.cat(list(z.chunk(2, 1))[::-1], 1),
+    "view_star_shape": lambda z: z.flatten(2).view(*z.shape),
+    "for_split": lambda z: torch.cat([t * 2 for t in z.split(4, 1)], 1),
+    "int_size": lambda z: F.interpolate(F.max_pool2d(z, 2), size=(int(z.shape[2]), int(z.shape[3]))),
+    "range_channels": lambda z: torch.cat([z[:, i:i + 1] * (i + 1) for i in range(z.shape[1])], 1),
+    "tensor_of_shape": lambda z: z / torch.tensor(z.shape[-2:], dtype=torch.float32)[0],
+    "len_shape": lambda z: z if len(z.shape) == 4 else z * 0,
+    "numel": lambda z: z if z.numel() > 0 else z * 0,
+    "list_index": lambda z: z * [0.5, 1.0, 2.0][z.dim() - 2],
+}
+
+
+class ShapeValues(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.f = SHAPE_VALUES[kind]
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(self.f(torch.relu(self.c1(x))))
+
+
+@pytest.mark.parametrize("kind", list(SHAPE_VALUES))
+def test_python_values_taken_from_shapes_trace_and_convert(kind):
+    """``len()``, ``int()``, indices and iteration of traced shapes and sequences (which torch.fx refuses) are read
+    on the example input: the converted graph equals the model at every batch size, and a guard checks the value on
+    every later input."""
+    model, x = ShapeValues(kind).eval(), torch.rand(5, 3, 12, 12)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=16),
+                  example_inputs=x[:1])
+    with torch.no_grad():
+        for rows in (1, 5):
+            torch.testing.assert_close(res.snn.ann_forward(x[:rows]), model(x[:rows]), **TOL)
+        ann, out = model(x), res.snn(x)
+    err = _relative_errors(out, ann, (0, 15))
+    assert err[1] < min(err[0], 0.05), err
+    if kind not in ("view_star_shape", "tensor_of_shape", "numel"):  # lengths fixed by the rank, values by shapes
+        assert any("test_model_patterns.py:" in b and " = " in b for b in res.report.shape_branches)
+
+
+def test_a_python_value_read_on_the_example_is_guarded():
+    SHAPE_VALUES["_rows"] = lambda z: torch.cat([z[:, :, i:i + 1] * i for i in range(z.shape[2])], 2)
+    try:
+        model = ShapeValues("_rows").eval()
+        gm = trace_module(model, torch.rand(1, 3, 12, 12))
+        x = torch.rand(2, 3, 12, 12)
+        torch.testing.assert_close(gm(x), model(x), **TOL)
+        with pytest.raises(AssertionError, match=r"traced for inputs of shape \[1, 3, 12, 12\], and a Python int at "
+                                                 r".*test_model_patterns.py:\d+ gives 12 there but not for this input"):
+            gm(torch.rand(2, 3, 16, 16))  # 16 rows: the loop ran 12 times
+    finally:
+        del SHAPE_VALUES["_rows"]
+
+
+@pytest.mark.parametrize("code,message", [
+    (lambda z: torch.stack([t for t in z]), r"iteration at .*test_model_patterns.py:\d+ changes with the batch size"),
+    (lambda z: z * len(z), r"len\(\) at .*test_model_patterns.py:\d+ changes with the batch size"),
+    (lambda z: z * int(z.sum() > 0), r"int\(\) from tensor values at .*test_model_patterns.py:\d+ \(data-dependent"),
+])
+def test_python_values_from_the_batch_size_or_tensor_values_are_refused(code, message):
+    SHAPE_VALUES["_probe"] = code
+    try:
+        with pytest.raises(TraceError, match=message):
+            trace_module(ShapeValues("_probe").eval(), torch.rand(1, 3, 12, 12))
+        with pytest.raises(TraceError, match="an example input is given"):  # without one: said so
+            trace_module(ShapeValues("len_shape").eval())
+    finally:
+        del SHAPE_VALUES["_probe"]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from snnconvert.convert.artifact import atomic_file, writable_path
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -69,6 +70,13 @@ def check_outputs(o: RunOptions) -> None:
         seen[key] = flag
         if flag != "--output" and path.is_dir():
             raise ConfigError(f"{flag} {path} is a folder; give a file path")
+        if flag != "--output" and o.output is not None and key.is_relative_to(o.output.resolve()):
+            raise ConfigError(f"{flag} {path} is inside the --output folder {o.output}, which saving the SNN "
+                              "replaces as a whole; write it elsewhere")
+        try:
+            writable_path(path)
+        except ConfigError as exc:
+            raise ConfigError(f"{flag} {exc}") from None
         _check_writable_folder(flag, path)
     if o.output is not None and o.output.exists():
         if not o.output.is_dir():
@@ -96,15 +104,21 @@ def _check_writable_folder(flag: str, path: Path) -> None:
 
 @contextlib.contextmanager
 def all_or_none(o: RunOptions) -> Iterator[None]:
-    """The run's outputs as a whole: when writing one fails, those this run created before it are removed again,
-    so a failed run leaves no output behind (each file is written atomically on its own)."""
-    paths = [p for p in (o.nir, o.report, o.markdown, o.output) if p is not None]
+    """The run's outputs as a whole: when writing one fails, those this run created before it are removed again and
+    the files it replaced get their content back, so a failed run leaves the paths as they were (each file is
+    written atomically on its own; a saved SNN folder is replaced last, atomically)."""
+    paths = [writable_path(p) for p in (o.nir, o.report, o.markdown, o.output) if p is not None]
     existed = {p: p.exists() for p in paths}
+    before = {p: p.read_bytes() for p in paths if p.is_file()}
     try:
         yield
     except BaseException:
         for path in paths:
-            if not existed[path] and path.exists():
+            if path in before:
+                if not path.is_file() or path.read_bytes() != before[path]:
+                    with atomic_file(path) as tmp:
+                        Path(tmp).write_bytes(before[path])
+            elif not existed[path] and path.exists():
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         raise
 

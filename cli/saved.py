@@ -57,6 +57,44 @@ def _flag(name: str) -> str:
     return {"threshold_aggregation": "--aggregation", "timesteps": "-T"}.get(name, "--" + name.replace("_", "-"))
 
 
+#: what the command records in a saved folder's source.json meta: key -> type (None allowed for each); "count" is a
+#: positive int; nested dicts by their own tables
+_META = {"data": dict, "preprocessing": dict, "logits": str, "ignore_index": int, "label": str}
+_META_DATA = {"evaluation": str, "calibration": str, "calib_images": "count", "eval_images": "count",
+              "select_images": "count", "calibration_info": dict}
+_META_PREPROCESSING = {"normalize": dict, "resize": "count", "crop": "count"}
+
+
+def _check_meta(folder: str, meta: dict) -> None:
+    """The facts the command recorded in source.json (data, preprocessing, output) have the types it writes.
+
+    Raises:
+        ArtifactError: naming the first value that does not (a hand-edited or damaged source.json).
+    """
+    def bad(key: str, value) -> ArtifactError:
+        return ArtifactError(f"{folder}: source.json records {key} = {value!r}, which the command never writes; "
+                             "convert the model again with --output DIR")
+
+    def check(table: dict, values: dict, prefix: str) -> None:
+        for key, kind in table.items():
+            value = values.get(key)
+            if value is None:
+                continue
+            if kind == "count":
+                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                    raise bad(prefix + key, value)
+            elif not isinstance(value, kind) or isinstance(value, bool):
+                raise bad(prefix + key, value)
+
+    check(_META, meta, "")
+    check(_META_DATA, meta.get("data") or {}, "data.")
+    check(_META_PREPROCESSING, meta.get("preprocessing") or {}, "preprocessing.")
+    norm = (meta.get("preprocessing") or {}).get("normalize")
+    if norm is not None and not all(isinstance(norm.get(k), list) and norm[k] and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in norm[k]) for k in ("mean", "std")):
+        raise bad("preprocessing.normalize", norm)
+
+
 def evaluate_saved(o: RunOptions) -> None:
     """``snnconvert SNN_DIR``: evaluate a saved SNN (``--output``) and its ANN again, without calibration: on the
     evaluation images it was evaluated on (or ``--eval-data``), with the preprocessing it was converted with (or
@@ -81,6 +119,7 @@ def evaluate_saved(o: RunOptions) -> None:
     result, ann = load_result(o.model)
     check_nir_options(o, result.config.coding)
     meta = result.source.meta
+    _check_meta(o.model, meta)
     data, card = meta.get("data") or {}, meta.get("preprocessing") or {}
     eval_name = o.eval_data or data.get("evaluation")
     if eval_name is None:

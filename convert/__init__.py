@@ -206,11 +206,20 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
             raise ConfigError(f"the model fails on a batch of one or two images ({first_line(exc)}); the SNN runs "
                               "time steps in the batch dim, so a batch size fixed in the code (or an ONNX export "
                               f"without a dynamic batch axis) breaks it: {_static_batch_advice(gm) or fix}") from exc
-    for path, leaf in output_leaves(pair):
+    for (path, leaf), (_, one) in zip(output_leaves(pair), output_leaves(alone[0])):
+        name = f"output{f' {path}' if path else ''}"
         if leaf.dim() == 0:
-            raise ConfigError(f"the model's output{f' {path}' if path else ''} is a 0-dim scalar: the SNN decodes "
-                              "outputs per image, so return one value per image ([B, ...]), e.g. a loss reduced "
-                              "outside the model")
+            raise ConfigError(f"the model's {name} is a 0-dim scalar: the SNN decodes outputs per image, so return "
+                              "one value per image ([B, ...]), e.g. a loss reduced outside the model")
+        if leaf.is_floating_point() and not bool(torch.isfinite(leaf).all()):
+            raise CalibrationError(f"the model's {name} is NaN or infinite on the first calibration image: check its "
+                                   "weights (a NaN or infinite value) and what it computes (a log or division of 0)")
+        if leaf.shape == one.shape:  # the same shape for two images as for one: no batch dim
+            constant = all(torch.equal(leaf, o) for o in (one, dict(output_leaves(alone[1]))[path]))
+            raise ConfigError(f"the model's {name} has no batch dim ({list(leaf.shape)} for one image and for two)"
+                              + (" and does not depend on the input (anchors, priors?)" if constant else "")
+                              + ": the SNN decodes outputs per image ([B, ...]); return it from outside the model "
+                              "(e.g. a buffer the caller reads), or give it a batch dim (x.new_ones(B, 1, 1) * it)")
     for i, single in enumerate(alone):
         for (path, got), (_, want) in zip(output_leaves(pair), output_leaves(single)):
             if got.shape[1:] != want.shape[1:] or not _same_values(got[i:i + 1], want):

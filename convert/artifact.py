@@ -1,16 +1,20 @@
-"""Saved SNN artifacts: a folder with ``config.json``, ``thresholds.pt``, ``report.json``, ``source.json`` and the
-source model (``ann_state.pt`` for Python factories, ``model.onnx`` for ONNX files). Modules are never pickled:
-loading rebuilds the ANN from its source and re-runs the passes with the stored thresholds.
+"""Saved SNN artifacts: a folder with ``config.json``, ``thresholds.pt``, ``report.json``, ``source.json``, the
+source model (``ann_state.pt`` for Python factories, ``model.onnx`` for ONNX files) and ``manifest.json`` (each
+file's SHA-256 and a digest of the converted graph). Modules are never pickled: loading rebuilds the ANN from its
+source and re-runs the passes with the stored thresholds; a file changed after saving, or model code that now builds
+another graph, is refused.
 
 Writing is atomic: everything goes to a temporary folder next to the target, which is renamed at the end, so an
 interrupted save leaves no half-written artifact.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
 import json
+import logging
 import os
 import shutil
 import sys
@@ -19,6 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,9 @@ from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import ArtifactError, ConfigError, ModelLoadError, first_line
 
 FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,9 @@ def resolve_factory(ref: str, *, named_by: str = "a model reference"):
     if module_part.endswith(".py"):
         path = Path(module_part)
         if not path.is_file():
-            raise ModelLoadError(f"model file {path} does not exist")
+            raise ModelLoadError(f"model file {path} does not exist" + (
+                "; restore it there (a saved folder rebuilds its model from that file), or convert the model again"
+                if named_by == "the folder" else ""))
         if _stdlib_file(path):
             raise _refused(ref, f"{path} is a standard library file", named_by)
         spec = importlib.util.spec_from_file_location(f"snnconvert_user_{path.stem}", path)
@@ -175,7 +185,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[str]:
     """Yield the name of a new temporary file next to ``path`` (its folder is created if missing); when the block
     succeeds the file gets a plainly created file's permissions and is renamed over ``path``, otherwise it is
     removed: ``path`` is never left half-written."""
-    path = Path(path)
+    path = writable_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -186,6 +196,67 @@ def atomic_file(path: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def writable_path(path: str | os.PathLike) -> Path:
+    """Where writing ``path`` puts the file: a symbolic link's target (the link stays a link), ``path`` otherwise.
+
+    Raises:
+        ConfigError: ``path`` exists and is neither a regular file nor a folder (``/dev/null``, a pipe): a rename
+            over it would replace it.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ConfigError(f"{path} is not a regular file; give the path of a file to write")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def graph_digest(gm) -> dict[str, Any]:
+    """A converted network's graph in a few numbers: its node count and a SHA-256 of every node's op, target and
+    constant arguments in order (node names and tensor values left out), with the versions that traced it. Equal
+    for the same model code; another forward (``x * 0.5`` added, a constant changed) gives another digest."""
+    import torch.fx as fx
+
+    index: dict[fx.Node, int] = {}
+
+    def text(value) -> str:
+        if isinstance(value, fx.Node):
+            return f"%{index[value]}"
+        if isinstance(value, (tuple, list)):
+            return "(" + ",".join(text(v) for v in value) + ")"
+        if isinstance(value, dict):
+            return "{" + ",".join(f"{k}:{text(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))) + "}"
+        if isinstance(value, torch.Tensor):
+            return f"tensor{list(value.shape)}"
+        if isinstance(value, (int, float, bool, str, type(None), torch.dtype, torch.device, slice)):
+            return repr(value)
+        return getattr(value, "__qualname__", type(value).__qualname__)
+
+    lines = []
+    for i, node in enumerate(gm.graph.nodes):
+        index[node] = i
+        target = node.target if isinstance(node.target, str) else text(node.target)
+        lines.append(f"{node.op} {target} {text(node.args)} {text(node.kwargs)}")
+    return {"nodes": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+            "torch": torch.__version__, "snnconvert": package_version()}
+
+
+def package_version() -> str:
+    """This snnconvert's installed version ("unknown" when run from a source tree that is not installed)."""
+    try:
+        return version("snnconvert")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -202,9 +273,12 @@ def save(result, path: str | os.PathLike) -> Path:
     if result.source is None:
         raise ArtifactError("this conversion has no model source to save; pass source=ModelSource.python("
                             "'pkg.module:factory') (or an .onnx path) to convert()")
-    target = Path(path)
-    if target.exists() and not (target / "source.json").is_file():
+    target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)  # a link stays a link
+    if target.exists() and not target.is_dir():
+        raise ArtifactError(f"{target} is a file; give a folder path for the saved SNN")
+    if target.exists() and any(target.iterdir()) and not (target / "source.json").is_file():
         raise ArtifactError(f"{target} exists and is not an snnconvert artifact; choose another path")
+    _check_json(result.source)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -227,6 +301,9 @@ def save(result, path: str | os.PathLike) -> Path:
             _check_rebuilds(result.source, result.ann_state)
             torch.save(result.ann_state, tmp / "ann_state.pt")
         _write_json(tmp / "source.json", source)
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        _write_json(tmp / MANIFEST, {"format_version": FORMAT_VERSION, "files": files,
+                                     "graph": graph_digest(result.snn.gm)})
         ordinary_permissions(tmp)  # mkdtemp's folder is owner-only; a saved artifact is an ordinary folder
         backup = None
         if target.exists():
@@ -242,6 +319,23 @@ def save(result, path: str | os.PathLike) -> Path:
     return target
 
 
+def _check_json(source: ModelSource) -> None:
+    """The factory's kwargs and the meta facts must be JSON values (source.json stores them).
+
+    Raises:
+        ArtifactError: naming the first value that is not.
+    """
+    for part in ("kwargs", "meta"):
+        for key, value in getattr(source, part).items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise ArtifactError(f"cannot save: the model source's {part} {key!r} is a {type(value).__name__}, "
+                                    "which source.json cannot store; pass JSON values (numbers, strings, lists, "
+                                    "dicts) and build the object inside the factory (e.g. a dtype from its "
+                                    "name)") from None
+
+
 @dataclass
 class Artifact:
     """A loaded artifact: the rebuilt ANN (module or ONNX path), thresholds, config and the saved report."""
@@ -251,6 +345,7 @@ class Artifact:
     config: ConversionConfig
     report: dict[str, Any]
     source: ModelSource
+    graph: dict[str, Any] | None = None  # graph_digest of the saved SNN (None: saved before manifests existed)
 
 
 def _damaged(root: Path, name: str, what: str) -> ArtifactError:
@@ -382,10 +477,12 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     missing = [n for n in needed if not (root / n).is_file()]
     if missing:
         raise _damaged(root, ", ".join(missing), "is missing" if len(missing) == 1 else "are missing")
+    graph = _check_manifest(root)
     cfg_doc = _read_json(root, "config.json")
-    if cfg_doc.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{root}: artifact format {cfg_doc.get('format_version')} is not supported "
-                            f"(this snnconvert reads format {FORMAT_VERSION}); convert the model again")
+    version = cfg_doc.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ArtifactError(f"{root}: artifact format {version!r} is not supported (this snnconvert reads format "
+                            f"{FORMAT_VERSION}); convert the model again")
     if not isinstance(cfg_doc.get("config"), dict):
         raise _damaged(root, "config.json", "holds no configuration")
     saved = dict(cfg_doc["config"])
@@ -397,6 +494,11 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     thresholds = _read_tensors(root, "thresholds.pt", "thresholds file")
     if not all(isinstance(v, torch.Tensor) for v in thresholds.values()):
         raise _damaged(root, "thresholds.pt", "is not a valid thresholds file (it holds values that are not tensors)")
+    bad = next((k for k, v in thresholds.items() if v.dtype != torch.float32 or not bool(torch.isfinite(v).all())
+                or bool((v < 0).any())), None)
+    if bad is not None:
+        raise _damaged(root, "thresholds.pt", f"is not a valid thresholds file ({bad!r}: thresholds are finite float32 "
+                                              "values >= 0)")
     report = _read_json(root, "report.json")
     if source.kind == "onnx":
         model: torch.nn.Module | str = str(root / source.ref)
@@ -408,4 +510,29 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
             raise ArtifactError(f"{root}: cannot rebuild the model named in source.json: {exc}") from exc
         _fit_state(root, model, state, source.ref)
         model.eval()
-    return Artifact(model, thresholds, config, report, source)
+    return Artifact(model, thresholds, config, report, source, graph)
+
+
+def _check_manifest(root: Path) -> dict[str, Any] | None:
+    """Each file ``manifest.json`` lists must have the SHA-256 it had when saved; returns the saved graph digest
+    (None for a folder saved before manifests existed, which is read as it is).
+
+    Raises:
+        ArtifactError: a listed file is missing or was changed after saving (its checksum differs).
+    """
+    if not (root / MANIFEST).is_file():
+        log.debug("%s: no %s (saved by an earlier snnconvert): files not checked", root, MANIFEST)
+        return None
+    doc = _read_json(root, MANIFEST)
+    files, graph = doc.get("files"), doc.get("graph")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()) or not (
+            graph is None or isinstance(graph, dict)):
+        raise _damaged(root, MANIFEST, "does not list the folder's files")
+    for name, digest in files.items():
+        if not (root / name).is_file():
+            raise _damaged(root, name, "is missing")
+        if _sha256(root / name) != digest:
+            raise ArtifactError(f"{root}: {name} was changed after saving (its SHA-256 differs from {MANIFEST}); "
+                                "restore it, or convert the model again with --output DIR (or save the conversion "
+                                "again with ConversionResult.save)")
+    return graph

@@ -179,12 +179,12 @@ class ConversionConfig:
             if self.neuron == "if" and self.identity_levels != 1:
                 raise ConfigError(f"identity_levels={self.identity_levels} needs multi-threshold neurons; neuron 'if' "
                                   "has a single threshold: use neuron='mt'")
-        if not (0 < self.fit_rtol < 1) or not math.isfinite(self.fit_rtol):
-            raise ConfigError(f"fit_rtol must be in (0, 1), got {self.fit_rtol!r}")
-        if self.fit_max_iter < 1:
-            raise ConfigError(f"fit_max_iter must be >= 1, got {self.fit_max_iter!r}")
-        if self.percentile_bins < 16:
-            raise ConfigError(f"percentile_bins must be >= 16, got {self.percentile_bins!r}")
+        if not _number(self.fit_rtol) or not (0 < self.fit_rtol < 1) or not math.isfinite(self.fit_rtol):
+            raise ConfigError(f"fit_rtol must be a number in (0, 1), got {self.fit_rtol!r}")
+        if not _number(self.fit_max_iter, int) or self.fit_max_iter < 1:
+            raise ConfigError(f"fit_max_iter must be an integer >= 1, got {self.fit_max_iter!r}")
+        if not _number(self.percentile_bins, int) or self.percentile_bins < 16:
+            raise ConfigError(f"percentile_bins must be an integer >= 16, got {self.percentile_bins!r}")
 
     @property
     def identity_n(self) -> int:
@@ -254,6 +254,11 @@ def _checked_init(init):
 
 
 ConversionConfig.__init__ = _checked_init(ConversionConfig.__init__)  # ConversionConfig(timestep=8) too
+
+
+def _number(value, kind: type | tuple[type, ...] = (int, float)) -> bool:
+    """``value`` is a number of ``kind`` (a bool is not)."""
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 def _level_count(name: str, value) -> None:

@@ -75,11 +75,29 @@ def trace_module(model: torch.nn.Module, example_input: torch.Tensor | None = No
         log.info("%s: %d shape-dependent branch(es) followed for input shape %s (guarded): %s",
                  type(model).__name__, len(tracer.branches), list(example_input.shape), "; ".join(tracer.branches))
     _drop_fixed_arguments(graph)
+    _namedtuples_into_output(graph)
     gm = fx.GraphModule(work, graph, class_name=type(model).__name__)
     gm.meta["shape_branches"] = list(tracer.branches)  # "file:line: taken" (recorded in the conversion report)
     gm.meta["opaque_functions"] = opaque  # wrapped function -> why tracing through it failed (support.py)
     gm.eval()
     return gm
+
+
+def _namedtuples_into_output(graph: fx.Graph) -> None:
+    """A ``NamedTuple`` the model returns (``Out(boxes, scores)``) is recorded by torch.fx as a call of its class;
+    one that only the output reads becomes part of the output structure (a named tuple of nodes), like a plain
+    tuple, so that each field is decoded as an output."""
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
+    for node in list(graph.nodes):
+        cls = node.target
+        if node.op == "call_function" and isinstance(cls, type) and issubclass(cls, tuple) \
+                and hasattr(cls, "_fields") and set(node.users) == {output}:
+            try:
+                value = cls(*node.args, **node.kwargs)
+            except TypeError:  # not built from its fields alone
+                continue
+            output.args = fx.node.map_arg(output.args, lambda n, node=node, value=value: value if n is node else n)
+            graph.erase_node(node)
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:

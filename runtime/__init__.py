@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from snnconvert.convert import (
     load_onnx,
     state_snapshot,
 )
+from snnconvert.convert.artifact import graph_digest
 from snnconvert.convert.calibrate import CalibrationReport
 from snnconvert.convert.errors import ArtifactError, BackendUnavailableError, ConfigError
 from snnconvert.convert.pipeline import ConversionReport
@@ -37,6 +39,8 @@ from snnconvert.runtime.kernels.native import native_status
 from snnconvert.runtime.lower import DTYPES, lower_neurons, set_precision
 from snnconvert.runtime.report_md import report_markdown
 from snnconvert.runtime.sweep import SweepReport, sweep
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "triton", "native", "inductor")
 
@@ -168,12 +172,44 @@ def _rebuild(path: str | os.PathLike, artifact) -> tuple[SpikingNetwork, Convers
         ArtifactError: the thresholds do not fit the model (a ``thresholds.pt`` of another conversion), naming the
             folder and the file.
     """
+    shape = artifact.report.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+        raise ArtifactError(f"{path}: report.json's input_shape {shape!r} is not a list of sizes; convert the model "
+                            "again with --output DIR (or save the conversion again with ConversionResult.save)")
     try:
-        return convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config,
-                                       artifact.report.get("input_shape"))
+        snn, report = convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config, shape)
     except ConfigError as exc:
         raise ArtifactError(f"{path}: thresholds.pt does not fit the model ({exc}); convert the model again with "
                             "--output DIR (or save the conversion again with ConversionResult.save)") from exc
+    _check_graph(path, artifact, snn)
+    return snn, report
+
+
+def _check_graph(path, artifact, snn: SpikingNetwork) -> None:
+    """The rebuilt network must be the saved one: a model file edited after saving (its forward) rebuilds another
+    graph with the saved weights and thresholds, silently another network.
+
+    Raises:
+        ArtifactError: another graph, rebuilt by the torch and snnconvert versions that saved it (with other versions
+            a different trace of the same code is possible: logged as a warning instead).
+    """
+    saved = artifact.graph
+    if not saved:
+        return
+    now = graph_digest(snn.gm)
+    if now["sha256"] == saved.get("sha256"):
+        return
+    where = (f"the model {artifact.source.ref}" if artifact.source.kind == "python" else "the saved model.onnx")
+    what = (f"{where} now converts to another network than the one saved ({saved.get('nodes')} graph nodes then, "
+            f"{now['nodes']} now)")
+    if (saved.get("torch"), saved.get("snnconvert")) != (now["torch"], now["snnconvert"]):
+        log.warning("%s: %s; it was saved with torch %s / snnconvert %s (now %s / %s), whose trace may differ: check "
+                    "its accuracy, or convert it again", path, what, saved.get("torch"), saved.get("snnconvert"),
+                    now["torch"], now["snnconvert"])
+        return
+    raise ArtifactError(f"{path}: {what}: its code changed since saving; restore that code, or convert the model "
+                        "again with --output DIR")
 
 
 def load_result(path: str | os.PathLike) -> tuple[ConversionResult, torch.nn.Module]:
@@ -193,6 +229,10 @@ def load_result(path: str | os.PathLike) -> tuple[ConversionResult, torch.nn.Mod
     artifact = load_artifact(path)
     snn, report = _rebuild(path, artifact)
     saved = artifact.report.get("calibration") or {}
+    if not isinstance(saved, dict) or not isinstance(saved.get("sites", []), list):
+        raise ArtifactError(f"{path}: report.json's calibration {saved!r:.80} is not a calibration summary; convert "
+                            "the model again with --output DIR (or save the conversion again with "
+                            "ConversionResult.save)")
     report.calibration = saved
     calibration = CalibrationReport(method=saved.get("method", str(artifact.config.threshold)),
                                     granularity=saved.get("granularity", artifact.config.granularity),

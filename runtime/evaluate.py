@@ -6,12 +6,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
 from torch import nn
 
+from snnconvert.convert.artifact import package_version
 from snnconvert.convert.calibrate import BATCH_INPUT_KEYS
 from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.errors import ConfigError, DataError
@@ -576,13 +576,6 @@ def evaluate(
     log.info("evaluated %d images (%s): ANN %s, SNN %s at T=%d%s", images, head.name, head.text(head.ann),
              head.text(head.snn[-1]), T, f", SNN mIoU {report.snn_miou[-1]:.4f}" if report.snn_miou else "")
     return report
-
-
-def package_version() -> str:
-    try:
-        return version("snnconvert")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def build_report(

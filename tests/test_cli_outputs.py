@@ -36,6 +36,9 @@ def no_model(monkeypatch):
     (("--output", "{tmp}/file.txt"), "is a file; give a folder path"),
     (("--output", "{tmp}/full"), "a folder with other files in it"),
     (("--nir", "{tmp}/file.txt/g.nir"), "is a file, not a folder"),
+    (("--output", "{tmp}/snn", "--report", "{tmp}/snn/r.json"), "--report {tmp}/snn/r.json is inside the --output "
+                                                               "folder {tmp}/snn, which saving the SNN replaces"),
+    (("--report", "/dev/null"), "--report /dev/null is not a regular file; give the path of a file to write"),
     (("--device", "tpu"), "--device 'tpu' is not a device"),
     (("--device", "meta"), "runs on cpu or cuda"),
     (("--mode", "both"), "--mode 'both' is not valid"),
@@ -47,7 +50,7 @@ def test_bad_outputs_and_devices_fail_before_the_model_is_loaded(tmp_path, no_mo
     (tmp_path / "full" / "x").write_text("keep")
     before = sorted(p.name for p in tmp_path.rglob("*"))
     line = _one_line_error(_run("fmnist-vgg", *TINY, *(a.format(tmp=tmp_path) for a in args)))
-    assert message in line
+    assert message.format(tmp=tmp_path) in line
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no probe file, no output left
     assert (tmp_path / "file.txt").read_text() == "keep"
 
@@ -77,15 +80,31 @@ def test_a_failing_output_removes_the_ones_written_before_it(tmp_path, monkeypat
     assert not report.exists() and not markdown.exists() and not snn.exists()
 
 
-def test_an_existing_report_is_kept_when_it_is_not_this_runs(tmp_path, monkeypatch):
+def test_an_existing_report_gets_its_content_back_when_the_run_fails(tmp_path, monkeypatch):
     from snnconvert.convert import ConversionResult
 
     monkeypatch.setattr(ConversionResult, "save", lambda self, path: (_ for _ in ()).throw(OSError(13, "denied")))
-    report = tmp_path / "r.json"
-    report.write_text("{}")
+    report, markdown = tmp_path / "r.json", tmp_path / "r.md"
+    report.write_text('{"kept": 1}')
     _last_line_error(_run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
-                          *TINY, "--report", report, "--output", tmp_path / "snn"))
-    assert report.exists()  # overwritten by the run, but not removed: it was there before
+                          *TINY, "--report", report, "--markdown", markdown, "--output", tmp_path / "snn"))
+    assert report.read_text() == '{"kept": 1}'  # written by the run, then restored: the run failed
+    assert not markdown.exists()
+
+
+def test_outputs_through_links_and_into_an_empty_folder(tmp_path):
+    """A --report that is a symbolic link writes its target (the link stays); --output may name an empty folder
+    (it was accepted up front, then refused by the save after the whole run)."""
+    target, link = tmp_path / "kept" / "report.json", tmp_path / "report.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    link.symlink_to(target)
+    (tmp_path / "empty").mkdir()
+    result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist", *TINY,
+                  "--report", link, "--output", tmp_path / "empty")
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and '"snn_accuracy"' in target.read_text()
+    assert (tmp_path / "empty" / "source.json").is_file() and (tmp_path / "empty" / "manifest.json").is_file()
 
 
 def test_out_of_memory_is_one_line_with_advice(monkeypatch):

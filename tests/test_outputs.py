@@ -160,3 +160,52 @@ def test_onnx_model_with_two_outputs(data, tmp_path):
     assert by_index == evaluate(b.snn, [(data[:6], labels)], output="0").snn_accuracy
     # output 0 is the class scores (the logits [B, 10], not the boxes): the accuracy of its argmax at every step
     assert by_index == pytest.approx([float((yb[0][t].argmax(-1) == labels).float().mean()) for t in range(8)])
+
+
+Boxes = __import__("collections").namedtuple("Boxes", "boxes scores")
+
+
+class Detector(torch.nn.Module):
+    """A detection head returning a NamedTuple, or its prior boxes (a buffer without a batch dim) next to it, or a
+    NaN from a damaged weight."""
+
+    def __init__(self, extra: str = "") -> None:
+        super().__init__()
+        torch.manual_seed(12)
+        self.extra = extra
+        self.conv, self.head = torch.nn.Conv2d(1, 8, 3, 2, 1), torch.nn.Conv2d(8, 6, 1)
+        self.register_buffer("priors", torch.rand(196, 4))
+        if extra == "nan":
+            with torch.no_grad():
+                self.head.weight[0, 0] = float("nan")
+
+    def forward(self, x):
+        y = self.head(torch.relu(self.conv(x))).flatten(2).transpose(1, 2)  # [B, 196, 6]
+        if self.extra == "priors":
+            return y, self.priors
+        return Boxes(y[..., :4], y[..., 4:].softmax(-1))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_a_namedtuple_output_keeps_its_type_and_fields(data, coding):
+    """torch.fx records ``Boxes(a, b)`` as a call of the class (was refused as "function is not convertible"); it is
+    the output structure, like a plain tuple."""
+    model = Detector().eval()
+    res = convert(model, forward_loop=[data], config=ConversionConfig.for_coding(coding, timesteps=16))
+    with torch.no_grad():
+        ann, out = model(data[:4]), res.snn(data[:4])
+    assert type(out) is Boxes and out.boxes.shape == (16, 4, 196, 4)
+    for got, want in zip(out, ann):
+        err = [float((got[t] - want).abs().mean() / want.abs().mean()) for t in (0, 15)]
+        assert err[1] < min(err[0], 0.15 if coding == "rate" else 0.05), err
+
+
+def test_an_output_without_a_batch_dim_or_not_finite_is_one_clear_error(data):
+    from snnconvert.convert.errors import CalibrationError
+
+    with pytest.raises(ConfigError, match=r"the model's output 1 has no batch dim \(\[196, 4\] for one image and for "
+                                          r"two\) and does not depend on the input \(anchors, priors\?\)"):
+        convert(Detector("priors").eval(), forward_loop=[data])
+    with pytest.raises(CalibrationError, match="the model's output boxes is NaN or infinite on the first calibration "
+                                               "image: check its weights"):
+        convert(Detector("nan").eval(), forward_loop=[data])

@@ -152,8 +152,11 @@ def test_evaluated_elsewhere_without_the_calibration_data(tmp_path):
 
 
 def _copy(snn: Path, to: Path, **source) -> Path:
-    """A copy of the saved folder ``snn`` at ``to``, with ``source`` written over its source.json fields."""
+    """A copy of the saved folder ``snn`` at ``to``, with ``source`` written over its source.json fields and without
+    its manifest (which would refuse the changed file first: the checks tested here guard a folder without one, or
+    with an edited one)."""
     shutil.copytree(snn, to)
+    (to / "manifest.json").unlink()
     doc = json.loads((to / "source.json").read_text())
     (to / "source.json").write_text(json.dumps({**doc, **source}))
     return to
@@ -222,6 +225,7 @@ def test_a_damaged_folder_is_one_line_naming_the_file(saved, tmp_path, name, dam
     _, snn, _, _ = saved
     folder = tmp_path / "snn"
     shutil.copytree(snn, folder)
+    (folder / "manifest.json").unlink()  # the checks of each file (the manifest's own: the next test)
     file = folder / name
     if damage is None:
         file.unlink()
@@ -237,6 +241,122 @@ def test_a_damaged_folder_is_one_line_naming_the_file(saved, tmp_path, name, dam
     if damage is _other_state:  # a few keys of each kind, not all of them
         assert "(6 missing key(s) 'conv1.weight', 'conv1.bias', 'conv2.weight' (+3 more); " \
                "8 unexpected key(s) '0.weight', '0.bias', '1.weight' (+5 more))" in line
+
+
+def _doubled(path: Path) -> None:
+    torch.save({k: 2 * v for k, v in torch.load(path, weights_only=True).items()}, path)
+
+
+def _negative(path: Path) -> None:
+    torch.save({k: -v for k, v in torch.load(path, weights_only=True).items()}, path)
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("thresholds.pt", _doubled),  # still a valid file: another SNN
+    ("config.json", lambda p: p.write_text(p.read_text().replace('"levels": 4', '"levels": 2'))),
+    ("ann_state.pt", _bigger_state),
+    ("report.json", lambda p: p.write_text(p.read_text().replace('"input_shape": [', '"input_shape": [7, '))),
+    ("source.json", lambda p: p.write_text(p.read_text().replace('"meta": {', '"meta": {"x": 1, '))),
+])
+def test_a_file_changed_after_saving_is_refused(saved, tmp_path, name, damage):
+    """manifest.json keeps every file's SHA-256: a changed file (valid or not) is one line naming it, before it is
+    read (an edited thresholds or config file was another SNN, loaded silently)."""
+    _, snn, _, _ = saved
+    folder = tmp_path / "snn"
+    shutil.copytree(snn, folder)
+    before = (folder / name).read_bytes()
+    damage(folder / name)
+    assert (folder / name).read_bytes() != before
+    line = _one_line(_run(folder))
+    assert f"{folder}: {name} was changed after saving (its SHA-256 differs from manifest.json); restore it, or " \
+           "convert the model again" in line, line
+    with pytest.raises(ArtifactError, match=f"{name} was changed after saving"):
+        load(folder)
+
+
+def test_thresholds_that_no_conversion_writes_are_refused_without_a_manifest(saved, tmp_path):
+    _, snn, _, _ = saved
+    folder = tmp_path / "snn"
+    shutil.copytree(snn, folder)
+    (folder / "manifest.json").unlink()
+    _negative(folder / "thresholds.pt")  # were clamped to 0 silently
+    with pytest.raises(ArtifactError, match=r"thresholds.pt is not a valid thresholds file \('.*': thresholds are "
+                                            r"finite float32 values >= 0\)"):
+        load(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "format_version": "1"}))
+    with pytest.raises(ArtifactError, match=r"artifact format '1' is not supported \(this snnconvert reads format "
+                                            r"1\)"):
+        load(folder)
+
+
+_EDITABLE = """
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 10 * 10, 3)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).flatten(1){edit})
+"""
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_model_code_edited_after_saving_is_refused(tmp_path, coding):
+    """A saved Python model is rebuilt from its file: a forward edited since (``* 0.5``, a constant changed) rebuilt
+    another network with the saved weights and thresholds, silently. The graph's digest in manifest.json tells."""
+    file = tmp_path / "net.py"
+    file.write_text(_EDITABLE.format(edit=" * 0.5"))
+    x = torch.rand(16, 1, 12, 12)
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("editable_net", file)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    res = convert(module.Net(), forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=4),
+                  source=ModelSource.python(f"{file}:Net"))
+    folder = res.save(tmp_path / "snn")
+    with torch.no_grad():
+        assert torch.equal(load(folder)(x), res.snn(x))  # unchanged code: the same network
+    for edit in (" * 0.25", "", " * 0.5 + 0"):
+        file.write_text(_EDITABLE.format(edit=edit))
+        with pytest.raises(ArtifactError, match=rf"{folder}: the model {file}:Net now converts to another network "
+                                                r"than the one saved \(\d+ graph nodes then, \d+ now\): its code "
+                                                "changed since saving; restore that code, or convert the model again"):
+            load(folder)
+    file.write_text(_EDITABLE.format(edit=" * 0.5"))
+    load(folder)
+
+
+def test_a_differential_snn_keeps_its_state_dict_keys_after_a_call():
+    """The step-0 capture stores each neuron's bias: state (recomputed per input shape), not a saved value; it made
+    the state dict of a used SNN have more keys than a fresh one's, so loading one into the other failed."""
+    x = torch.rand(8, 1, 28, 28)
+    fresh, used = (convert(SpellingsNet(), forward_loop=[x], config=ConversionConfig.for_coding("differential",
+                                                                                               timesteps=4)).snn
+                   for _ in range(2))
+    keys = set(fresh.state_dict())
+    with torch.no_grad():
+        used(x)
+    assert set(used.state_dict()) == keys
+    fresh.load_state_dict(used.state_dict())
+    used.load_state_dict(fresh.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), used(x))
+
+
+def test_source_values_that_json_cannot_store_are_named_when_saving(tmp_path):
+    x = torch.rand(8, 1, 28, 28)
+    res = convert(SpellingsNet(), forward_loop=[x],
+                  source=ModelSource.python(f"{NETS}:SpellingsNet", dtype=torch.float32))
+    with pytest.raises(ArtifactError, match="cannot save: the model source's kwargs 'dtype' is a dtype, which "
+                                            "source.json cannot store"):
+        res.save(tmp_path / "snn")
+    assert not (tmp_path / "snn").exists() and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("content", [[], ["config.json", "notes.txt"]])

@@ -73,7 +73,7 @@ def test_save_and_load_give_identical_outputs(converted, data, tmp_path):
     _, res = converted
     path = res.save(tmp_path / "snn")
     assert sorted(p.name for p in path.iterdir()) == [
-        "ann_state.pt", "config.json", "report.json", "source.json", "thresholds.pt"]
+        "ann_state.pt", "config.json", "manifest.json", "report.json", "source.json", "thresholds.pt"]
     again = load(path)
     with torch.no_grad():
         torch.testing.assert_close(again(data[:8]), res.snn(data[:8]), rtol=0, atol=0)

@@ -142,7 +142,9 @@ class SpikingNeuron(StepModule):
         self.signed = True if coding == "differential" else bool(signed)
         self.relu_constrained = bool(relu_constrained)
         self.register_buffer("threshold", th.clamp(min=0.0).clone())
-        self.register_buffer("bias", None)
+        # captured from the step-0 pass per input shape: state, not a parameter of the SNN (its state_dict keeps the
+        # same keys before and after a call)
+        self.register_buffer("bias", None, persistent=False)
         self.site: str | None = None  # the graph site it replaces (set by the conversion), named in its errors
         self._t = 0
         self.register_buffer("_m", None, persistent=False)

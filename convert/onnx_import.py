@@ -417,6 +417,8 @@ class _Importer:
                     result = target(*static_args, **static_kwargs)
             return self._wrap_static(result, ctx)
         fx_args = self._runtime_arg(args, ctx, scalars)
+        if op == "call_method" and isinstance(args[0], Const):  # the receiver stays a tensor (0.5.expand(...))
+            fx_args = (self.lift(args[0]), *fx_args[1:])
         fx_kwargs = self._runtime_arg(kwargs, ctx, scalars)
         return Tensor(self._create(op, target, fx_args, fx_kwargs))
 

@@ -253,6 +253,14 @@ def test_rearranging_and_prelu_ops_match_onnxruntime(text, inits, shape, module,
         assert module in module_types(gm)
 
 
+def test_a_scalar_constant_expanded_to_a_runtime_shape() -> None:
+    """torch's dynamo exporter writes ``torch.full_like(z, 0.5)`` as ``Expand(0-d constant, Shape(z))``: the
+    imported graph called ``0.5.expand(...)`` (the constant was inlined as a Python float)."""
+    text = "g (float[N,4,H,W] x) => (float y) { s = Shape(x) f = Expand(c, s) y = Add(x, f) }"
+    gm = assert_matches_ort(textual(text, 18, c=np.array(0.5, np.float32)), rand(2, 4, 3, 5))
+    assert gm(torch.zeros(3, 4, 2, 2)).eq(0.5).all()
+
+
 def test_prelu_slope_along_another_dim_is_listed() -> None:
     with pytest.raises(UnsupportedOpError) as info:
         load_onnx(textual("g (float[N,8,3,5] x) => (float y) { y = PRelu(x, s) }", 17, s=rand(5)))

@@ -63,16 +63,28 @@ def test_canonicalize_finds_every_relu_spelling():
     assert not _rerun(canonicalize_activations, gm)
 
 
-@pytest.mark.parametrize("spelling", ["clamp", "clamp_min", "relu_", "F.relu_inplace"])
+@pytest.mark.parametrize("spelling", ["clamp", "clamp_min", "relu_", "F.relu_inplace", "clamp_inf", "hardtanh_inf",
+                                      "Hardtanh_inf", "hardtanh_inf_inplace"])
 def test_canonicalize_other_spellings(spelling):
+    """Every ReLU spelling becomes one canonical ReLU; an upper bound of +inf bounds nothing (a bounded ReLU with
+    a = inf failed calibration: r − relu(r − a) computed inf − inf)."""
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 4)
+            self.hardtanh = nn.Hardtanh(0.0, float("inf"))
 
         def forward(self, x):
             y = self.fc(x)
-            if spelling == "clamp":
+            if spelling == "clamp_inf":
+                y = y.clamp(0, float("inf"))
+            elif spelling == "hardtanh_inf":
+                y = F.hardtanh(y, 0.0, float("inf"))
+            elif spelling == "Hardtanh_inf":
+                y = self.hardtanh(y)
+            elif spelling == "hardtanh_inf_inplace":
+                F.hardtanh(y, 0.0, float("inf"), inplace=True)
+            elif spelling == "clamp":
                 y = torch.clamp(y, min=0)
             elif spelling == "clamp_min":
                 y = y.clamp_min(0)

@@ -19,7 +19,8 @@ from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 _RELU_FUNCTIONS = {F.relu: "F.relu", torch.relu: "torch.relu", torch.relu_: "torch.relu_", F.relu_: "F.relu_"}
 _RELU_METHODS = {"relu": "Tensor.relu", "relu_": "Tensor.relu_"}
-_INPLACE_SPELLINGS = {"torch.relu_", "F.relu_", "Tensor.relu_", "nn.ReLU(inplace)", "F.relu(inplace)"}
+_INPLACE_SPELLINGS = {"torch.relu_", "F.relu_", "Tensor.relu_", "nn.ReLU(inplace)", "F.relu(inplace)",
+                      "nn.Hardtanh(0, inf, inplace)", "F.hardtanh(0, inf, inplace)"}
 _CLAMP_FUNCTIONS = {torch.clamp: "torch.clamp", torch.clip: "torch.clip", torch.clamp_min: "torch.clamp_min"}
 _CLAMP_METHODS = {"clamp": "Tensor.clamp", "clip": "Tensor.clip", "clamp_min": "Tensor.clamp_min"}
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
@@ -48,12 +49,23 @@ def _is_zero(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
 
+def _is_inf(value) -> bool:
+    """+inf: a bound that bounds nothing (``F.hardtanh(x, 0, inf)`` and ``clamp(x, 0, inf)`` are ReLUs)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == float("inf")
+
+
 def relu_spelling(gm: fx.GraphModule, node: fx.Node) -> str | None:
     """Name of the ReLU spelling ``node`` uses (``"F.relu"``, ``"nn.ReLU(inplace)"``, ...), or None."""
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
         if type(module) is nn.ReLU:
             return "nn.ReLU(inplace)" if module.inplace else "nn.ReLU"
+        if type(module) is nn.Hardtanh and module.min_val == 0 and _is_inf(module.max_val):
+            return "nn.Hardtanh(0, inf, inplace)" if module.inplace else "nn.Hardtanh(0, inf)"
+        return None
+    if node.op == "call_function" and node.target is F.hardtanh:
+        if _is_zero(_arg(node, 1, "min_val", -1.0)) and _is_inf(_arg(node, 2, "max_val", 1.0)):
+            return "F.hardtanh(0, inf, inplace)" if _arg(node, 3, "inplace", False) else "F.hardtanh(0, inf)"
         return None
     if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
         name = _RELU_FUNCTIONS[node.target]
@@ -65,8 +77,8 @@ def relu_spelling(gm: fx.GraphModule, node: fx.Node) -> str | None:
     if clamp:
         low = _arg(node, 1, "min")
         high = None if clamp.endswith("clamp_min") else _arg(node, 2, "max")
-        if _is_zero(low) and high is None:
-            return f"{clamp}(min=0)"
+        if _is_zero(low) and (high is None or _is_inf(high)):
+            return f"{clamp}(min=0)" if high is None else f"{clamp}(0, inf)"
     return None
 
 
@@ -81,20 +93,20 @@ def bounded_relu_ceiling(gm: fx.GraphModule, node: fx.Node) -> tuple[str, float]
         module = gm.get_submodule(node.target)
         if type(module) is nn.ReLU6:
             return "nn.ReLU6", 6.0
-        if type(module) is nn.Hardtanh and module.min_val == 0 and module.max_val > 0:
+        if type(module) is nn.Hardtanh and module.min_val == 0 and 0 < module.max_val < float("inf"):
             return "nn.Hardtanh(0, a)", float(module.max_val)
         return None
     if node.op == "call_function" and node.target is F.relu6:
         return "F.relu6", 6.0
     if node.op == "call_function" and node.target is F.hardtanh:
         low, high = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
-        ok = _is_zero(low) and isinstance(high, (int, float)) and high > 0
+        ok = _is_zero(low) and isinstance(high, (int, float)) and 0 < high < float("inf")
         return ("F.hardtanh(0, a)", float(high)) if ok else None
     clamp = _CLAMP_FUNCTIONS.get(node.target) if node.op == "call_function" else None
     clamp = clamp or (_CLAMP_METHODS.get(node.target) if node.op == "call_method" else None)
     if clamp and not clamp.endswith("clamp_min"):
         low, high = _arg(node, 1, "min"), _arg(node, 2, "max")
-        if _is_zero(low) and isinstance(high, (int, float)) and not isinstance(high, bool) and high > 0:
+        if _is_zero(low) and isinstance(high, (int, float)) and not isinstance(high, bool) and 0 < high < float("inf"):
             return f"{clamp}(0, a)", float(high)
     return None
 

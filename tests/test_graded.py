@@ -205,6 +205,9 @@ class _SortNet(nn.Module):
             return self.fc(torch.sort(h, dim=-1).indices[..., :3].float().flatten(1))
         if self.select == "tuple":
             return self.fc(torch.cat(torch.sort(h, dim=-1), dim=-1)[..., :3].flatten(1))
+        if self.select == "unpacked":  # the indices unpacked and never read
+            top, _ = torch.max(h, -1, keepdim=True)
+            return self.fc(torch.cat([h[..., :2], top], -1).flatten(1))
         return self.fc(torch.sort(h, dim=-1).values[..., 5:].flatten(1) + torch.topk(h, 3, dim=-1)[0].flatten(1))
 
 
@@ -213,7 +216,7 @@ def test_one_value_of_an_allowed_call_returning_several_is_an_exact_unit(coding)
     model, x = _SortNet().eval(), torch.rand(4, 1, 8, 8)
     cfg = ConversionConfig.for_coding(coding, timesteps=6, allow_ann_ops=("sort", "topk"), identity_neurons="off")
     res = convert(model, forward_loop=[x], config=cfg)
-    assert res.report.analog_nodes == ["sort", "getattr_1", "topk"]  # .values belongs to its call ([0]: supported)
+    assert res.report.analog_nodes == ["sort", "topk"]  # .values and [0] belong to their calls
     counts = res.report.entry("replace_activations").counts
     assert {k: v for k, v in counts.items() if k.startswith("GradedUnit")} == {"GradedUnit(sort)": 1,
                                                                               "GradedUnit(topk)": 1}
@@ -225,6 +228,21 @@ def test_one_value_of_an_allowed_call_returning_several_is_an_exact_unit(coding)
         convert(_SortNet("indices").eval(), forward_loop=[x], config=cfg)
     with pytest.raises(ConfigError, match=r"node sort returns several values .* cat use\(s\) the whole tuple"):
         convert(_SortNet("tuple").eval(), forward_loop=[x], config=cfg)
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_values_unpacked_with_unused_indices_convert_and_only_the_call_is_listed(coding):
+    """``top, _ = torch.max(h, -1)``: the unused indices were refused as "not a float tensor"; without the opt-in,
+    ``torch.max(h, -1).values`` listed the ``.values`` read as a second unsupported node."""
+    model, x = _SortNet("unpacked").eval(), torch.rand(4, 1, 8, 8)
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(model, forward_loop=[x])
+    assert [n.name for n in info.value.nodes] == ["max_1"]
+    cfg = ConversionConfig.for_coding(coding, timesteps=6, allow_ann_ops=("max_1",), identity_neurons="off")
+    res = convert(model, forward_loop=[x], config=cfg)
+    assert res.report.analog_nodes == ["max_1"]
+    _assert_units_exact(res.snn, x, 6, coding, "multi")
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x))
 
 
 class _AdditiveMask(nn.Module):

@@ -212,6 +212,9 @@ def wrap_units(gm: fx.GraphModule, neuron_targets: set[str], cfg: ConversionConf
             continue
         spiking.add(node)
         source = tuple_selection(node)
+        if source in tuples and not node.users:  # a value nobody reads (`values, _ = torch.max(x, 1)`)
+            gm.graph.erase_node(node)
+            continue
         if source in tuples:  # one value of it: a unit of the call and the selection together
             fn, deps, kind = _select_unit(gm, node, source, tuples[source])
         else:

@@ -261,6 +261,8 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
         if isinstance(module, nn.MultiheadAttention):
             return f"module MultiheadAttention is not convertible: {_WRITE_ATTENTION_OUT}"
         return f"module {type(module).__name__} is not convertible"
+    if tuple_selection(node) is not None:
+        return None  # one value of a call returning several (`torch.max(x, 1).values`): the call is what is listed
     if node.op == "call_function":
         if node.target in _FIRST_ARG_LINEAR and _dynamic_operand(node, cache):
             return _FIRST_ARG_LINEAR[node.target]

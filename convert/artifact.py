@@ -21,7 +21,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -81,7 +81,8 @@ class ModelSource:
             raise ModelLoadError(f"unknown model source kind {self.kind!r}")
         factory = resolve_factory(self.ref, named_by=named_by)
         try:
-            model = factory(**self.kwargs)
+            with _file_folder_importable(self.ref):
+                model = factory(**self.kwargs)
         except Exception as exc:  # noqa: BLE001 - user code
             raise ModelLoadError(f"{self.ref}() failed: {type(exc).__name__}: {exc}") from exc
         if not isinstance(model, torch.nn.Module):
@@ -152,7 +153,8 @@ def resolve_factory(ref: str, *, named_by: str = "a model reference"):
         spec = importlib.util.spec_from_file_location(f"snnconvert_user_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         try:
-            spec.loader.exec_module(module)
+            with _file_folder_importable(ref):
+                spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - user code
             raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     else:
@@ -170,6 +172,24 @@ def resolve_factory(ref: str, *, named_by: str = "a model reference"):
     if reason is not None:
         raise _refused(ref, reason, named_by)
     return factory
+
+
+@contextmanager
+def _file_folder_importable(ref: str) -> Iterator[None]:
+    """While a model file (``path/to/file.py:factory``) is imported and its factory runs, its folder is first on
+    ``sys.path``, as for ``python path/to/file.py``: a model file that imports a module next to it
+    (``from blocks import C2f``) loads. Taken off again after (no lasting change to the process)."""
+    module_part = ref.rpartition(":")[0]
+    folder = str(Path(module_part).resolve().parent) if module_part.endswith(".py") else None
+    if folder is None or folder in sys.path:
+        yield
+        return
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        with suppress(ValueError):
+            sys.path.remove(folder)
 
 
 def ordinary_permissions(path: str | os.PathLike) -> None:

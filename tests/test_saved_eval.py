@@ -388,3 +388,24 @@ def test_a_relative_file_factory_loads_from_another_working_directory(tmp_path, 
     monkeypatch.chdir(tmp_path)
     with torch.no_grad():
         assert torch.equal(load(tmp_path / "snn")(x), res.snn(x))
+
+
+def test_a_model_file_importing_a_module_next_to_it_converts_saves_and_loads(tmp_path):
+    """``path/net.py:Net`` whose file imports ``blocks.py`` from its own folder loads as ``python path/net.py`` would
+    (was "No module named 'blocks'"); the folder is on sys.path only while the file is imported and built."""
+    import sys
+
+    (tmp_path / "blocks_for_snn_test.py").write_text(
+        "import torch.nn as nn\n\n\ndef block(c_in, c_out):\n    return nn.Sequential(nn.Conv2d(c_in, c_out, 3), "
+        "nn.ReLU())\n")
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\nfrom blocks_for_snn_test import block\n\n\ndef Net():\n    return nn.Sequential("
+        "block(1, 4), nn.Flatten(), nn.Linear(4 * 10 * 10, 3))\n")
+    source = ModelSource.python(f"{tmp_path / 'net.py'}:Net")
+    x = torch.rand(8, 1, 12, 12)
+    res = convert(source.build(), forward_loop=[x], source=source)
+    assert str(tmp_path) not in sys.path
+    sys.modules.pop("blocks_for_snn_test", None)  # loading imports it again, from the saved file's folder
+    with torch.no_grad():
+        assert torch.equal(load(res.save(tmp_path / "snn"))(x), res.snn(x))
+    assert str(tmp_path) not in sys.path

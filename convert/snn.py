@@ -40,6 +40,12 @@ def _step_count(timesteps: object) -> int:
     return T
 
 
+def _cast_refused(how: str) -> ConfigError:
+    return ConfigError(f"{how}: a converted SNN keeps its neuron state in float32 and its input is cast to its "
+                       "layers' precision by its graph; run its layers in bf16/fp16 with "
+                       "snnconvert.runtime.compile(snn, dtype=torch.bfloat16) (or torch.float16)")
+
+
 class SpikingNetwork(nn.Module):
     """A converted spiking network (reference runtime).
 
@@ -75,6 +81,24 @@ class SpikingNetwork(nn.Module):
         self.elide_static_prefix = True
         self.prefix_phase: PrefixPhase | None = None  # set while a static-prefix layer runs (for the counters)
         self._prefix_cache: tuple[tuple, StaticPrefix | None] | None = None
+
+    def half(self) -> SpikingNetwork:
+        raise _cast_refused("snn.half()")
+
+    def bfloat16(self) -> SpikingNetwork:
+        raise _cast_refused("snn.bfloat16()")
+
+    def double(self) -> SpikingNetwork:
+        raise _cast_refused("snn.double()")
+
+    def to(self, *args, **kwargs) -> SpikingNetwork:
+        """``nn.Module.to`` for devices; a dtype other than float32 is refused (the neurons' state is fp32 and the
+        layers' precision is set with ``snnconvert.runtime.compile(snn, dtype=...)``)."""
+        dtype = kwargs.get("dtype") or next((a.dtype if isinstance(a, torch.Tensor) else a for a in args
+                                             if isinstance(a, (torch.dtype, torch.Tensor))), None)
+        if dtype is not None and dtype != torch.float32:
+            raise _cast_refused(f"snn.to({dtype})")
+        return super().to(*args, **kwargs)
 
     def __getstate__(self) -> dict:
         """Pickling (``torch.save`` of the whole network) leaves the static-prefix cache out: it holds graph nodes

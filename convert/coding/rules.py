@@ -142,7 +142,8 @@ def check_broadcast(name: str, shape: torch.Size, step_shape: torch.Size) -> Non
             "they hold for the input size they were calibrated at; convert again with inputs of this size, or use "
             "granularity channel or layer")
     raise ConfigError(f"{name} of shape {tuple(shape)} does not broadcast to the per-step shape {tuple(step_shape)}; "
-                      "use a scalar, per-channel ([C, 1, 1] or [C]) or per-neuron threshold")
+                      "use a scalar, one value per channel shaped to broadcast (e.g. [C, 1, 1] for a conv's "
+                      "[C, H, W] output, [C] for a linear one) or one per neuron")
 
 
 def check_levels(kind: str, n_levels: int) -> None:

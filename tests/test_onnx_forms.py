@@ -253,6 +253,28 @@ def test_rearranging_and_prelu_ops_match_onnxruntime(text, inits, shape, module,
         assert module in module_types(gm)
 
 
+@pytest.mark.parametrize(("act", "opset", "module"), [
+    ("a = Selu(c)", 17, nn.SELU),
+    ("a = Selu <alpha=1.5, gamma=2.0> (c)", 17, nn.ELU),
+    ("a = Celu <alpha=0.7> (c)", 17, nn.CELU),
+    ("a = Mish(c)", 18, nn.Mish),
+    ('r = Relu(c) a = Einsum <equation="bchw,dc->bdhw"> (r, e)', 17, None),
+])
+def test_more_activations_and_einsum_match_onnxruntime_and_convert(act, opset, module) -> None:
+    """Selu, Celu, Mish (graded units, as on the torch.fx path) and Einsum with a constant operand (a matrix product,
+    linear) were refused by the importer although the modules they come from convert."""
+    model = textual(f"g (float[N,4,H,W] x) => (float y) {{ c = Conv(x, k) {act} y = Conv(a, k2) }}", opset,
+                    k=rand(4, 4, 1, 1), e=rand(4, 4), k2=rand(3, 4, 1, 1))
+    gm = assert_matches_ort(model, rand(2, 4, 3, 5))
+    if module is not None:
+        assert module in module_types(gm)
+    x = torch.randn(4, 4, 3, 5)
+    res = convert(gm, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=16))
+    with torch.no_grad():
+        ann, out = gm(x), res.snn(x)
+    assert float((out[-1] - ann).abs().max()) < float((out[0] - ann).abs().max())
+
+
 def test_a_scalar_constant_expanded_to_a_runtime_shape() -> None:
     """torch's dynamo exporter writes ``torch.full_like(z, 0.5)`` as ``Expand(0-d constant, Shape(z))``: the
     imported graph called ``0.5.expand(...)`` (the constant was inlined as a Python float)."""

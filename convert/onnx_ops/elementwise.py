@@ -116,6 +116,32 @@ def convert_elu(ctx: OpContext) -> Value:
     return _activation(ctx, nn.ELU(ctx.attr("alpha", 1.0)))
 
 
+#: ONNX's Selu defaults (float32 renderings of torch's SELU constants)
+_SELU_ALPHA, _SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+
+
+@register("Selu", since=6)
+def convert_selu(ctx: OpContext) -> Value:
+    """Selu -> ``nn.SELU`` (its default constants); other constants -> gamma · ``nn.ELU(alpha)``."""
+    alpha, gamma = float(ctx.attr("alpha", _SELU_ALPHA)), float(ctx.attr("gamma", _SELU_GAMMA))
+    if math.isclose(alpha, _SELU_ALPHA, rel_tol=1e-6) and math.isclose(gamma, _SELU_GAMMA, rel_tol=1e-6):
+        return _activation(ctx, nn.SELU())
+    x = ctx.input(0)
+    return _same_shape(ctx, ctx.call_function(operator.mul, ctx.call_module(nn.ELU(alpha), x), gamma), x)
+
+
+@register("Celu", since=12)
+def convert_celu(ctx: OpContext) -> Value:
+    """Celu -> ``nn.CELU``."""
+    return _activation(ctx, nn.CELU(float(ctx.attr("alpha", 1.0))))
+
+
+@register("Mish", since=18)
+def convert_mish(ctx: OpContext) -> Value:
+    """Mish -> ``nn.Mish``."""
+    return _activation(ctx, nn.Mish())
+
+
 @register("Softplus", since=1)
 def convert_softplus(ctx: OpContext) -> Value:
     """Softplus -> ``nn.Softplus``."""

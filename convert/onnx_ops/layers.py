@@ -270,6 +270,14 @@ def _fusable_bias(ctx: OpContext, n_out: int, rank: int | None) -> tuple[Const |
     return bias, add
 
 
+@register("Einsum", since=12)
+def convert_einsum(ctx: OpContext) -> Value:
+    """Einsum -> ``torch.einsum`` (a matrix product: linear when every operand but one is a constant)."""
+    equation = ctx.attr("equation")
+    equation = equation.decode() if isinstance(equation, bytes) else equation
+    return ctx.call_function(torch.einsum, equation, *ctx.inputs(), scalars=False)
+
+
 @register("MatMul", since=13)
 def convert_matmul(ctx: OpContext) -> Value:
     """MatMul -> ``nn.Linear`` when the right operand is a constant 2-d weight; an ``Add`` of a constant [N] bias

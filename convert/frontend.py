@@ -397,11 +397,13 @@ class _ShapeBranchTracer(fx.Tracer):
         counted = what in ("len()", "iteration")
         if not counted and depends_on_values(node, {}):
             raise TraceError(f"{what} from tensor values at {where} (data-dependent); {_TRACE_HINT}")
-        value = self._evaluate(node)
-        value = len(value) if counted else operator.index(value)
-        if self.example.dim() and (len(self._evaluate(node, torch.cat([self.example, self.example])))
-                                   if counted else operator.index(self._evaluate(node, torch.cat(
-                                       [self.example, self.example])))) != value:
+
+        def measure(example: torch.Tensor | None = None) -> int:
+            found = self._evaluate(node, example)
+            return len(found) if counted else operator.index(found)
+
+        value = measure()
+        if self.example.dim() and measure(torch.cat([self.example, self.example])) != value:  # batch 2b, not b
             raise TraceError(f"{what} at {where} changes with the batch size, and the converted graph serves every "
                              "batch size; keep the batch dim a traced size (x.shape[0], x.size(0)) or loop over "
                              f"another dim; {_TRACE_HINT}")

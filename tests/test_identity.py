@@ -249,6 +249,7 @@ def test_gated_net_sites_and_artifact_round_trip(tmp_path):
     assert doc["config"]["identity_levels"] == 6
     del doc["config"]["identity_neurons"], doc["config"]["identity_levels"]
     (path / "config.json").write_text(json.dumps(doc))
+    (path / "manifest.json").unlink()  # (a folder written before manifests existed)
     old = load_artifact(path).config  # written before identity_levels existed: identity neurons had n = levels
     assert old.identity_neurons == "off" and old.identity_levels is None and old.identity_n == old.levels == 4
 

@@ -206,8 +206,8 @@ class _SortNet(nn.Module):
         if self.select == "tuple":
             return self.fc(torch.cat(torch.sort(h, dim=-1), dim=-1)[..., :3].flatten(1))
         if self.select == "unpacked":  # the indices unpacked and never read
-            top, _ = torch.max(h, -1, keepdim=True)
-            return self.fc(torch.cat([h[..., :2], top], -1).flatten(1))
+            top, _ = torch.sort(h, -1, descending=True)
+            return self.fc(torch.cat([h[..., :2], top[..., :1]], -1).flatten(1))
         return self.fc(torch.sort(h, dim=-1).values[..., 5:].flatten(1) + torch.topk(h, 3, dim=-1)[0].flatten(1))
 
 
@@ -232,15 +232,15 @@ def test_one_value_of_an_allowed_call_returning_several_is_an_exact_unit(coding)
 
 @pytest.mark.parametrize("coding", ["rate", "differential"])
 def test_values_unpacked_with_unused_indices_convert_and_only_the_call_is_listed(coding):
-    """``top, _ = torch.max(h, -1)``: the unused indices were refused as "not a float tensor"; without the opt-in,
-    ``torch.max(h, -1).values`` listed the ``.values`` read as a second unsupported node."""
+    """``top, _ = torch.sort(h, -1)``: the unused indices were refused as "not a float tensor"; without the opt-in,
+    ``torch.sort(h).values`` listed the ``.values`` read as a second unsupported node."""
     model, x = _SortNet("unpacked").eval(), torch.rand(4, 1, 8, 8)
     with pytest.raises(UnsupportedOpError) as info:
         convert(model, forward_loop=[x])
-    assert [n.name for n in info.value.nodes] == ["max_1"]
-    cfg = ConversionConfig.for_coding(coding, timesteps=6, allow_ann_ops=("max_1",), identity_neurons="off")
+    assert [n.name for n in info.value.nodes] == ["sort"]
+    cfg = ConversionConfig.for_coding(coding, timesteps=6, allow_ann_ops=("sort",), identity_neurons="off")
     res = convert(model, forward_loop=[x], config=cfg)
-    assert res.report.analog_nodes == ["max_1"]
+    assert res.report.analog_nodes == ["sort"]
     _assert_units_exact(res.snn, x, 6, coding, "multi")
     torch.testing.assert_close(res.snn.ann_forward(x), model(x))
 
@@ -550,3 +550,44 @@ def test_a_shared_activation_module_works_in_low_precision():
         low = compile_snn(res.snn, backend="torch", dtype=torch.bfloat16)(x)
     torch.testing.assert_close(res.snn.ann_forward(x), model(x))
     assert (low[-1] - full[-1]).abs().max() < 0.05 * full[-1].abs().max()
+
+
+class _Reductions(nn.Module):
+    """Reductions over a sample's dims and element-wise max/min, as real models write them: CBAM's spatial attention
+    (channel max and mean), L2-normalised embeddings, a channel-wise max of two branches, statistics."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.kind = kind
+        self.conv, self.conv2 = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.gate, self.fc = nn.Conv2d(2, 1, 3, padding=1), nn.Linear(6 * 8 * 8, 5)
+        self.cap = nn.Parameter(torch.full((6, 1, 1), 0.3))
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        if self.kind == "cbam":  # torch.max(h, 1, keepdim=True)[0] next to the mean
+            stats = torch.cat([torch.max(h, 1, keepdim=True)[0], h.mean(1, keepdim=True)], 1)
+            h = h * torch.sigmoid(self.gate(stats))
+        elif self.kind == "amax_values":
+            h = h - h.amax(dim=(2, 3), keepdim=True) + h.max(dim=1, keepdim=True).values
+        elif self.kind == "normalize":
+            h = F.normalize(h, dim=1)
+        elif self.kind == "maximum":
+            h = torch.maximum(h, F.relu(self.conv2(h))) - torch.minimum(h, self.cap)
+        else:  # "std"
+            h = h / (h.std(dim=(2, 3), keepdim=True) + 1)
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+@pytest.mark.parametrize("kind", ["cbam", "amax_values", "normalize", "maximum", "std"])
+def test_reductions_over_a_sample_are_exact_graded_units(kind, coding):
+    """Channel max (CBAM), amax, F.normalize, maximum/minimum of two tensors and statistics were "not convertible";
+    each is a known function of its decoded inputs, so a graded unit: exact at every step."""
+    model, x = _Reductions(kind).eval(), torch.rand(4, 1, 8, 8)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=6,
+                                                                              identity_neurons="off"))
+    assert not res.report.analog_nodes
+    _assert_units_exact(res.snn, x, 6, coding, "multi")
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x))

@@ -101,11 +101,18 @@ GRADED_FUNCTIONS = frozenset({
     F.hardtanh, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.sin, torch.cos, masked_softmax,
     torch.nan_to_num,
+    # reductions over a sample's dims (CBAM's channel max, L2 normalisation, statistics): a reduction over the batch
+    # dim is refused by the per-sample check; torch.max(x, dim) returns (values, indices): its values become the unit
+    torch.amax, torch.amin, torch.max, torch.min, F.normalize, torch.var, torch.std, torch.logsumexp, torch.norm,
+    torch.linalg.vector_norm, torch.maximum, torch.minimum,
 })
+#: graded functions of two input-dependent tensors (element-wise), next to products and quotients
+_BINARY_GRADED = frozenset({torch.maximum, torch.minimum, "maximum", "minimum"})
 #: ... and as tensor methods.
 GRADED_METHODS = frozenset({"sigmoid", "tanh", "softmax", "log_softmax", "erf", "exp", "log", "sqrt", "rsqrt", "abs",
                             "square", "reciprocal", "pow", "clamp", "clip", "clamp_min", "clamp_max", "sin",
-                            "cos"})
+                            "cos", "amax", "amin", "max", "min", "var", "std", "logsumexp", "norm", "maximum",
+                            "minimum"})
 _WRITE_ATTENTION_OUT = ("write the attention out as matmul -> softmax -> matmul, whose products become units "
                         "(method.md §5.2, §6)")
 #: Matrix products: linear with one input-dependent operand, a product unit (method.md §5.2) with two.
@@ -199,7 +206,7 @@ def graded_kind(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
         return None
     if node.op == "call_function":
         if node.target in GRADED_FUNCTIONS:
-            return "function" if len(deps) == 1 else None
+            return "function" if len(deps) == 1 or (len(deps) == 2 and node.target in _BINARY_GRADED) else None
         if node.target in _SCALING_FUNCTIONS:
             return _product_kind(node, deps, cache)
         if node.target in MATMULS:
@@ -207,6 +214,8 @@ def graded_kind(gm: fx.GraphModule, node: fx.Node, cache: dict) -> str | None:
         return None
     if node.op == "call_method":
         if node.target in GRADED_METHODS:
+            if len(deps) == 2 and node.target in _BINARY_GRADED:
+                return "function"
             return "function" if len(deps) == 1 and node.args[0] is deps[0] else None
         if node.target in _SCALING_METHODS:
             return _product_kind(node, deps, cache)

@@ -591,3 +591,62 @@ def test_reductions_over_a_sample_are_exact_graded_units(kind, coding):
     assert not res.report.analog_nodes
     _assert_units_exact(res.snn, x, 6, coding, "multi")
     torch.testing.assert_close(res.snn.ann_forward(x), model(x))
+
+
+class _Piecewise(nn.Module):
+    """Element-wise functions written with a selection whose mask comes from the input (the dynamo exporter's
+    Softplus, a hand-written leaky ReLU, Hardshrink with masked_fill, a floor from full_like) and the modules
+    nn.Threshold, nn.RReLU (eval: a fixed slope) and nn.Softmax2d."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        torch.manual_seed(9)
+        self.kind = kind
+        self.conv, self.fc = nn.Conv2d(1, 6, 3, padding=1), nn.Linear(6 * 8 * 8, 5)
+        self.module = {"threshold": nn.Threshold(0.1, -1.0), "rrelu": nn.RReLU(), "softmax2d": nn.Softmax2d()}.get(kind)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x)) - 0.2
+        if self.kind == "softplus":
+            h = torch.where(h * 2 > 20, h, torch.log1p(torch.exp(h * 2)) / 2)
+        elif self.kind == "leaky":
+            h = torch.where(h > 0, h, 0.1 * h)
+        elif self.kind == "hardshrink":
+            h = h.masked_fill(h.abs() < 0.3, 0)
+        elif self.kind == "floor":
+            h = torch.where(h > 0.1, h, torch.full_like(h, 0.05))
+        else:
+            h = self.module(h)
+        return self.fc(h.flatten(1))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+@pytest.mark.parametrize("kind", ["softplus", "leaky", "hardshrink", "floor", "threshold", "rrelu", "softmax2d"])
+def test_piecewise_functions_of_one_tensor_are_exact_graded_units(kind, coding):
+    """A where / masked_fill whose mask and branches come from one tensor is one function of it (its comparison and
+    selection were listed as "not convertible" / "mask computed from the input"): one exact graded unit."""
+    from snnconvert.convert.passes.piecewise import PiecewiseFunction
+
+    model, x = _Piecewise(kind).eval(), torch.rand(4, 1, 8, 8)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=6,
+                                                                              identity_neurons="off"))
+    fused = [m for m in res.snn.gm.modules() if isinstance(m, PiecewiseFunction)]
+    assert len(fused) == (kind in ("softplus", "leaky", "hardshrink", "floor"))
+    assert not [n for n in res.snn.gm.graph.nodes if n.target in (torch.where, "masked_fill", operator.gt)]
+    _assert_units_exact(res.snn, x, 6, coding, "multi")
+    torch.testing.assert_close(res.snn.ann_forward(x), model(x))
+
+
+def test_a_selection_between_two_tensors_is_still_listed():
+    """``where(a > b, a, b)`` of two separately computed tensors is no function of one tensor: listed, not fused."""
+    class TwoSources(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            a, b = F.relu(self.a(x)), F.relu(self.b(x))
+            return torch.where(a > b, a, b - a)
+
+    with pytest.raises(UnsupportedOpError, match="mask computed from the input"):
+        convert(TwoSources().eval(), forward_loop=[torch.rand(2, 1, 6, 6)])

@@ -259,12 +259,15 @@ def test_rearranging_and_prelu_ops_match_onnxruntime(text, inits, shape, module,
     ("a = Celu <alpha=0.7> (c)", 17, nn.CELU),
     ("a = Mish(c)", 18, nn.Mish),
     ('r = Relu(c) a = Einsum <equation="bchw,dc->bdhw"> (r, e)', 17, None),
+    # the dynamo exporter's Softplus(beta, threshold): the selection becomes one piecewise function of c
+    ("b = Mul(c, two) g = Greater(b, t) s = Softplus(b) h = Div(s, two) a = Where(g, c, h)", 18, None),
 ])
 def test_more_activations_and_einsum_match_onnxruntime_and_convert(act, opset, module) -> None:
     """Selu, Celu, Mish (graded units, as on the torch.fx path) and Einsum with a constant operand (a matrix product,
     linear) were refused by the importer although the modules they come from convert."""
     model = textual(f"g (float[N,4,H,W] x) => (float y) {{ c = Conv(x, k) {act} y = Conv(a, k2) }}", opset,
-                    k=rand(4, 4, 1, 1), e=rand(4, 4), k2=rand(3, 4, 1, 1))
+                    k=rand(4, 4, 1, 1), e=rand(4, 4), k2=rand(3, 4, 1, 1), two=np.array(2.0, np.float32),
+                    t=np.array(1.0, np.float32))
     gm = assert_matches_ort(model, rand(2, 4, 3, 5))
     if module is not None:
         assert module in module_types(gm)

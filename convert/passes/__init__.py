@@ -9,10 +9,11 @@ from snnconvert.convert.passes.normalize import (
     move_maxpool_before_activation,
     out_of_place_activations,
 )
+from snnconvert.convert.passes.piecewise import fuse_piecewise_functions
 
 NORMALIZE_PASSES = (
     decompose_bounded_relu, canonicalize_activations, out_of_place_activations, drop_dropout_and_identity,
-    write_out_attention, functional_layers_to_modules, fold_bn,
+    write_out_attention, fuse_piecewise_functions, functional_layers_to_modules, fold_bn,
     move_maxpool_before_activation,
 )
 

@@ -26,6 +26,7 @@ from snnconvert.convert.errors import UnsupportedNode, UnsupportedOpError
 from snnconvert.convert.frontend import depends_on_values, node_source, reads_metadata
 from snnconvert.convert.passes.attention import masked_softmax
 from snnconvert.convert.passes.normalize import is_canonical_relu, nodes_in
+from snnconvert.convert.passes.piecewise import PiecewiseFunction
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ GRADED_MODULES: tuple[type[nn.Module], ...] = (
     # clipping other than a bounded ReLU (those are rewritten into two neurons first), e.g. Hardtanh(-1, 1); max-pools
     # over adaptive windows (a global max-pool: ONNX GlobalMaxPool)
     nn.Hardtanh, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    # element-wise functions written with a selection (piecewise.py), and other deterministic ones in eval mode
+    PiecewiseFunction, nn.Threshold, nn.RReLU, nn.Softmax2d,
 )
 #: The same as functions (the ONNX importer emits these) ...
 GRADED_FUNCTIONS = frozenset({

@@ -499,9 +499,9 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         raise _damaged(root, ", ".join(missing), "is missing" if len(missing) == 1 else "are missing")
     graph = _check_manifest(root)
     cfg_doc = _read_json(root, "config.json")
-    version = cfg_doc.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise ArtifactError(f"{root}: artifact format {version!r} is not supported (this snnconvert reads format "
+    fmt = cfg_doc.get("format_version")
+    if type(fmt) is not int or fmt != FORMAT_VERSION:
+        raise ArtifactError(f"{root}: artifact format {fmt!r} is not supported (this snnconvert reads format "
                             f"{FORMAT_VERSION}); convert the model again")
     if not isinstance(cfg_doc.get("config"), dict):
         raise _damaged(root, "config.json", "holds no configuration")

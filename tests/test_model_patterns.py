@@ -823,3 +823,36 @@ def test_python_values_from_the_batch_size_or_tensor_values_are_refused(code, me
             trace_module(ShapeValues("len_shape").eval())
     finally:
         del SHAPE_VALUES["_probe"]
+
+
+class LinearMoves(nn.Module):
+    """Linear data movement spelled as methods and unfold/fold: ``x.repeat_interleave``, ``F.unfold`` / ``F.fold``
+    (an im2col round trip), ``nn.Unfold``, ``x.unfold`` (sliding windows) and ``x.type(torch.float32)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(10)
+        self.conv, self.unfold = nn.Conv2d(1, 4, 3, padding=1), nn.Unfold(2, stride=2)
+        self.fc = nn.Linear(512 + 128 + 128 + 256, 5)
+
+    def forward(self, x):  # x [B, 1, 8, 8]
+        h = F.relu(self.conv(x)).type(torch.float32)
+        a = h.repeat_interleave(2, dim=1)  # [B, 8, 8, 8]
+        b = F.fold(F.unfold(h, 2, stride=2), (8, 8), 2, stride=2)[:, :1].repeat_interleave(2, 2)  # [B, 1, 16, 8]
+        c = self.unfold(h)  # [B, 16, 16]
+        d = h.unfold(2, 2, 2).unfold(3, 2, 2)  # [B, 4, 4, 4, 2, 2]
+        return self.fc(torch.cat([a.flatten(1), b.flatten(1)[:, :16 * 8], c.flatten(1)[:, :16 * 8],
+                                  d.flatten(1)], 1))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_linear_moves_spelled_as_methods_and_unfold_fold_convert(coding):
+    model, x = LinearMoves().eval(), torch.rand(4, 1, 8, 8)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=32))
+    counts = res.report.entry("replace_activations").counts
+    assert not any(k.startswith("GradedUnit") for k in counts), counts  # linear: applied unchanged at every step
+    with torch.no_grad():
+        ann, out = model(x), res.snn(x)
+        torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
+    err = _relative_errors(out, ann, (0, 31))
+    assert err[1] < min(err[0], 0.05), err

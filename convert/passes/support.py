@@ -42,7 +42,7 @@ SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReplicationPad2d, nn.ReplicationPad3d,
     # resampling and rearranging: every interpolation mode (nearest, (bi/tri)linear, bicubic, area) is linear
     nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.PixelShuffle, nn.PixelUnshuffle,
-    nn.ChannelShuffle,
+    nn.ChannelShuffle, nn.Unfold, nn.Fold,
 )
 #: Functions that are affine in their tensor arguments (when the non-tensor arguments are constants).
 SUPPORTED_FUNCTIONS = frozenset({
@@ -55,7 +55,7 @@ SUPPORTED_FUNCTIONS = frozenset({
     # splitting, moving and resampling data (timm: split in MixConv / Res2Net, unbind of qkv, roll in Swin)
     torch.split, torch.chunk, torch.unbind, torch.tensor_split, torch.roll, torch.flip, torch.movedim,
     torch.swapaxes, torch.swapdims, torch.repeat_interleave, torch.pixel_shuffle, torch.pixel_unshuffle,
-    torch.channel_shuffle, F.interpolate, F.upsample, F.pixel_shuffle, F.pixel_unshuffle,
+    torch.channel_shuffle, F.interpolate, F.upsample, F.pixel_shuffle, F.pixel_unshuffle, F.unfold, F.fold,
 })
 #: Functions linear in their first argument only while their other tensor arguments are constants: why not else.
 _FIRST_ARG_LINEAR = {
@@ -74,7 +74,7 @@ SUPPORTED_METHODS = frozenset({
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "size", "mean",
     "sum", "add", "add_", "sub", "neg", "expand", "expand_as", "view_as", "reshape_as", "unflatten", "chunk", "split",
     "dim", "float", "type_as", "select", "narrow", "unbind", "tensor_split", "roll", "flip", "repeat",
-    "movedim", "swapaxes", "swapdims", "clone",
+    "movedim", "swapaxes", "swapdims", "clone", "repeat_interleave", "unfold",
 })
 #: Products / quotients are affine only when at most one factor depends on the input.
 _SCALING_FUNCTIONS = frozenset({operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul,
@@ -311,8 +311,8 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
 def _float_cast(node: fx.Node) -> bool:
     """``x.to(...)`` to a floating dtype, a device, or another tensor's dtype and device (``out.to(dtype=x.dtype)``
     in timm's rotary embeddings): the values pass unchanged (up to the dtype's rounding), like ``x.float()``."""
-    if node.target != "to":
-        return False
+    if node.target not in ("to", "type") or (node.target == "type" and len(node.args) + len(node.kwargs) < 2):
+        return False  # x.type() alone returns the type's name
     for arg in (*node.args[1:], *node.kwargs.values()):
         if isinstance(arg, torch.dtype) and not arg.is_floating_point:
             return False  # a cast to integers rounds: not linear

@@ -237,3 +237,73 @@ class ScalarNet(BoxNet):
 
     def __init__(self) -> None:
         super().__init__(outputs=1)
+
+
+class _CBS(nn.Module):
+    """Conv-BN-SiLU (Ultralytics' ``Conv``)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int = 1, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class _C2f(nn.Module):
+    """Ultralytics' C2f as it is written: ``y = list(self.cv1(x).chunk(2, 1))``, then ``y.extend(...)`` in a loop."""
+
+    def __init__(self, c_in: int, c_out: int, n: int = 1) -> None:
+        super().__init__()
+        self.c = c_out // 2
+        self.cv1, self.cv2 = _CBS(c_in, 2 * self.c), _CBS((2 + n) * self.c, c_out)
+        self.m = nn.ModuleList(nn.Sequential(_CBS(self.c, self.c, 3), _CBS(self.c, self.c, 3)) for _ in range(n))
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(y[-1] + m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class YoloNet(nn.Module):
+    """A small YOLOv8-style detector on ``[B, 1, 32, 32]``: C2f blocks, SPPF (three chained 5×5 max-pools), an FPN
+    with nearest upsampling and concatenation, and two heads whose ``[B, A·(5+C), H, W]`` maps are reshaped by
+    traced sizes (``B, _, H, W = y.shape``), permuted and concatenated to ``[B, boxes, 5+C]``, the box centres
+    decoded on a grid built from ``torch.arange`` of traced sizes; a NamedTuple output (boxes, scores)."""
+
+    Out = __import__("collections").namedtuple("Out", "boxes scores")
+
+    def __init__(self, classes: int = 3, anchors: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(14)
+        self.no, self.na = 5 + classes, anchors
+        self.stem, self.d1, self.c1 = _CBS(1, 8, 3, 2), _CBS(8, 16, 3, 2), _C2f(16, 16)  # /4
+        self.d2, self.c2 = _CBS(16, 32, 3, 2), _C2f(32, 32)  # /8
+        self.cv_sppf, self.pool, self.sppf = _CBS(32, 16), nn.MaxPool2d(5, 1, 2), _CBS(64, 32)
+        self.fpn = _C2f(32 + 16, 16)
+        self.heads = nn.ModuleList(nn.Conv2d(c, anchors * self.no, 1) for c in (16, 32))
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        p4 = self.c1(self.d1(self.stem(x)))
+        p8 = self.c2(self.d2(p4))
+        s = self.cv_sppf(p8)
+        y1 = self.pool(s)
+        y2 = self.pool(y1)
+        p8 = self.sppf(torch.cat([s, y1, y2, self.pool(y2)], 1))
+        p4 = self.fpn(torch.cat([F.interpolate(p8, scale_factor=2, mode="nearest"), p4], 1))
+        boxes, scores = [], []
+        for i, f in enumerate((p4, p8)):
+            y = self.heads[i](f)
+            B, _, H, W = y.shape
+            y = y.view(B, self.na, self.no, H, W).permute(0, 1, 3, 4, 2).reshape(B, -1, self.no)
+            gy, gx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+            grid = torch.stack([gx, gy], -1).reshape(1, 1, H * W, 2).expand(1, self.na, -1, -1).reshape(1, -1, 2)
+            boxes.append(torch.cat([(y[..., :2].sigmoid() + grid) * (4 << i), y[..., 2:4]], -1))
+            scores.append(y[..., 4:].sigmoid())
+        return self.Out(torch.cat(boxes, 1), torch.cat(scores, 1))

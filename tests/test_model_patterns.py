@@ -856,3 +856,47 @@ def test_linear_moves_spelled_as_methods_and_unfold_fold_convert(coding):
         torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
     err = _relative_errors(out, ann, (0, 31))
     assert err[1] < min(err[0], 0.05), err
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_a_yolo_style_detector_converts_and_converges(coding):
+    """YOLOv8-style code end to end (tests/nets.py ``YoloNet``): C2f's ``list(x.chunk(2, 1))``, SPPF, FPN upsampling,
+    heads reshaped by traced sizes and a grid from ``torch.arange(H)``, a NamedTuple output."""
+    from nets import YoloNet
+
+    model, x = YoloNet().eval(), torch.rand(6, 1, 32, 32)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=16),
+                  example_inputs=x[:1])
+    with torch.no_grad():
+        for rows in (1, 6):  # the graph serves every batch size
+            for got, want in zip(res.snn.ann_forward(x[:rows]), model(x[:rows])):
+                torch.testing.assert_close(got, want, **TOL)
+        ann, out = model(x), res.snn(x)
+    assert type(out) is type(ann)
+    for got, want in zip(out, ann):
+        err = _relative_errors(got - want.mean(), want - want.mean(), (0, 15))  # the part the input changes
+        assert err[1] < err[0], err
+
+
+def test_a_yolo_style_detector_exported_to_onnx_imports_and_converts(tmp_path):
+    import warnings
+
+    import onnxruntime as ort
+    from nets import YoloNet
+
+    from snnconvert.convert import load_onnx
+
+    model, x = YoloNet().eval(), torch.rand(3, 1, 32, 32)
+    path = tmp_path / "yolo.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          dynamic_axes={"x": {0: "b"}})
+    want = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})
+    gm = load_onnx(path)
+    with torch.no_grad():
+        for got, ref in zip(gm(x), want):
+            torch.testing.assert_close(got, torch.from_numpy(ref), rtol=1e-4, atol=1e-4)
+    res = convert(str(path), forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=8))
+    with torch.no_grad():
+        assert [o.shape for o in res.snn(x)] == [(8, 3, 160, 4), (8, 3, 160, 4)]

@@ -130,8 +130,13 @@ def _trace(model: torch.nn.Module, example_input, inline: bool) -> tuple[torch.n
     except Exception as exc:  # noqa: BLE001 - any tracer failure becomes one clear error
         where = _user_frame((f.filename, f.lineno) for f in traceback.extract_tb(exc.__traceback__))
         at = f" at {where}" if where else ""
+        hint = _TRACE_HINT
+        if isinstance(exc, TypeError) and ("cannot be interpreted as an integer" in str(exc)
+                                           or "indices must be integers" in str(exc)):
+            hint = ("a traced size used where Python needs an int (range(x.size(1)), a list index): write "
+                    "int(x.size(1)), read on the example input and guarded")
         raise TraceError(f"cannot trace {type(model).__name__}{at}: {type(exc).__name__}: {first_line(exc)}; "
-                         f"{_TRACE_HINT}") from exc
+                         f"{hint}") from exc
     return work, tracer, graph
 
 
@@ -300,17 +305,19 @@ def _leaves(value):
 
 
 class _PythonValues:
-    """The Python values a model takes from shapes (``len(x.shape)``, ``int(x.shape[2])``, ``range(x.size(1))``),
-    read on the example input, with a guard (:meth:`_ShapeBranchTracer.python_value`)."""
+    """The Python values a model takes from shapes (``len(x.shape)``, ``int(x.shape[2])``, ``math.sqrt(n)``), read
+    on the example input, with a guard (:meth:`_ShapeBranchTracer.python_value`). Not ``__index__``: torch's argument
+    parser reads it before ``__torch_function__``, which would fix ``torch.roll(x, x.size(-1) // 2)`` at the
+    example's size; ``range(x.size(1))`` is spelled ``range(int(x.size(1)))`` (the TraceError says so)."""
 
     def __len__(self) -> int:
-        return self.tracer.python_value(self, "len()")
-
-    def __index__(self) -> int:
-        return self.tracer.python_value(self, "a Python int")
+        return self.tracer.python_value(self, len)
 
     def __int__(self) -> int:
-        return self.tracer.python_value(self, "int()")
+        return self.tracer.python_value(self, int)
+
+    def __float__(self) -> float:
+        return self.tracer.python_value(self, float)
 
 
 class _Proxy(_PythonValues, fx.Proxy):
@@ -379,35 +386,36 @@ class _ShapeBranchTracer(fx.Tracer):
         """``list(x.chunk(2, 1))``, ``for t in x.split(4, 1)``, ``f(*x.shape)``: the items of a traced sequence whose
         length the example input gives (torch.fx itself only unpacks into a fixed number of names)."""
         return iter([self.create_proxy("call_function", operator.getitem, (obj, i), {})
-                     for i in range(self.python_value(obj, "iteration"))])
+                     for i in range(self.python_value(obj, len, "iteration"))])
 
-    def python_value(self, obj: fx.Proxy, what: str) -> int:
-        """The Python int a model takes from a traced value (its length for ``len()`` and iteration), read on the
-        example input, and a guard in the graph that checks it on every later input (as for shape branches).
+    def python_value(self, obj: fx.Proxy, cast, what: str | None = None) -> int | float:
+        """The Python value a model takes from a traced value, ``cast(value)`` on the example input (``len`` for
+        ``len()`` and iteration, ``int``, ``float``), and a guard in the graph that checks it on every later input
+        (as for shape branches).
 
         Raises:
-            TraceError: no example input; an int read from tensor values; a value that changes with the batch
+            TraceError: no example input; a number read from tensor values; a value that changes with the batch
                 size (the graph serves every batch size).
         """
         node = obj.node
+        what = what or f"{cast.__name__}()"
         where = _user_frame((f.filename, f.lineno) for f in traceback.extract_stack()) or node.name
         if self.example is None:
             raise TraceError(f"{what} of a traced value at {where}; {_TRACE_HINT} (values taken from shapes trace "
                              "when an example input is given: example_inputs=, as the CLI does)")
-        counted = what in ("len()", "iteration")
+        counted = cast is len
         if not counted and depends_on_values(node, {}):
             raise TraceError(f"{what} from tensor values at {where} (data-dependent); {_TRACE_HINT}")
 
-        def measure(example: torch.Tensor | None = None) -> int:
-            found = self._evaluate(node, example)
-            return len(found) if counted else operator.index(found)
+        def measure(example: torch.Tensor | None = None) -> int | float:
+            return cast(self._evaluate(node, example))
 
         value = measure()
         if self.example.dim() and measure(torch.cat([self.example, self.example])) != value:  # batch 2b, not b
             raise TraceError(f"{what} at {where} changes with the batch size, and the converted graph serves every "
                              "batch size; keep the batch dim a traced size (x.shape[0], x.size(0)) or loop over "
                              f"another dim; {_TRACE_HINT}")
-        read = self.create_proxy("call_function", len, (obj,), {}) if counted else obj
+        read = self.create_proxy("call_function", cast, (obj,), {})
         message = (f"the model {GUARD_MARK} {list(self.example.shape)}, and {what} at {where} gives {value} there but "
                    "not for this input; convert it again for this input size")
         self.create_proxy("call_function", torch._assert,

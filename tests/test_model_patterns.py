@@ -3,6 +3,7 @@ model: functional BatchNorm behind rank assertions, branches on shapes, extra fo
 splitting / rolling / resampling ops, fused attention, unused metadata reads."""
 from __future__ import annotations
 
+import math
 import operator
 
 import pytest
@@ -764,11 +765,13 @@ SHAPE_VALUES = {
     "view_star_shape": lambda z: z.flatten(2).view(*z.shape),
     "for_split": lambda z: torch.cat([t * 2 for t in z.split(4, 1)], 1),
     "int_size": lambda z: F.interpolate(F.max_pool2d(z, 2), size=(int(z.shape[2]), int(z.shape[3]))),
-    "range_channels": lambda z: torch.cat([z[:, i:i + 1] * (i + 1) for i in range(z.shape[1])], 1),
+    "range_channels": lambda z: torch.cat([z[:, i:i + 1] * (i + 1) for i in range(int(z.shape[1]))], 1),
+    "float_math": lambda z: z * math.sqrt(z.shape[1]) + int(z.shape[2] * 0.5),  # ViT's int(math.sqrt(N))
     "tensor_of_shape": lambda z: z / torch.tensor(z.shape[-2:], dtype=torch.float32)[0],
     "len_shape": lambda z: z if len(z.shape) == 4 else z * 0,
     "numel": lambda z: z if z.numel() > 0 else z * 0,
-    "list_index": lambda z: z * [0.5, 1.0, 2.0][z.dim() - 2],
+    "list_index": lambda z: z * [0.5, 1.0, 2.0][int(z.dim()) - 2],
+    "roll_by_size": lambda z: torch.roll(z, z.size(-1) // 2, -1) + torch.narrow(z, 2, 0, z.size(2)),
 }
 
 
@@ -797,18 +800,28 @@ def test_python_values_taken_from_shapes_trace_and_convert(kind):
         ann, out = model(x), res.snn(x)
     err = _relative_errors(out, ann, (0, 15))
     assert err[1] < min(err[0], 0.05), err
-    if kind not in ("view_star_shape", "tensor_of_shape", "numel"):  # lengths fixed by the rank, values by shapes
+    if kind not in ("view_star_shape", "tensor_of_shape", "numel", "roll_by_size"):  # values in the graph
         assert any("test_model_patterns.py:" in b and " = " in b for b in res.report.shape_branches)
 
 
+def test_a_size_passed_to_a_torch_function_stays_traced():
+    """``torch.roll(z, z.size(-1) // 2, -1)``: torch's argument parser reads a traced size through ``__index__``
+    before dispatching: defining it fixed the shift at the example's size (refused at 12 × 12 after tracing 8 × 8)."""
+    model = ShapeValues("roll_by_size").eval()
+    gm = trace_module(model, torch.rand(1, 3, 8, 8))
+    x = torch.rand(2, 3, 12, 12)
+    torch.testing.assert_close(gm(x), model(x), **TOL)
+    assert not gm.meta["shape_branches"]
+
+
 def test_a_python_value_read_on_the_example_is_guarded():
-    SHAPE_VALUES["_rows"] = lambda z: torch.cat([z[:, :, i:i + 1] * i for i in range(z.shape[2])], 2)
+    SHAPE_VALUES["_rows"] = lambda z: torch.cat([z[:, :, i:i + 1] * i for i in range(int(z.shape[2]))], 2)
     try:
         model = ShapeValues("_rows").eval()
         gm = trace_module(model, torch.rand(1, 3, 12, 12))
         x = torch.rand(2, 3, 12, 12)
         torch.testing.assert_close(gm(x), model(x), **TOL)
-        with pytest.raises(AssertionError, match=r"traced for inputs of shape \[1, 3, 12, 12\], and a Python int at "
+        with pytest.raises(AssertionError, match=r"traced for inputs of shape \[1, 3, 12, 12\], and int\(\) at "
                                                  r".*test_model_patterns.py:\d+ gives 12 there but not for this input"):
             gm(torch.rand(2, 3, 16, 16))  # 16 rows: the loop ran 12 times
     finally:
@@ -819,6 +832,9 @@ def test_a_python_value_read_on_the_example_is_guarded():
     (lambda z: torch.stack([t for t in z]), r"iteration at .*test_model_patterns.py:\d+ changes with the batch size"),
     (lambda z: z * len(z), r"len\(\) at .*test_model_patterns.py:\d+ changes with the batch size"),
     (lambda z: z * int(z.sum() > 0), r"int\(\) from tensor values at .*test_model_patterns.py:\d+ \(data-dependent"),
+    (lambda z: torch.cat([z[:, i:i + 1] for i in range(z.shape[1])], 1),
+     r"at .*test_model_patterns.py:\d+: TypeError: .* cannot be interpreted as an integer; a traced size used where "
+     r"Python needs an int \(range\(x.size\(1\)\), a list index\): write int\(x.size\(1\)\)"),
 ])
 def test_python_values_from_the_batch_size_or_tensor_values_are_refused(code, message):
     SHAPE_VALUES["_probe"] = code

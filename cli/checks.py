@@ -63,6 +63,11 @@ def check_outputs(o: RunOptions) -> None:
     files = [(flag, path) for flag, path in (("--report", o.report), ("--markdown", o.markdown), ("--nir", o.nir))
              if path is not None]
     seen: dict[Path, str] = {}
+    kept = [(f"the --output folder {o.output}, which saving the SNN replaces as a whole", o.output.resolve())
+            ] if o.output is not None else []
+    if (Path(o.model) / "source.json").is_file():  # a saved SNN evaluated again: its files are checksummed
+        kept.append((f"the saved SNN folder {o.model} being evaluated, whose files its manifest checks",
+                     Path(o.model).resolve()))
     for flag, path in [*files, *([("--output", o.output)] if o.output is not None else [])]:
         key = path.resolve()
         if key in seen:
@@ -70,9 +75,9 @@ def check_outputs(o: RunOptions) -> None:
         seen[key] = flag
         if flag != "--output" and path.is_dir():
             raise ConfigError(f"{flag} {path} is a folder; give a file path")
-        if flag != "--output" and o.output is not None and key.is_relative_to(o.output.resolve()):
-            raise ConfigError(f"{flag} {path} is inside the --output folder {o.output}, which saving the SNN "
-                              "replaces as a whole; write it elsewhere")
+        for what, folder in kept:
+            if flag != "--output" and key.is_relative_to(folder):
+                raise ConfigError(f"{flag} {path} is inside {what}; write it elsewhere")
         try:
             writable_path(path)
         except ConfigError as exc:

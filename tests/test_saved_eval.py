@@ -409,3 +409,15 @@ def test_a_model_file_importing_a_module_next_to_it_converts_saves_and_loads(tmp
     with torch.no_grad():
         assert torch.equal(load(res.save(tmp_path / "snn"))(x), res.snn(x))
     assert str(tmp_path) not in sys.path
+
+
+@pytest.mark.parametrize("name", ["report.json", "notes.md"])
+def test_outputs_inside_the_saved_folder_being_evaluated_are_refused(saved, tmp_path, name):
+    """``snnconvert DIR --report DIR/report.json`` overwrote a file its manifest lists: every later load failed."""
+    _, snn, _, _ = saved
+    folder = tmp_path / "snn"
+    shutil.copytree(snn, folder)
+    flag = "--report" if name.endswith(".json") else "--markdown"
+    line = _one_line(_run(folder, flag, folder / name))
+    assert f"{flag} {folder / name} is inside the saved SNN folder {folder} being evaluated" in line
+    load(folder)  # untouched

@@ -88,10 +88,18 @@ def _namedtuples_into_output(graph: fx.Graph) -> None:
     one that only the output reads becomes part of the output structure (a named tuple of nodes), like a plain
     tuple, so that each field is decoded as an output."""
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
+
+    def in_dict(value, node: fx.Node, inside: bool = False) -> bool:  # fx's code for a dict value omits its class
+        if isinstance(value, (tuple, list)):
+            return any(in_dict(v, node, inside) for v in value)
+        if isinstance(value, dict):
+            return any(in_dict(v, node, True) for v in value.values())
+        return inside and value is node
+
     for node in list(graph.nodes):
         cls = node.target
         if node.op == "call_function" and isinstance(cls, type) and issubclass(cls, tuple) \
-                and hasattr(cls, "_fields") and set(node.users) == {output}:
+                and hasattr(cls, "_fields") and set(node.users) == {output} and not in_dict(output.args, node):
             try:
                 value = cls(*node.args, **node.kwargs)
             except TypeError:  # not built from its fields alone

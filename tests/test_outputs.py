@@ -209,3 +209,17 @@ def test_an_output_without_a_batch_dim_or_not_finite_is_one_clear_error(data):
     with pytest.raises(CalibrationError, match="the model's output boxes is NaN or infinite on the first calibration "
                                                "image: check its weights"):
         convert(Detector("nan").eval(), forward_loop=[data])
+
+
+def test_a_namedtuple_inside_a_dict_output_is_listed_with_what_to_do(data):
+    """fx writes no import for a NamedTuple class inside a dict of the output (its generated forward failed with a
+    NameError, reported as "a batch size fixed in the code"): it stays a listed call."""
+    from snnconvert.convert.errors import UnsupportedOpError
+
+    class InDict(Detector):
+        def forward(self, x):
+            return {"det": super().forward(x)}
+
+    with pytest.raises(UnsupportedOpError, match="a NamedTuple built in the graph .* return it as the output, or "
+                                                 "inside a tuple or list"):
+        convert(InDict().eval(), forward_loop=[data])

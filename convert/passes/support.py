@@ -291,6 +291,9 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
                 "matrix product of input-dependent tensors in an unsupported form")
         if node.target is F.scaled_dot_product_attention:
             return f"fused attention is not convertible: {_WRITE_ATTENTION_OUT}"
+        if isinstance(node.target, type) and issubclass(node.target, tuple) and hasattr(node.target, "_fields"):
+            return ("a NamedTuple built in the graph (not only returned, or returned inside a dict): return it as "
+                    "the output, or inside a tuple or list")
         why = opaque.get(node.target)
         if why is not None:
             return f"a function registered with torch.fx.wrap, kept as one call: tracing through it failed ({why})"

@@ -82,23 +82,14 @@ class SpikingNetwork(nn.Module):
         self.prefix_phase: PrefixPhase | None = None  # set while a static-prefix layer runs (for the counters)
         self._prefix_cache: tuple[tuple, StaticPrefix | None] | None = None
 
-    def half(self) -> SpikingNetwork:
-        raise _cast_refused("snn.half()")
-
-    def bfloat16(self) -> SpikingNetwork:
-        raise _cast_refused("snn.bfloat16()")
-
-    def double(self) -> SpikingNetwork:
-        raise _cast_refused("snn.double()")
-
-    def to(self, *args, **kwargs) -> SpikingNetwork:
-        """``nn.Module.to`` for devices; a dtype other than float32 is refused (the neurons' state is fp32 and the
-        layers' precision is set with ``snnconvert.runtime.compile(snn, dtype=...)``)."""
-        dtype = kwargs.get("dtype") or next((a.dtype if isinstance(a, torch.Tensor) else a for a in args
-                                             if isinstance(a, (torch.dtype, torch.Tensor))), None)
-        if dtype is not None and dtype != torch.float32:
-            raise _cast_refused(f"snn.to({dtype})")
-        return super().to(*args, **kwargs)
+    def _apply(self, fn, recurse: bool = True):
+        """``nn.Module._apply`` (behind ``.to``, ``.cuda``, ``.half``, ``.type``, a parent module's casts) for devices;
+        a cast of floating tensors to another dtype than float32 is refused: the neurons' state is fp32 and the
+        layers' precision is set with ``snnconvert.runtime.compile(snn, dtype=...)``."""
+        probe = fn(torch.zeros(1))
+        if probe.is_floating_point() and probe.dtype != torch.float32:
+            raise _cast_refused(f"casting the SNN to {probe.dtype}")
+        return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:
         """Pickling (``torch.save`` of the whole network) leaves the static-prefix cache out: it holds graph nodes

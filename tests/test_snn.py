@@ -179,7 +179,7 @@ def test_backends_are_explicit(converted):
     # "triton" without a GPU and without the interpreter: tests/test_kernels.py (subprocess) checks the error
 
 
-@pytest.mark.parametrize("cast", ["half", "bfloat16", "double", "to_bf16"])
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "double", "to_bf16", "type_half", "parent_half"])
 def test_casting_the_whole_snn_names_the_way_to_lower_precision(converted, cast):
     """``snn.half()`` made the thresholds fp16 and failed at the first call with torch's "Input type (float) and
     bias type (c10::Half)"; casts say how precision is set."""
@@ -187,5 +187,12 @@ def test_casting_the_whole_snn_names_the_way_to_lower_precision(converted, cast)
     snn = compile(res.snn, "torch")
     with pytest.raises(ConfigError, match=r"run its layers in bf16/fp16 with snnconvert.runtime.compile\(snn, "
                                           r"dtype=torch.bfloat16\)"):
-        snn.to(torch.bfloat16) if cast == "to_bf16" else getattr(snn, cast)()
+        if cast == "to_bf16":
+            snn.to(torch.bfloat16)
+        elif cast == "type_half":
+            snn.type(torch.half)
+        elif cast == "parent_half":
+            torch.nn.Sequential(snn).half()
+        else:
+            getattr(snn, cast)()
     assert snn.to("cpu") is snn and snn.float() is snn

@@ -922,3 +922,33 @@ def test_a_yolo_style_detector_exported_to_onnx_imports_and_converts(tmp_path):
     res = convert(str(path), forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=8))
     with torch.no_grad():
         assert [o.shape for o in res.snn(x)] == [(8, 3, 160, 4), (8, 3, 160, 4)]
+
+
+class ConstantBranchRelu(nn.Module):
+    """SwinV2's continuous position bias: an MLP with a ReLU applied to a coordinate table (a buffer), added to the
+    activations; the ReLU computes a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 5)
+        self.register_buffer("table", torch.randn(8, 8, 2))
+        self.mlp = nn.Sequential(nn.Linear(2, 16), nn.ReLU(inplace=True), nn.Linear(16, 4))
+
+    def forward(self, x):
+        bias = self.mlp(self.table).permute(2, 0, 1)  # [4, 8, 8], the same for every input
+        return self.fc((F.relu(self.conv(x)) + bias).mean((2, 3)))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_a_relu_on_parameters_alone_stays_a_constant(coding):
+    """It got a spiking neuron (calibrated on the table's one value per element), and ``snn(x)`` failed on the
+    neuron's per-element bias: a constant is computed as it is, at every step."""
+    model, x = ConstantBranchRelu().eval(), torch.rand(4, 1, 8, 8)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding(coding, timesteps=32))
+    assert len(res.snn.neuron_names) == 1  # the ReLU on the convolution only
+    with torch.no_grad():
+        ann, out = model(x), res.snn(x)
+        torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
+    err = _relative_errors(out, ann, (0, 31))
+    assert err[1] < min(err[0], 0.05), err

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snnconvert.convert.errors import UnsupportedOpError
+from snnconvert.convert.frontend import depends_on_values
 from snnconvert.convert.passes.normalize import is_canonical_relu, is_maxpool
 from snnconvert.convert.passes.support import (
     allowed_analog,
@@ -70,8 +71,10 @@ def is_identity_site(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def is_neuron_site(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """A node that becomes a spiking neuron: a canonical ReLU or an identity site."""
-    return is_canonical_relu(gm, node) or is_identity_site(gm, node)
+    """A node that becomes a spiking neuron: a canonical ReLU or an identity site computed from the input (a ReLU on
+    parameters alone, such as SwinV2's relative-position MLP on its coordinate table, is a constant: it stays a ReLU,
+    the same at every step)."""
+    return (is_canonical_relu(gm, node) or is_identity_site(gm, node)) and depends_on_values(node, {})
 
 
 def _is_layer(gm: fx.GraphModule, node: fx.Node) -> bool:

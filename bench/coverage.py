@@ -38,7 +38,7 @@ from snnconvert.runtime.energy import SynapticOpCounter
 FAMILIES = ["alexnet", "vgg11_bn", "resnet18", "resnext50_32x4d", "wide_resnet50_2", "densenet121", "squeezenet1_1",
             "googlenet", "inception_v3", "mobilenet_v2", "mnasnet0_5", "regnet_x_400mf", "shufflenet_v2_x0_5",
             "mobilenet_v3_small", "mobilenet_v3_large", "regnet_y_400mf", "efficientnet_b0", "efficientnet_v2_s",
-            "convnext_tiny", "swin_t", "vit_b_16"]
+            "convnext_tiny", "swin_t", "swin_v2_t", "vit_b_16"]
 
 
 TIMM_FAMILIES = ["resnet18", "resnet34", "resnet50", "resnet18d", "seresnet18", "vgg16_bn", "densenet121",

@@ -206,19 +206,37 @@ def _drop_fixed_arguments(graph: fx.Graph) -> None:
 
 def depends_on_values(node, memo: dict) -> bool:
     """Whether ``node`` is computed from the network input's values (its shape and other metadata, and arithmetic on
-    them, do not count); False for a non-node argument. ``memo`` caches the answer per node."""
+    them, do not count); False for a non-node argument. ``memo`` caches the answer per node. Iterative: a fresh memo
+    on a node deep in a large graph (thousands of ancestors) does not recurse."""
     if not isinstance(node, fx.Node):
         return False
-    if node not in memo:
-        if node.op == "call_method" and node.target in ("to", "type_as") and len(node.args) > 1 \
-                and isinstance(node.args[1], fx.Node):  # x.to(q), x.type_as(q): q's dtype and device only
-            memo[node] = depends_on_values(node.args[0], memo) or any(
-                depends_on_values(a, memo) for a in node.args[2:]) or any(
-                depends_on_values(a, memo) for a in node.kwargs.values())
-        else:
-            memo[node] = not reads_metadata(node) and (
-                node.op == "placeholder" or any(depends_on_values(a, memo) for a in node.all_input_nodes))
+    stack = [node]
+    while stack:
+        current = stack[-1]
+        if current in memo:
+            stack.pop()
+            continue
+        if current.op == "placeholder" or reads_metadata(current):
+            memo[current] = current.op == "placeholder"
+            stack.pop()
+            continue
+        sources = _value_sources(current)
+        pending = [a for a in sources if a not in memo]
+        if pending:
+            stack.extend(pending)
+            continue
+        memo[current] = any(memo[a] for a in sources)
+        stack.pop()
     return memo[node]
+
+
+def _value_sources(node: fx.Node) -> list[fx.Node]:
+    """The inputs whose values ``node``'s values come from: all of them, except the dtype-and-device argument of
+    ``x.to(q)`` / ``x.type_as(q)``."""
+    if node.op == "call_method" and node.target in ("to", "type_as") and len(node.args) > 1 \
+            and isinstance(node.args[1], fx.Node):
+        return [a for a in (node.args[0], *node.args[2:], *node.kwargs.values()) if isinstance(a, fx.Node)]
+    return list(node.all_input_nodes)
 
 
 def _outside_torch(function) -> bool:

@@ -575,13 +575,16 @@ class _Reductions(nn.Module):
             h = F.normalize(h, dim=1)
         elif self.kind == "maximum":
             h = torch.maximum(h, F.relu(self.conv2(h))) - torch.minimum(h, self.cap)
+        elif self.kind == "max_two":  # the two-tensor spellings of torch.max / Tensor.min
+            g = F.relu(self.conv2(h))
+            h = torch.max(h, g) - h.min(g)
         else:  # "std"
             h = h / (h.std(dim=(2, 3), keepdim=True) + 1)
         return self.fc(h.flatten(1))
 
 
 @pytest.mark.parametrize("coding", ["rate", "differential"])
-@pytest.mark.parametrize("kind", ["cbam", "amax_values", "normalize", "maximum", "std"])
+@pytest.mark.parametrize("kind", ["cbam", "amax_values", "normalize", "maximum", "max_two", "std"])
 def test_reductions_over_a_sample_are_exact_graded_units(kind, coding):
     """Channel max (CBAM), amax, F.normalize, maximum/minimum of two tensors and statistics were "not convertible";
     each is a known function of its decoded inputs, so a graded unit: exact at every step."""
@@ -650,3 +653,18 @@ def test_a_selection_between_two_tensors_is_still_listed():
 
     with pytest.raises(UnsupportedOpError, match="mask computed from the input"):
         convert(TwoSources().eval(), forward_loop=[torch.rand(2, 1, 6, 6)])
+
+
+def test_a_known_function_with_arguments_computed_in_the_graph_says_what_to_change():
+    class DimFromGraph(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+        def forward(self, x):
+            h = F.relu(self.conv(x))
+            return torch.amax(h, dim=h.dim() - 1)
+
+    with pytest.raises(UnsupportedOpError, match=r"amax .*a known function, but with other arguments computed in the "
+                                                 r"graph .*give those arguments as constants \(dim=-1, a number\)"):
+        convert(DimFromGraph().eval(), forward_loop=[torch.rand(2, 1, 6, 6)])

@@ -110,12 +110,15 @@ GRADED_FUNCTIONS = frozenset({
     torch.linalg.vector_norm, torch.maximum, torch.minimum,
 })
 #: graded functions of two input-dependent tensors (element-wise), next to products and quotients
-_BINARY_GRADED = frozenset({torch.maximum, torch.minimum, "maximum", "minimum"})
+_BINARY_GRADED = frozenset({torch.maximum, torch.minimum, torch.max, torch.min, "maximum", "minimum", "max", "min"})
 #: ... and as tensor methods.
 GRADED_METHODS = frozenset({"sigmoid", "tanh", "softmax", "log_softmax", "erf", "exp", "log", "sqrt", "rsqrt", "abs",
                             "square", "reciprocal", "pow", "clamp", "clip", "clamp_min", "clamp_max", "sin",
                             "cos", "amax", "amin", "max", "min", "var", "std", "logsumexp", "norm", "maximum",
                             "minimum"})
+_GRAPH_ARGUMENTS = ("a known function, but with other arguments computed in the graph (dim=x.dim() - 1, "
+                    "torch.full_like(x, c)) or several input-dependent tensors: give those arguments as constants "
+                    "(dim=-1, a number)")
 _WRITE_ATTENTION_OUT = ("write the attention out as matmul -> softmax -> matmul, whose products become units "
                         "(method.md §5.2, §6)")
 #: Matrix products: linear with one input-dependent operand, a product unit (method.md §5.2) with two.
@@ -297,7 +300,7 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
         why = opaque.get(node.target)
         if why is not None:
             return f"a function registered with torch.fx.wrap, kept as one call: tracing through it failed ({why})"
-        return "function is not convertible"
+        return _GRAPH_ARGUMENTS if node.target in GRADED_FUNCTIONS else "function is not convertible"
     if node.op == "call_method":
         if node.target in SUPPORTED_METHODS or graded_kind(gm, node, cache) or _float_cast(node):
             return None
@@ -307,7 +310,7 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
             if not any(_depends_on_input(a, cache) for a in node.args[1:]):
                 return None
             return "product or quotient of input-dependent tensors in an unsupported form"
-        return "method is not convertible"
+        return _GRAPH_ARGUMENTS if node.target in GRADED_METHODS else "method is not convertible"
     return f"unknown node kind {node.op}"
 
 

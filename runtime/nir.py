@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from snnconvert.convert.artifact import atomic_file
 from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.errors import ConfigError, ExportError, SnnConvertError, UnsupportedNode
+from snnconvert.convert.frontend import depends_on_values
 from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.snn import SpikingNetwork
 from snnconvert.convert.static_prefix import PrefixPhase
@@ -344,6 +345,19 @@ class _Builder:
 _HOST_INPUT = "output of the host prefix"
 
 
+def _guard_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """The tracer's shape guards (``torch._assert`` nodes) and the shape arithmetic only they read."""
+    guards: set[fx.Node] = set()
+    memo: dict = {}
+    for node in reversed(gm.graph.nodes):
+        if node.op == "call_function" and node.target is torch._assert:
+            guards.add(node)
+        elif node.op in ("call_function", "call_method") and node.users and all(u in guards for u in node.users) \
+                and not depends_on_values(node, memo):
+            guards.add(node)
+    return guards
+
+
 def to_nir(snn: SpikingNetwork, example_input: torch.Tensor, *, dt: float = 1e-4, host_prefix: bool = False):
     """A rate-coded converted network as a NIR graph (``nir.NIRGraph``); see the module docstring for the mapping.
 
@@ -379,7 +393,10 @@ def to_nir(snn: SpikingNetwork, example_input: torch.Tensor, *, dt: float = 1e-4
         prefix_nodes = set(prefix.nodes)
     nir, gm = builder.nir, snn.gm
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    guards = _guard_nodes(gm)
     for node in gm.graph.nodes:
+        if node in guards:  # checks of the input's shape (torch._assert): the NIR graph has a fixed input shape
+            continue
         if node in prefix_nodes:
             if host_prefix and node in prefix.boundary:
                 builder.add("input", nir.Input(input_type={"input": np.array(builder.shapes[node])}), [])

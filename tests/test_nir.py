@@ -304,3 +304,29 @@ def test_cli_writes_the_graph_and_refuses_in_one_line(tmp_path):
                               str(tmp_path / "v.nir")])
     assert vgg.exit_code == 1 and "3 node(s) that NIR cannot express" in vgg.output and "Traceback" not in vgg.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet.nir", "resnet_again.nir", "snn"]
+
+
+class _Guarded(nn.Module):
+    """A shape branch and a ``len(x.shape)`` read on the example: the traced graph holds ``torch._assert`` guards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 5)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        if y.shape[-1] > 4 and len(y.shape) == 4:
+            y = F.avg_pool2d(y, 8)
+        return self.fc(y.flatten(1))
+
+
+def test_shape_guards_are_left_out_of_the_graph():
+    """The guards were refused as getattr / len / eq / _assert with "no NIR primitive"."""
+    x = torch.rand(16, 1, 8, 8)
+    snn = convert(_Guarded().eval(), forward_loop=[x], config=ConversionConfig(timesteps=8),
+                  example_inputs=x[:1]).snn
+    assert any(n.target is torch._assert for n in snn.gm.graph.nodes)
+    graph = to_nir(snn, x[:4])
+    check = check_nir(graph, snn, x[:4])
+    assert check.max_abs <= 1e-3 * check.scale, check.text

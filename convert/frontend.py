@@ -143,6 +143,9 @@ def _trace(model: torch.nn.Module, example_input, inline: bool) -> tuple[torch.n
                                            or "indices must be integers" in str(exc)):
             hint = ("a traced size used where Python needs an int (range(x.size(1)), a list index): write "
                     "int(x.size(1)), read on the example input and guarded")
+        elif isinstance(exc, TypeError) and ("positional argument" in str(exc) or "Proxy" in str(exc)):
+            hint = ("a tensor built inside forward (torch.ones(1, 6, 4)) and given a traced size (.expand(B, ...)): "
+                    "build it from the input (x.new_ones(1, 6, 4)) or register it as a buffer, so that it traces")
         raise TraceError(f"cannot trace {type(model).__name__}{at}: {type(exc).__name__}: {first_line(exc)}; "
                          f"{hint}") from exc
     return work, tracer, graph

@@ -832,6 +832,9 @@ def test_a_python_value_read_on_the_example_is_guarded():
     (lambda z: torch.stack([t for t in z]), r"iteration at .*test_model_patterns.py:\d+ changes with the batch size"),
     (lambda z: z * len(z), r"len\(\) at .*test_model_patterns.py:\d+ changes with the batch size"),
     (lambda z: z * int(z.sum() > 0), r"int\(\) from tensor values at .*test_model_patterns.py:\d+ \(data-dependent"),
+    (lambda z: z + torch.ones(1, 8, 12, 12).expand(z.shape[0], -1, -1, -1),
+     r"at .*test_model_patterns.py:\d+: TypeError: .*; a tensor built inside forward .* build it from the input "
+     r"\(x.new_ones\(1, 6, 4\)\) or register it as a buffer"),
     (lambda z: torch.cat([z[:, i:i + 1] for i in range(z.shape[1])], 1),
      r"at .*test_model_patterns.py:\d+: TypeError: .* cannot be interpreted as an integer; a traced size used where "
      r"Python needs an int \(range\(x.size\(1\)\), a list index\): write int\(x.size\(1\)\)"),

@@ -373,6 +373,7 @@ class _ShapeBranchTracer(fx.Tracer):
         self.inline = inline
         self.branches: list[str] = []  # "file:line: taken" of every branch followed
         self._evaluating = False  # while True, modules and parameters act as themselves (no recording)
+        self._runs: dict[bool, fx.Interpreter] = {}  # the example, the example twice -> the nodes' values so far
         # buffers are graph nodes like parameters (``self.mask[None].expand(B, ...)`` with a traced B; a buffer read
         # as a tensor cannot take traced sizes)
         self.proxy_buffer_attributes = True
@@ -453,19 +454,27 @@ class _ShapeBranchTracer(fx.Tracer):
         return value
 
     def _evaluate(self, node: fx.Node, example: torch.Tensor | None = None):
-        """The value of ``node`` (in the graph built so far) on the example input (or ``example``), computed with
-        the tracer's patches of ``nn.Module`` calls and attribute reads switched to plain behaviour."""
-        graph = fx.Graph()
-        copies: dict[fx.Node, fx.Node] = {}
-        graph.graph_copy(self.graph, copies)
-        graph.output(copies[node])
+        """The value of ``node`` (in the graph built so far) on the example input (or ``example``: the example twice,
+        the same tensor's values every time), computed with the tracer's patches of ``nn.Module`` calls and
+        attribute reads switched to plain behaviour. Incremental: the values of the nodes run before are kept, so a
+        trace that reads many branches and sizes runs its graph once per input, not once per read (in-place ops keep
+        their effect, as in one forward pass)."""
+        key = example is not None
+        if key not in self._runs:
+            self._runs[key] = fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
+        run = self._runs[key]
+        run.args_iter = iter([self.example if example is None else example])
         self._evaluating = True
         try:
-            gm = fx.GraphModule(self.root, graph)  # every node so far: in-place ops keep their effect
             with torch.no_grad():
-                return gm.forward(self.example if example is None else example)
+                for n in self.graph.nodes:
+                    if n not in run.env:
+                        run.env[n] = run.run_node(n)
+                    if n is node:
+                        return run.env[n]
         finally:
             self._evaluating = False
+        raise AssertionError(f"{node} is not in the traced graph")
 
 
 class _ShapeProp(ShapeProp):

@@ -955,3 +955,29 @@ def test_a_relu_on_parameters_alone_stays_a_constant(coding):
         torch.testing.assert_close(res.snn.ann_forward(x), ann, **TOL)
     err = _relative_errors(out, ann, (0, 31))
     assert err[1] < min(err[0], 0.05), err
+
+
+def test_values_read_on_the_example_run_each_layer_once_per_input():
+    """Each branch or Python value read while tracing ran the whole graph traced so far again (twice: one image,
+    two): a model reading one size per block traced in time quadratic in its depth. Now each layer runs once for the
+    example and once for the example twice."""
+    class Blocks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = nn.ModuleList(nn.Conv2d(3, 3, 3, padding=1) for _ in range(10))
+
+        def forward(self, x):
+            for conv in self.convs:
+                x = F.relu(conv(x))
+                x = x * (int(x.shape[2]) / 8)  # a size read after every convolution
+            return x
+
+    model = Blocks().eval()
+    calls = []  # convolutions run on tensors (while tracing, a leaf module only records a node)
+    for conv in model.convs:
+        conv.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    gm = trace_module(model, torch.rand(1, 3, 8, 8))
+    calls_by_batch = {b: calls.count(b) for b in set(calls)}
+    assert calls_by_batch == {1: 10, 2: 10}, calls_by_batch  # was 55 and 55: the graph so far, at every read
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(gm(x), model(x), **TOL)

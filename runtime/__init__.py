@@ -208,8 +208,9 @@ def _check_graph(path, artifact, snn: SpikingNetwork) -> None:
                     "its accuracy, or convert it again", path, what, saved.get("torch"), saved.get("snnconvert"),
                     now["torch"], now["snnconvert"])
         return
-    raise ArtifactError(f"{path}: {what}: its code changed since saving; restore that code, or convert the model "
-                        "again with --output DIR")
+    raise ArtifactError(f"{path}: {what}: its code changed since saving (or this snnconvert, at the same version "
+                        "number, converts it differently); restore that code, or convert the model again with "
+                        "--output DIR")
 
 
 def load_result(path: str | os.PathLike) -> tuple[ConversionResult, torch.nn.Module]:

@@ -326,7 +326,8 @@ def test_model_code_edited_after_saving_is_refused(tmp_path, coding):
         file.write_text(_EDITABLE.format(edit=edit))
         with pytest.raises(ArtifactError, match=rf"{folder}: the model {file}:Net now converts to another network "
                                                 r"than the one saved \(\d+ graph nodes then, \d+ now\): its code "
-                                                "changed since saving; restore that code, or convert the model again"):
+                                                r"changed since saving \(or this snnconvert, .*\); restore that code, "
+                                                "or convert the model again"):
             load(folder)
     file.write_text(_EDITABLE.format(edit=" * 0.5"))
     load(folder)

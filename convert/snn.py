@@ -40,6 +40,18 @@ def _step_count(timesteps: object) -> int:
     return T
 
 
+@contextlib.contextmanager
+def _guards_as_config_errors() -> Iterator[None]:
+    """A shape guard of the traced graph (frontend.py) that fails on this input is a ConfigError, its message
+    kept (other AssertionErrors pass)."""
+    try:
+        yield
+    except AssertionError as err:
+        if GUARD_MARK in str(err):
+            raise ConfigError(str(err)) from err
+        raise
+
+
 def _cast_refused(how: str) -> ConfigError:
     return ConfigError(f"{how}: a converted SNN keeps its neuron state in float32 and its input is cast to its "
                        "layers' precision by its graph; run its layers in bf16/fp16 with "
@@ -161,7 +173,7 @@ class SpikingNetwork(nn.Module):
         """The converted graph run as an ANN on ``x [B, ...]``: every stateful unit applies the function it
         approximates (ReLU, a bounded ReLU's clip, a graded unit's f) with no time steps. This is the ANN after the
         conversion passes (BN folded, max-pools moved): the reference the per-unit error diagnostics compare with."""
-        with self.analog_mode():
+        with self.analog_mode(), _guards_as_config_errors():
             return self.gm(x.float())
 
     @contextlib.contextmanager
@@ -186,12 +198,8 @@ class SpikingNetwork(nn.Module):
             ConfigError: bad T or mode, or an input for which a branch on shapes followed at tracing would go the
                 other way (frontend.py: the graph's guard).
         """
-        try:
+        with _guards_as_config_errors():
             return self._raw(x, timesteps, mode)
-        except AssertionError as err:
-            if GUARD_MARK in str(err):
-                raise ConfigError(str(err)) from err
-            raise
 
     def _raw(self, x: torch.Tensor, timesteps: int | None, mode: str) -> torch.Tensor:
         if mode not in STEP_MODES:

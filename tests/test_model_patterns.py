@@ -361,6 +361,8 @@ def test_a_guarded_network_pickles(tmp_path):
         assert torch.equal(again(x, 3), res.snn(x, 3))
         with pytest.raises(ConfigError, match="traced for inputs of shape"):
             again(torch.rand(2, 1, 28, 28), 1)
+        with pytest.raises(ConfigError, match="traced for inputs of shape"):  # was a bare AssertionError
+            again.ann_forward(torch.rand(2, 1, 28, 28))
 
 
 def test_a_guarded_network_saves_and_reloads(tmp_path):

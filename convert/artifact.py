@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx as fx
 
 from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import ArtifactError, ConfigError, ModelLoadError, first_line
@@ -233,20 +234,16 @@ def writable_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (read in blocks), as hex."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def graph_digest(gm) -> dict[str, Any]:
     """A converted network's graph in a few numbers: its node count and a SHA-256 of every node's op, target and
     constant arguments in order (node names and tensor values left out), with the versions that traced it. Equal
     for the same model code; another forward (``x * 0.5`` added, a constant changed) gives another digest."""
-    import torch.fx as fx
-
     index: dict[fx.Node, int] = {}
 
     def text(value) -> str:
@@ -322,7 +319,7 @@ def save(result, path: str | os.PathLike) -> Path:
             _check_rebuilds(result.source, result.ann_state)
             torch.save(result.ann_state, tmp / "ann_state.pt")
         _write_json(tmp / "source.json", source)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         _write_json(tmp / MANIFEST, {"format_version": FORMAT_VERSION, "files": files,
                                      "graph": graph_digest(result.snn.gm)})
         ordinary_permissions(tmp)  # mkdtemp's folder is owner-only; a saved artifact is an ordinary folder
@@ -552,7 +549,7 @@ def _check_manifest(root: Path) -> dict[str, Any] | None:
     for name, digest in files.items():
         if not (root / name).is_file():
             raise _damaged(root, name, "is missing")
-        if _sha256(root / name) != digest:
+        if file_sha256(root / name) != digest:
             raise ArtifactError(f"{root}: {name} was changed after saving (its SHA-256 differs from {MANIFEST}); "
                                 "restore it, or convert the model again with --output DIR (or save the conversion "
                                 "again with ConversionResult.save)")

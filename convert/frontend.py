@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.fx as fx
 import torch.fx._symbolic_trace as fx_trace
+import torch.utils._pytree as pytree
 from torch.fx.passes.shape_prop import ShapeProp
 
 from snnconvert.convert.errors import TraceError, first_line
@@ -224,12 +225,16 @@ def depends_on_values(node, memo: dict) -> bool:
             stack.pop()
             continue
         sources = _value_sources(current)
-        pending = [a for a in sources if a not in memo]
-        if pending:
-            stack.extend(pending)
+        if any(memo.get(a) for a in sources):
+            memo[current] = True
+            stack.pop()
             continue
-        memo[current] = any(memo[a] for a in sources)
-        stack.pop()
+        pending = next((a for a in sources if a not in memo), None)
+        if pending is None:
+            memo[current] = False
+            stack.pop()
+        else:  # one source at a time: the first that depends on values answers, as a short-circuit `any` would
+            stack.append(pending)
     return memo[node]
 
 
@@ -304,7 +309,7 @@ def _factories_recorded():
 
     def recorded(name, fn):
         def call(*args, **kwargs):
-            proxy = next((a for a in _leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
+            proxy = next((a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
             if proxy is None:
                 return fn(*args, **kwargs)
             if name in _SIZED_FACTORIES and len(args) > 1:
@@ -319,18 +324,6 @@ def _factories_recorded():
     finally:
         for name, fn in saved.items():
             setattr(torch, name, fn)
-
-
-def _leaves(value):
-    """The items of nested tuples, lists and dicts."""
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _leaves(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _leaves(item)
-    else:
-        yield value
 
 
 class _PythonValues:

@@ -68,7 +68,8 @@ class CalibrationReport:
 
 def neuron_sites(gm: fx.GraphModule) -> list[fx.Node]:
     """The nodes that become neurons (canonical ReLUs and identity sites), in graph order."""
-    return [n for n in gm.graph.nodes if is_neuron_site(gm, n)]
+    memo: dict = {}
+    return [n for n in gm.graph.nodes if is_neuron_site(gm, n, memo)]
 
 
 def _make_observer(cfg: ConversionConfig, spec: ThresholdSpec) -> ActivationObserver:

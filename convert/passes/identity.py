@@ -70,11 +70,12 @@ def is_identity_site(gm: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_module" and isinstance(gm.get_submodule(node.target), IdentitySite)
 
 
-def is_neuron_site(gm: fx.GraphModule, node: fx.Node) -> bool:
+def is_neuron_site(gm: fx.GraphModule, node: fx.Node, memo: dict | None = None) -> bool:
     """A node that becomes a spiking neuron: a canonical ReLU or an identity site computed from the input (a ReLU on
     parameters alone, such as SwinV2's relative-position MLP on its coordinate table, is a constant: it stays a ReLU,
-    the same at every step)."""
-    return (is_canonical_relu(gm, node) or is_identity_site(gm, node)) and depends_on_values(node, {})
+    the same at every step). ``memo``: :func:`depends_on_values`'s cache, shared over a pass."""
+    return (is_canonical_relu(gm, node) or is_identity_site(gm, node)) and depends_on_values(
+        node, {} if memo is None else memo)
 
 
 def _is_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -130,7 +131,7 @@ def stream_kinds(gm: fx.GraphModule, cfg, cache: dict | None = None) -> dict[fx.
             continue
         if node.op in ("get_attr", "output"):
             continue
-        if is_neuron_site(gm, node):
+        if is_neuron_site(gm, node, cache):
             kinds[node] = "events"
             continue
         deps = [kinds[a] for a in input_dependent_args(node, cache) if a in kinds]
@@ -202,7 +203,7 @@ def insert_identity_sites(gm: fx.GraphModule, cfg, report: ConversionReport) -> 
 
 def _check_spiking(gm: fx.GraphModule, cfg, cache: dict) -> None:
     """A model with non-linear functions and no neuron site would run as a dense ANN and emit no spike: refuse."""
-    if any(is_neuron_site(gm, n) for n in gm.graph.nodes):
+    if any(is_neuron_site(gm, n, cache) for n in gm.graph.nodes):
         return
     graded = [describe_node(gm, n) for n in gm.graph.nodes
               if n.op not in ("placeholder", "output", "get_attr") and graded_kind(gm, n, cache)]

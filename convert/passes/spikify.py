@@ -49,7 +49,8 @@ def replace_activations(
         ConfigError: a site has no threshold, or a threshold names no site (thresholds from another model or
             another ``identity_neurons`` setting).
     """
-    sites = [n for n in gm.graph.nodes if is_neuron_site(gm, n)]
+    memo: dict = {}
+    sites = [n for n in gm.graph.nodes if is_neuron_site(gm, n, memo)]
     names = [n.target for n in sites]
     missing = sorted(set(names) - set(thresholds))
     extra = sorted(set(thresholds) - set(names))

@@ -23,6 +23,7 @@ functions that need them, so importing :mod:`snnconvert.models_zoo` keeps depend
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -40,7 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from snnconvert.convert.artifact import file_sha256
 from snnconvert.models_zoo import WEIGHTS_DIR, ZooEntry, get_entry, list_models
 
 log = logging.getLogger(__name__)
@@ -320,6 +320,10 @@ def _architecture_summary(model: nn.Module) -> dict[str, object]:
     return {"class": type(model).__name__, "description": " ".join(doc.split()), "leaf_modules": dict(layers)}
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------------------------
@@ -398,8 +402,8 @@ def run(
         "python_version": platform.python_version(),
         "onnx": {"opset": ONNX_OPSET, "exporter": "torchscript (dynamo=False)", "max_abs_diff_vs_torch": diff},
         "files": {
-            "weights": {"file": entry.weights_file, "sha256": file_sha256(weights)},
-            "onnx": {"file": entry.onnx_file, "sha256": file_sha256(onnx_path)},
+            "weights": {"file": entry.weights_file, "sha256": _sha256(weights)},
+            "onnx": {"file": entry.onnx_file, "sha256": _sha256(onnx_path)},
         },
     }
     card_path = out / entry.card_file

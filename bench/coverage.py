@@ -99,8 +99,12 @@ def _relative_errors(snn, model, x: torch.Tensor, steps: tuple[int, ...]) -> lis
 def row(name: str, side: int, source: str = "torchvision", converge: tuple[int, ...] = ()) -> dict:
     torch.manual_seed(0)
     start = time.perf_counter()
-    model = build(name, side, source)
-    x = torch.rand(32, 3, side, side)
+    try:
+        model = build(name, side, source)
+    except Exception as err:  # noqa: BLE001 - the model itself, not the converter: a row, not a crash
+        return {"model": name, "converts": False, "reason": f"the model itself fails on {side}×{side}: "
+                f"{type(err).__name__}: {str(err).splitlines()[0]}", "seconds": round(time.perf_counter() - start, 1)}
+    x = torch.rand(32, 3, side, side)  # after the model's weights: the recorded tables' random draws
     try:
         res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=4),
                       example_inputs=x[:1])

@@ -326,6 +326,29 @@ def _factories_recorded():
             setattr(torch, name, fn)
 
 
+@contextlib.contextmanager
+def _autocast_unrecorded():
+    """While tracing, ``with torch.autocast(...)`` blocks (timm's EfficientViT attention: ``device_type=v.device.type,
+    enabled=False``; any spelling: ``torch.amp.autocast``, ``torch.cuda.amp.autocast``) are no-ops: a graph does not
+    record autocast, and the converted network computes in float32. A traced ``device_type`` is accepted; a block that
+    would enable autocast (lower precision in the ANN) gets a warning naming its line."""
+    cls = torch.amp.autocast_mode.autocast
+    original = cls.__init__
+
+    def unrecorded(self, device_type, dtype=None, enabled=True, cache_enabled=None):
+        if enabled is not False:
+            where = _user_frame((f.filename, f.lineno) for f in traceback.extract_stack()) or "?"
+            log.warning("torch.autocast at %s is not part of the traced graph: the converted network computes "
+                           "this block in float32, not in the ANN's reduced precision", where)
+        original(self, "cpu", enabled=False)
+
+    cls.__init__ = unrecorded
+    try:
+        yield
+    finally:
+        cls.__init__ = original
+
+
 class _PythonValues:
     """The Python values a model takes from shapes (``len(x.shape)``, ``int(x.shape[2])``, ``math.sqrt(n)``), read
     on the example input, with a guard (:meth:`_ShapeBranchTracer.python_value`). Not ``__index__``: torch's argument
@@ -380,7 +403,7 @@ class _ShapeBranchTracer(fx.Tracer):
         return _Proxy(node, self)
 
     def trace(self, root, concrete_args=None):
-        with _unwrapped() if self.inline else contextlib.nullcontext(), _factories_recorded():
+        with _unwrapped() if self.inline else contextlib.nullcontext(), _factories_recorded(), _autocast_unrecorded():
             return super().trace(root, concrete_args)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):

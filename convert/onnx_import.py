@@ -117,13 +117,19 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
         if freed is None:
             raise
         gm = None  # a shape the freed batch leaves unresolved: imported as the file fixed it below
+    except UnsupportedOpError:
+        if freed is None or not importer.converter_refused:
+            raise  # only ops without a converter: refused at any batch size
+        gm = None  # a converter may need the batch size (GatherND indexing it): imported as the file fixed it below
     batch_freed = gm is not None and freed is not None and _takes_any_batch(gm, model, freed)
     if freed is not None and not batch_freed:  # the batch was merged into other dims: the file stays as it is
         restore_static_batch(model, freed)
+        # what this import raises is the file's own list of problems (every node it cannot import at its batch size)
         gm = _Importer(model, opset, infer_shapes(model, label), label).run()
         logger.warning("%s: the input has a static batch size %d (exported without a dynamic batch axis) that the "
-                       "graph merges with other dimensions; imported as it is: the module takes batches of %d only "
-                       "(export with a dynamic batch axis to convert it)", label, freed.batch, freed.batch)
+                       "graph merges with other dimensions or reads as data; imported as it is: the module takes "
+                       "batches of %d only (export with a dynamic batch axis to convert it)", label, freed.batch,
+                       freed.batch)
     elif freed is not None:
         nodes = importer.batch_nodes
         logger.warning("%s: the input has a static batch size %d (exported without a dynamic batch axis); imported "
@@ -151,7 +157,8 @@ def _takes_any_batch(gm: fx.GraphModule, model: onnx.ModelProto, freed: FreedBat
     """Whether a graph whose static batch was freed computes each sample on its own at another batch size: run on
     two random samples together and on each alone, the outputs that led with the batch must agree (a graph that
     merges the batch into other dimensions, e.g. a Reshape to ``[-1]`` followed by constant indices, fails or
-    differs). Without static sample dimensions to draw inputs from, the symbolic import is trusted."""
+    differs). Without static sample dimensions to draw inputs from, the symbolic import is trusted. Integer and
+    boolean outputs must be equal; float ones close, NaN where the other has NaN (``Log`` of the random input)."""
     graph_input = next(v for v in model.graph.input if v.name == freed.input_name)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim][1:]
     if None in dims:
@@ -174,12 +181,20 @@ def _takes_any_batch(gm: fx.GraphModule, model: onnx.ModelProto, freed: FreedBat
         if not isinstance(both, torch.Tensor) or both.dim() == 0 or both.shape[0] != 2:
             return False
         for i in range(2):
-            one = alone[i][k]
-            scale = float(one.abs().max()) if one.numel() else 0.0
-            if one.shape != both[i:i + 1].shape or not torch.allclose(both[i:i + 1], one, rtol=1e-4,
-                                                                       atol=1e-5 * scale + 1e-12):
+            if not _same_sample(both[i:i + 1], alone[i][k]):
                 return False
     return True
+
+
+def _same_sample(pair: torch.Tensor, one: Any) -> bool:
+    """Whether one sample's output computed in a batch of two equals it computed alone (see ``_takes_any_batch``)."""
+    if not isinstance(one, torch.Tensor) or one.shape != pair.shape or one.dtype != pair.dtype:
+        return False
+    if not one.dtype.is_floating_point:
+        return torch.equal(pair, one)
+    finite = one[torch.isfinite(one)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    return torch.allclose(pair, one, rtol=1e-4, atol=1e-5 * scale + 1e-12, equal_nan=True)
 
 
 def _as_list(out: Any) -> list:
@@ -223,6 +238,7 @@ class _Importer:
         self.lifted: dict[int, tuple[Const, fx.Node]] = {}
         self.meta: dict[str, Any] = {}
         self.poisoned: set[str] = set()  # outputs of unconverted nodes and of nodes reading them
+        self.converter_refused = False  # whether a converter refused its node (not only ops without one)
         self.standin: fx.Node | None = None  # the dummy fx node those values stand on
 
     # ---- values ---------------------------------------------------------------------------------------------------
@@ -369,7 +385,7 @@ class _Importer:
         if isinstance(value, SymVec):
             items = [self.materialize(e, ctx) for e in value.elems]
             return self._create("call_function", torch.tensor, (items[0] if value.scalar else items,),
-                                {"dtype": torch.int64})
+                                {"dtype": value.dtype})
         if isinstance(value, (list, tuple)):
             return type(value)(self._runtime_arg(v, ctx, scalars) for v in value)
         if isinstance(value, dict):
@@ -445,7 +461,7 @@ class _Importer:
             )
         graph_input = inputs[0]
         self.meta = {"name": graph_input.name, "op_type": "Input", "opset": self.opset}
-        node = self.graph.placeholder(sanitize(graph_input.name))
+        node = self._input_placeholder(graph_input.name)
         node.meta["onnx"] = dict(self.meta)
         elem_type, dims = self.inferred.get(graph_input.name, (graph_input.type.tensor_type.elem_type, None))
         shape = None
@@ -462,6 +478,23 @@ class _Importer:
             "input_dtype": _DTYPE_NAMES.get(elem_type, onnx.TensorProto.DataType.Name(elem_type).lower())
             if elem_type else None,
         }
+
+    def _input_placeholder(self, onnx_name: str) -> fx.Node:
+        """The placeholder of the graph input. Its target is ``forward``'s parameter name: a keyword or ``self``
+        cannot be one (see :meth:`_unshadowed_input` for a global the generated code reads)."""
+        name = sanitize(onnx_name)
+        if keyword.iskeyword(name) or name == "self":
+            name += "_"
+        return self.graph.placeholder(name)
+
+    def _unshadowed_input(self) -> None:
+        """An input named like a global the generated ``forward`` reads (``torch``, ``getattr``) would hide it: such a
+        parameter takes fx's renamed node name. Other names stay as they are (``input``, which fx renames too, keeps
+        its parameter name: saved networks' graph digests include it)."""
+        used = self.graph.python_code("self").globals
+        for node in self.graph.find_nodes(op="placeholder"):
+            if node.target in used:
+                node.target = node.name
 
     def run(self) -> fx.GraphModule:
         """Convert every node, raise the collected unsupported nodes once, and build the GraphModule."""
@@ -507,11 +540,13 @@ class _Importer:
             if tainted:
                 self.poisoned.update(name for name in node.output if name)
         if unsupported:
+            self.converter_refused = bool(reasons or errors)
             raise UnsupportedOpError(unsupported, hint=self._hint(reasons, errors))
         if errors:
             raise errors[0]
         self._output()
         self._eliminate_dead_code()
+        self._unshadowed_input()
         gm = fx.GraphModule(self.root, self.graph, class_name="OnnxGraphModule")
         gm.graph.lint()
         gm.eval()

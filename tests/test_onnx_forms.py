@@ -137,6 +137,46 @@ def test_static_batch_merged_into_the_features_stays_static(caplog) -> None:
         gm(torch.rand(3, 4, 3, 3))  # an error, not sample 0's answer three times
 
 
+def test_static_batch_resize_to_constant_sizes_runs_at_any_batch() -> None:
+    # torch's dynamo exporter writes F.interpolate(x, size=(8, 10)) with sizes [batch, C, 8, 10] as a constant
+    model = textual('g (float[2,3,4,5] x) => (float[2,3,8,10] y) { y = Resize <mode="linear"> (x, , , sz) }', 17,
+                    sz=np.array([2, 3, 8, 10], np.int64))
+    gm = assert_matches_ort(model, rand(2, 3, 4, 5))
+    assert gm.meta["onnx"]["batch_freed"] is True
+    assert gm(torch.rand(3, 3, 4, 5)).shape == (3, 3, 8, 10)
+
+
+def test_static_batch_a_converter_needs_is_kept_and_every_problem_listed(caplog) -> None:
+    # GatherND picking a sample: refused with a dynamic batch (indexed dim of unknown size), fine at the file's
+    with caplog.at_level(logging.WARNING, logger="snnconvert.convert.onnx_import"):
+        gm = assert_matches_ort(textual("g (float[2,3,4] x) => (float[1,4] y) { y = GatherND(x, i) }", 17,
+                                        i=np.array([[1, 2]], np.int64)), rand(2, 3, 4))
+    assert gm.meta["onnx"]["static_batch"] == 2 and gm.meta["onnx"]["batch_freed"] is False
+    assert any("takes batches of 2 only" in r.getMessage() for r in caplog.records)
+    # at the file's batch too, an unknown op and a refused one are listed at once (the GatherND is not: it imports)
+    text = ('g (float[2,3,4,5] x) => (float y) { a = Pad <mode="reflect"> (x, p) h = Hardmax(a) y = GatherND(h, i) }')
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(textual(text, 17, p=np.array([1, 0, 0, 0, 1, 0, 0, 0], np.int64), i=np.array([[1, 2]], np.int64)))
+    assert [n.op for n in info.value.nodes] == ["Pad", "Hardmax"]
+    assert "mode=reflect padding dim 0" in str(info.value)
+
+
+@pytest.mark.parametrize("text", [
+    "y = Greater(x, h)",  # a boolean output
+    "s = Sub(x, h) y = Log(s)",  # NaN for part of the check's random input
+])
+def test_static_batch_check_compares_boolean_and_nan_outputs(text) -> None:
+    model = textual(f"g (float[2,3] x) => (y) {{ {text} }}", 17, h=np.float32(0.5))
+    gm = load_onnx(model)
+    assert gm.meta["onnx"]["batch_freed"] is True
+    x = np.random.default_rng(0).random((2, 3), dtype=np.float32)
+    (ref,) = run_ort(model, x)
+    with torch.no_grad():
+        ours = gm(torch.from_numpy(x)).numpy()
+    assert ours.dtype == ref.dtype
+    np.testing.assert_array_equal(ours, ref)
+
+
 def _fp16_body() -> onnx.ModelProto:
     """fp32 input and output, an fp16 body between Casts (onnxconverter-common's ``keep_io_types=True``)."""
     return textual("g (float[N,3,8,8] x) => (float y) { h = Cast <to=10> (x) c = Conv <pads=[1,1,1,1]> (h, w, b)"
@@ -190,6 +230,17 @@ def test_node_names_that_are_graph_module_attributes(name: str) -> None:
     model = onnx.shape_inference.infer_shapes(model)
     gm = assert_matches_ort(model, rand(2, 2, 5, 5))
     assert isinstance(gm.meta, dict) and gm.training is False
+
+
+@pytest.mark.parametrize("name", ["class", "lambda", "None", "self", "torch"])
+def test_input_names_that_are_python_keywords_or_globals(name: str) -> None:
+    # forward's parameter is named after the input: a keyword is a syntax error, "self" a second self, "torch"
+    # hides the module from torch.flatten
+    graph = helper.make_graph([helper.make_node("Relu", [name], ["r"]), helper.make_node("Flatten", ["r"], ["y"])],
+                              "g", [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])])
+    gm = assert_matches_ort(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), rand(2, 2, 3))
+    assert gm.meta["onnx"]["input_name"] == name
 
 
 def test_torch_submodule_named_meta_exports_and_imports(tmp_path) -> None:
@@ -390,3 +441,43 @@ def test_exported_masked_attention_imports_and_converts(tmp_path, kind) -> None:
     assert not torch.isnan(out).any()
     errors = [float((out[t] - ann).abs().mean() / ann.abs().mean()) for t in (0, 15)]
     assert errors[1] < min(0.1 * errors[0], 0.02), errors
+
+
+def _assert_same_as_ort(model: onnx.ModelProto, x: np.ndarray) -> None:
+    """Outputs equal to onnxruntime's, in value, shape and element type (integer results)."""
+    gm = load_onnx(model)
+    with torch.no_grad():
+        out = gm(torch.from_numpy(x))
+    for ours, ref in zip(out if isinstance(out, tuple) else (out,), run_ort(model, x), strict=True):
+        assert ours.numpy().dtype == ref.dtype
+        np.testing.assert_array_equal(ours.numpy(), ref)
+
+
+def test_shape_value_gather_div_and_cast_match_onnxruntime() -> None:
+    # a shape value picked with 2-d indices keeps their shape; integer Div truncates a negative shape value; a Cast to
+    # int32 gives int32 (batch 1: -1 / 2 truncates to 0, floors to -1)
+    text = ("g (float[N,3,4] x) => (int64 a, int64 b, int32 c) { s = Shape(x) a = Gather(s, i) n = Neg(s)"
+            " b = Div(n, two) c = Cast <to=6> (s) }")
+    model = textual(text, 17, i=np.array([[0, 1], [2, 0]], np.int64), two=np.int64(2))
+    _assert_same_as_ort(model, rand(1, 3, 4))
+
+
+def test_integer_reductions_and_powers_keep_the_integer_type() -> None:
+    # ReduceMean of integers truncates the mean; an integer base to a float exponent stays integer (truncated);
+    # ReduceSum of int32 stays int32
+    text = ("g (int64[N,2] x) => (int64 m, int64 p, int32 s) { m = ReduceMean <axes=[1], keepdims=0> (x)"
+            " a = Abs(x) p = Pow(a, e) c = Cast <to=6> (x) s = ReduceSum <keepdims=0> (c, ax) }")
+    model = textual(text, 17, e=np.float32(0.5), ax=np.array([0], np.int64))
+    _assert_same_as_ort(model, np.array([[1, 2], [4, -7], [10, 3]], np.int64))
+
+
+def test_instance_norm_over_one_element_converts() -> None:
+    # after a global pool every value is its own mean: the node gives its bias (affine in x), and converts
+    text = ("g (float[N,1,8,8] x) => (float y) { c = Conv <pads=[1,1,1,1]> (x, w) r = Relu(c) p = GlobalAveragePool(r)"
+            " n = InstanceNormalization (p, s, b) f = Flatten(n) y = Gemm <transB=1> (f, w2) }")
+    model = textual(text, 17, w=rand(4, 1, 3, 3), s=rand(4), b=rand(4, seed=1), w2=rand(3, 4, seed=2))
+    gm = assert_matches_ort(model, rand(2, 1, 8, 8))
+    x = torch.rand(8, 1, 8, 8)
+    res = convert(gm, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=4))
+    with torch.no_grad():
+        torch.testing.assert_close(res.snn(x)[-1], gm(x), rtol=1e-4, atol=1e-5)

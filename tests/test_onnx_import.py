@@ -332,6 +332,43 @@ OP_CASES = {
     "cast_roundtrip": (
         "g (float[N,4,9,9] x) => (float y) { c = Cast <to=6> (x) d = Cast <to=1> (c) y = Add(x, d) }",
         {}, 3 * X4, 13, None),
+    # pytorch_half_pixel maps an output axis of length 1 to input coordinate 0 (PyTorch: the window's centre)
+    "resize_linear_pytorch_half_pixel_to_one_row": (
+        'g (float[N,4,4,5] x) => (float y) { y = Resize <mode="linear", coordinate_transformation_mode='
+        '"pytorch_half_pixel"> (x, roi, scales) }',
+        {"roi": np.zeros(0, np.float32), "scales": np.array([1, 1, 0.25, 2], np.float32)}, rand(2, 4, 4, 5), 17, None),
+    "resize_cubic_pytorch_half_pixel_to_one_pixel": (
+        'g (float[N,4,4,5] x) => (float y) { y = Resize <mode="cubic", coordinate_transformation_mode='
+        '"pytorch_half_pixel"> (x, roi, scales) }',
+        {"roi": np.zeros(0, np.float32), "scales": np.array([1, 1, 0.25, 0.2], np.float32)}, rand(2, 4, 4, 5), 17,
+        None),
+    "resize_linear_pytorch_half_pixel_sizes_to_one_column": (
+        'g (float[N,4,9,9] x) => (float y) { s = Shape(x) nc = Slice(s, zero, two) sz = Concat <axis=0> (nc, hw)'
+        ' y = Resize <mode="linear", coordinate_transformation_mode="pytorch_half_pixel"> (x, , , sz) }',
+        {"zero": np.array([0], np.int64), "two": np.array([2], np.int64), "hw": np.array([7, 1], np.int64)},
+        X4, 18, None),
+    "gather_runtime_negative_indices": (  # index_select refuses negative indices: wrapped as ONNX counts them
+        "g (float[N,2] x) => (float y) { i = Cast <to=7> (x) y = Gather <axis=0> (t, i) }",
+        {"t": rand(3, 4)}, np.array([[0, -1], [2, -3], [1, -2]], np.float32), 17, None),
+    "pad_edge_first_dim_of_a_matrix": (  # PyTorch pads only after a leading dim: one is added for the call
+        'g (float[N,4] x) => (float y) { y = Pad <mode="edge"> (x, p) }',
+        {"p": np.array([1, 0, 2, 1], np.int64)}, rand(3, 4), 17, None),
+    "pad_reflect_last_dim_of_a_feature_map": (  # F.pad needs the amounts of two dims on a 4-d input
+        'g (float[N,4,9,9] x) => (float y) { y = Pad <mode="reflect"> (x, p) }',
+        {"p": np.array([0, 0, 0, 2, 0, 0, 0, 1], np.int64)}, X4, 17, None),
+    "instance_norm_single_element": (  # F.instance_norm refuses one spatial element; the result is the bias
+        "g (float[N,3,1,1] x) => (float y) { y = InstanceNormalization (x, s, b) }",
+        {"s": rand(3), "b": rand(3, seed=1)}, rand(2, 3, 1, 1), 17, None),
+    "layer_norm_scale_with_leading_unit_dims": (
+        "g (float[N,7,6] x) => (float y) { y = LayerNormalization (x, s, b) }",
+        {"s": rand(1, 6), "b": rand(1, 1, 6, seed=1)}, rand(2, 7, 6), 17, nn.LayerNorm),
+    "where_isnan_guard_broadcasting_to_more_dims": (  # not nan_to_num: the constant adds a dim
+        "g (float[N,3] x) => (float y) { n = IsNaN(x) y = Where(n, c, x) }",
+        {"c": np.full((1, 1, 1), 7.0, np.float32)}, np.array([[1, np.nan, 2], [np.nan, 3, 4]], np.float32), 17,
+        None),
+    "where_constant_scalar_condition": (
+        "g (float[N,3] x) => (float y) { a = Where(t, x, m) b = Where(f, m, a) c = Where(t, m, x) y = Add(b, c) }",
+        {"t": np.array(True), "f": np.array(False), "m": np.float32(-1)}, rand(2, 3), 17, None),
 }
 
 
@@ -543,6 +580,16 @@ def test_gather_nd_forms_it_cannot_express_are_listed(text: str, reason: str) ->
                     s=np.array([0], np.int64), e=np.array([2], np.int64))
     with pytest.raises(UnsupportedOpError, match=reason):
         load_onnx(model)
+
+
+def test_pad_modes_along_dims_pytorch_cannot_pad_are_listed() -> None:
+    # reflect / edge / wrap along the first dim of a feature map: F.pad would fail at run time
+    text = 'g (float[N,4,9,9] x) => (float y) { a = Pad <mode="reflect"> (x, p) y = Hardmax(a) }'
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(textual(text, 17, p=np.array([1, 0, 0, 0, 0, 0, 0, 1], np.int64)))
+    assert [n.op for n in info.value.nodes] == ["Pad", "Hardmax"]
+    assert "Pad_0 (Pad): mode=reflect padding dim 0 of a rank-4 input (PyTorch pads in this mode only along the " \
+           "last 3 dims, after at least one other)" in str(info.value)
 
 
 def _assert_one_line(exc: pytest.ExceptionInfo) -> None:

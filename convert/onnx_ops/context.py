@@ -189,7 +189,7 @@ class OpContext:
         if isinstance(value, Const):
             return value.tensor.dtype
         if isinstance(value, SymVec):
-            return torch.int64
+            return value.dtype
         if isinstance(value, Tensor):
             return value.dtype
         return None

@@ -31,10 +31,12 @@ class Const:
 
 @dataclass(eq=False)
 class SymVec:
-    """A 0-d (``scalar``) or 1-d int64 tensor whose entries are sympy expressions of dynamic dimensions."""
+    """A 0-d (``scalar``) or 1-d integer tensor whose entries are sympy expressions of dynamic dimensions; ``dtype``
+    is what it holds when materialized (int64 as ``Shape`` gives it, another integer type after a ``Cast``)."""
 
     elems: tuple[sympy.Expr, ...]
     scalar: bool = False
+    dtype: torch.dtype = torch.int64
 
 
 @dataclass(eq=False)
@@ -160,13 +162,26 @@ def to_int_list(value: Value) -> tuple[list[sympy.Expr], bool] | None:
     return None
 
 
-def make_vec(elems: Sequence[Any], scalar: bool = False, source: tuple[str, str] = ("", "Shape")) -> Value:
-    """A Const when every entry is static, else a SymVec."""
+def make_vec(elems: Sequence[Any], scalar: bool = False, source: tuple[str, str] = ("", "Shape"),
+             dtype: torch.dtype = torch.int64) -> Value:
+    """A Const when every entry is static, else a SymVec (of integer type ``dtype``)."""
     elems = [sympy.sympify(e) for e in elems]
     if all(static(e) is not None for e in elems):
-        data = torch.tensor([int(e) for e in elems], dtype=torch.int64)
+        data = torch.tensor([int(e) for e in elems], dtype=dtype)
         return Const(data.reshape(()) if scalar else data, source)
-    return SymVec(tuple(elems), scalar)
+    return SymVec(tuple(elems), scalar, dtype)
+
+
+def vec_dtype(*values: Any) -> torch.dtype:
+    """The integer type of the first shape value (SymVec or integer Const) among ``values``: what an op on shape
+    values yields (ONNX gives both operands of a binary op the same type)."""
+    for value in values:
+        if isinstance(value, SymVec):
+            return value.dtype
+    for value in values:
+        if isinstance(value, Const) and not value.tensor.dtype.is_floating_point and value.tensor.dtype != torch.bool:
+            return value.tensor.dtype
+    return torch.int64
 
 
 def _broadcast_lists(a: list, b: list, ctx: OpContext) -> tuple[list, list]:

@@ -29,6 +29,7 @@ from snnconvert.convert.onnx_ops.core import (
     sym_div,
     sym_eq,
     to_int_list,
+    vec_dtype,
 )
 
 
@@ -188,9 +189,19 @@ def _sym_mod(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
 
 
 def _sym_div_trunc(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
-    """ONNX integer Div (truncation) of dimension expressions."""
+    """ONNX integer Div (truncation toward zero) of dimension expressions: ``sym_div`` floors, which is the same for
+    a non-negative quotient; a quotient whose sign is known to be negative (``-batch / 2``) divides the magnitudes.
+    Where the sign cannot be decided, the quotient is taken as non-negative (dimension arithmetic)."""
+    a, b = sympy.sympify(a), sympy.sympify(b)
     if static(a) is not None and static(b) is not None:
-        return sympy.Integer(int(static(a) / static(b)))
+        quotient = abs(static(a)) // abs(static(b))
+        return sympy.Integer(quotient if (static(a) < 0) == (static(b) < 0) else -quotient)
+    if a.is_nonpositive and b.is_positive:
+        return -sym_div(-a, b)
+    if a.is_nonnegative and b.is_negative:
+        return -sym_div(a, -b)
+    if a.is_nonpositive and b.is_negative:
+        return sym_div(-a, -b)
     return sym_div(a, b)
 
 
@@ -239,7 +250,7 @@ def _symbolic_binary(ctx: OpContext, op_type: str, a: Value, b: Value) -> Value 
             raise ctx.fail("cannot decide an Equal between dynamic shape values")
         data = torch.tensor(results, dtype=torch.bool)
         return Const(data.reshape(()) if sa and sb else data, (ctx.name, op_type))
-    return make_vec(results, scalar=sa and sb, source=(ctx.name, op_type))
+    return make_vec(results, scalar=sa and sb, source=(ctx.name, op_type), dtype=vec_dtype(a, b))
 
 
 def _binary(ctx: OpContext, op_type: str, a: Value, b: Value) -> Value:
@@ -251,6 +262,10 @@ def _binary(ctx: OpContext, op_type: str, a: Value, b: Value) -> Value:
     a_shape, b_shape = ctx.shape_or_none(a), ctx.shape_or_none(b)
     if op_type == "Div" and _is_integer(ctx, a):
         out = ctx.call_function(torch.div, a, b, rounding_mode="trunc", scalars=False)
+    elif op_type == "Pow" and _is_integer(ctx, a) and (ctx.dtype_of(b) or torch.int64).is_floating_point:
+        # ONNX's result has the base's type: onnxruntime raises in double precision and truncates
+        power = ctx.call_function(fn, ctx.call_method("to", a, torch.float64), b)
+        out = ctx.call_method("to", power, ctx.dtype_of(a))
     elif op_type in ("And", "Or", "Xor", "BitwiseAnd", "BitwiseOr"):
         out = ctx.call_function(fn, a, b, scalars=False)
     else:
@@ -274,7 +289,8 @@ def convert_binary(ctx: OpContext) -> Value:
     """Add, Sub, Mul, Div, Pow, comparisons and logical ops -> ``operator.add`` & co. (the targets tracing gives).
 
     One-element constants become Python scalars when that cannot change the result's rank; integer Div truncates
-    like ONNX. On shape values (``Shape`` -> ``Gather`` -> ``Mul`` ...) the op is evaluated symbolically.
+    like ONNX, and an integer base raised to a floating exponent stays integer. On shape values (``Shape`` ->
+    ``Gather`` -> ``Mul`` ...) the op is evaluated symbolically.
     """
     return _binary(ctx, ctx.op_type, ctx.input(0), ctx.input(1))
 
@@ -334,7 +350,7 @@ def convert_unary(ctx: OpContext) -> Value:
     x = ctx.input(0)
     if isinstance(x, SymVec) and ctx.op_type in ("Neg", "Abs"):
         fn = operator.neg if ctx.op_type == "Neg" else sympy.Abs
-        return make_vec([fn(e) for e in x.elems], x.scalar, (ctx.name, ctx.op_type))
+        return make_vec([fn(e) for e in x.elems], x.scalar, (ctx.name, ctx.op_type), x.dtype)
     return _same_shape(ctx, ctx.call_function(_UNARY[ctx.op_type], x), x)
 
 
@@ -343,9 +359,13 @@ def convert_where(ctx: OpContext) -> Value:
     """Where -> ``torch.where``; evaluated at import time when it selects between shape values. The exporters' NaN
     guard after a masked softmax, ``Where(IsNaN(y), c, y)``, is ``torch.nan_to_num(y, nan=c)`` (infinities kept):
     one element-wise function of y (a graded unit behind neurons) instead of a selection by a mask computed from
-    the input."""
+    the input; only where c cannot broadcast y to more dims. A constant condition that is all true (or all false)
+    selects its operand when that has the result's shape; otherwise a 0-d constant condition stays a tensor
+    (``torch.where`` takes no Python bool for it)."""
     cond, a, b = ctx.input(0), ctx.input(1), ctx.input(2)
+    b_shape = ctx.shape_or_none(b)
     if isinstance(cond, Tensor) and isinstance(b, Tensor) and isinstance(a, Const) and a.tensor.numel() == 1 \
+            and b_shape is not None and a.tensor.dim() <= len(b_shape) \
             and cond.node.op == "call_function" and cond.node.target is torch.isnan and cond.node.args[0] is b.node:
         out = ctx.call_function(torch.nan_to_num, b, nan=float(a.tensor), posinf=float("inf"), neginf=float("-inf"))
         return _same_shape(ctx, out, b)
@@ -356,10 +376,20 @@ def convert_where(ctx: OpContext) -> Value:
             ea, eb = _broadcast_lists(la[0], lb[0], ctx)
             ea, flags = _broadcast_lists(ea, flags, ctx)
             eb, _ = _broadcast_lists(eb, ea, ctx)
-            return make_vec([x if f else y for f, x, y in zip(flags, ea, eb)], la[1] and lb[1], (ctx.name, "Where"))
-    out = ctx.call_function(torch.where, cond, a, b)
+            return make_vec([x if f else y for f, x, y in zip(flags, ea, eb)], la[1] and lb[1], (ctx.name, "Where"),
+                            vec_dtype(a, b))
+    out_shape = broadcast_shapes([ctx.shape_or_none(cond), ctx.shape_or_none(a), b_shape])
+    if isinstance(cond, Const) and cond.tensor.numel() and (bool(cond.tensor.all()) or not bool(cond.tensor.any())):
+        chosen = a if bool(cond.tensor.reshape(-1)[0]) else b
+        chosen_shape = ctx.shape_or_none(chosen)
+        if out_shape is not None and chosen_shape is not None and len(chosen_shape) == len(out_shape) \
+                and all(d is not None and e is not None and sym_eq(d, e) is True
+                        for d, e in zip(chosen_shape, out_shape)):
+            return chosen
+    out = ctx.call_function(torch.where, cond, a, b,
+                            scalars=not (isinstance(cond, Const) and cond.tensor.dim() == 0))
     if isinstance(out, Tensor):
-        out.shape = broadcast_shapes([ctx.shape_or_none(cond), ctx.shape_or_none(a), ctx.shape_or_none(b)])
+        out.shape = out_shape
     return out
 
 
@@ -381,7 +411,8 @@ def convert_trilu(ctx: OpContext) -> Value:
 # --------------------------------------------------------------------------------------------------------------------
 @register("Cast", since=13)
 def convert_cast(ctx: OpContext) -> Value:
-    """Cast -> ``x.to(dtype)``; a no-op on shape values cast to another integer type."""
+    """Cast -> ``x.to(dtype)``; on shape values cast to another integer type, only the type they are materialized
+    with changes (they stay symbolic)."""
     return _cast(ctx, ctx.input(0), ctx.onnx_dtype(ctx.attr("to")))
 
 
@@ -395,9 +426,9 @@ def convert_cast_like(ctx: OpContext) -> Value:
 
 
 def _cast(ctx: OpContext, x: Value, dtype: torch.dtype) -> Value:
-    """``x.to(dtype)`` unless ``x`` already has that dtype (or is an integer shape value)."""
+    """``x.to(dtype)`` unless ``x`` already has that dtype; an integer shape value keeps its entries."""
     if isinstance(x, SymVec) and not dtype.is_floating_point and dtype != torch.bool:
-        return x
+        return x if x.dtype == dtype else SymVec(x.elems, x.scalar, dtype)
     if isinstance(x, Tensor) and x.dtype == dtype:
         return x
     out = ctx.call_method("to", x, dtype)

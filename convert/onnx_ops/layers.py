@@ -347,6 +347,21 @@ def convert_batch_norm(ctx: OpContext) -> Value:
     return _same_shape(ctx, ctx.call_module(module, x, name=ctx.param_name(1, 2)), x)
 
 
+def _layer_norm_param(ctx: OpContext, tensor: torch.Tensor, normalized: list[int], rank: int,
+                      what: str) -> torch.Tensor:
+    """A constant Scale / B broadcast to the normalised shape. ONNX only asks it to broadcast with X: leading unit
+    dims (``[1, C]`` for a normalised ``[C]``, as onnxruntime accepts) are dropped first, which cannot change the
+    result's shape while X (of rank ``rank``) has at least as many dims."""
+    extra = tensor.dim() - len(normalized)
+    if 0 < extra and tensor.dim() <= rank and all(d == 1 for d in tensor.shape[:extra]):
+        tensor = tensor.reshape(tensor.shape[extra:])
+    try:
+        return tensor.expand(normalized)
+    except RuntimeError:
+        raise ctx.unsupported(f"{what} of shape {list(tensor.shape)} (it must broadcast to the normalised dims "
+                              f"{normalized} without adding dims to X)") from None
+
+
 @register("LayerNormalization", since=17)
 def convert_layer_norm(ctx: OpContext) -> Value:
     """LayerNormalization -> ``nn.LayerNorm`` over the static trailing dimensions from ``axis`` on (scale and
@@ -364,9 +379,9 @@ def convert_layer_norm(ctx: OpContext) -> Value:
     normalized = [static(d) for d in normalized]
     if isinstance(scale, Const) and (bias is None or isinstance(bias, Const)):
         module = nn.LayerNorm(normalized, eps=eps, elementwise_affine=True, bias=bias is not None)
-        module.weight = nn.Parameter(_float(scale.tensor.expand(normalized)))
+        module.weight = nn.Parameter(_float(_layer_norm_param(ctx, scale.tensor, normalized, len(shape), "Scale")))
         if bias is not None:
-            module.bias = nn.Parameter(_float(bias.tensor.expand(normalized)))
+            module.bias = nn.Parameter(_float(_layer_norm_param(ctx, bias.tensor, normalized, len(shape), "B")))
         out = ctx.call_module(module, x, name=ctx.param_name(1, 2))
     else:
         out = ctx.call_function(F.layer_norm, x, normalized, scale, bias, eps)
@@ -376,10 +391,19 @@ def convert_layer_norm(ctx: OpContext) -> Value:
 @register("InstanceNormalization", since=6)
 def convert_instance_norm(ctx: OpContext) -> Value:
     """InstanceNormalization -> ``F.instance_norm`` (a graded unit after conversion; torch's TorchScript exporter
-    writes ``nn.GroupNorm`` as a reshape to ``[N, groups, -1]``, this op with unit scale, and the affine map)."""
+    writes ``nn.GroupNorm`` as a reshape to ``[N, groups, -1]``, this op with unit scale, and the affine map).
+
+    Over a single spatial element (``[N, C, 1, 1]`` after a global pool, or one element per group) every value is its
+    mean, so the result is the bias; ``F.instance_norm`` refuses such an input at run time: ``x * 0 + bias`` instead
+    (affine in x, so the batch and NaNs carry through as in onnxruntime)."""
     x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
     if not isinstance(scale, Const) or not isinstance(bias, Const):
         raise ctx.fail("InstanceNormalization scale and bias must be constants")
+    shape = ctx.shape_or_none(x)
+    if shape is not None and len(shape) >= 2 and all(static(d) == 1 for d in shape[2:]):
+        per_channel = bias.tensor.to(torch.float32).reshape(-1, *[1] * (len(shape) - 2))
+        zero = ctx.call_function(operator.mul, x, 0.0)
+        return _same_shape(ctx, ctx.call_function(operator.add, zero, Const(per_channel, bias.source)), x)
     plain = bool((scale.tensor == 1).all()) and not bool(bias.tensor.any())
     kwargs = {"eps": float(ctx.attr("epsilon", 1e-5))}
     if not plain:

@@ -29,6 +29,7 @@ from snnconvert.convert.onnx_ops.core import (
     sym_eq,
     sym_prod,
     to_int_list,
+    vec_dtype,
 )
 from snnconvert.convert.onnx_ops.layers import _ADAPTIVE_AVG
 
@@ -124,8 +125,9 @@ def convert_range(ctx: OpContext) -> Value:
     start, limit, delta = bounds
     if static(delta) in (None, 0):
         raise ctx.fail("Range needs a constant, non-zero delta")
-    out = ctx.call_function(torch.arange, *ctx.dims_arg(bounds), dtype=torch.int64)
-    out.shape, out.dtype = (sympy.Max(sympy.ceiling((limit - start) / delta), 0),), torch.int64
+    dtype = vec_dtype(*inputs)
+    out = ctx.call_function(torch.arange, *ctx.dims_arg(bounds), dtype=dtype)
+    out.shape, out.dtype = (sympy.Max(sympy.ceiling((limit - start) / delta), 0),), dtype
     return out
 
 
@@ -178,7 +180,7 @@ def convert_reshape(ctx: OpContext) -> Value:
     if isinstance(x, SymVec):
         if len(target) > 1 or (not target and len(x.elems) != 1):
             raise ctx.fail("cannot reshape a dynamic shape value to a rank above 1")
-        return SymVec(x.elems, scalar=not target)
+        return SymVec(x.elems, scalar=not target, dtype=x.dtype)
     in_shape = ctx.shape_or_none(x)
     if isinstance(ctx.input(1), Const) and ctx.static_batch_target(target, in_shape):
         target[0] = in_shape[0]
@@ -273,7 +275,7 @@ def convert_concat(ctx: OpContext) -> Value:
     axis = ctx.attr("axis")
     lists = [to_int_list(v) for v in values]
     if any(isinstance(v, SymVec) for v in values) and all(item is not None for item in lists):
-        return make_vec([e for elems, _ in lists for e in elems], source=(ctx.name, "Concat"))
+        return make_vec([e for elems, _ in lists for e in elems], source=(ctx.name, "Concat"), dtype=vec_dtype(*values))
     shapes = [ctx.shape_or_none(v) for v in values]
     if any(isinstance(v, Tensor) and s and ctx.is_batch(s[0]) for v, s in zip(values, shapes)):
         values = [ctx.batch_constant(v, len(s)) if s else v for v, s in zip(values, shapes)]
@@ -344,7 +346,7 @@ def convert_slice(ctx: OpContext) -> Value:
         start, end, step = (static(v) for v in (starts[0], ends[0], steps[0]))
         if None in (start, end, step):
             raise ctx.fail("cannot slice a dynamic shape value with dynamic bounds")
-        return make_vec(vec[0][slice(start, end, step)], source=(ctx.name, "Slice"))
+        return make_vec(vec[0][slice(start, end, step)], source=(ctx.name, "Slice"), dtype=x.dtype)
     shape = ctx.shape(x)
     rank = len(shape)
     index: list[Any] = [slice(None)] * rank
@@ -395,7 +397,7 @@ def convert_squeeze(ctx: OpContext) -> Value:
         axes = [i for i, d in enumerate(shape) if static(d) == 1]
     if isinstance(x, SymVec):
         if axes == [0] and len(x.elems) == 1:
-            return SymVec(x.elems, scalar=True)
+            return SymVec(x.elems, scalar=True, dtype=x.dtype)
         raise ctx.fail("cannot squeeze this shape value")
     out = ctx.call_function(torch.squeeze, x, tuple(axes))
     if isinstance(out, Tensor):
@@ -413,7 +415,7 @@ def convert_unsqueeze(ctx: OpContext) -> Value:
     axes = sorted(_norm_axis(a, rank, ctx) for a in raw_axes)
     if isinstance(x, SymVec):
         if x.scalar and axes == [0]:
-            return SymVec(x.elems, scalar=False)
+            return SymVec(x.elems, scalar=False, dtype=x.dtype)
         raise ctx.fail("cannot unsqueeze this shape value to a rank above 1")
     out = x
     for axis in axes:
@@ -429,9 +431,29 @@ def convert_unsqueeze(ctx: OpContext) -> Value:
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
 
 
+def _edge_pads(ctx: OpContext, x: Value, rank: int, begin: list[int], end: list[int],
+               mode: str) -> tuple[Value, list[int], bool]:
+    """The input and ``F.pad`` amounts for a reflect / edge / wrap Pad, and whether a leading unit dim was added.
+
+    PyTorch pads in these modes along the last k dims (k <= 3) of a tensor with one or two dims before them (and
+    refuses the rest at run time): the amounts name k = max(dims from the first padded one on, rank - 2) dims, and a
+    tensor padded from its first dim on (rank <= 3) gets a leading unit dim for the call. Padding the first dim of a
+    rank-4+ tensor (the batch dim of a feature map) is unsupported."""
+    first = next(i for i in range(rank) if begin[i] or end[i])
+    k = max(rank - first, rank - 2, 1)
+    if k > 3:
+        raise ctx.unsupported(f"mode={mode} padding dim {first} of a rank-{rank} input (PyTorch pads in this mode only "
+                              "along the last 3 dims, after at least one other)")
+    pads = [int(p) for i in reversed(range(rank - k, rank)) for p in (begin[i], end[i])]
+    if k < rank:
+        return x, pads, False
+    return ctx.call_function(torch.unsqueeze, x, 0), pads, True
+
+
 @register("Pad", since=13)
 def convert_pad(ctx: OpContext) -> Value:
-    """Pad (pads as input, ``axes`` since 18) -> ``F.pad`` with mode constant / reflect / replicate / circular."""
+    """Pad (pads as input, ``axes`` since 18) -> ``F.pad`` with mode constant / reflect / replicate / circular (the
+    last three along the dims PyTorch supports them on: :func:`_edge_pads`)."""
     x = ctx.input(0)
     rank = len(ctx.shape(x))
     pads = [static(p) for p in ctx.elems(1)]
@@ -449,9 +471,15 @@ def convert_pad(ctx: OpContext) -> Value:
     value = ctx.input(2)
     fill = 0.0 if value is None else ctx.const(2, "Pad constant_value").item()
     kwargs = {"value": fill} if mode == "constant" and fill != 0 else {}
-    if mode != "constant":
-        kwargs["mode"] = _PAD_MODES[mode]
-    out = ctx.call_function(F.pad, x, _torch_pads(begin, end), **kwargs)
+    if mode == "constant":
+        out = ctx.call_function(F.pad, x, _torch_pads(begin, end), **kwargs)
+    elif not any(begin + end):
+        return x
+    else:
+        padded, pads, unsqueezed = _edge_pads(ctx, x, rank, begin, end, mode)
+        out = ctx.call_function(F.pad, padded, pads, mode=_PAD_MODES[mode])
+        if unsqueezed:
+            out = ctx.call_function(torch.squeeze, out, 0)
     in_shape = ctx.shape_or_none(x)
     if isinstance(out, Tensor) and in_shape is not None:  # the padded sizes: later shape arithmetic stays static
         out.shape = tuple(None if d is None else d + b + e for d, b, e in zip(in_shape, begin, end))
@@ -472,9 +500,14 @@ def convert_resize(ctx: OpContext) -> Value:
     - ``linear`` (1-3 d) and ``cubic`` (2-d, ``cubic_coeff_a = -0.75``) with ``half_pixel`` /
       ``pytorch_half_pixel`` coordinates: ``align_corners=False``; with ``align_corners``: ``align_corners=True``.
 
-    Output sizes come from ``sizes`` (static, or computed from shapes: ``F.interpolate(x, size=y.shape[2:])``) or
-    from constant ``scales`` (``scale_factor``: PyTorch maps coordinates with 1/scale, as ONNX does). Other modes,
-    antialiasing, ``exclude_outside``, ``axes`` and resizing of the batch or channel dims are unsupported.
+    Output sizes come from ``sizes`` (static, or computed from shapes: ``F.interpolate(x, size=y.shape[2:])``; a
+    static-batch export's ``sizes`` lead with the batch size, which then follows the input's) or from constant
+    ``scales`` (``scale_factor``: PyTorch maps coordinates with 1/scale, as ONNX does). Other modes, antialiasing,
+    ``exclude_outside``, ``axes`` and resizing of the batch or channel dims are unsupported.
+
+    ``pytorch_half_pixel`` maps an output axis of length 1 to input coordinate 0 where PyTorch (and ``half_pixel``)
+    take the window's centre: such an axis (of a static output length) is narrowed to its first element and kept
+    at length 1. An output length that is dynamic is assumed not to be 1 there.
     """
     x = ctx.input(0)
     shape = ctx.shape(x)
@@ -504,6 +537,8 @@ def convert_resize(ctx: OpContext) -> Value:
     sizes = ctx.input(3)
     if sizes is not None and (ctx.shape_or_none(sizes) or (1,))[0] != 0:
         target = ctx.elems(3)
+        if len(target) == len(shape) and isinstance(sizes, Const) and ctx.static_batch_target(target, shape):
+            target[0] = shape[0]
         if len(target) != len(shape) or any(not sym_eq(t, d) for t, d in zip(target[:2], shape[:2])):
             raise ctx.unsupported("resizing the batch or channel dims")
         out_spatial = list(target[2:])
@@ -515,9 +550,21 @@ def convert_resize(ctx: OpContext) -> Value:
         kwargs["scale_factor"] = tuple(scales[2:])
         out_spatial = [sympy.floor(d * sympy.Float(f)) if static(d) is None else int(math.floor(static(d) * f))
                        for d, f in zip(shape[2:], scales[2:])]
+    out_shape = (*shape[:2], *(sympy.Integer(d) if isinstance(d, int) else d for d in out_spatial))
+    if mode != "nearest" and ctm == "pytorch_half_pixel":
+        firsts = [i for i, d in enumerate(out_spatial) if static(d) == 1 and static(shape[2 + i]) != 1]
+        if firsts:
+            index = tuple(slice(0, 1) if i - 2 in firsts else slice(None) for i in range(2 + max(firsts) + 1))
+            x = ctx.call_function(operator.getitem, x, index)
+            if len(firsts) == nd:  # every spatial axis is its first element: nothing left to resample
+                if isinstance(x, Tensor):
+                    x.shape = out_shape
+                return x
+            if "scale_factor" in kwargs:  # length 1 to length 1
+                kwargs["scale_factor"] = tuple(1.0 if i in firsts else f for i, f in enumerate(kwargs["scale_factor"]))
     out = ctx.call_function(F.interpolate, x, **kwargs)
     if isinstance(out, Tensor):
-        out.shape = (*shape[:2], *(sympy.Integer(d) if isinstance(d, int) else d for d in out_spatial))
+        out.shape = out_shape
     return out
 
 
@@ -560,20 +607,24 @@ def convert_tile(ctx: OpContext) -> Value:
 
 @register("Gather", since=13)
 def convert_gather(ctx: OpContext) -> Value:
-    """Gather: picks entries of shape values at import time; on tensors a scalar constant index ->
-    ``torch.select``, a 1-d one -> ``torch.index_select`` (an N-d one adds a reshape).
+    """Gather: picks entries of shape values at import time (0-d / 1-d constant indices); on tensors a scalar
+    constant index -> ``torch.select``, a 1-d one -> ``torch.index_select`` (an N-d one adds a reshape). Indices
+    computed at run time may be negative (counted from the end, as in ONNX), which ``index_select`` refuses: the axis
+    length is added to those.
     """
     data, indices = ctx.input(0), ctx.input(1)
     axis = ctx.attr("axis", 0)
-    if isinstance(data, SymVec) and isinstance(indices, Const):
-        idx = indices.tensor.reshape(-1).tolist()
-        picked = [data.elems[i] for i in idx]
-        return make_vec(picked, scalar=indices.tensor.ndim == 0, source=(ctx.name, "Gather"))
+    if isinstance(data, SymVec) and isinstance(indices, Const) and indices.tensor.ndim <= 1:
+        picked = [data.elems[i] for i in indices.tensor.reshape(-1).tolist()]
+        return make_vec(picked, scalar=indices.tensor.ndim == 0, source=(ctx.name, "Gather"), dtype=data.dtype)
     shape = ctx.shape(data)
     axis = _norm_axis(axis, len(shape), ctx)
     if not isinstance(indices, Const):
         index_shape = ctx.shape(indices)
         flat = ctx.call_function(torch.reshape, indices, (-1,))
+        size = ctx.dim_arg(shape[axis])  # i + size for i < 0 only: an index out of range still fails, as in ONNX
+        flat = ctx.call_function(torch.where, ctx.call_function(operator.lt, flat, 0),
+                                 ctx.call_function(operator.add, flat, size), flat, scalars=False)
         picked = ctx.call_function(torch.index_select, data, axis, flat)
         target = [*shape[:axis], *index_shape, *shape[axis + 1:]]
         return _reshape_to(ctx, picked, target)
@@ -636,7 +687,8 @@ _REDUCE = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.
 def _reduce(ctx: OpContext, axes_from_input: bool) -> Value:
     """ReduceMean/Sum/Max/Min/Prod. A ReduceMean over all spatial axes of an N-d feature map ->
     ``nn.AdaptiveAvgPoolNd(1)`` (plus ``flatten`` when ``keepdims=0``), the form global average pooling has in a
-    traced model.
+    traced model. On integer tensors the result keeps the input's type (``torch.sum`` / ``prod`` would widen it to
+    int64) and ReduceMean is the sum divided by the count, truncated, as onnxruntime computes it.
     """
     x = ctx.input(0)
     keepdims = bool(ctx.attr("keepdims", 1))
@@ -648,7 +700,7 @@ def _reduce(ctx: OpContext, axes_from_input: bool) -> Value:
         raise ctx.fail("reduction axes must be static")
     if isinstance(x, SymVec) and ctx.op_type in ("ReduceProd", "ReduceSum") and axes in ([], [0], [-1]):
         combine = sym_prod(x.elems) if ctx.op_type == "ReduceProd" else sympy.expand(sum(x.elems))
-        return make_vec([combine], scalar=not keepdims, source=(ctx.name, ctx.op_type))
+        return make_vec([combine], scalar=not keepdims, source=(ctx.name, ctx.op_type), dtype=x.dtype)
     shape = ctx.shape(x)
     rank = len(shape)
     if not axes:
@@ -657,14 +709,22 @@ def _reduce(ctx: OpContext, axes_from_input: bool) -> Value:
         axes = list(range(rank))
     axes = sorted(_norm_axis(a, rank, ctx) for a in axes)
     out_shape = tuple(sympy.Integer(1) if i in axes else d for i, d in enumerate(shape) if keepdims or i not in axes)
-    if ctx.op_type == "ReduceMean" and rank >= 3 and axes == list(range(2, rank)) and rank - 2 in _ADAPTIVE_AVG:
+    dtype = ctx.dtype_of(x)
+    integer = {"dtype": dtype} if dtype is not None and not dtype.is_floating_point else {}
+    if ctx.op_type == "ReduceMean" and integer:
+        total = ctx.call_function(torch.sum, x, tuple(axes), keepdim=keepdims, **integer)
+        count = ctx.dim_arg(sym_prod([shape[a] for a in axes]))
+        out = ctx.call_function(torch.div, total, count, rounding_mode="trunc")
+    elif ctx.op_type == "ReduceMean" and rank >= 3 and axes == list(range(2, rank)) and rank - 2 in _ADAPTIVE_AVG:
         out = ctx.call_module(_ADAPTIVE_AVG[rank - 2](1), x)
         if not keepdims:
             out = ctx.call_function(torch.flatten, out, 1)
     elif ctx.op_type == "ReduceProd":
         out = x
         for axis in reversed(axes):
-            out = ctx.call_function(torch.prod, out, axis, keepdim=keepdims)
+            out = ctx.call_function(torch.prod, out, axis, keepdim=keepdims, **integer)
+    elif ctx.op_type == "ReduceSum" and integer:
+        out = ctx.call_function(torch.sum, x, tuple(axes), keepdim=keepdims, **integer)
     else:
         out = ctx.call_function(_REDUCE[ctx.op_type], x, tuple(axes), keepdim=keepdims)
     if isinstance(out, Tensor):

@@ -24,9 +24,11 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from snnconvert.convert.errors import UnsupportedNode, UnsupportedOpError
 from snnconvert.convert.frontend import depends_on_values, node_source, reads_metadata
+from snnconvert.convert.passes.assign import assign
 from snnconvert.convert.passes.attention import masked_softmax
 from snnconvert.convert.passes.normalize import is_canonical_relu, nodes_in
 from snnconvert.convert.passes.piecewise import PiecewiseFunction
+from snnconvert.convert.passes.unpool import max_unpool_at
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ SUPPORTED_FUNCTIONS = frozenset({
     torch.split, torch.chunk, torch.unbind, torch.tensor_split, torch.roll, torch.flip, torch.movedim,
     torch.swapaxes, torch.swapdims, torch.repeat_interleave, torch.pixel_shuffle, torch.pixel_unshuffle,
     torch.channel_shuffle, F.interpolate, F.upsample, F.pixel_shuffle, F.pixel_unshuffle, F.unfold, F.fold,
+    # item assignment with a constant index, written out (assign.py): a selection between two tensors by a constant mask
+    assign,
 })
 #: Functions linear in their first argument only while their other tensor arguments are constants: why not else.
 _FIRST_ARG_LINEAR = {
@@ -80,6 +84,9 @@ SUPPORTED_METHODS = frozenset({
 _SCALING_FUNCTIONS = frozenset({operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul,
                                 torch.div})
 _SCALING_METHODS = frozenset({"mul", "mul_", "div", "div_"})
+_POOL_WITH_INDICES = frozenset({F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices})
+_POOL_INDICES = ("max-pool with return_indices, its indices read other than by a max_unpool (SegNet's decoder "
+                 "converts: the pool's values and each max_unpool of its indices)")
 _MAX_POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
                    nn.AdaptiveMaxPool3d)
 
@@ -108,9 +115,12 @@ GRADED_FUNCTIONS = frozenset({
     # dim is refused by the per-sample check; torch.max(x, dim) returns (values, indices): its values become the unit
     torch.amax, torch.amin, torch.max, torch.min, F.normalize, torch.var, torch.std, torch.logsumexp, torch.norm,
     torch.linalg.vector_norm, torch.maximum, torch.minimum,
+    # max-unpooling at the maxima of the pool's input (unpool.py): a function of the values and that input
+    max_unpool_at,
 })
 #: graded functions of two input-dependent tensors (element-wise), next to products and quotients
-_BINARY_GRADED = frozenset({torch.maximum, torch.minimum, torch.max, torch.min, "maximum", "minimum", "max", "min"})
+_BINARY_GRADED = frozenset({torch.maximum, torch.minimum, torch.max, torch.min, "maximum", "minimum", "max", "min",
+                            max_unpool_at})
 #: ... and as tensor methods.
 GRADED_METHODS = frozenset({"sigmoid", "tanh", "softmax", "log_softmax", "erf", "exp", "log", "sqrt", "rsqrt", "abs",
                             "square", "reciprocal", "pow", "clamp", "clip", "clamp_min", "clamp_max", "sin",
@@ -271,7 +281,7 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
             return f"module {type(module).__name__} called with more than its input"
         if is_canonical_relu(gm, node) or isinstance(module, SUPPORTED_MODULES + GRADED_MODULES):
             if isinstance(module, _MAX_POOL_TYPES) and module.return_indices:
-                return "max-pool with return_indices"
+                return _POOL_INDICES
             return None
         if isinstance(module, nn.MultiheadAttention):
             return f"module MultiheadAttention is not convertible: {_WRITE_ATTENTION_OUT}"
@@ -279,6 +289,10 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
     if tuple_selection(node) is not None:
         return None  # one value of a call returning several (`torch.max(x, 1).values`): the call is what is listed
     if node.op == "call_function":
+        if node.target is operator.setitem:
+            return f"item assignment on an activation: {node.meta.get('snnconvert_why', 'not written out')}"
+        if node.target in _POOL_WITH_INDICES:
+            return _POOL_INDICES
         if node.target in _FIRST_ARG_LINEAR and _dynamic_operand(node, cache):
             return _FIRST_ARG_LINEAR[node.target]
         if node.target in SUPPORTED_FUNCTIONS or _is_shape_value(node, cache) or graded_kind(gm, node, cache):

@@ -23,7 +23,9 @@ shape, taken from the converters where they know it (reshape, transpose, convolu
 shape inference otherwise. ``Shape`` therefore yields a symbolic vector such as ``(batch, 768, 196)`` and the
 exporters' ``Shape -> Gather -> Unsqueeze -> Concat -> Reshape`` chains fold while importing. A dimension nobody
 knows becomes a symbol bound to ``x.size(i)`` of the tensor it belongs to, computed at run time only if a reshape
-needs it. A model exported with a static batch keeps that batch (a warning is logged).
+needs it. A model exported with a static batch is imported with that batch freed (the first dim made a symbol) when
+each sample is then still computed on its own (checked on random samples, :func:`_takes_any_batch`); otherwise, or
+when a converter needs the batch size, it keeps that batch. Either way a warning is logged.
 
 Example::
 

@@ -35,7 +35,7 @@ from snnconvert.convert.calibrate import (
 )
 from snnconvert.convert.coding import get_coding
 from snnconvert.convert.config import DIFF_DEFAULT, PRESETS, RATE_DEFAULT, ConversionConfig, ThresholdSpec
-from snnconvert.convert.errors import CalibrationError, ConfigError, first_line
+from snnconvert.convert.errors import CalibrationError, ConfigError, check_float_images, first_line
 from snnconvert.convert.frontend import annotate_shapes, node_source, trace_module
 from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.passes import NORMALIZE_PASSES
@@ -156,6 +156,7 @@ def prepare(
         report.input_shape = list(example_inputs.shape[1:])
     report.ops_before = op_table(gm)
     if example_inputs is not None:
+        check_float_images(example_inputs, "the example input (and the SNN)")
         _check_input_shape(gm, example_inputs)
         try:
             annotate_shapes(gm, example_inputs)

@@ -22,6 +22,14 @@ class ConfigError(SnnConvertError, ValueError):
     """A configuration value is invalid (field name and fix in the message)."""
 
 
+def check_float_images(x, what: str) -> None:
+    """``what`` (the SNN, calibration, the example input) takes float images: integer pixels are a ConfigError
+    saying how to scale them."""
+    if hasattr(x, "is_floating_point") and not x.is_floating_point():
+        raise ConfigError(f"{what} takes float images, got {x.dtype}: scale integer pixels to the range the model was "
+                          "trained on first (e.g. x.float() / 255)")
+
+
 @dataclass(frozen=True)
 class UnsupportedNode:
     """One graph node the converter cannot handle."""

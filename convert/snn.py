@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.errors import ConfigError, check_float_images
 from snnconvert.convert.frontend import GUARD_MARK
 from snnconvert.convert.outputs import map_outputs
 from snnconvert.convert.static_prefix import INPUT_PATTERNS, PrefixPhase, StaticPrefix, build_static_prefix
@@ -205,9 +205,7 @@ class SpikingNetwork(nn.Module):
         if mode not in STEP_MODES:
             raise ConfigError(f"step mode {mode!r} is not valid; choose one of: {', '.join(STEP_MODES)}")
         T = self.timesteps if timesteps is None else _step_count(timesteps)
-        if not x.is_floating_point():
-            raise ConfigError(f"the SNN takes float images, got {x.dtype}: scale integer pixels to the range the "
-                              "model was trained on first (e.g. x.float() / 255)")
+        check_float_images(x, "the SNN")
         x = x.float()
         self.coding.prepare(self, x)
         pattern = getattr(self.coding, "input_pattern", None)

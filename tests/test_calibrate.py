@@ -358,3 +358,54 @@ def test_unconverged_fit_names_the_group_and_its_statistics():
     cfg = ConversionConfig.for_coding("differential", timesteps=8, fit_max_iter=1)
     with pytest.raises(CalibrationError, match=r"did not converge .* in 1 iterations \(group \d+: mean .*, variance "):
         convert(SpellingsNet(), forward_loop=[torch.rand(8, 1, 28, 28)], config=cfg)
+
+
+@pytest.mark.parametrize("coding, threshold, aggregation", [
+    ("rate", "99.9%", "global"), ("rate", "max", "global"), ("differential", "iterate", "global"),
+    ("differential", "99.9%", "global"), ("rate", "99.9%", "batch-mean")])
+def test_a_nan_pixel_is_refused_by_every_threshold_rule(coding, threshold, aggregation):
+    """One NaN pixel among the calibration images: max and iterate refused it, while the percentile rules (the rate
+    default, and identity neurons') gave a finite threshold from a histogram whose bounds were NaN."""
+    x = torch.rand(40, 1, 28, 28)
+    x[17, 0, 3, 4] = float("nan")
+    config = ConversionConfig.for_coding(coding, timesteps=4, threshold=threshold, threshold_aggregation=aggregation)
+    with pytest.raises(CalibrationError, match=r"non-finite activation value\(s\) during calibration; check the "
+                                               r"calibration data for NaN or inf"):
+        convert(SpellingsNet().eval(), forward_loop=[x[:20], x[20:]], config=config)
+
+
+def test_a_nan_parameter_is_named():
+    """An infinite weight in a channel the model drops: the output is finite, the neuron site is not; the error names
+    the parameter (it said to check the calibration data)."""
+    class Dropped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv, self.fc = torch.nn.Conv2d(1, 3, 3), torch.nn.Linear(2 * 6 * 6, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x))[:, :2].flatten(1))
+
+    model = Dropped().eval()
+    with torch.no_grad():
+        model.conv.weight[2, 0, 0, 0] = float("inf")
+    with pytest.raises(CalibrationError, match="the model holds NaN or inf in conv.weight"):
+        convert(model, forward_loop=[torch.rand(8, 1, 8, 8)], config=ConversionConfig.for_coding("rate"))
+
+
+def test_integer_images_are_refused_with_how_to_scale_them():
+    x = (torch.rand(8, 1, 28, 28) * 255).to(torch.uint8)
+    with pytest.raises(ConfigError, match=r"takes float images, got torch.uint8: scale .*x.float\(\) / 255"):
+        convert(SpellingsNet().eval(), forward_loop=[x], config=ConversionConfig.for_coding("differential"))
+
+
+def test_iteration_from_one_value_per_neuron_warns(caplog):
+    x = torch.rand(1, 1, 28, 28)
+    config = ConversionConfig.for_coding("differential", timesteps=4, granularity="neuron")
+    with caplog.at_level("WARNING", logger="snnconvert"):
+        convert(SpellingsNet().eval(), forward_loop=[x], config=config)
+    assert "threshold iteration from 1 calibration value per neuron" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="snnconvert"):
+        convert(SpellingsNet().eval(), forward_loop=[torch.rand(4, 1, 28, 28)], config=config)
+    assert "threshold iteration from" not in caplog.text

@@ -27,7 +27,7 @@ from snnconvert.convert.calibrate.observers import (
     SelectPercentileObserver,
 )
 from snnconvert.convert.config import ConversionConfig, ThresholdSpec
-from snnconvert.convert.errors import CalibrationError, ConfigError
+from snnconvert.convert.errors import CalibrationError, ConfigError, check_float_images
 from snnconvert.convert.passes.identity import is_identity_site, is_neuron_site, relu_channel_dim
 from snnconvert.convert.passes.normalize import UPPER_CLIP_ATTR
 
@@ -207,7 +207,8 @@ def as_forward_loop(data: ForwardLoop | Iterable) -> ForwardLoop:
         n = 0
         for batch in data:
             x = batch_input(batch)
-            model(x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x)  # as the SNN reads it
+            check_float_images(x, "calibration")
+            model(x.float() if isinstance(x, torch.Tensor) else x)  # as the SNN reads it
             n += 1
         passes.append(n)
         if n == 0:
@@ -292,6 +293,9 @@ def compute_thresholds(
         identity = site.kind == "identity"
         site_spec = cfg.identity_threshold if identity else spec
         info: dict[str, Any] = {"site": site.name, "kind": site.kind, "observes": site.observes, "values": obs.count}
+        if obs.nonfinite:
+            raise CalibrationError(f"site {site.name}: {obs.nonfinite} non-finite activation value(s) during "
+                                   f"calibration; {_nonfinite_advice(gm)}")
         if isinstance(obs, MomentObserver):
             theta, fit_info = _fit(obs, cfg, site.name)
             info.update(fit_info)
@@ -313,16 +317,29 @@ def compute_thresholds(
             log.log(logging.INFO if expected else logging.WARNING, "site %s: %d of %d %s have threshold 0 (%s) and "
                     "stay silent%s", site.name, info["threshold"]["zero"], info["threshold"]["count"],
                     {"neuron": "neurons", "channel": "channels"}.get(cfg.granularity, "layer thresholds"), site_spec,
-                    " (upper clip of a bounded ReLU)" if expected else "")
+                    " (upper clip of a bounded ReLU)" if expected else
+                    ": their inputs are (almost) never positive on the calibration data; if the test data's are, "
+                    "calibrate on more images or use a higher percentile or max")
     return thresholds, report
+
+
+def _nonfinite_advice(gm: torch.nn.Module) -> str:
+    """What to check when calibration saw NaN or inf: the parameters that hold them, else the data."""
+    bad = [name for name, p in gm.named_parameters() if not bool(torch.isfinite(p).all())]
+    bad += [name for name, b in gm.named_buffers() if b.is_floating_point() and not bool(torch.isfinite(b).all())]
+    if bad:
+        return f"the model holds NaN or inf in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
+    return "check the calibration data for NaN or inf values (or values that overflow float32 in the model)"
 
 
 def _fit(obs: MomentObserver, cfg: ConversionConfig, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
     from snnconvert.convert.calibrate.fit import fit_thresholds
 
-    if obs.nonfinite:
-        raise CalibrationError(f"site {name}: {obs.nonfinite} non-finite activation value(s) during calibration")
     method = "reference" if cfg.threshold.method == "iterate-reference" else "solve"
+    if obs.count < 2:  # per-neuron statistics of one image: no spread to fit to (dead neurons would get θ = 1)
+        log.warning("site %s: threshold iteration from %d calibration value per %s: every variance is 0, so the "
+                    "thresholds are guesses; calibrate on more images or with granularity 'channel'", name, obs.count,
+                    {"neuron": "neuron", "channel": "channel"}.get(cfg.granularity, "layer"))
     result = fit_thresholds(obs.mean, obs.var, cfg.quantisation_levels, method=method, rtol=cfg.fit_rtol,
                             max_iter=cfg.fit_max_iter)
     converged = torch.as_tensor(result.converged)

@@ -52,6 +52,7 @@ class ActivationObserver(nn.Module):
         self.count = 0
         self.ndim: int | None = None  # rank of the observed activation (batch dim included)
         self.sample_shape: tuple[int, ...] | None = None  # its shape without the batch dim
+        self.nonfinite = 0  # NaN / inf values seen in the first pass (compute_thresholds refuses them)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - observers only observe
         if self.done:
@@ -62,6 +63,8 @@ class ActivationObserver(nn.Module):
         self.ndim = x.dim()
         self.sample_shape = tuple(x.shape[1:])
         with torch.no_grad():
+            if getattr(self, "phase", 0) == 0 and not bool(torch.isfinite(x).all()):  # a histogram or a max over
+                self.nonfinite += int((~torch.isfinite(x)).sum())  # them would be silently wrong: counted, refused
             self.observe(_groups(x.abs() if self.magnitude else x, self.granularity, self.channel_dim))
         return x
 
@@ -152,14 +155,10 @@ class MomentObserver(ActivationObserver):
         super().__init__(granularity)
         self.mean: torch.Tensor | None = None
         self.m2: torch.Tensor | None = None  # sum of squared deviations
-        self.nonfinite = 0
 
     def observe(self, g: torch.Tensor) -> None:
         self._check_groups(g, self.mean)
         g = g.double()
-        finite = torch.isfinite(g)
-        if not bool(finite.all()):
-            self.nonfinite += int((~finite).sum())
         n_b = g.shape[1]
         mean_b = g.mean(dim=1)
         m2_b = ((g - mean_b[:, None]) ** 2).sum(dim=1).cpu()

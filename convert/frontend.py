@@ -339,7 +339,7 @@ def _autocast_unrecorded():
         if enabled is not False:
             where = _user_frame((f.filename, f.lineno) for f in traceback.extract_stack()) or "?"
             log.warning("torch.autocast at %s is not part of the traced graph: the converted network computes "
-                           "this block in float32, not in the ANN's reduced precision", where)
+                        "this block in float32, not in the ANN's reduced precision", where)
         original(self, "cpu", enabled=False)
 
     cls.__init__ = unrecorded

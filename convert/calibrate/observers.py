@@ -63,8 +63,8 @@ class ActivationObserver(nn.Module):
         self.ndim = x.dim()
         self.sample_shape = tuple(x.shape[1:])
         with torch.no_grad():
-            if getattr(self, "phase", 0) == 0 and not bool(torch.isfinite(x).all()):  # a histogram or a max over
-                self.nonfinite += int((~torch.isfinite(x)).sum())  # them would be silently wrong: counted, refused
+            if getattr(self, "phase", 0) == 0:  # a histogram or a max over NaN / inf would be silently wrong
+                self.nonfinite += int(x.numel() - torch.isfinite(x).sum())  # counted, refused by compute_thresholds
             self.observe(_groups(x.abs() if self.magnitude else x, self.granularity, self.channel_dim))
         return x
 

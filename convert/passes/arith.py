@@ -89,7 +89,7 @@ def decompose_fused_arithmetic(gm: fx.GraphModule, cfg, report: ConversionReport
         source, a, b = (values[p] for p in params)
         beta = node.kwargs.get(beta_key, 1) if beta_key else 1
         alpha = node.kwargs.get(alpha_key, 1) if alpha_key else 1
-        before = set(graph.nodes)
+        last = node.prev  # the written-out nodes go between it and node
         with graph.inserting_before(node):
             if name == "lerp":
                 out = graph.call_function(operator.add, (source, _mul(graph, b, graph.call_function(
@@ -99,8 +99,10 @@ def decompose_fused_arithmetic(gm: fx.GraphModule, cfg, report: ConversionReport
                 out = term if isinstance(beta, (int, float)) and beta == 0 else graph.call_function(
                     operator.add, (_scaled(graph, source, beta), term))
         inner = {k: v for k, v in node.meta.items() if k != "tensor_meta"}  # shapes of the pieces may differ
-        for new in set(graph.nodes) - before:
+        new = last.next
+        while new is not node:
             new.meta = dict(inner)
+            new = new.next
         out.meta = dict(node.meta)
         later = _later_users(gm, node, source) if inplace else []
         node.replace_all_uses_with(out)

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from snnconvert.convert.frontend import depends_on_values
-from snnconvert.convert.passes.normalize import finish_pass
+from snnconvert.convert.passes.normalize import finish_pass, nodes_in
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 __all__ = ["assign", "functional_item_assignment"]
@@ -64,9 +64,7 @@ def _why_not(node: fx.Node, order: dict[fx.Node, int], memo: dict) -> str | None
         return "it writes into an input, a parameter or a buffer"
     if _is_view(x):
         return "it writes into a view of another tensor"
-    reads: list = []
-    fx.node.map_aggregate(key, reads.append)
-    if any(depends_on_values(k, memo) for k in reads if isinstance(k, fx.Node)):
+    if any(depends_on_values(k, memo) for k in nodes_in(key)):
         return "its index is computed from the input"
     aliases = _aliases(x, order[node], order)
     for alias in aliases - {x}:

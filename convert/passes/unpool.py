@@ -15,7 +15,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snnconvert.convert.passes.normalize import finish_pass, unique_name
+from snnconvert.convert.passes.normalize import finish_pass, nodes_in, unique_name
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 __all__ = ["max_unpool_at", "pair_max_unpooling"]
@@ -62,7 +62,7 @@ def _pool(gm: fx.GraphModule, node) -> tuple[int, fx.Node, tuple] | None:
         kernel = named["kernel_size"]
         params = (kernel, named.get("stride") or kernel, named.get("padding", 0), named.get("dilation", 1),
                   named.get("ceil_mode", False))
-        if any(isinstance(a, fx.Node) for a in _leaves(params)):
+        if nodes_in(params):
             return None  # pooling parameters computed in the graph
         return _POOLS[node.target], named["input"], params
     return None
@@ -85,7 +85,7 @@ def _unpool(gm: fx.GraphModule, node: fx.Node) -> tuple[int, fx.Node, fx.Node, t
 def _output_size(value, source: fx.Node):
     """``output_size`` as :func:`max_unpool_at` takes it: None, a constant, :data:`SOURCE_SIZE` for ``source``'s own
     size (``x.size()``, ``x.shape``, ``x.size()[-2:]``); ``False`` for one computed otherwise (left listed)."""
-    if value is None or not any(isinstance(a, fx.Node) for a in _leaves(value)):
+    if value is None or not nodes_in(value):
         return value
     size = value
     trailing = isinstance(size, fx.Node) and size.op == "call_function" and size.target is operator.getitem and \
@@ -100,11 +100,7 @@ def _output_size(value, source: fx.Node):
             return False
         trailing = list(range(-len(dims), 0))  # the last dims, in order (counted from the end without a rank)
         return SOURCE_SIZE if [d if rank is None else d - rank * (d >= 0) for d in dims] == trailing else False
-    if not isinstance(size, fx.Node):
-        return False
-    reads_source = (size.op == "call_method" and size.target == "size" and size.args == (source,)) or (
-        size.op == "call_function" and size.target is getattr and size.args == (source, "shape"))
-    return SOURCE_SIZE if reads_source else False
+    return SOURCE_SIZE if _is_size_of(size, source) else False
 
 
 def _dim_of(item, source: fx.Node) -> int | None:
@@ -114,18 +110,15 @@ def _dim_of(item, source: fx.Node) -> int | None:
     if item.op == "call_method" and item.target == "size" and len(item.args) == 2 and item.args[0] is source:
         return item.args[1] if isinstance(item.args[1], int) else None
     if item.op == "call_function" and item.target is operator.getitem and isinstance(item.args[1], int):
-        whole = item.args[0]
-        reads = isinstance(whole, fx.Node) and (
-            (whole.op == "call_method" and whole.target == "size" and whole.args == (source,)) or
-            (whole.op == "call_function" and whole.target is getattr and whole.args == (source, "shape")))
-        return item.args[1] if reads else None
+        return item.args[1] if _is_size_of(item.args[0], source) else None
     return None
 
 
-def _leaves(value) -> list:
-    found: list = []
-    fx.node.map_aggregate(value, found.append)
-    return found
+def _is_size_of(value, source: fx.Node) -> bool:
+    """Whether ``value`` reads ``source``'s whole size: ``source.size()`` or ``source.shape``."""
+    return isinstance(value, fx.Node) and (
+        (value.op == "call_method" and value.target == "size" and value.args == (source,)) or
+        (value.op == "call_function" and value.target is getattr and value.args == (source, "shape")))
 
 
 def pair_max_unpooling(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
@@ -147,7 +140,7 @@ def pair_max_unpooling(gm: fx.GraphModule, cfg, report: ConversionReport) -> Pas
         selects = isinstance(indices, fx.Node) and indices.op == "call_function" and \
             indices.target is operator.getitem and indices.args[1] == 1
         pool = _pool(gm, indices.args[0]) if selects else None
-        if pool is None or pool[0] != dims or any(isinstance(a, fx.Node) for a in _leaves(unpool)):
+        if pool is None or pool[0] != dims or nodes_in(unpool):
             continue
         size = _output_size(output_size, pool[1])
         if size is False:
@@ -158,7 +151,7 @@ def pair_max_unpooling(gm: fx.GraphModule, cfg, report: ConversionReport) -> Pas
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
-        for read in _leaves(output_size):  # x.size() read for the output size
+        for read in nodes_in(output_size):  # x.size() read for the output size
             _erase_unused(graph, read)
         if not indices.users:
             call = indices.args[0]

@@ -214,3 +214,46 @@ def check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, l
     if not dense and outputs >= 2 * (top + 1) and len(labels) >= 100:
         log.warning("%s: the labels use %d classes but the model has %d outputs; check that the data set matches "
                     "the model (its accuracy counts every output)", name, top + 1, outputs)
+
+
+def progress_loop(bar, description: str, data, prep, batch_size: int = 256):
+    """A ``forward_loop(model)`` over ``data`` (an image data set) in batches of ``batch_size``, preprocessed by
+    ``prep``, advancing one progress-bar task per pass."""
+    task = bar.add_task(description, total=len(data))
+
+    def forward_loop(model: torch.nn.Module) -> None:
+        bar.reset(task, total=len(data))
+        for x, _ in data.batches(batch_size):
+            model(prep(x))
+            bar.advance(task, len(x))
+
+    forward_loop.task = task
+    return forward_loop
+
+
+def calibration_check(o: RunOptions, result, eval_set, calib_set, calib_images: int | None, prep, bar):
+    """``--calibration-check`` (the default): the thresholds refitted on the evaluation images against the
+    calibrated ones (``convert/calibrate/check.py``), on as many images as calibration had: the first
+    ``min(evaluation, calibration)`` evaluation images, compared with the installed thresholds, or, with fewer
+    evaluation images, with thresholds refitted on as many calibration images (``calib_set``; None when they are
+    not at hand: no check then). Returns ``(check or None, note or None)``."""
+    if not o.calibration_check:
+        return None, None
+    from snnconvert.convert.calibrate.check import check_thresholds
+
+    if calib_images is None:
+        return None, "calibration check skipped: the number of calibration images is not recorded"
+    n = min(len(eval_set), calib_images)
+    reference = None
+    if n < calib_images:
+        if calib_set is None:
+            return None, (f"calibration check skipped: {n} evaluation images, fewer than the {calib_images} "
+                          "calibrated on, and the calibration images are not loaded")
+        reference = progress_loop(bar, "calibration check (calibration images)", calib_set.subset(n), prep)
+    data = progress_loop(bar, "calibration check", eval_set.subset(n), prep)
+    try:
+        return check_thresholds(result.snn, result.config, data, reference=reference), None
+    finally:
+        for loop in (data, reference):
+            if loop is not None:
+                bar.remove_task(loop.task)

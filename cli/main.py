@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from snnconvert.cli.checks import (
     all_or_none,
+    calibration_check,
     check_labels,
     check_nir_options,
     check_outputs,
@@ -28,6 +29,7 @@ from snnconvert.cli.checks import (
     export_nir_file,
     nir_graph,
     normalized,
+    progress_loop,
 )
 from snnconvert.cli.options import as_flags, read_options
 from snnconvert.cli.present import out, present, sweep_doc, sweep_line, sweep_table
@@ -140,6 +142,7 @@ class RunOptions:
     num_workers: Optional[int] = None
     nir: Optional[Path] = None
     nir_host_prefix: bool = False
+    calibration_check: bool = True
     config_file: Optional[Path] = None  # the --config file the options were read from (recorded in the report)
     given: frozenset[str] = frozenset()  # the options given on the command line or in the --config file
 
@@ -209,14 +212,7 @@ def _run(o: RunOptions) -> None:
 
     started = time.perf_counter()
     with progress_bar() as bar:
-        calib_task = bar.add_task("calibration", total=None)
-
-        def forward_loop(gm: torch.nn.Module) -> None:
-            bar.reset(calib_task, total=len(calib_set))
-            for x, _ in calib_set.batches(256):
-                gm(prep(x))
-                bar.advance(calib_task, len(x))
-
+        forward_loop = progress_loop(bar, "calibration", calib_set, prep)
         example = prep(calib_set.example(2))
         check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name, o.logits, o.ignore_index)  # before calib.
         grid = []  # per threshold rule: {T: ConversionResult} (one calibration each)
@@ -227,7 +223,7 @@ def _run(o: RunOptions) -> None:
             else:
                 grid.append({cfg.timesteps: convert(ann, forward_loop=forward_loop, config=cfg,
                                                     source=resolved.source, example_inputs=example)})
-        bar.remove_task(calib_task)
+        bar.remove_task(forward_loop.task)
         if o.nir is not None:  # every node NIR cannot express, before the evaluation, not after it
             nir_graph(o, next(iter(grid[0].values())).snn, example)
 
@@ -259,6 +255,7 @@ def _run(o: RunOptions) -> None:
         else:
             final = swept
         result, evaluation = results[swept.chosen], final.evaluations[swept.chosen]
+        check = calibration_check(o, result, eval_set, calib_set, len(calib_set), prep, bar)
     if sweep_steps:
         out.print(sweep_table(sweeps, grid, best, o.select_images))
         out.print(sweep_line(swept, o.select_images, str(cfg.threshold) if len(cfgs) > 1 else None))
@@ -271,7 +268,7 @@ def _run(o: RunOptions) -> None:
         nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
         present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
                 calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
-                sweep_doc=report_sweep, nir_doc=nir_doc)
+                sweep_doc=report_sweep, nir_doc=nir_doc, check=check)
         if o.output is not None:
             _save(o, result, norm, files, calib_name, eval_name, calib_info, resolved.label)
 
@@ -400,6 +397,10 @@ def main(
     logits: Optional[str] = typer.Option(
         None, "--logits", help="for a model with several outputs (tuple, list or dict: heads): the one holding the "
                                "class scores, by index or key (e.g. 0, cls, heads.0); the SNN decodes every output"),
+    calibration_check: bool = typer.Option(
+        True, "--calibration-check/--no-calibration-check",
+        help="refit the thresholds on the evaluation images (as many as calibration had) and warn where they differ "
+             "from the calibrated ones by more than 10 %: calibration images unlike the evaluation images"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON file of options (keys: the flag "
                                           "names, e.g. coding, time-steps, calib-images); flags given on the "
                                           "command line override it"),

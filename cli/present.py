@@ -193,10 +193,11 @@ def sweep_line(swept, held_out: int | None, rule: str | None) -> str:
 
 def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, eval_info: dict,
             calib_info: dict | None, seconds: float, fused_pairs: int, sweep_doc: dict | None = None,
-            nir_doc: dict | None = None) -> None:
-    """Print an evaluation (tables, model and summary lines, energy, the NIR export) and write the JSON / Markdown
-    reports asked for; ``calib_info`` None: the calibration images are not known (a saved SNN that did not record
-    them)."""
+            nir_doc: dict | None = None, check: tuple | None = None) -> None:
+    """Print an evaluation (tables, model and summary lines, energy, the NIR export, the calibration check) and
+    write the JSON / Markdown reports asked for; ``calib_info`` None: the calibration images are not known (a saved
+    SNN that did not record them); ``check``: ``(ThresholdCheck or None, note or None)`` from
+    :func:`snnconvert.cli.checks.calibration_check`."""
     from snnconvert.runtime import build_report
     from snnconvert.runtime.evaluate import headline
 
@@ -225,6 +226,9 @@ def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, ev
         out.print(energy)
     if evaluation.unit_outputs:
         out.print(_units_output_line(evaluation.unit_outputs, evaluation.timesteps))
+    checked, note = check or (None, None)
+    if checked is not None or note is not None:
+        out.print(note if checked is None else checked.summary("evaluation images"))
     if nir_doc is not None:
         prefix = f"; input: {nir_doc['input']}" if nir_doc["host_prefix"] else ""
         out.print(f"NIR graph written to {nir_doc['path']} ({nir_doc['nodes']} nodes, {nir_doc['edges']} edges"
@@ -239,6 +243,7 @@ def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, ev
     doc["nir"] = None if nir_doc is None else {k: v for k, v in nir_doc.items() if k != "check_text"}
     doc["config_file"] = None if o.config_file is None else str(o.config_file.resolve())
     doc["logits"] = o.logits
+    doc["calibration_check"] = None if checked is None else checked.to_dict()
     if o.report is not None:
         with atomic_write(o.report) as f:
             json.dump(doc, f, indent=2)

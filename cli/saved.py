@@ -7,6 +7,7 @@ from pathlib import Path
 
 from snnconvert.cli.checks import (
     all_or_none,
+    calibration_check,
     check_labels,
     check_nir_options,
     check_runtime,
@@ -95,6 +96,25 @@ def _check_meta(folder: str, meta: dict) -> None:
         raise bad("preprocessing.normalize", norm)
 
 
+def _calibrated_on(data: dict) -> int | None:
+    """How many images a saved SNN was calibrated on (None: not recorded)."""
+    return (data.get("calibration_info") or {}).get("images") or data.get("calib_images")
+
+
+def _calibration_images(o: RunOptions, data: dict, evaluation_images: int, files):
+    """The calibration images of a saved SNN, read again only when the calibration check needs them (fewer
+    evaluation images than were calibrated on) and they are on this machine; else None."""
+    from snnconvert.runtime.data import load_calib
+
+    calib_images = _calibrated_on(data)
+    if not o.calibration_check or not data.get("calibration") or not calib_images or evaluation_images >= calib_images:
+        return None
+    try:
+        return load_calib(data["calibration"], calib_images=calib_images, data_dir=o.data_dir, preprocess=files)
+    except DataError:
+        return None
+
+
 def evaluate_saved(o: RunOptions) -> None:
     """``snnconvert SNN_DIR``: evaluate a saved SNN (``--output``) and its ANN again, without calibration: on the
     evaluation images it was evaluated on (or ``--eval-data``), with the preprocessing it was converted with (or
@@ -140,9 +160,10 @@ def evaluate_saved(o: RunOptions) -> None:
         splits = load_calib_eval(data["calibration"], eval_name, calib_images=data["calib_images"],
                                  eval_images=o.eval_images, select_images=data.get("select_images"),
                                  data_dir=o.data_dir, preprocess=files)
-        eval_set, eval_info = splits.eval, splits.eval_info
+        eval_set, eval_info, calib_set = splits.eval, splits.eval_info, splits.calib
     else:  # a test split or another source: the calibration data need not be on this machine
         eval_set, eval_info = load_eval(eval_name, eval_images=o.eval_images, data_dir=o.data_dir, preprocess=files)
+        calib_set = _calibration_images(o, data, len(eval_set), files)
     calib_info = data.get("calibration_info")
     logits = o.logits if "logits" in o.given else meta.get("logits")
     ignore = o.ignore_index if "ignore_index" in o.given else meta.get("ignore_index", o.ignore_index)
@@ -157,6 +178,8 @@ def evaluate_saved(o: RunOptions) -> None:
         swept = sweep({T: result}, lambda: ((normalized(norm, x), y) for x, y in eval_set.batches(o.batch_size)),
                       ann=ann, backend=o.backend, device=o.device, dtype=dtype, mode=o.mode,
                       layer_errors=o.layer_errors, progress=progress, output=logits, ignore_index=ignore)
+        check = calibration_check(o, result, eval_set, calib_set, _calibrated_on(data),
+                                  lambda x: normalized(norm, x), bar)
     if T != result.config.timesteps and result.calibration.quantisation_levels:
         out.print(f"note: the thresholds were fitted for T={result.config.timesteps}; running T={T}")
     o = dataclasses.replace(o, logits=logits, ignore_index=ignore)
@@ -165,4 +188,4 @@ def evaluate_saved(o: RunOptions) -> None:
         nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
         present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
                 calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs,
-                nir_doc=nir_doc)
+                nir_doc=nir_doc, check=check)

@@ -33,6 +33,7 @@ from snnconvert.convert.calibrate import (
     remove_observers,
     run_calibration,
 )
+from snnconvert.convert.calibrate.check import ThresholdCheck, check_thresholds
 from snnconvert.convert.coding import get_coding
 from snnconvert.convert.config import DIFF_DEFAULT, PRESETS, RATE_DEFAULT, ConversionConfig, ThresholdSpec
 from snnconvert.convert.errors import CalibrationError, ConfigError, check_float_images, first_line
@@ -51,7 +52,7 @@ log.addHandler(logging.NullHandler())
 __all__ = [
     "convert", "convert_sweep", "Converter", "convert_with_thresholds", "load_onnx", "prepare", "ConversionResult",
     "ConversionConfig", "ThresholdSpec", "RATE_DEFAULT", "DIFF_DEFAULT", "PRESETS", "SpikingNetwork", "ModelSource",
-    "save", "load_artifact",
+    "save", "load_artifact", "check_thresholds", "ThresholdCheck",
 ]
 
 

@@ -382,6 +382,20 @@ def load_calib_eval(
     return Splits(calib, evald, calib_info, eval_info, select, select_info)
 
 
+def load_calib(calib_spec: str, *, calib_images: int, data_dir: str | os.PathLike | None = None, preprocess=None
+               ) -> ImageDataset:
+    """The calibration images of a run whose evaluation images came from another source, as
+    :func:`load_calib_eval` took them (the first ``calib_images`` of the train split; a folder's seeded sample).
+
+    Raises:
+        DataError: bad spec, missing files.
+    """
+    source = parse_data_spec(calib_spec)
+    calib, _ = _take(load_dataset(source, "train", data_dir, preprocess), calib_images,
+                     shuffle=source.kind == "imagefolder", flag="--calib-images")
+    return calib
+
+
 def same_pool(calib: DataSource, evaluation: DataSource) -> bool:
     """Whether calibration and evaluation read the same one-split pool (same folder or file): then a seeded
     permutation holds the calibration images out of the evaluation."""

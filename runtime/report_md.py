@@ -132,13 +132,23 @@ def report_markdown(doc: dict[str, Any]) -> str:
                   f"{c['max_abs']:.3g} (outputs up to {c['scale']:.3g}), same top-1 on {c['same_top1']}/{c['images']}.",
                   ""]
     lines += ["## Neuron sites", ""]
+    check = doc.get("calibration_check")
+    refits = {c["site"]: c for c in check["sites"]} if check else {}
     rows = []
     for s in doc["thresholds"]["sites"]:
         th, ev = s["threshold"], s.get("events") or {}
         rows.append([f"`{s['site']}`", s.get("kind", "relu"), f"{th['mean']:.4g} ({th['min']:.4g}–{th['max']:.4g})",
-                     str(th["zero"]), _num(ev.get("neurons_per_image", 0)), f"{ev.get('events_per_neuron', 0):.3f}"])
+                     str(th["zero"]), _num(ev.get("neurons_per_image", 0)), f"{ev.get('events_per_neuron', 0):.3f}"]
+                    + ([_refit_text(refits.get(s["site"]))] if check else []))
     lines += _table(["site", "kind", "threshold mean (min–max)", "silent groups", "neurons / image",
-                     "events / neuron / image"], rows)
+                     "events / neuron / image"] + (["refitted on evaluation images (median ratio)"] if check else []),
+                    rows)
+    if check:
+        against = ("the calibrated thresholds" if check["reference_images"] is None
+                   else f"thresholds refitted on {check['reference_images']} calibration images")
+        lines += [f"Calibration check: thresholds refitted on {check['images']} evaluation images against {against}; "
+                  f"{check['flagged']} of {len(check['sites'])} sites differ by more than "
+                  f"{100 * check['tolerance']:g} % (flagged with **!**).", ""]
     if ops.get("layers"):
         lines += ["## Synaptic operations per layer", ""]
         rows = [[f"`{name}`", layer["input"], _num(layer["tot_macs"]), _num(sum(layer["sop_per_step"])),
@@ -172,6 +182,13 @@ def report_markdown(doc: dict[str, Any]) -> str:
         lines += [f"Options read from `{doc['config_file']}` (command-line flags override it).", ""]
     lines += ["```json", json.dumps(cfg, indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def _refit_text(entry: dict | None) -> str:
+    if entry is None or entry["ratio"] is None:
+        return "n/a"
+    text = f"{entry['ratio']:.3f} ({entry['ratio_min']:.3f}–{entry['ratio_max']:.3f})"
+    return f"**!** {text}" if entry["flagged"] else text
 
 
 def _describe(part: dict | None) -> str:

@@ -369,8 +369,8 @@ def test_a_nan_pixel_is_refused_by_every_threshold_rule(coding, threshold, aggre
     x = torch.rand(40, 1, 28, 28)
     x[17, 0, 3, 4] = float("nan")
     config = ConversionConfig.for_coding(coding, timesteps=4, threshold=threshold, threshold_aggregation=aggregation)
-    with pytest.raises(CalibrationError, match=r"non-finite activation value\(s\) during calibration; check the "
-                                               r"calibration data for NaN or inf"):
+    with pytest.raises(CalibrationError, match=r"non-finite activation value\(s\) on the calibration images; check the "
+                                               r"calibration images for NaN or inf"):
         convert(SpellingsNet().eval(), forward_loop=[x[:20], x[20:]], config=config)
 
 

@@ -72,7 +72,8 @@ def neuron_sites(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if is_neuron_site(gm, n, memo)]
 
 
-def _make_observer(cfg: ConversionConfig, spec: ThresholdSpec) -> ActivationObserver:
+def make_observer(cfg: ConversionConfig, spec: ThresholdSpec) -> ActivationObserver:
+    """The observer that gathers ``spec``'s statistic at ``cfg``'s granularity and aggregation."""
     if cfg.threshold_aggregation == "batch-mean" and spec.statistic in ("max", "percentile"):
         return BatchMeanObserver(cfg.granularity, spec.percentile if spec.statistic == "percentile" else None)
     if spec.statistic == "max":
@@ -97,7 +98,7 @@ def insert_observers(gm: fx.GraphModule, cfg: ConversionConfig) -> list[Site]:
         spec = cfg.identity_threshold if identity else cfg.threshold
         observes = "input" if spec.statistic == "moments" else "output"
         name = f"{relu.target.replace('.', '_')}_observer"
-        observer = _make_observer(cfg, spec)
+        observer = make_observer(cfg, spec)
         observer.magnitude = identity and cfg.identity_tail == "both"
         channel_dim = gm.get_submodule(relu.target).channel_dim if identity else relu_channel_dim(gm, relu)
         observer.channel_dim = 1 if cfg.token_channel == "tokens" else channel_dim
@@ -290,28 +291,11 @@ def compute_thresholds(
     thresholds: dict[str, torch.Tensor] = {}
     for site in sites:
         obs = gm.get_submodule(site.observer_name)
-        identity = site.kind == "identity"
-        site_spec = cfg.identity_threshold if identity else spec
-        info: dict[str, Any] = {"site": site.name, "kind": site.kind, "observes": site.observes, "values": obs.count}
-        if obs.nonfinite:
-            raise CalibrationError(f"site {site.name}: {obs.nonfinite} non-finite activation value(s) during "
-                                   f"calibration; {_nonfinite_advice(gm)}")
-        if isinstance(obs, MomentObserver):
-            theta, fit_info = _fit(obs, cfg, site.name)
-            info.update(fit_info)
-        else:  # max (times a fraction), percentile, or their per-batch means
-            theta = obs.value * (1.0 if site_spec.fraction is None else site_spec.fraction)
-        if identity:
-            theta = theta * cfg.threshold_scale
-            info.update(method=str(site_spec), tail=cfg.identity_tail, scale=cfg.threshold_scale)
-        if not bool(torch.isfinite(theta).all()):
-            raise CalibrationError(f"site {site.name}: non-finite threshold from {site_spec}; check the calibration "
-                                   "data")
-        theta = theta.clamp_min(0).float()
+        theta, info = site_threshold(site, obs, cfg, model=gm)
         thresholds[site.name] = _broadcast_shape(theta, obs)
-        info["threshold"] = _summary(theta)
         report.sites.append(info)
         if info["threshold"]["zero"] and warn:
+            site_spec = cfg.identity_threshold if site.kind == "identity" else spec
             # the upper ReLU of a decomposed ReLU6/clamp is silent wherever the input never reached the ceiling
             expected = getattr(gm.get_submodule(site.name), UPPER_CLIP_ATTR, False)
             log.log(logging.INFO if expected else logging.WARNING, "site %s: %d of %d %s have threshold 0 (%s) and "
@@ -323,13 +307,43 @@ def compute_thresholds(
     return thresholds, report
 
 
-def _nonfinite_advice(gm: torch.nn.Module) -> str:
-    """What to check when calibration saw NaN or inf: the parameters that hold them, else the data."""
+def site_threshold(site: Site, obs: ActivationObserver, cfg: ConversionConfig, *, model: torch.nn.Module,
+                   what: str = "calibration") -> tuple[torch.Tensor, dict[str, Any]]:
+    """One site's thresholds from its observer's statistics: a float32 vector, one per group, clamped >= 0, and the
+    site's report entry. ``model`` holds the parameters named when the activations were not finite; ``what`` names
+    the images in the errors.
+
+    Raises:
+        CalibrationError: non-finite statistics, or a fit that does not converge.
+    """
+    identity = site.kind == "identity"
+    site_spec = cfg.identity_threshold if identity else cfg.threshold
+    info: dict[str, Any] = {"site": site.name, "kind": site.kind, "observes": site.observes, "values": obs.count}
+    if obs.nonfinite:
+        raise CalibrationError(f"site {site.name}: {obs.nonfinite} non-finite activation value(s) on the {what} "
+                               f"images; {_nonfinite_advice(model, what)}")
+    if isinstance(obs, MomentObserver):
+        theta, fit_info = _fit(obs, cfg, site.name)
+        info.update(fit_info)
+    else:  # max (times a fraction), percentile, or their per-batch means
+        theta = obs.value * (1.0 if site_spec.fraction is None else site_spec.fraction)
+    if identity:
+        theta = theta * cfg.threshold_scale
+        info.update(method=str(site_spec), tail=cfg.identity_tail, scale=cfg.threshold_scale)
+    if not bool(torch.isfinite(theta).all()):
+        raise CalibrationError(f"site {site.name}: non-finite threshold from {site_spec}; check the {what} data")
+    theta = theta.clamp_min(0).float()
+    info["threshold"] = _summary(theta)
+    return theta, info
+
+
+def _nonfinite_advice(gm: torch.nn.Module, what: str = "calibration") -> str:
+    """What to check when calibration saw NaN or inf: the parameters that hold them, else the (``what``) images."""
     bad = [name for name, p in gm.named_parameters() if not bool(torch.isfinite(p).all())]
     bad += [name for name, b in gm.named_buffers() if b.is_floating_point() and not bool(torch.isfinite(b).all())]
     if bad:
         return f"the model holds NaN or inf in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
-    return "check the calibration data for NaN or inf values (or values that overflow float32 in the model)"
+    return f"check the {what} images for NaN or inf values (or values that overflow float32 in the model)"
 
 
 def _fit(obs: MomentObserver, cfg: ConversionConfig, name: str) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from snnconvert.convert.artifact import atomic_file, writable_path
-from snnconvert.convert.errors import BackendUnavailableError, ConfigError, DataError
+from snnconvert.convert.errors import BackendUnavailableError, ConfigError, DataError, SnnConvertError, first_line
 
 if TYPE_CHECKING:
     from snnconvert.cli.main import RunOptions
@@ -253,6 +253,8 @@ def calibration_check(o: RunOptions, result, eval_set, calib_set, calib_images: 
     data = progress_loop(bar, "calibration check", eval_set.subset(n), prep)
     try:
         return check_thresholds(result.snn, result.config, data, reference=reference), None
+    except SnnConvertError as exc:  # the evaluation stands: its report is written, the check's failure said
+        return None, f"calibration check failed: {first_line(exc)}"
     finally:
         for loop in (data, reference):
             if loop is not None:

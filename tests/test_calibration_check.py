@@ -204,3 +204,24 @@ def test_a_saved_snn_is_checked_against_its_calibration_images_when_they_are_at_
     assert result.exit_code == 0, result.output
     assert "thresholds refitted on 100 evaluation images (99.9% per channel) agree with the calibrated ones" in \
         " ".join(result.output.split())
+
+
+def test_a_failed_check_leaves_the_evaluation_and_its_report(tmp_path, monkeypatch):
+    """The check runs after the evaluation: when it fails (here: made to), the run still exits 0 with its report
+    and says why the check is missing."""
+    from test_cli import NETS, _run
+
+    import snnconvert.convert.calibrate.check as check_module
+
+    def fail(*args, **kwargs):
+        raise CalibrationError("site relu: 3 non-finite activation value(s) on the given images")
+
+    monkeypatch.setattr(check_module, "check_thresholds", fail)
+    report = tmp_path / "r.json"
+    result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--calib-images", 32, "--eval-images", 32,
+                  "-T", 2, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "calibration check failed: site relu: 3 non-finite activation value(s) on the given images" in \
+        " ".join(result.output.split())
+    doc = json.loads(report.read_text())
+    assert doc["calibration_check"] is None and len(doc["snn_accuracy"]) == 2

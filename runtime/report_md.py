@@ -188,6 +188,8 @@ def _refit_text(entry: dict | None) -> str:
     if entry is None or entry["ratio"] is None:
         return "n/a"
     text = f"{entry['ratio']:.3f} ({entry['ratio_min']:.3f}–{entry['ratio_max']:.3f})"
+    if entry.get("upper_clip"):
+        return f"{text}, ceiling of a bounded ReLU: not flagged"
     return f"**!** {text}" if entry["flagged"] else text
 
 

@@ -43,6 +43,7 @@ from snnconvert.convert.calibrate import (
 from snnconvert.convert.calibrate.observers import ActivationObserver
 from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.passes.normalize import UPPER_CLIP_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,9 @@ class ThresholdCheck:
         sites: one entry per neuron site, in graph order: ``site``, ``kind`` (relu / identity), ``groups``,
             ``compared`` (groups with a reference threshold > 0), ``ratio`` (median of θ_refit / θ_reference over
             those; None when none), ``ratio_min`` / ``ratio_max``, ``newly_active`` (θ_reference = 0, θ_refit > 0:
-            neurons silent in the SNN that these images would drive), ``flagged``.
+            neurons silent in the SNN that these images would drive), ``upper_clip`` (the ceiling neuron of a
+            bounded ReLU: ``relu(x - 6)`` of a ReLU6; reported, never flagged: its threshold is a statistic of the
+            rare inputs above the ceiling, which varies from sample to sample even without a shift), ``flagged``.
     """
 
     tolerance: float
@@ -83,13 +86,15 @@ class ThresholdCheck:
 
     @property
     def largest(self) -> dict[str, Any] | None:
-        """The site whose median ratio is farthest from 1 (in log scale), or None when no site has a ratio."""
-        rated = [s for s in self.sites if s["ratio"] is not None]
+        """The site whose median ratio is farthest from 1 (in log scale), upper-clip sites left out, or None when
+        no such site has a ratio."""
+        rated = [s for s in self.sites if s["ratio"] is not None and not s["upper_clip"]]
         return max(rated, key=lambda s: abs(math.log(s["ratio"])) if s["ratio"] > 0 else math.inf, default=None)
 
     @property
     def newly_active(self) -> int:
-        return sum(s["newly_active"] for s in self.sites)
+        """Groups silent on the reference images that these would drive (upper-clip sites left out)."""
+        return sum(s["newly_active"] for s in self.sites if not s["upper_clip"])
 
     def summary(self, images: str = "images") -> str:
         """One line: the thresholds agree, or which sites moved and what to do (``images`` names the images
@@ -215,8 +220,9 @@ def check_thresholds(
             raise ConfigError(f"site {name}: {base[name].numel()} installed threshold(s) but {theta.numel()} "
                               f"group(s) per {config.granularity}; check with the configuration the network was "
                               "converted with")
-        check.sites.append(_compare(name, "identity" if _is_identity(neurons[name]) else "relu", base[name], theta,
-                                    tolerance))
+        neuron = neurons[name]
+        check.sites.append(_compare(name, "identity" if _is_identity(neuron) else "relu", base[name], theta,
+                                    tolerance, getattr(neuron, UPPER_CLIP_ATTR, False)))
     log.info("%s", check.summary())
     return check
 
@@ -233,14 +239,16 @@ def _hook(neuron: nn.Module, observer: ActivationObserver, observes: str) -> Any
     return neuron.register_forward_hook(lambda module, args, out: watch(out))
 
 
-def _compare(name: str, kind: str, base: torch.Tensor, refit: torch.Tensor, tolerance: float) -> dict[str, Any]:
+def _compare(name: str, kind: str, base: torch.Tensor, refit: torch.Tensor, tolerance: float, upper_clip: bool
+             ) -> dict[str, Any]:
     on = base > 0
     ratios = refit[on].double() / base[on].double()
     entry: dict[str, Any] = {"site": name, "kind": kind, "groups": int(base.numel()),
                              "compared": int(on.sum()), "ratio": None, "ratio_min": None, "ratio_max": None,
-                             "newly_active": int((~on & (refit > 0)).sum()), "flagged": False}
+                             "newly_active": int((~on & (refit > 0)).sum()), "upper_clip": upper_clip,
+                             "flagged": False}
     if ratios.numel():
         ratio = float(ratios.median())
         entry.update(ratio=ratio, ratio_min=float(ratios.min()), ratio_max=float(ratios.max()),
-                     flagged=not 1 / (1 + tolerance) <= ratio <= 1 + tolerance)
+                     flagged=not upper_clip and not 1 / (1 + tolerance) <= ratio <= 1 + tolerance)
     return entry

@@ -16,7 +16,7 @@ from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import ConfigError
 from snnconvert.convert.passes.identity import is_identity_site, is_neuron_site
-from snnconvert.convert.passes.normalize import is_maxpool, set_module
+from snnconvert.convert.passes.normalize import UPPER_CLIP_ATTR, is_maxpool, set_module
 from snnconvert.convert.passes.support import (
     MATMUL_METHODS,
     MATMULS,
@@ -62,6 +62,8 @@ def replace_activations(
         identity = is_identity_site(gm, node)
         neuron = coding.make_neuron(thresholds[node.target], cfg, identity=identity)
         neuron.site = node.target
+        if getattr(gm.get_submodule(node.target), UPPER_CLIP_ATTR, False):  # the ceiling of a bounded ReLU
+            setattr(neuron, UPPER_CLIP_ATTR, True)
         set_module(gm, node.target, neuron)
         entry.nodes.append(node.target)
         kind = type(neuron).__name__ + ("(identity)" if identity else "")

@@ -327,26 +327,42 @@ def _factories_recorded():
 
 
 @contextlib.contextmanager
-def _autocast_unrecorded():
+def _autocast_unrecorded(tracer: fx.Tracer):
     """While tracing, ``with torch.autocast(...)`` blocks (timm's EfficientViT attention: ``device_type=v.device.type,
     enabled=False``; any spelling: ``torch.amp.autocast``, ``torch.cuda.amp.autocast``) are no-ops: a graph does not
     record autocast, and the converted network computes in float32. A traced ``device_type`` is accepted; a block that
-    would enable autocast (lower precision in the ANN) gets a warning naming its line."""
+    would enable autocast (lower precision in the ANN) gets a warning naming its line. An autocast made before
+    tracing (``@torch.autocast(...)`` on a forward, made at import; a context kept on the module) is entered as a
+    no-op too, with the same warning (naming the module being traced) when it is enabled."""
     cls = torch.amp.autocast_mode.autocast
-    original = cls.__init__
+    original = cls.__init__, cls.__enter__, cls.__exit__
+
+    def warn(what: str) -> None:
+        where = _user_frame((f.filename, f.lineno) for f in traceback.extract_stack()) or "?"
+        module = tracer.scope.module_path
+        if module:
+            where = f"{where} (in module {module!r})"
+        log.warning("torch.autocast %s %s is not part of the traced graph: the converted network computes this block "
+                    "in float32, not in the ANN's reduced precision", what, where)
 
     def unrecorded(self, device_type, dtype=None, enabled=True, cache_enabled=None):
         if enabled is not False:
-            where = _user_frame((f.filename, f.lineno) for f in traceback.extract_stack()) or "?"
-            log.warning("torch.autocast at %s is not part of the traced graph: the converted network computes "
-                        "this block in float32, not in the ANN's reduced precision", where)
-        original(self, "cpu", enabled=False)
+            warn("at")
+        original[0](self, "cpu", enabled=False)
 
-    cls.__init__ = unrecorded
+    def entered(self):
+        if self._enabled:  # made before tracing: a decorator or a stored context
+            warn("made before tracing (a decorator or a stored context) and entered at")
+        return self
+
+    def exited(self, *exc_info) -> bool:
+        return False
+
+    cls.__init__, cls.__enter__, cls.__exit__ = unrecorded, entered, exited
     try:
         yield
     finally:
-        cls.__init__ = original
+        cls.__init__, cls.__enter__, cls.__exit__ = original
 
 
 class _PythonValues:
@@ -403,7 +419,8 @@ class _ShapeBranchTracer(fx.Tracer):
         return _Proxy(node, self)
 
     def trace(self, root, concrete_args=None):
-        with _unwrapped() if self.inline else contextlib.nullcontext(), _factories_recorded(), _autocast_unrecorded():
+        unwrapped = _unwrapped() if self.inline else contextlib.nullcontext()
+        with unwrapped, _factories_recorded(), _autocast_unrecorded(self):
             return super().trace(root, concrete_args)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
@@ -535,7 +552,7 @@ def node_source(node: fx.Node) -> str | None:
 
 
 def _user_frame(frames) -> str | None:
-    """``file:line`` of the innermost of ``(filename, lineno)`` frames outside torch and this module."""
-    torch_dir = str(Path(torch.__file__).parent)
-    user = [f"{path}:{line}" for path, line in frames if not path.startswith(torch_dir) and path != __file__]
+    """``file:line`` of the innermost of ``(filename, lineno)`` frames outside torch and ``snnconvert.convert``."""
+    own = str(Path(torch.__file__).parent), str(Path(__file__).parent) + "/"
+    user = [f"{path}:{line}" for path, line in frames if not path.startswith(own)]
     return user[-1] if user else None

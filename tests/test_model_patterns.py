@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 
 import pytest
 import torch
@@ -1121,6 +1122,48 @@ def test_autocast_blocks_are_traced_through(caplog):
     with caplog.at_level("WARNING", logger="snnconvert"):
         convert(Autocast(enabled=True).eval(), forward_loop=[x])
     assert "torch.autocast at " in caplog.text and "test_model_patterns.py" in caplog.text, caplog.text
+
+
+class _DecoratedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    @torch.autocast("cpu", dtype=torch.bfloat16)  # made at import, entered while tracing
+    def forward(self, x):
+        return F.relu(self.fc(x)).float()
+
+
+class _DecoratedOff(_DecoratedBlock):
+    @torch.autocast("cpu", enabled=False)
+    def forward(self, x):
+        return F.relu(self.fc(x)).float()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_autocast_decorator_is_traced_through_and_warned_when_enabled(caplog, enabled):
+    """``@torch.autocast(...)`` on a forward: the autocast exists before tracing (its __init__ is not seen), so its
+    entry is a no-op while tracing; an enabled one warns with the line that calls the block, and the traced graph
+    computes in float32 (equal to the ANN run outside autocast, not to its bfloat16 run)."""
+    torch.manual_seed(7)
+    block = (_DecoratedBlock if enabled else _DecoratedOff)()
+    model, x = nn.Sequential(nn.Linear(8, 8), block, nn.Linear(8, 3)).eval(), torch.rand(16, 8)
+    with caplog.at_level("WARNING", logger="snnconvert"):
+        res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=16))
+    warned = re.search(r"made before tracing \(a decorator or a stored context\) and entered at \S+ \(in module '1'\)",
+                       caplog.text)
+    assert bool(warned) == enabled, caplog.text
+    assert not torch.is_autocast_enabled("cpu")
+    cls = torch.amp.autocast_mode.autocast
+    assert [getattr(cls, f).__name__ for f in ("__init__", "__enter__", "__exit__")] == ["__init__", "__enter__",
+                                                                                       "__exit__"]  # restored
+    with torch.no_grad():
+        traced = res.snn.ann_forward(x)
+        assert traced.dtype == torch.float32
+        plain = model[2](F.relu(block.fc(model[0](x))))  # the block's maths outside autocast
+        torch.testing.assert_close(traced, plain, **TOL)
+        if enabled:  # the ANN itself runs the block in bfloat16: the traced graph does not
+            assert not torch.allclose(model(x).float(), plain, rtol=0, atol=1e-6)
 
 
 class SegNetLike(nn.Module):

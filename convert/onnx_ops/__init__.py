@@ -50,12 +50,13 @@ Identity, Dropout (inference)                          nothing: the input is pas
 =====================================================  ==============================================================
 
 The converters live in ``core`` (values, registry, shared helpers), ``layers`` (weights, pooling), ``elementwise``
-(activations, element-wise ops, casts) and ``shapes`` (pass-throughs, constants, shape manipulation, reductions);
+(activations, element-wise ops, casts), ``shapes`` (pass-throughs, constants, shape manipulation, reductions) and
+``spatial`` (DepthToSpace / SpaceToDepth, Pad, Resize);
 importing this package registers all of them.
 """
 from __future__ import annotations
 
-from snnconvert.convert.onnx_ops import elementwise, layers, shapes  # noqa: F401 - registers the converters
+from snnconvert.convert.onnx_ops import elementwise, layers, shapes, spatial  # noqa: F401 - registers the converters
 from snnconvert.convert.onnx_ops.core import (
     DEFAULT_DOMAIN,
     Const,

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import sympy
 import torch
-import torch.nn.functional as F
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
     from snnconvert.convert.onnx_ops.context import OpContext
@@ -20,7 +19,6 @@ from snnconvert.convert.onnx_ops.core import (
     Tensor,
     Value,
     _norm_axis,
-    _torch_pads,
     all_static,
     make_vec,
     register,
@@ -194,49 +192,6 @@ def convert_reshape(ctx: OpContext) -> Value:
     if isinstance(x, Const) and all_static(target):
         return Const(x.tensor.reshape([static(d) for d in target]), (ctx.name, "Reshape"))
     return _reshape_to(ctx, x, target)
-
-
-def _blocks(ctx: OpContext) -> tuple[Value, list, int]:
-    """Input, shape and ``blocksize`` of DepthToSpace / SpaceToDepth (4-d input)."""
-    x = ctx.input(0)
-    shape = list(ctx.shape(x))
-    if len(shape) != 4:
-        raise ctx.unsupported(f"a rank-{len(shape)} input (4-d only)")
-    return x, shape, int(ctx.attr("blocksize"))
-
-
-@register("DepthToSpace", since=13)
-def convert_depth_to_space(ctx: OpContext) -> Value:
-    """DepthToSpace -> ``F.pixel_shuffle`` (mode CRD, what torch exports ``nn.PixelShuffle`` as) or, for the default
-    mode DCR (channels ordered block row, block column, channel), a reshape / permute / reshape."""
-    x, (n, c, h, w), b = _blocks(ctx)
-    mode = ctx.attr("mode", "DCR")
-    out_shape = (n, sym_div(c, sympy.Integer(b * b)), h * b, w * b)
-    if mode == "CRD":
-        out = ctx.call_function(F.pixel_shuffle, x, b)
-        if isinstance(out, Tensor):
-            out.shape = out_shape
-        return out
-    if mode != "DCR":
-        raise ctx.unsupported(f"mode={mode}")
-    blocks = _reshape_to(ctx, x, [n, sympy.Integer(b), sympy.Integer(b), out_shape[1], h, w])
-    moved = ctx.call_function(torch.permute, blocks, (0, 3, 4, 1, 5, 2))
-    if isinstance(moved, Tensor):
-        moved.shape = (n, out_shape[1], h, sympy.Integer(b), w, sympy.Integer(b))
-    return _reshape_to(ctx, moved, list(out_shape))
-
-
-@register("SpaceToDepth", since=13)
-def convert_space_to_depth(ctx: OpContext) -> Value:
-    """SpaceToDepth -> reshape / permute / reshape (output channels ordered block row, block column, channel: not
-    ``F.pixel_unshuffle``'s channel-major order)."""
-    x, (n, c, h, w), b = _blocks(ctx)
-    bb = sympy.Integer(b)
-    blocks = _reshape_to(ctx, x, [n, c, sym_div(h, bb), bb, sym_div(w, bb), bb])
-    moved = ctx.call_function(torch.permute, blocks, (0, 3, 5, 1, 2, 4))
-    if isinstance(moved, Tensor):
-        moved.shape = (n, bb, bb, c, sym_div(h, bb), sym_div(w, bb))
-    return _reshape_to(ctx, moved, [n, c * b * b, sym_div(h, bb), sym_div(w, bb)])
 
 
 @register("Flatten", since=13)
@@ -425,146 +380,6 @@ def convert_unsqueeze(ctx: OpContext) -> Value:
         for axis in axes:
             dims.insert(axis, sympy.Integer(1))
         out.shape = tuple(dims)
-    return out
-
-
-_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
-
-
-def _edge_pads(ctx: OpContext, x: Value, rank: int, begin: list[int], end: list[int],
-               mode: str) -> tuple[Value, list[int], bool]:
-    """The input and ``F.pad`` amounts for a reflect / edge / wrap Pad, and whether a leading unit dim was added.
-
-    PyTorch pads in these modes along the last k dims (k <= 3) of a tensor with one or two dims before them (and
-    refuses the rest at run time): the amounts name k = max(dims from the first padded one on, rank - 2) dims, and a
-    tensor padded from its first dim on (rank <= 3) gets a leading unit dim for the call. Padding the first dim of a
-    rank-4+ tensor (the batch dim of a feature map) is unsupported."""
-    first = next(i for i in range(rank) if begin[i] or end[i])
-    k = max(rank - first, rank - 2, 1)
-    if k > 3:
-        raise ctx.unsupported(f"mode={mode} padding dim {first} of a rank-{rank} input (PyTorch pads in this mode only "
-                              "along the last 3 dims, after at least one other)")
-    pads = [int(p) for i in reversed(range(rank - k, rank)) for p in (begin[i], end[i])]
-    if k < rank:
-        return x, pads, False
-    return ctx.call_function(torch.unsqueeze, x, 0), pads, True
-
-
-@register("Pad", since=13)
-def convert_pad(ctx: OpContext) -> Value:
-    """Pad (pads as input, ``axes`` since 18) -> ``F.pad`` with mode constant / reflect / replicate / circular (the
-    last three along the dims PyTorch supports them on: :func:`_edge_pads`)."""
-    x = ctx.input(0)
-    rank = len(ctx.shape(x))
-    pads = [static(p) for p in ctx.elems(1)]
-    if any(p is None for p in pads):
-        raise ctx.fail("Pad amounts must be static")
-    axes = list(range(rank))
-    if ctx.input(3) is not None:
-        axes = [_norm_axis(static(a), rank, ctx) for a in ctx.elems(3)]
-    begin, end = [0] * rank, [0] * rank
-    for i, axis in enumerate(axes):
-        begin[axis], end[axis] = pads[i], pads[len(axes) + i]
-    mode = ctx.attr("mode", "constant")
-    if mode not in _PAD_MODES:
-        raise ctx.unsupported(f"mode={mode}")
-    value = ctx.input(2)
-    fill = 0.0 if value is None else ctx.const(2, "Pad constant_value").item()
-    kwargs = {"value": fill} if mode == "constant" and fill != 0 else {}
-    if mode == "constant":
-        out = ctx.call_function(F.pad, x, _torch_pads(begin, end), **kwargs)
-    elif not any(begin + end):
-        return x
-    else:
-        padded, pads, unsqueezed = _edge_pads(ctx, x, rank, begin, end, mode)
-        out = ctx.call_function(F.pad, padded, pads, mode=_PAD_MODES[mode])
-        if unsqueezed:
-            out = ctx.call_function(torch.squeeze, out, 0)
-    in_shape = ctx.shape_or_none(x)
-    if isinstance(out, Tensor) and in_shape is not None:  # the padded sizes: later shape arithmetic stays static
-        out.shape = tuple(None if d is None else d + b + e for d, b, e in zip(in_shape, begin, end))
-    return out
-
-
-_RESIZE_MODES = {("nearest", 1): "nearest", ("nearest", 2): "nearest", ("nearest", 3): "nearest",
-                 ("linear", 1): "linear", ("linear", 2): "bilinear", ("linear", 3): "trilinear",
-                 ("cubic", 2): "bicubic"}
-
-
-@register("Resize", since=13)
-def convert_resize(ctx: OpContext) -> Value:
-    """Resize of the spatial dims -> ``F.interpolate`` (every mode of it is linear in the input), for the
-    combinations torch's exporters write:
-
-    - ``nearest`` with ``asymmetric`` coordinates and ``floor`` rounding: ``mode="nearest"``;
-    - ``linear`` (1-3 d) and ``cubic`` (2-d, ``cubic_coeff_a = -0.75``) with ``half_pixel`` /
-      ``pytorch_half_pixel`` coordinates: ``align_corners=False``; with ``align_corners``: ``align_corners=True``.
-
-    Output sizes come from ``sizes`` (static, or computed from shapes: ``F.interpolate(x, size=y.shape[2:])``; a
-    static-batch export's ``sizes`` lead with the batch size, which then follows the input's) or from constant
-    ``scales`` (``scale_factor``: PyTorch maps coordinates with 1/scale, as ONNX does). Other modes, antialiasing,
-    ``exclude_outside``, ``axes`` and resizing of the batch or channel dims are unsupported.
-
-    ``pytorch_half_pixel`` maps an output axis of length 1 to input coordinate 0 where PyTorch (and ``half_pixel``)
-    take the window's centre: such an axis (of a static output length) is narrowed to its first element and kept
-    at length 1. An output length that is dynamic is assumed not to be 1 there.
-    """
-    x = ctx.input(0)
-    shape = ctx.shape(x)
-    nd = len(shape) - 2
-    mode, ctm = ctx.attr("mode", "nearest"), ctx.attr("coordinate_transformation_mode", "half_pixel")
-    if (mode, nd) not in _RESIZE_MODES:
-        raise ctx.unsupported(f"mode={mode} on a rank-{len(shape)} input")
-    for name, default in (("antialias", 0), ("exclude_outside", 0)):
-        if ctx.attr(name, default):
-            raise ctx.unsupported(f"{name}=1")
-    if ctx.attr("axes", None) is not None or ctx.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise ctx.unsupported("axes / keep_aspect_ratio_policy")
-    align: bool | None = None
-    if mode == "nearest":
-        if ctm != "asymmetric" or ctx.attr("nearest_mode", "round_prefer_floor") != "floor":
-            raise ctx.unsupported(f"nearest with {ctm} coordinates and {ctx.attr('nearest_mode', 'round_prefer_floor')}"
-                                  " rounding (PyTorch's nearest is asymmetric + floor)")
-    elif ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
-        align = ctm == "align_corners"
-        if mode == "cubic" and abs(ctx.attr("cubic_coeff_a", -0.75) + 0.75) > 1e-6:
-            raise ctx.unsupported(f"cubic_coeff_a={ctx.attr('cubic_coeff_a')} (PyTorch's bicubic uses -0.75)")
-    else:
-        raise ctx.unsupported(f"coordinate_transformation_mode={ctm}")
-    kwargs: dict[str, Any] = {"mode": _RESIZE_MODES[mode, nd]}
-    if align is not None:
-        kwargs["align_corners"] = align
-    sizes = ctx.input(3)
-    if sizes is not None and (ctx.shape_or_none(sizes) or (1,))[0] != 0:
-        target = ctx.elems(3)
-        if len(target) == len(shape) and isinstance(sizes, Const) and ctx.static_batch_target(target, shape):
-            target[0] = shape[0]
-        if len(target) != len(shape) or any(not sym_eq(t, d) for t, d in zip(target[:2], shape[:2])):
-            raise ctx.unsupported("resizing the batch or channel dims")
-        out_spatial = list(target[2:])
-        kwargs["size"] = tuple(static(d) if static(d) is not None else ctx.dim_arg(d) for d in out_spatial)
-    else:
-        scales = [float(v) for v in ctx.const(2, "Resize scales").reshape(-1)]
-        if len(scales) != len(shape) or scales[:2] != [1.0, 1.0]:
-            raise ctx.unsupported(f"scales {scales} (only the spatial dims may be resized)")
-        kwargs["scale_factor"] = tuple(scales[2:])
-        out_spatial = [sympy.floor(d * sympy.Float(f)) if static(d) is None else int(math.floor(static(d) * f))
-                       for d, f in zip(shape[2:], scales[2:])]
-    out_shape = (*shape[:2], *(sympy.Integer(d) if isinstance(d, int) else d for d in out_spatial))
-    if mode != "nearest" and ctm == "pytorch_half_pixel":
-        firsts = [i for i, d in enumerate(out_spatial) if static(d) == 1 and static(shape[2 + i]) != 1]
-        if firsts:
-            index = tuple(slice(0, 1) if i - 2 in firsts else slice(None) for i in range(2 + max(firsts) + 1))
-            x = ctx.call_function(operator.getitem, x, index)
-            if len(firsts) == nd:  # every spatial axis is its first element: nothing left to resample
-                if isinstance(x, Tensor):
-                    x.shape = out_shape
-                return x
-            if "scale_factor" in kwargs:  # length 1 to length 1
-                kwargs["scale_factor"] = tuple(1.0 if i in firsts else f for i, f in enumerate(kwargs["scale_factor"]))
-    out = ctx.call_function(F.interpolate, x, **kwargs)
-    if isinstance(out, Tensor):
-        out.shape = out_shape
     return out
 
 

@@ -241,7 +241,8 @@ class NeuronKernels:
         if events.dtype != torch.int64 or events.shape != shape or not events.is_contiguous() \
                 or events.device != device:
             raise ConfigError(f"events must be a contiguous int64 tensor of shape {list(shape)} on {device}, got "
-                              f"{events.dtype} {tuple(events.shape)} on {events.device}")
+                              f"{'' if events.is_contiguous() else 'a non-contiguous '}{events.dtype} "
+                              f"{tuple(events.shape)} on {events.device}")
         return {"events": events}
 
     @staticmethod

@@ -19,11 +19,20 @@ calibration images (what the CLI does when there are fewer evaluation images), a
 farthest from 1 is reported (no SNN evaluation):
 
     .venv/bin/python bench/calibration_shift.py --model fmnist-vgg --noise iterate,99.9%,max --counts 5000,2000,1000,500
+
+With ``--repeats R`` each N is checked on R disjoint blocks of test images, block r against thresholds refitted on
+the r-th block of N calibration images, and a table per N says how many blocks have a site beyond a fixed 10 % and
+beyond the check's applied tolerance max(10 %, c / sqrt(N)) (the sampling noise of few images); ``--table FILE``
+prints that table again from a saved result:
+
+    .venv/bin/python bench/calibration_shift.py --model fmnist-vgg --noise iterate,99.9%,max \
+        --counts 8,16,32,64,128,256 --repeats 8 --out bench/results/calibration_check_small_vgg.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +42,7 @@ import torch
 from snnconvert import models_zoo
 from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert
-from snnconvert.convert.calibrate.check import check_thresholds
+from snnconvert.convert.calibrate.check import DEFAULT_NOISE, DEFAULT_TOLERANCE, check_thresholds
 from snnconvert.runtime import sweep
 from snnconvert.runtime.data import TensorDataset, load_fashion_mnist
 
@@ -65,8 +74,15 @@ def main() -> None:
     parser.add_argument("--noise", default=None, help="comma list of threshold rules: measure the check's ratios "
                                                       "without a shift instead (see above)")
     parser.add_argument("--counts", default="5000,2000,1000,500", help="with --noise: test images checked on")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="with --noise: disjoint blocks of N test images, each against a disjoint block of N "
+                             "calibration images (where R·N images exist), summarised per N")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--table", type=Path, default=None,
+                        help="print the --repeats summary of a saved --noise result and exit")
     args = parser.parse_args()
+    if args.table is not None:
+        return noise_table(json.loads(args.table.read_text()))
     names = [s.strip() for s in args.shifts.split(",")]
     unknown = [s for s in names if s not in SHIFTS]
     if unknown:
@@ -122,34 +138,63 @@ def main() -> None:
         args.out.write_text(json.dumps(doc, indent=1))
 
 
+def _block(ds: TensorDataset, n: int, r: int) -> list[torch.Tensor]:
+    """Images [r·n, (r+1)·n) of ``ds`` in batches."""
+    return [x for x, _ in ds.select(torch.arange(r * n, min((r + 1) * n, len(ds)))).batches(256)]
+
+
 def noise(args, model, train: TensorDataset, test: TensorDataset) -> None:
     counts = [int(c) for c in args.counts.split(",")]
     doc = {"model": args.model, "coding": args.coding, "timesteps": args.timesteps, "calib_images": len(train),
-           "runs": []}
+           "repeats": args.repeats, "runs": []}
     for rule in (r.strip() for r in args.noise.split(",")):
         cfg = ConversionConfig.for_coding(args.coding, timesteps=args.timesteps, threshold=rule)
         result = convert(model, forward_loop=[x for x, _ in train.batches(256)], config=cfg)
         for n in counts:
-            images = [x for x, _ in test.subset(n).batches(256)]
-            row = {"rule": rule, "images": n}
-            for against in ("installed", "reference"):
-                if against == "reference" and n >= len(train):
-                    continue
-                reference = [x for x, _ in train.subset(n).batches(256)] if against == "reference" else None
-                check = check_thresholds(result.snn, result.config, images, reference=reference)
-                row[against] = {"ratio": check.largest["ratio"], "site": check.largest["site"],
-                                "flagged": len(check.flagged)}
-            doc["runs"].append(row)
-            print(row, flush=True)
+            for r in range(args.repeats if n * args.repeats <= min(len(train), len(test)) else 1):
+                images = _block(test, n, r)
+                row = {"rule": rule, "images": n, "block": r}
+                for against in ("installed", "reference"):
+                    if against == "reference" and n >= len(train):
+                        continue
+                    # the CLI's reference is the first n calibration images; other blocks sample its noise
+                    reference = _block(train, n, r) if against == "reference" else None
+                    check = check_thresholds(result.snn, result.config, images, reference=reference, noise=0)
+                    row[against] = {"ratio": check.largest["ratio"], "site": check.largest["site"],
+                                    "flagged": len(check.flagged)}
+                doc["runs"].append(row)
+                print({k: v for k, v in row.items() if k not in ("installed", "reference")},
+                      {a: {k: row[a][k] for k in ("ratio", "site", "flagged")} for a in ("installed", "reference")
+                       if a in row}, flush=True)
     print(f"| rule | test images | against the installed thresholds ({len(train)} calibration images) | against "
           "as many calibration images |")
     print("|---|---|---|---|")
-    for row in doc["runs"]:
+    for row in (row for row in doc["runs"] if row["block"] == 0):
         cells = [f"{row[a]['ratio']:.3f} (`{row[a]['site']}`), {row[a]['flagged']} flagged" if a in row else "same"
                  for a in ("installed", "reference")]
         print(f"| {row['rule']} | {row['images']} | {cells[0]} | {cells[1]} |")
+    noise_table(doc)
     if args.out:
         args.out.write_text(json.dumps(doc, indent=1))
+
+
+def noise_table(doc: dict) -> None:
+    """Every block against its equal-count reference (``--repeats``): the blocks with a site beyond a fixed 10 % and
+    beyond the check's applied tolerance max(10 %, c / sqrt(N)), the largest deviation of a site from 1 and that
+    deviation times sqrt(N)."""
+    print(f"\n| rule | test images | blocks | beyond 10 % | beyond max(10 %, {DEFAULT_NOISE:g} / sqrt(N)) | largest "
+          "deviation | × sqrt(N) |")
+    print("|---|---|---|---|---|---|---|")
+    for rule in dict.fromkeys(row["rule"] for row in doc["runs"]):
+        for n in dict.fromkeys(row["images"] for row in doc["runs"]):
+            rows = [row for row in doc["runs"] if row["rule"] == rule and row["images"] == n and "reference" in row]
+            if not rows:
+                continue
+            devs = [abs(math.log(row["reference"]["ratio"])) for row in rows]
+            applied = max(DEFAULT_TOLERANCE, DEFAULT_NOISE / math.sqrt(n))
+            beyond = [sum(d > math.log1p(tol) for d in devs) for tol in (DEFAULT_TOLERANCE, applied)]
+            print(f"| {rule} | {n} | {len(rows)} | {beyond[0]} | {beyond[1]} ({100 * applied:.3g} %) | "
+                  f"{100 * math.expm1(max(devs)):.1f} % | {math.expm1(max(devs)) * math.sqrt(n):.2f} |")
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def report_markdown(doc: dict[str, Any]) -> str:
                    else f"thresholds refitted on {check['reference_images']} calibration images")
         lines += [f"Calibration check: thresholds refitted on {check['images']} evaluation images against {against}; "
                   f"{check['flagged']} of {len(check['sites'])} sites differ by more than "
-                  f"{100 * check['tolerance']:g} % (flagged with **!**).", ""]
+                  f"{_applied_tolerance(check)} (flagged with **!**).", ""]
     if ops.get("layers"):
         lines += ["## Synaptic operations per layer", ""]
         rows = [[f"`{name}`", layer["input"], _num(layer["tot_macs"]), _num(sum(layer["sop_per_step"])),
@@ -182,6 +182,16 @@ def report_markdown(doc: dict[str, Any]) -> str:
         lines += [f"Options read from `{doc['config_file']}` (command-line flags override it).", ""]
     lines += ["```json", json.dumps(cfg, indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def _applied_tolerance(check: dict) -> str:
+    """The tolerance the check flagged with (reports before ``applied_tolerance`` existed: ``tolerance``)."""
+    applied = check.get("applied_tolerance") or check["tolerance"]
+    text = f"{100 * applied:.3g} %"
+    if applied > check["tolerance"]:
+        n = min(check["images"], check["reference_images"] or check["images"])
+        text += f" ({100 * check['tolerance']:g} % widened for the sampling noise of {n} images)"
+    return text
 
 
 def _refit_text(entry: dict | None) -> str:

@@ -14,7 +14,7 @@ import torch.nn as nn
 from nets import ClipNet, SpellingsNet, TinyViT
 
 from snnconvert.convert import ConversionConfig, convert
-from snnconvert.convert.calibrate.check import check_thresholds
+from snnconvert.convert.calibrate.check import DEFAULT_NOISE, check_thresholds
 from snnconvert.convert.errors import CalibrationError, ConfigError
 
 
@@ -74,8 +74,8 @@ def test_a_scaled_input_scales_every_threshold_and_is_flagged(threshold):
     x = torch.randn(64, 1, 28, 28)
     config = ConversionConfig.for_coding("differential", timesteps=4, threshold=threshold)
     result = convert(net, forward_loop=_batches(x), config=config)
-    check = check_thresholds(result.snn, result.config, _batches(2 * x))
-    assert len(check.sites) == 3 and len(check.flagged) == 3
+    check = check_thresholds(result.snn, result.config, _batches(2 * x), noise=0)  # 10 % whatever the count
+    assert len(check.sites) == 3 and len(check.flagged) == 3 and check.applied_tolerance == 0.1
     for entry in check.sites:
         assert entry["ratio_min"] == pytest.approx(2, rel=1e-5) and entry["ratio_max"] == pytest.approx(2, rel=1e-5)
     text = check.summary("evaluation images")
@@ -84,6 +84,10 @@ def test_a_scaled_input_scales_every_threshold_and_is_flagged(threshold):
     assert "x2.00" in text and "calibrate on images from the same source and preprocessing" in text
     # within a wider tolerance nothing is flagged; the same images as reference: the ratios are 1 again
     assert not check_thresholds(result.snn, result.config, _batches(2 * x), tolerance=1.5).flagged
+    # by default 64 images widen the tolerance to 1 / sqrt(64) = 12.5 %: a doubling is still flagged
+    widened = check_thresholds(result.snn, result.config, _batches(2 * x))
+    assert widened.applied_tolerance == pytest.approx(0.125) and len(widened.flagged) == 3
+    assert "by more than 12.5 % (the sampling noise of 64 images) at 3 of 3 sites" in widened.summary()
     same = check_thresholds(result.snn, result.config, _batches(2 * x), reference=_batches(2 * x))
     assert same.reference_images == 64 and not same.flagged
     assert all(s["ratio"] == pytest.approx(1, abs=1e-6) for s in same.sites)
@@ -109,6 +113,32 @@ def test_groups_silent_at_calibration_that_other_images_drive_are_counted():
         check.summary()
 
 
+@pytest.mark.parametrize("threshold", ["max", "99.9%", "iterate"])
+def test_the_tolerance_widens_with_few_images(threshold):
+    """Thresholds refitted on N images move by sampling alone, by up to about 1 / sqrt(N) on the zoo CNNs
+    (BENCHMARKS.md): the applied tolerance is the larger of 10 % and c / sqrt(N). A bias-free network scales every
+    threshold with its input, so a 1.2x input moves every ratio by exactly 20 %: within the tolerance of 8 images
+    (35 %), beyond that of 64 (12.5 %) and beyond a fixed 10 % at any N; a 3x input is flagged at 8 images too."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(4 * 13 * 13, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False)).eval()
+    x = torch.randn(64, 1, 28, 28)
+    config = ConversionConfig.for_coding("differential", timesteps=4, threshold=threshold)
+    result = convert(net, forward_loop=_batches(x), config=config)
+    for n, flagged in ((8, False), (64, True)):
+        few, reference = 1.2 * x[:n], x[:n]  # against as many calibration images, as the CLI does
+        check = check_thresholds(result.snn, result.config, [few], reference=[reference])
+        assert check.applied_tolerance == pytest.approx(max(0.1, DEFAULT_NOISE / math.sqrt(n)))
+        assert all(s["ratio"] == pytest.approx(1.2, rel=1e-5) for s in check.sites)
+        assert bool(check.flagged) == flagged, (n, check.sites)
+        assert check.to_dict()["applied_tolerance"] == check.applied_tolerance
+        assert len(check_thresholds(result.snn, result.config, [few], reference=[reference], noise=0).flagged) == 2
+    check = check_thresholds(result.snn, result.config, [1.2 * x[:8]], reference=[x[:8]])
+    assert ("agree with those of 8 calibration images within 35.4 % (the sampling noise of 8 images) at every "
+            "site") in check.summary()
+    assert len(check_thresholds(result.snn, result.config, [3 * x[:8]], reference=[x[:8]]).flagged) == 2
+
+
 def test_bad_use_is_one_clear_error():
     torch.manual_seed(2)
     x = torch.rand(16, 1, 28, 28)
@@ -117,6 +147,9 @@ def test_bad_use_is_one_clear_error():
     for tolerance in (0, -1, math.inf, float("nan"), "10%"):
         with pytest.raises(ConfigError, match="tolerance must be a positive number"):
             check_thresholds(result.snn, result.config, [x], tolerance=tolerance)
+    for noise in (-0.5, math.inf, "1"):
+        with pytest.raises(ConfigError, match="noise must be a number >= 0"):
+            check_thresholds(result.snn, result.config, [x], noise=noise)
     layer = ConversionConfig.for_coding("rate", timesteps=2, granularity="layer")
     with pytest.raises(ConfigError, match=r"installed threshold\(s\) but 1 group\(s\) per layer; check with the "
                                           "configuration the network was converted with"):
@@ -155,6 +188,13 @@ def test_cli_prints_reports_and_can_skip_the_check(tmp_path, fmnist_test):
            "of 100 calibration images within 10 % at every site" in text
     md = markdown.read_text()
     assert "refitted on evaluation images (median ratio)" in md and "0 of 6 sites differ by more than 10 %" in md
+    # 16 evaluation images: the tolerance widens to 1 / sqrt(16) = 25 % (said on the console and in both reports)
+    result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--calib-images", 200, "--eval-images",
+                  16, "-T", 2, "--report", report, "--markdown", markdown)
+    assert result.exit_code == 0, result.output
+    assert "within 25 % (the sampling noise of 16 images)" in " ".join(result.output.split())
+    assert json.loads(report.read_text())["calibration_check"]["applied_tolerance"] == pytest.approx(0.25)
+    assert "differ by more than 25 % (10 % widened for the sampling noise of 16 images)" in markdown.read_text()
 
     images = np.round(fmnist_test.images[:300].numpy() * 127.5).astype(np.uint8)  # half the contrast
     shifted = _fmnist_npz(tmp_path / "dim.npz", images[:, 0], fmnist_test.labels[:300].numpy())

@@ -410,9 +410,16 @@ def test_single_steps_and_split_runs_equal_multistep(impl, name, coding, kw):
                                                mid.r_in if coding == "diff" else mid.m)
 
 
-@pytest.mark.parametrize("impl", ALL_IMPLS, indirect=True)
-@pytest.mark.parametrize(("coding", "kind", "n_levels"), [("rate", "if", 1), ("rate", "mt", 4),
-                                                          ("differential", "mt", 4), ("differential", "if", 1)])
+# the inductor kernels on one setting per coding (each configuration compiles for seconds; the loop tests above run
+# all four configurations bit for bit)
+_MODULE_SETTINGS = [("rate", "if", 1), ("rate", "mt", 4), ("differential", "mt", 4), ("differential", "if", 1)]
+_MODULE_CASES = [pytest.param(impl.values[0], *setting, id=f"{'-'.join(map(str, setting))}-{impl.id}",
+                              marks=impl.marks)
+                 for impl in ALL_IMPLS for setting in _MODULE_SETTINGS
+                 if impl.values[0].backend != "inductor" or setting in (("rate", "if", 1), ("differential", "mt", 4))]
+
+
+@pytest.mark.parametrize(("impl", "coding", "kind", "n_levels"), _MODULE_CASES, indirect=["impl"])
 def test_kernel_neuron_module_matches_reference(impl, coding, kind, n_levels):
     device = impl.device
     neuron = SpikingNeuron(torch.rand(3, 1, 1) + 0.3, kind=kind, coding=coding, n_levels=n_levels).to(device)

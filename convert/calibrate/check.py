@@ -93,8 +93,13 @@ class ThresholdCheck:
 
     def __post_init__(self) -> None:
         if self.applied_tolerance is None:
-            n = min(self.images, self.reference_images or self.images)
+            n = self.noise_images
             self.applied_tolerance = max(self.tolerance, self.noise / math.sqrt(n)) if n > 0 else self.tolerance
+
+    @property
+    def noise_images(self) -> int:
+        """N of the sampling noise: the images refitted on, or the reference's when fewer."""
+        return min(self.images, self.reference_images or self.images)
 
     @property
     def flagged(self) -> list[dict[str, Any]]:
@@ -127,7 +132,7 @@ class ThresholdCheck:
                  "these" if silent else "")
         tolerance = f"{100 * self.applied_tolerance:.3g} %"
         if self.applied_tolerance > self.tolerance:
-            tolerance += f" (the sampling noise of {min(self.images, self.reference_images or self.images)} images)"
+            tolerance += f" (the sampling noise of {self.noise_images} images)"
         if not self.flagged:
             return (f"calibration check: thresholds refitted on {on} ({self.rule} per {self.granularity}) agree with "
                     f"{against} within {tolerance} at every site ({largest}){woken}")

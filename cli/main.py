@@ -400,7 +400,8 @@ def main(
     calibration_check: bool = typer.Option(
         True, "--calibration-check/--no-calibration-check",
         help="refit the thresholds on the evaluation images (as many as calibration had) and warn where they differ "
-             "from the calibrated ones by more than 10 %: calibration images unlike the evaluation images"),
+             "from the calibrated ones by more than 10 % (1/sqrt(N) below 100 images: their sampling noise): "
+             "calibration images unlike the evaluation images"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML or JSON file of options (keys: the flag "
                                           "names, e.g. coding, time-steps, calib-images); flags given on the "
                                           "command line override it"),

@@ -308,6 +308,11 @@ class Splits:
     select_info: dict | None = None
 
 
+def _sampled(source: DataSource) -> bool:
+    """Whether images are taken as a seeded sample rather than the first N: folders list their files by class."""
+    return source.kind == "imagefolder"
+
+
 def load_calib_eval(
     calib_spec: str,
     eval_spec: str,
@@ -333,7 +338,6 @@ def load_calib_eval(
         raise DataError(f"the held-out selection needs a positive number of images, got {select_images}")
     held = select_images or 0
     cs, es = parse_data_spec(calib_spec), parse_data_spec(eval_spec)
-    shuffle = {"imagefolder": True}  # folders list their files by class: take a seeded sample, not the first N
     select = select_info = None
     if same_pool(cs, es):
         pool = load_dataset(cs, "all", data_dir, preprocess)
@@ -359,7 +363,7 @@ def load_calib_eval(
                                                                                             preprocess)
         if cs.kind == es.kind == "imagefolder":
             _check_disjoint(calib_all, eval_all)
-        mixed = shuffle.get(cs.kind, False)
+        mixed = _sampled(cs)
         if held:
             if calib_images + held > len(calib_all):
                 raise DataError(f"{cs.spec} ({calib_all.split}) holds {len(calib_all)} images: too few for "
@@ -392,7 +396,7 @@ def load_calib(calib_spec: str, *, calib_images: int, data_dir: str | os.PathLik
     """
     source = parse_data_spec(calib_spec)
     calib, _ = _take(load_dataset(source, "train", data_dir, preprocess), calib_images,
-                     shuffle=source.kind == "imagefolder", flag="--calib-images")
+                     shuffle=_sampled(source), flag="--calib-images")
     return calib
 
 
@@ -404,7 +408,7 @@ def same_pool(calib: DataSource, evaluation: DataSource) -> bool:
 
 def _eval_part(eval_all: ImageDataset, source: DataSource, eval_images: int | None) -> tuple[ImageDataset, dict]:
     """The evaluation images of a split (image folders: a seeded sample) and their ``split`` / ``selection``."""
-    evald, selection = _take(eval_all, eval_images, shuffle=source.kind == "imagefolder", flag="--eval-images")
+    evald, selection = _take(eval_all, eval_images, shuffle=_sampled(source), flag="--eval-images")
     return evald, {"split": evald.split, "selection": selection}
 
 

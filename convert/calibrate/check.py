@@ -65,10 +65,8 @@ class ThresholdCheck:
     calibration images), per neuron site.
 
     Attributes:
-        tolerance: the relative change asked for.
-        applied_tolerance: the relative change beyond which a site is flagged: ``tolerance``, or ``noise /
-            sqrt(N)`` when that is larger (N: the images refitted on, or the reference's when fewer).
-        noise: the sampling-noise constant c of that widening.
+        tolerance: the relative change asked for (:attr:`applied_tolerance`: the one flagged with).
+        noise: the sampling-noise constant c of the widening to ``c / sqrt(N)``.
         rule: the threshold rule of the ReLU sites (identity sites are refitted with their own rule).
         granularity: layer / channel / neuron.
         images: the images refitted on.
@@ -89,17 +87,18 @@ class ThresholdCheck:
     reference_images: int | None = None
     sites: list[dict[str, Any]] = field(default_factory=list)
     noise: float = DEFAULT_NOISE
-    applied_tolerance: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.applied_tolerance is None:
-            n = self.noise_images
-            self.applied_tolerance = max(self.tolerance, self.noise / math.sqrt(n)) if n > 0 else self.tolerance
 
     @property
     def noise_images(self) -> int:
         """N of the sampling noise: the images refitted on, or the reference's when fewer."""
         return min(self.images, self.reference_images or self.images)
+
+    @property
+    def applied_tolerance(self) -> float:
+        """The relative change beyond which a site is flagged: the larger of ``tolerance`` and
+        ``noise / sqrt(noise_images)``."""
+        n = self.noise_images
+        return max(self.tolerance, self.noise / math.sqrt(n)) if n > 0 else self.tolerance
 
     @property
     def flagged(self) -> list[dict[str, Any]]:

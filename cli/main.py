@@ -151,7 +151,7 @@ def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
     from snnconvert.cli.malloc import keep_freed_memory
     from snnconvert.convert import ConversionConfig, convert, convert_sweep
-    from snnconvert.runtime import sweep
+    from snnconvert.runtime import check_device, sweep
     from snnconvert.runtime.data import Normalize, check_data_flags, load_calib_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.models import resolve_model
@@ -207,8 +207,12 @@ def _run(o: RunOptions) -> None:
                              select_images=o.select_images, data_dir=o.data_dir, preprocess=files)
     calib_set, eval_set, calib_info, eval_info = splits.calib, splits.eval, splits.calib_info, splits.eval_info
 
+    # calibration and its check run where the SNN is evaluated (--device): the ANN, and so the SNN traced from it
+    device = check_device(o.device)
+    ann.to(device)
+
     def prep(x: torch.Tensor) -> torch.Tensor:
-        return normalized(norm, x)
+        return normalized(norm, x).to(device)
 
     started = time.perf_counter()
     with progress_bar() as bar:
@@ -256,6 +260,7 @@ def _run(o: RunOptions) -> None:
             final = swept
         result, evaluation = results[swept.chosen], final.evaluations[swept.chosen]
         check = calibration_check(o, result, eval_set, calib_set, len(calib_set), prep, bar)
+    result.to("cpu")  # the report, the NIR file and the saved folder read CPU tensors
     if sweep_steps:
         out.print(sweep_table(sweeps, grid, best, o.select_images))
         out.print(sweep_line(swept, o.select_images, str(cfg.threshold) if len(cfgs) > 1 else None))

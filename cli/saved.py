@@ -126,7 +126,7 @@ def evaluate_saved(o: RunOptions) -> None:
     if not (Path(o.model) / "source.json").is_file():
         raise ArtifactError(f"{o.model} is a folder but not a saved SNN (no source.json): give a folder written by "
                             "--output, or a model (zoo name, file.onnx, file.py:factory)")
-    from snnconvert.runtime import load_result, sweep
+    from snnconvert.runtime import check_device, load_result, sweep
     from snnconvert.runtime.data import Normalize, check_data_flags, load_calib_eval, load_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
 
@@ -178,8 +178,11 @@ def evaluate_saved(o: RunOptions) -> None:
         swept = sweep({T: result}, lambda: ((normalized(norm, x), y) for x, y in eval_set.batches(o.batch_size)),
                       ann=ann, backend=o.backend, device=o.device, dtype=dtype, mode=o.mode,
                       layer_errors=o.layer_errors, progress=progress, output=logits, ignore_index=ignore)
+        device = check_device(o.device)  # the check refits on the evaluation's device, as the conversion did
+        result.to(device)
         check = calibration_check(o, result, eval_set, calib_set, _calibrated_on(data),
-                                  lambda x: normalized(norm, x), bar)
+                                  lambda x: normalized(norm, x).to(device), bar)
+        result.to("cpu")
     if T != result.config.timesteps and result.calibration.quantisation_levels:
         out.print(f"note: the thresholds were fitted for T={result.config.timesteps}; running T={T}")
     o = dataclasses.replace(o, logits=logits, ignore_index=ignore)

@@ -78,6 +78,15 @@ class ConversionResult:
     source: ModelSource | None = None
     ann_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
+    def to(self, device: str | torch.device) -> ConversionResult:
+        """Move the SNN, the thresholds and the weights snapshot to ``device`` (in place; returns ``self``). A
+        conversion stays where its model was: one calibrated on a GPU holds GPU tensors until moved."""
+        self.snn.to(device)
+        self.thresholds = {name: theta.to(device) for name, theta in self.thresholds.items()}
+        if self.ann_state is not None:
+            self.ann_state = {name: value.to(device) for name, value in self.ann_state.items()}
+        return self
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the artifact (config, thresholds, report, source model) atomically; see :func:`save`."""
         return save(self, path)

@@ -317,7 +317,7 @@ def save(result, path: str | os.PathLike) -> Path:
             if result.ann_state is None:
                 raise ArtifactError("the conversion kept no weights snapshot; convert an nn.Module to save it")
             _check_rebuilds(result.source, result.ann_state)
-            torch.save(result.ann_state, tmp / "ann_state.pt")
+            torch.save({k: v.detach().cpu() for k, v in result.ann_state.items()}, tmp / "ann_state.pt")
         _write_json(tmp / "source.json", source)
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         _write_json(tmp / MANIFEST, {"format_version": FORMAT_VERSION, "files": files,

@@ -106,3 +106,43 @@ def test_fused_bounded_relu_pairs_on_cuda_equal_unfused(backend, dtype, coding, 
     got = evaluate(fused, [(x, y)], timesteps=4, mode=mode, device="cuda")
     want = evaluate(plain, [(x, y)], timesteps=4, mode=mode, device="cuda")
     assert got.events_per_step == want.events_per_step and got.site_events == want.site_events
+
+
+def test_the_command_calibrates_checks_and_saves_on_cuda(tmp_path):
+    """``--device cuda`` calibrates, checks and evaluates on the GPU (the ANN and the traced SNN live there): the
+    thresholds, the check's ratios and the accuracy match the CPU run; the saved folder holds CPU tensors and is
+    evaluated again on the GPU."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from snnconvert.cli.main import app
+    from snnconvert.runtime import load_result
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "pool.npz"
+    np.savez(data, x=rng.random((160, 1, 28, 28), dtype=np.float32), y=rng.integers(0, 10, 160))
+    nets = Path(__file__).parent / "nets.py"
+    docs = {}
+    for device in ("cpu", "cuda"):
+        report = tmp_path / f"{device}.json"
+        args = [f"{nets}:SpellingsNet", "--calib-data", f"npz:{data}", "--calib-images", 64, "--eval-images", 64,
+                "-T", 4, "--device", device, "--report", report, "--output", tmp_path / f"snn_{device}"]
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        docs[device] = json.loads(report.read_text())
+    cpu, gpu = docs["cpu"], docs["cuda"]
+    assert gpu["runtime"]["device"] == "cuda"
+    for a, b in zip(cpu["thresholds"]["sites"], gpu["thresholds"]["sites"], strict=True):
+        assert a["site"] == b["site"]
+        for key in ("min", "mean", "max"):
+            assert b["threshold"][key] == pytest.approx(a["threshold"][key], rel=1e-4, abs=1e-6)
+    for a, b in zip(cpu["calibration_check"]["sites"], gpu["calibration_check"]["sites"], strict=True):
+        assert b["ratio"] == pytest.approx(a["ratio"], rel=1e-4)
+    assert abs(gpu["snn_accuracy"][-1] - cpu["snn_accuracy"][-1]) <= 2 / 64 * 100  # a near tie may flip, no more
+    saved, ann = load_result(tmp_path / "snn_cuda")
+    assert all(t.device.type == "cpu" for t in saved.thresholds.values())
+    again = CliRunner().invoke(app, [str(tmp_path / "snn_cuda"), "--device", "cuda"])
+    assert again.exit_code == 0, again.output

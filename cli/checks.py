@@ -185,7 +185,7 @@ def check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, l
     not an ImageFolder with more classes than logits); per-pixel labels index the output's dim 1, except those
     equal to ``ignore_index``."""
     from snnconvert.convert.outputs import select_output
-    from snnconvert.runtime.evaluate import label_task
+    from snnconvert.runtime.scores import label_task
 
     try:
         with torch.no_grad():

@@ -1,10 +1,11 @@
 """Evaluation: ANN accuracy and SNN accuracy after every step t = 1..T in one pass over a data set, plus event
-counts per ReLU site and per step, and the JSON report (schema in docs/report_schema.md)."""
+counts per ReLU site and per step, and the JSON report (schema in docs/report_schema.md). The scores themselves
+(task, top-k, IoU, errors) are runtime/scores.py's."""
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,11 +15,12 @@ from torch import nn
 from snnconvert.convert.artifact import package_version
 from snnconvert.convert.calibrate import BATCH_INPUT_KEYS
 from snnconvert.convert.coding.units import GradedUnit
-from snnconvert.convert.errors import ConfigError, DataError
+from snnconvert.convert.errors import DataError
 from snnconvert.convert.outputs import select_output
 from snnconvert.convert.snn import SpikingNetwork
 from snnconvert.runtime.diagnose import ErrorMeter
 from snnconvert.runtime.energy import SynapticOpCounter
+from snnconvert.runtime.scores import Scores
 
 log = logging.getLogger(__name__)
 
@@ -161,191 +163,6 @@ def headline(source: EvalReport | Mapping[str, Any]) -> Headline:
                     get("ann_accuracy"), True)
 
 
-def label_task(output_shape: Sequence[int], label_shape: Sequence[int], floating: bool) -> str:
-    """The task that labels of shape ``label_shape`` (``[B, ...]``; ``floating``: float values) evaluate on an
-    output of shape ``output_shape`` (``[B, ...]``): ``"classification"`` (integer labels ``[B]``, outputs
-    ``[B, classes]``), ``"segmentation"`` (integer labels ``[B, *pixels]``, outputs ``[B, classes, *pixels]``) or
-    ``"regression"`` (float targets with the output's shape; ``[B]`` also for ``[B, 1]``).
-
-    Raises:
-        ConfigError: the shapes do not fit any of them (one line saying what was expected).
-    """
-    out, lab = tuple(output_shape[1:]), tuple(label_shape[1:])
-    if floating:
-        if out == lab or (lab == () and out == (1,)):
-            return "regression"
-        what = f"of shape {list(lab)} per image" if lab else "(one value per image)"
-        raise ConfigError(f"float targets {what} do not fit the model's output of shape {list(out)} per image: "
-                          "regression needs targets of the output's shape (class labels must be integers)")
-    if not lab:
-        if len(out) == 1:
-            return "classification"
-        raise ConfigError(f"one label per image but the model's output has shape {list(out)} per image; "
-                          "classification needs [classes] (per-pixel labels [N, H, W] evaluate a segmentation "
-                          "output [classes, H, W]; float targets a regression output)")
-    if len(out) == len(lab) + 1 and out[1:] == lab:
-        return "segmentation"
-    raise ConfigError(f"per-pixel labels of shape {list(lab)} per image do not fit the model's output of shape "
-                      f"{list(out)} per image ([classes, *pixels] expected for segmentation)")
-
-
-TOP_K = 5
-
-
-def _hits(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Correct predictions in ``out`` [..., B, classes] for labels ``y`` [B], summed over the batch: top-1 (argmax)
-    and top-5 (None with 5 classes or fewer). Leading dims (the steps) are kept.
-
-    Top-5 ranks the label's output among all with argmax's tie rule (an equal output at a smaller class index ranks
-    first), so a top-1 hit is always a top-5 hit, also where many outputs tie (a silent network outputs zeros).
-    """
-    top1 = (out.argmax(-1) == y).sum(-1)
-    if out.shape[-1] <= TOP_K:
-        return top1, None
-    label = y.expand(out.shape[:-1]).unsqueeze(-1)
-    score = out.gather(-1, label)
-    before = torch.arange(out.shape[-1], device=out.device) < label
-    rank = (out > score).sum(-1) + ((out == score) & before).sum(-1)
-    return top1, (rank < TOP_K).sum(-1)
-
-
-def _confusion(pred: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
-    """Counts ``[classes (label), classes (prediction)]`` of the predicted classes ``pred`` against the labels
-    ``y`` (the scored pixels, same shape; labels already checked, ignored pixels already dropped)."""
-    return torch.bincount((y * classes + pred).reshape(-1), minlength=classes * classes).view(classes, classes)
-
-
-def _iou(conf: torch.Tensor) -> list[float | None]:
-    """IoU of every class of a confusion matrix; None for a class absent from both the labels and the
-    predictions."""
-    tp = conf.diagonal().double()
-    union = conf.sum(0).double() + conf.sum(1).double() - tp
-    return [float(i / u) if u > 0 else None for i, u in zip(tp, union, strict=True)]
-
-
-def _miou(conf: torch.Tensor) -> float:
-    """Mean IoU over the classes that occur in the labels or the predictions of a confusion matrix."""
-    present = [v for v in _iou(conf) if v is not None]
-    return sum(present) / len(present) if present else float("nan")
-
-
-class _Scores:
-    """Accumulates the ANN's and the SNN's (after every step) scores over batches; the task follows the labels
-    (:func:`label_task`). Classification: top-1 and top-5 (:func:`_hits`). Segmentation: pixel accuracy and a
-    confusion matrix per step for the mean IoU; pixels labelled ``ignore_index`` are left out. Regression: sums of
-    squared and absolute errors over all target values."""
-
-    def __init__(self, timesteps: int, ignore_index: int | None) -> None:
-        self.T, self.ignore = timesteps, ignore_index
-        self.task: str | None = None
-        self.images = 0
-        self.pixels = 0  # scored pixels (segmentation) or target values (regression)
-        self.snn = torch.zeros(timesteps, dtype=torch.float64)
-        self.ann = 0
-        self.snn_top5: torch.Tensor | None = torch.zeros(timesteps, dtype=torch.float64)
-        self.ann_top5: int | None = 0
-        self.snn_conf: torch.Tensor | None = None
-        self.ann_conf: torch.Tensor | None = None
-        self.snn_abs = torch.zeros(timesteps, dtype=torch.float64)
-        self.ann_abs = 0.0
-
-    def _kind(self, out: torch.Tensor, y: torch.Tensor, leading: int) -> str:
-        task = label_task(out.shape[leading:], y.shape, y.is_floating_point())
-        if self.task not in (None, task):
-            raise ConfigError(f"the data set mixes labels for {self.task} and {task}")
-        self.task = task
-        return task
-
-    def _pixels(self, y: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mask of the scored pixels, and their labels (checked against the number of classes)."""
-        keep = torch.ones_like(y, dtype=torch.bool) if self.ignore is None else y != self.ignore
-        labels = y[keep]
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-            bad = int(labels.max()) if int(labels.max()) >= classes else int(labels.min())
-            raise DataError(f"a pixel label {bad} is outside the model's {classes} classes"
-                            + ("" if self.ignore is None else f" (pixels labelled {self.ignore} are ignored)"))
-        return keep, labels
-
-    @staticmethod
-    def _errors(out: torch.Tensor, y: torch.Tensor, leading: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared and absolute errors of ``out`` ([*lead, B, ...]) against ``y`` ([B, ...]), summed over all
-        target values (float64), per leading index."""
-        diff = out.double().reshape(*out.shape[:leading], -1) - y.double().reshape(-1)
-        return diff.square().sum(-1), diff.abs().sum(-1)
-
-    @staticmethod
-    def _check_classes(y: torch.Tensor, classes: int) -> None:
-        """Class labels index the output: another data set's labels would score 0 % without a word."""
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
-            bad = int(y.max()) if int(y.max()) >= classes else int(y.min())
-            raise DataError(f"a label {bad} is outside the model's {classes} outputs; check that the data set "
-                            "matches the model")
-
-    def add_ann(self, out: torch.Tensor, y: torch.Tensor) -> None:
-        task = self._kind(out, y, 0)
-        if task == "classification":
-            self._check_classes(y, out.shape[-1])
-            top1, top5 = _hits(out, y)
-            self.ann += int(top1)
-            self.ann_top5 = None if top5 is None or self.ann_top5 is None else self.ann_top5 + int(top5)
-        elif task == "regression":
-            se, ae = self._errors(out, y, 0)
-            self.ann += float(se)
-            self.ann_abs += float(ae)
-        else:
-            classes = out.shape[1]
-            keep, labels = self._pixels(y, classes)
-            conf = _confusion(out.argmax(1)[keep], labels, classes).cpu()
-            self.ann_conf = conf if self.ann_conf is None else self.ann_conf + conf
-            self.ann += int(conf.diagonal().sum())
-
-    def add_snn(self, decoded: torch.Tensor, y: torch.Tensor) -> None:
-        self.images += int(y.shape[0])
-        task = self._kind(decoded, y, 1)
-        if task == "classification":
-            self._check_classes(y, decoded.shape[-1])
-            top1, top5 = _hits(decoded, y)
-            self.snn += top1.double().cpu()
-            self.snn_top5 = None if top5 is None or self.snn_top5 is None else self.snn_top5 + top5.double().cpu()
-        elif task == "regression":
-            se, ae = self._errors(decoded, y, 1)
-            self.pixels += int(y.numel())
-            self.snn += se.cpu()
-            self.snn_abs += ae.cpu()
-        else:
-            classes = decoded.shape[2]
-            keep, labels = self._pixels(y, classes)
-            self.pixels += int(labels.numel())
-            conf = torch.stack([_confusion(decoded[t].argmax(1)[keep], labels, classes)
-                                for t in range(self.T)]).cpu()
-            self.snn_conf = conf if self.snn_conf is None else self.snn_conf + conf
-            self.snn += conf.diagonal(dim1=1, dim2=2).sum(1).double()
-
-    def fields(self, with_ann: bool) -> dict[str, Any]:
-        """The EvalReport fields: accuracies (pixel accuracies for segmentation) with top-5 or the mean IoU, or the
-        errors of a regression."""
-        task = self.task or "classification"
-        if task == "regression":
-            n = max(self.pixels, 1)
-            return {"task": task, "ann_accuracy": None, "snn_accuracy": [],
-                    "ann_mse": self.ann / n if with_ann else None, "snn_mse": (self.snn / n).tolist(),
-                    "ann_mae": self.ann_abs / n if with_ann else None, "snn_mae": (self.snn_abs / n).tolist()}
-        dense = task == "segmentation"
-        n = max(self.pixels if dense else self.images, 1)
-        out = {"task": task,
-               "ann_accuracy": self.ann / n if with_ann else None,
-               "snn_accuracy": [float(c) / n for c in self.snn]}
-        if dense:
-            ann, snn = (self.ann_conf if with_ann else None), self.snn_conf
-            out.update(ann_miou=None if ann is None else _miou(ann), snn_miou=None if snn is None else
-                       [_miou(c) for c in snn], ann_iou=None if ann is None else _iou(ann),
-                       snn_iou=None if snn is None else [_iou(c) for c in snn])
-        else:
-            out.update(ann_accuracy_top5=self.ann_top5 / n if with_ann and self.ann_top5 is not None else None,
-                       snn_accuracy_top5=None if self.snn_top5 is None else [float(c) / n for c in self.snn_top5])
-        return out
-
-
 class _EventCounter:
     """Forward hooks that count the neurons' non-zero outputs per step (multi- and single-step modes); with
     ``targets``, those ``(name, module)`` pairs' non-zero outputs instead (the graded units' dense outputs).
@@ -485,8 +302,9 @@ def evaluate(
 
     Raises:
         ConfigError: the model has several outputs and ``output`` does not name one of them; the labels' shape
-            does not fit the output (:func:`label_task`: one per image for ``[B, classes]``, one per pixel for
-            ``[B, classes, *pixels]``, float targets of the output's shape for a regression).
+            does not fit the output (:func:`~snnconvert.runtime.scores.label_task`: one per image for
+            ``[B, classes]``, one per pixel for ``[B, classes, *pixels]``, float targets of the output's shape for a
+            regression).
         DataError: a pixel label is not a class of the output (and not ``ignore_index``).
     """
     T = snn.timesteps if timesteps is None else int(timesteps)
@@ -495,7 +313,7 @@ def evaluate(
     device = check_device(device)
     homes = [(m, _device_of(m)) for m in (snn, ann) if m is not None]  # the caller's devices, restored after
     snn = snn.to(device)
-    scores = _Scores(T, ignore_index)
+    scores = Scores(T, ignore_index)
     seconds = {"ann": 0.0, "snn": 0.0}
     was_training = ann.training if ann is not None else False
     if ann is not None:

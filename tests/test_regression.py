@@ -12,9 +12,10 @@ from nets import BoxNet, ScalarNet
 from snnconvert.convert import ConversionConfig, convert, convert_sweep
 from snnconvert.convert.errors import ConfigError, DataError
 from snnconvert.runtime import evaluate, sweep
-from snnconvert.runtime.evaluate import Headline, headline, label_task
+from snnconvert.runtime.evaluate import Headline, headline
 from snnconvert.runtime.imagefiles import load_npz
 from snnconvert.runtime.report_md import report_markdown
+from snnconvert.runtime.scores import label_task
 from snnconvert.runtime.sweep import recommend_timesteps, truncate
 
 

@@ -12,7 +12,7 @@ from nets import SegNet
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.convert.errors import ConfigError, DataError
 from snnconvert.runtime import evaluate, sweep
-from snnconvert.runtime.evaluate import _miou
+from snnconvert.runtime.scores import miou as _miou
 from snnconvert.runtime.sweep import truncate
 
 IGNORE = 255

@@ -134,7 +134,7 @@ def test_evaluate_reports_accuracy_at_every_step_and_events(converted, data):
 
 
 def test_top5_ranks_the_label_like_argmax_ranks_ties():
-    from snnconvert.runtime.evaluate import _hits
+    from snnconvert.runtime.scores import hits as _hits
 
     torch.manual_seed(0)
     out, y = torch.randn(3, 40, 12), torch.randint(0, 12, (40,))

@@ -320,7 +320,7 @@ def convert(
         model: an ``nn.Module`` (traced with torch.fx on a deep copy; the model itself is not modified) or the path
             of an ``.onnx`` file.
         forward_loop: ``forward_loop(model)`` that feeds calibration batches (training data), or an iterable of
-            batches. It may be called several times (exact percentiles need three passes) and must feed the same
+            batches. It may be called several times (exact percentiles need two passes) and must feed the same
             data each time.
         config: the conversion configuration (default: :data:`RATE_DEFAULT`).
         example_inputs: optional example batch; records shapes in ``node.meta["tensor_meta"]`` and decides

@@ -67,7 +67,7 @@ def test_differential_vit_ci(fmnist_train, fmnist_test):
     """fmnist-vit (no ReLU): identity neurons in front of every linear layer and both operands of each attention
     product, product units for QKᵀ and A·V, graded LayerNorm/softmax/GELU. Full split: −0.11 pp at T = 4, energy
     0.645 (identity neurons n = 6; BENCHMARKS "Identity neurons"). Calibrated on 1 000 training images here (CI
-    time: its percentile rules read the calibration images three times); the full-split test uses 5 000."""
+    time: its percentile rules read the calibration images twice); the full-split test uses 5 000."""
     ev = _convert_and_eval("fmnist-vit", ConversionConfig.for_coding("differential", timesteps=4), fmnist_train,
                            fmnist_test, CI_IMAGES, count_ops=True, calib_images=1000)
     assert ev.ann_accuracy >= 0.88

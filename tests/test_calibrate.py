@@ -1,6 +1,8 @@
 """Calibration: observers only observe; statistics are exact and independent of batch size and order."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from nets import SpellingsNet
@@ -44,7 +46,7 @@ def _per_channel(batches):
 def test_percentile_is_exact_quantile_of_all_data(q, granularity):
     batches = _relu_data()
     obs = PercentileObserver(granularity, q, bins=32)
-    _feed(obs, batches, passes=3)
+    _feed(obs, batches, passes=2)
     data = _per_channel(batches) if granularity == "channel" else torch.cat(batches).reshape(1, -1).double()
     expected = torch.quantile(data, q / 100, dim=1)
     torch.testing.assert_close(obs.value, expected, rtol=0, atol=1e-12)
@@ -57,7 +59,7 @@ def test_percentile_independent_of_batch_size_and_order():
         batches = list(torch.split(data, split))
         for order in (batches, batches[::-1]):
             obs = PercentileObserver("channel", 99.9, bins=64)
-            _feed(obs, order, passes=3)
+            _feed(obs, order, passes=2)
             results.append(obs.value)
     for r in results[1:]:
         assert torch.equal(r, results[0])
@@ -68,7 +70,7 @@ def test_percentile_of_mostly_silent_channel_is_zero():
     x[:, 1] = torch.rand(100)
     x[0, 0] = 5.0  # 1 % non-zero: the 50th percentile is 0
     obs = PercentileObserver("channel", 50.0)
-    _feed(obs, [x], passes=3)
+    _feed(obs, [x], passes=2)
     assert obs.value[0] == 0.0 and obs.value[1] > 0
 
 
@@ -83,10 +85,62 @@ def test_percentile_needs_the_same_data_each_pass():
 def test_percentile_detects_other_data_with_the_same_count():
     obs = PercentileObserver("layer", 99.0, bins=16)
     x = torch.rand(40, 3)
-    _feed(obs, [x], passes=2)
+    _feed(obs, [x], passes=1)
     obs(torch.zeros(40, 3))  # same count, other values (e.g. a random augmentation in forward_loop)
     with pytest.raises(CalibrationError, match="different values.*same data in every pass"):
         obs.next_phase()
+
+
+def test_order_bins_follow_the_order_of_the_values():
+    from snnconvert.convert.calibrate.observers import _order_bins
+
+    tiny = torch.finfo(torch.float32).tiny
+    special = torch.tensor([-math.inf, -3e38, -1.0, -tiny / 4, -0.0, 0.0, tiny / 4, tiny, 1.0, 1.0625, 3e38,
+                            math.inf])
+    values = torch.cat([special, torch.randn(4000) * 10.0 ** torch.randint(-30, 30, (4000,))]).sort().values
+    for bits in (1, 4, 12, 16):
+        bins = _order_bins(values[None], bits)[0]
+        assert bool((bins[1:] >= bins[:-1]).all()) and int(bins.min()) >= 0 and int(bins.max()) < 2**bits
+    bins = _order_bins(special[None], 12)[0]
+    assert bins[4] == bins[5]  # -0.0 and +0.0
+    assert bins[8] == bins[9] and bins[7] < bins[8] < bins[10]  # 1 and 1 + 1/16 share an eighth of a binade
+
+
+@pytest.mark.parametrize("bins", [4, 4096])
+@pytest.mark.parametrize("q", [0.0, 0.1, 10.0, 40.0, 50.0, 60.0, 99.9, 100.0])
+def test_percentile_is_exact_on_signed_values_around_zero(q, bins):
+    """Signed activations (an identity site's input): negatives, zeros of both signs and subnormals on both sides of
+    zero, where the bins meet at zero; the same exact quantile as torch.quantile, any batching."""
+    g = torch.Generator().manual_seed(int(q * 10) + bins)
+    x = torch.randn(3000, 3, generator=g) * 10.0 ** torch.randint(-3, 3, (3000, 3), generator=g)
+    tiny = torch.finfo(torch.float32).tiny
+    x[:400] = 0.0
+    x[400:800] = -0.0
+    x[800:900] = -tiny / 8  # subnormals just below zero
+    x[900:1000] = tiny / 8
+    x = x[torch.randperm(3000, generator=g)]
+    obs = PercentileObserver("channel", q, bins=bins)
+    _feed(obs, list(torch.split(x, 700)), passes=2)
+    torch.testing.assert_close(obs.value, torch.quantile(x.double().T, q / 100, dim=1), rtol=1e-12, atol=0)
+
+
+def test_percentile_keeps_few_values_even_next_to_an_outlier():
+    """Bins over the float order do not depend on the range: one value 1e30 times the others does not send every
+    value to the selection pass (bins spread linearly from the minimum to the maximum would)."""
+    x = torch.relu(torch.randn(20000, 1))
+    x[0, 0] = 1e30
+    obs = PercentileObserver("layer", 99.9)
+    _feed(obs, [x], passes=1)
+    obs(x)
+    kept = sum(int(v.numel()) for v, _ in obs.kept)
+    assert 0 < kept <= 0.002 * x.numel()
+    obs.next_phase()
+    torch.testing.assert_close(obs.value[0], torch.quantile(x.double().reshape(-1), 0.999), rtol=0, atol=1e-12)
+
+
+def test_percentile_bins_are_a_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        PercentileObserver("layer", 99.0, bins=1000)
 
 
 def test_moments_pooled_exactly_any_batching():

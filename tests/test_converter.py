@@ -118,7 +118,7 @@ def test_missing_calibration_data_is_a_clear_error(images):
 
 
 def test_a_generator_used_up_after_one_pass_is_reported(images):
-    # exact percentiles take three passes over the data; a generator is empty on the second
+    # exact percentiles take two passes over the data; a generator is empty on the second
     gen = (x for x in [images[:12], images[12:]])
     with pytest.raises(CalibrationError, match="in pass 2 .pass 1 had 2.: a generator"):
         _thresholds(SpellingsNet(), gen, threshold="99.9%")

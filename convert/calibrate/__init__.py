@@ -237,8 +237,8 @@ def _check_takes_the_model(loop: Callable) -> None:
 
 
 def run_calibration(gm: fx.GraphModule, sites: list[Site], forward_loop: ForwardLoop) -> None:
-    """Call ``forward_loop(gm)`` once per pass the observers need (three for percentiles, two for per-neuron
-    percentiles, else one); each observer sees only the passes it needs."""
+    """Call ``forward_loop(gm)`` once per pass the observers need (two for percentiles, else one); each observer
+    sees only the passes it needs."""
     observers = [gm.get_submodule(s.observer_name) for s in sites]
     passes = max([o.passes for o in observers] + [1])
     for done in range(1, passes + 1):

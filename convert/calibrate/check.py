@@ -216,7 +216,7 @@ def check_thresholds(
             thresholds).
         config: the configuration it was converted with (``ConversionResult.config``).
         data: images as calibration takes them: an iterable of batches (tensors, ``(input, target)`` tuples,
-            dicts), one tensor, or a ``forward_loop(model)``; walked three times for a percentile rule.
+            dicts), one tensor, or a ``forward_loop(model)``; walked twice for a percentile rule.
         reference: calibration images to refit on and compare with instead of the installed thresholds. Give as
             many as ``data`` when ``data`` has fewer images than calibration had: the maximum (and high
             percentiles) of fewer images are smaller, so refits compare fairly only on equal numbers of images.

@@ -5,10 +5,10 @@ Statistics are exact over all calibration batches and independent of batch size 
 - :class:`MaxObserver`: the true maximum per group.
 - :class:`MomentObserver`: mean and population variance per group, pooled exactly in float64.
 - :class:`PercentileObserver`: the exact p-th percentile per group (linear interpolation between order
-  statistics, as ``torch.quantile``), found in three passes over the same data: (1) count, minimum and maximum,
-  (2) a per-group histogram, (3) the values inside the bins that hold the wanted order statistics, sorted.
-  Memory is O(groups x bins) plus the few values of those bins; ``torch.quantile`` is never called on whole
-  activations (it has an input-size limit).
+  statistics, as ``torch.quantile``), found in two passes over the same data: (1) count, minimum and a per-group
+  histogram over the float order (bins from the values' bit patterns: no range needed), (2) the values inside the
+  bins that hold the wanted order statistics, sorted. Memory is O(groups x bins) plus the values of those bins;
+  ``torch.quantile`` is never called on whole activations (it has an input-size limit).
 
 - :class:`SelectPercentileObserver`: the same exact percentile for many small groups (``granularity="neuron"``),
   in two passes: (1) count, (2) a running selection of the few values at the percentile's end of each group.
@@ -181,105 +181,153 @@ class MomentObserver(ActivationObserver):
         return self.m2 / self.count
 
 
-class PercentileObserver(ActivationObserver):
-    """Exact p-th percentile per group over all observed values, in three passes over the same data.
+def _order_keys(g: torch.Tensor) -> torch.Tensor:
+    """int32 keys that order like the float32 values of ``g``: the bit pattern, its magnitude bits flipped when
+    negative; -0.0 gets +0.0's key."""
+    key = (g.float() + 0.0).contiguous().view(torch.int32)
+    return key ^ ((key >> 31) & 0x7FFFFFFF)
 
-    Call :meth:`next_phase` between passes; the calibration driver does this. Each pass must see the same values
-    (a deterministic ``forward_loop``); a different count is detected and raised as ``CalibrationError``.
+
+def _key_floats(keys: torch.Tensor) -> torch.Tensor:
+    """The float32 values of order keys (int64 in the int32 range): :func:`_order_keys` inverted."""
+    k = keys.to(torch.int32)
+    return (k ^ ((k >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def _order_bins(g: torch.Tensor, bits: int) -> torch.Tensor:
+    """The bin of every value of ``g`` (int32) in a histogram over the whole float32 line: the top ``bits`` bits of
+    its order key (:func:`_order_keys`), so ``2**bits`` bins need no range and are finer near zero, like the floats.
+    For 12 bits a bin spans an eighth of a binade (values within 6-12 % of each other share one). Float64 values are
+    binned by their float32 rounding, which keeps their order (ties aside)."""
+    return (_order_keys(g) >> (32 - bits)) + (1 << (bits - 1))
+
+
+_KEY_MIN_INF, _KEY_PLUS_INF = -(0x7F800000) - 1, 0x7F800000  # the order keys of -inf and +inf
+
+
+def _bin_edges(first: torch.Tensor, last: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 interval ``[lower, upper]`` holding exactly the values binned in ``first..last`` (per group):
+    NaN patterns beyond the infinities become -inf / +inf, and a range ending just below zero stops before -0.0
+    (zeros of either sign are binned with +0.0)."""
+    shift, half = 32 - bits, 1 << (bits - 1)
+    lo_key = ((first.long() - half) << shift).clamp(min=_KEY_MIN_INF)
+    hi_key = (((last.long() + 1 - half) << shift) - 1).clamp(max=_KEY_PLUS_INF)
+    hi_key = torch.where(hi_key == -1, torch.full_like(hi_key, -2), hi_key)
+    return _key_floats(lo_key), _key_floats(hi_key)
+
+
+class PercentileObserver(ActivationObserver):
+    """Exact p-th percentile per group over all observed values, in two passes over the same data: (1) the count,
+    the minimum and a histogram over the float order (:func:`_order_bins`: no range needed, so an outlier does not
+    coarsen it), (2) the values inside the bins that hold the wanted order statistics, sorted at the end.
+
+    Call :meth:`next_phase` after each pass; the calibration driver does this. Each pass must see the same values
+    (a deterministic ``forward_loop``); a different count, or other values in the selected bins, is raised as
+    ``CalibrationError``.
     """
 
     def __init__(self, granularity: str, percentile: float, bins: int = 4096) -> None:
         super().__init__(granularity)
+        if bins < 2 or bins & (bins - 1) or bins > 1 << 16:
+            raise ValueError(f"bins must be a power of two in [2, 65536], got {bins}")
         self.q = percentile / 100.0
+        self.bits = bins.bit_length() - 1
         self.bins = bins
         self.phase = 0
         self.lo: torch.Tensor | None = None
-        self.hi: torch.Tensor | None = None
         self.hist: torch.Tensor | None = None
         self.seen = 0
-        self.selected: list[list[torch.Tensor]] = []
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # per batch: the values kept, and how many per group
+        self.n_at_min: torch.Tensor | None = None
         self.result: torch.Tensor | None = None
-        self._ranks: torch.Tensor | None = None
-
-    def _bin(self, g: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.lo.to(g.device), self.hi.to(g.device)
-        width = (hi - lo).clamp_min(torch.finfo(torch.float64).tiny)
-        idx = ((g.double() - lo[:, None]) / width[:, None] * self.bins).floor().long()
-        return idx.clamp_(0, self.bins - 1)
+        self._ranks: tuple[torch.Tensor, torch.Tensor, float] | None = None
+        self._bin_range: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._edges: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._min_in_range = False
 
     def observe(self, g: torch.Tensor) -> None:
         if self.phase == 0:
             self._check_groups(g, self.lo)
-            lo, hi = g.double().amin(dim=1).cpu(), g.double().amax(dim=1).cpu()
+            lo = g.double().amin(dim=1).cpu()
             self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
-            self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+            offsets = torch.arange(0, g.shape[0] * self.bins, self.bins, dtype=torch.int32, device=g.device)
+            hist = torch.bincount((_order_bins(g, self.bits) + offsets[:, None]).reshape(-1),
+                                  minlength=g.shape[0] * self.bins).view(g.shape[0], self.bins).cpu()
+            self.hist = hist if self.hist is None else self.hist + hist
             self.count += g.shape[1]
             return
         self.seen += g.shape[1]
-        idx = self._bin(g)
-        if self.phase == 1:
-            offsets = torch.arange(g.shape[0], device=g.device).unsqueeze(1) * self.bins
-            self.hist += torch.bincount((idx + offsets).reshape(-1), minlength=g.shape[0] * self.bins).view(
-                g.shape[0], self.bins).cpu()
-        else:
-            lo_bin, hi_bin = self._bin_range
-            for c in range(g.shape[0]):
-                mask = (idx[c] >= int(lo_bin[c])) & (idx[c] <= int(hi_bin[c]))
-                values = g[c][mask].double().cpu()
-                at_min = values == self.lo[c]  # e.g. the zeros of a ReLU output: counted, not stored
-                self.n_at_min[c] += int(at_min.sum())
-                self.selected[c].append(values[~at_min])
+        lower, upper = (e.to(g.device)[:, None] for e in self._edges)
+        v = g.float()
+        keep = (v >= lower) & (v <= upper)
+        if self._min_in_range:  # the minimum inside the bins (the zeros of a ReLU output): counted, not stored
+            at_min = keep & (g == self.lo.to(g.device, g.dtype)[:, None])
+            keep &= ~at_min
+            self.n_at_min += at_min.count_nonzero(dim=1).cpu()
+        self.kept.append((g[keep].double().cpu(), keep.count_nonzero(dim=1).cpu()))
 
     def next_phase(self) -> None:
-        """Advance to the next pass (0 -> 1 -> 2 -> done) and finalise when the last pass ended."""
+        """Advance to the next pass (0 -> 1 -> done) and finalise when the last pass ended."""
         if self.phase == 0:
             if self.lo is None:
                 raise CalibrationError("no calibration data reached this observer")
-            self.hist = torch.zeros(self.lo.shape[0], self.bins, dtype=torch.long)
-        else:
-            if self.seen != self.count:
-                raise CalibrationError(
-                    f"forward_loop fed {self.seen} values in a later pass but {self.count} in the first; "
-                    "percentile calibration needs the same data in every pass (a deterministic forward_loop)")
-            self.seen = 0
-        if self.phase == 1:
-            n = self.count
-            low_rank, high_rank, frac = _quantile_ranks(self.q, n)
+            low_rank, high_rank, frac = _quantile_ranks(self.q, self.count)
             cum = self.hist.cumsum(dim=1)
             lo_bin = torch.searchsorted(cum, torch.full((cum.shape[0], 1), low_rank + 1), right=False).squeeze(1)
             hi_bin = torch.searchsorted(cum, torch.full((cum.shape[0], 1), high_rank + 1), right=False).squeeze(1)
             below = torch.where(lo_bin > 0, cum.gather(1, (lo_bin - 1).clamp_min(0)[:, None]).squeeze(1),
                                 torch.zeros_like(lo_bin))
             self._bin_range = (lo_bin, hi_bin)
+            self._edges = _bin_edges(lo_bin, hi_bin, self.bits)
+            self._min_in_range = bool((self._edges[0].double() <= self.lo).any())
             self._ranks = (low_rank - below, high_rank - below, frac)
-            self.selected = [[] for _ in range(cum.shape[0])]
-            self.n_at_min = [0] * cum.shape[0]
-        if self.phase == 2:
+            self.n_at_min = torch.zeros(cum.shape[0], dtype=torch.long)
+        else:
+            if self.seen != self.count:
+                raise CalibrationError(
+                    f"forward_loop fed {self.seen} values in a later pass but {self.count} in the first; "
+                    "percentile calibration needs the same data in every pass (a deterministic forward_loop)")
             low, high, frac = self._ranks
-            out = torch.empty(len(self.selected), dtype=torch.float64)
             lo_bin, hi_bin = self._bin_range
-            for c, chunks in enumerate(self.selected):
-                values = torch.cat(chunks).sort().values
-                n_min = self.n_at_min[c]
-                if values.numel() + n_min != int(self.hist[c, int(lo_bin[c]):int(hi_bin[c]) + 1].sum()):
-                    raise CalibrationError(
-                        "forward_loop fed different values in the percentile passes (same count, other data: "
-                        "random augmentation or sampling?); percentile calibration needs the same data in every "
-                        "pass (a deterministic forward_loop)")
-                a, b = (self.lo[c] if r < n_min else values[r - n_min] for r in (int(low[c]), int(high[c])))
+            groups = lo_bin.shape[0]
+            if self.nonfinite:  # NaN has no place in the order: compute_thresholds refuses the site, naming why
+                self.result, self.kept = torch.full((groups,), float("nan"), dtype=torch.float64), []
+                self.phase += 1
+                return
+            values = torch.cat([v for v, _ in self.kept]) if self.kept else torch.empty(0, dtype=torch.float64)
+            counts = torch.stack([n for _, n in self.kept]) if self.kept else torch.zeros(1, groups, dtype=torch.long)
+            owner = torch.cat([torch.repeat_interleave(torch.arange(groups), n) for _, n in self.kept]) \
+                if self.kept else torch.empty(0, dtype=torch.long)
+            # sort by value, then (stably) by group: every group's values in a row, ascending
+            values, order = values.sort(stable=True)
+            owner = owner[order]
+            owner, order = owner.sort(stable=True)
+            values = values[order]
+            starts = torch.cumsum(counts.sum(dim=0), 0) - counts.sum(dim=0)
+            in_bins = torch.stack([self.hist[c, int(lo_bin[c]):int(hi_bin[c]) + 1].sum() for c in range(groups)])
+            if not torch.equal(counts.sum(dim=0) + self.n_at_min, in_bins):
+                raise CalibrationError(
+                    "forward_loop fed different values in the percentile passes (same count, other data: "
+                    "random augmentation or sampling?); percentile calibration needs the same data in every "
+                    "pass (a deterministic forward_loop)")
+            out = torch.empty(groups, dtype=torch.float64)
+            for c in range(groups):
+                n_min = int(self.n_at_min[c])
+                a, b = (self.lo[c] if r < n_min else values[int(starts[c]) + r - n_min]
+                        for r in (int(low[c]), int(high[c])))
                 out[c] = a + (b - a) * frac
             self.result = out
-            self.selected = []
+            self.kept = []
         self.phase += 1
 
     @property
     def passes(self) -> int:
-        return 3
+        return 2
 
     @property
     def value(self) -> torch.Tensor:
         if self.result is None:
-            raise CalibrationError("percentile observer has not finished its three passes")
+            raise CalibrationError("percentile observer has not finished its two passes")
         return self.result
 
 

@@ -5,13 +5,15 @@ calibration is slow").
 For each zoo model of ``--models`` and each rule of ``--thresholds`` the model is converted ``--repeats`` times on
 the first ``--images`` TRAIN images of Fashion-MNIST (batches of 256, in memory: no decoding in the timing),
 differential coding at T = 8 (rate coding with ``--coding rate``); the table gives the fastest calibration time
-(``ConversionReport.timings["calibration"]``) and the number of passes the rule needed.
+(``ConversionReport.timings["calibration"]``) and the number of passes the rule needed; the JSON adds a SHA-256 of
+the thresholds (to compare the thresholds of two versions).
 
     .venv/bin/python bench/calib_speed.py --out bench/results/calib_speed.json
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -53,8 +55,11 @@ def main() -> None:
                 passes.clear()
                 result = convert(model, forward_loop=loop, config=cfg)
                 seconds.append(result.report.timings["calibration"])
+            digest = hashlib.sha256()
+            for site, theta in sorted(result.thresholds.items()):
+                digest.update(site.encode() + theta.detach().cpu().double().numpy().tobytes())
             rows.append({"model": name, "threshold": rule, "passes": len(passes), "seconds": min(seconds),
-                         "all_seconds": seconds})
+                         "all_seconds": seconds, "thresholds_sha256": digest.hexdigest()})
             print(f"{name:18s} {rule:8s} passes {len(passes)}  {min(seconds):6.2f} s", flush=True)
     by_model: dict[str, dict[str, float]] = {}
     for r in rows:

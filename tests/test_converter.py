@@ -141,3 +141,15 @@ def test_cli_takes_a_fraction_of_the_max(tmp_path):
 def test_threshold_specs_are_validated_when_built_directly(kwargs):
     with pytest.raises(ConfigError):
         ThresholdSpec(**kwargs)
+
+
+def test_a_result_moves_whole_to_another_device(images):
+    """``ConversionResult.to``: the SNN's parameters and buffers, the thresholds and the weights snapshot all move
+    (the meta device stands in for a GPU here; tests/test_gpu_paths.py moves a result to CUDA and back)."""
+    result = convert(SpellingsNet(), forward_loop=[images], config=ConversionConfig.for_coding("differential",
+                                                                                              timesteps=2))
+    assert result.ann_state and result.thresholds
+    assert result.to("meta") is result
+    tensors = [*result.snn.parameters(), *result.snn.buffers(), *result.thresholds.values(),
+               *result.ann_state.values()]
+    assert tensors and all(t.device.type == "meta" for t in tensors)

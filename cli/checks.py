@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from snnconvert.cli.present import STDOUT
 from snnconvert.convert.artifact import atomic_file, writable_path
 from snnconvert.convert.errors import BackendUnavailableError, ConfigError, DataError, SnnConvertError, first_line
 
@@ -56,12 +57,24 @@ def check_runtime(o: RunOptions) -> torch.dtype:
     return dtype
 
 
+def to_stdout(o: RunOptions) -> bool:
+    """A report goes to standard output: the console's tables and lines go to stderr instead."""
+    return STDOUT in (o.report, o.markdown)
+
+
 def check_outputs(o: RunOptions) -> None:
     """Every output path, checked before anything slow: no two on one path; the files (--report, --markdown,
     --nir) not folders; the --output folder not a file, and new, empty or a saved SNN; each in a folder that exists,
-    or can be created, and takes files (a probe file is written and removed)."""
+    or can be created, and takes files (a probe file is written and removed). ``-`` (standard output) names one of
+    the two reports only."""
+    for flag, path in (("--nir", o.nir), ("--output", o.output)):
+        if path == STDOUT:
+            raise ConfigError(f"{flag} -: standard output takes the JSON report (--report -) or the Markdown report "
+                              f"(--markdown -) only; give {flag} a file path")
+    if o.report == STDOUT and o.markdown == STDOUT:
+        raise ConfigError("--report and --markdown both name standard output (-); give one of them a file path")
     files = [(flag, path) for flag, path in (("--report", o.report), ("--markdown", o.markdown), ("--nir", o.nir))
-             if path is not None]
+             if path is not None and path != STDOUT]
     seen: dict[Path, str] = {}
     kept = [(f"the --output folder {o.output}, which saving the SNN replaces as a whole", o.output.resolve())
             ] if o.output is not None else []
@@ -112,7 +125,7 @@ def all_or_none(o: RunOptions) -> Iterator[None]:
     """The run's outputs as a whole: when writing one fails, those this run created before it are removed again and
     the files it replaced get their content back, so a failed run leaves the paths as they were (each file is
     written atomically on its own; a saved SNN folder is replaced last, atomically)."""
-    paths = [writable_path(p) for p in (o.nir, o.report, o.markdown, o.output) if p is not None]
+    paths = [writable_path(p) for p in (o.nir, o.report, o.markdown, o.output) if p is not None and p != STDOUT]
     existed = {p: p.exists() for p in paths}
     before = {p: p.read_bytes() for p in paths if p.is_file()}
     try:

@@ -30,9 +30,10 @@ from snnconvert.cli.checks import (
     nir_graph,
     normalized,
     progress_loop,
+    to_stdout,
 )
 from snnconvert.cli.options import as_flags, read_options
-from snnconvert.cli.present import out, present, sweep_doc, sweep_line, sweep_table
+from snnconvert.cli.present import console_on_stderr, out, present, sweep_doc, sweep_line, sweep_table, write_stdout
 from snnconvert.convert.errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -271,11 +272,12 @@ def _run(o: RunOptions) -> None:
         report_sweep = sweep_doc(sweeps, cfgs, best, chosen_on)
     with all_or_none(o):
         nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
-        present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
-                calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
-                sweep_doc=report_sweep, nir_doc=nir_doc, check=check)
+        text = present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,
+                       calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=final.fused_pairs,
+                       sweep_doc=report_sweep, nir_doc=nir_doc, check=check)
         if o.output is not None:
             _save(o, result, norm, files, calib_name, eval_name, calib_info, resolved.label)
+    write_stdout(text)
 
 
 def _save(o: RunOptions, result, norm, files, calib_name: str, eval_name: str, calib_info: dict, label: str) -> None:
@@ -339,9 +341,11 @@ def main(
     normalize: Optional[str] = typer.Option(None, help="MEAN,STD (or one per channel): feed (x - mean) / std"),
     resize: Optional[int] = typer.Option(None, help="image folders: resize the shorter side to N pixels"),
     crop: Optional[int] = typer.Option(None, help="image folders: centre crop N x N pixels"),
-    report: Optional[Path] = typer.Option(None, help="write the JSON report here"),
+    report: Optional[Path] = typer.Option(None, help="write the JSON report here (-: to standard output, and what "
+                                          "the command prints to stderr)"),
     markdown: Optional[Path] = typer.Option(None, help="write the report as Markdown tables here (accuracy after "
-                                            "every step, sites, layers, energy, configuration)"),
+                                            "every step, sites, layers, energy, configuration; -: to standard "
+                                            "output)"),
     output: Optional[Path] = typer.Option(None, help="save the converted SNN (folder) here"),
     nir: Optional[Path] = typer.Option(None, "--nir", help="export the SNN as a NIR graph (rate coding; reset by "
                                        "subtraction and multi-threshold levels kept exactly) to this .nir file, "
@@ -419,7 +423,9 @@ def main(
     if not verbose:  # torch's probe for building CUDA extensions, met by --backend inductor; --device is checked
         logging.getLogger("torch.utils.cpp_extension").addFilter(_not_the_cuda_probe)
     try:
-        _run(RunOptions(**read_options(ctx, config)))
+        options = RunOptions(**read_options(ctx, config))
+        with console_on_stderr(to_stdout(options)):
+            _run(options)
     except CONVERSION_ERRORS as exc:
         _fail(exc, debug, code=1)
     except USAGE_ERRORS as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from snnconvert.cli.main import RunOptions
 
 out = Console()
+
+#: ``--report -`` / ``--markdown -``: that report goes to standard output (and what the command prints to stderr)
+STDOUT = Path("-")
 
 
 @contextmanager
@@ -193,11 +197,12 @@ def sweep_line(swept, held_out: int | None, rule: str | None) -> str:
 
 def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, eval_info: dict,
             calib_info: dict | None, seconds: float, fused_pairs: int, sweep_doc: dict | None = None,
-            nir_doc: dict | None = None, check: tuple | None = None) -> None:
+            nir_doc: dict | None = None, check: tuple | None = None) -> str | None:
     """Print an evaluation (tables, model and summary lines, energy, the NIR export, the calibration check) and
     write the JSON / Markdown reports asked for; ``calib_info`` None: the calibration images are not known (a saved
     SNN that did not record them); ``check``: ``(ThresholdCheck or None, note or None)`` from
-    :func:`snnconvert.cli.checks.calibration_check`."""
+    :func:`snnconvert.cli.checks.calibration_check`. Returns the report that goes to standard output (``-``), for
+    the caller to write once every other output was written (:func:`write_stdout`); None when none does."""
     from snnconvert.runtime import build_report
     from snnconvert.runtime.evaluate import headline
 
@@ -234,7 +239,7 @@ def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, ev
         out.print(f"NIR graph written to {nir_doc['path']} ({nir_doc['nodes']} nodes, {nir_doc['edges']} edges"
                   f"{prefix}); read back and run against the SNN: {nir_doc['check_text']}")
     if o.report is None and o.markdown is None:
-        return
+        return None
     doc = build_report(result, evaluation, model=label, calib=calib_info or {}, data=eval_info,
                        timings={"total": seconds},
                        runtime={"backend": o.backend, "device": o.device, "dtype": o.dtype, "mode": o.mode,
@@ -244,13 +249,42 @@ def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, ev
     doc["config_file"] = None if o.config_file is None else str(o.config_file.resolve())
     doc["logits"] = o.logits
     doc["calibration_check"] = None if checked is None else checked.to_dict()
-    if o.report is not None:
-        with atomic_write(o.report) as f:
-            json.dump(doc, f, indent=2)
-        out.print(f"report written to {o.report}")
-    if o.markdown is not None:
-        from snnconvert.runtime.report_md import report_markdown
+    pending = None
+    for path, what, render in ((o.report, "report", lambda: json.dumps(doc, indent=2) + "\n"),
+                               (o.markdown, "Markdown report", lambda: _markdown(doc))):
+        if path == STDOUT:
+            pending = render()
+        elif path is not None:
+            with atomic_write(path) as f:
+                f.write(render())
+            out.print(f"{what} written to {path}")
+    return pending
 
-        with atomic_write(o.markdown) as f:
-            f.write(report_markdown(doc))
-        out.print(f"Markdown report written to {o.markdown}")
+
+def _markdown(doc: dict) -> str:
+    from snnconvert.runtime.report_md import report_markdown
+
+    return report_markdown(doc)
+
+
+def write_stdout(text: str | None) -> None:
+    """Write the report :func:`present` kept for standard output, if any (after the run's other outputs: a run that
+    fails before leaves standard output empty)."""
+    if text is None:
+        return
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+    out.print("report written to standard output")
+
+
+@contextmanager
+def console_on_stderr(active: bool):
+    """While a report goes to standard output, the tables and lines the command prints go to stderr."""
+    if not active:
+        yield
+        return
+    out.file = sys.stderr
+    try:
+        yield
+    finally:
+        out.file = None  # back to the console's default: whatever sys.stdout is when it prints

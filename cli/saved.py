@@ -16,7 +16,7 @@ from snnconvert.cli.checks import (
     normalized,
 )
 from snnconvert.cli.main import RunOptions, progress_bar
-from snnconvert.cli.present import out, present
+from snnconvert.cli.present import out, present, write_stdout
 from snnconvert.convert.errors import ArtifactError, ConfigError, DataError
 
 
@@ -189,6 +189,7 @@ def evaluate_saved(o: RunOptions) -> None:
     label = f"{o.model} (saved SNN of {meta['label']})" if meta.get("label") else o.model
     with all_or_none(o):
         nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
-        present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
-                calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs,
-                nir_doc=nir_doc, check=check)
+        text = present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
+                       calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs,
+                       nir_doc=nir_doc, check=check)
+    write_stdout(text)

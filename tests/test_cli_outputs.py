@@ -39,6 +39,9 @@ def no_model(monkeypatch):
     (("--output", "{tmp}/snn", "--report", "{tmp}/snn/r.json"), "--report {tmp}/snn/r.json is inside the --output "
                                                                "folder {tmp}/snn, which saving the SNN replaces"),
     (("--report", "/dev/null"), "--report /dev/null is not a regular file; give the path of a file to write"),
+    (("--report", "-", "--markdown", "-"), "--report and --markdown both name standard output (-)"),
+    (("--nir", "-"), "--nir -: standard output takes the JSON report (--report -) or the Markdown report"),
+    (("--output", "-"), "give --output a file path"),
     (("--device", "tpu"), "--device 'tpu' is not a device"),
     (("--device", "meta"), "runs on cpu or cuda"),
     (("--mode", "both"), "--mode 'both' is not valid"),
@@ -175,3 +178,38 @@ def test_the_command_prints_usage_errors_in_one_line(args, message):
     lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
     assert lines[0].startswith("error: ") and message in lines[0] and "--help" in lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--report", "--markdown"])
+def test_a_report_to_standard_output_is_all_that_goes_there(tmp_path, flag):
+    """``--report -`` (``--markdown -``): standard output holds the report alone (JSON that parses, Markdown starting
+    with its title); the tables and lines go to stderr; no file named ``-`` is written."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from snnconvert.cli.main import run; run()", f"{NETS}:SpellingsNet",
+                           "--calib-data", "fashion-mnist", "--calib-images", "32", "--eval-images", "50", "-T", "2",
+                           flag, "-"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    if flag == "--report":
+        doc = json.loads(done.stdout)
+        assert doc["timesteps"] == 2 and len(doc["snn_accuracy"]) == 2 and doc["eval_images"] == 50
+    else:
+        assert done.stdout.startswith("# ") and "| t |" in done.stdout
+    assert "vs time step" in done.stderr and "written to standard output" in done.stderr
+    assert not (tmp_path / "-").exists()
+
+
+def test_a_run_failing_after_the_report_leaves_standard_output_empty(tmp_path, monkeypatch):
+    """The report for standard output is written after every other output: saving the SNN fails (a full disk), and
+    standard output stays empty while stderr ends with the one error line."""
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("snnconvert.cli.main._save", full_disk)
+    result = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--calib-images", 16, "--eval-images", 16,
+                  "-T", 1, "--report", "-", "--output", tmp_path / "snn")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1].startswith("error: No space left on device")

@@ -157,9 +157,10 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
 
 def _takes_any_batch(gm: fx.GraphModule, model: onnx.ModelProto, freed: FreedBatch) -> bool:
     """Whether a graph whose static batch was freed computes each sample on its own at another batch size: run on
-    two random samples together and on each alone, the outputs that led with the batch must agree (a graph that
+    three random samples together and on each alone, the outputs that led with the batch must agree (a graph that
     merges the batch into other dimensions, e.g. a Reshape to ``[-1]`` followed by constant indices, fails or
-    differs). Without static sample dimensions to draw inputs from, the symbolic import is trusted. Integer and
+    differs; three, not two: a slice ``[-2:2]`` of the batch axis or a lower triangle two rows down keeps two
+    samples intact). Without static sample dimensions to draw inputs from, the symbolic import is trusted. Integer and
     boolean outputs must be equal; float ones close, NaN where the other has NaN (``Log`` of the random input)."""
     graph_input = next(v for v in model.graph.input if v.name == freed.input_name)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim][1:]
@@ -167,29 +168,30 @@ def _takes_any_batch(gm: fx.GraphModule, model: onnx.ModelProto, freed: FreedBat
         return True
     dtype = ONNX_DTYPES.get(graph_input.type.tensor_type.elem_type, torch.float32)
     generator = torch.Generator().manual_seed(0)
-    x = torch.rand(2, *dims, generator=generator)
+    batch = 3
+    x = torch.rand(batch, *dims, generator=generator)
     x = x if dtype.is_floating_point else (x * 100).to(dtype)
     names = [out.name for out in model.graph.output]
     try:
         with torch.no_grad():  # forward(), not __call__: fx's __call__ prints a failing line's code to stderr
-            pair, alone = gm.forward(x), [gm.forward(x[i:i + 1]) for i in range(2)]
-    except Exception:  # noqa: BLE001 - the graph cannot run at batch 2 or 1: it holds the batch size somewhere
+            together, alone = gm.forward(x), [gm.forward(x[i:i + 1]) for i in range(batch)]
+    except Exception:  # noqa: BLE001 - the graph cannot run at batch 3 or 1: it holds the batch size somewhere
         return False
-    pair, alone = _as_list(pair), [_as_list(out) for out in alone]
+    together, alone = _as_list(together), [_as_list(out) for out in alone]
     for k, name in enumerate(names):
         if name not in freed.outputs:
             continue
-        both = pair[k]
-        if not isinstance(both, torch.Tensor) or both.dim() == 0 or both.shape[0] != 2:
+        every = together[k]
+        if not isinstance(every, torch.Tensor) or every.dim() == 0 or every.shape[0] != batch:
             return False
-        for i in range(2):
-            if not _same_sample(both[i:i + 1], alone[i][k]):
+        for i in range(batch):
+            if not _same_sample(every[i:i + 1], alone[i][k]):
                 return False
     return True
 
 
 def _same_sample(pair: torch.Tensor, one: Any) -> bool:
-    """Whether one sample's output computed in a batch of two equals it computed alone (see ``_takes_any_batch``)."""
+    """Whether one sample's output computed in a batch equals it computed alone (see ``_takes_any_batch``)."""
     if not isinstance(one, torch.Tensor) or one.shape != pair.shape or one.dtype != pair.dtype:
         return False
     if not one.dtype.is_floating_point:

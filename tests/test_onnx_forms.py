@@ -137,6 +137,19 @@ def test_static_batch_merged_into_the_features_stays_static(caplog) -> None:
         gm(torch.rand(3, 4, 3, 3))  # an error, not sample 0's answer three times
 
 
+@pytest.mark.parametrize(("text", "inits"), [
+    ("g (float[1,4] x) => (float y) { y = Slice(x, st, en, ax) }",
+     {"st": np.array([-2], np.int64), "en": np.array([2], np.int64), "ax": np.array([0], np.int64)}),
+    ("g (float[1,2] x) => (float y) { y = Trilu <upper=0> (x, k) }", {"k": np.int64(-2)}),
+], ids=["slice-of-the-batch", "trilu-two-rows-down"])
+def test_static_batch_mixed_in_a_way_two_samples_do_not_show_stays_static(text, inits) -> None:
+    """Graphs that treat the batch axis as data but keep two samples intact (x[-2:2] of the batch, a lower triangle
+    two rows down): the freeing check runs three samples, so the batch stays static (found by fuzzing against
+    onnxruntime; with two samples both were freed and computed other samples' values at batch 3)."""
+    gm = load_onnx(textual(text, 14, **inits))
+    assert gm.meta["onnx"]["static_batch"] == 1 and gm.meta["onnx"]["batch_freed"] is False
+
+
 def test_static_batch_resize_to_constant_sizes_runs_at_any_batch() -> None:
     # torch's dynamo exporter writes F.interpolate(x, size=(8, 10)) with sizes [batch, C, 8, 10] as a constant
     model = textual('g (float[2,3,4,5] x) => (float[2,3,8,10] y) { y = Resize <mode="linear"> (x, , , sz) }', 17,

@@ -130,6 +130,15 @@ OP_CASES = {
         "g (float[N,4,9,9] x) => (float y) {"
         " y = MaxPool <kernel_shape=[2,2], dilations=[2,2], pads=[1,1,1,1]> (x) }",
         {}, X4, 17, nn.MaxPool2d),
+    # found by fuzzing against onnxruntime: torch's max_pool refuses pads above half the undilated kernel
+    "maxpool_dilated_same_pads": (
+        "g (float[N,1,8] x) => (float y) { y = MaxPool <kernel_shape=[3], dilations=[2], pads=[2,2]> (x) }",
+        {}, rand(2, 1, 8), 13, nn.MaxPool1d),
+    # found by fuzzing: torch's 3-d average pool refuses an input smaller than the kernel before padding it
+    "avgpool3d_input_shorter_than_kernel": (
+        "g (float[N,1,2,3,3] x) => (float y) {"
+        " y = AveragePool <kernel_shape=[3,1,1], pads=[1,0,0,1,0,0], count_include_pad=1> (x) }",
+        {}, rand(2, 1, 2, 3, 3), 13, nn.AvgPool3d),
     "avgpool_count_include_pad": (
         "g (float[N,4,9,9] x) => (float y) {"
         " y = AveragePool <kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1], count_include_pad=1> (x) }",
@@ -286,6 +295,12 @@ OP_CASES = {
         "g (float[N,4,9,9] x) => (float y) {"
         " s = Size(x) f = Cast <to=1> (s) d = Div(x, f) r = Range(start, limit, delta) y = Add(d, r) }",
         {"start": np.float32(0), "limit": np.float32(4.5), "delta": np.float32(0.5)}, X4, 13, None),
+    "range_empty_against_delta": (  # found by fuzzing: bounds against delta's sign give an empty range
+        "g (float[N,3] x) => (float y) { r = Range(a, b, d) s = ReduceSum <keepdims=0> (x) y = Add(r, s) }",
+        {"a": np.float32(-2.0), "b": np.float32(-1.9), "d": np.float32(-0.7)}, rand(2, 3), 14, None),
+    "range_descending": (
+        "g (float[N,3] x) => (float y) { r = Range(a, b, d) s = ReduceSum <keepdims=1> (x) y = Add(s, r) }",
+        {"a": np.float32(1.5), "b": np.float32(-2.0), "d": np.float32(-0.7)}, rand(2, 3), 14, None),
     "range_of_the_batch_size": (  # the dynamo exporter's as_strided lowering: indices built from Range(0, batch)
         "g (float[N,4,9,9] x) => (float y) {"
         " s = Shape(x) n = Gather <axis=0> (s, zero) r = Range(zero, n, one) u = Unsqueeze(r, one)"

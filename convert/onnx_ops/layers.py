@@ -479,7 +479,7 @@ def convert_max_pool(ctx: OpContext) -> Value:
     begin, end = _resolve_pads(ctx, _spatial(ctx, x, nd), kernel, strides, dilations)
     shape_begin, shape_end = begin, end
     padding: Any = tuple(begin)
-    too_wide = any(p > ((k - 1) * d + 1) // 2 for p, k, d in zip(begin, kernel, dilations))
+    too_wide = any(p > k // 2 for p, k in zip(begin, kernel))  # torch's limit: half the undilated kernel
     explicit = begin != end or too_wide
     if explicit:
         x = ctx.call_function(F.pad, x, _torch_pads(begin, end), value=float("-inf"))
@@ -503,10 +503,14 @@ def convert_average_pool(ctx: OpContext) -> Value:
     if any(d != 1 for d in dilations):
         raise ctx.unsupported(f"dilations={dilations}")
     count_include_pad = bool(ctx.attr("count_include_pad", 0))
-    begin, end = _resolve_pads(ctx, _spatial(ctx, x, nd), kernel, strides, dilations)
+    spatial = _spatial(ctx, x, nd)
+    begin, end = _resolve_pads(ctx, spatial, kernel, strides, dilations)
     padding: Any = tuple(begin)
     too_wide = any(p > k // 2 for p, k in zip(begin, kernel))
-    explicit = begin != end or too_wide
+    # torch's 3-d average pool refuses an input smaller than the kernel before padding it (1-d and 2-d do not)
+    short = nd == 3 and any(begin) and spatial is not None and any(
+        static(n) is not None and static(n) < k for n, k in zip(spatial, kernel))
+    explicit = begin != end or too_wide or short
     if explicit:
         if not count_include_pad and any(begin + end):
             raise ctx.unsupported("asymmetric or oversized pads with count_include_pad=0")

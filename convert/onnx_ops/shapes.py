@@ -113,7 +113,13 @@ def convert_range(ctx: OpContext) -> Value:
     inputs = [ctx.input(i) for i in range(3)]
     if all(isinstance(v, Const) for v in inputs):
         start, limit, delta = (v.tensor for v in inputs)
-        return Const(torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype), (ctx.name, "Range"))
+        if delta.item() == 0:
+            raise ctx.fail("Range needs a non-zero delta")
+        # ONNX: max(ceil((limit - start) / delta), 0) elements, so bounds against delta's sign give an empty range
+        # (torch.arange raises on them)
+        n = max(math.ceil((limit.item() - start.item()) / delta.item()), 0)
+        values = start.reshape(()) + delta.reshape(()) * torch.arange(n, dtype=start.dtype)  # start + i·delta
+        return Const(values, (ctx.name, "Range"))
     bounds = []
     for i in range(3):
         elems = ctx.elems(i)

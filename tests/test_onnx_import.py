@@ -202,6 +202,10 @@ OP_CASES = {
     "squeeze_unsqueeze": (
         "g (float[N,4,9,9] x) => (float y) { u = Unsqueeze(x, axes) y = Squeeze(u, axes2) }",
         {"axes": np.array([1, -1], dtype=np.int64), "axes2": np.array([1], dtype=np.int64)}, X4, 13, None),
+    "pad_cut_wider_than_the_dim": (  # found by fuzzing: the padded tensor is cut (F.pad alone cuts the input first)
+        "g (float[N,3,2] x) => (float y) { a = Pad(x, p1, v) y = Pad(a, p2) }",
+        {"p1": np.array([0, 0, 3, 0, 0, -3], np.int64), "v": np.float32(0.5),
+         "p2": np.array([0, -1, 2, 0, 3, -1], np.int64)}, rand(2, 3, 2), 15, None),
     "pad_constant_reflect_edge": (
         "g (float[N,4,9,9] x) => (float y) {"
         ' a = Pad(x, p1, v) b = Pad <mode="reflect"> (a, p2) y = Pad <mode="edge"> (b, p3) }',
@@ -605,6 +609,15 @@ def test_pad_modes_along_dims_pytorch_cannot_pad_are_listed() -> None:
     assert [n.op for n in info.value.nodes] == ["Pad", "Hardmax"]
     assert "Pad_0 (Pad): mode=reflect padding dim 0 of a rank-4 input (PyTorch pads in this mode only along the " \
            "last 3 dims, after at least one other)" in str(info.value)
+
+
+@pytest.mark.parametrize("pads", [[0, 2, 0, -1], [0, 3, 0, 0]], ids=["negative", "wider-than-the-dim"])
+def test_wrap_pads_pytorch_cannot_express_are_listed(pads) -> None:
+    """Found by fuzzing: F.pad(mode="circular") gave other values than onnxruntime for a negative wrap pad, and fails
+    at run time for one wider than the dim; both are refused when importing."""
+    with pytest.raises(UnsupportedOpError, match="mode=wrap with negative pads or pads wider than the dim"):
+        load_onnx(textual('g (float[N,2] x) => (float y) { y = Pad <mode="wrap"> (x, p) }', 19,
+                          p=np.array(pads, np.int64)))
 
 
 def _assert_one_line(exc: pytest.ExceptionInfo) -> None:

@@ -112,16 +112,27 @@ def convert_pad(ctx: OpContext) -> Value:
     value = ctx.input(2)
     fill = 0.0 if value is None else ctx.const(2, "Pad constant_value").item()
     kwargs = {"value": fill} if mode == "constant" and fill != 0 else {}
+    in_shape = ctx.shape_or_none(x)
     if mode == "constant":
-        out = ctx.call_function(F.pad, x, _torch_pads(begin, end), **kwargs)
+        grow = ([max(p, 0) for p in begin], [max(p, 0) for p in end])
+        if any(p < 0 for p in begin + end) and any(grow[0] + grow[1]):
+            # the padded tensor is cut, not the input (F.pad would cut first: a cut wider than the dim fails)
+            x = ctx.call_function(F.pad, x, _torch_pads(*grow), **kwargs)
+            begin_cut, end_cut = [min(p, 0) for p in begin], [min(p, 0) for p in end]
+            out = ctx.call_function(F.pad, x, _torch_pads(begin_cut, end_cut))
+        else:
+            out = ctx.call_function(F.pad, x, _torch_pads(begin, end), **kwargs)
     elif not any(begin + end):
         return x
     else:
+        if mode == "wrap" and (any(p < 0 for p in begin + end) or in_shape is not None and any(
+                static(d) is not None and max(b, e) > static(d) for d, b, e in zip(in_shape, begin, end))):
+            raise ctx.unsupported("mode=wrap with negative pads or pads wider than the dim (PyTorch's circular "
+                                  "padding wraps once and does not crop)")
         padded, pads, unsqueezed = _edge_pads(ctx, x, rank, begin, end, mode)
         out = ctx.call_function(F.pad, padded, pads, mode=_PAD_MODES[mode])
         if unsqueezed:
             out = ctx.call_function(torch.squeeze, out, 0)
-    in_shape = ctx.shape_or_none(x)
     if isinstance(out, Tensor) and in_shape is not None:  # the padded sizes: later shape arithmetic stays static
         out.shape = tuple(None if d is None else d + b + e for d, b, e in zip(in_shape, begin, end))
     return out

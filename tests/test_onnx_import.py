@@ -611,6 +611,18 @@ def test_pad_modes_along_dims_pytorch_cannot_pad_are_listed() -> None:
            "last 3 dims, after at least one other)" in str(info.value)
 
 
+@pytest.mark.parametrize("index", [np.int64(-1), np.array([-1, 0, -2], np.int64),
+                                   np.array([[-1, 0], [1, -3]], np.int64)], ids=["scalar", "vector", "matrix"])
+def test_constant_negative_gather_indices_on_a_dynamic_dim_count_from_its_end(index) -> None:
+    """``x[:, -1]`` of a sequence exported with a dynamic length T: the index counts from the end of whatever T the
+    input has (it was refused: "needs a static dimension")."""
+    model = textual("g (float[N,T,4] x) => (float y) { y = Gather <axis=1> (x, i) }", 17, i=index)
+    gm = load_onnx(model)
+    for steps in (3, 5):
+        x = rand(2, steps, 4, seed=steps)
+        np.testing.assert_allclose(run_gm(gm, x)[0], run_ort(model, x)[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("pads", [[0, 2, 0, -1], [0, 3, 0, 0]], ids=["negative", "wider-than-the-dim"])
 def test_wrap_pads_pytorch_cannot_express_are_listed(pads) -> None:
     """Found by fuzzing: F.pad(mode="circular") gave other values than onnxruntime for a negative wrap pad, and fails

@@ -431,7 +431,8 @@ def convert_gather(ctx: OpContext) -> Value:
     """Gather: picks entries of shape values at import time (0-d / 1-d constant indices); on tensors a scalar
     constant index -> ``torch.select``, a 1-d one -> ``torch.index_select`` (an N-d one adds a reshape). Indices
     computed at run time may be negative (counted from the end, as in ONNX), which ``index_select`` refuses: the axis
-    length is added to those.
+    length is added to those, also to constant negative indices on a dynamic dim (``x[:, -1]`` of a sequence of any
+    length; a scalar one is ``torch.select``'s own negative index).
     """
     data, indices = ctx.input(0), ctx.input(1)
     axis = ctx.attr("axis", 0)
@@ -440,8 +441,11 @@ def convert_gather(ctx: OpContext) -> Value:
         return make_vec(picked, scalar=indices.tensor.ndim == 0, source=(ctx.name, "Gather"), dtype=data.dtype)
     shape = ctx.shape(data)
     axis = _norm_axis(axis, len(shape), ctx)
-    if not isinstance(indices, Const):
-        index_shape = ctx.shape(indices)
+    negative_on_dynamic = (isinstance(indices, Const) and bool((indices.tensor < 0).any())
+                           and static(shape[axis]) is None)
+    if not isinstance(indices, Const) or (negative_on_dynamic and indices.tensor.ndim > 0):
+        index_shape = ctx.shape(indices) if not isinstance(indices, Const) else tuple(
+            sympy.Integer(n) for n in indices.tensor.shape)
         flat = ctx.call_function(torch.reshape, indices, (-1,))
         size = ctx.dim_arg(shape[axis])  # i + size for i < 0 only: an index out of range still fails, as in ONNX
         flat = ctx.call_function(torch.where, ctx.call_function(operator.lt, flat, 0),
@@ -451,9 +455,7 @@ def convert_gather(ctx: OpContext) -> Value:
         return _reshape_to(ctx, picked, target)
     idx = indices.tensor.to(torch.int64)
     dim = static(shape[axis])
-    if (idx < 0).any():
-        if dim is None:
-            raise ctx.fail("Gather with negative indices needs a static dimension")
+    if (idx < 0).any() and dim is not None:  # (a scalar on a dynamic dim stays negative: torch.select counts back)
         idx = torch.where(idx < 0, idx + dim, idx)
     if idx.ndim == 0:
         out = ctx.call_function(torch.select, data, axis, int(idx))

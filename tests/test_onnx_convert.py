@@ -104,3 +104,29 @@ def test_onnx_input_shape_mismatch_is_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "expects input ['N', 3, 32, 32]" in lines[0]
+
+
+def test_tf_same_average_pooling_converts(tmp_path):
+    """TF's "SAME" average pooling (asymmetric pads, padding not counted: a per-window constant rescales the
+    zero-padded average) stays a linear op the SNN passes its decoded values through: the converted network
+    converges to the imported ANN."""
+    import numpy as np
+    import onnx
+    from test_onnx_import import textual
+
+    from snnconvert.convert import load_onnx
+
+    rng = np.random.default_rng(0)
+    text = ('g (float[N,1,9,9] x) => (float y) { c = Conv <pads=[1,1,1,1]> (x, w, b) r = Relu(c) p = AveragePool'
+            ' <kernel_shape=[3,3], strides=[2,2], auto_pad="SAME_UPPER"> (r) f = Flatten(p) y = Gemm(f, w2, b2) }')
+    model = textual(text, 17, w=rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+                    b=rng.standard_normal(4).astype(np.float32),
+                    w2=rng.standard_normal((100, 3)).astype(np.float32), b2=np.zeros(3, np.float32))
+    path = tmp_path / "same_pool.onnx"
+    onnx.save(model, path)
+    x = torch.rand(16, 1, 9, 9)
+    result = convert(str(path), forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=32))
+    with torch.no_grad():
+        ann, snn = load_onnx(path)(x), result.snn(x, 32)
+    error = [float((s - ann).abs().max() / ann.abs().max()) for s in snn]
+    assert error[-1] < 0.01 and error[-1] < error[3]  # converges to the ANN as steps accumulate

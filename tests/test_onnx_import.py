@@ -139,6 +139,21 @@ OP_CASES = {
         "g (float[N,1,2,3,3] x) => (float y) {"
         " y = AveragePool <kernel_shape=[3,1,1], pads=[1,0,0,1,0,0], count_include_pad=1> (x) }",
         {}, rand(2, 1, 2, 3, 3), 13, nn.AvgPool3d),
+    # TF's "SAME" average pooling as tf2onnx writes it (asymmetric pads, padding not counted): found by fuzzing
+    "avgpool_same_upper_exclude_pad": (
+        'g (float[N,4,8,8] x) => (float y) { y = AveragePool <kernel_shape=[3,3], strides=[2,2], auto_pad="SAME_UPPER">'
+        " (x) }", {}, rand(2, 4, 8, 8), 17, nn.AvgPool2d),
+    "avgpool_same_lower_exclude_pad_3d": (
+        'g (float[N,2,5,6,7] x) => (float y) {'
+        ' y = AveragePool <kernel_shape=[3,3,2], strides=[2,2,2], auto_pad="SAME_LOWER"> (x) }',
+        {}, rand(2, 2, 5, 6, 7), 17, nn.AvgPool3d),
+    "avgpool_asymmetric_exclude_pad_ceil": (
+        "g (float[N,4,10,10] x) => (float y) {"
+        " y = AveragePool <kernel_shape=[3,3], strides=[3,3], pads=[1,1,2,2], ceil_mode=1> (x) }",
+        {}, rand(2, 4, 10, 10), 13, nn.AvgPool2d),
+    "avgpool_oversized_exclude_pad_1d": (
+        "g (float[N,4,9] x) => (float y) { y = AveragePool <kernel_shape=[3], strides=[2], pads=[0,2]> (x) }",
+        {}, rand(2, 4, 9), 13, nn.AvgPool1d),
     "avgpool_count_include_pad": (
         "g (float[N,4,9,9] x) => (float y) {"
         " y = AveragePool <kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1], count_include_pad=1> (x) }",

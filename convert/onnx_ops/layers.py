@@ -453,14 +453,20 @@ def _drop_padding_windows(ctx: OpContext, out: Value, spatial: tuple | None, ker
     """
     if spatial is None or any(static(n) is None for n in spatial):
         raise ctx.unsupported("ceil_mode=1 with asymmetric or oversized pads on a dynamic spatial size")
+    index = _kept_windows(spatial, kernel, strides, dilations, begin, end)
+    if all(item == slice(None) for item in index):
+        return out
+    return ctx.call_function(operator.getitem, out, index)
+
+
+def _kept_windows(spatial: tuple, kernel: list, strides: list, dilations: list, begin: list, end: list) -> tuple:
+    """The index keeping ONNX's ceil-mode windows of a pooling over an explicitly padded input (static sizes)."""
     index: list[Any] = [slice(None), slice(None)]
     for i, n in enumerate(static(n) for n in spatial):
         want = _window_out(n, kernel[i], strides[i], dilations[i], begin[i] + end[i], True, begin[i])
         got = _window_out(n + begin[i] + end[i], kernel[i], strides[i], dilations[i], 0, True, 0)
         index.append(slice(None) if got == want else slice(0, int(want)))
-    if all(item == slice(None) for item in index):
-        return out
-    return ctx.call_function(operator.getitem, out, tuple(index))
+    return tuple(index)
 
 
 @register("MaxPool", since=12)
@@ -496,7 +502,8 @@ def convert_max_pool(ctx: OpContext) -> Value:
 def convert_average_pool(ctx: OpContext) -> Value:
     """AveragePool -> ``nn.AvgPool1d/2d/3d`` with ``count_include_pad`` and ``ceil_mode``.
 
-    Asymmetric pads need ``count_include_pad=1`` (explicit zero padding); dilations are unsupported.
+    Asymmetric or oversized pads become an explicit zero ``F.pad``; with ``count_include_pad=0`` (static spatial
+    sizes) the result is then rescaled per window by a constant. Dilations are unsupported.
     """
     x = ctx.input(0)
     kernel, nd, strides, dilations, ceil_mode = _pool_attrs(ctx, _AVG_POOL, "average")
@@ -511,16 +518,27 @@ def convert_average_pool(ctx: OpContext) -> Value:
     short = nd == 3 and any(begin) and spatial is not None and any(
         static(n) is not None and static(n) < k for n, k in zip(spatial, kernel))
     explicit = begin != end or too_wide or short
+    exclude = explicit and not count_include_pad and any(begin + end)
+    if exclude and (spatial is None or not all_static(spatial)):
+        raise ctx.unsupported("asymmetric or oversized pads with count_include_pad=0 on a dynamic spatial size")
     if explicit:
-        if not count_include_pad and any(begin + end):
-            raise ctx.unsupported("asymmetric or oversized pads with count_include_pad=0")
         x = ctx.call_function(F.pad, x, _torch_pads(begin, end))
         padding = 0
     module = _AVG_POOL[nd](tuple(kernel), stride=tuple(strides), padding=padding, ceil_mode=ceil_mode,
                            count_include_pad=count_include_pad)
     out = ctx.call_module(module, x)
     if explicit and ceil_mode:
-        out = _drop_padding_windows(ctx, out, _spatial(ctx, ctx.input(0), nd), kernel, strides, dilations, begin, end)
+        out = _drop_padding_windows(ctx, out, spatial, kernel, strides, dilations, begin, end)
+    if exclude:
+        # the windows' averages over the zero-padded input, rescaled by kernel / (input elements in the window): the
+        # same pooling of a ones map gives that fraction for every window (a constant of the static sizes; TF's
+        # "SAME" average pooling as tf2onnx writes it)
+        with torch.no_grad():
+            ones = F.pad(torch.ones(1, 1, *[static(n) for n in spatial]), _torch_pads(begin, end))
+            share = module(ones)
+            if ceil_mode:
+                share = share[_kept_windows(spatial, kernel, strides, dilations, begin, end)]
+        out = ctx.call_function(operator.mul, out, Const(1.0 / share, (ctx.name, "AveragePool")))
     return _pool_out_shape(ctx, ctx.input(0), out, kernel, strides, dilations, begin, end, ceil_mode)
 
 

@@ -326,6 +326,18 @@ OP_CASES = {
         " i = Mul(u, stride) j = Add(i, offsets) flat = Reshape(x, minus1) y = Gather <axis=0> (flat, j) }",
         {"zero": np.int64(0), "one": np.int64(1), "stride": np.int64(324), "minus1": np.array([-1], np.int64),
          "offsets": np.array([[0, 81, 162, 243]], np.int64)}, X4, 18, None),
+    # nearest with other coordinates and rounding (the ONNX defaults, TF's modes) by whole factors: source indices
+    "resize_nearest_onnx_defaults": (
+        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="nearest"> (x, roi, sc) }',
+        {"roi": np.zeros(0, np.float32), "sc": np.array([1, 1, 2, 3], np.float32)}, X4, 13, None),
+    "resize_nearest_tf_half_pixel_sizes": (
+        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="nearest", coordinate_transformation_mode='
+        '"tf_half_pixel_for_nn", nearest_mode="round_prefer_ceil"> (x, , , sz) }',
+        {"sz": np.array([2, 4, 18, 9], np.int64)}, X4, 13, None),
+    "resize_nearest_align_corners_ceil": (
+        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="nearest", coordinate_transformation_mode='
+        '"align_corners", nearest_mode="ceil"> (x, , , sz) }',
+        {"sz": np.array([2, 4, 27, 18], np.int64)}, X4, 13, None),
     "resize_nearest_scales": (  # F.interpolate(scale_factor=2) / nn.Upsample as torch's exporter writes it
         'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="nearest", coordinate_transformation_mode="asymmetric",'
         ' nearest_mode="floor"> (x, roi, scales) }',
@@ -587,8 +599,17 @@ def test_unsupported_attribute_is_collected_with_unknown_ops() -> None:
     assert "dilations" in str(info.value)
 
 
+def test_nearest_resize_by_a_fraction_outside_torchs_mode_is_listed() -> None:
+    """The ONNX default nearest (half_pixel + round_prefer_floor) by a factor of 1.5: source positions fall near
+    rounding ties where onnxruntime's arithmetic and the spec's differ; refused, not guessed."""
+    model = textual('g (float[N,4,6,6] x) => (float y) { y = Resize <mode="nearest"> (x, roi, scales) }', 18,
+                    roi=np.zeros(0, np.float32), scales=np.array([1, 1, 1.5, 1.5], np.float32))
+    with pytest.raises(UnsupportedOpError, match="by a factor other than a whole number"):
+        load_onnx(model)
+
+
 @pytest.mark.parametrize("attrs, reason", [
-    ('mode="nearest", coordinate_transformation_mode="half_pixel"', "nearest with half_pixel coordinates"),
+    ('mode="nearest", coordinate_transformation_mode="half_pixel_symmetric"', "nearest with half_pixel_symmetric"),
     ('mode="linear", antialias=1', "antialias=1"),
     ('mode="linear", coordinate_transformation_mode="tf_crop_and_resize"', "coordinate_transformation_mode"),
     ('mode="cubic", cubic_coeff_a=-0.5', "cubic_coeff_a=-0.5"),

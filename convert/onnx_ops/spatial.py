@@ -5,6 +5,7 @@ import math
 import operator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import sympy
 import torch
 import torch.nn.functional as F
@@ -148,7 +149,9 @@ def convert_resize(ctx: OpContext) -> Value:
     """Resize of the spatial dims -> ``F.interpolate`` (every mode of it is linear in the input), for the
     combinations torch's exporters write:
 
-    - ``nearest`` with ``asymmetric`` coordinates and ``floor`` rounding: ``mode="nearest"``;
+    - ``nearest`` with ``asymmetric`` coordinates and ``floor`` rounding: ``mode="nearest"``; other coordinates
+      and roundings (the ONNX defaults, TF's ``tf_half_pixel_for_nn``) on static sizes and whole-number factors:
+      source indices picked per axis (:func:`_nearest_by_index`);
     - ``linear`` (1-3 d) and ``cubic`` (2-d, ``cubic_coeff_a = -0.75``) with ``half_pixel`` /
       ``pytorch_half_pixel`` coordinates: ``align_corners=False``; with ``align_corners``: ``align_corners=True``.
 
@@ -173,10 +176,10 @@ def convert_resize(ctx: OpContext) -> Value:
     if ctx.attr("axes", None) is not None or ctx.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
         raise ctx.unsupported("axes / keep_aspect_ratio_policy")
     align: bool | None = None
+    nearest_mode = ctx.attr("nearest_mode", "round_prefer_floor")
     if mode == "nearest":
-        if ctm != "asymmetric" or ctx.attr("nearest_mode", "round_prefer_floor") != "floor":
-            raise ctx.unsupported(f"nearest with {ctm} coordinates and {ctx.attr('nearest_mode', 'round_prefer_floor')}"
-                                  " rounding (PyTorch's nearest is asymmetric + floor)")
+        if (ctm, nearest_mode) != ("asymmetric", "floor"):
+            return _nearest_by_index(ctx, x, shape, ctm, nearest_mode)
     elif ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
         align = ctm == "align_corners"
         if mode == "cubic" and abs(ctx.attr("cubic_coeff_a", -0.75) + 0.75) > 1e-6:
@@ -218,3 +221,71 @@ def convert_resize(ctx: OpContext) -> Value:
     if isinstance(out, Tensor):
         out.shape = out_shape
     return out
+
+
+_NEAREST_COORDINATES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn")
+_NEAREST_ROUNDING = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def _nearest_by_index(ctx: OpContext, x: Value, shape: tuple, ctm: str, nearest_mode: str) -> Value:
+    """Nearest-neighbour Resize with coordinates and rounding PyTorch's ``nearest`` does not use (the ONNX defaults
+    ``half_pixel`` + ``round_prefer_floor``, TF's modes): on static sizes each output position's source index is
+    computed here, in float32 as onnxruntime does, and picked with ``torch.index_select`` per spatial axis."""
+    if ctm not in _NEAREST_COORDINATES or nearest_mode not in _NEAREST_ROUNDING:
+        raise ctx.unsupported(f"nearest with {ctm} coordinates and {nearest_mode} rounding")
+    spatial = [static(d) for d in shape[2:]]
+    sizes = ctx.input(3)
+    if sizes is not None and (ctx.shape_or_none(sizes) or (1,))[0] != 0:
+        target = [static(d) for d in ctx.elems(3)]
+        if len(target) != len(shape) or target[1] != static(shape[1]) or (
+                target[0] != static(shape[0]) and not isinstance(sizes, Const)):
+            raise ctx.unsupported("resizing the batch or channel dims")
+        out_sizes = target[2:]
+        scales = [np.float32(o) / np.float32(i) if None not in (i, o) else None for i, o in zip(spatial, out_sizes)]
+    else:
+        given = [float(v) for v in ctx.const(2, "Resize scales").reshape(-1)]
+        if len(given) != len(shape) or given[:2] != [1.0, 1.0]:
+            raise ctx.unsupported(f"scales {given} (only the spatial dims may be resized)")
+        scales = [np.float32(f) for f in given[2:]]
+        out_sizes = [None if n is None else int(math.floor(n * f)) for n, f in zip(spatial, given[2:])]
+    if None in spatial or None in out_sizes:
+        raise ctx.unsupported(f"nearest with {ctm} coordinates and {nearest_mode} rounding on a dynamic size "
+                              "(its source indices are computed from static sizes)")
+    out = x
+    for axis, (n_in, n_out, scale) in enumerate(zip(spatial, out_sizes, scales), start=2):
+        if n_in == n_out and scale == 1:
+            continue
+        if n_out % n_in or scale != n_out // n_in:
+            # other factors put source positions near rounding ties, where onnxruntime's arithmetic and the
+            # spec's differ (measured: 31 of 891 random cases)
+            raise ctx.unsupported(f"nearest with {ctm} coordinates and {nearest_mode} rounding by a factor other than "
+                                  f"a whole number ({n_in} -> {n_out})")
+        index = _nearest_source(n_in, n_out, scale, ctm, nearest_mode)
+        out = ctx.call_function(torch.index_select, out, axis, Const(torch.from_numpy(index), (ctx.name, "Resize")))
+    if isinstance(out, Tensor):
+        out.shape = (*shape[:2], *(sympy.Integer(n) for n in out_sizes))
+    return out
+
+
+def _nearest_source(n_in: int, n_out: int, scale: np.float32, ctm: str, rounding: str) -> np.ndarray:
+    """ONNX Resize's source index of every output position along one axis (nearest mode), in float32."""
+    f32 = np.float32
+    x = np.arange(n_out, dtype=f32)
+    if ctm == "asymmetric":
+        orig = x / scale
+    elif ctm == "tf_half_pixel_for_nn":
+        orig = (x + f32(0.5)) / scale
+    elif ctm == "align_corners":
+        orig = np.zeros_like(x) if n_out == 1 else x * f32(n_in - 1) / f32(n_out - 1)
+    elif ctm == "pytorch_half_pixel" and n_out == 1:
+        orig = np.zeros_like(x)
+    else:  # half_pixel, pytorch_half_pixel
+        orig = (x + f32(0.5)) / scale - f32(0.5)
+    if rounding == "floor":
+        index = np.floor(orig)
+    elif rounding == "ceil":
+        index = np.ceil(orig)
+    else:
+        tie = orig == np.floor(orig) + f32(0.5)
+        index = np.where(tie, np.floor(orig) if rounding == "round_prefer_floor" else np.ceil(orig), np.round(orig))
+    return np.clip(index, 0, n_in - 1).astype(np.int64)

@@ -331,11 +331,11 @@ OP_CASES = {
         'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="nearest"> (x, roi, sc) }',
         {"roi": np.zeros(0, np.float32), "sc": np.array([1, 1, 2, 3], np.float32)}, X4, 13, None),
     "resize_nearest_tf_half_pixel_sizes": (
-        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="nearest", coordinate_transformation_mode='
+        'g (float[2,4,9,9] x) => (float y) { y = Resize <mode="nearest", coordinate_transformation_mode='
         '"tf_half_pixel_for_nn", nearest_mode="round_prefer_ceil"> (x, , , sz) }',
         {"sz": np.array([2, 4, 18, 9], np.int64)}, X4, 13, None),
     "resize_nearest_align_corners_ceil": (
-        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="nearest", coordinate_transformation_mode='
+        'g (float[2,4,9,9] x) => (float y) { y = Resize <mode="nearest", coordinate_transformation_mode='
         '"align_corners", nearest_mode="ceil"> (x, , , sz) }',
         {"sz": np.array([2, 4, 27, 18], np.int64)}, X4, 13, None),
     "resize_nearest_scales": (  # F.interpolate(scale_factor=2) / nn.Upsample as torch's exporter writes it

@@ -241,7 +241,7 @@ class PercentileObserver(ActivationObserver):
         self.n_at_min: torch.Tensor | None = None
         self.result: torch.Tensor | None = None
         self._ranks: tuple[torch.Tensor, torch.Tensor, float] | None = None
-        self._bin_range: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._in_bins: torch.Tensor | None = None  # per group: the values the first pass counted in the wanted bins
         self._edges: tuple[torch.Tensor, torch.Tensor] | None = None
         self._min_in_range = False
 
@@ -277,7 +277,7 @@ class PercentileObserver(ActivationObserver):
             hi_bin = torch.searchsorted(cum, torch.full((cum.shape[0], 1), high_rank + 1), right=False).squeeze(1)
             below = torch.where(lo_bin > 0, cum.gather(1, (lo_bin - 1).clamp_min(0)[:, None]).squeeze(1),
                                 torch.zeros_like(lo_bin))
-            self._bin_range = (lo_bin, hi_bin)
+            self._in_bins = cum.gather(1, hi_bin[:, None]).squeeze(1) - below
             self._edges = _bin_edges(lo_bin, hi_bin, self.bits)
             self._min_in_range = bool((self._edges[0].double() <= self.lo).any())
             self._ranks = (low_rank - below, high_rank - below, frac)
@@ -288,8 +288,7 @@ class PercentileObserver(ActivationObserver):
                     f"forward_loop fed {self.seen} values in a later pass but {self.count} in the first; "
                     "percentile calibration needs the same data in every pass (a deterministic forward_loop)")
             low, high, frac = self._ranks
-            lo_bin, hi_bin = self._bin_range
-            groups = lo_bin.shape[0]
+            groups = self._in_bins.shape[0]
             if self.nonfinite:  # NaN has no place in the order: compute_thresholds refuses the site, naming why
                 self.result, self.kept = torch.full((groups,), float("nan"), dtype=torch.float64), []
                 self.phase += 1
@@ -304,8 +303,7 @@ class PercentileObserver(ActivationObserver):
             owner, order = owner.sort(stable=True)
             values = values[order]
             starts = torch.cumsum(counts.sum(dim=0), 0) - counts.sum(dim=0)
-            in_bins = torch.stack([self.hist[c, int(lo_bin[c]):int(hi_bin[c]) + 1].sum() for c in range(groups)])
-            if not torch.equal(counts.sum(dim=0) + self.n_at_min, in_bins):
+            if not torch.equal(counts.sum(dim=0) + self.n_at_min, self._in_bins):
                 raise CalibrationError(
                     "forward_loop fed different values in the percentile passes (same count, other data: "
                     "random augmentation or sampling?); percentile calibration needs the same data in every "

@@ -177,9 +177,10 @@ def convert_resize(ctx: OpContext) -> Value:
         raise ctx.unsupported("axes / keep_aspect_ratio_policy")
     align: bool | None = None
     nearest_mode = ctx.attr("nearest_mode", "round_prefer_floor")
+    by_index = mode == "nearest" and (ctm, nearest_mode) != ("asymmetric", "floor")  # else F.interpolate's nearest
     if mode == "nearest":
-        if (ctm, nearest_mode) != ("asymmetric", "floor"):
-            return _nearest_by_index(ctx, x, shape, ctm, nearest_mode)
+        if by_index and (ctm not in _NEAREST_COORDINATES or nearest_mode not in _NEAREST_ROUNDING):
+            raise ctx.unsupported(f"nearest with {ctm} coordinates and {nearest_mode} rounding")
     elif ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
         align = ctm == "align_corners"
         if mode == "cubic" and abs(ctx.attr("cubic_coeff_a", -0.75) + 0.75) > 1e-6:
@@ -206,6 +207,8 @@ def convert_resize(ctx: OpContext) -> Value:
         out_spatial = [sympy.floor(d * sympy.Float(f)) if static(d) is None else int(math.floor(static(d) * f))
                        for d, f in zip(shape[2:], scales[2:])]
     out_shape = (*shape[:2], *(sympy.Integer(d) if isinstance(d, int) else d for d in out_spatial))
+    if by_index:
+        return _nearest_by_index(ctx, x, out_shape, kwargs.get("scale_factor"), ctm, nearest_mode)
     if mode != "nearest" and ctm == "pytorch_half_pixel":
         firsts = [i for i, d in enumerate(out_spatial) if static(d) == 1 and static(shape[2 + i]) != 1]
         if firsts:
@@ -227,30 +230,19 @@ _NEAREST_COORDINATES = ("half_pixel", "pytorch_half_pixel", "align_corners", "as
 _NEAREST_ROUNDING = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
-def _nearest_by_index(ctx: OpContext, x: Value, shape: tuple, ctm: str, nearest_mode: str) -> Value:
+def _nearest_by_index(ctx: OpContext, x: Value, out_shape: tuple, scale_factor: tuple | None, ctm: str,
+                      nearest_mode: str) -> Value:
     """Nearest-neighbour Resize with coordinates and rounding PyTorch's ``nearest`` does not use (the ONNX defaults
-    ``half_pixel`` + ``round_prefer_floor``, TF's modes): on static sizes each output position's source index is
-    computed here, in float32 as onnxruntime does, and picked with ``torch.index_select`` per spatial axis."""
-    if ctm not in _NEAREST_COORDINATES or nearest_mode not in _NEAREST_ROUNDING:
-        raise ctx.unsupported(f"nearest with {ctm} coordinates and {nearest_mode} rounding")
-    spatial = [static(d) for d in shape[2:]]
-    sizes = ctx.input(3)
-    if sizes is not None and (ctx.shape_or_none(sizes) or (1,))[0] != 0:
-        target = [static(d) for d in ctx.elems(3)]
-        if len(target) != len(shape) or target[1] != static(shape[1]) or (
-                target[0] != static(shape[0]) and not isinstance(sizes, Const)):
-            raise ctx.unsupported("resizing the batch or channel dims")
-        out_sizes = target[2:]
-        scales = [np.float32(o) / np.float32(i) if None not in (i, o) else None for i, o in zip(spatial, out_sizes)]
-    else:
-        given = [float(v) for v in ctx.const(2, "Resize scales").reshape(-1)]
-        if len(given) != len(shape) or given[:2] != [1.0, 1.0]:
-            raise ctx.unsupported(f"scales {given} (only the spatial dims may be resized)")
-        scales = [np.float32(f) for f in given[2:]]
-        out_sizes = [None if n is None else int(math.floor(n * f)) for n, f in zip(spatial, given[2:])]
+    ``half_pixel`` + ``round_prefer_floor``, TF's modes) to ``out_shape`` (``scale_factor``: the given scales, else
+    output / input sizes): on static sizes each output position's source index is computed here, in float32 as
+    onnxruntime does, and picked with ``torch.index_select`` per spatial axis."""
+    spatial = [static(d) for d in ctx.shape(x)[2:]]
+    out_sizes = [static(d) for d in out_shape[2:]]
     if None in spatial or None in out_sizes:
         raise ctx.unsupported(f"nearest with {ctm} coordinates and {nearest_mode} rounding on a dynamic size "
                               "(its source indices are computed from static sizes)")
+    scales = ([np.float32(f) for f in scale_factor] if scale_factor is not None
+              else [np.float32(o) / np.float32(i) for i, o in zip(spatial, out_sizes)])
     out = x
     for axis, (n_in, n_out, scale) in enumerate(zip(spatial, out_sizes, scales), start=2):
         if n_in == n_out and scale == 1:
@@ -263,7 +255,7 @@ def _nearest_by_index(ctx: OpContext, x: Value, shape: tuple, ctm: str, nearest_
         index = _nearest_source(n_in, n_out, scale, ctm, nearest_mode)
         out = ctx.call_function(torch.index_select, out, axis, Const(torch.from_numpy(index), (ctx.name, "Resize")))
     if isinstance(out, Tensor):
-        out.shape = (*shape[:2], *(sympy.Integer(n) for n in out_sizes))
+        out.shape = out_shape
     return out
 
 

@@ -2,6 +2,7 @@
 takes .onnx files and reads the data set from the zoo's metadata."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from nets import SpellingsNet
@@ -106,27 +107,64 @@ def test_onnx_input_shape_mismatch_is_one_line(tmp_path):
     assert len(lines) == 1 and "expects input ['N', 3, 32, 32]" in lines[0]
 
 
-def test_tf_same_average_pooling_converts(tmp_path):
-    """TF's "SAME" average pooling (asymmetric pads, padding not counted: a per-window constant rescales the
-    zero-padded average) stays a linear op the SNN passes its decoded values through: the converted network
-    converges to the imported ANN."""
-    import numpy as np
+def _converges(tmp_path, text: str, **inits):
+    """Import the ONNX graph ``text`` (a 1 x 9 x 9 input), convert it with differential coding and check that the
+    SNN's output converges to the imported ANN's as steps accumulate; the conversion result."""
     import onnx
     from test_onnx_import import textual
 
     from snnconvert.convert import load_onnx
 
-    rng = np.random.default_rng(0)
-    text = ('g (float[N,1,9,9] x) => (float y) { c = Conv <pads=[1,1,1,1]> (x, w, b) r = Relu(c) p = AveragePool'
-            ' <kernel_shape=[3,3], strides=[2,2], auto_pad="SAME_UPPER"> (r) f = Flatten(p) y = Gemm(f, w2, b2) }')
-    model = textual(text, 17, w=rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
-                    b=rng.standard_normal(4).astype(np.float32),
-                    w2=rng.standard_normal((100, 3)).astype(np.float32), b2=np.zeros(3, np.float32))
-    path = tmp_path / "same_pool.onnx"
-    onnx.save(model, path)
+    path = tmp_path / "model.onnx"
+    onnx.save(textual(text, 17, **inits), path)
     x = torch.rand(16, 1, 9, 9)
     result = convert(str(path), forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=32))
     with torch.no_grad():
         ann, snn = load_onnx(path)(x), result.snn(x, 32)
     error = [float((s - ann).abs().max() / ann.abs().max()) for s in snn]
-    assert error[-1] < 0.01 and error[-1] < error[3]  # converges to the ANN as steps accumulate
+    assert error[-1] < 0.01 and error[-1] < error[3]
+    return result
+
+
+@pytest.mark.parametrize("layer", [
+    'AveragePool <kernel_shape=[3,3], strides=[2,2], auto_pad="SAME_UPPER"> (r)',
+    'Resize <mode="cubic", cubic_coeff_a=-0.5, exclude_outside=1> (r, roi, sc)',  # TF's bicubic, 9 -> 5
+])
+def test_tf_forms_convert(tmp_path, layer):
+    """TF's "SAME" average pooling (asymmetric pads, padding not counted: a per-window constant rescales the
+    zero-padded average) and TF's bicubic resize (weighted source taps per axis) stay linear ops the SNN passes its
+    decoded values through: the converted network converges to the imported ANN."""
+    rng = np.random.default_rng(0)
+    text = ('g (float[N,1,9,9] x) => (float y) { c = Conv <pads=[1,1,1,1]> (x, w, b) r = Relu(c) p = '
+            f'{layer} f = Flatten(p) y = Gemm(f, w2, b2) }}')
+    _converges(tmp_path, text, roi=np.zeros(0, np.float32), sc=np.array([1, 1, 0.6, 0.6], np.float32),
+               w=rng.standard_normal((4, 1, 3, 3)).astype(np.float32), b=rng.standard_normal(4).astype(np.float32),
+               w2=rng.standard_normal((100, 3)).astype(np.float32), b2=np.zeros(3, np.float32))
+
+
+def test_keras_same_padding_on_run_time_sizes_converts(tmp_path):
+    """A Keras model without fixed input sizes as tf2onnx writes it (``auto_pad=SAME_UPPER`` with stride 2 on
+    dynamic H, W): the pads computed at run time from the input's size; the SNN converges to the imported ANN."""
+    rng = np.random.default_rng(0)
+    text = ('g (float[N,1,H,W] x) => (float y) { c = Conv <kernel_shape=[3,3], strides=[2,2], auto_pad="SAME_UPPER">'
+            ' (x, w, b) r = Relu(c) p = MaxPool <kernel_shape=[2,2], strides=[2,2], auto_pad="SAME_UPPER"> (r)'
+            ' f = Flatten(p) y = Gemm(f, w2, b2) }')
+    _converges(tmp_path, text, w=rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+               b=rng.standard_normal(4).astype(np.float32), w2=rng.standard_normal((36, 3)).astype(np.float32),
+               b2=np.zeros(3, np.float32))
+
+
+def test_keras_prelu_on_a_channels_last_tensor_converts(tmp_path):
+    """Keras' PReLU as tf2onnx writes it (a slope per channel of the last dim of an NHWC tensor, not torch's
+    per-channel form): a selection with a constant slope, one graded unit after conversion."""
+    from snnconvert.convert.passes.piecewise import PiecewiseFunction
+
+    rng = np.random.default_rng(0)
+    text = ('g (float[N,1,9,9] x) => (float y) { c = Conv <pads=[1,1,1,1]> (x, w, b) t = Transpose <perm=[0,2,3,1]>'
+            ' (c) p = PRelu(t, sl) f = Flatten(p) y = Gemm(f, w2, b2) }')
+    result = _converges(tmp_path, text, sl=np.array([[[0.1, 0.25, -0.5, 2.0]]], np.float32),
+                        w=rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+                        b=rng.standard_normal(4).astype(np.float32),
+                        w2=rng.standard_normal((324, 3)).astype(np.float32), b2=np.zeros(3, np.float32))
+    units = [m for m in result.snn.modules() if isinstance(m, PiecewiseFunction)]
+    assert len(units) == 1

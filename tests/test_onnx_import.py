@@ -139,6 +139,16 @@ OP_CASES = {
         "g (float[N,1,2,3,3] x) => (float y) {"
         " y = AveragePool <kernel_shape=[3,1,1], pads=[1,0,0,1,0,0], count_include_pad=1> (x) }",
         {}, rand(2, 1, 2, 3, 3), 13, nn.AvgPool3d),
+    # found by fuzzing: ... and after padding, where a ceil-mode window overhangs the input (zero-filled, not counted)
+    "avgpool3d_ceil_window_over_a_short_input": (
+        "g (float[N,2,2,5,5] x) => (float y) {"
+        " y = AveragePool <kernel_shape=[3,3,3], strides=[2,2,2], ceil_mode=1> (x) }",
+        {}, rand(2, 2, 2, 5, 5), 13, nn.AvgPool3d),
+    "avgpool3d_ceil_window_over_a_short_input_pads_counted": (
+        "g (float[N,2,1,5,4] x) => (float y) {"
+        " y = AveragePool <kernel_shape=[3,3,3], strides=[2,2,2], pads=[1,0,1,0,0,1], ceil_mode=1,"
+        " count_include_pad=1> (x) }",
+        {}, rand(2, 2, 1, 5, 4), 13, nn.AvgPool3d),
     # TF's "SAME" average pooling as tf2onnx writes it (asymmetric pads, padding not counted): found by fuzzing
     "avgpool_same_upper_exclude_pad": (
         'g (float[N,4,8,8] x) => (float y) { y = AveragePool <kernel_shape=[3,3], strides=[2,2], auto_pad="SAME_UPPER">'
@@ -355,6 +365,26 @@ OP_CASES = {
         'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="cubic", coordinate_transformation_mode="half_pixel",'
         ' cubic_coeff_a=-0.75> (x, roi, scales) }',
         {"roi": np.zeros(0, np.float32), "scales": np.array([1, 1, 2, 2], np.float32)}, X4, 13, None),
+    # linear and cubic forms F.interpolate has no mode for: per-axis taps with the spec's weights
+    "resize_bilinear_asymmetric": (  # TF 1's resize_bilinear (half_pixel_centers=False) as tf2onnx writes it
+        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="linear", coordinate_transformation_mode="asymmetric">'
+        ' (x, roi, sc) }', {"roi": np.zeros(0, np.float32), "sc": np.array([1, 1, 2, 0.5], np.float32)}, X4, 13, None),
+    "resize_bicubic_tf_half_pixel_exclude_outside": (  # TF 2's bicubic resize: a = -0.5, taps outside dropped
+        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="cubic", cubic_coeff_a=-0.5, exclude_outside=1>'
+        ' (x, roi, sc) }', {"roi": np.zeros(0, np.float32), "sc": np.array([1, 1, 1.5, 2.5], np.float32)}, X4, 13,
+        None),
+    "resize_bicubic_asymmetric_sizes": (
+        'g (float[2,4,9,9] x) => (float y) { y = Resize <mode="cubic", coordinate_transformation_mode="asymmetric">'
+        ' (x, , , sz) }', {"sz": np.array([2, 4, 20, 13], np.int64)}, X4, 13, None),
+    "resize_linear_half_pixel_symmetric": (  # 9 * 0.75 = 6.75 -> 6: the output canvas is centred on the input
+        'g (float[N,4,9,9] x) => (float y) { y = Resize <mode="linear", coordinate_transformation_mode='
+        '"half_pixel_symmetric"> (x, roi, sc) }',
+        {"roi": np.zeros(0, np.float32), "sc": np.array([1, 1, 0.75, 1.7], np.float32)}, X4, 19, None),
+    "resize_trilinear_asymmetric_and_one_dim_kept": (
+        'g (float[N,3,4,5,6] x) => (float y) { y = Resize <mode="linear", coordinate_transformation_mode='
+        '"asymmetric"> (x, roi, sc) }',
+        {"roi": np.zeros(0, np.float32), "sc": np.array([1, 1, 2, 1, 0.5], np.float32)}, rand(2, 3, 4, 5, 6), 13,
+        None),
     "resize_to_the_size_of_the_input_shape": (  # F.interpolate(y, size=x.shape[-2:]): sizes from Shape, batch dynamic
         'g (float[N,4,9,9] x) => (float y) { p = MaxPool <kernel_shape=[3,3], strides=[3,3]> (x) s = Shape(x)'
         ' y = Resize <mode="linear", coordinate_transformation_mode="pytorch_half_pixel"> (p, , , s) }',
@@ -599,6 +629,16 @@ def test_unsupported_attribute_is_collected_with_unknown_ops() -> None:
     assert "dilations" in str(info.value)
 
 
+@pytest.mark.parametrize("pool", ["AveragePool <kernel_shape=[4,2], strides=[2,2], pads=[1,0,1,0]",
+                                  "MaxPool <kernel_shape=[2,2], strides=[1,3], pads=[0,0,0,0], ceil_mode=1"])
+def test_pooling_windows_past_a_static_input_are_listed(pool: str) -> None:
+    """Found by fuzzing: a kernel longer than the padded input gives no output position by the spec (onnxruntime
+    and shape inference truncate the negative quotient and compute one): refused at import, not a run-time error."""
+    model = textual(f"g (float[N,2,1,1] x) => (float y) {{ y = {pool}> (x) }}", 17)
+    with pytest.raises(UnsupportedOpError, match="no output position"):
+        load_onnx(model)
+
+
 def test_nearest_resize_by_a_fraction_outside_torchs_mode_is_listed() -> None:
     """The ONNX default nearest (half_pixel + round_prefer_floor) by a factor of 1.5: source positions fall near
     rounding ties where onnxruntime's arithmetic and the spec's differ; refused, not guessed."""
@@ -608,21 +648,44 @@ def test_nearest_resize_by_a_fraction_outside_torchs_mode_is_listed() -> None:
         load_onnx(model)
 
 
-@pytest.mark.parametrize("attrs, reason", [
-    ('mode="nearest", coordinate_transformation_mode="half_pixel_symmetric"', "nearest with half_pixel_symmetric"),
-    ('mode="linear", antialias=1', "antialias=1"),
-    ('mode="linear", coordinate_transformation_mode="tf_crop_and_resize"', "coordinate_transformation_mode"),
-    ('mode="cubic", cubic_coeff_a=-0.5', "cubic_coeff_a=-0.5"),
+@pytest.mark.parametrize("attrs, scales, reason", [
+    ('mode="linear", antialias=1', [1, 1, 0.5, 0.5], "antialias=1"),
+    ('mode="linear", coordinate_transformation_mode="tf_crop_and_resize"', [1, 1, 2, 2],
+     "coordinate_transformation_mode"),
+    ('mode="linear", coordinate_transformation_mode="asymmetric"', [1, 1, 0.1, 2], "an output size of 0"),
+    ('mode="linear"', [1, 1, 2, 0.1], "an output size of 0"),  # F.interpolate: a run-time error, not an import one
 ])
-def test_resize_modes_pytorch_cannot_express_are_listed(attrs: str, reason: str) -> None:
+def test_resize_forms_it_cannot_express_are_listed(attrs: str, scales: list, reason: str) -> None:
     text = f"g (float[N,4,9,9] x) => (float y) {{ y = Resize <{attrs}> (x, roi, scales) }}"
-    model = textual(text, 18, roi=np.zeros(0, np.float32), scales=np.array([1, 1, 2, 2], np.float32))
+    model = textual(text, 18, roi=np.zeros(0, np.float32), scales=np.array(scales, np.float32))
     with pytest.raises(UnsupportedOpError, match=reason):
         load_onnx(model)
     channel = textual('g (float[N,4,9,9] x) => (float y) { y = Resize <mode="linear"> (x, roi, scales) }', 18,
                       roi=np.zeros(0, np.float32), scales=np.array([1, 2, 2, 2], np.float32))
     with pytest.raises(UnsupportedOpError, match="only the spatial dims"):
         load_onnx(channel)
+
+
+def test_instance_norm_over_run_time_sizes_takes_a_single_element() -> None:
+    """Found by fuzzing: with spatial sizes known only at run time, F.instance_norm refused an input of one element
+    (onnxruntime: the bias); both forms the exporters write run at 1 x 1 and at other sizes."""
+    model = textual("g (float[N,3,H,W] x) => (float y) { y = InstanceNormalization <epsilon=1e-3> (x, s, b) }", 17,
+                    s=rand(3), b=rand(3, seed=1))
+    assert_matches_ort(model, rand(2, 3, 1, 1), rand(2, 3, 5, 7), rand(1, 3, 1, 4))
+    group = textual("g (float[N,4,H,W] x) => (float y) { r = Reshape(x, g2) n = InstanceNormalization (r, ones, zeros)"
+                    " s = Shape(x) y = Reshape(n, s) }", 17, g2=np.array([0, 4, -1], np.int64),
+                    ones=np.ones(4, np.float32), zeros=np.zeros(4, np.float32))
+    assert_matches_ort(group, rand(2, 4, 1, 1), rand(2, 4, 3, 2))
+
+
+def test_resize_by_taps_on_a_dynamic_size_is_listed() -> None:
+    """Source positions and weights are computed from static sizes: a spatial size known only at run time is
+    refused at import (not a run-time error), with the mode named."""
+    model = textual('g (float[N,4,H,W] x) => (float y) { y = Resize <mode="linear", coordinate_transformation_mode='
+                    '"asymmetric"> (x, roi, scales) }', 18, roi=np.zeros(0, np.float32),
+                    scales=np.array([1, 1, 2, 2], np.float32))
+    with pytest.raises(UnsupportedOpError, match="linear with asymmetric coordinates on a dynamic size"):
+        load_onnx(model)
 
 
 @pytest.mark.parametrize("text, reason", [

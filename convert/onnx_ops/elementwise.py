@@ -56,19 +56,29 @@ def convert_leaky_relu(ctx: OpContext) -> Value:
 @register("PRelu", since=9)
 def convert_prelu(ctx: OpContext) -> Value:
     """PRelu -> ``nn.PReLU`` with one slope, or one per channel (dim 1; torch's exporters write ``nn.PReLU(C)`` as
-    a ``[C, 1, 1]`` slope)."""
+    a ``[C, 1, 1]`` slope). Other slopes that broadcast (Keras' PReLU on an NHWC tensor: one per channel of the last
+    dim, or one per element; a slope of higher rank than the input, which onnxruntime broadcasts) ->
+    ``torch.where(x < 0, x * slope, x)``, one graded unit after the piecewise pass."""
     x, slope = ctx.input(0), ctx.const(1, "the PRelu slope")
     shape = ctx.shape_or_none(x)
-    if slope.numel() == 1:
+    rank = len(shape) if shape is not None else 0
+    padded = [1] * (rank - slope.dim()) + list(slope.shape)
+    channels = static(shape[1]) if rank >= 2 else None
+    if slope.numel() == 1 and slope.dim() <= rank:
         module = nn.PReLU(1)
-    else:
-        rank = len(shape) if shape is not None else 0
-        padded = [1] * (rank - slope.dim()) + list(slope.shape)
-        channels = static(shape[1]) if rank >= 2 else None
-        if rank < 2 or len(padded) != rank or padded[1] != channels \
-                or any(d != 1 for i, d in enumerate(padded) if i != 1):
-            raise ctx.unsupported(f"a slope of shape {list(slope.shape)} (one slope, or one per channel of dim 1)")
+    elif rank >= 2 and len(padded) == rank and padded[1] == channels \
+            and all(d == 1 for i, d in enumerate(padded) if i != 1):
         module = nn.PReLU(channels)
+    else:
+        if shape is None or len(padded) < rank or any(
+                p != 1 and static(d) is not None and p != static(d) for p, d in zip(padded[-rank:], shape)):
+            raise ctx.unsupported(f"a slope of shape {list(slope.shape)} that does not broadcast to the input's")
+        scaled = ctx.call_function(operator.mul, x, Const(slope.float(), (ctx.name, "PRelu")))
+        negative = ctx.call_function(operator.lt, x, 0.0)
+        out = ctx.call_function(torch.where, negative, scaled, x, scalars=False)
+        if isinstance(out, Tensor):
+            out.shape = (*(sympy.Integer(d) for d in padded[:len(padded) - rank]), *shape)
+        return out
     with torch.no_grad():
         module.weight.copy_(slope.reshape(-1).float())
     return _activation(ctx, module)

@@ -1,6 +1,7 @@
 """ONNX converters of layers with weights (convolutions, Gemm / MatMul, normalisations) and of pooling."""
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -69,13 +70,41 @@ def _resolve_pads(
         else:
             n = static(spatial[i]) if spatial is not None and i < len(spatial) else None
             if n is None:
-                raise ctx.fail("auto_pad SAME with stride > 1 needs static spatial input sizes")
+                raise ctx.unsupported("auto_pad SAME with a stride > 1 on a dynamic spatial size (pads computed at "
+                                      "run time: Conv, MaxPool and an AveragePool counting pads)")
             out = -(-n // strides[i])
             total = max((out - 1) * strides[i] + eff - n, 0)
         small, big = total // 2, total - total // 2
         begin.append(small if auto_pad == "SAME_UPPER" else big)
         end.append(big if auto_pad == "SAME_UPPER" else small)
     return begin, end
+
+
+def _same_at_run_time(ctx: OpContext, x: Value, nd: int, kernel: list, strides: list, dilations: list,
+                      value: float = 0.0) -> tuple[Value, list] | None:
+    """``auto_pad=SAME_*`` with a stride > 1 along a spatial size known only at run time (tf2onnx's form for a Keras
+    model without fixed input sizes): the pads depend on the size modulo the stride, ``total = max((ceil(n / s) - 1)
+    * s + k_eff - n, 0)`` (the odd one at the end for SAME_UPPER, at the beginning for SAME_LOWER), so the input is
+    padded by ``F.pad`` with amounts computed at run time and the window then runs unpadded. Returns the padded input
+    and the output sizes, ``ceil(n / s)``; ``None`` where the pads are static (:func:`_resolve_pads`)."""
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    spatial = _spatial(ctx, x, nd)
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER") or spatial is None or all(
+            static(n) is not None or s == 1 for n, s in zip(spatial, strides)):
+        return None
+    begin, end, sizes = [], [], []
+    for n, k, s, d in zip(spatial, kernel, strides, dilations):
+        out = sympy.floor((n + s - 1) / s)
+        total = sympy.Max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+        small = sympy.floor(total / 2)
+        begin.append(small if auto_pad == "SAME_UPPER" else total - small)
+        end.append(total - small if auto_pad == "SAME_UPPER" else small)
+        sizes.append(out)
+    amounts = [a for b, e in zip(reversed(begin), reversed(end)) for a in (b, e)]
+    padded = ctx.call_function(F.pad, x, ctx.dims_arg(amounts), value=value)
+    if isinstance(padded, Tensor):
+        padded.shape = (*ctx.shape(x)[:2], *(n + b + e for n, b, e in zip(spatial, begin, end)))
+    return padded, sizes
 
 
 def _spatial(ctx: OpContext, x: Value, nd: int) -> tuple | None:
@@ -106,7 +135,14 @@ def convert_conv(ctx: OpContext) -> Value:
     dilations = list(ctx.attr("dilations", [1] * nd))
     group = ctx.attr("group", 1)
     spatial = _spatial(ctx, x, nd)
-    begin, end = _resolve_pads(ctx, spatial, kernel, strides, dilations)
+    same = _same_at_run_time(ctx, x, nd, kernel, strides, dilations)
+    if same is not None:
+        x, out_sizes = same
+        begin = end = [0] * nd
+    else:
+        begin, end = _resolve_pads(ctx, spatial, kernel, strides, dilations)
+        out_sizes = [_window_out(spatial[i], kernel[i], strides[i], dilations[i], begin[i] + end[i], False, begin[i])
+                     if spatial else None for i in range(nd)]
     padding: Any = tuple(begin)
     if begin != end:
         x = ctx.call_function(F.pad, x, _torch_pads(begin, end))
@@ -133,9 +169,7 @@ def convert_conv(ctx: OpContext) -> Value:
         out = ctx.call_module(module, x, name=ctx.param_name(1, 2))
     if isinstance(out, Tensor):
         batch = ctx.shape_or_none(ctx.input(0))
-        dims = [_window_out(spatial[i], kernel[i], strides[i], dilations[i], begin[i] + end[i], False, begin[i])
-                if spatial else None for i in range(nd)]
-        out.shape = (batch[0] if batch else None, w_shape[0], *dims)
+        out.shape = (batch[0] if batch else None, w_shape[0], *out_sizes)
     return out
 
 
@@ -395,7 +429,9 @@ def convert_instance_norm(ctx: OpContext) -> Value:
 
     Over a single spatial element (``[N, C, 1, 1]`` after a global pool, or one element per group) every value is its
     mean, so the result is the bias; ``F.instance_norm`` refuses such an input at run time: ``x * 0 + bias`` instead
-    (affine in x, so the batch and NaNs carry through as in onnxruntime)."""
+    (affine in x, so the batch and NaNs carry through as in onnxruntime). Where a spatial size is known only at run
+    time (it may be 1 then): ``F.group_norm`` with one group per channel, the same normalisation, which takes a
+    single element."""
     x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
     if not isinstance(scale, Const) or not isinstance(bias, Const):
         raise ctx.fail("InstanceNormalization scale and bias must be constants")
@@ -405,10 +441,12 @@ def convert_instance_norm(ctx: OpContext) -> Value:
         zero = ctx.call_function(operator.mul, x, 0.0)
         return _same_shape(ctx, ctx.call_function(operator.add, zero, Const(per_channel, bias.source)), x)
     plain = bool((scale.tensor == 1).all()) and not bool(bias.tensor.any())
-    kwargs = {"eps": float(ctx.attr("epsilon", 1e-5))}
-    if not plain:
-        kwargs.update(weight=scale, bias=bias)
-    return _same_shape(ctx, ctx.call_function(F.instance_norm, x, scalars=False, **kwargs), x)
+    eps = float(ctx.attr("epsilon", 1e-5))
+    affine = {} if plain else {"weight": scale, "bias": bias}
+    channels = static(shape[1]) if shape is not None and len(shape) >= 3 else None
+    if channels is not None and any(static(d) is None for d in shape[2:]):
+        return _same_shape(ctx, ctx.call_function(F.group_norm, x, channels, scalars=False, eps=eps, **affine), x)
+    return _same_shape(ctx, ctx.call_function(F.instance_norm, x, scalars=False, eps=eps, **affine), x)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -427,6 +465,41 @@ def _pool_attrs(ctx: OpContext, table: dict, what: str) -> tuple[list, int, list
         raise ctx.unsupported(f"{nd}-d {what} pooling")
     return (kernel, nd, list(ctx.attr("strides", [1] * nd)), list(ctx.attr("dilations", [1] * nd)),
             bool(ctx.attr("ceil_mode", 0)))
+
+
+def _pool_same_at_run_time(ctx: OpContext, x: Value, module: nn.Module, value: float = 0.0) -> Value | None:
+    """A pooling ``module`` (unpadded) over ``x`` padded for ``auto_pad=SAME_*`` at run time
+    (:func:`_same_at_run_time`); ``None`` where the pads are static."""
+    nd = len(module.kernel_size) if isinstance(module.kernel_size, tuple) else 1
+    same = _same_at_run_time(ctx, x, nd, list(module.kernel_size), list(module.stride),
+                             list(getattr(module, "dilation", (1,) * nd)), value)
+    if same is None:
+        return None
+    if ctx.attr("ceil_mode", 0):
+        raise ctx.unsupported("auto_pad SAME with ceil_mode=1 on a dynamic spatial size")
+    padded, sizes = same
+    out = ctx.call_module(module, padded)
+    if isinstance(out, Tensor):
+        out.shape = (*ctx.shape(x)[:2], *sizes)
+    return out
+
+
+def _pool_pads(ctx: OpContext, spatial: tuple | None, kernel: list, strides: list, dilations: list,
+               ceil_mode: bool) -> tuple[list[int], list[int]]:
+    """A pooling node's (begin, end) pads; a static size whose windows all lie past the padded input (the spec's
+    output length is 0, onnxruntime's and shape inference's 1: they truncate the negative quotient) is refused."""
+    begin, end = _resolve_pads(ctx, spatial, kernel, strides, dilations)
+    for i, n in enumerate(spatial or ()):
+        if static(n) is None:
+            continue
+        span, eff = static(n) + begin[i] + end[i], (kernel[i] - 1) * dilations[i] + 1
+        quotient = (span - eff) / strides[i]
+        if (math.ceil(quotient) if ceil_mode else math.floor(quotient)) + 1 < 1:
+            raise ctx.unsupported(f"a window of {eff} longer than the padded input ({static(n)} + {begin[i] + end[i]}"
+                                  f" pads) along spatial dim {i}: no output position (onnxruntime computes one)")
+    return begin, end
+
+
 _ADAPTIVE_AVG = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
 _ADAPTIVE_MAX = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}
 
@@ -445,7 +518,7 @@ def _pool_out_shape(ctx, x, out, kernel, strides, dilations, begin, end, ceil_mo
 
 
 def _drop_padding_windows(ctx: OpContext, out: Value, spatial: tuple | None, kernel: list, strides: list,
-                          dilations: list, begin: list, end: list) -> Value:
+                          dilations: list, begin: list, end: list, fill: list | None = None) -> Value:
     """Cut off the last window where it starts in the end padding (ceil mode with explicit pads).
 
     ONNX, like torch with implicit pads, drops a ceil-mode window that would start in the end padding; on an
@@ -453,18 +526,21 @@ def _drop_padding_windows(ctx: OpContext, out: Value, spatial: tuple | None, ker
     """
     if spatial is None or any(static(n) is None for n in spatial):
         raise ctx.unsupported("ceil_mode=1 with asymmetric or oversized pads on a dynamic spatial size")
-    index = _kept_windows(spatial, kernel, strides, dilations, begin, end)
+    index = _kept_windows(spatial, kernel, strides, dilations, begin, end, fill)
     if all(item == slice(None) for item in index):
         return out
     return ctx.call_function(operator.getitem, out, index)
 
 
-def _kept_windows(spatial: tuple, kernel: list, strides: list, dilations: list, begin: list, end: list) -> tuple:
-    """The index keeping ONNX's ceil-mode windows of a pooling over an explicitly padded input (static sizes)."""
+def _kept_windows(spatial: tuple, kernel: list, strides: list, dilations: list, begin: list, end: list,
+                  fill: list | None = None) -> tuple:
+    """The index keeping ONNX's ceil-mode windows of a pooling over an input explicitly padded by ``begin`` and
+    ``end`` and then zero-filled by ``fill`` at the end (static sizes)."""
     index: list[Any] = [slice(None), slice(None)]
     for i, n in enumerate(static(n) for n in spatial):
         want = _window_out(n, kernel[i], strides[i], dilations[i], begin[i] + end[i], True, begin[i])
-        got = _window_out(n + begin[i] + end[i], kernel[i], strides[i], dilations[i], 0, True, 0)
+        got = _window_out(n + begin[i] + end[i] + (fill[i] if fill else 0), kernel[i], strides[i], dilations[i], 0,
+                          True, 0)
         index.append(slice(None) if got == want else slice(0, int(want)))
     return tuple(index)
 
@@ -482,7 +558,11 @@ def convert_max_pool(ctx: OpContext) -> Value:
         raise ctx.unsupported("storage_order=1")
     x = ctx.input(0)
     kernel, nd, strides, dilations, ceil_mode = _pool_attrs(ctx, _MAX_POOL, "max")
-    begin, end = _resolve_pads(ctx, _spatial(ctx, x, nd), kernel, strides, dilations)
+    module = _MAX_POOL[nd](tuple(kernel), stride=tuple(strides), padding=0, dilation=tuple(dilations))
+    same = _pool_same_at_run_time(ctx, x, module, float("-inf"))
+    if same is not None:
+        return same
+    begin, end = _pool_pads(ctx, _spatial(ctx, x, nd), kernel, strides, dilations, ceil_mode)
     shape_begin, shape_end = begin, end
     padding: Any = tuple(begin)
     too_wide = any(p > k // 2 for p, k in zip(begin, kernel))  # torch's limit: half the undilated kernel
@@ -503,41 +583,51 @@ def convert_average_pool(ctx: OpContext) -> Value:
     """AveragePool -> ``nn.AvgPool1d/2d/3d`` with ``count_include_pad`` and ``ceil_mode``.
 
     Asymmetric or oversized pads become an explicit zero ``F.pad``; with ``count_include_pad=0`` (static spatial
-    sizes) the result is then rescaled per window by a constant. Dilations are unsupported.
+    sizes) the result is then rescaled per window by a constant. A 3-d input (padded) shorter than the kernel, whose
+    ceil-mode window overhangs it (torch's 3-d pool refuses it), is zero-filled to the kernel's length and rescaled the
+    same way, the fill not counted. Dilations are unsupported.
     """
     x = ctx.input(0)
     kernel, nd, strides, dilations, ceil_mode = _pool_attrs(ctx, _AVG_POOL, "average")
     if any(d != 1 for d in dilations):
         raise ctx.unsupported(f"dilations={dilations}")
     count_include_pad = bool(ctx.attr("count_include_pad", 0))
+    if count_include_pad:  # (not counting pads whose amounts are known only at run time: refused below)
+        same = _pool_same_at_run_time(ctx, x, _AVG_POOL[nd](tuple(kernel), stride=tuple(strides), padding=0))
+        if same is not None:
+            return same
     spatial = _spatial(ctx, x, nd)
-    begin, end = _resolve_pads(ctx, spatial, kernel, strides, dilations)
+    begin, end = _pool_pads(ctx, spatial, kernel, strides, dilations, ceil_mode)
     padding: Any = tuple(begin)
     too_wide = any(p > k // 2 for p, k in zip(begin, kernel))
     # torch's 3-d average pool refuses an input smaller than the kernel before padding it (1-d and 2-d do not)
     short = nd == 3 and any(begin) and spatial is not None and any(
         static(n) is not None and static(n) < k for n, k in zip(spatial, kernel))
-    explicit = begin != end or too_wide or short
-    exclude = explicit and not count_include_pad and any(begin + end)
+    # ... and after: a ceil-mode window overhanging a (padded) input shorter than the kernel gets a zero fill
+    fill = [max(0, k - (static(n) + b + e)) if nd == 3 and ceil_mode and static(n) is not None else 0
+            for n, k, b, e in zip(spatial or [None] * nd, kernel, begin, end)]
+    explicit = begin != end or too_wide or short or any(fill)
+    exclude = explicit and ((not count_include_pad and any(begin + end)) or any(fill))
     if exclude and (spatial is None or not all_static(spatial)):
         raise ctx.unsupported("asymmetric or oversized pads with count_include_pad=0 on a dynamic spatial size")
     if explicit:
-        x = ctx.call_function(F.pad, x, _torch_pads(begin, end))
+        x = ctx.call_function(F.pad, x, _torch_pads(begin, [e + f for e, f in zip(end, fill)]))
         padding = 0
     module = _AVG_POOL[nd](tuple(kernel), stride=tuple(strides), padding=padding, ceil_mode=ceil_mode,
                            count_include_pad=count_include_pad)
     out = ctx.call_module(module, x)
     if explicit and ceil_mode:
-        out = _drop_padding_windows(ctx, out, spatial, kernel, strides, dilations, begin, end)
+        out = _drop_padding_windows(ctx, out, spatial, kernel, strides, dilations, begin, end, fill)
     if exclude:
-        # the windows' averages over the zero-padded input, rescaled by kernel / (input elements in the window): the
-        # same pooling of a ones map gives that fraction for every window (a constant of the static sizes; TF's
-        # "SAME" average pooling as tf2onnx writes it)
+        # the windows' averages over the zero-padded input, rescaled by (torch's count) / (ONNX's count): the same
+        # pooling of a map that is 1 where ONNX counts (the input; the pads with count_include_pad) gives that
+        # fraction for every window (a constant of the static sizes; TF's "SAME" average pooling as tf2onnx writes it)
         with torch.no_grad():
-            ones = F.pad(torch.ones(1, 1, *[static(n) for n in spatial]), _torch_pads(begin, end))
-            share = module(ones)
+            counted = F.pad(torch.ones(1, 1, *[static(n) for n in spatial]), _torch_pads(begin, end),
+                            value=float(count_include_pad))
+            share = module(F.pad(counted, _torch_pads([0] * nd, fill)))
             if ceil_mode:
-                share = share[_kept_windows(spatial, kernel, strides, dilations, begin, end)]
+                share = share[_kept_windows(spatial, kernel, strides, dilations, begin, end, fill)]
         out = ctx.call_function(operator.mul, out, Const(1.0 / share, (ctx.name, "AveragePool")))
     return _pool_out_shape(ctx, ctx.input(0), out, kernel, strides, dilations, begin, end, ceil_mode)
 

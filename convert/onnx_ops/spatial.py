@@ -142,23 +142,32 @@ def convert_pad(ctx: OpContext) -> Value:
 _RESIZE_MODES = {("nearest", 1): "nearest", ("nearest", 2): "nearest", ("nearest", 3): "nearest",
                  ("linear", 1): "linear", ("linear", 2): "bilinear", ("linear", 3): "trilinear",
                  ("cubic", 2): "bicubic"}
+#: Coordinate transformations of the spec computed here (source positions from static sizes); ``tf_crop_and_resize``
+#: (a region of interest and an extrapolation value) is not.
+_COORDINATES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
+                "half_pixel_symmetric")
+_NEAREST_ROUNDING = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
 @register("Resize", since=13)
 def convert_resize(ctx: OpContext) -> Value:
-    """Resize of the spatial dims -> ``F.interpolate`` (every mode of it is linear in the input), for the
-    combinations torch's exporters write:
+    """Resize of the spatial dims, linear in the input whatever the mode:
 
-    - ``nearest`` with ``asymmetric`` coordinates and ``floor`` rounding: ``mode="nearest"``; other coordinates
-      and roundings (the ONNX defaults, TF's ``tf_half_pixel_for_nn``) on static sizes and whole-number factors:
-      source indices picked per axis (:func:`_nearest_by_index`);
+    - ``nearest`` with ``asymmetric`` coordinates and ``floor`` rounding: ``F.interpolate(mode="nearest")``; other
+      coordinates and roundings (the ONNX defaults, TF's ``tf_half_pixel_for_nn``) on static sizes and whole-number
+      factors: source indices picked per axis (:func:`_resize_by_taps`);
     - ``linear`` (1-3 d) and ``cubic`` (2-d, ``cubic_coeff_a = -0.75``) with ``half_pixel`` /
-      ``pytorch_half_pixel`` coordinates: ``align_corners=False``; with ``align_corners``: ``align_corners=True``.
+      ``pytorch_half_pixel`` coordinates: ``F.interpolate(align_corners=False)``; with ``align_corners``:
+      ``align_corners=True``;
+    - other ``linear`` and ``cubic`` forms on static sizes (``asymmetric`` coordinates as TF 1's bilinear resize
+      writes them, ``half_pixel_symmetric``, TF's bicubic ``cubic_coeff_a = -0.5``, ``exclude_outside``, inputs of
+      any rank): per axis, each output position as the weighted sum of its 2 (linear) or 4 (cubic) source positions
+      with the spec's weights, the positions clamped to the edge (:func:`_resize_by_taps`).
 
     Output sizes come from ``sizes`` (static, or computed from shapes: ``F.interpolate(x, size=y.shape[2:])``; a
     static-batch export's ``sizes`` lead with the batch size, which then follows the input's) or from constant
-    ``scales`` (``scale_factor``: PyTorch maps coordinates with 1/scale, as ONNX does). Other modes, antialiasing,
-    ``exclude_outside``, ``axes`` and resizing of the batch or channel dims are unsupported.
+    ``scales`` (``scale_factor``: PyTorch maps coordinates with 1/scale, as ONNX does). Antialiasing, ``axes``,
+    ``tf_crop_and_resize`` and resizing of the batch or channel dims are unsupported.
 
     ``pytorch_half_pixel`` maps an output axis of length 1 to input coordinate 0 where PyTorch (and ``half_pixel``)
     take the window's centre: such an axis (of a static output length) is narrowed to its first element and kept
@@ -168,29 +177,25 @@ def convert_resize(ctx: OpContext) -> Value:
     shape = ctx.shape(x)
     nd = len(shape) - 2
     mode, ctm = ctx.attr("mode", "nearest"), ctx.attr("coordinate_transformation_mode", "half_pixel")
-    if (mode, nd) not in _RESIZE_MODES:
+    if mode not in ("nearest", "linear", "cubic") or nd < 1:
         raise ctx.unsupported(f"mode={mode} on a rank-{len(shape)} input")
-    for name, default in (("antialias", 0), ("exclude_outside", 0)):
-        if ctx.attr(name, default):
-            raise ctx.unsupported(f"{name}=1")
+    if ctx.attr("antialias", 0):
+        raise ctx.unsupported("antialias=1")
     if ctx.attr("axes", None) is not None or ctx.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
         raise ctx.unsupported("axes / keep_aspect_ratio_policy")
-    align: bool | None = None
-    nearest_mode = ctx.attr("nearest_mode", "round_prefer_floor")
-    by_index = mode == "nearest" and (ctm, nearest_mode) != ("asymmetric", "floor")  # else F.interpolate's nearest
-    if mode == "nearest":
-        if by_index and (ctm not in _NEAREST_COORDINATES or nearest_mode not in _NEAREST_ROUNDING):
-            raise ctx.unsupported(f"nearest with {ctm} coordinates and {nearest_mode} rounding")
-    elif ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
-        align = ctm == "align_corners"
-        if mode == "cubic" and abs(ctx.attr("cubic_coeff_a", -0.75) + 0.75) > 1e-6:
-            raise ctx.unsupported(f"cubic_coeff_a={ctx.attr('cubic_coeff_a')} (PyTorch's bicubic uses -0.75)")
-    else:
+    if ctm not in _COORDINATES:
         raise ctx.unsupported(f"coordinate_transformation_mode={ctm}")
-    kwargs: dict[str, Any] = {"mode": _RESIZE_MODES[mode, nd]}
-    if align is not None:
-        kwargs["align_corners"] = align
+    nearest_mode = ctx.attr("nearest_mode", "round_prefer_floor")
+    cubic_a, exclude_outside = float(ctx.attr("cubic_coeff_a", -0.75)), bool(ctx.attr("exclude_outside", 0))
+    if mode == "nearest":
+        if nearest_mode not in _NEAREST_ROUNDING:
+            raise ctx.unsupported(f"nearest_mode={nearest_mode}")
+        by_taps = (ctm, nearest_mode) != ("asymmetric", "floor") or nd > 3  # else F.interpolate's nearest
+    else:
+        by_taps = ((mode, nd) not in _RESIZE_MODES or exclude_outside or abs(cubic_a + 0.75) > 1e-6
+                   or ctm not in ("half_pixel", "pytorch_half_pixel", "align_corners"))
     sizes = ctx.input(3)
+    kwargs: dict[str, Any] = {}
     if sizes is not None and (ctx.shape_or_none(sizes) or (1,))[0] != 0:
         target = ctx.elems(3)
         if len(target) == len(shape) and isinstance(sizes, Const) and ctx.static_batch_target(target, shape):
@@ -206,9 +211,17 @@ def convert_resize(ctx: OpContext) -> Value:
         kwargs["scale_factor"] = tuple(scales[2:])
         out_spatial = [sympy.floor(d * sympy.Float(f)) if static(d) is None else int(math.floor(static(d) * f))
                        for d, f in zip(shape[2:], scales[2:])]
+    if any(static(d) == 0 for d in out_spatial):
+        raise ctx.unsupported(f"an output size of 0 ({[str(d) for d in out_spatial]}: an empty tensor)")
     out_shape = (*shape[:2], *(sympy.Integer(d) if isinstance(d, int) else d for d in out_spatial))
-    if by_index:
-        return _nearest_by_index(ctx, x, out_shape, kwargs.get("scale_factor"), ctm, nearest_mode)
+    if by_taps:
+        what = f"{mode} with {ctm} coordinates" + (f" and {nearest_mode} rounding" if mode == "nearest" else "")
+        return _resize_by_taps(ctx, x, out_shape, kwargs.get("scale_factor"), what,
+                               lambda n_in, n_out, scale: _resize_taps(
+                                   n_in, n_out, scale, ctm, mode, nearest_mode, cubic_a, exclude_outside))
+    kwargs["mode"] = _RESIZE_MODES[mode, nd]
+    if mode != "nearest":
+        kwargs["align_corners"] = ctm == "align_corners"
     if mode != "nearest" and ctm == "pytorch_half_pixel":
         firsts = [i for i, d in enumerate(out_spatial) if static(d) == 1 and static(shape[2 + i]) != 1]
         if firsts:
@@ -226,58 +239,92 @@ def convert_resize(ctx: OpContext) -> Value:
     return out
 
 
-_NEAREST_COORDINATES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn")
-_NEAREST_ROUNDING = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
-
-
-def _nearest_by_index(ctx: OpContext, x: Value, out_shape: tuple, scale_factor: tuple | None, ctm: str,
-                      nearest_mode: str) -> Value:
-    """Nearest-neighbour Resize with coordinates and rounding PyTorch's ``nearest`` does not use (the ONNX defaults
-    ``half_pixel`` + ``round_prefer_floor``, TF's modes) to ``out_shape`` (``scale_factor``: the given scales, else
-    output / input sizes): on static sizes each output position's source index is computed here, in float32 as
-    onnxruntime does, and picked with ``torch.index_select`` per spatial axis."""
+def _resize_by_taps(ctx: OpContext, x: Value, out_shape: tuple, scale_factor: tuple | None, what: str,
+                    taps) -> Value:
+    """A Resize that ``F.interpolate`` does not express, to ``out_shape`` on static sizes (``scale_factor``: the
+    given scales, else output / input sizes): per spatial axis, ``taps(n_in, n_out, scale)`` gives each output
+    position's source indices ``[n_out, K]`` and their weights (``None`` for one tap of weight 1: nearest); the
+    sources are picked with one ``torch.index_select`` and, for K > 1, weighted and summed over the taps."""
     spatial = [static(d) for d in ctx.shape(x)[2:]]
     out_sizes = [static(d) for d in out_shape[2:]]
     if None in spatial or None in out_sizes:
-        raise ctx.unsupported(f"nearest with {ctm} coordinates and {nearest_mode} rounding on a dynamic size "
-                              "(its source indices are computed from static sizes)")
+        raise ctx.unsupported(f"{what} on a dynamic size (its source positions are computed from static sizes)")
     scales = ([np.float32(f) for f in scale_factor] if scale_factor is not None
               else [np.float32(o) / np.float32(i) for i, o in zip(spatial, out_sizes)])
     out = x
+    rank = len(out_shape)
     for axis, (n_in, n_out, scale) in enumerate(zip(spatial, out_sizes, scales), start=2):
         if n_in == n_out and scale == 1:
             continue
-        if n_out % n_in or scale != n_out // n_in:
-            # other factors put source positions near rounding ties, where onnxruntime's arithmetic and the
-            # spec's differ (seen when comparing random cases with onnxruntime)
-            raise ctx.unsupported(f"nearest with {ctm} coordinates and {nearest_mode} rounding by a factor other than "
-                                  f"a whole number ({n_in} -> {n_out})")
-        index = _nearest_source(n_in, n_out, scale, ctm, nearest_mode)
-        out = ctx.call_function(torch.index_select, out, axis, Const(torch.from_numpy(index), (ctx.name, "Resize")))
+        try:
+            index, weight = taps(n_in, n_out, scale)
+        except ValueError as err:
+            raise ctx.unsupported(f"{what} {err}") from None
+        source = Const(torch.from_numpy(index.reshape(-1)), (ctx.name, "Resize"))
+        out = ctx.call_function(torch.index_select, out, axis, source)
+        if weight is not None:
+            k = index.shape[1]
+            per_tap = torch.from_numpy(weight.astype(np.float32)).reshape(n_out, k, *[1] * (rank - 1 - axis))
+            out = ctx.call_method("unflatten", out, axis, (n_out, k))
+            out = ctx.call_function(operator.mul, out, Const(per_tap, (ctx.name, "Resize")))
+            out = ctx.call_function(torch.sum, out, axis + 1)
     if isinstance(out, Tensor):
         out.shape = out_shape
     return out
 
 
-def _nearest_source(n_in: int, n_out: int, scale: np.float32, ctm: str, rounding: str) -> np.ndarray:
-    """ONNX Resize's source index of every output position along one axis (nearest mode), in float32."""
+def _source_coordinates(n_in: int, n_out: int, scale: np.float32, ctm: str) -> np.ndarray:
+    """ONNX Resize's input coordinate of every output position along one axis, in float32 as onnxruntime computes
+    it (``pytorch_half_pixel`` to length 1: coordinate 0, the spec's text and onnxruntime)."""
     f32 = np.float32
     x = np.arange(n_out, dtype=f32)
     if ctm == "asymmetric":
-        orig = x / scale
-    elif ctm == "tf_half_pixel_for_nn":
-        orig = (x + f32(0.5)) / scale
-    elif ctm == "align_corners":
-        orig = np.zeros_like(x) if n_out == 1 else x * f32(n_in - 1) / f32(n_out - 1)
-    elif ctm == "pytorch_half_pixel" and n_out == 1:
-        orig = np.zeros_like(x)
-    else:  # half_pixel, pytorch_half_pixel
-        orig = (x + f32(0.5)) / scale - f32(0.5)
-    if rounding == "floor":
-        index = np.floor(orig)
-    elif rounding == "ceil":
-        index = np.ceil(orig)
+        return x / scale
+    if ctm == "tf_half_pixel_for_nn":
+        return (x + f32(0.5)) / scale
+    if ctm == "align_corners":
+        return np.zeros_like(x) if n_out == 1 else x * f32(n_in - 1) / f32(n_out - 1)
+    if ctm == "pytorch_half_pixel" and n_out == 1:
+        return np.zeros_like(x)
+    offset = f32(0)
+    if ctm == "half_pixel_symmetric":  # centres the output canvas when n_out is not n_in * scale
+        offset = f32(n_in) / f32(2) * (f32(1) - f32(n_out) / (scale * f32(n_in)))
+    return offset + (x + f32(0.5)) / scale - f32(0.5)
+
+
+def _resize_taps(n_in: int, n_out: int, scale: np.float32, ctm: str, mode: str, rounding: str, cubic_a: float,
+                 exclude_outside: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Source indices ``[n_out, K]`` (clamped to the edge, as the spec pads) and weights along one axis."""
+    orig = _source_coordinates(n_in, n_out, scale, ctm)
+    if mode == "nearest":
+        if n_out % n_in or scale != n_out // n_in:
+            # other factors put source positions near rounding ties, where onnxruntime's arithmetic and the
+            # spec's differ (seen when comparing random cases with onnxruntime)
+            raise ValueError(f"by a factor other than a whole number ({n_in} -> {n_out})")
+        if rounding == "floor":
+            index = np.floor(orig)
+        elif rounding == "ceil":
+            index = np.ceil(orig)
+        else:
+            tie = orig == np.floor(orig) + np.float32(0.5)
+            index = np.where(tie, np.floor(orig) if rounding == "round_prefer_floor" else np.ceil(orig),
+                             np.round(orig))
+        return np.clip(index, 0, n_in - 1).astype(np.int64)[:, None], None
+    # the spec's neighbours: base = the last index below the coordinate, ratio in (0, 1] (an integer coordinate has
+    # ratio 1: the same value as ratio 0 one index up)
+    orig = orig.astype(np.float64)
+    base = np.ceil(orig) - 1
+    r = (orig - base)[:, None]
+    if mode == "linear":
+        offsets, weight = np.arange(2), np.concatenate([1 - r, r], axis=1)
     else:
-        tie = orig == np.floor(orig) + f32(0.5)
-        index = np.where(tie, np.floor(orig) if rounding == "round_prefer_floor" else np.ceil(orig), np.round(orig))
-    return np.clip(index, 0, n_in - 1).astype(np.int64)
+        a = cubic_a
+        near, far = np.concatenate([r, 1 - r], axis=1), np.concatenate([r + 1, 2 - r], axis=1)
+        inner = ((a + 2) * near - (a + 3)) * near * near + 1  # |d| <= 1
+        outer = ((a * far - 5 * a) * far + 8 * a) * far - 4 * a  # 1 < |d| < 2
+        offsets, weight = np.arange(-1, 3), np.stack([outer[:, 0], inner[:, 0], inner[:, 1], outer[:, 1]], axis=1)
+    index = base[:, None] + offsets
+    if exclude_outside:
+        weight = np.where((index < 0) | (index >= n_in), 0.0, weight)
+        weight = weight / weight.sum(axis=1, keepdims=True)
+    return np.clip(index, 0, n_in - 1).astype(np.int64), weight

@@ -216,9 +216,8 @@ def convert_resize(ctx: OpContext) -> Value:
     out_shape = (*shape[:2], *(sympy.Integer(d) if isinstance(d, int) else d for d in out_spatial))
     if by_taps:
         what = f"{mode} with {ctm} coordinates" + (f" and {nearest_mode} rounding" if mode == "nearest" else "")
-        return _resize_by_taps(ctx, x, out_shape, kwargs.get("scale_factor"), what,
-                               lambda n_in, n_out, scale: _resize_taps(
-                                   n_in, n_out, scale, ctm, mode, nearest_mode, cubic_a, exclude_outside))
+        return _resize_by_taps(ctx, x, out_shape, kwargs.get("scale_factor"), what, ctm=ctm, mode=mode,
+                               rounding=nearest_mode, cubic_a=cubic_a, exclude_outside=exclude_outside)
     kwargs["mode"] = _RESIZE_MODES[mode, nd]
     if mode != "nearest":
         kwargs["align_corners"] = ctm == "align_corners"
@@ -240,11 +239,13 @@ def convert_resize(ctx: OpContext) -> Value:
 
 
 def _resize_by_taps(ctx: OpContext, x: Value, out_shape: tuple, scale_factor: tuple | None, what: str,
-                    taps) -> Value:
+                    **taps: Any) -> Value:
     """A Resize that ``F.interpolate`` does not express, to ``out_shape`` on static sizes (``scale_factor``: the
-    given scales, else output / input sizes): per spatial axis, ``taps(n_in, n_out, scale)`` gives each output
-    position's source indices ``[n_out, K]`` and their weights (``None`` for one tap of weight 1: nearest); the
-    sources are picked with one ``torch.index_select`` and, for K > 1, weighted and summed over the taps."""
+    given scales, else output / input sizes): per spatial axis, :func:`_resize_taps` (with ``taps``) gives each
+    output position's source indices ``[n_out, K]`` and their weights (``None`` for one tap of weight 1: nearest);
+    the sources are picked with one ``torch.index_select`` and, for K > 1, weighted and summed over the taps. An
+    axis whose size and scale stay 1 is left as it is (onnxruntime does not resample it either, whatever the
+    coordinate mode)."""
     spatial = [static(d) for d in ctx.shape(x)[2:]]
     out_sizes = [static(d) for d in out_shape[2:]]
     if None in spatial or None in out_sizes:
@@ -257,7 +258,7 @@ def _resize_by_taps(ctx: OpContext, x: Value, out_shape: tuple, scale_factor: tu
         if n_in == n_out and scale == 1:
             continue
         try:
-            index, weight = taps(n_in, n_out, scale)
+            index, weight = _resize_taps(n_in, n_out, scale, **taps)
         except ValueError as err:
             raise ctx.unsupported(f"{what} {err}") from None
         source = Const(torch.from_numpy(index.reshape(-1)), (ctx.name, "Resize"))

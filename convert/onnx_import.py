@@ -55,6 +55,7 @@ from snnconvert.convert.onnx_model import (
     MIN_OPSET,
     FreedBatch,
     check_model,
+    convert_opset,
     default_opset,
     free_static_batch,
     infer_shapes,
@@ -93,21 +94,24 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
 
     Returns:
         A GraphModule in eval mode with float32 parameters and one input. ``gm.meta["onnx"]`` holds ``path``,
-        ``opset``, ``producer``, ``input_name``, ``input_shape`` (``None`` for dynamic dimensions), ``input_dtype``
-        (as declared: ``float32``, ``float16``, ``uint8``...; floating values are imported as float32),
+        ``opset`` (the one imported), ``opset_converted_from`` (the file's, where it was outside
+        ``MIN_OPSET..MAX_OPSET`` and ``onnx.version_converter`` converted it; else ``None``), ``producer``,
+        ``input_name``, ``input_shape`` (``None`` for dynamic dimensions), ``input_dtype`` (as declared:
+        ``float32``, ``float16``, ``uint8``...; floating values are imported as float32),
         ``static_batch`` (the batch size the file fixed, else ``None``), ``batch_freed`` (whether the import
         made it dynamic: :func:`free_static_batch`; not where the graph merges it with other dimensions)
         and ``metadata_props``; every fx node holds ``node.meta["onnx"] = {"name", "op_type", "opset"}``.
 
     Raises:
         OnnxImportError: the file is missing, not ONNX, truncated, fails the checker, has an opset outside
-            ``MIN_OPSET..MAX_OPSET``, has more or fewer than one input, or has a dynamic shape that cannot be
-            resolved.
+            ``MIN_OPSET..MAX_OPSET`` that ``onnx.version_converter`` cannot convert, has more or fewer than one
+            input, or has a dynamic shape that cannot be resolved.
         UnsupportedOpError: once, listing every node whose op type (or attribute combination) has no converter.
     """
     model, label, check_target = read_model(path)
+    model, converted_from = convert_opset(model, label)
     opset = default_opset(model, label)
-    check_model(check_target, label, model)
+    check_model(model if converted_from is not None else check_target, label, model)
     if isinstance(path, (str, os.PathLike)):
         load_external_data(model, Path(path), label)
     model, freed = free_static_batch(model, copy=isinstance(path, onnx.ModelProto))
@@ -141,6 +145,7 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
     gm.meta["onnx"] = {
         "path": None if isinstance(path, onnx.ModelProto) else str(path),
         "opset": opset,
+        "opset_converted_from": converted_from,
         "producer": " ".join(p for p in (model.producer_name, model.producer_version) if p),
         "input_name": graph_input["input_name"],
         "input_shape": graph_input["input_shape"],

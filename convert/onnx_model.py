@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 import sympy
 
 from snnconvert.convert import onnx_ops
@@ -21,8 +22,8 @@ from snnconvert.convert.errors import OnnxImportError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BATCH_PARAM", "MAX_OPSET", "MIN_OPSET", "check_model", "default_opset", "FreedBatch", "free_static_batch",
-           "infer_shapes", "load_external_data", "one_line", "parse_dim_param", "read_model",
+__all__ = ["BATCH_PARAM", "MAX_OPSET", "MIN_OPSET", "check_model", "convert_opset", "default_opset", "FreedBatch",
+           "free_static_batch", "infer_shapes", "load_external_data", "one_line", "parse_dim_param", "read_model",
            "restore_static_batch", "sanitize", "shape_only_copy"]
 
 MIN_OPSET = 13
@@ -58,19 +59,43 @@ def read_model(path: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.Mod
 
 
 def default_opset(model: onnx.ModelProto, label: str) -> int:
-    """The default-domain opset; an OnnxImportError outside ``MIN_OPSET..MAX_OPSET``."""
+    """The default-domain opset (an OnnxImportError when the file declares none)."""
     versions = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
     opset = versions.get("ai.onnx")
     if opset is None:
         raise OnnxImportError(
             f"{label} declares no opset for the default ONNX domain; the file is not a valid ONNX model, re-export it"
         )
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise OnnxImportError(
-            f"{label} uses opset {opset}, outside the supported range {MIN_OPSET}-{MAX_OPSET}; convert it with "
-            f"onnx.version_converter.convert_version(model, {min(max(opset, MIN_OPSET), MAX_OPSET)}) and save it again"
-        )
     return opset
+
+
+def convert_opset(model: onnx.ModelProto, label: str) -> tuple[onnx.ModelProto, int | None]:
+    """A model whose default-domain opset is outside ``MIN_OPSET..MAX_OPSET`` converted with
+    ``onnx.version_converter`` to the nearest supported one (older files, e.g. the ONNX Model Zoo's opset-7 to -12
+    CNNs, to 13; newer ones to 21), with a warning: ``(model, the file's opset)``; an opset in range:
+    ``(model, None)``. A conversion the converter cannot do (an op without an adapter) is an OnnxImportError."""
+    opset = default_opset(model, label)
+    if MIN_OPSET <= opset <= MAX_OPSET:
+        return model, None
+    target = min(max(opset, MIN_OPSET), MAX_OPSET)
+    try:
+        converted = onnx.version_converter.convert_version(model, target)
+    except Exception as exc:  # the converter's C++ errors (no adapter for an op, ...)
+        raise OnnxImportError(
+            f"{label} uses opset {opset}, outside the supported range {MIN_OPSET}-{MAX_OPSET}, and "
+            f"onnx.version_converter cannot convert it to opset {target} ({one_line(exc)}); re-export the model at an "
+            f"opset in {MIN_OPSET}-{MAX_OPSET}"
+        ) from exc
+    # IR < 4 lists initializers as graph inputs: initializers the converter adds would fail the checker; so would
+    # the shapeless value_info it writes for tensors it adds (shape inference gives them their shapes)
+    converted.ir_version = max(converted.ir_version,
+                               onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", target)]))
+    shaped = [v for v in converted.graph.value_info if v.type.tensor_type.HasField("shape")]
+    del converted.graph.value_info[:]
+    converted.graph.value_info.extend(shaped)
+    logger.warning("%s: opset %d converted to opset %d with onnx.version_converter (the importer reads opsets %d-%d)",
+                   label, opset, target, MIN_OPSET, MAX_OPSET)
+    return converted, opset
 
 
 def check_model(target: Any, label: str, model: onnx.ModelProto) -> None:

@@ -770,13 +770,43 @@ def test_missing_file(tmp_path) -> None:
         load_onnx(tmp_path / "absent.onnx")
 
 
-@pytest.mark.parametrize("opset", [MIN_OPSET - 1, MAX_OPSET + 1])
-def test_opset_out_of_range(opset: int) -> None:
-    model = textual("g (float[N,4] x) => (float y) { y = Relu(x) }", opset)
-    with pytest.raises(OnnxImportError, match="version_converter") as info:
+_OLD_OPSET_CNN = """<ir_version: 7, opset_import: ["" : {opset}]>
+g (float[N,3,8,8] x) => (float[N,4,8,8] y) {{
+    c = Conv <pads=[1,1,1,1]> (x, w, b) n = BatchNormalization (c, s, bb, m, v) r = Relu(n)
+    u = {upsample} p = MaxPool <kernel_shape=[2,2], strides=[2,2]> (u)
+    y = Softmax <axis=1> (p)
+}}"""
+
+
+@pytest.mark.parametrize("opset", [7, 9, MIN_OPSET - 1, MAX_OPSET + 1, MAX_OPSET + 3])
+def test_opset_outside_the_range_is_converted(opset: int, caplog) -> None:
+    """Files at older opsets (the ONNX Model Zoo's CNNs are opset 7-12) and newer ones are converted to the nearest
+    opset the importer reads with onnx.version_converter, with a warning, and compute what onnxruntime computes on the
+    original file: Softmax before opset 13 normalises over all dims from its axis on (converted to a reshape around
+    the new Softmax), Upsample (until opset 9; its scales an attribute in opset 7) becomes Resize."""
+    old = opset < MIN_OPSET
+    upsample = {7: 'Upsample <mode="nearest", scales=[1.0, 1.0, 2.0, 2.0]> (r)', 9: 'Upsample <mode="nearest"> (r, up)'}
+    resize = 'Resize <mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"> (r, roi, up)'
+    text = _OLD_OPSET_CNN.format(opset=opset, upsample=upsample.get(opset, resize))  # (Upsample: until opset 9)
+    model = onnx.parser.parse_model(text)
+    inits = {"w": rand(4, 3, 3, 3), "b": rand(4), "s": rand(4), "bb": rand(4), "m": rand(4),
+             "v": np.abs(rand(4)) + 1, "up": np.array([1, 1, 2, 2], np.float32), "roi": np.zeros(0, np.float32)}
+    for name, array in inits.items():
+        model.graph.initializer.append(numpy_helper.from_array(array, name))
+    with caplog.at_level("WARNING", logger="snnconvert.convert.onnx_model"):
+        gm = assert_matches_ort(model, rand(2, 3, 8, 8))
+    assert gm.meta["onnx"]["opset"] == (MIN_OPSET if old else MAX_OPSET)
+    assert gm.meta["onnx"]["opset_converted_from"] == opset
+    assert any(f"opset {opset} converted to opset" in r.getMessage() for r in caplog.records)
+
+
+def test_opset_the_converter_cannot_convert_is_one_line() -> None:
+    """RMSNormalization has no version before opset 23: nothing to convert it to; one line saying to re-export."""
+    model = textual("g (float[N,4] x) => (float y) { y = RMSNormalization (x, s) }", 23, s=rand(4))
+    with pytest.raises(OnnxImportError, match="version_converter cannot convert it to opset 21") as info:
         load_onnx(model)
     _assert_one_line(info)
-    assert f"{MIN_OPSET}-{MAX_OPSET}" in str(info.value)
+    assert f"re-export the model at an opset in {MIN_OPSET}-{MAX_OPSET}" in str(info.value)
 
 
 def test_two_graph_inputs_are_named() -> None:

@@ -539,3 +539,33 @@ def test_fuzzed_resize_pooling_and_run_time_same_pads_agree_with_onnxruntime() -
         counts = fuzz.run_family(family, 150, seed=11, log=findings.append)
         assert counts["differs"] == 0, findings
         assert counts["equal"] >= 60, (family, counts)
+
+
+def test_normalize_and_logsumexp_as_torch_exports_them_import_and_convert() -> None:
+    """``F.normalize`` exports as ReduceL2 / Clip / Expand / Div and ``torch.logsumexp`` as ReduceLogSumExp (neither
+    was read before): both match onnxruntime and the converted network converges to the imported one."""
+    import io
+
+    import onnx
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 5)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x)).mean((2, 3))
+            return self.fc(torch.nn.functional.normalize(h, dim=1)) + torch.logsumexp(h, dim=1, keepdim=True)
+
+    buffer = io.BytesIO()
+    torch.manual_seed(0)
+    torch.onnx.export(Head().eval(), (torch.rand(2, 3, 8, 8),), buffer, dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    model = onnx.load_from_string(buffer.getvalue())
+    assert {"ReduceL2", "ReduceLogSumExp"} <= {n.op_type for n in model.graph.node}
+    gm = assert_matches_ort(model, rand(3, 3, 8, 8))
+    x = torch.rand(16, 3, 8, 8)
+    res = convert(gm, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=16))
+    with torch.no_grad():
+        ann, out = gm(x), res.snn(x)
+    assert float((out[-1] - ann).abs().max()) < 0.05 * float((out[0] - ann).abs().max())

@@ -397,6 +397,15 @@ OP_CASES = {
         ' e2 = Sub(c2, one) a2 = Cast <to=7> (e2) q2 = Concat <axis=0> (z2, a2, a2, z2, a2, a2) y = Pad(p, q2) }',
         {"two": np.array([2], np.int64), "three": np.float32(3), "one": np.float32(1),
          "z2": np.zeros(2, np.int64)}, X4, 17, None),
+    "norms_and_log_sums_attribute_axes": (
+        "g (float[N,4,9,9] x) => (float y) { a = ReduceL1 <axes=[1]> (x) b = ReduceL2 <axes=[1]> (x)"
+        " c = ReduceSumSquare <axes=[1]> (x) d = ReduceLogSumExp <axes=[1]> (x) m = Abs(x)"
+        " e = ReduceLogSum <axes=[1]> (m) y = Sum(a, b, c, d, e) }", {}, X4, 17, None),
+    "norms_and_log_sums_input_axes": (
+        "g (float[N,4,9,9] x) => (float y) { a = ReduceL1 <keepdims=0> (x, ax) b = ReduceL2 <keepdims=0> (x, ax)"
+        " c = ReduceSumSquare <keepdims=0> (x, ax) d = ReduceLogSumExp <keepdims=0> (x, ax) m = Abs(x)"
+        " e = ReduceLogSum <keepdims=0> (m, ax) y = Sum(a, b, c, d, e) }", {"ax": np.array([2, 3], np.int64)}, X4,
+        18, None),
     "instance_norm_affine": (
         "g (float[N,4,9,9] x) => (float y) { y = InstanceNormalization <epsilon=1e-3> (x, s, b) }",
         {"s": rand(4), "b": rand(4)}, X4, 17, None),

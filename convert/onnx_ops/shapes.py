@@ -505,13 +505,18 @@ def convert_gather_nd(ctx: OpContext) -> Value:
 # Reductions
 # --------------------------------------------------------------------------------------------------------------------
 _REDUCE = {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax, "ReduceMin": torch.amin}
+#: Norms and log-sums (F.normalize exports as ReduceL2): graded units after conversion, as on the torch.fx path
+_NORMS = {"ReduceL1": 1.0, "ReduceL2": 2.0}
+_SMOOTH_REDUCTIONS = ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
 
 
 def _reduce(ctx: OpContext, axes_from_input: bool) -> Value:
-    """ReduceMean/Sum/Max/Min/Prod. A ReduceMean over all spatial axes of an N-d feature map ->
-    ``nn.AdaptiveAvgPoolNd(1)`` (plus ``flatten`` when ``keepdims=0``), the form global average pooling has in a
-    traced model. On integer tensors the result keeps the input's type (``torch.sum`` / ``prod`` would widen it to
-    int64) and ReduceMean is the sum divided by the count, truncated, as onnxruntime computes it.
+    """ReduceMean/Sum/Max/Min/Prod, ReduceL1/L2 (``torch.linalg.vector_norm``), ReduceSumSquare (square, then sum),
+    ReduceLogSum (sum, then log) and ReduceLogSumExp (``torch.logsumexp``). A ReduceMean over all spatial axes of an
+    N-d feature map -> ``nn.AdaptiveAvgPoolNd(1)`` (plus ``flatten`` when ``keepdims=0``), the form global average
+    pooling has in a traced model. On integer tensors the result keeps the input's type (``torch.sum`` / ``prod``
+    would widen it to int64) and ReduceMean is the sum divided by the count, truncated, as onnxruntime computes it;
+    the norms and log-sums take floating inputs only.
     """
     x = ctx.input(0)
     keepdims = bool(ctx.attr("keepdims", 1))
@@ -534,7 +539,18 @@ def _reduce(ctx: OpContext, axes_from_input: bool) -> Value:
     out_shape = tuple(sympy.Integer(1) if i in axes else d for i, d in enumerate(shape) if keepdims or i not in axes)
     dtype = ctx.dtype_of(x)
     integer = {"dtype": dtype} if dtype is not None and not dtype.is_floating_point else {}
-    if ctx.op_type == "ReduceMean" and integer:
+    if ctx.op_type in _SMOOTH_REDUCTIONS and integer:
+        raise ctx.unsupported(f"{ctx.op_type} of an integer tensor")
+    if ctx.op_type in _NORMS:
+        out = ctx.call_function(torch.linalg.vector_norm, x, _NORMS[ctx.op_type], tuple(axes), keepdims)
+    elif ctx.op_type == "ReduceLogSumExp":
+        out = ctx.call_function(torch.logsumexp, x, tuple(axes), keepdim=keepdims)
+    elif ctx.op_type in ("ReduceSumSquare", "ReduceLogSum"):
+        summed = x if ctx.op_type == "ReduceLogSum" else ctx.call_function(torch.square, x)
+        out = ctx.call_function(torch.sum, summed, tuple(axes), keepdim=keepdims)
+        if ctx.op_type == "ReduceLogSum":
+            out = ctx.call_function(torch.log, out)
+    elif ctx.op_type == "ReduceMean" and integer:
         total = ctx.call_function(torch.sum, x, tuple(axes), keepdim=keepdims, **integer)
         count = ctx.dim_arg(sym_prod([shape[a] for a in axes]))
         out = ctx.call_function(torch.div, total, count, rounding_mode="trunc")
@@ -555,13 +571,13 @@ def _reduce(ctx: OpContext, axes_from_input: bool) -> Value:
     return out
 
 
-@register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", since=13)
+@register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", *_SMOOTH_REDUCTIONS, since=13)
 def convert_reduce_attr_axes(ctx: OpContext) -> Value:
-    """Reductions with ``axes`` as attribute (ReduceMean/Max/Min/Prod before opset 18)."""
+    """Reductions with ``axes`` as attribute (all but ReduceSum before opset 18)."""
     return _reduce(ctx, axes_from_input=False)
 
 
-@register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", since=18)
+@register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", *_SMOOTH_REDUCTIONS, since=18)
 @register("ReduceSum", since=13)
 def convert_reduce_input_axes(ctx: OpContext) -> Value:
     """Reductions with ``axes`` as input (ReduceSum since 13, the others since 18)."""

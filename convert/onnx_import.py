@@ -235,10 +235,7 @@ class _Importer:
         self.initializers = {init.name: init for init in model.graph.initializer}
         self.graph_outputs = {out.name for out in model.graph.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in model.graph.node:
-            for name in node.input:
-                if name:
-                    self.consumers.setdefault(name, []).append(node)
+        self._find_consumers(model.graph)
         self.fused: dict[int, Value] = {}
         self.symbols: dict[str, sympy.Symbol] = {}
         self.symbol_source: dict[sympy.Symbol, tuple[fx.Node, int]] = {}
@@ -249,6 +246,25 @@ class _Importer:
         self.poisoned: set[str] = set()  # outputs of unconverted nodes and of nodes reading them
         self.converter_refused = False  # whether a converter refused its node (not only ops without one)
         self.standin: fx.Node | None = None  # the dummy fx node those values stand on
+        self.unsupported: list[UnsupportedNode] = []  # collected over the walk, raised once
+        self.reasons: list[str] = []
+        self.errors: list[OnnxImportError] = []
+
+    def _find_consumers(self, graph: onnx.GraphProto, owner: onnx.NodeProto | None = None) -> None:
+        """Record the readers of every tensor name, into subgraphs (an If branch reading a tensor of the outer graph
+        makes the If node, ``owner``, one of its readers too)."""
+        for node in graph.node:
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+                    if owner is not None:
+                        self.consumers[name].append(owner)
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                    self._find_consumers(sub, owner or node)
+            if owner is not None:  # a subgraph's outputs are read by its owner
+                for out in graph.output:
+                    self.consumers.setdefault(out.name, []).append(owner)
 
     # ---- values ---------------------------------------------------------------------------------------------------
     def value(self, name: str) -> Any:
@@ -508,51 +524,13 @@ class _Importer:
     def run(self) -> fx.GraphModule:
         """Convert every node, raise the collected unsupported nodes once, and build the GraphModule."""
         input_meta = self._placeholder()
-        unsupported: list[UnsupportedNode] = []
-        reasons: list[str] = []
-        errors: list[OnnxImportError] = []
         for index, node in enumerate(self.model.graph.node):
-            ctx = OpContext(self, node, index)
-            self.meta = {"name": ctx.name, "op_type": node.op_type, "opset": self.opset}
-            if id(node) in self.fused:
-                self._store(node, [self.fused[id(node)]], ctx)
-                continue
-            domain = node.domain or "ai.onnx"
-            version = self.opset if domain == "ai.onnx" else self._domain_opset(node.domain)
-            converter = onnx_ops.lookup(node.domain, node.op_type, version)
-            target = f"{domain}::{node.op_type} (opset {version})"
-            offender = UnsupportedNode(name=ctx.name, op=node.op_type, target=target)
-            if converter is None:
-                unsupported.append(offender)
-                self._poison(node)
-                continue
-            tainted = any(name in self.poisoned for name in node.input)
-            try:
-                result = converter(ctx)
-            except UnsupportedConfigError as exc:
-                unsupported.append(offender)
-                reasons.append(f"{ctx.name} ({node.op_type}): {exc}")
-                self._poison(node)
-                continue
-            except Exception as exc:  # noqa: BLE001 - collected: every problem of the file is reported at once
-                if tainted:  # an input standing in for an unconverted node's output can cause anything
-                    pass
-                elif isinstance(exc, OnnxImportError):
-                    errors.append(exc)
-                else:
-                    errors.append(OnnxImportError(
-                        f"cannot import node '{ctx.name}' ({node.op_type}, opset {self.opset}): {one_line(exc)}"))
-                    errors[-1].__cause__ = exc
-                self._poison(node)
-                continue
-            self._store(node, result if isinstance(result, (list, tuple)) else [result], ctx)
-            if tainted:
-                self.poisoned.update(name for name in node.output if name)
-        if unsupported:
-            self.converter_refused = bool(reasons or errors)
-            raise UnsupportedOpError(unsupported, hint=self._hint(reasons, errors))
-        if errors:
-            raise errors[0]
+            self._convert(node, index)
+        if self.unsupported:
+            self.converter_refused = bool(self.reasons or self.errors)
+            raise UnsupportedOpError(self.unsupported, hint=self._hint(self.reasons, self.errors))
+        if self.errors:
+            raise self.errors[0]
         self._output()
         self._eliminate_dead_code()
         self._unshadowed_input()
@@ -561,6 +539,55 @@ class _Importer:
         gm.eval()
         gm.meta["onnx"] = input_meta
         return gm
+
+    def inline(self, graph: onnx.GraphProto, owner: OpContext) -> list[Any]:
+        """Import the nodes of ``graph`` (an If branch taken at import) in place, and return the values of its
+        outputs; its nodes' problems are collected with the others."""
+        for index, node in enumerate(graph.node):
+            self._convert(node, index, prefix=f"{owner.name}/")
+        self.meta = {"name": owner.name, "op_type": owner.op_type, "opset": self.opset}
+        if any(out.name in self.poisoned for out in graph.output):  # a node of the branch is listed: the If is not
+            self.poisoned.update(name for name in owner.node.output if name)
+        return [self.value(out.name) for out in graph.output]
+
+    def _convert(self, node: onnx.NodeProto, index: int, prefix: str = "") -> None:
+        """Convert one node (its outputs get values) or record why not (its outputs get stand-ins)."""
+        ctx = OpContext(self, node, index, prefix)
+        self.meta = {"name": ctx.name, "op_type": node.op_type, "opset": self.opset}
+        if id(node) in self.fused:
+            self._store(node, [self.fused[id(node)]], ctx)
+            return
+        domain = node.domain or "ai.onnx"
+        version = self.opset if domain == "ai.onnx" else self._domain_opset(node.domain)
+        converter = onnx_ops.lookup(node.domain, node.op_type, version)
+        target = f"{domain}::{node.op_type} (opset {version})"
+        offender = UnsupportedNode(name=ctx.name, op=node.op_type, target=target)
+        if converter is None:
+            self.unsupported.append(offender)
+            self._poison(node)
+            return
+        tainted = any(name in self.poisoned for name in node.input)
+        try:
+            result = converter(ctx)
+        except UnsupportedConfigError as exc:
+            self.unsupported.append(offender)
+            self.reasons.append(f"{ctx.name} ({node.op_type}): {exc}")
+            self._poison(node)
+            return
+        except Exception as exc:  # noqa: BLE001 - collected: every problem of the file is reported at once
+            if tainted:  # an input standing in for an unconverted node's output can cause anything
+                pass
+            elif isinstance(exc, OnnxImportError):
+                self.errors.append(exc)
+            else:
+                self.errors.append(OnnxImportError(
+                    f"cannot import node '{ctx.name}' ({node.op_type}, opset {self.opset}): {one_line(exc)}"))
+                self.errors[-1].__cause__ = exc
+            self._poison(node)
+            return
+        self._store(node, result if isinstance(result, (list, tuple)) else [result], ctx)
+        if tainted:
+            self.poisoned.update(name for name in node.output if name)
 
     def _domain_opset(self, domain: str) -> int:
         """The opset version imported for a non-default domain."""

@@ -668,3 +668,17 @@ def test_a_known_function_with_arguments_computed_in_the_graph_says_what_to_chan
     with pytest.raises(UnsupportedOpError, match=r"amax .*a known function, but with other arguments computed in the "
                                                  r"graph .*give those arguments as constants \(dim=-1, a number\)"):
         convert(DimFromGraph().eval(), forward_loop=[torch.rand(2, 1, 6, 6)])
+
+
+def test_local_response_norm_converts_as_a_graded_unit():
+    """AlexNet's nn.LocalResponseNorm (a normalisation across channels) was left unconverted by the support check:
+    now a graded unit, exact on decoded values, so the SNN converges to the ANN."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.LocalResponseNorm(5, alpha=0.5, k=2.0),
+                          nn.Conv2d(6, 4, 3)).eval()
+    x = torch.rand(8, 1, 10, 10)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=16))
+    assert [type(u.f).__name__ for u in _units(res.snn).values()] == ["LocalResponseNorm"]
+    with torch.no_grad():
+        ann, out = model(x), res.snn(x)
+    assert float((out[-1] - ann).abs().max()) < 0.05 * float((out[0] - ann).abs().max())

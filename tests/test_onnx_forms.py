@@ -352,6 +352,7 @@ def test_rearranging_and_prelu_ops_match_onnxruntime(text, inits, shape, module,
     ("a = Celu <alpha=0.7> (c)", 17, nn.CELU),
     ("a = Mish(c)", 18, nn.Mish),
     ('r = Relu(c) a = Einsum <equation="bchw,dc->bdhw"> (r, e)', 17, None),
+    ("r = Relu(c) a = LRN <size=3, alpha=0.5, beta=0.75, bias=2.0> (r)", 17, nn.LocalResponseNorm),  # AlexNet's
     # the dynamo exporter's Softplus(beta, threshold): the selection becomes one piecewise function of c
     ("b = Mul(c, two) g = Greater(b, t) s = Softplus(b) h = Div(s, two) a = Where(g, c, h)", 18, None),
 ])
@@ -377,6 +378,11 @@ def test_a_scalar_constant_expanded_to_a_runtime_shape() -> None:
     text = "g (float[N,4,H,W] x) => (float y) { s = Shape(x) f = Expand(c, s) y = Add(x, f) }"
     gm = assert_matches_ort(textual(text, 18, c=np.array(0.5, np.float32)), rand(2, 4, 3, 5))
     assert gm(torch.zeros(3, 4, 2, 2)).eq(0.5).all()
+
+
+def test_lrn_with_an_even_size_is_listed() -> None:
+    with pytest.raises(UnsupportedOpError, match="an even size"):
+        load_onnx(textual("g (float[N,8,3,5] x) => (float y) { y = LRN <size=4> (x) }", 17))
 
 
 def test_prelu_slope_that_does_not_broadcast_is_listed() -> None:
@@ -569,3 +575,44 @@ def test_normalize_and_logsumexp_as_torch_exports_them_import_and_convert() -> N
     with torch.no_grad():
         ann, out = gm(x), res.snn(x)
     assert float((out[-1] - ann).abs().max()) < 0.05 * float((out[0] - ann).abs().max())
+
+
+@pytest.mark.parametrize("opset", [9, 17])
+def test_local_response_norm_as_torch_exports_it_imports_and_converts(opset: int) -> None:
+    """torch writes ``nn.LocalResponseNorm`` as a pooling of squares across channels, and from opset 13 on with an
+    ``If`` around a squeeze whose dim it could not size: the condition is known at import, the branch taken is
+    imported in place; the file matches onnxruntime and converts (its Pow / Div of the input become graded units)."""
+    import io
+
+    import onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.LocalResponseNorm(5, alpha=0.1), nn.Conv2d(8, 4, 3)).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (torch.rand(2, 3, 9, 9),), buffer, dynamo=False, opset_version=opset, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    assert ("If" in {n.op_type for n in proto.graph.node}) == (opset >= 13)
+    gm = assert_matches_ort(proto, 4 * rand(3, 3, 9, 9))
+    x = torch.rand(16, 3, 9, 9)
+    res = convert(gm, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=16))
+    with torch.no_grad():
+        ann, out = gm(x), res.snn(x)
+    assert float((out[-1] - ann).abs().max()) < 0.05 * float((out[0] - ann).abs().max())
+
+
+def test_if_on_the_input_and_inside_a_branch_are_listed() -> None:
+    """An If whose condition depends on the input is data-dependent control flow: listed. A node of the branch
+    taken that cannot be imported is listed itself (not the If around it)."""
+    text = """g (float[N,4] x) => (float y) {
+        s = ReduceSum <keepdims=0> (x) c = Greater(s, zero)
+        a = If (c) < then_branch = g1 () => (float[N,4] t) { t = Relu(x) },
+                     else_branch = g2 () => (float[N,4] e) { e = Neg(x) } >
+        k = Constant <value = bool {1}> ()
+        y = If (k) < then_branch = g3 () => (float[N,4] h) { h = Hardmax(a) },
+                     else_branch = g4 () => (float[N,4] f) { f = Neg(a) } >
+    }"""
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(textual(text, 17, zero=np.array(0.0, np.float32)))
+    assert [n.op for n in info.value.nodes] == ["If", "Hardmax"]
+    assert "condition computed at run time" in str(info.value)

@@ -406,6 +406,9 @@ OP_CASES = {
         " c = ReduceSumSquare <keepdims=0> (x, ax) d = ReduceLogSumExp <keepdims=0> (x, ax) m = Abs(x)"
         " e = ReduceLogSum <keepdims=0> (m, ax) y = Sum(a, b, c, d, e) }", {"ax": np.array([2, 3], np.int64)}, X4,
         18, None),
+    "lrn_as_alexnet_has_it": (
+        "g (float[N,4,9,9] x) => (float y) { y = LRN <size=5, alpha=0.0001, beta=0.75, bias=1.0> (x) }", {},
+        10 * X4, 13, nn.LocalResponseNorm),
     "instance_norm_affine": (
         "g (float[N,4,9,9] x) => (float y) { y = InstanceNormalization <epsilon=1e-3> (x, s, b) }",
         {"s": rand(4), "b": rand(4)}, X4, 17, None),

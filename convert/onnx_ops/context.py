@@ -58,13 +58,13 @@ class OpContext:
     :class:`Tensor`.
     """
 
-    def __init__(self, importer: _Importer, node: onnx.NodeProto, index: int) -> None:
+    def __init__(self, importer: _Importer, node: onnx.NodeProto, index: int, prefix: str = "") -> None:
         self._importer = importer
         self.node = node
         self.index = index
         self.op_type = node.op_type
         self.opset = importer.opset
-        self.name = node.name or f"{node.op_type}_{index}"
+        self.name = node.name or f"{prefix}{node.op_type}_{index}"
         self.attrs = {attr.name: attribute_value(attr) for attr in node.attribute}
 
     # ---- inputs, attributes, errors -----------------------------------------------------------------------------
@@ -169,6 +169,10 @@ class OpContext:
     def is_graph_output(self, i: int) -> bool:
         """Whether output ``i`` is a graph output."""
         return self.node.output[i] in self._importer.graph_outputs
+
+    def inline(self, graph: onnx.GraphProto) -> list[Value]:
+        """Import the nodes of subgraph ``graph`` in place of this node; the values of its outputs."""
+        return self._importer.inline(graph, self)
 
     def fuse(self, later: onnx.NodeProto, value: Value) -> None:
         """Let ``later`` (a consumer absorbed by this converter) produce ``value`` without a converter of its own."""

@@ -449,6 +449,19 @@ def convert_instance_norm(ctx: OpContext) -> Value:
     return _same_shape(ctx, ctx.call_function(F.instance_norm, x, scalars=False, eps=eps, **affine), x)
 
 
+@register("LRN", since=13)
+def convert_lrn(ctx: OpContext) -> Value:
+    """LRN (AlexNet, GoogLeNet, CaffeNet of the ONNX Model Zoo) -> ``nn.LocalResponseNorm`` (a graded unit after
+    conversion). Its channel window ``[c - (size - 1) // 2, c + ceil((size - 1) / 2)]`` is PyTorch's for an odd
+    ``size`` only (PyTorch puts the longer side first): an even size is unsupported."""
+    size = int(ctx.attr("size"))
+    if size % 2 == 0:
+        raise ctx.unsupported(f"an even size ({size}): PyTorch's window is longer on the other side")
+    module = nn.LocalResponseNorm(size, alpha=float(ctx.attr("alpha", 1e-4)), beta=float(ctx.attr("beta", 0.75)),
+                                  k=float(ctx.attr("bias", 1.0)))
+    return _same_shape(ctx, ctx.call_module(module, ctx.input(0)), ctx.input(0))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Pooling
 # --------------------------------------------------------------------------------------------------------------------

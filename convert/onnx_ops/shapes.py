@@ -54,6 +54,22 @@ def convert_dropout(ctx: OpContext) -> list[Value | None]:
     return [ctx.input(0), None]
 
 
+@register("If", since=13)
+def convert_if(ctx: OpContext) -> list[Value]:
+    """If whose condition is known at import: the nodes of the branch taken are imported in its place. torch's
+    TorchScript exporter writes ``x.squeeze(d)`` of a dim it cannot size at export as ``If(size(d) == 1, Squeeze,
+    Identity)`` (``nn.LocalResponseNorm`` from opset 13 on), which shapes known here decide. A condition computed
+    from data, or from a size known only at run time, is unsupported (data-dependent control flow)."""
+    cond = ctx.input(0)
+    if isinstance(cond, SymVec) and len(cond.elems) == 1 and cond.elems[0].is_number:
+        taken = bool(cond.elems[0])
+    elif isinstance(cond, Const) and cond.tensor.numel() == 1:
+        taken = bool(cond.tensor.item())
+    else:
+        raise ctx.unsupported("a condition computed at run time (control flow that depends on the input)")
+    return ctx.inline(ctx.attr("then_branch" if taken else "else_branch"))
+
+
 @register("Constant", since=13)
 def convert_constant(ctx: OpContext) -> Value:
     """Constant: a :class:`Const` (lifted into a buffer only if a run-time op reads it)."""

@@ -94,7 +94,8 @@ _MAX_POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1
 GRADED_MODULES: tuple[type[nn.Module], ...] = (
     nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU,
     nn.PReLU, nn.Mish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.LogSigmoid,
-    nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.Softmax, nn.LogSoftmax,
+    nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm,
+    nn.Softmax, nn.LogSoftmax,
     # clipping other than a bounded ReLU (those are rewritten into two neurons first), e.g. Hardtanh(-1, 1); max-pools
     # over adaptive windows (a global max-pool: ONNX GlobalMaxPool)
     nn.Hardtanh, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
@@ -105,7 +106,7 @@ GRADED_MODULES: tuple[type[nn.Module], ...] = (
 GRADED_FUNCTIONS = frozenset({
     F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.elu, F.celu, F.selu,
     F.leaky_relu, F.prelu, F.mish, F.softplus, F.softsign, F.logsigmoid, F.layer_norm, F.group_norm,
-    F.instance_norm, F.softmax,
+    F.instance_norm, F.local_response_norm, F.softmax,
     torch.softmax, F.log_softmax, torch.log_softmax, torch.erf, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
     torch.abs, torch.square, torch.reciprocal, torch.pow, operator.pow,
     F.hardtanh, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max,

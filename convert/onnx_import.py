@@ -543,6 +543,7 @@ class _Importer:
     def inline(self, graph: onnx.GraphProto, owner: OpContext) -> list[Any]:
         """Import the nodes of ``graph`` (an If branch taken at import) in place, and return the values of its
         outputs; its nodes' problems are collected with the others."""
+        self.initializers.update((init.name, init) for init in graph.initializer)
         for index, node in enumerate(graph.node):
             self._convert(node, index, prefix=f"{owner.name}/")
         self.meta = {"name": owner.name, "op_type": owner.op_type, "opset": self.opset}

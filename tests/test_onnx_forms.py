@@ -616,3 +616,20 @@ def test_if_on_the_input_and_inside_a_branch_are_listed() -> None:
         load_onnx(textual(text, 17, zero=np.array(0.0, np.float32)))
     assert [n.op for n in info.value.nodes] == ["If", "Hardmax"]
     assert "condition computed at run time" in str(info.value)
+
+
+def test_if_branch_with_its_own_initializer_is_imported() -> None:
+    """A branch (a subgraph) may hold initializers of its own: read when its nodes are imported."""
+    then_graph = helper.make_graph([helper.make_node("Add", ["x", "bias"], ["t"])], "then", [],
+                                   [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 4])],
+                                   initializer=[onnx.numpy_helper.from_array(rand(4), "bias")])
+    else_graph = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                                   [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["k"], value=helper.make_tensor("k", TensorProto.BOOL, [], [True])),
+         helper.make_node("If", ["k"], ["y"], then_branch=then_graph, else_branch=else_graph)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    gm = assert_matches_ort(model, rand(3, 4))
+    assert "If" not in {n.meta.get("onnx", {}).get("op_type") for n in gm.graph.nodes if n.op != "placeholder"}

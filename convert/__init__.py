@@ -290,8 +290,14 @@ def _check_input_shape(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None
     if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected[1:], got[1:])):
         shown = ["N" if e is None else e for e in expected]
         data = ", ".join(map(str, got[1:]))
-        raise ConfigError(f"the ONNX model expects input {shown} but the data have shape [N, {data}]; "
-                          "use a data set that matches the model")
+        hint = "use a data set that matches the model"
+        if len(got) == 4 and len(expected) == 4 and all(e is None or e == g for e, g in
+                                                         zip(expected[1:], (got[2], got[3], got[1]))):
+            # channels last (TF / Keras through tf2onnx): the data pipeline gives [N, C, H, W]
+            name = gm.meta["onnx"].get("input_name") or "INPUT"
+            hint = (f"the model takes channels-last images (TF / Keras layout): export it with channels-first input, "
+                    f"e.g. tf2onnx's --inputs-as-nchw {name}")
+        raise ConfigError(f"the ONNX model expects input {shown} but the data have shape [N, {data}]; {hint}")
 
 
 def state_snapshot(model) -> dict[str, torch.Tensor] | None:

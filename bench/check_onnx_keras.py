@@ -1,0 +1,108 @@
+"""Keras models as tf2onnx writes them, imported and checked against onnxruntime.
+
+Two steps in two environments (TensorFlow and this project's torch do not share one):
+
+1. export, with a Python that has ``tensorflow-cpu==2.15.1`` and ``tf2onnx==1.16.1`` (Keras 2; tf2onnx does not
+   read Keras 3 models): each ``keras.applications`` model with random weights (``weights=None``), at a fixed input
+   size (with its classifier, 10 classes) and with dynamic height and width (``include_top=False``, global average
+   pooling and a 10-way Dense), opset 17, channels-last input as Keras has it::
+
+       python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu==2.15.1 tf2onnx==1.16.1 onnx==1.16.2
+       /tmp/tfvenv/bin/python bench/check_onnx_keras.py export /tmp/keras_onnx
+
+2. check, with this project's environment: each file imported (``load_onnx``) and run on random images at its
+   size, and for the dynamic ones at two sizes of different parity (SAME padding with a stride > 1 then pads
+   differently), against onnxruntime (pass: ``max |ours - ort| / max |ort| <= 1e-5``)::
+
+       .venv/bin/python bench/check_onnx_keras.py check /tmp/keras_onnx
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+#: model name -> the fixed input side it is exported at (InceptionV3 and Xception need at least 75 / 71 pixels)
+MODELS = {"MobileNetV2": 64, "MobileNetV3Small": 64, "ResNet50": 64, "ResNet50V2": 64, "EfficientNetB0": 64,
+          "EfficientNetV2B0": 64, "DenseNet121": 64, "InceptionV3": 96, "Xception": 96, "VGG16": 64,
+          "NASNetMobile": 64, "ConvNeXtTiny": 64}
+
+
+def export(folder: Path) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tf2onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for name, side in MODELS.items():
+        factory = getattr(tf.keras.applications, name)
+        for dynamic in (False, True):
+            shape = (None, None, 3) if dynamic else (side, side, 3)
+            try:
+                if dynamic:
+                    base = factory(input_shape=shape, weights=None, include_top=False, pooling="avg")
+                    model = tf.keras.Sequential([base, tf.keras.layers.Dense(10)])
+                else:
+                    model = factory(input_shape=shape, weights=None, classes=10)
+                spec = (tf.TensorSpec((None, *shape), tf.float32, name="input"),)
+                path = folder / f"{name}_{'dyn' if dynamic else side}.onnx"
+                tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, output_path=str(path))
+                print(f"{path.name}: exported", flush=True)
+            except Exception as exc:  # noqa: BLE001 - reported, the others go on
+                failures += 1
+                print(f"{name} ({'dynamic' if dynamic else side}): export fails: {str(exc).splitlines()[0][:160]}")
+    return 1 if failures else 0
+
+
+def check(folder: Path) -> int:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from snnconvert.convert.errors import OnnxImportError, UnsupportedOpError
+    from snnconvert.convert.onnx_import import load_onnx
+
+    ort.set_default_logger_severity(3)
+    print(f"{'file':28} {'sizes':>10} {'max rel err':>12} {'s':>5}  result")
+    failed = 0
+    for path in sorted(folder.glob("*.onnx")):
+        started = time.perf_counter()
+        stem = path.stem.rsplit("_", 1)
+        side = MODELS.get(stem[0], 64)
+        sides = [side, side + 3] if stem[1] == "dyn" else [int(stem[1])]
+        try:
+            gm = load_onnx(path)
+        except (OnnxImportError, UnsupportedOpError) as exc:
+            failed += 1
+            print(f"{path.stem:28} {'-':>10} {'-':>12} {time.perf_counter() - started:5.1f}  FAIL import: "
+                  f"{str(exc).splitlines()[0][:140]}")
+            continue
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        errors = []
+        for s in sides:
+            x = np.random.default_rng(s).random((2, s, s, 3), dtype=np.float32)
+            want = session.run(None, {session.get_inputs()[0].name: x})[0]
+            with torch.no_grad():
+                got = gm(torch.from_numpy(x)).numpy()
+            errors.append(float(np.abs(got - want).max() / np.abs(want).max()) if got.shape == want.shape
+                          else float("inf"))
+        ok = max(errors) <= 1e-5
+        failed += not ok
+        print(f"{path.stem:28} {','.join(map(str, sides)):>10} {max(errors):12.2e} "
+              f"{time.perf_counter() - started:5.1f}  {'pass' if ok else 'FAIL'}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("export", "check"))
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    return export(args.folder) if args.step == "export" else check(args.folder)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

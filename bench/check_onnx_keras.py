@@ -12,7 +12,8 @@ Two steps in two environments (TensorFlow and this project's torch do not share 
 
 2. check, with this project's environment: each file imported (``load_onnx``) and run on random images at its
    size, and for the dynamic ones at two sizes of different parity (SAME padding with a stride > 1 then pads
-   differently), against onnxruntime (pass: ``max |ours - ort| / max |ort| <= 1e-5``)::
+   differently), against onnxruntime (pass: ``max |ours - ort| / max |ort| <= 1e-5``; "not compared" where
+   onnxruntime cannot run the file)::
 
        .venv/bin/python bench/check_onnx_keras.py check /tmp/keras_onnx
 """
@@ -81,18 +82,24 @@ def check(folder: Path) -> int:
                   f"{str(exc).splitlines()[0][:140]}")
             continue
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        errors = []
+        errors, checked, note = [], [], ""
         for s in sides:
             x = np.random.default_rng(s).random((2, s, s, 3), dtype=np.float32)
-            want = session.run(None, {session.get_inputs()[0].name: x})[0]
+            try:
+                want = session.run(None, {session.get_inputs()[0].name: x})[0]
+            except Exception as exc:  # noqa: BLE001 - onnxruntime cannot run the file at this size: nothing to compare
+                note += f" (onnxruntime fails at {s}: {str(exc).splitlines()[0][-90:]})"
+                continue
             with torch.no_grad():
                 got = gm(torch.from_numpy(x)).numpy()
             errors.append(float(np.abs(got - want).max() / np.abs(want).max()) if got.shape == want.shape
                           else float("inf"))
-        ok = max(errors) <= 1e-5
+            checked.append(s)
+        ok = max(errors, default=0.0) <= 1e-5
         failed += not ok
-        print(f"{path.stem:28} {','.join(map(str, sides)):>10} {max(errors):12.2e} "
-              f"{time.perf_counter() - started:5.1f}  {'pass' if ok else 'FAIL'}")
+        result = ("pass" if ok else "FAIL") if errors else "not compared"
+        print(f"{path.stem:28} {','.join(map(str, checked)) or '-':>10} {max(errors, default=float('nan')):12.2e} "
+              f"{time.perf_counter() - started:5.1f}  {result}{note}")
     return 1 if failed else 0
 
 

@@ -24,8 +24,8 @@ shape inference otherwise. ``Shape`` therefore yields a symbolic vector such as 
 exporters' ``Shape -> Gather -> Unsqueeze -> Concat -> Reshape`` chains fold while importing. A dimension nobody
 knows becomes a symbol bound to ``x.size(i)`` of the tensor it belongs to, computed at run time only if a reshape
 needs it. A model exported with a static batch is imported with that batch freed (the first dim made a symbol) when
-each sample is then still computed on its own (checked on random samples, :func:`_takes_any_batch`); otherwise, or
-when a converter needs the batch size, it keeps that batch. Either way a warning is logged.
+each sample is then still computed on its own (checked on random samples, ``onnx_model.takes_any_batch``);
+otherwise, or when a converter needs the batch size, it keeps that batch. Either way a warning is logged.
 
 Example::
 
@@ -53,7 +53,6 @@ from snnconvert.convert.errors import OnnxImportError, UnsupportedNode, Unsuppor
 from snnconvert.convert.onnx_model import (
     MAX_OPSET,
     MIN_OPSET,
-    FreedBatch,
     check_model,
     convert_opset,
     default_opset,
@@ -65,6 +64,7 @@ from snnconvert.convert.onnx_model import (
     read_model,
     restore_static_batch,
     sanitize,
+    takes_any_batch,
 )
 from snnconvert.convert.onnx_ops import Const, SymVec, Tensor, UnsupportedConfigError, Value
 from snnconvert.convert.onnx_ops.context import ONNX_DTYPES, OpContext, tensor_from_proto
@@ -127,7 +127,7 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
         if freed is None or not importer.converter_refused:
             raise  # only ops without a converter: refused at any batch size
         gm = None  # a converter may need the batch size (GatherND indexing it): imported as the file fixed it below
-    batch_freed = gm is not None and freed is not None and _takes_any_batch(gm, model, freed)
+    batch_freed = gm is not None and freed is not None and takes_any_batch(gm, model, freed)
     if freed is not None and not batch_freed:  # the batch was merged into other dims: the file stays as it is
         restore_static_batch(model, freed)
         # what this import raises is the file's own list of problems (every node it cannot import at its batch size)
@@ -158,56 +158,6 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
     logger.info("imported %s: opset %d, %d ONNX nodes -> %d fx nodes (%d modules)", label, opset,
                 len(model.graph.node), len(gm.graph.nodes), n_modules)
     return gm
-
-
-def _takes_any_batch(gm: fx.GraphModule, model: onnx.ModelProto, freed: FreedBatch) -> bool:
-    """Whether a graph whose static batch was freed computes each sample on its own at another batch size: run on
-    three random samples together and on each alone, the outputs that led with the batch must agree (a graph that
-    merges the batch into other dimensions, e.g. a Reshape to ``[-1]`` followed by constant indices, fails or
-    differs; three, not two: a slice ``[-2:2]`` of the batch axis or a lower triangle two rows down keeps two
-    samples intact). Without static sample dimensions to draw inputs from, the symbolic import is trusted. Integer and
-    boolean outputs must be equal; float ones close, NaN where the other has NaN (``Log`` of the random input)."""
-    graph_input = next(v for v in model.graph.input if v.name == freed.input_name)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim][1:]
-    if None in dims:
-        return True
-    dtype = ONNX_DTYPES.get(graph_input.type.tensor_type.elem_type, torch.float32)
-    generator = torch.Generator().manual_seed(0)
-    batch = 3
-    x = torch.rand(batch, *dims, generator=generator)
-    x = x if dtype.is_floating_point else (x * 100).to(dtype)
-    names = [out.name for out in model.graph.output]
-    try:
-        with torch.no_grad():  # forward(), not __call__: fx's __call__ prints a failing line's code to stderr
-            together, alone = gm.forward(x), [gm.forward(x[i:i + 1]) for i in range(batch)]
-    except Exception:  # noqa: BLE001 - the graph cannot run at batch 3 or 1: it holds the batch size somewhere
-        return False
-    together, alone = _as_list(together), [_as_list(out) for out in alone]
-    for k, name in enumerate(names):
-        if name not in freed.outputs:
-            continue
-        every = together[k]
-        if not isinstance(every, torch.Tensor) or every.dim() == 0 or every.shape[0] != batch:
-            return False
-        for i in range(batch):
-            if not _same_sample(every[i:i + 1], alone[i][k]):
-                return False
-    return True
-
-
-def _same_sample(pair: torch.Tensor, one: Any) -> bool:
-    """Whether one sample's output computed in a batch equals it computed alone (see ``_takes_any_batch``)."""
-    if not isinstance(one, torch.Tensor) or one.shape != pair.shape or one.dtype != pair.dtype:
-        return False
-    if not one.dtype.is_floating_point:
-        return torch.equal(pair, one)
-    finite = one[torch.isfinite(one)]
-    scale = float(finite.abs().max()) if finite.numel() else 0.0
-    return torch.allclose(pair, one, rtol=1e-4, atol=1e-5 * scale + 1e-12, equal_nan=True)
-
-
-def _as_list(out: Any) -> list:
-    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 import onnx.version_converter
 import sympy
+import torch
+import torch.fx
 
 from snnconvert.convert import onnx_ops
 from snnconvert.convert.errors import OnnxImportError
@@ -24,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BATCH_PARAM", "MAX_OPSET", "MIN_OPSET", "check_model", "convert_opset", "default_opset", "FreedBatch",
            "free_static_batch", "infer_shapes", "load_external_data", "one_line", "parse_dim_param", "read_model",
-           "restore_static_batch", "sanitize", "shape_only_copy"]
+           "restore_static_batch", "sanitize", "shape_only_copy", "takes_any_batch"]
 
 MIN_OPSET = 13
 MAX_OPSET = 21
@@ -323,3 +325,55 @@ def _copy(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     clone = onnx.ValueInfoProto()
     clone.CopyFrom(value)
     return clone
+
+
+def takes_any_batch(gm: torch.fx.GraphModule, model: onnx.ModelProto, freed: FreedBatch) -> bool:
+    """Whether a graph whose static batch was freed computes each sample on its own at another batch size: run on
+    three random samples together and on each alone, the outputs that led with the batch must agree (a graph that
+    merges the batch into other dimensions, e.g. a Reshape to ``[-1]`` followed by constant indices, fails or
+    differs; three, not two: a slice ``[-2:2]`` of the batch axis or a lower triangle two rows down keeps two
+    samples intact). Without static sample dimensions to draw inputs from, the symbolic import is trusted. Integer and
+    boolean outputs must be equal; float ones close, NaN where the other has NaN (``Log`` of the random input)."""
+    from snnconvert.convert.onnx_ops.context import ONNX_DTYPES  # (context imports this module)
+
+    graph_input = next(v for v in model.graph.input if v.name == freed.input_name)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim][1:]
+    if None in dims:
+        return True
+    dtype = ONNX_DTYPES.get(graph_input.type.tensor_type.elem_type, torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    batch = 3
+    x = torch.rand(batch, *dims, generator=generator)
+    x = x if dtype.is_floating_point else (x * 100).to(dtype)
+    names = [out.name for out in model.graph.output]
+    try:
+        with torch.no_grad():  # forward(), not __call__: fx's __call__ prints a failing line's code to stderr
+            together, alone = gm.forward(x), [gm.forward(x[i:i + 1]) for i in range(batch)]
+    except Exception:  # noqa: BLE001 - the graph cannot run at batch 3 or 1: it holds the batch size somewhere
+        return False
+    together, alone = _as_list(together), [_as_list(out) for out in alone]
+    for k, name in enumerate(names):
+        if name not in freed.outputs:
+            continue
+        every = together[k]
+        if not isinstance(every, torch.Tensor) or every.dim() == 0 or every.shape[0] != batch:
+            return False
+        for i in range(batch):
+            if not _same_sample(every[i:i + 1], alone[i][k]):
+                return False
+    return True
+
+
+def _same_sample(pair: torch.Tensor, one: Any) -> bool:
+    """Whether one sample's output computed in a batch equals it computed alone (see ``takes_any_batch``)."""
+    if not isinstance(one, torch.Tensor) or one.shape != pair.shape or one.dtype != pair.dtype:
+        return False
+    if not one.dtype.is_floating_point:
+        return torch.equal(pair, one)
+    finite = one[torch.isfinite(one)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    return torch.allclose(pair, one, rtol=1e-4, atol=1e-5 * scale + 1e-12, equal_nan=True)
+
+
+def _as_list(out: Any) -> list:
+    return list(out) if isinstance(out, (tuple, list)) else [out]

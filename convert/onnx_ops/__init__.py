@@ -31,10 +31,14 @@ Conv / ConvTranspose (1-3 d)                           ``nn.ConvNd`` / ``nn.Conv
 Gemm, MatMul with a constant 2-d weight                ``nn.Linear`` (a following ``Add`` of a constant bias is
                                                        absorbed); otherwise ``torch.matmul``
 BatchNormalization, LayerNormalization                 ``nn.BatchNormNd`` (eval), ``nn.LayerNorm``
-InstanceNormalization                                  ``F.instance_norm``
+InstanceNormalization, LRN                             ``F.instance_norm`` (``F.group_norm`` on run-time sizes),
+                                                       ``nn.LocalResponseNorm``
 MaxPool, AveragePool, GlobalAveragePool/MaxPool        ``nn.MaxPoolNd``, ``nn.AvgPoolNd``,
                                                        ``nn.AdaptiveAvgPoolNd(1)`` / ``nn.AdaptiveMaxPoolNd(1)``
+                                                       (SAME pads on run-time sizes: ``F.pad`` computed then)
 ReduceMean over all spatial axes                       ``nn.AdaptiveAvgPoolNd(1)``
+ReduceL1 / L2 / SumSquare / LogSum / LogSumExp         ``torch.linalg.vector_norm``, square + sum, sum + log,
+                                                       ``torch.logsumexp``
 Relu, Clip [0, 6] / [0, inf), LeakyRelu, Sigmoid,      ``nn.ReLU``, ``nn.ReLU6`` / ``nn.ReLU``, ``nn.LeakyReLU``,
 Tanh, Gelu, Softmax, LogSoftmax, HardSwish, Elu, ...   ``nn.Sigmoid``, ``nn.Tanh``, ``nn.GELU``, ``nn.Softmax``, ...
 Add, Sub, Mul, Div, Pow, comparisons                   ``operator.add`` & co. (constants: scalars or buffers)
@@ -44,19 +48,25 @@ Squeeze, Unsqueeze, Pad, Expand, Tile, Gather,        ``torch.flatten``, ``torch
 GatherND (constant indices)                            (GatherND: ``torch.index_select`` of flattened leading dims)
 Resize (spatial dims; nearest asymmetric + floor,      ``F.interpolate`` (``mode``, ``align_corners``, ``size`` or
 linear / cubic half-pixel or align-corners)            ``scale_factor``)
+Resize, other modes on static sizes                    per axis ``torch.index_select`` of the source positions
+                                                       (weighted and summed for linear / cubic)
+If with a condition known at import                    the nodes of the branch taken
 Shape, Size, ConstantOfShape, Range, Constant          evaluated while importing (no fx node); ConstantOfShape /
                                                        Range of a dynamic size: ``torch.full`` / ``torch.arange``
 Identity, Dropout (inference)                          nothing: the input is passed through
 =====================================================  ==============================================================
 
-The converters live in ``core`` (values, registry, shared helpers), ``layers`` (weights, pooling), ``elementwise``
+A file at another opset is converted to 13 or 21 by ``onnx.version_converter`` before these run
+(``onnx_model.convert_opset``).
+
+The converters live in ``core`` (values, registry, shared helpers), ``layers`` (weights), ``pooling``, ``elementwise``
 (activations, element-wise ops, casts), ``shapes`` (pass-throughs, constants, shape manipulation, reductions) and
 ``spatial`` (DepthToSpace / SpaceToDepth, Pad, Resize);
 importing this package registers all of them.
 """
 from __future__ import annotations
 
-from snnconvert.convert.onnx_ops import elementwise, layers, shapes, spatial  # noqa: F401 - registers the converters
+from snnconvert.convert.onnx_ops import elementwise, layers, pooling, shapes, spatial  # noqa: F401 - registers them
 from snnconvert.convert.onnx_ops.core import (
     DEFAULT_DOMAIN,
     Const,

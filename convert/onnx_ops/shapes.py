@@ -29,7 +29,7 @@ from snnconvert.convert.onnx_ops.core import (
     to_int_list,
     vec_dtype,
 )
-from snnconvert.convert.onnx_ops.layers import _ADAPTIVE_AVG
+from snnconvert.convert.onnx_ops.pooling import _ADAPTIVE_AVG
 
 
 # Pass-throughs and constants

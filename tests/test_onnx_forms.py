@@ -305,6 +305,33 @@ def test_same_padding_on_run_time_sizes_is_computed_at_run_time(layer: str) -> N
     assert_matches_ort(model, *[rand(2, 3, h, w, seed=h) for h, w in ((7, 8), (8, 7), (1, 2), (12, 13))])
 
 
+@pytest.mark.parametrize("kernel, attrs", [([3, 3], 'strides=[2,2], auto_pad="SAME_UPPER"'),
+                                           ([4, 3], 'strides=[2,2], auto_pad="SAME_LOWER"'),
+                                           ([2, 2], 'strides=[3,3], auto_pad="SAME_UPPER"')])
+def test_transposed_same_padding_on_run_time_sizes(kernel: list, attrs: str) -> None:
+    """A transposed convolution's SAME pads (output = input x stride) do not depend on the input size: a Keras
+    Conv2DTranspose without fixed sizes imports (refused before). A kernel shorter than the stride leaves the full
+    output short of input x stride: the spec asks for input x stride, and TF (where such files come from) adds the
+    missing rows and columns at the end, reached by no input (the bias); onnxruntime keeps the shorter output, and
+    onnx.reference adds them at the start."""
+    bias = rand(4)
+    model = textual(f"g (float[N,3,H,W] x) => (float y) {{ y = ConvTranspose <kernel_shape={kernel}, {attrs}> "
+                    "(x, w, b) }", 17, w=rand(3, 4, *kernel), b=bias)
+    inputs = [rand(2, 3, h, w, seed=h) for h, w in ((5, 6), (4, 7), (1, 1))]
+    if kernel[0] >= 3:
+        assert_matches_ort(model, *inputs)
+        return
+    gm = load_onnx(model)
+    for x in inputs:
+        (short,) = run_ort(model, x)
+        got = gm(torch.from_numpy(x)).detach().numpy()
+        assert got.shape[2:] == (3 * x.shape[2], 3 * x.shape[3])
+        np.testing.assert_allclose(got[:, :, :short.shape[2], :short.shape[3]], short, rtol=1e-5, atol=1e-5)
+        extra = np.concatenate([got[:, :, short.shape[2]:].reshape(2, 4, -1),
+                                got[:, :, :, short.shape[3]:].reshape(2, 4, -1)], axis=2)
+        np.testing.assert_allclose(extra, np.broadcast_to(bias[None, :, None], extra.shape), rtol=1e-6)
+
+
 @pytest.mark.parametrize(("layer", "reason"), [
     ('AveragePool <kernel_shape=[3,3], strides=[2,2], auto_pad="SAME_UPPER"> (x)', "on a dynamic spatial size"),
     ('MaxPool <kernel_shape=[3,3], strides=[2,2], auto_pad="SAME_UPPER", ceil_mode=1> (x)', "ceil_mode=1"),

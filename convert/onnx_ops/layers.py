@@ -177,8 +177,9 @@ def convert_conv(ctx: OpContext) -> Value:
 def convert_conv_transpose(ctx: OpContext) -> Value:
     """ConvTranspose -> ``nn.ConvTranspose1d/2d/3d``.
 
-    ``output_shape`` / ``auto_pad`` are turned into pads (static spatial sizes needed); asymmetric pads use the common
-    part as ``padding`` and crop the rest with a slice after the module.
+    ``output_shape`` / ``auto_pad`` are turned into pads (``output_shape`` needs static spatial sizes; SAME's pads,
+    ``output_padding + (kernel - 1) * dilation + 1 - stride`` for an output of ``input * stride``, do not depend on the
+    input size); asymmetric pads use the common part as ``padding`` and crop the rest with a slice after the module.
     """
     x, b = ctx.input(0), ctx.input(2)
     weight = ctx.const(1, "ConvTranspose weight")
@@ -195,16 +196,16 @@ def convert_conv_transpose(ctx: OpContext) -> Value:
     output_shape = ctx.attr("output_shape", None)
     if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         spatial = _spatial(ctx, x, nd)
-        if spatial is None or not all_static(spatial):
-            raise ctx.fail("ConvTranspose with output_shape or auto_pad SAME needs static spatial input sizes")
-        if output_shape is not None:
-            target = list(output_shape)[-nd:]
-        else:
-            target = [static(s) * st for s, st in zip(spatial, strides)]
+        if output_shape is not None and (spatial is None or not all_static(spatial)):
+            raise ctx.fail("ConvTranspose with output_shape needs static spatial input sizes")
         begin, end = [], []
         for i in range(nd):
-            full = strides[i] * (static(spatial[i]) - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1
-            total = full - target[i]
+            # the full output minus the wanted one: stride * (n - 1) + output_padding + k_eff - target
+            reach = output_padding[i] + (kernel[i] - 1) * dilations[i] + 1
+            if output_shape is not None:
+                total = strides[i] * (static(spatial[i]) - 1) + reach - list(output_shape)[-nd:][i]
+            else:  # target n * stride, whatever n
+                total = reach - strides[i]
             if total < 0:
                 output_padding[i] -= total
                 total = 0

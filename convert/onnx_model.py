@@ -256,8 +256,6 @@ def parse_dim_param(text: str, symbols: dict[str, sympy.Symbol]) -> sympy.Expr |
         return None
 
 
-
-
 #: The dim_param a static batch dimension is renamed to by :func:`free_static_batch`.
 BATCH_PARAM = "snnconvert_batch"
 

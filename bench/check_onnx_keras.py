@@ -16,6 +16,10 @@ Two steps in two environments (TensorFlow and this project's torch do not share 
    onnxruntime cannot run the file)::
 
        .venv/bin/python bench/check_onnx_keras.py check /tmp/keras_onnx
+
+   ``--snn-steps T`` also converts each imported file (differential coding, T steps, 8 random channels-last
+   calibration images) and reports the SNN's ``max |output - ANN| / max |ANN|`` after 1, 4 and T steps on 8 other
+   images (random weights: a check that the converted network approaches the imported one, not of accuracy).
 """
 from __future__ import annotations
 
@@ -58,7 +62,22 @@ def export(folder: Path) -> int:
     return 1 if failures else 0
 
 
-def check(folder: Path) -> int:
+def snn_errors(gm, side: int, steps: int) -> str:
+    """The converted network's relative distance to the imported one after 1, 4 and ``steps`` steps."""
+    import torch
+
+    from snnconvert.convert import ConversionConfig, convert
+
+    generator = torch.Generator().manual_seed(side)
+    calib, x = torch.rand(8, side, side, 3, generator=generator), torch.rand(8, side, side, 3, generator=generator)
+    result = convert(gm, forward_loop=[calib], config=ConversionConfig.for_coding("differential", timesteps=steps))
+    with torch.no_grad():
+        ann, out = gm(x), result.snn(x, steps)
+    error = [float((o - ann).abs().max() / ann.abs().max()) for o in out]
+    return " / ".join(f"{error[t - 1]:.3g}" for t in (1, 4, steps))
+
+
+def check(folder: Path, snn_steps: int | None = None) -> int:
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -67,7 +86,8 @@ def check(folder: Path) -> int:
     from snnconvert.convert.onnx_import import load_onnx
 
     ort.set_default_logger_severity(3)
-    print(f"{'file':28} {'sizes':>10} {'max rel err':>12} {'s':>5}  result")
+    snn_column = f"  SNN err after 1 / 4 / {snn_steps} steps" if snn_steps else ""
+    print(f"{'file':28} {'sizes':>10} {'max rel err':>12} {'s':>5}  result{snn_column}")
     failed = 0
     for path in sorted(folder.glob("*.onnx")):
         started = time.perf_counter()
@@ -98,6 +118,12 @@ def check(folder: Path) -> int:
         ok = max(errors, default=0.0) <= 1e-5
         failed += not ok
         result = ("pass" if ok else "FAIL") if errors else "not compared"
+        if snn_steps and errors:
+            try:
+                result += f"  {snn_errors(gm, sides[0], snn_steps)}"
+            except Exception as exc:  # noqa: BLE001 - reported per file
+                failed += 1
+                result += f"  conversion FAIL: {str(exc).splitlines()[0][:140]}"
         print(f"{path.stem:28} {','.join(map(str, checked)) or '-':>10} {max(errors, default=float('nan')):12.2e} "
               f"{time.perf_counter() - started:5.1f}  {result}{note}")
     return 1 if failed else 0
@@ -107,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("export", "check"))
     parser.add_argument("folder", type=Path)
+    parser.add_argument("--snn-steps", type=int, help="check: also convert each file and run the SNN this many steps")
     args = parser.parse_args(argv)
-    return export(args.folder) if args.step == "export" else check(args.folder)
+    return export(args.folder) if args.step == "export" else check(args.folder, args.snn_steps)
 
 
 if __name__ == "__main__":

@@ -64,42 +64,45 @@ def _resolve_pads(
         raise ctx.unsupported(f"auto_pad={auto_pad}")
     begin, end = [], []
     for i in range(nd):
-        eff = (kernel[i] - 1) * dilations[i] + 1
-        if strides[i] == 1:
-            total = eff - 1
-        else:
-            n = static(spatial[i]) if spatial is not None and i < len(spatial) else None
-            if n is None:
-                raise ctx.unsupported("auto_pad SAME with a stride > 1 on a dynamic spatial size (pads computed at "
-                                      "run time: Conv, MaxPool and an AveragePool counting pads)")
-            out = -(-n // strides[i])
-            total = max((out - 1) * strides[i] + eff - n, 0)
-        small, big = total // 2, total - total // 2
-        begin.append(small if auto_pad == "SAME_UPPER" else big)
-        end.append(big if auto_pad == "SAME_UPPER" else small)
+        n = spatial[i] if spatial is not None and i < len(spatial) and spatial[i] is not None else _ANY_SIZE
+        b, e, _ = _same_pads(n, (kernel[i] - 1) * dilations[i] + 1, strides[i], auto_pad == "SAME_UPPER")
+        if not (b.is_Integer and e.is_Integer):  # a stride > 1 on a size known only at run time
+            raise ctx.unsupported("auto_pad SAME with a stride > 1 on a dynamic spatial size (pads computed at "
+                                  "run time: Conv, MaxPool and an AveragePool counting pads)")
+        begin.append(int(b))
+        end.append(int(e))
     return begin, end
+
+
+#: a spatial size nothing is known of (SAME's pads with stride 1 do not depend on it)
+_ANY_SIZE = sympy.Symbol("_any_size", integer=True, positive=True)
+
+
+def _same_pads(n: Any, eff: int, stride: int, upper: bool) -> tuple[sympy.Expr, sympy.Expr, sympy.Expr]:
+    """``auto_pad=SAME_*`` along one dim of size ``n`` (an int or a sympy expression) for a window reaching ``eff``
+    elements: the begin and end pads and the output length ``ceil(n / stride)``, with ``total = max((out - 1) *
+    stride + eff - n, 0)``, its odd element at the end for SAME_UPPER, at the beginning for SAME_LOWER (sympy values;
+    integers where ``n`` is one or the stride is 1)."""
+    out = (sympy.sympify(n) + stride - 1) // stride
+    total = sympy.Max((out - 1) * stride + eff - n, 0)
+    small = total // 2
+    return (small, total - small, out) if upper else (total - small, small, out)
 
 
 def _same_at_run_time(ctx: OpContext, x: Value, nd: int, kernel: list, strides: list, dilations: list,
                       value: float = 0.0) -> tuple[Value, list] | None:
     """``auto_pad=SAME_*`` with a stride > 1 along a spatial size known only at run time (tf2onnx's form for a Keras
-    model without fixed input sizes): the pads depend on the size modulo the stride, ``total = max((ceil(n / s) - 1)
-    * s + k_eff - n, 0)`` (the odd one at the end for SAME_UPPER, at the beginning for SAME_LOWER), so the input is
-    padded by ``F.pad`` with amounts computed at run time and the window then runs unpadded. Returns the padded input
-    and the output sizes, ``ceil(n / s)``; ``None`` where the pads are static (:func:`_resolve_pads`)."""
+    model without fixed input sizes): the pads (:func:`_same_pads`) depend on the size modulo the stride, so the
+    input is padded by ``F.pad`` with amounts computed at run time and the window then runs unpadded. Returns the
+    padded input and the output sizes, ``ceil(n / s)``; ``None`` where the pads are static (:func:`_resolve_pads`)
+    or a size is not even a symbol."""
     auto_pad = ctx.attr("auto_pad", "NOTSET")
     spatial = _spatial(ctx, x, nd)
-    if auto_pad not in ("SAME_UPPER", "SAME_LOWER") or spatial is None or all(
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER") or spatial is None or None in spatial or all(
             static(n) is not None or s == 1 for n, s in zip(spatial, strides)):
         return None
-    begin, end, sizes = [], [], []
-    for n, k, s, d in zip(spatial, kernel, strides, dilations):
-        out = sympy.floor((n + s - 1) / s)
-        total = sympy.Max((out - 1) * s + (k - 1) * d + 1 - n, 0)
-        small = sympy.floor(total / 2)
-        begin.append(small if auto_pad == "SAME_UPPER" else total - small)
-        end.append(total - small if auto_pad == "SAME_UPPER" else small)
-        sizes.append(out)
+    begin, end, sizes = zip(*(_same_pads(n, (k - 1) * d + 1, s, auto_pad == "SAME_UPPER")
+                              for n, k, s, d in zip(spatial, kernel, strides, dilations)))
     amounts = [a for b, e in zip(reversed(begin), reversed(end)) for a in (b, e)]
     padded = ctx.call_function(F.pad, x, ctx.dims_arg(amounts), value=value)
     if isinstance(padded, Tensor):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import sympy
@@ -32,18 +33,17 @@ def _pool_attrs(ctx: OpContext, table: dict, what: str) -> tuple[list, int, list
             bool(ctx.attr("ceil_mode", 0)))
 
 
-def _pool_same_at_run_time(ctx: OpContext, x: Value, module: nn.Module, value: float = 0.0) -> Value | None:
-    """A pooling ``module`` (unpadded) over ``x`` padded for ``auto_pad=SAME_*`` at run time
+def _pool_same_at_run_time(ctx: OpContext, x: Value, kernel: list, strides: list, dilations: list,
+                           build: Callable[[], nn.Module], value: float = 0.0) -> Value | None:
+    """The pooling module ``build()`` makes (unpadded) over ``x`` padded for ``auto_pad=SAME_*`` at run time
     (:func:`_same_at_run_time`); ``None`` where the pads are static."""
-    nd = len(module.kernel_size) if isinstance(module.kernel_size, tuple) else 1
-    same = _same_at_run_time(ctx, x, nd, list(module.kernel_size), list(module.stride),
-                             list(getattr(module, "dilation", (1,) * nd)), value)
+    same = _same_at_run_time(ctx, x, len(kernel), kernel, strides, dilations, value)
     if same is None:
         return None
     if ctx.attr("ceil_mode", 0):
         raise ctx.unsupported("auto_pad SAME with ceil_mode=1 on a dynamic spatial size")
     padded, sizes = same
-    out = ctx.call_module(module, padded)
+    out = ctx.call_module(build(), padded)
     if isinstance(out, Tensor):
         out.shape = (*ctx.shape(x)[:2], *sizes)
     return out
@@ -123,8 +123,8 @@ def convert_max_pool(ctx: OpContext) -> Value:
         raise ctx.unsupported("storage_order=1")
     x = ctx.input(0)
     kernel, nd, strides, dilations, ceil_mode = _pool_attrs(ctx, _MAX_POOL, "max")
-    module = _MAX_POOL[nd](tuple(kernel), stride=tuple(strides), padding=0, dilation=tuple(dilations))
-    same = _pool_same_at_run_time(ctx, x, module, float("-inf"))
+    same = _pool_same_at_run_time(ctx, x, kernel, strides, dilations, value=float("-inf"), build=lambda: _MAX_POOL[nd](
+        tuple(kernel), stride=tuple(strides), dilation=tuple(dilations)))
     if same is not None:
         return same
     begin, end = _pool_pads(ctx, _spatial(ctx, x, nd), kernel, strides, dilations, ceil_mode)
@@ -158,7 +158,8 @@ def convert_average_pool(ctx: OpContext) -> Value:
         raise ctx.unsupported(f"dilations={dilations}")
     count_include_pad = bool(ctx.attr("count_include_pad", 0))
     if count_include_pad:  # (not counting pads whose amounts are known only at run time: refused below)
-        same = _pool_same_at_run_time(ctx, x, _AVG_POOL[nd](tuple(kernel), stride=tuple(strides), padding=0))
+        same = _pool_same_at_run_time(ctx, x, kernel, strides, dilations,
+                                      build=lambda: _AVG_POOL[nd](tuple(kernel), stride=tuple(strides)))
         if same is not None:
             return same
     spatial = _spatial(ctx, x, nd)

@@ -20,6 +20,10 @@ Two steps in two environments (TensorFlow and this project's torch do not share 
    ``--snn-steps T`` also converts each imported file (differential coding, T steps, 8 random channels-last
    calibration images) and reports the SNN's ``max |output - ANN| / max |ANN|`` after 1, 4 and T steps on 8 other
    images (random weights: a check that the converted network approaches the imported one, not of accuracy).
+
+   ``--input-layout channels-last`` imports each file as ``snnconvert --input-layout channels-last`` does (a transpose
+   in front of the input: the module takes ``[N, 3, H, W]``), feeds it the channels-first copy of the same images and
+   says whether the transpose cancelled against tf2onnx's (``input permute``: ``cancelled`` or ``kept``).
 """
 from __future__ import annotations
 
@@ -62,7 +66,7 @@ def export(folder: Path) -> int:
     return 1 if failures else 0
 
 
-def snn_errors(gm, side: int, steps: int) -> str:
+def snn_errors(gm, side: int, steps: int, layout: str) -> str:
     """The converted network's relative distance to the imported one after 1, 4 and ``steps`` steps."""
     import torch
 
@@ -70,14 +74,17 @@ def snn_errors(gm, side: int, steps: int) -> str:
 
     generator = torch.Generator().manual_seed(side)
     calib, x = torch.rand(8, side, side, 3, generator=generator), torch.rand(8, side, side, 3, generator=generator)
-    result = convert(gm, forward_loop=[calib], config=ConversionConfig.for_coding("differential", timesteps=steps))
+    if layout == "channels-last":
+        calib, x = calib.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2)
+    config = ConversionConfig.for_coding("differential", timesteps=steps, input_layout=layout)
+    result = convert(gm, forward_loop=[calib], config=config)
     with torch.no_grad():
         ann, out = gm(x), result.snn(x, steps)
     error = [float((o - ann).abs().max() / ann.abs().max()) for o in out]
     return " / ".join(f"{error[t - 1]:.3g}" for t in (1, 4, steps))
 
 
-def check(folder: Path, snn_steps: int | None = None) -> int:
+def check(folder: Path, snn_steps: int | None = None, layout: str = "channels-first") -> int:
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -87,7 +94,8 @@ def check(folder: Path, snn_steps: int | None = None) -> int:
 
     ort.set_default_logger_severity(3)
     snn_column = f"  SNN err after 1 / 4 / {snn_steps} steps" if snn_steps else ""
-    print(f"{'file':28} {'sizes':>10} {'max rel err':>12} {'s':>5}  result{snn_column}")
+    permute_column = f" {'input permute':>13}" if layout == "channels-last" else ""
+    print(f"{'file':28} {'sizes':>10} {'max rel err':>12} {'s':>5}{permute_column}  result{snn_column}")
     failed = 0
     for path in sorted(folder.glob("*.onnx")):
         started = time.perf_counter()
@@ -95,7 +103,7 @@ def check(folder: Path, snn_steps: int | None = None) -> int:
         side = MODELS.get(stem[0], 64)
         sides = [side, side + 3] if stem[1] == "dyn" else [int(stem[1])]
         try:
-            gm = load_onnx(path)
+            gm = load_onnx(path, input_layout=layout)
         except (OnnxImportError, UnsupportedOpError) as exc:
             failed += 1
             print(f"{path.stem:28} {'-':>10} {'-':>12} {time.perf_counter() - started:5.1f}  FAIL import: "
@@ -103,6 +111,9 @@ def check(folder: Path, snn_steps: int | None = None) -> int:
             continue
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         errors, checked, note = [], [], ""
+        placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+        kept = any(n.target is torch.permute for n in placeholder.users)
+        permute = f" {'kept' if kept else 'cancelled':>13}" if layout == "channels-last" else ""
         for s in sides:
             x = np.random.default_rng(s).random((2, s, s, 3), dtype=np.float32)
             try:
@@ -110,8 +121,9 @@ def check(folder: Path, snn_steps: int | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - onnxruntime cannot run the file at this size: nothing to compare
                 note += f" (onnxruntime fails at {s}: {str(exc).splitlines()[0][-90:]})"
                 continue
+            feed = torch.from_numpy(x)
             with torch.no_grad():
-                got = gm(torch.from_numpy(x)).numpy()
+                got = gm(feed.permute(0, 3, 1, 2) if layout == "channels-last" else feed).numpy()
             errors.append(float(np.abs(got - want).max() / np.abs(want).max()) if got.shape == want.shape
                           else float("inf"))
             checked.append(s)
@@ -120,12 +132,12 @@ def check(folder: Path, snn_steps: int | None = None) -> int:
         result = ("pass" if ok else "FAIL") if errors else "not compared"
         if snn_steps and errors:
             try:
-                result += f"  {snn_errors(gm, sides[0], snn_steps)}"
+                result += f"  {snn_errors(gm, sides[0], snn_steps, layout)}"
             except Exception as exc:  # noqa: BLE001 - reported per file
                 failed += 1
                 result += f"  conversion FAIL: {str(exc).splitlines()[0][:140]}"
         print(f"{path.stem:28} {','.join(map(str, checked)) or '-':>10} {max(errors, default=float('nan')):12.2e} "
-              f"{time.perf_counter() - started:5.1f}  {result}{note}")
+              f"{time.perf_counter() - started:5.1f}{permute}  {result}{note}")
     return 1 if failed else 0
 
 
@@ -134,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("step", choices=("export", "check"))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--snn-steps", type=int, help="check: also convert each file and run the SNN this many steps")
+    parser.add_argument("--input-layout", default="channels-first", choices=("channels-first", "channels-last"),
+                        help="check: import the files with this input layout (channels-last: fed channels-first data)")
     args = parser.parse_args(argv)
-    return export(args.folder) if args.step == "export" else check(args.folder, args.snn_steps)
+    return export(args.folder) if args.step == "export" else check(args.folder, args.snn_steps, args.input_layout)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,7 @@ class RunOptions:
     identity_levels: Optional[int] = None
     token_channel: Optional[str] = None
     threshold_aggregation: Optional[str] = None
+    input_layout: Optional[str] = None
     markdown: Optional[Path] = None
     layer_errors: bool = False
     sweep: Optional[str] = None
@@ -152,6 +153,7 @@ def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
     from snnconvert.cli.malloc import keep_freed_memory
     from snnconvert.convert import ConversionConfig, convert, convert_sweep
+    from snnconvert.convert.onnx_layout import check_layout_applies
     from snnconvert.runtime import check_device, sweep
     from snnconvert.runtime.data import Normalize, check_data_flags, load_calib_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
@@ -172,7 +174,8 @@ def _run(o: RunOptions) -> None:
                                         identity_threshold=o.identity_threshold, identity_tail=o.identity_tail,
                                         threshold_scale=o.threshold_scale, identity_levels=o.identity_levels,
                                         token_channel=o.token_channel,
-                                        threshold_aggregation=o.threshold_aggregation)
+                                        threshold_aggregation=o.threshold_aggregation,
+                                        input_layout=o.input_layout)
             for threshold in _thresholds(o, sweep_steps)]
     if len({str(cfg.threshold) for cfg in cfgs}) < len(cfgs):
         raise ConfigError(f"--threshold {o.threshold!r}: a rule is listed twice; give distinct rules")
@@ -180,10 +183,12 @@ def _run(o: RunOptions) -> None:
         raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
     check_nir_options(o, cfgs[0].coding)
     dtype = check_runtime(o)
-    resolved = resolve_model(o.model, weights=o.weights, zoo=models_zoo)
+    layout = cfgs[0].input_layout
+    resolved = resolve_model(o.model, weights=o.weights, zoo=models_zoo, input_layout=layout)
     # an ONNX file is imported once, before anything else can fail on it: the imported graph is the ANN to compare
     # against and what convert() traces (a deep copy; node names, hence threshold keys, are the importer's either way)
-    ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model)
+    check_layout_applies(resolved.model, layout)
+    ann = resolved.model if isinstance(resolved.model, torch.nn.Module) else result_ann(resolved.model, layout)
     # one data set named for either side is both sides' (its train split calibrates, its test split evaluates; a
     # one-split folder or file is divided by load_calib_eval)
     calib_name = o.calib_data or resolved.dataset or o.eval_data
@@ -304,11 +309,11 @@ def _portable(spec: str) -> str:
     return spec if source.path is None else f"{source.kind}:{source.path}"
 
 
-def result_ann(onnx_path: str) -> torch.nn.Module:
+def result_ann(onnx_path: str, input_layout: str) -> torch.nn.Module:
     """The ANN to compare against for an ONNX model: the imported graph itself."""
     from snnconvert.convert import load_onnx
 
-    return load_onnx(onnx_path)
+    return load_onnx(onnx_path, input_layout=input_layout)
 
 
 @app.command()
@@ -388,6 +393,10 @@ def main(
         None, "--aggregation", help="max / percentile thresholds over the calibration data: global (of all values) "
                                     "| batch-mean (per batch of 256 images, averaged: the reference "
                                     "implementation's rule) [default: global]"),
+    input_layout: Optional[str] = typer.Option(
+        None, "--input-layout", help="an ONNX model's input layout: channels-first ([N, C, H, W]) | channels-last "
+                                     "([N, H, W, C]: TF / Keras exported by tf2onnx; the data stay channels-first, "
+                                     "a transpose goes in front of the model) [default: channels-first]"),
     layer_errors: bool = typer.Option(False, "--layer-errors", help="also compare every neuron's (and pooling "
                                       "unit's) decoded output with its ANN value after each step: where accuracy is "
                                       "lost"),

@@ -90,7 +90,8 @@ def read_options(ctx: typer.Context, config: Optional[Path]) -> dict:
 _FIELD_FLAGS = {"threshold_aggregation": "--aggregation", "identity_neurons": "--identity-neurons",
                 "identity_threshold": "--identity-threshold", "identity_tail": "--identity-tail",
                 "token_channel": "--token-channel", "threshold_scale": "--threshold-scale",
-                "identity_levels": "--identity-levels", "allow_ann_ops": "--allow-ann-op", "levels": "--levels",
+                "identity_levels": "--identity-levels", "input_layout": "--input-layout",
+                "allow_ann_ops": "--allow-ann-op", "levels": "--levels",
                 "neuron": "--neuron", "timesteps": "-T/--timesteps", "granularity": "--granularity",
                 "backend": "--backend", "device": "--device"}
 _FIELD_ASSIGNMENT = re.compile(r"\b(" + "|".join(_FIELD_FLAGS) + r")=(['\"]?)([\w.%*-]+)\2")

@@ -50,8 +50,8 @@ def is_artifact(model: str) -> bool:
 #: options that define a conversion: a saved SNN is evaluated as it was converted, so they do not apply to it
 _CONVERSION_OPTIONS = ("coding", "threshold", "granularity", "levels", "neuron", "weights", "calib_data",
                        "calib_images", "allow_ann_op", "identity_neurons", "identity_threshold", "identity_tail",
-                       "threshold_scale", "identity_levels", "token_channel", "threshold_aggregation", "sweep",
-                       "target_gap", "select_images", "output")
+                       "threshold_scale", "identity_levels", "token_channel", "threshold_aggregation", "input_layout",
+                       "sweep", "target_gap", "select_images", "output")
 
 
 def _flag(name: str) -> str:

@@ -38,6 +38,7 @@ from snnconvert.convert.coding import get_coding
 from snnconvert.convert.config import DIFF_DEFAULT, PRESETS, RATE_DEFAULT, ConversionConfig, ThresholdSpec
 from snnconvert.convert.errors import CalibrationError, ConfigError, check_float_images, first_line
 from snnconvert.convert.frontend import annotate_shapes, node_source, trace_module
+from snnconvert.convert.onnx_layout import check_layout_applies, imported_layout
 from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.passes import NORMALIZE_PASSES
 from snnconvert.convert.passes.identity import insert_identity_sites
@@ -92,20 +93,27 @@ class ConversionResult:
         return save(self, path)
 
 
-def load_onnx(path: str | os.PathLike) -> fx.GraphModule:
-    """Import an ONNX file as an eval-mode float32 ``GraphModule`` (see ``snnconvert.convert.onnx_import``)."""
+def load_onnx(path: str | os.PathLike, *, input_layout: str = "channels-first") -> fx.GraphModule:
+    """Import an ONNX file as an eval-mode float32 ``GraphModule`` (see ``snnconvert.convert.onnx_import``);
+    ``input_layout="channels-last"`` for a TF / Keras model (the module then takes channels-first input)."""
     from snnconvert.convert.onnx_import import load_onnx as _load_onnx
 
-    return _load_onnx(path)
+    return _load_onnx(path, input_layout=input_layout)
 
 
-def _front_end(model: torch.nn.Module | str | os.PathLike, example_inputs: torch.Tensor | None = None
-               ) -> fx.GraphModule:
+def _front_end(model: torch.nn.Module | str | os.PathLike, input_layout: str,
+               example_inputs: torch.Tensor | None = None) -> fx.GraphModule:
     if isinstance(model, (str, os.PathLike)):
         if not str(model).lower().endswith(".onnx"):
             raise ConfigError(f"{model}: only .onnx files can be converted from a path; pass an nn.Module otherwise")
-        return load_onnx(model)
-    return trace_module(model, example_inputs)
+        return load_onnx(model, input_layout=input_layout)
+    check_layout_applies(model, input_layout)
+    gm = trace_module(model, example_inputs)
+    if gm.meta.get("onnx") and imported_layout(gm) != input_layout:
+        raise ConfigError(f"the ONNX graph was imported with input_layout={imported_layout(gm)!r} but the "
+                          f"configuration has input_layout={input_layout!r}: import and convert it with the same "
+                          "layout (load_onnx(path, input_layout=...))")
+    return gm
 
 
 def unwrapped(model: Any) -> Any:
@@ -157,7 +165,7 @@ def prepare(
     """Stages 1-3: trace or import, run the normalisation passes, check support, mark the identity-neuron sites.
     Returns the canonical graph."""
     start = time.perf_counter()
-    gm = _front_end(model, example_inputs)
+    gm = _front_end(model, config.input_layout, example_inputs)
     _check_onnx_input(gm)
     report.timings["trace"] = time.perf_counter() - start
     report.shape_branches = list(gm.meta.get("shape_branches", ()))
@@ -291,12 +299,17 @@ def _check_input_shape(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None
         shown = ["N" if e is None else e for e in expected]
         data = ", ".join(map(str, got[1:]))
         hint = "use a data set that matches the model"
-        if len(got) == 4 and len(expected) == 4 and all(e is None or e == g for e, g in
-                                                         zip(expected[1:], (got[2], got[3], got[1]))):
-            # channels last (TF / Keras through tf2onnx): the data pipeline gives [N, C, H, W]
-            name = gm.meta["onnx"].get("input_name") or "INPUT"
-            hint = (f"the model takes channels-last images (TF / Keras layout): export it with channels-first input, "
-                    f"e.g. tf2onnx's --inputs-as-nchw {name}")
+        if len(got) == len(expected) >= 3:
+            moved_last = [got[0], *got[2:], got[1]]  # the data moved to channels-last
+            moved_first = [got[0], got[-1], *got[1:-1]]
+            if all(e is None or e == g for e, g in zip(expected[1:], moved_last[1:])):
+                # channels last (TF / Keras through tf2onnx) while the data pipeline gives [N, C, H, W]
+                hint = ("the model takes channels-last images (TF / Keras layout): convert it with "
+                        "input_layout='channels-last' (a transpose in front of the model)")
+            elif all(e is None or e == g for e, g in zip(expected[1:], moved_first[1:])):
+                hint = "the data are channels-last; give them channels-first ([N, C, H, W])" + (
+                    " (input_layout='channels-last' puts the transpose into the network)"
+                    if gm.meta["onnx"].get("input_layout") == "channels-last" else "")
         raise ConfigError(f"the ONNX model expects input {shown} but the data have shape [N, {data}]; {hint}")
 
 

@@ -22,6 +22,7 @@ IDENTITY_MODES = ("off", "auto", "all")
 IDENTITY_TAILS = ("both", "upper")
 TOKEN_CHANNELS = ("features", "tokens")
 AGGREGATIONS = ("global", "batch-mean")
+INPUT_LAYOUTS = ("channels-first", "channels-last")
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _FRACTION_RE = re.compile(r"^\d*\.?\d+(?:[eE][-+]?\d+)?$")
 
@@ -123,6 +124,10 @@ class ConversionConfig:
             data: ``"global"`` (the statistic of all values: independent of batching) or ``"batch-mean"`` (the
             statistic of each batch, averaged weighted by batch size: the reference implementation's rule, method.md
             §7.8; it depends on the calibration batch size). Threshold iteration pools moments exactly either way.
+        input_layout: the layout of an ONNX model's input: ``"channels-first"`` (``[N, C, *spatial]``, PyTorch's)
+            or ``"channels-last"`` (``[N, *spatial, C]``: TF / Keras models exported by tf2onnx). The converted
+            network and its ANN always take channels-first data (what the data sets give); for a channels-last model
+            the import puts a transpose in front of its input, which cancels the transpose tf2onnx writes there.
     """
 
     coding: str = "rate"
@@ -142,6 +147,7 @@ class ConversionConfig:
     identity_levels: int | None = None
     token_channel: str = "features"
     threshold_aggregation: str = "global"
+    input_layout: str = "channels-first"
 
     def __post_init__(self) -> None:
         if not isinstance(self.threshold, ThresholdSpec):
@@ -160,6 +166,7 @@ class ConversionConfig:
         _choice("identity_tail", self.identity_tail, IDENTITY_TAILS)
         _choice("token_channel", self.token_channel, TOKEN_CHANNELS)
         _choice("threshold_aggregation", self.threshold_aggregation, AGGREGATIONS)
+        _choice("input_layout", self.input_layout, INPUT_LAYOUTS)
         if isinstance(self.threshold_scale, bool) or not isinstance(self.threshold_scale, (int, float)) or \
                 not math.isfinite(self.threshold_scale) or self.threshold_scale <= 0:
             raise ConfigError(f"threshold_scale must be a finite number > 0, got {self.threshold_scale!r}")

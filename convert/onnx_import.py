@@ -49,7 +49,8 @@ import torch
 from torch import fx, nn
 
 from snnconvert.convert import onnx_ops
-from snnconvert.convert.errors import OnnxImportError, UnsupportedNode, UnsupportedOpError
+from snnconvert.convert.errors import ConfigError, OnnxImportError, UnsupportedNode, UnsupportedOpError
+from snnconvert.convert.onnx_layout import CHANNELS_FIRST, CHANNELS_LAST, channels_first_input
 from snnconvert.convert.onnx_model import (
     MAX_OPSET,
     MIN_OPSET,
@@ -86,17 +87,22 @@ def supported_op_types() -> list[str]:
     return onnx_ops.supported_op_types()
 
 
-def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
+def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto, *, input_layout: str = CHANNELS_FIRST
+              ) -> fx.GraphModule:
     """Import an ONNX model as a ``torch.fx.GraphModule``.
 
     Args:
         path: an ``.onnx`` file (external data files are read from its folder), or an in-memory ``ModelProto``.
+        input_layout: the layout of the model's input: ``"channels-first"`` or ``"channels-last"`` (``[N, *spatial,
+            C]``, TF / Keras through tf2onnx: the module then takes channels-first input, see
+            :mod:`snnconvert.convert.onnx_layout`).
 
     Returns:
         A GraphModule in eval mode with float32 parameters and one input. ``gm.meta["onnx"]`` holds ``path``,
         ``opset`` (the one imported), ``opset_converted_from`` (the file's, where it was outside
         ``MIN_OPSET..MAX_OPSET`` and ``onnx.version_converter`` converted it; else ``None``), ``producer``,
-        ``input_name``, ``input_shape`` (``None`` for dynamic dimensions), ``input_dtype`` (as declared:
+        ``input_name``, ``input_shape`` (``None`` for dynamic dimensions; channels-first, what the module takes),
+        ``input_layout`` (the file's), ``input_dtype`` (as declared:
         ``float32``, ``float16``, ``uint8``...; floating values are imported as float32),
         ``static_batch`` (the batch size the file fixed, else ``None``), ``batch_freed`` (whether the import
         made it dynamic: :func:`free_static_batch`; not where the graph merges it with other dimensions)
@@ -108,6 +114,9 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
             input, or has a dynamic shape that cannot be resolved.
         UnsupportedOpError: once, listing every node whose op type (or attribute combination) has no converter.
     """
+    if input_layout not in (CHANNELS_FIRST, CHANNELS_LAST):
+        raise ConfigError(f"input_layout {input_layout!r} is not valid; choose one of: {CHANNELS_FIRST}, "
+                          f"{CHANNELS_LAST}")
     model, label, check_target = read_model(path)
     model, converted_from = convert_opset(model, label)
     opset = default_opset(model, label)
@@ -153,7 +162,10 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> fx.GraphModule:
         "static_batch": None if freed is None else freed.batch,
         "batch_freed": batch_freed,
         "metadata_props": {prop.key: prop.value for prop in model.metadata_props},
+        "input_layout": CHANNELS_FIRST,
     }
+    if input_layout == CHANNELS_LAST:
+        channels_first_input(gm, label)
     n_modules = sum(1 for node in gm.graph.nodes if node.op == "call_module")
     logger.info("imported %s: opset %d, %d ONNX nodes -> %d fx nodes (%d modules)", label, opset,
                 len(model.graph.node), len(gm.graph.nodes), n_modules)

@@ -244,7 +244,7 @@ def load_result(path: str | os.PathLike) -> tuple[ConversionResult, torch.nn.Mod
         ann = artifact.model
         state = state_snapshot(ann)
     else:  # the saved file, by its absolute path: the result can be saved again from anywhere
-        ann, state = load_onnx(artifact.model), None
+        ann, state = load_onnx(artifact.model, input_layout=artifact.config.input_layout), None
         source = dataclasses.replace(source, ref=str(Path(artifact.model).resolve()))
     result = ConversionResult(snn, artifact.thresholds, artifact.config, report, calibration, source=source,
                               ann_state=state)

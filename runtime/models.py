@@ -39,7 +39,8 @@ class ResolvedModel:
     input_shape: tuple[int, ...] | None = None
 
 
-def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=None) -> ResolvedModel:
+def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=None,
+                  input_layout: str = "channels-first") -> ResolvedModel:
     """Turn the MODEL argument into a model.
 
     Args:
@@ -47,6 +48,8 @@ def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=No
             ``.onnx`` file.
         weights: optional state-dict file loaded into a Python model.
         zoo: the zoo module (``snnconvert.models_zoo``) providing ``get_entry`` / ``list_models``.
+        input_layout: an ONNX model's input layout (``"channels-last"``: ``input_shape`` is given channels-first,
+            as the imported module takes it).
 
     Raises:
         ModelLoadError: unknown zoo name (with the valid names), missing file, bad factory or weights.
@@ -59,6 +62,8 @@ def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=No
         if not Path(spec).is_file():
             raise ModelLoadError(f"ONNX file {spec} does not exist")
         props, shape = onnx_metadata(spec), onnx_input_shape(spec)
+        if shape is not None and input_layout == "channels-last" and len(shape) >= 2:
+            shape = (shape[-1], *shape[:-1])
         dataset = props.get("snnconvert.dataset")
         preprocessing = _parse_preprocessing(props.get("snnconvert.preprocessing"))
         return ResolvedModel(spec, ModelSource.onnx(spec), label=spec, dataset=dataset, preprocessing=preprocessing,

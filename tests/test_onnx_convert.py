@@ -107,24 +107,6 @@ def test_onnx_input_shape_mismatch_is_one_line(tmp_path):
     assert len(lines) == 1 and "expects input ['N', 3, 32, 32]" in lines[0]
 
 
-def test_channels_last_onnx_input_names_the_export_flag(tmp_path):
-    """A TF / Keras model exported by tf2onnx takes [N, H, W, C] images; the data pipeline gives [N, C, H, W]: the
-    one line says so and names tf2onnx's flag for a channels-first input."""
-    from test_onnx_import import textual
-
-    text = ('g (float[N,28,28,1] images) => (float y) { t = Transpose <perm=[0,3,1,2]> (images)'
-            ' c = Conv <kernel_shape=[3,3]> (t, w) r = Relu(c) p = GlobalAveragePool(r) y = Flatten(p) }')
-    path = tmp_path / "keras.onnx"
-    import onnx
-
-    onnx.save(textual(text, 17, w=np.ones((4, 1, 3, 3), np.float32)), path)
-    result = CliRunner().invoke(app, [str(path), "--calib-data", "fashion-mnist", "--eval-data", "fashion-mnist",
-                                      "--calib-images", "8", "--eval-images", "8"])
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "channels-last" in lines[0] and "--inputs-as-nchw images" in lines[0]
-
-
 def _converges(tmp_path, text: str, **inits):
     """Import the ONNX graph ``text`` (a 1 x 9 x 9 input), convert it with differential coding and check that the
     SNN's output converges to the imported ANN's as steps accumulate; the conversion result."""

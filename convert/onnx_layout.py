@@ -1,0 +1,102 @@
+"""Channels-last ONNX models (TF / Keras exported by tf2onnx) read channels-first data.
+
+tf2onnx keeps a Keras model's input layout ``[N, H, W, C]`` and writes a Transpose to ``[N, C, H, W]`` right behind
+it. Every data set here gives ``[N, C, H, W]`` (and so do the calibration loop, the evaluation, the NIR example input
+and a saved folder's evaluation), so ``input_layout="channels-last"`` puts a transpose in front of the imported graph
+instead: the network then takes channels-first data. Where the model's first node is that Transpose the two cancel
+and the graph starts at its first layer (with one channel tf2onnx writes a Reshape instead, which cancels it too);
+elsewhere the one permute stays (a view, not counted as an operation).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import fx
+
+from snnconvert.convert.errors import ConfigError
+
+CHANNELS_FIRST, CHANNELS_LAST = "channels-first", "channels-last"
+
+
+def check_layout_applies(model: object, input_layout: str) -> None:
+    """``input_layout="channels-last"`` is a property of an ONNX model's input: refuse it for anything else.
+
+    Raises:
+        ConfigError: a PyTorch module (not imported from ONNX) with a channels-last layout.
+    """
+    if input_layout == CHANNELS_FIRST or isinstance(model, (str, os.PathLike)):
+        return
+    if not (getattr(model, "meta", None) or {}).get("onnx"):
+        raise ConfigError("input_layout='channels-last' applies to ONNX models (the import puts a transpose in front "
+                          "of their input); a PyTorch module reads the layout its forward() reads: give it data in "
+                          "that layout, or wrap it in a module that permutes its input")
+
+
+def imported_layout(gm: fx.GraphModule) -> str:
+    """The layout an ONNX-imported graph was imported for (``channels-first`` when the import did not say)."""
+    return (gm.meta.get("onnx") or {}).get("input_layout") or CHANNELS_FIRST
+
+
+def channels_first_input(gm: fx.GraphModule, label: str) -> None:
+    """Make an imported channels-last graph take channels-first input, in place: ``x.permute(0, 2, ..., 1)`` in
+    front of every use of the input. A following permute that undoes it is removed with it, and run-time size reads
+    of the input read the channels-first input's matching dimension. ``gm.meta["onnx"]["input_shape"]`` becomes the
+    channels-first shape; ``["input_layout"]`` records ``"channels-last"``.
+
+    Raises:
+        ConfigError: the input's rank is unknown or below 3 (no channel and spatial axes to move).
+    """
+    meta = gm.meta["onnx"]
+    shape = meta.get("input_shape")
+    if shape is None or len(shape) < 3:
+        has = "an unknown rank" if shape is None else f"rank {len(shape)}"
+        raise ConfigError(f"{label}: input_layout='channels-last' needs an image-like input [N, *spatial, C] of rank "
+                          f">= 3; the input '{meta.get('input_name')}' has {has}: convert it with "
+                          "input_layout='channels-first'")
+    rank = len(shape)
+    to_last = (0, *range(2, rank), 1)  # channels-first -> the layout the graph reads
+    graph = gm.graph
+    placeholder = next(node for node in graph.nodes if node.op == "placeholder")
+    with graph.inserting_after(placeholder):
+        permuted = graph.create_node("call_function", torch.permute, (placeholder, to_last), {},
+                                     name="channels_last_input")
+    permuted.meta["onnx"] = {**placeholder.meta.get("onnx", {}), "op_type": "Transpose"}
+    placeholder.replace_all_uses_with(permuted, delete_user_cb=lambda user: user is not permuted)
+    channels_first = [shape[0], shape[-1], *shape[1:-1]]
+    for user in list(permuted.users):
+        if _undoes(user, to_last) or (shape[-1] == 1 and _reshapes_to(user, channels_first)):
+            user.replace_all_uses_with(placeholder)
+            graph.erase_node(user)
+        elif (user.op == "call_method" and user.target == "size" and len(user.args) == 2 and not user.kwargs
+              and isinstance(user.args[1], int)):
+            user.args = (placeholder, to_last[user.args[1] % rank])
+    if not permuted.users:
+        graph.erase_node(permuted)
+    graph.lint()
+    gm.recompile()
+    meta["input_shape"] = channels_first
+    meta["input_layout"] = CHANNELS_LAST
+
+
+def _reshapes_to(node: fx.Node, shape: Sequence[int | None]) -> bool:
+    """Whether ``node`` reshapes a tensor to the channels-first ``shape`` (the batch as -1 or its size). With one
+    channel, the permute in front of it keeps the elements' order, so the two together leave the input as it is:
+    tf2onnx writes such a Reshape instead of a Transpose behind a one-channel input."""
+    if node.op != "call_function" or node.target is not torch.reshape or len(node.args) != 2 or node.kwargs:
+        return False
+    dims = node.args[1]
+    return (isinstance(dims, (tuple, list)) and len(dims) == len(shape) and all(isinstance(d, int) for d in dims)
+            and dims[0] in (-1, shape[0]) and all(d == s for d, s in zip(dims[1:], shape[1:])))
+
+
+def _undoes(node: fx.Node, perm: Sequence[int]) -> bool:
+    """Whether ``node`` is a permute that brings a tensor permuted by ``perm`` back to its original order."""
+    if node.op != "call_function" or node.target is not torch.permute or len(node.args) != 2 or node.kwargs:
+        return False
+    dims = node.args[1]
+    if not isinstance(dims, (tuple, list)) or len(dims) != len(perm) or not all(isinstance(d, int) for d in dims):
+        return False
+    rank = len(perm)
+    return all(perm[dims[i] % rank] == i for i in range(rank))

@@ -463,3 +463,31 @@ def test_iteration_from_one_value_per_neuron_warns(caplog):
     with caplog.at_level("WARNING", logger="snnconvert"):
         convert(SpellingsNet().eval(), forward_loop=[torch.rand(4, 1, 28, 28)], config=config)
     assert "threshold iteration from" not in caplog.text
+
+
+def test_a_percentile_from_too_few_values_per_group_warns_once(caplog):
+    """99.9 % of fewer than 1 000 values is their maximum: one warning names the sites and the fewest values."""
+    from snnconvert.convert import convert_sweep
+
+    def warnings(images: int, threshold: str, granularity: str = "neuron", sweep: bool = False) -> list[str]:
+        caplog.clear()
+        cfg = ConversionConfig(granularity=granularity, threshold=threshold)
+        with caplog.at_level("WARNING", logger="snnconvert.convert.calibrate"):
+            x = [torch.rand(images, 1, 28, 28, generator=torch.Generator().manual_seed(0))]
+            if sweep:
+                convert_sweep(SpellingsNet().eval(), forward_loop=x, config=cfg, timesteps=[2, 4])
+            else:
+                convert(SpellingsNet().eval(), forward_loop=x, config=cfg)
+        return [r.getMessage() for r in caplog.records if "too few to tell" in r.getMessage()]
+
+    lines = warnings(50, "99.9%")
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("99.9% thresholds of 6 site(s) (act_inplace_act, relu, relu_1, relu_2 and 2 more) "
+                               "come from fewer than 1000 values per neuron (fewest: 50)")
+    assert len(warnings(50, "99.9%", sweep=True)) == 1  # once per sweep, not once per T
+    # per channel the conv sites pool 196-784 positions per image; the Linear sites get one value per image
+    lines = warnings(50, "99.9%", granularity="channel")
+    assert len(lines) == 1 and "of 2 site(s) (shared_act, shared)" in lines[0] and "per channel" in lines[0]
+    assert warnings(120, "99%") == []  # 99 % needs 100 values
+    assert len(warnings(99, "99%")) == 1
+    assert warnings(50, "max") == []

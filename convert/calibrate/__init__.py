@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,11 +290,15 @@ def compute_thresholds(
     levels = cfg.quantisation_levels if spec.statistic == "moments" else None
     report = CalibrationReport(method=str(spec), granularity=cfg.granularity, quantisation_levels=levels)
     thresholds: dict[str, torch.Tensor] = {}
+    unresolved: dict[str, list[tuple[str, int]]] = {}  # percentile -> (site, values per group) too few to resolve it
     for site in sites:
         obs = gm.get_submodule(site.observer_name)
         theta, info = site_threshold(site, obs, cfg, model=gm)
         thresholds[site.name] = _broadcast_shape(theta, obs)
         report.sites.append(info)
+        site_spec = cfg.identity_threshold if site.kind == "identity" else spec
+        if site_spec.method == "percentile" and obs.count < _values_to_resolve(site_spec.percentile):
+            unresolved.setdefault(str(site_spec), []).append((site.name, obs.count))
         if info["threshold"]["zero"] and warn:
             site_spec = cfg.identity_threshold if site.kind == "identity" else spec
             # the upper ReLU of a decomposed ReLU6/clamp is silent wherever the input never reached the ceiling
@@ -304,7 +309,26 @@ def compute_thresholds(
                     " (upper clip of a bounded ReLU)" if expected else
                     ": their inputs are (almost) never positive on the calibration data; if the test data's are, "
                     "calibrate on more images or use a higher percentile or max")
+    if warn:
+        _warn_unresolved(unresolved, cfg.granularity)
     return thresholds, report
+
+
+def _values_to_resolve(percentile: float) -> int:
+    """How many values a percentile needs before it differs from their max: 1 / (1 - p), e.g. 1 000 for 99.9 %."""
+    return math.ceil(1 / (1 - percentile / 100) - 1e-9) if percentile < 100 else 1
+
+
+def _warn_unresolved(unresolved: dict[str, list[tuple[str, int]]], granularity: str) -> None:
+    """One warning per percentile whose per-group value counts are too few to tell it from the max."""
+    group = {"neuron": "neuron", "channel": "channel"}.get(granularity, "layer")
+    for percentile, found in unresolved.items():
+        names = ", ".join(name for name, _ in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        need = _values_to_resolve(float(percentile.rstrip("%")))
+        log.warning("%s thresholds of %d site(s) (%s) come from fewer than %d values per %s (fewest: %d), too few "
+                    "to tell that percentile from their maximum (outliers included); calibrate on more images or "
+                    "choose a lower percentile", percentile, len(found), names, need, group,
+                    min(count for _, count in found))
 
 
 def site_threshold(site: Site, obs: ActivationObserver, cfg: ConversionConfig, *, model: torch.nn.Module,

@@ -209,7 +209,8 @@ def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, ev
     out.print(_accuracy_table(evaluation))
     if evaluation.layer_errors:
         out.print(_layer_error_table(evaluation.layer_errors, evaluation.timesteps))
-    out.print(f"model {label}: {_sites_text(result)} -> {result.config.coding} coding, "
+    layout = " (channels-last input, transposed in front)" if result.config.input_layout == "channels-last" else ""
+    out.print(f"model {label}{layout}: {_sites_text(result)} -> {result.config.coding} coding, "
               f"{_thresholds_text(result)}, T={evaluation.timesteps}{_units_text(result)}")
     head = headline(evaluation)
     ann_text, snn_text = head.text(head.ann), head.text(head.snn[-1])

@@ -164,6 +164,7 @@ def test_cli_converts_saves_and_reevaluates_a_channels_last_file(two_layouts, tm
     done = runner.invoke(app, [str(nhwc), *FMNIST, "--input-layout", "channels-last", "--coding", "differential",
                                "--output", str(tmp_path / "snn"), "--report", str(report)])
     assert done.exit_code == 0, done.output
+    assert "(channels-last input, transposed in front):" in " ".join(done.output.split())
     import json
 
     first = json.loads(report.read_text())

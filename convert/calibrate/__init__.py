@@ -300,7 +300,6 @@ def compute_thresholds(
         if site_spec.method == "percentile" and obs.count < _values_to_resolve(site_spec.percentile):
             unresolved.setdefault(str(site_spec), []).append((site.name, obs.count))
         if info["threshold"]["zero"] and warn:
-            site_spec = cfg.identity_threshold if site.kind == "identity" else spec
             # the upper ReLU of a decomposed ReLU6/clamp is silent wherever the input never reached the ceiling
             expected = getattr(gm.get_submodule(site.name), UPPER_CLIP_ATTR, False)
             log.log(logging.INFO if expected else logging.WARNING, "site %s: %d of %d %s have threshold 0 (%s) and "

@@ -4,11 +4,14 @@ tf2onnx keeps a Keras model's input layout ``[N, H, W, C]`` and writes a Transpo
 it. Every data set here gives ``[N, C, H, W]`` (and so do the calibration loop, the evaluation, the NIR example input
 and a saved folder's evaluation), so ``input_layout="channels-last"`` puts a transpose in front of the imported graph
 instead: the network then takes channels-first data. Where the model's first node is that Transpose the two cancel
-and the graph starts at its first layer (with one channel tf2onnx writes a Reshape instead, which cancels it too);
-elsewhere the one permute stays (a view, not counted as an operation).
+and the graph starts at its first layer (with one channel tf2onnx writes a Reshape instead, which cancels it too).
+Elementwise ops with a constant in front of it (Keras' Rescaling and Normalization layers) run on the channels-first
+input instead, their constants permuted alike, so the permute meets tf2onnx's transpose behind them; elsewhere the
+one permute stays (a view, not counted as an operation).
 """
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Sequence
 
@@ -18,6 +21,10 @@ from torch import fx
 from snnconvert.convert.errors import ConfigError
 
 CHANNELS_FIRST, CHANNELS_LAST = "channels-first", "channels-last"
+#: elementwise ops the inserted permute moves behind when their other operand is a constant (Keras' Rescaling and
+#: Normalization layers, which tf2onnx leaves in front of its transpose)
+_ELEMENTWISE = frozenset({operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub,
+                          torch.mul, torch.div})
 
 
 def check_layout_applies(model: object, input_layout: str) -> None:
@@ -64,20 +71,73 @@ def channels_first_input(gm: fx.GraphModule, label: str) -> None:
                                      name="channels_last_input")
     permuted.meta["onnx"] = {**placeholder.meta.get("onnx", {}), "op_type": "Transpose"}
     placeholder.replace_all_uses_with(permuted, delete_user_cb=lambda user: user is not permuted)
+    for user in list(permuted.users):  # run-time sizes: read from the channels-first input
+        if (user.op == "call_method" and user.target == "size" and len(user.args) == 2 and not user.kwargs
+                and isinstance(user.args[1], int)):
+            user.args = (placeholder, to_last[user.args[1] % rank])
+    source = placeholder
+    while (step := _constant_elementwise(gm, permuted, rank)) is not None:  # the permute moves behind it
+        op, other = step
+        with graph.inserting_before(op):
+            moved = _channels_first_constant(gm, other, rank)
+        op.args = tuple(source if a is permuted else moved if a is other else a for a in op.args)
+        graph.erase_node(permuted)  # ``op`` was its only user
+        if isinstance(other, fx.Node) and not other.users:
+            graph.erase_node(other)
+            if "." not in other.target and not any(n.op == "get_attr" and n.target == other.target
+                                                   for n in graph.nodes):
+                delattr(gm, other.target)
+        with graph.inserting_after(op):
+            permuted = graph.create_node("call_function", torch.permute, (op, to_last), {}, name="channels_last_input")
+        op.replace_all_uses_with(permuted, delete_user_cb=lambda user, p=permuted: user is not p)
+        permuted.meta["onnx"] = {**op.meta.get("onnx", {}), "op_type": "Transpose"}
+        source = op
     channels_first = [shape[0], shape[-1], *shape[1:-1]]
     for user in list(permuted.users):
         if _undoes(user, to_last) or (shape[-1] == 1 and _reshapes_to(user, channels_first)):
-            user.replace_all_uses_with(placeholder)
+            user.replace_all_uses_with(source)
             graph.erase_node(user)
-        elif (user.op == "call_method" and user.target == "size" and len(user.args) == 2 and not user.kwargs
-              and isinstance(user.args[1], int)):
-            user.args = (placeholder, to_last[user.args[1] % rank])
     if not permuted.users:
         graph.erase_node(permuted)
     graph.lint()
     gm.recompile()
     meta["input_shape"] = channels_first
     meta["input_layout"] = CHANNELS_LAST
+
+
+def _constant_elementwise(gm: fx.GraphModule, permuted: fx.Node, rank: int) -> tuple[fx.Node, object] | None:
+    """The permute's only user when it is an elementwise op of it and a constant (a number, or a buffer of rank <= the
+    input's) and the constant's other operand; else None."""
+    users = list(permuted.users)
+    if len(users) != 1:
+        return None
+    op = users[0]
+    if op.op != "call_function" or op.target not in _ELEMENTWISE or op.kwargs or len(op.args) != 2 \
+            or sum(a is permuted for a in op.args) != 1:
+        return None
+    other = op.args[1] if op.args[0] is permuted else op.args[0]
+    if isinstance(other, (int, float)) and not isinstance(other, bool):
+        return op, other
+    if isinstance(other, fx.Node) and other.op == "get_attr":
+        value = operator.attrgetter(other.target)(gm)
+        if isinstance(value, torch.Tensor) and value.dim() <= rank:
+            return op, other
+    return None
+
+
+def _channels_first_constant(gm: fx.GraphModule, other: object, rank: int) -> object:
+    """``other`` as it broadcasts against the channels-first input: a number as it is; a buffer padded to the input's
+    rank with leading ones and permuted like the input, registered as a new buffer (the old one may have other
+    readers) and read by a new get_attr node (created at the graph's insertion point)."""
+    if not isinstance(other, fx.Node):
+        return other
+    value = operator.attrgetter(other.target)(gm)
+    padded = value.reshape(*[1] * (rank - value.dim()), *value.shape)
+    name = f"{other.target.replace('.', '_')}_channels_first"
+    gm.register_buffer(name, padded.permute(0, rank - 1, *range(1, rank - 1)).contiguous())
+    node = gm.graph.get_attr(name)
+    node.meta.update(other.meta)
+    return node
 
 
 def _reshapes_to(node: fx.Node, shape: Sequence[int | None]) -> bool:

@@ -3,6 +3,8 @@ of the imported graph, so the network takes the channels-first data every data s
 behind the input cancels it."""
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import pytest
 import torch
@@ -65,14 +67,33 @@ def test_one_channel_reshape_cancels_too():
         np.testing.assert_allclose(got, run_ort(model, _nhwc(x))[0], rtol=1e-5, atol=1e-5)
 
 
+def test_the_permute_moves_behind_constant_elementwise_ops_and_cancels():
+    """Keras' Rescaling / Normalization in front of tf2onnx's transpose (a scalar, a per-channel vector, a full-rank
+    constant as the first operand): they run on the channels-first input with permuted constants and the two
+    transposes still cancel."""
+    text = ('g (float[N,H,W,3] images) => (float y) { a = Mul(images, half) b = Add(a, k) c = Sub(full, b)'
+            ' d = Div(c, k) t = Transpose <perm=[0,3,1,2]> (d) y = ReduceSum <keepdims=0> (t, axes) }')
+    model = textual(text, half=np.array(0.5, np.float32), k=rand(3, seed=3) + 3, full=rand(1, 1, 5, 3, seed=4),
+                    axes=np.array([2, 3], np.int64))
+    gm = load_onnx(model, input_layout="channels-last")
+    assert _permutes(gm) == []
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    first = next(iter(placeholder.users))
+    assert first.target in (operator.mul, torch.mul)
+    assert {tuple(b.shape) for b in gm.buffers()} == {(1, 3, 1, 1), (1, 3, 1, 5)}  # the originals went with their nodes
+    x = torch.rand(2, 3, 4, 5)
+    with torch.no_grad():
+        got = gm(x).numpy()
+    np.testing.assert_allclose(got, run_ort(model, _nhwc(x))[0], rtol=1e-5, atol=1e-5)
+
+
 def test_other_first_nodes_keep_one_permute_and_run_time_sizes_follow():
-    """An input read by an elementwise op and by Shape (a run-time spatial size): one permute stays in front of the
+    """An input read by an op of two inputs and by Shape (a run-time spatial size): one permute stays in front of the
     op, and the size reads take the matching dimension of the channels-first input."""
-    text = ('g (float[N,H,W,3] images) => (float y) { s = Mul(images, k) t = Transpose <perm=[0,3,1,2]> (s)'
+    text = ('g (float[N,H,W,3] images) => (float y) { s = Mul(images, images) t = Transpose <perm=[0,3,1,2]> (s)'
             ' m = ReduceSum <keepdims=0> (t, axes) sh = Shape(images) h = Gather(sh, one) w = Gather(sh, two)'
             ' hw = Mul(h, w) f = Cast <to=1> (hw) y = Div(m, f) }')
-    model = textual(text, k=rand(3, seed=3), axes=np.array([1, 2, 3], np.int64), one=np.array(1, np.int64),
-                    two=np.array(2, np.int64))
+    model = textual(text, axes=np.array([1, 2, 3], np.int64), one=np.array(1, np.int64), two=np.array(2, np.int64))
     gm = load_onnx(model, input_layout="channels-last")
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
     assert len(_permutes(gm)) == 2  # ours in front of Mul, the file's after it: they no longer meet

@@ -53,27 +53,38 @@ SJ_SETTINGS = {
 DEFAULT_SETTINGS = list(SJ_SETTINGS)[:3]
 
 
-def spikingjelly_run(ann, calib, test, steps: int, options: dict, batch: int) -> dict:
-    """Convert with SpikingJelly's rate-coding recipe and evaluate ``steps`` steps; accuracy after every step."""
-    from spikingjelly.activation_based import functional
+def sj_convert(ann, calib, options: dict):
+    """SpikingJelly's rate-coding recipe applied to a copy of ``ann`` (eval mode)."""
     from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
 
+    return Converter(recipe=RateCodingRecipe(dataloader=calib, **options), device="cpu").convert(
+        copy.deepcopy(ann)).eval()
+
+
+def sj_accumulated(snn, x: torch.Tensor, steps: int):
+    """SpikingJelly's single-step run of ``x``: the output summed up to each step, step by step (state reset first)."""
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(snn)
+    out = 0
+    for _ in range(steps):
+        out = out + snn(x)
+        yield out
+
+
+def spikingjelly_run(ann, calib, test, steps: int, options: dict, batch: int) -> dict:
+    """Convert with SpikingJelly's rate-coding recipe and evaluate ``steps`` steps; accuracy after every step."""
     started = time.perf_counter()
     try:
-        snn = Converter(recipe=RateCodingRecipe(dataloader=calib, **options), device="cpu").convert(
-            copy.deepcopy(ann))
+        snn = sj_convert(ann, calib, options)
     except Exception as exc:  # noqa: BLE001 - a refusal is a result
         return {"refused": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
     convert_s = time.perf_counter() - started
-    snn.eval()
     correct, total = torch.zeros(steps), 0
     started = time.perf_counter()
     with torch.no_grad():
         for x, y in test.batches(batch):
-            functional.reset_net(snn)
-            out = 0
-            for t in range(steps):
-                out = out + snn(x)
+            for t, out in enumerate(sj_accumulated(snn, x, steps)):
                 correct[t] += (out.argmax(1) == y).sum()
             total += len(y)
     return {"accuracy": (correct / total).tolist(), "convert_seconds": round(convert_s, 1),
@@ -85,22 +96,18 @@ def speed(ann, calib, test, steps: int, repeats: int, batch: int) -> dict:
     single- and multi-step mode against snnconvert's rate preset on the torch and native backends, multi- and
     single-step, with and without counting synaptic operations. The best of ``repeats`` runs each."""
     from spikingjelly.activation_based import functional
-    from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
 
     from snnconvert.convert import convert
     from snnconvert.runtime import compile, evaluate
     from snnconvert.runtime.kernels.native import native_status
 
-    sj = Converter(recipe=RateCodingRecipe(dataloader=calib, **SJ_SETTINGS["99.9% per channel"]), device="cpu")
-    sj = sj.convert(copy.deepcopy(ann)).eval()
+    sj = sj_convert(ann, calib, SJ_SETTINGS["99.9% per channel"])
 
     def run_sj() -> None:
         with torch.no_grad():
             for x, _ in test.batches(batch):
-                functional.reset_net(sj)
-                out = 0
-                for _ in range(steps):
-                    out = out + sj(x)
+                for _ in sj_accumulated(sj, x, steps):
+                    pass
 
     def run_sj_multi() -> None:  # [T, B, ...] through every layer at once; the same outputs (checked by hand)
         functional.set_step_mode(sj, "m")

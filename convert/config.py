@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.onnx_layout import INPUT_LAYOUTS
 
 CODINGS = ("rate", "differential")
 NEURON_KINDS = ("if", "mt")
@@ -22,7 +23,6 @@ IDENTITY_MODES = ("off", "auto", "all")
 IDENTITY_TAILS = ("both", "upper")
 TOKEN_CHANNELS = ("features", "tokens")
 AGGREGATIONS = ("global", "batch-mean")
-INPUT_LAYOUTS = ("channels-first", "channels-last")
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _FRACTION_RE = re.compile(r"^\d*\.?\d+(?:[eE][-+]?\d+)?$")
 

@@ -50,7 +50,7 @@ from torch import fx, nn
 
 from snnconvert.convert import onnx_ops
 from snnconvert.convert.errors import ConfigError, OnnxImportError, UnsupportedNode, UnsupportedOpError
-from snnconvert.convert.onnx_layout import CHANNELS_FIRST, CHANNELS_LAST, channels_first_input
+from snnconvert.convert.onnx_layout import CHANNELS_FIRST, CHANNELS_LAST, INPUT_LAYOUTS, channels_first_input
 from snnconvert.convert.onnx_model import (
     MAX_OPSET,
     MIN_OPSET,
@@ -114,9 +114,8 @@ def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto, *, input_layout: s
             input, or has a dynamic shape that cannot be resolved.
         UnsupportedOpError: once, listing every node whose op type (or attribute combination) has no converter.
     """
-    if input_layout not in (CHANNELS_FIRST, CHANNELS_LAST):
-        raise ConfigError(f"input_layout {input_layout!r} is not valid; choose one of: {CHANNELS_FIRST}, "
-                          f"{CHANNELS_LAST}")
+    if input_layout not in INPUT_LAYOUTS:
+        raise ConfigError(f"input_layout {input_layout!r} is not valid; choose one of: {', '.join(INPUT_LAYOUTS)}")
     model, label, check_target = read_model(path)
     model, converted_from = convert_opset(model, label)
     opset = default_opset(model, label)

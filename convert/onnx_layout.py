@@ -21,6 +21,7 @@ from torch import fx
 from snnconvert.convert.errors import ConfigError
 
 CHANNELS_FIRST, CHANNELS_LAST = "channels-first", "channels-last"
+INPUT_LAYOUTS = (CHANNELS_FIRST, CHANNELS_LAST)
 #: elementwise ops the inserted permute moves behind when their other operand is a constant (Keras' Rescaling and
 #: Normalization layers, which tf2onnx leaves in front of its transpose)
 _ELEMENTWISE = frozenset({operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub,

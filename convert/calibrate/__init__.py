@@ -290,7 +290,7 @@ def compute_thresholds(
     levels = cfg.quantisation_levels if spec.statistic == "moments" else None
     report = CalibrationReport(method=str(spec), granularity=cfg.granularity, quantisation_levels=levels)
     thresholds: dict[str, torch.Tensor] = {}
-    unresolved: dict[str, list[tuple[str, int]]] = {}  # percentile -> (site, values per group) too few to resolve it
+    unresolved: dict[ThresholdSpec, list[tuple[str, int]]] = {}  # percentile -> (site, values per group) too few
     for site in sites:
         obs = gm.get_submodule(site.observer_name)
         theta, info = site_threshold(site, obs, cfg, model=gm)
@@ -298,7 +298,7 @@ def compute_thresholds(
         report.sites.append(info)
         site_spec = cfg.identity_threshold if site.kind == "identity" else spec
         if site_spec.method == "percentile" and obs.count < _values_to_resolve(site_spec.percentile):
-            unresolved.setdefault(str(site_spec), []).append((site.name, obs.count))
+            unresolved.setdefault(site_spec, []).append((site.name, obs.count))
         if info["threshold"]["zero"] and warn:
             # the upper ReLU of a decomposed ReLU6/clamp is silent wherever the input never reached the ceiling
             expected = getattr(gm.get_submodule(site.name), UPPER_CLIP_ATTR, False)
@@ -318,12 +318,12 @@ def _values_to_resolve(percentile: float) -> int:
     return math.ceil(1 / (1 - percentile / 100) - 1e-9) if percentile < 100 else 1
 
 
-def _warn_unresolved(unresolved: dict[str, list[tuple[str, int]]], granularity: str) -> None:
+def _warn_unresolved(unresolved: dict[ThresholdSpec, list[tuple[str, int]]], granularity: str) -> None:
     """One warning per percentile whose per-group value counts are too few to tell it from the max."""
     group = {"neuron": "neuron", "channel": "channel"}.get(granularity, "layer")
     for percentile, found in unresolved.items():
         names = ", ".join(name for name, _ in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-        need = _values_to_resolve(float(percentile.rstrip("%")))
+        need = _values_to_resolve(percentile.percentile)
         log.warning("%s thresholds of %d site(s) (%s) come from fewer than %d values per %s (fewest: %d), too few "
                     "to tell that percentile from their maximum (outliers included); calibrate on more images or "
                     "choose a lower percentile", percentile, len(found), names, need, group,

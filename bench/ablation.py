@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from snnconvert import models_zoo
-from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.runtime import compile, evaluate
 from snnconvert.runtime.data import load_fashion_mnist
+from snnconvert.runtime.malloc import keep_freed_memory
 
 
 def run_config(model, calib, test, coding, threshold, levels, T, batch, backend="torch", granularity="channel"):
@@ -105,7 +105,8 @@ def main() -> None:
                     help="an earlier --out file of the same model and images whose runs join the equal-accuracy "
                          "table (repeatable; e.g. the per-channel runs next to a --granularities neuron run)")
     ap.add_argument("--system-malloc", dest="keep_freed_memory", action="store_false",
-                    help="leave glibc's allocator as it is (default: keep freed memory as the CLI does, cli/malloc.py)")
+                    help="leave glibc's allocator as it is (default: keep freed memory as the CLI does: "
+                         "runtime/malloc.py)")
     args = ap.parse_args()
     args.keep_freed_memory = keep_freed_memory() if args.keep_freed_memory else False
     torch.set_num_threads(max(1, torch.get_num_threads()))

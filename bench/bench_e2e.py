@@ -61,12 +61,12 @@ import torch
 from torch import nn
 
 from snnconvert import models_zoo, runtime
-from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.convert.coding.neurons import SpikingNeuron
 from snnconvert.convert.coding.stepping import StepModule
 from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.errors import BackendUnavailableError
+from snnconvert.runtime.malloc import keep_freed_memory
 
 DEFAULT_MODELS = "fmnist-vgg,fmnist-resnet,fmnist-mobilenet"
 TORCHVISION_PREFIX = "torchvision:"
@@ -464,7 +464,7 @@ def markdown(doc: dict) -> str:
     lines = [f"# End-to-end SNN / ANN speed ({m['date']})", "",
              f"`{m['command']}`  ", f"torch {m['torch']}, {m.get('gpu') or m.get('cpu')}, {m['threads']} threads, "
              f"median of {m['reps']} interleaved repetitions after {m['warmup']} warm-ups; allocator: "
-             + ("glibc heap only, freed memory kept (cli/malloc.py)" if m.get("keep_freed_memory")
+             + ("glibc heap only, freed memory kept (runtime/malloc.py)" if m.get("keep_freed_memory")
                 else f"as configured ({m.get('malloc_env') or 'glibc defaults'})") + ".", "",
              "Timings on a shared machine are noisy: compare ratios within one run.", "",
              "ratio = SNN (T steps, multi-step, B images) / ANN on T·B images; `fused` = ANN with BN folded.", "",
@@ -518,7 +518,7 @@ def parse_args(argv=None):
     ap.add_argument("--unfused", action="store_true",
                     help="also time the same backend without fused bounded-ReLU pairs (compile(..., fuse=False))")
     ap.add_argument("--system-malloc", dest="keep_freed_memory", action="store_false",
-                    help="leave glibc malloc as configured (default: the CLI's setting, cli/malloc.py)")
+                    help="leave glibc malloc as configured (default: the CLI's setting, runtime/malloc.py)")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-breakdown", dest="breakdown", action="store_false")
@@ -544,7 +544,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    # the CLI's allocator setting (cli/malloc.py), so the timings are those of `snnconvert` runs
+    # the CLI's allocator setting (runtime/malloc.py), so the timings are those of `snnconvert` runs
     args.keep_freed_memory = keep_freed_memory() if args.keep_freed_memory else False
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -251,9 +251,9 @@ def run_cpu(args, backend: str) -> int:
     and the CPU copy bandwidth."""
     import torch
 
-    from snnconvert.cli.malloc import keep_freed_memory
     from snnconvert.runtime import backend_status
     from snnconvert.runtime.kernels import inductor, native
+    from snnconvert.runtime.malloc import keep_freed_memory
 
     kept = keep_freed_memory()  # as the CLI does: no page faults on every fresh output and copy (BENCHMARKS.md)
     if args.threads:

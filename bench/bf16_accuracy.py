@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from snnconvert import models_zoo
-from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.runtime import backend_status, compile, evaluate
 from snnconvert.runtime.data import load_fashion_mnist
+from snnconvert.runtime.malloc import keep_freed_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -40,11 +40,11 @@ from pathlib import Path
 import torch
 
 from snnconvert import models_zoo
-from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.convert.calibrate.check import DEFAULT_NOISE, DEFAULT_TOLERANCE, check_thresholds
 from snnconvert.runtime import sweep
 from snnconvert.runtime.data import TensorDataset, load_fashion_mnist
+from snnconvert.runtime.malloc import keep_freed_memory
 
 #: pixel transforms of images in [0, 1]
 SHIFTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

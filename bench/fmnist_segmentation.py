@@ -29,10 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert_sweep
 from snnconvert.runtime import sweep
 from snnconvert.runtime.data import TensorDataset, load_fashion_mnist
+from snnconvert.runtime.malloc import keep_freed_memory
 
 CLASSES = 11  # background + the 10 garment classes
 
@@ -104,7 +104,7 @@ def limits(parser: argparse.ArgumentParser) -> None:
 def sweep_codings(model: nn.Module, trainset: TensorDataset, testset: TensorDataset, args, target_gap: float):
     """Calibrate on the first 5 000 training images and sweep each coding over the test set (native backend): yields
     ``(coding, SweepReport, seconds)``; the ANN runs once, in the first sweep."""
-    keep_freed_memory()  # as the CLI does (cli/malloc.py): without it half the run is page faults
+    keep_freed_memory()  # as the CLI does (runtime/malloc.py): without it half the run is page faults
     calib = [x for x, _ in trainset.subset(5000).batches(256)]
     known = None
     for coding, steps in (("differential", args.timesteps), ("rate", args.rate_timesteps)):

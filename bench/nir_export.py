@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from snnconvert import models_zoo
-from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert
 from snnconvert.runtime.data import load_fashion_mnist
+from snnconvert.runtime.malloc import keep_freed_memory
 from snnconvert.runtime.nir import host_input, run_nir, to_nir, write_nir
 
 SETTINGS = {"if": {"neuron": "if"}, "mt4": {"neuron": "mt", "levels": 4}}

@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 from snnconvert import models_zoo
-from snnconvert.cli.malloc import keep_freed_memory
 from snnconvert.convert import ConversionConfig, convert_sweep
 from snnconvert.runtime import sweep
 from snnconvert.runtime.data import load_fashion_mnist
+from snnconvert.runtime.malloc import keep_freed_memory
 
 SJ_SETTINGS = {
     "max (layer)": {"mode": "Max"},

@@ -151,16 +151,16 @@ class RunOptions:
 
 def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
-    from snnconvert.cli.malloc import keep_freed_memory
     from snnconvert.convert import ConversionConfig, convert, convert_sweep
     from snnconvert.convert.onnx_layout import check_layout_applies
     from snnconvert.runtime import check_device, sweep
     from snnconvert.runtime.data import Normalize, check_data_flags, load_calib_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
+    from snnconvert.runtime.malloc import keep_freed_memory
     from snnconvert.runtime.models import resolve_model
     from snnconvert.runtime.sweep import choose
 
-    keep_freed_memory()  # large tensors are not unmapped and paged in again on every layer call (cli/malloc.py)
+    keep_freed_memory()  # large tensors are not unmapped and paged in again on every layer call (runtime/malloc.py)
     from snnconvert.cli.saved import evaluate_saved, is_artifact
 
     check_outputs(o)

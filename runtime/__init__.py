@@ -37,6 +37,7 @@ from snnconvert.runtime.kernels import triton_status
 from snnconvert.runtime.kernels.inductor import inductor_status
 from snnconvert.runtime.kernels.native import native_status
 from snnconvert.runtime.lower import DTYPES, lower_neurons, set_precision
+from snnconvert.runtime.malloc import keep_freed_memory
 from snnconvert.runtime.report_md import report_markdown
 from snnconvert.runtime.sweep import SweepReport, sweep
 
@@ -46,7 +47,7 @@ BACKENDS = ("torch", "triton", "native", "inductor")
 
 __all__ = ["compile", "run", "evaluate", "load", "load_result", "EvalReport", "build_report", "report_markdown",
            "BACKENDS", "DTYPES", "triton_status", "native_status", "inductor_status", "backend_status", "sweep",
-           "SweepReport"]
+           "SweepReport", "keep_freed_memory"]
 
 
 def backend_status(backend: str, device: str | torch.device) -> tuple[bool, str]:

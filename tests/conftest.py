@@ -16,10 +16,10 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/nets.py
 
-# The allocator setting of the snnconvert command (cli/malloc.py), for the whole session: the first in-process CLI
+# The allocator setting of the snnconvert command (runtime/malloc.py), for the whole session: the first in-process CLI
 # test applies it to the process anyway, so every test runs under it, not only those after that one; large
 # activations are then not paged in again at every layer call (the ViT accuracy check: 4.9 million page faults).
-from snnconvert.cli.malloc import keep_freed_memory  # noqa: E402
+from snnconvert.runtime.malloc import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()
 

@@ -353,8 +353,8 @@ def test_inductor_without_a_cxx_compiler_fails_before_calibration(monkeypatch):
 
 
 _FAULTS = """
-import resource, torch
-from snnconvert.cli.malloc import keep_freed_memory
+import ctypes, resource, torch
+from snnconvert.runtime.malloc import keep_freed_memory
 applied = keep_freed_memory()
 x = torch.ones(64 << 18)  # 64 MiB, above glibc's largest mmap threshold
 faults = []
@@ -364,14 +364,23 @@ for _ in range(12):  # two 64 MiB temporaries per iteration, like a layer's outp
     z = y + 1
     del y, z
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(applied, *faults[4:])  # after the heap has settled (aligned blocks take a few rounds to be reused)
+# 2.25 GiB freed at the top of the heap (address space only: no page is touched): kept, or handed back (trimmed)
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes, libc.mallinfo2.restype = ctypes.c_void_p, [ctypes.c_void_p], MallInfo2
+libc.free(libc.malloc(ctypes.c_size_t(9 << 28)))
+print(applied, libc.mallinfo2().keepcost >> 20, *faults[4:])  # faults after the heap has settled (aligned blocks
+# take a few rounds to be reused)
 """
 
 
 def test_cli_allocator_setting_keeps_large_blocks_mapped():
-    """cli/malloc.py: with the setting, repeated 64 MiB temporaries reuse the same pages (no page faults once the
-    heap has settled); without it (opt-out, or glibc knobs the user set, which are respected) every one is paged in
-    again."""
+    """runtime/malloc.py: with the setting, repeated 64 MiB temporaries reuse the same pages (no page faults once the
+    heap has settled), and more than 2 GiB freed at the top of the heap stay with the process (a finite trim
+    threshold gave them back and paged them in again on the next layer call); without it (opt-out, or glibc knobs the
+    user set, which are respected) every temporary is paged in again."""
     import platform
     import subprocess
     import sys
@@ -384,12 +393,15 @@ def test_cli_allocator_setting_keeps_large_blocks_mapped():
                         ("user", {"MALLOC_TRIM_THRESHOLD_": "131072"})):
         out = subprocess.run([sys.executable, "-c", _FAULTS], env={**base, **extra}, capture_output=True, text=True,
                              check=True).stdout.split()
-        runs[name] = (out[0] == "True", [int(f) for f in out[1:]])
+        runs[name] = (out[0] == "True", int(out[1]), [int(f) for f in out[2:]])
     assert runs["on"][0] and not runs["off"][0] and not runs["user"][0]
     pages = 2 * (64 << 20) // 4096  # one iteration's temporaries
-    assert min(runs["off"][1]) > pages // 2  # every iteration pages them in again
+    assert min(runs["off"][2]) > pages // 2  # every iteration pages them in again
     # most iterations reuse the kept pages (glibc's heap layout sometimes takes one more round to settle)
-    assert sum(f < pages // 8 for f in runs["on"][1]) >= 6, runs["on"][1]
+    assert sum(f < pages // 8 for f in runs["on"][2]) >= 6, runs["on"][2]
+    # the 2.25 GiB block: kept at the top of the heap with the setting; mmapped and unmapped (off) or trimmed (the
+    # user's threshold) without it
+    assert runs["on"][1] >= 2304 and runs["off"][1] < 64 and runs["user"][1] < 64, runs
 
 
 def test_a_model_that_fails_on_the_data_gives_one_line_naming_the_node(tmp_path):

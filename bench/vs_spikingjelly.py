@@ -9,7 +9,9 @@ the same TEST images; accuracy is that of the output accumulated up to step t (S
   three settings: ``mode="Max"`` (its default), ``mode="99.9%"`` (layer-wise), and ``mode="99.9%",
   channel_wise=True, pre_spike_maxpool=True, half_threshold=True`` (its per-channel recipe with the max-pool in front
   of the neuron and the membrane started at half the threshold). Calibration statistics are its EMA over batches
-  (``momentum=0.1``).
+  (``momentum=0.1``). More settings through ``--sj-settings``: the per-channel options one at a time, and
+  ``LocalThresholdBalancingRecipe`` (Bu, Li & Yu, CVPR 2025: thresholds raised by twice the mean overflow after
+  every calibration batch, so ``--calib-batch`` sets how many updates they get).
 - snnconvert: ``--coding rate`` (IF, 99.9 % per channel: the preset) and ``--coding differential`` (the preset: MT
   n = 4, threshold iteration per channel, fitted for each T), torch backend.
 
@@ -48,16 +50,22 @@ SJ_SETTINGS = {
     "99.9% per channel": {"mode": "99.9%", "channel_wise": True},
     "99.9% per channel, half threshold": {"mode": "99.9%", "channel_wise": True, "half_threshold": True},
     "99.9% per channel, pre-spike max-pool": {"mode": "99.9%", "channel_wise": True, "pre_spike_maxpool": True},
+    # Bu, Li & Yu, CVPR 2025 (arXiv:2409.03368): per-channel thresholds balanced over the calibration batches
+    # (θ += 2·mean(relu(x − θ))), half-threshold IF neurons, max-pools in front of the neuron
+    "local threshold balancing": {"recipe": "LocalThresholdBalancingRecipe"},
 }
 #: what a run does by default (the per-channel options one by one: ``--sj-settings``)
 DEFAULT_SETTINGS = list(SJ_SETTINGS)[:3]
 
 
 def sj_convert(ann, calib, options: dict):
-    """SpikingJelly's rate-coding recipe applied to a copy of ``ann`` (eval mode)."""
-    from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
+    """A SpikingJelly recipe (``options["recipe"]``, default its rate-coding recipe; the other options are the
+    recipe's arguments) applied to a copy of ``ann`` (eval mode)."""
+    from spikingjelly.activation_based import ann2snn
 
-    return Converter(recipe=RateCodingRecipe(dataloader=calib, **options), device="cpu").convert(
+    options = dict(options)
+    recipe = getattr(ann2snn, options.pop("recipe", "RateCodingRecipe"))
+    return ann2snn.Converter(recipe=recipe(dataloader=calib, **options), device="cpu").convert(
         copy.deepcopy(ann)).eval()
 
 
@@ -73,7 +81,7 @@ def sj_accumulated(snn, x: torch.Tensor, steps: int):
 
 
 def spikingjelly_run(ann, calib, test, steps: int, options: dict, batch: int) -> dict:
-    """Convert with SpikingJelly's rate-coding recipe and evaluate ``steps`` steps; accuracy after every step."""
+    """Convert with a SpikingJelly recipe and evaluate ``steps`` steps; accuracy after every step."""
     started = time.perf_counter()
     try:
         snn = sj_convert(ann, calib, options)
@@ -164,6 +172,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64, help="rate-coded runs: steps evaluated (all t <= this)")
     parser.add_argument("--diff-timesteps", default="1,2,4,8", help="differential coding: T fitted and run")
     parser.add_argument("--calib-images", type=int, default=5000)
+    parser.add_argument("--calib-batch", type=int, default=250,
+                        help="calibration batch size (both tools; SpikingJelly's statistics are updated per batch)")
     parser.add_argument("--eval-images", type=int, default=None, help="default: the whole test split")
     parser.add_argument("--sj-settings", default=";".join(DEFAULT_SETTINGS),
                         help=f"SpikingJelly settings, separated by ';' (of: {'; '.join(SJ_SETTINGS)})")
@@ -184,9 +194,10 @@ def main() -> None:
 
     train = load_fashion_mnist("train").subset(args.calib_images)
     test = load_fashion_mnist("test").subset(args.eval_images)
-    calib = [x for x, _ in train.batches(250)]
+    calib = [x for x, _ in train.batches(args.calib_batch)]
     doc = {"spikingjelly": getattr(spikingjelly, "__version__", "2.0.0"), "torch": torch.__version__,
-           "calib_images": len(train), "eval_images": len(test), "threads": torch.get_num_threads(), "models": {}}
+           "calib_images": len(train), "calib_batch": args.calib_batch, "eval_images": len(test),
+           "threads": torch.get_num_threads(), "models": {}}
     if args.speed:
         name = args.models.split(",")[0]
         seconds = speed(models_zoo.get_model(name).eval(), calib, test, args.steps, args.speed, args.batch)

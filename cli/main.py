@@ -98,6 +98,30 @@ def _thresholds(o, sweep_steps: list[int]) -> list[Optional[str]]:
     return rules
 
 
+def _levels(o, sweep_steps: list[int]) -> list[Optional[int]]:
+    """The --levels values: one (None: the preset's) or, with --sweep, a comma list the sweep chooses among (like
+    --threshold; the thresholds of each n are fitted for it)."""
+    if o.levels is None:
+        return [None]
+    try:
+        values = [int(v) for v in str(o.levels).split(",")]
+    except ValueError:
+        raise ConfigError(f"--levels {o.levels!r} is not an integer (with --sweep: a comma list of them, e.g. --levels "
+                          "3,4,5)") from None
+    if len(values) > 1 and not sweep_steps:
+        raise ConfigError(f"--levels {o.levels!r}: a list of levels needs --sweep (e.g. --sweep 4,8), which chooses "
+                          "among them; give one n otherwise")
+    if len(set(values)) < len(values):
+        raise ConfigError(f"--levels {o.levels!r}: a value is listed twice; give distinct numbers of levels")
+    return values
+
+
+def _setting_flags(cfg, cfgs) -> str:
+    """The flags that tell the swept settings apart (``"--threshold iterate --levels 3"``), empty for one setting."""
+    flags = [f"--threshold {cfg.threshold}"] if len({str(c.threshold) for c in cfgs}) > 1 else []
+    return " ".join(flags + ([f"--levels {cfg.levels}"] if len({c.levels for c in cfgs}) > 1 else []))
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """The command's options, passed as one object (validated by the library config and here)."""
@@ -107,7 +131,7 @@ class RunOptions:
     timesteps: Optional[int]
     threshold: Optional[str]
     granularity: Optional[str]
-    levels: Optional[int]
+    levels: Optional[str]
     neuron: Optional[str]
     weights: Optional[Path]
     calib_data: Optional[str]
@@ -169,15 +193,15 @@ def _run(o: RunOptions) -> None:
     sweep_steps = _sweep_steps(o)
     cfgs = [ConversionConfig.for_coding(o.coding, timesteps=max(sweep_steps) if sweep_steps else o.timesteps,
                                         threshold=threshold,
-                                        granularity=o.granularity, levels=o.levels, neuron=o.neuron,
+                                        granularity=o.granularity, levels=levels, neuron=o.neuron,
                                         allow_ann_ops=o.allow_ann_op or None, identity_neurons=o.identity_neurons,
                                         identity_threshold=o.identity_threshold, identity_tail=o.identity_tail,
                                         threshold_scale=o.threshold_scale, identity_levels=o.identity_levels,
                                         token_channel=o.token_channel,
                                         threshold_aggregation=o.threshold_aggregation,
                                         input_layout=o.input_layout)
-            for threshold in _thresholds(o, sweep_steps)]
-    if len({str(cfg.threshold) for cfg in cfgs}) < len(cfgs):
+            for threshold in _thresholds(o, sweep_steps) for levels in _levels(o, sweep_steps)]
+    if len({(str(cfg.threshold), cfg.levels) for cfg in cfgs}) < len(cfgs):
         raise ConfigError(f"--threshold {o.threshold!r}: a rule is listed twice; give distinct rules")
     if o.calib_images <= 0:
         raise ConfigError(f"--calib-images must be positive, got {o.calib_images}")
@@ -238,7 +262,8 @@ def _run(o: RunOptions) -> None:
             nir_graph(o, next(iter(grid[0].values())).snn, example)
 
         def run(candidates: dict, data, stage: str, layer_errors: bool, known=None):
-            rule = f"{next(iter(candidates.values())).config.threshold}, " if len(cfgs) > 1 else ""
+            rule = _setting_flags(next(iter(candidates.values())).config, cfgs)
+            rule = f"{rule}, " if rule else ""
 
             def progress(T: int):
                 task = bar.add_task(f"{stage} ({rule}T={T})", total=len(data))
@@ -269,7 +294,7 @@ def _run(o: RunOptions) -> None:
     result.to("cpu")  # the report, the NIR file and the saved folder read CPU tensors
     if sweep_steps:
         out.print(sweep_table(sweeps, grid, best, o.select_images))
-        out.print(sweep_line(swept, o.select_images, str(cfg.threshold) if len(cfgs) > 1 else None))
+        out.print(sweep_line(swept, o.select_images, _setting_flags(cfg, cfgs) or None))
     report_sweep = None
     if sweep_steps and (o.report is not None or o.markdown is not None):
         chosen_on = ({**splits.select_info, "held_out": True} if splits.select is not None
@@ -332,7 +357,8 @@ def main(
                                             "iterate,99.9%): the sweep also chooses the rule"),
     granularity: Optional[str] = typer.Option(
         None, help="layer | channel | neuron (one threshold per element of a sample: tied to the input size)"),
-    levels: Optional[int] = typer.Option(None, help="thresholds per multi-threshold neuron (n)"),
+    levels: Optional[str] = typer.Option(None, help="thresholds per multi-threshold neuron (n); with --sweep a comma "
+                                                    "list the sweep chooses among, e.g. 3,4,5"),
     neuron: Optional[str] = typer.Option(None, help="if (single threshold) | mt (multi-threshold)"),
     weights: Optional[Path] = typer.Option(None, help="state dict to load into a Python model"),
     calib_data: Optional[str] = typer.Option(

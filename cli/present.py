@@ -110,27 +110,30 @@ def _layer_error_table(errors: dict, timesteps: int) -> Table:
 
 
 def sweep_table(sweeps, grid, best: int, held_out: int | None) -> Table:
-    """Per threshold rule (when there are several) and T of the sweep: the levels its thresholds were fitted for,
-    accuracy (a regression: MSE) after T steps, gap to the ANN, events and energy ratio (on the held-out selection
-    images when there are any); the recommended run is starred."""
+    """Per threshold rule and n (the columns of those that differ between the swept settings) and T of the sweep: the
+    levels its thresholds were fitted for, accuracy (a regression: MSE) after T steps, gap to the ANN, events and
+    energy ratio (on the held-out selection images when there are any); the recommended run is starred."""
     from snnconvert.runtime.evaluate import headline
 
     on = f" on {held_out} held-out images" if held_out else ""
     head = sweeps[best].headline
     table = Table(title=f"T sweep{on} (target: {head.target_text(sweeps[best].target_gap_pp)})")
-    rules = len(sweeps) > 1
+    configs = [next(iter(results.values())).config for results in grid]
+    rules = len({str(c.threshold) for c in configs}) > 1
+    many_n = len({c.levels for c in configs}) > 1
     figure = "MSE at T" if head.name == "MSE" else "acc % at T"
-    for name in ("threshold",) * rules + ("T", "fit N", figure, f"gap ({head.gap_unit})", "events/img",
-                                          "energy ref/ext"):
+    for name in ("threshold",) * rules + ("n",) * many_n + ("T", "fit N", figure, f"gap ({head.gap_unit})",
+                                                            "events/img", "energy ref/ext"):
         table.add_column(name, justify="left" if name == "threshold" else "right")
     for i, (swept, results) in enumerate(zip(sweeps, grid)):
+        setting = [str(configs[i].threshold)] * rules + [str(configs[i].levels)] * many_n
         for T, ev in swept.evaluations.items():
             levels = results[T].calibration.quantisation_levels
             run = headline(ev)
             gap = run.gap(run.snn[-1])
             energy = ev.ops.get("energy_ratio_reference")
             star = " *" if i == best and T == swept.recommended else ""
-            table.add_row(*[str(results[T].config.threshold)] * rules, str(T) + star, str(levels) if levels else "-",
+            table.add_row(*setting, str(T) + star, str(levels) if levels else "-",
                           run.text(run.snn[-1]).removesuffix(" %"), "" if gap is None else f"{gap:+.2f}",
                           f"{sum(ev.events_per_step):.0f}",
                           f"{energy[-1]:.3f} / {ev.ops['energy_ratio_extended'][-1]:.3f}" if energy else "")
@@ -138,13 +141,14 @@ def sweep_table(sweeps, grid, best: int, held_out: int | None) -> Table:
 
 
 def sweep_doc(sweeps, cfgs, best: int, chosen_on: dict) -> dict:
-    """The report's ``sweep``: the chosen rule's sweep fields, every (rule, T) run, the rules and the images the
-    choice was made on."""
+    """The report's ``sweep``: the chosen setting's sweep fields, every (rule, n, T) run, the rules and levels swept
+    and the images the choice was made on."""
     doc = sweeps[best].to_dict()
-    doc["runs"] = [{"threshold": str(cfg.threshold), **run} for swept, cfg in zip(sweeps, cfgs)
+    doc["runs"] = [{"threshold": str(cfg.threshold), "levels": cfg.levels, **run} for swept, cfg in zip(sweeps, cfgs)
                    for run in swept.to_dict()["runs"]]
-    return {**doc, "thresholds": [str(cfg.threshold) for cfg in cfgs], "chosen_threshold": str(cfgs[best].threshold),
-            "selected_on": chosen_on}
+    return {**doc, "thresholds": list(dict.fromkeys(str(cfg.threshold) for cfg in cfgs)),
+            "levels": list(dict.fromkeys(cfg.levels for cfg in cfgs)), "chosen_threshold": str(cfgs[best].threshold),
+            "chosen_levels": cfgs[best].levels, "selected_on": chosen_on}
 
 
 def _sites_text(result) -> str:
@@ -176,15 +180,16 @@ def _units_text(result) -> str:
 
 
 def sweep_line(swept, held_out: int | None, rule: str | None) -> str:
-    """What the sweep recommends (``rule``: the chosen threshold rule when the sweep compared several)."""
-    notes = ["on a tie between threshold rules, the lower energy"] if rule and swept.recommended is not None else []
+    """What the sweep recommends (``rule``: the flags of the chosen setting when the sweep compared several threshold
+    rules or levels, e.g. ``"--threshold iterate --levels 3"``)."""
+    notes = ["on a tie between settings, the lower energy"] if rule and swept.recommended is not None else []
     if swept.shared_run:
         notes.append(f"thresholds do not depend on T: one evaluation at T={max(swept.evaluations)}, each T read from "
                      "its first T steps")
     why = f" ({'; '.join(notes)})" if notes else ""
     below = "the tables below are for it" + (", on the evaluation images" if held_out else "")
     on = f" on the {held_out} held-out images" if held_out else ""
-    which = f"--threshold {rule} at " if rule else ""
+    which = f"{rule} at " if rule else ""
     head = swept.headline
     target = head.target_text(swept.target_gap_pp)
     if swept.recommended is not None:

@@ -276,8 +276,55 @@ def test_cli_sweep_chooses_the_threshold_rule_too(tmp_path):
     assert sw["selected_on"]["images"] == 8 and sw["selected_on"]["held_out"]
 
 
+def test_cli_sweep_chooses_the_levels_too(tmp_path):
+    """--levels a,b with --sweep: one conversion per n (thresholds fitted for T·2^n levels), every (n, T) run in the
+    table and the report, the chosen n's SNN reported and saved."""
+    report = tmp_path / "r.json"
+    result = _cli(*BASE, "--sweep", "1,2", "--levels", "2, 5", "--target-gap", 100, "--report", report,
+                  "--output", tmp_path / "snn")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    sw = doc["sweep"]
+    assert sw["levels"] == [2, 5] and sw["thresholds"] == ["iterate"] and sw["chosen_levels"] in (2, 5)
+    assert [(r["levels"], r["timesteps"]) for r in sw["runs"]] == [(2, 1), (2, 2), (5, 1), (5, 2)]
+    assert doc["config"]["levels"] == sw["chosen_levels"] and doc["timesteps"] == sw["chosen_timesteps"] == 1
+    assert doc["thresholds"]["fitted_for"]["quantisation_levels"] == 1 * 2 ** sw["chosen_levels"]
+    chosen = [r for r in sw["runs"] if (r["levels"], r["timesteps"]) == (sw["chosen_levels"], 1)][0]
+    assert doc["snn_accuracy"] == chosen["snn_accuracy"]
+    # both reach a 100 pp target at T = 1: the chosen n spends the least energy there (fewer levels, fewer events)
+    assert chosen["energy_ratio_extended"][-1] == min(r["energy_ratio_extended"][-1] for r in sw["runs"]
+                                                      if r["timesteps"] == 1)
+    saved = json.loads((tmp_path / "snn" / "config.json").read_text())["config"]
+    assert saved["levels"] == sw["chosen_levels"] and saved["timesteps"] == 1
+    text = " ".join(result.output.split())
+    assert f"recommended: --levels {sw['chosen_levels']} at T=1" in text and "--threshold" not in text
+    # the table: an n column and the levels each run was fitted for (T·2^n)
+    assert re.search(r"│ 5 │ +2 │ +64 │", result.output) and re.search(r"│ 2 │ +1(?: \*)? │ +4 │", result.output)
+    # with two rules too: one conversion per (rule, n), both flags in the recommendation
+    result = _cli(*BASE, "--sweep", "1", "--levels", "2,3", "--threshold", "iterate,max", "--target-gap", 100,
+                  "--report", report)
+    assert result.exit_code == 0, result.output
+    sw = json.loads(report.read_text())["sweep"]
+    assert [(r["threshold"], r["levels"]) for r in sw["runs"]] == [("iterate", 2), ("iterate", 3), ("max", 2),
+                                                                   ("max", 3)]
+    assert f"--threshold {sw['chosen_threshold']} --levels {sw['chosen_levels']} at T=1" in " ".join(
+        result.output.split())
+    # a config file gives the list as a list, one n as a number
+    config = tmp_path / "c.json"
+    for levels, want in (([3, 2], [3, 2]), (3, [3])):
+        config.write_text(json.dumps({"sweep": [1], "levels": levels}))
+        result = _cli(*BASE, "--config", config, "--report", report)
+        assert result.exit_code == 0, result.output
+        assert json.loads(report.read_text())["sweep"]["levels"] == want
+
+
 @pytest.mark.parametrize("args,message", [
     (["--sweep", "2,4", "-T", 4], "either -T/--timesteps or --sweep"),
+    (["--levels", "3,4"], "a list of levels needs --sweep"),
+    (["--sweep", "2,4", "--levels", "3,3"], "a value is listed twice"),
+    (["--sweep", "2,4", "--levels", "3,x"], "is not an integer"),
+    (["--levels", "2.5"], "is not an integer"),
+    (["--sweep", "2,4", "--levels", "3,0"], "--levels"),
     (["--sweep", "2,x"], "not a comma list of integers"),
     (["--sweep", "0,2"], "distinct positive"),
     (["--sweep", "2,2"], "distinct positive"),

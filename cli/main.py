@@ -175,7 +175,7 @@ class RunOptions:
 
 def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
-    from snnconvert.convert import ConversionConfig, convert, convert_sweep
+    from snnconvert.convert import ConversionConfig, convert_grid
     from snnconvert.convert.onnx_layout import check_layout_applies
     from snnconvert.runtime import check_device, sweep
     from snnconvert.runtime.data import Normalize, check_data_flags, load_calib_eval, parse_normalize
@@ -249,14 +249,13 @@ def _run(o: RunOptions) -> None:
         forward_loop = progress_loop(bar, "calibration", calib_set, prep)
         example = prep(calib_set.example(2))
         check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name, o.logits, o.ignore_index)  # before calib.
-        grid = []  # per threshold rule: {T: ConversionResult} (one calibration each)
-        for cfg in cfgs:
-            if sweep_steps:
-                grid.append(convert_sweep(ann, forward_loop=forward_loop, config=cfg, timesteps=sweep_steps,
-                                          source=resolved.source, example_inputs=example))
-            else:
-                grid.append({cfg.timesteps: convert(ann, forward_loop=forward_loop, config=cfg,
-                                                    source=resolved.source, example_inputs=example)})
+        grid = []  # per setting (threshold rule, n): {T: ConversionResult}; one calibration per rule
+        steps = sweep_steps or [cfgs[0].timesteps]
+        for rule in dict.fromkeys(str(c.threshold) for c in cfgs):
+            group = [c for c in cfgs if str(c.threshold) == rule]  # its levels, in cfgs' order
+            results = convert_grid(ann, forward_loop=forward_loop, source=resolved.source, example_inputs=example,
+                                   configs=[c.replace(timesteps=T) for c in group for T in steps])
+            grid += [dict(zip(steps, results[i * len(steps):(i + 1) * len(steps)])) for i in range(len(group))]
         bar.remove_task(forward_loop.task)
         if o.nir is not None:  # every node NIR cannot express, before the evaluation, not after it
             nir_graph(o, next(iter(grid[0].values())).snn, example)

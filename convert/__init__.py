@@ -51,7 +51,8 @@ log = logging.getLogger("snnconvert")
 log.addHandler(logging.NullHandler())
 
 __all__ = [
-    "convert", "convert_sweep", "Converter", "convert_with_thresholds", "load_onnx", "prepare", "ConversionResult",
+    "convert", "convert_sweep", "convert_grid", "Converter", "convert_with_thresholds", "load_onnx", "prepare",
+    "ConversionResult",
     "ConversionConfig", "ThresholdSpec", "RATE_DEFAULT", "DIFF_DEFAULT", "PRESETS", "SpikingNetwork", "ModelSource",
     "save", "load_artifact", "check_thresholds", "ThresholdCheck",
 ]
@@ -390,10 +391,47 @@ def convert_sweep(
         return dict(zip(steps, _convert_many(model, forward_loop, configs, example_inputs, source)))
 
 
+#: What the configurations of one calibration may differ in: the thresholds are fitted (threshold iteration: for
+#: N = T·2^n levels) and the neurons built per configuration; tracing, the passes and the observers read none of them.
+GRID_FIELDS = ("timesteps", "levels", "neuron")
+
+
+def convert_grid(
+    model: torch.nn.Module | str | os.PathLike,
+    forward_loop: Callable[[torch.nn.Module], None] | Iterable,
+    *,
+    configs: Sequence[ConversionConfig],
+    example_inputs: torch.Tensor | None = None,
+    source: ModelSource | None = None,
+) -> list[ConversionResult]:
+    """Convert for several configurations that differ only in T, the number of levels n and the neuron kind n implies
+    (:data:`GRID_FIELDS`), with ONE calibration: each result equals :func:`convert` with its configuration (tested).
+    :func:`convert_sweep` is this over T; the command's ``--sweep ... --levels a,b`` uses it over (n, T).
+
+    Returns:
+        one :class:`ConversionResult` per configuration, in their order.
+
+    Raises:
+        ConfigError: no configurations, or two that differ in another field (named); otherwise as :func:`convert`.
+    """
+    configs = list(configs)
+    if not configs or not all(isinstance(c, ConversionConfig) for c in configs):
+        raise ConfigError("configs must be a non-empty list of ConversionConfig")
+    first = {k: v for k, v in configs[0].to_dict().items() if k not in GRID_FIELDS}
+    for c in configs[1:]:
+        other = {k: v for k, v in c.to_dict().items() if k not in GRID_FIELDS}
+        differ = sorted(k for k in first if first[k] != other[k])
+        if differ:
+            raise ConfigError(f"configurations of one calibration may differ only in {', '.join(GRID_FIELDS)}; these "
+                              f"differ in {', '.join(differ)}: convert them separately")
+    with torch.inference_mode(False):
+        return _convert_many(model, forward_loop, configs, example_inputs, source)
+
+
 def _convert_many(model, forward_loop, configs: list[ConversionConfig], example_inputs, source
                   ) -> list[ConversionResult]:
-    """Trace, normalise and calibrate once (with ``configs[0]``, which shares everything but T with the others),
-    then compute thresholds and build one SNN per config."""
+    """Trace, normalise and calibrate once (with ``configs[0]``, which shares everything but :data:`GRID_FIELDS` with
+    the others), then compute thresholds and build one SNN per config."""
     cfg = configs[0]
     coding = get_coding(cfg.coding)
     model = unwrapped(model)

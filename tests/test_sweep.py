@@ -58,6 +58,37 @@ def test_convert_sweep_equals_one_conversion_per_T_with_one_calibration(coding, 
         assert not torch.equal(results[2].thresholds["relu"], results[8].thresholds["relu"])
 
 
+def test_convert_grid_over_levels_and_T_calibrates_once():
+    """convert_grid: configurations differing in n (and the neuron kind it implies) and T share one calibration; each
+    result equals its own conversion; configurations differing in anything else are refused, naming the field."""
+    from snnconvert.convert import convert_grid
+
+    torch.manual_seed(0)
+    model, x = ClipNet().eval(), torch.rand(12, 1, 28, 28)
+    def rate(**changes):
+        return ConversionConfig.for_coding("rate", threshold="iterate", identity_neurons="off", **changes)
+
+    base = rate(timesteps=2)
+    configs = [base, rate(timesteps=2, levels=3), rate(timesteps=4, levels=3), rate(timesteps=2, levels=5)]
+    assert [c.neuron for c in configs] == ["if", "mt", "mt", "mt"]
+    loop, calls = _counting_loop(x)
+    results = convert_grid(model, forward_loop=loop, configs=configs)
+    assert len(calls) == 1
+    fitted = [r.calibration.quantisation_levels for r in results]
+    assert fitted == [2, 2 * 2**3, 4 * 2**3, 2 * 2**5]
+    for cfg, res in zip(configs, results):
+        one = convert(model, forward_loop=[x], config=cfg)
+        assert res.config == cfg and res.thresholds.keys() == one.thresholds.keys()
+        for name, theta in one.thresholds.items():
+            assert torch.equal(res.thresholds[name], theta), (cfg.levels, cfg.timesteps, name)
+        with torch.no_grad():
+            assert torch.equal(res.snn(x[:3]), one.snn(x[:3]))
+    with pytest.raises(ConfigError, match="differ in granularity, threshold"):
+        convert_grid(model, forward_loop=[x], configs=[base, base.replace(threshold="max", granularity="layer")])
+    with pytest.raises(ConfigError, match="non-empty list"):
+        convert_grid(model, forward_loop=[x], configs=[])
+
+
 @pytest.mark.parametrize("steps", [[], [2, 2], [0, 4]])
 def test_convert_sweep_rejects_bad_lists(steps):
     cfg = ConversionConfig.for_coding("differential", timesteps=4)

@@ -33,7 +33,16 @@ from snnconvert.cli.checks import (
     to_stdout,
 )
 from snnconvert.cli.options import as_flags, read_options
-from snnconvert.cli.present import console_on_stderr, out, present, sweep_doc, sweep_line, sweep_table, write_stdout
+from snnconvert.cli.present import (
+    console_on_stderr,
+    out,
+    present,
+    sweep_doc,
+    sweep_line,
+    sweep_table,
+    swept_fields,
+    write_stdout,
+)
 from snnconvert.convert.errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -118,8 +127,8 @@ def _levels(o, sweep_steps: list[int]) -> list[Optional[int]]:
 
 def _setting_flags(cfg, cfgs) -> str:
     """The flags that tell the swept settings apart (``"--threshold iterate --levels 3"``), empty for one setting."""
-    flags = [f"--threshold {cfg.threshold}"] if len({str(c.threshold) for c in cfgs}) > 1 else []
-    return " ".join(flags + ([f"--levels {cfg.levels}"] if len({c.levels for c in cfgs}) > 1 else []))
+    rules, many_n = swept_fields(cfgs)
+    return " ".join([f"--threshold {cfg.threshold}"] * rules + [f"--levels {cfg.levels}"] * many_n)
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,11 @@ def _layer_error_table(errors: dict, timesteps: int) -> Table:
     return table
 
 
+def swept_fields(cfgs) -> tuple[bool, bool]:
+    """Whether the swept configurations differ in their threshold rule, and in their levels n."""
+    return len({str(c.threshold) for c in cfgs}) > 1, len({c.levels for c in cfgs}) > 1
+
+
 def sweep_table(sweeps, grid, best: int, held_out: int | None) -> Table:
     """Per threshold rule and n (the columns of those that differ between the swept settings) and T of the sweep: the
     levels its thresholds were fitted for, accuracy (a regression: MSE) after T steps, gap to the ANN, events and
@@ -119,8 +124,7 @@ def sweep_table(sweeps, grid, best: int, held_out: int | None) -> Table:
     head = sweeps[best].headline
     table = Table(title=f"T sweep{on} (target: {head.target_text(sweeps[best].target_gap_pp)})")
     configs = [next(iter(results.values())).config for results in grid]
-    rules = len({str(c.threshold) for c in configs}) > 1
-    many_n = len({c.levels for c in configs}) > 1
+    rules, many_n = swept_fields(configs)
     figure = "MSE at T" if head.name == "MSE" else "acc % at T"
     for name in ("threshold",) * rules + ("n",) * many_n + ("T", "fit N", figure, f"gap ({head.gap_unit})",
                                                             "events/img", "energy ref/ext"):

@@ -387,8 +387,8 @@ def convert_sweep(
     if not steps or len(set(steps)) != len(steps):
         raise ConfigError(f"timesteps must be a non-empty list of distinct values, got {steps}")
     configs = [config.replace(timesteps=T) for T in steps]  # validates each T
-    with torch.inference_mode(False):
-        return dict(zip(steps, _convert_many(model, forward_loop, configs, example_inputs, source)))
+    return dict(zip(steps, convert_grid(model, forward_loop, configs=configs, example_inputs=example_inputs,
+                                        source=source)))
 
 
 #: What the configurations of one calibration may differ in: the thresholds are fitted (threshold iteration: for
@@ -417,10 +417,13 @@ def convert_grid(
     configs = list(configs)
     if not configs or not all(isinstance(c, ConversionConfig) for c in configs):
         raise ConfigError("configs must be a non-empty list of ConversionConfig")
-    first = {k: v for k, v in configs[0].to_dict().items() if k not in GRID_FIELDS}
+
+    def shared(c: ConversionConfig) -> dict:
+        return {k: v for k, v in c.to_dict().items() if k not in GRID_FIELDS}
+
+    first = shared(configs[0])
     for c in configs[1:]:
-        other = {k: v for k, v in c.to_dict().items() if k not in GRID_FIELDS}
-        differ = sorted(k for k in first if first[k] != other[k])
+        differ = sorted(k for k, v in shared(c).items() if first[k] != v)
         if differ:
             raise ConfigError(f"configurations of one calibration may differ only in {', '.join(GRID_FIELDS)}; these "
                               f"differ in {', '.join(differ)}: convert them separately")

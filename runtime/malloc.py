@@ -13,8 +13,9 @@ completely"). A finite trim threshold (2 GiB, the largest positive ``int`` mallo
 handed the memory back, and paged it in again, whenever more than 2 GiB at the top of the heap were free: a
 multi-step layer call on 8 192 Fashion-MNIST images (T = 32, batch 256) or more, which then ran 1.5–3.2× slower per
 image than one on 4 096 images (BENCHMARKS.md, "Page faults"). The price is memory: freed blocks stay with the
-process until it exits and the heap fragments, so the peak resident size grows (fmnist-mobilenet differential,
-native backend, 2 000 images: 1.80 → 2.47 GB, while the run gets 1.3× faster; BENCHMARKS.md).
+process until it exits and the heap can fragment, which can raise the peak resident size (fmnist-mobilenet
+differential, native backend, 2 000 images: 1.80 → 2.47 GB when first measured, 1.84 → 1.54–1.69 GB on 2026-12-01,
+while the run gets 1.3–1.5× faster; BENCHMARKS.md).
 
 It does nothing on another C library, or when the user set glibc's own knobs (``MALLOC_MMAP_MAX_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``), or ``SNNCONVERT_KEEP_FREED_MEMORY=0``.

@@ -169,16 +169,20 @@ def test_pair_kernel_equals_composition(impl, T_steps, coding, kind, n_levels, s
         t_lo, t_hi = (t.to(dtype).float().to(device) for t in (th_lo, th_hi))
         bl, bh = (b.to(device) for b in (b_lo, b_hi)) if coding == "differential" else (None, None)
         xd = x.to(device, dtype)
-        # the unfused graph: the two neurons' kernels and the two subtractions in the dtype
-        if coding == "rate":
+        # the unfused graph: the two neurons' kernels and the two subtractions in the dtype (inductor: the reference
+        # neurons, which its single-neuron loops equal bit for bit in test_kernels.py; every loop compiles for seconds)
+        lo, hi = SpikingNeuron(t_lo, **flags), SpikingNeuron(t_hi, **flags)
+        lo.bias, hi.bias = bl, bh
+        if impl[0] == "inductor":
+            r = lo.multistep(xd)
+            h = hi.multistep(r - 0.75)
+        elif coding == "rate":
             r = K.rate_neuron_run(xd, t_lo, kind=kind, n_levels=n_levels, signed=signed)[0]
             h = K.rate_neuron_run(r - 0.75, t_hi, kind=kind, n_levels=n_levels, signed=signed)[0]
         else:
             r = K.diff_neuron_run(xd, t_lo, bl, kind=kind, n_levels=n_levels)[0]
             h = K.diff_neuron_run(r - 0.75, t_hi, bh, kind=kind, n_levels=n_levels)[0]
-        if dtype == torch.float32 and device == "cpu":  # and the reference neurons
-            lo, hi = SpikingNeuron(t_lo, **flags), SpikingNeuron(t_hi, **flags)
-            lo.bias, hi.bias = bl, bh
+        if dtype == torch.float32 and device == "cpu" and impl[0] != "inductor":  # and the reference neurons
             assert torch.equal(lo.multistep(xd), r) and torch.equal(hi.multistep(r - 0.75), h)
         events = torch.zeros(2, T_steps, dtype=torch.int64, device=device)
         got, state = K.bounded_relu_pair_run(xd, 0.75, t_lo, t_hi, bl, bh, events=events, **flags)
@@ -196,6 +200,8 @@ def test_pair_kernel_equals_composition(impl, T_steps, coding, kind, n_levels, s
             steps.append(out)
         if steps:
             assert state.t == T_steps and torch.equal(torch.cat(steps), got)
+        if impl[0] == "inductor" and T_steps > 8:  # its 8- and 1-step graphs above carry the state between them already
+            continue
         first, state = K.bounded_relu_pair_run(xd[:1], 0.75, t_lo, t_hi, bl, bh, store_state=True, **flags)
         rest, _ = K.bounded_relu_pair_run(xd[1:], 0.75, t_lo, t_hi, bl, bh, state=state, **flags)
         assert torch.equal(torch.cat([first, rest]), got)

@@ -13,6 +13,7 @@ Usage::
     python bench/check_onnx_torchvision.py --models resnet18 --exporters ts13,dynamo
     python bench/check_onnx_torchvision.py --models segmentation.fcn_resnet50,segmentation.lraspp_mobilenet_v3_large
     python bench/check_onnx_torchvision.py --models timm.resnet18,timm.vit_tiny_patch16_224   # needs timm
+    python bench/check_onnx_torchvision.py --models ultralytics.yolov8n,ultralytics.yolo11n   # needs ultralytics
     python bench/check_onnx_torchvision.py --models vgg11_bn,timm.vgg16_bn --exporters dynamo --side 64 --snn-steps 16
     python bench/check_onnx_torchvision.py --static-batch --export-batch 1   # files exported without dynamic axes
 
@@ -62,7 +63,16 @@ class _Out(torch.nn.Module):
 
 def build(name: str) -> torch.nn.Module:
     """A torchvision classification model, ``segmentation.NAME`` (5 classes; bilinear ``Resize`` in ONNX) or
-    ``timm.NAME`` (needs timm; transformers built for 64x64 inputs)."""
+    ``timm.NAME`` (needs timm; transformers built for 64x64 inputs) or ``ultralytics.NAME`` (needs ultralytics: the
+    model of ``NAME.yaml``, its heads in Ultralytics' export mode, which returns the decoded tensor alone)."""
+    if name.startswith("ultralytics."):
+        from ultralytics import YOLO
+
+        model = YOLO(f"{name.partition('.')[2]}.yaml").model
+        for module in model.modules():
+            if hasattr(module, "export"):
+                module.export, module.format = True, "onnx"
+        return model
     if name.startswith("timm."):
         import timm
 
@@ -124,6 +134,11 @@ def export(model: torch.nn.Module, x: torch.Tensor, path: Path, exporter: str, s
                               input_names=["x"], output_names=["y"], **dynamic)
 
 
+def _outputs(value) -> list[torch.Tensor]:
+    """The tensors of a graph's output: one, or a tuple / list of them (a file with several outputs)."""
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
 def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batch: int,
           side: int | None = None, snn_steps: int = 0, static_batch: bool = False) -> dict:
     row = {"model": name, "exporter": exporter, "opset": "-", "err": float("nan"), "status": "", "seconds": 0.0}
@@ -172,13 +187,17 @@ def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batc
                                                                                                         1e-30)))
             ok = ok and ours.shape == reference.shape and np.allclose(ours, reference, rtol=RTOL,
                                                                       atol=ATOL_SCALE * scale)
-    else:
-        reference = session.run(None, {session.get_inputs()[0].name: x})[0]
+        references, scales = [reference], [scale]  # at the check batch, the last one
+    else:  # every output of the file (Ultralytics' segmentation: boxes and mask prototypes)
+        references = session.run(None, {session.get_inputs()[0].name: x})
         with torch.no_grad():
-            ours = gm(torch.from_numpy(x)).numpy()
-        scale = float(np.abs(reference).max())
-        row["err"] = float(np.abs(ours - reference).max() / max(scale, 1e-30))
-        ok = ours.shape == reference.shape and np.allclose(ours, reference, rtol=RTOL, atol=ATOL_SCALE * scale)
+            ours_all = [t.numpy() for t in _outputs(gm(torch.from_numpy(x)))]
+        scales = [float(np.abs(r).max()) for r in references]
+        row["err"] = max(float(np.abs(o - r).max() / max(c, 1e-30)) for o, r, c in zip(ours_all, references, scales))
+        ok = len(ours_all) == len(references) and all(
+            o.shape == r.shape and np.allclose(o, r, rtol=RTOL, atol=ATOL_SCALE * c)
+            for o, r, c in zip(ours_all, references, scales))
+        scale = min(scales)
     row["status"] = "pass" if ok and scale > 0 else ("FAIL (zero output)" if ok else "FAIL")
     if snn_steps and row["status"] == "pass":  # the imported file converts, and its SNN approaches the model
         from snnconvert.convert import ConversionConfig, convert
@@ -188,8 +207,8 @@ def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batc
         res = convert(path, forward_loop=[calibration],
                       config=ConversionConfig.for_coding("differential", timesteps=snn_steps))
         with torch.no_grad():
-            decoded = res.snn(torch.from_numpy(x), snn_steps).numpy()
-        row["snn_err"] = {t: float(np.abs(decoded[t - 1] - reference).max() / scale)
+            decoded = [t.numpy() for t in _outputs(res.snn(torch.from_numpy(x), snn_steps))]
+        row["snn_err"] = {t: max(float(np.abs(d[t - 1] - r).max() / c) for d, r, c in zip(decoded, references, scales))
                           for t in sorted({1, max(1, snn_steps // 4), snn_steps})}
     row["seconds"] = time.perf_counter() - start
     for suffix in ("", ".data"):

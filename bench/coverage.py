@@ -1,5 +1,5 @@
-"""Which torchvision (or, with ``--timm``, timm; with ``--segmentation``, torchvision's segmentation models)
-architectures convert, and how: one row per family.
+"""Which torchvision (or, with ``--timm``, timm; with ``--segmentation``, torchvision's segmentation models; with
+``--ultralytics``, Ultralytics' YOLO families) architectures convert, and how: one row per family.
 
 Each model is built with random weights (no download), its BatchNorm statistics set by three training-mode passes
 on random images, then converted with the differential preset (T = 4; calibration on 32 random images) through the
@@ -15,9 +15,12 @@ the SNN's own error against the model after T steps (4 of the images, ``snn(x, T
     .venv/bin/python bench/coverage.py --out bench/results/coverage.json
     .venv/bin/pip install timm && .venv/bin/python bench/coverage.py --timm --out bench/results/coverage_timm.json
     .venv/bin/python bench/coverage.py --segmentation --out bench/results/coverage_segmentation.json
+    PYTHONPATH=/tmp/ulsite:/tmp/uldeps .venv/bin/python bench/coverage.py --ultralytics \
+        --out bench/results/coverage_ultralytics.json   # ultralytics installed there (BENCHMARKS.md)
 
 timm is not a dependency of snnconvert (this bench imports it only with ``--timm``); its models are built with
-``pretrained=False`` (nothing is downloaded), transformers at their ``img_size`` where they take one.
+``pretrained=False`` (nothing is downloaded), transformers at their ``img_size`` where they take one. Neither is
+ultralytics (imported only with ``--ultralytics``); its models are built from their YAML files (random weights).
 
 Structure only: random weights say nothing about accuracy (the zoo models on Fashion-MNIST do, BENCHMARKS.md).
 """
@@ -58,6 +61,18 @@ def _timm_model(name: str, side: int):
         return timm.create_model(name, pretrained=False, num_classes=10)
 
 
+#: Ultralytics (``pip install ultralytics``; not a dependency): models built from their YAML files, random weights
+ULTRALYTICS_FAMILIES = ["yolov3u", "yolov5nu", "yolov6n", "yolov8n", "yolov8n-seg", "yolov8n-pose", "yolov8n-obb",
+                        "yolov8n-cls", "yolov9t", "yolov10n", "yolo11n", "yolo11n-seg", "yolo11n-pose", "yolo11n-obb",
+                        "yolo11n-cls", "yolo12n", "yolo26n", "rtdetr-l"]
+
+
+def _ultralytics_model(name: str):
+    from ultralytics import RTDETR, YOLO
+
+    return (RTDETR if name.startswith("rtdetr") else YOLO)(f"{name}.yaml").model
+
+
 SEGMENTATION_FAMILIES = ["fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
                          "lraspp_mobilenet_v3_large"]
 
@@ -65,6 +80,8 @@ SEGMENTATION_FAMILIES = ["fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobile
 def build(name: str, side: int, source: str = "torchvision"):
     if source == "timm":
         model = _timm_model(name, side)
+    elif source == "ultralytics":
+        model = _ultralytics_model(name)
     elif source == "segmentation":  # dict outputs ({"out": [B, classes, H, W]}), bilinear upsampling
         import torchvision.models.segmentation as tvs
 
@@ -144,6 +161,7 @@ def main() -> None:
     parser.add_argument("--models", help="comma list of model names (default: the families of the source)")
     parser.add_argument("--timm", action="store_true", help="timm models instead of torchvision's (needs timm)")
     parser.add_argument("--segmentation", action="store_true", help="torchvision's segmentation models")
+    parser.add_argument("--ultralytics", action="store_true", help="Ultralytics' YOLO families (needs ultralytics)")
     parser.add_argument("--side", type=int, default=64, help="input image side (inception_v3 needs >= 75)")
     parser.add_argument("--converge", help="comma list of steps T: also run the SNN on 4 of the images and give "
                         "max |SNN output after T steps - model output| / max |model output| (slower)")
@@ -165,8 +183,10 @@ def main() -> None:
     print("| model | converts | ReLU sites | identity sites | graded units (dense outputs) | MACs fed by analog/dense "
           "inputs | converted graph as ANN vs model: max |diff| / max |output| |" + extra)
     print("|---|---|---|---|---|---|---|" + "---|" * len(converge))
-    source = "timm" if args.timm else "segmentation" if args.segmentation else "torchvision"
-    default = {"timm": TIMM_FAMILIES, "segmentation": SEGMENTATION_FAMILIES, "torchvision": FAMILIES}[source]
+    source = ("timm" if args.timm else "segmentation" if args.segmentation else "ultralytics" if args.ultralytics
+              else "torchvision")
+    default = {"timm": TIMM_FAMILIES, "segmentation": SEGMENTATION_FAMILIES, "ultralytics": ULTRALYTICS_FAMILIES,
+               "torchvision": FAMILIES}[source]
     names = args.models.split(",") if args.models else default
     for name in names:
         r = row(name, max(args.side, 80) if "inception" in name or "xception" in name else args.side, source,

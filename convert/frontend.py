@@ -189,6 +189,24 @@ def _defaulted_arguments(model: torch.nn.Module) -> dict | None:
     return fixed or None
 
 
+def _without_var_arguments(fn):
+    """``fn`` without its ``*args`` / ``**kwargs`` (Ultralytics' ``forward(self, x, *args, **kwargs)``): torch.fx would
+    pass a traced placeholder for each (and ``**placeholder`` fails); the converted network takes none, so they are
+    empty. Returns ``fn`` itself when it has neither, else a function of its named parameters calling it."""
+    inner = inspect.unwrap(fn)
+    code = getattr(inner, "__code__", None)
+    if code is None or not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        return fn
+    params = inspect.signature(inner).parameters.values()
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    keyword = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    header = ", ".join(positional + (["*", *keyword] if keyword else []))
+    call = ", ".join(positional + [f"{k}={k}" for k in keyword])
+    namespace = {"_snnconvert_forward": fn}
+    exec(f"def forward({header}):\n    return _snnconvert_forward({call})\n", namespace)  # noqa: S102 - names only
+    return namespace["forward"]
+
+
 def _drop_fixed_arguments(graph: fx.Graph) -> None:
     """Remove the placeholders of the arguments fixed at their defaults (:func:`_defaulted_arguments`) and torch.fx's
     checks of their values (``torch._assert(is_causal == False)``): the graph takes the one input."""
@@ -418,6 +436,9 @@ class _ShapeBranchTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
 
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        return super().create_args_for_root(_without_var_arguments(root_fn), is_module, concrete_args)
+
     def trace(self, root, concrete_args=None):
         unwrapped = _unwrapped() if self.inline else contextlib.nullcontext()
         with unwrapped, _factories_recorded(), _autocast_unrecorded(self):
@@ -437,6 +458,12 @@ class _ShapeBranchTracer(fx.Tracer):
         if depends_on_values(node, {}):
             raise TraceError(f"a branch on tensor values at {where} (data-dependent control flow); {_TRACE_HINT}")
         taken = bool(self._evaluate(node))
+        if self.example.dim() and bool(self._evaluate(node, torch.cat([self.example, self.example]))) != taken:
+            raise TraceError(f"a branch at {where} goes one way for a batch of {len(self.example)} and the other for "
+                             f"{2 * len(self.example)}, and the converted graph serves every batch size (the SNN runs "
+                             "its time steps in the batch dim): make the condition independent of the batch size, "
+                             "e.g. compare x.shape[1:] instead of x.shape (a cache keyed on the input shape may have a "
+                             "switch that recomputes it at every call)")
         # not `not_`: re-tracing the generated code (torch.save of a GraphModule does) must not branch again
         condition = obj if taken else self.create_proxy("call_function", operator.eq, (obj, False), {})
         message = (f"the model {GUARD_MARK} {list(self.example.shape)}, and a shape-dependent branch at {where} goes "

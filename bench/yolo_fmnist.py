@@ -5,15 +5,14 @@ Ultralytics is not a dependency of snnconvert: install it outside the project's 
 "Ultralytics coverage") and put it on ``PYTHONPATH``. The model is built from its YAML file (``--model``, random
 initial weights: nothing is downloaded) with one input channel and the 10 Fashion-MNIST classes, and trained here
 with Ultralytics' own detection loss (``model.loss``: box, class and DFL terms at the package's default gains) by
-seeded AdamW with a cosine schedule. Ultralytics' trainer is not used (it wants a data set on disk and fonts from
-the internet).
+seeded AdamW with a cosine schedule. Ultralytics' trainer is not used (it reads a data set from files on disk).
 
 The task is made from Fashion-MNIST's own images: each ``--canvas``² black canvas (default 64) holds 1 to
 ``--max-objects`` garments (default 3), each resized to a seeded random side of 20–40 pixels and pasted (pixel-wise
-maximum) at a seeded random position where its box overlaps earlier ones by IoU < 0.3 (ten tries); a garment's box
-is the tight box of its pixels brighter than 0.1 of full scale, its class the image's label. Training canvases come
-from the TRAIN split, a fresh seeded batch per iteration; ``--calib-images`` canvases from TRAIN (seed 1) calibrate;
-``--test-images`` canvases from the TEST split (seed 2) are scored.
+maximum) at a seeded random position where its box overlaps earlier ones by IoU < 0.3 (ten tries, else it is left
+out); a garment's box is the tight box of its pixels brighter than 0.1 of full scale, its class the image's label.
+Training canvases come from the TRAIN split, a fresh seeded batch per iteration; ``--calib-images`` canvases from
+TRAIN (seed 1) calibrate; ``--test-images`` canvases from the TEST split (seed 2) are scored.
 
 Scoring is Ultralytics' validation protocol for the decoded box tensor (``[B, 4 + classes, anchors]``: the first
 output of the model in eval mode): ``ultralytics.utils.nms.non_max_suppression`` (confidence 0.001, IoU 0.7, at

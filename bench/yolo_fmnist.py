@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from snnconvert.convert import ConversionConfig, convert_sweep
+from snnconvert.runtime import evaluate
 from snnconvert.runtime.data import TensorDataset, load_fashion_mnist
 from snnconvert.runtime.energy import SynapticOpCounter
 from snnconvert.runtime.malloc import keep_freed_memory
@@ -156,6 +157,23 @@ def mean_ap(decoded: list[torch.Tensor], boxes: list[torch.Tensor], classes: int
     return {"mAP50": float(ap[:, 0].mean()), "mAP50-95": float(ap.mean())}
 
 
+def diagnose(res, model, images: torch.Tensor, T: int) -> dict[str, dict]:
+    """Per neuron site, in graph order: relative error of its decoded output against its ANN value after each step,
+    events per neuron at each step, and the min / median / max of its thresholds. The ANN's box tensor serves as a
+    regression target (``output=0``) so that ``evaluate`` runs on a detector."""
+    with torch.no_grad():
+        target = model(images)[0]
+    ev = evaluate(res.snn, [(images, target)], timesteps=T, output=0, layer_errors=True, count_ops=False)
+    sites = {}
+    for name, events in ev.site_events.items():
+        th = res.thresholds[name].flatten().float()
+        sites[name] = {"relative_error": ev.layer_errors[name]["relative_error"],
+                       "events_per_neuron_per_step": [e / events["neurons_per_image"]
+                                                      for e in events["events_per_step"]],
+                       "threshold_min_median_max": [float(th.min()), float(th.median()), float(th.max())]}
+    return sites
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="yolov8n", help="Ultralytics YAML name (yolov8n, yolov6n, yolo11n, ...)")
@@ -171,6 +189,10 @@ def main() -> None:
     parser.add_argument("--coding", choices=["differential", "rate"], default="differential",
                         help="the coding's preset (rate: IF neurons, 99.9 %% thresholds per channel)")
     parser.add_argument("--threshold", help="another threshold rule than the preset's (iterate, 99.9%%, max, ...)")
+    parser.add_argument("--diagnose", type=int, default=0, metavar="N",
+                        help="also, on the first N test canvases: every neuron site's relative error against the ANN "
+                        "after each step (evaluate(..., layer_errors=True)), its events per neuron at each step and "
+                        "its thresholds' range")
     parser.add_argument("--save", type=Path, help="keep the trained state dict here")
     parser.add_argument("--load", type=Path, help="skip training: load this state dict")
     parser.add_argument("--out", type=Path)
@@ -226,8 +248,10 @@ def main() -> None:
         row = {**mean_ap(decoded, truth, 10), "energy_ratio_reference": ops["energy_ratio_reference"][-1],
                "energy_ratio_extended": ops["energy_ratio_extended"][-1],
                "seconds": round(time.perf_counter() - started)}
+        if args.diagnose:
+            row["sites"] = diagnose(res, model, test_x[:args.diagnose], T)
         doc["snn"][str(T)] = row
-        print(f"T={T}: {row}", flush=True)
+        print(f"T={T}: { {k: v for k, v in row.items() if k != 'sites'} }", flush=True)
     if args.out:
         args.out.write_text(json.dumps(doc, indent=1))
 

@@ -157,17 +157,46 @@ def mean_ap(decoded: list[torch.Tensor], boxes: list[torch.Tensor], classes: int
     return {"mAP50": float(ap[:, 0].mean()), "mAP50-95": float(ap.mean())}
 
 
+def _tracking(store: dict[str, list[float]], name: str):
+    """A forward hook on a neuron: in a multi-step call, the relative error of its decoded output against its
+    function (ReLU or identity) of its own decoded input after each step, |R_out − f(R_in)| / |f(R_in,T)| (means over
+    the elements): whether the neuron follows what it is given, apart from what it is given."""
+    def hook(neuron, args, out):
+        if neuron.analog or neuron.capture or neuron.step_mode != "m":
+            return
+        T = neuron.timesteps
+        x = args[0].float().reshape(T, -1, *args[0].shape[1:])
+        d = out.float().reshape(x.shape)
+        t = torch.arange(1, T + 1, dtype=torch.float32).view(T, *[1] * (x.dim() - 1))
+        b = neuron.bias.float()
+        r_in, r_out = b + torch.cumsum((x - b) / t, 0), torch.cumsum(d / t, 0)
+        want = neuron.analog_forward(r_in)
+        scale = float(want[-1].abs().mean()) or 1.0
+        store[name] = [float((r_out[k] - want[k]).abs().mean()) / scale for k in range(T)]
+    return hook
+
+
 def diagnose(res, model, images: torch.Tensor, T: int) -> dict[str, dict]:
-    """Per neuron site, in graph order: relative error of its decoded output against its ANN value after each step,
-    events per neuron at each step, and the min / median / max of its thresholds. The ANN's box tensor serves as a
-    regression target (``output=0``) so that ``evaluate`` runs on a detector."""
+    """Per neuron site, in graph order: relative error of its decoded output against its ANN value after each step
+    (``evaluate(..., layer_errors=True)``: the ANN's box tensor serves as a regression target, ``output=0``, so that
+    it runs on a detector), the same against the function of its own decoded input (:func:`_tracking`), events per
+    neuron at each step, and the min / median / max of its thresholds."""
     with torch.no_grad():
         target = model(images)[0]
+    tracking: dict[str, list[float]] = {}
+    handles = [neuron.register_forward_hook(_tracking(tracking, name)) for name, neuron in res.snn.neurons()]
+    try:
+        with torch.no_grad():
+            res.snn(images, T)
+    finally:
+        for handle in handles:
+            handle.remove()
     ev = evaluate(res.snn, [(images, target)], timesteps=T, output=0, layer_errors=True, count_ops=False)
     sites = {}
     for name, events in ev.site_events.items():
         th = res.thresholds[name].flatten().float()
         sites[name] = {"relative_error": ev.layer_errors[name]["relative_error"],
+                       "relative_error_to_own_input": tracking.get(name),
                        "events_per_neuron_per_step": [e / events["neurons_per_image"]
                                                       for e in events["events_per_step"]],
                        "threshold_min_median_max": [float(th.min()), float(th.median()), float(th.max())]}
@@ -191,7 +220,7 @@ def main() -> None:
     parser.add_argument("--threshold", help="another threshold rule than the preset's (iterate, 99.9%%, max, ...)")
     parser.add_argument("--diagnose", type=int, default=0, metavar="N",
                         help="also, on the first N test canvases: every neuron site's relative error against the ANN "
-                        "after each step (evaluate(..., layer_errors=True)), its events per neuron at each step and "
+                        "and against its own decoded input after each step, its events per neuron at each step and "
                         "its thresholds' range")
     parser.add_argument("--save", type=Path, help="keep the trained state dict here")
     parser.add_argument("--load", type=Path, help="skip training: load this state dict")

@@ -41,6 +41,7 @@ import torchvision
 
 from snnconvert.convert.errors import OnnxImportError, UnsupportedOpError
 from snnconvert.convert.onnx_import import load_onnx
+from snnconvert.convert.outputs import output_leaves
 
 MODELS = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "squeezenet1_1", "densenet121", "vit_b_16",
           "mobilenet_v3_small", "regnet_y_400mf", "efficientnet_b0", "convnext_tiny"]
@@ -134,11 +135,6 @@ def export(model: torch.nn.Module, x: torch.Tensor, path: Path, exporter: str, s
                               input_names=["x"], output_names=["y"], **dynamic)
 
 
-def _outputs(value) -> list[torch.Tensor]:
-    """The tensors of a graph's output: one, or a tuple / list of them (a file with several outputs)."""
-    return list(value) if isinstance(value, (tuple, list)) else [value]
-
-
 def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batch: int,
           side: int | None = None, snn_steps: int = 0, static_batch: bool = False) -> dict:
     row = {"model": name, "exporter": exporter, "opset": "-", "err": float("nan"), "status": "", "seconds": 0.0}
@@ -191,7 +187,7 @@ def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batc
     else:  # every output of the file (Ultralytics' segmentation: boxes and mask prototypes)
         references = session.run(None, {session.get_inputs()[0].name: x})
         with torch.no_grad():
-            ours_all = [t.numpy() for t in _outputs(gm(torch.from_numpy(x)))]
+            ours_all = [t.numpy() for _, t in output_leaves(gm(torch.from_numpy(x)))]
         scales = [float(np.abs(r).max()) for r in references]
         row["err"] = max(float(np.abs(o - r).max() / max(c, 1e-30)) for o, r, c in zip(ours_all, references, scales))
         ok = len(ours_all) == len(references) and all(
@@ -207,7 +203,7 @@ def check(name: str, exporter: str, workdir: Path, export_batch: int, check_batc
         res = convert(path, forward_loop=[calibration],
                       config=ConversionConfig.for_coding("differential", timesteps=snn_steps))
         with torch.no_grad():
-            decoded = [t.numpy() for t in _outputs(res.snn(torch.from_numpy(x), snn_steps))]
+            decoded = [t.numpy() for _, t in output_leaves(res.snn(torch.from_numpy(x), snn_steps))]
         row["snn_err"] = {t: max(float(np.abs(d[t - 1] - r).max() / c) for d, r, c in zip(decoded, references, scales))
                           for t in sorted({1, max(1, snn_steps // 4), snn_steps})}
     row["seconds"] = time.perf_counter() - start

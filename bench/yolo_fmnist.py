@@ -43,20 +43,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_iou
 
 from snnconvert.convert import ConversionConfig, convert_sweep
 from snnconvert.runtime import evaluate
 from snnconvert.runtime.data import TensorDataset, load_fashion_mnist
 from snnconvert.runtime.energy import SynapticOpCounter
 from snnconvert.runtime.malloc import keep_freed_memory
-
-
-def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4] (x0, y0, x1, y1): [N, M]."""
-    lo, hi = torch.maximum(a[:, None, :2], b[None, :, :2]), torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (hi - lo).clamp(min=0).prod(2)
-    area = lambda t: (t[:, 2:] - t[:, :2]).prod(1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
 def canvases(data: TensorDataset, n: int, canvas: int, max_objects: int, seed: int):
@@ -78,7 +71,7 @@ def canvases(data: TensorDataset, n: int, canvas: int, max_objects: int, seed: i
             for _try in range(10):
                 ox, oy = (int(v) for v in torch.randint(0, canvas - side + 1, (2,), generator=gen))
                 box = [ox + int(cols[0]), oy + int(rows[0]), ox + int(cols[-1]) + 1, oy + int(rows[-1]) + 1]
-                if not placed or float(_box_iou(torch.tensor([box], dtype=torch.float32),
+                if not placed or float(box_iou(torch.tensor([box], dtype=torch.float32),
                                                 torch.tensor(placed, dtype=torch.float32)[:, 1:]).max()) < 0.3:
                     break
             else:
@@ -127,7 +120,7 @@ def _correct(pred: torch.Tensor, truth: torch.Tensor, thresholds: torch.Tensor) 
     out = np.zeros((len(pred), len(thresholds)), dtype=bool)
     if not len(pred) or not len(truth):
         return out
-    iou = _box_iou(pred[:, :4], truth[:, 1:]) * (pred[:, 5:6] == truth[None, :, 0])
+    iou = box_iou(pred[:, :4], truth[:, 1:]) * (pred[:, 5:6] == truth[None, :, 0])
     for k, thr in enumerate(thresholds.tolist()):
         claimed = torch.zeros(len(truth), dtype=torch.bool)
         for d in range(len(pred)):

@@ -424,6 +424,7 @@ class _ShapeBranchTracer(fx.Tracer):
         self.branches: list[str] = []  # "file:line: taken" of every branch followed
         self._evaluating = False  # while True, modules and parameters act as themselves (no recording)
         self._runs: dict[bool, fx.Interpreter] = {}  # the example, the example twice -> the nodes' values so far
+        self._inputs: dict[bool, torch.Tensor] = {}  # ... and the input each one runs on
         # buffers are graph nodes like parameters (``self.mask[None].expand(B, ...)`` with a traced B; a buffer read
         # as a tensor cannot take traced sizes)
         self.proxy_buffer_attributes = True
@@ -458,7 +459,7 @@ class _ShapeBranchTracer(fx.Tracer):
         if depends_on_values(node, {}):
             raise TraceError(f"a branch on tensor values at {where} (data-dependent control flow); {_TRACE_HINT}")
         taken = bool(self._evaluate(node))
-        if self.example.dim() and bool(self._evaluate(node, torch.cat([self.example, self.example]))) != taken:
+        if self.example.dim() and bool(self._evaluate(node, doubled=True)) != taken:
             raise TraceError(f"a branch at {where} goes one way for a batch of {len(self.example)} and the other for "
                              f"{2 * len(self.example)}, and the converted graph serves every batch size (the SNN runs "
                              "its time steps in the batch dim): make the condition independent of the batch size, "
@@ -497,11 +498,8 @@ class _ShapeBranchTracer(fx.Tracer):
         if not counted and depends_on_values(node, {}):
             raise TraceError(f"{what} from tensor values at {where} (data-dependent); {_TRACE_HINT}")
 
-        def measure(example: torch.Tensor | None = None) -> int | float:
-            return cast(self._evaluate(node, example))
-
-        value = measure()
-        if self.example.dim() and measure(torch.cat([self.example, self.example])) != value:  # batch 2b, not b
+        value = cast(self._evaluate(node))
+        if self.example.dim() and cast(self._evaluate(node, doubled=True)) != value:  # batch 2b, not b
             raise TraceError(f"{what} at {where} changes with the batch size, and the converted graph serves every "
                              "batch size; keep the batch dim a traced size (x.shape[0], x.size(0)) or loop over "
                              f"another dim; {_TRACE_HINT}")
@@ -513,17 +511,17 @@ class _ShapeBranchTracer(fx.Tracer):
         self.branches.append(f"{where}: {what} = {value}")
         return value
 
-    def _evaluate(self, node: fx.Node, example: torch.Tensor | None = None):
-        """The value of ``node`` (in the graph built so far) on the example input (or ``example``: the example twice,
-        the same tensor's values every time), computed with the tracer's patches of ``nn.Module`` calls and
+    def _evaluate(self, node: fx.Node, doubled: bool = False):
+        """The value of ``node`` (in the graph built so far) on the example input (``doubled``: on the example twice,
+        a batch of 2b: what changes with the batch size), computed with the tracer's patches of ``nn.Module`` calls and
         attribute reads switched to plain behaviour. Incremental: the values of the nodes run before are kept, so a
         trace that reads many branches and sizes runs its graph once per input, not once per read (in-place ops keep
         their effect, as in one forward pass)."""
-        key = example is not None
-        if key not in self._runs:
-            self._runs[key] = fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
-        run = self._runs[key]
-        run.args_iter = iter([self.example if example is None else example])
+        if doubled not in self._runs:
+            self._runs[doubled] = fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
+            self._inputs[doubled] = torch.cat([self.example, self.example]) if doubled else self.example
+        run = self._runs[doubled]
+        run.args_iter = iter([self._inputs[doubled]])
         self._evaluating = True
         try:
             with torch.no_grad():

@@ -21,12 +21,20 @@ thresholds 0.5:0.95, and ``ultralytics.utils.metrics.ap_per_class``: mAP50 and m
 SNN's decoded output after T steps. The SNN is converted with snnconvert's differential preset (MT n = 4,
 threshold iteration per channel fitted for each T: one calibration, ``convert_sweep``; identity neurons, n = 6,
 carry SiLU networks) or, with ``--coding rate``, the rate preset (IF neurons, 99.9 % per channel). The energy
-ratio after T steps (method.md §8, both metrics) is counted on the scored images.
+ratio after T steps (method.md §8, both metrics) is counted on the scored images. Next to mAP, each T records what
+snnconvert reports when it is given these canvases without labels (``evaluate`` of unlabelled images, task
+``fidelity``: every output against the ANN's): ``output_error`` (the largest relative error over the outputs: the
+decoded box tensor and the three raw head maps) and ``output_errors`` per output, and ``class_score_error``, the
+relative error of the class-score rows of the box tensor alone: how well an output error without labels tells a
+detector's accuracy.
 
     PYTHONPATH=/tmp/ulsite:/tmp/uldeps .venv/bin/python bench/yolo_fmnist.py --model yolov8n \
         --out bench/results/yolo_fmnist_yolov8n.json
 
-``--load`` a state dict kept with ``--save`` to score another coding without training again. A smoke run (about ten
+``--load`` a state dict kept with ``--save`` to score another coding without training again. The same trained
+model runs in the command on the canvases without their boxes (``--save-canvases``; the factories ``yolov8n`` and
+``yolov6n`` of this file), which then compares the SNN's outputs with the ANN's (BENCHMARKS.md "Detection on real
+images"). A smoke run (about ten
 seconds; its figures mean nothing):
 
     PYTHONPATH=/tmp/ulsite:/tmp/uldeps .venv/bin/python bench/yolo_fmnist.py --iters 5 --test-images 64 \
@@ -81,6 +89,23 @@ def canvases(data: TensorDataset, n: int, canvas: int, max_objects: int, seed: i
             placed.append([float(data.labels[j]), *map(float, box)])
         boxes.append(torch.tensor(placed, dtype=torch.float32).reshape(-1, 5))
     return images, boxes
+
+
+def detector(name: str = "yolov8n"):
+    """The untrained Ultralytics model of this task (one input channel, 10 classes), built from its YAML."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    return DetectionModel(f"{name}.yaml", ch=1, nc=10, verbose=False)
+
+
+def yolov8n():
+    """The command's factory (``snnconvert bench/yolo_fmnist.py:yolov8n --weights STATE``)."""
+    return detector("yolov8n")
+
+
+def yolov6n():
+    """The command's factory (``snnconvert bench/yolo_fmnist.py:yolov6n --weights STATE``)."""
+    return detector("yolov6n")
 
 
 def ultralytics_batch(images: torch.Tensor, boxes: list[torch.Tensor]) -> dict:
@@ -217,16 +242,21 @@ def main() -> None:
                         "its thresholds' range")
     parser.add_argument("--save", type=Path, help="keep the trained state dict here")
     parser.add_argument("--load", type=Path, help="skip training: load this state dict")
+    parser.add_argument("--save-canvases", type=Path, help="write the calibration and test canvases (no boxes) to "
+                        "this .npz file (x_train, x_test) and stop")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     keep_freed_memory()
-    from ultralytics.nn.tasks import DetectionModel
-
     torch.manual_seed(0)
-    model = DetectionModel(f"{args.model}.yaml", ch=1, nc=10, verbose=False)
+    model = detector(args.model)
     train_split, test_split = load_fashion_mnist("train"), load_fashion_mnist("test")
+    if args.save_canvases:  # the calibration and test canvases without their boxes, for the command
+        test_x, _ = canvases(test_split, args.test_images, args.canvas, args.max_objects, seed=2)
+        calib_x, _ = canvases(train_split, args.calib_images, args.canvas, args.max_objects, seed=1)
+        np.savez(args.save_canvases, x_train=calib_x.numpy(), x_test=test_x.numpy())
+        return
     started = time.perf_counter()
     if args.load:
         model.load_state_dict(torch.load(args.load))
@@ -267,8 +297,14 @@ def main() -> None:
                 counter.counts.images += len(decoded[-1])
         counter.close()
         ops = counter.counts.to_dict()
+        fidelity = evaluate(res.snn, [test_x[s:s + args.eval_batch] for s in chunks], ann=model, timesteps=T,
+                            count_ops=False)
+        scores = torch.cat([d[:, 4:] for d in decoded]), torch.cat([a[:, 4:] for a in ann_out])
         row = {**mean_ap(decoded, truth, 10), "energy_ratio_reference": ops["energy_ratio_reference"][-1],
                "energy_ratio_extended": ops["energy_ratio_extended"][-1],
+               "output_error": fidelity.snn_output_error[-1],
+               "output_errors": {k: e["relative_error"][-1] for k, e in fidelity.output_errors.items()},
+               "class_score_error": float((scores[0] - scores[1]).norm() / scores[1].norm()),
                "seconds": round(time.perf_counter() - started)}
         if args.diagnose:
             row["sites"] = diagnose(res, model, test_x[:args.diagnose], T)

@@ -3,6 +3,7 @@ conversion run of ``main.py`` and the saved-SNN evaluation of ``saved.py``)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -196,14 +197,19 @@ def check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, l
     """The evaluated output must be one output (``--logits`` names it among several) that the evaluation labels fit
     (``label_task``: class labels, per-pixel labels or regression targets), and class labels must index it (e.g.
     not an ImageFolder with more classes than logits); per-pixel labels index the output's dim 1, except those
-    equal to ``ignore_index``."""
+    equal to ``ignore_index``. Unlabelled images compare every output with the ANN's (or the one ``--logits``
+    names, which must be one)."""
     from snnconvert.convert.outputs import select_output
     from snnconvert.runtime.scores import label_task
 
     try:
-        with torch.no_grad():
-            out = ann(example)
+        with torch.no_grad():  # on a copy: a model may cache state on the input's shape (Ultralytics' Detect keeps
+            out = copy.deepcopy(ann)(example)  # its anchors for the last batch size), which tracing would then read
     except Exception:  # noqa: BLE001 - the conversion runs the model next and names the failing node in one line
+        return
+    if data.labels is None:
+        if logits is not None:
+            select_output(out, logits)
         return
     scores = select_output(out, logits)
     try:

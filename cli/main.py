@@ -439,7 +439,8 @@ def main(
                                         "--target-gap of the ANN"),
     target_gap: Optional[float] = typer.Option(None, "--target-gap", help="with --sweep: accuracy target in "
                                                "percentage points below the ANN (regression: percent above the "
-                                               "ANN's MSE) [default: 0.5]"),
+                                               "ANN's MSE; unlabelled images: agreement in pp below 100 %, or "
+                                               "the output error in percent) [default: 0.5]"),
     select_images: Optional[int] = typer.Option(
         None, "--select-images", help="with --sweep: choose T on N held-out images of the calibration data (the N "
                                       "after the calibration images) instead of the evaluation images, which then "
@@ -448,7 +449,8 @@ def main(
                                      "accuracy and mean IoU): the label of pixels left out of both (-1: none)"),
     logits: Optional[str] = typer.Option(
         None, "--logits", help="for a model with several outputs (tuple, list or dict: heads): the one holding the "
-                               "class scores, by index or key (e.g. 0, cls, heads.0); the SNN decodes every output"),
+                               "class scores, by index or key (e.g. 0, cls, heads.0); the SNN decodes every output "
+                               "(unlabelled images: the output compared with the ANN's; default: every output)"),
     calibration_check: bool = typer.Option(
         True, "--calibration-check/--no-calibration-check",
         help="refit the thresholds on the evaluation images (as many as calibration had) and warn where they differ "

@@ -42,12 +42,18 @@ def _accuracy_table(ev) -> Table:
         extra, extra_name = ev.snn_mae, "SNN MAE"
     elif ev.task == "segmentation":
         extra, extra_name = [100 * v for v in ev.snn_miou or []], "mIoU %"
+    elif ev.task == "fidelity" and head.name == "agreement":
+        extra, extra_name = [100 * v for v in ev.snn_output_error], "output error %"
+    elif ev.task == "fidelity":
+        agreeing = [e["agreement"] for e in ev.output_errors.values() if "agreement" in e]
+        extra, extra_name = [100 * v for v in agreeing[0]] if len(agreeing) == 1 else [], "agreement %"
     else:
         extra, extra_name = [100 * v for v in ev.snn_accuracy_top5 or []], "top-5 %"
     table = Table(title=f"{head.name} vs time step")
     table.add_column("t", justify="right")
-    table.add_column({"MSE": "SNN MSE", "accuracy": "SNN acc %"}.get(head.name, "SNN pixel acc %"), justify="right")
-    table.add_column(f"gap to ANN ({head.gap_unit})", justify="right")
+    table.add_column(_figure_column(head), justify="right")
+    if not head.against_ann:  # an output error is its own gap to the ANN
+        table.add_column(f"gap to ANN ({head.gap_unit})", justify="right")
     if extra:
         table.add_column(extra_name, justify="right")
     table.add_column("events/img (cum.)", justify="right")
@@ -59,13 +65,22 @@ def _accuracy_table(ev) -> Table:
     cums = list(itertools.accumulate(events))
     for t in shown:
         value, gap = head.snn[t - 1], head.gap(head.snn[t - 1])
-        row = [str(t), head.text(value).removesuffix(" %"), "" if gap is None else f"{gap:+.2f}",
+        row = [str(t), head.text(value).removesuffix(" %"),
+               *([] if head.against_ann else ["" if gap is None else f"{gap:+.2f}"]),
                *([f"{extra[t - 1]:.4g}" if ev.task == "regression" else f"{extra[t - 1]:.2f}"] if extra else []),
                f"{cums[t - 1]:.0f}" if cums else ""]
         if energy_ref and energy_ext:
             row.append(f"{energy_ref[t - 1]:.3f} / {energy_ext[t - 1]:.3f}")
         table.add_row(*row)
     return table
+
+
+def _figure_column(head, suffix: str = "") -> str:
+    """The headline's column: ``SNN acc %``, ``SNN pixel acc %``, ``SNN MSE``, ``agreement %``, ``output error %``
+    (``suffix`` appended before the unit)."""
+    name = {"MSE": "SNN MSE", "accuracy": "SNN acc", "output error": "output error",
+            "agreement": "agreement"}.get(head.name, "SNN pixel acc")
+    return name + suffix + ("" if head.name == "MSE" else " %")
 
 
 def _energy_line(ops: dict) -> str | None:
@@ -90,11 +105,12 @@ def _units_output_line(units: dict, timesteps: int) -> str:
             f"({100 * nonzero / outputs:.1f} % of their outputs; not counted as events)")
 
 
-def _layer_error_table(errors: dict, timesteps: int) -> Table:
+def _layer_error_table(errors: dict, timesteps: int, what: str = "unit") -> Table:
     """Per unit (graph order, then the output): ANN RMS and the relative error of the decoded SNN value at a few
-    steps; the unit with the largest error at T is marked."""
-    table = Table(title="ANN vs SNN per unit: relative error sqrt(Σ(r_t − a)² / Σa²)")
-    table.add_column("unit")
+    steps; the unit with the largest error at T is marked. ``what``: ``"output"`` for the outputs of an evaluation
+    on unlabelled images."""
+    table = Table(title=f"ANN vs SNN per {what}: relative error sqrt(Σ(r_t − a)² / Σa²)")
+    table.add_column(what)
     table.add_column("ANN RMS", justify="right")
     shown = sorted({1, max(1, timesteps // 2), timesteps})
     for t in shown:
@@ -125,8 +141,8 @@ def sweep_table(sweeps, grid, best: int, held_out: int | None) -> Table:
     table = Table(title=f"T sweep{on} (target: {head.target_text(sweeps[best].target_gap_pp)})")
     configs = [next(iter(results.values())).config for results in grid]
     rules, many_n = swept_fields(configs)
-    figure = "MSE at T" if head.name == "MSE" else "acc % at T"
-    for name in ("threshold",) * rules + ("n",) * many_n + ("T", "fit N", figure, f"gap ({head.gap_unit})",
+    gap_column = () if head.against_ann else (f"gap ({head.gap_unit})",)
+    for name in ("threshold",) * rules + ("n",) * many_n + ("T", "fit N", _figure_column(head, " at T"), *gap_column,
                                                             "events/img", "energy ref/ext"):
         table.add_column(name, justify="left" if name == "threshold" else "right")
     for i, (swept, results) in enumerate(zip(sweeps, grid)):
@@ -138,7 +154,8 @@ def sweep_table(sweeps, grid, best: int, held_out: int | None) -> Table:
             energy = ev.ops.get("energy_ratio_reference")
             star = " *" if i == best and T == swept.recommended else ""
             table.add_row(*setting, str(T) + star, str(levels) if levels else "-",
-                          run.text(run.snn[-1]).removesuffix(" %"), "" if gap is None else f"{gap:+.2f}",
+                          run.text(run.snn[-1]).removesuffix(" %"),
+                          *([] if head.against_ann else ["" if gap is None else f"{gap:+.2f}"]),
                           f"{sum(ev.events_per_step):.0f}",
                           f"{energy[-1]:.3f} / {ev.ops['energy_ratio_extended'][-1]:.3f}" if energy else "")
     return table
@@ -200,8 +217,8 @@ def sweep_line(swept, held_out: int | None, rule: str | None) -> str:
         return f"recommended: {which}T={swept.recommended}, the smallest T in the sweep {target}{on}{why}; {below}"
     if head.ann is None:
         return f"no ANN {head.name}, so no recommendation; the tables below are for {which}T={swept.chosen}{why}"
-    best = "the most accurate" if head.higher_is_better else "the lowest MSE"
-    return (f"no T in the sweep is {target}{on}; the tables below are for {which}T={swept.chosen}, {best}{why}")
+    return (f"no T in the sweep is {target}{on}; the tables below are for {which}T={swept.chosen}, {head.best_text}"
+            f"{why}")
 
 
 def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, eval_info: dict,
@@ -216,6 +233,8 @@ def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, ev
     from snnconvert.runtime.evaluate import headline
 
     out.print(_accuracy_table(evaluation))
+    if evaluation.output_errors and len(evaluation.output_errors) > 1:
+        out.print(_layer_error_table(evaluation.output_errors, evaluation.timesteps, "output"))
     if evaluation.layer_errors:
         out.print(_layer_error_table(evaluation.layer_errors, evaluation.timesteps))
     layout = " (channels-last input, transposed in front)" if result.config.input_layout == "channels-last" else ""
@@ -234,8 +253,20 @@ def present(o: RunOptions, result, evaluation, *, label: str, eval_name: str, ev
         snn_text += f" ({name} {fmt(snn_values[-1])})" if snn_values else ""
     calibrated = ("calibration images not recorded" if calib_info is None
                   else f"calibrated on {calib_info['images']} images, {calib_info['split']}")
-    out.print(f"ANN {head.name} {ann_text}; SNN {head.name} at T={evaluation.timesteps}: {snn_text} "
-              f"on {evaluation.images} images of {eval_name} ({eval_info['split']}; {calibrated}) in {seconds:.1f} s")
+    where = f"on {evaluation.images} images of {eval_name} ({eval_info['split']}; {calibrated}) in {seconds:.1f} s"
+    if evaluation.task == "fidelity":
+        outputs, T = evaluation.output_errors, evaluation.timesteps
+        error = f"{100 * evaluation.snn_output_error[-1]:.3g} %"
+        if head.name == "agreement":
+            out.print(f"no labels: the SNN's top class is the ANN's on {snn_text} of the images at T={T} (output "
+                      f"error against the ANN's {error}) {where}")
+        else:
+            agreeing = [f"{name} {pct(e['agreement'][-1])}" for name, e in outputs.items() if "agreement" in e]
+            agree = f"; the SNN's top class is the ANN's: {', '.join(agreeing)}" if agreeing else ""
+            out.print(f"no labels: SNN output error against the ANN at T={T}: {error} (relative error, the largest "
+                      f"of {len(outputs)} output(s){agree}) {where}")
+    else:
+        out.print(f"ANN {head.name} {ann_text}; SNN {head.name} at T={evaluation.timesteps}: {snn_text} {where}")
     energy = _energy_line(evaluation.ops)
     if energy is not None:
         out.print(energy)

@@ -5,14 +5,16 @@ Specs accepted by :func:`load_calib_eval` (the CLI's ``--calib-data`` / ``--eval
 - ``fashion-mnist``: the IDX files (Debian's ``dataset-fashion-mnist``, ``--data-dir`` or ``$SNNCONVERT_DATA_DIR``);
   calibration reads the TRAIN split, evaluation the TEST split;
 - ``imagefolder:PATH``: an ImageNet-style folder ``PATH/<class>/<image>`` (classes sorted by name, as torchvision's
-  ``ImageFolder``), decoded with the model's preprocessing (resize, centre crop; :mod:`snnconvert.runtime.imagefiles`);
+  ``ImageFolder``), or a folder of images without labels ``PATH/<image>`` (a detector's COCO ``train2017``),
+  decoded with the model's preprocessing (resize, centre crop; :mod:`snnconvert.runtime.imagefiles`);
 - ``npz:PATH`` (or any ``PATH.npz``): numpy arrays ``x_train``/``y_train``/``x_test``/``y_test`` (two splits) or
-  ``x``/``y`` or ``images``/``labels`` (one split); integer labels one per image ``[N]`` or one per pixel
-  ``[N, H, W]`` (segmentation: evaluated by pixel accuracy and mean IoU, ``runtime/evaluate.py``), or float targets
-  ``[N, ...]`` (regression: evaluated by mean squared and absolute error).
+  ``x``/``y`` or ``images``/``labels`` (one split), or the image arrays alone (unlabelled); integer labels one per
+  image ``[N]`` or one per pixel ``[N, H, W]`` (segmentation: evaluated by pixel accuracy and mean IoU,
+  ``runtime/evaluate.py``), or float targets ``[N, ...]`` (regression: evaluated by mean squared and absolute error).
 
 Images come out as float32 ``[N, C, H, W]`` (uint8 files scaled to [0, 1]); labels as int64, regression targets as
-float32. Normalisation
+float32; unlabelled images with labels None (calibration needs no labels; their evaluation compares the SNN's
+outputs with the ANN's: ``runtime/scores.py``, task ``fidelity``). Normalisation
 ``(x - mean) / std`` is applied on the fly by :class:`Normalize`.
 
 Calibration and evaluation never overlap: two-split sources use their train/test splits; when both flags name the
@@ -111,15 +113,16 @@ def _read_idx(path: Path) -> np.ndarray:
 @dataclass(frozen=True)
 class TensorDataset:
     """An in-memory split: ``images`` float32 ``[N, C, H, W]`` in [0, 1]; ``labels`` int64 ``[N]`` (classes) or
-    ``[N, H, W]`` (per pixel), or float32 ``[N, ...]`` (regression targets)."""
+    ``[N, H, W]`` (per pixel), float32 ``[N, ...]`` (regression targets), or None (unlabelled images: batches are
+    ``(images, None)`` and the evaluation compares the SNN's outputs with the ANN's)."""
 
     name: str
     split: str
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self.images.shape[0])
 
     def subset(self, n: int | None) -> TensorDataset:
         """The first ``n`` samples (deterministic); ``None`` keeps everything."""
@@ -127,20 +130,26 @@ class TensorDataset:
             return self
         if n <= 0:
             raise DataError(f"asked for {n} images from {self.name}/{self.split}; give a positive count")
-        return TensorDataset(self.name, self.split, self.images[:n], self.labels[:n])
+        return TensorDataset(self.name, self.split, self.images[:n], take_labels(self.labels, slice(0, n)))
 
     def select(self, indices: torch.Tensor) -> TensorDataset:
         """The samples at ``indices`` (in that order)."""
-        return TensorDataset(self.name, self.split, self.images[indices], self.labels[indices])
+        return TensorDataset(self.name, self.split, self.images[indices], take_labels(self.labels, indices))
 
     def example(self, n: int) -> torch.Tensor:
         """The first ``n`` images (for tracing and shape checks)."""
         return self.images[:n]
 
-    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(images, labels)`` in order, ``batch_size`` at a time."""
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Yield ``(images, labels)`` in order, ``batch_size`` at a time (labels None for unlabelled images)."""
         for start in range(0, len(self), batch_size):
-            yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
+            batch = slice(start, start + batch_size)
+            yield self.images[batch], take_labels(self.labels, batch)
+
+
+def take_labels(labels: torch.Tensor | None, index) -> torch.Tensor | None:
+    """``labels[index]``, or None for unlabelled images."""
+    return None if labels is None else labels[index]
 
 
 def load_fashion_mnist(split: str, data_dir: str | os.PathLike | None = None) -> TensorDataset:
@@ -186,12 +195,13 @@ class ImageDataset(Protocol):
 
     name: str
     split: str
+    labels: torch.Tensor | None
 
     def __len__(self) -> int: ...
     def subset(self, n: int | None) -> ImageDataset: ...
     def select(self, indices: torch.Tensor) -> ImageDataset: ...
     def example(self, n: int) -> torch.Tensor: ...
-    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]: ...
 
 
 #: Data set names and prefixes the CLI accepts for --calib-data / --eval-data.
@@ -235,7 +245,8 @@ def parse_data_spec(spec: str) -> DataSource:
     if sep and kind in ("imagefolder", "npz") and rest:
         path = Path(rest).expanduser()
         if kind == "imagefolder" and not path.is_dir():
-            raise DataError(f"{spec}: folder {path} does not exist; give an ImageNet-style folder PATH/<class>/<image>")
+            raise DataError(f"{spec}: folder {path} does not exist; give an ImageNet-style folder PATH/<class>/<image> "
+                            "or a folder of images")
         if kind == "npz" and not path.is_file():
             raise DataError(f"{spec}: file {path} does not exist")
         return DataSource(spec, kind, path.resolve())

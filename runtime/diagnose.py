@@ -26,13 +26,15 @@ from snnconvert.convert.errors import ConfigError
 from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.snn import SpikingNetwork
 
-__all__ = ["OUTPUT", "ErrorMeter"]
+__all__ = ["OUTPUT", "ErrorMeter", "output_name"]
 
 #: the key of the network output in the per-unit errors (``output.<key>`` per output of a model with several)
 OUTPUT = "output"
 
 
-def _output_name(path: str) -> str:
+def output_name(path: str) -> str:
+    """The report's name of the network output at leaf path ``path`` (``convert.outputs.output_leaves``):
+    ``output``, ``output.cls``, ``output.1``."""
     return f"{OUTPUT}.{path}" if path else OUTPUT
 
 
@@ -67,7 +69,7 @@ class ErrorMeter:
         self._ann = {}
         self._running = {}
         for path, out in output_leaves(self.snn.ann_forward(x)):
-            name = _output_name(path)
+            name = output_name(path)
             if name not in self.err:
                 self.names.append(name)
                 self.err[name] = torch.zeros(self.T, dtype=torch.float64)
@@ -107,7 +109,7 @@ class ErrorMeter:
     def output(self, decoded: torch.Tensor) -> None:
         """The network's decoded output [T, B, ...] of the batch (per output for a model with several)."""
         for path, out in output_leaves(decoded):
-            self._add(_output_name(path), out.float(), 0)
+            self._add(output_name(path), out.float(), 0)
 
     def result(self) -> dict[str, dict[str, object]]:
         """Per unit (graph order, then ``"output"``): ``ann_rms`` (RMS of the ANN value) and ``relative_error``

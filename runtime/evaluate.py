@@ -55,7 +55,14 @@ class EvalReport:
             ``snn_iou`` (entry ``t-1``) the IoU of every class (None for a class absent from both). For regression
             there is no accuracy (``ann_accuracy`` None, ``snn_accuracy`` empty): ``ann_mse`` / ``snn_mse`` and
             ``ann_mae`` / ``snn_mae`` are the mean squared and absolute errors against the targets, over all target
-            values.
+            values. ``"fidelity"``: unlabelled images, the SNN's outputs against the ANN's (no accuracy either).
+        snn_agreement: fidelity, one output ``[B, classes]`` compared: entry ``t-1`` is the share of images whose
+            largest SNN output after ``t`` steps is the ANN's (the headline then); else None.
+        snn_output_error: fidelity: entry ``t-1`` is the largest relative error sqrt(Σ(r_t − a)² / Σa²) over the
+            compared outputs (every output, or the one ``output`` names) after ``t`` steps; else None.
+        output_errors: fidelity: per output (``output``, ``output.<key>``): ``ann_rms``, ``relative_error`` (list
+            over t; None where the ANN's output is all zero) and, for outputs ``[B, classes]``, ``agreement`` (list
+            over t: the share of images where the SNN's largest output is the ANN's); else None.
     """
 
     timesteps: int
@@ -79,6 +86,9 @@ class EvalReport:
     snn_mse: list[float] | None = None
     ann_mae: float | None = None
     snn_mae: list[float] | None = None
+    snn_agreement: list[float] | None = None
+    snn_output_error: list[float] | None = None
+    output_errors: dict[str, dict[str, Any]] | None = None
 
     def ann_scores(self) -> dict[str, Any]:
         """The ANN's figures (:data:`ANN_FIELDS`): what another evaluation of other conversions over the same images
@@ -94,7 +104,8 @@ class EvalReport:
             "layer_errors": self.layer_errors, "unit_outputs": self.unit_outputs, "task": self.task,
             "ann_miou": self.ann_miou, "snn_miou": self.snn_miou, "ann_iou": self.ann_iou,
             "snn_iou": self.snn_iou, "ann_mse": self.ann_mse, "snn_mse": self.snn_mse, "ann_mae": self.ann_mae,
-            "snn_mae": self.snn_mae,
+            "snn_mae": self.snn_mae, "snn_agreement": self.snn_agreement, "snn_output_error": self.snn_output_error,
+            "output_errors": self.output_errors,
         }
 
 
@@ -105,29 +116,38 @@ ANN_FIELDS = ("ann_accuracy", "ann_accuracy_top5", "ann_miou", "ann_iou", "ann_m
 @dataclass(frozen=True)
 class Headline:
     """The figure an evaluation leads with and a T sweep compares against the ANN: accuracy (classification), pixel
-    accuracy (segmentation), or the mean squared error (regression; lower is better).
+    accuracy (segmentation), the mean squared error (regression; lower is better), or for unlabelled images the
+    agreement with the ANN (one class output: how often the SNN's top class is the ANN's, whose own is 100 %) or the
+    output error (the relative error of the SNN's outputs against the ANN's, whose own is 0; lower is better).
 
     Attributes:
-        name: ``"accuracy"``, ``"pixel accuracy"`` or ``"MSE"``.
+        name: ``"accuracy"``, ``"pixel accuracy"``, ``"MSE"``, ``"agreement"`` or ``"output error"``.
         snn: its value after every step.
         ann: the ANN's value (None without an ANN).
         higher_is_better: True for accuracies.
+        against_ann: True when the figure is the SNN's distance from the ANN itself (the output error): its gap is
+            the figure, in percent.
     """
 
     name: str
     snn: list[float]
     ann: float | None
     higher_is_better: bool
+    against_ann: bool = False
 
     @property
     def gap_unit(self) -> str:
-        """Accuracies differ in percentage points; an MSE is compared in percent of the ANN's."""
+        """Accuracies differ in percentage points; an MSE is compared in percent of the ANN's, an output error is a
+        percentage."""
         return "pp" if self.higher_is_better else "%"
 
     def gap(self, value: float) -> float | None:
-        """``value`` against the ANN: percentage points for accuracies, percent of the ANN's MSE for an MSE."""
+        """``value`` against the ANN: percentage points for accuracies, percent of the ANN's MSE for an MSE, the
+        output error in percent."""
         if self.ann is None:
             return None
+        if self.against_ann:
+            return 100 * value
         if self.higher_is_better:
             return 100 * (value - self.ann)
         return 100 * (value / self.ann - 1) if self.ann > 0 else (0.0 if value == 0 else float("inf"))
@@ -136,29 +156,46 @@ class Headline:
         """Whether ``value`` is at most ``target_gap`` (in :attr:`gap_unit`) worse than the ANN's."""
         if self.ann is None:
             return False
+        if self.against_ann:
+            return 100 * value <= target_gap * (1 + 1e-12)
         if self.higher_is_better:
             return value >= self.ann - target_gap / 100 - 1e-12
         return value <= self.ann * (1 + target_gap / 100) * (1 + 1e-12)
 
     def text(self, value: float | None) -> str:
-        """``93.82 %`` for an accuracy, ``0.01234`` for an MSE."""
+        """``93.82 %`` for an accuracy, ``0.01234`` for an MSE, ``0.254 %`` for an output error."""
         if value is None:
             return "n/a"
+        if self.against_ann:
+            return f"{100 * value:.3g} %"
         return f"{100 * value:.2f} %" if self.higher_is_better else f"{value:.4g}"
 
     def target_text(self, target_gap: float) -> str:
-        """``within 0.5 pp of the ANN`` / ``within 0.5 % of the ANN's MSE``."""
+        """``within 0.5 pp of the ANN`` / ``within 0.5 % of the ANN's MSE`` / ``with an output error within
+        0.5 %``."""
+        if self.against_ann:
+            return f"with an output error within {target_gap:g} % of the ANN's outputs"
         return f"within {target_gap:g} pp of the ANN" if self.higher_is_better else \
             f"within {target_gap:g} % of the ANN's MSE"
+
+    @property
+    def best_text(self) -> str:
+        """What the best value is called: ``the most accurate``, ``the lowest MSE``, ``the lowest output error``."""
+        return "the most accurate" if self.higher_is_better else f"the lowest {self.name}"
 
 
 def headline(source: EvalReport | Mapping[str, Any]) -> Headline:
     """The :class:`Headline` of an evaluation, or of a JSON report or one of its sweep runs (a dict with the same
-    keys: ``task``, ``snn_accuracy`` / ``ann_accuracy`` or ``snn_mse`` / ``ann_mse``)."""
+    keys: ``task``, ``snn_accuracy`` / ``ann_accuracy``, ``snn_mse`` / ``ann_mse``, ``snn_agreement`` or
+    ``snn_output_error``)."""
     get = source.get if isinstance(source, Mapping) else lambda key: getattr(source, key, None)
     task = get("task") or "classification"
     if task == "regression":
         return Headline("MSE", list(get("snn_mse") or []), get("ann_mse"), False)
+    if task == "fidelity" and get("snn_agreement"):
+        return Headline("agreement", list(get("snn_agreement")), 1.0, True)
+    if task == "fidelity":
+        return Headline("output error", list(get("snn_output_error") or []), 0.0, False, against_ann=True)
     return Headline("pixel accuracy" if task == "segmentation" else "accuracy", list(get("snn_accuracy") or []),
                     get("ann_accuracy"), True)
 
@@ -232,32 +269,33 @@ def _device_of(module: nn.Module) -> torch.device | None:
 BATCH_LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 
 
-def eval_batch(batch: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def eval_batch(batch: Any, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Images and labels of one evaluation batch: an ``(images, labels)`` tuple or list, or a dict with an input key
     (``BATCH_INPUT_KEYS``) and a label key (``BATCH_LABEL_KEYS``); finite images, one label (or label map) each.
+    Unlabelled images (labels None): a tensor, ``(images,)``, ``(images, None)`` or a dict without a label key.
 
     Raises:
-        DataError: a batch without labels, of another form, with NaN / infinite images or unequal counts.
+        DataError: a batch of another form, with NaN / infinite images or unequal counts.
     """
+    y = None
     if isinstance(batch, Mapping):
         x = next((batch[k] for k in BATCH_INPUT_KEYS if k in batch), None)
         y = next((batch[k] for k in BATCH_LABEL_KEYS if k in batch), None)
-        if x is None or y is None:
+        if x is None:
             raise DataError(f"evaluation batch {index} is a dict with keys {sorted(map(str, batch))}: it needs an "
-                            f"input key ({', '.join(BATCH_INPUT_KEYS)}) and a label key "
+                            f"input key ({', '.join(BATCH_INPUT_KEYS)}) and, for labelled images, a label key "
                             f"({', '.join(BATCH_LABEL_KEYS)})")
-    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
-        x, y = batch
+    elif isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        x, y = batch if len(batch) == 2 else (batch[0], None)
     elif isinstance(batch, torch.Tensor):
-        raise DataError(f"evaluation batch {index} is a tensor without labels: evaluation needs (images, labels) "
-                        "pairs")
+        x = batch
     else:
         raise DataError(f"evaluation batch {index} of type {type(batch).__name__} is not supported: give (images, "
-                        "labels) pairs or dicts with an image and a label key")
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+                        "labels) pairs, dicts with an image and a label key, or images alone (unlabelled)")
+    if not isinstance(x, torch.Tensor) or not (y is None or isinstance(y, torch.Tensor)):
         raise DataError(f"evaluation batch {index}: images and labels must be tensors, got {type(x).__name__} and "
                         f"{type(y).__name__}")
-    if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
+    if x.dim() == 0 or (y is not None and (y.dim() == 0 or len(x) != len(y))):
         raise DataError(f"evaluation batch {index} holds {len(x) if x.dim() else 0} images but "
                         f"{len(y) if y.dim() else 0} labels; give one label (or label map) per image")
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
@@ -279,17 +317,20 @@ def evaluate(
     layer_errors: bool = False,
     output: int | str | None = None,
     ignore_index: int | None = 255,
+    score_ann: bool = True,
 ) -> EvalReport:
-    """Run the ANN and the SNN over ``batches`` once; accuracy (or, for float targets, the errors of a regression)
-    after every step, events per site and step.
+    """Run the ANN and the SNN over ``batches`` once; accuracy (or, for float targets, the errors of a regression;
+    for unlabelled images, the SNN's outputs against the ANN's: task ``fidelity``) after every step, events per site
+    and step.
 
     On a CPU with glibc, call :func:`snnconvert.runtime.keep_freed_memory` once beforehand, as the command does: large
     activations are otherwise unmapped and paged in again at every layer call (1.9–3.2× slower on fmnist-vgg).
 
     Args:
         snn: the converted network.
-        batches: iterable of ``(images, labels)``.
-        ann: the original ANN (evaluated on the same images; its training flag is restored afterwards).
+        batches: iterable of ``(images, labels)``, or of unlabelled images (:func:`eval_batch`).
+        ann: the original ANN (evaluated on the same images; its training flag is restored afterwards); needed for
+            unlabelled images, the reference their SNN outputs are compared with.
         timesteps: T (default ``snn.timesteps``).
         mode: ``"multi"`` (layer by layer over T·B) or ``"single"`` (streaming, bounded memory).
         device: where to run.
@@ -299,16 +340,19 @@ def evaluate(
             (``runtime/diagnose.py``; one analog pass per batch and a few passes over each unit's output).
         output: for a model with several outputs (a tuple, list or dict), the one holding the class scores: its
             index or key (``convert/outputs.py``: ``"cls"``, ``1``, ``"heads.0"``); the per-unit errors cover every
-            output.
+            output. Unlabelled images compare every output unless this names one.
         ignore_index: with per-pixel labels (segmentation, ``EvalReport.task``), the label of pixels that are not
             scored (255: the VOC / Cityscapes "void"); None scores every pixel.
+        score_ann: False: the ANN's own figures are not computed (known from another evaluation over the same
+            images, ``EvalReport.ann_scores``); the ANN still runs on unlabelled batches, as their reference.
 
     Raises:
         ConfigError: the model has several outputs and ``output`` does not name one of them; the labels' shape
             does not fit the output (:func:`~snnconvert.runtime.scores.label_task`: one per image for
             ``[B, classes]``, one per pixel for ``[B, classes, *pixels]``, float targets of the output's shape for a
             regression).
-        DataError: a pixel label is not a class of the output (and not ``ignore_index``).
+        DataError: a pixel label is not a class of the output (and not ``ignore_index``); unlabelled images
+            without ``ann``; batches with and without labels mixed.
     """
     T = snn.timesteps if timesteps is None else int(timesteps)
     from snnconvert.runtime import check_device
@@ -329,10 +373,18 @@ def evaluate(
         with torch.no_grad():
             for index, batch in enumerate(batches):
                 x, y = eval_batch(batch, index)
-                x, y = x.to(device), y.to(device)
-                if ann is not None:
+                if y is None and ann is None:
+                    raise DataError(f"evaluation batch {index} has no labels: unlabelled images are scored by "
+                                    "comparing the SNN's outputs with the ANN's; pass the ANN (ann=model)")
+                x, y = x.to(device), None if y is None else y.to(device)
+                reference = None
+                if ann is not None and (score_ann or y is None):
                     start = time.perf_counter()
-                    scores.add_ann(select_output(ann(x), output), y)
+                    out = ann(x)
+                    if y is None:
+                        reference = out if output is None else select_output(out, output)
+                    else:
+                        scores.add_ann(select_output(out, output), y)
                     seconds["ann"] += time.perf_counter() - start
                 if meter is not None:
                     meter.begin(x)
@@ -341,9 +393,13 @@ def evaluate(
                 seconds["snn"] += time.perf_counter() - start
                 if meter is not None:
                     meter.output(decoded)
-                scores.add_snn(select_output(decoded, output, leading=2), y)
+                if y is None:
+                    scores.add_reference(reference, decoded if output is None else
+                                         select_output(decoded, output, leading=2))
+                else:
+                    scores.add_snn(select_output(decoded, output, leading=2), y)
                 if progress is not None:
-                    progress(int(y.shape[0]))
+                    progress(int(x.shape[0]))
     finally:
         counter.close()
         unit_counter.close()
@@ -358,7 +414,8 @@ def evaluate(
                 module.to(home)
     images = scores.images
     if images == 0:
-        raise DataError("evaluation got no images: pass (images, labels) batches (a DataLoader, a list of pairs)")
+        raise DataError("evaluation got no images: pass (images, labels) batches (a DataLoader, a list of pairs) or "
+                        "unlabelled images")
     total = torch.zeros(T, dtype=torch.float64)
     site_events = {}
     for name, counts in counter.counts.items():
@@ -375,7 +432,7 @@ def evaluate(
                               "nonzero_per_step": (counts / images).tolist()}
     report = EvalReport(
         timesteps=T,
-        **scores.fields(with_ann=ann is not None),
+        **scores.fields(with_ann=ann is not None and score_ann),
         images=images,
         events_per_step=[float(c) / images for c in total],
         site_events=site_events,
@@ -435,6 +492,9 @@ def build_report(
         "snn_mse": evaluation.snn_mse,
         "ann_mae": evaluation.ann_mae,
         "snn_mae": evaluation.snn_mae,
+        "snn_agreement": evaluation.snn_agreement,
+        "snn_output_error": evaluation.snn_output_error,
+        "output_errors": evaluation.output_errors,
         "eval_images": evaluation.images,
         "calib_images": calib.get("images"),
         "data": {"calibration": calib, "evaluation": data},

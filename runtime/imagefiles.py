@@ -1,9 +1,12 @@
 """Image data from files: ImageNet-style folders (decoded lazily, batch by batch) and numpy ``.npz`` arrays.
 
 Folders follow torchvision's ``ImageFolder`` convention: ``ROOT/<class>/<...>/<image>``, classes sorted by folder
-name give labels 0, 1, ...; files are listed in sorted order. Each image is decoded with PIL, converted to RGB (or
-greyscale for one-channel models), resized (shorter side to ``resize``, bilinear with antialiasing, as torchvision's
-``Resize``), centre-cropped to ``crop`` and scaled to [0, 1]. Normalisation is applied by the caller
+name give labels 0, 1, ...; files are listed in sorted order. A folder without class sub-folders holds unlabelled
+images ``ROOT/<image>``, and an ``.npz`` file without a labels array unlabelled arrays.
+
+Each image is decoded with PIL, converted to RGB (or greyscale for one-channel models), resized (shorter side to
+``resize``, bilinear with antialiasing, as torchvision's ``Resize``), centre-cropped to ``crop`` and scaled to
+[0, 1]. Normalisation is applied by the caller
 (:class:`snnconvert.runtime.data.Normalize`), so the same images serve ANN and SNN.
 
 Only the images of the current batch are in memory, so an ImageNet validation folder (50 000 images) works.
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 from snnconvert.convert.errors import DataError, first_line
-from snnconvert.runtime.data import TensorDataset
+from snnconvert.runtime.data import TensorDataset, take_labels
 
 log = logging.getLogger(__name__)
 
@@ -92,34 +95,43 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class FolderDataset:
-    """Images in an ImageNet-style folder, decoded batch by batch (same interface as ``TensorDataset``)."""
+    """Images in an ImageNet-style folder, or in a folder without class sub-folders (unlabelled: ``labels`` None),
+    decoded batch by batch (same interface as ``TensorDataset``)."""
 
     name: str
     split: str
     files: tuple[Path, ...]
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     classes: tuple[str, ...]
     preprocess: Preprocess
 
     @classmethod
     def scan(cls, root: Path, *, name: str, preprocess: Preprocess | None = None) -> FolderDataset:
-        """List ``root/<class>/**/<image>``.
+        """List ``root/<class>/**/<image>``, or the images directly in ``root`` when no sub-folder holds any
+        (unlabelled).
 
         Raises:
-            DataError: no class folders or no images.
+            DataError: no images, or images both in ``root`` and in class sub-folders.
         """
         root = Path(root)
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
-            raise DataError(f"{name}: {root} has no class sub-folders; expected {root}/<class>/<image>")
         files, labels = [], []
         for label, cls_name in enumerate(classes):
             found = sorted(p for p in (root / cls_name).rglob("*")
                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             files += found
             labels += [label] * len(found)
+        loose = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if files and loose:
+            raise DataError(f"{name}: {root} holds {len(loose)} image(s) next to class sub-folders (e.g. "
+                            f"{loose[0].name}); put every image in a class folder (labelled), or give a folder of "
+                            "images alone (unlabelled)")
+        if loose:
+            log.debug("%s: %d unlabelled images", name, len(loose))
+            return cls(name, "folder", tuple(loose), None, (), preprocess or Preprocess())
         if not files:
-            raise DataError(f"{name}: no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}/<class>/")
+            raise DataError(f"{name}: no image files ({', '.join(IMAGE_SUFFIXES)}) in {root} or under "
+                            f"{root}/<class>/")
         log.debug("%s: %d images in %d classes", name, len(files), len(classes))
         return cls(name, "folder", tuple(files), torch.tensor(labels, dtype=torch.int64), tuple(classes),
                    preprocess or Preprocess())
@@ -138,7 +150,7 @@ class FolderDataset:
     def select(self, indices: torch.Tensor) -> FolderDataset:
         """The files at ``indices`` (in that order)."""
         idx = [int(i) for i in indices]
-        return FolderDataset(self.name, self.split, tuple(self.files[i] for i in idx), self.labels[idx],
+        return FolderDataset(self.name, self.split, tuple(self.files[i] for i in idx), take_labels(self.labels, idx),
                              self.classes, self.preprocess)
 
     def real_files(self) -> list[str]:
@@ -160,13 +172,14 @@ class FolderDataset:
         """The first ``n`` images, decoded."""
         return self._stack(self.files[:n])
 
-    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield decoded ``(images, labels)`` batches in order (``preprocess.workers`` threads decode them, one
-        batch ahead of the caller)."""
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Yield decoded ``(images, labels)`` batches in order (labels None for unlabelled images;
+        ``preprocess.workers`` threads decode them, one batch ahead of the caller)."""
         starts = range(0, len(self), batch_size)
         if self.preprocess.workers == 0:
             for start in starts:
-                yield self._stack(self.files[start : start + batch_size]), self.labels[start : start + batch_size]
+                yield (self._stack(self.files[start : start + batch_size]),
+                       take_labels(self.labels, slice(start, start + batch_size)))
             return
         with ThreadPoolExecutor(self.preprocess.workers, thread_name_prefix="snnconvert-decode") as pool:
             def submit(start: int) -> list[Future]:
@@ -178,7 +191,7 @@ class FolderDataset:
                     current, pending = pending, (submit(start + batch_size) if start + batch_size < len(self)
                                                  else [])
                     images = self._stacked([f.result() for f in current])
-                    yield images, self.labels[start : start + batch_size]
+                    yield images, take_labels(self.labels, slice(start, start + batch_size))
             finally:  # an error or a caller that stops early: drop the batch decoded ahead
                 for future in pending:
                     future.cancel()
@@ -212,10 +225,15 @@ def _npz_array(f, key: str, where: str) -> np.ndarray:
         raise DataError(f"{where}: cannot read the array: {first_line(exc)}; {_NPZ_HOW}") from exc
 
 
+def _has_splits(keys) -> bool:
+    return all(xk in keys for xk, _ in NPZ_SPLIT_KEYS.values())
+
+
 def npz_has_splits(path: Path) -> bool:
-    """Whether ``path`` holds the two-split layout (``x_train``, ``y_train``, ``x_test``, ``y_test``)."""
+    """Whether ``path`` holds the two-split layout (``x_train`` and ``x_test``, with ``y_train`` / ``y_test``
+    unless unlabelled)."""
     with _open_npz(path) as f:
-        return all(k in f.files for keys in NPZ_SPLIT_KEYS.values() for k in keys)
+        return _has_splits(f.files)
 
 
 def _images_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
@@ -237,28 +255,32 @@ def _images_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
 
 
 def load_npz(path: Path, split: str, *, name: str) -> TensorDataset:
-    """Load split ``split`` of a two-split ``.npz`` file, or the whole pool of a one-split file.
+    """Load split ``split`` of a two-split ``.npz`` file, or the whole pool of a one-split file; without a labels
+    array the images are unlabelled (labels None).
 
     Raises:
         DataError: unreadable file, unknown layout, bad shapes or label values.
     """
     with _open_npz(path) as f:
         keys = set(f.files)
-        if all(k in keys for ks in NPZ_SPLIT_KEYS.values() for k in ks):
+        if _has_splits(keys):
             if split not in NPZ_SPLIT_KEYS:
                 raise DataError(f"{name}: unknown split {split!r}; use train or test")
             xk, yk = NPZ_SPLIT_KEYS[split]
             split_name = split
         else:
-            pair = next(((xk, yk) for xk, yk in NPZ_POOL_KEYS if xk in keys and yk in keys), None)
+            pair = next(((xk, yk) for xk, yk in NPZ_POOL_KEYS if xk in keys), None)
             if pair is None:
                 layouts = ["x_train/y_train/x_test/y_test"] + [f"{a}/{b}" for a, b in NPZ_POOL_KEYS]
                 raise DataError(f"{name}: arrays {sorted(keys)} found; expected one of the layouts "
-                                f"{', '.join(layouts)}")
+                                f"{', '.join(layouts)} (labels may be left out: unlabelled images)")
             xk, yk = pair
             split_name = "all"
-        x, y = _npz_array(f, xk, f"{name}[{xk}]"), _npz_array(f, yk, f"{name}[{yk}]")
+        x = _npz_array(f, xk, f"{name}[{xk}]")
+        y = _npz_array(f, yk, f"{name}[{yk}]") if yk in keys else None
     images = _images_to_tensor(x, f"{name}[{xk}]")
+    if y is None:
+        return TensorDataset(name, split_name, images, None)
     if np.issubdtype(y.dtype, np.floating) and y.ndim >= 1 and len(y) == len(images):
         targets = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
         if not torch.isfinite(targets).all():

@@ -66,11 +66,17 @@ def _iou_table(doc: dict[str, Any]) -> list[str]:
 def _extra_metric(doc: dict[str, Any]) -> tuple[list[float] | None, float | None, str, Callable[[float], str]]:
     """The SNN's per-step values, the ANN's value, the name and the format of the second metric: the mean IoU for a
     segmentation report (per-pixel labels; the accuracies are pixel accuracies), the mean absolute error for a
-    regression, else top-5 (absent in reports written before it, null with <= 5 classes)."""
+    regression, the output error or the agreement with the ANN for unlabelled images (the one the headline is not),
+    else top-5 (absent in reports written before it, null with <= 5 classes)."""
     if doc.get("task") == "segmentation":
         return doc.get("snn_miou"), doc.get("ann_miou"), "mIoU", _pct
     if doc.get("task") == "regression":
         return doc.get("snn_mae"), doc.get("ann_mae"), "MAE", "{:.4g}".format
+    if doc.get("task") == "fidelity" and doc.get("snn_agreement"):  # unlabelled, one class output: agreement leads
+        return doc.get("snn_output_error"), 0.0, "output error", lambda v: f"{100 * v:.3g} %"
+    if doc.get("task") == "fidelity":  # unlabelled images: top-1 agreement with the ANN, when one output has it
+        agreeing = [e["agreement"] for e in (doc.get("output_errors") or {}).values() if "agreement" in e]
+        return (agreeing[0] if len(agreeing) == 1 else None), 1.0, "agreement", _pct
     return doc.get("snn_accuracy_top5"), doc.get("ann_accuracy_top5"), "top-5", _pct
 
 
@@ -164,13 +170,15 @@ def report_markdown(doc: dict[str, Any]) -> str:
             lines += [f"Not priced: {_num(left['neuron_updates_per_step'])} neuron updates and "
                       f"{_num(left['graded_unit_outputs_per_step'])} graded-unit evaluations per image and step."]
         lines += [""]
-    errors = doc.get("layer_errors") or {}
-    if errors:
-        lines += ["## ANN↔SNN error per unit (relative RMS of the decoded value)", ""]
-        steps = sorted({1, (T + 1) // 2, T})
-        rows = [[f"`{name}`", f"{e['ann_rms']:.4g}", *(f"{e['relative_error'][t - 1]:.3f}" for t in steps)]
-                for name, e in errors.items()]
-        lines += _table(["unit", "ANN RMS", *(f"t = {t}" for t in steps)], rows)
+    for key, what in (("output_errors", "output (unlabelled images)"), ("layer_errors", "unit")):
+        errors = doc.get(key) or {}
+        if errors:
+            lines += [f"## ANN↔SNN error per {what} (relative RMS of the decoded value)", ""]
+            steps = sorted({1, (T + 1) // 2, T})
+            rows = [[f"`{name}`", f"{e['ann_rms']:.4g}",
+                     *(f"{e['relative_error'][t - 1]:.3f}" if e["relative_error"] else "n/a (ANN value 0)"
+                       for t in steps)] for name, e in errors.items()]
+            lines += _table([what.split()[0], "ANN RMS", *(f"t = {t}" for t in steps)], rows)
     units = doc.get("graded_units") or {}
     if units:
         lines += ["## Graded units (dense outputs, not events)", ""]

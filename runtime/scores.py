@@ -1,13 +1,17 @@
-"""Scores of an evaluation: the task the labels define (classification, segmentation, regression), top-1/top-5
-hits, confusion matrices and IoU, and their accumulation over batches for the ANN and the SNN after every step."""
+"""Scores of an evaluation: the task the labels define (classification, segmentation, regression; ``fidelity``
+for unlabelled images: the SNN's outputs against the ANN's), top-1/top-5 hits, confusion matrices and IoU, and
+their accumulation over batches for the ANN and the SNN after every step."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from snnconvert.convert.errors import ConfigError, DataError
+from snnconvert.convert.outputs import output_leaves
+from snnconvert.runtime.diagnose import output_name
 
 
 def label_task(output_shape: Sequence[int], label_shape: Sequence[int], floating: bool) -> str:
@@ -82,7 +86,9 @@ class Scores:
     """Accumulates the ANN's and the SNN's (after every step) scores over batches; the task follows the labels
     (:func:`label_task`). Classification: top-1 and top-5 (:func:`hits`). Segmentation: pixel accuracy and a
     confusion matrix per step for the mean IoU; pixels labelled ``ignore_index`` are left out. Regression: sums of
-    squared and absolute errors over all target values."""
+    squared and absolute errors over all target values. Unlabelled images (``fidelity``, :meth:`add_reference`):
+    per output, the squared error of the SNN's decoded values against the ANN's, and how often both pick the same
+    class."""
 
     def __init__(self, timesteps: int, ignore_index: int | None) -> None:
         self.T, self.ignore = timesteps, ignore_index
@@ -97,13 +103,59 @@ class Scores:
         self.ann_conf: torch.Tensor | None = None
         self.snn_abs = torch.zeros(timesteps, dtype=torch.float64)
         self.ann_abs = 0.0
+        self.outputs: dict[str, dict[str, Any]] = {}  # fidelity: per output, Σ (r_t − a)², Σ a², values, agreement
 
-    def _kind(self, out: torch.Tensor, y: torch.Tensor, leading: int) -> str:
-        task = label_task(out.shape[leading:], y.shape, y.is_floating_point())
+    def _kind(self, out: torch.Tensor | None, y: torch.Tensor | None, leading: int) -> str:
+        task = "fidelity" if y is None else label_task(out.shape[leading:], y.shape, y.is_floating_point())
         if self.task not in (None, task):
+            if "fidelity" in (self.task, task):
+                raise DataError("the evaluation data mix batches with and without labels; give labels for every "
+                                "image or for none")
             raise ConfigError(f"the data set mixes labels for {self.task} and {task}")
         self.task = task
         return task
+
+    def add_reference(self, ann_out: Any, decoded: Any) -> None:
+        """Unlabelled images: every output the SNN decoded (``[T, B, ...]`` per tensor leaf) against the ANN's
+        (``[B, ...]``, the same structure); for outputs ``[B, classes]``, also whether both pick the same class."""
+        self._kind(None, None, 1)
+        ann_leaves, snn_leaves = output_leaves(ann_out), dict(output_leaves(decoded))
+        if not ann_leaves or {p for p, _ in ann_leaves} != set(snn_leaves):
+            raise ConfigError(f"the SNN's outputs {sorted(snn_leaves)} do not match the ANN's "
+                              f"{sorted(p for p, _ in ann_leaves)}")
+        self.images += int(ann_leaves[0][1].shape[0])
+        for path, a in ann_leaves:
+            r, a = snn_leaves[path].float(), a.detach().float()
+            if r.shape[1:] != a.shape:
+                raise ConfigError(f"output {output_name(path)!r}: the SNN decodes {list(r.shape[1:])} per step, the "
+                                  f"ANN gives {list(a.shape)}")
+            acc = self.outputs.setdefault(output_name(path), {
+                "err": torch.zeros(self.T, dtype=torch.float64), "ref": 0.0, "values": 0,
+                "agree": torch.zeros(self.T, dtype=torch.float64) if a.dim() == 2 and a.shape[1] >= 2 else None})
+            acc["err"] += (r - a.unsqueeze(0)).double().square().flatten(1).sum(1).cpu()
+            acc["ref"] += float(a.double().square().sum())
+            acc["values"] += a.numel()
+            if acc["agree"] is not None:
+                acc["agree"] += (r.argmax(-1) == a.argmax(-1)).sum(-1).double().cpu()
+
+    def _fidelity(self) -> dict[str, Any]:
+        """The fidelity fields: per output its ANN RMS, relative error sqrt(Σ(r_t − a)² / Σa²) after every step
+        (None for an output the ANN leaves all zero) and top-1 agreement (outputs ``[B, classes]``); the largest
+        relative error, and the agreement when one class output is compared (``snn_agreement``)."""
+        outputs = {}
+        for name, acc in self.outputs.items():
+            rel = None if acc["ref"] == 0 else [math.sqrt(e / acc["ref"]) for e in acc["err"].tolist()]
+            outputs[name] = {"ann_rms": math.sqrt(acc["ref"] / max(acc["values"], 1)), "relative_error": rel,
+                             **({"agreement": (acc["agree"] / self.images).tolist()}
+                                if acc["agree"] is not None else {})}
+        compared = [o["relative_error"] for o in outputs.values() if o["relative_error"] is not None]
+        if not compared:
+            raise DataError("the ANN's outputs are all zero on these images: without labels there is nothing to "
+                            "compare the SNN's outputs with; give labelled images or other images")
+        agreement = next(iter(outputs.values())).get("agreement") if len(outputs) == 1 else None
+        return {"task": "fidelity", "ann_accuracy": None, "snn_accuracy": [], "snn_agreement": agreement,
+                "snn_output_error": [max(values) for values in zip(*compared, strict=True)],
+                "output_errors": outputs}
 
     def _pixels(self, y: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The mask of the scored pixels, and their labels (checked against the number of classes)."""
@@ -174,6 +226,8 @@ class Scores:
         """The EvalReport fields: accuracies (pixel accuracies for segmentation) with top-5 or the mean IoU, or the
         errors of a regression."""
         task = self.task or "classification"
+        if task == "fidelity":
+            return self._fidelity()
         if task == "regression":
             n = max(self.pixels, 1)
             return {"task": task, "ann_accuracy": None, "snn_accuracy": [],

@@ -3,7 +3,9 @@
 Choosing T is trial and error with the peer tools (users.md, complaint 2). :func:`sweep` evaluates the conversions
 of :func:`snnconvert.convert.convert_sweep` (one calibration, thresholds per T) and recommends the smallest T whose
 SNN accuracy after T steps is within ``target_gap_pp`` percentage points of the ANN (for a regression: whose mean
-squared error is within ``target_gap_pp`` percent of the ANN's).
+squared error is within ``target_gap_pp`` percent of the ANN's; for unlabelled images: whose output error against
+the ANN is at most ``target_gap_pp`` percent, or for one class output whose agreement with the ANN's top class is
+within ``target_gap_pp`` percentage points of 100 %).
 
 When every T got the same thresholds (max and percentile thresholds do not depend on T), the networks differ only in
 how long they run, and the SNN is causal: its first T steps are the same whatever it runs for afterwards. Then one
@@ -71,6 +73,8 @@ class SweepReport:
             runs.append({"timesteps": T, "snn_accuracy": ev.snn_accuracy, "snn_accuracy_top5": ev.snn_accuracy_top5,
                          **({"snn_miou": ev.snn_miou} if ev.snn_miou is not None else {}),
                          **({"snn_mse": ev.snn_mse, "snn_mae": ev.snn_mae} if ev.snn_mse is not None else {}),
+                         **({"snn_agreement": ev.snn_agreement, "snn_output_error": ev.snn_output_error}
+                            if ev.task == "fidelity" else {}),
                          "events_per_step": ev.events_per_step,
                          "energy_ratio_reference": ev.ops.get("energy_ratio_reference"),
                          "energy_ratio_extended": ev.ops.get("energy_ratio_extended")})
@@ -117,8 +121,10 @@ def truncate(report: EvalReport, T: int) -> EvalReport:
     for layer in ops.get("layers", {}).values():
         layer["sop_per_step"] = layer["sop_per_step"][:T]
         layer["sop_rate"] = sum(layer["sop_per_step"]) / (T * layer["tot_macs"])
-    errors = {name: {**e, "relative_error": None if e["relative_error"] is None else e["relative_error"][:T]}
-              for name, e in report.layer_errors.items()}
+    def cut_errors(errors: dict) -> dict:
+        return {name: {**e, **{k: e[k][:T] for k in ("relative_error", "agreement") if e.get(k) is not None}}
+                for name, e in errors.items()}
+
     units = {name: _cut_counts(unit, T, images, ("nonzero_per_step", "nonzero", "nonzero_per_output",
                                                   "outputs_per_image"))
              for name, unit in report.unit_outputs.items()}
@@ -129,8 +135,10 @@ def truncate(report: EvalReport, T: int) -> EvalReport:
     return replace(report, timesteps=T, snn_accuracy=report.snn_accuracy[:T],
                    snn_accuracy_top5=cut(report.snn_accuracy_top5), snn_miou=cut(report.snn_miou),
                    snn_iou=cut(report.snn_iou), snn_mse=cut(report.snn_mse), snn_mae=cut(report.snn_mae),
+                   snn_agreement=cut(report.snn_agreement), snn_output_error=cut(report.snn_output_error),
+                   output_errors=None if report.output_errors is None else cut_errors(report.output_errors),
                    events_per_step=report.events_per_step[:T], site_events=sites, seconds=dict(report.seconds),
-                   ops=ops, layer_errors=errors, unit_outputs=units)
+                   ops=ops, layer_errors=cut_errors(report.layer_errors), unit_outputs=units)
 
 
 def _same_thresholds(results) -> bool:
@@ -161,9 +169,12 @@ def sweep(
         results: the conversions, keyed by T.
         batches: returns a fresh iterable of ``(images, labels)`` per call (one call per evaluation), or a list /
             DataLoader of them.
-        ann: the ANN (evaluated once, on the first evaluation's images); without it nothing is recommended.
+        ann: the ANN (its figures computed once, on the first evaluation's images; for unlabelled images it runs in
+            every evaluation, as the reference); without it nothing is recommended.
         target_gap_pp: how far below the ANN (percentage points of accuracy) the SNN after T steps may be; for a
-            regression (float targets), how much larger than the ANN's its mean squared error may be, in percent.
+            regression (float targets), how much larger than the ANN's its mean squared error may be, in percent;
+            for unlabelled images, how large its output error may be, in percent (one class output compared: how
+            far below 100 % its agreement with the ANN may be, in percentage points).
         backend, device, dtype: as :func:`snnconvert.runtime.compile`.
         mode, layer_errors, output, ignore_index: as :func:`snnconvert.runtime.evaluate`.
         progress: called with T before each evaluation; returns the per-batch callback of that evaluation.
@@ -193,7 +204,7 @@ def sweep(
     for T in ([steps[-1]] if shared else steps):
         program = compile(results[T].snn, backend, device=device, dtype=dtype)
         pairs = fused_pairs(program)
-        ev = evaluate(program, batches(), ann=ann if ann_scores is None else None, timesteps=T, mode=mode,
+        ev = evaluate(program, batches(), ann=ann, score_ann=ann_scores is None, timesteps=T, mode=mode,
                       device=device, progress=progress(T) if progress is not None else None,
                       layer_errors=layer_errors, output=output, ignore_index=ignore_index)
         if ann_scores is None:
@@ -204,8 +215,8 @@ def sweep(
     heads = {T: headline(ev) for T, ev in evaluations.items()}
     at_T = {T: head.snn[-1] for T, head in heads.items()}
     first = heads[steps[0]]
-    recommended = None if first.ann is None else recommend_timesteps(at_T, first.ann, target_gap_pp,
-                                                                     higher_is_better=first.higher_is_better)
+    passing = [T for T, value in at_T.items() if first.within(value, target_gap_pp)]
+    recommended = min(passing) if passing else None
     chosen = recommended if recommended is not None else max(steps, key=lambda T: (_signed(heads[T]), -T))
     if len(steps) > 1:
         log.info("T sweep %s: %s after T steps %s; recommended T=%s", steps, first.name,

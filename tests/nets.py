@@ -307,3 +307,23 @@ class YoloNet(nn.Module):
             boxes.append(torch.cat([(y[..., :2].sigmoid() + grid) * (4 << i), y[..., 2:4]], -1))
             scores.append(y[..., 4:].sigmoid())
         return self.Out(torch.cat(boxes, 1), torch.cat(scores, 1))
+
+
+class AnchorCacheNet(nn.Module):
+    """A head that caches a grid built for the input's shape, batch dim included, as Ultralytics' ``Detect`` keeps
+    its anchors (``if self.shape != shape: rebuild``): a fresh model traces (the grid is rebuilt for every batch
+    size), one called beforehand with another batch size takes the branch one way for one size and the other way
+    for the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(15)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.shape, self.grid = None, None
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        if self.shape != y.shape:
+            self.grid = torch.arange(y.shape[-1], dtype=y.dtype) / y.shape[-1]
+            self.shape = y.shape
+        return (y + self.grid).mean((2, 3))

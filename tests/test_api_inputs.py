@@ -98,11 +98,14 @@ def test_evaluation_batches_of_every_form_and_their_errors():
     nan = x.clone()
     nan[3, 0, 5, 5] = float("nan")
     cases = [([(nan, y)], "NaN or infinite pixel values"), ([(x, y + 5)], "outside the model's 5 outputs"),
-             ([], "got no images"), ([x], "a tensor without labels"), ([(x, y[:10])], "32 images but 10 labels"),
-             ([{"image": x}], "a label key")]
+             ([], "got no images"), ([(x, y[:10])], "32 images but 10 labels"), ([{"label": y}], "an input key")]
     for batches, message in cases:
         with pytest.raises(DataError, match=message):
             evaluate(snn, batches, ann=model)
+    # images alone are unlabelled: compared with the ANN (tests/test_unlabelled.py), which they need
+    assert evaluate(snn, [{"image": x}], ann=model).task == evaluate(snn, [x], ann=model).task == "fidelity"
+    with pytest.raises(DataError, match="no labels"):
+        evaluate(snn, [x])
 
 
 def test_bad_calibration_images_and_scalar_outputs_are_one_error():

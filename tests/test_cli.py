@@ -240,6 +240,9 @@ def test_markdown_report_shows_the_json_report(tmp_path):
     assert result.exit_code == 0, result.output
     doc, text = json.loads(report.read_text()), markdown.read_text()
     assert text == report_markdown(doc)
+    dead = json.loads(report.read_text())  # a unit the ANN leaves all zero (a dead ReLU site) has no relative error
+    dead["layer_errors"][next(iter(dead["layer_errors"]))]["relative_error"] = None
+    assert "n/a (ANN value 0)" in report_markdown(dead)  # it raised a TypeError
     ann, snn = doc["ann_accuracy"], doc["snn_accuracy"]
     top5 = doc["snn_accuracy_top5"]  # SpellingsNet has 10 classes
     summary = (f"| {100 * ann:.2f} % | {100 * snn[-1]:.2f} % | {100 * (snn[-1] - ann):+.2f} pp | "

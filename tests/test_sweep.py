@@ -156,14 +156,14 @@ def test_sweep_evaluates_once_when_thresholds_do_not_depend_on_T(monkeypatch, th
 
     def counted(*a, **kw):
         runs.append(kw["timesteps"])
-        anns.append(kw.get("ann") is not None)
+        anns.append(kw.get("ann") is not None and kw.get("score_ann", True))
         return real(*a, **kw)
 
     monkeypatch.setattr(sweep_module, "evaluate", counted)
     report = sweep(results, _batches(x), ann=model, target_gap_pp=100.0)
     assert report.shared_run is shared
     assert runs == ([4] if shared else [1, 2, 4])
-    assert anns == ([True] if shared else [True, False, False])  # the ANN runs in the first evaluation only
+    assert anns == ([True] if shared else [True, False, False])  # the ANN is scored in the first evaluation only
     assert list(report.evaluations) == [1, 2, 4]
     assert all(ev.timesteps == T and len(ev.snn_accuracy) == T for T, ev in report.evaluations.items())
     assert report.recommended == report.chosen == 1  # a 100 pp target: every T passes, the smallest is chosen

@@ -23,7 +23,9 @@ Two steps in two environments (TensorFlow and this project's torch do not share 
 
    ``--input-layout channels-last`` imports each file as ``snnconvert --input-layout channels-last`` does (a transpose
    in front of the input: the module takes ``[N, 3, H, W]``), feeds it the channels-first copy of the same images and
-   says whether the transpose cancelled against tf2onnx's (``input permute``: ``cancelled`` or ``kept``).
+   says whether the transpose cancelled against tf2onnx's (``input permute``: ``cancelled`` or ``kept``) and which
+   divisor of pixel values the model applies first, for which the command warns that it expects [0, 255]
+   (``pixel scale``: ``snnconvert.convert.onnx_layout.pixel_scale``, ``-`` for none).
 """
 from __future__ import annotations
 
@@ -91,10 +93,11 @@ def check(folder: Path, snn_steps: int | None = None, layout: str = "channels-fi
 
     from snnconvert.convert.errors import OnnxImportError, UnsupportedOpError
     from snnconvert.convert.onnx_import import load_onnx
+    from snnconvert.convert.onnx_layout import pixel_scale
 
     ort.set_default_logger_severity(3)
     snn_column = f"  SNN err after 1 / 4 / {snn_steps} steps" if snn_steps else ""
-    permute_column = f" {'input permute':>13}" if layout == "channels-last" else ""
+    permute_column = f" {'input permute':>13} {'pixel scale':>11}" if layout == "channels-last" else ""
     print(f"{'file':28} {'sizes':>10} {'max rel err':>12} {'s':>5}{permute_column}  result{snn_column}")
     failed = 0
     for path in sorted(folder.glob("*.onnx")):
@@ -113,7 +116,9 @@ def check(folder: Path, snn_steps: int | None = None, layout: str = "channels-fi
         errors, checked, note = [], [], ""
         placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
         kept = any(n.target is torch.permute for n in placeholder.users)
-        permute = f" {'kept' if kept else 'cancelled':>13}" if layout == "channels-last" else ""
+        scale = pixel_scale(gm)
+        permute = (f" {'kept' if kept else 'cancelled':>13} {'-' if scale is None else f'{scale:.5g}':>11}"
+                   if layout == "channels-last" else "")
         for s in sides:
             x = np.random.default_rng(s).random((2, s, s, 3), dtype=np.float32)
             try:

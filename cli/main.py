@@ -185,7 +185,7 @@ class RunOptions:
 def _run(o: RunOptions) -> None:
     from snnconvert import models_zoo
     from snnconvert.convert import ConversionConfig, convert_grid
-    from snnconvert.convert.onnx_layout import check_layout_applies
+    from snnconvert.convert.onnx_layout import check_layout_applies, pixel_scale
     from snnconvert.runtime import check_device, sweep
     from snnconvert.runtime.data import Normalize, check_data_flags, load_calib_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
@@ -239,6 +239,11 @@ def _run(o: RunOptions) -> None:
         norm = Normalize(card["mean"], card["std"])
     else:
         norm = None
+        scale = pixel_scale(ann) if isinstance(ann, torch.fx.GraphModule) else None
+        if scale is not None:  # every data set gives [0, 1] images
+            log.warning("%s: the model divides its input by %.4g first (Keras' Rescaling layer): it expects pixel "
+                        "values in [0, 255], and the data give images in [0, 1]; pass --normalize "
+                        "0,0.00392156862745098 to feed it x·255", o.model, scale)
     channels = resolved.input_shape[0] if resolved.input_shape and resolved.input_shape[0] in (1, 3) else 3
     files = Preprocess(channels=channels, resize=o.resize if o.resize is not None else card.get("resize"),
                        crop=o.crop if o.crop is not None else card.get("crop"), workers=decode_workers(o))

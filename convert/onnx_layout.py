@@ -42,6 +42,45 @@ def check_layout_applies(model: object, input_layout: str) -> None:
                           "that layout, or wrap it in a module that permutes its input")
 
 
+#: layout ops an input may pass before its first arithmetic (the inserted permute, a Reshape that tf2onnx writes)
+_LAYOUT_OPS = frozenset({torch.permute, torch.reshape, "permute", "reshape", "view", "contiguous"})
+
+
+def pixel_scale(gm: fx.GraphModule) -> float | None:
+    """The divisor an imported graph applies to its input before anything else, when it is one of pixel values:
+    ``x · s`` or ``x / d`` with 1/s or d between 100 and 300 (Keras' ``Rescaling(1/255)`` or ``Rescaling(1/127.5,
+    offset=-1)``, as ``keras.applications`` EfficientNet and MobileNetV3 have them), through layout ops only; else
+    None. Such a model expects pixel values in [0, 255], not the [0, 1] images the data sets give."""
+    node = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
+    while node is not None:
+        users = [u for u in node.users if not (u.op == "call_method" and u.target == "size")]  # run-time sizes
+        if len(users) != 1:
+            return None
+        user = users[0]
+        if user.target in _LAYOUT_OPS and user.args and user.args[0] is node:
+            node = user
+            continue
+        if user.op != "call_function" or len(user.args) != 2 or user.kwargs:
+            return None
+        other = user.args[1] if user.args[0] is node else user.args[0]
+        if isinstance(other, fx.Node) and other.op == "get_attr":
+            value = operator.attrgetter(other.target)(gm)
+            first = value.flatten()[0] if isinstance(value, torch.Tensor) and value.numel() else None
+            if first is None or not bool((value == first).all()):
+                return None
+            other = float(first)
+        if not isinstance(other, (int, float)) or isinstance(other, bool) or other == 0:
+            return None
+        if user.target in (operator.mul, torch.mul):
+            divisor = 1 / other
+        elif user.target in (operator.truediv, torch.div) and user.args[0] is node:
+            divisor = other
+        else:
+            return None
+        return float(divisor) if 100 <= divisor <= 300 else None
+    return None
+
+
 def imported_layout(gm: fx.GraphModule) -> str:
     """The layout an ONNX-imported graph was imported for (``channels-first`` when the import did not say)."""
     return (gm.meta.get("onnx") or {}).get("input_layout") or CHANNELS_FIRST

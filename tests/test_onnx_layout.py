@@ -4,8 +4,11 @@ behind the input cancels it."""
 from __future__ import annotations
 
 import operator
+import tempfile
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from nets import SpellingsNet
@@ -15,6 +18,7 @@ from typer.testing import CliRunner
 from snnconvert.cli.main import app
 from snnconvert.convert import ConversionConfig, convert, load_onnx
 from snnconvert.convert.errors import ConfigError
+from snnconvert.convert.onnx_layout import pixel_scale
 
 #: a Keras-style file: [N, H, W, C] input, then tf2onnx's transpose to channels-first
 KERAS_TEXT = ('g (float[N,28,28,1] images) => (float y) { t = Transpose <perm=[0,3,1,2]> (images)'
@@ -202,3 +206,34 @@ def test_cli_converts_saves_and_reevaluates_a_channels_last_file(two_layouts, tm
     assert zoo.exit_code == 2
     lines = [ln for ln in zoo.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--input-layout channels-last applies to ONNX models" in lines[0], lines
+
+
+def test_a_model_that_rescales_pixel_values_itself_is_named(caplog):
+    """Keras' Rescaling(1/255) (EfficientNet) or Rescaling(1/127.5, offset=-1) (MobileNetV3) in front of the layers:
+    the model expects [0, 255], and the command, whose data are [0, 1] images, warns once with the flag to use."""
+    def graph(first: str, **inits):
+        text = KERAS_TEXT.replace("(images)", "(a)").replace("{ t =", "{ " + first + " t =")
+        return load_onnx(textual(text, **KERAS_INITS, **inits), input_layout="channels-last")
+
+    assert pixel_scale(graph("a = Mul(images, s)", s=np.array(1 / 255, np.float32))) == pytest.approx(255)
+    assert pixel_scale(graph("a = Div(images, s)", s=np.array(255, np.float32))) == pytest.approx(255)
+    assert pixel_scale(graph("m = Mul(images, s) a = Add(m, o)", s=np.full((1, 1, 1, 1), 1 / 127.5, np.float32),
+                             o=np.array(-1, np.float32))) == pytest.approx(127.5)
+    assert pixel_scale(graph("a = Mul(images, s)", s=np.array(0.5, np.float32))) is None  # not a pixel scale
+    assert pixel_scale(graph("a = Div(s, images)", s=np.array(255, np.float32))) is None  # 255 / x
+    varying = np.linspace(1 / 255, 2 / 255, 28 * 28, dtype=np.float32).reshape(1, 28, 28, 1)
+    assert pixel_scale(graph("a = Mul(images, s)", s=varying)) is None  # not one scale of every pixel
+    assert pixel_scale(load_onnx(textual(KERAS_TEXT, **KERAS_INITS), input_layout="channels-last")) is None
+    path = Path(tempfile.mkdtemp()) / "rescaling.onnx"
+    text = KERAS_TEXT.replace("(images)", "(a)").replace("{ t =", "{ a = Mul(images, s) t =")
+    onnx.save(textual(text, **KERAS_INITS, s=np.array(1 / 255, np.float32)), path)
+    runner = CliRunner()
+    warned = runner.invoke(app, [str(path), *FMNIST, "--input-layout", "channels-last"])
+    assert warned.exit_code == 0, warned.output
+    said = [r.getMessage() for r in caplog.records if "Rescaling" in r.getMessage()]
+    assert len(said) == 1 and "divides its input by 255 first (Keras' Rescaling layer): it expects pixel values in " \
+        "[0, 255]" in said[0] and "--normalize 0,0.00392156862745098" in said[0]
+    caplog.clear()
+    fed = runner.invoke(app, [str(path), *FMNIST, "--input-layout", "channels-last", "--normalize",
+                              "0,0.00392156862745098"])
+    assert fed.exit_code == 0 and not [r for r in caplog.records if "Rescaling" in r.getMessage()]

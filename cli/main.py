@@ -190,7 +190,7 @@ def _run(o: RunOptions) -> None:
     from snnconvert.runtime.data import Normalize, check_data_flags, load_calib_eval, parse_normalize
     from snnconvert.runtime.imagefiles import Preprocess
     from snnconvert.runtime.malloc import keep_freed_memory
-    from snnconvert.runtime.models import resolve_model
+    from snnconvert.runtime.models import first_conv_channels, resolve_model
     from snnconvert.runtime.sweep import choose
 
     keep_freed_memory()  # large tensors are not unmapped and paged in again on every layer call (runtime/malloc.py)
@@ -244,7 +244,10 @@ def _run(o: RunOptions) -> None:
             log.warning("%s: the model divides its input by %.4g first (Keras' Rescaling layer): it expects pixel "
                         "values in [0, 255], and the data give images in [0, 1]; pass --normalize "
                         "0,0.00392156862745098 to feed it x·255", o.model, scale)
-    channels = resolved.input_shape[0] if resolved.input_shape and resolved.input_shape[0] in (1, 3) else 3
+    # image files are read as greyscale or RGB for the model's input: its card's or ONNX input's channels, else its
+    # first convolution's
+    channels = (resolved.input_shape[0] if resolved.input_shape and resolved.input_shape[0] in (1, 3)
+                else first_conv_channels(ann) or 3)
     files = Preprocess(channels=channels, resize=o.resize if o.resize is not None else card.get("resize"),
                        crop=o.crop if o.crop is not None else card.get("crop"), workers=decode_workers(o))
     splits = load_calib_eval(calib_name, eval_name, calib_images=o.calib_images, eval_images=o.eval_images,

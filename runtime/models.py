@@ -39,6 +39,13 @@ class ResolvedModel:
     input_shape: tuple[int, ...] | None = None
 
 
+def first_conv_channels(model: torch.nn.Module) -> int | None:
+    """The input channels of a module's first registered 2-d convolution when 1 or 3 (a greyscale or RGB image
+    model), else None: how to read image files for a model whose input shape nothing else gives."""
+    conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return conv.in_channels if conv is not None and conv.in_channels in (1, 3) else None
+
+
 def resolve_model(spec: str, *, weights: str | os.PathLike | None = None, zoo=None,
                   input_layout: str = "channels-first") -> ResolvedModel:
     """Turn the MODEL argument into a model.

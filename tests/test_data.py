@@ -382,3 +382,19 @@ def test_more_images_than_available_warns_and_uses_all(tmp_path, folder, caplog)
     with caplog.at_level(logging.WARNING, logger="snnconvert.runtime.data"):
         load_calib_eval(str(two), str(two), calib_images=20, eval_images=7)  # exactly what is there: no warning
     assert not caplog.records
+
+
+def test_image_files_are_read_with_the_channels_of_the_models_first_convolution(tmp_path):
+    """A Python model has no card: image files were read as RGB, and a greyscale model (its first convolution takes
+    one channel) failed on them with no way round it; they are now read as greyscale for it."""
+    from nets import SpellingsNet
+
+    from snnconvert.runtime.models import first_conv_channels
+
+    assert first_conv_channels(SpellingsNet()) == 1
+    assert first_conv_channels(torchvision.models.resnet18()) == 3
+    assert first_conv_channels(torch.nn.Linear(4, 2)) is None
+    folder = _folder(tmp_path / "rgb", sizes=((28, 28),))  # RGB files
+    result = CliRunner().invoke(app, [f"{NETS}:SpellingsNet", "--calib-data", f"imagefolder:{folder}",
+                                      "--calib-images", "6", "-T", "2", "--no-calibration-check"])
+    assert result.exit_code == 0, result.output

@@ -22,11 +22,11 @@ SNN's decoded output after T steps. The SNN is converted with snnconvert's diffe
 threshold iteration per channel fitted for each T: one calibration, ``convert_sweep``; identity neurons, n = 6,
 carry SiLU networks) or, with ``--coding rate``, the rate preset (IF neurons, 99.9 % per channel). The energy
 ratio after T steps (method.md §8, both metrics) is counted on the scored images. Next to mAP, each T records what
-snnconvert reports when it is given these canvases without labels (``evaluate`` of unlabelled images, task
-``fidelity``: every output against the ANN's): ``output_error`` (the largest relative error over the outputs: the
-decoded box tensor and the three raw head maps) and ``output_errors`` per output, and ``class_score_error``, the
-relative error of the class-score rows of the box tensor alone: how well an output error without labels tells a
-detector's accuracy.
+snnconvert reports when it is given these canvases without labels (the scores of ``evaluate`` for unlabelled
+images, task ``fidelity``, fed the outputs of the scored run: every output against the ANN's): ``output_error``
+(the largest relative error over the outputs: the decoded box tensor and the three raw head maps) and
+``output_errors`` per output, and ``class_score_error``, the relative error of the class-score rows of the box
+tensor alone: how well an output error without labels tells a detector's accuracy.
 
     PYTHONPATH=/tmp/ulsite:/tmp/uldeps .venv/bin/python bench/yolo_fmnist.py --model yolov8n \
         --out bench/results/yolo_fmnist_yolov8n.json
@@ -58,6 +58,7 @@ from snnconvert.runtime import evaluate
 from snnconvert.runtime.data import TensorDataset, load_fashion_mnist
 from snnconvert.runtime.energy import SynapticOpCounter
 from snnconvert.runtime.malloc import keep_freed_memory
+from snnconvert.runtime.scores import Scores
 
 
 def canvases(data: TensorDataset, n: int, canvas: int, max_objects: int, seed: int):
@@ -272,7 +273,8 @@ def main() -> None:
     chunks = list(range(0, len(test_x), args.eval_batch))
     truth = [test_boxes[s:s + args.eval_batch] for s in chunks]
     with torch.no_grad():
-        ann_out = [model(test_x[s:s + args.eval_batch])[0] for s in chunks]
+        ann_outputs = [model(test_x[s:s + args.eval_batch]) for s in chunks]  # every output, for the output errors
+    ann_out = [out[0] for out in ann_outputs]
     steps = [int(t) for t in args.timesteps.split(",")]
     cfg = ConversionConfig.for_coding(args.coding, timesteps=max(steps), threshold=args.threshold)
     doc = {"model": args.model, "coding": args.coding, "threshold": str(cfg.threshold),
@@ -290,20 +292,21 @@ def main() -> None:
     for T, res in results.items():
         started = time.perf_counter()
         counter = SynapticOpCounter(res.snn, T)
-        decoded = []
+        decoded, fidelity = [], Scores(T, None)
         with torch.no_grad():
-            for s in chunks:
-                decoded.append(res.snn(test_x[s:s + args.eval_batch], T)[0][T - 1])
+            for s, ann_tree in zip(chunks, ann_outputs):
+                out = res.snn(test_x[s:s + args.eval_batch], T)
+                fidelity.add_reference(ann_tree, out)  # what evaluate() scores for these images without boxes
+                decoded.append(out[0][T - 1])
                 counter.counts.images += len(decoded[-1])
         counter.close()
         ops = counter.counts.to_dict()
-        fidelity = evaluate(res.snn, [test_x[s:s + args.eval_batch] for s in chunks], ann=model, timesteps=T,
-                            count_ops=False)
+        fidelity = fidelity.fields(with_ann=True)
         scores = torch.cat([d[:, 4:] for d in decoded]), torch.cat([a[:, 4:] for a in ann_out])
         row = {**mean_ap(decoded, truth, 10), "energy_ratio_reference": ops["energy_ratio_reference"][-1],
                "energy_ratio_extended": ops["energy_ratio_extended"][-1],
-               "output_error": fidelity.snn_output_error[-1],
-               "output_errors": {k: e["relative_error"][-1] for k, e in fidelity.output_errors.items()},
+               "output_error": fidelity["snn_output_error"][-1],
+               "output_errors": {k: e["relative_error"][-1] for k, e in fidelity["output_errors"].items()},
                "class_score_error": float((scores[0] - scores[1]).norm() / scores[1].norm()),
                "seconds": round(time.perf_counter() - started)}
         if args.diagnose:

@@ -36,6 +36,7 @@ def _accuracy_table(ev) -> Table:
     regression: MSE, its change against the ANN's and MAE), cumulative events and energy ratio (method.md §8, both
     metrics) after each step of the evaluation ``ev``."""
     from snnconvert.runtime.evaluate import headline
+    from snnconvert.runtime.scores import only_agreement
 
     head, events, ops = headline(ev), ev.events_per_step, ev.ops
     if ev.task == "regression":
@@ -45,8 +46,7 @@ def _accuracy_table(ev) -> Table:
     elif ev.task == "fidelity" and head.name == "agreement":
         extra, extra_name = [100 * v for v in ev.snn_output_error], "output error %"
     elif ev.task == "fidelity":
-        agreeing = [e["agreement"] for e in ev.output_errors.values() if "agreement" in e]
-        extra, extra_name = [100 * v for v in agreeing[0]] if len(agreeing) == 1 else [], "agreement %"
+        extra, extra_name = [100 * v for v in only_agreement(ev.output_errors) or []], "agreement %"
     else:
         extra, extra_name = [100 * v for v in ev.snn_accuracy_top5 or []], "top-5 %"
     table = Table(title=f"{head.name} vs time step")

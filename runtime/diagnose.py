@@ -26,7 +26,7 @@ from snnconvert.convert.errors import ConfigError
 from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.snn import SpikingNetwork
 
-__all__ = ["OUTPUT", "ErrorMeter", "output_name"]
+__all__ = ["OUTPUT", "ErrorMeter", "RelativeError", "output_name"]
 
 #: the key of the network output in the per-unit errors (``output.<key>`` per output of a model with several)
 OUTPUT = "output"
@@ -36,6 +36,32 @@ def output_name(path: str) -> str:
     """The report's name of the network output at leaf path ``path`` (``convert.outputs.output_leaves``):
     ``output``, ``output.cls``, ``output.1``."""
     return f"{OUTPUT}.{path}" if path else OUTPUT
+
+
+class RelativeError:
+    """The relative error sqrt(Σ(r_t − a)² / Σa²) of one value's decoded SNN output r_t after every step t against
+    its reference a, accumulated over batches (float64 sums)."""
+
+    def __init__(self, timesteps: int) -> None:
+        self.err = torch.zeros(timesteps, dtype=torch.float64)  # Σ (r_t − a)² per step
+        self.ref = 0.0  # Σ a²
+        self.count = 0  # elements per step
+
+    def reference(self, a: torch.Tensor) -> None:
+        """Count the reference values ``a`` [B, ...] of a batch."""
+        self.ref += float(a.double().square().sum())
+        self.count += a.numel()
+
+    def add(self, decoded: torch.Tensor, a: torch.Tensor, first_step: int = 0) -> None:
+        """Squared errors of the decoded values [S, B, ...] of steps first_step+1 … against ``a`` [B, ...]."""
+        diff = decoded - a.unsqueeze(0)
+        self.err[first_step:first_step + decoded.shape[0]] += diff.double().square().flatten(1).sum(1).cpu()
+
+    def result(self) -> dict[str, object]:
+        """``ann_rms`` (RMS of the reference) and ``relative_error`` (list over t; None when the reference is all
+        zero: nothing to compare with)."""
+        rel = None if self.ref == 0 else [math.sqrt(e / self.ref) for e in self.err.tolist()]
+        return {"ann_rms": math.sqrt(self.ref / self.count) if self.count else 0.0, "relative_error": rel}
 
 
 class ErrorMeter:
@@ -57,9 +83,7 @@ class ErrorMeter:
             raise ConfigError(f"unit(s) {', '.join(shared)} are called at several places of the graph; per-unit "
                               "errors need one call per unit")
         self.names = list(called)  # the output(s) are added by the first batch
-        self.err = {name: torch.zeros(timesteps, dtype=torch.float64) for name in self.names}
-        self.ref = dict.fromkeys(self.names, 0.0)  # Σ a²
-        self.count = dict.fromkeys(self.names, 0)  # elements per step
+        self.errors = {name: RelativeError(timesteps) for name in self.names}
         self._ann: dict[str, torch.Tensor] = {}
         self._running: dict[str, tuple[int, torch.Tensor]] = {}  # single-step mode: (steps done, Σ so far)
         self.handles = [stateful[name].register_forward_hook(self._hook(name)) for name in self.names]
@@ -70,22 +94,19 @@ class ErrorMeter:
         self._running = {}
         for path, out in output_leaves(self.snn.ann_forward(x)):
             name = output_name(path)
-            if name not in self.err:
+            if name not in self.errors:
                 self.names.append(name)
-                self.err[name] = torch.zeros(self.T, dtype=torch.float64)
-                self.ref[name], self.count[name] = 0.0, 0
+                self.errors[name] = RelativeError(self.T)
             self._keep(name, out)
 
     def _keep(self, name: str, a: torch.Tensor) -> None:
         a = a.detach().float()
         self._ann[name] = a
-        self.ref[name] += float(a.double().square().sum())
-        self.count[name] += a.numel()
+        self.errors[name].reference(a)
 
     def _add(self, name: str, decoded: torch.Tensor, first_step: int) -> None:
         """Squared errors of the decoded values [S, B, ...] of steps first_step+1 … against the ANN value."""
-        diff = decoded - self._ann[name].unsqueeze(0)
-        self.err[name][first_step:first_step + decoded.shape[0]] += diff.double().square().flatten(1).sum(1).cpu()
+        self.errors[name].add(decoded, self._ann[name], first_step)
 
     def _hook(self, name: str) -> Callable:
         def hook(module: nn.Module, args, out: torch.Tensor) -> None:
@@ -114,12 +135,7 @@ class ErrorMeter:
     def result(self) -> dict[str, dict[str, object]]:
         """Per unit (graph order, then ``"output"``): ``ann_rms`` (RMS of the ANN value) and ``relative_error``
         (list over t). A unit whose ANN value is all zero has ``relative_error`` None (nothing to compare with)."""
-        result = {}
-        for name in self.names:
-            n, ref = self.count[name], self.ref[name]
-            rel = None if ref == 0 else [math.sqrt(e / ref) for e in self.err[name].tolist()]
-            result[name] = {"ann_rms": math.sqrt(ref / n) if n else 0.0, "relative_error": rel}
-        return result
+        return {name: self.errors[name].result() for name in self.names}
 
     def close(self) -> None:
         for h in self.handles:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from snnconvert.runtime.evaluate import Headline, headline
+from snnconvert.runtime.scores import only_agreement
 
 
 def _pct(x: float | None) -> str:
@@ -75,8 +76,7 @@ def _extra_metric(doc: dict[str, Any]) -> tuple[list[float] | None, float | None
     if doc.get("task") == "fidelity" and doc.get("snn_agreement"):  # unlabelled, one class output: agreement leads
         return doc.get("snn_output_error"), 0.0, "output error", lambda v: f"{100 * v:.3g} %"
     if doc.get("task") == "fidelity":  # unlabelled images: top-1 agreement with the ANN, when one output has it
-        agreeing = [e["agreement"] for e in (doc.get("output_errors") or {}).values() if "agreement" in e]
-        return (agreeing[0] if len(agreeing) == 1 else None), 1.0, "agreement", _pct
+        return only_agreement(doc.get("output_errors")), 1.0, "agreement", _pct
     return doc.get("snn_accuracy_top5"), doc.get("ann_accuracy_top5"), "top-5", _pct
 
 

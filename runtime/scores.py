@@ -3,7 +3,6 @@ for unlabelled images: the SNN's outputs against the ANN's), top-1/top-5 hits, c
 their accumulation over batches for the ANN and the SNN after every step."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 
 from snnconvert.convert.errors import ConfigError, DataError
 from snnconvert.convert.outputs import output_leaves
-from snnconvert.runtime.diagnose import output_name
+from snnconvert.runtime.diagnose import RelativeError, output_name
 
 
 def label_task(output_shape: Sequence[int], label_shape: Sequence[int], floating: bool) -> str:
@@ -82,6 +81,13 @@ def miou(conf: torch.Tensor) -> float:
     return sum(present) / len(present) if present else float("nan")
 
 
+def only_agreement(output_errors: dict[str, dict[str, Any]] | None) -> list[float] | None:
+    """The agreement after every step of the one class output among fidelity's compared outputs
+    (``output_errors``), or None when none or several have one."""
+    agreeing = [e["agreement"] for e in (output_errors or {}).values() if "agreement" in e]
+    return agreeing[0] if len(agreeing) == 1 else None
+
+
 class Scores:
     """Accumulates the ANN's and the SNN's (after every step) scores over batches; the task follows the labels
     (:func:`label_task`). Classification: top-1 and top-5 (:func:`hits`). Segmentation: pixel accuracy and a
@@ -103,7 +109,7 @@ class Scores:
         self.ann_conf: torch.Tensor | None = None
         self.snn_abs = torch.zeros(timesteps, dtype=torch.float64)
         self.ann_abs = 0.0
-        self.outputs: dict[str, dict[str, Any]] = {}  # fidelity: per output, Σ (r_t − a)², Σ a², values, agreement
+        self.outputs: dict[str, dict[str, Any]] = {}  # fidelity: per output, its RelativeError and agreement counts
 
     def _kind(self, out: torch.Tensor | None, y: torch.Tensor | None, leading: int) -> str:
         task = "fidelity" if y is None else label_task(out.shape[leading:], y.shape, y.is_floating_point())
@@ -130,11 +136,10 @@ class Scores:
                 raise ConfigError(f"output {output_name(path)!r}: the SNN decodes {list(r.shape[1:])} per step, the "
                                   f"ANN gives {list(a.shape)}")
             acc = self.outputs.setdefault(output_name(path), {
-                "err": torch.zeros(self.T, dtype=torch.float64), "ref": 0.0, "values": 0,
+                "error": RelativeError(self.T),
                 "agree": torch.zeros(self.T, dtype=torch.float64) if a.dim() == 2 and a.shape[1] >= 2 else None})
-            acc["err"] += (r - a.unsqueeze(0)).double().square().flatten(1).sum(1).cpu()
-            acc["ref"] += float(a.double().square().sum())
-            acc["values"] += a.numel()
+            acc["error"].reference(a)
+            acc["error"].add(r, a)
             if acc["agree"] is not None:
                 acc["agree"] += (r.argmax(-1) == a.argmax(-1)).sum(-1).double().cpu()
 
@@ -142,12 +147,9 @@ class Scores:
         """The fidelity fields: per output its ANN RMS, relative error sqrt(Σ(r_t − a)² / Σa²) after every step
         (None for an output the ANN leaves all zero) and top-1 agreement (outputs ``[B, classes]``); the largest
         relative error, and the agreement when one class output is compared (``snn_agreement``)."""
-        outputs = {}
-        for name, acc in self.outputs.items():
-            rel = None if acc["ref"] == 0 else [math.sqrt(e / acc["ref"]) for e in acc["err"].tolist()]
-            outputs[name] = {"ann_rms": math.sqrt(acc["ref"] / max(acc["values"], 1)), "relative_error": rel,
-                             **({"agreement": (acc["agree"] / self.images).tolist()}
-                                if acc["agree"] is not None else {})}
+        outputs = {name: {**acc["error"].result(), **({"agreement": (acc["agree"] / self.images).tolist()}
+                                                        if acc["agree"] is not None else {})}
+                   for name, acc in self.outputs.items()}
         compared = [o["relative_error"] for o in outputs.values() if o["relative_error"] is not None]
         if not compared:
             raise DataError("the ANN's outputs are all zero on these images: without labels there is nothing to "

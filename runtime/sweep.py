@@ -92,8 +92,13 @@ def recommend_timesteps(at_T: dict[int, float], ann_value: float, target_gap_pp:
     """The smallest T whose accuracy after T steps (``at_T``) is at least ``ann_value − target_gap_pp / 100``, or
     None. With ``higher_is_better=False`` the values are mean squared errors: the smallest T whose MSE is at most the
     ANN's times ``1 + target_gap_pp / 100``."""
-    target = Headline("", [], ann_value, higher_is_better)
-    passing = [T for T, value in at_T.items() if target.within(value, target_gap_pp)]
+    return _smallest_within(Headline("", [], ann_value, higher_is_better), at_T, target_gap_pp)
+
+
+def _smallest_within(head: Headline, at_T: dict[int, float], target_gap: float) -> int | None:
+    """The smallest T whose figure after T steps (``at_T``) is within ``target_gap`` of the ANN's (``head``), or
+    None."""
+    passing = [T for T, value in at_T.items() if head.within(value, target_gap)]
     return min(passing) if passing else None
 
 
@@ -215,8 +220,7 @@ def sweep(
     heads = {T: headline(ev) for T, ev in evaluations.items()}
     at_T = {T: head.snn[-1] for T, head in heads.items()}
     first = heads[steps[0]]
-    passing = [T for T, value in at_T.items() if first.within(value, target_gap_pp)]
-    recommended = min(passing) if passing else None
+    recommended = _smallest_within(first, at_T, target_gap_pp)
     chosen = recommended if recommended is not None else max(steps, key=lambda T: (_signed(heads[T]), -T))
     if len(steps) > 1:
         log.info("T sweep %s: %s after T steps %s; recommended T=%s", steps, first.name,

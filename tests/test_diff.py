@@ -24,17 +24,41 @@ def data():
 
 
 def test_encode_decode_round_trip():
+    """decode(encode(x) + y0) = x + y0 at every step, for a non-zero output offset y0 (the capture's output)."""
     coding = DiffCoding()
     x = torch.randn(3, 4)
     seq = coding.encode(x, 7)
     assert torch.equal(seq[0], x) and not seq[1:].any()
 
     class Offset:
-        output_offset = torch.zeros(1, 4)
+        output_offset = torch.randn(1, 4)
 
-    decoded = coding.decode(seq, Offset())
+    decoded = coding.decode(seq + Offset.output_offset, Offset())
     for t in range(7):
-        assert torch.equal(decoded[t], x)
+        torch.testing.assert_close(decoded[t], x + Offset.output_offset, rtol=0, atol=1e-6)
+
+
+def test_decode_is_the_running_sum_of_differences_over_t():
+    """method.md §2.6 written out: r_0 = y0, r_t = r_{t-1} + (y_t − y0)/t, on arbitrary raw outputs; and §12.2: the
+    rate-equivalent input s_t = r_{t-1} + d_t has running mean r_t."""
+    g = torch.Generator().manual_seed(4)
+    y = torch.randn(9, 3, 5, generator=g, dtype=torch.float64)
+
+    class Offset:
+        output_offset = torch.randn(1, 5, generator=g, dtype=torch.float64)
+
+    y0 = Offset.output_offset
+    decoded = DiffCoding().decode(y, Offset())
+    r, expected = y0.expand(3, 5), []
+    for t in range(1, 10):
+        r = r + (y[t - 1] - y0) / t
+        expected.append(r)
+    torch.testing.assert_close(decoded, torch.stack(expected), rtol=0, atol=1e-12)
+    d = y - y0  # a unit's differential outputs (its offset removed)
+    r_unit = DiffCoding.decode_unit(d)
+    s = d + torch.cat([torch.zeros_like(r_unit[:1]), r_unit[:-1]])
+    mean = s.cumsum(0) / torch.arange(1, 10, dtype=s.dtype).view(-1, 1, 1)
+    torch.testing.assert_close(mean, r_unit, rtol=0, atol=1e-12)
 
 
 class LinearOnly(nn.Module):
@@ -66,28 +90,47 @@ def test_network_without_relu_reproduces_ann_at_every_step(data):
         torch.testing.assert_close(out[t], ann, rtol=1e-5, atol=1e-5)
 
 
+def _spellings_offsets(model: SpellingsNet) -> dict[str, torch.Tensor]:
+    """Every unit's b in SpellingsNet written out from the ANN's own modules: the unit's input when the image is
+    zero and every stateful unit upstream is silent (method.md §3). The max-pools are reordered in front of the
+    neurons, and a layer fed by a silent unit sees zeros, so its b is its (BN-affected) bias."""
+    with torch.no_grad():
+        z6 = torch.zeros(1, 6, 14, 14)
+        b = {
+            "act_inplace_act": model.pool(model.bn1(model.conv1(torch.zeros(1, 1, 28, 28)))),
+            "relu": model.bn2(model.conv2(z6)),
+            "relu_1": model.bn3(model.conv3(z6)),
+            "pool_pool_1_unit": model.conv4(z6),  # the graded max-pool reads conv4 before the ReLU
+            "relu_2": torch.zeros(1, 6, 7, 7),  # fed by the silent max-pool unit
+            "shared_act": torch.zeros(1, 294),  # the second ReLU of a ReLU: fed by a silent neuron
+            "shared": model.fc1(torch.zeros(1, 294)),
+        }
+        return {**b, "output": model.fc2(torch.zeros(1, 16))}
+
+
 def test_precomputed_offsets_equal_step0_capture(data):
-    res = convert(SpellingsNet(), forward_loop=[data], config=_diff(timesteps=4))
+    model = SpellingsNet().eval()
+    res = convert(model, forward_loop=[data], config=_diff(timesteps=4))
     snn = res.snn
     snn(data[:2])  # precomputes with a batch of one
     pre = {name: m.bias.clone() for name, m in snn.stateful()}
-    # reference scheme: a step-0 pass with a zero network input of the full batch, every unit silent
+    # independently of capture_offsets: every unit's b and the output offset written out from the ANN's modules
+    expected = _spellings_offsets(model)
+    assert set(pre) == set(expected) - {"output"}
+    for name, b in pre.items():
+        torch.testing.assert_close(b, expected[name], rtol=0, atol=1e-6, msg=name)
+    torch.testing.assert_close(snn.output_offset, expected["output"], rtol=0, atol=1e-6)
+    # the pitfall of method.md §11.2 would give the units behind a neuron the ANN's response to a zero image instead
+    with torch.no_grad():
+        ann_zero = model.bn2(model.conv2(torch.relu(expected["act_inplace_act"])))
+    assert (ann_zero - pre["relu"]).abs().max() > 1e-2
+    # the step-0 pass on a zero batch of any size gives the same b in every row (no dependence on batch size)
     y0 = snn.capture_offsets(torch.zeros(6, 1, 28, 28))
     for name, m in snn.stateful():
         assert m.bias.shape[0] == 6
         for row in m.bias:
             torch.testing.assert_close(row, pre[name][0], rtol=0, atol=1e-6)
-    assert torch.allclose(y0, y0[:1].expand_as(y0))
-    # independently of capture_offsets: the first neuron reads max-pool(conv1(x)); for a zero image that is conv1's
-    # (BN-folded) bias in every position
-    name, _ = next(iter(snn.stateful()))
-    node = next(n for n in snn.gm.graph.nodes if n.op == "call_module" and n.target == name)
-    while not isinstance(snn.gm.get_submodule(node.target), torch.nn.Conv2d):
-        node = node.args[0]
-    conv = snn.gm.get_submodule(node.target)
-    first = pre[name][0]
-    assert conv.bias is not None and first.shape[0] == conv.out_channels
-    torch.testing.assert_close(first, conv.bias.view(-1, 1, 1).expand_as(first), rtol=0, atol=1e-6)
+    torch.testing.assert_close(y0, expected["output"].expand_as(y0), rtol=0, atol=1e-6)
     snn.invalidate()
 
 
@@ -106,11 +149,27 @@ def test_bias_constant_changes_only_offsets(data):
     for n, m in snn.stateful():
         assert torch.equal(m.bias, biases[n])
     with torch.no_grad():
-        snn.gm.conv3.bias += 0.25  # hidden conv: downstream units' captured b shift, upstream ones do not
+        snn.gm.conv3.bias += 0.25  # hidden conv: only the unit it feeds; those behind a neuron see it silent
         snn.invalidate()
         snn(data[:1])
     changed = {n for n, m in snn.stateful() if not torch.equal(m.bias, biases[n])}
-    assert changed and "relu" not in changed and "act_inplace_act" not in changed
+    assert changed == {"relu_1"}
+    delta = dict(snn.stateful())["relu_1"].bias - biases["relu_1"]
+    torch.testing.assert_close(delta, torch.full_like(delta, 0.25), rtol=0, atol=1e-6)
+
+
+def test_bias_change_shifts_the_decoded_output_as_in_the_ann(data):
+    """§12.4 on a network without neurons (exact): a changed hidden bias moves the SNN's output at every step exactly
+    as it moves the ANN's."""
+    model = LinearOnly().eval()
+    res = convert(model, forward_loop=[data], config=_diff(timesteps=4, identity_neurons="off"))
+    with torch.no_grad():
+        model.conv2.bias += 0.3
+        res.snn.gm.conv2.bias += 0.3
+        res.snn.invalidate()
+        out, ann = res.snn(data[:8]), model(data[:8])
+    for t in range(4):
+        torch.testing.assert_close(out[t], ann, rtol=1e-5, atol=1e-5)
 
 
 def test_decoded_relu_outputs_never_negative(data):
@@ -171,6 +230,55 @@ def test_sop_counter_on_hand_built_conv():
     assert ops["ann_macs_per_image"] == 3 * (4 * 4 + 8 * 6 + 4 * 9)  # Σ over outputs of in-bounds taps
     ratio = E_AC_PJ * 39 / (E_MAC_PJ * ops["ann_macs_per_image"])
     assert ops["energy_ratio_reference"] == pytest.approx([ratio])
+
+
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+@pytest.mark.parametrize("mode", ["multi", "single"])
+def test_energy_ratios_against_hand_counts(coding, mode):
+    """§8 on conv → ReLU → conv over 4x4 images, T = 3, counted by hand: SOP_l,t = Σ over the non-zero inputs of
+    their fan-out (3x3 taps in bounds: 4 at a corner, 6 on an edge, 9 inside, times the output channels); the analog
+    first layer reads the image once in differential coding (zeros after step 1) and at every step in rate coding;
+    the zero-input capture adds nothing (nor shifts the steps in single-step mode); the reference ratio prices every
+    operation as an AC, the extended one the analog layer's as MACs."""
+    torch.manual_seed(11)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 3, 3, padding=1)).eval()
+    x = torch.zeros(2, 1, 4, 4)
+    x[0, 0, 0, 0], x[0, 0, 1, 2], x[1, 0, 3, 1], x[1, 0, 2, 2] = 1.0, 0.7, 0.4, 0.9
+    T = 3
+    cfg = ConversionConfig.for_coding(coding, timesteps=T, neuron="mt", levels=4, threshold="max")
+    res = convert(net, forward_loop=[torch.rand(8, 1, 4, 4)], config=cfg)
+    (site, neuron), = res.snn.neurons()
+    spikes = []
+    hook = neuron.register_forward_hook(lambda m, a, out: None if m.capture else spikes.append(out.clone()))
+    counter = SynapticOpCounter(res.snn, T)
+    with torch.no_grad():
+        res.snn(x, mode=mode)
+    counter.close()
+    hook.remove()
+    counter.counts.images = 2
+    ops = counter.counts.to_dict()
+
+    rows = torch.tensor([2.0, 3.0, 3.0, 2.0])
+    fanout = rows[:, None] * rows[None, :]  # in-bounds taps per input position
+    per_step = torch.cat(spikes).reshape(T, 2, 2, 4, 4)  # [T, B, C, H, W]
+    spike_sop = [float(((s != 0) * fanout).sum()) * 3 / 2 for s in per_step]
+    image_sop = float(((x != 0) * fanout).sum()) * 2 / 2
+    analog_sop = [image_sop, 0.0, 0.0] if coding == "differential" else [image_sop] * T
+    assert sum(spike_sop) > 0
+    assert ops["layers"]["0"]["input"] == "analog" and ops["layers"]["2"]["input"] == "spike"
+    assert ops["layers"]["0"]["sop_per_step"] == pytest.approx(analog_sop, abs=1e-9)
+    assert ops["layers"]["2"]["sop_per_step"] == pytest.approx(spike_sop, abs=1e-9)
+    tot = {"0": 100.0 * 1 * 2, "2": 100.0 * 2 * 3}
+    assert ops["ann_macs_per_image"] == sum(tot.values())
+    for name, sops in (("0", analog_sop), ("2", spike_sop)):
+        assert ops["layers"][name]["tot_macs"] == tot[name]
+        assert ops["layers"][name]["sop_rate"] == pytest.approx(sum(sops) / (T * tot[name]))
+    cum_mac = torch.tensor(analog_sop, dtype=torch.float64).cumsum(0)
+    cum_ac = torch.tensor(spike_sop, dtype=torch.float64).cumsum(0)
+    denominator = E_MAC_PJ * sum(tot.values())
+    assert ops["energy_ratio_reference"] == pytest.approx((E_AC_PJ * (cum_ac + cum_mac) / denominator).tolist())
+    assert ops["energy_ratio_extended"] == pytest.approx(
+        ((E_AC_PJ * cum_ac + E_MAC_PJ * cum_mac) / denominator).tolist())
 
 
 def test_functional_and_transposed_layers_are_counted():

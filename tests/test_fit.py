@@ -290,6 +290,10 @@ def test_extreme_groups_converge() -> None:
     assert res.threshold.dtype == F64 and res.converged.all() and torch.isfinite(res.threshold).all()
     assert (res.threshold > 0).all()
     assert res.residual.max() < 1e-5
+    # |k − 1| says little where k is flat (§7.6): the result must bracket the root, k > 1 just below, < 1 just above
+    mu, sigma = mean.double(), var.double().sqrt()
+    assert (k_ratio(res.threshold * (1 - 1e-4), mu, sigma, 128) > 1).all()
+    assert (k_ratio(res.threshold * (1 + 1e-4), mu, sigma, 128) < 1).all()
 
 
 def test_invalid_arguments() -> None:

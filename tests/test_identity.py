@@ -382,9 +382,34 @@ def test_product_units_are_counted_by_their_nonzero_patterns(coding):
         # q·kᵀ: [B, 2 heads, 9, 4] x [B, 2, 4, 9] (or attn·v: [B, 2, 9, 9] x [B, 2, 9, 4])
         n, k, m = a.shape[-2], a.shape[-1], b.shape[-1]
         assert layers[name]["tot_macs"] == 2 * n * k * m
-        mask = (a[0] != 0).float() @ (b[0] != 0).float()  # step 1: R = 0 (operands are neuron outputs)
-        assert layers[name]["sop_per_step"][0] == pytest.approx(float(mask.sum()) / 8)
+        expected = _product_term_counts(a, b, units[name].biases if coding == "differential" else None)
+        assert layers[name]["sop_per_step"] == pytest.approx(expected)
         assert layers[name]["sop_per_step"] == pytest.approx(single.ops["layers"][name]["sop_per_step"])
+        assert expected[1] > 0 and expected[2] > 0
+
+
+def _product_term_counts(a, b, biases):
+    """method.md §8 written out for a product unit's recorded inputs [T, B, ...]: per step the multiply-adds of
+    R_A∘δB, δA∘R_B and δA∘δB over their non-zero patterns (R: the running decoded operands before the step;
+    differential: R += δ/t from the captured biases; rate: δ is the raw input, R its running mean, and from step 2
+    the expansion of t·f(S_t/t) − (t−1)·f(S_{t−1}/(t−1)) keeps an R_A∘R_B term), per image."""
+    def pairs(x, y):
+        return float(((x != 0).double() @ (y != 0).double()).sum())
+
+    r_a = torch.zeros_like(a[0]) if biases is None else biases[0].expand_as(a[0])
+    r_b = torch.zeros_like(b[0]) if biases is None else biases[1].expand_as(b[0])
+    counts = []
+    for t in range(1, a.shape[0] + 1):
+        d_a, d_b = (a[t - 1], b[t - 1]) if biases is None else (a[t - 1] - biases[0], b[t - 1] - biases[1])
+        n = pairs(r_a, d_b) + pairs(d_a, r_b) + pairs(d_a, d_b)
+        if biases is None and t > 1:
+            n += pairs(r_a, r_b)
+        counts.append(n / a.shape[1])
+        if biases is None:
+            r_a, r_b = r_a + (d_a - r_a) / t, r_b + (d_b - r_b) / t
+        else:
+            r_a, r_b = r_a + d_a / t, r_b + d_b / t
+    return counts
 
 
 @pytest.mark.parametrize("backend", ["native", "triton"])

@@ -198,6 +198,23 @@ def test_mt_diff_static_bound(n: int, dtype, tol) -> None:
     assert abs(events.mean().item() - MEAN_EVENTS_128[n]) <= 0.05  # the grid of §10 is not specified
 
 
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_identity_neurons_represent_signed_values(n: int) -> None:
+    """§4.7 / §4.2: without the ReLU constraint the neurons quantise y = x on [−θ, θ]. The MT-diff identity neuron
+    meets the §12.9 bound |r_t − x| ≤ 0.75·λ_min/t from the same t0(n) on both signs with the same events as x
+    (the rule is odd-symmetric); the signed rate IF neuron tracks its input within θ/(2T) (§12.8 on both signs)."""
+    T, theta = 64, 1.0
+    x = torch.linspace(-theta, theta, 4001, dtype=torch.float64)
+    d = mt_diff_multistep_ref(_diff_static_input(x, T), theta, None, n_levels=n, relu_constrained=False)
+    err = (_decode_diff(d) - x).abs()
+    bound = 0.75 * theta * 2.0 ** -(n - 1) / _steps(T)[:, None] + FP64_TOL
+    assert (err[T0[n] - 1:] <= bound[T0[n] - 1:]).all()
+    torch.testing.assert_close(d, -d.flip(1), rtol=0, atol=0)  # x and −x: mirrored events
+    if n == 1:  # the IF neuron has one level
+        s = if_rate_multistep_ref(x.expand(T, -1).contiguous(), theta, signed=True, relu_constrained=False)
+        assert (_decode_rate(s)[-1] - x).abs().max() <= theta / (2 * T) + FP64_TOL
+
+
 def test_mt_diff_silent_unconstrained_step_bound() -> None:
     """§12.9: at a silent step where the constraint did not block an event, |R_in − R_out| < 0.75·λ_min/t."""
     g = torch.Generator().manual_seed(3)

@@ -182,7 +182,8 @@ class RunOptions:
     given: frozenset[str] = frozenset()  # the options given on the command line or in the --config file
 
 
-def _run(o: RunOptions) -> None:
+def _run(o: RunOptions) -> str | None:
+    """The whole command; returns the report kept for standard output (``--report -`` / ``--markdown -``)."""
     from snnconvert import models_zoo
     from snnconvert.convert import ConversionConfig, convert_grid
     from snnconvert.convert.onnx_layout import check_layout_applies, pixel_scale
@@ -323,7 +324,7 @@ def _run(o: RunOptions) -> None:
                        sweep_doc=report_sweep, nir_doc=nir_doc, check=check)
         if o.output is not None:
             _save(o, result, norm, files, calib_name, eval_name, calib_info, resolved.label)
-    write_stdout(text)
+    return text
 
 
 def _save(o: RunOptions, result, norm, files, calib_name: str, eval_name: str, calib_info: dict, label: str) -> None:
@@ -478,7 +479,8 @@ def main(
     try:
         options = RunOptions(**read_options(ctx, config))
         with console_on_stderr(to_stdout(options)):
-            _run(options)
+            text = _run(options)
+        write_stdout(text)  # after the run: what the model's own code prints went to stderr
     except CONVERSION_ERRORS as exc:
         _fail(exc, debug, code=1)
     except USAGE_ERRORS as exc:

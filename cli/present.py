@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -315,17 +315,20 @@ def write_stdout(text: str | None) -> None:
         return
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
-    out.print("report written to standard output")
+    print("report written to standard output", file=sys.stderr)
 
 
 @contextmanager
 def console_on_stderr(active: bool):
-    """While a report goes to standard output, the tables and lines the command prints go to stderr."""
+    """While a report goes to standard output, the tables and lines the command prints go to stderr, and so does
+    whatever the model's own code prints (its module, factory or forward): standard output holds the report alone,
+    written after the run (:func:`write_stdout`)."""
     if not active:
         yield
         return
     out.file = sys.stderr
     try:
-        yield
+        with redirect_stdout(sys.stderr):
+            yield
     finally:
         out.file = None  # back to the console's default: whatever sys.stdout is when it prints

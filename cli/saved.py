@@ -16,7 +16,7 @@ from snnconvert.cli.checks import (
     normalized,
 )
 from snnconvert.cli.main import RunOptions, progress_bar
-from snnconvert.cli.present import out, present, write_stdout
+from snnconvert.cli.present import out, present
 from snnconvert.convert.errors import ArtifactError, ConfigError, DataError
 
 
@@ -115,7 +115,7 @@ def _calibration_images(o: RunOptions, data: dict, evaluation_images: int, files
         return None
 
 
-def evaluate_saved(o: RunOptions) -> None:
+def evaluate_saved(o: RunOptions) -> str | None:
     """``snnconvert SNN_DIR``: evaluate a saved SNN (``--output``) and its ANN again, without calibration: on the
     evaluation images it was evaluated on (or ``--eval-data``), with the preprocessing it was converted with (or
     ``--normalize`` / ``--resize`` / ``--crop``), on any backend, device, dtype and number of steps.
@@ -192,4 +192,4 @@ def evaluate_saved(o: RunOptions) -> None:
         text = present(o, result, swept.evaluations[T], label=label, eval_name=eval_name, eval_info=eval_info,
                        calib_info=calib_info, seconds=time.perf_counter() - started, fused_pairs=swept.fused_pairs,
                        nir_doc=nir_doc, check=check)
-    write_stdout(text)
+    return text  # written to standard output by the caller (cli.main)

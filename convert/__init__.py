@@ -37,7 +37,7 @@ from snnconvert.convert.calibrate.check import ThresholdCheck, check_thresholds
 from snnconvert.convert.coding import get_coding
 from snnconvert.convert.config import DIFF_DEFAULT, PRESETS, RATE_DEFAULT, ConversionConfig, ThresholdSpec
 from snnconvert.convert.errors import CalibrationError, ConfigError, check_float_images, first_line
-from snnconvert.convert.frontend import annotate_shapes, node_source, trace_module
+from snnconvert.convert.frontend import annotate_shapes, autocast_off, copy_model, node_source, trace_module
 from snnconvert.convert.onnx_layout import check_layout_applies, imported_layout
 from snnconvert.convert.outputs import output_leaves
 from snnconvert.convert.passes import NORMALIZE_PASSES
@@ -188,6 +188,8 @@ def prepare(
     check_supported(gm, config, report)
     if example_inputs is not None:
         _check_per_sample(gm, example_inputs)
+        if isinstance(model, torch.nn.Module):
+            _check_same_as_model(model, gm, example_inputs)
     gm = run_passes(gm, (insert_identity_sites,), config, report)
     report.timings["passes"] = time.perf_counter() - start
     return gm
@@ -252,6 +254,46 @@ def _check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
                                   f"{_static_batch_advice(gm) or fix}")
 
 
+def _check_same_as_model(model: torch.nn.Module, gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
+    """The normalised graph computes what the model computes (on the example's first two images, run in a copy of
+    the model: its forward may change its own state). torch.fx records ``x += y`` as ``x + y``, so an in-place update
+    of a tensor that another name still holds (``skip = x; x += f(x)``) is lost in the graph; a model whose own
+    outputs vary from call to call (noise drawn in forward) is not compared.
+
+    Raises:
+        ConfigError: an output differs (beyond the rounding of folded batch norms): one line naming the output and
+            the largest difference, and how to write the update so that the graph follows it.
+    """
+    x = example_inputs[:2].float()
+    reference = copy_model(model).eval()
+    try:
+        with torch.no_grad(), autocast_off():  # the graph computes autocast blocks in float32 (with a warning)
+            want, again = reference(x.clone()), reference(x.clone())  # a forward may write into its input
+    except Exception as exc:  # noqa: BLE001 - the graph runs where the eager model does not (its autocast dtypes)
+        log.debug("the model's own forward fails on the example (%s): not compared with its graph", first_line(exc))
+        return
+    finally:
+        del reference
+    with torch.no_grad():
+        got = gm.forward(x)
+    wanted, repeated, gotten = output_leaves(want), output_leaves(again), output_leaves(got)
+    if len(wanted) != len(gotten) or any(not torch.equal(w, a) for (_, w), (_, a) in zip(wanted, repeated)):
+        return  # another output structure, or not deterministic: nothing to compare against
+    for (path, w), (_, g) in zip(wanted, gotten):
+        if not w.is_floating_point():
+            continue
+        if g.shape != w.shape or not _same_values(g.to(w.dtype), w):
+            where = f"output {path}" if path else "output"
+            diff = f"largest difference {float((g - w).abs().max()):.3g}" if g.shape == w.shape else \
+                f"shape {list(g.shape)} instead of {list(w.shape)}"
+            raise ConfigError(
+                f"the traced graph's {where} differs from the model's ({diff} on the first calibration images): "
+                "torch.fx records an in-place update such as x += y as x = x + y, so a tensor another name still "
+                "holds (skip = x; x += f(x)) keeps its old values in the graph; write the update out of place and "
+                "use the new name where the model reads the updated values (skip = x = x + f(x)); a model without "
+                "such an update has found a defect of the converter: please report it")
+
+
 def _same_values(got: torch.Tensor, want: torch.Tensor) -> bool:
     """Equal up to the rounding of another batch size (rtol 1e-3, atol 1e-4 of ``want``'s largest magnitude)."""
     scale = float(want.abs().max()) if want.numel() else 0.0
@@ -297,7 +339,7 @@ def _check_input_shape(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None
         return
     got = list(example_inputs.shape)
     if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected[1:], got[1:])):
-        shown = ["N" if e is None else e for e in expected]
+        shown = ["N" if i == 0 else "?" if e is None else e for i, e in enumerate(expected)]
         data = ", ".join(map(str, got[1:]))
         hint = "use a data set that matches the model"
         if len(got) == len(expected) >= 3:

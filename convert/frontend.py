@@ -130,6 +130,7 @@ def _trace(model: torch.nn.Module, example_input, inline: bool) -> tuple[torch.n
     ``inline``, through the functions registered with ``torch.fx.wrap`` as well."""
     work = copy_model(model)
     work.eval()
+    _plain_weights(work)
     tracer = _ShapeBranchTracer(example_input, inline=inline)
     tracer.record_stack_traces = True
     try:
@@ -144,12 +145,38 @@ def _trace(model: torch.nn.Module, example_input, inline: bool) -> tuple[torch.n
                                            or "indices must be integers" in str(exc)):
             hint = ("a traced size used where Python needs an int (range(x.size(1)), a list index): write "
                     "int(x.size(1)), read on the example input and guarded")
+        elif "is not installed as a submodule" in str(exc):
+            hint = ("a module created inside forward (nn.ReLU()(x)) is not part of the model: create it in __init__ "
+                    "(self.act = nn.ReLU()) or call its function (F.relu(x))")
         elif isinstance(exc, TypeError) and ("positional argument" in str(exc) or "Proxy" in str(exc)):
             hint = ("a tensor built inside forward (torch.ones(1, 6, 4)) and given a traced size (.expand(B, ...)): "
                     "build it from the input (x.new_ones(1, 6, 4)) or register it as a buffer, so that it traces")
         raise TraceError(f"cannot trace {type(model).__name__}{at}: {type(exc).__name__}: {first_line(exc)}; "
                          f"{hint}") from exc
     return work, tracer, graph
+
+
+def _plain_weights(work: torch.nn.Module) -> None:
+    """Weights computed by a reparametrization (``torch.nn.utils.parametrizations.weight_norm`` / ``spectral_norm``,
+    the older ``weight_norm`` / ``spectral_norm`` hooks) become plain parameters of their value in eval mode, in the
+    working copy: the passes fold batch norms into them like any weight."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for name, module in work.named_modules():
+        if parametrize.is_parametrized(module):
+            for tensor in list(module.parametrizations.keys()):
+                with torch.no_grad():
+                    parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
+                log.info("%s.%s: reparametrization evaluated once (a plain parameter)", name or "model", tensor)
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, (WeightNorm, SpectralNorm)):
+                with torch.no_grad():
+                    hook.remove(module)  # the weight's current value as a parameter (no power iteration)
+                del module._forward_pre_hooks[key]
+                log.info("%s.%s: %s evaluated once (a plain parameter)", name or "model", hook.name,
+                         type(hook).__name__)
 
 
 #: tensor attributes that are metadata, not values
@@ -344,8 +371,14 @@ def _factories_recorded():
             setattr(torch, name, fn)
 
 
+def autocast_off() -> contextlib.AbstractContextManager:
+    """Every ``torch.autocast`` block a no-op, silently: the model's eager forward computes in float32 as its traced
+    graph does (for comparing the two)."""
+    return _autocast_unrecorded(None)
+
+
 @contextlib.contextmanager
-def _autocast_unrecorded(tracer: fx.Tracer):
+def _autocast_unrecorded(tracer: fx.Tracer | None):
     """While tracing, ``with torch.autocast(...)`` blocks (timm's EfficientViT attention: ``device_type=v.device.type,
     enabled=False``; any spelling: ``torch.amp.autocast``, ``torch.cuda.amp.autocast``) are no-ops: a graph does not
     record autocast, and the converted network computes in float32. A traced ``device_type`` is accepted; a block that
@@ -356,6 +389,8 @@ def _autocast_unrecorded(tracer: fx.Tracer):
     original = cls.__init__, cls.__enter__, cls.__exit__
 
     def warn(what: str) -> None:
+        if tracer is None:
+            return
         where = _user_frame((f.filename, f.lineno) for f in traceback.extract_stack()) or "?"
         module = tracer.scope.module_path
         if module:
@@ -519,7 +554,8 @@ class _ShapeBranchTracer(fx.Tracer):
         their effect, as in one forward pass)."""
         if doubled not in self._runs:
             self._runs[doubled] = fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
-            self._inputs[doubled] = torch.cat([self.example, self.example]) if doubled else self.example
+            # a copy: an in-place op of the model on its input must not write into the caller's example
+            self._inputs[doubled] = torch.cat([self.example, self.example]) if doubled else self.example.clone()
         run = self._runs[doubled]
         run.args_iter = iter([self._inputs[doubled]])
         self._evaluating = True
@@ -555,7 +591,7 @@ def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor) -> None:
     prop = _ShapeProp(gm)
     try:
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            prop.propagate(example_input)
+            prop.propagate(example_input.clone())  # a model may write into its input
     except Exception as exc:  # noqa: BLE001 - any failure of the model itself
         where = f"node {prop.node.name}: " if prop.node is not None else ""
         raise RuntimeError(where + first_line(exc.__cause__ or exc)) from exc

@@ -80,6 +80,7 @@ def convert_opset(model: onnx.ModelProto, label: str) -> tuple[onnx.ModelProto, 
     if MIN_OPSET <= opset <= MAX_OPSET:
         return model, None
     target = min(max(opset, MIN_OPSET), MAX_OPSET)
+    old_resizes = _old_resize_semantics(model, label) if opset < 11 else {}
     try:
         converted = onnx.version_converter.convert_version(model, target)
     except Exception as exc:  # the converter's C++ errors (no adapter for an op, ...)
@@ -95,9 +96,55 @@ def convert_opset(model: onnx.ModelProto, label: str) -> tuple[onnx.ModelProto, 
     shaped = [v for v in converted.graph.value_info if v.type.tensor_type.HasField("shape")]
     del converted.graph.value_info[:]
     converted.graph.value_info.extend(shaped)
+    for node in converted.graph.node:
+        if node.op_type == "Resize" and node.output[0] in old_resizes:
+            kept = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in old_resizes[node.output[0]].items())
     logger.warning("%s: opset %d converted to opset %d with onnx.version_converter (the importer reads opsets %d-%d)",
                    label, opset, target, MIN_OPSET, MAX_OPSET)
     return converted, opset
+
+
+def _old_resize_semantics(model: onnx.ModelProto, label: str) -> dict[str, dict[str, str]]:
+    """The sampling of the opset-7/9 ``Upsample`` and opset-10 ``Resize`` nodes, by first output, as Resize-11
+    attributes. onnx.version_converter turns them into Resize nodes with the Resize-11 defaults (``half_pixel``
+    coordinates, ``round_prefer_floor`` rounding), which the old operators did not have: they sample at
+    ``asymmetric`` coordinates (x_in = x_out / scale), and their nearest rounding, in onnxruntime, truncates when a
+    dimension is enlarged and rounds up when it is shrunk. A nearest resize whose scales are not constant or that
+    enlarges some dimensions and shrinks others has no Resize-11 equivalent: an ``OnnxImportError``."""
+    constants = {init.name: init for init in model.graph.initializer}
+    constants.update({node.output[0]: attr.t for node in model.graph.node if node.op_type == "Constant"
+                      for attr in node.attribute if attr.name == "value"})
+    semantics = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Upsample", "Resize"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        mode = attrs.get("mode", b"nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        semantics[node.output[0]] = {"coordinate_transformation_mode": "asymmetric"}
+        if mode != "nearest":
+            continue
+        scales = attrs.get("scales")
+        if scales is None and len(node.input) > 1 and node.input[1] in constants:
+            try:
+                scales = onnx.numpy_helper.to_array(constants[node.input[1]]).tolist()
+            except Exception:  # external data not read yet
+                scales = None
+        changed = [] if scales is None else [s for s in scales if s != 1]
+        if node.op_type == "Upsample" or (scales is not None and all(s > 1 for s in changed)):
+            semantics[node.output[0]]["nearest_mode"] = "floor"  # Upsample's scales are >= 1 (its spec)
+        elif scales is not None and all(s < 1 for s in changed):
+            semantics[node.output[0]]["nearest_mode"] = "ceil"
+        else:
+            what = "scales computed at run time" if scales is None else f"scales {scales}"
+            raise OnnxImportError(
+                f"{label}: the opset-10 Resize node {node.name or node.output[0]!r} (nearest, {what}) rounds "
+                "differently along enlarged and shrunk dimensions, which no later Resize can express; re-export the "
+                f"model at an opset in {MIN_OPSET}-{MAX_OPSET}")
+    return semantics
 
 
 def check_model(target: Any, label: str, model: onnx.ModelProto) -> None:
@@ -109,43 +156,48 @@ def check_model(target: Any, label: str, model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(target)
     except Exception as exc:
-        shapeless = _shapeless(model)
-        if not shapeless or not _checks_with_inferred_outputs(model, shapeless, label):
+        if not _checks_with_inferred_outputs(model, label):
             raise OnnxImportError(f"{label} fails the ONNX checker ({one_line(exc)}); re-export the model or repair "
                                   "it with the onnx tools") from exc
 
 
-def _shapeless(model: onnx.ModelProto) -> set[str]:
-    """Graph inputs and outputs declared as tensors without a shape."""
-    return {info.name for info in (*model.graph.input, *model.graph.output)
+def _shapeless(infos) -> set[str]:
+    """The names of the graph inputs or outputs ``infos`` declared as tensors without a shape."""
+    return {info.name for info in infos
             if info.type.HasField("tensor_type") and not info.type.tensor_type.HasField("shape")}
 
 
-def _checks_with_inferred_outputs(model: onnx.ModelProto, shapeless: set[str], label: str) -> bool:
-    """Whether the model passes the checker once its shape-less outputs carry their inferred shapes; an input
-    without a shape is an ``OnnxImportError``."""
+def _checks_with_inferred_outputs(model: onnx.ModelProto, label: str) -> bool:
+    """Whether the model passes the checker once its shape-less outputs carry their inferred shapes (False: it has
+    none, or they do not help); an input without a shape is an ``OnnxImportError``."""
     initializers = {init.name for init in model.graph.initializer}
-    inputs = [info.name for info in model.graph.input if info.name in shapeless and info.name not in initializers]
+    inputs = sorted(_shapeless(model.graph.input) - initializers)
+    shapeless = _shapeless(model.graph.output)
     if inputs:
         raise OnnxImportError(f"{label}: graph input {', '.join(map(repr, inputs))} declares no shape; the importer "
                               "needs its rank and sizes: export the model with an example input of the right shape")
+    if not shapeless:
+        return False
     light = shape_only_copy(model)
     inferred, _ = _inferred(light)
-    if inferred is None:
-        return False
-    shapes = {info.name: info.type.tensor_type.shape for info in (*inferred.graph.value_info, *inferred.graph.output)
-              if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape")}
+    shapes = {} if inferred is None else {
+        info.name: info.type.tensor_type.shape for info in (*inferred.graph.value_info, *inferred.graph.output)
+        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape")}
+    unknown = []
     for info in light.graph.output:
         if info.name in shapeless:
-            if info.name not in shapes:
-                return False
-            info.type.tensor_type.shape.CopyFrom(shapes[info.name])
+            if info.name in shapes:
+                info.type.tensor_type.shape.CopyFrom(shapes[info.name])
+            else:  # an op inference does not know (a custom domain's): the import computes shapes itself
+                info.type.tensor_type.shape.SetInParent()
+                unknown.append(info.name)
     try:
         onnx.checker.check_model(light)
     except Exception:
         return False
     logger.info("%s: output(s) %s declare no shape (the ONNX IR allows it, the checker does not): checked with the "
-                "inferred shapes", label, ", ".join(sorted(shapeless)))
+                "inferred shapes%s", label, ", ".join(sorted(shapeless)),
+                f" ({', '.join(unknown)}: none inferred, checked without)" if unknown else "")
     return True
 
 

@@ -915,6 +915,8 @@ def test_a_python_value_read_on_the_example_is_guarded():
     (lambda z: torch.cat([z[:, i:i + 1] for i in range(z.shape[1])], 1),
      r"at .*test_model_patterns.py:\d+: TypeError: .* cannot be interpreted as an integer; a traced size used where "
      r"Python needs an int \(range\(x.size\(1\)\), a list index\): write int\(x.size\(1\)\)"),
+    (lambda z: nn.ReLU()(z), r"at .*test_model_patterns.py:\d+: NameError: .*; a module created inside forward "
+     r"\(nn.ReLU\(\)\(x\)\) is not part of the model: create it in __init__"),
 ])
 def test_python_values_from_the_batch_size_or_tensor_values_are_refused(code, message):
     SHAPE_VALUES["_probe"] = code
@@ -1304,3 +1306,150 @@ def test_max_pool_indices_read_for_anything_else_are_listed():
 
     with pytest.raises(UnsupportedOpError, match="return_indices"):
         convert(Indices(), forward_loop=[torch.rand(2, 1, 4, 4)])
+
+
+class InPlaceStatements(nn.Module):
+    """In-place arithmetic written as statements, results unused (a residual ``out.add_(h)``, a bias ``h.add_(b)``,
+    a scaling ``h.mul_(2)``), an in-place ``clamp_(min=0)`` ReLU, and an in-place update of the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.c1, self.c2, self.c3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3)
+        self.register_buffer("b", torch.randn(1, 4, 1, 1) * 0.3)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        x.mul_(2.0)
+        h = F.relu(self.c1(x))
+        out = self.c2(h)
+        out.add_(h)
+        out.add_(self.b)
+        out.clamp_(min=0)
+        out.mul_(0.5)
+        return self.fc(F.relu(self.c3(out)).flatten(1))
+
+
+class OutOfPlaceStatements(InPlaceStatements):
+    """The same network written out of place."""
+
+    def forward(self, x):
+        h = F.relu(self.c1(x * 2.0))
+        out = (self.c2(h) + h + self.b).clamp(min=0) * 0.5
+        return self.fc(F.relu(self.c3(out)).flatten(1))
+
+
+@pytest.mark.parametrize("coding", ["rate", "differential"])
+def test_in_place_statements_are_made_out_of_place(coding):
+    """An in-place method whose result is unused wrote into the tensor later nodes read: made out of place with those
+    readers redirected (the SNN lost such writes: a stateful unit keeps its tensors across steps). The SNN is the one
+    of the model written out of place, and neither the calibration images nor the example are written into."""
+    model, x = InPlaceStatements().eval(), torch.rand(8, 1, 8, 8)
+    gm, report = _passes(model, x[:2].clone())
+    left = [n.name for n in gm.graph.nodes if n.op == "call_method" and n.target.endswith("_")]
+    assert not left, left
+    assert report.entry("out_of_place_methods").counts == {"Tensor.mul_": 2, "Tensor.add_": 2, "Tensor.clamp_": 1}
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x.clone()), model(x.clone()), **TOL)
+    kept = x.clone()
+    cfg = ConversionConfig.for_coding(coding, timesteps=16)
+    res = convert(model, forward_loop=[x], config=cfg, example_inputs=x[:2])
+    assert torch.equal(x, kept)
+    assert res.report.entry("canonicalize_activations").counts.get("Tensor.clamp(min=0)") == 1  # a ReLU site
+    twin = convert(OutOfPlaceStatements().eval(), forward_loop=[x], config=cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(res.snn(x), twin.snn(x), rtol=1e-5, atol=1e-6)
+
+
+class InPlaceOnAView(nn.Module):
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.spelling, self.c1, self.c2 = spelling, nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        h = self.c1(x)
+        if self.spelling == "slice":
+            h[:, :2].relu_()
+        elif self.spelling == "F.relu":
+            F.relu(h[:, 1:3], inplace=True)
+        elif self.spelling == "view":
+            v = h.view(h.size(0), -1)
+            v.add_(1.0)
+        elif self.spelling == "view first":
+            v = h.flatten(1)
+            h.mul_(2.0)  # v, made before, sees the doubled values
+            return v
+        else:  # written out: converts
+            h[:, :2] = F.relu(h[:, :2])
+        return F.relu(self.c2(h)).flatten(1)
+
+
+@pytest.mark.parametrize("spelling", ["slice", "F.relu", "view", "view first"])
+def test_in_place_writes_through_a_view_are_listed(spelling):
+    """An in-place op on a view writes into the tensor behind it (and a view of a tensor sees writes into it): the
+    graph cannot follow that, so the node is listed with how to write it out, not converted into another network."""
+    with pytest.raises(UnsupportedOpError, match="in-place .* writes into a (view of a tensor|tensor whose view)"):
+        convert(InPlaceOnAView(spelling).eval(), forward_loop=[torch.rand(4, 1, 8, 8)])
+    res = convert(InPlaceOnAView("assigned").eval(), forward_loop=[torch.rand(4, 1, 8, 8)])
+    assert res.report.entry("functional_item_assignment").counts == {"setitem": 1}
+
+
+class AliasedUpdate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(9)
+        self.c1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        skip = x
+        x += self.c2(x)  # torch.fx records x = x + c2(x): skip keeps the old values in the graph
+        return torch.cat([F.relu(x), skip], 1).mean((2, 3))
+
+
+def test_a_graph_that_computes_something_else_than_the_model_is_refused():
+    """torch.fx records ``x += y`` as ``x = x + y``; a tensor another name holds then differs between the model and
+    its graph: compared once on the example, one error line instead of a network that converges elsewhere."""
+    with pytest.raises(ConfigError, match=r"graph's output differs from the model's \(largest difference") as info:
+        convert(AliasedUpdate().eval(), forward_loop=[torch.rand(4, 1, 8, 8)])
+    assert "\n" not in str(info.value)
+
+
+class Reparametrized(nn.Module):
+    """Weight norm (both APIs) and spectral norm on layers followed by batch norms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.nn.utils import parametrizations, spectral_norm, weight_norm
+
+        torch.manual_seed(10)
+        self.c1 = parametrizations.weight_norm(nn.Conv2d(1, 4, 3))
+        self.c2 = weight_norm(nn.Conv2d(4, 4, 3))  # the older forward pre-hook
+        self.c3 = parametrizations.spectral_norm(nn.Conv2d(4, 4, 3))
+        self.fc = spectral_norm(nn.Linear(4 * 2 * 2, 3))
+        self.bn1, self.bn2, self.bn3 = nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        for bn in (self.bn1, self.bn2, self.bn3):
+            _stats(bn)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.c1(x)))
+        x = F.relu(self.bn2(self.c2(x)))
+        return self.fc(F.relu(self.bn3(self.c3(x))).flatten(1))
+
+
+def test_reparametrized_weights_are_evaluated_once_and_folded():
+    """A reparametrized weight is a plain parameter of its eval-mode value in the converter's copy: the batch norms
+    behind fold into it (the pass failed on the parametrization before), the graph computes the model's outputs,
+    and the user's model keeps its parametrizations and hooks."""
+    from torch.nn.utils import parametrize
+
+    model, x = Reparametrized().eval(), torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        want = model(x)  # run once first: the older hooks then hold the weight as a plain attribute
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=4))
+    assert res.report.entry("fold_bn").counts == {"BatchNorm2d": 3}
+    with torch.no_grad():
+        torch.testing.assert_close(res.snn.ann_forward(x), want, **TOL)
+    assert parametrize.is_parametrized(model.c1) and parametrize.is_parametrized(model.c3)
+    assert len(model.c2._forward_pre_hooks) == 1 and len(model.fc._forward_pre_hooks) == 1

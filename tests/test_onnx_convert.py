@@ -105,6 +105,13 @@ def test_onnx_input_shape_mismatch_is_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "expects input ['N', 3, 32, 32]" in lines[0]
+    path = tmp_path / "rgb_any_size.onnx"  # a dynamic size is "?", not "N" (as if it were the batch size)
+    torch.onnx.export(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval(),
+                      (torch.rand(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                      dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}})
+    result = CliRunner().invoke(app, [str(path), "--calib-data", "fashion-mnist", "--calib-images", "8",
+                                      "--eval-images", "8"])
+    assert result.exit_code == 2 and "expects input ['N', 3, '?', '?']" in result.output, result.output
 
 
 def _converges(tmp_path, text: str, **inits):

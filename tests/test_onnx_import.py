@@ -489,6 +489,25 @@ def test_clip_relu_and_relu6_become_modules_not_clamp() -> None:
         assert torch.clamp not in function_targets(load_onnx(textual(text, opset, **inits)))
 
 
+@pytest.mark.parametrize("body, zero, relu", [
+    ("y = Max(x, z)", np.float32(0), True),
+    ("y = Max(z, x)", np.zeros((1, 3, 1, 1), np.float32), True),
+    ("y = Max(x, z)", np.zeros((5,), np.float32), True),
+    ('y = LeakyRelu <alpha=0.0> (x)', None, True),
+    ("y = Max(x, z)", np.full((1,), 0.1, np.float32), False),  # not zero
+    ("y = Max(x, z)", np.zeros((2, 1, 1, 1, 1), np.float32), False),  # broadcasting enlarges x
+    ("y = Max(x, z, z)", np.float32(0), False),  # three operands: a chain
+])
+def test_max_with_zero_is_a_relu(body, zero, relu) -> None:
+    """Converters write ReLU as Max(x, 0) (and LeakyRelu with slope 0): an ``nn.ReLU`` module, which the conversion
+    makes a spiking site, where the zero does not change x's shape; the same values as onnxruntime either way."""
+    inits = {} if zero is None else {"z": zero}
+    gm = assert_matches_ort(textual(f"g (float[N,3,4,5] x) => (float y) {{ {body} }}", 17, **inits),
+                            rand(2, 3, 4, 5))
+    assert (nn.ReLU in module_types(gm)) is relu
+    assert (torch.maximum in function_targets(gm)) is (not relu and zero is not None)
+
+
 def test_conv_bn_relu_maxpool_structure() -> None:
     text = """g (float[N,3,16,16] x) => (float y) {
         c = Conv <pads=[1,1,1,1], kernel_shape=[3,3]> (x, w, b)
@@ -628,6 +647,25 @@ def test_unsupported_ops_are_all_listed_once() -> None:
     assert nodes[0].target == "ai.onnx::Hardmax (opset 17)" and nodes[1].name == "LpNormalization_2"
     assert nodes[2].target == "com.example::Frobnicate (opset 3)"
     assert "Conv" in str(info.value) and "Relu" in supported_op_types()
+
+
+def test_unsupported_ops_behind_a_shapeless_output_are_listed() -> None:
+    """A graph output without a shape that inference cannot give one (a custom op's) fails the checker: the model is
+    checked without it, and the import lists every unsupported node, not the checker's missing-field line."""
+    text = """g (float[N,4,9,9] x) => (float y) { a = Hardmax <axis=1> (x)  y = com.example.Frobnicate(a) }"""
+    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : 17, "com.example" : 3]>\n{text}')
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(model)
+    assert [n.op for n in info.value.nodes] == ["Hardmax", "Frobnicate"]
+
+
+def test_an_input_that_is_also_a_shapeless_output_imports() -> None:
+    """An input passed through as an output without a shape is not an input without a shape."""
+    model = textual("g (float[N,4] x) => (float y, float x) { y = Relu(x) }", 17)
+    model.graph.output[1].type.tensor_type.ClearField("shape")
+    gm = assert_matches_ort(model, rand(2, 4))
+    assert gm.meta["onnx"]["input_shape"] == [None, 4]
 
 
 def test_unsupported_attribute_is_collected_with_unknown_ops() -> None:
@@ -810,6 +848,35 @@ def test_opset_outside_the_range_is_converted(opset: int, caplog) -> None:
     assert gm.meta["onnx"]["opset"] == (MIN_OPSET if old else MAX_OPSET)
     assert gm.meta["onnx"]["opset_converted_from"] == opset
     assert any(f"opset {opset} converted to opset" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+@pytest.mark.parametrize("op,opset,scales", [
+    ("Upsample", 7, (2.0, 2.0)), ("Upsample", 9, (2.0, 2.0)), ("Upsample", 9, (1.5, 3.0)),
+    ("Resize", 10, (2.0, 1.5)), ("Resize", 10, (0.5, 0.5)), ("Resize", 10, (1.0, 0.5)),
+])
+def test_old_upsample_and_resize_keep_their_sampling(op, opset, scales, mode) -> None:
+    """Upsample (opset 7, 9) and Resize-10 sample at asymmetric coordinates; the version converter's Resize would
+    take the Resize-11 defaults (half-pixel, round-prefer-floor): the conversion keeps the old sampling, as
+    onnxruntime runs the original file (nearest: truncation when enlarging, rounding up when shrinking)."""
+    full = [1.0, 1.0, *scales]
+    attrs = f'mode="{mode}"' + (f", scales={full}" if opset == 7 else "")
+    inputs = "x" if opset == 7 else "x, sc"
+    model = onnx.parser.parse_model(f"""<ir_version: 4, opset_import: ["" : {opset}]>
+g (float[N,2,6,8] x) => (float y) {{ y = {op} <{attrs}> ({inputs}) }}""")
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    model.graph.initializer.append(numpy_helper.from_array(np.array(full, np.float32), "sc"))
+    assert_matches_ort(model, rand(2, 2, 6, 8), np.arange(96, dtype=np.float32).reshape(1, 2, 6, 8))
+
+
+def test_old_nearest_resize_that_enlarges_and_shrinks_is_one_line() -> None:
+    model = onnx.parser.parse_model("""<ir_version: 5, opset_import: ["" : 10]>
+g (float[N,2,6,8] x) => (float y) { y = Resize <mode="nearest"> (x, sc) }""")
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, 2, 0.5], np.float32), "sc"))
+    with pytest.raises(OnnxImportError, match="enlarged and shrunk") as info:
+        load_onnx(model)
+    _assert_one_line(info)
 
 
 def test_opset_the_converter_cannot_convert_is_one_line() -> None:

@@ -331,7 +331,7 @@ def test_dynamic_kernel_and_data_dependent_indices_are_refused_with_their_reason
 
 
 def test_drop_dropout_and_identity():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Identity(), nn.ReLU())
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Identity(), nn.FeatureAlphaDropout(0.2), nn.ReLU())
     gm = trace_module(model)
     assert drop_dropout_and_identity(gm, RATE_DEFAULT, ConversionReport()).modified
     gm.recompile()

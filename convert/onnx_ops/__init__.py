@@ -57,7 +57,7 @@ Identity, Dropout (inference)                          nothing: the input is pas
 =====================================================  ==============================================================
 
 A file at another opset is converted to 13 or 21 by ``onnx.version_converter`` before these run
-(``onnx_model.convert_opset``).
+(``onnx_model.convert_opset``; its Resize nodes made from Upsample and Resize-10 keep their asymmetric sampling).
 
 The converters live in ``core`` (values, registry, shared helpers), ``layers`` (weights), ``pooling``, ``elementwise``
 (activations, element-wise ops, casts), ``shapes`` (pass-throughs, constants, shape manipulation, reductions) and

@@ -35,9 +35,9 @@ from snnconvert.convert.onnx_ops.core import (
 
 # Activations (modules, as torch.fx tracing of a torchvision model would show them)
 # --------------------------------------------------------------------------------------------------------------------
-def _activation(ctx: OpContext, module: nn.Module) -> Value:
-    """An activation module applied to input 0; the output keeps the input's shape."""
-    x = ctx.input(0)
+def _activation(ctx: OpContext, module: nn.Module, x: Value | None = None) -> Value:
+    """An activation module applied to ``x`` (input 0 by default); the output keeps the input's shape."""
+    x = ctx.input(0) if x is None else x
     return _same_shape(ctx, ctx.call_module(module, x), x)
 
 
@@ -49,8 +49,9 @@ def convert_relu(ctx: OpContext) -> Value:
 
 @register("LeakyRelu", since=6)
 def convert_leaky_relu(ctx: OpContext) -> Value:
-    """LeakyRelu -> ``nn.LeakyReLU`` (importable; the conversion's allow-list rejects it later)."""
-    return _activation(ctx, nn.LeakyReLU(ctx.attr("alpha", 0.01)))
+    """LeakyRelu -> ``nn.LeakyReLU`` (a graded unit in the conversion); with ``alpha`` 0, a ReLU: ``nn.ReLU``."""
+    alpha = float(ctx.attr("alpha", 0.01))
+    return _activation(ctx, nn.ReLU() if alpha == 0 else nn.LeakyReLU(alpha))
 
 
 @register("PRelu", since=9)
@@ -319,8 +320,13 @@ def convert_mod(ctx: OpContext) -> Value:
 
 @register("Max", "Min", "Sum", "Mean", since=13)
 def convert_variadic(ctx: OpContext) -> Value:
-    """Max / Min / Sum / Mean over any number of inputs, as chains of binary ops."""
+    """Max / Min / Sum / Mean over any number of inputs, as chains of binary ops; ``Max(x, 0)`` (either order, a
+    constant zero that does not enlarge x by broadcasting) is a ReLU: ``nn.ReLU``."""
     values = [v for v in ctx.inputs() if v is not None]
+    if ctx.op_type == "Max" and len(values) == 2:
+        x = _relu_operand(ctx, *values) or _relu_operand(ctx, *reversed(values))
+        if x is not None:
+            return _activation(ctx, nn.ReLU(), x)
     result = values[0]
     for value in values[1:]:
         if ctx.op_type in ("Sum", "Mean"):
@@ -332,6 +338,18 @@ def convert_variadic(ctx: OpContext) -> Value:
     if ctx.op_type == "Mean" and len(values) > 1:
         result = _binary(ctx, "Div", result, Const(torch.tensor(float(len(values)))))
     return result
+
+
+def _relu_operand(ctx: OpContext, x: Value, zero: Value) -> Value | None:
+    """``x`` when ``Max(x, zero)`` is ReLU(x): ``zero`` a constant of zeros, of at most ``x``'s rank, whose dims are
+    1 or x's (so the result has x's shape and dtype)."""
+    if not isinstance(x, Tensor) or not isinstance(zero, Const) or bool(zero.tensor.any()):
+        return None
+    shape = ctx.shape_or_none(x)
+    if shape is None or zero.tensor.dim() > len(shape) or not (x.dtype is None or x.dtype.is_floating_point):
+        return None
+    tail = list(shape)[len(shape) - zero.tensor.dim():] if zero.tensor.dim() else []
+    return x if all(d == 1 or sym_eq(d, s) for d, s in zip(zero.tensor.shape, tail)) else None
 
 
 _UNARY: dict[str, Callable] = {

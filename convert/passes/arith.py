@@ -43,6 +43,8 @@ _FORMS = {
     "lerp": (None, ("input", "end", "weight"), (None, None)),
 }
 _FUNCTIONS = {getattr(torch, name): name for name in _FORMS}
+#: the fused-arithmetic tensor methods written in place, which :func:`decompose_fused_arithmetic` makes out of place
+FUSED_INPLACE_METHODS = frozenset(f"{name}_" for name in _FORMS)
 
 
 def _form(node: fx.Node) -> tuple[str, bool] | None:

@@ -76,14 +76,14 @@ _DYNAMIC_MASK = ("mask computed from the input (a data-dependent selection such 
 #: Tensor methods that only move, reshape or linearly combine data.
 SUPPORTED_METHODS = frozenset({
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "size", "mean",
-    "sum", "add", "add_", "sub", "neg", "expand", "expand_as", "view_as", "reshape_as", "unflatten", "chunk", "split",
+    "sum", "add", "sub", "neg", "expand", "expand_as", "view_as", "reshape_as", "unflatten", "chunk", "split",
     "dim", "float", "type_as", "select", "narrow", "unbind", "tensor_split", "roll", "flip", "repeat",
     "movedim", "swapaxes", "swapdims", "clone", "repeat_interleave", "unfold",
 })
 #: Products / quotients are affine only when at most one factor depends on the input.
 _SCALING_FUNCTIONS = frozenset({operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul,
                                 torch.div})
-_SCALING_METHODS = frozenset({"mul", "mul_", "div", "div_"})
+_SCALING_METHODS = frozenset({"mul", "div"})
 _POOL_WITH_INDICES = frozenset({F.max_pool1d_with_indices, F.max_pool2d_with_indices, F.max_pool3d_with_indices})
 _POOL_INDICES = ("max-pool with return_indices, its indices read other than by a max_unpool (SegNet's decoder "
                  "converts: the pool's values and each max_unpool of its indices)")
@@ -268,6 +268,8 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
     opaque = opaque or {}
     if node.op in ("placeholder", "output", "get_attr"):
         return None
+    if "snnconvert_inplace_why" in node.meta:  # convert/passes/assign.py, out_of_place_methods
+        return f"{node.meta['snnconvert_inplace_why']}: not followed; write it out (e.g. h[:, :2] = F.relu(h[:, :2]))"
     if node.op in ("call_function", "call_method") and not _depends_on_input(node, cache):
         return None  # a constant (computed from parameters or shapes alone): like a bias, the same at every step
     if node.op in ("call_function", "call_method") and node.target in _MASK_SELECT:

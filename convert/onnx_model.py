@@ -142,8 +142,8 @@ def _old_resize_semantics(model: onnx.ModelProto, label: str) -> dict[str, dict[
             what = "scales computed at run time" if scales is None else f"scales {scales}"
             raise OnnxImportError(
                 f"{label}: the opset-10 Resize node {node.name or node.output[0]!r} (nearest, {what}) rounds "
-                "differently along enlarged and shrunk dimensions, which no later Resize can express; re-export the "
-                f"model at an opset in {MIN_OPSET}-{MAX_OPSET}")
+                "differently along enlarged and shrunk dimensions, which one later Resize cannot express for these "
+                f"scales; re-export the model at an opset in {MIN_OPSET}-{MAX_OPSET}")
     return semantics
 
 

@@ -193,20 +193,31 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, logits: str | None,
-                  ignore_index: int) -> None:
+                  ignore_index: int, calib_example: torch.Tensor | None = None) -> None:
     """The evaluated output must be one output (``--logits`` names it among several) that the evaluation labels fit
     (``label_task``: class labels, per-pixel labels or regression targets), and class labels must index it (e.g.
     not an ImageFolder with more classes than logits); per-pixel labels index the output's dim 1, except those
     equal to ``ignore_index``. Unlabelled images compare every output with the ANN's (or the one ``--logits``
-    names, which must be one)."""
+    names, which must be one). The model must run on the evaluation images: where it runs on the calibration images
+    (``calib_example``; a saved SNN: none) but not on these, a DataError before the calibration."""
     from snnconvert.convert.outputs import select_output
     from snnconvert.runtime.scores import label_task
 
     try:
         with torch.no_grad():  # on a copy: a model may cache state on the input's shape (Ultralytics' Detect keeps
             out = copy.deepcopy(ann)(example)  # its anchors for the last batch size), which tracing would then read
-    except Exception:  # noqa: BLE001 - the conversion runs the model next and names the failing node in one line
-        return
+    except Exception as exc:  # noqa: BLE001 - the conversion runs the model next and names the failing node
+        if calib_example is not None:
+            try:
+                with torch.no_grad():
+                    copy.deepcopy(ann)(calib_example)
+            except Exception:  # noqa: BLE001 - fails on both: the conversion says where, in one line
+                return
+        runs = (f" although it runs on the calibration images ({list(calib_example.shape[1:])})"
+                if calib_example is not None else "")
+        raise DataError(f"{name}: the model fails on the evaluation images ({list(example.shape[1:])}){runs}: "
+                        f"{first_line(exc)}; give evaluation images the model takes (--resize / --crop, "
+                        "--normalize, or other data)") from None
     if data.labels is None:
         if logits is not None:
             select_output(out, logits)

@@ -59,7 +59,7 @@ from snnconvert.convert.errors import (
 
 log = logging.getLogger("snnconvert.cli")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 #: exit codes by error type; anything else is a bug and exits 1 with its message.
 USAGE_ERRORS = (ConfigError, DataError, ModelLoadError, OnnxImportError, ArtifactError, BackendUnavailableError)
@@ -266,7 +266,8 @@ def _run(o: RunOptions) -> str | None:
     with progress_bar() as bar:
         forward_loop = progress_loop(bar, "calibration", calib_set, prep)
         example = prep(calib_set.example(2))
-        check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name, o.logits, o.ignore_index)  # before calib.
+        check_labels(ann, prep(eval_set.example(1)), eval_set, eval_name, o.logits, o.ignore_index,  # before calib.
+                     calib_example=example[:1])
         grid = []  # per setting (threshold rule, n): {T: ConversionResult}; one calibration per rule
         steps = sweep_steps or [cfgs[0].timesteps]
         for rule in dict.fromkeys(str(c.threshold) for c in cfgs):

@@ -52,10 +52,22 @@ def read_options(ctx: typer.Context, config: Optional[Path]) -> dict:
         params = {p.name: p for p in ctx.command.params if p.name not in _NOT_RUN_OPTIONS}
         names = {opt.lstrip("-").replace("-", "_"): p.name for p in params.values() for opt in p.opts}
         names.update({name: name for name in params})
+        negated = {opt.lstrip("-").replace("-", "_"): p.name for p in params.values()
+                   for opt in getattr(p, "secondary_opts", ())}  # a switch's --no-... spelling
         # a flag on the command line also overrides the file's options it excludes (-T a file's sweep, and back)
         overridden = {n for g in given if values[g] is not None for n in _EXCLUDES.get(g, ())}
+        keys: dict[str, str] = {}  # option -> the file's key that set it
         for key, raw in _read_config(config).items():
-            name = names.get(str(key).replace("-", "_"))
+            spelled = str(key).replace("-", "_")
+            name = names.get(spelled) or negated.get(spelled)
+            if spelled in negated and spelled not in names:
+                if not isinstance(raw, bool):
+                    raise ConfigError(f"--config {config}: {key}: {raw!r} is not true or false")
+                raw = not raw
+            if name is not None and name in keys:
+                raise ConfigError(f"--config {config}: {keys[name]!r} and {key!r} set the same option; keep one")
+            if name is not None:
+                keys[name] = str(key)
             if name is None:
                 spellings = (next((o for o in p.opts if o.startswith("--")), p.name).lstrip("-")
                              for p in params.values())

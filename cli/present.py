@@ -17,7 +17,7 @@ from snnconvert.convert.artifact import atomic_file
 if TYPE_CHECKING:  # pragma: no cover
     from snnconvert.cli.main import RunOptions
 
-out = Console()
+out = Console(soft_wrap=True)  # a line is not broken at 80 columns (inside a number) when output is piped
 
 #: ``--report -`` / ``--markdown -``: that report goes to standard output (and what the command prints to stderr)
 STDOUT = Path("-")

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from snnconvert.convert.coding.stepping import StepModule
 from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import ArtifactError, ConfigError, ModelLoadError, first_line
 
@@ -240,10 +241,16 @@ def file_sha256(path: str | os.PathLike) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def graph_digest(gm) -> dict[str, Any]:
+#: what :func:`graph_digest` hashes: 1, the nodes; 2 (since 2026-12-01), also each layer's settings
+DIGEST_SCHEME = 2
+
+
+def graph_digest(gm, scheme: int = DIGEST_SCHEME) -> dict[str, Any]:
     """A converted network's graph in a few numbers: its node count and a SHA-256 of every node's op, target and
-    constant arguments in order (node names and tensor values left out), with the versions that traced it. Equal
-    for the same model code; another forward (``x * 0.5`` added, a constant changed) gives another digest."""
+    constant arguments in order (node names and tensor values left out), and (``scheme`` 2) of every layer's class
+    and settings (``Conv2d(1, 4, kernel_size=(3, 3), stride=(2, 2))``: its ``extra_repr``; the stateful units' class
+    alone), with the versions that traced it. Equal for the same model code; another forward (``x * 0.5`` added, a
+    constant changed) or another layer setting (a stride, a padding mode) gives another digest."""
     index: dict[fx.Node, int] = {}
 
     def text(value) -> str:
@@ -264,9 +271,14 @@ def graph_digest(gm) -> dict[str, Any]:
         index[node] = i
         target = node.target if isinstance(node.target, str) else text(node.target)
         args = node.args[:1] if node.target is torch._assert else node.args  # a guard's message names the example's
-        lines.append(f"{node.op} {target} {text(args)} {text(node.kwargs)}")  # batch and the file's path and line
+        line = f"{node.op} {target} {text(args)} {text(node.kwargs)}"  # batch and the file's path and line
+        if scheme >= 2 and node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            unit = isinstance(module, StepModule)  # a neuron or graded unit: its thresholds are saved on their own
+            line += f" {type(module).__qualname__}" + ("" if unit else f"({module.extra_repr()})")
+        lines.append(line)
     return {"nodes": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
-            "torch": torch.__version__, "snnconvert": package_version()}
+            "torch": torch.__version__, "snnconvert": package_version(), "scheme": scheme}
 
 
 def package_version() -> str:
@@ -539,7 +551,8 @@ def _check_manifest(root: Path) -> dict[str, Any] | None:
         ArtifactError: a listed file is missing or was changed after saving (its checksum differs).
     """
     if not (root / MANIFEST).is_file():
-        log.debug("%s: no %s (saved by an earlier snnconvert): files not checked", root, MANIFEST)
+        log.warning("%s: no %s (saved by an earlier snnconvert, or deleted): the files and the model's code are not "
+                    "checked against what was saved; save the conversion again to have them checked", root, MANIFEST)
         return None
     doc = _read_json(root, MANIFEST)
     files, graph = doc.get("files"), doc.get("graph")

@@ -28,7 +28,7 @@ from snnconvert.convert.static_prefix import INPUT_PATTERNS, PrefixPhase, Static
 STEP_MODES = ("multi", "single")
 
 
-def _step_count(timesteps: object) -> int:
+def step_count(timesteps: object) -> int:
     """A number of time steps as given to a run: a positive integer (``2.7``, ``"4"`` or ``True`` are refused, not
     rounded)."""
     try:
@@ -153,8 +153,17 @@ class SpikingNetwork(nn.Module):
                 m.capture = False
         return self.output_offset
 
+    def weights_key(self) -> tuple:
+        """What the captured offsets depend on besides the input's shape: every parameter and every buffer of the
+        layers (not of the stateful units, whose captured b it keys), by identity and version. An in-place change
+        (``load_state_dict``, an optimizer step, ``conv.bias.add_(1)``) or a replaced tensor changes the key, so
+        the offsets are captured again on the next call."""
+        units = {id(m) for _, m in self.stateful()}
+        return tuple((id(t), t._version) for m in self.gm.modules() if id(m) not in units
+                     for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
+
     def invalidate(self) -> None:
-        """Forget cached offsets (call after changing weights or thresholds)."""
+        """Forget cached offsets (changed weights are noticed without it: :meth:`weights_key`)."""
         self.capture_cache_key = None
         self.output_offset = None
         self.batch_folded = False
@@ -204,7 +213,7 @@ class SpikingNetwork(nn.Module):
     def _raw(self, x: torch.Tensor, timesteps: int | None, mode: str) -> torch.Tensor:
         if mode not in STEP_MODES:
             raise ConfigError(f"step mode {mode!r} is not valid; choose one of: {', '.join(STEP_MODES)}")
-        T = self.timesteps if timesteps is None else _step_count(timesteps)
+        T = self.timesteps if timesteps is None else step_count(timesteps)
         check_float_images(x, "the SNN")
         x = x.float()
         self.coding.prepare(self, x)

@@ -181,6 +181,12 @@ def _rebuild(path: str | os.PathLike, artifact) -> tuple[SpikingNetwork, Convers
     try:
         snn, report = convert_with_thresholds(artifact.model, artifact.thresholds, artifact.config, shape)
     except ConfigError as exc:
+        if artifact.graph:  # the manifest vouched for thresholds.pt: the model is what changed
+            where = (f"the model {artifact.source.ref}" if artifact.source.kind == "python"
+                     else "the saved model.onnx")
+            raise ArtifactError(f"{path}: {where} no longer fits the saved thresholds ({exc}): its code changed "
+                                "since saving; restore that code, or convert the model again with --output DIR") \
+                from exc
         raise ArtifactError(f"{path}: thresholds.pt does not fit the model ({exc}); convert the model again with "
                             "--output DIR (or save the conversion again with ConversionResult.save)") from exc
     _check_graph(path, artifact, snn)
@@ -198,7 +204,7 @@ def _check_graph(path, artifact, snn: SpikingNetwork) -> None:
     saved = artifact.graph
     if not saved:
         return
-    now = graph_digest(snn.gm)
+    now = graph_digest(snn.gm, scheme=saved.get("scheme", 1))  # as it was hashed when saved
     if now["sha256"] == saved.get("sha256"):
         return
     where = (f"the model {artifact.source.ref}" if artifact.source.kind == "python" else "the saved model.onnx")

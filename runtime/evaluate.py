@@ -10,14 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.utils.data
 from torch import nn
 
 from snnconvert.convert.artifact import package_version
 from snnconvert.convert.calibrate import BATCH_INPUT_KEYS
 from snnconvert.convert.coding.units import GradedUnit
-from snnconvert.convert.errors import DataError
+from snnconvert.convert.errors import DataError, check_float_images
 from snnconvert.convert.outputs import select_output
-from snnconvert.convert.snn import SpikingNetwork
+from snnconvert.convert.snn import SpikingNetwork, step_count
 from snnconvert.runtime.diagnose import ErrorMeter
 from snnconvert.runtime.energy import SynapticOpCounter
 from snnconvert.runtime.scores import Scores
@@ -298,10 +299,15 @@ def eval_batch(batch: Any, index: int) -> tuple[torch.Tensor, torch.Tensor | Non
     if x.dim() == 0 or (y is not None and (y.dim() == 0 or len(x) != len(y))):
         raise DataError(f"evaluation batch {index} holds {len(x) if x.dim() else 0} images but "
                         f"{len(y) if y.dim() else 0} labels; give one label (or label map) per image")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if len(x) == 0:
+        raise DataError(f"evaluation batch {index} holds no images; leave empty batches out")
+    check_float_images(x, "the evaluation")
+    if not bool(torch.isfinite(x).all()):
         raise DataError(f"evaluation batch {index} holds NaN or infinite pixel values: the SNN's neurons never fire "
                         "on them (no error) where the ANN outputs NaN; clean the data")
-    return x, y
+    if y is not None and not y.is_floating_point() and y.dtype != torch.int64:
+        y = y.long()  # class labels of any integer type (IDX files hold uint8), or bool
+    return x.float(), y  # float32, as the SNN computes (float64 / float16 images, read as calibration reads them)
 
 
 def evaluate(
@@ -354,7 +360,11 @@ def evaluate(
         DataError: a pixel label is not a class of the output (and not ``ignore_index``); unlabelled images
             without ``ann``; batches with and without labels mixed.
     """
-    T = snn.timesteps if timesteps is None else int(timesteps)
+    T = snn.timesteps if timesteps is None else step_count(timesteps)
+    if isinstance(batches, (torch.Tensor, torch.utils.data.Dataset)):
+        what = "one tensor" if isinstance(batches, torch.Tensor) else f"a {type(batches).__name__} (a data set)"
+        raise DataError(f"evaluate takes an iterable of batches, got {what}: give [images] or [(images, labels)], "
+                        "or wrap a data set in a torch.utils.data.DataLoader")
     from snnconvert.runtime import check_device
 
     device = check_device(device)

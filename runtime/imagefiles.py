@@ -78,19 +78,45 @@ class Preprocess:
 
         try:
             with Image.open(path) as im:
-                im = im.convert("RGB" if self.channels == 3 else "L")
+                if im.mode in _WIDE_GREY:  # 16-bit greyscale: PIL's convert("L") would clip every value above 255
+                    im = _wide_grey(im, self.channels)
+                else:
+                    im = im.convert("RGB" if self.channels == 3 else "L")
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from exc
         if self.resize is not None:
             im = TF.resize(im, self.resize, interpolation=InterpolationMode.BILINEAR, antialias=True)
         if self.crop is not None:
-            if self.crop > min(im.size):  # torchvision pads a crop larger than the image with zeros: refuse it
+            width, height = (im.shape[-1], im.shape[-2]) if isinstance(im, torch.Tensor) else im.size
+            if self.crop > min(width, height):  # torchvision pads a crop larger than the image with zeros: refuse it
                 after = f" after resizing to {self.resize}" if self.resize is not None else ""
-                raise DataError(f"--crop {self.crop} is larger than image {path} ({im.size[0]}x{im.size[1]} pixels"
-                                f"{after}): the crop would be padded; give --crop N <= {min(im.size)} or a larger "
-                                "--resize N")
+                raise DataError(f"--crop {self.crop} is larger than image {path} ({width}x{height} pixels"
+                                f"{after}): the crop would be padded; give --crop N <= {min(width, height)} or a "
+                                "larger --resize N")
             im = TF.center_crop(im, self.crop)
+        if isinstance(im, torch.Tensor):
+            return im
         return TF.pil_to_tensor(im).float().div_(255.0)
+
+
+def _image_file(path: Path, root: Path) -> bool:
+    """An image file under ``root`` that is not hidden: no part of its path below ``root`` starts with a dot (macOS's
+    ``._name.png`` resource forks, ``.ipynb_checkpoints`` copies), as hidden class folders are skipped."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and \
+        not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+#: PIL modes of greyscale images wider than 8 bits (16-bit PNG / TIFF), and their full scale
+_WIDE_GREY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
+
+
+def _wide_grey(im, channels: int) -> torch.Tensor:
+    """A 16-bit greyscale image as float32 ``[channels, H, W]`` in [0, 1] (its values over 65 535; the grey plane
+    repeated for an RGB model), resized and cropped as tensors afterwards."""
+    import numpy as np
+
+    plane = torch.from_numpy(np.asarray(im, dtype=np.float32) / _WIDE_GREY[im.mode]).clamp_(0, 1)
+    return plane.unsqueeze(0).expand(channels, -1, -1).contiguous()
 
 
 @dataclass(frozen=True)
@@ -108,7 +134,7 @@ class FolderDataset:
     @classmethod
     def scan(cls, root: Path, *, name: str, preprocess: Preprocess | None = None) -> FolderDataset:
         """List ``root/<class>/**/<image>``, or the images directly in ``root`` when no sub-folder holds any
-        (unlabelled).
+        (unlabelled). Hidden files and folders (a name starting with a dot) are left out.
 
         Raises:
             DataError: no images, or images both in ``root`` and in class sub-folders.
@@ -116,12 +142,18 @@ class FolderDataset:
         root = Path(root)
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         files, labels = [], []
+        empty = []
         for label, cls_name in enumerate(classes):
-            found = sorted(p for p in (root / cls_name).rglob("*")
-                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in (root / cls_name).rglob("*") if _image_file(p, root))
             files += found
             labels += [label] * len(found)
-        loose = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                empty.append(cls_name)
+        loose = sorted(p for p in root.iterdir() if _image_file(p, root))
+        if files and empty:
+            log.warning("%s: class folder(s) %s hold no images; their labels are kept (the sorted class folders "
+                        "number the labels, as in torchvision's ImageFolder), check that the folder is complete",
+                        name, ", ".join(empty))
         if files and loose:
             raise DataError(f"{name}: {root} holds {len(loose)} image(s) next to class sub-folders (e.g. "
                             f"{loose[0].name}); put every image in a class folder (labelled), or give a folder of "
@@ -250,6 +282,10 @@ def _images_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         if not torch.isfinite(t).all():
             raise DataError(f"{where}: images contain NaN or infinite values")
+        if t.numel() and float(t.max()) > 2.0:
+            log.warning("%s: float images go up to %.4g: used as they are (uint8 arrays are scaled to [0, 1], float "
+                        "ones are not); for a model that takes [0, 1], divide them by 255 (CLI: --normalize 0,255)",
+                        where, float(t.max()))
         return t
     raise DataError(f"{where}: images must be uint8 (0-255) or float, got {x.dtype}")
 

@@ -106,6 +106,18 @@ def test_evaluation_batches_of_every_form_and_their_errors():
     assert evaluate(snn, [{"image": x}], ann=model).task == evaluate(snn, [x], ann=model).task == "fidelity"
     with pytest.raises(DataError, match="no labels"):
         evaluate(snn, [x])
+    # labels of any integer type (IDX files hold uint8), float64 images (as calibration reads them): the same figures
+    for other in (evaluate(snn, [(x, y.to(torch.uint8))], ann=model), evaluate(snn, [(x.double(), y)], ann=model)):
+        assert other.snn_accuracy == as_pairs.snn_accuracy and other.ann_accuracy == 1.0
+    more = [([(x, y), (x[:0], y[:0])], "batch 1 holds no images"), (x, "an iterable of batches, got one tensor"),
+            (torch.utils.data.TensorDataset(x, y), "got a TensorDataset")]
+    for batches, message in more:
+        with pytest.raises(DataError, match=message):
+            evaluate(snn, batches, ann=model)
+    with pytest.raises(ConfigError, match="takes float images"):
+        evaluate(snn, [((x * 255).to(torch.uint8), y)], ann=model)  # before the ANN fails on them
+    with pytest.raises(ConfigError, match="positive integer, got 2.7"):
+        evaluate(snn, [(x, y)], timesteps=2.7)
 
 
 def test_bad_calibration_images_and_scalar_outputs_are_one_error():

@@ -153,13 +153,13 @@ def test_neuron_granularity(tmp_path):
 
 
 def test_config_file_with_command_line_overrides(tmp_path):
-    """``--config`` (YAML or JSON; keys: flag names, their aliases or the Python names) fills every option the
-    command line does not give; ``--time-steps`` and ``--calib-samples`` are aliases of ``-T`` and
-    ``--calib-images`` (users.md §3)."""
+    """``--config`` (YAML or JSON; keys: flag names, their aliases, a switch's ``no-`` spelling or the Python
+    names) fills every option the command line does not give; ``--time-steps`` and ``--calib-samples`` are aliases
+    of ``-T`` and ``--calib-images`` (users.md §3)."""
     config = tmp_path / "run.yaml"
     config.write_text("coding: differential\ntime-steps: 3\ncalib-samples: 48\neval_images: 16\n"
                       "calib-data: fashion-mnist\neval-data: fashion-mnist\nthreshold: max\n"
-                      "allow-ann-op: nothing_matches\nlayer-errors: true\n")
+                      "allow-ann-op: nothing_matches\nlayer-errors: true\nno-calibration-check: true\n")
     report = tmp_path / "r.json"
     markdown = tmp_path / "r.md"
     result = _run(f"{NETS}:SpellingsNet", "--config", config, "--time-steps", 2, "--report", report,
@@ -171,6 +171,7 @@ def test_config_file_with_command_line_overrides(tmp_path):
     assert (doc["calib_images"], doc["eval_images"]) == (48, 16) and doc["config"]["threshold"] == "max"
     assert doc["config"]["allow_ann_ops"] == ["nothing_matches"] and doc["layer_errors"]
     assert doc["config_file"] == str(config.resolve())  # the report says which file it read
+    assert doc["calibration_check"] is None  # a switch's --no-... spelling as a key
     as_json = tmp_path / "run.json"
     as_json.write_text(json.dumps({"coding": "rate", "timesteps": 2, "calib_images": 32, "eval-images": 8,
                                    "calib_data": "fashion-mnist", "eval_data": "fashion-mnist"}))
@@ -220,6 +221,9 @@ def test_config_file_may_name_the_model(tmp_path):
     ("[1, 2]", ".json", "must hold a mapping of option names to values"),
     ("{coding: [", ".yaml", "is not valid: "),
     ("coding = 'rate'", ".toml", "use a .yaml, .yml or .json file"),
+    ("timesteps: 4\ntime-steps: 2\n", ".yaml", "'timesteps' and 'time-steps' set the same option; keep one"),
+    ("calibration-check: true\nno-calibration-check: true\n", ".yaml", "set the same option"),
+    ("no-calibration-check: 1\n", ".yaml", "no-calibration-check: 1 is not true or false"),
 ])
 def test_bad_config_file_is_one_line(tmp_path, text, suffix, message):
     path = tmp_path / f"c{suffix}"

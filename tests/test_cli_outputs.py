@@ -213,3 +213,26 @@ def test_a_run_failing_after_the_report_leaves_standard_output_empty(tmp_path, m
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr.strip().splitlines()[-1].startswith("error: No space left on device")
+
+
+def test_evaluation_images_the_model_cannot_take_are_one_line_before_calibration(tmp_path, monkeypatch):
+    """Evaluation images of another size than a flatten + linear model takes: a data error naming both sizes, before
+    the calibration (it was an "internal error" after it); the same for a saved SNN."""
+    import numpy as np
+
+    images = np.random.default_rng(0).random((8, 1, 20, 20)).astype(np.float32)
+    np.savez(tmp_path / "small.npz", x_train=images, y_train=np.arange(8) % 10, x_test=images, y_test=np.arange(8) % 10)
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibrated")
+
+    monkeypatch.setattr("snnconvert.convert.convert_grid", no_calibration)
+    line = _one_line_error(_run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", "--eval-data",
+                                f"npz:{tmp_path / 'small.npz'}", *TINY))
+    assert "the model fails on the evaluation images ([1, 20, 20]) although it runs on the calibration images " \
+           "([1, 28, 28])" in line and "--resize" in line
+    monkeypatch.undo()
+    done = _run(f"{NETS}:SpellingsNet", "--calib-data", "fashion-mnist", *TINY, "--output", tmp_path / "snn")
+    assert done.exit_code == 0, done.output
+    line = _one_line_error(_run(tmp_path / "snn", "--eval-data", f"npz:{tmp_path / 'small.npz'}"))
+    assert "the model fails on the evaluation images ([1, 20, 20]):" in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,38 @@ def test_folder_scan_labels_and_preprocessing(folder):
     assert torch.equal(x[0], TF.pil_to_tensor(ref).float() / 255)
     grey = FolderDataset.scan(folder, name="f", preprocess=Preprocess(channels=1, crop=30)).example(2)
     assert grey.shape == (2, 1, 30, 30)
+
+
+def test_hidden_files_and_folders_are_left_out_and_empty_classes_named(tmp_path, caplog):
+    """macOS's ``._name.png`` resource forks (not images: they stopped the run) and ``.ipynb_checkpoints`` copies
+    (counted as images) are left out, as hidden class folders were; a class folder without images keeps its label,
+    with a warning naming it."""
+    root = _folder(tmp_path / "imgs", per_class=2)
+    (root / "bee" / "._00.png").write_bytes(b"\x00\x05\x16\x07 not an image")
+    (root / "cat" / ".ipynb_checkpoints").mkdir()
+    shutil.copy(root / "cat" / "00.png", root / "cat" / ".ipynb_checkpoints" / "00-checkpoint.png")
+    (root / "dog").mkdir()
+    (root / "eel").mkdir()
+    shutil.copy(root / "cat" / "01.png", root / "eel" / "00.png")
+    with caplog.at_level("WARNING", logger="snnconvert"):
+        ds = FolderDataset.scan(root, name="f", preprocess=Preprocess(crop=32))
+    assert len(ds) == 7 and ds.classes == ("ant", "bee", "cat", "dog", "eel")
+    assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2, 4]
+    assert "class folder(s) dog hold no images" in caplog.text
+    assert next(ds.batches(7))[0].shape == (7, 3, 32, 32)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sixteen_bit_greyscale_images_are_scaled_not_clipped(tmp_path, channels):
+    """A 16-bit greyscale PNG is read over its full scale (PIL's 8-bit conversion clipped every value above 255 to
+    white): within one 8-bit step of the same picture saved with 8 bits, resized and cropped alike."""
+    wide = (np.arange(40 * 48).reshape(40, 48) * 34).astype(np.uint16)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    Image.fromarray((wide // 257).astype(np.uint8)).save(tmp_path / "narrow.png")
+    for pre in (Preprocess(channels=channels), Preprocess(channels=channels, resize=36, crop=32)):
+        a, b = pre.load(tmp_path / "wide.png"), pre.load(tmp_path / "narrow.png")
+        assert a.shape == b.shape == (channels, *((40, 48) if pre.crop is None else (32, 32)))
+        assert float((a - b).abs().max()) <= 1.5 / 255  # clipped, every pixel above 255/65535 was 1
 
 
 def test_decoding_threads_give_the_same_batches_in_order(tmp_path, folder):
@@ -134,6 +167,19 @@ def test_two_folders_sharing_files_are_refused(tmp_path, folder):
     (other / "ant").symlink_to(folder / "ant")
     with pytest.raises(DataError, match="share 5 image file"):
         load_calib_eval(f"imagefolder:{folder}", f"imagefolder:{other}", calib_images=4, eval_images=None)
+
+
+def test_float_npz_images_in_pixel_units_are_named(tmp_path, caplog):
+    """Float images are used as they are: a float array in [0, 255] (uint8 ones are scaled) gets a warning saying how
+    to scale it; one in [0, 1] gets none."""
+    rng = np.random.default_rng(0)
+    for scale, warned in ((255.0, True), (1.0, False)):
+        path = tmp_path / f"f{int(scale)}.npz"
+        np.savez(path, x=(rng.random((6, 8, 8)) * scale).astype(np.float32), y=np.arange(6) % 2)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="snnconvert"):
+            load_dataset(f"npz:{path}", "train")
+        assert ("divide them by 255 (CLI: --normalize 0,255)" in caplog.text) is warned
 
 
 def test_npz_layouts(tmp_path):

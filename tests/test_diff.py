@@ -365,3 +365,23 @@ def test_fanout_count_other_ranks_and_same_padding(dims):
         ones = torch.ones(9, 6 // layer.groups, *([3] * dims))
         direct = functional((x != 0).float(), ones, None, layer.stride, layer.padding, layer.dilation, layer.groups)
         assert torch.equal(_fanout_count(layer, x), direct.flatten(1).sum(1).double()), kwargs
+
+
+def test_changed_weights_are_noticed_without_invalidate(data):
+    """The captured offsets depend on the layers' weights: an in-place change (an optimizer step, load_state_dict)
+    captures them again on the next call, as invalidate() would."""
+    import copy
+
+    res = convert(SpellingsNet().eval(), forward_loop=[data], config=_diff(timesteps=4))
+    snn = res.snn
+    with torch.no_grad():
+        snn(data[:2])
+        snn.gm.conv3.bias.add_(0.25)
+        state = {k: v + 0.1 if k == "gm.fc1.bias" else v for k, v in snn.state_dict().items()}
+        snn.load_state_dict(state)
+        fresh = copy.deepcopy(snn)
+        fresh.invalidate()
+        torch.testing.assert_close(snn(data[:4]), fresh(data[:4]), rtol=0, atol=0)
+        before = snn.capture_cache_key
+        snn(data[:4])
+        assert snn.capture_cache_key == before  # unchanged weights: the cache holds

@@ -64,7 +64,8 @@ def test_canonicalize_finds_every_relu_spelling():
 
 
 @pytest.mark.parametrize("spelling", ["clamp", "clamp_min", "relu_", "F.relu_inplace", "clamp_inf", "hardtanh_inf",
-                                      "Hardtanh_inf", "hardtanh_inf_inplace"])
+                                      "Hardtanh_inf", "hardtanh_inf_inplace", "threshold", "Threshold_inplace",
+                                      "maximum_zeros", "zeros_max"])
 def test_canonicalize_other_spellings(spelling):
     """Every ReLU spelling becomes one canonical ReLU; an upper bound of +inf bounds nothing (a bounded ReLU with
     a = inf failed calibration: r − relu(r − a) computed inf − inf)."""
@@ -73,10 +74,19 @@ def test_canonicalize_other_spellings(spelling):
             super().__init__()
             self.fc = nn.Linear(4, 4)
             self.hardtanh = nn.Hardtanh(0.0, float("inf"))
+            self.threshold = nn.Threshold(0.0, 0.0, inplace=True)
 
         def forward(self, x):
             y = self.fc(x)
-            if spelling == "clamp_inf":
+            if spelling == "threshold":
+                y = F.threshold(y, 0.0, 0.0)
+            elif spelling == "Threshold_inplace":
+                self.threshold(y)
+            elif spelling == "maximum_zeros":
+                y = torch.maximum(y, torch.zeros_like(y))
+            elif spelling == "zeros_max":
+                y = torch.max(torch.zeros_like(y), y)
+            elif spelling == "clamp_inf":
                 y = y.clamp(0, float("inf"))
             elif spelling == "hardtanh_inf":
                 y = F.hardtanh(y, 0.0, float("inf"))
@@ -100,6 +110,16 @@ def test_canonicalize_other_spellings(spelling):
     assert sum(is_canonical_relu(gm, n) for n in gm.graph.nodes) == 1
     x = torch.randn(5, 4)
     torch.testing.assert_close(gm(x), model(x), **TOL)
+
+
+def test_threshold_and_maximum_that_are_not_relus_stay():
+    """F.threshold(x, 0.1, 0) and torch.maximum(x, zeros_like(other)) are not ReLUs of x."""
+    class Net(nn.Module):
+        def forward(self, x):
+            return F.threshold(x, 0.1, 0.0) + torch.maximum(x, torch.zeros_like(x[:, :1]))
+
+    gm = trace_module(Net())
+    assert not canonicalize_activations(gm, RATE_DEFAULT, ConversionReport()).modified
 
 
 def test_clamp_with_max_is_not_a_relu():

@@ -274,11 +274,14 @@ def test_a_file_changed_after_saving_is_refused(saved, tmp_path, name, damage):
         load(folder)
 
 
-def test_thresholds_that_no_conversion_writes_are_refused_without_a_manifest(saved, tmp_path):
+def test_thresholds_that_no_conversion_writes_are_refused_without_a_manifest(saved, tmp_path, caplog):
     _, snn, _, _ = saved
     folder = tmp_path / "snn"
     shutil.copytree(snn, folder)
     (folder / "manifest.json").unlink()
+    with caplog.at_level("WARNING", logger="snnconvert"):
+        load(folder)  # read, with a warning that nothing was checked (it was a debug line)
+    assert "no manifest.json" in caplog.text and "not checked" in caplog.text
     _negative(folder / "thresholds.pt")  # were clamped to 0 silently
     with pytest.raises(ArtifactError, match=r"thresholds.pt is not a valid thresholds file \('.*': thresholds are "
                                             r"finite float32 values >= 0\)"):
@@ -422,3 +425,46 @@ def test_outputs_inside_the_saved_folder_being_evaluated_are_refused(saved, tmp_
     line = _one_line(_run(folder, flag, folder / name))
     assert f"{flag} {folder / name} is inside the saved SNN folder {folder} being evaluated" in line
     load(folder)  # untouched
+
+
+_POOLED = """
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3{conv}), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d({body}, 1).flatten(1))
+"""
+
+
+def test_a_layer_setting_or_an_added_unit_edited_after_saving_is_refused(tmp_path):
+    """Edits that keep the node count and the weights (a stride, a padding mode) changed the network silently: the
+    digest now holds each layer's settings. An added ReLU made the saved thresholds not fit: the message says the
+    model's code changed (the manifest vouches for thresholds.pt), not that the thresholds file is another's."""
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    file, body = tmp_path / "pooled.py", "F.relu(self.conv(x))"
+    file.write_text(_POOLED.format(conv="", body=body))
+    spec = spec_from_file_location("pooled_net", file)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x = torch.rand(16, 1, 12, 12)
+    res = convert(module.Net(), forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=4),
+                  source=ModelSource.python(f"{file}:Net"))
+    folder = res.save(tmp_path / "snn")
+    for conv in (", stride=2", ", padding=1, padding_mode='reflect'"):
+        file.write_text(_POOLED.format(conv=conv, body=body))
+        with pytest.raises(ArtifactError, match="now converts to another network than the one saved"):
+            load(folder)
+    file.write_text(_POOLED.format(conv="", body="F.relu(self.conv(x)) + F.relu(self.conv(x) - 1)"))
+    with pytest.raises(ArtifactError, match=rf"the model {file}:Net no longer fits the saved thresholds .*: its code "
+                                            "changed since saving"):
+        load(folder)
+    file.write_text(_POOLED.format(conv="", body=body))
+    with torch.no_grad():
+        assert torch.equal(load(folder)(x), res.snn(x))

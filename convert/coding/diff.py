@@ -41,7 +41,8 @@ class DiffCoding:
         return (tuple(x.shape[1:]), x.dtype, x.device)
 
     def prepare(self, snn, x: torch.Tensor) -> None:
-        """Capture every unit's bias b and the output offset y0 for ``x``'s per-sample shape (cached).
+        """Capture every unit's bias b and the output offset y0 for ``x``'s per-sample shape (cached; captured again
+        when a layer's weights change: :meth:`SpikingNetwork.weights_key`).
 
         The capture runs on one zero sample, so every b has a batch dim of 1 and broadcasts over any batch. A graph
         that moves data into the batch dim (Swin's window partition: ``[B·windows, tokens, C]``) gives some unit a
@@ -49,14 +50,15 @@ class DiffCoding:
         (one zero batch per batch size), so that b has the per-step shape of its unit.
         """
         batch = x.shape[0] if snn.batch_folded else 1
-        key = (*self.capture_key(x), batch)
+        weights = snn.weights_key()
+        key = (*self.capture_key(x), batch, weights)
         if snn.capture_cache_key == key:
             return
         snn.capture_offsets(torch.zeros((batch, *x.shape[1:]), dtype=x.dtype, device=x.device))
         if batch == 1 and x.shape[0] > 1 and _folds_batch(snn):
             snn.batch_folded = True
             batch = x.shape[0]
-            key = (*self.capture_key(x), batch)
+            key = (*self.capture_key(x), batch, weights)
             snn.capture_offsets(torch.zeros((batch, *x.shape[1:]), dtype=x.dtype, device=x.device))
         snn.capture_cache_key = key
 

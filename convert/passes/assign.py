@@ -172,7 +172,7 @@ def out_of_place_methods(gm: fx.GraphModule, cfg, report: ConversionReport) -> P
     memo: dict = {}
     for node in list(gm.graph.nodes):
         x = _mutated(node)
-        if x is None or not depends_on_values(x, memo):
+        if x is None or not depends_on_values(node, memo):
             continue  # a constant (SwinV2 zeroes part of a copied bias in place): computed once, in graph order
         why = _writes_through(node, x, order)
         if why is not None:

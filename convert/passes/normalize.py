@@ -20,7 +20,8 @@ from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 _RELU_FUNCTIONS = {F.relu: "F.relu", torch.relu: "torch.relu", torch.relu_: "torch.relu_", F.relu_: "F.relu_"}
 _RELU_METHODS = {"relu": "Tensor.relu", "relu_": "Tensor.relu_"}
 _INPLACE_SPELLINGS = {"torch.relu_", "F.relu_", "Tensor.relu_", "nn.ReLU(inplace)", "F.relu(inplace)",
-                      "nn.Hardtanh(0, inf, inplace)", "F.hardtanh(0, inf, inplace)"}
+                      "nn.Hardtanh(0, inf, inplace)", "F.hardtanh(0, inf, inplace)", "nn.Threshold(0, 0, inplace)",
+                      "F.threshold(0, 0, inplace)"}
 _CLAMP_FUNCTIONS = {torch.clamp: "torch.clamp", torch.clip: "torch.clip", torch.clamp_min: "torch.clamp_min"}
 _CLAMP_METHODS = {"clamp": "Tensor.clamp", "clip": "Tensor.clip", "clamp_min": "Tensor.clamp_min"}
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
@@ -56,6 +57,28 @@ def _is_inf(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == float("inf")
 
 
+def _zeros_of(value, x) -> bool:
+    """Whether ``value`` is ``torch.zeros_like(x)`` (x's shape, all zeros)."""
+    return isinstance(value, fx.Node) and value.op == "call_function" and value.target is torch.zeros_like and \
+        _arg(value, 0, "input") is x and not value.kwargs.get("dtype")
+
+
+def _maximum_with_zeros(node: fx.Node) -> fx.Node | None:
+    """x for ``torch.maximum(x, torch.zeros_like(x))`` (also ``torch.max``, ``x.maximum``, either order), else
+    None."""
+    functional = node.op == "call_function" and node.target in (torch.maximum, torch.max)
+    if not (functional or (node.op == "call_method" and node.target == "maximum")) or len(node.args) != 2:
+        return None
+    a, b = node.args
+    return a if _zeros_of(b, a) else b if _zeros_of(a, b) else None
+
+
+def relu_input(node: fx.Node):
+    """The tensor a ReLU spelling (:func:`relu_spelling`) rectifies: its first argument, or x of
+    ``torch.maximum(zeros_like(x), x)``."""
+    return _maximum_with_zeros(node) or (node.args[0] if node.args else node.kwargs.get("input"))
+
+
 def relu_spelling(gm: fx.GraphModule, node: fx.Node) -> str | None:
     """Name of the ReLU spelling ``node`` uses (``"F.relu"``, ``"nn.ReLU(inplace)"``, ...), or None."""
     if node.op == "call_module":
@@ -64,6 +87,14 @@ def relu_spelling(gm: fx.GraphModule, node: fx.Node) -> str | None:
             return "nn.ReLU(inplace)" if module.inplace else "nn.ReLU"
         if type(module) is nn.Hardtanh and module.min_val == 0 and _is_inf(module.max_val):
             return "nn.Hardtanh(0, inf, inplace)" if module.inplace else "nn.Hardtanh(0, inf)"
+        if type(module) is nn.Threshold and module.threshold == 0 and module.value == 0:
+            return "nn.Threshold(0, 0, inplace)" if module.inplace else "nn.Threshold(0, 0)"
+        return None
+    if _maximum_with_zeros(node) is not None:
+        return "torch.maximum(x, zeros_like(x))"
+    if node.op == "call_function" and node.target is F.threshold:
+        if _is_zero(_arg(node, 1, "threshold")) and _is_zero(_arg(node, 2, "value")):
+            return "F.threshold(0, 0, inplace)" if _arg(node, 3, "inplace", False) else "F.threshold(0, 0)"
         return None
     if node.op == "call_function" and node.target is F.hardtanh:
         if _is_zero(_arg(node, 1, "min_val", -1.0)) and _is_inf(_arg(node, 2, "max_val", 1.0)):
@@ -202,7 +233,9 @@ def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
     """Rewrite every ReLU spelling into one form: a ``call_module`` of its own non-inplace ``nn.ReLU``.
 
     Spellings: ``nn.ReLU`` (also inplace and shared by several call sites), ``F.relu``, ``F.relu_``,
-    ``torch.relu``, ``torch.relu_``, ``x.relu()``, ``x.relu_()`` and ``clamp(min=0)`` without a max.
+    ``torch.relu``, ``torch.relu_``, ``x.relu()``, ``x.relu_()``, ``clamp(min=0)`` without a max, Hardtanh and
+    Threshold forms that are ReLUs (``F.hardtanh(x, 0, inf)``, ``F.threshold(x, 0, 0)``) and
+    ``torch.maximum(x, torch.zeros_like(x))``.
     In-place spellings also redirect later users of the input to the ReLU's output, as the ANN saw them.
 
     Before: ``y = F.relu(conv1(x)); z = self.act(y)  # self.act = nn.ReLU(inplace=True)``
@@ -215,7 +248,7 @@ def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
             continue
         if spelling == "nn.ReLU":
             spelling = "nn.ReLU(shared)"
-        source = node.args[0] if node.args else node.kwargs.get("input")
+        source = relu_input(node)
         later_users = _later_users(gm, node, source) if spelling in _INPLACE_SPELLINGS else []
         name = unique_name(gm, node.name if node.op != "call_module" else node.name + "_act")
         gm.add_submodule(name, nn.ReLU())

@@ -52,7 +52,7 @@ __all__ = ["STEPS_PER_GRAPH", "RECOMPILE_LIMIT", "KERNELS", "inductor_status", "
 STEPS_PER_GRAPH = 8
 #: Compiled variants allowed per loop function (shapes are dynamic; variants differ in the neuron configuration, loop
 #: length and which state / event arguments are given).
-RECOMPILE_LIMIT = 64
+RECOMPILE_LIMIT = 256
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -243,6 +243,12 @@ def _run(loop: Callable, *args, **flags) -> Tensor | None:
         dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit = RECOMPILE_LIMIT, True
         return _compiled(loop)(*args, **flags)
     except _compile_errors() as exc:
+        if "recompile" in str(exc).lower() and "limit" in str(exc).lower():
+            raise BackendUnavailableError(
+                f"torch.compile (inductor) compiled {RECOMPILE_LIMIT} variants of a neuron loop in this process (one "
+                "per neuron configuration, loop length and call form: many networks or settings in one process); "
+                "run further networks in a new process (inductor's disk cache keeps the compiled code), or use "
+                "backend='native' (CPU) / 'triton' (CUDA) or 'torch'") from exc
         raise BackendUnavailableError(f"torch.compile (inductor) failed on the neuron loop: {first_line(exc)[:300]}; "
                                       "use backend='native' (CPU) / 'triton' (CUDA) or 'torch'") from exc
     finally:

@@ -87,8 +87,8 @@ def _sweep_steps(o) -> list[int]:
         raise ConfigError(f"--sweep {o.sweep!r} is not a comma list of integers; e.g. --sweep 1,2,4,8") from None
     if not steps or any(T < 1 for T in steps) or len(set(steps)) != len(steps):
         raise ConfigError(f"--sweep {o.sweep!r}: give distinct positive numbers of time steps, e.g. --sweep 1,2,4,8")
-    if o.target_gap is not None and not o.target_gap >= 0:
-        raise ConfigError(f"--target-gap must be >= 0 percentage points, got {o.target_gap}")
+    if o.target_gap is not None and not 0 <= o.target_gap < float("inf"):
+        raise ConfigError(f"--target-gap must be a finite number >= 0 percentage points, got {o.target_gap}")
     if o.select_images is not None and o.select_images <= 0:
         raise ConfigError(f"--select-images must be positive, got {o.select_images}")
     return sorted(steps)

@@ -111,18 +111,22 @@ def report_markdown(doc: dict[str, Any]) -> str:
     if sweep:
         lines += [f"## T sweep (target: {head.target_text(sweep['target_gap_pp'])})", ""]
         rules = len(sweep.get("thresholds", ())) > 1  # the sweep also chose the threshold rule
+        many_n = len(sweep.get("levels", ())) > 1  # ... and the number of levels n
         rows = []
         for r in sweep["runs"]:
             run = headline({**sweep, **r, "task": doc.get("task")})
-            rows.append([r["threshold"]] * rules
+            rows.append([r["threshold"]] * rules + [str(r.get("levels"))] * many_n
                         + [str(r["timesteps"]), run.text(run.snn[-1]), _gap_text(run, run.snn[-1]),
                            _num(sum(r["events_per_step"])),
                            _energy(r.get("energy_ratio_reference"), r.get("energy_ratio_extended"))])
-        lines += _table(["threshold"] * rules + ["T", f"{figure} at T", "gap", "events / image",
-                                                 "energy ratio ref / ext"], rows)
+        lines += _table(["threshold"] * rules + ["n"] * many_n + ["T", f"{figure} at T", "gap", "events / image",
+                                                                  "energy ratio ref / ext"], rows)
         rec = sweep.get("recommended_timesteps")
-        rule = f"threshold {sweep['chosen_threshold']}, " if rules else ""
-        lines += [f"Recommended: {rule}T = {rec}." if rec is not None else "No T in the sweep reaches the target.", ""]
+        rule = (f"threshold {sweep['chosen_threshold']}, " if rules else "") + \
+            (f"n = {sweep.get('chosen_levels')}, " if many_n else "")
+        chosen = f"{rule}T = {sweep.get('chosen_timesteps')}"
+        lines += [f"Recommended: {rule}T = {rec}." if rec is not None else
+                  f"No T in the sweep reaches the target (the report's figures: {chosen}).", ""]
         on = sweep.get("selected_on")
         if on:
             lines += [f"Chosen on {on['images']} {'held-out ' if on['held_out'] else 'evaluation '}images "

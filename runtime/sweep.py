@@ -187,15 +187,15 @@ def sweep(
             sweep over the same images, ``EvalReport.ann_scores()``): the ANN is not evaluated again.
 
     Raises:
-        ConfigError: no conversions, or a negative target.
+        ConfigError: no conversions, or a negative or infinite target.
     """
     from snnconvert.runtime import compile
     from snnconvert.runtime.fuse import fused_pairs
 
     if not results:
         raise ConfigError("the sweep needs at least one conversion")
-    if not target_gap_pp >= 0:
-        raise ConfigError(f"the target gap must be >= 0 percentage points, got {target_gap_pp}")
+    if not 0 <= target_gap_pp < float("inf"):
+        raise ConfigError(f"the target gap must be a finite number >= 0 percentage points, got {target_gap_pp}")
     if not callable(batches):
         if not isinstance(batches, Iterable) or iter(batches) is batches:  # a generator would be used up at once
             raise ConfigError(f"batches must be a function returning fresh (images, labels) batches, or a list / "

@@ -258,7 +258,7 @@ def test_markdown_report_shows_the_json_report(tmp_path):
     assert all(len(run["snn_accuracy_top5"]) == run["timesteps"] for run in doc["sweep"]["runs"])
     rec = doc["sweep"]["recommended_timesteps"]
     assert "## T sweep" in text
-    assert (f"Recommended: T = {rec}." if rec is not None else "No T in the sweep reaches the target.") in text
+    assert (f"Recommended: T = {rec}." if rec is not None else "No T in the sweep reaches the target") in text
     assert "Chosen on 32 evaluation images (fashion-mnist, test, first 32)." in text
     held = dict(doc, sweep={**doc["sweep"], "selected_on": {"dataset": "fashion-mnist", "split": "train", "images": 8,
                                                              "selection": "the 8 after", "held_out": True}})

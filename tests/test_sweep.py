@@ -329,6 +329,10 @@ def test_cli_sweep_chooses_the_levels_too(tmp_path):
     assert saved["levels"] == sw["chosen_levels"] and saved["timesteps"] == 1
     text = " ".join(result.output.split())
     assert f"recommended: --levels {sw['chosen_levels']} at T=1" in text and "--threshold" not in text
+    from snnconvert.runtime.report_md import report_markdown  # the Markdown report: the n column and the chosen n
+
+    markdown = report_markdown(doc)
+    assert "| n | T |" in markdown and f"Recommended: n = {sw['chosen_levels']}, T = 1." in markdown
     # the table: an n column and the levels each run was fitted for (T·2^n)
     assert re.search(r"│ 5 │ +2 │ +64 │", result.output) and re.search(r"│ 2 │ +1(?: \*)? │ +4 │", result.output)
     # with two rules too: one conversion per (rule, n), both flags in the recommendation
@@ -360,7 +364,8 @@ def test_cli_sweep_chooses_the_levels_too(tmp_path):
     (["--sweep", "0,2"], "distinct positive"),
     (["--sweep", "2,2"], "distinct positive"),
     (["--target-gap", 0.5], "--target-gap applies to a sweep"),
-    (["--sweep", "2,4", "--target-gap", -1], "--target-gap must be >= 0"),
+    (["--sweep", "2,4", "--target-gap", -1], "--target-gap must be a finite number >= 0"),
+    (["--sweep", "2,4", "--target-gap", "inf"], "--target-gap must be a finite number >= 0 percentage points, got inf"),
     (["--select-images", 100], "--select-images applies to a sweep"),
     (["--sweep", "2,4", "--select-images", 0], "--select-images must be positive"),
     (["--sweep", "2,4", "--select-images", 60000], "too few for 32 calibration and 60000 selection images"),

@@ -203,14 +203,15 @@ def check_labels(ann: torch.nn.Module, example: torch.Tensor, data, name: str, l
     from snnconvert.convert.outputs import select_output
     from snnconvert.runtime.scores import label_task
 
-    try:
-        with torch.no_grad():  # on a copy: a model may cache state on the input's shape (Ultralytics' Detect keeps
-            out = copy.deepcopy(ann)(example)  # its anchors for the last batch size), which tracing would then read
+    probe = copy.deepcopy(ann)  # a model may cache state on the input's shape (Ultralytics' Detect keeps its anchors
+    try:  # for the last batch size), which tracing would then read: the probes run on a copy
+        with torch.no_grad():
+            out = probe(example)
     except Exception as exc:  # noqa: BLE001 - the conversion runs the model next and names the failing node
         if calib_example is not None:
             try:
                 with torch.no_grad():
-                    copy.deepcopy(ann)(calib_example)
+                    probe(calib_example)
             except Exception:  # noqa: BLE001 - fails on both: the conversion says where, in one line
                 return
         runs = (f" although it runs on the calibration images ({list(calib_example.shape[1:])})"

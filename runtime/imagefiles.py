@@ -113,8 +113,6 @@ _WIDE_GREY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0}
 def _wide_grey(im, channels: int) -> torch.Tensor:
     """A 16-bit greyscale image as float32 ``[channels, H, W]`` in [0, 1] (its values over 65 535; the grey plane
     repeated for an RGB model), resized and cropped as tensors afterwards."""
-    import numpy as np
-
     plane = torch.from_numpy(np.asarray(im, dtype=np.float32) / _WIDE_GREY[im.mode]).clamp_(0, 1)
     return plane.unsqueeze(0).expand(channels, -1, -1).contiguous()
 

@@ -16,7 +16,7 @@ import torch.fx as fx
 
 from snnconvert.convert.frontend import depends_on_values
 from snnconvert.convert.passes.arith import FUSED_INPLACE_METHODS
-from snnconvert.convert.passes.normalize import finish_pass, nodes_in
+from snnconvert.convert.passes.normalize import finish_pass, first_input, nodes_in
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 __all__ = ["assign", "functional_item_assignment", "out_of_place_methods"]
@@ -131,7 +131,7 @@ def _mutated(node: fx.Node) -> fx.Node | None:
         inplace = getattr(node.graph.owning_module.get_submodule(node.target), "inplace", False) is True
     else:
         inplace = False
-    target = node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("self"))
+    target = first_input(node)
     return target if inplace and isinstance(target, fx.Node) else None
 
 

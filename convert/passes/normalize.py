@@ -48,6 +48,11 @@ def _arg(node: fx.Node, index: int, name: str, default=None):
     return node.kwargs.get(name, default)
 
 
+def first_input(node: fx.Node):
+    """A call's first argument, given by position or as ``input=`` (``self=`` for a tensor method)."""
+    return node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("self"))
+
+
 def _is_zero(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
@@ -76,7 +81,7 @@ def _maximum_with_zeros(node: fx.Node) -> fx.Node | None:
 def relu_input(node: fx.Node):
     """The tensor a ReLU spelling (:func:`relu_spelling`) rectifies: its first argument, or x of
     ``torch.maximum(zeros_like(x), x)``."""
-    return _maximum_with_zeros(node) or (node.args[0] if node.args else node.kwargs.get("input"))
+    return _maximum_with_zeros(node) or first_input(node)
 
 
 def relu_spelling(gm: fx.GraphModule, node: fx.Node) -> str | None:
@@ -165,7 +170,7 @@ def decompose_bounded_relu(gm: fx.GraphModule, cfg, report: ConversionReport) ->
         if found is None:
             continue
         spelling, ceiling = found
-        source = node.args[0] if node.args else node.kwargs.get("input")
+        source = first_input(node)
         inplace = node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False)
         inplace = inplace or (node.op == "call_function" and bool(_arg(node, 3 if node.target is F.hardtanh else 1,
                                                                          "inplace", False)))
@@ -282,7 +287,7 @@ def out_of_place_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
             spelling = f"{getattr(node.target, '__name__', node.target)}(inplace)"
         else:
             continue
-        source = node.args[0] if node.args else node.kwargs.get("input")
+        source = first_input(node)
         for user in _later_users(gm, node, source):
             user.replace_input_with(source, node)
         entry.counts[spelling] = entry.counts.get(spelling, 0) + 1
@@ -535,7 +540,7 @@ def drop_dropout_and_identity(gm: fx.GraphModule, cfg, report: ConversionReport)
                 kind = "stochastic_depth"
         if kind is None:
             continue
-        source = node.args[0] if node.args else node.kwargs.get("input")
+        source = first_input(node)
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)
         entry.counts[kind] = entry.counts.get(kind, 0) + 1

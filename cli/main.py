@@ -81,8 +81,11 @@ def _sweep_steps(o) -> list[int]:
         return []
     if o.timesteps is not None:
         raise ConfigError("give either -T/--timesteps or --sweep, not both")
+    entries = [v.strip() for v in o.sweep.split(",")]
+    if len(entries) > 1 and not all(entries):
+        raise ConfigError(f"--sweep {o.sweep!r}: an empty entry in the list; e.g. --sweep 1,2,4,8")
     try:
-        steps = [int(v) for v in o.sweep.split(",") if v.strip()]
+        steps = [int(v) for v in entries]
     except ValueError:
         raise ConfigError(f"--sweep {o.sweep!r} is not a comma list of integers; e.g. --sweep 1,2,4,8") from None
     if not steps or any(T < 1 for T in steps) or len(set(steps)) != len(steps):
@@ -384,7 +387,8 @@ def main(
     eval_data: Optional[str] = typer.Option(
         None, help="evaluation data (test split): fashion-mnist | imagefolder:PATH | npz:PATH"),
     calib_images: int = typer.Option(5000, "--calib-images", "--calib-samples",
-                                     help="calibration images (first N of the train split)"),
+                                     help="calibration images (the first N of the train split; of a seeded "
+                                          "permutation for an image folder or a one-split file)"),
     eval_images: Optional[int] = typer.Option(None, help="evaluation images (default: the whole test split)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with the data set files"),
     normalize: Optional[str] = typer.Option(None, help="MEAN,STD (or one per channel): feed (x - mean) / std"),
@@ -429,7 +433,8 @@ def main(
         None, help="c: identity-neuron thresholds are the statistic times c [default: 1]"),
     identity_levels: Optional[int] = typer.Option(
         None, help="n of the identity neurons (multi-threshold): more levels resolve their signed, heavy-tailed "
-                   "inputs at few steps, at more events [default: 6 with differential coding, else --levels]"),
+                   "inputs at few steps, at more events [default: 6 with differential coding's MT neurons, else "
+                   "--levels]"),
     token_channel: Optional[str] = typer.Option(
         None, help="per-channel thresholds on [B, N, C] token tensors: features (last dim) | tokens (dim 1, the "
                    "reference implementation's rule) [default: features]"),

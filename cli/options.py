@@ -105,10 +105,12 @@ _FIELD_FLAGS = {"threshold_aggregation": "--aggregation", "identity_neurons": "-
                 "identity_levels": "--identity-levels", "input_layout": "--input-layout",
                 "allow_ann_ops": "--allow-ann-op", "levels": "--levels",
                 "neuron": "--neuron", "timesteps": "-T/--timesteps", "granularity": "--granularity",
-                "backend": "--backend", "device": "--device"}
+                "backend": "--backend", "device": "--device", "coding": "--coding", "threshold": "--threshold"}
 _FIELD_ASSIGNMENT = re.compile(r"\b(" + "|".join(_FIELD_FLAGS) + r")=(['\"]?)([\w.%*-]+)\2")
 _FIELD_NAME = re.compile(r"\b(" + "|".join(f for f in _FIELD_FLAGS if "_" in f) + r")\b")
-_FIELD_SUBJECT = re.compile(r"^(" + "|".join(_FIELD_FLAGS) + r") (?=must |is |has )")  # "levels must be ..."
+# "levels must be ...", "granularity 'x' is not valid" (not "threshold has 2 non-finite values": a tensor, not the flag)
+_FIELD_SUBJECT = re.compile(r"^(" + "|".join(f for f in _FIELD_FLAGS if f != "threshold") + r") (?=must |is |has )"
+                            r"|^(" + "|".join(_FIELD_FLAGS) + r") (?='[^']*'[ :])")
 
 
 def as_flags(text: str) -> str:
@@ -116,7 +118,7 @@ def as_flags(text: str) -> str:
     ``--identity-levels`` (the API's field names are the Python spelling of the flags)."""
     text = _FIELD_ASSIGNMENT.sub(lambda m: f"{_FIELD_FLAGS[m.group(1)]} {m.group(3)}", text)
     text = _FIELD_NAME.sub(lambda m: _FIELD_FLAGS[m.group(1)], text)
-    text = _FIELD_SUBJECT.sub(lambda m: f"{_FIELD_FLAGS[m.group(1)]} ", text)
+    text = _FIELD_SUBJECT.sub(lambda m: f"{_FIELD_FLAGS[m.group(1) or m.group(2)]} ", text)
     for flag in set(_FIELD_FLAGS.values()):  # "(--flag)" after the field's own name, now the flag too
         if text.count(flag) > 1:
             text = text.replace(f" ({flag})", "")

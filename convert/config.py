@@ -63,7 +63,7 @@ class ThresholdSpec:
         if match:
             p = float(match.group(1))
             if not 0.0 < p <= 100.0:
-                raise ConfigError(f"threshold percentile {p}% is outside (0, 100]; use e.g. '99.9%'")
+                raise ConfigError(f"threshold {text!r}: a percentile must be in (0, 100], e.g. 99.9%")
             return cls("percentile", p)
         if _FRACTION_RE.match(text):
             f = float(text)

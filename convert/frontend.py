@@ -133,6 +133,7 @@ def _trace(model: torch.nn.Module, example_input, inline: bool) -> tuple[torch.n
     _plain_weights(work)
     tracer = _ShapeBranchTracer(example_input, inline=inline)
     tracer.record_stack_traces = True
+    state = {name: id(t) for name, t in (*work.named_parameters(), *work.named_buffers())}
     try:
         graph = tracer.trace(work, concrete_args=_defaulted_arguments(work))
     except TraceError as exc:
@@ -153,7 +154,23 @@ def _trace(model: torch.nn.Module, example_input, inline: bool) -> tuple[torch.n
                     "build it from the input (x.new_ones(1, 6, 4)) or register it as a buffer, so that it traces")
         raise TraceError(f"cannot trace {type(model).__name__}{at}: {type(exc).__name__}: {first_line(exc)}; "
                          f"{hint}") from exc
+    _check_state_kept(work, state, type(model).__name__)
     return work, tracer, graph
+
+
+def _check_state_kept(work: torch.nn.Module, state: dict[str, int], model_name: str) -> None:
+    """A forward that assigns one of the model's parameters or buffers (``self.n = self.n + 1``, ``self.n += 1``: a
+    counter, a running statistic) changes the model at every call; the graph cannot hold that update.
+
+    Raises:
+        TraceError: naming the tensors assigned.
+    """
+    prefix = {name: id(t) for name, t in (*work.named_parameters(), *work.named_buffers())}
+    changed = sorted(name for name in state if prefix.get(name) != state[name])
+    if changed:
+        raise TraceError(f"{model_name}'s forward assigns its own state ({', '.join(changed)}: e.g. self.n += 1 or "
+                         "self.n = self.n + 1), a new value at every call, which the spiking network cannot follow; "
+                         "keep the update outside forward (or under `if self.training:`, as batch norm does)")
 
 
 def _plain_weights(work: torch.nn.Module) -> None:
@@ -166,9 +183,19 @@ def _plain_weights(work: torch.nn.Module) -> None:
 
     for name, module in work.named_modules():
         if parametrize.is_parametrized(module):
-            for tensor in list(module.parametrizations.keys()):
-                with torch.no_grad():
-                    parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
+            # not parametrize.remove_parametrizations: it deletes the tensor's property from the module's class,
+            # which the copy shares with the caller's module (whose weight would be gone)
+            with torch.no_grad():
+                values = {tensor: getattr(module, tensor).detach().clone() for tensor in module.parametrizations}
+            trainable = {tensor: any(isinstance(p, torch.nn.Parameter) for p in chain.parameters(recurse=False))
+                         for tensor, chain in module.parametrizations.items()}
+            del module.parametrizations
+            module.__class__ = module.__class__.__bases__[0]  # the layer's own class (ParametrizedConv2d -> Conv2d)
+            for tensor, value in values.items():
+                if trainable[tensor]:
+                    module.register_parameter(tensor, torch.nn.Parameter(value))
+                else:
+                    module.register_buffer(tensor, value)
                 log.info("%s.%s: reparametrization evaluated once (a plain parameter)", name or "model", tensor)
         for key, hook in list(module._forward_pre_hooks.items()):
             if isinstance(hook, (WeightNorm, SpectralNorm)):

@@ -155,12 +155,22 @@ class SpikingNetwork(nn.Module):
 
     def weights_key(self) -> tuple:
         """What the captured offsets depend on besides the input's shape: every parameter and every buffer of the
-        layers (not of the stateful units, whose captured b it keys), by identity and version. An in-place change
-        (``load_state_dict``, an optimizer step, ``conv.bias.add_(1)``) or a replaced tensor changes the key, so
-        the offsets are captured again on the next call."""
+        layers (not of the stateful units, whose captured b it keys), by identity, version, storage and content. An
+        in-place change (``load_state_dict``, an optimizer step, ``conv.bias.add_(1)``) or a replaced tensor changes
+        the key, so the offsets are captured again on the next call; so does a write through ``.data``
+        (``p.data.mul_(mask)``, ``p.data = w``), which torch does not count as a version: each tensor's sum and sum
+        of squares (one pass over the weights, far less than one step of the network) are part of the key."""
         units = {id(m) for _, m in self.stateful()}
-        return tuple((id(t), t._version) for m in self.gm.modules() if id(m) not in units
-                     for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
+        tensors = [t for m in self.gm.modules() if id(m) not in units
+                   for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))]
+        identity = tuple((id(t), t._version, t.data_ptr()) for t in tensors)
+        if not tensors:
+            return identity
+        with torch.no_grad():
+            sums = [torch.stack((t.sum(dtype=torch.float64), t.float().square().sum(dtype=torch.float64)))
+                    for t in tensors]
+            content = torch.stack([s.to(tensors[0].device) for s in sums])
+        return identity + tuple(content.flatten().tolist())
 
     def invalidate(self) -> None:
         """Forget cached offsets (changed weights are noticed without it: :meth:`weights_key`)."""

@@ -72,15 +72,19 @@ _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_trans
 
 @lru_cache(maxsize=256)
 def _fanout_map(dims: int, kernel_size: tuple, stride: tuple, padding, dilation: tuple, spatial: tuple,
-                device: str, output_padding: tuple | None = None) -> torch.Tensor:
+                device: str, output_padding: tuple | None = None, padding_mode: str = "zeros",
+                padded: tuple | None = None) -> torch.Tensor:
     """Spatial fan-out of a convolution geometry: entry p is the number of (output position, kernel tap) pairs that
-    read input position p (zero padding), i.e. the gradient of Σ conv(x, all-ones kernel) w.r.t. x. Integers.
-    ``output_padding`` given: the geometry of a transposed convolution (taps landing in the cropped border of its
-    output do not count)."""
+    read input position p, i.e. the gradient of Σ conv(x, all-ones kernel) w.r.t. x. Integers. Zero padding reads
+    nothing; reflect, replicate and circular padding (``padding_mode``, with ``padded`` the module's ``F.pad``
+    widths) read border entries again, so those count once per read. ``output_padding`` given: the geometry of a
+    transposed convolution (taps landing in the cropped border of its output do not count)."""
     x = torch.ones(1, 1, *spatial, device=device, requires_grad=True)
     ones = torch.ones(1, 1, *kernel_size, device=device)
     with torch.enable_grad():
-        if output_padding is None:
+        if output_padding is None and padding_mode != "zeros":  # what nn.ConvNd does for these modes
+            out = _CONV[dims](F.pad(x, padded, mode=padding_mode), ones, None, stride, 0, dilation)
+        elif output_padding is None:
             out = _CONV[dims](x, ones, None, stride, padding, dilation)
         else:
             out = _CONV_TRANSPOSE[dims](x, ones, None, stride, padding, output_padding, 1, dilation)
@@ -96,7 +100,7 @@ def _fanout_count(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     position over the channels, weighted by the layer's fan-out map (:func:`_fanout_map`, computed once per layer
     geometry and input size) and summed, the same integers as convolving the 0/1 mask with an all-ones kernel
     without the convolution. Per-position counts and weights stay far below 2^24, so the products are exact in fp32;
-    the per-sample total is summed in fp64. Reflect/replicate padding is counted with the zero-padding geometry.
+    the per-sample total is summed in fp64.
     """
     if isinstance(layer, nn.Linear):
         return x.ne(0).flatten(1).sum(1, dtype=torch.float64) * layer.out_features
@@ -104,7 +108,8 @@ def _fanout_count(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
     weights = _fanout_map(x.dim() - 2, tuple(layer.kernel_size), tuple(layer.stride), layer.padding
                           if isinstance(layer.padding, str) else tuple(layer.padding), tuple(layer.dilation),
-                          tuple(x.shape[2:]), str(x.device), tuple(layer.output_padding) if transposed else None)
+                          tuple(x.shape[2:]), str(x.device), tuple(layer.output_padding) if transposed else None,
+                          layer.padding_mode, tuple(getattr(layer, "_reversed_padding_repeated_twice", ())) or None)
     weighted = per_position.to(torch.float32) * weights  # C times smaller than x: the cast is cheap
     return weighted.flatten(1).sum(1, dtype=torch.float64) * (layer.out_channels // layer.groups)
 

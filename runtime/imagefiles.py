@@ -152,6 +152,10 @@ class FolderDataset:
             log.warning("%s: class folder(s) %s hold no images; their labels are kept (the sorted class folders "
                         "number the labels, as in torchvision's ImageFolder), check that the folder is complete",
                         name, ", ".join(empty))
+        if files and len(classes) == 1:
+            log.warning("%s: %s has one class folder (%s): all its images get label 0; for the images of some classes "
+                        "only, keep every class folder (empty ones too: the sorted folders number the labels)",
+                        name, root, classes[0])
         if files and loose:
             raise DataError(f"{name}: {root} holds {len(loose)} image(s) next to class sub-folders (e.g. "
                             f"{loose[0].name}); put every image in a class folder (labelled), or give a folder of "
@@ -232,6 +236,11 @@ _NPZ_HOW = "save the arrays with numpy.savez(PATH, x=images, y=labels) (or x_tra
 
 def _open_npz(path: Path):
     try:
+        with open(path, "rb") as head:
+            magic = head.read(6)
+        if magic[:4] not in (b"PK\x03\x04", b"PK\x05\x06") and magic != b"\x93NUMPY":
+            # np.load would take it for a pickle and advise allow_pickle, which must not be given to untrusted files
+            raise DataError(f"{path} is not a numpy .npz file (it is not a zip archive of arrays); {_NPZ_HOW}")
         f = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"cannot read {path} as a numpy .npz file: {first_line(exc)}; {_NPZ_HOW}") from exc
@@ -312,6 +321,10 @@ def load_npz(path: Path, split: str, *, name: str) -> TensorDataset:
             split_name = "all"
         x = _npz_array(f, xk, f"{name}[{xk}]")
         y = _npz_array(f, yk, f"{name}[{yk}]") if yk in keys else None
+        other_labels = sorted(keys & ({k for _, k in NPZ_SPLIT_KEYS.values()} | {k for _, k in NPZ_POOL_KEYS}))
+        if y is None and other_labels:  # a misnamed labels array: the images would be compared with the ANN only
+            log.warning("%s: the images %s have no labels array %s, but the file holds %s: they are used as "
+                        "unlabelled images; name their labels %s", name, xk, yk, ", ".join(other_labels), yk)
     images = _images_to_tensor(x, f"{name}[{xk}]")
     if y is None:
         return TensorDataset(name, split_name, images, None)

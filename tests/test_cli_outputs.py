@@ -134,7 +134,12 @@ def test_config_values_of_the_wrong_type(tmp_path, no_model, text, message):
 
 def test_library_messages_name_the_flags():
     assert as_flags("neuron 'if' has a single threshold; got levels=4: use neuron='mt'") == \
-        "neuron 'if' has a single threshold; got --levels 4: use --neuron mt"
+        "--neuron 'if' has a single threshold; got --levels 4: use --neuron mt"
+    assert as_flags("granularity 'x' is not valid") == "--granularity 'x' is not valid"
+    assert as_flags("threshold '101%': a percentile must be in (0, 100]") == \
+        "--threshold '101%': a percentile must be in (0, 100]"
+    # a message about a threshold tensor is not about the flag
+    assert as_flags("threshold has 2 non-finite value(s)") == "threshold has 2 non-finite value(s)"
     assert as_flags("threshold_aggregation 'x' is not valid") == "--aggregation 'x' is not valid"
     assert as_flags("the levels of a neuron") == "the levels of a neuron"  # prose words are left alone
     assert as_flags("levels must be an integer in [1, 16], got 17") == "--levels must be an integer in [1, 16], got 17"
@@ -143,6 +148,8 @@ def test_library_messages_name_the_flags():
     assert "-T/--timesteps must be a positive integer" in _one_line_error(_run("fmnist-vgg", "-T", 0))
     line = _one_line_error(_run("fmnist-vgg", "--identity-levels", 3, "--neuron", "if"))
     assert "--identity-levels 3 needs multi-threshold neurons" in line and "use --neuron mt" in line
+    for flag, value in (("--threshold", "101%"), ("--granularity", "x"), ("--coding", "x"), ("--neuron", "x")):
+        assert _one_line_error(_run("fmnist-vgg", flag, value)).startswith(f"error: {flag} '{value}'")
     line = _one_line_error(_run("fmnist-vgg", "--identity-threshold", "foo"))
     assert "--identity-threshold 'foo' is not valid" in line and "iterate" not in line
 

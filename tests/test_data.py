@@ -82,6 +82,12 @@ def test_hidden_files_and_folders_are_left_out_and_empty_classes_named(tmp_path,
     assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2, 4]
     assert "class folder(s) dog hold no images" in caplog.text
     assert next(ds.batches(7))[0].shape == (7, 3, 32, 32)
+    assert "one class folder" not in caplog.text
+    for cls_name in ("ant", "bee", "dog", "eel"):  # one class folder left: every image is label 0
+        shutil.rmtree(root / cls_name)
+    with caplog.at_level("WARNING", logger="snnconvert"):
+        ds = FolderDataset.scan(root, name="f", preprocess=Preprocess(crop=32))
+    assert ds.labels.tolist() == [0, 0] and "has one class folder (cat): all its images get label 0" in caplog.text
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -210,8 +216,11 @@ def test_npz_layouts(tmp_path):
     with pytest.raises(DataError, match="NaN"):
         load_dataset(f"npz:{nan}", "train")
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="junk.npz is not a numpy .npz file"):
         load_dataset(f"npz:{tmp_path / 'junk.npz'}", "train")
+    (tmp_path / "cut.npz").write_bytes(bad.read_bytes()[:40])  # a zip cut short
+    with pytest.raises(DataError, match="cannot read .*cut.npz as a numpy .npz file"):
+        load_dataset(f"npz:{tmp_path / 'cut.npz'}", "train")
 
 
 def test_selection_images_are_held_out_after_the_calibration_images(tmp_path, folder):
@@ -321,6 +330,27 @@ def test_cli_data_errors_are_one_line(tmp_path, folder, r18_weights):
 NETS = str(Path(__file__).parent / "nets.py")
 
 
+def test_npz_images_without_their_labels_array_are_named_when_others_have_one(tmp_path, caplog):
+    images = np.zeros((2, 4, 4), dtype=np.uint8)
+    labelled = tmp_path / "half.npz"
+    np.savez(labelled, x_train=images, y_train=np.zeros(2, dtype=np.int64), x_test=images, y_val=np.zeros(2))
+    mixed = tmp_path / "mixed.npz"
+    np.savez(mixed, x=images, labels=np.zeros(2, dtype=np.int64))
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, x_train=images, x_test=images, y_test=np.zeros(2, dtype=np.int64))
+    with caplog.at_level("WARNING", logger="snnconvert"):
+        assert load_dataset(f"npz:{labelled}", "train").labels is not None
+        assert "no labels array" not in caplog.text
+        assert load_dataset(f"npz:{labelled}", "test").labels is None
+        assert "images x_test have no labels array y_test, but the file holds y_train" in caplog.text
+        caplog.clear()
+        assert load_dataset(f"npz:{mixed}", "test").labels is None
+        assert "images x have no labels array y, but the file holds labels" in caplog.text
+        caplog.clear()
+        load_dataset(f"npz:{plain}", "train")  # unlabelled calibration images: what calibration needs
+    assert "no labels array y_train" in caplog.text
+
+
 def test_npz_spec_naming_a_npy_file_or_object_arrays_is_a_data_error(tmp_path):
     plain = tmp_path / "plain.npy"
     np.save(plain, np.zeros((3, 4, 4), dtype=np.uint8))
@@ -328,6 +358,11 @@ def test_npz_spec_naming_a_npy_file_or_object_arrays_is_a_data_error(tmp_path):
         load_dataset(f"npz:{plain}", "test")
     with pytest.raises(DataError, match="plain.npy holds a single numpy array"):
         load_calib_eval(f"npz:{plain}", f"npz:{plain}", calib_images=1, eval_images=None)
+    for name, content in (("text.npz", b"x,y\n1,2\n"), ("empty.npz", b"")):  # np.load would unpickle them
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=rf"{name} is not a numpy \.npz file") as info:
+            load_dataset(f"npz:{tmp_path / name}", "test")
+        assert "pickle" not in str(info.value)
     ragged = tmp_path / "ragged.npz"
     np.savez(ragged, x=np.array([np.zeros((4, 4)), np.zeros((5, 5))], dtype=object), y=np.zeros(2, dtype=np.int64))
     with pytest.raises(DataError, match=r"ragged\.npz\[x\] is an object array.*store a numeric array"):

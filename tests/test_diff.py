@@ -329,6 +329,22 @@ def test_fanout_count_equals_all_ones_convolution(groups):
     assert torch.equal(_fanout_count(linear, m2), m2.sum(1).double() * 7)
 
 
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_fanout_count_padding_modes(mode):
+    """Reflect, replicate and circular padding read border entries again: each read is a synaptic operation, as the
+    layer itself with all-ones weights counts them (they were counted with the zero-padding geometry)."""
+    from snnconvert.runtime.energy import _fanout_count
+
+    for kwargs in ({"padding": 1}, {"padding": 2, "stride": 2, "groups": 2}, {"padding": "same", "dilation": 2}):
+        layer = nn.Conv2d(4, 6, 3, padding_mode=mode, bias=False, **kwargs)
+        nn.init.ones_(layer.weight)
+        x = torch.randn(3, 4, 8, 7) * (torch.rand(3, 4, 8, 7) < 0.4)
+        direct = layer((x != 0).float()).detach().flatten(1).sum(1).double()
+        assert torch.equal(_fanout_count(layer, x), direct), kwargs
+        dense = layer(torch.ones(1, 4, 8, 7)).detach().sum().double()
+        assert float(_fanout_count(layer, torch.ones(1, 4, 8, 7))[0]) == dense  # TOT: the dense MACs
+
+
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_fanout_count_transposed_convolution(dims):
     """Transposed convolutions: the count equals the all-ones transposed convolution of the 0/1 mask (taps that land
@@ -385,3 +401,9 @@ def test_changed_weights_are_noticed_without_invalidate(data):
         before = snn.capture_cache_key
         snn(data[:4])
         assert snn.capture_cache_key == before  # unchanged weights: the cache holds
+        # writes through .data are not versions of the tensor: the key holds the weights' content too
+        snn.gm.conv3.bias.data.mul_(torch.arange(snn.gm.conv3.bias.numel()) % 2)  # a mask
+        snn.gm.fc1.bias.data = snn.gm.fc1.bias.data + 0.5
+        fresh = copy.deepcopy(snn)
+        fresh.invalidate()
+        torch.testing.assert_close(snn(data[:4]), fresh(data[:4]), rtol=0, atol=0)

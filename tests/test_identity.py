@@ -341,6 +341,11 @@ def test_token_channel_tokens_is_the_reference_rule():
     assert torch.equal(features["softmax_identity"], tokens["softmax_identity"])  # [B, heads, N, N]: dim 1 both
     with pytest.raises(ConfigError, match="token_channel 'last' is not valid"):
         cfg.replace(token_channel="last")
+    from snnconvert.convert.coding.rules import check_broadcast
+
+    with pytest.raises(ConfigError, match=r"of shape \(9, 1\) does not broadcast to the per-step shape \(1, 16, 8\): "
+                       "values per token .* hold for the sequence length they were calibrated at"):
+        check_broadcast("site norm1_identity: threshold", tokens["norm1_identity"].shape, torch.Size((1, 16, 8)))
 
 
 def test_a_converted_transformer_approaches_the_ann():

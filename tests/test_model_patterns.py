@@ -1453,3 +1453,95 @@ def test_reparametrized_weights_are_evaluated_once_and_folded():
         torch.testing.assert_close(res.snn.ann_forward(x), want, **TOL)
     assert parametrize.is_parametrized(model.c1) and parametrize.is_parametrized(model.c3)
     assert len(model.c2._forward_pre_hooks) == 1 and len(model.fc._forward_pre_hooks) == 1
+    with torch.no_grad():  # and it still runs: the copy's plain weights were not made by editing the shared class
+        torch.testing.assert_close(model(x), want, rtol=0, atol=0)
+    again = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("rate", timesteps=4))
+    with torch.no_grad():
+        torch.testing.assert_close(again.snn.ann_forward(x), want, **TOL)
+
+
+@pytest.mark.parametrize("update", ["augmented", "assigned"])
+def test_a_forward_that_assigns_its_own_buffer_is_refused_in_one_line(update):
+    """self.n += 1 in forward (a call counter) assigned a tracing proxy to the copy's buffer: a pass failed later
+    with "references nonexistent attribute"; now the trace names the buffer."""
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.register_buffer("n", torch.zeros(()))
+
+        def forward(self, x):
+            if update == "augmented":
+                self.n += 1
+            else:
+                self.n = self.n + 1
+            return F.relu(self.fc(x)) * self.n
+
+    model = Counting().eval()
+    with pytest.raises(TraceError, match=r"Counting's forward assigns its own state \(n: e.g. self.n \+= 1"):
+        convert(model, forward_loop=[torch.rand(4, 4)])
+    assert float(model.n) == 0  # the user's model was not run
+
+
+def test_detach_of_activations_is_converted_as_the_identity():
+    """x.detach() in forward (it was listed as not convertible) changes no value: no site of its own."""
+    class Detaching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.c1, self.c2, self.fc = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4 * 4 * 4, 3)
+
+        def forward(self, x):
+            h = F.relu(self.c1(x)).detach()
+            return self.fc(F.relu(self.c2(h)).flatten(1).detach())
+
+    model, x = Detaching().eval(), torch.rand(16, 1, 8, 8)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("rate", timesteps=256))
+    assert res.snn.neuron_names == ["relu", "relu_1"]
+    with torch.no_grad():
+        want = model(x)
+        assert float((res.snn(x)[-1] - want).abs().max()) < 0.02 * float(want.abs().max())
+
+
+class _FramesFirst(nn.Module):
+    """A clip model that runs its CNN on [F·B, ...] frames-first (x.transpose(0, 1)), or sequence-first tokens."""
+
+    def __init__(self, layout: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layout = layout
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 4 * 4, 3)
+        self.tokens, self.columns = nn.Linear(3 * 36, 16), nn.Parameter(torch.randn(64, 5 * 3 * 36) * 0.05)
+
+    def forward(self, x):  # x: [B, F, 3, 6, 6]
+        B, frames = x.shape[:2]
+        if self.layout == "frames-first":
+            h = F.relu(self.conv(x.transpose(0, 1).reshape(frames * B, 3, 6, 6))).view(frames, B, -1).mean(0)
+        elif self.layout == "sequence-first":  # [F, B, C] tokens
+            h = F.relu(self.tokens(x.flatten(2).transpose(0, 1))).transpose(0, 1).flatten(1)[:, :64]
+        elif self.layout == "columns":  # one column per image
+            h = F.relu(self.columns @ x.flatten(1).transpose(0, 1)).transpose(0, 1)
+        else:  # batch-first, moved away and back between activations: per row, what the SNN needs
+            h = F.relu(self.conv(x.flatten(0, 1)).transpose(0, 1).transpose(0, 1)).view(B, frames, -1).mean(1)
+        return self.fc(h)
+
+
+@pytest.mark.parametrize("layout", ["frames-first", "sequence-first", "columns"])
+def test_a_neuron_reading_a_tensor_whose_first_dim_is_not_the_batch_is_refused(layout):
+    """The SNN folds T into the batch dim; a neuron whose input has the images elsewhere (frames-first,
+    sequence-first, W @ x.T) unfolded steps and images mixed: silently wrong in multi-step mode (0.035 against an
+    ANN output of 0.1 at T = 64 on the frames-first model) or a shape error in internal words."""
+    x = torch.rand(4, 5, 3, 6, 6)
+    with pytest.raises(ConfigError, match=r"relu.* reads a tensor whose first dim is not the batch of images \(\[") \
+            as info:
+        convert(_FramesFirst(layout).eval(), forward_loop=[x], config=ConversionConfig.for_coding("rate", timesteps=4))
+    assert "keep the batch first" in str(info.value)
+
+
+def test_a_batch_moved_and_moved_back_between_neurons_converts():
+    model, x = _FramesFirst("batch-first").eval(), torch.rand(4, 5, 3, 6, 6)
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=64))
+    with torch.no_grad():
+        want = model(x)
+        for mode in ("multi", "single"):
+            assert float((res.snn(x, mode=mode)[-1] - want).abs().max()) < 0.02 * float(want.abs().max())

@@ -178,6 +178,20 @@ def test_layout_of_an_imported_graph_must_match_the_configuration(two_layouts):
         convert(SpellingsNet().eval(), forward_loop=calib, config=ConversionConfig(input_layout="channels-last"))
 
 
+def test_the_wrong_layout_names_which_side_is_wrong(two_layouts):
+    """A channels-first file converted as channels-last, and the other way round: the message says what to change
+    (it said "the data are channels-last" of channels-first data)."""
+    nchw, nhwc = two_layouts
+    calib = [torch.rand(8, 1, 28, 28)]
+    with pytest.raises(ConfigError, match=r"the model itself takes channels-first images .* convert it without "
+                                          r"input_layout='channels-last'"):
+        convert(str(nchw), forward_loop=calib, config=ConversionConfig(input_layout="channels-last"))
+    with pytest.raises(ConfigError, match=r"the model takes channels-last images .* input_layout='channels-last'"):
+        convert(str(nhwc), forward_loop=calib)
+    with pytest.raises(ConfigError, match=r"the data are channels-last; give them channels-first"):
+        convert(str(nchw), forward_loop=[torch.rand(8, 28, 28, 1)])
+
+
 def test_cli_converts_saves_and_reevaluates_a_channels_last_file(two_layouts, tmp_path):
     _, nhwc = two_layouts
     runner = CliRunner()

@@ -65,7 +65,8 @@ def test_canonicalize_finds_every_relu_spelling():
 
 @pytest.mark.parametrize("spelling", ["clamp", "clamp_min", "relu_", "F.relu_inplace", "clamp_inf", "hardtanh_inf",
                                       "Hardtanh_inf", "hardtanh_inf_inplace", "threshold", "Threshold_inplace",
-                                      "maximum_zeros", "zeros_max"])
+                                      "maximum_zeros", "zeros_max", "times_mask", "mask_float_times",
+                                      "mul_mask_type_as", "where_positive", "LeakyReLU_0", "leaky_relu_0_inplace"])
 def test_canonicalize_other_spellings(spelling):
     """Every ReLU spelling becomes one canonical ReLU; an upper bound of +inf bounds nothing (a bounded ReLU with
     a = inf failed calibration: r − relu(r − a) computed inf − inf)."""
@@ -75,6 +76,7 @@ def test_canonicalize_other_spellings(spelling):
             self.fc = nn.Linear(4, 4)
             self.hardtanh = nn.Hardtanh(0.0, float("inf"))
             self.threshold = nn.Threshold(0.0, 0.0, inplace=True)
+            self.leaky = nn.LeakyReLU(0.0)
 
         def forward(self, x):
             y = self.fc(x)
@@ -86,6 +88,18 @@ def test_canonicalize_other_spellings(spelling):
                 y = torch.maximum(y, torch.zeros_like(y))
             elif spelling == "zeros_max":
                 y = torch.max(torch.zeros_like(y), y)
+            elif spelling == "LeakyReLU_0":
+                y = self.leaky(y)
+            elif spelling == "leaky_relu_0_inplace":
+                F.leaky_relu(y, 0.0, inplace=True)
+            elif spelling == "times_mask":
+                y = y * (y > 0)
+            elif spelling == "mask_float_times":
+                y = (y >= 0).float() * y
+            elif spelling == "mul_mask_type_as":
+                y = torch.mul(y, (y > 0).type_as(y))
+            elif spelling == "where_positive":
+                y = torch.where(y > 0, y, 0.0)
             elif spelling == "clamp_inf":
                 y = y.clamp(0, float("inf"))
             elif spelling == "hardtanh_inf":
@@ -110,6 +124,27 @@ def test_canonicalize_other_spellings(spelling):
     assert sum(is_canonical_relu(gm, n) for n in gm.graph.nodes) == 1
     x = torch.randn(5, 4)
     torch.testing.assert_close(gm(x), model(x), **TOL)
+    report = ConversionReport()  # the mask is gone with the product: nothing is left to refuse
+    check_supported(gm, RATE_DEFAULT, report)
+    assert not any(n.target in (operator.gt, operator.ge, torch.gt, "gt", "float", "type_as") for n in gm.graph.nodes)
+
+
+def test_masks_that_are_not_a_relu_stay_and_are_named():
+    """x * (x < 0), x * (other > 0) and a mask read twice are not ReLUs of x: listed, with what a comparison is."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.fc(x)
+            mask = y > 0
+            return y * (y < 0) + y * (x > 0) + y * mask + mask.sum()
+
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(Net(), forward_loop=[torch.randn(4, 4)])
+    assert {n.name for n in info.value.nodes} == {"lt", "gt", "gt_1"}
+    assert "a comparison of activations (a 0/1 mask" in str(info.value)
 
 
 def test_threshold_and_maximum_that_are_not_relus_stay():
@@ -414,6 +449,21 @@ def test_unsupported_ops_listed_all_at_once():
     assert "torch.sort" in text and "torch.cumsum" in text and "nets.py:" in text
     assert "(function is not convertible)" in text and "write the attention out" in text  # each node's reason
     assert "with attention dropout stays fused" in text  # and why the attention pass left it fused
+
+
+def test_dropout_in_training_mode_is_named():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.dropout(F.relu(self.fc(x)), 0.5, training=True) + F.dropout(x, 0.5, training=self.training)
+
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(Net(), forward_loop=[torch.randn(4, 4)])
+    assert [n.name for n in info.value.nodes] == ["dropout"]  # the eval-mode one is removed
+    assert "dropout with training=True (random at every call): pass training=self.training" in str(info.value)
 
 
 def test_allow_ann_ops_is_explicit_and_reported():

@@ -361,6 +361,8 @@ def test_cli_sweep_chooses_the_levels_too(tmp_path):
     (["--levels", "2.5"], "is not an integer"),
     (["--sweep", "2,4", "--levels", "3,0"], "--levels"),
     (["--sweep", "2,x"], "not a comma list of integers"),
+    (["--sweep", "1,,2"], "--sweep '1,,2': an empty entry in the list"),
+    (["--sweep", "2,4,"], "an empty entry in the list"),
     (["--sweep", "0,2"], "distinct positive"),
     (["--sweep", "2,2"], "distinct positive"),
     (["--target-gap", 0.5], "--target-gap applies to a sweep"),

@@ -141,8 +141,10 @@ def check_broadcast(name: str, shape: torch.Size, step_shape: torch.Size) -> Non
             f"{name}: per-neuron values of shape {tuple(shape)} do not fit the per-step shape {tuple(step_shape)}: "
             "they hold for the input size they were calibrated at; convert again with inputs of this size, or use "
             "granularity channel or layer")
-    raise ConfigError(f"{name} of shape {tuple(shape)} does not broadcast to the per-step shape {tuple(step_shape)}; "
-                      "use a scalar, one value per channel shaped to broadcast (e.g. [C, 1, 1] for a conv's "
+    raise ConfigError(f"{name} of shape {tuple(shape)} does not broadcast to the per-step shape {tuple(step_shape)}: "
+                      "values per token (token_channel 'tokens') hold for the sequence length they were calibrated "
+                      "at, so convert again with inputs of this size or use token_channel 'features'; values given "
+                      "by hand must be a scalar, one per channel shaped to broadcast (e.g. [C, 1, 1] for a conv's "
                       "[C, H, W] output, [C] for a linear one) or one per neuron")
 
 

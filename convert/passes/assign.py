@@ -16,7 +16,8 @@ import torch.fx as fx
 
 from snnconvert.convert.frontend import depends_on_values
 from snnconvert.convert.passes.arith import FUSED_INPLACE_METHODS
-from snnconvert.convert.passes.normalize import finish_pass, first_input, nodes_in
+from snnconvert.convert.passes.normalize import finish_pass, nodes_in
+from snnconvert.convert.passes.spellings import first_input
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
 __all__ = ["assign", "functional_item_assignment", "out_of_place_methods"]

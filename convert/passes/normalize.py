@@ -15,19 +15,22 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from snnconvert.convert.frontend import reads_metadata
+from snnconvert.convert.passes.spellings import (
+    INPLACE_SPELLINGS,
+    RELU_FUNCTIONS,
+    arg,
+    bounded_relu_ceiling,
+    first_input,
+    masked_by_sign,
+    relu_input,
+    relu_spelling,
+)
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
 
-_RELU_FUNCTIONS = {F.relu: "F.relu", torch.relu: "torch.relu", torch.relu_: "torch.relu_", F.relu_: "F.relu_"}
-_RELU_METHODS = {"relu": "Tensor.relu", "relu_": "Tensor.relu_"}
-_INPLACE_SPELLINGS = {"torch.relu_", "F.relu_", "Tensor.relu_", "nn.ReLU(inplace)", "F.relu(inplace)",
-                      "nn.Hardtanh(0, inf, inplace)", "F.hardtanh(0, inf, inplace)", "nn.Threshold(0, 0, inplace)",
-                      "F.threshold(0, 0, inplace)"}
-_CLAMP_FUNCTIONS = {torch.clamp: "torch.clamp", torch.clip: "torch.clip", torch.clamp_min: "torch.clamp_min"}
-_CLAMP_METHODS = {"clamp": "Tensor.clamp", "clip": "Tensor.clip", "clamp_min": "Tensor.clamp_min"}
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
                     nn.Identity)
-_DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-                      torch.dropout)
+DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+                     torch.dropout)
 _MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 _MAXPOOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
 
@@ -42,111 +45,8 @@ def is_canonical_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     return sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target) == 1
 
 
-def _arg(node: fx.Node, index: int, name: str, default=None):
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
-def first_input(node: fx.Node):
-    """A call's first argument, given by position or as ``input=`` (``self=`` for a tensor method)."""
-    return node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("self"))
-
-
-def _is_zero(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
-
-
-def _is_inf(value) -> bool:
-    """+inf: a bound that bounds nothing (``F.hardtanh(x, 0, inf)`` and ``clamp(x, 0, inf)`` are ReLUs)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == float("inf")
-
-
-def _zeros_of(value, x) -> bool:
-    """Whether ``value`` is ``torch.zeros_like(x)`` (x's shape, all zeros)."""
-    return isinstance(value, fx.Node) and value.op == "call_function" and value.target is torch.zeros_like and \
-        _arg(value, 0, "input") is x and not value.kwargs.get("dtype")
-
-
-def _maximum_with_zeros(node: fx.Node) -> fx.Node | None:
-    """x for ``torch.maximum(x, torch.zeros_like(x))`` (also ``torch.max``, ``x.maximum``, either order), else
-    None."""
-    functional = node.op == "call_function" and node.target in (torch.maximum, torch.max)
-    if not (functional or (node.op == "call_method" and node.target == "maximum")) or len(node.args) != 2:
-        return None
-    a, b = node.args
-    return a if _zeros_of(b, a) else b if _zeros_of(a, b) else None
-
-
-def relu_input(node: fx.Node):
-    """The tensor a ReLU spelling (:func:`relu_spelling`) rectifies: its first argument, or x of
-    ``torch.maximum(zeros_like(x), x)``."""
-    return _maximum_with_zeros(node) or first_input(node)
-
-
-def relu_spelling(gm: fx.GraphModule, node: fx.Node) -> str | None:
-    """Name of the ReLU spelling ``node`` uses (``"F.relu"``, ``"nn.ReLU(inplace)"``, ...), or None."""
-    if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        if type(module) is nn.ReLU:
-            return "nn.ReLU(inplace)" if module.inplace else "nn.ReLU"
-        if type(module) is nn.Hardtanh and module.min_val == 0 and _is_inf(module.max_val):
-            return "nn.Hardtanh(0, inf, inplace)" if module.inplace else "nn.Hardtanh(0, inf)"
-        if type(module) is nn.Threshold and module.threshold == 0 and module.value == 0:
-            return "nn.Threshold(0, 0, inplace)" if module.inplace else "nn.Threshold(0, 0)"
-        return None
-    if _maximum_with_zeros(node) is not None:
-        return "torch.maximum(x, zeros_like(x))"
-    if node.op == "call_function" and node.target is F.threshold:
-        if _is_zero(_arg(node, 1, "threshold")) and _is_zero(_arg(node, 2, "value")):
-            return "F.threshold(0, 0, inplace)" if _arg(node, 3, "inplace", False) else "F.threshold(0, 0)"
-        return None
-    if node.op == "call_function" and node.target is F.hardtanh:
-        if _is_zero(_arg(node, 1, "min_val", -1.0)) and _is_inf(_arg(node, 2, "max_val", 1.0)):
-            return "F.hardtanh(0, inf, inplace)" if _arg(node, 3, "inplace", False) else "F.hardtanh(0, inf)"
-        return None
-    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
-        name = _RELU_FUNCTIONS[node.target]
-        return "F.relu(inplace)" if name == "F.relu" and _arg(node, 1, "inplace", False) else name
-    if node.op == "call_method" and node.target in _RELU_METHODS:
-        return _RELU_METHODS[node.target]
-    clamp = _CLAMP_FUNCTIONS.get(node.target) if node.op == "call_function" else None
-    clamp = clamp or (_CLAMP_METHODS.get(node.target) if node.op == "call_method" else None)
-    if clamp:
-        low = _arg(node, 1, "min")
-        high = None if clamp.endswith("clamp_min") else _arg(node, 2, "max")
-        if _is_zero(low) and (high is None or _is_inf(high)):
-            return f"{clamp}(min=0)" if high is None else f"{clamp}(0, inf)"
-    return None
-
-
 #: attribute set on the second ReLU of a decomposed bounded ReLU (its calibration sees mostly zeros by design)
 UPPER_CLIP_ATTR = "snnconvert_upper_clip"
-
-
-def bounded_relu_ceiling(gm: fx.GraphModule, node: fx.Node) -> tuple[str, float] | None:
-    """``(spelling, a)`` when ``node`` computes ``min(max(x, 0), a)`` with a constant a > 0: ``nn.ReLU6``,
-    ``nn.Hardtanh(0, a)``, ``F.relu6``, ``F.hardtanh(x, 0, a)``, ``clamp(x, 0, a)`` / ``clip`` (function or method)."""
-    if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        if type(module) is nn.ReLU6:
-            return "nn.ReLU6", 6.0
-        if type(module) is nn.Hardtanh and module.min_val == 0 and 0 < module.max_val < float("inf"):
-            return "nn.Hardtanh(0, a)", float(module.max_val)
-        return None
-    if node.op == "call_function" and node.target is F.relu6:
-        return "F.relu6", 6.0
-    if node.op == "call_function" and node.target is F.hardtanh:
-        low, high = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
-        ok = _is_zero(low) and isinstance(high, (int, float)) and 0 < high < float("inf")
-        return ("F.hardtanh(0, a)", float(high)) if ok else None
-    clamp = _CLAMP_FUNCTIONS.get(node.target) if node.op == "call_function" else None
-    clamp = clamp or (_CLAMP_METHODS.get(node.target) if node.op == "call_method" else None)
-    if clamp and not clamp.endswith("clamp_min"):
-        low, high = _arg(node, 1, "min"), _arg(node, 2, "max")
-        if _is_zero(low) and isinstance(high, (int, float)) and not isinstance(high, bool) and 0 < high < float("inf"):
-            return f"{clamp}(0, a)", float(high)
-    return None
 
 
 def decompose_bounded_relu(gm: fx.GraphModule, cfg, report: ConversionReport) -> PassResult:
@@ -172,7 +72,7 @@ def decompose_bounded_relu(gm: fx.GraphModule, cfg, report: ConversionReport) ->
         spelling, ceiling = found
         source = first_input(node)
         inplace = node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False)
-        inplace = inplace or (node.op == "call_function" and bool(_arg(node, 3 if node.target is F.hardtanh else 1,
+        inplace = inplace or (node.op == "call_function" and bool(arg(node, 3 if node.target is F.hardtanh else 1,
                                                                          "inplace", False)))
         later_users = _later_users(gm, node, source) if inplace else []
         base = node.name if node.op != "call_module" else node.name + "_act"
@@ -239,8 +139,9 @@ def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
 
     Spellings: ``nn.ReLU`` (also inplace and shared by several call sites), ``F.relu``, ``F.relu_``,
     ``torch.relu``, ``torch.relu_``, ``x.relu()``, ``x.relu_()``, ``clamp(min=0)`` without a max, Hardtanh and
-    Threshold forms that are ReLUs (``F.hardtanh(x, 0, inf)``, ``F.threshold(x, 0, 0)``) and
-    ``torch.maximum(x, torch.zeros_like(x))``.
+    Threshold forms that are ReLUs (``F.hardtanh(x, 0, inf)``, ``F.threshold(x, 0, 0)``),
+    ``torch.maximum(x, torch.zeros_like(x))``, ``x * (x > 0)`` (or ``>=``, the mask cast to a float) and
+    ``torch.where(x > 0, x, 0)``.
     In-place spellings also redirect later users of the input to the ReLU's output, as the ANN saw them.
 
     Before: ``y = F.relu(conv1(x)); z = self.act(y)  # self.act = nn.ReLU(inplace=True)``
@@ -254,12 +155,16 @@ def canonicalize_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
         if spelling == "nn.ReLU":
             spelling = "nn.ReLU(shared)"
         source = relu_input(node)
-        later_users = _later_users(gm, node, source) if spelling in _INPLACE_SPELLINGS else []
+        masked = masked_by_sign(node)
+        later_users = _later_users(gm, node, source) if spelling in INPLACE_SPELLINGS else []
         name = unique_name(gm, node.name if node.op != "call_module" else node.name + "_act")
         gm.add_submodule(name, nn.ReLU())
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(name, (source,))
         _replace_activation(gm, node, source, new, later_users, entry, spelling)
+        for mask_node in masked[1] if masked else ():  # the mask (output first), where nothing else reads it
+            if not mask_node.users:
+                gm.graph.erase_node(mask_node)
     return finish_pass(gm, entry, report)
 
 
@@ -282,7 +187,7 @@ def out_of_place_activations(gm: fx.GraphModule, cfg, report: ConversionReport) 
             fresh.inplace = False
             set_module(gm, node.target, fresh)  # shared call sites all become out of place
             spelling = f"nn.{type(module).__name__}(inplace)"
-        elif node.op == "call_function" and node.kwargs.get("inplace") is True and node.target not in _RELU_FUNCTIONS:
+        elif node.op == "call_function" and node.kwargs.get("inplace") is True and node.target not in RELU_FUNCTIONS:
             node.update_kwarg("inplace", False)
             spelling = f"{getattr(node.target, '__name__', node.target)}(inplace)"
         else:
@@ -532,11 +437,11 @@ def drop_dropout_and_identity(gm: fx.GraphModule, cfg, report: ConversionReport)
         kind = None
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), _DROPOUT_MODULES):
             kind = type(gm.get_submodule(node.target)).__name__
-        elif node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS:
-            if _arg(node, 2, "training", False) is not True:
+        elif node.op == "call_function" and node.target in DROPOUT_FUNCTIONS:
+            if arg(node, 2, "training", False) is not True:
                 kind = node.target.__name__
         elif node.op == "call_function" and _is_stochastic_depth(node.target):
-            if _arg(node, 3, "training", True) is False:
+            if arg(node, 3, "training", True) is False:
                 kind = "stochastic_depth"
         if kind is None:
             continue
@@ -555,7 +460,7 @@ def is_maxpool(gm: fx.GraphModule, node: fx.Node) -> bool:
         module = gm.get_submodule(node.target)
         return isinstance(module, _MAXPOOL_MODULES) and not module.return_indices
     if node.op == "call_function" and node.target in _MAXPOOL_FUNCTIONS:
-        return not _arg(node, 6, "return_indices", False)
+        return not arg(node, 6, "return_indices", False)
     return False
 
 

@@ -26,7 +26,7 @@ from snnconvert.convert.errors import UnsupportedNode, UnsupportedOpError
 from snnconvert.convert.frontend import depends_on_values, node_source, reads_metadata
 from snnconvert.convert.passes.assign import assign
 from snnconvert.convert.passes.attention import masked_softmax
-from snnconvert.convert.passes.normalize import is_canonical_relu, nodes_in
+from snnconvert.convert.passes.normalize import DROPOUT_FUNCTIONS, is_canonical_relu, nodes_in
 from snnconvert.convert.passes.piecewise import PiecewiseFunction
 from snnconvert.convert.passes.unpool import max_unpool_at
 from snnconvert.convert.pipeline import ConversionReport, PassEntry, PassResult
@@ -71,14 +71,21 @@ _FIRST_ARG_LINEAR = {
 #: Element selection by a mask, ``torch.where(mask, a, b)`` and ``x.masked_fill(mask, value)``: linear in the values
 #: while the mask is a constant (the dynamo exporter's adaptive pooling over unequal windows); position of the mask.
 _MASK_SELECT = {torch.where: (0, "condition"), torch.masked_fill: (1, "mask"), "masked_fill": (1, "mask")}
-_DYNAMIC_MASK = ("mask computed from the input (a data-dependent selection such as where(x > 0, x, 0)): not linear in "
+_DYNAMIC_MASK = ("mask computed from the input (a data-dependent selection such as where(x > 0, x, -x)): not linear in "
                  "the input")
+#: Comparisons of tensors: a 0/1 mask of the input is not linear in it (``x * (x > 0)`` is a ReLU, converted).
+_COMPARISONS = frozenset({operator.gt, operator.ge, operator.lt, operator.le, operator.eq, operator.ne, torch.gt,
+                          torch.ge, torch.lt, torch.le, torch.eq, torch.ne, "gt", "ge", "lt", "le", "eq", "ne"})
+_COMPARISON = ("a comparison of activations (a 0/1 mask, not linear in the input); a ReLU written x * (x > 0) or "
+               "where(x > 0, x, 0) is converted")
+_TRAINING_DROPOUT = ("dropout with training=True (random at every call): pass training=self.training, or use "
+                     "nn.Dropout; in eval mode it is removed")
 #: Tensor methods that only move, reshape or linearly combine data.
 SUPPORTED_METHODS = frozenset({
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "size", "mean",
     "sum", "add", "sub", "neg", "expand", "expand_as", "view_as", "reshape_as", "unflatten", "chunk", "split",
     "dim", "float", "type_as", "select", "narrow", "unbind", "tensor_split", "roll", "flip", "repeat",
-    "movedim", "swapaxes", "swapdims", "clone", "repeat_interleave", "unfold",
+    "movedim", "swapaxes", "swapdims", "clone", "repeat_interleave", "unfold", "detach",
 })
 #: Products / quotients are affine only when at most one factor depends on the input.
 _SCALING_FUNCTIONS = frozenset({operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul,
@@ -272,6 +279,10 @@ def classify_node(gm: fx.GraphModule, node: fx.Node, cache: dict, opaque: dict |
         return f"{node.meta['snnconvert_inplace_why']}: not followed; write it out (e.g. h[:, :2] = F.relu(h[:, :2]))"
     if node.op in ("call_function", "call_method") and not _depends_on_input(node, cache):
         return None  # a constant (computed from parameters or shapes alone): like a bias, the same at every step
+    if node.op in ("call_function", "call_method") and node.target in _COMPARISONS:
+        return _COMPARISON
+    if node.op == "call_function" and node.target in DROPOUT_FUNCTIONS:
+        return _TRAINING_DROPOUT  # eval-mode dropout is gone (drop_dropout_and_identity)
     if node.op in ("call_function", "call_method") and node.target in _MASK_SELECT:
         if len(node.args) + len(node.kwargs) != 3:  # torch.where(x): the indices of the non-zeros
             return "function is not convertible"

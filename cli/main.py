@@ -320,7 +320,7 @@ def _run(o: RunOptions) -> str | None:
     if sweep_steps and (o.report is not None or o.markdown is not None):
         chosen_on = ({**splits.select_info, "held_out": True} if splits.select is not None
                      else {**eval_info, "held_out": False})
-        report_sweep = sweep_doc(sweeps, cfgs, best, chosen_on)
+        report_sweep = sweep_doc(sweeps, cfgs, grid, best, chosen_on)
     with all_or_none(o):
         nir_doc = export_nir_file(o, result.snn, normalized(norm, eval_set.example(16)))
         text = present(o, result, evaluation, label=resolved.label, eval_name=eval_name, eval_info=eval_info,

@@ -161,12 +161,14 @@ def sweep_table(sweeps, grid, best: int, held_out: int | None) -> Table:
     return table
 
 
-def sweep_doc(sweeps, cfgs, best: int, chosen_on: dict) -> dict:
-    """The report's ``sweep``: the chosen setting's sweep fields, every (rule, n, T) run, the rules and levels swept
-    and the images the choice was made on."""
+def sweep_doc(sweeps, cfgs, grid, best: int, chosen_on: dict) -> dict:
+    """The report's ``sweep``: the chosen setting's sweep fields, every (rule, n, T) run with the N its thresholds
+    were fitted for (None: a rule that does not depend on T), the rules and levels swept and the images the choice
+    was made on."""
     doc = sweeps[best].to_dict()
-    doc["runs"] = [{"threshold": str(cfg.threshold), "levels": cfg.levels, **run} for swept, cfg in zip(sweeps, cfgs)
-                   for run in swept.to_dict()["runs"]]
+    doc["runs"] = [{"threshold": str(cfg.threshold), "levels": cfg.levels,
+                    "fitted_levels": results[run["timesteps"]].calibration.quantisation_levels, **run}
+                   for swept, cfg, results in zip(sweeps, cfgs, grid) for run in swept.to_dict()["runs"]]
     return {**doc, "thresholds": list(dict.fromkeys(str(cfg.threshold) for cfg in cfgs)),
             "levels": list(dict.fromkeys(cfg.levels for cfg in cfgs)), "chosen_threshold": str(cfgs[best].threshold),
             "chosen_levels": cfgs[best].levels, "selected_on": chosen_on}

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from snnconvert.convert.artifact import ModelSource, load_artifact, save
+from snnconvert.convert.artifact import ModelSource, load_artifact, save, tensors_digest
 from snnconvert.convert.calibrate import (
     CalibrationReport,
     as_forward_loop,
@@ -47,7 +47,7 @@ from snnconvert.convert.graph_checks import (
 from snnconvert.convert.onnx_layout import check_layout_applies, imported_layout
 from snnconvert.convert.passes import NORMALIZE_PASSES
 from snnconvert.convert.passes.identity import insert_identity_sites
-from snnconvert.convert.passes.spikify import replace_activations
+from snnconvert.convert.passes.spikify import check_threshold_shapes, replace_activations
 from snnconvert.convert.passes.support import check_supported
 from snnconvert.convert.pipeline import ConversionReport, op_table, run_passes
 from snnconvert.convert.snn import SpikingNetwork
@@ -84,6 +84,13 @@ class ConversionResult:
     calibration: CalibrationReport
     source: ModelSource | None = None
     ann_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    #: digests of the SNN's state and of ``thresholds`` when the result was made: :func:`save` refuses an SNN or a
+    #: thresholds dict changed since (the artifact rebuilds the network from the conversion's inputs)
+    digests: tuple[str, str] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.digests is None:
+            self.digests = (tensors_digest(self.snn.state_dict()), tensors_digest(self.thresholds))
 
     def to(self, device: str | torch.device) -> ConversionResult:
         """Move the SNN, the thresholds and the weights snapshot to ``device`` (in place; returns ``self``). A
@@ -443,6 +450,9 @@ def convert_with_thresholds(
     example = None if input_shape is None else torch.zeros(1, *input_shape)
     with torch.no_grad():
         gm = prepare(model, config, report, example)
+        if example is not None:  # shapes after the passes (a max-pool moved before its ReLU changes the ReLU's)
+            annotate_shapes(gm, example)
+            check_threshold_shapes(gm, thresholds)
         snn = replace_activations(gm, thresholds, get_coding(config.coding), config, report)
     report.ops_after = op_table(snn.gm)
     return snn, report

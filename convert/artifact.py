@@ -235,6 +235,16 @@ def writable_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors' names, dtypes, shapes and values (on the CPU: the same wherever they live)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's bytes (read in blocks), as hex."""
     with open(path, "rb") as f:
@@ -293,6 +303,28 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def _check_unedited(result) -> None:
+    """An artifact holds the model's weights and the thresholds at conversion and rebuilds the SNN from them: an SNN
+    or a thresholds dict changed since (``result.digests``, taken at conversion) would be saved as another network.
+
+    Raises:
+        ArtifactError: naming which was changed and how to save the changed network.
+    """
+    digests = getattr(result, "digests", None)
+    if digests is None:
+        return
+    snn_digest, thresholds_digest = digests
+    if tensors_digest(result.snn.state_dict()) != snn_digest:
+        raise ArtifactError("result.snn's weights or thresholds were changed after conversion; a saved SNN is rebuilt "
+                            "from the model's weights and the thresholds at conversion, so it would not be this "
+                            "network: convert the changed model again (changed thresholds: convert_with_thresholds) "
+                            "and save that")
+    if tensors_digest(result.thresholds) != thresholds_digest:
+        raise ArtifactError("result.thresholds was changed after conversion, but result.snn still runs the thresholds "
+                            "it was built with: build the SNN of the changed thresholds with convert_with_thresholds "
+                            "and save that")
+
+
 def save(result, path: str | os.PathLike) -> Path:
     """Write a conversion result as an artifact folder at ``path`` (replacing an existing artifact atomically).
 
@@ -309,6 +341,7 @@ def save(result, path: str | os.PathLike) -> Path:
     if target.exists() and any(target.iterdir()) and not (target / "source.json").is_file():
         raise ArtifactError(f"{target} exists and is not an snnconvert artifact; choose another path")
     _check_json(result.source)
+    _check_unedited(result)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

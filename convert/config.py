@@ -10,8 +10,11 @@ import dataclasses
 import difflib
 import functools
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from snnconvert.convert.errors import ConfigError
 from snnconvert.convert.onnx_layout import INPUT_LAYOUTS
@@ -25,6 +28,11 @@ TOKEN_CHANNELS = ("features", "tokens")
 AGGREGATIONS = ("global", "batch-mean")
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _FRACTION_RE = re.compile(r"^\d*\.?\d+(?:[eE][-+]?\d+)?$")
+
+
+def _exact(value: float) -> str:
+    """The shortest decimal that reads back as ``value`` (no exponent: ``parse`` takes plain decimals)."""
+    return np.format_float_positional(float(value), trim="-")
 
 
 @dataclass(frozen=True)
@@ -75,10 +83,11 @@ class ThresholdSpec:
                           "(e.g. 0.5), iterate or iterate-reference")
 
     def __str__(self) -> str:
+        """The rule as :meth:`parse` reads it back exactly (``"99.99999%"``, not 6 digits: ``"100%"``)."""
         if self.method == "percentile":
-            return f"{self.percentile:g}%"
+            return f"{_exact(self.percentile)}%"
         if self.fraction is not None:
-            return f"{self.fraction:g}"
+            return _exact(self.fraction)
         return self.method
 
     @property
@@ -150,6 +159,10 @@ class ConversionConfig:
     input_layout: str = "channels-first"
 
     def __post_init__(self) -> None:
+        for name in ("timesteps", "levels", "identity_levels", "fit_max_iter", "percentile_bins"):
+            value = getattr(self, name)  # numpy integers (np.int64(8)) are integers too
+            if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+                object.__setattr__(self, name, int(value))
         if not isinstance(self.threshold, ThresholdSpec):
             object.__setattr__(self, "threshold", ThresholdSpec.parse(self.threshold))
         if not isinstance(self.identity_threshold, ThresholdSpec):
@@ -171,7 +184,7 @@ class ConversionConfig:
                 not math.isfinite(self.threshold_scale) or self.threshold_scale <= 0:
             raise ConfigError(f"threshold_scale must be a finite number > 0, got {self.threshold_scale!r}")
         object.__setattr__(self, "threshold_scale", float(self.threshold_scale))
-        ops = (self.allow_ann_ops,) if isinstance(self.allow_ann_ops, str) else self.allow_ann_ops  # one pattern
+        ops = (self.allow_ann_ops,) if isinstance(self.allow_ann_ops, str) else self.allow_ann_ops or ()  # one, None
         object.__setattr__(self, "allow_ann_ops", tuple(ops))
         _choice("coding", self.coding, CODINGS)
         _choice("neuron", self.neuron, NEURON_KINDS)
@@ -185,7 +198,8 @@ class ConversionConfig:
             _level_count("identity_levels", self.identity_levels)
             if self.neuron == "if" and self.identity_levels != 1:
                 raise ConfigError(f"identity_levels={self.identity_levels} needs multi-threshold neurons; neuron 'if' "
-                                  "has a single threshold: use neuron='mt'")
+                                  "has a single threshold: use neuron='mt' (or leave identity_levels unset, None, with "
+                                  "neuron 'if')")
         if not _number(self.fit_rtol) or not (0 < self.fit_rtol < 1) or not math.isfinite(self.fit_rtol):
             raise ConfigError(f"fit_rtol must be a number in (0, 1), got {self.fit_rtol!r}")
         if not _number(self.fit_max_iter, int) or self.fit_max_iter < 1:

@@ -286,6 +286,13 @@ def eval_batch(batch: Any, index: int) -> tuple[torch.Tensor, torch.Tensor | Non
             raise DataError(f"evaluation batch {index} is a dict with keys {sorted(map(str, batch))}: it needs an "
                             f"input key ({', '.join(BATCH_INPUT_KEYS)}) and, for labelled images, a label key "
                             f"({', '.join(BATCH_LABEL_KEYS)})")
+        if y is None and index == 0 and isinstance(x, torch.Tensor) and x.dim():
+            maybe = [str(k) for k, v in batch.items() if isinstance(v, torch.Tensor) and v is not x and v.dim()
+                     and len(v) == len(x) and not v.is_floating_point()]
+            if maybe:  # labels under another name would be dropped: the evaluation compares with the ANN only
+                log.warning("evaluation batches hold no label key (%s), but %s hold(s) an integer per image: the "
+                            "images are evaluated as unlabelled (agreement with the ANN); name the labels 'label'",
+                            ", ".join(BATCH_LABEL_KEYS), ", ".join(repr(k) for k in maybe))
     elif isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
         x, y = batch if len(batch) == 2 else (batch[0], None)
     elif isinstance(batch, torch.Tensor):

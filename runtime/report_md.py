@@ -115,12 +115,14 @@ def report_markdown(doc: dict[str, Any]) -> str:
         rows = []
         for r in sweep["runs"]:
             run = headline({**sweep, **r, "task": doc.get("task")})
+            fitted = r.get("fitted_levels")
             rows.append([r["threshold"]] * rules + [str(r.get("levels"))] * many_n
-                        + [str(r["timesteps"]), run.text(run.snn[-1]), _gap_text(run, run.snn[-1]),
+                        + [str(r["timesteps"]), "-" if fitted is None else str(fitted), run.text(run.snn[-1]),
+                           _gap_text(run, run.snn[-1]),
                            _num(sum(r["events_per_step"])),
                            _energy(r.get("energy_ratio_reference"), r.get("energy_ratio_extended"))])
-        lines += _table(["threshold"] * rules + ["n"] * many_n + ["T", f"{figure} at T", "gap", "events / image",
-                                                                  "energy ratio ref / ext"], rows)
+        lines += _table(["threshold"] * rules + ["n"] * many_n + ["T", "fit N", f"{figure} at T", "gap",
+                                                                  "events / image", "energy ratio ref / ext"], rows)
         rec = sweep.get("recommended_timesteps")
         rule = (f"threshold {sweep['chosen_threshold']}, " if rules else "") + \
             (f"n = {sweep.get('chosen_levels')}, " if many_n else "")

@@ -192,9 +192,9 @@ def sweep(
     from snnconvert.runtime import compile
     from snnconvert.runtime.fuse import fused_pairs
 
-    if not results:
-        raise ConfigError("the sweep needs at least one conversion")
-    if not 0 <= target_gap_pp < float("inf"):
+    _check_keyed_by_T(results)
+    if isinstance(target_gap_pp, bool) or not isinstance(target_gap_pp, (int, float)) or \
+            not 0 <= target_gap_pp < float("inf"):
         raise ConfigError(f"the target gap must be a finite number >= 0 percentage points, got {target_gap_pp}")
     if not callable(batches):
         if not isinstance(batches, Iterable) or iter(batches) is batches:  # a generator would be used up at once
@@ -227,6 +227,31 @@ def sweep(
                  {T: round(a, 6) for T, a in at_T.items()}, recommended)
     return SweepReport(target_gap_pp=float(target_gap_pp), evaluations=evaluations, shared_run=shared,
                        recommended=recommended, chosen=chosen, fused_pairs=pairs)
+
+
+def _check_keyed_by_T(results) -> None:
+    """``results`` is ``{T: ConversionResult}`` with each result's thresholds fitted for its key where they depend on
+    T (threshold iteration) and several T are compared: one fitted for another T would be reported as that T's
+    figures. (One conversion alone may run for another T than it was fitted for: a saved SNN evaluated at ``-T``.)
+
+    Raises:
+        ConfigError: another structure, a key that is not a positive integer, or a result fitted for another T.
+    """
+    if not isinstance(results, dict):
+        raise ConfigError(f"the sweep takes {{T: ConversionResult}} (convert_sweep's), got a {type(results).__name__}; "
+                          "for convert_grid's list, key its results by T: {r.config.timesteps: r for r in grid} (one "
+                          "sweep per setting of the other fields)")
+    if not results:
+        raise ConfigError("the sweep needs at least one conversion")
+    for T, result in results.items():
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ConfigError(f"the sweep's keys are numbers of time steps T >= 1, got {T!r}")
+        config = getattr(result, "config", None)
+        if config is None:
+            raise ConfigError(f"the sweep's value for T = {T} is a {type(result).__name__}, not a ConversionResult")
+        if len(results) > 1 and config.threshold.statistic == "moments" and config.timesteps != T:
+            raise ConfigError(f"the conversion under T = {T} was fitted for T = {config.timesteps} (threshold "
+                              "iteration fits to T): key each conversion by its T (convert_sweep does)")
 
 
 def _signed(head: Headline) -> float:

@@ -203,6 +203,30 @@ def test_devices_that_are_not_there_and_saving_where_no_folder_can_be(tmp_path):
         result.save(tmp_path / "a_file" / "snn")
 
 
+@pytest.mark.parametrize("edit", ["snn threshold", "snn weight", "thresholds dict"])
+def test_a_result_changed_after_conversion_is_not_saved_as_another_network(tmp_path, edit):
+    """An artifact rebuilds the SNN from the model's weights and the thresholds at conversion: saving an SNN whose
+    thresholds or weights were changed since, or a changed thresholds dict, wrote another network than the result's
+    (0.14 apart after doubling a threshold); both are refused, and the unchanged result still saves and reloads."""
+    model, x = Small().eval(), _data()
+    result = convert(model, forward_loop=[x], config=_rate(), source=ModelSource.python(f"{__file__}:Small"))
+    result.snn(x)  # running it (captured offsets, counters) is not a change
+    assert load(result.save(tmp_path / "plain")) is not None
+    name = next(iter(result.thresholds))
+    with torch.no_grad():
+        if edit == "snn threshold":
+            result.snn.gm.get_submodule(name).threshold.mul_(2)
+        elif edit == "snn weight":
+            result.snn.gm.fc.weight.mul_(0.5)
+        else:
+            result.thresholds[name] = result.thresholds[name] * 2
+    says = "result.thresholds was changed after conversion, but result.snn still runs" if edit == "thresholds dict" \
+        else "result.snn.s weights or thresholds were changed after conversion"
+    with pytest.raises(ArtifactError, match=says):
+        result.save(tmp_path / "edited")
+    assert not (tmp_path / "edited").exists()
+
+
 def test_a_map_style_dataset_is_calibration_data_in_order():
     model, x = Small().eval(), _data(40)
     labels = torch.zeros(40, dtype=torch.long)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from nets import SpellingsNet
 
-from snnconvert.convert import ConversionConfig, convert
+from snnconvert.convert import DIFF_DEFAULT, ConversionConfig, convert
 from snnconvert.convert.calibrate import compute_thresholds, insert_observers, remove_observers, run_calibration
 from snnconvert.convert.calibrate.observers import (
     BatchMeanObserver,
@@ -212,8 +212,16 @@ def test_observers_leave_outputs_unchanged_and_are_removed(threshold):
 
     run_calibration(gm, sites, forward_loop)
     thresholds, report = compute_thresholds(gm, sites, cfg)
+    # other rules, granularities or tails cannot come from these statistics (they came out as this rule's before)
+    other = "max" if threshold != "max" else "99.9%"
+    for wrong in (cfg.replace(threshold=other), cfg.replace(threshold="iterate"), cfg.replace(granularity="layer")):
+        with pytest.raises(ConfigError, match=r"site \w+: its observer gathered the .* per channel, but the "
+                                              r"configuration asks for .*: compute_thresholds takes the configuration"):
+            compute_thresholds(gm, sites, wrong)
     remove_observers(gm, sites)
     assert gm.code == code_before
+    with pytest.raises(ConfigError, match=r"site \w+ has no observer \w+_observer in this graph"):
+        compute_thresholds(gm, sites, cfg)
     # per-channel shapes broadcast over one sample: conv sites [C, 1, 1], linear sites [F]
     shapes = {name: tuple(t.shape) for name, t in thresholds.items()}
     assert shapes["relu"] == (6, 1, 1) and shapes["shared"] == (16,)
@@ -406,6 +414,19 @@ def test_config_validation_messages():
     assert ConversionConfig.for_coding("rate", neuron="mt", levels=1).levels == 1  # given: kept
     cfg = ConversionConfig(threshold="99.9%")
     assert ConversionConfig.from_dict(cfg.to_dict()) == cfg
+    # numpy integers are integers (they were refused); None patterns are no patterns (a TypeError)
+    import numpy as np
+
+    cfg = ConversionConfig(timesteps=np.int64(8), levels=np.int32(3), neuron="mt", allow_ann_ops=None)
+    assert (cfg.timesteps, cfg.levels, cfg.allow_ann_ops) == (8, 3, ()) and type(cfg.timesteps) is int
+    with pytest.raises(ConfigError, match=r"use neuron='mt' \(or leave identity_levels unset, None, with neuron"):
+        DIFF_DEFAULT.replace(neuron="if", levels=1)
+
+
+@pytest.mark.parametrize("threshold", ["99.9%", "max", "iterate"])
+def test_a_forward_loop_that_feeds_nothing_names_the_site(threshold):
+    with pytest.raises(CalibrationError, match=r"no calibration data reached \w+; check the forward_loop"):
+        convert(SpellingsNet().eval(), forward_loop=lambda model: None, config=ConversionConfig(threshold=threshold))
 
 
 def test_unconverged_fit_names_the_group_and_its_statistics():

@@ -154,6 +154,17 @@ def test_bad_use_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"installed threshold\(s\) but 1 group\(s\) per layer; check with the "
                                           "configuration the network was converted with"):
         check_thresholds(result.snn, layer, [x])
+    # another coding's configuration, or (threshold iteration fits to T and n) another T or n: every site would be
+    # flagged as a shift of the images
+    diff = convert(SpellingsNet().eval(), forward_loop=[x], config=ConversionConfig.for_coding("differential",
+                                                                                              timesteps=2))
+    for other, says in ((result.config, "coding 'rate', the network's 'differential'"),
+                        (diff.config.replace(timesteps=8), "T = 8, the network's 2"),
+                        (diff.config.replace(levels=3), "levels 3, the network's 4")):
+        with pytest.raises(ConfigError, match=f"the calibration check's configuration is not the network's "
+                                              rf"\({says}\): give the configuration it was converted with"):
+            check_thresholds(diff.snn, other, [x])
+    assert check_thresholds(result.snn, result.config.replace(timesteps=8), [x]).flagged == []  # 99.9%: no T in it
     with pytest.raises(ConfigError, match="calibration needs data"):
         check_thresholds(result.snn, result.config, None)
     with pytest.raises(CalibrationError, match="no calibration data"):

@@ -57,7 +57,10 @@ def test_a_fraction_of_the_max(images, mode):
 
 def test_threshold_names_in_any_case_and_round_trips():
     for text, want in [("MAX", "max"), ("Iterate", "iterate"), ("ITERATE-reference", "iterate-reference"),
-                       ("0.25", "0.25"), ("1", "1"), ("99.9%", "99.9%")]:
+                       ("0.25", "0.25"), ("1", "1"), ("99.9%", "99.9%"), ("100%", "100%"),
+                       # every digit kept (6 significant digits made 99.99999% read back as 100%, 1/3 as 0.333333)
+                       ("99.99999%", "99.99999%"), ("99.123456789%", "99.123456789%"), (str(1 / 3), str(1 / 3)),
+                       ("1e-5", "0.00001"), ("0.00001%", "0.00001%")]:
         spec = ThresholdSpec.parse(text)
         assert str(spec) == want and ThresholdSpec.parse(str(spec)) == spec
         cfg = ConversionConfig(threshold=text)

@@ -12,7 +12,7 @@ from conftest import TOLERANCES
 from nets import SpellingsNet, Unsupported
 
 from snnconvert.convert import RATE_DEFAULT, convert
-from snnconvert.convert.errors import TraceError, UnsupportedOpError
+from snnconvert.convert.errors import ConfigError, TraceError, UnsupportedOpError
 from snnconvert.convert.frontend import trace_module
 from snnconvert.convert.passes import NORMALIZE_PASSES
 from snnconvert.convert.passes.normalize import (
@@ -529,3 +529,27 @@ def test_inplace_relu_result_reaches_later_users():
     assert canonicalize_activations(gm, RATE_DEFAULT, ConversionReport()).modified
     x = torch.randn(6, 4)
     torch.testing.assert_close(gm(x), model(x), **TOL)
+
+
+def test_hand_made_thresholds_of_another_shape_are_refused_by_site():
+    """A per-channel [C] vector on a conv site whose width is C broadcast along the width (0.26 from the ANN at T = 64
+    against 0.014 with [C, 1, 1]); [3, 1, 1] on 8 channels failed only when the network ran, naming token_channel."""
+    from snnconvert.convert import ConversionConfig, convert_with_thresholds
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8 * 8 * 8, 3)
+
+        def forward(self, x):
+            return self.fc(F.relu(self.conv(x)).flatten(1))
+
+    cfg = ConversionConfig.for_coding("rate", timesteps=4)
+    for shape in ((), (8, 1, 1), (8, 8, 8)):
+        snn, _ = convert_with_thresholds(Net().eval(), {"relu": torch.ones(shape)}, cfg, input_shape=(1, 8, 8))
+        assert snn(torch.rand(2, 1, 8, 8)).shape == (4, 2, 3)
+    for shape in ((8,), (3, 1, 1), (1, 8, 1)):
+        with pytest.raises(ConfigError, match=rf"site relu: threshold of shape \[{', '.join(map(str, shape))}\] for "
+                                              r"its per-sample shape \[8, 8, 8\]; give one value, one per channel "
+                                              r"\[8, 1, 1\] or one per neuron \[8, 8, 8\]"):
+            convert_with_thresholds(Net().eval(), {"relu": torch.ones(shape)}, cfg, input_shape=(1, 8, 8))

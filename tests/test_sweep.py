@@ -12,7 +12,7 @@ from nets import ClipNet, SpellingsNet
 from typer.testing import CliRunner
 
 from snnconvert.cli.main import app
-from snnconvert.convert import ConversionConfig, convert, convert_sweep
+from snnconvert.convert import ConversionConfig, convert, convert_grid, convert_sweep
 from snnconvert.convert.errors import ConfigError
 from snnconvert.runtime import evaluate, sweep
 from snnconvert.runtime.evaluate import EvalReport
@@ -176,6 +176,25 @@ def test_sweep_evaluates_once_when_thresholds_do_not_depend_on_T(monkeypatch, th
         assert ev.snn_accuracy == direct.snn_accuracy and ev.events_per_step == direct.events_per_step
 
 
+def test_sweep_refuses_conversions_not_keyed_by_their_T():
+    """Conversions keyed by something else (n) ran for that many steps with thresholds fitted for another T; the list
+    convert_grid returns and a target given as text were raw TypeErrors."""
+    model, x = ClipNet().eval(), torch.rand(12, 1, 28, 28)
+    cfg = ConversionConfig.for_coding("differential", timesteps=8)
+    grid = convert_grid(model, forward_loop=[x], configs=[cfg.replace(levels=3), cfg.replace(levels=4)])
+    batches = _batches(x)
+    for results, says in (({3: grid[0], 4: grid[1]}, "the conversion under T = 3 was fitted for T = 8"),
+                          (grid, "the sweep takes {T: ConversionResult}"), ({}, "at least one conversion"),
+                          ({0: grid[0]}, "keys are numbers of time steps T >= 1, got 0"),
+                          ({8: "x"}, "not a ConversionResult")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            sweep(results, batches, ann=model)
+    with pytest.raises(ConfigError, match="the target gap must be a finite number >= 0"):
+        sweep({8: grid[0]}, batches, ann=model, target_gap_pp="0.5")
+    percentile = convert(model, forward_loop=[x], config=cfg.replace(threshold="99.9%"))
+    assert sweep({2: percentile}, batches).evaluations[2].timesteps == 2  # a rule without T: any key
+
+
 def test_sweep_without_a_passing_T_reports_the_most_accurate():
     torch.manual_seed(5)
     model, x = ClipNet().eval(), torch.rand(12, 1, 28, 28)
@@ -288,6 +307,11 @@ def test_cli_sweep_chooses_the_threshold_rule_too(tmp_path):
     assert sw["thresholds"] == ["iterate", "99.9%"] and sw["chosen_threshold"] in sw["thresholds"]
     assert [(r["threshold"], r["timesteps"]) for r in sw["runs"]] == [("iterate", 1), ("iterate", 2), ("99.9%", 1),
                                                                      ("99.9%", 2)]
+    # iteration fits each T's thresholds for its N = T·2^n (n = 4); a percentile does not depend on T
+    assert [r["fitted_levels"] for r in sw["runs"]] == [16, 32, None, None]
+    from snnconvert.runtime.report_md import report_markdown
+
+    assert "| threshold | T | fit N |" in report_markdown(doc) and "| iterate | 2 | 32 |" in report_markdown(doc)
     assert doc["config"]["threshold"] == sw["chosen_threshold"] and doc["timesteps"] == sw["chosen_timesteps"] == 1
     chosen = [r for r in sw["runs"] if (r["threshold"], r["timesteps"]) == (sw["chosen_threshold"], 1)][0]
     assert doc["snn_accuracy"] == chosen["snn_accuracy"]  # chosen on the evaluation images: the same run
@@ -332,7 +356,8 @@ def test_cli_sweep_chooses_the_levels_too(tmp_path):
     from snnconvert.runtime.report_md import report_markdown  # the Markdown report: the n column and the chosen n
 
     markdown = report_markdown(doc)
-    assert "| n | T |" in markdown and f"Recommended: n = {sw['chosen_levels']}, T = 1." in markdown
+    assert "| n | T | fit N |" in markdown and f"Recommended: n = {sw['chosen_levels']}, T = 1." in markdown
+    assert [r["fitted_levels"] for r in sw["runs"]] == [4, 8, 32, 64]  # T·2^n
     # the table: an n column and the levels each run was fitted for (T·2^n)
     assert re.search(r"│ 5 │ +2 │ +64 │", result.output) and re.search(r"│ 2 │ +1(?: \*)? │ +4 │", result.output)
     # with two rules too: one conversion per (rule, n), both flags in the recommendation

@@ -88,6 +88,20 @@ def test_batch_forms_without_labels_give_the_same_evaluation(heads):
         assert ev.output_errors == first.output_errors and ev.events_per_step == first.events_per_step
 
 
+def test_labels_under_another_key_are_named(heads, caplog):
+    """A dict batch whose labels sit under a key evaluation does not read ("class") was scored as unlabelled with no
+    word; it still is (the key could be anything), with a warning naming the key."""
+    model, x, res = heads
+    with caplog.at_level("WARNING", logger="snnconvert"):
+        ev = evaluate(res.snn, [{"images": x, "class": torch.zeros(len(x), dtype=torch.long)}], ann=model,
+                      output="box")
+    assert ev.task == "fidelity" and "'class' hold(s) an integer per image" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="snnconvert"):
+        evaluate(res.snn, [{"images": x, "scale": torch.ones(len(x))}], ann=model, output="box")
+    assert "integer per image" not in caplog.text  # float values are not labels
+
+
 def test_unlabelled_images_need_the_ann_and_are_not_mixed_with_labelled_ones(heads):
     model, x, res = heads
     with pytest.raises(DataError, match="no labels: unlabelled images are scored by comparing the SNN's outputs "

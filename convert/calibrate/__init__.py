@@ -245,11 +245,16 @@ def run_calibration(gm: fx.GraphModule, sites: list[Site], forward_loop: Forward
     for done in range(1, passes + 1):
         with torch.no_grad():
             forward_loop(gm)
+        _check_reached(sites, observers)
         for o in observers:
             if not o.done:
                 o.next_phase()
             # an observer that needs fewer passes (max, moments next to a percentile) sees the data once
             o.done = o.passes <= done
+    _check_reached(sites, observers)
+
+
+def _check_reached(sites: list[Site], observers: list[ActivationObserver]) -> None:
     for s, o in zip(sites, observers):
         if o.count == 0:
             raise CalibrationError(f"no calibration data reached {s.name}; check the forward_loop / calibration data")
@@ -292,7 +297,7 @@ def compute_thresholds(
     thresholds: dict[str, torch.Tensor] = {}
     unresolved: dict[ThresholdSpec, list[tuple[str, int]]] = {}  # percentile -> (site, values per group) too few
     for site in sites:
-        obs = gm.get_submodule(site.observer_name)
+        obs = _site_observer(gm, site, cfg)
         theta, info = site_threshold(site, obs, cfg, model=gm)
         thresholds[site.name] = _broadcast_shape(theta, obs)
         report.sites.append(info)
@@ -311,6 +316,40 @@ def compute_thresholds(
     if warn:
         _warn_unresolved(unresolved, cfg.granularity)
     return thresholds, report
+
+
+def _site_observer(gm: fx.GraphModule, site: Site, cfg: ConversionConfig) -> ActivationObserver:
+    """``site``'s observer, which must have gathered the statistic ``cfg`` asks for (the one
+    :func:`insert_observers` puts there for ``cfg``): thresholds of another rule cannot come from it.
+
+    Raises:
+        ConfigError: no observer (removed, or not inserted in this graph), or one of another rule or granularity.
+    """
+    try:
+        obs = gm.get_submodule(site.observer_name)
+    except AttributeError:
+        raise ConfigError(f"site {site.name} has no observer {site.observer_name} in this graph (removed by "
+                          "remove_observers, or inserted into another graph): compute the thresholds before removing "
+                          "the observers, on the graph insert_observers returned the sites of") from None
+    identity = site.kind == "identity"
+    want = make_observer(cfg, cfg.identity_threshold if identity else cfg.threshold)
+    want.magnitude = identity and cfg.identity_tail == "both"
+    got = (type(obs).__name__, obs.granularity, getattr(obs, "q", None), obs.magnitude)
+    if got != (type(want).__name__, want.granularity, getattr(want, "q", None), want.magnitude):
+        raise ConfigError(f"site {site.name}: its observer gathered {_observed(obs)}, but the configuration asks for "
+                          f"{_observed(want)}: compute_thresholds takes the configuration insert_observers was given "
+                          "(for another rule or granularity, insert the observers again and calibrate)")
+    return obs
+
+
+def _observed(obs: ActivationObserver) -> str:
+    """What an observer gathers, in words: ``"the 99.9% percentile per channel (of |x|)"``."""
+    q = getattr(obs, "q", None)
+    what = {"MomentObserver": "mean and variance", "MaxObserver": "the max"}.get(
+        type(obs).__name__, "the max" if q is None else f"the {100 * q:g}% percentile")
+    if isinstance(obs, BatchMeanObserver):
+        what += " of each batch, averaged"
+    return f"{what} per {obs.granularity}" + (" (of |x|)" if obs.magnitude else "")
 
 
 def _values_to_resolve(percentile: float) -> int:

@@ -171,6 +171,26 @@ def _is_identity(neuron: nn.Module) -> bool:
     return neuron.signed and not neuron.relu_constrained  # its analog function is the identity
 
 
+def _check_config_fits(snn, config: ConversionConfig, neurons: dict) -> None:
+    """``config`` is the network's own (its coding; for threshold iteration, which fits to T and n, also its T and
+    levels): refitting with another would flag every site as a shift of the images.
+
+    Raises:
+        ConfigError: naming what differs.
+    """
+    coding = getattr(snn.coding, "name", config.coding)
+    differs = [f"coding {config.coding!r}, the network's {coding!r}"] if coding != config.coding else []
+    if config.threshold.statistic == "moments":
+        if snn.timesteps != config.timesteps:
+            differs.append(f"T = {config.timesteps}, the network's {snn.timesteps}")
+        levels = {n.n_levels for n in neurons.values() if not _is_identity(n) and hasattr(n, "n_levels")}
+        if levels and levels != {config.levels}:
+            differs.append(f"levels {config.levels}, the network's {sorted(levels)[0]}")
+    if differs:
+        raise ConfigError(f"the calibration check's configuration is not the network's ({'; '.join(differs)}): "
+                          "give the configuration it was converted with (ConversionResult.config)")
+
+
 def _refit(snn, config: ConversionConfig, data, what: str) -> tuple[dict[str, torch.Tensor], int]:
     """Every neuron site's thresholds fitted on ``data`` as calibration would (one float32 vector per site, in
     graph order), and the number of images."""
@@ -237,6 +257,7 @@ def check_thresholds(
     neurons = dict(snn.neurons())
     if not neurons:
         raise ConfigError("the network has no spiking neurons whose thresholds could be checked")
+    _check_config_fits(snn, config, neurons)
     refit, images = _refit(snn, config, data, "given")
     if reference is None:
         base, base_images = {name: n.threshold.detach().cpu().reshape(-1) for name, n in neurons.items()}, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -15,7 +16,7 @@ import torch.nn as nn
 from snnconvert.convert.coding.units import GradedUnit
 from snnconvert.convert.config import ConversionConfig
 from snnconvert.convert.errors import ConfigError
-from snnconvert.convert.passes.identity import is_identity_site, is_neuron_site
+from snnconvert.convert.passes.identity import is_identity_site, is_neuron_site, relu_channel_dim
 from snnconvert.convert.passes.normalize import UPPER_CLIP_ATTR, is_maxpool, set_module
 from snnconvert.convert.passes.support import (
     MATMUL_METHODS,
@@ -72,6 +73,34 @@ def replace_activations(
     gm.recompile()
     report.passes.append(entry)
     return SpikingNetwork(gm, coding, cfg.timesteps, names, units)
+
+
+def check_threshold_shapes(gm: fx.GraphModule, thresholds: dict[str, torch.Tensor]) -> None:
+    """Given thresholds have shapes calibration gives them: one value, one per channel along the site's channel dim
+    (``[C, 1, 1]`` for a conv's ``[C, H, W]``, ``[C]`` for features last), or one per element of a sample. A hand-made
+    ``[C]`` on a conv site broadcast along the width when C equalled it, silently. ``gm``: the prepared graph with
+    fresh shapes (``annotate_shapes`` after the passes); sites without a shape are not checked.
+
+    Raises:
+        ConfigError: naming the site, the shape given and the shapes it may have.
+    """
+    memo: dict = {}
+    for node in gm.graph.nodes:
+        if not is_neuron_site(gm, node, memo) or node.target not in thresholds:
+            continue
+        meta = node.meta.get("tensor_meta")
+        shape = tuple(getattr(thresholds[node.target], "shape", ()))
+        if meta is None or not hasattr(meta, "shape") or len(meta.shape) < 2 or math.prod(shape) <= 1:
+            continue
+        sample = tuple(meta.shape[1:])
+        identity = is_identity_site(gm, node)
+        channel_dim = gm.get_submodule(node.target).channel_dim if identity else relu_channel_dim(gm, node)
+        per_channel = (sample[-1],) if channel_dim == -1 else (sample[0],) + (1,) * (len(sample) - 1)
+        token_rows = (sample[0],) + (1,) * (len(sample) - 1)  # token_channel "tokens": dim 1 of [B, N, C]
+        if shape not in (sample, per_channel, token_rows):
+            raise ConfigError(f"site {node.target}: threshold of shape {list(shape)} for its per-sample shape "
+                              f"{list(sample)}; give one value, one per channel {list(per_channel)} or one per neuron "
+                              f"{list(sample)}")
 
 
 class _ByName(NamedTuple):

@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from snnconvert.convert.errors import ConfigError, check_float_images
+from snnconvert.convert.errors import ConfigError, check_float_images, first_line
 from snnconvert.convert.frontend import GUARD_MARK
 from snnconvert.convert.outputs import map_outputs
 from snnconvert.convert.static_prefix import INPUT_PATTERNS, PrefixPhase, StaticPrefix, build_static_prefix
@@ -93,6 +93,9 @@ class SpikingNetwork(nn.Module):
         self.elide_static_prefix = True
         self.prefix_phase: PrefixPhase | None = None  # set while a static-prefix layer runs (for the counters)
         self._prefix_cache: tuple[tuple, StaticPrefix | None] | None = None
+        meta = next((n.meta.get("tensor_meta") for n in gm.graph.nodes if n.op == "placeholder"), None)
+        #: the per-sample input shape the network was converted at (None: not known); named when another fails
+        self.input_shape: tuple[int, ...] | None = tuple(meta.shape[1:]) if hasattr(meta, "shape") else None
 
     def _apply(self, fn, recurse: bool = True):
         """``nn.Module._apply`` (behind ``.to``, ``.cuda``, ``.half``, ``.type``, a parent module's casts) for devices;
@@ -218,7 +221,15 @@ class SpikingNetwork(nn.Module):
                 other way (frontend.py: the graph's guard).
         """
         with _guards_as_config_errors():
-            return self._raw(x, timesteps, mode)
+            try:
+                return self._raw(x, timesteps, mode)
+            except RuntimeError as exc:  # a layer's shape error, counted in T·B rows: name the images instead
+                given = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else None
+                if self.input_shape is None or given is None or given == self.input_shape:
+                    raise
+                raise ConfigError(f"the SNN fails on images of shape {list(given)} ({first_line(exc)}); it was "
+                                  f"converted for images of shape {list(self.input_shape)}: give images of that "
+                                  "shape, or convert the model at the size it will run at") from exc
 
     def _raw(self, x: torch.Tensor, timesteps: int | None, mode: str) -> torch.Tensor:
         if mode not in STEP_MODES:

@@ -390,6 +390,10 @@ def evaluate(
         with torch.no_grad():
             for index, batch in enumerate(batches):
                 x, y = eval_batch(batch, index)
+                converted = getattr(snn, "input_shape", None)
+                if converted is not None and x.dim() - 1 != len(converted):  # e.g. [B, H, W] for [B, 1, H, W]
+                    raise DataError(f"evaluation batch {index}: images of shape {list(x.shape[1:])}, the SNN was "
+                                    f"converted for images of shape {list(converted)}; give images of that shape")
                 if y is None and ann is None:
                     raise DataError(f"evaluation batch {index} has no labels: unlabelled images are scored by "
                                     "comparing the SNN's outputs with the ANN's; pass the ANN (ann=model)")

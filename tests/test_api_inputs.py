@@ -184,6 +184,14 @@ def test_configuration_typos_and_argument_types():
         with pytest.raises(ConfigError, match="positive integer"):
             snn(x, bad)
     assert snn(x, np.int64(3)).shape[0] == 3
+    # images of another size or rank: named against the size converted at (a layer's error counted T·B rows)
+    assert snn.input_shape == (1, 12, 12)
+    with pytest.raises(ConfigError, match=r"the SNN fails on images of shape \[1, 16, 16\] \(.*\); it was converted "
+                                          r"for images of shape \[1, 12, 12\]"):
+        snn(torch.rand(3, 1, 16, 16))
+    with pytest.raises(DataError, match=r"evaluation batch 0: images of shape \[12, 12\], the SNN was converted for "
+                                        r"images of shape \[1, 12, 12\]"):
+        evaluate(snn, [(x[:, 0], y)], ann=model)
     with pytest.raises(ConfigError, match="float images"):
         snn((x * 255).to(torch.uint8))
 

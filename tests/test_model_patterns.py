@@ -1545,3 +1545,34 @@ def test_a_batch_moved_and_moved_back_between_neurons_converts():
         want = model(x)
         for mode in ("multi", "single"):
             assert float((res.snn(x, mode=mode)[-1] - want).abs().max()) < 0.02 * float(want.abs().max())
+
+
+class _BoxDecode(nn.Module):
+    """A DFL-like box decode (Ultralytics' dist2rbox): a product unit reads (rb - lt) / 2, a small difference of two
+    nearly equal values around 7.5, batch-first throughout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2 * 16, 3, padding=1)
+        self.angle = nn.Conv2d(8, 1, 3, padding=1)
+        self.register_buffer("bins", torch.arange(16.0).view(1, 1, 16, 1))
+        with torch.no_grad():
+            self.conv.weight.mul_(1e-3)  # a near-uniform softmax, as with random weights: rb - lt ~ 1e-3
+            self.conv.bias.zero_()
+
+    def forward(self, x):
+        b = x.shape[0]
+        x = torch.relu(self.stem(x))
+        dist = (self.conv(x).flatten(2).view(b, 2, 16, -1).softmax(2) * self.bins).sum(2)  # [B, 2, N], ~7.5 each
+        lt, rb = dist.split(1, dim=1)
+        return torch.cat([(rb - lt) / 2 * torch.cos(torch.sigmoid(self.angle(x).flatten(2))), lt + rb], 1)
+
+
+def test_rounding_of_a_small_difference_is_not_taken_for_a_moved_batch_dim():
+    """One image alone and in a batch of two differ by fp32 rounding of the operands (~1e-6 on values ~2e-3): the
+    layout check refused yolov8n-obb and yolo11n-obb for it; their rows are each image's own."""
+    model = _BoxDecode().eval()
+    x = torch.rand(32, 3, 32, 32)  # drawn right after the weights (seed 0): refused before
+    res = convert(model, forward_loop=[x], config=ConversionConfig.for_coding("differential", timesteps=4))
+    assert res.snn.input_shape == (3, 32, 32)

@@ -157,14 +157,23 @@ def _first_mixing_node(gm: fx.GraphModule, a: torch.Tensor, b: torch.Tensor) -> 
 
 
 def _rows_match(rows: torch.Tensor, alone: torch.Tensor, other: torch.Tensor) -> bool:
-    """An image's rows of a batch equal its rows alone up to the rounding of another batch size: within 1 % of the
-    largest value, or 5 % of how far the other image's values are. Rows of the other image, or of other frames or
+    """An image's rows of a batch equal its rows alone up to the rounding of another batch size: the same non-finite
+    values (a causal mask's -inf) at the same places, and the finite ones within 1 % of the largest, or 5 % of how
+    far the other image's values are. Rows of the other image, or of other frames or
     steps, differ by about as much as the values; rounding is far smaller, but not always within 1e-3 of a tensor's
     own size: a difference of nearly equal values (YOLO-OBB's box decoding, (rb - lt) / 2 around 7.5 giving 2e-3)
     keeps the operands' rounding (1.9e-6)."""
     rows, alone, other = rows.double(), alone.double(), other.double()
-    error = float((rows - alone).abs().max()) if rows.numel() else 0.0
-    return error <= 1e-2 * float(alone.abs().max()) or error <= 0.05 * float((other - alone).abs().max())
+    finite = alone.isfinite()  # -inf of a causal mask, NaN of a NaN weight: the same non-finite values in both
+    if not torch.equal(rows.isfinite(), finite) or not torch.equal(rows[~finite].nan_to_num(),
+                                                                   alone[~finite].nan_to_num()):
+        return False
+    if not bool(finite.any()):
+        return True
+    error = float((rows - alone)[finite].abs().max())
+    both = finite & other.isfinite()
+    spread = float((other - alone)[both].abs().max()) if bool(both.any()) else 0.0
+    return error <= 1e-2 * float(alone[finite].abs().max()) or error <= 0.05 * spread
 
 
 def _stateful_sites(gm: fx.GraphModule) -> list[fx.Node]:

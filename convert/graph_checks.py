@@ -30,6 +30,18 @@ def static_batch_advice(gm: fx.GraphModule) -> str | None:
             "dynamic_shapes")
 
 
+def _probe_images(example_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two images the checks run: the example's first, and a shifted copy of it.
+
+    Raises:
+        CalibrationError: the first image holds NaN or infinite values.
+    """
+    a = example_inputs[:1].float()
+    if not bool(torch.isfinite(a).all()):
+        raise CalibrationError("the first calibration image holds NaN or infinite values; clean the calibration data")
+    return a, a * 0.5 + 0.25
+
+
 def check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
     """The SNN runs its time steps in the batch dim (``[T·B, ...]``), so one image's output must not depend on the
     other images of its batch: checked on two images (the example's first, and a shifted copy of it), together and
@@ -39,10 +51,7 @@ def check_per_sample(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None:
         ConfigError: the outputs differ (an operation along the batch dim: ``x.mean(0)``, ``x.flip(0)``, batch
             statistics) or the graph cannot run on one image (a batch size fixed in the code).
     """
-    a = example_inputs[:1].float()
-    if not bool(torch.isfinite(a).all()):
-        raise CalibrationError("the first calibration image holds NaN or infinite values; clean the calibration data")
-    b = a * 0.5 + 0.25
+    a, b = _probe_images(example_inputs)
     fix = "make every operation per sample (the batch dim may only be reshaped, e.g. into windows, and back)"
     with torch.no_grad():
         try:
@@ -204,8 +213,7 @@ def check_batch_layout(gm: fx.GraphModule, example_inputs: torch.Tensor) -> None
     Raises:
         ConfigError: one line naming the first such unit, the shapes, and what to write instead.
     """
-    a = example_inputs[:1].float()
-    b = a * 0.5 + 0.25
+    a, b = _probe_images(example_inputs)
     alone_a, alone_b, pair = _node_values(gm, a), _node_values(gm, b), _node_values(gm, torch.cat([a, b]))
     for node in _stateful_sites(gm):
         for arg in node.all_input_nodes:
